@@ -1,0 +1,141 @@
+/**
+ * The validated, normalised configuration every other module receives.
+ *
+ * The YAML file uses snake_case keys (see docs/configuration.md); the loader
+ * turns them into these camelCase shapes, resolves relative paths against the
+ * config file's directory and fills every default, so nothing downstream has
+ * to guess.
+ */
+import type { Secret } from './secret.js';
+
+export type UpstreamTlsMode = 'disable' | 'require' | 'verify-full';
+
+export interface ListenAddress {
+  host: string;
+  port: number;
+}
+
+export interface IssuerConfig {
+  /** Exact `iss` value. */
+  issuer: string;
+  /** Exact `aud` value the token must carry. */
+  audience: string;
+  /** Remote JWKS (fetched with caching and a refetch cooldown) ... */
+  jwksUri?: string;
+  /** ... or a local JWKS file (absolute path). Exactly one of the two is set. */
+  jwksFile?: string;
+  /** A claim name or a dotted path (`realm_access.roles`). Default `groups`. */
+  groupsClaim: string;
+  /** Allowed JWS algorithms; never `none`, never an HMAC algorithm. */
+  algorithms: string[];
+}
+
+export interface IdentityConfig {
+  /** Trust the gateway's own dev issuer (key pair in the state dir). */
+  devIssuer: boolean;
+  issuers: IssuerConfig[];
+  /** Largest accepted token, checked before any decoding. Default 16 KiB. */
+  maxTokenBytes: number;
+  /** Clock skew tolerated on exp/nbf/iat, in seconds. At most 60. */
+  clockToleranceSeconds: number;
+}
+
+export interface TlsFiles {
+  certFile: string;
+  keyFile: string;
+}
+
+/** Limits and timers shared by both protocols; each target may override. */
+export interface SessionLimits {
+  /** Time from accept to a verified identity, ms. Default 10 000. */
+  preAuthTimeoutMs: number;
+  /** Connections at once that have not finished authenticating. Default 64. */
+  maxPreAuthConnections: number;
+  /** Close a session with no traffic in either direction for this long, ms. 0 = never. */
+  idleTimeoutMs: number;
+  /** Largest protocol message accepted in either direction, bytes. */
+  maxMessageBytes: number;
+  /** Time allowed to connect and authenticate upstream, ms. */
+  upstreamConnectTimeoutMs: number;
+}
+
+interface TargetBase {
+  name: string;
+  listen: ListenAddress;
+  /** Accept a cleartext token on a loopback listener that has no TLS. */
+  allowInsecureLoopback: boolean;
+  limits: SessionLimits;
+}
+
+export interface PostgresUpstream {
+  host: string;
+  port: number;
+  database: string;
+  user: string;
+  password?: Secret;
+  tls: UpstreamTlsMode;
+  caFile?: string;
+  /** Name checked against the certificate with verify-full; defaults to host. */
+  serverName?: string;
+}
+
+export interface PostgresTarget extends TargetBase {
+  protocol: 'postgres';
+  upstream: PostgresUpstream;
+}
+
+export interface RedisUpstream {
+  host: string;
+  port: number;
+  user: string;
+  password?: Secret;
+  db: number;
+  tls: UpstreamTlsMode;
+  caFile?: string;
+  serverName?: string;
+}
+
+export interface RedisTarget extends TargetBase {
+  protocol: 'redis';
+  /** The listener speaks TLS (redis-cli --tls) with the configured or dev cert. */
+  tls: boolean;
+  upstream: RedisUpstream;
+}
+
+export type TargetConfig = PostgresTarget | RedisTarget;
+
+/**
+ * Who a policy applies to. Every criterion that is present must match (AND);
+ * inside one criterion any listed value may match (OR).
+ */
+export interface SubjectMatch {
+  /** The token's groups must contain at least one of these, exactly. */
+  groups?: string[];
+  /** Globs over `sub` (`*` any run of characters, `?` one character). */
+  sub?: string[];
+  /** Exact issuer URLs. */
+  issuer?: string[];
+  /** Claim name (or dotted path) -> accepted values, each exact or a glob. */
+  claims?: Record<string, string[]>;
+}
+
+export interface PolicyConfig {
+  name: string;
+  subjects: SubjectMatch;
+  targets: string[];
+}
+
+export interface LogConfig {
+  level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+}
+
+export interface Config {
+  /** Absolute path of the file this came from, or undefined for the embedded default. */
+  source?: string;
+  stateDir: string;
+  identity: IdentityConfig;
+  tls?: TlsFiles;
+  targets: TargetConfig[];
+  policies: PolicyConfig[];
+  log: LogConfig;
+}
