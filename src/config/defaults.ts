@@ -1,0 +1,83 @@
+/**
+ * Default values, and the configuration Sluice runs with when no file is
+ * given: a development setup that lets anyone holding a dev-issuer token
+ * reach a local PostgreSQL. The loader fills omitted keys from the same
+ * constants, so docs/configuration.md, the loader and this file agree.
+ */
+import { resolve } from 'node:path';
+import { Secret } from './secret.js';
+import type { Config, SessionLimits } from './types.js';
+
+/** `iss` of tokens minted by the gateway's own dev issuer. `.invalid` (RFC 2606) can never resolve, so it cannot collide with a real issuer. */
+export const DEV_ISSUER = 'https://sluice.invalid/dev-issuer';
+/** `aud` of tokens minted by the dev issuer. */
+export const DEV_AUDIENCE = 'sluice';
+
+export const DEFAULT_STATE_DIR = '.sluice';
+export const DEFAULT_MAX_TOKEN_BYTES = 16 * 1024;
+export const MAX_MAX_TOKEN_BYTES = 64 * 1024;
+/** Below this no real JWT fits; a smaller limit is a typo, not a policy. */
+export const MIN_MAX_TOKEN_BYTES = 256;
+export const DEFAULT_CLOCK_TOLERANCE_SECONDS = 30;
+export const MAX_CLOCK_TOLERANCE_SECONDS = 60;
+export const DEFAULT_GROUPS_CLAIM = 'groups';
+export const DEFAULT_ALGORITHMS: readonly string[] = ['RS256', 'ES256'];
+export const DEFAULT_POSTGRES_PORT = 5432;
+export const DEFAULT_REDIS_PORT = 6379;
+export const DEFAULT_REDIS_USER = 'default';
+
+/** Smallest and largest accepted `max_message_size`. PostgreSQL's own limit on a message is 1 GiB. */
+export const MIN_MESSAGE_BYTES = 1024;
+export const MAX_MESSAGE_BYTES = 1024 * 1024 * 1024;
+
+export const DEFAULT_LIMITS: Readonly<SessionLimits> = Object.freeze({
+  preAuthTimeoutMs: 10_000,
+  maxPreAuthConnections: 64,
+  idleTimeoutMs: 0,
+  maxMessageBytes: 64 * 1024 * 1024,
+  upstreamConnectTimeoutMs: 10_000,
+});
+
+/**
+ * The configuration used when no file is given and ./sluice.yaml does not
+ * exist: dev issuer on, one PostgreSQL target `pg` on 127.0.0.1:6432 in
+ * front of 127.0.0.1:5432, reached as PGUSER / PGPASSWORD / PGDATABASE
+ * (libpq's own variables, so a developer's existing shell setup works).
+ */
+export function embeddedDefaultConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()): Config {
+  const user = nonEmpty(env.PGUSER) ?? 'postgres';
+  const database = nonEmpty(env.PGDATABASE) ?? user;
+  const password = nonEmpty(env.PGPASSWORD);
+  return {
+    stateDir: resolve(cwd, DEFAULT_STATE_DIR),
+    identity: {
+      devIssuer: true,
+      issuers: [],
+      maxTokenBytes: DEFAULT_MAX_TOKEN_BYTES,
+      clockToleranceSeconds: DEFAULT_CLOCK_TOLERANCE_SECONDS,
+    },
+    targets: [
+      {
+        name: 'pg',
+        protocol: 'postgres',
+        listen: { host: '127.0.0.1', port: 6432 },
+        allowInsecureLoopback: true,
+        limits: { ...DEFAULT_LIMITS },
+        upstream: {
+          host: '127.0.0.1',
+          port: DEFAULT_POSTGRES_PORT,
+          database,
+          user,
+          ...(password !== undefined ? { password: new Secret(password, 'env PGPASSWORD') } : {}),
+          tls: 'disable',
+        },
+      },
+    ],
+    policies: [{ name: 'dev', subjects: { issuer: [DEV_ISSUER] }, targets: ['pg'] }],
+    log: { level: 'info' },
+  };
+}
+
+function nonEmpty(value: string | undefined): string | undefined {
+  return value === undefined || value === '' ? undefined : value;
+}

@@ -1,0 +1,767 @@
+/**
+ * Reads sluice.yaml, validates it and turns it into the normalised Config.
+ *
+ * Two passes, and every problem from both is reported, one line each, as
+ * `key.path: expected X, found Y`:
+ *  1. structure, by ajv against schema.ts (types, ranges, unknown keys);
+ *  2. meaning, here: things one value cannot say on its own (duplicate
+ *     listen addresses, a policy naming an unknown target, files that must
+ *     exist, environment variables that must be set).
+ * A problem never quotes a credential: inline `password:` values are not
+ * echoed, and password_env / password_file are reported by name, never by
+ * what they hold.
+ */
+import { readFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
+import { dirname, resolve } from 'node:path';
+import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import { parseDocument } from 'yaml';
+import { ErrorCodes, SluiceError } from '../errors.js';
+import {
+  DEFAULT_ALGORITHMS,
+  DEFAULT_CLOCK_TOLERANCE_SECONDS,
+  DEFAULT_GROUPS_CLAIM,
+  DEFAULT_LIMITS,
+  DEFAULT_MAX_TOKEN_BYTES,
+  DEFAULT_POSTGRES_PORT,
+  DEFAULT_REDIS_PORT,
+  DEFAULT_REDIS_USER,
+  DEFAULT_STATE_DIR,
+  DEV_ISSUER,
+  MAX_CLOCK_TOLERANCE_SECONDS,
+  MAX_MESSAGE_BYTES,
+  MIN_MESSAGE_BYTES,
+  embeddedDefaultConfig,
+} from './defaults.js';
+import { ALLOWED_ALGORITHMS, configSchema, parseDuration, parseSize } from './schema.js';
+import { Secret } from './secret.js';
+import type {
+  Config,
+  IdentityConfig,
+  IssuerConfig,
+  ListenAddress,
+  LogConfig,
+  PolicyConfig,
+  SessionLimits,
+  SubjectMatch,
+  TargetConfig,
+  TlsFiles,
+  UpstreamTlsMode,
+} from './types.js';
+
+/** The file `loadConfig(undefined)` looks for in the working directory. */
+export const DEFAULT_CONFIG_FILE = 'sluice.yaml';
+
+export class ConfigError extends SluiceError {
+  /** One line per problem, each `key.path: expected X, found Y`. */
+  readonly problems: string[];
+
+  constructor(problems: string[], code: typeof ErrorCodes.CONFIG_INVALID | typeof ErrorCodes.CONFIG_NOT_FOUND = ErrorCodes.CONFIG_INVALID) {
+    super(code, problems.join('\n'));
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+/**
+ * Load the configuration from `path`; with no path, from ./sluice.yaml when
+ * it exists, else the embedded development default.
+ */
+export async function loadConfig(path: string | undefined, env: NodeJS.ProcessEnv = process.env): Promise<Config> {
+  let file: string;
+  let text: string;
+  if (path === undefined) {
+    file = resolve(DEFAULT_CONFIG_FILE);
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (err) {
+      if (errno(err) === 'ENOENT') return embeddedDefaultConfig(env);
+      throw new ConfigError([`${file}: expected a readable config file, found ${errno(err) ?? 'an unreadable file'}`]);
+    }
+  } else {
+    file = resolve(path);
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (err) {
+      const code = errno(err);
+      if (code === 'ENOENT') {
+        throw new ConfigError([`${file}: expected a config file, found no such file`], ErrorCodes.CONFIG_NOT_FOUND);
+      }
+      throw new ConfigError([`${file}: expected a readable config file, found ${code ?? 'an unreadable file'}`]);
+    }
+  }
+  return parseConfig(text, { baseDir: dirname(file), source: file, env });
+}
+
+/** For `sluice check-config`: the problems as a value instead of a throw. */
+export async function validateConfigFile(
+  path: string,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<{ ok: true; config: Config } | { ok: false; problems: string[] }> {
+  try {
+    return { ok: true, config: await loadConfig(path, env) };
+  } catch (err) {
+    if (err instanceof ConfigError) return { ok: false, problems: err.problems };
+    throw err;
+  }
+}
+
+/**
+ * Parse and validate YAML text. Relative paths resolve against `baseDir`.
+ * Reads the files the config names (password_file, ca_file, jwks_file, TLS
+ * files) to check them, so "pure" means: no state kept, nothing written.
+ */
+export function parseConfig(
+  yamlText: string,
+  opts: { baseDir: string; source?: string; env?: NodeJS.ProcessEnv },
+): Config {
+  const doc = parseDocument(yamlText, { prettyErrors: true, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    throw new ConfigError(doc.errors.map((e) => {
+      // The first line only: the rest is a snippet of the file, which may hold anything.
+      const first = (e.message.split('\n')[0] ?? '').replace(/ at line \d+, column \d+:?$/, '');
+      const pos = e.linePos?.[0];
+      return pos ? `line ${pos.line}, column ${pos.col}: YAML syntax error: ${first}` : `YAML syntax error: ${first}`;
+    }));
+  }
+  const raw: unknown = doc.toJS({ maxAliasCount: 100 });
+  if (!isObject(raw)) {
+    const found = raw === null || raw === undefined ? 'an empty document' : render(raw);
+    throw new ConfigError([`(top level): expected a mapping with targets (and identity, policies, ...), found ${found}`]);
+  }
+  const structural = structuralProblems(raw);
+  const n = new Normaliser(raw, resolve(opts.baseDir), opts.env ?? process.env);
+  const config = n.config(opts.source === undefined ? undefined : resolve(opts.source));
+  // A value ajv already refused gets no second, derived complaint.
+  const semantic = n.problems.filter((p) => !structural.some((q) =>
+    p.path === q.path || p.path.startsWith(`${q.path}.`) || p.path.startsWith(`${q.path}[`)));
+  const problems = [...structural, ...semantic];
+  if (problems.length > 0) {
+    const lines = [...new Set(problems.map((p) => (p.path === '' ? p.text : `${p.path}: ${p.text}`)))];
+    throw new ConfigError(lines);
+  }
+  return config;
+}
+
+// --- pass 1: structure ------------------------------------------------------
+
+interface Problem {
+  /** Key path as written in the YAML: `targets.app-db.upstream.port`, `policies[0].name`. */
+  path: string;
+  text: string;
+}
+
+interface AnnotatedSchema {
+  expected?: string;
+  properties?: Record<string, AnnotatedSchema>;
+}
+
+let validator: ValidateFunction | undefined;
+
+function getValidator(): ValidateFunction {
+  if (validator === undefined) {
+    const ajv = new Ajv({ allErrors: true, verbose: true, discriminator: true, allowUnionTypes: true });
+    // `expected` is our own annotation: the wording of the problem for that node.
+    ajv.addKeyword({ keyword: 'expected', schemaType: 'string' });
+    validator = ajv.compile(configSchema);
+  }
+  return validator;
+}
+
+/** Keys whose value is a credential, or may be one pasted in the wrong place: never echo what they hold. */
+const SECRET_KEY = /(^|\.)(password|password_env|password_file|passwd|pass|secret|token)$/i;
+
+/** Keys that exist for the other protocol only: say so instead of just "unknown". */
+const OTHER_PROTOCOL_HINT: Record<string, string> = {
+  tls: ' (tls: true is for redis targets; PostgreSQL clients ask for TLS themselves and get the top-level tls certificate)',
+  db: ' (db is for redis targets; PostgreSQL targets name a database)',
+  database: ' (redis targets select a database by number: use db)',
+};
+
+function structuralProblems(raw: Record<string, unknown>): Problem[] {
+  const validate = getValidator();
+  if (validate(raw)) return [];
+  const out: Problem[] = [];
+  const seen = new Set<string>();
+  const add = (path: string, text: string): void => {
+    // One problem per key: `found 1` needs saying once, not once per violated keyword.
+    if (seen.has(path)) return;
+    seen.add(path);
+    out.push({ path, text });
+  };
+  for (const e of validate.errors ?? []) {
+    // propertyNames reports each inner failure and then a summary; the summary carries the name.
+    if (e.propertyName !== undefined) continue;
+    const segs = pointerSegments(e.instancePath);
+    const here = keyPath(raw, segs);
+    const schema = (e.parentSchema ?? {}) as AnnotatedSchema;
+    switch (e.keyword) {
+      case 'required': {
+        const missing = String((e.params as { missingProperty: string }).missingProperty);
+        const expected = schema.properties?.[missing]?.expected ?? 'a value';
+        add(join(here, missing), `expected ${expected}, found nothing (the key is required)`);
+        break;
+      }
+      case 'additionalProperties': {
+        const key = String((e.params as { additionalProperty: string }).additionalProperty);
+        const allowed = Object.keys(schema.properties ?? {});
+        if (/^(password|passwd|pass)$/i.test(key)) {
+          add(join(here, key), 'secrets are never written in the config file; use password_env: VARIABLE_NAME or password_file: /path/to/file');
+        } else {
+          const atTarget = segs.length === 2 && segs[0] === 'targets' && key === 'tls';
+          const atUpstream = segs.length === 3 && segs[0] === 'targets' && segs[2] === 'upstream' && key !== 'tls';
+          const hint = atTarget || atUpstream ? (OTHER_PROTOCOL_HINT[key] ?? '') : '';
+          add(join(here, key), `unknown key; expected one of ${allowed.join(', ')}${hint}`);
+        }
+        break;
+      }
+      case 'propertyNames': {
+        const name = String((e.params as { propertyName: string }).propertyName);
+        const what = segs[segs.length - 1] === 'targets'
+          ? 'a target name of letters, digits, _ and - (at most 63, starting with a letter or digit)'
+          : 'a claim name or a dotted path';
+        add(join(here, name), `expected ${what}, found ${JSON.stringify(name)}`);
+        break;
+      }
+      case 'discriminator': {
+        const p = e.params as { error: string; tagValue?: unknown };
+        const found = p.error === 'mapping' ? p.tagValue : obj(e.data)?.protocol;
+        add(join(here, 'protocol'), `expected postgres or redis, found ${render(found)}`);
+        break;
+      }
+      case 'uniqueItems':
+        add(here, `expected ${schema.expected ?? 'distinct values'}, found a repeated value`);
+        break;
+      default:
+        add(here, `expected ${schema.expected ?? ajvFallback(e)}, found ${SECRET_KEY.test(here) ? 'a value (not shown)' : render(e.data)}`);
+    }
+  }
+  return out;
+}
+
+function ajvFallback(e: ErrorObject): string {
+  // Every node in schema.ts is annotated; this only shows if one is missed.
+  return `a value that ${e.message ?? 'is valid'}`;
+}
+
+function pointerSegments(pointer: string): string[] {
+  if (pointer === '') return [];
+  return pointer.slice(1).split('/').map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
+}
+
+/** Render JSON-pointer segments as the YAML key path, `[n]` where the value is a list. */
+function keyPath(root: unknown, segs: string[]): string {
+  let out = '';
+  let node: unknown = root;
+  for (const s of segs) {
+    if (Array.isArray(node)) {
+      out += `[${s}]`;
+      node = node[Number(s)];
+    } else {
+      out = join(out, s);
+      node = isObject(node) ? node[s] : undefined;
+    }
+  }
+  return out;
+}
+
+function join(path: string, key: string): string {
+  return path === '' ? key : `${path}.${key}`;
+}
+
+/** How a found value is shown: short, quoted if a string, and never a whole structure. */
+function render(v: unknown): string {
+  if (v === undefined) return 'nothing';
+  if (v === null) return 'nothing (null)';
+  if (typeof v === 'string') return JSON.stringify(v.length > 60 ? `${v.slice(0, 57)}...` : v);
+  if (Array.isArray(v)) return v.length === 0 ? 'an empty list' : 'a list';
+  if (typeof v === 'object') return Object.keys(v).length === 0 ? 'an empty mapping' : 'a mapping';
+  return String(v);
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function errno(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+// --- pass 2: meaning, and the normalised shape -----------------------------
+
+/** Node's timers hold at most 2^31-1 ms; a longer one fires at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+function isLoopbackHost(host: string): boolean {
+  const h = host.toLowerCase();
+  if (h === 'localhost' || h === '::1' || h === '0:0:0:0:0:0:0:1') return true;
+  const v4 = h.startsWith('::ffff:') ? h.slice(7) : h;
+  return isIP(v4) === 4 && v4.startsWith('127.');
+}
+
+function isWildcardHost(host: string): boolean {
+  return host === '0.0.0.0' || host === '::' || host === '';
+}
+
+/** `[::1]` as written in YAML means the IPv6 address ::1. */
+function unbracket(host: string): string {
+  return host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
+}
+
+/**
+ * Builds the Config from the raw YAML value and records what is wrong with
+ * it. It reads values defensively: a value of the wrong type was already
+ * reported by ajv and is skipped here (its default stands in).
+ */
+class Normaliser {
+  readonly problems: Problem[] = [];
+  readonly #raw: Record<string, unknown>;
+  readonly #baseDir: string;
+  readonly #env: NodeJS.ProcessEnv;
+
+  constructor(raw: Record<string, unknown>, baseDir: string, env: NodeJS.ProcessEnv) {
+    this.#raw = raw;
+    this.#baseDir = baseDir;
+    this.#env = env;
+  }
+
+  config(source: string | undefined): Config {
+    const raw = this.#raw;
+    const identity = this.#identity(obj(raw.identity));
+    const tls = this.#tls(obj(raw.tls));
+    const globalLimits = this.#limits(obj(raw.limits), 'limits', DEFAULT_LIMITS);
+    const targets = this.#targets(obj(raw.targets), globalLimits);
+    const knownIssuers = [...(identity.devIssuer ? [DEV_ISSUER] : []), ...identity.issuers.map((i) => i.issuer)];
+    const policies = this.#policies(raw.policies, targets.map((t) => t.name), knownIssuers);
+    const level = str(obj(raw.log)?.level) as LogConfig['level'] | undefined;
+    const config: Config = {
+      ...(source !== undefined ? { source } : {}),
+      stateDir: this.#path(str(raw.state_dir) ?? DEFAULT_STATE_DIR),
+      identity,
+      ...(tls !== undefined ? { tls } : {}),
+      targets,
+      policies,
+      log: { level: level ?? 'info' },
+    };
+    return config;
+  }
+
+  #problem(path: string, text: string): void {
+    this.problems.push({ path, text });
+  }
+
+  #path(p: string): string {
+    return resolve(this.#baseDir, p);
+  }
+
+  /** The file must be readable; returns its absolute path. */
+  #readableFile(p: string, at: string): string {
+    const abs = this.#path(p);
+    try {
+      readFileSync(abs);
+    } catch (err) {
+      this.#problem(at, `expected a readable file, found ${abs} (${errno(err) ?? 'unreadable'})`);
+    }
+    return abs;
+  }
+
+  #identity(raw: Record<string, unknown> | undefined): IdentityConfig {
+    const devIssuer = bool(raw?.dev_issuer) ?? false;
+    const maxTokenBytes = int(raw?.max_token_bytes) ?? DEFAULT_MAX_TOKEN_BYTES;
+    let clockToleranceSeconds = DEFAULT_CLOCK_TOLERANCE_SECONDS;
+    const ct = raw?.clock_tolerance;
+    if (typeof ct === 'number' || typeof ct === 'string') {
+      const ms = parseDuration(ct);
+      if (ms !== undefined) {
+        if (ms > MAX_CLOCK_TOLERANCE_SECONDS * 1000) {
+          this.#problem('identity.clock_tolerance', `expected at most ${MAX_CLOCK_TOLERANCE_SECONDS}s, found ${render(ct)}`);
+        }
+        clockToleranceSeconds = ms / 1000;
+      }
+    }
+    const issuers: IssuerConfig[] = [];
+    const rawIssuers = Array.isArray(raw?.issuers) ? (raw.issuers as unknown[]) : [];
+    const firstIndex = new Map<string, number>();
+    rawIssuers.forEach((ri, i) => {
+      const at = `identity.issuers[${i}]`;
+      const o = obj(ri);
+      if (o === undefined) return;
+      const issuer = this.#issuer(o, at);
+      if (issuer === undefined) return;
+      if (devIssuer && issuer.issuer === DEV_ISSUER) {
+        this.#problem(`${at}.issuer`, `expected an issuer other than the dev issuer, found ${JSON.stringify(DEV_ISSUER)} (dev_issuer: true already trusts it)`);
+      }
+      const prev = firstIndex.get(issuer.issuer);
+      if (prev !== undefined) {
+        this.#problem(`${at}.issuer`, `expected each issuer once, found ${render(issuer.issuer)} again (also identity.issuers[${prev}])`);
+      } else {
+        firstIndex.set(issuer.issuer, i);
+      }
+      issuers.push(issuer);
+    });
+    const devIssuerWellFormed = raw?.dev_issuer === undefined || typeof raw.dev_issuer === 'boolean';
+    const issuersWellFormed = raw?.issuers === undefined || Array.isArray(raw.issuers);
+    if (!devIssuer && rawIssuers.length === 0 && devIssuerWellFormed && issuersWellFormed) {
+      this.#problem('identity', 'expected dev_issuer: true or at least one entry in issuers, found neither (no token could ever be accepted)');
+    }
+    return { devIssuer, issuers, maxTokenBytes, clockToleranceSeconds };
+  }
+
+  #issuer(o: Record<string, unknown>, at: string): IssuerConfig | undefined {
+    const issuer = str(o.issuer);
+    const audience = str(o.audience);
+    const jwksUri = str(o.jwks_uri);
+    const jwksFileRaw = str(o.jwks_file);
+    if (o.jwks_uri !== undefined && o.jwks_file !== undefined) {
+      this.#problem(at, 'expected exactly one of jwks_uri or jwks_file, found both');
+    } else if (o.jwks_uri === undefined && o.jwks_file === undefined) {
+      this.#problem(at, 'expected exactly one of jwks_uri or jwks_file, found neither');
+    }
+    if (jwksUri !== undefined) this.#checkJwksUri(jwksUri, `${at}.jwks_uri`);
+    let jwksFile: string | undefined;
+    if (jwksFileRaw !== undefined) jwksFile = this.#checkJwksFile(jwksFileRaw, `${at}.jwks_file`);
+
+    let algorithms = [...DEFAULT_ALGORITHMS];
+    if (Array.isArray(o.algorithms)) {
+      algorithms = [];
+      (o.algorithms as unknown[]).forEach((a, j) => {
+        if (typeof a !== 'string') return;
+        const why = refusedAlgorithm(a);
+        if (why !== undefined) this.#problem(`${at}.algorithms[${j}]`, why);
+        else algorithms.push(a);
+      });
+    }
+    if (issuer === undefined || audience === undefined) return undefined;
+    return {
+      issuer,
+      audience,
+      ...(jwksUri !== undefined ? { jwksUri } : {}),
+      ...(jwksFile !== undefined ? { jwksFile } : {}),
+      groupsClaim: str(o.groups_claim) ?? DEFAULT_GROUPS_CLAIM,
+      algorithms,
+    };
+  }
+
+  #checkJwksUri(uri: string, at: string): void {
+    let url: URL;
+    try {
+      url = new URL(uri);
+    } catch {
+      this.#problem(at, `expected an https:// URL, found ${render(uri)}`);
+      return;
+    }
+    // Keys fetched over cleartext could be swapped by anyone on the path; a loopback http JWKS is for tests.
+    const ok = url.protocol === 'https:' || (url.protocol === 'http:' && isLoopbackHost(unbracket(url.hostname)));
+    if (!ok) this.#problem(at, `expected an https:// URL (http:// only on a loopback host), found ${render(uri)}`);
+  }
+
+  #checkJwksFile(p: string, at: string): string {
+    const abs = this.#path(p);
+    let text: string;
+    try {
+      text = readFileSync(abs, 'utf8');
+    } catch (err) {
+      this.#problem(at, `expected a readable JWKS file, found ${abs} (${errno(err) ?? 'unreadable'})`);
+      return abs;
+    }
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      this.#problem(at, `expected a JWKS file ({"keys": [...]}), found ${abs}, which is not JSON`);
+      return abs;
+    }
+    if (!isObject(parsed) || !Array.isArray(parsed.keys)) {
+      this.#problem(at, `expected a JWKS file ({"keys": [...]}), found ${abs}, which has no "keys" list`);
+    }
+    return abs;
+  }
+
+  #tls(raw: Record<string, unknown> | undefined): TlsFiles | undefined {
+    if (raw === undefined) return undefined;
+    const cert = str(raw.cert_file);
+    const key = str(raw.key_file);
+    const certFile = cert !== undefined ? this.#readableFile(cert, 'tls.cert_file') : '';
+    const keyFile = key !== undefined ? this.#readableFile(key, 'tls.key_file') : '';
+    return { certFile, keyFile };
+  }
+
+  #limits(raw: Record<string, unknown> | undefined, at: string, base: Readonly<SessionLimits>): SessionLimits {
+    const out: SessionLimits = { ...base };
+    if (raw === undefined) return out;
+    const timer = (key: string, field: 'preAuthTimeoutMs' | 'idleTimeoutMs' | 'upstreamConnectTimeoutMs', zero: boolean): void => {
+      const v = raw[key];
+      if (typeof v !== 'number' && typeof v !== 'string') return;
+      const ms = parseDuration(v);
+      if (ms === undefined) return;
+      if (!zero && ms === 0) {
+        this.#problem(`${at}.${key}`, `expected a duration greater than 0, found ${render(v)}`);
+      } else if (ms > MAX_TIMER_MS) {
+        this.#problem(`${at}.${key}`, `expected at most 596h (the longest timer Node.js can set), found ${render(v)}`);
+      } else {
+        out[field] = ms;
+      }
+    };
+    timer('pre_auth_timeout', 'preAuthTimeoutMs', false);
+    timer('idle_timeout', 'idleTimeoutMs', true);
+    timer('upstream_connect_timeout', 'upstreamConnectTimeoutMs', false);
+    const maxPre = int(raw.max_pre_auth_connections);
+    if (maxPre !== undefined) out.maxPreAuthConnections = maxPre;
+    const size = raw.max_message_size;
+    if (typeof size === 'number' || typeof size === 'string') {
+      const bytes = parseSize(size);
+      if (bytes !== undefined) {
+        if (bytes < MIN_MESSAGE_BYTES || bytes > MAX_MESSAGE_BYTES) {
+          this.#problem(`${at}.max_message_size`, `expected a size from 1KiB to 1GiB, found ${render(size)}`);
+        } else {
+          out.maxMessageBytes = bytes;
+        }
+      }
+    }
+    return out;
+  }
+
+  #targets(raw: Record<string, unknown> | undefined, globalLimits: SessionLimits): TargetConfig[] {
+    const out: TargetConfig[] = [];
+    const listeners: { name: string; listen: ListenAddress }[] = [];
+    for (const [name, value] of Object.entries(raw ?? {})) {
+      const t = obj(value);
+      if (t === undefined) continue;
+      const at = `targets.${name}`;
+      const listen = this.#listen(t.listen, `${at}.listen`);
+      if (listen !== undefined) {
+        const clash = listeners.find((l) =>
+          l.listen.port === listen.port && listen.port !== 0 &&
+          (l.listen.host === listen.host || isWildcardHost(l.listen.host) || isWildcardHost(listen.host)));
+        if (clash) {
+          this.#problem(`${at}.listen`, `expected an address no other target listens on, found ${str(t.listen)}, which clashes with targets.${clash.name}.listen`);
+        }
+        listeners.push({ name, listen });
+      }
+      const allowInsecureLoopback = bool(t.allow_insecure_loopback) ?? false;
+      if (allowInsecureLoopback && listen !== undefined && !isLoopbackHost(listen.host)) {
+        this.#problem(`${at}.allow_insecure_loopback`, `expected only on a loopback listen address (127.0.0.0/8, ::1, localhost), found listen ${str(t.listen)}`);
+      }
+      const limits = this.#limits(obj(t.limits), `${at}.limits`, globalLimits);
+      const base = { name, listen: listen ?? { host: '', port: 0 }, allowInsecureLoopback, limits };
+      const u = obj(t.upstream) ?? {};
+      const uAt = `${at}.upstream`;
+      if (t.protocol === 'redis') {
+        const common = this.#upstreamCommon(u, uAt, DEFAULT_REDIS_PORT);
+        out.push({
+          ...base,
+          protocol: 'redis',
+          tls: bool(t.tls) ?? false,
+          upstream: { ...common, user: str(u.user) ?? DEFAULT_REDIS_USER, db: int(u.db) ?? 0 },
+        });
+      } else if (t.protocol === 'postgres') {
+        const common = this.#upstreamCommon(u, uAt, DEFAULT_POSTGRES_PORT);
+        const user = str(u.user) ?? '';
+        out.push({
+          ...base,
+          protocol: 'postgres',
+          upstream: { ...common, user, database: str(u.database) ?? user },
+        });
+      }
+    }
+    return out;
+  }
+
+  #listen(v: unknown, at: string): ListenAddress | undefined {
+    if (typeof v !== 'string') return undefined;
+    const m = /^(\[[^\]]+\]|[^:[\]]+):([0-9]+)$/.exec(v);
+    if (!m) return undefined; // the schema's pattern already said so
+    const host = unbracket(m[1] as string);
+    const port = Number(m[2]);
+    if (m[1]?.startsWith('[') && isIP(host) !== 6) {
+      this.#problem(at, `expected an IPv6 address inside [ ], found ${render(v)}`);
+      return undefined;
+    }
+    if (port > 65535) {
+      this.#problem(at, `expected a port 0-65535, found ${render(v)}`);
+      return undefined;
+    }
+    return { host, port };
+  }
+
+  #upstreamCommon(u: Record<string, unknown>, at: string, defaultPort: number): {
+    host: string; port: number; password?: Secret; tls: UpstreamTlsMode; caFile?: string; serverName?: string;
+  } {
+    const host = unbracket(str(u.host) ?? '');
+    const port = int(u.port) ?? defaultPort;
+    // Traffic to a loopback upstream never leaves the machine; anything else is verified unless the file says otherwise.
+    const tls = (str(u.tls) as UpstreamTlsMode | undefined) ?? (isLoopbackHost(host) ? 'disable' : 'verify-full');
+    let caFile: string | undefined;
+    const ca = str(u.ca_file);
+    if (ca !== undefined) {
+      caFile = this.#readableFile(ca, `${at}.ca_file`);
+      if (tls !== 'verify-full') this.#problem(`${at}.ca_file`, `expected only with tls: verify-full, found tls: ${tls}`);
+    }
+    const serverName = str(u.server_name);
+    if (serverName !== undefined && tls !== 'verify-full') {
+      this.#problem(`${at}.server_name`, `expected only with tls: verify-full, found tls: ${tls}`);
+    }
+    const password = this.#password(u, at);
+    return {
+      host,
+      port,
+      ...(password !== undefined ? { password } : {}),
+      tls,
+      ...(caFile !== undefined ? { caFile } : {}),
+      ...(serverName !== undefined ? { serverName } : {}),
+    };
+  }
+
+  /** The upstream credential. Nothing read here is ever put in a problem. */
+  #password(u: Record<string, unknown>, at: string): Secret | undefined {
+    const envName = str(u.password_env);
+    const file = str(u.password_file);
+    if (u.password_env !== undefined && u.password_file !== undefined) {
+      this.#problem(at, 'expected one of password_env or password_file, found both');
+      return undefined;
+    }
+    if (envName !== undefined) {
+      // A value that does not look like a variable name may be the password itself, pasted in the wrong place.
+      const shown = /^[A-Z_][A-Z0-9_]*$/.test(envName) ? envName : 'a variable (name not shown: is it the password itself?)';
+      const value = this.#env[envName];
+      if (value === undefined) {
+        this.#problem(`${at}.password_env`, `expected the name of a set environment variable, found ${shown}, which is not set`);
+        return undefined;
+      }
+      if (value === '') {
+        this.#problem(`${at}.password_env`, `expected the name of a set environment variable, found ${shown}, which is set but empty`);
+        return undefined;
+      }
+      return new Secret(value, `env ${envName}`);
+    }
+    if (file !== undefined) {
+      const abs = this.#path(file);
+      let text: string;
+      try {
+        text = readFileSync(abs, 'utf8');
+      } catch (err) {
+        this.#problem(`${at}.password_file`, `expected a readable file, found ${abs} (${errno(err) ?? 'unreadable'})`);
+        return undefined;
+      }
+      // Files written by `echo` or secret managers end in a newline that is not part of the password.
+      const value = text.replace(/\r?\n$/, '');
+      if (value === '') {
+        this.#problem(`${at}.password_file`, `expected a file holding the password, found ${abs}, which is empty`);
+        return undefined;
+      }
+      return new Secret(value, `file ${abs}`);
+    }
+    return undefined;
+  }
+
+  #policies(raw: unknown, targetNames: string[], knownIssuers: string[]): PolicyConfig[] {
+    if (!Array.isArray(raw)) return [];
+    const out: PolicyConfig[] = [];
+    const firstIndex = new Map<string, number>();
+    (raw as unknown[]).forEach((rp, i) => {
+      const at = `policies[${i}]`;
+      const p = obj(rp);
+      if (p === undefined) return;
+      const name = str(p.name);
+      if (name !== undefined) {
+        const prev = firstIndex.get(name);
+        if (prev !== undefined) {
+          this.#problem(`${at}.name`, `expected a name no other policy uses, found ${render(name)} (also policies[${prev}])`);
+        } else {
+          firstIndex.set(name, i);
+        }
+      }
+      const targets: string[] = [];
+      if (Array.isArray(p.targets)) {
+        (p.targets as unknown[]).forEach((t, j) => {
+          if (typeof t !== 'string') return;
+          if (!targetNames.includes(t)) {
+            this.#problem(`${at}.targets[${j}]`, `expected a target defined under targets (${targetNames.join(', ') || 'none defined'}), found ${render(t)}`);
+          }
+          targets.push(t);
+        });
+      }
+      const subjects = this.#subjects(obj(p.subjects), `${at}.subjects`, knownIssuers);
+      out.push({ name: name ?? '', subjects, targets });
+    });
+    return out;
+  }
+
+  #subjects(raw: Record<string, unknown> | undefined, at: string, knownIssuers: string[]): SubjectMatch {
+    const out: SubjectMatch = {};
+    if (raw === undefined) return out;
+    const groups = list(raw.groups);
+    const sub = list(raw.sub);
+    const issuer = list(raw.issuer);
+    if (groups) out.groups = groups;
+    if (sub) out.sub = sub;
+    if (issuer) {
+      out.issuer = issuer;
+      issuer.forEach((iss, j) => {
+        if (!knownIssuers.includes(iss)) {
+          const where = Array.isArray(raw.issuer) ? `${at}.issuer[${j}]` : `${at}.issuer`;
+          this.#problem(where, `expected a configured issuer (${knownIssuers.join(', ') || 'none configured'}), found ${render(iss)}`);
+        }
+      });
+    }
+    const rawClaims = obj(raw.claims);
+    if (rawClaims) {
+      const claims: Record<string, string[]> = {};
+      for (const [k, v] of Object.entries(rawClaims)) {
+        const l = list(v);
+        if (l) claims[k] = l;
+      }
+      out.claims = claims;
+    }
+    // `sub: '*'` matches every subject, so on its own it narrows nothing.
+    const subNarrows = sub !== undefined && !sub.some((s) => /^\*+$/.test(s));
+    const criteria = (groups ? 1 : 0) + (subNarrows ? 1 : 0) + (issuer ? 1 : 0) + (rawClaims && Object.keys(rawClaims).length > 0 ? 1 : 0);
+    // A criterion of the wrong type was reported by ajv; do not also call it missing.
+    const wellFormed = Object.entries(raw).every(([k, v]) =>
+      k === 'claims' ? obj(v) !== undefined : ['groups', 'sub', 'issuer'].includes(k) && list(v) !== undefined);
+    if (criteria === 0 && wellFormed) {
+      this.#problem(at, 'expected at least one criterion, found none: would match every token; say which groups/sub/issuer/claims');
+    }
+    return out;
+  }
+}
+
+const HMAC = /^HS(256|384|512)$/i;
+
+/** Why an algorithm is not allowed, or undefined if it is. */
+function refusedAlgorithm(a: string): string | undefined {
+  if ((ALLOWED_ALGORITHMS as readonly string[]).includes(a)) return undefined;
+  const allowed = ALLOWED_ALGORITHMS.join(', ');
+  if (a.toLowerCase() === 'none') {
+    return `expected one of ${allowed}, found "none", which is refused: an unsigned token could be written by anyone`;
+  }
+  if (HMAC.test(a)) {
+    return `expected one of ${allowed}, found ${JSON.stringify(a)}, which is refused: HMAC needs the shared secret on the gateway, and whoever holds it can mint tokens`;
+  }
+  return `expected one of ${allowed}, found ${render(a)}`;
+}
+
+function obj(v: unknown): Record<string, unknown> | undefined {
+  return isObject(v) ? v : undefined;
+}
+
+function str(v: unknown): string | undefined {
+  return typeof v === 'string' ? v : undefined;
+}
+
+function int(v: unknown): number | undefined {
+  return typeof v === 'number' && Number.isInteger(v) ? v : undefined;
+}
+
+function bool(v: unknown): boolean | undefined {
+  return typeof v === 'boolean' ? v : undefined;
+}
+
+/** A string or a list of strings, as a list; undefined when absent or malformed. */
+function list(v: unknown): string[] | undefined {
+  if (typeof v === 'string') return [v];
+  if (Array.isArray(v)) return v.filter((x): x is string => typeof x === 'string');
+  return undefined;
+}

@@ -1,0 +1,290 @@
+/**
+ * The JSON schema of sluice.yaml (snake_case, as written by people), and the
+ * small grammars for durations and sizes it refers to.
+ *
+ * Every node that can fail carries an `expected` annotation: the loader
+ * turns an ajv error into `key.path: expected <that>, found <value>`, so the
+ * wording of each problem lives here beside the rule it explains. Checks
+ * that need more than one value or the outside world (files, environment,
+ * duplicates, cross references) are in load.ts.
+ */
+
+/** `10s`, `5m`, `1h`, `250ms`; a bare number is milliseconds. */
+export const DURATION_PATTERN = '^[0-9]+(ms|s|m|h)$';
+/** `65536`, `512KiB`, `64MiB`, `1GiB`, `100B`. Binary units only: `MB` is ambiguous. */
+export const SIZE_PATTERN = '^[0-9]+(B|KiB|MiB|GiB)$';
+
+/** JWS algorithms a token may be signed with. Only asymmetric ones: see load.ts for why `none` and HS* are refused. */
+export const ALLOWED_ALGORITHMS = [
+  'RS256', 'RS384', 'RS512',
+  'PS256', 'PS384', 'PS512',
+  'ES256', 'ES384', 'ES512',
+  'EdDSA',
+] as const;
+
+/** Target and policy names: they appear in key paths and logs, so no dots or spaces. */
+export const NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$';
+
+export function parseDuration(value: number | string): number | undefined {
+  if (typeof value === 'number') return Number.isInteger(value) && value >= 0 ? value : undefined;
+  const m = /^([0-9]+)(ms|s|m|h)$/.exec(value);
+  if (!m) return undefined;
+  const n = Number(m[1]);
+  const unit = m[2] === 'ms' ? 1 : m[2] === 's' ? 1000 : m[2] === 'm' ? 60_000 : 3_600_000;
+  return n * unit;
+}
+
+export function parseSize(value: number | string): number | undefined {
+  if (typeof value === 'number') return Number.isInteger(value) && value >= 0 ? value : undefined;
+  const m = /^([0-9]+)(B|KiB|MiB|GiB)$/.exec(value);
+  if (!m) return undefined;
+  const unit = m[2] === 'B' ? 1 : m[2] === 'KiB' ? 1024 : m[2] === 'MiB' ? 1024 ** 2 : 1024 ** 3;
+  return Number(m[1]) * unit;
+}
+
+// --- building blocks ---------------------------------------------------------
+
+const duration = {
+  type: ['integer', 'string'],
+  minimum: 0,
+  pattern: DURATION_PATTERN,
+  expected: 'a duration such as 10s, 5m, 1h, 250ms or a number of milliseconds',
+};
+
+const size = {
+  type: ['integer', 'string'],
+  minimum: 0,
+  pattern: SIZE_PATTERN,
+  expected: 'a size such as 65536, 512KiB, 64MiB or 1GiB',
+};
+
+const bool = { type: 'boolean', expected: 'true or false' };
+const nonEmptyString = { type: 'string', minLength: 1, expected: 'a non-empty string' };
+const path = { type: 'string', minLength: 1, expected: 'a file path' };
+const port = { type: 'integer', minimum: 1, maximum: 65535, expected: 'an integer 1-65535' };
+const host = {
+  type: 'string',
+  pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*|[A-Za-z0-9_.-]+)$',
+  expected: 'a host name or IP address',
+};
+
+const stringOrList = {
+  type: ['string', 'array'],
+  minLength: 1,
+  minItems: 1,
+  items: nonEmptyString,
+  expected: 'a string or a non-empty list of strings',
+};
+
+const limits = {
+  type: 'object',
+  additionalProperties: false,
+  expected: 'a mapping of limits',
+  properties: {
+    pre_auth_timeout: duration,
+    max_pre_auth_connections: { type: 'integer', minimum: 1, expected: 'an integer of at least 1' },
+    idle_timeout: duration,
+    max_message_size: size,
+    upstream_connect_timeout: duration,
+  },
+};
+
+const upstreamTls = {
+  enum: ['disable', 'require', 'verify-full'],
+  expected: 'one of disable, require, verify-full',
+};
+
+const upstreamCommon = {
+  host,
+  port,
+  user: nonEmptyString,
+  password_env: {
+    type: 'string',
+    pattern: '^[A-Za-z_][A-Za-z0-9_]*$',
+    expected: 'the name of an environment variable',
+  },
+  password_file: path,
+  tls: upstreamTls,
+  ca_file: path,
+  server_name: { ...nonEmptyString, expected: 'a host name' },
+};
+
+const postgresUpstream = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['host', 'user'],
+  expected: 'a mapping with host, port, user, database',
+  properties: {
+    ...upstreamCommon,
+    database: nonEmptyString,
+  },
+};
+
+const redisUpstream = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['host'],
+  expected: 'a mapping with host, port, user, db',
+  properties: {
+    ...upstreamCommon,
+    db: { type: 'integer', minimum: 0, expected: 'a database number (integer of at least 0)' },
+  },
+};
+
+const listen = {
+  type: 'string',
+  pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9_.-]+):[0-9]+$',
+  expected: 'host:port such as 127.0.0.1:6432 or [::1]:6432',
+};
+
+const targetCommon = {
+  listen,
+  allow_insecure_loopback: bool,
+  limits,
+};
+
+const postgresTarget = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['protocol', 'listen', 'upstream'],
+  properties: {
+    protocol: { const: 'postgres', expected: 'postgres or redis' },
+    ...targetCommon,
+    upstream: postgresUpstream,
+  },
+};
+
+const redisTarget = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['protocol', 'listen', 'upstream'],
+  properties: {
+    protocol: { const: 'redis', expected: 'postgres or redis' },
+    ...targetCommon,
+    tls: bool,
+    upstream: redisUpstream,
+  },
+};
+
+const issuer = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['issuer', 'audience'],
+  expected: 'a mapping with issuer, audience and jwks_uri or jwks_file',
+  properties: {
+    issuer: { ...nonEmptyString, expected: 'the exact iss value, such as https://token.actions.githubusercontent.com' },
+    audience: { ...nonEmptyString, expected: 'the exact aud value tokens must carry' },
+    jwks_uri: { ...nonEmptyString, expected: 'an https:// URL of a JWKS' },
+    jwks_file: path,
+    groups_claim: {
+      type: 'string',
+      pattern: '^[^.\\s]+(\\.[^.\\s]+)*$',
+      expected: 'a claim name or a dotted path such as realm_access.roles',
+    },
+    algorithms: {
+      type: 'array',
+      minItems: 1,
+      uniqueItems: true,
+      // Membership is checked in load.ts so `none` and HS* get a message saying why.
+      items: { type: 'string', expected: 'an algorithm name such as RS256' },
+      expected: 'a non-empty list of distinct algorithm names',
+    },
+  },
+};
+
+const subjects = {
+  type: 'object',
+  additionalProperties: false,
+  expected: 'a mapping with groups, sub, issuer and/or claims',
+  properties: {
+    groups: stringOrList,
+    sub: stringOrList,
+    issuer: stringOrList,
+    claims: {
+      type: 'object',
+      expected: 'a mapping of claim name to accepted value(s)',
+      propertyNames: { minLength: 1, pattern: '^[^.\\s]+(\\.[^.\\s]+)*$' },
+      additionalProperties: stringOrList,
+    },
+  },
+};
+
+export const configSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['targets'],
+  expected: 'a mapping',
+  properties: {
+    state_dir: path,
+    log: {
+      type: 'object',
+      additionalProperties: false,
+      expected: 'a mapping with level',
+      properties: {
+        level: {
+          enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
+          expected: 'one of fatal, error, warn, info, debug, trace, silent',
+        },
+      },
+    },
+    identity: {
+      type: 'object',
+      additionalProperties: false,
+      expected: 'a mapping',
+      properties: {
+        dev_issuer: bool,
+        max_token_bytes: {
+          type: 'integer',
+          minimum: 256,
+          maximum: 65536,
+          expected: 'an integer 256-65536',
+        },
+        clock_tolerance: duration,
+        issuers: { type: 'array', items: issuer, expected: 'a list of issuers' },
+      },
+    },
+    tls: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['cert_file', 'key_file'],
+      expected: 'a mapping with cert_file and key_file',
+      properties: { cert_file: path, key_file: path },
+    },
+    limits,
+    targets: {
+      type: 'object',
+      minProperties: 1,
+      expected: 'a mapping of target name to target (at least one)',
+      propertyNames: { pattern: NAME_PATTERN },
+      additionalProperties: {
+        type: 'object',
+        required: ['protocol'],
+        expected: 'a mapping with protocol, listen and upstream',
+        // Annotation only: the wording when protocol is missing. The branches check the value.
+        properties: { protocol: { expected: 'postgres or redis' } },
+        discriminator: { propertyName: 'protocol' },
+        oneOf: [postgresTarget, redisTarget],
+      },
+    },
+    policies: {
+      type: 'array',
+      expected: 'a list of policies',
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['name', 'subjects', 'targets'],
+        expected: 'a mapping with name, subjects and targets',
+        properties: {
+          name: { type: 'string', pattern: NAME_PATTERN, expected: 'a name of letters, digits, _ and - (at most 63)' },
+          subjects,
+          targets: {
+            type: 'array',
+            minItems: 1,
+            items: { ...nonEmptyString, expected: 'a target name' },
+            expected: 'a non-empty list of target names',
+          },
+        },
+      },
+    },
+  },
+} as const;
