@@ -1,0 +1,109 @@
+import type { Socket } from 'node:net';
+import { PgFramer } from './framer.js';
+
+/** One whole message read during a handshake: its type byte (0 for startup-phase messages) and its complete wire bytes. */
+export interface WireMessage {
+  type: number;
+  bytes: Buffer;
+}
+
+/**
+ * Turns a socket into "await the next message" for the handshake phases,
+ * where each step waits on the peer anyway and clarity beats speed. The
+ * framer inspects every type here, so nothing is passed through; messages
+ * that arrive ahead of need (a client pipelining after its password) stay
+ * queued and are handed to the relay in order by `takeQueued()`.
+ */
+export class HandshakeReader {
+  readonly framer: PgFramer;
+  #socket: Socket | undefined;
+  readonly #queue: WireMessage[] = [];
+  #failure: Error | undefined;
+  #ended = false;
+  #wake: (() => void) | undefined;
+
+  readonly #onData = (chunk: Buffer): void => {
+    try {
+      this.framer.push(chunk, {
+        passthrough: (bytes) => this.#queue.push({ type: -1, bytes }),
+        message: (type, bytes) => this.#queue.push({ type, bytes }),
+      });
+    } catch (err) {
+      this.#failure = err as Error;
+      this.#socket?.pause();
+    }
+    this.#notify();
+  };
+
+  readonly #onEnd = (): void => {
+    this.#ended = true;
+    this.#notify();
+  };
+
+  readonly #onError = (err: Error): void => {
+    this.#failure ??= err;
+    this.#notify();
+  };
+
+  constructor(framer: PgFramer) {
+    this.framer = framer;
+  }
+
+  attach(socket: Socket): void {
+    this.#socket = socket;
+    socket.on('data', this.#onData);
+    socket.on('end', this.#onEnd);
+    socket.on('close', this.#onEnd);
+    socket.on('error', this.#onError);
+    socket.resume();
+  }
+
+  /** Stops reading from the socket (before a TLS upgrade or the hand-over to the relay). */
+  detach(): void {
+    const socket = this.#socket;
+    if (!socket) return;
+    socket.pause();
+    socket.off('data', this.#onData);
+    socket.off('end', this.#onEnd);
+    socket.off('close', this.#onEnd);
+    socket.off('error', this.#onError);
+    this.#socket = undefined;
+  }
+
+  /** Messages received but not yet consumed: nonzero right after an SSLRequest means bytes were injected before the TLS handshake. */
+  get queued(): number {
+    return this.#queue.length;
+  }
+
+  /** Resolves with the next whole message; rejects on a protocol violation, a socket error, or EOF. */
+  async next(): Promise<WireMessage> {
+    for (;;) {
+      const message = this.#queue.shift();
+      if (message) return message;
+      if (this.#failure) throw this.#failure;
+      if (this.#ended) throw new PeerClosed();
+      await new Promise<void>((resolve) => (this.#wake = resolve));
+    }
+  }
+
+  /** Everything queued, in wire order, as owned bytes (the relay sends them first). */
+  takeQueued(): Buffer[] {
+    const out = this.#queue.map((m) => m.bytes);
+    this.#queue.length = 0;
+    return out;
+  }
+
+  #notify(): void {
+    const wake = this.#wake;
+    this.#wake = undefined;
+    wake?.();
+  }
+}
+
+/** The peer went away mid-handshake: nothing to answer, nothing to log loudly. */
+export class PeerClosed extends Error {
+  constructor() {
+    super('peer closed the connection during the handshake');
+    this.name = 'PeerClosed';
+  }
+}

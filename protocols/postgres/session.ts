@@ -1,0 +1,389 @@
+import { TLSSocket } from 'node:tls';
+import type { Socket } from 'node:net';
+import type { PostgresTarget } from '../../src/config/types.js';
+import type { GatewayContext, SessionHandle } from '../../src/gateway/context.js';
+import type { Identity } from '../../src/identity/types.js';
+import { ErrorCodes, SluiceError, isSluiceError } from '../../src/errors.js';
+import { isLoopbackConnection, newSessionId } from '../../src/gateway/net.js';
+import type { Logger } from '../../src/log.js';
+import { PgFramer, PgProtocolError } from './framer.js';
+import { HandshakeReader, PeerClosed } from './handshake-reader.js';
+import {
+  Frontend,
+  authenticationCleartextPassword,
+  authenticationOk,
+  backendKeyData,
+  errorResponse,
+  negotiateProtocolVersion,
+  parsePasswordMessage,
+  parseStartupPacket,
+  readyForQuery,
+  sqlstate,
+  type TransactionStatus,
+} from './messages.js';
+import { PgRelay } from './relay.js';
+import { StartupParameterRefused, vetStartupParameters, type VettedStartup } from './startup-params.js';
+import { connectUpstream, sendCancelRequest, type UpstreamSession } from './upstream.js';
+
+/**
+ * The client side of one PostgreSQL connection, from accept to relay.
+ *
+ *   SSLRequest      -> 'S' + TLS handshake   (GSSENCRequest -> 'N')
+ *   CancelRequest   -> mapped through the cancel registry, then close
+ *   StartupMessage  -> parameters vetted, transport checked
+ *                   <- AuthenticationCleartextPassword
+ *   PasswordMessage -> the token: verified, subject admitted to this target
+ *                      (no upstream connection is opened before both pass)
+ *   upstream connect + auth with the stored credential
+ *                   <- AuthenticationOk, ParameterStatus*, BackendKeyData
+ *                      (the gateway's key, not the server's), ReadyForQuery
+ *   relay
+ *
+ * Every refusal is a FATAL ErrorResponse with a SQLSTATE a driver
+ * understands and a message a person can act on.
+ * https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-START-UP
+ */
+
+/** Largest message accepted before authentication: the startup phase is tiny, and a token is capped well below this (an oversized token still gets a 28P01 from the verifier). */
+const HANDSHAKE_MAX_MESSAGE = 64 * 1024;
+
+export interface PreAuthGate {
+  /** Called exactly once when the session leaves the unauthenticated state (admitted or closed). */
+  release(): void;
+}
+
+export class PostgresSession implements SessionHandle {
+  readonly id = newSessionId();
+  readonly #log: Logger;
+  #socket: Socket;
+  #reader: HandshakeReader;
+  #relay: PgRelay | undefined;
+  #upstream: UpstreamSession | undefined;
+  #identity: Identity | undefined;
+  #cancelKey: { processId: number; secretKey: number } | undefined;
+  #closed = false;
+  #preAuthTimer: NodeJS.Timeout | undefined;
+  #preAuthReleased = false;
+
+  constructor(
+    socket: Socket,
+    readonly target: PostgresTarget,
+    private readonly ctx: GatewayContext,
+    private readonly preAuth: PreAuthGate,
+  ) {
+    this.#socket = socket;
+    this.#log = ctx.logger.child({ session: this.id, target: target.name, client: `${socket.remoteAddress}:${socket.remotePort}` });
+    this.#reader = new HandshakeReader(new PgFramer({ maxMessageBytes: HANDSHAKE_MAX_MESSAGE, startup: true, inspect: () => true }));
+  }
+
+  /** Runs the session to its end; never rejects. */
+  async run(): Promise<void> {
+    this.ctx.sessions.add(this);
+    this.#preAuthTimer = setTimeout(() => {
+      this.#refuse(
+        new SluiceError(ErrorCodes.PRE_AUTH_TIMEOUT, `authentication not completed within ${this.target.limits.preAuthTimeoutMs} ms`),
+      );
+    }, this.target.limits.preAuthTimeoutMs);
+    this.#preAuthTimer.unref();
+    this.#socket.setNoDelay(true);
+    this.#socket.on('close', () => this.#closedBeforeRelay());
+    this.#reader.attach(this.#socket);
+    try {
+      await this.#handshake();
+    } catch (err) {
+      this.#refuse(err);
+    }
+  }
+
+  shutdown(reason: string): void {
+    const error = errorResponse({ severity: 'FATAL', code: sqlstate.ADMIN_SHUTDOWN, message: `sluice: ${reason}` });
+    if (this.#relay) this.#relay.shutdown(reason, error);
+    else this.#refuse(new SluiceError(ErrorCodes.PROTOCOL_VIOLATION, reason), error);
+  }
+
+  async #handshake(): Promise<void> {
+    const startup = await this.#readStartup();
+    if (!startup) return;
+    const vetted = vetStartupParameters(startup.params);
+    const preamble: Buffer[] = [];
+    if (startup.minorVersion > 0 || vetted.unrecognizedProtocolOptions.length > 0) {
+      // We speak 3.0; tell a newer client so, as PostgreSQL itself does.
+      preamble.push(negotiateProtocolVersion(0, vetted.unrecognizedProtocolOptions));
+    }
+    this.#requireSafeTransport();
+
+    // Ask for the token. Cleartext is safe here: the transport is TLS or loopback.
+    preamble.push(authenticationCleartextPassword());
+    this.#socket.write(preamble.length === 1 ? preamble[0]! : Buffer.concat(preamble));
+    const password = await this.#reader.next();
+    if (password.type !== Frontend.PasswordMessage) {
+      throw new PgProtocolError(ErrorCodes.PROTOCOL_VIOLATION, `expected a PasswordMessage carrying the token, got message type ${describeType(password.type)}`, 0);
+    }
+    const token = parsePasswordMessage(password.bytes);
+    const identity = await this.ctx.verifier.verify(token);
+    this.#identity = identity;
+    const log = this.#log.child({ subject: identity.subject, tokenId: identity.tokenId });
+    const policies = this.ctx.admit(identity, this.target.name);
+    if (policies.length === 0) {
+      throw new SluiceError(ErrorCodes.NOT_AUTHORIZED, `not authorized for target "${this.target.name}"`);
+    }
+    this.#clearPreAuth();
+    if (this.#closed) return;
+
+    const upstream = await connectUpstream(this.target.upstream, vetted.forward, {
+      connectTimeoutMs: this.target.limits.upstreamConnectTimeoutMs,
+      logger: log,
+    });
+    if (this.#closed) {
+      upstream.socket.destroy();
+      return;
+    }
+    this.#upstream = upstream;
+    this.#startRelay(upstream, vetted, log, policies.map((p) => p.name));
+  }
+
+  /** Reads startup-phase packets until a StartupMessage; answers SSLRequest, GSSENCRequest and CancelRequest on the way. Returns undefined when the connection was a cancel. */
+  async #readStartup(): Promise<{ minorVersion: number; params: Map<string, string> } | undefined> {
+    for (;;) {
+      const message = await this.#reader.next();
+      const packet = parseStartupPacket(message.bytes);
+      switch (packet.kind) {
+        case 'ssl':
+          await this.#startTls();
+          continue;
+        case 'gssenc':
+          this.#requireNothingPipelined('GSSENCRequest');
+          this.#socket.write('N');
+          this.#reader.framer.expectStartup();
+          continue;
+        case 'cancel':
+          await this.#cancel(packet);
+          return undefined;
+        case 'startup':
+          if (packet.majorVersion !== 3) {
+            throw new SluiceError(
+              ErrorCodes.PROTOCOL_VIOLATION,
+              `unsupported frontend protocol ${packet.majorVersion}.${packet.minorVersion}: sluice supports 3.0`,
+            );
+          }
+          return { minorVersion: packet.minorVersion, params: packet.params };
+      }
+    }
+  }
+
+  async #startTls(): Promise<void> {
+    if (this.#socket instanceof TLSSocket) {
+      throw new PgProtocolError(ErrorCodes.PROTOCOL_VIOLATION, 'SSLRequest received on a connection that already uses TLS', 0);
+    }
+    this.#requireNothingPipelined('SSLRequest');
+    this.#reader.detach();
+    this.#socket.write('S');
+    const tlsSocket = new TLSSocket(this.#socket, { isServer: true, secureContext: this.ctx.secureContext });
+    await new Promise<void>((resolve, reject) => {
+      tlsSocket.once('secure', resolve);
+      tlsSocket.once('error', reject);
+      tlsSocket.once('close', () => reject(new PeerClosed()));
+    });
+    tlsSocket.removeAllListeners('error');
+    tlsSocket.removeAllListeners('close');
+    tlsSocket.on('close', () => this.#closedBeforeRelay());
+    this.#socket = tlsSocket;
+    this.#reader.framer.expectStartup();
+    this.#reader.attach(tlsSocket);
+  }
+
+  /**
+   * After SSLRequest or GSSENCRequest the client must wait for our one-byte
+   * answer. Bytes already sent after it would be read as cleartext and then
+   * treated as if they came through TLS (CVE-2021-23214 in PostgreSQL,
+   * CVE-2021-3935 in PgBouncer): refuse the connection instead.
+   */
+  #requireNothingPipelined(what: string): void {
+    if (this.#reader.queued > 0 || !this.#reader.framer.atMessageBoundary || this.#reader.framer.bufferedBytes > 0) {
+      throw new PgProtocolError(ErrorCodes.PROTOCOL_VIOLATION, `data received after ${what} before the server answered`, 0);
+    }
+  }
+
+  #requireSafeTransport(): void {
+    if (this.#socket instanceof TLSSocket) return;
+    if (this.target.allowInsecureLoopback && isLoopbackConnection(this.#socket)) return;
+    throw new SluiceError(
+      ErrorCodes.INSECURE_TRANSPORT,
+      `target "${this.target.name}" requires TLS: connect with sslmode=require (or sslmode=verify-full and the gateway CA)`,
+    );
+  }
+
+  async #cancel(packet: { processId: number; secretKey: number }): Promise<void> {
+    const entry = this.ctx.pgCancels.lookup(this.target.name, packet);
+    // An unknown or stale key is dropped silently, as PostgreSQL does: the
+    // protocol gives a cancel no answer, and a wrong guess learns nothing.
+    if (entry) {
+      this.#log.info({ gatewayPid: packet.processId }, 'forwarding cancel request');
+      await sendCancelRequest(entry.upstream, entry.key, { connectTimeoutMs: entry.connectTimeoutMs }).catch((err: unknown) =>
+        this.#log.warn({ err: errorText(err) }, 'cancel request could not be forwarded'),
+      );
+    } else {
+      this.#log.info({ gatewayPid: packet.processId }, 'cancel request with an unknown key dropped');
+    }
+    this.#closed = true;
+    this.#clearPreAuth();
+    this.#socket.end();
+    this.ctx.sessions.delete(this);
+  }
+
+  #startRelay(upstream: UpstreamSession, vetted: VettedStartup, log: Logger, policies: string[]): void {
+    const key = this.ctx.pgCancels.register(this.target.name, {
+      upstream: this.target.upstream,
+      key: upstream.backendKey,
+      connectTimeoutMs: this.target.limits.upstreamConnectTimeoutMs,
+    });
+    this.#cancelKey = key;
+    const toClient = [
+      authenticationOk(),
+      upstream.startupReply,
+      backendKeyData(key.processId, key.secretKey),
+      readyForQuery(String.fromCharCode(upstream.transactionStatus) as TransactionStatus),
+    ];
+    if (upstream.leftover.length > 0) toClient.push(upstream.leftover);
+    this.#reader.detach();
+    const clientFramer = this.#reader.framer;
+    clientFramer.setMaxMessageBytes(this.target.limits.maxMessageBytes);
+    clientFramer.setInspect(() => false);
+    const relay = new PgRelay(
+      this.#socket,
+      upstream.socket,
+      clientFramer,
+      new PgFramer({ maxMessageBytes: UPSTREAM_MAX_MESSAGE, inspect: () => false }),
+      {
+        logger: log,
+        idleTimeoutMs: this.target.limits.idleTimeoutMs,
+        onClose: (reason) => this.#ended(reason),
+      },
+    );
+    this.#relay = relay;
+    this.#socket.removeAllListeners('close');
+    log.info(
+      {
+        groups: this.#identity?.groups,
+        issuer: this.#identity?.issuer,
+        policies,
+        user: vetted.labels.user,
+        database: vetted.labels.database,
+        application: vetted.labels.applicationName,
+        tls: this.#socket instanceof TLSSocket,
+      },
+      'session started',
+    );
+    relay.start(this.#reader.takeQueued(), [Buffer.concat(toClient)]);
+  }
+
+  #ended(reason: string): void {
+    if (this.#cancelKey) this.ctx.pgCancels.unregister(this.#cancelKey);
+    this.ctx.sessions.delete(this);
+    const stats = this.#relay?.stats;
+    this.#log.info({ reason, bytesFromClient: stats?.bytesFromClient, bytesFromUpstream: stats?.bytesFromUpstream }, 'session ended');
+  }
+
+  /** The client went away before the relay started. */
+  #closedBeforeRelay(): void {
+    if (this.#relay) return;
+    if (!this.#closed) this.#log.debug('client closed the connection during the handshake');
+    this.#closed = true;
+    this.#clearPreAuth();
+    this.#upstream?.socket.destroy();
+    this.ctx.sessions.delete(this);
+  }
+
+  /** Ends a session that never reached the relay, telling the client why in PostgreSQL's terms. */
+  #refuse(err: unknown, override?: Buffer): void {
+    if (this.#closed || this.#relay) return;
+    this.#closed = true;
+    this.#clearPreAuth();
+    this.#upstream?.socket.destroy();
+    this.ctx.sessions.delete(this);
+    if (err instanceof PeerClosed) {
+      this.#socket.destroy();
+      return;
+    }
+    const refusal = override ?? this.#errorFor(err);
+    if (this.#socket.writable) this.#socket.end(refusal);
+    setTimeout(() => this.#socket.destroy(), 2_000).unref();
+  }
+
+  #errorFor(err: unknown): Buffer {
+    const fatal = (code: string, message: string, hint?: string): Buffer =>
+      errorResponse({ severity: 'FATAL', code, message, ...(hint ? { hint } : {}) });
+    if (err instanceof StartupParameterRefused) {
+      this.#log.info({ parameter: err.parameter }, 'startup parameter refused');
+      return fatal(sqlstate.INSUFFICIENT_PRIVILEGE, `sluice: ${err.message}`);
+    }
+    if (err instanceof PgProtocolError) {
+      this.#log.warn({ reason: err.message }, 'protocol violation during the handshake');
+      return fatal(sqlstate.PROTOCOL_VIOLATION, `sluice: protocol violation: ${err.message}`);
+    }
+    if (!isSluiceError(err)) {
+      this.#log.error({ err }, 'unexpected failure during the handshake');
+      return fatal(sqlstate.INTERNAL_ERROR, `sluice: internal error (correlation id ${this.id})`);
+    }
+    const code = err.code;
+    if (code.startsWith('SLUICE_TOKEN_')) {
+      this.#log.info({ code, reason: err.message }, 'token refused');
+      return fatal(sqlstate.INVALID_PASSWORD, `sluice: token refused: ${err.message}`, 'present a fresh token from a trusted issuer as the password');
+    }
+    switch (code) {
+      case ErrorCodes.JWKS_UNAVAILABLE:
+        this.#log.warn({ reason: err.message }, 'token could not be checked');
+        return fatal(sqlstate.CANNOT_CONNECT_NOW, `sluice: token could not be checked: ${err.message}`, 'try again shortly');
+      case ErrorCodes.NOT_AUTHORIZED:
+        this.#log.info({ subject: this.#identity?.subject, groups: this.#identity?.groups }, 'subject not authorized for target');
+        return fatal(
+          sqlstate.INVALID_AUTHORIZATION_SPECIFICATION,
+          `sluice: ${err.message}`,
+          `subject "${this.#identity?.subject ?? ''}" matches no policy for this target; ask an administrator to add one`,
+        );
+      case ErrorCodes.INSECURE_TRANSPORT:
+        this.#log.info('cleartext connection refused');
+        return fatal(sqlstate.INVALID_AUTHORIZATION_SPECIFICATION, `sluice: ${err.message}`);
+      case ErrorCodes.PRE_AUTH_TIMEOUT:
+        this.#log.info('authentication timed out');
+        return fatal(sqlstate.QUERY_CANCELED, `sluice: canceling authentication due to timeout (${err.message})`);
+      case ErrorCodes.PROTOCOL_VIOLATION:
+        this.#log.warn({ reason: err.message }, 'protocol violation during the handshake');
+        return fatal(sqlstate.FEATURE_NOT_SUPPORTED, `sluice: ${err.message}`);
+      case ErrorCodes.UPSTREAM_CONNECT_FAILED:
+      case ErrorCodes.UPSTREAM_AUTH_FAILED:
+      case ErrorCodes.UPSTREAM_TLS_FAILED:
+      case ErrorCodes.UPSTREAM_PROTOCOL:
+        // The detail names the service account and the server: log only.
+        this.#log.error({ code, reason: err.message }, 'upstream connection failed');
+        return fatal(
+          sqlstate.CONNECTION_FAILURE,
+          `sluice: could not connect to the upstream database (correlation id ${this.id})`,
+          'the gateway log has the details under this correlation id',
+        );
+      default:
+        this.#log.error({ code, reason: err.message }, 'session refused');
+        return fatal(sqlstate.INTERNAL_ERROR, `sluice: internal error (correlation id ${this.id})`);
+    }
+  }
+
+  #clearPreAuth(): void {
+    if (this.#preAuthTimer) clearTimeout(this.#preAuthTimer);
+    this.#preAuthTimer = undefined;
+    if (!this.#preAuthReleased) {
+      this.#preAuthReleased = true;
+      this.preAuth.release();
+    }
+  }
+}
+
+/** Server-to-client messages can legitimately be large (a wide DataRow); PostgreSQL itself caps a message at 1 GiB. */
+const UPSTREAM_MAX_MESSAGE = 1024 * 1024 * 1024 + 1024;
+
+function describeType(type: number): string {
+  return type > 32 && type < 127 ? `'${String.fromCharCode(type)}'` : String(type);
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

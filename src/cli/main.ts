@@ -1,0 +1,165 @@
+#!/usr/bin/env node
+import { parseArgs } from 'node:util';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { ConfigError, loadConfig } from '../config/load.js';
+import type { Config } from '../config/types.js';
+import { DevIssuer, parseDuration } from '../identity/dev-issuer.js';
+import { Gateway } from '../gateway/gateway.js';
+import { createLogger } from '../log.js';
+import { isSluiceError } from '../errors.js';
+
+const USAGE = `Usage: sluice <command> [options]
+
+Commands:
+  serve [--config FILE]          run the gateway (default config ./sluice.yaml; without it an
+                                 embedded dev default: target "pg" on 127.0.0.1:6432 -> 127.0.0.1:5432)
+  token --sub NAME [--group G]... [--ttl 15m] [--claim k=v]... [--config FILE]
+                                 print a token from the dev issuer
+  check-config [--config FILE]   validate a config file; exit 2 with one line per problem
+  version                        print the version
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.`;
+
+/** Exit code for a bad config or bad usage, distinct from a runtime failure. */
+const EXIT_USAGE = 2;
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'serve':
+      return serve(rest);
+    case 'token':
+      return token(rest);
+    case 'check-config':
+      return checkConfig(rest);
+    case 'version':
+    case '--version':
+      process.stdout.write(`${version()}\n`);
+      return 0;
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      process.stdout.write(`${USAGE}\n`);
+      return command === undefined ? EXIT_USAGE : 0;
+    default:
+      process.stderr.write(`sluice: unknown command "${command}"\n\n${USAGE}\n`);
+      return EXIT_USAGE;
+  }
+}
+
+async function serve(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' } }, strict: true });
+  const config = await loadConfig(values.config);
+  const logger = createLogger(config.log.level);
+  const gateway = await Gateway.start(config, { logger });
+  printQuickstart(config, gateway);
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string): void => {
+      logger.info({ signal }, 'shutting down');
+      void gateway.close().then(resolve);
+    };
+    process.once('SIGINT', () => stop('SIGINT'));
+    process.once('SIGTERM', () => stop('SIGTERM'));
+  });
+  return 0;
+}
+
+/** On start, show how to connect: a dev token is minted only when the dev issuer is on. */
+function printQuickstart(config: Config, gateway: Gateway): void {
+  const lines: string[] = [`sluice ${version()} ready (state dir ${config.stateDir})`];
+  void (async () => {
+    const token = gateway.devIssuer ? await gateway.devIssuer.mint({ sub: 'dev', groups: ['dev'], ttlSeconds: 900 }) : undefined;
+    for (const target of config.targets) {
+      const { host, port } = gateway.address(target.name);
+      if (target.protocol !== 'postgres') {
+        lines.push(`  ${target.name} (${target.protocol}) on ${host}:${port}`);
+        continue;
+      }
+      lines.push(`  ${target.name} (postgres) on ${host}:${port}`);
+      if (!token) continue;
+      const sslmode = target.allowInsecureLoopback ? 'prefer' : 'require';
+      lines.push(`    PGPASSWORD='${token}' psql "host=${host} port=${port} user=dev sslmode=${sslmode}"`);
+      if (gateway.tls.caFile) {
+        lines.push(`    PGPASSWORD='${token}' psql "host=localhost port=${port} user=dev sslmode=verify-full sslrootcert=${gateway.tls.caFile}"`);
+      }
+    }
+    if (token) lines.push('  (a dev token for sub "dev", valid 15 minutes; mint others with: sluice token --sub NAME --group G)');
+    process.stderr.write(`${lines.join('\n')}\n`);
+  })().catch((err: unknown) => process.stderr.write(`sluice: could not mint a dev token: ${String(err)}\n`));
+}
+
+async function token(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      sub: { type: 'string' },
+      group: { type: 'string', multiple: true },
+      ttl: { type: 'string', default: '15m' },
+      claim: { type: 'string', multiple: true },
+      audience: { type: 'string' },
+      config: { type: 'string', short: 'c' },
+    },
+    strict: true,
+  });
+  if (!values.sub) {
+    process.stderr.write('sluice token: --sub NAME is required\n');
+    return EXIT_USAGE;
+  }
+  const config = await loadConfig(values.config);
+  if (!config.identity.devIssuer) {
+    process.stderr.write('sluice token: warning: identity.dev_issuer is false in this config; the gateway will not accept this token\n');
+  }
+  const claims: Record<string, string> = {};
+  for (const pair of values.claim ?? []) {
+    const eq = pair.indexOf('=');
+    if (eq <= 0) {
+      process.stderr.write(`sluice token: --claim expects name=value, got "${pair}"\n`);
+      return EXIT_USAGE;
+    }
+    claims[pair.slice(0, eq)] = pair.slice(eq + 1);
+  }
+  const issuer = await DevIssuer.open(config.stateDir);
+  const jwt = await issuer.mint({
+    sub: values.sub,
+    groups: values.group ?? [],
+    ttlSeconds: parseDuration(values.ttl),
+    claims,
+    ...(values.audience ? { audience: values.audience } : {}),
+  });
+  process.stdout.write(`${jwt}\n`);
+  return 0;
+}
+
+async function checkConfig(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' } }, strict: true });
+  const config = await loadConfig(values.config);
+  process.stdout.write(
+    `${config.source ?? 'embedded default config'}: ok (${config.targets.length} target(s), ${config.policies.length} polic${config.policies.length === 1 ? 'y' : 'ies'})\n`,
+  );
+  return 0;
+}
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../../package.json', import.meta.url)), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`sluice: invalid configuration:\n${err.problems.map((p) => `  - ${p}`).join('\n')}\n`);
+      process.exitCode = EXIT_USAGE;
+    } else if (err instanceof TypeError && (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      process.stderr.write(`sluice: ${err.message}\n\n${USAGE}\n`);
+      process.exitCode = EXIT_USAGE;
+    } else {
+      process.stderr.write(`sluice: ${isSluiceError(err) ? err.message : err instanceof Error ? err.message : String(err)}\n`);
+      process.exitCode = 1;
+    }
+  },
+);

@@ -1,0 +1,159 @@
+import { createServer, type Server, type Socket, type AddressInfo } from 'node:net';
+import type { Config, TargetConfig } from '../config/types.js';
+import type { Logger } from '../log.js';
+import type { TokenVerifier } from '../identity/types.js';
+import { DevIssuer } from '../identity/dev-issuer.js';
+import { createTokenVerifier } from '../identity/verifier.js';
+import { policiesFor } from '../policy/subjects.js';
+import { CancelRegistry } from './cancel-registry.js';
+import type { GatewayContext, PgCancelTarget, SessionHandle } from './context.js';
+import { createServerSecureContext, loadServerTls, type ServerTlsMaterial } from './tls.js';
+import { PostgresSession } from '../../protocols/postgres/session.js';
+import { errorResponse, sqlstate } from '../../protocols/postgres/messages.js';
+
+export interface GatewayOptions {
+  logger: Logger;
+  /** Replaces the verifier built from config (tests use this to count verifications). */
+  verifier?: TokenVerifier;
+}
+
+interface Listener {
+  target: TargetConfig;
+  server: Server;
+  /** Connections accepted that have not yet authenticated. */
+  unauthenticated: number;
+}
+
+/**
+ * The running gateway: one TCP listener per target, each connection handed
+ * to its protocol's session, and the shared state sessions need (verifier,
+ * policies, TLS, cancel keys). A session is the unit of failure: nothing a
+ * connection does reaches past its own session object.
+ */
+export class Gateway {
+  readonly #listeners = new Map<string, Listener>();
+  /** Every accepted socket until it closes, so shutdown can end stragglers that never finished a handshake. */
+  readonly #sockets = new Set<Socket>();
+  readonly #ctx: GatewayContext;
+  readonly tls: ServerTlsMaterial;
+  readonly devIssuer: DevIssuer | undefined;
+
+  private constructor(ctx: GatewayContext, tls: ServerTlsMaterial, devIssuer: DevIssuer | undefined) {
+    this.#ctx = ctx;
+    this.tls = tls;
+    this.devIssuer = devIssuer;
+  }
+
+  static async start(config: Config, options: GatewayOptions): Promise<Gateway> {
+    const devIssuer = config.identity.devIssuer ? await DevIssuer.open(config.stateDir) : undefined;
+    const tls = await loadServerTls(config);
+    const ctx: GatewayContext = {
+      logger: options.logger,
+      verifier: options.verifier ?? createTokenVerifier(config.identity, { devIssuer, logger: options.logger }),
+      admit: (identity, target) => policiesFor(identity, target, config.policies),
+      secureContext: createServerSecureContext(tls),
+      pgCancels: new CancelRegistry<PgCancelTarget>(),
+      sessions: new Set<SessionHandle>(),
+    };
+    const gateway = new Gateway(ctx, tls, devIssuer);
+    try {
+      for (const target of config.targets) await gateway.#listen(target);
+    } catch (err) {
+      await gateway.close();
+      throw err;
+    }
+    return gateway;
+  }
+
+  /** The address a target's listener is bound to (the real port when the config said 0). */
+  address(target: string): { host: string; port: number } {
+    const listener = this.#listeners.get(target);
+    if (!listener) throw new Error(`no listener for target ${target}`);
+    const address = listener.server.address() as AddressInfo;
+    return { host: address.address, port: address.port };
+  }
+
+  get sessionCount(): number {
+    return this.#ctx.sessions.size;
+  }
+
+  /**
+   * Stops accepting, ends every session with a native "shutting down" error,
+   * and gives connections `graceMs` to finish before destroying them.
+   */
+  async close(reason = 'the gateway is shutting down', graceMs = 5_000): Promise<void> {
+    const closing = Promise.all(
+      [...this.#listeners.values()].map((l) => new Promise<void>((resolve) => l.server.close(() => resolve()))),
+    );
+    for (const session of [...this.#ctx.sessions]) session.shutdown(reason);
+    this.#listeners.clear();
+    let timer: NodeJS.Timeout | undefined;
+    const grace = new Promise<void>((resolve) => (timer = setTimeout(resolve, graceMs)));
+    await Promise.race([closing, grace]);
+    clearTimeout(timer);
+    for (const socket of this.#sockets) socket.destroy();
+    await closing;
+  }
+
+  async #listen(target: TargetConfig): Promise<void> {
+    const listener: Listener = {
+      target,
+      server: createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.#accept(listener, socket)),
+      unauthenticated: 0,
+    };
+    await new Promise<void>((resolve, reject) => {
+      listener.server.once('error', reject);
+      listener.server.listen(target.listen.port, target.listen.host, () => {
+        listener.server.off('error', reject);
+        resolve();
+      });
+    });
+    listener.server.on('error', (err) => this.#ctx.logger.error({ target: target.name, err: err.message }, 'listener error'));
+    this.#listeners.set(target.name, listener);
+    const { port } = this.address(target.name);
+    this.#ctx.logger.info({ target: target.name, protocol: target.protocol, listen: `${target.listen.host}:${port}` }, 'listening');
+  }
+
+  #accept(listener: Listener, socket: Socket): void {
+    // A socket error before a session owns the socket must not become an uncaught exception.
+    socket.on('error', () => socket.destroy());
+    this.#sockets.add(socket);
+    socket.once('close', () => this.#sockets.delete(socket));
+    const { target } = listener;
+    if (listener.unauthenticated >= target.limits.maxPreAuthConnections) {
+      this.#ctx.logger.warn({ target: target.name, client: socket.remoteAddress }, 'too many unauthenticated connections; refusing');
+      this.#refuseBusy(target, socket);
+      return;
+    }
+    listener.unauthenticated++;
+    let released = false;
+    const preAuth = {
+      release: () => {
+        if (!released) {
+          released = true;
+          listener.unauthenticated--;
+        }
+      },
+    };
+    switch (target.protocol) {
+      case 'postgres':
+        void new PostgresSession(socket, target, this.#ctx, preAuth).run();
+        break;
+      case 'redis':
+        // The Redis front end arrives with its own issue; until then, refuse clearly.
+        preAuth.release();
+        socket.end('-ERR sluice: redis targets are not supported by this build\r\n');
+        break;
+    }
+  }
+
+  #refuseBusy(target: TargetConfig, socket: Socket): void {
+    setTimeout(() => socket.destroy(), 2_000).unref();
+    const message = `sluice: too many connections are authenticating on target "${target.name}"; try again shortly`;
+    if (target.protocol === 'postgres') {
+      socket.end(errorResponse({ severity: 'FATAL', code: sqlstate.TOO_MANY_CONNECTIONS, message }));
+    } else {
+      socket.end(`-ERR ${message}\r\n`);
+    }
+  }
+}

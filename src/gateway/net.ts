@@ -1,0 +1,21 @@
+import { randomBytes } from 'node:crypto';
+import { isIP } from 'node:net';
+import type { Socket } from 'node:net';
+
+/** True for 127.0.0.0/8, ::1 and IPv4-mapped loopback. */
+export function isLoopbackAddress(address: string | undefined): boolean {
+  if (!address) return false;
+  const a = address.startsWith('::ffff:') ? address.slice(7) : address;
+  if (isIP(a) === 4) return a.startsWith('127.');
+  return a === '::1';
+}
+
+/** Both ends of the connection are on this host: nothing on the wire can be sniffed. */
+export function isLoopbackConnection(socket: Socket): boolean {
+  return isLoopbackAddress(socket.localAddress) && isLoopbackAddress(socket.remoteAddress);
+}
+
+/** A short random session id, also used as the correlation id in client-facing errors. */
+export function newSessionId(): string {
+  return randomBytes(9).toString('base64url');
+}
