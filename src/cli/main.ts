@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util';
+import { connect } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, loadConfig } from '../config/load.js';
@@ -17,6 +18,8 @@ Commands:
   token --sub NAME [--group G]... [--ttl 15m] [--claim k=v]... [--config FILE]
                                  print a token from the dev issuer
   check-config [--config FILE]   validate a config file; exit 2 with one line per problem
+  health [--config FILE]         exit 0 when every target's listener accepts TCP connections
+                                 (the container healthcheck)
   version                        print the version
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.`;
@@ -33,6 +36,8 @@ async function main(argv: string[]): Promise<number> {
       return token(rest);
     case 'check-config':
       return checkConfig(rest);
+    case 'health':
+      return health(rest);
     case 'version':
     case '--version':
       process.stdout.write(`${version()}\n`);
@@ -139,6 +144,34 @@ async function checkConfig(args: string[]): Promise<number> {
     `${config.source ?? 'embedded default config'}: ok (${config.targets.length} target(s), ${config.policies.length} polic${config.policies.length === 1 ? 'y' : 'ies'})\n`,
   );
   return 0;
+}
+
+async function health(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' } }, strict: true });
+  const config = await loadConfig(values.config);
+  const results = await Promise.all(
+    config.targets.map(async (target) => {
+      // A wildcard listener is reachable on loopback.
+      const host = target.listen.host === '0.0.0.0' ? '127.0.0.1' : target.listen.host === '::' ? '::1' : target.listen.host;
+      const ok = await canConnect(host, target.listen.port, 2_000);
+      process.stdout.write(`${target.name} ${host}:${target.listen.port} ${ok ? 'ok' : 'not accepting connections'}\n`);
+      return ok;
+    }),
+  );
+  return results.every(Boolean) ? 0 : 1;
+}
+
+function canConnect(host: string, port: number, timeoutMs: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host, port });
+    const done = (ok: boolean): void => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(timeoutMs, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
 }
 
 function version(): string {

@@ -21,10 +21,11 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { PG_BIN } from './process.js';
 
 const execFileP = promisify(execFile);
 
-const BIN = '/usr/lib/postgresql/15/bin';
+const BIN = PG_BIN;
 
 export type PgAuth = 'scram-sha-256' | 'md5' | 'password' | 'trust';
 

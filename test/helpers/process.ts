@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
 
 export interface RunResult {
   code: number | null;
@@ -37,4 +38,18 @@ export function run(
   });
 }
 
-export const PG_BIN = '/usr/lib/postgresql/15/bin';
+/**
+ * Where PostgreSQL's server binaries live: $SLUICE_PG_BIN, else the newest
+ * /usr/lib/postgresql/<version>/bin (Debian's layout; initdb and postgres are
+ * not on PATH there).
+ */
+export const PG_BIN = findPgBin();
+
+function findPgBin(): string {
+  if (process.env.SLUICE_PG_BIN) return process.env.SLUICE_PG_BIN;
+  const root = '/usr/lib/postgresql';
+  const versions = existsSync(root)
+    ? readdirSync(root).filter((v) => existsSync(`${root}/${v}/bin/postgres`)).sort((a, b) => Number(b) - Number(a))
+    : [];
+  return versions.length > 0 ? `${root}/${versions[0]}/bin` : '/usr/lib/postgresql/15/bin';
+}
