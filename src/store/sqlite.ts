@@ -1,0 +1,308 @@
+import { closeSync, mkdirSync, openSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import type { Logger } from '../log.js';
+import { migrate } from './migrations.js';
+import type {
+  ApprovalQuery,
+  ApprovalRecord,
+  ApprovalStatus,
+  AuditEvent,
+  AuditQuery,
+  AuditVerdict,
+  Store,
+} from './types.js';
+
+/**
+ * The embedded store: SQLite (better-sqlite3) in `<stateDir>/sluice.db`.
+ *
+ * - WAL journal: readers (the API) never block the audit writer, nor it
+ *   them. synchronous=NORMAL: in WAL mode a committed batch survives a
+ *   crash of the process; only a power loss can drop the last few commits.
+ * - busy_timeout: a second process on the same file (the CLI, a backup)
+ *   makes a writer wait briefly instead of failing with SQLITE_BUSY.
+ * - The file is created 0600 (its WAL and shm files inherit that mode):
+ *   audit text holds statements, which can hold data.
+ * - What is stored is what the caller gives, unchanged: audit text and
+ *   error messages included. No caller passes a token or password (the
+ *   gateway audits statements and verdicts, never the startup/auth
+ *   exchange), and the schema has no column that could hold one.
+ *
+ * better-sqlite3 is synchronous: every call runs on the event loop. The
+ * audit writer batches inserts (one transaction per batch) to keep that cost
+ * off the relay's hot path; see audit-writer.ts.
+ */
+export function openSqliteStore(stateDir: string, opts: { logger?: Logger; file?: string } = {}): Store {
+  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  const file = join(stateDir, opts.file ?? 'sluice.db');
+  // Create the file with owner-only permissions before SQLite opens it (it
+  // would otherwise use the umask); an existing file keeps its mode.
+  closeSync(openSync(file, 'a', 0o600));
+  const db = new Database(file);
+  try {
+    db.pragma('journal_mode = WAL');
+    db.pragma('synchronous = NORMAL');
+    db.pragma('busy_timeout = 5000');
+    const m = migrate(db);
+    if (m.applied.length) opts.logger?.info({ file, from: m.from, to: m.to }, 'state database migrated');
+    return new SqliteStore(db);
+  } catch (err) {
+    db.close();
+    throw err;
+  }
+}
+
+const AUDIT_COLUMNS =
+  'time, time_ms, session_id, subject, target, protocol, kind, text, verdict, policy, rule, approval_id, duration_ms, row_count, sqlstate, error';
+
+interface AuditRow {
+  time: string;
+  session_id: string;
+  subject: string;
+  target: string;
+  protocol: string;
+  kind: string;
+  text: string;
+  verdict: string;
+  policy: string | null;
+  rule: string | null;
+  approval_id: string | null;
+  duration_ms: number | null;
+  row_count: number | null;
+  sqlstate: string | null;
+  error: string | null;
+}
+
+interface ApprovalRow {
+  id: string;
+  status: string;
+  session_id: string;
+  subject: string;
+  target: string;
+  protocol: string;
+  policy: string;
+  rule: string;
+  text: string;
+  statement_hash: string;
+  fingerprint: string;
+  created_at: string;
+  expires_at: string;
+  decided_at: string | null;
+  decided_by: string | null;
+  reason: string | null;
+  window_until: string | null;
+}
+
+const DEFAULT_LIMIT = 100;
+const MAX_LIMIT = 1000;
+
+function clampLimit(limit: number | undefined): number {
+  if (limit === undefined || !Number.isFinite(limit)) return DEFAULT_LIMIT;
+  return Math.min(MAX_LIMIT, Math.max(1, Math.floor(limit)));
+}
+
+/** Epoch ms of an ISO time given as a filter; a filter that does not parse is refused, never ignored (that would widen the result). */
+function filterTime(name: string, value: string): number {
+  const ms = Date.parse(value);
+  if (Number.isNaN(ms)) throw new RangeError(`audit query: ${name} is not an ISO 8601 time`);
+  return ms;
+}
+
+class SqliteStore implements Store {
+  private readonly insertAudit: Database.Statement;
+  private readonly insertMany: (events: readonly AuditEvent[]) => void;
+  private readonly upsertApproval: Database.Statement;
+  private readonly selectApproval: Database.Statement;
+  /** One prepared statement per combination of filters present, built on first use and reused. */
+  private readonly auditQueries = new Map<string, Database.Statement>();
+  private readonly approvalQueries = new Map<string, Database.Statement>();
+  private closed = false;
+
+  constructor(private readonly db: Database.Database) {
+    this.insertAudit = db.prepare(
+      `INSERT INTO audit_events (${AUDIT_COLUMNS}) VALUES (${AUDIT_COLUMNS.split(', ')
+        .map(() => '?')
+        .join(', ')})`,
+    );
+    this.insertMany = db.transaction((events: readonly AuditEvent[]) => {
+      for (const e of events) {
+        const ms = Date.parse(e.time);
+        this.insertAudit.run(
+          e.time,
+          Number.isNaN(ms) ? null : ms,
+          e.sessionId,
+          e.subject,
+          e.target,
+          e.protocol,
+          e.kind,
+          e.text,
+          e.verdict,
+          e.policy ?? null,
+          e.rule ?? null,
+          e.approvalId ?? null,
+          e.durationMs ?? null,
+          e.rows ?? null,
+          e.sqlstate ?? null,
+          e.error ?? null,
+        );
+      }
+    });
+    this.upsertApproval = db.prepare(`
+      INSERT INTO approvals (id, status, session_id, subject, target, protocol, policy, rule, text,
+        statement_hash, fingerprint, created_at, expires_at, decided_at, decided_by, reason, window_until)
+      VALUES (@id, @status, @session_id, @subject, @target, @protocol, @policy, @rule, @text,
+        @statement_hash, @fingerprint, @created_at, @expires_at, @decided_at, @decided_by, @reason, @window_until)
+      ON CONFLICT (id) DO UPDATE SET
+        status = excluded.status, decided_at = excluded.decided_at, decided_by = excluded.decided_by,
+        reason = excluded.reason, window_until = excluded.window_until, expires_at = excluded.expires_at`);
+    this.selectApproval = db.prepare('SELECT * FROM approvals WHERE id = ?');
+  }
+
+  /** All events in one transaction: one fsync-equivalent per batch, not per row. */
+  insertAuditEvents(events: readonly AuditEvent[]): void {
+    if (events.length) this.insertMany(events);
+  }
+
+  /**
+   * Newest first. Time filters compare instants (time_ms), so any ISO
+   * offset works; an event whose `time` did not parse is kept (text as
+   * given) but has no instant: time filters skip it and it sorts last.
+   */
+  queryAuditEvents(query: AuditQuery): AuditEvent[] {
+    const where: string[] = [];
+    const params: (string | number)[] = [];
+    const key: string[] = [];
+    const eq = (col: string, v: string | undefined): void => {
+      if (v === undefined) return;
+      where.push(`${col} = ?`);
+      params.push(v);
+      key.push(col);
+    };
+    eq('session_id', query.sessionId);
+    eq('subject', query.subject);
+    eq('target', query.target);
+    eq('verdict', query.verdict);
+    if (query.since !== undefined) {
+      where.push('time_ms >= ?');
+      params.push(filterTime('since', query.since));
+      key.push('since');
+    }
+    if (query.until !== undefined) {
+      where.push('time_ms <= ?');
+      params.push(filterTime('until', query.until));
+      key.push('until');
+    }
+    const k = key.join(',');
+    let stmt = this.auditQueries.get(k);
+    if (!stmt) {
+      stmt = this.db.prepare(
+        `SELECT ${AUDIT_COLUMNS} FROM audit_events${where.length ? ' WHERE ' + where.join(' AND ') : ''}
+         ORDER BY time_ms DESC, id DESC LIMIT ?`,
+      );
+      this.auditQueries.set(k, stmt);
+    }
+    return (stmt.all(...params, clampLimit(query.limit)) as AuditRow[]).map(toAuditEvent);
+  }
+
+  saveApproval(record: ApprovalRecord): void {
+    this.upsertApproval.run({
+      id: record.id,
+      status: record.status,
+      session_id: record.sessionId,
+      subject: record.subject,
+      target: record.target,
+      protocol: record.protocol,
+      policy: record.policy,
+      rule: record.rule,
+      text: record.text,
+      statement_hash: record.statementHash,
+      fingerprint: record.fingerprint,
+      created_at: record.createdAt,
+      expires_at: record.expiresAt,
+      decided_at: record.decidedAt ?? null,
+      decided_by: record.decidedBy ?? null,
+      reason: record.reason ?? null,
+      window_until: record.windowUntil ?? null,
+    });
+  }
+
+  getApproval(id: string): ApprovalRecord | undefined {
+    const row = this.selectApproval.get(id) as ApprovalRow | undefined;
+    return row ? toApprovalRecord(row) : undefined;
+  }
+
+  /** Newest first; default 100, at most 1000. */
+  listApprovals(query: ApprovalQuery): ApprovalRecord[] {
+    const where: string[] = [];
+    const params: string[] = [];
+    for (const [col, v] of [
+      ['status', query.status],
+      ['subject', query.subject],
+      ['target', query.target],
+    ] as const) {
+      if (v === undefined) continue;
+      where.push(`${col} = ?`);
+      params.push(v);
+    }
+    const k = where.join(',');
+    let stmt = this.approvalQueries.get(k);
+    if (!stmt) {
+      stmt = this.db.prepare(
+        `SELECT * FROM approvals${where.length ? ' WHERE ' + where.join(' AND ') : ''}
+         ORDER BY created_at DESC, id DESC LIMIT ?`,
+      );
+      this.approvalQueries.set(k, stmt);
+    }
+    return (stmt.all(...params, clampLimit(query.limit)) as ApprovalRow[]).map(toApprovalRecord);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.db.close();
+  }
+}
+
+function toAuditEvent(r: AuditRow): AuditEvent {
+  const e: AuditEvent = {
+    time: r.time,
+    sessionId: r.session_id,
+    subject: r.subject,
+    target: r.target,
+    protocol: r.protocol as AuditEvent['protocol'],
+    kind: r.kind,
+    text: r.text,
+    verdict: r.verdict as AuditVerdict,
+  };
+  if (r.policy !== null) e.policy = r.policy;
+  if (r.rule !== null) e.rule = r.rule;
+  if (r.approval_id !== null) e.approvalId = r.approval_id;
+  if (r.duration_ms !== null) e.durationMs = r.duration_ms;
+  if (r.row_count !== null) e.rows = r.row_count;
+  if (r.sqlstate !== null) e.sqlstate = r.sqlstate;
+  if (r.error !== null) e.error = r.error;
+  return e;
+}
+
+function toApprovalRecord(r: ApprovalRow): ApprovalRecord {
+  const a: ApprovalRecord = {
+    id: r.id,
+    status: r.status as ApprovalStatus,
+    sessionId: r.session_id,
+    subject: r.subject,
+    target: r.target,
+    protocol: r.protocol as ApprovalRecord['protocol'],
+    policy: r.policy,
+    rule: r.rule,
+    text: r.text,
+    statementHash: r.statement_hash,
+    fingerprint: r.fingerprint,
+    createdAt: r.created_at,
+    expiresAt: r.expires_at,
+  };
+  if (r.decided_at !== null) a.decidedAt = r.decided_at;
+  if (r.decided_by !== null) a.decidedBy = r.decided_by;
+  if (r.reason !== null) a.reason = r.reason;
+  if (r.window_until !== null) a.windowUntil = r.window_until;
+  return a;
+}

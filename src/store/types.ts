@@ -1,0 +1,88 @@
+/**
+ * The store behind the audit trail and approvals. The embedded default is
+ * SQLite in the state dir (store/sqlite.ts); a shared PostgreSQL store for
+ * several gateway instances can implement the same narrow interface later,
+ * so nothing outside src/store knows which one runs.
+ */
+
+export type AuditVerdict = 'allowed' | 'denied' | 'approved' | 'approval_denied' | 'approval_expired' | 'approval_cancelled';
+
+/** One statement or command as it happened. */
+export interface AuditEvent {
+  /** ISO 8601 time the statement arrived. */
+  time: string;
+  sessionId: string;
+  subject: string;
+  target: string;
+  protocol: 'postgres' | 'redis';
+  /** Kinds joined by ',' (PostgreSQL) or `command` / `command|subcommand` (Redis). */
+  kind: string;
+  /** Statement text; for the extended protocol with bound parameters appended as `-- params: [...]`. */
+  text: string;
+  verdict: AuditVerdict;
+  policy?: string;
+  rule?: string;
+  approvalId?: string;
+  /** Time from arrival to the server's answer, ms (held time included). */
+  durationMs?: number;
+  /** Rows from the CommandComplete tag, when the server said. */
+  rows?: number;
+  /** SQLSTATE of the server's or Sluice's error, when there was one. */
+  sqlstate?: string;
+  /** Error message (server's or Sluice's), when there was one. */
+  error?: string;
+}
+
+export interface AuditQuery {
+  sessionId?: string;
+  subject?: string;
+  target?: string;
+  verdict?: AuditVerdict;
+  /** ISO times, inclusive. */
+  since?: string;
+  until?: string;
+  /** Default 100, at most 1000. */
+  limit?: number;
+}
+
+export type ApprovalStatus = 'pending' | 'approved' | 'denied' | 'expired' | 'cancelled' | 'used';
+
+export interface ApprovalRecord {
+  id: string;
+  status: ApprovalStatus;
+  sessionId: string;
+  subject: string;
+  target: string;
+  protocol: 'postgres' | 'redis';
+  policy: string;
+  rule: string;
+  /** The held statement or command as text, for the approver to read. */
+  text: string;
+  /** SHA-256 hex of the exact held bytes: an approval releases only these. */
+  statementHash: string;
+  /** Normalised fingerprint, for time-window grants (`--for 15m`). */
+  fingerprint: string;
+  createdAt: string;
+  expiresAt: string;
+  decidedAt?: string;
+  decidedBy?: string;
+  reason?: string;
+  /** When an approver granted a window: until when the same subject may run the same fingerprint. */
+  windowUntil?: string;
+}
+
+export interface ApprovalQuery {
+  status?: ApprovalStatus;
+  subject?: string;
+  target?: string;
+  limit?: number;
+}
+
+export interface Store {
+  insertAuditEvents(events: readonly AuditEvent[]): void;
+  queryAuditEvents(query: AuditQuery): AuditEvent[];
+  saveApproval(record: ApprovalRecord): void;
+  getApproval(id: string): ApprovalRecord | undefined;
+  listApprovals(query: ApprovalQuery): ApprovalRecord[];
+  close(): void;
+}

@@ -1,0 +1,369 @@
+import { existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import t from 'tap';
+import { createLogger } from '../../src/log.js';
+import { AuditWriter } from '../../src/store/audit-writer.js';
+import { MIGRATIONS, appliedVersions, migrate } from '../../src/store/migrations.js';
+import { openSqliteStore } from '../../src/store/sqlite.js';
+import type { ApprovalRecord, AuditEvent, Store } from '../../src/store/types.js';
+
+function captureLogger() {
+  const lines: Record<string, unknown>[] = [];
+  const logger = createLogger('debug', { write: (s: string) => void lines.push(JSON.parse(s)) });
+  return { logger, lines };
+}
+
+function event(over: Partial<AuditEvent> = {}): AuditEvent {
+  return {
+    time: '2025-01-01T00:00:00.000Z',
+    sessionId: 's1',
+    subject: 'alice',
+    target: 'app-db',
+    protocol: 'postgres',
+    kind: 'select',
+    text: 'SELECT 1',
+    verdict: 'allowed',
+    ...over,
+  };
+}
+
+function approval(over: Partial<ApprovalRecord> = {}): ApprovalRecord {
+  return {
+    id: 'apr_aaaa',
+    status: 'pending',
+    sessionId: 's1',
+    subject: 'agent-7',
+    target: 'app-db',
+    protocol: 'postgres',
+    policy: 'agents',
+    rule: 'roles-need-approval',
+    text: 'CREATE ROLE x',
+    statementHash: 'ab'.repeat(32),
+    fingerprint: 'create role x',
+    createdAt: '2025-01-01T00:00:00.000Z',
+    expiresAt: '2025-01-01T00:05:00.000Z',
+    ...over,
+  };
+}
+
+t.test('audit events round-trip with every field, and without the optional ones', async (t) => {
+  const store = openSqliteStore(t.testdir());
+  t.teardown(() => store.close());
+  const full = event({
+    text: "SELECT $1 -- params: ['x']\n\u0000é 🚀",
+    verdict: 'approved',
+    policy: 'agents',
+    rule: 'r1',
+    approvalId: 'apr_x',
+    durationMs: 12.5,
+    rows: 3,
+    sqlstate: '42501',
+    error: 'sluice: denied by rule "r1": because',
+  });
+  const bare = event({ time: '2025-01-01T00:00:01.000Z', protocol: 'redis', kind: 'client|kill', text: 'CLIENT KILL ID 1' });
+  store.insertAuditEvents([full, bare]);
+  const got = store.queryAuditEvents({});
+  t.same(got, [bare, full], 'newest first, stored exactly as given');
+  t.notOk('policy' in got[0]!, 'absent optional fields stay absent');
+  store.insertAuditEvents([]);
+  t.equal(store.queryAuditEvents({}).length, 2);
+});
+
+t.test('audit filters: session, subject, target, verdict, time, limit', async (t) => {
+  const store = openSqliteStore(t.testdir());
+  t.teardown(() => store.close());
+  const events: AuditEvent[] = [];
+  for (let i = 0; i < 40; i++) {
+    events.push(
+      event({
+        time: new Date(Date.UTC(2025, 0, 1, 0, 0, i)).toISOString(),
+        sessionId: `s${i % 4}`,
+        subject: i % 2 ? 'alice' : 'bob',
+        target: i % 5 ? 'app-db' : 'cache',
+        verdict: i % 10 === 0 ? 'denied' : 'allowed',
+        text: `q${i}`,
+      }),
+    );
+  }
+  store.insertAuditEvents(events);
+  const texts = (q: Parameters<Store['queryAuditEvents']>[0]) => store.queryAuditEvents(q).map((e) => e.text);
+  t.same(texts({ sessionId: 's3' }), ['q39', 'q35', 'q31', 'q27', 'q23', 'q19', 'q15', 'q11', 'q7', 'q3']);
+  t.ok(store.queryAuditEvents({ subject: 'bob' }).every((e) => e.subject === 'bob'));
+  t.equal(store.queryAuditEvents({ subject: 'bob' }).length, 20);
+  t.same(texts({ target: 'cache' }), ['q35', 'q30', 'q25', 'q20', 'q15', 'q10', 'q5', 'q0']);
+  t.same(texts({ verdict: 'denied' }), ['q30', 'q20', 'q10', 'q0']);
+  t.same(texts({ verdict: 'denied', subject: 'bob', target: 'cache' }), ['q30', 'q20', 'q10', 'q0']);
+  t.same(texts({ verdict: 'denied', subject: 'alice' }), []);
+  t.same(
+    texts({ since: '2025-01-01T00:00:10.000Z', until: '2025-01-01T00:00:12.000Z' }),
+    ['q12', 'q11', 'q10'],
+    'since and until are inclusive',
+  );
+  t.same(
+    texts({ since: '2025-01-01T01:00:37+01:00' }),
+    ['q39', 'q38', 'q37'],
+    'a filter with an offset compares the same instant',
+  );
+  t.same(texts({ limit: 2 }), ['q39', 'q38']);
+  t.equal(store.queryAuditEvents({}).length, 40, 'default limit 100');
+  t.throws(() => store.queryAuditEvents({ since: 'yesterday' }), RangeError, 'a bad time filter is refused, not ignored');
+  // the same filter shape twice: the cached prepared statement is reused with new values
+  t.same(texts({ sessionId: 's0', limit: 1 }), ['q36']);
+  t.same(texts({ sessionId: 's1', limit: 1 }), ['q37']);
+});
+
+t.test('audit limit is capped at 1000', async (t) => {
+  const store = openSqliteStore(t.testdir());
+  t.teardown(() => store.close());
+  store.insertAuditEvents(Array.from({ length: 1100 }, (_, i) => event({ text: `q${i}` })));
+  t.equal(store.queryAuditEvents({ limit: 5000 }).length, 1000);
+  t.equal(store.queryAuditEvents({ limit: 0 }).length, 1);
+});
+
+t.test('approvals round-trip, update in place, list filters', async (t) => {
+  const dir = t.testdir();
+  const store = openSqliteStore(dir);
+  const a = approval();
+  store.saveApproval(a);
+  t.same(store.getApproval('apr_aaaa'), a);
+  t.equal(store.getApproval('apr_nope'), undefined);
+  const decided: ApprovalRecord = {
+    ...a,
+    status: 'approved',
+    decidedAt: '2025-01-01T00:01:00.000Z',
+    decidedBy: 'sec-1',
+    windowUntil: '2025-01-01T00:16:00.000Z',
+  };
+  store.saveApproval(decided);
+  t.same(store.getApproval('apr_aaaa'), decided, 'saving again updates the decision');
+  store.saveApproval(approval({ id: 'apr_bbbb', subject: 'agent-8', createdAt: '2025-01-01T00:02:00.000Z' }));
+  store.saveApproval(
+    approval({ id: 'apr_cccc', status: 'denied', reason: 'no', target: 'cache', createdAt: '2025-01-01T00:03:00.000Z' }),
+  );
+  t.same(store.listApprovals({}).map((r) => r.id), ['apr_cccc', 'apr_bbbb', 'apr_aaaa'], 'newest first');
+  t.same(store.listApprovals({ status: 'pending' }).map((r) => r.id), ['apr_bbbb']);
+  t.same(store.listApprovals({ subject: 'agent-7' }).map((r) => r.id), ['apr_cccc', 'apr_aaaa']);
+  t.same(store.listApprovals({ target: 'cache' }).map((r) => r.id), ['apr_cccc']);
+  t.same(store.listApprovals({ limit: 1 }).map((r) => r.id), ['apr_cccc']);
+  store.close();
+  store.close(); // idempotent
+  const again = openSqliteStore(dir);
+  t.same(again.getApproval('apr_aaaa'), decided, 'persisted across reopen');
+  again.close();
+});
+
+t.test('WAL mode, busy timeout, owner-only file, file option', async (t) => {
+  const dir = t.testdir();
+  const store = openSqliteStore(dir);
+  store.insertAuditEvents([event()]);
+  const file = join(dir, 'sluice.db');
+  t.ok(existsSync(file + '-wal'), 'WAL file created');
+  t.equal(statSync(file).mode & 0o777, 0o600, 'database file is owner-only');
+  const raw = new Database(file, { readonly: true });
+  t.equal(raw.pragma('journal_mode', { simple: true }), 'wal');
+  raw.close();
+  store.close();
+  const other = openSqliteStore(dir, { file: 'other.db' });
+  other.close();
+  t.ok(existsSync(join(dir, 'other.db')));
+});
+
+t.test('a concurrent reader neither blocks the writer nor sees half a batch', async (t) => {
+  const dir = t.testdir();
+  const store = openSqliteStore(dir);
+  t.teardown(() => store.close());
+  store.insertAuditEvents([event()]);
+  const reader = new Database(join(dir, 'sluice.db'), { readonly: true });
+  t.teardown(() => reader.close());
+  const count = reader.prepare('SELECT count(*) AS n FROM audit_events');
+  reader.exec('BEGIN');
+  t.equal((count.get() as { n: number }).n, 1);
+  // The writer commits while the reader's transaction is open (WAL: no SQLITE_BUSY).
+  store.insertAuditEvents(Array.from({ length: 500 }, () => event()));
+  t.equal((count.get() as { n: number }).n, 1, 'reader keeps its snapshot');
+  reader.exec('COMMIT');
+  t.equal((count.get() as { n: number }).n, 501, 'then sees the whole batch');
+  // A second store on the same file (e.g. the CLI) reads what the first wrote.
+  const second = openSqliteStore(dir);
+  t.equal(second.queryAuditEvents({ limit: 1000 }).length, 501);
+  second.close();
+});
+
+t.test('migrations: an old-version database is brought up to date, data kept', async (t) => {
+  const dir = t.testdir();
+  const file = join(dir, 'sluice.db');
+  const old = new Database(file);
+  const m1 = migrate(old, { upTo: 1 });
+  t.same(m1, { from: 0, to: 1, applied: [1] });
+  old
+    .prepare(
+      `INSERT INTO audit_events (time, time_ms, session_id, subject, target, protocol, kind, text, verdict)
+       VALUES ('2024-06-01T00:00:00.000Z', ?, 'old', 'alice', 'app-db', 'postgres', 'select', 'SELECT 1', 'allowed')`,
+    )
+    .run(Date.parse('2024-06-01T00:00:00.000Z'));
+  const indexesBefore = old.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'audit_%'").all();
+  t.same(indexesBefore, [], 'version 1 has no indexes yet');
+  old.close();
+
+  const { logger, lines } = captureLogger();
+  const store = openSqliteStore(dir, { logger });
+  t.match(lines, [{ msg: 'state database migrated', from: 1, to: MIGRATIONS[MIGRATIONS.length - 1]!.version }]);
+  t.same(store.queryAuditEvents({ sessionId: 'old' }).map((e) => e.text), ['SELECT 1'], 'old rows survive');
+  store.close();
+
+  const raw = new Database(file);
+  t.same(appliedVersions(raw), MIGRATIONS.map((m) => m.version));
+  const names = (raw.prepare("SELECT name FROM sqlite_master WHERE type = 'index'").all() as { name: string }[]).map(
+    (r) => r.name,
+  );
+  for (const want of ['audit_events_session', 'audit_events_subject', 'audit_events_target', 'audit_events_verdict', 'audit_events_time', 'approvals_status', 'approvals_subject']) {
+    t.ok(names.includes(want), `index ${want}`);
+  }
+  const plan = raw
+    .prepare("EXPLAIN QUERY PLAN SELECT * FROM audit_events WHERE subject = 'x' ORDER BY time_ms DESC LIMIT 10")
+    .all() as { detail: string }[];
+  t.match(plan.map((p) => p.detail).join('\n'), /USING INDEX audit_events_subject/, 'the subject filter uses its index');
+  t.same(migrate(raw).applied, [], 'migrating again is a no-op');
+  raw.close();
+});
+
+t.test('migrations: a failing step rolls back; a newer database is refused', async (t) => {
+  const dir = t.testdir();
+  const file = join(dir, 'sluice.db');
+  const db = new Database(file);
+  migrate(db);
+  const last = MIGRATIONS[MIGRATIONS.length - 1]!.version;
+  t.throws(() =>
+    migrate(db, {
+      steps: [...MIGRATIONS, { version: last + 1, name: 'broken', sql: 'CREATE TABLE half (a); THIS IS NOT SQL' }],
+    }),
+  );
+  t.same(db.prepare("SELECT name FROM sqlite_master WHERE name = 'half'").all(), [], 'nothing of the step remains');
+  t.equal(appliedVersions(db).at(-1), last);
+  db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(999, 'future', 'x');
+  db.close();
+  t.throws(() => openSqliteStore(dir), { code: 'SLUICE_STORE_SCHEMA_TOO_NEW' });
+});
+
+/** A store that records each batch, optionally failing the first few. */
+function spyStore(inner: Store, failFirst = 0) {
+  const batches: number[] = [];
+  let calls = 0;
+  const store: Store = {
+    insertAuditEvents(events) {
+      calls++;
+      if (calls <= failFirst) throw new Error('disk full');
+      batches.push(events.length);
+      inner.insertAuditEvents(events);
+    },
+    queryAuditEvents: (q) => inner.queryAuditEvents(q),
+    saveApproval: (r) => inner.saveApproval(r),
+    getApproval: (id) => inner.getApproval(id),
+    listApprovals: (q) => inner.listApprovals(q),
+    close: () => inner.close(),
+  };
+  return { store, batches, calls: () => calls };
+}
+
+function countRows(dir: string): number {
+  const raw = new Database(join(dir, 'sluice.db'), { readonly: true });
+  const n = (raw.prepare('SELECT count(*) AS n FROM audit_events').get() as { n: number }).n;
+  raw.close();
+  return n;
+}
+
+t.test('audit writer: 100k events, write() does no I/O, batches of 500, all present after close', async (t) => {
+  const dir = t.testdir();
+  const inner = openSqliteStore(dir);
+  const spy = spyStore(inner);
+  const writer = new AuditWriter(spy.store);
+  for (let i = 0; i < 100_000; i++) writer.write(event({ sessionId: `s${i % 7}`, text: `q${i}` }));
+  // write() only queues: the store has not been called while the loop ran.
+  t.equal(spy.calls(), 0, 'no store call from write()');
+  t.same(writer.stats, { written: 0, dropped: 0, queued: 100_000, failedBatches: 0, maxBatchMs: 0 });
+  // Let the event loop drain some batches on its own (setImmediate path).
+  while (writer.stats.written < 1500) await new Promise((r) => setImmediate(r));
+  await writer.close();
+  t.equal(writer.stats.written, 100_000);
+  t.equal(writer.stats.queued, 0);
+  t.ok(spy.batches.every((n) => n <= 500), 'no batch larger than maxBatch');
+  t.equal(spy.batches.reduce((a, b) => a + b, 0), 100_000);
+  t.equal(spy.batches.length, 200, '100k events in 200 transactions');
+  t.comment(`slowest 500-row batch: ${writer.stats.maxBatchMs.toFixed(2)} ms`);
+  inner.close();
+  t.equal(countRows(dir), 100_000, 'every event is in the database');
+});
+
+t.test('audit writer: timer flush, close flushes the rest, writes after close are dropped', async (t) => {
+  const dir = t.testdir();
+  const inner = openSqliteStore(dir);
+  const spy = spyStore(inner);
+  const { logger, lines } = captureLogger();
+  const writer = new AuditWriter(spy.store, { flushIntervalMs: 5, logger });
+  writer.write(event({ text: 'a' }));
+  writer.write(event({ text: 'b' }));
+  while (writer.stats.written < 2) await new Promise((r) => setTimeout(r, 5));
+  t.same(spy.batches, [2], 'a partial batch goes out on the timer');
+
+  const slow = new AuditWriter(spy.store, { flushIntervalMs: 3_600_000 });
+  slow.write(event({ text: 'c' }));
+  slow.flush();
+  t.equal(slow.stats.written, 1, 'flush() writes now');
+  slow.write(event({ text: 'd' }));
+  slow.write(event({ text: 'e' }));
+  await slow.close();
+  t.equal(slow.stats.written, 3, 'close() writes what is queued');
+  await slow.close();
+  slow.write(event({ text: 'late' }));
+  t.equal(slow.stats.dropped, 1, 'a write after close is counted as dropped');
+
+  await writer.close();
+  inner.close();
+  t.equal(countRows(dir), 5);
+  t.notOk(lines.some((l) => l.level === 50), 'no errors logged');
+});
+
+t.test('audit writer: a full queue drops, counts and logs; never throws', async (t) => {
+  const inner = openSqliteStore(t.testdir());
+  t.teardown(() => inner.close());
+  const { logger, lines } = captureLogger();
+  const writer = new AuditWriter(inner, { maxQueue: 10, flushIntervalMs: 3_600_000, logger });
+  for (let i = 0; i < 15; i++) writer.write(event({ text: `q${i}` }));
+  t.match(writer.stats, { queued: 10, dropped: 5 });
+  await writer.close();
+  t.match(writer.stats, { written: 10, dropped: 5, queued: 0 });
+  t.same(
+    inner.queryAuditEvents({}).map((e) => e.text).sort(),
+    Array.from({ length: 10 }, (_, i) => `q${i}`).sort(),
+    'the oldest events are kept, the overflow dropped',
+  );
+  t.match(lines, [{ level: 40, msg: 'audit events dropped', dropped: 5, droppedTotal: 5 }]);
+});
+
+t.test('audit writer: a failing store keeps the batch and retries it', async (t) => {
+  const inner = openSqliteStore(t.testdir());
+  t.teardown(() => inner.close());
+  const spy = spyStore(inner, 2);
+  const { logger, lines } = captureLogger();
+  const writer = new AuditWriter(spy.store, { flushIntervalMs: 2, maxBatch: 4, logger });
+  for (let i = 0; i < 10; i++) writer.write(event({ text: `q${i}` }));
+  while (writer.stats.written < 10) await new Promise((r) => setTimeout(r, 2));
+  t.equal(writer.stats.failedBatches, 2);
+  t.same(spy.batches, [4, 4, 2]);
+  t.equal(inner.queryAuditEvents({}).length, 10, 'nothing lost');
+  t.equal(lines.filter((l) => l.msg === 'audit batch could not be written; retrying').length, 1, 'logged once per outage');
+  t.match(lines, [{ msg: 'audit batch could not be written; retrying' }, { msg: 'audit store writable again' }]);
+  await writer.close();
+});
+
+t.test('audit writer: close with a store that still fails logs what is lost', async (t) => {
+  const inner = openSqliteStore(t.testdir());
+  t.teardown(() => inner.close());
+  const spy = spyStore(inner, 1000);
+  const { logger, lines } = captureLogger();
+  const writer = new AuditWriter(spy.store, { flushIntervalMs: 3_600_000, logger });
+  writer.write(event());
+  await writer.close();
+  t.match(lines, [{ msg: 'audit batch could not be written; retrying' }, { level: 50, lost: 1 }]);
+});
