@@ -1,0 +1,350 @@
+/**
+ * Turns one Redis command (its argv as Buffers) into RedisCommandFacts for the
+ * policy engine: lowercase name, subcommand of container commands, Redis' own
+ * ACL categories and the key names, using the built-in Redis 7.0 table
+ * (command-table.ts).
+ *
+ * - Names match case-insensitively (ASCII only, like Redis' strcasecmp).
+ * - A command Redis 7.0 does not know (module commands, typos, newer commands)
+ *   gets the single category `@unknown`, so a policy can deny what it cannot
+ *   judge. A container command whose subcommand is missing or unknown
+ *   (`CLIENT FOO`) gets the union of the categories of the container and of all
+ *   its subcommands plus `@unknown`: it can never look more harmless than its
+ *   most dangerous subcommand. A bare container that Redis accepts without a
+ *   subcommand (`COMMAND`) keeps the container's own categories.
+ * - Keys come from Redis' key-specs, evaluated exactly as Redis'
+ *   getKeysUsingKeySpecs() does (keyword search, ranges with a limit,
+ *   numkeys), so XREAD ... STREAMS k1 k2 0 0, ZUNIONSTORE dst 2 a b and
+ *   EVAL script 2 k1 k2 a1 yield the keys Redis' ACL would check. Key-specs
+ *   flagged `not_key` (shard channels of SPUBLISH/SSUBSCRIBE) are not keys.
+ *   Redis marks a few key-specs `unknown`; for those this module follows Redis'
+ *   own getkeys procedures, erring on the side of reporting more:
+ *     SORT ... STORE dst          dst is a key (every STORE, not only the last)
+ *     SORT/SORT_RO BY|GET pat     a pattern containing `*` is reported as a key
+ *                                 (the literal pattern, e.g. `user:*->name`): the
+ *                                 keys it reads derive from data, and a key glob
+ *                                 is matched against the pattern instead
+ *     MIGRATE ... KEYS k1 k2      the keys after KEYS, plus argv[3] when it is
+ *                                 not empty (Redis would refuse that combination)
+ * - Each key-spec is evaluated on its own (what Redis calls
+ *   GET_KEYSPEC_RETURN_PARTIAL): where one key-spec does not fit the arguments,
+ *   the keys of the others are still reported (PFMERGE dst without sources;
+ *   ZUNIONSTORE dst with a malformed numkeys), where Redis' COMMAND GETKEYS
+ *   reports none. More keys is the safe side for key rules.
+ * - Key extraction is best effort and never throws: a short or malformed
+ *   argument list yields the keys that can be found (often none); Redis will
+ *   answer such a command with an arity or syntax error anyway.
+ * - Keys are decoded as UTF-8 with invalid bytes replaced by U+FFFD: a binary
+ *   key still matches globs on its valid parts, and the text is safe to log.
+ *
+ * This runs for every command on the hot path: the name is looked up from its
+ * bytes (a hash of the lowercased bytes, then a byte comparison: no string is
+ * built for a known name, whatever its case), categories are shared frozen
+ * arrays, and key extraction allocates only the keys array and its strings.
+ */
+import type { RedisCommandFacts } from '../../src/policy/types.js';
+import { REDIS_COMMANDS, type CommandSpec, type KeySpec } from './command-table.js';
+
+type KeyFinder = (args: Buffer[], keys: string[]) => void;
+
+interface Compiled {
+  /** Canonical lowercase name. */
+  name: string;
+  /** The same, as bytes, to confirm a hash hit without decoding the argument. */
+  bytes: Buffer;
+  arity: number;
+  /** Frozen; shared by every facts object of this command. */
+  categories: string[];
+  keyFinders: KeyFinder[];
+  /** Containers: subcommands by name. */
+  subs?: NameMap;
+  /** Containers: categories when the subcommand is missing or unknown. */
+  unknownSub?: string[];
+}
+
+/**
+ * Names looked up straight from the argument's bytes: a hash of the
+ * ASCII-lowercased bytes, then a byte comparison. No string is built for a
+ * known name, whatever its case.
+ */
+class NameMap {
+  private readonly buckets = new Map<number, Compiled[]>();
+  /** Longer arguments are no name of ours: not worth hashing (a client may send a huge one). */
+  private maxLength = 0;
+
+  set(c: Compiled): void {
+    this.maxLength = Math.max(this.maxLength, c.bytes.length);
+    const h = hashName(c.bytes);
+    const bucket = this.buckets.get(h);
+    if (bucket) bucket.push(c);
+    else this.buckets.set(h, [c]);
+  }
+
+  get(arg: Buffer): Compiled | undefined {
+    if (arg.length > this.maxLength) return undefined;
+    const bucket = this.buckets.get(hashName(arg));
+    if (!bucket) return undefined;
+    for (const c of bucket) if (equalsLower(arg, c.bytes)) return c;
+    return undefined;
+  }
+
+  has(name: string): boolean {
+    return this.get(Buffer.from(name, 'utf8')) !== undefined;
+  }
+}
+
+function hashName(b: Buffer): number {
+  let h = b.length;
+  for (let i = 0; i < b.length; i++) {
+    let c = b[i]!;
+    if (c >= 0x41 && c <= 0x5a) c |= 0x20;
+    h = (Math.imul(h, 31) + c) | 0;
+  }
+  return h;
+}
+
+/** ASCII case-insensitive: does `arg` spell the lowercase name `lower`? */
+function equalsLower(arg: Buffer, lower: Buffer): boolean {
+  const n = lower.length;
+  if (arg.length !== n) return false;
+  for (let i = 0; i < n; i++) {
+    let c = arg[i]!;
+    if (c >= 0x41 && c <= 0x5a) c |= 0x20;
+    if (c !== lower[i]) return false;
+  }
+  return true;
+}
+
+const UNKNOWN: string[] = Object.freeze(['@unknown']) as string[];
+
+// ---- key-specs, as Redis' getKeysUsingKeySpecs() evaluates them ---------------------
+
+/** ASCII case-insensitive comparison of an argument with an uppercase keyword. */
+function isKeyword(arg: Buffer, upper: Buffer): boolean {
+  const n = upper.length;
+  if (arg.length !== n) return false;
+  for (let i = 0; i < n; i++) {
+    let c = arg[i]!;
+    if (c >= 0x61 && c <= 0x7a) c -= 0x20;
+    if (c !== upper[i]) return false;
+  }
+  return true;
+}
+
+/** A non-negative decimal integer (as Redis' string2ll would accept it), else -1. */
+function parseCount(arg: Buffer): number {
+  const n = arg.length;
+  if (n === 0 || n > 10) return -1;
+  let v = 0;
+  for (let i = 0; i < n; i++) {
+    const c = arg[i]!;
+    if (c < 0x30 || c > 0x39) return -1;
+    v = v * 10 + (c - 0x30);
+  }
+  return n > 1 && arg[0] === 0x30 ? -1 : v;
+}
+
+function push(args: Buffer[], first: number, last: number, step: number, keys: string[]): void {
+  const argc = args.length;
+  // Out of bounds means a syntax error Redis will report; no keys then.
+  if (last >= argc || last < first || first >= argc || first < 1 || step < 1) return;
+  for (let i = first; i <= last; i += step) keys.push(args[i]!.toString('utf8'));
+}
+
+function compileKeySpec(ks: KeySpec): KeyFinder | undefined {
+  if (ks.flags.includes('not_key')) return undefined;
+  const { bs, fk } = ks;
+  if (bs.type === 'unknown' || fk.type === 'unknown') return undefined;
+
+  let begin: (args: Buffer[]) => number;
+  if (bs.type === 'index') {
+    const index = bs.index;
+    begin = () => index;
+  } else {
+    const keyword = Buffer.from(bs.keyword.toUpperCase(), 'latin1');
+    const startfrom = bs.startfrom;
+    // Forward from startfrom, or backward from argc + startfrom; the end index is
+    // exclusive, exactly as in Redis (a keyword in the last argument has no key after it).
+    begin = (args) => {
+      const argc = args.length;
+      const start = startfrom > 0 ? startfrom : argc + startfrom;
+      const end = startfrom > 0 ? argc - 1 : 0;
+      const dir = start <= end ? 1 : -1;
+      for (let i = start; i !== end; i += dir) {
+        if (i >= argc || i < 1) break;
+        if (isKeyword(args[i]!, keyword)) return i + 1;
+      }
+      return 0;
+    };
+  }
+
+  if (fk.type === 'range') {
+    const { lastkey, keystep, limit } = fk;
+    return (args, keys) => {
+      const first = begin(args);
+      if (first === 0) return;
+      const argc = args.length;
+      let last: number;
+      if (lastkey >= 0) last = first + lastkey;
+      else if (limit === 0) last = argc + lastkey;
+      // Only 1/limit of what follows are keys (XREAD STREAMS k1 k2 id1 id2): C integer division.
+      else last = first + Math.trunc((argc - first) / limit) + lastkey;
+      push(args, first, last, keystep, keys);
+    };
+  }
+  const { keynumidx, firstkey, keystep } = fk;
+  return (args, keys) => {
+    let first = begin(args);
+    if (first === 0 || first + keynumidx >= args.length) return;
+    const numkeys = parseCount(args[first + keynumidx]!);
+    if (numkeys <= 0) return;
+    first += firstkey;
+    push(args, first, first + numkeys - 1, keystep, keys);
+  };
+}
+
+// ---- the key-specs Redis marks "unknown": its getkeys procedures -------------------
+
+const STORE = Buffer.from('STORE');
+const LIMIT = Buffer.from('LIMIT');
+const BY = Buffer.from('BY');
+const GET = Buffer.from('GET');
+const KEYS = Buffer.from('KEYS');
+const AUTH = Buffer.from('AUTH');
+const AUTH2 = Buffer.from('AUTH2');
+
+/** SORT key [BY pattern] [LIMIT offset count] [GET pattern ...] [ASC|DESC] [ALPHA] [STORE destination] */
+function sortKeys(withStore: boolean): KeyFinder {
+  return (args, keys) => {
+    for (let i = 2; i < args.length; i++) {
+      const a = args[i]!;
+      if (isKeyword(a, LIMIT)) i += 2;
+      else if ((isKeyword(a, BY) || isKeyword(a, GET)) && i + 1 < args.length) {
+        const pattern = args[++i]!;
+        // `#` is the element itself; a pattern without `*` reads no key (Redis' lookupKeyByPattern).
+        if (pattern.includes(0x2a /* * */)) keys.push(pattern.toString('utf8'));
+      } else if (withStore && isKeyword(a, STORE) && i + 1 < args.length) keys.push(args[++i]!.toString('utf8'));
+    }
+  };
+}
+
+/** MIGRATE host port key|"" destination-db timeout [COPY] [REPLACE] [AUTH password | AUTH2 username password] [KEYS key ...] */
+const migrateKeys: KeyFinder = (args, keys) => {
+  if (args.length > 3 && args[3]!.length > 0) keys.push(args[3]!.toString('utf8'));
+  for (let i = 6; i < args.length; i++) {
+    const a = args[i]!;
+    if (isKeyword(a, KEYS)) {
+      for (let k = i + 1; k < args.length; k++) keys.push(args[k]!.toString('utf8'));
+      return;
+    }
+    if (isKeyword(a, AUTH)) i += 1;
+    else if (isKeyword(a, AUTH2)) i += 2;
+  }
+};
+
+/** Replaces the key-specs of commands whose keys Redis finds with a getkeys procedure. */
+const SPECIAL: Record<string, (spec: CommandSpec) => KeyFinder[]> = {
+  // SORT's own key is a plain index-1 key-spec; BY/GET and STORE are "unknown".
+  sort: (spec) => [...fromSpecs(spec), sortKeys(true)],
+  sort_ro: (spec) => [...fromSpecs(spec), sortKeys(false)],
+  // Its KEYS key-spec is flagged incomplete (a key may be named "keys"); Redis uses migrateGetKeys().
+  migrate: () => [migrateKeys],
+};
+
+function fromSpecs(spec: CommandSpec): KeyFinder[] {
+  const out: KeyFinder[] = [];
+  for (const ks of spec.keySpecs) {
+    const f = compileKeySpec(ks);
+    if (f) out.push(f);
+  }
+  return out;
+}
+
+// ---- the compiled table ----------------------------------------------------------------
+
+function freeze(categories: Iterable<string>): string[] {
+  return Object.freeze([...new Set(categories)]) as string[];
+}
+
+function compile(name: string, spec: CommandSpec): Compiled {
+  const special = SPECIAL[name];
+  const c: Compiled = {
+    name,
+    bytes: Buffer.from(name, 'latin1'),
+    arity: spec.arity,
+    categories: freeze(spec.categories),
+    keyFinders: special ? special(spec) : fromSpecs(spec),
+  };
+  if (spec.subcommands) {
+    const subs = new NameMap();
+    const all = [...spec.categories];
+    for (const [sub, subSpec] of Object.entries(spec.subcommands)) {
+      const compiled = compile(sub, subSpec);
+      subs.set(compiled);
+      all.push(...subSpec.categories);
+    }
+    all.push('@unknown');
+    c.subs = subs;
+    c.unknownSub = freeze(all);
+  }
+  return c;
+}
+
+const TABLE = new NameMap();
+const CATEGORIES = new Set<string>(['@unknown']);
+for (const [name, spec] of Object.entries(REDIS_COMMANDS)) {
+  const c = compile(name, spec);
+  TABLE.set(c);
+  for (const cat of spec.categories) CATEGORIES.add(cat);
+  for (const sub of Object.values(spec.subcommands ?? {})) for (const cat of sub.categories) CATEGORIES.add(cat);
+}
+
+/** Lowercases ASCII letters only, like Redis' strcasecmp sees names. */
+function asciiLower(s: string): string {
+  return s.replace(/[A-Z]+/g, (m) => m.toLowerCase());
+}
+
+function keysOf(c: Compiled, args: Buffer[]): string[] {
+  const keys: string[] = [];
+  for (const f of c.keyFinders) f(args, keys);
+  return keys;
+}
+
+/** What a command does, from its argv (args[0] = command name, any case). Never throws. */
+export function classifyCommand(args: Buffer[]): RedisCommandFacts {
+  if (args.length === 0) return { protocol: 'redis', command: '', categories: UNKNOWN, keys: [] };
+  const c = TABLE.get(args[0]!);
+  if (!c) return { protocol: 'redis', command: asciiLower(args[0]!.toString('utf8')), categories: UNKNOWN, keys: [] };
+  if (!c.subs) return { protocol: 'redis', command: c.name, categories: c.categories, keys: keysOf(c, args) };
+
+  if (args.length < 2) {
+    // A bare container: valid only where the arity allows it (COMMAND), else an arity error.
+    const bareOk = c.arity === 1 || c.arity === -1;
+    return { protocol: 'redis', command: c.name, categories: bareOk ? c.categories : c.unknownSub!, keys: [] };
+  }
+  const sub = c.subs.get(args[1]!);
+  if (!sub) {
+    return {
+      protocol: 'redis',
+      command: c.name,
+      subcommand: asciiLower(args[1]!.toString('utf8')),
+      categories: c.unknownSub!,
+      keys: [],
+    };
+  }
+  return { protocol: 'redis', command: c.name, subcommand: sub.name, categories: sub.categories, keys: keysOf(sub, args) };
+}
+
+/** Whether Redis 7.0 has this command: `get`, `GET`, `client`, or `client|kill` (any case). */
+export function isKnownCommand(name: string): boolean {
+  const lower = asciiLower(name);
+  const bar = lower.indexOf('|');
+  if (bar < 0) return TABLE.has(lower);
+  const c = TABLE.get(Buffer.from(lower.slice(0, bar), 'utf8'));
+  return c?.subs?.has(lower.slice(bar + 1)) ?? false;
+}
+
+/** Whether `category` (with its `@`, any case) is an ACL category of Redis 7.0, or `@unknown`. */
+export function isKnownCategory(category: string): boolean {
+  return CATEGORIES.has(asciiLower(category));
+}
