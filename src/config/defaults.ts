@@ -30,6 +30,9 @@ export const DEFAULT_REDIS_USER = 'default';
 export const MIN_MESSAGE_BYTES = 1024;
 export const MAX_MESSAGE_BYTES = 1024 * 1024 * 1024;
 
+/** How long a statement held for approval waits for a decision. */
+export const DEFAULT_APPROVAL_TIMEOUT_MS = 5 * 60_000;
+
 export const DEFAULT_LIMITS: Readonly<SessionLimits> = Object.freeze({
   preAuthTimeoutMs: 10_000,
   maxPreAuthConnections: 64,
@@ -73,7 +76,8 @@ export function embeddedDefaultConfig(env: NodeJS.ProcessEnv, cwd: string = proc
         },
       },
     ],
-    policies: [{ name: 'dev', subjects: { issuer: [DEV_ISSUER] }, targets: ['pg'] }],
+    policies: [{ name: 'dev', subjects: { issuer: [DEV_ISSUER] }, targets: ['pg'], default: 'allow', rules: [] }],
+    approvals: { timeoutMs: DEFAULT_APPROVAL_TIMEOUT_MS },
     log: { level: 'info' },
   };
 }

@@ -20,6 +20,7 @@ import { parseDocument } from 'yaml';
 import { ErrorCodes, SluiceError } from '../errors.js';
 import {
   DEFAULT_ALGORITHMS,
+  DEFAULT_APPROVAL_TIMEOUT_MS,
   DEFAULT_CLOCK_TOLERANCE_SECONDS,
   DEFAULT_GROUPS_CLAIM,
   DEFAULT_LIMITS,
@@ -36,7 +37,11 @@ import {
 } from './defaults.js';
 import { ALLOWED_ALGORITHMS, configSchema, parseDuration, parseSize } from './schema.js';
 import { Secret } from './secret.js';
+import type { Action, RuleConfig, RuleMatch } from '../policy/types.js';
+import { DANGEROUS_FUNCTIONS_SET, REDIS_CATEGORIES, isKnownRedisCategory, isKnownSqlKind } from '../policy/kinds.js';
 import type {
+  ApiConfig,
+  ApprovalsConfig,
   Config,
   IdentityConfig,
   IssuerConfig,
@@ -336,6 +341,7 @@ class Normaliser {
     const knownIssuers = [...(identity.devIssuer ? [DEV_ISSUER] : []), ...identity.issuers.map((i) => i.issuer)];
     const policies = this.#policies(raw.policies, targets.map((t) => t.name), knownIssuers);
     const level = str(obj(raw.log)?.level) as LogConfig['level'] | undefined;
+    const api = this.#api(obj(raw.api));
     const config: Config = {
       ...(source !== undefined ? { source } : {}),
       stateDir: this.#path(str(raw.state_dir) ?? DEFAULT_STATE_DIR),
@@ -343,6 +349,8 @@ class Normaliser {
       ...(tls !== undefined ? { tls } : {}),
       targets,
       policies,
+      ...(api ? { api } : {}),
+      approvals: this.#approvals(obj(raw.approvals)),
       log: { level: level ?? 'info' },
     };
     return config;
@@ -684,9 +692,76 @@ class Normaliser {
         });
       }
       const subjects = this.#subjects(obj(p.subjects), `${at}.subjects`, knownIssuers);
-      out.push({ name: name ?? '', subjects, targets });
+      const rules = this.#rules(p.rules, at);
+      const stated = str(p.default) as PolicyConfig['default'] | undefined;
+      if (stated === undefined && rules.length > 0) {
+        this.#problem(`${at}.default`, 'expected allow or deny, found nothing: a policy with rules must say what happens when none matches');
+      }
+      out.push({ name: name ?? '', subjects, targets, default: stated ?? 'allow', rules });
     });
     return out;
+  }
+
+  #rules(raw: unknown, at: string): RuleConfig[] {
+    if (!Array.isArray(raw)) return [];
+    const out: RuleConfig[] = [];
+    const seen = new Map<string, number>();
+    (raw as unknown[]).forEach((rr, i) => {
+      const r = obj(rr);
+      const m = obj(r?.match);
+      const rat = `${at}.rules[${i}]`;
+      if (r === undefined || m === undefined) return;
+      const name = str(r.name) ?? '';
+      const prev = seen.get(name);
+      if (prev !== undefined) this.#problem(`${rat}.name`, `expected a name no other rule of this policy uses, found ${render(name)} (also rules[${prev}])`);
+      else seen.set(name, i);
+      const match: RuleMatch = {};
+      const kinds = list(m.kinds);
+      kinds?.forEach((k, j) => {
+        if (!isKnownSqlKind(k)) this.#problem(`${rat}.match.kinds[${j}]`, `expected a statement kind (see docs/policy.md), found ${render(k)}`);
+      });
+      const functions = list(m.functions);
+      functions?.forEach((f, j) => {
+        if (f.startsWith('@') && f !== DANGEROUS_FUNCTIONS_SET) {
+          this.#problem(`${rat}.match.functions[${j}]`, `expected a function name or ${DANGEROUS_FUNCTIONS_SET}, found ${render(f)}`);
+        }
+      });
+      const commands = list(m.commands);
+      commands?.forEach((c, j) => {
+        if (c.startsWith('@') && !isKnownRedisCategory(c.toLowerCase())) {
+          this.#problem(`${rat}.match.commands[${j}]`, `expected a command, command|subcommand or ACL category (${REDIS_CATEGORIES.join(' ')}), found ${render(c)}`);
+        }
+      });
+      if (kinds) match.kinds = kinds;
+      const tables = list(m.tables);
+      if (tables) match.tables = tables;
+      if (functions) match.functions = functions.map((f) => f.toLowerCase());
+      if (typeof m.without_where === 'boolean') match.withoutWhere = m.without_where;
+      if (commands) match.commands = commands.map((c) => c.toLowerCase());
+      const keys = list(m.keys);
+      if (keys) match.keys = keys;
+      out.push({ name, action: str(r.action) as Action, match });
+    });
+    return out;
+  }
+
+  #api(raw: Record<string, unknown> | undefined): ApiConfig | undefined {
+    if (raw === undefined) return undefined;
+    const listen = this.#listen(raw.listen, 'api.listen');
+    if (!listen) return undefined;
+    const roles = obj(raw.roles);
+    return { listen, roles: { approver: list(roles?.approver) ?? [], auditor: list(roles?.auditor) ?? [] } };
+  }
+
+  #approvals(raw: Record<string, unknown> | undefined): ApprovalsConfig {
+    const timeoutMs = raw?.timeout === undefined ? DEFAULT_APPROVAL_TIMEOUT_MS : parseDuration(raw.timeout as string | number);
+    const hook = obj(raw?.webhook);
+    const url = str(hook?.url);
+    const hookTimeout = hook?.timeout === undefined ? 5_000 : parseDuration(hook.timeout as string | number);
+    return {
+      timeoutMs: timeoutMs ?? DEFAULT_APPROVAL_TIMEOUT_MS,
+      ...(url ? { webhook: { url, timeoutMs: hookTimeout ?? 5_000 } } : {}),
+    };
   }
 
   #subjects(raw: Record<string, unknown> | undefined, at: string, knownIssuers: string[]): SubjectMatch {

@@ -192,6 +192,39 @@ const issuer = {
   },
 };
 
+const nameList = {
+  type: 'array',
+  minItems: 1,
+  items: { ...nonEmptyString, expected: 'a non-empty string' },
+  expected: 'a non-empty list of strings',
+};
+
+/** A policy rule: the first rule whose match holds decides. */
+const rule = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name', 'action', 'match'],
+  expected: 'a mapping with name, action and match',
+  properties: {
+    name: { type: 'string', pattern: NAME_PATTERN, expected: 'a name of letters, digits, _ and - (at most 63)' },
+    action: { enum: ['allow', 'deny', 'approve'], expected: 'allow, deny or approve' },
+    match: {
+      type: 'object',
+      additionalProperties: false,
+      minProperties: 1,
+      expected: 'a mapping with kinds, tables, functions, without_where, commands and/or keys',
+      properties: {
+        kinds: nameList,
+        tables: nameList,
+        functions: nameList,
+        without_where: { type: 'boolean', expected: 'true or false' },
+        commands: nameList,
+        keys: nameList,
+      },
+    },
+  },
+};
+
 const subjects = {
   type: 'object',
   additionalProperties: false,
@@ -282,6 +315,41 @@ export const configSchema = {
             minItems: 1,
             items: { ...nonEmptyString, expected: 'a target name' },
             expected: 'a non-empty list of target names',
+          },
+          default: { enum: ['allow', 'deny'], expected: 'allow or deny' },
+          rules: { type: 'array', items: rule, expected: 'a list of rules' },
+        },
+      },
+    },
+    api: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['listen'],
+      expected: 'a mapping with listen and roles',
+      properties: {
+        listen: { type: 'string', pattern: '^(\\[[^\\]]+\\]|[^:\\[\\]]+):[0-9]+$', expected: 'host:port such as 127.0.0.1:8080' },
+        roles: {
+          type: 'object',
+          additionalProperties: false,
+          expected: 'a mapping with approver and/or auditor group lists',
+          properties: { approver: stringOrList, auditor: stringOrList },
+        },
+      },
+    },
+    approvals: {
+      type: 'object',
+      additionalProperties: false,
+      expected: 'a mapping with timeout and/or webhook',
+      properties: {
+        timeout: duration,
+        webhook: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['url'],
+          expected: 'a mapping with url (and timeout)',
+          properties: {
+            url: { type: 'string', pattern: '^https?://', expected: 'an http:// or https:// URL' },
+            timeout: duration,
           },
         },
       },

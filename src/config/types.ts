@@ -7,6 +7,7 @@
  * to guess.
  */
 import type { Secret } from './secret.js';
+import type { RuleConfig } from '../policy/types.js';
 
 export type UpstreamTlsMode = 'disable' | 'require' | 'verify-full';
 
@@ -123,6 +124,22 @@ export interface PolicyConfig {
   name: string;
   subjects: SubjectMatch;
   targets: string[];
+  /** What happens when no rule matches. `allow` when the policy has no rules, else required. */
+  default: 'allow' | 'deny';
+  /** Ordered; the first rule whose match holds decides. */
+  rules: RuleConfig[];
+}
+
+export interface ApiConfig {
+  listen: ListenAddress;
+  /** Groups whose members may decide approvals / read the audit trail. */
+  roles: { approver: string[]; auditor: string[] };
+}
+
+export interface ApprovalsConfig {
+  /** A held statement waits at most this long for a decision, ms. Default 5 minutes. */
+  timeoutMs: number;
+  webhook?: { url: string; timeoutMs: number };
 }
 
 export interface LogConfig {
@@ -137,5 +154,8 @@ export interface Config {
   tls?: TlsFiles;
   targets: TargetConfig[];
   policies: PolicyConfig[];
+  /** The HTTP API (approvals, audit, health, metrics); absent = not served. */
+  api?: ApiConfig;
+  approvals: ApprovalsConfig;
   log: LogConfig;
 }

@@ -139,11 +139,11 @@ t.test('no criteria matches nothing', async (t) => {
 
 t.test('policiesFor filters by target and subject', async (t) => {
   const policies: PolicyConfig[] = [
-    { name: 'deploy-pg', subjects: { groups: ['deployers'] }, targets: ['orders-pg', 'billing-pg'] },
-    { name: 'cache', subjects: { groups: ['deployers'] }, targets: ['cache-redis'] },
-    { name: 'admins', subjects: { groups: ['ci'] }, targets: ['orders-pg'] },
-    { name: 'ci-main', subjects: { claims: { repository: ['acme/app'], ref: ['refs/heads/main'] } }, targets: ['orders-pg'] },
-    { name: 'empty', subjects: {}, targets: ['orders-pg'] },
+    { name: 'deploy-pg', subjects: { groups: ['deployers'] }, targets: ['orders-pg', 'billing-pg'], default: 'allow', rules: [] },
+    { name: 'cache', subjects: { groups: ['deployers'] }, targets: ['cache-redis'], default: 'allow', rules: [] },
+    { name: 'admins', subjects: { groups: ['ci'] }, targets: ['orders-pg'], default: 'allow', rules: [] },
+    { name: 'ci-main', subjects: { claims: { repository: ['acme/app'], ref: ['refs/heads/main'] } }, targets: ['orders-pg'], default: 'allow', rules: [] },
+    { name: 'empty', subjects: {}, targets: ['orders-pg'], default: 'allow', rules: [] },
   ];
   const id = identity();
   t.same(policiesFor(id, 'orders-pg', policies).map((p) => p.name), ['deploy-pg', 'ci-main']);

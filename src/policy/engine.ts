@@ -1,0 +1,148 @@
+import type { Identity } from '../identity/types.js';
+import type { PolicyConfig } from '../config/types.js';
+import { globMatch, subjectMatches } from './subjects.js';
+import { DANGEROUS_FUNCTIONS_SET } from './kinds.js';
+import type { Action, Facts, RedisCommandFacts, RuleConfig, RuleMatch, SqlStatementFacts, Verdict } from './types.js';
+
+/**
+ * The one place where Sluice decides what a statement or command may do.
+ *
+ * A session is bound, at login, to the first policy (in file order) whose
+ * subjects match the identity and whose targets include the target. Each
+ * statement's facts are then judged against that policy's rules in order:
+ * the first rule whose match holds decides; when none does, the policy's
+ * default applies.
+ *
+ * A rule's criteria belong to one protocol or the other (`kinds`, `tables`,
+ * `functions`, `without_where` to PostgreSQL; `commands`, `keys` to Redis).
+ * A rule matches a statement when it has at least one criterion for that
+ * statement's protocol and every such criterion holds; so one policy can
+ * carry rules for a PostgreSQL and a Redis target side by side.
+ */
+export function bindPolicy(identity: Identity, target: string, policies: readonly PolicyConfig[]): SessionPolicy | undefined {
+  const policy = policies.find((p) => p.targets.includes(target) && subjectMatches(identity, p.subjects));
+  return policy ? new SessionPolicy(policy) : undefined;
+}
+
+/**
+ * Settings that would make the server read SQL differently from how Sluice
+ * parsed it. Changing them is refused whatever the policy says: after such a
+ * change every later verdict could be wrong.
+ */
+const PARSER_SETTINGS = new Set(['client_encoding', 'standard_conforming_strings']);
+
+const SEVERITY: Record<Action, number> = { allow: 0, approve: 1, deny: 2 };
+
+export class SessionPolicy {
+  constructor(readonly config: PolicyConfig) {}
+
+  get name(): string {
+    return this.config.name;
+  }
+
+  evaluate(facts: Facts): Verdict {
+    if (facts.protocol === 'postgres') {
+      const changed = facts.settings.find((s) => PARSER_SETTINGS.has(s));
+      if (changed) {
+        return {
+          action: 'deny',
+          policy: this.config.name,
+          rule: 'sluice-parser-settings',
+          reason: `${changed} cannot be changed through sluice: the gateway and the server must read SQL the same way`,
+        };
+      }
+    }
+    for (const rule of this.config.rules) {
+      if (ruleMatches(rule.match, facts)) {
+        return { action: rule.action, policy: this.config.name, rule: rule.name, reason: describe(rule, facts) };
+      }
+    }
+    return {
+      action: this.config.default,
+      policy: this.config.name,
+      reason: `no rule of policy "${this.config.name}" matched; its default is ${this.config.default}`,
+    };
+  }
+
+  /**
+   * The verdict on several statements that travel together (a simple Query
+   * with many statements): the most severe one, since nothing of the
+   * message may run unless all of it may.
+   */
+  evaluateAll(facts: readonly Facts[]): Verdict {
+    let worst: Verdict | undefined;
+    for (const f of facts) {
+      const v = this.evaluate(f);
+      if (!worst || SEVERITY[v.action] > SEVERITY[worst.action]) worst = v;
+      if (v.action === 'deny') break;
+    }
+    return worst ?? { action: 'allow', policy: this.config.name, reason: 'empty query' };
+  }
+}
+
+export function ruleMatches(match: RuleMatch, facts: Facts): boolean {
+  return facts.protocol === 'postgres' ? sqlRuleMatches(match, facts) : redisRuleMatches(match, facts);
+}
+
+function sqlRuleMatches(m: RuleMatch, f: SqlStatementFacts): boolean {
+  if (m.kinds === undefined && m.tables === undefined && m.functions === undefined && m.withoutWhere === undefined) return false;
+  if (m.kinds && !m.kinds.some((k) => f.kinds.includes(k))) return false;
+  if (m.tables && !m.tables.some((glob) => f.tables.some((table) => tableMatches(glob, table)))) return false;
+  if (m.functions && !m.functions.some((name) => functionMatches(name, f))) return false;
+  if (m.withoutWhere !== undefined && m.withoutWhere !== f.withoutWhere) return false;
+  return true;
+}
+
+function redisRuleMatches(m: RuleMatch, f: RedisCommandFacts): boolean {
+  if (m.commands === undefined && m.keys === undefined) return false;
+  if (m.commands && !m.commands.some((c) => commandMatches(c, f))) return false;
+  if (m.keys && !m.keys.some((glob) => f.keys.some((key) => globMatch(glob, key)))) return false;
+  return true;
+}
+
+/**
+ * `schema.table` globs match qualified names exactly; an unqualified table in
+ * the statement could resolve to any schema on the search_path, so it is
+ * matched by its name part: a deny rule on `public.secrets` also stops
+ * `SELECT * FROM secrets`.
+ */
+function tableMatches(glob: string, table: string): boolean {
+  if (globMatch(glob, table)) return true;
+  const dot = glob.lastIndexOf('.');
+  if (dot >= 0 && !table.includes('.')) return globMatch(glob.slice(dot + 1), table);
+  if (dot < 0 && table.includes('.')) return globMatch(glob, table.slice(table.lastIndexOf('.') + 1));
+  return false;
+}
+
+function functionMatches(name: string, f: SqlStatementFacts): boolean {
+  if (name === DANGEROUS_FUNCTIONS_SET) return f.dangerousFunctions.length > 0;
+  // pg_catalog.pg_read_file and pg_read_file are the same function to a rule.
+  const bare = (n: string): string => n.slice(n.lastIndexOf('.') + 1);
+  return f.functions.some((called) => called === name || (!name.includes('.') && bare(called) === name));
+}
+
+function commandMatches(spec: string, f: RedisCommandFacts): boolean {
+  if (spec.startsWith('@')) return spec === '@all' || f.categories.includes(spec);
+  const bar = spec.indexOf('|');
+  if (bar < 0) return f.command === spec;
+  return f.command === spec.slice(0, bar) && f.subcommand === spec.slice(bar + 1);
+}
+
+/** The reason line a client sees: which facts the rule matched. */
+function describe(rule: RuleConfig, facts: Facts): string {
+  if (facts.protocol === 'postgres') {
+    const parts: string[] = [];
+    const kinds = rule.match.kinds?.filter((k) => facts.kinds.includes(k));
+    if (kinds?.length) parts.push(`statement kind ${kinds.join(', ')}`);
+    if (rule.match.tables) parts.push(`table ${facts.tables.filter((t) => rule.match.tables!.some((g) => tableMatches(g, t))).join(', ')}`);
+    if (rule.match.functions) {
+      const called = rule.match.functions.includes(DANGEROUS_FUNCTIONS_SET) ? facts.dangerousFunctions : facts.functions;
+      parts.push(`function ${called.join(', ')}`);
+    }
+    if (rule.match.withoutWhere) parts.push('without a WHERE clause');
+    return parts.join(', ') || 'matched';
+  }
+  const name = facts.subcommand ? `${facts.command}|${facts.subcommand}` : facts.command;
+  const categories = rule.match.commands?.filter((c) => c.startsWith('@') && facts.categories.includes(c)) ?? [];
+  return `command ${name}${categories.length ? ` (${categories.join(', ')})` : ''}${rule.match.keys ? ` on key ${facts.keys.join(', ')}` : ''}`;
+}

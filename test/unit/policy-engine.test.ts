@@ -1,0 +1,89 @@
+import t from 'tap';
+import { bindPolicy } from '../../src/policy/engine.js';
+import type { PolicyConfig } from '../../src/config/types.js';
+import type { Identity } from '../../src/identity/types.js';
+import type { RedisCommandFacts, SqlStatementFacts } from '../../src/policy/types.js';
+
+const agent: Identity = { subject: 'agent-7', issuer: 'https://idp', groups: ['agent'], claims: {}, tokenId: 'x', expiresAt: new Date(Date.now() + 60_000) };
+
+/** The policy from the issue, verbatim in spirit. */
+const policies: PolicyConfig[] = [
+  {
+    name: 'agents',
+    subjects: { groups: ['agent'] },
+    targets: ['app-db', 'cache'],
+    default: 'allow',
+    rules: [
+      { name: 'no-destruction', action: 'deny', match: { kinds: ['drop', 'truncate'] } },
+      { name: 'roles-need-approval', action: 'approve', match: { kinds: ['role'] } },
+      { name: 'no-file-access', action: 'deny', match: { functions: ['@dangerous'] } },
+      { name: 'no-server-admin', action: 'deny', match: { commands: ['@dangerous', '@scripting', 'flushall'] } },
+      { name: 'careful-writes', action: 'deny', match: { kinds: ['update', 'delete'], withoutWhere: true } },
+      { name: 'secrets-table', action: 'deny', match: { tables: ['public.secrets'] } },
+      { name: 'no-session-keys', action: 'deny', match: { commands: ['del'], keys: ['session:*'] } },
+      { name: 'no-client-kill', action: 'deny', match: { commands: ['client|kill'] } },
+    ],
+  },
+  { name: 'fallback', subjects: { groups: ['agent'] }, targets: ['app-db'], default: 'deny', rules: [] },
+];
+
+function sql(partial: Partial<SqlStatementFacts>): SqlStatementFacts {
+  return { protocol: 'postgres', text: 'x', kinds: ['select'], tables: [], functions: [], dangerousFunctions: [], withoutWhere: false, settings: [], ...partial };
+}
+function redis(partial: Partial<RedisCommandFacts>): RedisCommandFacts {
+  return { protocol: 'redis', command: 'get', categories: ['@read', '@string', '@fast'], keys: ['k'], ...partial };
+}
+
+const policy = bindPolicy(agent, 'app-db', policies)!;
+
+t.test('the session binds to the first policy in file order that matches', async (t) => {
+  t.equal(policy.name, 'agents');
+  t.equal(bindPolicy({ ...agent, groups: ['other'] }, 'app-db', policies), undefined);
+  t.equal(bindPolicy(agent, 'elsewhere', policies), undefined);
+});
+
+t.test('first matching rule wins; the default applies otherwise', async (t) => {
+  t.match(policy.evaluate(sql({ kinds: ['select'] })), { action: 'allow', rule: undefined, policy: 'agents' });
+  t.match(policy.evaluate(sql({ kinds: ['drop', 'drop:table'], tables: ['t'] })), { action: 'deny', rule: 'no-destruction' });
+  t.match(policy.evaluate(sql({ kinds: ['role', 'create:role', 'create'] })), { action: 'approve', rule: 'roles-need-approval' });
+  t.match(policy.evaluate(sql({ kinds: ['delete'], withoutWhere: true })), { action: 'deny', rule: 'careful-writes' });
+  t.match(policy.evaluate(sql({ kinds: ['delete'], withoutWhere: false })), { action: 'allow' });
+  t.match(policy.evaluate(sql({ functions: ['pg_read_file'], dangerousFunctions: ['pg_read_file'] })), { action: 'deny', rule: 'no-file-access' });
+  const fallback = bindPolicy(agent, 'app-db', [policies[1]!])!;
+  t.match(fallback.evaluate(sql({})), { action: 'deny', rule: undefined });
+});
+
+t.test('tables: qualified rules also stop unqualified references', async (t) => {
+  t.match(policy.evaluate(sql({ tables: ['secrets'] })), { action: 'deny', rule: 'secrets-table' });
+  t.match(policy.evaluate(sql({ tables: ['public.secrets'] })), { action: 'deny', rule: 'secrets-table' });
+  t.match(policy.evaluate(sql({ tables: ['other.secrets'] })), { action: 'allow' });
+});
+
+t.test('SQL rules never match Redis commands and the reverse', async (t) => {
+  t.match(policy.evaluate(redis({})), { action: 'allow' });
+  t.match(policy.evaluate(redis({ command: 'flushall', categories: ['@keyspace', '@write', '@slow', '@dangerous'], keys: [] })), { action: 'deny', rule: 'no-server-admin' });
+  t.match(policy.evaluate(redis({ command: 'eval', categories: ['@slow', '@scripting'] })), { action: 'deny', rule: 'no-server-admin' });
+  t.match(policy.evaluate(redis({ command: 'del', categories: ['@keyspace', '@write', '@slow'], keys: ['session:42'] })), { action: 'deny', rule: 'no-session-keys' });
+  t.match(policy.evaluate(redis({ command: 'del', categories: ['@keyspace', '@write', '@slow'], keys: ['cache:42'] })), { action: 'allow' });
+  t.match(policy.evaluate(redis({ command: 'client', subcommand: 'kill', categories: ['@admin', '@slow'] })), { action: 'deny', rule: 'no-client-kill' });
+  t.match(policy.evaluate(redis({ command: 'client', subcommand: 'setname', categories: ['@slow', '@connection'] })), { action: 'allow' });
+});
+
+t.test('changing how SQL is read is refused whatever the policy says', async (t) => {
+  const open = bindPolicy(agent, 'app-db', [{ ...policies[0]!, rules: [] }])!;
+  t.match(open.evaluate(sql({ kinds: ['set'], settings: ['client_encoding'] })), { action: 'deny', rule: 'sluice-parser-settings' });
+  t.match(open.evaluate(sql({ kinds: ['select'], settings: ['standard_conforming_strings'] })), { action: 'deny' });
+  t.match(open.evaluate(sql({ kinds: ['set'], settings: ['search_path'] })), { action: 'allow' });
+});
+
+t.test('a multi-statement message takes its most severe verdict', async (t) => {
+  t.match(policy.evaluateAll([sql({}), sql({ kinds: ['role'] }), sql({})]), { action: 'approve' });
+  t.match(policy.evaluateAll([sql({}), sql({ kinds: ['role'] }), sql({ kinds: ['truncate'] })]), { action: 'deny', rule: 'no-destruction' });
+  t.match(policy.evaluateAll([]), { action: 'allow' });
+});
+
+t.test('reasons say what matched', async (t) => {
+  t.match(policy.evaluate(sql({ kinds: ['drop', 'drop:table'] })).reason, 'statement kind drop');
+  t.match(policy.evaluate(sql({ kinds: ['update'], withoutWhere: true })).reason, /update.*without a WHERE/);
+  t.match(policy.evaluate(redis({ command: 'flushall', categories: ['@dangerous'] })).reason, 'command flushall');
+});
