@@ -1,0 +1,159 @@
+/**
+ * The measuring loop shared by bench:pg and bench:redis.
+ *
+ * Numbers on this kind of machine drift from minute to minute
+ * (PERFORMANCE.md), so contenders are never measured in blocks: every round
+ * runs every workload against every contender, and odd rounds reverse the
+ * contender order so no one always runs first (on a cold cache) or last.
+ * All contenders stay up for the whole run and share one database server.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { machineCpu, measureCpu } from './cpu.js';
+import { mean, median } from './table.js';
+
+/** A contender that started and answered a real request. */
+export interface Contender {
+  /** direct, relay, pgbouncer, twemproxy, sluice */
+  name: string;
+  port: number;
+  /** The gateway process whose CPU is charged to the contender; undefined for direct. */
+  pid: number | undefined;
+  /** What the client presents: the database password, or a Sluice token. */
+  secret: string;
+  /** The user name the client sends (a label for Sluice). */
+  user: string;
+}
+
+/** A contender that could not take part, and why (printed, not thrown). */
+export interface Absent {
+  name: string;
+  state: 'skipped' | 'failed';
+  reason: string;
+}
+
+/** One client run against one contender. */
+export interface Measurement {
+  /** Transactions or requests per second, as the client reported it. */
+  rate: number;
+  /** Operations the rate counts over the run (used for CPU per operation). */
+  ops: number;
+  wallSeconds: number;
+  /** Gateway CPU seconds during the run; undefined for direct. */
+  gatewayCpuSeconds: number | undefined;
+  /** Fraction of all cores busy during the run. */
+  machineBusy: number;
+}
+
+export interface CellResult {
+  workload: string;
+  contender: string;
+  rounds: Measurement[];
+  errors: string[];
+}
+
+export interface Summary {
+  /** Median of the rounds' rates. */
+  rate: number | undefined;
+  /** Gateway CPU per operation in microseconds, over all rounds. */
+  cpuMicrosPerOp: number | undefined;
+  /** Gateway CPU as a share of one core, over all rounds. */
+  gatewayCores: number | undefined;
+  machineBusy: number | undefined;
+}
+
+export type RunOne = (workload: string, contender: Contender) => Promise<{ rate: number; ops: number }>;
+
+export async function runRounds(
+  workloads: string[],
+  contenders: Contender[],
+  rounds: number,
+  runOne: RunOne,
+): Promise<CellResult[]> {
+  const cells = new Map<string, CellResult>();
+  for (const w of workloads) {
+    for (const c of contenders) cells.set(`${w}\0${c.name}`, { workload: w, contender: c.name, rounds: [], errors: [] });
+  }
+  for (let round = 0; round < rounds; round++) {
+    const order = round % 2 === 0 ? contenders : [...contenders].reverse();
+    for (const w of workloads) {
+      for (const c of order) {
+        const cell = cells.get(`${w}\0${c.name}`)!;
+        const started = process.hrtime.bigint();
+        try {
+          const { result, cpu } = await measureCpu(c.pid, () => runOne(w, c));
+          const wallSeconds = Number(process.hrtime.bigint() - started) / 1e9;
+          cell.rounds.push({ ...result, wallSeconds, ...cpu });
+          process.stderr.write(
+            `  round ${round + 1}/${rounds}  ${w.padEnd(18)} ${c.name.padEnd(10)} ${Math.round(result.rate).toLocaleString('en-US').padStart(10)}/s` +
+              (cpu.gatewayCpuSeconds === undefined ? '' : `  gateway ${((cpu.gatewayCpuSeconds / result.ops) * 1e6).toFixed(1)} µs/op`) +
+              `  machine ${Math.round(cpu.machineBusy * 100)}% busy\n`,
+          );
+        } catch (err) {
+          const reason = (err as Error).message.split('\n')[0] ?? String(err);
+          cell.errors.push(reason);
+          process.stderr.write(`  round ${round + 1}/${rounds}  ${w.padEnd(18)} ${c.name.padEnd(10)} FAILED: ${reason}\n`);
+        }
+      }
+    }
+  }
+  return [...cells.values()];
+}
+
+export function summarize(cell: CellResult | undefined): Summary {
+  const r = cell?.rounds ?? [];
+  const withCpu = r.filter((m) => m.gatewayCpuSeconds !== undefined);
+  const cpu = withCpu.reduce((a, m) => a + (m.gatewayCpuSeconds ?? 0), 0);
+  const ops = withCpu.reduce((a, m) => a + m.ops, 0);
+  const wall = withCpu.reduce((a, m) => a + m.wallSeconds, 0);
+  return {
+    rate: median(r.map((m) => m.rate)),
+    cpuMicrosPerOp: withCpu.length && ops > 0 ? (cpu / ops) * 1e6 : undefined,
+    gatewayCores: withCpu.length && wall > 0 ? cpu / wall : undefined,
+    machineBusy: mean(r.map((m) => m.machineBusy)),
+  };
+}
+
+export function findCell(cells: CellResult[], workload: string, contender: string): CellResult | undefined {
+  return cells.find((c) => c.workload === workload && c.contender === contender);
+}
+
+/** Positive integer from the environment, or the default. */
+export function envInt(name: string, fallback: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n <= 0) throw new Error(`${name} must be a positive integer, got "${raw}"`);
+  return n;
+}
+
+/** A fresh path bench/.work/<name>-<timestamp>.<ext> (the directory is gitignored) for raw results. */
+export function workFile(name: string, ext: string, stamp: string): string {
+  // dist/bench/lib -> repository root
+  const dir = fileURLToPath(new URL('../../../bench/.work/', import.meta.url));
+  mkdirSync(dir, { recursive: true });
+  return `${dir}${name}-${stamp}.${ext}`;
+}
+
+/** Writes `content` to bench/.work/<name>-<stamp>.<ext>; returns the path. */
+export function writeWorkFile(name: string, ext: string, stamp: string, content: string): string {
+  const file = workFile(name, ext, stamp);
+  writeFileSync(file, content);
+  return file;
+}
+
+export function timestamp(): string {
+  return new Date().toISOString().replace(/[:.]/g, '-');
+}
+
+/**
+ * How busy the machine is with nothing of ours running: other work on a
+ * shared machine takes cores from every contender, so it is printed with
+ * the results.
+ */
+export async function backgroundBusy(ms = 3000): Promise<number> {
+  const a = machineCpu();
+  await new Promise((r) => setTimeout(r, ms));
+  const b = machineCpu();
+  return b.total > a.total ? (b.busy - a.busy) / (b.total - a.total) : 0;
+}
