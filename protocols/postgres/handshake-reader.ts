@@ -1,5 +1,6 @@
 import type { Socket } from 'node:net';
-import { PgFramer } from './framer.js';
+import { ErrorCodes } from '../../src/errors.js';
+import { PgFramer, PgProtocolError } from './framer.js';
 
 /** One whole message read during a handshake: its type byte (0 for startup-phase messages) and its complete wire bytes. */
 export interface WireMessage {
@@ -21,8 +22,21 @@ export class HandshakeReader {
   #failure: Error | undefined;
   #ended = false;
   #wake: (() => void) | undefined;
+  /** The type the next message must have: checked on its first byte, as PostgreSQL does, instead of awaiting a body whose length a hostile client chose. */
+  #expect: { type: number; what: string } | undefined;
 
   readonly #onData = (chunk: Buffer): void => {
+    const expect = this.#expect;
+    if (expect && chunk.length > 0) {
+      this.#expect = undefined;
+      if (chunk[0] !== expect.type) {
+        const got = chunk[0]! > 32 && chunk[0]! < 127 ? `'${String.fromCharCode(chunk[0]!)}'` : String(chunk[0]);
+        this.#failure ??= new PgProtocolError(ErrorCodes.PROTOCOL_VIOLATION, `expected ${expect.what}, got message type ${got}`, this.framer.streamOffset);
+        this.#socket?.pause();
+        this.#notify();
+        return;
+      }
+    }
     try {
       this.framer.push(chunk, {
         passthrough: (bytes) => this.#queue.push({ type: -1, bytes }),
@@ -68,6 +82,15 @@ export class HandshakeReader {
     socket.off('close', this.#onEnd);
     socket.off('error', this.#onError);
     this.#socket = undefined;
+  }
+
+  /**
+   * Requires the next message to be of `type`, refusing it on its type byte.
+   * Only when nothing is queued or half-read: otherwise the caller's check
+   * of the whole message applies.
+   */
+  expectNextType(type: number, what: string): void {
+    if (this.#queue.length === 0 && this.framer.atMessageBoundary && !this.framer.expectingStartup) this.#expect = { type, what };
   }
 
   /** Messages received but not yet consumed: nonzero right after an SSLRequest means bytes were injected before the TLS handshake. */
