@@ -7,12 +7,16 @@ import { errorResponse, sqlstate, terminate } from './messages.js';
  * The steady state of a PostgreSQL session: bytes flow between the client
  * and the upstream through one framer per direction.
  *
- * Each chunk read is framed (so message boundaries, sizes and, later, the
- * statements that policy inspects are known) and what comes out is written
- * to the other side in ONE write: the chunk itself when every byte passes
+ * Each chunk read is framed (so message boundaries and sizes are known, and
+ * the statements policy inspects are whole) and what comes out is written to
+ * the other side in ONE write: the chunk itself when every byte passes
  * through, otherwise a corked burst. A write that reports a full buffer
  * pauses the reading side until 'drain', so a slow client slows its own
  * upstream and never the gateway's memory, and the reverse.
+ *
+ * With a gate (policy, audit), the message types the gate names are handed
+ * to it whole, and it decides what each side receives; without one, every
+ * byte passes through.
  */
 export interface RelayOptions {
   logger: Logger;
@@ -20,6 +24,36 @@ export interface RelayOptions {
   idleTimeoutMs: number;
   /** Called once, when both sockets are closed. */
   onClose(reason: string): void;
+  gate?: RelayGate;
+}
+
+/** What a gate can do to the streams. Calls made while a chunk is being framed are written when that chunk is done. */
+export interface RelayIO {
+  toUpstream(bytes: Buffer): void;
+  toClient(bytes: Buffer): void;
+  /** Writes whatever toUpstream/toClient collected outside a chunk's framing (after an async decision). */
+  flush(): void;
+  /** Stop / restart reading from the client (a statement is held for approval). */
+  holdClient(): void;
+  releaseClient(): void;
+  /** True when the bytes sent to the client so far end at a message boundary: only then may the gate inject a message of its own. */
+  clientAtBoundary(): boolean;
+  /** Ends the session (the gate hit something it cannot recover from). */
+  shutdown(reason: string, error?: Buffer): void;
+}
+
+export interface RelayGate {
+  /** Client message types the gate wants whole. */
+  readonly clientTypes: readonly number[];
+  /** Server message types the gate wants whole. */
+  readonly serverTypes: readonly number[];
+  attach(io: RelayIO): void;
+  /** `type` is -1 for pass-through bytes (not whole messages). */
+  fromClient(type: number, bytes: Buffer): void;
+  fromServer(type: number, bytes: Buffer): void;
+  /** Called after each server chunk has been framed: a chance to emit what waited for a boundary. */
+  serverChunkDone(): void;
+  close(): void;
 }
 
 export interface RelayStats {
@@ -39,6 +73,12 @@ export class PgRelay {
   #lastActivity = Date.now();
   #idleTimer: NodeJS.Timeout | undefined;
   #open = 2;
+  /** Buffers waiting for the next write to each side. */
+  readonly #toUpstream: Buffer[] = [];
+  readonly #toClient: Buffer[] = [];
+  /** Reasons the client socket is paused: upstream backpressure, a held statement. */
+  #clientBackpressure = false;
+  #clientHeld = false;
 
   constructor(
     private readonly client: Socket,
@@ -46,12 +86,43 @@ export class PgRelay {
     private readonly clientFramer: PgFramer,
     private readonly upstreamFramer: PgFramer,
     private readonly options: RelayOptions,
-  ) {}
+  ) {
+    const gate = options.gate;
+    if (gate) {
+      clientFramer.setInspect(gate.clientTypes);
+      upstreamFramer.setInspect(gate.serverTypes);
+      gate.attach({
+        toUpstream: (b) => this.#toUpstream.push(b),
+        toClient: (b) => this.#toClient.push(b),
+        flush: () => this.#flush(),
+        holdClient: () => {
+          this.#clientHeld = true;
+          this.client.pause();
+        },
+        releaseClient: () => {
+          this.#clientHeld = false;
+          if (!this.#clientBackpressure && !this.#closed) this.client.resume();
+        },
+        clientAtBoundary: () => this.upstreamFramer.atMessageBoundary,
+        shutdown: (reason, error) => this.shutdown(reason, error),
+      });
+    } else {
+      clientFramer.setInspect(undefined);
+      upstreamFramer.setInspect(undefined);
+    }
+  }
 
   /** Starts relaying. `toUpstream` / `toClient` are bytes already read or prepared that must go first. */
   start(toUpstream: Buffer[], toClient: Buffer[]): void {
-    if (toClient.length > 0) this.#writeAll(this.client, toClient);
-    if (toUpstream.length > 0) this.#writeAll(this.upstream, toUpstream);
+    this.#toClient.push(...toClient);
+    this.#flush();
+    const gate = this.options.gate;
+    // Messages the client pipelined behind its password go through the gate like any others.
+    for (const b of toUpstream) {
+      if (gate) this.clientFramer.push(b, this.#clientSink());
+      else this.#toUpstream.push(b);
+    }
+    this.#flush();
     this.#pump(this.client, this.upstream, this.clientFramer, 'client');
     this.#pump(this.upstream, this.client, this.upstreamFramer, 'upstream');
     for (const socket of [this.client, this.upstream]) {
@@ -65,7 +136,7 @@ export class PgRelay {
       this.#idleTimer = setInterval(() => this.#checkIdle(), every);
       this.#idleTimer.unref();
     }
-    this.client.resume();
+    if (!this.#clientHeld) this.client.resume();
     this.upstream.resume();
   }
 
@@ -89,34 +160,48 @@ export class PgRelay {
     }
   }
 
+  #clientSink(): FramerSink {
+    const gate = this.options.gate!;
+    return { passthrough: (b) => gate.fromClient(-1, b), message: (t, m) => gate.fromClient(t, m) };
+  }
+
   #pump(from: Socket, to: Socket, framer: PgFramer, side: 'client' | 'upstream'): void {
-    const out: Buffer[] = [];
-    const sink: FramerSink = {
-      passthrough: (bytes) => out.push(bytes),
-      message: (_type, message) => out.push(message),
-    };
+    const gate = this.options.gate;
+    // Without a gate, bytes go straight to the other side's queue.
+    const direct = side === 'client' ? this.#toUpstream : this.#toClient;
+    const sink: FramerSink = gate
+      ? side === 'client'
+        ? this.#clientSink()
+        : { passthrough: (b) => gate.fromServer(-1, b), message: (t, m) => gate.fromServer(t, m) }
+      : { passthrough: (b) => direct.push(b), message: (_t, m) => direct.push(m) };
     from.on('data', (chunk: Buffer) => {
       this.#lastActivity = Date.now();
       if (side === 'client') this.stats.bytesFromClient += chunk.length;
       else this.stats.bytesFromUpstream += chunk.length;
       try {
         framer.push(chunk, sink);
+        if (gate && side === 'upstream') gate.serverChunkDone();
       } catch (err) {
-        out.length = 0;
         this.#violation(err, side);
         return;
       }
-      if (out.length === 0) return;
-      const flowing = this.#writeAll(to, out);
-      out.length = 0;
-      if (!flowing) {
+      const flowing = this.#flush(side === 'client' ? 'upstream' : 'client');
+      if (!flowing && !this.#closed) {
+        if (side === 'client') this.#clientBackpressure = true;
         from.pause();
-        to.once('drain', () => from.resume());
+        to.once('drain', () => {
+          if (side === 'client') {
+            this.#clientBackpressure = false;
+            if (this.#clientHeld) return;
+          }
+          from.resume();
+        });
       }
     });
     from.on('end', () => {
       // Half-close: the other side may still be sending; pass the FIN along.
       if (!this.#closed) this.#closeReason = `${side} ended the connection`;
+      this.#flush();
       to.end();
     });
     from.on('error', (err) => {
@@ -127,24 +212,46 @@ export class PgRelay {
     });
   }
 
+  /** Writes both queues; returns whether `watch`'s socket can take more. */
+  #flush(watch?: 'client' | 'upstream'): boolean {
+    const up = this.#writeAll(this.upstream, this.#toUpstream);
+    const down = this.#writeAll(this.client, this.#toClient);
+    return watch === 'client' ? down : watch === 'upstream' ? up : up && down;
+  }
+
   #writeAll(to: Socket, buffers: Buffer[]): boolean {
-    if (buffers.length === 1) return to.write(buffers[0]!);
-    to.cork();
-    let flowing = true;
-    for (const b of buffers) flowing = to.write(b);
-    to.uncork();
+    if (buffers.length === 0) return true;
+    if (this.#closed || !to.writable) {
+      buffers.length = 0;
+      return true;
+    }
+    let flowing: boolean;
+    if (buffers.length === 1) {
+      flowing = to.write(buffers[0]!);
+    } else {
+      to.cork();
+      flowing = true;
+      for (const b of buffers) flowing = to.write(b);
+      to.uncork();
+    }
+    buffers.length = 0;
     return flowing;
   }
 
   #violation(err: unknown, side: 'client' | 'upstream'): void {
-    const message = err instanceof PgProtocolError ? err.message : 'internal error while framing';
-    if (!(err instanceof PgProtocolError)) this.options.logger.error({ err }, 'unexpected framing failure');
+    this.#toUpstream.length = 0;
+    this.#toClient.length = 0;
+    const message = err instanceof PgProtocolError ? err.message : 'internal error while relaying';
+    if (!(err instanceof PgProtocolError)) this.options.logger.error({ err }, 'unexpected relay failure');
     this.options.logger.warn({ side, offset: err instanceof PgProtocolError ? err.offset : undefined, reason: message }, 'protocol violation; closing session');
     const clientMessage =
       side === 'client'
-        ? `sluice: protocol violation: ${message}`
+        ? err instanceof PgProtocolError
+          ? `sluice: protocol violation: ${message}`
+          : 'sluice: internal error; the session is closed'
         : 'sluice: the upstream server sent a malformed message; the session is closed';
-    this.shutdown(`${side} protocol violation`, errorResponse({ severity: 'FATAL', code: sqlstate.PROTOCOL_VIOLATION, message: clientMessage }));
+    const code = err instanceof PgProtocolError ? sqlstate.PROTOCOL_VIOLATION : sqlstate.INTERNAL_ERROR;
+    this.shutdown(`${side} protocol violation`, errorResponse({ severity: 'FATAL', code, message: clientMessage }));
   }
 
   #checkIdle(): void {
@@ -166,6 +273,7 @@ export class PgRelay {
   #finish(): void {
     if (this.#idleTimer) clearInterval(this.#idleTimer);
     this.#closed = true;
+    this.options.gate?.close();
     this.options.onClose(this.#closeReason);
   }
 }

@@ -22,6 +22,10 @@ import {
   type TransactionStatus,
 } from './messages.js';
 import { PgRelay } from './relay.js';
+import { PgStatementGate } from './statement-gate.js';
+import { parameterStatusValue, sqlDecoder } from './encoding.js';
+import type { SessionPolicy } from '../../src/policy/engine.js';
+import type { AuditVerdict } from '../../src/store/types.js';
 import { StartupParameterRefused, vetStartupParameters, type VettedStartup } from './startup-params.js';
 import { connectUpstream, sendCancelRequest, type UpstreamSession } from './upstream.js';
 
@@ -115,6 +119,7 @@ export class PostgresSession implements SessionHandle {
     // Ask for the token. Cleartext is safe here: the transport is TLS or loopback.
     preamble.push(authenticationCleartextPassword());
     this.#socket.write(preamble.length === 1 ? preamble[0]! : Buffer.concat(preamble));
+    this.#reader.expectNextType(Frontend.PasswordMessage, 'a PasswordMessage carrying the token');
     const password = await this.#reader.next();
     if (password.type !== Frontend.PasswordMessage) {
       throw new PgProtocolError(ErrorCodes.PROTOCOL_VIOLATION, `expected a PasswordMessage carrying the token, got message type ${describeType(password.type)}`, 0);
@@ -123,8 +128,8 @@ export class PostgresSession implements SessionHandle {
     const identity = await this.ctx.verifier.verify(token);
     this.#identity = identity;
     const log = this.#log.child({ subject: identity.subject, tokenId: identity.tokenId });
-    const policies = this.ctx.admit(identity, this.target.name);
-    if (policies.length === 0) {
+    const policy = this.ctx.admit(identity, this.target.name);
+    if (!policy) {
       throw new SluiceError(ErrorCodes.NOT_AUTHORIZED, `not authorized for target "${this.target.name}"`);
     }
     this.#clearPreAuth();
@@ -139,7 +144,16 @@ export class PostgresSession implements SessionHandle {
       return;
     }
     this.#upstream = upstream;
-    this.#startRelay(upstream, vetted, log, policies.map((p) => p.name));
+    // Sluice parses SQL as PostgreSQL does by default; a server that reads
+    // backslashes in '...' as escapes would see different statements.
+    if (parameterStatusValue(upstream.startupReply, 'standard_conforming_strings') === 'off') {
+      upstream.socket.destroy();
+      throw new SluiceError(
+        ErrorCodes.UPSTREAM_PROTOCOL,
+        'the upstream runs with standard_conforming_strings=off; sluice requires it on (the default) to read SQL as the server does',
+      );
+    }
+    this.#startRelay(upstream, vetted, log, policy);
   }
 
   /** Reads startup-phase packets until a StartupMessage; answers SSLRequest, GSSENCRequest and CancelRequest on the way. Returns undefined when the connection was a cancel. */
@@ -231,7 +245,7 @@ export class PostgresSession implements SessionHandle {
     this.ctx.sessions.delete(this);
   }
 
-  #startRelay(upstream: UpstreamSession, vetted: VettedStartup, log: Logger, policies: string[]): void {
+  #startRelay(upstream: UpstreamSession, vetted: VettedStartup, log: Logger, policy: SessionPolicy): void {
     const key = this.ctx.pgCancels.register(this.target.name, {
       upstream: this.target.upstream,
       key: upstream.backendKey,
@@ -248,7 +262,20 @@ export class PostgresSession implements SessionHandle {
     this.#reader.detach();
     const clientFramer = this.#reader.framer;
     clientFramer.setMaxMessageBytes(this.target.limits.maxMessageBytes);
-    clientFramer.setInspect(() => false);
+    const identity = this.#identity!;
+    const metrics = this.ctx.metrics;
+    const gate = new PgStatementGate({
+      sessionId: this.id,
+      subject: identity.subject,
+      target: this.target.name,
+      policy,
+      logger: log,
+      decode: sqlDecoder(parameterStatusValue(upstream.startupReply, 'client_encoding')),
+      ...(this.ctx.audit ? { audit: this.ctx.audit } : {}),
+      ...(this.ctx.approvals ? { approvals: this.ctx.approvals } : {}),
+      ...(metrics ? { onVerdict: (verdict: AuditVerdict) => metrics.statement(this.target.name, verdict) } : {}),
+    });
+    metrics?.sessionStarted(this.target.name, 'postgres');
     const relay = new PgRelay(
       this.#socket,
       upstream.socket,
@@ -258,6 +285,7 @@ export class PostgresSession implements SessionHandle {
         logger: log,
         idleTimeoutMs: this.target.limits.idleTimeoutMs,
         onClose: (reason) => this.#ended(reason),
+        gate,
       },
     );
     this.#relay = relay;
@@ -266,7 +294,7 @@ export class PostgresSession implements SessionHandle {
       {
         groups: this.#identity?.groups,
         issuer: this.#identity?.issuer,
-        policies,
+        policy: policy.name,
         user: vetted.labels.user,
         database: vetted.labels.database,
         application: vetted.labels.applicationName,
@@ -281,6 +309,12 @@ export class PostgresSession implements SessionHandle {
     if (this.#cancelKey) this.ctx.pgCancels.unregister(this.#cancelKey);
     this.ctx.sessions.delete(this);
     const stats = this.#relay?.stats;
+    const metrics = this.ctx.metrics;
+    if (metrics) {
+      metrics.sessionEnded(this.target.name, 'postgres');
+      metrics.bytes(this.target.name, 'client_to_upstream', stats?.bytesFromClient ?? 0);
+      metrics.bytes(this.target.name, 'upstream_to_client', stats?.bytesFromUpstream ?? 0);
+    }
     this.#log.info({ reason, bytesFromClient: stats?.bytesFromClient, bytesFromUpstream: stats?.bytesFromUpstream }, 'session ended');
   }
 

@@ -9,6 +9,7 @@ import { DevIssuer, parseDuration } from '../identity/dev-issuer.js';
 import { Gateway } from '../gateway/gateway.js';
 import { createLogger } from '../log.js';
 import { isSluiceError } from '../errors.js';
+import { approvalsCommand } from './approvals.js';
 
 const USAGE = `Usage: sluice <command> [options]
 
@@ -18,6 +19,8 @@ Commands:
   token --sub NAME [--group G]... [--ttl 15m] [--claim k=v]... [--config FILE]
                                  print a token from the dev issuer
   check-config [--config FILE]   validate a config file; exit 2 with one line per problem
+  approvals list [--status S] | approve ID [--for 15m] | deny ID [--reason R]
+                                 decide held statements through the API (--api URL, --token or SLUICE_TOKEN)
   health [--config FILE]         exit 0 when every target's listener accepts TCP connections
                                  (the container healthcheck)
   version                        print the version
@@ -38,6 +41,8 @@ async function main(argv: string[]): Promise<number> {
       return checkConfig(rest);
     case 'health':
       return health(rest);
+    case 'approvals':
+      return approvalsCommand(rest);
     case 'version':
     case '--version':
       process.stdout.write(`${version()}\n`);

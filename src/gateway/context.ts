@@ -1,9 +1,12 @@
 import type { SecureContext } from 'node:tls';
 import type { Logger } from '../log.js';
 import type { Identity, TokenVerifier } from '../identity/types.js';
-import type { PolicyConfig, TargetConfig } from '../config/types.js';
+import type { TargetConfig } from '../config/types.js';
 import type { CancelRegistry } from './cancel-registry.js';
 import type { PostgresUpstream } from '../config/types.js';
+import type { SessionPolicy } from '../policy/engine.js';
+import type { ApprovalManager } from '../policy/approvals.js';
+import type { AuditEvent, AuditVerdict } from '../store/types.js';
 
 /**
  * What the gateway hands each protocol front end: everything a session needs
@@ -13,8 +16,14 @@ import type { PostgresUpstream } from '../config/types.js';
 export interface GatewayContext {
   logger: Logger;
   verifier: TokenVerifier;
-  /** Policies that let this identity reach this target; empty means refused. */
-  admit(identity: Identity, target: string): PolicyConfig[];
+  /** The policy this identity's session on this target is bound to; undefined means refused. */
+  admit(identity: Identity, target: string): SessionPolicy | undefined;
+  /** Where audit events go (batched into the store off the hot path); absent in tests that need none. */
+  audit?: { write(event: AuditEvent): void };
+  /** The just-in-time approval flow; absent means an `approve` rule fails closed (denies). */
+  approvals?: ApprovalManager;
+  /** Counters for /metrics; absent in tests that need none. */
+  metrics?: GatewayMetrics;
   /** Client-facing TLS (configured cert or the dev cert). */
   secureContext: SecureContext;
   /** PostgreSQL cancel keys: gateway key -> the session's upstream and its real key. */
@@ -27,6 +36,14 @@ export interface PgCancelTarget {
   upstream: PostgresUpstream;
   key: { processId: number; secretKey: number };
   connectTimeoutMs: number;
+}
+
+/** The counters sessions feed. Implemented by src/api/metrics.ts. */
+export interface GatewayMetrics {
+  sessionStarted(target: string, protocol: string): void;
+  sessionEnded(target: string, protocol: string): void;
+  statement(target: string, verdict: AuditVerdict): void;
+  bytes(target: string, direction: 'client_to_upstream' | 'upstream_to_client', n: number): void;
 }
 
 /** The part of a session the gateway itself needs: a way to end it. */

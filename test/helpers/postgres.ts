@@ -45,7 +45,7 @@ export interface PgServer {
   caFile?: string;
   stop(): Promise<void>;
   /** Runs `psql -At` as the superuser over the Unix socket; returns stdout. */
-  psqlDirect(sql: string): Promise<string>;
+  psqlDirect(sql: string, database?: string): Promise<string>;
 }
 
 export interface StartPostgresOptions {
@@ -247,10 +247,10 @@ export async function startPostgres(opts: StartPostgresOptions = {}): Promise<Pg
   }
   const { child, port } = pm;
 
-  const psqlDirect = async (sql: string): Promise<string> => {
+  const psqlDirect = async (sql: string, database = 'postgres'): Promise<string> => {
     const { stdout } = await execFileP(
       `${BIN}/psql`,
-      ['-X', '-At', '-v', 'ON_ERROR_STOP=1', '-h', dir, '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-c', sql],
+      ['-X', '-At', '-v', 'ON_ERROR_STOP=1', '-h', dir, '-p', String(port), '-U', 'postgres', '-d', database, '-c', sql],
       { env: { ...process.env, PGCONNECT_TIMEOUT: '10' } },
     );
     return stdout;

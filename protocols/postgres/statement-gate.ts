@@ -1,0 +1,602 @@
+import type { Logger } from '../../src/log.js';
+import type { SessionPolicy } from '../../src/policy/engine.js';
+import type { SqlStatementFacts, Verdict } from '../../src/policy/types.js';
+import type { AuditEvent, AuditVerdict } from '../../src/store/types.js';
+import type { ApprovalManager, PendingApproval } from '../../src/policy/approvals.js';
+import { classifyPrepared, classifySql, fingerprint, SqlParseError } from './classify.js';
+import { Backend, Frontend, errorResponse, noticeResponse, readyForQuery, sqlstate, type TransactionStatus } from './messages.js';
+import type { RelayGate, RelayIO } from './relay.js';
+import type { SqlDecoder } from './encoding.js';
+
+/**
+ * Policy and audit on a live PostgreSQL session: every statement is
+ * classified from the real parse tree and judged before any byte of it
+ * reaches the server.
+ *
+ * Simple Query ('Q'): all statements of the message are judged together; if
+ * any is denied, nothing of the message is forwarded and the client gets an
+ * ErrorResponse (42501) and ReadyForQuery, as if the server had refused it.
+ *
+ * Extended protocol: the verdict is taken at Parse. On a denial Sluice does
+ * what PostgreSQL does after a failed Parse: it discards every message up to
+ * Sync, forwards the Sync (earlier messages of the batch must complete) and
+ * puts its ErrorResponse right before the ReadyForQuery that answers it,
+ * unless the server already reported an error in that batch.
+ *
+ * A refusal inside a transaction block aborts the transaction, as any
+ * error would on the server: the client sees status 'E', every statement
+ * but ROLLBACK gets 25P02, and COMMIT is sent upstream as ROLLBACK (what
+ * PostgreSQL does with a COMMIT of a failed transaction). So a script that
+ * carries on after a refusal never commits half its work.
+ *
+ * Replies Sluice makes itself are slotted into the server's reply stream in
+ * order: each forwarded Query or Sync owes one ReadyForQuery, and a local
+ * answer is written only once every reply owed before it has passed.
+ *
+ * An `approve` verdict holds the message (and everything the client sends
+ * after it) while a human decides; the client is told at once with a
+ * NoticeResponse naming the approval. Approval forwards exactly the held
+ * bytes; a denial or timeout answers like a policy denial.
+ */
+
+export interface GateContext {
+  sessionId: string;
+  subject: string;
+  target: string;
+  policy: SessionPolicy;
+  logger: Logger;
+  audit?: { write(event: AuditEvent): void };
+  approvals?: ApprovalManager;
+  /** Called with each verdict, for metrics. */
+  onVerdict?(verdict: AuditVerdict): void;
+  /** Turns SQL bytes into text in the session's client_encoding (default UTF-8). */
+  decode?: SqlDecoder;
+}
+
+/** A reply owed to the client, in order. */
+type Owed =
+  /** A Query or Sync was forwarded: the server will answer it with ReadyForQuery. */
+  | { kind: 'server'; denial?: Buffer; endsAbortedTransaction?: boolean }
+  /** Sluice answers itself: written once everything before it has been. */
+  | { kind: 'local'; error?: Buffer; notice?: Buffer; withReadyForQuery: boolean };
+
+interface Held {
+  type: number;
+  bytes: Buffer;
+}
+
+/** Pending audit rows waiting for the server's answer (CommandComplete or ErrorResponse). */
+interface OpenStatement {
+  event: AuditEvent;
+  started: number;
+}
+
+const TRANSACTION_END = /^\s*(commit|end|prepare\s+transaction)\b/i;
+const TRANSACTION_ROLLBACK = /^\s*(rollback|abort)\b/i;
+
+export class PgStatementGate implements RelayGate {
+  readonly clientTypes = [Frontend.Query, Frontend.Parse, Frontend.Bind, Frontend.Execute, Frontend.Sync, Frontend.FunctionCall];
+  readonly serverTypes = [
+    Backend.ReadyForQuery,
+    Backend.CommandComplete,
+    Backend.ErrorResponse,
+    Backend.EmptyQueryResponse,
+    Backend.PortalSuspended,
+  ];
+
+  #io!: RelayIO;
+  readonly #owed: Owed[] = [];
+  /** Status the client was last told (after our adjustments). */
+  #status: TransactionStatus = 'I';
+  /** The client was told its transaction failed, but the server's is still open: see the class comment. */
+  #aborted = false;
+  /** Extended protocol: a refusal is pending; drop client messages until Sync. */
+  #discardUntilSync: Buffer | undefined;
+  /** The server sent an ErrorResponse since its last ReadyForQuery. */
+  #serverErrored = false;
+  /** Client messages waiting behind a held statement. */
+  #backlog: Held[] = [];
+  #pending: PendingApproval | undefined;
+  /** Prepared statements by name (extended protocol), for audit text. */
+  readonly #statements = new Map<string, { text: string; kind: string }>();
+  /** The last Bind per portal name: the statement and its parameters, for audit. */
+  readonly #portals = new Map<string, { statement: string; params: string[] }>();
+  readonly #open: OpenStatement[] = [];
+  #closed = false;
+
+  constructor(private readonly ctx: GateContext) {}
+
+  attach(io: RelayIO): void {
+    this.#io = io;
+  }
+
+  close(): void {
+    this.#closed = true;
+    this.#pending?.cancel();
+    this.#finishOpen('session ended before the server answered');
+  }
+
+  // --- client -> server ----------------------------------------------------
+
+  fromClient(type: number, bytes: Buffer): void {
+    if (this.#pending) {
+      // Own the bytes: they wait across an await for the decision.
+      this.#backlog.push({ type, bytes: Buffer.from(bytes) });
+      return;
+    }
+    if (this.#discardUntilSync) {
+      if (type === Frontend.Sync) {
+        this.#owed.push({ kind: 'server', denial: this.#discardUntilSync });
+        this.#discardUntilSync = undefined;
+        this.#io.toUpstream(bytes);
+      }
+      return;
+    }
+    switch (type) {
+      case Frontend.Query:
+        this.#query(bytes);
+        return;
+      case Frontend.Parse:
+        this.#parse(bytes);
+        return;
+      case Frontend.Bind:
+        if (this.ctx.audit) this.#bind(bytes);
+        this.#io.toUpstream(bytes);
+        return;
+      case Frontend.Execute:
+        if (this.ctx.audit) this.#execute(bytes);
+        this.#io.toUpstream(bytes);
+        return;
+      case Frontend.Sync:
+        this.#owed.push({ kind: 'server' });
+        this.#io.toUpstream(bytes);
+        return;
+      case Frontend.FunctionCall:
+        // A fast-path function call bypasses SQL entirely: nothing to classify.
+        this.#answerLocally(
+          errorResponse({
+            severity: 'ERROR',
+            code: sqlstate.FEATURE_NOT_SUPPORTED,
+            message: 'sluice: the FunctionCall message is not supported; call the function from a query',
+          }),
+        );
+        return;
+      default:
+        this.#io.toUpstream(bytes);
+    }
+  }
+
+  #query(bytes: Buffer): void {
+    const text = this.#sql(bytes, 5).value;
+    const started = Date.now();
+    if (this.#aborted) {
+      this.#queryInAbortedTransaction(bytes, text);
+      return;
+    }
+    let facts: SqlStatementFacts[];
+    try {
+      facts = classifySql(text);
+    } catch (err) {
+      this.#refuseUnparseable(err, text, false);
+      return;
+    }
+    const verdict = this.#judge(facts);
+    if (verdict.action === 'deny') {
+      this.#deny(verdict, facts, text, false);
+      return;
+    }
+    if (verdict.action === 'approve') {
+      this.#hold(Frontend.Query, bytes, verdict, facts, text);
+      return;
+    }
+    this.#forwardQuery(bytes, facts, started);
+  }
+
+  #forwardQuery(bytes: Buffer, facts: SqlStatementFacts[], started: number, extra: Partial<AuditEvent> = {}): void {
+    this.#owed.push({ kind: 'server' });
+    const verdict: AuditVerdict = extra.approvalId ? 'approved' : 'allowed';
+    if (this.ctx.audit) {
+      for (const f of facts) this.#open.push({ event: this.#event(auditText(f), f.kinds.join(','), verdict, extra), started });
+    }
+    this.#record(verdict, facts.length);
+    this.#io.toUpstream(bytes);
+  }
+
+  #parse(bytes: Buffer): void {
+    const name = cstring(bytes, 5);
+    const query = this.#sql(bytes, name.end);
+    if (this.#aborted) {
+      this.#parseInAbortedTransaction(bytes, name.value, query.value);
+      return;
+    }
+    let facts: SqlStatementFacts;
+    try {
+      facts = classifyPrepared(query.value);
+    } catch (err) {
+      this.#refuseUnparseable(err, query.value, true);
+      return;
+    }
+    const verdict = this.#judge([facts]);
+    if (verdict.action === 'deny') {
+      this.#deny(verdict, [facts], query.value, true);
+      return;
+    }
+    if (verdict.action === 'approve') {
+      this.#hold(Frontend.Parse, bytes, verdict, [facts], query.value);
+      return;
+    }
+    this.#statements.set(name.value, { text: auditText(facts), kind: facts.kinds.join(',') });
+    this.#io.toUpstream(bytes);
+  }
+
+  /** Policy verdict, with an approver's time window turning `approve` into `allow`. */
+  #judge(facts: SqlStatementFacts[]): Verdict & { windowApproval?: string } {
+    const verdict = this.ctx.policy.evaluateAll(facts);
+    if (verdict.action !== 'approve' || !this.ctx.approvals) return verdict;
+    const windows = facts.map((f) => this.ctx.approvals!.windowAllows(this.ctx.subject, this.ctx.target, fingerprint(f)));
+    if (windows.every((w) => w !== undefined)) {
+      return { ...verdict, action: 'allow', reason: `approved for a window by ${windows[0]!.decidedBy}`, windowApproval: windows[0]!.id };
+    }
+    return verdict;
+  }
+
+  #deny(verdict: Verdict, facts: SqlStatementFacts[], sent: string, extended: boolean, approvalId?: string, auditVerdict: AuditVerdict = 'denied'): void {
+    const text = facts.length > 0 ? facts.map(auditText).join('; ') : sent;
+    const message = approvalId
+      ? `sluice: approval ${approvalId} ${auditVerdict === 'approval_expired' ? 'expired' : auditVerdict === 'approval_cancelled' ? 'was cancelled' : 'was denied'}; the statement was not run`
+      : `sluice: denied by rule "${verdict.rule ?? `default of policy ${verdict.policy}`}": ${verdict.reason}`;
+    this.ctx.logger.info({ rule: verdict.rule, policy: verdict.policy, approvalId, verdict: auditVerdict, statement: truncate(text) }, 'statement refused');
+    this.ctx.audit?.write(
+      this.#event(text, facts.map((f) => f.kinds.join(',')).join(';'), auditVerdict, {
+        ...(verdict.rule ? { rule: verdict.rule } : {}),
+        ...(approvalId ? { approvalId } : {}),
+        sqlstate: sqlstate.INSUFFICIENT_PRIVILEGE,
+        error: message,
+      }),
+    );
+    this.#record(auditVerdict, facts.length);
+    const error = errorResponse({ severity: 'ERROR', code: sqlstate.INSUFFICIENT_PRIVILEGE, message });
+    if (extended) this.#discardUntilSync = error;
+    else this.#answerLocally(error);
+  }
+
+  #refuseUnparseable(err: unknown, sent: string, extended: boolean): void {
+    if (!(err instanceof SqlParseError)) throw err;
+    // Unparsed text could be a mistyped CREATE ROLE ... PASSWORD: cut it there.
+    const at = sent.search(/\bpassword\b/i);
+    const text = at < 0 ? sent : `${sent.slice(0, at + 'password'.length)} [redacted]`;
+    const message = `sluice: statement refused: it does not parse (${err.message})`;
+    this.ctx.logger.info({ reason: err.message, statement: truncate(text) }, 'unparseable statement refused');
+    this.ctx.audit?.write(this.#event(text, 'unparseable', 'denied', { sqlstate: err.sqlState, error: message }));
+    this.#record('denied', 1);
+    const error = errorResponse({ severity: 'ERROR', code: err.sqlState, message });
+    if (extended) this.#discardUntilSync = error;
+    else this.#answerLocally(error);
+  }
+
+  /** A NUL-terminated SQL string, decoded in the session's encoding. */
+  #sql(bytes: Buffer, offset: number): { value: string; end: number } {
+    if (!this.ctx.decode) return cstring(bytes, offset);
+    const nul = bytes.indexOf(0, offset);
+    const end = nul < 0 ? bytes.length : nul;
+    return { value: this.ctx.decode(bytes, offset, end), end: end + 1 };
+  }
+
+  // --- approvals -----------------------------------------------------------
+
+  #hold(type: number, bytes: Buffer, verdict: Verdict, facts: SqlStatementFacts[], text: string): void {
+    const approvals = this.ctx.approvals;
+    if (!approvals) {
+      // No approval flow configured: an approve rule cannot be honoured, so fail closed.
+      this.#deny({ ...verdict, reason: `${verdict.reason} (needs approval, but approvals are not configured)` }, facts, text, type === Frontend.Parse);
+      return;
+    }
+    const held = Buffer.from(bytes);
+    const pending = approvals.request({
+      sessionId: this.ctx.sessionId,
+      subject: this.ctx.subject,
+      target: this.ctx.target,
+      protocol: 'postgres',
+      policy: verdict.policy,
+      rule: verdict.rule ?? '',
+      text: facts.map(auditText).join('; '),
+      heldBytes: held,
+      fingerprint: facts.length === 1 ? fingerprint(facts[0]!) : facts.map((f) => fingerprint(f)).join(':'),
+    });
+    this.#pending = pending;
+    const id = pending.record.id;
+    this.#io.holdClient();
+    this.#emit({
+      kind: 'local',
+      withReadyForQuery: false,
+      notice: noticeResponse({
+        severity: 'NOTICE',
+        code: '01000',
+        message: `sluice: statement held for approval ${id} (rule "${verdict.rule}")`,
+        detail: `waiting until ${pending.record.expiresAt}`,
+        hint: `an approver runs: sluice approvals approve ${id}`,
+      }),
+    });
+    this.#io.flush();
+    const started = Date.now();
+    void pending.outcome.then((outcome) => {
+      if (this.#closed) return;
+      this.#pending = undefined;
+      if (outcome.status === 'approved') {
+        this.ctx.approvals?.markUsed(id);
+        if (type === Frontend.Query) this.#forwardQuery(held, facts, started, { approvalId: id, ...(verdict.rule ? { rule: verdict.rule } : {}) });
+        else {
+          const name = cstring(held, 5).value;
+          this.#statements.set(name, { text: auditText(facts[0]!), kind: facts[0]!.kinds.join(',') });
+          this.#io.toUpstream(held);
+        }
+      } else {
+        const auditVerdict: AuditVerdict = outcome.status === 'expired' ? 'approval_expired' : outcome.status === 'cancelled' ? 'approval_cancelled' : 'approval_denied';
+        this.#deny(verdict, facts, text, type === Frontend.Parse, id, auditVerdict);
+      }
+      const backlog = this.#backlog;
+      this.#backlog = [];
+      for (let i = 0; i < backlog.length; i++) {
+        this.fromClient(backlog[i]!.type, backlog[i]!.bytes);
+        if (this.#pending) {
+          // Held again: what is left waits for that decision.
+          this.#backlog.push(...backlog.slice(i + 1));
+          break;
+        }
+      }
+      this.#io.flush();
+      if (!this.#pending) this.#io.releaseClient();
+    });
+  }
+
+  // --- aborted transactions --------------------------------------------------
+
+  #queryInAbortedTransaction(bytes: Buffer, text: string): void {
+    if (TRANSACTION_END.test(text)) {
+      // PostgreSQL turns COMMIT of a failed transaction into ROLLBACK.
+      this.#owed.push({ kind: 'server', endsAbortedTransaction: true });
+      this.#io.toUpstream(queryMessage('ROLLBACK'));
+    } else if (TRANSACTION_ROLLBACK.test(text)) {
+      this.#owed.push({ kind: 'server', endsAbortedTransaction: true });
+      this.#io.toUpstream(bytes);
+    } else {
+      this.#answerLocally(abortedError());
+    }
+  }
+
+  #parseInAbortedTransaction(bytes: Buffer, name: string, query: string): void {
+    if (TRANSACTION_END.test(query)) {
+      this.#statements.set(name, { text: 'ROLLBACK', kind: 'transaction' });
+      this.#io.toUpstream(parseMessage(name, 'ROLLBACK'));
+    } else if (TRANSACTION_ROLLBACK.test(query)) {
+      this.#statements.set(name, { text: query, kind: 'transaction' });
+      this.#io.toUpstream(bytes);
+    } else {
+      this.#discardUntilSync = abortedError();
+    }
+  }
+
+  // --- server -> client ----------------------------------------------------
+
+  fromServer(type: number, bytes: Buffer): void {
+    switch (type) {
+      case Backend.ReadyForQuery:
+        this.#readyForQuery(bytes);
+        return;
+      case Backend.ErrorResponse:
+        this.#serverErrored = true;
+        if (this.#open.length > 0) this.#closeOpen(errorCode(bytes));
+        break;
+      case Backend.CommandComplete:
+      case Backend.EmptyQueryResponse:
+      case Backend.PortalSuspended:
+        if (this.#open.length > 0) this.#closeOpen(undefined, type === Backend.CommandComplete ? rowsFromTag(bytes) : undefined);
+        break;
+    }
+    this.#io.toClient(bytes);
+  }
+
+  serverChunkDone(): void {
+    this.#drainLocal();
+  }
+
+  #readyForQuery(bytes: Buffer): void {
+    // Local replies queued before this one go first.
+    this.#drainLocal();
+    const owed = this.#owed[0]?.kind === 'server' ? (this.#owed.shift() as Extract<Owed, { kind: 'server' }>) : undefined;
+    let status = String.fromCharCode(bytes[5]!) as TransactionStatus;
+    if (owed?.denial && !this.#serverErrored) {
+      this.#io.toClient(owed.denial);
+      if (status === 'T') {
+        status = 'E';
+        this.#aborted = true;
+      }
+    }
+    if (owed?.endsAbortedTransaction) this.#aborted = false;
+    if (this.#aborted && status === 'T') status = 'E';
+    this.#serverErrored = false;
+    this.#finishOpen('not run: an earlier statement of the same message failed');
+    this.#status = status;
+    this.#io.toClient(status === String.fromCharCode(bytes[5]!) ? bytes : readyForQuery(status));
+    this.#drainLocal();
+  }
+
+  // --- replies Sluice makes itself --------------------------------------------
+
+  /** An error answered by Sluice in place of the server, followed by ReadyForQuery. */
+  #answerLocally(error: Buffer): void {
+    this.#emit({ kind: 'local', error, withReadyForQuery: true });
+  }
+
+  #emit(owed: Extract<Owed, { kind: 'local' }>): void {
+    this.#owed.push(owed);
+    this.#drainLocal();
+  }
+
+  /** Writes local replies that have reached the head of the queue, when the client stream is at a boundary. */
+  #drainLocal(): void {
+    while (this.#owed[0]?.kind === 'local' && this.#io.clientAtBoundary()) {
+      const owed = this.#owed.shift() as Extract<Owed, { kind: 'local' }>;
+      if (owed.notice) this.#io.toClient(owed.notice);
+      if (owed.error) this.#io.toClient(owed.error);
+      if (owed.withReadyForQuery) {
+        if (owed.error && this.#status === 'T') {
+          this.#status = 'E';
+          this.#aborted = true;
+        }
+        this.#io.toClient(readyForQuery(this.#status));
+      }
+    }
+  }
+
+  // --- audit -------------------------------------------------------------------
+
+  #bind(bytes: Buffer): void {
+    const portal = cstring(bytes, 5);
+    const statement = cstring(bytes, portal.end);
+    this.#portals.set(portal.value, { statement: statement.value, params: bindParameters(bytes, statement.end) });
+  }
+
+  #execute(bytes: Buffer): void {
+    const portal = cstring(bytes, 5).value;
+    const bound = this.#portals.get(portal);
+    const prepared = bound ? this.#statements.get(bound.statement) : undefined;
+    // Parameters of a role statement may be its password.
+    const params = prepared && prepared.kind.split(',').includes('role') ? ['[redacted]'] : bound?.params ?? [];
+    const text = prepared ? (params.length ? `${prepared.text} -- params: ${JSON.stringify(params)}` : prepared.text) : `(portal "${portal}")`;
+    this.#open.push({ event: this.#event(text, prepared?.kind ?? 'execute', 'allowed'), started: Date.now() });
+    this.#record('allowed', 1);
+  }
+
+  #event(text: string, kind: string, verdict: AuditVerdict, extra: Partial<AuditEvent> = {}): AuditEvent {
+    return {
+      time: new Date().toISOString(),
+      sessionId: this.ctx.sessionId,
+      subject: this.ctx.subject,
+      target: this.ctx.target,
+      protocol: 'postgres',
+      kind,
+      text,
+      verdict,
+      policy: this.ctx.policy.name,
+      ...extra,
+    };
+  }
+
+  #record(verdict: AuditVerdict, n: number): void {
+    if (this.ctx.onVerdict) for (let i = 0; i < n; i++) this.ctx.onVerdict(verdict);
+  }
+
+  #closeOpen(sqlState: string | undefined, rows?: number): void {
+    const open = this.#open.shift()!;
+    const event = open.event;
+    event.durationMs = Date.now() - open.started;
+    if (rows !== undefined) event.rows = rows;
+    if (sqlState) event.sqlstate = sqlState;
+    this.ctx.audit?.write(event);
+  }
+
+  #finishOpen(reason: string): void {
+    while (this.#open.length > 0) {
+      const open = this.#open.shift()!;
+      open.event.error = reason;
+      this.ctx.audit?.write(open.event);
+    }
+  }
+}
+
+// --- wire helpers ---------------------------------------------------------------
+
+/** A NUL-terminated string starting at `offset`; `end` is just past the NUL. */
+function cstring(bytes: Buffer, offset: number): { value: string; end: number } {
+  const nul = bytes.indexOf(0, offset);
+  const end = nul < 0 ? bytes.length : nul;
+  return { value: bytes.toString('utf8', offset, end), end: end + 1 };
+}
+
+/** Bind parameter values for the audit trail: text as is, binary as hex, NULL as null. */
+function bindParameters(bytes: Buffer, offset: number): string[] {
+  try {
+    const formatCount = bytes.readInt16BE(offset);
+    const formats: number[] = [];
+    let i = offset + 2;
+    for (let f = 0; f < formatCount; f++, i += 2) formats.push(bytes.readInt16BE(i));
+    const count = bytes.readInt16BE(i);
+    i += 2;
+    const out: string[] = [];
+    for (let p = 0; p < count; p++) {
+      const len = bytes.readInt32BE(i);
+      i += 4;
+      if (len < 0) {
+        out.push('NULL');
+        continue;
+      }
+      const format = formats.length === 0 ? 0 : formats.length === 1 ? formats[0]! : formats[p] ?? 0;
+      out.push(format === 0 ? bytes.toString('utf8', i, i + len) : `\\x${bytes.toString('hex', i, i + len)}`);
+      i += len;
+    }
+    return out;
+  } catch {
+    // The server will refuse a malformed Bind itself; the audit row just lacks parameters.
+    return [];
+  }
+}
+
+/** Rows from a CommandComplete tag: the last number of `INSERT 0 5`, `SELECT 3`, `COPY 10` ... */
+function rowsFromTag(bytes: Buffer): number | undefined {
+  const tag = bytes.toString('latin1', 5, bytes.length - 1);
+  const m = / (\d+)$/.exec(tag);
+  return m ? Number(m[1]) : undefined;
+}
+
+function errorCode(bytes: Buffer): string | undefined {
+  for (let i = 5; i < bytes.length && bytes[i] !== 0; ) {
+    const end = bytes.indexOf(0, i + 1);
+    if (end < 0) return undefined;
+    if (bytes[i] === 0x43 /* 'C' */) return bytes.toString('latin1', i + 1, end);
+    i = end + 1;
+  }
+  return undefined;
+}
+
+function queryMessage(text: string): Buffer {
+  const body = Buffer.from(`${text}\0`, 'utf8');
+  const out = Buffer.allocUnsafe(5 + body.length);
+  out[0] = Frontend.Query;
+  out.writeInt32BE(4 + body.length, 1);
+  body.copy(out, 5);
+  return out;
+}
+
+/** A Parse message with no parameter types. */
+function parseMessage(name: string, text: string): Buffer {
+  const body = Buffer.from(`${name}\0${text}\0\0\0`, 'utf8');
+  const out = Buffer.allocUnsafe(5 + body.length);
+  out[0] = Frontend.Parse;
+  out.writeInt32BE(4 + body.length, 1);
+  body.copy(out, 5);
+  return out;
+}
+
+function abortedError(): Buffer {
+  return errorResponse({
+    severity: 'ERROR',
+    code: sqlstate.IN_FAILED_SQL_TRANSACTION,
+    message: 'current transaction is aborted, commands ignored until end of transaction block',
+  });
+}
+
+/**
+ * Statement text as the audit trail, logs and approvers see it. CREATE/ALTER
+ * ROLE ... PASSWORD carries a credential (psql's \\password sends one, hashed
+ * or not): everything after the keyword is replaced.
+ */
+function auditText(facts: SqlStatementFacts): string {
+  if (!facts.kinds.includes('role')) return facts.text;
+  const at = facts.text.search(/\bpassword\b/i);
+  return at < 0 ? facts.text : `${facts.text.slice(0, at + 'password'.length)} [redacted]`;
+}
+
+function truncate(text: string): string {
+  return text.length > 500 ? `${text.slice(0, 500)}…` : text;
+}

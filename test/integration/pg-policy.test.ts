@@ -1,0 +1,261 @@
+/**
+ * Statement policy on live PostgreSQL sessions: decisions on what the parse
+ * tree says (not on text), in the simple and the extended protocol, with
+ * transaction semantics kept, approvals end to end, and the audit trail.
+ */
+import t from 'tap';
+import pg from 'pg';
+import { startPostgres } from '../helpers/postgres.js';
+import { startGateway, pgTargetYaml } from '../helpers/gateway.js';
+import { run } from '../helpers/process.js';
+import { errorFields, rawLogin, typed } from '../helpers/raw-pg.js';
+import type { AuditEvent } from '../../src/store/types.js';
+
+/** What node-postgres hands a 'notice' listener (its types do not export the shape). */
+interface Notice {
+  message?: string;
+  hint?: string;
+}
+
+const pgServer = await startPostgres();
+t.teardown(() => pgServer.stop());
+const gw = await startGateway(
+  `identity: { dev_issuer: true }
+targets:${pgTargetYaml('app-db', pgServer)}
+policies:
+  - name: agents
+    subjects: { groups: [agent] }
+    targets: [app-db]
+    default: allow
+    rules:
+      - { name: no-destruction, action: deny, match: { kinds: [drop, truncate] } }
+      - { name: roles-need-approval, action: approve, match: { kinds: [role] } }
+      - { name: no-file-access, action: deny, match: { functions: ['@dangerous'] } }
+      - { name: careful-writes, action: deny, match: { kinds: [update, delete], without_where: true } }
+      - { name: no-secrets, action: deny, match: { tables: [public.secrets] } }
+api:
+  listen: 127.0.0.1:0
+  roles: { approver: [security], auditor: [security] }
+approvals:
+  timeout: 3s
+`,
+  { TEST_PG_PASSWORD: pgServer.password },
+);
+t.teardown(() => gw.close());
+
+const port = gw.port('app-db');
+const agentToken = await gw.token('agent-7', ['agent']);
+const approverToken = await gw.token('alice', ['security']);
+const api = `http://127.0.0.1:${gw.gateway.api!.address.port}`;
+const env = { PGHOST: '127.0.0.1', PGPORT: String(port), PGUSER: 'agent-7', PGDATABASE: 'app', PGPASSWORD: agentToken, PGSSLMODE: 'disable' };
+
+await pgServer.psqlDirect(
+  `create table items(id int primary key, name text) ; alter table items owner to app_user;
+   create table secrets(id int, v text) ; alter table secrets owner to app_user;
+   create table victim(id int) ; alter table victim owner to app_user;
+   insert into items values (1, 'one'), (2, 'two');
+   alter role app_user createrole;`,
+  'app',
+);
+
+async function connect(token = agentToken): Promise<pg.Client & { notices: Notice[] }> {
+  const client = new pg.Client({ host: '127.0.0.1', port, user: 'agent-7', database: 'app', password: token }) as pg.Client & { notices: Notice[] };
+  client.notices = [];
+  client.on('notice', (n) => client.notices.push(n));
+  client.on('error', () => {});
+  await client.connect();
+  return client;
+}
+
+async function rows(sql: string): Promise<string> {
+  return (await pgServer.psqlDirect(sql, 'app')).trim();
+}
+
+t.test('simple protocol: decisions follow the parse tree, not the text', async (t) => {
+  const denied: Array<[string, string]> = [
+    ['DROP TABLE victim', 'no-destruction'],
+    ['/* harmless */ dRoP /**/ TaBlE victim', 'no-destruction'],
+    ['-- just a comment\nTRUNCATE victim', 'no-destruction'],
+    ['WITH d AS (DELETE FROM items RETURNING *) SELECT * FROM d', 'careful-writes'],
+    ['EXPLAIN ANALYZE DELETE FROM items', 'careful-writes'],
+    ['UPDATE items SET name = $$x$$', 'careful-writes'],
+    ["SELECT pg_catalog.pg_read_file('/etc/passwd')", 'no-file-access'],
+    ["SELECT set_config('role', 'postgres', false)", 'no-file-access'],
+    ['SELECT * FROM "secrets"', 'no-secrets'],
+  ];
+  for (const [sql, rule] of denied) {
+    const r = await run('psql', ['-X', '-At', '-c', sql], { env });
+    t.not(r.code, 0, sql);
+    t.match(r.stderr, `sluice: denied by rule "${rule}"`, `${sql} -> ${rule}`);
+  }
+  const allowed = [
+    "SELECT 'DROP TABLE victim'",
+    'EXPLAIN DELETE FROM items',
+    'UPDATE items SET name = name WHERE id = 1',
+    "SELECT $tag$ DROP TABLE victim $tag$",
+    'SELECT count(*) FROM items',
+  ];
+  for (const sql of allowed) {
+    const r = await run('psql', ['-X', '-At', '-c', sql], { env });
+    t.equal(r.code, 0, `${sql}: ${r.stderr}`);
+  }
+  t.equal(await rows("select count(*) from pg_tables where tablename = 'victim'"), '1', 'victim survived every attempt');
+  t.equal(await rows('select count(*) from items'), '2', 'items were not deleted');
+});
+
+t.test('a multi-statement message with one denied statement runs none of it', async (t) => {
+  const r = await run('psql', ['-X', '-c', "INSERT INTO items VALUES (3, 'three'); DROP TABLE victim"], { env });
+  t.not(r.code, 0);
+  t.match(r.stderr, 'denied by rule "no-destruction"');
+  t.equal(await rows('select count(*) from items where id = 3'), '0', 'the INSERT before the DROP did not run');
+});
+
+t.test('parser settings cannot be changed, and unparseable SQL is refused', async (t) => {
+  const client = await connect();
+  t.teardown(() => client.end());
+  await t.rejects(client.query("SET client_encoding = 'SJIS'"), { code: '42501', message: /client_encoding cannot be changed/ });
+  await t.rejects(client.query('SET standard_conforming_strings = off'), { code: '42501' });
+  await t.rejects(client.query('SELEC 1'), { code: '42601', message: /sluice: statement refused: it does not parse/ });
+  const ok = await client.query('select 1 as one');
+  t.equal(ok.rows[0].one, 1, 'the session stays usable');
+});
+
+t.test('extended protocol: a denied Parse is answered like a failed Parse, and the session stays in sync', async (t) => {
+  const client = await connect();
+  t.teardown(() => client.end());
+  await t.rejects(client.query({ name: 'wipe', text: 'DELETE FROM items' }), { code: '42501', message: /careful-writes/ });
+  await t.rejects(client.query('TRUNCATE items'), { code: '42501' });
+  const p = await client.query({ name: 'by-id', text: 'select name from items where id = $1', values: [2] });
+  t.equal(p.rows[0].name, 'two');
+  const again = await client.query({ name: 'by-id', text: 'select name from items where id = $1', values: [1] });
+  t.equal(again.rows[0].name, 'one', 'prepared statements keep working after a denial');
+  await t.rejects(client.query('select * from secrets where id = $1', [1]), { code: '42501', message: /no-secrets/ });
+});
+
+t.test('a denial inside a transaction aborts it, as a server error would', async (t) => {
+  const client = await connect();
+  t.teardown(() => client.end());
+  await client.query('BEGIN');
+  await client.query("INSERT INTO items VALUES (10, 'ten')");
+  await t.rejects(client.query('DROP TABLE victim'), { code: '42501' });
+  await t.rejects(client.query('select 1'), { code: '25P02' }, 'later statements are ignored until the transaction ends');
+  const commit = await client.query('COMMIT');
+  t.equal(commit.command, 'ROLLBACK', 'COMMIT of a failed transaction rolls back, as in PostgreSQL');
+  t.equal(await rows('select count(*) from items where id = 10'), '0', 'the insert before the denial was not committed');
+
+  // The same with the extended protocol.
+  await client.query('BEGIN');
+  await client.query('INSERT INTO items VALUES ($1, $2)', [11, 'eleven']);
+  await t.rejects(client.query('DELETE FROM items', []), { code: '42501' });
+  await t.rejects(client.query('select $1::int', [1]), { code: '25P02' });
+  await client.query('ROLLBACK');
+  const after = await client.query('select count(*)::int as n from items');
+  t.equal(after.rows[0].n, 2, 'nothing of either transaction remains');
+});
+
+t.test('FunctionCall is refused', async (t) => {
+  const raw = await rawLogin(port, agentToken);
+  // FunctionCall: oid, 0 arg formats, 0 args, result format 0.
+  const body = Buffer.alloc(4 + 2 + 2 + 2);
+  body.writeInt32BE(2619 /* any oid */, 0);
+  raw.send(typed('F', body));
+  const e = await raw.read();
+  t.equal(e?.type, 'E');
+  t.equal(errorFields(e!.body).C, '0A000');
+  const z = await raw.read();
+  t.equal(z?.type, 'Z');
+  raw.send(typed('X', Buffer.alloc(0)));
+  await raw.waitClosed();
+});
+
+async function approve(id: string, token = approverToken, body: unknown = {}): Promise<Response> {
+  return fetch(`${api}/api/approvals/${id}/approve`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+}
+
+async function noticeId(client: { notices: Notice[] }): Promise<string> {
+  for (let i = 0; i < 200; i++) {
+    const n = client.notices.find((x) => /held for approval/.test(x.message ?? ''));
+    if (n) return /(apr_[a-z2-7]+)/.exec(n.message!)![1]!;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error('no approval notice arrived');
+}
+
+t.test('just-in-time approval: held, told, approved through the API, completed', async (t) => {
+  const client = await connect();
+  t.teardown(() => client.end());
+  const pending = client.query("CREATE ROLE reporting_ro PASSWORD 'not-in-any-log-7'");
+  const id = await noticeId(client);
+  const notice = client.notices.find((n) => n.message?.includes(id))!;
+  t.match(notice.hint, `sluice approvals approve ${id}`, 'the client is told what an approver runs');
+  t.equal((await approve(id, agentToken)).status, 403, 'the agent cannot approve its own statement');
+  const res = await approve(id);
+  t.equal(res.status, 200);
+  await pending;
+  t.equal(await rows("select count(*) from pg_roles where rolname = 'reporting_ro'"), '1', 'the held statement ran after approval');
+  t.equal((await approve(id)).status, 409, 'an approval is single-use');
+  const ok = await client.query('select 2 as two');
+  t.equal(ok.rows[0].two, 2, 'the session is usable afterwards');
+});
+
+t.test('a denied approval errors, a timeout errors, and one approval never releases another statement', async (t) => {
+  const a = await connect();
+  const b = await connect();
+  t.teardown(async () => {
+    await a.end();
+    await b.end();
+  });
+  const heldA = a.query('CREATE ROLE role_a');
+  // Settle handlers first: B's refusal may arrive while A is being approved.
+  const heldB = b.query('CREATE ROLE role_a').then(() => undefined, (err: unknown) => err);
+  const idA = await noticeId(a);
+  const idB = await noticeId(b);
+  t.not(idA, idB, 'each held statement has its own approval');
+  t.equal((await approve(idA)).status, 200);
+  await heldA;
+  const deny = await fetch(`${api}/api/approvals/${idB}/deny`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${approverToken}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ reason: 'not today' }),
+  });
+  t.equal(deny.status, 200);
+  t.match(await heldB, { code: '42501', message: new RegExp(`approval ${idB} was denied`) }, 'approving A did not release B');
+  t.equal((await b.query('select 1 as one')).rows[0].one, 1);
+
+  b.notices.length = 0;
+  const timed = b.query('ALTER ROLE role_a CONNECTION LIMIT 3').then(() => undefined, (err: unknown) => err);
+  const idT = await noticeId(b);
+  t.match(await timed, { code: '42501', message: new RegExp(`approval ${idT} expired`) });
+  t.equal((await b.query('select 3 as three')).rows[0].three, 3, 'usable after a timeout');
+});
+
+t.test('the audit trail records what happened, without passwords', async (t) => {
+  gw.gateway.services.audit.flush();
+  const store = gw.gateway.services.store;
+  const events: AuditEvent[] = store.queryAuditEvents({ subject: 'agent-7', limit: 1000 });
+  const denied = events.find((e) => e.verdict === 'denied' && e.text.includes('DROP TABLE victim'));
+  t.match(denied, { rule: 'no-destruction', policy: 'agents', target: 'app-db', sqlstate: '42501', protocol: 'postgres' });
+  const select = events.find((e) => e.verdict === 'allowed' && e.text === 'SELECT count(*) FROM items');
+  t.match(select, { rows: 1, kind: 'select' });
+  t.ok(select!.durationMs !== undefined && select!.durationMs >= 0);
+  const bound = events.find((e) => e.text.startsWith('select name from items where id = $1'));
+  t.match(bound?.text, /-- params: \["[12]"\]/, 'extended-protocol rows carry their parameters');
+  const approved = events.find((e) => e.verdict === 'approved');
+  t.match(approved, { rule: 'roles-need-approval' });
+  t.match(approved?.approvalId, /^apr_/);
+  t.ok(events.some((e) => e.verdict === 'approval_denied'));
+  t.ok(events.some((e) => e.verdict === 'approval_expired'));
+  for (const e of events) t.notMatch(e.text, 'not-in-any-log-7', 'no password in the audit trail');
+  const fromApi = await fetch(`${api}/api/audit?subject=agent-7&verdict=denied`, { headers: { authorization: `Bearer ${approverToken}` } });
+  t.equal(fromApi.status, 200);
+  const body = (await fromApi.json()) as { events: AuditEvent[] };
+  t.ok(body.events.length >= 9, `the API returns the denials (${body.events.length})`);
+  t.ok(body.events.every((e) => e.verdict === 'denied'), 'and only denials');
+  for (const line of gw.logs) {
+    t.notOk(line.includes('not-in-any-log-7') || line.includes(agentToken) || line.includes(approverToken), 'no secret in the logs');
+  }
+});
