@@ -4,17 +4,32 @@ import type { Logger } from '../log.js';
 import type { TokenVerifier } from '../identity/types.js';
 import { DevIssuer } from '../identity/dev-issuer.js';
 import { createTokenVerifier } from '../identity/verifier.js';
-import { policiesFor } from '../policy/subjects.js';
+import { bindPolicy } from '../policy/engine.js';
+import { ApprovalManager } from '../policy/approvals.js';
+import { openSqliteStore } from '../store/sqlite.js';
+import { AuditWriter } from '../store/audit-writer.js';
+import type { Store } from '../store/types.js';
+import { Metrics } from '../api/metrics.js';
+import { startApi, type RunningApi } from '../api/server.js';
+import { initClassifier } from '../../protocols/postgres/classify.js';
 import { CancelRegistry } from './cancel-registry.js';
 import type { GatewayContext, PgCancelTarget, SessionHandle } from './context.js';
 import { createServerSecureContext, loadServerTls, type ServerTlsMaterial } from './tls.js';
 import { PostgresSession } from '../../protocols/postgres/session.js';
+import { RedisSession } from '../../protocols/redis/session.js';
 import { errorResponse, sqlstate } from '../../protocols/postgres/messages.js';
 
 export interface GatewayOptions {
   logger: Logger;
   /** Replaces the verifier built from config (tests use this to count verifications). */
   verifier?: TokenVerifier;
+}
+
+export interface GatewayServices {
+  store: Store;
+  audit: AuditWriter;
+  approvals: ApprovalManager;
+  metrics: Metrics;
 }
 
 interface Listener {
@@ -37,27 +52,85 @@ export class Gateway {
   readonly #ctx: GatewayContext;
   readonly tls: ServerTlsMaterial;
   readonly devIssuer: DevIssuer | undefined;
+  /** identity.maxTokenBytes: Redis sessions size their pre-auth limits to fit a token. */
+  readonly #maxTokenBytes: number;
 
-  private constructor(ctx: GatewayContext, tls: ServerTlsMaterial, devIssuer: DevIssuer | undefined) {
+  /** The audit and approval machinery, shared with the HTTP API. */
+  readonly services: GatewayServices;
+
+  private constructor(
+    ctx: GatewayContext,
+    tls: ServerTlsMaterial,
+    devIssuer: DevIssuer | undefined,
+    maxTokenBytes: number,
+    services: GatewayServices,
+  ) {
     this.#ctx = ctx;
+    this.#maxTokenBytes = maxTokenBytes;
     this.tls = tls;
     this.devIssuer = devIssuer;
+    this.services = services;
+  }
+
+  /** The HTTP API, when `api.listen` is configured. */
+  api: RunningApi | undefined;
+
+  get context(): GatewayContext {
+    return this.#ctx;
+  }
+
+  /** What /healthz reports: listeners up, and the audit trail reaching the store. */
+  health(): { ok: boolean; checks: Record<string, string> } {
+    const listening = [...this.#listeners.values()].every((l) => l.server.listening);
+    const audit = this.services.audit.stats;
+    const checks = {
+      listeners: listening ? 'ok' : 'not listening',
+      audit: audit.failedBatches > 0 && audit.queued > 0 ? `failing (${audit.queued} events queued)` : 'ok',
+      sessions: String(this.#ctx.sessions.size),
+    };
+    return { ok: listening && checks.audit === 'ok', checks };
   }
 
   static async start(config: Config, options: GatewayOptions): Promise<Gateway> {
+    const logger = options.logger;
     const devIssuer = config.identity.devIssuer ? await DevIssuer.open(config.stateDir) : undefined;
     const tls = await loadServerTls(config);
+    // The SQL parser is WASM: load it before the first statement arrives.
+    await initClassifier();
+    const store = openSqliteStore(config.stateDir, { logger });
+    const audit = new AuditWriter(store, { logger });
+    const approvals = new ApprovalManager({
+      store,
+      timeoutMs: config.approvals.timeoutMs,
+      logger,
+      ...(config.approvals.webhook ? { webhook: config.approvals.webhook } : {}),
+    });
+    const metrics = new Metrics();
     const ctx: GatewayContext = {
-      logger: options.logger,
-      verifier: options.verifier ?? createTokenVerifier(config.identity, { devIssuer, logger: options.logger }),
-      admit: (identity, target) => policiesFor(identity, target, config.policies),
+      logger,
+      metrics,
+      verifier: options.verifier ?? createTokenVerifier(config.identity, { devIssuer, logger }),
+      admit: (identity, target) => bindPolicy(identity, target, config.policies),
       secureContext: createServerSecureContext(tls),
       pgCancels: new CancelRegistry<PgCancelTarget>(),
       sessions: new Set<SessionHandle>(),
+      audit,
+      approvals,
     };
-    const gateway = new Gateway(ctx, tls, devIssuer);
+    const gateway = new Gateway(ctx, tls, devIssuer, config.identity.maxTokenBytes, { store, audit, approvals, metrics });
     try {
       for (const target of config.targets) await gateway.#listen(target);
+      if (config.api) {
+        gateway.api = await startApi({
+          config: config.api,
+          verifier: ctx.verifier,
+          store,
+          approvals,
+          metrics,
+          logger,
+          health: () => gateway.health(),
+        });
+      }
     } catch (err) {
       await gateway.close();
       throw err;
@@ -93,6 +166,11 @@ export class Gateway {
     clearTimeout(timer);
     for (const socket of this.#sockets) socket.destroy();
     await closing;
+    await this.api?.close();
+    // Pending approvals end as cancelled; every queued audit event reaches the store.
+    this.services.approvals.close();
+    await this.services.audit.close();
+    this.services.store.close();
   }
 
   async #listen(target: TargetConfig): Promise<void> {
@@ -140,9 +218,8 @@ export class Gateway {
         void new PostgresSession(socket, target, this.#ctx, preAuth).run();
         break;
       case 'redis':
-        // The Redis front end arrives with its own issue; until then, refuse clearly.
-        preAuth.release();
-        socket.end('-ERR sluice: redis targets are not supported by this build\r\n');
+        // A `tls: true` target speaks TLS from the first byte; the session wraps the socket.
+        void new RedisSession(socket, target, this.#ctx, preAuth, { maxTokenBytes: this.#maxTokenBytes }).run();
         break;
     }
   }

@@ -1,0 +1,200 @@
+/**
+ * The handful of Redis commands Sluice answers or rewrites itself instead of
+ * passing them through, because passing them blindly would break the
+ * request/reply pairing the relay relies on, or the identity boundary:
+ *
+ *   AUTH, HELLO ... AUTH     refused after login: identity cannot change mid-session
+ *   HELLO 2|3 [SETNAME n]    forwarded; the relay tracks the protocol version
+ *   RESET                    emulated: RESET, then re-authenticate upstream (see relay.ts)
+ *   CLIENT REPLY OFF|SKIP    refused: replies would no longer pair with requests
+ *   SELECT n                 forwarded for the target's db, refused for any other
+ *   SWAPDB                   refused: it moves data across the db boundary
+ *   MONITOR                  refused: it streams every other client's commands
+ *   SYNC, PSYNC, REPLCONF    refused: the replication stream is not RESP
+ *   (P|S)SUBSCRIBE           forwarded; the session enters pub/sub mode
+ *   MULTI, EXEC, DISCARD     forwarded; tracked so a refusal inside MULTI aborts EXEC
+ *
+ * Everything else (QUIT and CLIENT REPLY ON included) goes to the upstream
+ * untouched; its ACL decides. Classification is on the hot path: it looks at
+ * the command name's length and first byte before comparing anything.
+ */
+import { error } from './replies.js';
+
+export const Verdict = {
+  Forward: 0,
+  Refuse: 1,
+  Reset: 2,
+  Hello: 3,
+  Subscribe: 4,
+  Multi: 5,
+  Exec: 6,
+  Discard: 7,
+} as const;
+export type Verdict = (typeof Verdict)[keyof typeof Verdict];
+
+export interface Classified {
+  verdict: Verdict;
+  /** Refuse: the error reply Sluice sends instead. */
+  reply?: Buffer;
+  /** Hello: the protocol version the client asks for, when it names one. */
+  proto?: 2 | 3;
+}
+
+const FORWARD: Classified = Object.freeze({ verdict: Verdict.Forward });
+const RESET: Classified = Object.freeze({ verdict: Verdict.Reset });
+const SUBSCRIBE: Classified = Object.freeze({ verdict: Verdict.Subscribe });
+const MULTI: Classified = Object.freeze({ verdict: Verdict.Multi });
+const EXEC: Classified = Object.freeze({ verdict: Verdict.Exec });
+const DISCARD: Classified = Object.freeze({ verdict: Verdict.Discard });
+const HELLO_SAME: Classified = Object.freeze({ verdict: Verdict.Hello });
+
+export const IDENTITY_FIXED = error('sluice: identity cannot change within a session; open a new connection with another token');
+const REFUSE_IDENTITY: Classified = Object.freeze({ verdict: Verdict.Refuse, reply: IDENTITY_FIXED });
+const REFUSE_MONITOR: Classified = Object.freeze({
+  verdict: Verdict.Refuse,
+  reply: error("sluice: MONITOR is not available through sluice (it would stream other clients' commands)"),
+});
+const REFUSE_CLIENT_REPLY: Classified = Object.freeze({
+  verdict: Verdict.Refuse,
+  reply: error('sluice: CLIENT REPLY OFF|SKIP is not supported through sluice (replies must pair with requests)'),
+});
+const REFUSE_SWAPDB: Classified = Object.freeze({
+  verdict: Verdict.Refuse,
+  reply: error('sluice: SWAPDB is not available through sluice (this target is bound to one db)'),
+});
+const REFUSE_REPLICATION: Classified = Object.freeze({
+  verdict: Verdict.Refuse,
+  reply: error('sluice: replication commands are not available through sluice'),
+});
+
+/** `-EXECABORT` as Redis sends it when a command was rejected while queuing. */
+export const EXECABORT = error('Transaction discarded because of previous errors.', 'EXECABORT');
+
+/** Case-insensitive compare of a command token with a lower-case ASCII literal. */
+export function tokenIs(buf: Buffer, lower: string): boolean {
+  const n = lower.length;
+  if (buf.length !== n) return false;
+  for (let i = 0; i < n; i++) {
+    let c = buf[i]!;
+    if (c >= 0x41 && c <= 0x5a) c |= 0x20;
+    if (c !== lower.charCodeAt(i)) return false;
+  }
+  return true;
+}
+
+/** A non-negative decimal integer argument, or -1. */
+export function decimal(buf: Buffer): number {
+  if (buf.length === 0 || buf.length > 9) return -1;
+  let v = 0;
+  for (let i = 0; i < buf.length; i++) {
+    const c = buf[i]!;
+    if (c < 0x30 || c > 0x39) return -1;
+    v = v * 10 + (c - 0x30);
+  }
+  return v;
+}
+
+/** Classifies one command of an authenticated session bound to `db`. */
+export class CommandClassifier {
+  readonly #refuseSelect: Classified;
+
+  constructor(private readonly db: number) {
+    this.#refuseSelect = Object.freeze({ verdict: Verdict.Refuse, reply: error(`sluice: this target is bound to db ${db}`) });
+  }
+
+  classify(args: Buffer[]): Classified {
+    const name = args[0]!;
+    const n = name.length;
+    // GET, SET, HGET, LPUSH...: the common commands fall out here or at the switch.
+    if (n < 4 || n > 10) return FORWARD;
+    switch (name[0]! | 0x20) {
+      case 0x61: // 'a'
+        return tokenIs(name, 'auth') ? REFUSE_IDENTITY : FORWARD;
+      case 0x63: // 'c'
+        if (tokenIs(name, 'client') && args.length >= 3 && tokenIs(args[1]!, 'reply') && !tokenIs(args[2]!, 'on')) {
+          return REFUSE_CLIENT_REPLY;
+        }
+        return FORWARD;
+      case 0x64: // 'd'
+        return tokenIs(name, 'discard') ? DISCARD : FORWARD;
+      case 0x65: // 'e'
+        return tokenIs(name, 'exec') ? EXEC : FORWARD;
+      case 0x68: // 'h'
+        return tokenIs(name, 'hello') ? this.#hello(args) : FORWARD;
+      case 0x6d: // 'm'
+        if (tokenIs(name, 'multi')) return MULTI;
+        return tokenIs(name, 'monitor') ? REFUSE_MONITOR : FORWARD;
+      case 0x70: // 'p'
+        if (tokenIs(name, 'psubscribe')) return SUBSCRIBE;
+        return tokenIs(name, 'psync') ? REFUSE_REPLICATION : FORWARD;
+      case 0x72: // 'r'
+        if (tokenIs(name, 'reset')) return RESET;
+        return tokenIs(name, 'replconf') ? REFUSE_REPLICATION : FORWARD;
+      case 0x73: // 's'
+        if (tokenIs(name, 'select')) {
+          return args.length === 2 && decimal(args[1]!) === this.db ? FORWARD : args.length === 2 ? this.#refuseSelect : FORWARD;
+        }
+        if (tokenIs(name, 'subscribe') || tokenIs(name, 'ssubscribe')) return SUBSCRIBE;
+        if (tokenIs(name, 'swapdb')) return REFUSE_SWAPDB;
+        return tokenIs(name, 'sync') ? REFUSE_REPLICATION : FORWARD;
+      default:
+        return FORWARD;
+    }
+  }
+
+  /** HELLO [protover [AUTH username password] [SETNAME clientname]] after login. */
+  #hello(args: Buffer[]): Classified {
+    for (let i = 2; i < args.length; i++) if (tokenIs(args[i]!, 'auth')) return REFUSE_IDENTITY;
+    if (args.length < 2) return HELLO_SAME;
+    const v = decimal(args[1]!);
+    // Anything but 2 or 3 gets the upstream's own -NOPROTO.
+    return v === 2 || v === 3 ? { verdict: Verdict.Hello, proto: v } : HELLO_SAME;
+  }
+}
+
+/** What a client may send before it authenticates. */
+export type PreAuthCommand =
+  | { kind: 'auth'; label?: string; token: string }
+  | { kind: 'hello'; proto: 2 | 3; auth?: { label: string; token: string }; setName?: Buffer }
+  | { kind: 'quit' }
+  | { kind: 'error'; reply: Buffer }
+  | { kind: 'noauth' };
+
+export const NOAUTH = error('Authentication required.', 'NOAUTH');
+const HELLO_NEEDS_AUTH = error(
+  'HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time',
+  'NOAUTH',
+);
+
+/** Parses a command received before authentication (AUTH, HELLO, QUIT; anything else is NOAUTH). */
+export function parsePreAuth(args: Buffer[]): PreAuthCommand {
+  const name = args[0]!;
+  if (tokenIs(name, 'auth')) {
+    if (args.length === 2) return { kind: 'auth', token: args[1]!.toString('utf8') };
+    if (args.length === 3) return { kind: 'auth', label: args[1]!.toString('utf8'), token: args[2]!.toString('utf8') };
+    return { kind: 'error', reply: error("wrong number of arguments for 'auth' command") };
+  }
+  if (tokenIs(name, 'quit')) return { kind: 'quit' };
+  if (!tokenIs(name, 'hello')) return { kind: 'noauth' };
+  if (args.length < 2) return { kind: 'error', reply: HELLO_NEEDS_AUTH };
+  const v = decimal(args[1]!);
+  if (v !== 2 && v !== 3) {
+    return { kind: 'error', reply: error('unsupported protocol version', 'NOPROTO') };
+  }
+  let auth: { label: string; token: string } | undefined;
+  let setName: Buffer | undefined;
+  for (let i = 2; i < args.length; i++) {
+    const more = args.length - i - 1;
+    if (tokenIs(args[i]!, 'auth') && more >= 2) {
+      auth = { label: args[i + 1]!.toString('utf8'), token: args[i + 2]!.toString('utf8') };
+      i += 2;
+    } else if (tokenIs(args[i]!, 'setname') && more >= 1) {
+      setName = args[i + 1]!;
+      i += 1;
+    } else {
+      return { kind: 'error', reply: error(`Syntax error in HELLO option '${args[i]!.toString('latin1').slice(0, 64)}'`) };
+    }
+  }
+  if (!auth) return { kind: 'error', reply: HELLO_NEEDS_AUTH };
+  return { kind: 'hello', proto: v, auth, ...(setName ? { setName } : {}) };
+}

@@ -1,0 +1,628 @@
+/**
+ * The steady state of a Redis session: commands flow client -> upstream
+ * through the request framer, replies flow back through the reply framer.
+ *
+ * Client side, per chunk: every complete command is classified (commands.ts);
+ * the forwarded ones are collected as spans of the chunk, so a chunk of
+ * ordinary commands goes upstream as ONE write of the chunk itself. A command
+ * that straddles chunks is held by the framer until it is complete and then
+ * forwarded whole: nothing of a command is forwarded before Sluice has seen
+ * all of it.
+ *
+ * Upstream side, per chunk: the reply framer reports where each top-level
+ * reply ends and the chunk is forwarded untouched, unless Sluice must put a
+ * reply of its own between two upstream replies or take one out.
+ *
+ * Ordering. Redis answers every command with exactly one reply, in order
+ * (RESP3 pushes are out of band and flagged by the framer). So the relay
+ * numbers forwarded commands (`sent`) and upstream replies (`received`):
+ * when Sluice answers a command itself (a refusal), its reply is due after
+ * reply number `sent` - 1, and is queued until `received` catches up. The
+ * same counting lets it drop the replies to commands it sent on its own
+ * (the re-authentication after RESET, the DISCARD that replaces EXEC).
+ *
+ * Pub/sub breaks the pairing (RESP2 subscribe confirmations and messages
+ * are ordinary arrays, one per channel). After a (P|S)SUBSCRIBE the relay
+ * stops counting; its own replies then go out at the next reply boundary.
+ * RESET brings the connection back to a known state: the relay recognises
+ * the upstream's `+RESET` and counts again from there.
+ *
+ * Backpressure: a write that reports a full buffer pauses the other side
+ * until 'drain', in both directions.
+ */
+import type { Socket } from 'node:net';
+import type { Logger } from '../../src/log.js';
+import { CommandClassifier, EXECABORT, Verdict, tokenIs } from './commands.js';
+import { error, type RespVersion } from './replies.js';
+import { RespProtocolError, RespReplyFramer, RespRequestFramer, type ReplyEndInfo, type ReplySink, type RequestSink, type RespRequestLimits } from './resp.js';
+import { encodeCommand } from './upstream.js';
+
+export interface RedisRelayOptions {
+  logger: Logger;
+  /** Close the session after this long without a byte in either direction; 0 = never. */
+  idleTimeoutMs: number;
+  /** The db the target is bound to. */
+  db: number;
+  /** Commands that re-establish the target's identity and db after RESET, each answered by +OK. */
+  reauth: Buffer[];
+  /** The protocol the client negotiated. */
+  proto: RespVersion;
+  /** Limits on the client's commands (bulk and command size from the target's max_message_size). */
+  requestLimits: Partial<RespRequestLimits>;
+  /** Called once, when both sockets are closed. */
+  onClose(reason: string): void;
+}
+
+export interface RelayStats {
+  bytesFromClient: number;
+  bytesFromUpstream: number;
+  commands: number;
+  refused: number;
+}
+
+const HALF_CLOSE_GRACE_MS = 10_000;
+/** A client that broke the protocol gets its error after the replies already due; it waits no longer than this. */
+const PROTOCOL_ERROR_GRACE_MS = 5_000;
+/** Upper bound on the bytes of a reply Sluice holds back to drop (it expects `+OK`). */
+const MAX_WITHHELD = 64 * 1024;
+
+const CR = 0x0d;
+const LF = 0x0a;
+const INLINE_REFUSED = 'inline commands are not accepted by sluice; send RESP arrays (every Redis client library and redis-cli do)';
+const RESET_CMD = encodeCommand(['RESET']);
+const DISCARD_CMD = encodeCommand(['DISCARD']);
+const PLUS_OK = Buffer.from('+OK\r\n');
+const PLUS_RESET = Buffer.from('+RESET\r\n');
+
+const INJECT = 0;
+const DROP = 1;
+interface Action {
+  kind: typeof INJECT | typeof DROP;
+  /** INJECT: due once `received` >= n (-1: at the next reply boundary). DROP: the number of the reply to drop. */
+  n: number;
+  bytes?: Buffer;
+  /** INJECT: close the session once written (a client protocol error). */
+  final?: boolean;
+}
+
+/** A change to one upstream chunk: insert `bytes` at absolute offset `at`, or drop [at, dropTo). */
+interface Edit {
+  at: number;
+  bytes?: Buffer;
+  dropTo?: number;
+}
+
+export class RedisRelay {
+  readonly stats: RelayStats = { bytesFromClient: 0, bytesFromUpstream: 0, commands: 0, refused: 0 };
+  proto: RespVersion;
+  readonly #classifier: CommandClassifier;
+  #closed = false;
+  #closeReason = 'closed';
+  #lastActivity = Date.now();
+  #idleTimer: NodeJS.Timeout | undefined;
+  #open = 2;
+
+  // --- pairing ---
+  #sent = 0;
+  #received = 0;
+  /**
+   * true: `sent` counts forwarded commands and `received` non-push replies.
+   * false (pub/sub): `sent` counts the fewest elements the forwarded commands
+   * produce (one per channel for (UN)SUBSCRIBE) and `received` every element.
+   */
+  #paired = true;
+  /** false only while an unpaired RESET waits for the upstream's `+RESET`. */
+  #countReplies = true;
+  /** An unpaired RESET was sent: replies are counted again after the upstream's `+RESET`. */
+  #awaitingReset = false;
+  #actions: Action[] = [];
+  #inMulti = false;
+  #multiDirty = false;
+  #clientFailed = false;
+
+  // --- client chunk being framed ---
+  #cChunk: Buffer = Buffer.alloc(0);
+  #spanStart = -1;
+  #spanEnd = 0;
+  readonly #toUpstream: Buffer[] = [];
+
+  // --- upstream chunk being framed ---
+  #uChunk: Buffer = Buffer.alloc(0);
+  #uBase = 0;
+  /** Absolute offset where the current top-level element started. */
+  #elemStart = 0;
+  #edits: Edit[] = [];
+  /** Bytes of a reply to drop that began in an earlier chunk, held back. */
+  #withheld: Buffer[] | null = null;
+  #withheldBytes = 0;
+  /** The last bytes of the previous upstream chunk, kept while waiting for `+RESET`. */
+  #prevTail: Buffer = Buffer.alloc(0);
+  #uPassthrough: Buffer | null = null;
+
+  private clientFramer: RespRequestFramer;
+  private readonly upstreamFramer = new RespReplyFramer();
+  /** An empty line's CR ended the last client chunk: its LF must come first in the next. */
+  #expectLF = false;
+
+  readonly #requestSink: RequestSink = { command: (raw, args) => this.#onCommand(raw, args) };
+  readonly #replySink: ReplySink = {
+    passthrough: (bytes) => {
+      this.#uPassthrough = bytes;
+    },
+    replyEnd: (info) => this.#onReplyEnd(info),
+  };
+
+  constructor(
+    private readonly client: Socket,
+    private readonly upstream: Socket,
+    private readonly options: RedisRelayOptions,
+  ) {
+    this.proto = options.proto;
+    this.clientFramer = new RespRequestFramer(options.requestLimits);
+    this.#classifier = new CommandClassifier(options.db);
+  }
+
+  /** Starts relaying: `toClient` first (the login reply), then bytes the client already sent after its AUTH/HELLO. */
+  start(toClient: Buffer[], fromClient: Buffer[], fromUpstream: Buffer): void {
+    for (const b of toClient) this.client.write(b);
+    this.client.on('data', (chunk: Buffer) => this.#onClientData(chunk));
+    this.upstream.on('data', (chunk: Buffer) => this.#onUpstreamData(chunk));
+    this.#wireEnds(this.client, this.upstream, 'client');
+    this.#wireEnds(this.upstream, this.client, 'upstream');
+    for (const socket of [this.client, this.upstream]) {
+      socket.once('close', () => {
+        if (--this.#open === 0) this.#finish();
+        else this.#peer(socket).end();
+      });
+    }
+    if (this.options.idleTimeoutMs > 0) {
+      const every = Math.max(250, Math.floor(this.options.idleTimeoutMs / 4));
+      this.#idleTimer = setInterval(() => this.#checkIdle(), every);
+      this.#idleTimer.unref();
+    }
+    if (fromUpstream.length > 0) this.#onUpstreamData(fromUpstream);
+    for (const b of fromClient) if (b.length > 0 && !this.#clientFailed) this.#onClientData(b);
+    if (!this.#clientFailed) this.client.resume();
+    this.upstream.resume();
+  }
+
+  /** Ends the session from the gateway's side; the client gets `-ERR sluice: <reason>` when that cannot cut a reply in two. */
+  shutdown(reason: string): void {
+    if (this.#closed) return;
+    this.#closeReason = reason;
+    this.#closed = true;
+    if (this.upstreamFramer.atReplyBoundary && this.#withheld === null && this.client.writable) {
+      this.client.end(error(`sluice: ${reason}`));
+    } else {
+      this.client.end();
+    }
+    this.upstream.end();
+    for (const socket of [this.client, this.upstream]) setTimeout(() => socket.destroy(), HALF_CLOSE_GRACE_MS).unref();
+  }
+
+  // --- client -> upstream ----------------------------------------------------
+
+  #onClientData(chunk: Buffer): void {
+    if (this.#clientFailed) return;
+    this.#lastActivity = Date.now();
+    this.stats.bytesFromClient += chunk.length;
+    let failure: unknown;
+    let rest: Buffer | null = chunk;
+    if (this.#expectLF) {
+      this.#expectLF = false;
+      if (chunk[0] === LF) rest = chunk.subarray(1);
+      else failure = new RespProtocolError(INLINE_REFUSED, this.clientFramer.offset);
+    }
+    while (failure === undefined && rest !== null && rest.length > 0) {
+      this.#cChunk = rest;
+      this.#spanStart = -1;
+      const base = this.clientFramer.offset;
+      let next: Buffer | null = null;
+      try {
+        this.clientFramer.push(rest, this.#requestSink);
+      } catch (err) {
+        // An empty line between commands is a no-op in Redis (processInlineBuffer), and
+        // redis-cli --pipe sends one before its closing ECHO: skip it, never forward it.
+        // The framer refuses it as an inline command; go on with a fresh framer after it.
+        const pos = err instanceof RespProtocolError ? err.offset - base : -1;
+        if (pos >= 0 && rest[pos] === CR && this.clientFramer.bufferedBytes === 0 && (pos + 1 === rest.length || rest[pos + 1] === LF)) {
+          this.clientFramer = new RespRequestFramer(this.options.requestLimits);
+          if (pos + 1 === rest.length) this.#expectLF = true;
+          else next = rest.subarray(pos + 2);
+        } else {
+          failure = err;
+        }
+      }
+      this.#flushSpan();
+      rest = next;
+    }
+    this.#flushSpan();
+    const out = this.#toUpstream;
+    if (out.length > 0) {
+      const flowing = writeAll(this.upstream, out);
+      out.length = 0;
+      if (!flowing && !this.#clientFailed) {
+        this.client.pause();
+        this.upstream.once('drain', () => {
+          if (!this.#clientFailed) this.client.resume();
+        });
+      }
+    }
+    if (failure !== undefined) this.#clientViolation(failure);
+  }
+
+  #onCommand(raw: Buffer, args: Buffer[]): void {
+    this.stats.commands++;
+    const c = this.#classifier.classify(args);
+    switch (c.verdict) {
+      case Verdict.Forward:
+        this.#forward(raw, args);
+        return;
+      case Verdict.Refuse:
+        this.stats.refused++;
+        if (this.#inMulti && this.#paired) this.#multiDirty = true;
+        this.options.logger.info({ command: args[0]!.toString('latin1').slice(0, 32).toUpperCase() }, 'command refused');
+        this.#reply(c.reply!);
+        return;
+      case Verdict.Hello:
+        this.#forward(raw);
+        if (c.proto) this.proto = c.proto;
+        return;
+      case Verdict.Subscribe:
+        this.#forward(raw, args);
+        this.#unpair(args);
+        return;
+      case Verdict.Multi:
+        this.#forward(raw);
+        this.#inMulti = true;
+        return;
+      case Verdict.Discard:
+        this.#forward(raw);
+        this.#inMulti = this.#multiDirty = false;
+        return;
+      case Verdict.Exec:
+        if (this.#multiDirty && this.#paired) {
+          // A command was refused while queuing: Redis would abort EXEC. Discard upstream instead.
+          this.#forwardOwn(DISCARD_CMD);
+          this.#reply(EXECABORT);
+        } else {
+          this.#forward(raw);
+        }
+        this.#inMulti = this.#multiDirty = false;
+        return;
+      case Verdict.Reset:
+        this.#reset();
+        return;
+    }
+  }
+
+  /** Forwards a command of the client's as its own bytes (a span of the chunk when it lies in it). */
+  #forward(raw: Buffer, args?: Buffer[]): void {
+    this.#sent += this.#paired || !args ? 1 : minElements(args);
+    const chunk = this.#cChunk;
+    const pos = raw.byteOffset - chunk.byteOffset;
+    if (raw.buffer === chunk.buffer && pos >= 0 && pos < chunk.length) {
+      if (this.#spanStart >= 0 && pos === this.#spanEnd) {
+        this.#spanEnd = pos + raw.length;
+        return;
+      }
+      this.#flushSpan();
+      this.#spanStart = pos;
+      this.#spanEnd = pos + raw.length;
+      return;
+    }
+    // A command that straddled chunks: the framer's own copy.
+    this.#flushSpan();
+    this.#toUpstream.push(raw);
+  }
+
+  /** Sends a command of Sluice's own whose reply (+OK) is dropped. */
+  #forwardOwn(command: Buffer): void {
+    this.#flushSpan();
+    this.#toUpstream.push(command);
+    this.#actions.push({ kind: DROP, n: this.#sent++ });
+  }
+
+  #flushSpan(): void {
+    if (this.#spanStart < 0) return;
+    const chunk = this.#cChunk;
+    this.#toUpstream.push(this.#spanStart === 0 && this.#spanEnd === chunk.length ? chunk : chunk.subarray(this.#spanStart, this.#spanEnd));
+    this.#spanStart = -1;
+  }
+
+  /**
+   * RESET must not reach the upstream alone: it would leave the connection
+   * authenticated as `default` (or not at all). Sluice sends RESET followed
+   * by the target's AUTH and SELECT, lets the client see `+RESET`, and drops
+   * the two `+OK`s.
+   */
+  #reset(): void {
+    this.#inMulti = this.#multiDirty = false;
+    this.proto = 2;
+    if (this.#paired) {
+      this.#forward(RESET_CMD);
+      for (const c of this.options.reauth) this.#forwardOwn(c);
+      return;
+    }
+    // Unpaired (pub/sub): count again from the upstream's +RESET.
+    this.#flushSpan();
+    this.#toUpstream.push(RESET_CMD, ...this.options.reauth);
+    for (const a of this.#actions) if (a.kind === INJECT) a.n = -1;
+    this.#paired = true;
+    this.#countReplies = false;
+    this.#awaitingReset = true;
+    this.#sent = 0;
+    this.#received = 0;
+    for (let i = 0; i < this.options.reauth.length; i++) this.#actions.push({ kind: DROP, n: this.#sent++ });
+  }
+
+  /**
+   * A (P|S)SUBSCRIBE was just forwarded (counted as one paired reply):
+   * switch to counting elements. Replies still due for earlier commands
+   * stay due, one element each; the subscribe itself owes one per channel.
+   */
+  #unpair(args: Buffer[]): void {
+    if (!this.#paired) return;
+    const done = this.#received;
+    this.#sent = this.#sent - 1 - done + minElements(args);
+    this.#received = 0;
+    for (const a of this.#actions) if (a.n > 0) a.n = Math.max(0, a.n - done);
+    this.#paired = false;
+  }
+
+  /** A reply of Sluice's own, in order with the upstream's. */
+  #reply(bytes: Buffer, final = false): void {
+    const n = this.#sent;
+    if (
+      this.#actions.length === 0 &&
+      this.#withheld === null &&
+      this.upstreamFramer.atReplyBoundary &&
+      this.#countReplies &&
+      this.#received >= n
+    ) {
+      this.#writeClient([bytes]);
+      if (final) this.#endAfterViolation();
+      return;
+    }
+    this.#actions.push({ kind: INJECT, n, bytes, final });
+  }
+
+  #clientViolation(err: unknown): void {
+    this.#clientFailed = true;
+    this.client.pause();
+    const message = err instanceof RespProtocolError ? err.message : 'Protocol error: internal error while framing';
+    if (!(err instanceof RespProtocolError)) this.options.logger.error({ err }, 'unexpected framing failure');
+    this.options.logger.warn(
+      { side: 'client', offset: err instanceof RespProtocolError ? err.offset : undefined, reason: message },
+      'protocol violation; closing session',
+    );
+    this.#closeReason = 'client protocol violation';
+    // Redis answers the commands before the bad bytes, then `-ERR Protocol error: ...`, then closes.
+    this.#reply(error(message), true);
+    setTimeout(() => this.shutdown('client protocol violation'), PROTOCOL_ERROR_GRACE_MS).unref();
+  }
+
+  #endAfterViolation(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.client.end();
+    this.upstream.end();
+    for (const socket of [this.client, this.upstream]) setTimeout(() => socket.destroy(), HALF_CLOSE_GRACE_MS).unref();
+  }
+
+  // --- upstream -> client ----------------------------------------------------
+
+  #onUpstreamData(chunk: Buffer): void {
+    this.#lastActivity = Date.now();
+    this.stats.bytesFromUpstream += chunk.length;
+    this.#uChunk = chunk;
+    this.#uBase = this.upstreamFramer.offset;
+    this.#uPassthrough = null;
+    let failure: unknown;
+    try {
+      this.upstreamFramer.push(chunk, this.#replySink);
+    } catch (err) {
+      failure = err;
+    }
+    if (failure === undefined) this.#withholdTail(chunk);
+    if (this.#awaitingReset) this.#keepTail(chunk);
+    // Set by the framer's passthrough callback during push (TS cannot see that).
+    const forwarded = this.#uPassthrough as Buffer | null;
+    let out: Buffer[];
+    let final = false;
+    if (this.#edits.length === 0) {
+      out = forwarded ? [forwarded] : [];
+    } else {
+      out = this.#applyEdits(forwarded ? forwarded.length : 0);
+      this.#edits = [];
+      final = out.includes(FINAL_MARK);
+      if (final) out = out.filter((o) => o !== FINAL_MARK);
+    }
+    if (out.length > 0 && !this.#writeClient(out)) {
+      this.upstream.pause();
+      this.client.once('drain', () => this.upstream.resume());
+    }
+    if (final) this.#endAfterViolation();
+    if (failure !== undefined) this.#upstreamViolation(failure);
+  }
+
+  #onReplyEnd(info: ReplyEndInfo): void {
+    const start = this.#elemStart;
+    this.#elemStart = info.end;
+    let dropped = false;
+    if (!info.push || !this.#paired) {
+      if (this.#countReplies) {
+        const no = this.#received++;
+        const head = this.#actions[0];
+        if (head && head.kind === DROP && head.n === no) {
+          this.#actions.shift();
+          this.#drop(start, info.end);
+          dropped = true;
+        }
+      } else if (this.#awaitingReset && info.end - start === PLUS_RESET.length && this.#bytesOf(start, info.end).equals(PLUS_RESET)) {
+        this.#awaitingReset = false;
+        this.#countReplies = true;
+      }
+    }
+    if (!dropped && this.#withheld) {
+      // Held back as the start of a reply to drop, but it was a push: release it where it began.
+      this.#edits.push({ at: this.#uBase, bytes: Buffer.concat(this.#withheld) });
+      this.#withheld = null;
+      this.#withheldBytes = 0;
+    }
+    this.#flushActions(info.end);
+  }
+
+  #flushActions(at: number): void {
+    while (this.#actions.length > 0) {
+      const head = this.#actions[0]!;
+      if (head.kind !== INJECT) return;
+      if (head.n !== -1 && !(this.#countReplies && this.#received >= head.n)) return;
+      this.#actions.shift();
+      this.#edits.push({ at, bytes: head.bytes! });
+      if (head.final) this.#edits.push({ at, bytes: FINAL_MARK });
+    }
+  }
+
+  /** Drops the reply [start, end) after checking it is `+OK`. */
+  #drop(start: number, end: number): void {
+    const from = Math.max(start, this.#uBase);
+    const here = this.#uChunk.subarray(from - this.#uBase, end - this.#uBase);
+    const bytes = this.#withheld ? Buffer.concat([...this.#withheld, here]) : here;
+    this.#withheld = null;
+    this.#withheldBytes = 0;
+    this.#edits.push({ at: from, dropTo: end });
+    if (!bytes.equals(PLUS_OK)) {
+      this.options.logger.error(
+        { reply: bytes.toString('utf8', 0, Math.min(bytes.length, 200)) },
+        'the upstream refused a command sluice sent on the session\'s behalf (re-authentication after RESET, or DISCARD)',
+      );
+      // Close once this chunk is written: the upstream's state is no longer the target's.
+      this.#edits.push({ at: end, bytes: error('sluice: the upstream refused re-authentication; the session is closed') });
+      this.#edits.push({ at: end, bytes: FINAL_MARK });
+      this.#actions = [];
+    }
+  }
+
+  /** A reply to drop has begun and goes on in the next chunk: hold its bytes back. */
+  #withholdTail(chunk: Buffer): void {
+    if (this.upstreamFramer.atReplyBoundary || !this.#countReplies || !this.#paired) return;
+    const head = this.#actions[0];
+    if (!head || head.kind !== DROP || head.n !== this.#received) return;
+    const end = this.#uBase + chunk.length;
+    const from = Math.max(this.#elemStart, this.#uBase);
+    if (from >= end) return;
+    (this.#withheld ??= []).push(chunk.subarray(from - this.#uBase));
+    this.#withheldBytes += end - from;
+    this.#edits.push({ at: from, dropTo: end });
+    if (this.#withheldBytes > MAX_WITHHELD) {
+      this.#edits.push({ at: end, bytes: FINAL_MARK });
+      this.options.logger.error('the upstream sent an oversized reply to a command sluice sent itself; closing');
+    }
+  }
+
+  #keepTail(chunk: Buffer): void {
+    const keep = Math.min(chunk.length, PLUS_RESET.length);
+    this.#prevTail = Buffer.concat([this.#prevTail, chunk.subarray(chunk.length - keep)]).subarray(-PLUS_RESET.length);
+  }
+
+  /** Bytes [start, end) of the upstream stream; `start` may lie in the previous chunk (only while awaiting +RESET). */
+  #bytesOf(start: number, end: number): Buffer {
+    if (start >= this.#uBase) return this.#uChunk.subarray(start - this.#uBase, end - this.#uBase);
+    const before = this.#uBase - start;
+    if (before > this.#prevTail.length) return Buffer.alloc(0);
+    return Buffer.concat([this.#prevTail.subarray(this.#prevTail.length - before), this.#uChunk.subarray(0, end - this.#uBase)]);
+  }
+
+  /** The forwarded prefix of the chunk ([0, length)) with the edits applied. */
+  #applyEdits(length: number): Buffer[] {
+    const chunk = this.#uChunk;
+    const base = this.#uBase;
+    const out: Buffer[] = [];
+    let pos = base;
+    for (const e of this.#edits) {
+      if (e.at > pos && e.at - base <= length) out.push(chunk.subarray(pos - base, e.at - base));
+      if (e.at > pos) pos = Math.min(e.at, base + length);
+      if (e.bytes) out.push(e.bytes);
+      if (e.dropTo !== undefined) pos = Math.max(pos, e.dropTo);
+    }
+    if (pos < base + length) out.push(chunk.subarray(pos - base, length));
+    return out;
+  }
+
+  #upstreamViolation(err: unknown): void {
+    const message = err instanceof RespProtocolError ? err.message : 'internal error while framing';
+    if (!(err instanceof RespProtocolError)) this.options.logger.error({ err }, 'unexpected framing failure');
+    this.options.logger.warn(
+      { side: 'upstream', offset: err instanceof RespProtocolError ? err.offset : undefined, reason: message },
+      'protocol violation; closing session',
+    );
+    // The error goes to the client only if nothing of the bad reply was forwarded.
+    const clean = this.#elemStart >= this.#uBase && this.#withheld === null;
+    this.#closeReason = 'upstream protocol violation';
+    this.#closed = true;
+    if (clean && this.client.writable) this.client.end(error('sluice: the upstream server sent a malformed reply; the session is closed'));
+    else this.client.end();
+    this.upstream.destroy();
+    setTimeout(() => this.client.destroy(), HALF_CLOSE_GRACE_MS).unref();
+  }
+
+  // --- both ------------------------------------------------------------------
+
+  #writeClient(buffers: Buffer[]): boolean {
+    if (!this.client.writable) return true;
+    return writeAll(this.client, buffers);
+  }
+
+  #wireEnds(from: Socket, to: Socket, side: 'client' | 'upstream'): void {
+    from.on('end', () => {
+      // Half-close: pass the FIN along; the other side may still be sending.
+      if (!this.#closed) this.#closeReason = `${side} ended the connection`;
+      to.end();
+    });
+    from.on('error', (err) => {
+      this.options.logger.debug({ side, err: err.message }, 'socket error');
+      if (!this.#closed) this.#closeReason = `${side} socket error: ${err.message}`;
+      from.destroy();
+      to.end();
+    });
+  }
+
+  #checkIdle(): void {
+    if (Date.now() - this.#lastActivity < this.options.idleTimeoutMs) return;
+    this.shutdown(`terminating connection after ${this.options.idleTimeoutMs} ms without traffic (idle_timeout)`);
+  }
+
+  #peer(socket: Socket): Socket {
+    return socket === this.client ? this.upstream : this.client;
+  }
+
+  #finish(): void {
+    if (this.#idleTimer) clearInterval(this.#idleTimer);
+    this.#closed = true;
+    this.options.onClose(this.#closeReason);
+  }
+}
+
+/** The fewest top-level elements a command produces: one per channel for the pub/sub commands, else one. */
+function minElements(args: Buffer[]): number {
+  const name = args[0]!;
+  if (name.length < 9 || name.length > 12) return 1;
+  // (p|s)subscribe, (p|s)unsubscribe
+  if (tokenIs(name.subarray(name.length - 9), 'subscribe')) {
+    return Math.max(1, args.length - 1);
+  }
+  return 1;
+}
+
+/** Marks, in an edit list, the point after which the session closes. Never written. */
+const FINAL_MARK = Buffer.alloc(0);
+
+function writeAll(to: Socket, buffers: Buffer[]): boolean {
+  if (buffers.length === 1) return to.write(buffers[0]!);
+  to.cork();
+  let flowing = true;
+  for (const b of buffers) flowing = to.write(b);
+  to.uncork();
+  return flowing;
+}

@@ -1,0 +1,345 @@
+import { TLSSocket } from 'node:tls';
+import type { Socket } from 'node:net';
+import type { RedisTarget } from '../../src/config/types.js';
+import type { GatewayContext, SessionHandle } from '../../src/gateway/context.js';
+import type { Identity } from '../../src/identity/types.js';
+import { ErrorCodes, SluiceError, isSluiceError } from '../../src/errors.js';
+import { isLoopbackConnection, newSessionId } from '../../src/gateway/net.js';
+import type { Logger } from '../../src/log.js';
+import { NOAUTH, parsePreAuth, type PreAuthCommand } from './commands.js';
+import { OK, error, type RespVersion } from './replies.js';
+import { RedisRelay } from './relay.js';
+import { RespProtocolError, RespRequestFramer, UNAUTHENTICATED_REQUEST_LIMITS, type RequestSink } from './resp.js';
+import { connectRedisUpstream, reauthCommands } from './upstream.js';
+
+/**
+ * The client side of one Redis connection, from accept to relay.
+ *
+ *   (TLS handshake when the target has `tls: true`)
+ *   AUTH <token> | AUTH <label> <token> | HELLO 2|3 AUTH <label> <token> [SETNAME n]
+ *        -> token verified, subject admitted to this target (no upstream
+ *           connection before both pass), then the upstream is opened with
+ *           the stored credential (upstream.ts)
+ *        <- +OK, or the upstream's own HELLO reply
+ *   anything else before that          <- -NOAUTH Authentication required.
+ *   relay (relay.ts)
+ *
+ * Until authenticated, Redis' own pre-auth limits apply (10 arguments, short
+ * bulks), with the bulk limit raised to fit the largest token the verifier
+ * accepts, so an oversized token gets a WRONGPASS reason, not a protocol error.
+ * A failed AUTH leaves the connection unauthenticated, as Redis does; the
+ * third failure closes it.
+ */
+
+export interface PreAuthGate {
+  /** Called exactly once when the session leaves the unauthenticated state (admitted or closed). */
+  release(): void;
+}
+
+export interface RedisSessionOptions {
+  /** identity.maxTokenBytes: the pre-auth bulk limit is raised to fit it. */
+  maxTokenBytes: number;
+}
+
+/** Pre-auth bulk limit floor: Redis' 16 KiB is below what a verbose JWT can reach; 64 KiB is the largest max_token_bytes allowed. */
+const PRE_AUTH_MIN_BULK = 64 * 1024 + 64;
+
+/** Failed AUTH attempts before the connection is closed. */
+const MAX_AUTH_FAILURES = 3;
+
+type Login = Extract<PreAuthCommand, { kind: 'auth' } | { kind: 'hello' }>;
+
+export class RedisSession implements SessionHandle {
+  readonly id = newSessionId();
+  #log: Logger;
+  #socket: Socket;
+  #framer: RespRequestFramer;
+  readonly #preAuthLimits;
+  /** Bytes received after a login command, not framed yet (framed again with the right limits once the login is decided). */
+  #stash: Buffer[] = [];
+  #busy = false;
+  #failures = 0;
+  #relay: RedisRelay | undefined;
+  #identity: Identity | undefined;
+  #closed = false;
+  #preAuthTimer: NodeJS.Timeout | undefined;
+  #preAuthReleased = false;
+  /** Absolute end of the last command the pre-auth framer delivered. */
+  #lastEnd = 0;
+  readonly #onData = (chunk: Buffer): void => this.#receive(chunk);
+
+  constructor(
+    socket: Socket,
+    readonly target: RedisTarget,
+    private readonly ctx: GatewayContext,
+    private readonly preAuth: PreAuthGate,
+    options: RedisSessionOptions,
+  ) {
+    this.#socket = socket;
+    this.#log = ctx.logger.child({ session: this.id, target: target.name, client: `${socket.remoteAddress}:${socket.remotePort}` });
+    // Room for a token well past the verifier's cap, so a somewhat oversized
+    // token is refused with its reason rather than with a protocol error.
+    const bulk = Math.max(PRE_AUTH_MIN_BULK, options.maxTokenBytes + 64);
+    this.#preAuthLimits = { ...UNAUTHENTICATED_REQUEST_LIMITS, maxBulkBytes: bulk, maxCommandBytes: 10 * (bulk + 32) + 32 };
+    this.#framer = new RespRequestFramer(this.#preAuthLimits);
+  }
+
+  /** Runs the session to its end; never rejects. */
+  async run(): Promise<void> {
+    this.ctx.sessions.add(this);
+    this.#preAuthTimer = setTimeout(() => {
+      this.#close(error(`sluice: authentication not completed within ${this.target.limits.preAuthTimeoutMs} ms`), 'authentication timed out');
+    }, this.target.limits.preAuthTimeoutMs);
+    this.#preAuthTimer.unref();
+    this.#socket.setNoDelay(true);
+    this.#socket.on('close', () => this.#closedBeforeRelay());
+    try {
+      if (this.target.tls) await this.#startTls();
+      else if (!(this.target.allowInsecureLoopback && isLoopbackConnection(this.#socket))) {
+        this.#close(
+          error(`sluice: target "${this.target.name}" requires TLS: connect with --tls (redis-cli) or a TLS client`),
+          'cleartext connection refused',
+        );
+        return;
+      }
+    } catch {
+      this.#log.debug('TLS handshake failed');
+      this.#closedBeforeRelay();
+      this.#socket.destroy();
+      return;
+    }
+    if (this.#closed) return;
+    this.#socket.on('data', this.#onData);
+    this.#socket.resume();
+  }
+
+  shutdown(reason: string): void {
+    if (this.#relay) this.#relay.shutdown(reason);
+    else this.#close(error(`sluice: ${reason}`), reason);
+  }
+
+  async #startTls(): Promise<void> {
+    const tlsSocket = new TLSSocket(this.#socket, { isServer: true, secureContext: this.ctx.secureContext });
+    tlsSocket.on('error', () => tlsSocket.destroy());
+    this.#socket.resume();
+    await new Promise<void>((resolve, reject) => {
+      tlsSocket.once('secure', resolve);
+      tlsSocket.once('close', () => reject(new Error('closed during the TLS handshake')));
+    });
+    tlsSocket.removeAllListeners('close');
+    tlsSocket.on('close', () => this.#closedBeforeRelay());
+    this.#socket = tlsSocket;
+  }
+
+  // --- before authentication -------------------------------------------------
+
+  #receive(chunk: Buffer): void {
+    if (this.#busy) {
+      this.#stash.push(chunk);
+      return;
+    }
+    let login: Login | undefined;
+    let cut = -1;
+    const base = this.#framer.offset;
+    const sink: RequestSink = {
+      command: (raw, args) => {
+        if (login || this.#closed) return; // framed again after the login is decided
+        const pos = raw.byteOffset - chunk.byteOffset;
+        const inChunk = raw.buffer === chunk.buffer && pos >= 0 && pos < chunk.length;
+        const end = inChunk ? base + pos + raw.length : this.#lastEnd + raw.length;
+        this.#lastEnd = end;
+        const cmd = parsePreAuth(args);
+        switch (cmd.kind) {
+          case 'auth':
+          case 'hello':
+            login = cmd;
+            cut = end - base;
+            return;
+          case 'quit':
+            this.#close(OK, 'client quit');
+            return;
+          case 'error':
+            this.#socket.write(cmd.reply);
+            return;
+          case 'noauth':
+            this.#socket.write(NOAUTH);
+            return;
+        }
+      },
+    };
+    try {
+      this.#framer.push(chunk, sink);
+    } catch (err) {
+      // Bytes after a login command are framed again later, with the limits that then apply.
+      if (!login) {
+        this.#protocolError(err);
+        return;
+      }
+    }
+    if (!login || this.#closed) return;
+    if (cut < chunk.length) this.#stash.unshift(chunk.subarray(cut));
+    this.#busy = true;
+    this.#socket.pause();
+    void this.#login(login);
+  }
+
+  #protocolError(err: unknown): void {
+    const message = err instanceof RespProtocolError ? err.message : 'Protocol error: internal error';
+    this.#log.warn({ offset: err instanceof RespProtocolError ? err.offset : undefined, reason: message }, 'protocol violation before authentication');
+    this.#close(error(message), 'client protocol violation');
+  }
+
+  async #login(login: Login): Promise<void> {
+    const token = login.kind === 'auth' ? login.token : login.auth!.token;
+    const label = login.kind === 'auth' ? login.label : login.auth!.label;
+    let identity: Identity;
+    try {
+      identity = await this.ctx.verifier.verify(token);
+      this.#identity = identity;
+      // ctx.admit now returns the SessionPolicy the session is bound to (src/policy/engine.ts).
+      if (!this.ctx.admit(identity, this.target.name)) {
+        throw new SluiceError(ErrorCodes.NOT_AUTHORIZED, `not authorized for target "${this.target.name}"`);
+      }
+    } catch (err) {
+      this.#loginFailed(err);
+      return;
+    }
+    if (this.#closed) return;
+    const policies = [this.ctx.admit(identity, this.target.name)!.name];
+    this.#clearPreAuth();
+    const log = this.#log.child({ subject: identity.subject, tokenId: identity.tokenId });
+    const proto: RespVersion = login.kind === 'hello' ? login.proto : 2;
+    let upstream;
+    try {
+      upstream = await connectRedisUpstream(this.target.upstream, {
+        connectTimeoutMs: this.target.limits.upstreamConnectTimeoutMs,
+        ...(login.kind === 'hello' ? { hello: login.proto, ...(login.setName ? { setName: login.setName } : {}) } : {}),
+      });
+    } catch (err) {
+      const code = isSluiceError(err) ? err.code : undefined;
+      // The detail names the service account and the server: log only.
+      log.error({ code, reason: err instanceof Error ? err.message : String(err) }, 'upstream connection failed');
+      this.#close(error(`sluice: could not connect to the upstream (correlation id ${this.id})`), 'upstream connection failed');
+      return;
+    }
+    if (this.#closed) {
+      upstream.socket.destroy();
+      return;
+    }
+    upstream.socket.on('error', () => {}); // the relay attaches its own; this covers the gap
+    this.#startRelay(upstream.socket, login.kind === 'auth' ? OK : upstream.helloReply!, upstream.leftover, proto, log, policies, label);
+  }
+
+  #loginFailed(err: unknown): void {
+    if (this.#closed) return;
+    this.#failures++;
+    let reply: Buffer;
+    if (isSluiceError(err) && err.code.startsWith('SLUICE_TOKEN_')) {
+      this.#log.info({ code: err.code, reason: err.message }, 'token refused');
+      reply = error(`sluice: token refused: ${err.message}`, 'WRONGPASS');
+    } else if (isSluiceError(err, ErrorCodes.NOT_AUTHORIZED)) {
+      this.#log.info({ subject: this.#identity?.subject, groups: this.#identity?.groups }, 'subject not authorized for target');
+      reply = error(
+        `sluice: not authorized for target "${this.target.name}": subject "${this.#identity?.subject ?? ''}" matches no policy for it; ask an administrator to add one`,
+        'NOPERM',
+      );
+    } else if (isSluiceError(err, ErrorCodes.JWKS_UNAVAILABLE)) {
+      this.#log.warn({ reason: err.message }, 'token could not be checked');
+      reply = error(`sluice: token could not be checked: ${err.message}; try again shortly`);
+    } else {
+      this.#log.error({ err }, 'unexpected failure during authentication');
+      reply = error(`sluice: internal error (correlation id ${this.id})`);
+    }
+    this.#identity = undefined;
+    if (this.#failures >= MAX_AUTH_FAILURES) {
+      this.#socket.write(reply);
+      this.#close(error('sluice: too many failed authentication attempts'), 'too many failed authentication attempts');
+      return;
+    }
+    this.#socket.write(reply);
+    // Still unauthenticated: frame what came after the failed login with the pre-auth limits.
+    this.#framer = new RespRequestFramer(this.#preAuthLimits);
+    this.#lastEnd = 0;
+    this.#busy = false;
+    const stash = this.#stash;
+    this.#stash = [];
+    for (const b of stash) {
+      if (this.#busy || this.#closed) {
+        if (!this.#closed) this.#stash.push(b);
+        continue;
+      }
+      this.#receive(b);
+    }
+    if (!this.#busy && !this.#closed) this.#socket.resume();
+  }
+
+  #startRelay(upstream: Socket, reply: Buffer, leftover: Buffer, proto: RespVersion, log: Logger, policies: string[], label: string | undefined): void {
+    this.#socket.off('data', this.#onData);
+    this.#socket.removeAllListeners('close');
+    const limits = this.target.limits;
+    const relay = new RedisRelay(this.#socket, upstream, {
+        requestLimits: { maxBulkBytes: limits.maxMessageBytes, maxCommandBytes: limits.maxMessageBytes + 64 * 1024 },
+        logger: log,
+        idleTimeoutMs: limits.idleTimeoutMs,
+        db: this.target.upstream.db,
+        reauth: reauthCommands(this.target.upstream),
+        proto,
+        onClose: (reason) => this.#ended(reason),
+    });
+    this.#relay = relay;
+    log.info(
+      {
+        groups: this.#identity?.groups,
+        issuer: this.#identity?.issuer,
+        policies,
+        label,
+        resp: proto,
+        tls: this.#socket instanceof TLSSocket,
+      },
+      'session started',
+    );
+    const stash = this.#stash;
+    this.#stash = [];
+    relay.start([reply], stash, leftover);
+    this.#log = log;
+  }
+
+  #ended(reason: string): void {
+    this.ctx.sessions.delete(this);
+    const stats = this.#relay?.stats;
+    this.#log.info(
+      { reason, bytesFromClient: stats?.bytesFromClient, bytesFromUpstream: stats?.bytesFromUpstream, commands: stats?.commands, refused: stats?.refused },
+      'session ended',
+    );
+  }
+
+  /** The client went away before the relay started. */
+  #closedBeforeRelay(): void {
+    if (this.#relay) return;
+    if (!this.#closed) this.#log.debug('client closed the connection before authenticating');
+    this.#closed = true;
+    this.#clearPreAuth();
+    this.ctx.sessions.delete(this);
+  }
+
+  /** Ends a session that never reached the relay with a last reply. */
+  #close(reply: Buffer, reason: string): void {
+    if (this.#closed || this.#relay) return;
+    this.#closed = true;
+    this.#clearPreAuth();
+    this.ctx.sessions.delete(this);
+    this.#log.info({ reason }, 'connection closed before the session started');
+    this.#socket.off('data', this.#onData);
+    if (this.#socket.writable) this.#socket.end(reply);
+    setTimeout(() => this.#socket.destroy(), 2_000).unref();
+  }
+
+  #clearPreAuth(): void {
+    if (this.#preAuthTimer) clearTimeout(this.#preAuthTimer);
+    this.#preAuthTimer = undefined;
+    if (!this.#preAuthReleased) {
+      this.#preAuthReleased = true;
+      this.preAuth.release();
+    }
+  }
+}
