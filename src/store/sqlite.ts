@@ -10,6 +10,9 @@ import type {
   AuditEvent,
   AuditQuery,
   AuditVerdict,
+  SessionQuery,
+  SessionRecord,
+  SessionStore,
   Store,
 } from './types.js';
 
@@ -32,7 +35,7 @@ import type {
  * audit writer batches inserts (one transaction per batch) to keep that cost
  * off the relay's hot path; see audit-writer.ts.
  */
-export function openSqliteStore(stateDir: string, opts: { logger?: Logger; file?: string } = {}): Store {
+export function openSqliteStore(stateDir: string, opts: { logger?: Logger; file?: string } = {}): Store & SessionStore {
   mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   const file = join(stateDir, opts.file ?? 'sluice.db');
   // Create the file with owner-only permissions before SQLite opens it (it
@@ -108,7 +111,39 @@ function filterTime(name: string, value: string): number {
   return ms;
 }
 
-class SqliteStore implements Store {
+interface SessionRow {
+  id: string;
+  subject: string;
+  groups: string;
+  issuer: string;
+  token_id_hash: string | null;
+  target: string;
+  protocol: string;
+  client_address: string | null;
+  started_at: string;
+  ended_at: string | null;
+  close_reason: string | null;
+  bytes_in: number;
+  bytes_out: number;
+  statements_allowed: number;
+  statements_denied: number;
+  approvals: number;
+  masking_counts: string;
+  recording_path: string | null;
+  recording_size: number | null;
+  final_hash: string | null;
+  complete: number;
+}
+
+const SESSION_COLUMNS = [
+  'id', 'subject', 'groups', 'issuer', 'token_id_hash', 'target', 'protocol', 'client_address',
+  'started_at', 'started_ms', 'ended_at', 'ended_ms', 'close_reason', 'bytes_in', 'bytes_out',
+  'statements_allowed', 'statements_denied', 'approvals', 'masking_counts', 'recording_path',
+  'recording_size', 'final_hash', 'complete',
+] as const;
+const MAX_SESSION_LIMIT = 10_000;
+
+class SqliteStore implements Store, SessionStore {
   private readonly insertAudit: Database.Statement;
   private readonly insertMany: (events: readonly AuditEvent[]) => void;
   private readonly upsertApproval: Database.Statement;
@@ -116,6 +151,10 @@ class SqliteStore implements Store {
   /** One prepared statement per combination of filters present, built on first use and reused. */
   private readonly auditQueries = new Map<string, Database.Statement>();
   private readonly approvalQueries = new Map<string, Database.Statement>();
+  private readonly sessionQueries = new Map<string, Database.Statement>();
+  private readonly upsertSessionStmt: Database.Statement;
+  private readonly selectSession: Database.Statement;
+  private readonly deleteSessionsStmt: Database.Statement;
   private closed = false;
 
   constructor(private readonly db: Database.Database) {
@@ -156,6 +195,91 @@ class SqliteStore implements Store {
         status = excluded.status, decided_at = excluded.decided_at, decided_by = excluded.decided_by,
         reason = excluded.reason, window_until = excluded.window_until, expires_at = excluded.expires_at`);
     this.selectApproval = db.prepare('SELECT * FROM approvals WHERE id = ?');
+    this.upsertSessionStmt = db.prepare(`
+      INSERT INTO sessions (${SESSION_COLUMNS.join(', ')})
+      VALUES (${SESSION_COLUMNS.map((c) => `@${c}`).join(', ')})
+      ON CONFLICT (id) DO UPDATE SET
+        ${SESSION_COLUMNS.filter((c) => c !== 'id').map((c) => `${c} = excluded.${c}`).join(', ')}`);
+    this.selectSession = db.prepare('SELECT * FROM sessions WHERE id = ?');
+    this.deleteSessionsStmt = db.prepare(
+      'DELETE FROM sessions WHERE (ended_ms IS NOT NULL AND ended_ms < ?) OR (ended_ms IS NULL AND started_ms < ?)',
+    );
+  }
+
+  upsertSession(rec: SessionRecord): void {
+    const ms = (iso: string | undefined): number | null => {
+      if (iso === undefined) return null;
+      const v = Date.parse(iso);
+      return Number.isNaN(v) ? null : v;
+    };
+    this.upsertSessionStmt.run({
+      id: rec.id,
+      subject: rec.subject,
+      groups: JSON.stringify(rec.groups ?? []),
+      issuer: rec.issuer,
+      token_id_hash: rec.tokenIdHash ?? null,
+      target: rec.target,
+      protocol: rec.protocol,
+      client_address: rec.clientAddress ?? null,
+      started_at: rec.startedAt,
+      started_ms: ms(rec.startedAt),
+      ended_at: rec.endedAt ?? null,
+      ended_ms: ms(rec.endedAt),
+      close_reason: rec.closeReason ?? null,
+      bytes_in: rec.bytesIn,
+      bytes_out: rec.bytesOut,
+      statements_allowed: rec.statementsAllowed,
+      statements_denied: rec.statementsDenied,
+      approvals: rec.approvals,
+      masking_counts: JSON.stringify(rec.maskingCounts ?? {}),
+      recording_path: rec.recordingPath ?? null,
+      recording_size: rec.recordingSize ?? null,
+      final_hash: rec.finalHash ?? null,
+      complete: rec.complete ? 1 : 0,
+    });
+  }
+
+  getSession(id: string): SessionRecord | undefined {
+    const row = this.selectSession.get(id) as SessionRow | undefined;
+    return row ? toSessionRecord(row) : undefined;
+  }
+
+  /** Newest first (by start); default 100, at most 10000. */
+  listSessions(query: SessionQuery): SessionRecord[] {
+    const where: string[] = [];
+    const params: (string | number)[] = [];
+    const key: string[] = [];
+    for (const [col, v] of [
+      ['subject', query.subject],
+      ['target', query.target],
+    ] as const) {
+      if (v === undefined) continue;
+      where.push(`${col} = ?`);
+      params.push(v);
+      key.push(col);
+    }
+    if (query.since !== undefined) {
+      where.push('started_ms >= ?');
+      params.push(filterTime('since', query.since));
+      key.push('since');
+    }
+    const k = key.join(',');
+    let stmt = this.sessionQueries.get(k);
+    if (!stmt) {
+      stmt = this.db.prepare(
+        `SELECT * FROM sessions${where.length ? ' WHERE ' + where.join(' AND ') : ''}
+         ORDER BY started_ms DESC, id DESC LIMIT ?`,
+      );
+      this.sessionQueries.set(k, stmt);
+    }
+    let limit = DEFAULT_LIMIT;
+    if (query.limit !== undefined && Number.isFinite(query.limit)) limit = Math.min(MAX_SESSION_LIMIT, Math.max(1, Math.floor(query.limit)));
+    return (stmt.all(...params, limit) as SessionRow[]).map(toSessionRecord);
+  }
+
+  deleteSessionsBefore(iso: string): number {
+    const ms = filterTime('before', iso);
+    return this.deleteSessionsStmt.run(ms, ms).changes;
   }
 
   /** All events in one transaction: one fsync-equivalent per batch, not per row. */
@@ -282,6 +406,41 @@ function toAuditEvent(r: AuditRow): AuditEvent {
   if (r.sqlstate !== null) e.sqlstate = r.sqlstate;
   if (r.error !== null) e.error = r.error;
   return e;
+}
+
+function parseJson<T>(text: string, fallback: T): T {
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    return fallback;
+  }
+}
+
+function toSessionRecord(r: SessionRow): SessionRecord {
+  const s: SessionRecord = {
+    id: r.id,
+    subject: r.subject,
+    groups: parseJson<string[]>(r.groups, []),
+    issuer: r.issuer,
+    target: r.target,
+    protocol: r.protocol as SessionRecord['protocol'],
+    startedAt: r.started_at,
+    bytesIn: r.bytes_in,
+    bytesOut: r.bytes_out,
+    statementsAllowed: r.statements_allowed,
+    statementsDenied: r.statements_denied,
+    approvals: r.approvals,
+    maskingCounts: parseJson<Record<string, number>>(r.masking_counts, {}),
+    complete: r.complete === 1,
+  };
+  if (r.token_id_hash !== null) s.tokenIdHash = r.token_id_hash;
+  if (r.client_address !== null) s.clientAddress = r.client_address;
+  if (r.ended_at !== null) s.endedAt = r.ended_at;
+  if (r.close_reason !== null) s.closeReason = r.close_reason;
+  if (r.recording_path !== null) s.recordingPath = r.recording_path;
+  if (r.recording_size !== null) s.recordingSize = r.recording_size;
+  if (r.final_hash !== null) s.finalHash = r.final_hash;
+  return s;
 }
 
 function toApprovalRecord(r: ApprovalRow): ApprovalRecord {

@@ -78,6 +78,57 @@ export interface ApprovalQuery {
   limit?: number;
 }
 
+/** One session as indexed in the store: who, where, how much, and its recording. */
+export interface SessionRecord {
+  id: string;
+  subject: string;
+  groups: string[];
+  issuer: string;
+  /** SHA-256 hex of the token id; never the token. */
+  tokenIdHash?: string;
+  target: string;
+  protocol: 'postgres' | 'redis';
+  clientAddress?: string;
+  /** ISO 8601. */
+  startedAt: string;
+  endedAt?: string;
+  closeReason?: string;
+  /** Bytes client -> gateway and gateway -> client. */
+  bytesIn: number;
+  bytesOut: number;
+  statementsAllowed: number;
+  statementsDenied: number;
+  approvals: number;
+  /** Masked values by masking rule (or column), as counted by the masker. */
+  maskingCounts: Record<string, number>;
+  recordingPath?: string;
+  recordingSize?: number;
+  /** Hex chain hash the recording's footer signs. */
+  finalHash?: string;
+  /** The recording has a signed footer. */
+  complete: boolean;
+}
+
+export interface SessionQuery {
+  subject?: string;
+  target?: string;
+  /** ISO time: sessions started at or after it. */
+  since?: string;
+  /** Default 100, at most 10000. */
+  limit?: number;
+}
+
+/** The session index (implemented by the SQLite store). */
+export interface SessionStore {
+  /** Insert or replace the row with this id (called at start and at end of a session). */
+  upsertSession(rec: SessionRecord): void;
+  getSession(id: string): SessionRecord | undefined;
+  /** Newest first. */
+  listSessions(query: SessionQuery): SessionRecord[];
+  /** Deletes sessions that ended (or, never ended, started) before `iso`; returns the number of rows. */
+  deleteSessionsBefore(iso: string): number;
+}
+
 export interface Store {
   insertAuditEvents(events: readonly AuditEvent[]): void;
   queryAuditEvents(query: AuditQuery): AuditEvent[];

@@ -217,13 +217,13 @@ t.test('migrations: an old-version database is brought up to date, data kept', a
   const names = (raw.prepare("SELECT name FROM sqlite_master WHERE type = 'index'").all() as { name: string }[]).map(
     (r) => r.name,
   );
-  for (const want of ['audit_events_session', 'audit_events_subject', 'audit_events_target', 'audit_events_verdict', 'audit_events_time', 'approvals_status', 'approvals_subject']) {
+  for (const want of ['audit_events_session', 'audit_events_time', 'approvals_status', 'approvals_subject']) {
     t.ok(names.includes(want), `index ${want}`);
   }
   const plan = raw
     .prepare("EXPLAIN QUERY PLAN SELECT * FROM audit_events WHERE subject = 'x' ORDER BY time_ms DESC LIMIT 10")
     .all() as { detail: string }[];
-  t.match(plan.map((p) => p.detail).join('\n'), /USING INDEX audit_events_subject/, 'the subject filter uses its index');
+  t.match(plan.map((p) => p.detail).join('\n'), /USING INDEX audit_events_time/, 'the subject filter rides the time index (no per-filter index on the hot insert path)');
   t.same(migrate(raw).applied, [], 'migrating again is a no-op');
   raw.close();
 });

@@ -1,0 +1,243 @@
+/**
+ * The session recording file format, version 1 (docs/recording-format.md is
+ * the normative description; keep the two in step).
+ *
+ *   file    = header record* footer trailer
+ *   header  = "SLUICEREC\n" u16 version u32 jsonLength json u32 crc
+ *   record  = u8 type u8 direction u32 seq u64 micros u32 length bytes u32 crc
+ *   trailer = "SLUICEND" u32 footerFrameLength
+ *
+ * All integers big-endian (network order, like the protocols recorded).
+ * Each CRC is CRC-32 (IEEE, zlib's) over every preceding byte of its own
+ * header or record. The hash chain: chain0 = SHA-256(CHAIN_DOMAIN || header
+ * bytes), chain_n = SHA-256(chain_{n-1} || record bytes including its CRC).
+ */
+import { createHash, sign, verify, type KeyObject } from 'node:crypto';
+import * as zlib from 'node:zlib';
+
+export const MAGIC = Buffer.from('SLUICEREC\n', 'latin1');
+export const TRAILER_MAGIC = Buffer.from('SLUICEND', 'latin1');
+export const FORMAT_VERSION = 1;
+export const FILE_EXTENSION = '.sluicerec';
+
+/** Domain separation: a recording hash or signature can never be taken for another Sluice hash or signature. */
+export const CHAIN_DOMAIN = Buffer.from('sluice-recording-v1', 'latin1');
+export const CHECKPOINT_SIG_DOMAIN = Buffer.from('sluice-recording-checkpoint-v1\0', 'latin1');
+export const FOOTER_SIG_DOMAIN = Buffer.from('sluice-recording-footer-v1\0', 'latin1');
+
+/** magic(10) version(2) jsonLength(4); then json, then crc(4). */
+export const HEADER_PREFIX = MAGIC.length + 2 + 4;
+/** type(1) direction(1) seq(4) micros(8) length(4). */
+export const RECORD_PREFIX = 18;
+export const CRC_SIZE = 4;
+export const RECORD_OVERHEAD = RECORD_PREFIX + CRC_SIZE;
+export const TRAILER_SIZE = TRAILER_MAGIC.length + 4;
+export const SIGNATURE_SIZE = 64;
+/** A header's JSON larger than this is refused by readers (it is metadata, not data). */
+export const MAX_HEADER_JSON = 1 << 20;
+
+export const RecordType = {
+  /** Bytes of the client-facing stream, one chunk as relayed. */
+  data: 1,
+  /** Signed {sessionId, seq, chain}: the chain before this record. */
+  checkpoint: 2,
+  /** The size cap was reached; nothing after this but the footer. */
+  truncated: 3,
+  /** Signed {sessionId, recordCount, finalChain, ...}; the last record. */
+  footer: 4,
+} as const;
+export type RecordTypeName = keyof typeof RecordType;
+export const RECORD_TYPE_NAMES: Readonly<Record<number, RecordTypeName>> = {
+  1: 'data',
+  2: 'checkpoint',
+  3: 'truncated',
+  4: 'footer',
+};
+
+/** 0: client -> gateway (what the client sent); 1: gateway -> client (what the client received). */
+export type Direction = 'client' | 'server';
+export const DIRECTION_CODE: Readonly<Record<Direction, number>> = { client: 0, server: 1 };
+
+/** Session metadata the gateway knows at admission; goes into the header. */
+export interface RecordingMeta {
+  sessionId: string;
+  target: string;
+  protocol: 'postgres' | 'redis';
+  subject: string;
+  groups: string[];
+  issuer: string;
+  /** SHA-256 hex of the token's jti (or of the token): never the token. */
+  tokenIdHash?: string;
+  clientAddress?: string;
+  /** ISO 8601; also picks the YYYY/MM/DD directory (UTC). */
+  startedAt: string;
+}
+
+export interface RecordingHeader extends RecordingMeta {
+  version: number;
+  keyId: string;
+  /** process.hrtime.bigint() at open, ns, as a decimal string: the origin of every record's micros. */
+  monotonicStart: string;
+}
+
+export interface CheckpointBody {
+  sessionId: string;
+  seq: number;
+  /** Hex chain hash before this checkpoint record (over records 0..seq-1). */
+  chain: string;
+  /** Micros since start, for the reader's convenience. */
+  micros: number;
+}
+
+export interface FooterBody {
+  sessionId: string;
+  keyId: string;
+  /** Records before the footer (= the footer's own seq). */
+  recordCount: number;
+  /** Hex chain hash over the header and every record before the footer. */
+  finalChain: string;
+  endedAt: string;
+  closeReason: string;
+  /** Data bytes recorded client -> gateway and gateway -> client. */
+  bytesClientToGateway: number;
+  bytesGatewayToClient: number;
+  /** True when a `truncated` record precedes the footer. */
+  truncated: boolean;
+}
+
+// --- CRC-32 -----------------------------------------------------------------
+
+type Crc32 = (data: Uint8Array, value?: number) => number;
+
+/** Table-driven CRC-32 (IEEE 802.3, reflected 0xEDB88320), zlib-compatible: for Node < 20.15 without zlib.crc32. */
+function makeTableCrc32(): Crc32 {
+  const table = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    table[n] = c >>> 0;
+  }
+  return (data, value = 0) => {
+    let c = (value ^ 0xffffffff) >>> 0;
+    for (let i = 0; i < data.length; i++) c = table[(c ^ data[i]!) & 0xff]! ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  };
+}
+
+const nativeCrc32 = (zlib as { crc32?: Crc32 }).crc32;
+export const crc32: Crc32 = typeof nativeCrc32 === 'function' ? nativeCrc32 : makeTableCrc32();
+export const crc32Table: Crc32 = makeTableCrc32();
+
+// --- header -----------------------------------------------------------------
+
+export function encodeHeader(header: RecordingHeader): Buffer {
+  const json = Buffer.from(JSON.stringify(header), 'utf8');
+  const buf = Buffer.allocUnsafe(HEADER_PREFIX + json.length + CRC_SIZE);
+  MAGIC.copy(buf, 0);
+  buf.writeUInt16BE(FORMAT_VERSION, MAGIC.length);
+  buf.writeUInt32BE(json.length, MAGIC.length + 2);
+  json.copy(buf, HEADER_PREFIX);
+  buf.writeUInt32BE(crc32(buf.subarray(0, HEADER_PREFIX + json.length)), HEADER_PREFIX + json.length);
+  return buf;
+}
+
+export function chainSeed(headerBytes: Buffer): Buffer {
+  return createHash('sha256').update(CHAIN_DOMAIN).update(headerBytes).digest();
+}
+
+export function chainNext(prev: Buffer, recordBytes: Uint8Array): Buffer {
+  return createHash('sha256').update(prev).update(recordBytes).digest();
+}
+
+// --- records ----------------------------------------------------------------
+
+/** Writes one framed record into `out` at `at`; returns the offset after it. */
+export function writeRecord(
+  out: Buffer,
+  at: number,
+  type: number,
+  direction: number,
+  seq: number,
+  micros: number,
+  payload: Uint8Array,
+): number {
+  out[at] = type;
+  out[at + 1] = direction;
+  out.writeUInt32BE(seq >>> 0, at + 2);
+  // micros < 2^53: two halves, no BigInt on the hot path.
+  out.writeUInt32BE(Math.floor(micros / 0x1_0000_0000), at + 6);
+  out.writeUInt32BE(micros >>> 0, at + 10);
+  out.writeUInt32BE(payload.length, at + 14);
+  out.set(payload, at + RECORD_PREFIX);
+  const end = at + RECORD_PREFIX + payload.length;
+  out.writeUInt32BE(crc32(out.subarray(at, end)), end);
+  return end + CRC_SIZE;
+}
+
+export function encodeRecord(type: number, direction: number, seq: number, micros: number, payload: Uint8Array): Buffer {
+  const buf = Buffer.allocUnsafe(RECORD_OVERHEAD + payload.length);
+  writeRecord(buf, 0, type, direction, seq, micros, payload);
+  return buf;
+}
+
+/** Payload of checkpoint and footer records: u32 jsonLength, json, 64-byte Ed25519 signature over domain || json. */
+export function signedPayload(domain: Buffer, body: object, privateKey: KeyObject): Buffer {
+  const json = Buffer.from(JSON.stringify(body), 'utf8');
+  const sig = sign(null, Buffer.concat([domain, json]), privateKey);
+  const out = Buffer.allocUnsafe(4 + json.length + sig.length);
+  out.writeUInt32BE(json.length, 0);
+  json.copy(out, 4);
+  sig.copy(out, 4 + json.length);
+  return out;
+}
+
+export interface SignedPayload {
+  json: Buffer;
+  body: unknown;
+  signature: Buffer;
+}
+
+/** Splits a signed payload; undefined when its shape is wrong. */
+export function parseSignedPayload(payload: Buffer): SignedPayload | undefined {
+  if (payload.length < 4 + SIGNATURE_SIZE) return undefined;
+  const n = payload.readUInt32BE(0);
+  if (4 + n + SIGNATURE_SIZE !== payload.length) return undefined;
+  const json = payload.subarray(4, 4 + n);
+  let body: unknown;
+  try {
+    body = JSON.parse(json.toString('utf8'));
+  } catch {
+    return undefined;
+  }
+  return { json, body, signature: payload.subarray(4 + n) };
+}
+
+export function verifySigned(domain: Buffer, p: SignedPayload, publicKey: KeyObject): boolean {
+  try {
+    return verify(null, Buffer.concat([domain, p.json]), publicKey, p.signature);
+  } catch {
+    return false;
+  }
+}
+
+export function encodeTrailer(footerFrameLength: number): Buffer {
+  const buf = Buffer.allocUnsafe(TRAILER_SIZE);
+  TRAILER_MAGIC.copy(buf, 0);
+  buf.writeUInt32BE(footerFrameLength, TRAILER_MAGIC.length);
+  return buf;
+}
+
+/** `<stateDir>/recordings/YYYY/MM/DD` for a start time (UTC), relative parts only. */
+export function datePath(startedAt: string): [string, string, string] {
+  const d = new Date(startedAt);
+  const ms = Number.isNaN(d.getTime()) ? Date.now() : d.getTime();
+  const u = new Date(ms);
+  return [
+    String(u.getUTCFullYear()).padStart(4, '0'),
+    String(u.getUTCMonth() + 1).padStart(2, '0'),
+    String(u.getUTCDate()).padStart(2, '0'),
+  ];
+}
+
+/** Session ids become file names: only these characters, so an id can never walk out of the directory. */
+export const SESSION_ID_PATTERN = /^[A-Za-z0-9_.-]{1,128}$/;

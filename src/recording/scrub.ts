@@ -1,0 +1,84 @@
+/**
+ * Credential scrubbers for the recording taps. The writer knows no protocol;
+ * the taps pass these helpers' output instead of the credential-bearing
+ * message, so a recording keeps the protocol's shape (a replay still sees a
+ * PasswordMessage or an AUTH command) but never the token or password.
+ */
+
+export const REDACTED = '[redacted]';
+const REDACTED_BYTES = Buffer.from(REDACTED, 'latin1');
+
+/**
+ * A PostgreSQL 'p' message (type byte, int32 length, content) with its
+ * content replaced, length rewritten:
+ *
+ * - PasswordMessage (content = password NUL): `[redacted]` NUL.
+ * - SASLInitialResponse (mechanism NUL, int32 n, n bytes): the mechanism is
+ *   kept, the data becomes `[redacted]` with n rewritten.
+ * - SASLResponse / GSS data (anything else): the content becomes `[redacted]`.
+ *
+ * Anything that is not a 'p' message is returned unchanged (copied).
+ */
+export function scrubPgPasswordMessage(msg: Buffer): Buffer {
+  if (msg.length < 5 || msg[0] !== 0x70 /* 'p' */) return Buffer.from(msg);
+  const content = msg.subarray(5, Math.min(msg.length, 1 + msg.readUInt32BE(1)));
+  let body: Buffer;
+  const nul = content.indexOf(0);
+  if (nul === content.length - 1) {
+    body = Buffer.concat([REDACTED_BYTES, Buffer.from([0])]);
+  } else if (nul > 0 && content.length >= nul + 5 && isMechanism(content.subarray(0, nul))) {
+    const n = content.readInt32BE(nul + 1);
+    if (n === -1 || n === content.length - nul - 5) {
+      const len = Buffer.allocUnsafe(4);
+      len.writeInt32BE(REDACTED_BYTES.length, 0);
+      body = Buffer.concat([content.subarray(0, nul + 1), len, REDACTED_BYTES]);
+    } else {
+      body = REDACTED_BYTES;
+    }
+  } else {
+    body = REDACTED_BYTES;
+  }
+  const out = Buffer.allocUnsafe(5 + body.length);
+  out[0] = 0x70;
+  out.writeUInt32BE(4 + body.length, 1);
+  body.copy(out, 5);
+  return out;
+}
+
+/** SASL mechanism names: upper-case letters, digits, '-' and '_' (RFC 4422). */
+function isMechanism(b: Buffer): boolean {
+  return b.length <= 64 && /^[A-Z0-9_-]+$/.test(b.toString('latin1'));
+}
+
+/** A RESP array of bulk strings. */
+export function encodeRespCommand(args: readonly Buffer[]): Buffer {
+  const parts: Buffer[] = [Buffer.from(`*${args.length}\r\n`, 'latin1')];
+  for (const a of args) parts.push(Buffer.from(`$${a.length}\r\n`, 'latin1'), a, Buffer.from('\r\n', 'latin1'));
+  return Buffer.concat(parts);
+}
+
+/**
+ * A Redis command re-encoded as a RESP array with its credential replaced:
+ *
+ * - `AUTH password` and `AUTH username password`: the password.
+ * - `HELLO protover AUTH username password [SETNAME name]`: the password.
+ *
+ * Other commands are re-encoded unchanged. The username is kept: it is who,
+ * not the secret.
+ */
+export function scrubRedisAuth(args: readonly Buffer[]): Buffer {
+  const out = args.map((a) => a);
+  const name = args[0]?.toString('latin1').toUpperCase();
+  if (name === 'AUTH') {
+    if (args.length === 2) out[1] = REDACTED_BYTES;
+    else if (args.length >= 3) for (let i = 2; i < args.length; i++) out[i] = REDACTED_BYTES;
+  } else if (name === 'HELLO') {
+    for (let i = 1; i < args.length; i++) {
+      if (args[i]!.toString('latin1').toUpperCase() === 'AUTH' && i + 2 < args.length) {
+        out[i + 2] = REDACTED_BYTES;
+        i += 2;
+      }
+    }
+  }
+  return encodeRespCommand(out);
+}

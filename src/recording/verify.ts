@@ -1,0 +1,181 @@
+/**
+ * Verifies a recording: header CRC, every record's CRC, sequence numbers
+ * (0, 1, 2, ... without gap or repeat), the hash chain at every signed
+ * checkpoint and at the footer, the signatures, the footer's record count
+ * and session id, and the trailer. Names the first bad record.
+ *
+ * `ok` means nothing was found altered. `complete` means a signed footer
+ * closes the file. A recording cut short by a crash is ok but incomplete:
+ * everything up to its last signed checkpoint (`verifiedThroughSeq`) is
+ * proven; records after it are only CRC- and sequence-checked.
+ */
+import type { KeyObject } from 'node:crypto';
+import { open } from 'node:fs/promises';
+import {
+  CHECKPOINT_SIG_DOMAIN,
+  FOOTER_SIG_DOMAIN,
+  RecordType,
+  TRAILER_MAGIC,
+  TRAILER_SIZE,
+  chainNext,
+  chainSeed,
+  parseSignedPayload,
+  verifySigned,
+  type CheckpointBody,
+  type FooterBody,
+  type RecordingHeader,
+} from './format.js';
+import { ByteSource, parseHeader, scanFrames } from './reader.js';
+
+export interface VerifyResult {
+  ok: boolean;
+  complete: boolean;
+  /** Records read and found good (the footer not counted). */
+  records: number;
+  firstBad?: { seq?: number; offset: number; reason: string };
+  header?: RecordingHeader;
+  footer?: FooterBody;
+  /** The highest seq covered by a valid signature (checkpoint or footer); -1 if none. */
+  verifiedThroughSeq: number;
+  /** A crash left part of a record at the end (offset, bytes). */
+  partialTail?: { offset: number; bytes: number };
+}
+
+export type PublicKeys = ReadonlyMap<string, KeyObject>;
+
+export async function verifyRecording(path: string, publicKeys: PublicKeys): Promise<VerifyResult> {
+  let fh;
+  try {
+    fh = await open(path, 'r');
+  } catch (err) {
+    return {
+      ok: false,
+      complete: false,
+      records: 0,
+      verifiedThroughSeq: -1,
+      firstBad: { offset: 0, reason: `cannot open: ${(err as NodeJS.ErrnoException).code ?? String(err)}` },
+    };
+  }
+  try {
+    return await verifyOpen(new ByteSource(fh, (await fh.stat()).size), publicKeys);
+  } finally {
+    await fh.close();
+  }
+}
+
+async function verifyOpen(src: ByteSource, keys: PublicKeys): Promise<VerifyResult> {
+  const res: VerifyResult = { ok: true, complete: false, records: 0, verifiedThroughSeq: -1 };
+  const bad = (offset: number, reason: string, seq?: number): VerifyResult => {
+    res.ok = false;
+    res.complete = false;
+    res.firstBad = seq === undefined ? { offset, reason } : { seq, offset, reason };
+    return res;
+  };
+
+  const h = await parseHeader(src);
+  if (!h.ok) return bad(h.offset, h.reason);
+  const header = h.header;
+  res.header = header;
+  const key = keys.get(header.keyId);
+  let chain = chainSeed(h.bytes);
+  let expect = 0;
+  let lastSigned = -1;
+  let footerFrame: { offset: number; length: number } | undefined;
+  let truncatedSeen = false;
+
+  const checkSigned = (domain: Buffer, payload: Buffer, offset: number, seq: number, what: string) => {
+    const p = parseSignedPayload(payload);
+    if (!p) return { err: bad(offset, `${what} payload is malformed`, seq) };
+    if (!key) return { err: bad(offset, `${what} is signed with key ${header.keyId}, which is not among the known recording keys`, seq) };
+    if (!verifySigned(domain, p, key)) return { err: bad(offset, `${what} signature does not verify`, seq) };
+    return { body: p.body };
+  };
+
+  for await (const item of scanFrames(src, h.end)) {
+    if (item.kind === 'partial') {
+      if (footerFrame) return bad(item.offset, 'bytes after the footer');
+      // A crash leaves a partial record only at the end of a file that has
+      // no trailer. With a trailer present, a record running past the end
+      // means its length field was altered.
+      const tail = src.size >= TRAILER_SIZE ? await src.get(src.size - TRAILER_SIZE, TRAILER_MAGIC.length) : undefined;
+      if (tail?.equals(TRAILER_MAGIC)) {
+        return bad(item.offset, 'record runs past the end of a closed recording: its length field was altered', expect);
+      }
+      res.partialTail = { offset: item.offset, bytes: item.have };
+      break;
+    }
+    if (item.kind === 'garbage') return bad(item.offset, item.reason, footerFrame ? undefined : expect);
+    if (item.kind === 'trailer') {
+      if (!footerFrame) return bad(item.offset, 'trailer without a footer');
+      if (item.footerLength !== footerFrame.length || item.offset + TRAILER_SIZE !== src.size) {
+        return bad(item.offset, 'trailer does not match the footer');
+      }
+      res.complete = true;
+      continue;
+    }
+    const f = item.frame;
+    if (footerFrame) return bad(f.offset, 'record after the footer', f.seq);
+    if (!f.crcOk) return bad(f.offset, 'CRC mismatch: the record was altered', expect);
+    if (f.seq !== expect) {
+      const why =
+        f.seq < expect
+          ? `expected seq ${expect}, found ${f.seq}: a record is duplicated or out of order`
+          : `expected seq ${expect}, found ${f.seq}: records are missing or out of order`;
+      return bad(f.offset, why, expect);
+    }
+    if (truncatedSeen && f.type !== RecordType.footer) return bad(f.offset, 'record after the truncated marker', f.seq);
+
+    if (f.type === RecordType.checkpoint) {
+      const r = checkSigned(CHECKPOINT_SIG_DOMAIN, f.payload, f.offset, f.seq, 'checkpoint');
+      if (r.err) return r.err;
+      const body = r.body as CheckpointBody;
+      if (body.sessionId !== header.sessionId) {
+        return bad(f.offset, `checkpoint belongs to session ${body.sessionId}, the header to ${header.sessionId}: spliced or swapped`, f.seq);
+      }
+      if (body.seq !== f.seq) return bad(f.offset, `checkpoint claims seq ${body.seq}`, f.seq);
+      if (body.chain !== chain.toString('hex')) {
+        return bad(f.offset, `chain mismatch at checkpoint: the header or a record after seq ${lastSigned} was altered, removed or inserted`, f.seq);
+      }
+      lastSigned = f.seq;
+    } else if (f.type === RecordType.footer) {
+      const r = checkSigned(FOOTER_SIG_DOMAIN, f.payload, f.offset, f.seq, 'footer');
+      if (r.err) return r.err;
+      const body = r.body as FooterBody;
+      if (body.sessionId !== header.sessionId) {
+        return bad(f.offset, `footer belongs to session ${body.sessionId}, the header to ${header.sessionId}: spliced or swapped`, f.seq);
+      }
+      if (body.keyId !== header.keyId) return bad(f.offset, `footer key ${body.keyId} differs from the header's ${header.keyId}`, f.seq);
+      if (body.recordCount !== f.seq) return bad(f.offset, `footer counts ${body.recordCount} records, the file has ${f.seq}`, f.seq);
+      if (body.finalChain !== chain.toString('hex')) {
+        return bad(f.offset, `chain mismatch at footer: the header or a record after seq ${lastSigned} was altered, removed or inserted`, f.seq);
+      }
+      res.footer = body;
+      lastSigned = f.seq;
+      footerFrame = { offset: f.offset, length: f.raw.length };
+      res.verifiedThroughSeq = lastSigned;
+      continue;
+    } else if (f.type === RecordType.truncated) {
+      truncatedSeen = true;
+    }
+    chain = chainNext(chain, f.raw);
+    expect++;
+    res.records++;
+    res.verifiedThroughSeq = lastSigned;
+  }
+  if (footerFrame && !res.complete) return bad(footerFrame.offset + footerFrame.length, 'footer without its trailer');
+  res.verifiedThroughSeq = lastSigned;
+  return res;
+}
+
+/** One line for a person: what verify found. */
+export function describeVerify(r: VerifyResult): string {
+  if (!r.ok) {
+    const where = r.firstBad?.seq !== undefined ? `record ${r.firstBad.seq} at offset ${r.firstBad.offset}` : `offset ${r.firstBad?.offset ?? 0}`;
+    return `TAMPERED: ${where}: ${r.firstBad?.reason ?? 'unknown'}`;
+  }
+  if (!r.complete) {
+    const tail = r.partialTail ? `, partial trailing record at offset ${r.partialTail.offset} (${r.partialTail.bytes} bytes)` : '';
+    return `INCOMPLETE: no footer (the gateway stopped before closing the recording); ${r.records} records intact, signed through record ${r.verifiedThroughSeq}${tail}`;
+  }
+  return `OK: ${r.records} records, complete${r.footer?.truncated ? ' (truncated at the size cap)' : ''}`;
+}

@@ -1,0 +1,489 @@
+/**
+ * Writes one session's recording (format: format.ts, docs/recording-format.md).
+ *
+ * The relay calls record() for every chunk in both directions, so record()
+ * does no I/O and no hashing: it frames the chunk (seq, micros, length, CRC)
+ * into an in-memory slab and returns. A timer (flushIntervalMs, default
+ * 200 ms), or a full staging area (4 MiB), flushes: the chain hash is
+ * advanced over the staged records, a signed checkpoint is added when due,
+ * and the batch is appended with one writev. One write is in flight at a
+ * time; the file is opened O_APPEND|O_EXCL and never rewritten.
+ *
+ * What a crash loses is bounded by the flush interval: the file always ends
+ * at a record boundary of some earlier flush (or, after a power loss, a
+ * partial record the reader reports and stops before).
+ *
+ * Fail closed: a write error or the size cap calls onFailure once with a
+ * SluiceError; the gateway ends the session. A write error also marks the
+ * recorder unhealthy (recorderHealth(), for /healthz and admission) until a
+ * write by any writer, or RecordingWriter.probe(), succeeds again.
+ */
+import { performance } from 'node:perf_hooks';
+import { mkdir, open, unlink, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ErrorCodes, SluiceError } from '../errors.js';
+import {
+  CHECKPOINT_SIG_DOMAIN,
+  DIRECTION_CODE,
+  FILE_EXTENSION,
+  FOOTER_SIG_DOMAIN,
+  FORMAT_VERSION,
+  RECORD_OVERHEAD,
+  RecordType,
+  SESSION_ID_PATTERN,
+  chainNext,
+  chainSeed,
+  datePath,
+  encodeHeader,
+  encodeRecord,
+  encodeTrailer,
+  signedPayload,
+  writeRecord,
+  type CheckpointBody,
+  type Direction,
+  type FooterBody,
+  type RecordingHeader,
+  type RecordingMeta,
+} from './format.js';
+import type { RecordingKey } from './keys.js';
+
+export const DEFAULT_FLUSH_INTERVAL_MS = 200;
+export const DEFAULT_MAX_BYTES = 1024 * 1024 * 1024;
+export const DEFAULT_CHECKPOINT_RECORDS = 1000;
+export const DEFAULT_CHECKPOINT_MS = 10_000;
+/** Staged bytes that trigger a flush before the timer (bounds memory under a fast stream). */
+const FLUSH_AT_BYTES = 4 * 1024 * 1024;
+const SLAB_SIZE = 1024 * 1024;
+const FIRST_SLAB_SIZE = 16 * 1024;
+/** Room kept under the cap for the truncated marker, a checkpoint, the footer and the trailer. */
+const CAP_RESERVE = 8 * 1024;
+
+export interface RecordingWriterOptions {
+  stateDir: string;
+  meta: RecordingMeta;
+  key: RecordingKey;
+  flushIntervalMs?: number;
+  /** Size cap of the file, bytes (default 1 GiB). */
+  maxBytes?: number;
+  /** A signed checkpoint after this many records (default 1000) ... */
+  checkpointEveryRecords?: number;
+  /** ... or when this long has passed since the last one, at a flush (default 10 s). */
+  checkpointEveryMs?: number;
+  /** Called once, when the recording can no longer follow the session: end the session. */
+  onFailure(err: SluiceError): void;
+}
+
+export interface RecordingResult {
+  path: string;
+  size: number;
+  /** Hex chain hash over the header and every record before the footer. */
+  finalHash: string;
+  /** Records before the footer. */
+  recordCount: number;
+  /** A signed footer was written. */
+  complete: boolean;
+  truncated: boolean;
+  bytesClientToGateway: number;
+  bytesGatewayToClient: number;
+}
+
+// --- recorder health (process-wide) ------------------------------------------
+
+let healthOk = true;
+let healthError: string | undefined;
+
+function markHealthy(): void {
+  healthOk = true;
+  healthError = undefined;
+}
+
+function markUnhealthy(err: unknown): void {
+  healthOk = false;
+  healthError = describe(err);
+}
+
+/** For /healthz and admission: not ok after a recording write failed, until one succeeds again. */
+export function recorderHealth(): { ok: boolean; lastError?: string } {
+  return healthOk ? { ok: true } : { ok: false, lastError: healthError! };
+}
+
+/** A short, path-free-of-secrets description: errno code and message. */
+function describe(err: unknown): string {
+  const e = err as NodeJS.ErrnoException;
+  if (e && typeof e === 'object' && typeof e.message === 'string') {
+    return e.code && !e.message.startsWith(e.code) ? `${e.code}: ${e.message}` : e.message;
+  }
+  return String(err);
+}
+
+function writeFailed(what: string, err: unknown): SluiceError {
+  return new SluiceError(ErrorCodes.RECORDING_WRITE_FAILED, `session recording: ${what}: ${describe(err)}`, { cause: err });
+}
+
+// -----------------------------------------------------------------------------
+
+export class RecordingWriter {
+  readonly path: string;
+  readonly sessionId: string;
+  private readonly fh: FileHandle;
+  private readonly key: RecordingKey;
+  private readonly maxBytes: number;
+  private readonly checkpointRecords: number;
+  private readonly checkpointMs: number;
+  private readonly onFailure: (err: SluiceError) => void;
+  private readonly t0: number;
+  private readonly timer: NodeJS.Timeout;
+
+  private chain: Buffer;
+  private nextSeq = 0;
+  /** Bytes on disk plus bytes staged: what the file will be after the next flush. */
+  private accounted: number;
+  private written: number;
+
+  /** Framed records not yet written, each a view into a slab. */
+  private staged: Buffer[] = [];
+  private stagedBytes = 0;
+  /** Starts small (most sessions are small) and doubles up to SLAB_SIZE. */
+  private slab: Buffer = Buffer.allocUnsafeSlow(FIRST_SLAB_SIZE);
+  private slabPos = 0;
+
+  private recordsSinceCheckpoint = 0;
+  private lastCheckpointAt: number;
+  private bytesIn = 0;
+  private bytesOut = 0;
+
+  private writing: Promise<void> | undefined;
+  private flushSoon = false;
+  private stopped = false;
+  private closing = false;
+  private isFailed = false;
+  private isTruncated = false;
+  private failureReported = false;
+
+  private constructor(opts: RecordingWriterOptions, path: string, fh: FileHandle, header: Buffer) {
+    this.path = path;
+    this.sessionId = opts.meta.sessionId;
+    this.fh = fh;
+    this.key = opts.key;
+    this.maxBytes = opts.maxBytes ?? DEFAULT_MAX_BYTES;
+    this.checkpointRecords = opts.checkpointEveryRecords ?? DEFAULT_CHECKPOINT_RECORDS;
+    this.checkpointMs = opts.checkpointEveryMs ?? DEFAULT_CHECKPOINT_MS;
+    this.onFailure = opts.onFailure;
+    this.t0 = performance.now();
+    this.lastCheckpointAt = this.t0;
+    this.chain = chainSeed(header);
+    this.accounted = this.written = header.length;
+    this.timer = setInterval(() => this.flush(), opts.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS);
+    this.timer.unref();
+  }
+
+  /** Creates `<stateDir>/recordings/YYYY/MM/DD/<sessionId>.sluicerec` (0600, exclusive) and writes its header. */
+  static async open(opts: RecordingWriterOptions): Promise<RecordingWriter> {
+    const { meta } = opts;
+    if (!SESSION_ID_PATTERN.test(meta.sessionId)) {
+      throw new SluiceError(ErrorCodes.RECORDING_WRITE_FAILED, 'session recording: the session id is not usable as a file name');
+    }
+    const dir = join(opts.stateDir, 'recordings', ...datePath(meta.startedAt));
+    const path = join(dir, `${meta.sessionId}${FILE_EXTENSION}`);
+    const header: RecordingHeader = {
+      version: FORMAT_VERSION,
+      sessionId: meta.sessionId,
+      target: meta.target,
+      protocol: meta.protocol,
+      subject: meta.subject,
+      groups: meta.groups,
+      issuer: meta.issuer,
+      ...(meta.tokenIdHash !== undefined ? { tokenIdHash: meta.tokenIdHash } : {}),
+      ...(meta.clientAddress !== undefined ? { clientAddress: meta.clientAddress } : {}),
+      startedAt: meta.startedAt,
+      keyId: opts.key.keyId,
+      monotonicStart: process.hrtime.bigint().toString(),
+    };
+    const headerBytes = encodeHeader(header);
+    if (headerBytes.length + CAP_RESERVE > (opts.maxBytes ?? DEFAULT_MAX_BYTES)) {
+      throw new SluiceError(ErrorCodes.RECORDING_SIZE_LIMIT, 'session recording: the size cap is smaller than a header and footer');
+    }
+    let fh: FileHandle | undefined;
+    try {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      fh = await open(path, 'ax', 0o600);
+      await writeAll(fh, [headerBytes]);
+    } catch (err) {
+      await fh?.close().catch(() => undefined);
+      markUnhealthy(err);
+      throw writeFailed(`cannot create ${path}`, err);
+    }
+    markHealthy();
+    return new RecordingWriter(opts, path, fh, headerBytes);
+  }
+
+  /** True while the recorder is healthy (no failed write since the last successful one). */
+  static healthy(): boolean {
+    return healthOk;
+  }
+
+  /**
+   * Tries a small write (create, write, fsync, delete) under
+   * `<stateDir>/recordings`; on success the recorder is healthy again. For the
+   * gateway to call (rate-limited) while it refuses sessions.
+   */
+  static async probe(stateDir: string): Promise<boolean> {
+    const dir = join(stateDir, 'recordings');
+    const file = join(dir, `.probe-${process.pid}-${Date.now()}`);
+    let fh: FileHandle | undefined;
+    try {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      fh = await open(file, 'wx', 0o600);
+      await writeAll(fh, [Buffer.alloc(4096)]);
+      await fh.sync();
+      markHealthy();
+      return true;
+    } catch (err) {
+      markUnhealthy(err);
+      return false;
+    } finally {
+      await fh?.close().catch(() => undefined);
+      await unlink(file).catch(() => undefined);
+    }
+  }
+
+  /** True once a write failed: nothing more is recorded and the session must end. */
+  get failed(): boolean {
+    return this.isFailed;
+  }
+
+  /**
+   * Bytes staged but not yet written. record() never waits for the disk, so
+   * a disk slower than the session grows this; a relay that wants
+   * backpressure pauses its reads while it is above a few MiB.
+   */
+  get backlogBytes(): number {
+    return this.stagedBytes;
+  }
+
+  /** True once the size cap was reached. */
+  get truncated(): boolean {
+    return this.isTruncated;
+  }
+
+  /**
+   * Appends one chunk as relayed, `client` = client -> gateway, `server` =
+   * gateway -> client (after masking). The bytes are copied; the caller may
+   * reuse its buffer. No I/O, no hashing; never throws.
+   */
+  record(direction: Direction, bytes: Uint8Array): void {
+    if (this.stopped) return;
+    const frame = RECORD_OVERHEAD + bytes.length;
+    if (this.accounted + frame > this.maxBytes - CAP_RESERVE) {
+      this.hitCap();
+      return;
+    }
+    this.stage(RecordType.data, DIRECTION_CODE[direction], bytes);
+    if (direction === 'client') this.bytesIn += bytes.length;
+    else this.bytesOut += bytes.length;
+    if (this.stagedBytes >= FLUSH_AT_BYTES && !this.flushSoon) {
+      this.flushSoon = true;
+      setImmediate(() => {
+        this.flushSoon = false;
+        this.flush();
+      });
+    }
+  }
+
+  private micros(): number {
+    return Math.max(0, Math.floor((performance.now() - this.t0) * 1000));
+  }
+
+  private stage(type: number, direction: number, payload: Uint8Array): void {
+    const frame = RECORD_OVERHEAD + payload.length;
+    let view: Buffer;
+    if (frame > SLAB_SIZE / 4) {
+      view = Buffer.allocUnsafeSlow(frame);
+      writeRecord(view, 0, type, direction, this.nextSeq++, this.micros(), payload);
+    } else {
+      if (this.slabPos + frame > this.slab.length) {
+        this.slab = Buffer.allocUnsafeSlow(Math.max(frame, Math.min(SLAB_SIZE, this.slab.length * 2)));
+        this.slabPos = 0;
+      }
+      const end = writeRecord(this.slab, this.slabPos, type, direction, this.nextSeq++, this.micros(), payload);
+      view = this.slab.subarray(this.slabPos, end);
+      this.slabPos = end;
+    }
+    this.staged.push(view);
+    this.stagedBytes += frame;
+    this.accounted += frame;
+  }
+
+  private hitCap(): void {
+    if (this.isTruncated) return;
+    this.isTruncated = true;
+    this.stopped = true;
+    const marker = Buffer.from(JSON.stringify({ reason: 'size cap', maxBytes: this.maxBytes }), 'utf8');
+    this.stage(RecordType.truncated, 0, marker);
+    this.reportFailure(
+      new SluiceError(
+        ErrorCodes.RECORDING_SIZE_LIMIT,
+        `session recording reached its size cap of ${this.maxBytes} bytes; the session is ended`,
+      ),
+    );
+    this.flush();
+  }
+
+  private reportFailure(err: SluiceError): void {
+    if (this.failureReported) return;
+    this.failureReported = true;
+    // Never re-enter the relay from inside its own record() call.
+    process.nextTick(() => this.onFailure(err));
+  }
+
+  /**
+   * Advances the chain over the staged records, adds a checkpoint when due,
+   * and appends the batch. Synchronous up to the write, so no record() can
+   * interleave with the sequence numbers it assigns.
+   */
+  private takeBatch(final: FooterInfo | undefined): Buffer[] {
+    const batch = this.staged;
+    this.staged = [];
+    this.stagedBytes = 0;
+    for (const rec of batch) this.chain = chainNext(this.chain, rec);
+    this.recordsSinceCheckpoint += batch.length;
+    const now = performance.now();
+    if (
+      !final &&
+      this.recordsSinceCheckpoint > 0 &&
+      (this.recordsSinceCheckpoint >= this.checkpointRecords || now - this.lastCheckpointAt >= this.checkpointMs)
+    ) {
+      const body: CheckpointBody = {
+        sessionId: this.sessionId,
+        seq: this.nextSeq,
+        chain: this.chain.toString('hex'),
+        micros: this.micros(),
+      };
+      const cp = encodeRecord(RecordType.checkpoint, 0, this.nextSeq++, body.micros, signedPayload(CHECKPOINT_SIG_DOMAIN, body, this.key.privateKey));
+      this.chain = chainNext(this.chain, cp);
+      this.accounted += cp.length;
+      batch.push(cp);
+      this.recordsSinceCheckpoint = 0;
+      this.lastCheckpointAt = now;
+    }
+    if (final) {
+      const body: FooterBody = {
+        sessionId: this.sessionId,
+        keyId: this.key.keyId,
+        recordCount: this.nextSeq,
+        finalChain: this.chain.toString('hex'),
+        endedAt: final.endedAt,
+        closeReason: final.closeReason,
+        bytesClientToGateway: this.bytesIn,
+        bytesGatewayToClient: this.bytesOut,
+        truncated: this.isTruncated,
+      };
+      const footer = encodeRecord(RecordType.footer, 0, this.nextSeq, this.micros(), signedPayload(FOOTER_SIG_DOMAIN, body, this.key.privateKey));
+      batch.push(footer, encodeTrailer(footer.length));
+      this.accounted += footer.length + 12;
+    }
+    // The slab is not reset: the batch holds views of its used part, new
+    // records go after them, and a full slab is replaced, never overwritten.
+    return batch;
+  }
+
+  /** Starts a write of what is staged, unless one is in flight (it chains another when done). */
+  private flush(): void {
+    if (this.isFailed || this.writing || this.closing) return;
+    if (!this.staged.length && !(this.recordsSinceCheckpoint > 0 && performance.now() - this.lastCheckpointAt >= this.checkpointMs)) return;
+    const batch = this.takeBatch(undefined);
+    if (!batch.length) return;
+    this.writing = this.write(batch).finally(() => {
+      this.writing = undefined;
+      if (this.stagedBytes >= FLUSH_AT_BYTES) this.flush();
+    });
+  }
+
+  private async write(batch: Buffer[]): Promise<void> {
+    try {
+      this.written += await writeAll(this.fh, batch);
+      markHealthy();
+    } catch (err) {
+      this.fail(err);
+    }
+  }
+
+  private fail(err: unknown): void {
+    if (this.isFailed) return;
+    this.isFailed = true;
+    this.stopped = true;
+    this.staged = [];
+    this.stagedBytes = 0;
+    markUnhealthy(err);
+    this.reportFailure(writeFailed(`cannot append to ${this.path}`, err));
+  }
+
+  /**
+   * Writes what is staged, the signed footer and the trailer, fsyncs and
+   * closes. After a failure it only closes (the file stays incomplete).
+   */
+  async close(info: { closeReason: string; endedAt?: string }): Promise<RecordingResult> {
+    this.stopped = true;
+    this.closing = true;
+    clearInterval(this.timer);
+    while (this.writing) await this.writing;
+    let complete = false;
+    if (!this.isFailed) {
+      const batch = this.takeBatch({ closeReason: info.closeReason, endedAt: info.endedAt ?? new Date().toISOString() });
+      await this.write(batch);
+      if (!this.isFailed) {
+        try {
+          await this.fh.sync();
+          complete = true;
+        } catch (err) {
+          this.fail(err);
+        }
+      }
+    }
+    await this.fh.close().catch(() => undefined);
+    return {
+      path: this.path,
+      size: this.written,
+      finalHash: this.chain.toString('hex'),
+      recordCount: this.nextSeq,
+      complete,
+      truncated: this.isTruncated,
+      bytesClientToGateway: this.bytesIn,
+      bytesGatewayToClient: this.bytesOut,
+    };
+  }
+}
+
+interface FooterInfo {
+  closeReason: string;
+  endedAt: string;
+}
+
+/** writev until every byte is down; a short write that makes no progress is an error. */
+async function writeAll(fh: FileHandle, bufs: Buffer[]): Promise<number> {
+  let total = 0;
+  for (const b of bufs) total += b.length;
+  let done = 0;
+  let rest = bufs;
+  while (done < total) {
+    const { bytesWritten } = await fh.writev(rest);
+    if (bytesWritten <= 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
+    done += bytesWritten;
+    if (done < total) {
+      // Drop what was written, keep the remainder.
+      let skip = bytesWritten;
+      const next: Buffer[] = [];
+      for (const b of rest) {
+        if (skip >= b.length) {
+          skip -= b.length;
+          continue;
+        }
+        next.push(skip ? b.subarray(skip) : b);
+        skip = 0;
+      }
+      rest = next;
+    }
+  }
+  return total;
+}
+

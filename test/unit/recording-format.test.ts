@@ -1,0 +1,185 @@
+/**
+ * Session recording: writer -> reader round trip (byte-exact per direction),
+ * the on-disk layout, the recording key, CRC-32, and the credential scrubbers.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as zlib from 'node:zlib';
+import t, { type Test } from 'tap';
+import { MAGIC, RECORD_OVERHEAD, crc32, crc32Table, type RecordingMeta } from '../../src/recording/format.js';
+import { keyIdOf, loadRecordingPublicKeys, openRecordingKey } from '../../src/recording/keys.js';
+import { readRecording } from '../../src/recording/reader.js';
+import { REDACTED, encodeRespCommand, scrubPgPasswordMessage, scrubRedisAuth } from '../../src/recording/scrub.js';
+import { verifyRecording } from '../../src/recording/verify.js';
+import { RecordingWriter } from '../../src/recording/writer.js';
+
+function tempDir(t: Test): string {
+  const d = mkdtempSync(join(tmpdir(), 'sluice-rec-'));
+  t.teardown(() => rmSync(d, { recursive: true, force: true }));
+  return d;
+}
+
+function meta(over: Partial<RecordingMeta> = {}): RecordingMeta {
+  return {
+    sessionId: 'sess_' + randomBytes(6).toString('hex'),
+    target: 'app-db',
+    protocol: 'postgres',
+    subject: 'ci-job',
+    groups: ['ci'],
+    issuer: 'https://issuer.example',
+    tokenIdHash: 'ab'.repeat(32),
+    clientAddress: '127.0.0.1:5555',
+    startedAt: '2025-03-04T05:06:07.000Z',
+    ...over,
+  };
+}
+
+t.test('CRC-32: the table fallback agrees with zlib', async (t) => {
+  for (const len of [0, 1, 7, 100, 4096]) {
+    const b = randomBytes(len);
+    t.equal(crc32Table(b), crc32(b), `length ${len}`);
+  }
+  t.equal(crc32Table(Buffer.from('123456789')), 0xcbf43926, 'the standard check value');
+  t.equal(typeof (zlib as { crc32?: unknown }).crc32, 'function', 'this Node has zlib.crc32 (the native path is used)');
+});
+
+t.test('round trip: every chunk, in order, byte-exact per direction', async (t) => {
+  const stateDir = tempDir(t);
+  const key = await openRecordingKey(stateDir);
+  const m = meta();
+  const failures: Error[] = [];
+  const w = await RecordingWriter.open({ stateDir, meta: m, key, flushIntervalMs: 5, checkpointEveryRecords: 7, onFailure: (e) => failures.push(e) });
+  t.equal(w.path, join(stateDir, 'recordings', '2025', '03', '04', `${m.sessionId}.sluicerec`), 'YYYY/MM/DD/<id>.sluicerec from startedAt (UTC)');
+  t.equal(statSync(w.path).mode & 0o777, 0o600, 'the file is owner-only');
+
+  const sent: { dir: 'client' | 'server'; bytes: Buffer }[] = [];
+  for (let i = 0; i < 200; i++) {
+    const dir = i % 3 === 0 ? 'client' : 'server';
+    // Sizes from 0 to beyond a slab's quarter, to cover both staging paths.
+    const size = i === 50 ? 300 * 1024 : (i * 37) % 5000;
+    const bytes = randomBytes(size);
+    sent.push({ dir, bytes });
+    const reused = Buffer.from(bytes);
+    w.record(dir, reused);
+    reused.fill(0); // the writer copied: the caller may reuse its buffer
+    if (i % 50 === 0) await new Promise((r) => setTimeout(r, 10)); // let timer flushes happen mid-stream
+  }
+  const res = await w.close({ closeReason: 'client closed' });
+  t.same(failures, []);
+  t.equal(res.complete, true);
+  t.equal(res.size, statSync(w.path).size, 'size is the file size');
+  t.ok(res.recordCount > 200, 'data records plus checkpoints');
+
+  const reader = readRecording(w.path);
+  const data: { dir: string; bytes: Buffer }[] = [];
+  const types = new Set<string>();
+  let lastMicros = 0;
+  let prevSeq = -1;
+  for await (const e of reader) {
+    types.add(e.type);
+    t.equal(e.seq, prevSeq + 1, 'sequence numbers are consecutive');
+    prevSeq = e.seq;
+    if (e.micros < lastMicros) t.fail('micros are monotonic');
+    lastMicros = e.micros;
+    if (e.type === 'data') data.push({ dir: e.direction, bytes: e.bytes });
+  }
+  t.equal(reader.complete, true, 'the footer was read');
+  t.equal(reader.header?.sessionId, m.sessionId);
+  t.equal(reader.header?.keyId, key.keyId);
+  t.equal(reader.header?.subject, 'ci-job');
+  t.same([...types].sort(), ['checkpoint', 'data', 'footer']);
+  t.equal(data.length, sent.length, 'every chunk is a record');
+  t.ok(data.every((d, i) => d.dir === sent[i]!.dir && d.bytes.equals(sent[i]!.bytes)), 'chunks equal, in order, with their direction');
+  for (const dir of ['client', 'server'] as const) {
+    const expected = Buffer.concat(sent.filter((s) => s.dir === dir).map((s) => s.bytes));
+    t.ok((await readRecording(w.path).bytesOf(dir)).equals(expected), `${dir} stream byte-exact`);
+  }
+  t.equal(res.bytesClientToGateway, Buffer.concat(sent.filter((s) => s.dir === 'client').map((s) => s.bytes)).length);
+
+  const v = await verifyRecording(w.path, await loadRecordingPublicKeys(stateDir));
+  t.same({ ok: v.ok, complete: v.complete, records: v.records }, { ok: true, complete: true, records: res.recordCount });
+  t.equal(v.footer?.finalChain, res.finalHash, 'the footer signs the final hash close() returned');
+  t.equal(v.footer?.closeReason, 'client closed');
+
+  const raw = readFileSync(w.path);
+  t.ok(raw.subarray(0, MAGIC.length).equals(MAGIC), 'starts with the magic');
+  t.equal(raw.subarray(raw.length - 12, raw.length - 4).toString('latin1'), 'SLUICEND', 'ends with the trailer');
+});
+
+t.test('an empty session records a header, a footer and nothing else', async (t) => {
+  const stateDir = tempDir(t);
+  const key = await openRecordingKey(stateDir);
+  const w = await RecordingWriter.open({ stateDir, meta: meta(), key, onFailure: () => t.fail('no failure') });
+  const res = await w.close({ closeReason: 'idle' });
+  t.equal(res.recordCount, 0);
+  const v = await verifyRecording(w.path, await loadRecordingPublicKeys(stateDir));
+  t.same({ ok: v.ok, complete: v.complete, records: v.records }, { ok: true, complete: true, records: 0 });
+});
+
+t.test('a session id that is not a file name is refused', async (t) => {
+  const stateDir = tempDir(t);
+  const key = await openRecordingKey(stateDir);
+  await t.rejects(RecordingWriter.open({ stateDir, meta: meta({ sessionId: '../../etc/x' }), key, onFailure: () => undefined }), {
+    code: 'SLUICE_RECORDING_WRITE_FAILED',
+  });
+});
+
+t.test('recording key: created once, 0600, stable id, race-safe', async (t) => {
+  const stateDir = tempDir(t);
+  const keys = await Promise.all(Array.from({ length: 8 }, () => openRecordingKey(stateDir)));
+  t.equal(new Set(keys.map((k) => k.keyId)).size, 1, 'concurrent first uses agree on one key');
+  t.match(keys[0]!.keyId, /^[0-9a-f]{16}$/);
+  t.equal(keyIdOf(keys[0]!.publicKey), keys[0]!.keyId);
+  t.equal(statSync(join(stateDir, 'recording-key', 'private.pem')).mode & 0o777, 0o600);
+  const again = await openRecordingKey(stateDir);
+  t.equal(again.keyId, keys[0]!.keyId, 'reopening reads the same key');
+  const pub = await loadRecordingPublicKeys(stateDir);
+  t.same([...pub.keys()], [again.keyId]);
+});
+
+t.test('scrubPgPasswordMessage: same shape, no secret', async (t) => {
+  const msg = (content: Buffer): Buffer => {
+    const b = Buffer.alloc(5 + content.length);
+    b[0] = 0x70;
+    b.writeUInt32BE(4 + content.length, 1);
+    content.copy(b, 5);
+    return b;
+  };
+  const token = 'eyJhbGciOiJFZERTQSJ9.secret-token.sig';
+  const pw = scrubPgPasswordMessage(msg(Buffer.from(token + '\0')));
+  t.same(pw, msg(Buffer.from(REDACTED + '\0')), 'PasswordMessage: [redacted] NUL, length rewritten');
+
+  const data = Buffer.from('n,,n=,r=clientnonce-secretish');
+  const len = Buffer.alloc(4);
+  len.writeInt32BE(data.length);
+  const init = scrubPgPasswordMessage(msg(Buffer.concat([Buffer.from('SCRAM-SHA-256\0'), len, data])));
+  const rlen = Buffer.alloc(4);
+  rlen.writeInt32BE(REDACTED.length);
+  t.same(init, msg(Buffer.concat([Buffer.from('SCRAM-SHA-256\0'), rlen, Buffer.from(REDACTED)])), 'SASLInitialResponse keeps its mechanism');
+
+  const resp = scrubPgPasswordMessage(msg(Buffer.from('c=biws,r=nonce,p=proof-secret')));
+  t.same(resp, msg(Buffer.from(REDACTED)), 'SASLResponse: content replaced');
+  for (const out of [pw, init, resp]) {
+    t.equal(out.readUInt32BE(1), out.length - 1, 'length field matches');
+    t.notOk(out.includes('secret'), 'no secret left');
+  }
+  const q = Buffer.from('Q\0\0\0\x0dSELECT 1\0', 'latin1');
+  t.same(scrubPgPasswordMessage(q), q, 'not a p message: unchanged');
+});
+
+t.test('scrubRedisAuth: the password becomes [redacted], the shape stays', async (t) => {
+  const b = (s: string) => Buffer.from(s);
+  t.equal(scrubRedisAuth([b('AUTH'), b('tok-secret')]).toString(), '*2\r\n$4\r\nAUTH\r\n$10\r\n[redacted]\r\n');
+  t.equal(scrubRedisAuth([b('auth'), b('alice'), b('tok-secret')]).toString(), '*3\r\n$4\r\nauth\r\n$5\r\nalice\r\n$10\r\n[redacted]\r\n');
+  t.equal(
+    scrubRedisAuth([b('HELLO'), b('3'), b('AUTH'), b('alice'), b('tok-secret'), b('SETNAME'), b('ci')]).toString(),
+    encodeRespCommand([b('HELLO'), b('3'), b('AUTH'), b('alice'), b(REDACTED), b('SETNAME'), b('ci')]).toString(),
+  );
+  t.equal(scrubRedisAuth([b('GET'), b('k')]).toString(), '*2\r\n$3\r\nGET\r\n$1\r\nk\r\n', 'other commands unchanged');
+});
+
+t.test('record overhead is what the format says', async (t) => {
+  t.equal(RECORD_OVERHEAD, 22, 'u8 type, u8 dir, u32 seq, u64 micros, u32 length, u32 crc');
+});

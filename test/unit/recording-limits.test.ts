@@ -1,0 +1,205 @@
+/**
+ * The recorder's limits: the size cap (stated behaviour: the recording ends
+ * with a truncated marker and a signed footer, onFailure ends the session),
+ * write failures (fail closed, recorderHealth() not ok until a write
+ * succeeds again), and retention.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import t, { type Test } from 'tap';
+import type { SluiceError } from '../../src/errors.js';
+import type { RecordingMeta } from '../../src/recording/format.js';
+import { loadRecordingPublicKeys, openRecordingKey } from '../../src/recording/keys.js';
+import { readRecording } from '../../src/recording/reader.js';
+import { purgeRecordings } from '../../src/recording/retention.js';
+import { verifyRecording } from '../../src/recording/verify.js';
+import { RecordingWriter, recorderHealth } from '../../src/recording/writer.js';
+import { openSqliteStore } from '../../src/store/sqlite.js';
+
+function tempDir(t: Test): string {
+  const d = mkdtempSync(join(tmpdir(), 'sluice-reclim-'));
+  t.teardown(() => rmSync(d, { recursive: true, force: true }));
+  return d;
+}
+
+const meta = (sessionId: string, startedAt = new Date().toISOString()): RecordingMeta => ({
+  sessionId,
+  target: 'cache',
+  protocol: 'redis',
+  subject: 'agent-7',
+  groups: ['agents'],
+  issuer: 'https://issuer.example',
+  startedAt,
+});
+
+t.test('size cap: truncated marker, signed footer, onFailure once, nothing recorded after', async (t) => {
+  const stateDir = tempDir(t);
+  const key = await openRecordingKey(stateDir);
+  const failures: SluiceError[] = [];
+  const maxBytes = 64 * 1024;
+  const w = await RecordingWriter.open({ stateDir, meta: meta('capped'), key, maxBytes, onFailure: (e) => failures.push(e) });
+  for (let i = 0; i < 100; i++) w.record(i % 2 ? 'server' : 'client', Buffer.alloc(1024, i));
+  await new Promise((r) => setImmediate(r));
+  t.equal(failures.length, 1, 'onFailure called once');
+  t.equal(failures[0]?.code, 'SLUICE_RECORDING_SIZE_LIMIT');
+  t.equal(w.truncated, true);
+  t.equal(w.failed, false, 'a cap is not a write failure');
+  t.equal(recorderHealth().ok, true, 'the recorder stays healthy');
+  const res = await w.close({ closeReason: 'recording size cap' });
+  t.ok(res.size <= maxBytes, `file ${res.size} <= cap ${maxBytes}`);
+  t.equal(res.complete, true);
+  t.equal(res.truncated, true);
+
+  const types: string[] = [];
+  let dataBytes = 0;
+  for await (const e of readRecording(res.path)) {
+    types.push(e.type);
+    if (e.type === 'data') dataBytes += e.bytes.length;
+  }
+  t.same(types.slice(-2), ['truncated', 'footer'], 'the marker precedes the footer');
+  t.ok(dataBytes > 50 * 1024 && dataBytes < maxBytes, `recorded ${dataBytes} bytes up to the cap`);
+  const v = await verifyRecording(res.path, await loadRecordingPublicKeys(stateDir));
+  t.same({ ok: v.ok, complete: v.complete, truncated: v.footer?.truncated }, { ok: true, complete: true, truncated: true });
+});
+
+t.test('cannot create the recording: open fails typed, health not ok, recovers on the next good write', async (t) => {
+  const good = tempDir(t);
+  const bad = tempDir(t);
+  writeFileSync(join(bad, 'recordings'), 'a file where the directory should be');
+  const key = await openRecordingKey(good);
+  await t.rejects(RecordingWriter.open({ stateDir: bad, meta: meta('nodir'), key, onFailure: () => undefined }), {
+    code: 'SLUICE_RECORDING_WRITE_FAILED',
+  });
+  t.equal(recorderHealth().ok, false);
+  t.match(recorderHealth().lastError, /ENOTDIR/);
+  t.equal(RecordingWriter.healthy(), false);
+  t.equal(await RecordingWriter.probe(bad), false, 'a probe of the broken dir fails');
+  t.equal(recorderHealth().ok, false);
+
+  t.equal(await RecordingWriter.probe(good), true, 'a probe where writes work');
+  t.same(recorderHealth(), { ok: true }, 'healthy again');
+  t.same(
+    (await import('node:fs')).readdirSync(join(good, 'recordings')).filter((n) => n.startsWith('.probe')),
+    [],
+    'the probe leaves no file behind',
+  );
+
+  await t.rejects(RecordingWriter.open({ stateDir: bad, meta: meta('nodir2'), key, onFailure: () => undefined }));
+  t.equal(recorderHealth().ok, false);
+  const w = await RecordingWriter.open({ stateDir: good, meta: meta('ok1'), key, onFailure: () => undefined });
+  t.equal(recorderHealth().ok, true, 'any successful write clears it');
+  await w.close({ closeReason: 'done' });
+});
+
+const writerUrl = new URL('../../src/recording/writer.js', import.meta.url).href;
+const keysUrl = new URL('../../src/recording/keys.js', import.meta.url).href;
+
+/**
+ * A write failing mid-session, for real: the child runs under `ulimit -f`
+ * (RLIMIT_FSIZE), so its appends past 256 KiB fail with EFBIG, as they
+ * would on a full disk. The child handles SIGXFSZ, so the limit surfaces as
+ * the write error instead of killing it.
+ */
+const CHILD = `
+import { RecordingWriter, recorderHealth } from ${JSON.stringify(writerUrl)};
+import { openRecordingKey } from ${JSON.stringify(keysUrl)};
+process.on('SIGXFSZ', () => {});
+const stateDir = process.argv[1];
+const key = await openRecordingKey(stateDir);
+const meta = (id) => ({ sessionId: id, target: 't', protocol: 'postgres', subject: 's', groups: [], issuer: 'i', startedAt: new Date().toISOString() });
+const out = {};
+const failed = new Promise((resolve) => {
+  RecordingWriter.open({ stateDir, meta: meta('big'), key, flushIntervalMs: 5, onFailure: resolve }).then(async (w) => {
+    out.healthBefore = recorderHealth();
+    for (let i = 0; i < 64; i++) { w.record('server', Buffer.alloc(16384, i)); await new Promise((r) => setTimeout(r, 2)); }
+    out.failedFlag = w.failed;
+    out.closed = await w.close({ closeReason: 'done' });
+  });
+});
+const err = await failed;
+out.code = err.code;
+out.message = err.message;
+out.healthAfterFailure = recorderHealth();
+await new Promise((r) => setTimeout(r, 300));
+const w2 = await RecordingWriter.open({ stateDir, meta: meta('small'), key, onFailure: () => {} });
+w2.record('client', Buffer.from('PING'));
+await w2.close({ closeReason: 'done' });
+out.healthAfterRecovery = recorderHealth();
+process.stdout.write(JSON.stringify(out));
+`;
+
+t.test('a write fails mid-session (EFBIG): onFailure, failed, health not ok; a later write recovers it', async (t) => {
+  const stateDir = tempDir(t);
+  const child = spawn('/bin/sh', ['-c', 'ulimit -f 256 && exec "$0" --input-type=module -e "$1" "$2"', process.execPath, CHILD, stateDir], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    // The child is plain Node: tap's per-process hooks (NODE_OPTIONS) would write files under the limit too.
+    env: { ...process.env, NODE_OPTIONS: '' },
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const [code, signal] = await new Promise<[number | null, string | null]>((resolve) => child.on('exit', (c, sig) => resolve([c, sig])));
+  t.same({ code, signal }, { code: 0, signal: null }, 'the child ran to the end', { stderr });
+  const out = JSON.parse(stdout) as Record<string, { ok?: boolean; lastError?: string; complete?: boolean } & Record<string, unknown>> & {
+    code: string;
+    message: string;
+    failedFlag: boolean;
+  };
+  t.same(out.healthBefore, { ok: true });
+  t.equal(out.code, 'SLUICE_RECORDING_WRITE_FAILED');
+  t.match(out.message, /EFBIG/);
+  t.equal(out.failedFlag, true, 'writer.failed is set');
+  t.equal(out.closed?.complete, false, 'the recording stays incomplete');
+  t.equal(out.healthAfterFailure?.ok, false);
+  t.match(out.healthAfterFailure?.lastError, /EFBIG/);
+  t.same(out.healthAfterRecovery, { ok: true }, 'recovered after a successful write');
+
+  const v = await verifyRecording(out.closed!.path as string, await loadRecordingPublicKeys(stateDir));
+  t.equal(v.ok, true, 'what was written before the failure is intact');
+  t.equal(v.complete, false);
+});
+
+t.test('retention: old files and rows go, recent ones and active files stay', async (t) => {
+  const stateDir = tempDir(t);
+  const key = await openRecordingKey(stateDir);
+  const store = openSqliteStore(stateDir);
+  t.teardown(() => store.close());
+  const day = 86_400_000;
+  const now = Date.now();
+  const paths: Record<string, string> = {};
+  for (const [id, age] of [
+    ['old', 40 * day],
+    ['recent', 1 * day],
+    ['orphan', 50 * day], // never indexed (crashed before the first upsert)
+  ] as const) {
+    const startedAt = new Date(now - age).toISOString();
+    const w = await RecordingWriter.open({ stateDir, meta: meta(id, startedAt), key, onFailure: () => undefined });
+    w.record('client', Buffer.from('x'));
+    const r = await w.close({ closeReason: 'done', endedAt: startedAt });
+    paths[id] = r.path;
+    const then = new Date(now - age);
+    utimesSync(r.path, then, then);
+    if (id !== 'orphan') {
+      store.upsertSession({
+        id, subject: 'agent-7', groups: [], issuer: 'i', target: 'cache', protocol: 'redis', startedAt, endedAt: startedAt,
+        bytesIn: 1, bytesOut: 0, statementsAllowed: 0, statementsDenied: 0, approvals: 0, maskingCounts: {},
+        recordingPath: r.path, recordingSize: r.size, finalHash: r.finalHash, complete: true,
+      });
+    }
+  }
+  const res = await purgeRecordings(stateDir, store, 30 * day, now);
+  t.equal(res.files, 2, 'old and orphan files deleted');
+  t.equal(res.rows, 1, 'the old row deleted');
+  t.same(res.errors, []);
+  t.notOk(existsSync(paths.old!));
+  t.notOk(existsSync(paths.orphan!));
+  t.notOk(existsSync(dirname(paths.old!)), 'the emptied day directory is removed');
+  t.ok(existsSync(paths.recent!));
+  t.same(store.listSessions({}).map((s) => s.id), ['recent']);
+  t.ok(statSync(join(stateDir, 'recordings')).isDirectory(), 'the recordings root stays');
+  mkdirSync(join(stateDir, 'recordings', 'not-a-year'), { recursive: true });
+  t.same((await purgeRecordings(stateDir, store, 30 * day, now)).files, 0, 'a second run finds nothing; foreign dirs are left alone');
+});

@@ -1,0 +1,201 @@
+/**
+ * The sessions index (migration 3 and the store's session methods) and the
+ * offline CLI: `sluice sessions` (table and --json) and `sluice verify`
+ * (exit 0 when intact and complete, 1 otherwise, 2 on usage).
+ */
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import t, { type Test } from 'tap';
+import { sessionsCommand, verifyCommand, type SessionsIo } from '../../src/cli/sessions.js';
+import { openRecordingKey } from '../../src/recording/keys.js';
+import { RecordingWriter } from '../../src/recording/writer.js';
+import { MIGRATIONS, migrate } from '../../src/store/migrations.js';
+import { openSqliteStore } from '../../src/store/sqlite.js';
+import type { SessionRecord } from '../../src/store/types.js';
+
+function tempDir(t: Test): string {
+  const d = mkdtempSync(join(tmpdir(), 'sluice-sessions-'));
+  t.teardown(() => rmSync(d, { recursive: true, force: true }));
+  return d;
+}
+
+function session(over: Partial<SessionRecord> = {}): SessionRecord {
+  return {
+    id: 's1',
+    subject: 'ci-job',
+    groups: ['ci', 'deploy'],
+    issuer: 'https://issuer.example',
+    tokenIdHash: 'cd'.repeat(32),
+    target: 'app-db',
+    protocol: 'postgres',
+    clientAddress: '10.0.0.5:41000',
+    startedAt: '2025-01-01T00:00:00.000Z',
+    bytesIn: 0,
+    bytesOut: 0,
+    statementsAllowed: 0,
+    statementsDenied: 0,
+    approvals: 0,
+    maskingCounts: {},
+    complete: false,
+    ...over,
+  };
+}
+
+t.test('migration 3 adds the sessions table to an existing database', async (t) => {
+  const dir = tempDir(t);
+  const db = new Database(join(dir, 'old.db'));
+  migrate(db, { upTo: 2 });
+  t.notOk(db.prepare("SELECT name FROM sqlite_master WHERE name = 'sessions'").get());
+  const m = migrate(db);
+  t.same(m, { from: 2, to: MIGRATIONS[MIGRATIONS.length - 1]!.version, applied: MIGRATIONS.filter((s) => s.version > 2).map((s) => s.version) });
+  const cols = (db.prepare('PRAGMA table_info(sessions)').all() as { name: string }[]).map((c) => c.name);
+  for (const c of ['id', 'subject', 'groups', 'issuer', 'token_id_hash', 'target', 'protocol', 'client_address', 'started_at', 'ended_at',
+    'close_reason', 'bytes_in', 'bytes_out', 'statements_allowed', 'statements_denied', 'approvals', 'masking_counts',
+    'recording_path', 'recording_size', 'final_hash', 'complete']) {
+    t.ok(cols.includes(c), `column ${c}`);
+  }
+  db.close();
+});
+
+t.test('upsert, get, list with filters, delete before', async (t) => {
+  const dir = tempDir(t);
+  const store = openSqliteStore(dir);
+  t.teardown(() => store.close());
+  store.upsertSession(session({ id: 'a', startedAt: '2025-01-01T00:00:00.000Z' }));
+  store.upsertSession(session({ id: 'b', subject: 'agent-7', target: 'cache', protocol: 'redis', startedAt: '2025-01-02T00:00:00.000Z' }));
+  store.upsertSession(session({ id: 'c', startedAt: '2025-01-03T01:00:00+01:00' })); // an offset: compared as an instant
+  t.same(store.getSession('a'), session({ id: 'a' }), 'round trip, optional fields absent stay absent');
+  t.equal(store.getSession('nope'), undefined);
+
+  const end = session({
+    id: 'a', endedAt: '2025-01-01T00:10:00.000Z', closeReason: 'client closed', bytesIn: 100, bytesOut: 2000,
+    statementsAllowed: 5, statementsDenied: 1, approvals: 1, maskingCounts: { email: 3 },
+    recordingPath: '/x/a.sluicerec', recordingSize: 4096, finalHash: 'ff'.repeat(32), complete: true,
+  });
+  store.upsertSession(end);
+  t.same(store.getSession('a'), end, 'the end-of-session upsert replaces the row');
+
+  t.same(store.listSessions({}).map((s) => s.id), ['c', 'b', 'a'], 'newest first');
+  t.same(store.listSessions({ subject: 'ci-job' }).map((s) => s.id), ['c', 'a']);
+  t.same(store.listSessions({ target: 'cache' }).map((s) => s.id), ['b']);
+  t.same(store.listSessions({ since: '2025-01-02T00:00:00Z' }).map((s) => s.id), ['c', 'b']);
+  t.same(store.listSessions({ limit: 1 }).map((s) => s.id), ['c']);
+  t.throws(() => store.listSessions({ since: 'yesterday' }), RangeError, 'a bad time filter is refused, not ignored');
+
+  // a ended 2025-01-01T00:10; b never ended, started 01-02; c started 01-03 (00:00Z).
+  t.equal(store.deleteSessionsBefore('2025-01-02T12:00:00Z'), 2);
+  t.same(store.listSessions({}).map((s) => s.id), ['c']);
+});
+
+function capture(env: NodeJS.ProcessEnv = {}, isTTY = false) {
+  const out: string[] = [];
+  const err: string[] = [];
+  const io: SessionsIo = {
+    stdout: { write: (s: string) => out.push(s) },
+    stderr: { write: (s: string) => err.push(s), isTTY },
+    env: { APP_DB_PASSWORD: 'not-used', ...env },
+  };
+  return { io, out: () => out.join(''), err: () => err.join('') };
+}
+
+t.test('CLI: sessions and verify over a state dir', async (t) => {
+  const dir = tempDir(t);
+  const stateDir = join(dir, 'state');
+  const config = join(dir, 'sluice.yaml');
+  writeFileSync(
+    config,
+    `state_dir: ${JSON.stringify(stateDir)}
+identity: { dev_issuer: true }
+targets:
+  app-db:
+    protocol: postgres
+    listen: 127.0.0.1:0
+    allow_insecure_loopback: true
+    upstream: { host: 127.0.0.1, port: 5432, database: app, user: app_ci, password_env: APP_DB_PASSWORD, tls: disable }
+policies:
+  - name: ci-jobs
+    subjects: { groups: [ci] }
+    targets: [app-db]
+`,
+  );
+  const key = await openRecordingKey(stateDir);
+  const store = openSqliteStore(stateDir);
+  const paths: Record<string, string> = {};
+  const now = Date.now();
+  for (const [id, subject, ago] of [['good1', 'ci-job', 60_000], ['good2', 'agent-7', 7_200_000]] as const) {
+    const startedAt = new Date(now - ago).toISOString();
+    const w = await RecordingWriter.open({ stateDir, key, onFailure: () => undefined, meta: { sessionId: id, subject, target: 'app-db', protocol: 'postgres', groups: [], issuer: 'i', startedAt } });
+    w.record('client', Buffer.from('Q\0\0\0\x0dSELECT 1\0', 'latin1'));
+    w.record('server', Buffer.from('Z\0\0\0\x05I', 'latin1'));
+    const r = await w.close({ closeReason: 'client closed' });
+    paths[id] = r.path;
+    store.upsertSession(session({ id, subject, startedAt, endedAt: new Date().toISOString(), recordingPath: r.path, recordingSize: r.size, finalHash: r.finalHash, complete: r.complete }));
+  }
+  store.close();
+
+  t.test('sessions --json: one object per line, filters', async (t) => {
+    const c = capture();
+    t.equal(await sessionsCommand(['--json', '--config', config], c.io), 0, c.err());
+    const rows = c.out().trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    t.same(rows.map((r) => r.id), ['good1', 'good2']);
+    for (const k of ['id', 'subject', 'target', 'started_at', 'ended_at', 'recording_path', 'complete']) t.ok(k in rows[0]!, `has ${k}`);
+    t.equal(rows[0]!.recording_path, paths.good1);
+    t.equal(rows[0]!.complete, true);
+
+    const f = capture();
+    t.equal(await sessionsCommand(['--json', '--since', '1h', '--config', config], f.io), 0);
+    t.same(f.out().trim().split('\n').map((l) => (JSON.parse(l) as { id: string }).id), ['good1'], '--since 1h');
+    const s = capture();
+    t.equal(await sessionsCommand(['--json', '--subject', 'agent-7', '--config', config], s.io), 0);
+    t.same(s.out().trim().split('\n').map((l) => (JSON.parse(l) as { id: string }).id), ['good2'], '--subject');
+  });
+
+  t.test('sessions: a table', async (t) => {
+    const c = capture();
+    t.equal(await sessionsCommand(['--config', config], c.io), 0);
+    t.match(c.out(), /^ID\s+SUBJECT\s+TARGET/);
+    t.match(c.out(), /good1\s+ci-job\s+app-db/);
+    const bad = capture();
+    t.equal(await sessionsCommand(['--since', 'soon', '--config', config], bad.io), 2, 'a bad --since is a usage error');
+    t.equal(await sessionsCommand(['--bogus'], capture().io), 2);
+  });
+
+  t.test('verify: exit 0 when intact, 1 when tampered or incomplete, names the record', async (t) => {
+    let c = capture();
+    t.equal(await verifyCommand(['good1', '--config', config], c.io), 0, c.out());
+    t.match(c.out(), /^good1: OK: 2 records, complete/);
+
+    c = capture({}, true);
+    t.equal(await verifyCommand(['--all', '--config', config], c.io), 0);
+    t.match(c.err(), /verifying 2\/2/, 'progress on a TTY');
+    const quiet = capture({}, false);
+    await verifyCommand(['--all', '--config', config], quiet.io);
+    t.equal(quiet.err(), '', 'no progress when stderr is not a TTY');
+
+    const bytes = readFileSync(paths.good2!);
+    const flipped = Buffer.from(bytes);
+    flipped[bytes.length - 200]! ^= 0x40;
+    writeFileSync(paths.good2!, flipped);
+    c = capture();
+    t.equal(await verifyCommand(['good2', '--config', config], c.io), 1);
+    t.match(c.out(), /good2: TAMPERED: record \d+ at offset \d+: /);
+    c = capture();
+    t.equal(await verifyCommand(['--all', '--json', '--config', config], c.io), 1, 'one bad recording fails --all');
+    const lines = c.out().trim().split('\n').map((l) => JSON.parse(l) as { id: string; ok: boolean });
+    t.same(lines.map((l) => [l.id, l.ok]).sort(), [['good1', true], ['good2', false]]);
+
+    // A crash: the file ends without its footer.
+    writeFileSync(paths.good2!, bytes.subarray(0, bytes.length - 150));
+    c = capture();
+    t.equal(await verifyCommand(['good2', '--config', config], c.io), 1, 'incomplete is not "all good"');
+    t.match(c.out(), /INCOMPLETE/);
+
+    c = capture();
+    t.equal(await verifyCommand(['missing', '--config', config], c.io), 1);
+    t.match(c.out(), /no recording found/);
+    t.equal(await verifyCommand(['--config', config], capture().io), 2, 'neither an ID nor --all');
+    t.equal(await verifyCommand(['../x', '--config', config], capture().io), 2, 'not a session id');
+  });
+});
