@@ -1,0 +1,173 @@
+/**
+ * Every built-in detector: true positives (including secrets embedded in
+ * JSON, URLs and multi-line text) and near misses that must stay untouched
+ * (bad checksums, invalid SSN areas, look-alike numbers).
+ */
+import t from 'tap';
+import { DETECTOR_NAMES } from '../../masking/detectors.js';
+import { MaskingEngine } from '../../masking/engine.js';
+import type { DetectorName } from '../../masking/types.js';
+
+const key = Buffer.alloc(32, 7);
+
+function engineFor(d: DetectorName): MaskingEngine {
+  return MaskingEngine.compile([{ name: d, detector: d, strategy: { kind: 'redact', token: '<X>' } }], { hashKey: key });
+}
+
+const cases: Record<DetectorName, { hit: Array<[string, string]>; miss: string[] }> = {
+  email: {
+    hit: [
+      ['write to alice.smith+tag@mail.example.co.uk today', 'write to <X> today'],
+      ['{"email":"bob@example.com","id":7}', '{"email":"<X>","id":7}'],
+      ['mailto:carol@example.org.', 'mailto:<X>.'],
+    ],
+    miss: ['@handle on twitter', 'user@localhost', 'a@b', 'price 5 @ 10'],
+  },
+  credit_card: {
+    hit: [
+      ['card 4111 1111 1111 1111 exp 12/29', 'card <X> exp 12/29'],
+      ['4111-1111-1111-1111', '<X>'],
+      ['{"pan":"5555555555554444"}', '{"pan":"<X>"}'],
+      ['amex 378282246310005.', 'amex <X>.'],
+      ['card 4111 1111 1111 1111 2', 'card <X> 2'],
+    ],
+    miss: ['card 4111 1111 1111 1112', 'id 1234567890123456', 'order 4111-1111 1111-1111', '0.4111111111111111', 'n 41111111111111111111111'],
+  },
+  iban: {
+    hit: [
+      ['pay to DE89 3704 0044 0532 0130 00 please', 'pay to <X> please'],
+      ['GB82WEST12345698765432', '<X>'],
+      ['{"iban":"FR1420041010050500013M02606"}', '{"iban":"<X>"}'],
+    ],
+    miss: ['DE89 3704 0044 0532 0130 01', 'GB82WEST12345698765433', 'AB12 CDEF GHIJ KLMN'],
+  },
+  us_ssn: {
+    hit: [
+      ['ssn 123-45-6789.', 'ssn <X>.'],
+      ['{"ssn":"078-05-1120"}', '{"ssn":"<X>"}'],
+    ],
+    miss: ['000-12-3456', '666-12-3456', '900-12-3456', '123-00-4567', '123-45-0000', '2024-01-15', '1234-56-7890'],
+  },
+  phone: {
+    hit: [
+      ['call +44 20 7946 0958 now', 'call <X> now'],
+      ['+14155552671', '<X>'],
+      ['office (212) 555-0143', 'office <X>'],
+      ['cell 415-555-2671.', 'cell <X>.'],
+      ['+1 (202) 555-0143', '<X>'],
+    ],
+    miss: ['id 4155552671', 'date 2024-01-15', 'v1.2.3', '+12345', 'ip 10.123.456.7890x', 'total 123-4567'],
+  },
+  ipv4: {
+    hit: [
+      ['from 192.168.1.10 port 5432', 'from <X> port 5432'],
+      ['http://10.0.0.1:8080/x', 'http://<X>:8080/x'],
+    ],
+    miss: ['256.1.1.1', '1.2.3', '1.2.3.4.5', 'v 10.0.0.1234'],
+  },
+  ipv6: {
+    hit: [
+      ['addr 2001:db8::8a2e:370:7334 up', 'addr <X> up'],
+      ['fe80:0000:0000:0000:0204:61ff:fe9d:f156', '<X>'],
+      ['local ::1', 'local <X>'],
+    ],
+    miss: ['at 12:30:45', 'std::vector', 'a::b::c', 'key :: value'],
+  },
+  aws_access_key_id: {
+    hit: [
+      ['AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE', 'AWS_ACCESS_KEY_ID=<X>'],
+      ['{"AccessKeyId":"ASIAY34FZKBOKMUTVV7A"}', '{"AccessKeyId":"<X>"}'],
+    ],
+    miss: ['AKIAIOSFODNN7EXAMPL', 'XAKIAIOSFODNN7EXAMPLE', 'akiaiosfodnn7example'],
+  },
+  aws_secret_access_key: {
+    hit: [
+      ['aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY', 'aws_secret_access_key = <X>'],
+      ['{"SecretAccessKey": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}', '{"SecretAccessKey": "<X>"}'],
+    ],
+    miss: ['wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY alone', 'secret = short', 'aws_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEYX'],
+  },
+  github_token: {
+    hit: [
+      [`token ghp_${'A1b2C3d4E5'.repeat(3)}abcdef ok`, 'token <X> ok'],
+      [`https://x:github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz@github.com`, 'https://x:<X>@github.com'],
+    ],
+    miss: ['ghp_short', `ghx_${'a'.repeat(36)}`],
+  },
+  gitlab_token: { hit: [['PRIVATE-TOKEN: glpat-xK3abcdefghij_123456', 'PRIVATE-TOKEN: <X>']], miss: ['glpat-short'] },
+  slack_token: { hit: [['{"token":"xoxb-123456789012-abcdefABCDEF"}', '{"token":"<X>"}']], miss: ['xoxz-123456789012', 'xoxb-1'] },
+  stripe_key: {
+    hit: [
+      ['STRIPE=sk_live_51HabcdEFGHijklMNOP', 'STRIPE=<X>'],
+      ['rk_test_abcdefghijKLMNOP ', '<X> '],
+    ],
+    miss: ['pk_live_51HabcdEFGHijklMNOP', 'sk_live_short', 'ask_live_51HabcdEFGHijklMNOP'],
+  },
+  google_api_key: {
+    hit: [['https://maps.example/api?key=AIzaSyD-1234567890abcdefghijklmnopqrstu&x=1', 'https://maps.example/api?key=<X>&x=1']],
+    miss: ['AIzaSyD-1234567890', 'AIza'],
+  },
+  jwt: {
+    hit: [
+      [
+        'Authorization: Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c',
+        'Authorization: Bearer <X>',
+      ],
+    ],
+    miss: ['eyJub3QiOiJqd3QifQ.eyJ4IjoxfQ.sig', 'eyJhbGciOiJIUzI1NiJ9 only one segment'],
+  },
+  pem_private_key: {
+    hit: [
+      ['before\n-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\nabc+/=\n-----END RSA PRIVATE KEY-----\nafter', 'before\n<X>\nafter'],
+      ['-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n(cut here', '<X>'],
+      ['-----BEGIN PRIVATE KEY-----\nAAA\n-----END PRIVATE KEY-----', '<X>'],
+    ],
+    miss: ['-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----', '-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----'],
+  },
+  password_assignment: {
+    hit: [
+      ['password=hunter2&user=bob', 'password=<X>&user=bob'],
+      ['{"password": "correct horse", "user": "bob"}', '{"password": "<X>", "user": "bob"}'],
+      ["db_passwd: 's3cr3t'", "db_passwd: '<X>'"],
+      ['API_KEY=abc123 next', 'API_KEY=<X> next'],
+      ['PWD=x;Server=db', 'PWD=<X>;Server=db'],
+      ['postgres://app:Sup3rS3cret@db.internal:5432/app', 'postgres://app:<X>@db.internal:5432/app'],
+    ],
+    miss: ['the password is strong', 'compass=north', 'passport photo', 'keyboard: us'],
+  },
+};
+
+t.test('every built-in detector has cases', async (t) => {
+  t.same(Object.keys(cases).sort(), [...DETECTOR_NAMES].sort());
+});
+
+for (const d of DETECTOR_NAMES) {
+  t.test(d, async (t) => {
+    const e = engineFor(d);
+    for (const [input, want] of cases[d].hit) {
+      const counts = new Map<string, number>();
+      t.equal(e.maskText(input, counts), want, `masks ${JSON.stringify(input)}`);
+      t.ok((counts.get(d) ?? 0) >= 1, 'counted');
+      t.equal(e.maskBytes(Buffer.from(input))?.toString(), want, 'bytes path agrees');
+    }
+    for (const input of cases[d].miss) {
+      t.equal(e.maskText(input), undefined, `leaves ${JSON.stringify(input)}`);
+      t.equal(e.maskBytes(Buffer.from(input)), undefined, 'bytes path agrees');
+    }
+  });
+}
+
+t.test('all detectors together keep each other\'s results', async (t) => {
+  const e = MaskingEngine.compile(
+    DETECTOR_NAMES.map((d) => ({ name: d, detector: d, strategy: { kind: 'redact' as const, token: `<${d}>` } })),
+    { hashKey: key },
+  );
+  const counts = new Map<string, number>();
+  const out = e.maskText(
+    '{"email":"dev@example.com","card":"4111111111111111","ip":"10.1.2.3","note":"call +44 20 7946 0958","aws":"AKIAIOSFODNN7EXAMPLE","n":12345}',
+    counts,
+  );
+  t.equal(out, '{"email":"<email>","card":"<credit_card>","ip":"<ipv4>","note":"call <phone>","aws":"<aws_access_key_id>","n":12345}');
+  t.same(Object.fromEntries(counts), { email: 1, credit_card: 1, ipv4: 1, phone: 1, aws_access_key_id: 1 });
+  t.equal(e.maskText('{"id":42,"name":"Ada Lovelace","city":"London","ts":"2024-01-15T10:00:00Z"}'), undefined);
+});
