@@ -25,6 +25,20 @@ export interface RelayOptions {
   /** Called once, when both sockets are closed. */
   onClose(reason: string): void;
   gate?: RelayGate;
+  /**
+   * Rewrites the server's bytes before they are framed for the client (data
+   * masking). `push` hands out what may go on through `emit`, in order; when
+   * it returns a promise (work sent to a worker), reading from the upstream
+   * pauses until it settles, so the transformer never holds more than it
+   * chose to. A rejection ends the session (fail closed: nothing unmasked
+   * is sent).
+   */
+  serverTransform?: ServerTransform;
+}
+
+export interface ServerTransform {
+  push(chunk: Buffer, emit: (bytes: Buffer) => void): void | Promise<void>;
+  close(): void;
 }
 
 /** What a gate can do to the streams. Calls made while a chunk is being framed are written when that chunk is done. */
@@ -66,6 +80,23 @@ const HALF_CLOSE_GRACE_MS = 10_000;
 
 const TERMINATE = terminate();
 
+/** Below this many bytes, a burst of buffers is joined into one write instead of a writev. */
+const SMALL_BURST = 16 * 1024;
+
+/**
+ * Queues `b` for writing, merging it into the previous buffer when both are
+ * adjacent views of the same chunk: a chunk the gate only looked at leaves
+ * as the one view it arrived as, not as a buffer per message.
+ */
+function append(queue: Buffer[], b: Buffer): void {
+  const last = queue[queue.length - 1];
+  if (last && last.buffer === b.buffer && last.byteOffset + last.length === b.byteOffset) {
+    queue[queue.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + b.length);
+  } else {
+    queue.push(b);
+  }
+}
+
 export class PgRelay {
   readonly stats: RelayStats = { bytesFromClient: 0, bytesFromUpstream: 0 };
   #closed = false;
@@ -92,8 +123,8 @@ export class PgRelay {
       clientFramer.setInspect(gate.clientTypes);
       upstreamFramer.setInspect(gate.serverTypes);
       gate.attach({
-        toUpstream: (b) => this.#toUpstream.push(b),
-        toClient: (b) => this.#toClient.push(b),
+        toUpstream: (b) => append(this.#toUpstream, b),
+        toClient: (b) => append(this.#toClient, b),
         flush: () => this.#flush(),
         holdClient: () => {
           this.#clientHeld = true;
@@ -124,7 +155,8 @@ export class PgRelay {
     }
     this.#flush();
     this.#pump(this.client, this.upstream, this.clientFramer, 'client');
-    this.#pump(this.upstream, this.client, this.upstreamFramer, 'upstream');
+    if (this.options.serverTransform) this.#pumpTransformed(this.options.serverTransform, this.upstreamFramer);
+    else this.#pump(this.upstream, this.client, this.upstreamFramer, 'upstream');
     for (const socket of [this.client, this.upstream]) {
       socket.once('close', () => {
         if (--this.#open === 0) this.#finish();
@@ -165,6 +197,64 @@ export class PgRelay {
     return { passthrough: (b) => gate.fromClient(-1, b), message: (t, m) => gate.fromClient(t, m) };
   }
 
+  /** Upstream chunks go through the transformer first; its output is framed like any chunk. */
+  #pumpTransformed(transform: ServerTransform, framer: PgFramer): void {
+    const from = this.upstream;
+    const to = this.client;
+    const gate = this.options.gate;
+    const sink: FramerSink = gate
+      ? { passthrough: (b) => gate.fromServer(-1, b), message: (t, m) => gate.fromServer(t, m) }
+      : { passthrough: (b) => this.#toClient.push(b), message: (_t, m) => this.#toClient.push(m) };
+    const emit = (bytes: Buffer): void => {
+      if (this.#closed) return;
+      try {
+        framer.push(bytes, sink);
+        if (gate) gate.serverChunkDone();
+      } catch (err) {
+        this.#violation(err, 'upstream');
+      }
+    };
+    const afterChunk = (): void => {
+      if (!this.#flush('client') && !this.#closed) {
+        from.pause();
+        to.once('drain', () => from.resume());
+      }
+    };
+    from.on('data', (chunk: Buffer) => {
+      this.#lastActivity = Date.now();
+      this.stats.bytesFromUpstream += chunk.length;
+      let pending: void | Promise<void>;
+      try {
+        pending = transform.push(chunk, emit);
+      } catch (err) {
+        this.#transformFailed(err);
+        return;
+      }
+      if (!pending) {
+        afterChunk();
+        return;
+      }
+      from.pause();
+      pending.then(
+        () => {
+          afterChunk();
+          if (!this.#closed && to.writableNeedDrain !== true) from.resume();
+        },
+        (err: unknown) => this.#transformFailed(err),
+      );
+    });
+    this.#wireEnds(from, to, 'upstream');
+  }
+
+  #transformFailed(err: unknown): void {
+    this.#toClient.length = 0;
+    this.options.logger.error({ err: err instanceof Error ? err.message : String(err) }, 'server data could not be masked; closing session');
+    this.shutdown(
+      'masking failed',
+      errorResponse({ severity: 'FATAL', code: sqlstate.INTERNAL_ERROR, message: 'sluice: the result could not be masked; the session is closed and nothing unmasked was sent' }),
+    );
+  }
+
   #pump(from: Socket, to: Socket, framer: PgFramer, side: 'client' | 'upstream'): void {
     const gate = this.options.gate;
     // Without a gate, bytes go straight to the other side's queue.
@@ -198,6 +288,10 @@ export class PgRelay {
         });
       }
     });
+    this.#wireEnds(from, to, side);
+  }
+
+  #wireEnds(from: Socket, to: Socket, side: 'client' | 'upstream'): void {
     from.on('end', () => {
       // Half-close: the other side may still be sending; pass the FIN along.
       if (!this.#closed) this.#closeReason = `${side} ended the connection`;
@@ -229,10 +323,18 @@ export class PgRelay {
     if (buffers.length === 1) {
       flowing = to.write(buffers[0]!);
     } else {
-      to.cork();
-      flowing = true;
-      for (const b of buffers) flowing = to.write(b);
-      to.uncork();
+      let total = 0;
+      for (const b of buffers) total += b.length;
+      if (total <= SMALL_BURST) {
+        // A few small messages (a ReadyForQuery after a CommandComplete Sluice
+        // looked at): one copy is cheaper than a writev of many tiny buffers.
+        flowing = to.write(Buffer.concat(buffers, total));
+      } else {
+        to.cork();
+        flowing = true;
+        for (const b of buffers) flowing = to.write(b);
+        to.uncork();
+      }
     }
     buffers.length = 0;
     return flowing;
@@ -274,6 +376,7 @@ export class PgRelay {
     if (this.#idleTimer) clearInterval(this.#idleTimer);
     this.#closed = true;
     this.options.gate?.close();
+    this.options.serverTransform?.close();
     this.options.onClose(this.#closeReason);
   }
 }

@@ -51,6 +51,13 @@ export interface RedisRelayOptions {
   requestLimits: Partial<RespRequestLimits>;
   /** Called once, when both sockets are closed. */
   onClose(reason: string): void;
+  /**
+   * Rewrites the upstream's bytes before the relay frames them (data
+   * masking). `push` hands out what may go on through `emit`, in order; a
+   * returned promise pauses reading from the upstream until it settles. A
+   * rejection ends the session: nothing unmasked is sent.
+   */
+  serverTransform?: { push(chunk: Buffer, emit: (bytes: Buffer) => void): void | Promise<void>; close(): void };
 }
 
 export interface RelayStats {
@@ -166,7 +173,31 @@ export class RedisRelay {
   start(toClient: Buffer[], fromClient: Buffer[], fromUpstream: Buffer): void {
     for (const b of toClient) this.client.write(b);
     this.client.on('data', (chunk: Buffer) => this.#onClientData(chunk));
-    this.upstream.on('data', (chunk: Buffer) => this.#onUpstreamData(chunk));
+    const transform = this.options.serverTransform;
+    if (transform) {
+      this.upstream.on('data', (chunk: Buffer) => {
+        this.#lastActivity = Date.now();
+        let pending: void | Promise<void>;
+        try {
+          pending = transform.push(chunk, (bytes) => {
+            if (!this.#closed) this.#onUpstreamData(bytes);
+          });
+        } catch (err) {
+          this.#transformFailed(err);
+          return;
+        }
+        if (!pending) return;
+        this.upstream.pause();
+        pending.then(
+          () => {
+            if (!this.#closed && this.client.writableNeedDrain !== true) this.upstream.resume();
+          },
+          (err: unknown) => this.#transformFailed(err),
+        );
+      });
+    } else {
+      this.upstream.on('data', (chunk: Buffer) => this.#onUpstreamData(chunk));
+    }
     this.#wireEnds(this.client, this.upstream, 'client');
     this.#wireEnds(this.upstream, this.client, 'upstream');
     for (const socket of [this.client, this.upstream]) {
@@ -567,6 +598,11 @@ export class RedisRelay {
     setTimeout(() => this.client.destroy(), HALF_CLOSE_GRACE_MS).unref();
   }
 
+  #transformFailed(err: unknown): void {
+    this.options.logger.error({ err: err instanceof Error ? err.message : String(err) }, 'reply could not be masked; closing session');
+    this.shutdown('a reply could not be masked; the session is closed and nothing unmasked was sent');
+  }
+
   // --- both ------------------------------------------------------------------
 
   #writeClient(buffers: Buffer[]): boolean {
@@ -600,6 +636,7 @@ export class RedisRelay {
   #finish(): void {
     if (this.#idleTimer) clearInterval(this.#idleTimer);
     this.#closed = true;
+    this.options.serverTransform?.close();
     this.options.onClose(this.#closeReason);
   }
 }
