@@ -36,6 +36,7 @@ import { CommandClassifier, EXECABORT, Verdict, tokenIs } from './commands.js';
 import { error, type RespVersion } from './replies.js';
 import { RespProtocolError, RespReplyFramer, RespRequestFramer, type ReplyEndInfo, type ReplySink, type RequestSink, type RespRequestLimits } from './resp.js';
 import { encodeCommand } from './upstream.js';
+import type { Judgement, RedisCommandGate } from './command-gate.js';
 
 export interface RedisRelayOptions {
   logger: Logger;
@@ -58,6 +59,8 @@ export interface RedisRelayOptions {
    * rejection ends the session: nothing unmasked is sent.
    */
   serverTransform?: { push(chunk: Buffer, emit: (bytes: Buffer) => void): void | Promise<void>; close(): void };
+  /** Policy and audit for each command the relay would forward. */
+  gate?: RedisCommandGate;
 }
 
 export interface RelayStats {
@@ -123,6 +126,9 @@ export class RedisRelay {
   /** An unpaired RESET was sent: replies are counted again after the upstream's `+RESET`. */
   #awaitingReset = false;
   #actions: Action[] = [];
+  /** A command is held for approval; commands behind it wait in `#backlog`. */
+  #held = false;
+  #backlog: Array<{ raw: Buffer; args: Buffer[] }> = [];
   #inMulti = false;
   #multiDirty = false;
   #clientFailed = false;
@@ -275,7 +281,7 @@ export class RedisRelay {
       if (!flowing && !this.#clientFailed) {
         this.client.pause();
         this.upstream.once('drain', () => {
-          if (!this.#clientFailed) this.client.resume();
+          if (!this.#clientFailed && !this.#held) this.client.resume();
         });
       }
     }
@@ -283,17 +289,32 @@ export class RedisRelay {
   }
 
   #onCommand(raw: Buffer, args: Buffer[]): void {
+    if (this.#held) {
+      // A command is waiting for approval: everything after it waits too, in order.
+      const copy = Buffer.from(raw);
+      this.#backlog.push({ raw: copy, args: args.map((a) => copy.subarray(a.byteOffset - raw.byteOffset, a.byteOffset - raw.byteOffset + a.length)) });
+      return;
+    }
     this.stats.commands++;
     const c = this.#classifier.classify(args);
+    if ((c.verdict === Verdict.Forward || c.verdict === Verdict.Subscribe) && this.options.gate) {
+      const judged = this.options.gate.judge(args);
+      if (judged.action === 'deny') {
+        this.#refuse(judged.reply);
+        return;
+      }
+      if (judged.action === 'approve') {
+        this.#hold(raw, args, judged);
+        return;
+      }
+    }
     switch (c.verdict) {
       case Verdict.Forward:
         this.#forward(raw, args);
         return;
       case Verdict.Refuse:
-        this.stats.refused++;
-        if (this.#inMulti && this.#paired) this.#multiDirty = true;
         this.options.logger.info({ command: args[0]!.toString('latin1').slice(0, 32).toUpperCase() }, 'command refused');
-        this.#reply(c.reply!);
+        this.#refuse(c.reply!);
         return;
       case Verdict.Hello:
         this.#forward(raw);
@@ -325,6 +346,52 @@ export class RedisRelay {
         this.#reset();
         return;
     }
+  }
+
+  /** Answers a command with an error instead of forwarding it; inside MULTI the EXEC will abort, as in Redis. */
+  #refuse(reply: Buffer): void {
+    this.stats.refused++;
+    if (this.#inMulti && this.#paired) this.#multiDirty = true;
+    this.#reply(reply);
+  }
+
+  /**
+   * Holds a command for a human's approval: it and everything the client
+   * sends after it wait (the client socket is paused) until the decision.
+   */
+  #hold(raw: Buffer, args: Buffer[], judged: Extract<Judgement, { action: 'approve' }>): void {
+    this.#flushSpan();
+    this.#held = true;
+    this.client.pause();
+    const copy = Buffer.from(raw);
+    const ownArgs = args.map((a) => copy.subarray(a.byteOffset - raw.byteOffset, a.byteOffset - raw.byteOffset + a.length));
+    void this.options.gate!.hold(copy, ownArgs, judged.verdict, judged.facts).then(
+      (reply) => {
+        if (this.#closed) return;
+        this.#held = false;
+        if (reply) this.#refuse(reply);
+        else this.#forward(copy, ownArgs);
+        const backlog = this.#backlog;
+        this.#backlog = [];
+        for (let i = 0; i < backlog.length; i++) {
+          this.#onCommand(backlog[i]!.raw, backlog[i]!.args);
+          if (this.#held) {
+            this.#backlog.push(...backlog.slice(i + 1));
+            break;
+          }
+        }
+        this.#flushSpan();
+        if (this.#toUpstream.length > 0) {
+          writeAll(this.upstream, this.#toUpstream);
+          this.#toUpstream.length = 0;
+        }
+        if (!this.#held && !this.#clientFailed) this.client.resume();
+      },
+      (err: unknown) => {
+        this.options.logger.error({ err: err instanceof Error ? err.message : String(err) }, 'approval failed');
+        this.shutdown('the approval flow failed');
+      },
+    );
   }
 
   /** Forwards a command of the client's as its own bytes (a span of the chunk when it lies in it). */
@@ -637,6 +704,7 @@ export class RedisRelay {
     if (this.#idleTimer) clearInterval(this.#idleTimer);
     this.#closed = true;
     this.options.serverTransform?.close();
+    this.options.gate?.close();
     this.options.onClose(this.#closeReason);
   }
 }

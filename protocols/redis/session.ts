@@ -8,6 +8,8 @@ import { isLoopbackConnection, newSessionId } from '../../src/gateway/net.js';
 import type { Logger } from '../../src/log.js';
 import { NOAUTH, parsePreAuth, type PreAuthCommand } from './commands.js';
 import { OK, error, type RespVersion } from './replies.js';
+import { RedisCommandGate } from './command-gate.js';
+import type { AuditVerdict } from '../../src/store/types.js';
 import { RedisRelay } from './relay.js';
 import { RespProtocolError, RespRequestFramer, UNAUTHENTICATED_REQUEST_LIMITS, type RequestSink } from './resp.js';
 import { connectRedisUpstream, reauthCommands } from './upstream.js';
@@ -277,7 +279,20 @@ export class RedisSession implements SessionHandle {
     this.#socket.off('data', this.#onData);
     this.#socket.removeAllListeners('close');
     const limits = this.target.limits;
+    const identity = this.#identity!;
+    const metrics = this.ctx.metrics;
+    const gate = new RedisCommandGate({
+      sessionId: this.id,
+      subject: identity.subject,
+      target: this.target.name,
+      policy: this.ctx.admit(identity, this.target.name)!,
+      logger: log,
+      ...(this.ctx.audit ? { audit: this.ctx.audit } : {}),
+      ...(this.ctx.approvals ? { approvals: this.ctx.approvals } : {}),
+      ...(metrics ? { onVerdict: (verdict: AuditVerdict) => metrics.statement(this.target.name, verdict) } : {}),
+    });
     const relay = new RedisRelay(this.#socket, upstream, {
+        gate,
         requestLimits: { maxBulkBytes: limits.maxMessageBytes, maxCommandBytes: limits.maxMessageBytes + 64 * 1024 },
         logger: log,
         idleTimeoutMs: limits.idleTimeoutMs,

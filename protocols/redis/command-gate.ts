@@ -1,0 +1,218 @@
+import type { Logger } from '../../src/log.js';
+import type { SessionPolicy } from '../../src/policy/engine.js';
+import type { RedisCommandFacts, Verdict } from '../../src/policy/types.js';
+import type { AuditEvent, AuditVerdict } from '../../src/store/types.js';
+import type { ApprovalManager, PendingApproval } from '../../src/policy/approvals.js';
+import { classifyCommand } from './classify.js';
+import { error } from './replies.js';
+
+/**
+ * Policy and audit for one Redis session: each command the relay would
+ * forward is classified from Redis' own command table and judged.
+ *
+ * The relay does the wire work (a refusal is answered in order; a refusal
+ * inside MULTI turns the EXEC into EXECABORT, as Redis does for a command
+ * rejected at queue time; a held command holds the rest of the pipeline).
+ * This module decides and writes the audit trail.
+ *
+ * Audit volume: Redis serves tens of thousands of commands a second per
+ * connection, and one SQLite row per allowed GET would cost more CPU than
+ * relaying it. Refused, held and approved commands are always recorded one
+ * by one; allowed commands are recorded one by one when `auditEachAllowed`
+ * is on, and otherwise as one row per command name per second per session
+ * (`kind: get`, `rows: <count>`, text `GET x1523`). See docs/policy.md.
+ */
+export interface RedisGateContext {
+  sessionId: string;
+  subject: string;
+  target: string;
+  policy: SessionPolicy;
+  logger: Logger;
+  audit?: { write(event: AuditEvent): void };
+  approvals?: ApprovalManager;
+  onVerdict?(verdict: AuditVerdict): void;
+  /** One audit row per allowed command instead of per-second counts. */
+  auditEachAllowed?: boolean;
+}
+
+export type Judgement =
+  | { action: 'allow' }
+  | { action: 'deny'; reply: Buffer }
+  | { action: 'approve'; verdict: Verdict; facts: RedisCommandFacts };
+
+const ALLOW: Judgement = Object.freeze({ action: 'allow' });
+/** Longest argument shown in audit text and to approvers. */
+const ARG_PREVIEW = 200;
+const AGGREGATE_EVERY_MS = 1_000;
+
+/** Commands whose arguments carry a credential, and where it starts. */
+function secretArgumentsFrom(facts: RedisCommandFacts): number {
+  switch (facts.command) {
+    case 'auth':
+    case 'hello':
+      return 1;
+    case 'migrate':
+      return 1; // MIGRATE ... AUTH password / AUTH2 user password
+    case 'acl':
+      return facts.subcommand === 'setuser' ? 3 : Infinity;
+    case 'config':
+      return facts.subcommand === 'set' ? 2 : Infinity;
+    default:
+      return Infinity;
+  }
+}
+
+export class RedisCommandGate {
+  readonly #counts = new Map<string, number>();
+  #flushTimer: NodeJS.Timeout | undefined;
+  #pending: PendingApproval | undefined;
+
+  constructor(private readonly ctx: RedisGateContext) {}
+
+  judge(args: Buffer[]): Judgement {
+    const facts = classifyCommand(args);
+    const verdict = this.ctx.policy.evaluate(facts);
+    if (verdict.action === 'allow') {
+      this.#allowed(facts, args);
+      return ALLOW;
+    }
+    if (verdict.action === 'approve') {
+      if (!this.ctx.approvals) {
+        return this.#deny(verdict, facts, args, `${verdict.reason} (needs approval, but approvals are not configured)`);
+      }
+      const window = this.ctx.approvals.windowAllows(this.ctx.subject, this.ctx.target, fingerprintOf(facts));
+      if (window) {
+        this.#allowed(facts, args);
+        return ALLOW;
+      }
+      return { action: 'approve', verdict, facts };
+    }
+    return this.#deny(verdict, facts, args, verdict.reason);
+  }
+
+  /** Holds a command for a human; resolves with the reply to send instead, or undefined to forward it. */
+  async hold(raw: Buffer, args: Buffer[], verdict: Verdict, facts: RedisCommandFacts): Promise<Buffer | undefined> {
+    const approvals = this.ctx.approvals!;
+    const text = describeCommand(args, facts);
+    const pending = approvals.request({
+      sessionId: this.ctx.sessionId,
+      subject: this.ctx.subject,
+      target: this.ctx.target,
+      protocol: 'redis',
+      policy: verdict.policy,
+      rule: verdict.rule ?? '',
+      text,
+      heldBytes: raw,
+      fingerprint: fingerprintOf(facts),
+    });
+    this.#pending = pending;
+    const id = pending.record.id;
+    this.ctx.logger.info({ approvalId: id, rule: verdict.rule, command: text.slice(0, 200) }, 'command held for approval');
+    const outcome = await pending.outcome;
+    this.#pending = undefined;
+    if (outcome.status === 'approved') {
+      approvals.markUsed(id);
+      this.#write(this.#event(facts, text, 'approved', { approvalId: id, ...(verdict.rule ? { rule: verdict.rule } : {}) }));
+      this.ctx.onVerdict?.('approved');
+      return undefined;
+    }
+    const auditVerdict: AuditVerdict =
+      outcome.status === 'expired' ? 'approval_expired' : outcome.status === 'cancelled' ? 'approval_cancelled' : 'approval_denied';
+    const what = outcome.status === 'expired' ? 'expired' : outcome.status === 'cancelled' ? 'was cancelled' : 'was denied';
+    const message = `sluice: approval ${id} ${what}; the command was not run`;
+    this.#write(this.#event(facts, text, auditVerdict, { approvalId: id, ...(verdict.rule ? { rule: verdict.rule } : {}), error: message }));
+    this.ctx.onVerdict?.(auditVerdict);
+    return error(message, 'NOPERM');
+  }
+
+  close(): void {
+    this.#pending?.cancel();
+    if (this.#flushTimer) clearTimeout(this.#flushTimer);
+    this.#flushCounts();
+  }
+
+  #deny(verdict: Verdict, facts: RedisCommandFacts, args: Buffer[], reason: string): Judgement {
+    const message = `sluice: denied by rule "${verdict.rule ?? `default of policy ${verdict.policy}`}": ${reason}`;
+    const text = describeCommand(args, facts);
+    this.ctx.logger.info({ rule: verdict.rule, policy: verdict.policy, command: text.slice(0, 200) }, 'command refused');
+    this.#write(this.#event(facts, text, 'denied', { ...(verdict.rule ? { rule: verdict.rule } : {}), error: message }));
+    this.ctx.onVerdict?.('denied');
+    return { action: 'deny', reply: error(message, 'NOPERM') };
+  }
+
+  #allowed(facts: RedisCommandFacts, args: Buffer[]): void {
+    this.ctx.onVerdict?.('allowed');
+    if (!this.ctx.audit) return;
+    if (this.ctx.auditEachAllowed) {
+      this.#write(this.#event(facts, describeCommand(args, facts), 'allowed'));
+      return;
+    }
+    const kind = kindOf(facts);
+    this.#counts.set(kind, (this.#counts.get(kind) ?? 0) + 1);
+    if (!this.#flushTimer) {
+      this.#flushTimer = setTimeout(() => {
+        this.#flushTimer = undefined;
+        this.#flushCounts();
+      }, AGGREGATE_EVERY_MS);
+      this.#flushTimer.unref();
+    }
+  }
+
+  #flushCounts(): void {
+    for (const [kind, n] of this.#counts) {
+      this.#write({
+        time: new Date().toISOString(),
+        sessionId: this.ctx.sessionId,
+        subject: this.ctx.subject,
+        target: this.ctx.target,
+        protocol: 'redis',
+        kind,
+        text: `${kind.toUpperCase()} x${n}`,
+        verdict: 'allowed',
+        policy: this.ctx.policy.name,
+        rows: n,
+      });
+    }
+    this.#counts.clear();
+  }
+
+  #event(facts: RedisCommandFacts, text: string, verdict: AuditVerdict, extra: Partial<AuditEvent> = {}): AuditEvent {
+    return {
+      time: new Date().toISOString(),
+      sessionId: this.ctx.sessionId,
+      subject: this.ctx.subject,
+      target: this.ctx.target,
+      protocol: 'redis',
+      kind: kindOf(facts),
+      text,
+      verdict,
+      policy: this.ctx.policy.name,
+      ...extra,
+    };
+  }
+
+  #write(event: AuditEvent): void {
+    this.ctx.audit?.write(event);
+  }
+}
+
+function kindOf(facts: RedisCommandFacts): string {
+  return facts.subcommand ? `${facts.command}|${facts.subcommand}` : facts.command;
+}
+
+function fingerprintOf(facts: RedisCommandFacts): string {
+  return `redis:${kindOf(facts)}:${facts.keys.join('\u0000')}`;
+}
+
+/** The command as an approver or auditor reads it: arguments quoted and cut, credentials replaced. */
+export function describeCommand(args: Buffer[], facts: RedisCommandFacts): string {
+  const secretFrom = secretArgumentsFrom(facts);
+  return args
+    .map((a, i) => {
+      if (i >= secretFrom) return '[redacted]';
+      const s = a.toString('utf8', 0, Math.min(a.length, ARG_PREVIEW));
+      const shown = /^[\x21-\x7e]+$/.test(s) ? s : JSON.stringify(s);
+      return a.length > ARG_PREVIEW ? `${shown}...(${a.length} bytes)` : shown;
+    })
+    .join(' ');
+}

@@ -1,0 +1,125 @@
+/**
+ * Command policy on live Redis sessions: refusals in a pipeline and inside
+ * MULTI (EXEC then aborts, as Redis does for a command rejected at queue
+ * time), scripting and administration by ACL category, key rules, approvals,
+ * and the audit trail.
+ */
+import t from 'tap';
+import { Redis } from 'ioredis';
+import { startRedis } from '../helpers/redis.js';
+import { startGateway } from '../helpers/gateway.js';
+import type { AuditEvent } from '../../src/store/types.js';
+
+const redis = await startRedis();
+t.teardown(() => redis.stop());
+const gw = await startGateway(
+  `identity: { dev_issuer: true }
+targets:
+  cache:
+    protocol: redis
+    listen: 127.0.0.1:0
+    allow_insecure_loopback: true
+    upstream: { host: 127.0.0.1, port: ${redis.port}, user: app, password_env: REDIS_PW, db: 0, tls: disable }
+policies:
+  - name: agents
+    subjects: { groups: [agent] }
+    targets: [cache]
+    default: allow
+    rules:
+      - { name: no-server-admin, action: deny, match: { commands: ['@dangerous', '@scripting', 'flushall'] } }
+      - { name: sessions-are-private, action: deny, match: { keys: ['session:*'] } }
+      - { name: bulk-delete-needs-approval, action: approve, match: { commands: [unlink] } }
+api:
+  listen: 127.0.0.1:0
+  roles: { approver: [security], auditor: [security] }
+approvals:
+  timeout: 3s
+`,
+  { REDIS_PW: redis.aclPassword },
+);
+t.teardown(() => gw.close());
+
+const port = gw.port('cache');
+const agentToken = await gw.token('agent-9', ['agent']);
+const approverToken = await gw.token('bob', ['security']);
+const api = `http://127.0.0.1:${gw.gateway.api!.address.port}`;
+
+function client(): Redis {
+  const c = new Redis({ host: '127.0.0.1', port, password: agentToken, lazyConnect: true, maxRetriesPerRequest: 0, enableOfflineQueue: false });
+  c.on('error', () => {});
+  return c;
+}
+
+t.test('a pipeline: refused commands get -NOPERM in place, the rest run in order', async (t) => {
+  const c = client();
+  await c.connect();
+  t.teardown(() => c.disconnect());
+  const results = await c
+    .pipeline()
+    .set('a', '1')
+    .flushall()
+    .get('a')
+    .eval("return redis.call('flushall')", 0)
+    .set('session:42', 'x')
+    .incr('a')
+    .exec();
+  t.same(results![0], [null, 'OK']);
+  t.match(String(results![1]![0]), /NOPERM sluice: denied by rule "no-server-admin": command flushall/);
+  t.same(results![2], [null, '1']);
+  t.match(String(results![3]![0]), /NOPERM sluice: denied by rule "no-server-admin": command eval \(@scripting\)/);
+  t.match(String(results![4]![0]), /NOPERM sluice: denied by rule "sessions-are-private"/);
+  t.same(results![5], [null, 2]);
+  t.equal((await redis.cli(['GET', 'a'])).trim(), '2', 'FLUSHALL (directly or via EVAL) never reached the server');
+  t.equal((await redis.cli(['EXISTS', 'session:42'])).trim(), '0');
+});
+
+t.test('inside MULTI a refused command aborts the EXEC, as Redis does', async (t) => {
+  const c = client();
+  await c.connect();
+  t.teardown(() => c.disconnect());
+  const tx = c.multi().set('tx', 'one').config('SET', 'maxmemory', '1').set('tx', 'two');
+  await t.rejects(tx.exec(), /EXECABORT/);
+  t.equal(await c.get('tx'), null, 'nothing of the transaction ran');
+  const ok = await c.multi().set('tx', 'three').get('tx').exec();
+  t.same(ok, [[null, 'OK'], [null, 'three']], 'the next transaction works');
+});
+
+t.test('a held command waits for approval; the pipeline behind it waits too', async (t) => {
+  const c = client();
+  await c.connect();
+  t.teardown(() => c.disconnect());
+  await c.set('old:1', 'x');
+  const held = c.unlink('old:1');
+  const after = c.get('old:1');
+  let id: string | undefined;
+  for (let i = 0; i < 100 && !id; i++) {
+    const list = (await (await fetch(`${api}/api/approvals?status=pending`, { headers: { authorization: `Bearer ${approverToken}` } })).json()) as {
+      approvals: Array<{ id: string; text: string; subject: string }>;
+    };
+    id = list.approvals.find((a) => a.subject === 'agent-9' && a.text.includes('old:1'))?.id;
+    if (!id) await new Promise((r) => setTimeout(r, 25));
+  }
+  t.ok(id, 'the approval is listed with the command text');
+  t.equal((await redis.cli(['EXISTS', 'old:1'])).trim(), '1', 'nothing ran while held');
+  const res = await fetch(`${api}/api/approvals/${id}/approve`, { method: 'POST', headers: { authorization: `Bearer ${approverToken}`, 'content-type': 'application/json' }, body: '{}' });
+  t.equal(res.status, 200);
+  t.equal(await held, 1);
+  t.equal(await after, null, 'the GET behind it ran after the approved UNLINK');
+
+  await c.set('old:2', 'y');
+  await t.rejects(c.unlink('old:2'), /NOPERM sluice: approval apr_[a-z2-7]+ expired/);
+  t.equal(await c.get('old:2'), 'y', 'a timed-out command did not run, and the session goes on');
+});
+
+t.test('audit rows: refusals one by one, allowed commands counted', async (t) => {
+  await new Promise((r) => setTimeout(r, 1_200));
+  gw.gateway.services.audit.flush();
+  const events: AuditEvent[] = gw.gateway.services.store.queryAuditEvents({ subject: 'agent-9', limit: 1000 });
+  t.match(events.find((e) => e.kind === 'flushall'), { verdict: 'denied', rule: 'no-server-admin', protocol: 'redis', target: 'cache' });
+  t.match(events.find((e) => e.kind === 'eval'), { verdict: 'denied' });
+  t.match(events.find((e) => e.verdict === 'approved'), { kind: 'unlink', rule: 'bulk-delete-needs-approval' });
+  t.ok(events.some((e) => e.verdict === 'approval_expired'));
+  const sets = events.filter((e) => e.kind === 'set' && e.verdict === 'allowed');
+  t.ok(sets.length > 0 && sets.every((e) => (e.rows ?? 0) > 0), 'allowed SETs are counted per second');
+  for (const e of events) t.notMatch(e.text, agentToken);
+});
