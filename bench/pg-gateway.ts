@@ -177,6 +177,12 @@ async function main(): Promise<void> {
         // The startup `user` is only a label for Sluice; identity comes from the token.
         return { name: 'sluice', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
       }],
+      ['sluice+policy', async () => {
+        const s = await startSluice({ protocol: 'postgres', upstreamPort: pg.port, database: pg.database, user: pg.user, password: pg.password }, { policy: true });
+        cleanups.push(() => s.stop());
+        // The startup `user` is only a label for Sluice; identity comes from the token.
+        return { name: 'sluice+policy', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
+      }],
     ];
     for (const [name, start] of candidates) {
       if (!wanted(name)) continue;
@@ -201,7 +207,7 @@ async function main(): Promise<void> {
       contenders: contenders.map((c) => c.name),
       absent,
       cells,
-      ratios: [['sluice', 'relay'], ['sluice', 'direct'], ['sluice', 'pgbouncer'], ['relay', 'direct'], ['pgbouncer', 'direct']],
+      ratios: [['sluice', 'relay'], ['sluice+policy', 'relay'], ['sluice', 'direct'], ['sluice', 'pgbouncer'], ['relay', 'direct'], ['pgbouncer', 'direct']],
       rounds: ROUNDS,
     };
     const tables = buildTables(report);

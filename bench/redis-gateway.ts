@@ -186,6 +186,11 @@ async function main(): Promise<void> {
         cleanups.push(() => s.stop());
         return { name: 'sluice', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
       }],
+      ['sluice+policy', async () => {
+        const s = await startSluice({ protocol: 'redis', upstreamPort: redis.port, user: 'default', password: redis.password }, { policy: true });
+        cleanups.push(() => s.stop());
+        return { name: 'sluice+policy', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
+      }],
     ];
     for (const [name, start] of candidates) {
       if (!wanted(name)) continue;
@@ -210,7 +215,7 @@ async function main(): Promise<void> {
       contenders: contenders.map((c) => c.name),
       absent,
       cells,
-      ratios: [['sluice', 'relay'], ['sluice', 'twemproxy'], ['sluice', 'direct'], ['relay', 'direct'], ['twemproxy', 'direct']],
+      ratios: [['sluice', 'relay'], ['sluice+policy', 'relay'], ['sluice', 'twemproxy'], ['sluice', 'direct'], ['relay', 'direct'], ['twemproxy', 'direct']],
       rounds: ROUNDS,
     };
     const tables = buildTables(report);

@@ -27,7 +27,27 @@ export interface SluiceContender {
   stop(): Promise<void>;
 }
 
-function configYaml(dir: string, listenPort: number, target: SluiceTarget): string {
+/**
+ * The example policy of the policy issue, for the "policy on" contender:
+ * every statement is classified and judged against five rules, none of which
+ * matches pgbench's or redis-benchmark's traffic, so the cost measured is
+ * the judging, not a refusal.
+ */
+const EXAMPLE_RULES = `    default: allow
+    rules:
+      - { name: no-destruction, action: deny, match: { kinds: [drop, truncate] } }
+      - { name: roles-need-approval, action: approve, match: { kinds: [role] } }
+      - { name: no-file-access, action: deny, match: { functions: ['@dangerous'] } }
+      - { name: no-server-admin, action: deny, match: { commands: ['@dangerous', '@scripting', 'flushall'] } }
+      - { name: careful-writes, action: deny, match: { kinds: [update, delete], without_where: true } }
+`;
+
+export interface SluiceOptions {
+  /** Judge every statement against the example policy. */
+  policy?: boolean;
+}
+
+function configYaml(dir: string, listenPort: number, target: SluiceTarget, options: SluiceOptions = {}): string {
   const upstream =
     target.protocol === 'postgres'
       ? `{ host: 127.0.0.1, port: ${target.upstreamPort}, database: ${target.database}, user: ${target.user}, password_env: ${PASSWORD_ENV}, tls: disable }`
@@ -48,14 +68,14 @@ policies:
   - name: bench
     subjects: { groups: [bench] }
     targets: [bench]
-`;
+${options.policy ? EXAMPLE_RULES : ''}`;
 }
 
-export async function startSluice(target: SluiceTarget): Promise<SluiceContender> {
+export async function startSluice(target: SluiceTarget, options: SluiceOptions = {}): Promise<SluiceContender> {
   const dir = await mkdtemp(join(tmpdir(), 'sluice-bench-'));
   const configFile = join(dir, 'sluice.yaml');
   const port = await freePort();
-  await writeFile(configFile, configYaml(dir, port, target));
+  await writeFile(configFile, configYaml(dir, port, target, options));
   const env = { ...process.env, [PASSWORD_ENV]: target.password };
   let daemon: Daemon | undefined;
   try {
