@@ -260,3 +260,383 @@ export const DETECTOR_NAMES = Object.keys(BUILTIN_DETECTORS) as DetectorName[];
 export function isDetectorName(name: string): name is DetectorName {
   return Object.prototype.hasOwnProperty.call(BUILTIN_DETECTORS, name);
 }
+
+// --- byte-level candidate scan ------------------------------------------------
+//
+// The regexes above are exact but slow to run over whole values: their gates
+// ('@', "hex:hex:hex", "4 digits") hold on almost every batch of realistic
+// rows (timestamps, JSON, uuids), and V8 then tries a match at every position.
+// The scan below finds the few places where a built-in detector could match,
+// on the raw UTF-8 bytes, in one pass dispatching on a 256-entry table of
+// trigger bytes, each followed by a bounded local check. It is conservative:
+// a value it does not flag has no match of any enabled detector (the regexes
+// are ASCII-only around their triggers; a non-ASCII byte where a check cannot
+// decide, such as a possible Unicode space, flags the value). Flagged values
+// then go through the exact regex path, so results are unchanged.
+
+const T_DIGIT = 1;
+const T_COLON = 2;
+const T_EQUALS = 3;
+const T_AT = 4;
+const T_PLUS = 5;
+const T_DASH = 6;
+const T_UNDERSCORE = 7;
+const T_A = 8;
+const T_J = 9;
+
+/** Character classes by byte (ASCII only; bytes >= 0x80 have none). */
+const C_DIGIT = 1;
+const C_UPPER = 2;
+const C_LOWER = 4;
+const C_HEX = 8;
+const C_WORD = 16; // JS \w without the u flag: [A-Za-z0-9_]
+const C_B64 = 32; // [A-Za-z0-9/+]
+const C_SPACE = 64; // ASCII \s
+const CLASS = new Uint8Array(256);
+for (let b = 0; b < 128; b++) {
+  const c = String.fromCharCode(b);
+  let k = 0;
+  if (c >= '0' && c <= '9') k |= C_DIGIT | C_HEX | C_WORD | C_B64;
+  if (c >= 'A' && c <= 'Z') k |= C_UPPER | C_WORD | C_B64;
+  if (c >= 'a' && c <= 'z') k |= C_LOWER | C_WORD | C_B64;
+  if ((c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')) k |= C_HEX;
+  if (c === '_') k |= C_WORD;
+  if (c === '/' || c === '+') k |= C_B64;
+  if (' \t\n\v\f\r'.includes(c)) k |= C_SPACE;
+  CLASS[b] = k;
+}
+
+function isDigit(buf: Uint8Array, i: number): boolean {
+  return i >= 0 && i < buf.length && buf[i]! >= 0x30 && buf[i]! <= 0x39;
+}
+function is(buf: Uint8Array, i: number, cls: number): boolean {
+  return i >= 0 && i < buf.length && (CLASS[buf[i]!]! & cls) !== 0;
+}
+/** buf[i..] starts with the ASCII literal. */
+function at(buf: Uint8Array, i: number, lit: string): boolean {
+  if (i < 0 || i + lit.length > buf.length) return false;
+  for (let k = 0; k < lit.length; k++) if (buf[i + k] !== lit.charCodeAt(k)) return false;
+  return true;
+}
+/** End of the digit run starting at i. */
+function digitRunEnd(buf: Uint8Array, i: number): number {
+  while (i < buf.length && buf[i]! >= 0x30 && buf[i]! <= 0x39) i++;
+  return i;
+}
+
+const CARD_DIGITS = new Uint8Array(20);
+
+/**
+ * Card shape from the digit run [s, e): digit runs joined by single ' ' or
+ * '-', cut after some run at 13 to 19 digits where the digits have a known
+ * issuer prefix and a valid Luhn sum. Every card the regex and refineCard
+ * accept is such a cut.
+ */
+export function cardShape(buf: Uint8Array, s: number, e: number): boolean {
+  const d = CARD_DIGITS;
+  let n = 0;
+  let j = s;
+  let runEnd = e;
+  for (;;) {
+    for (; j < runEnd && n < 20; j++) d[n++] = buf[j]! - 0x30;
+    if (j < runEnd) return false; // more than 19 digits before any cut
+    if (n >= 13 && cardIssuerDigits(d) && luhnDigits(d, n)) return true;
+    if (!((buf[j] === 0x20 || buf[j] === 0x2d) && isDigit(buf, j + 1))) return false;
+    j++;
+    runEnd = digitRunEnd(buf, j);
+  }
+}
+
+function luhnDigits(d: Uint8Array, n: number): boolean {
+  let sum = 0;
+  let double = false;
+  for (let i = n - 1; i >= 0; i--) {
+    let x = d[i]!;
+    if (double) {
+      x *= 2;
+      if (x > 9) x -= 9;
+    }
+    sum += x;
+    double = !double;
+  }
+  return sum % 10 === 0;
+}
+
+function cardIssuerDigits(d: Uint8Array): boolean {
+  return cardIssuer(String.fromCharCode(d[0]! + 48, d[1]! + 48, d[2]! + 48, d[3]! + 48));
+}
+
+/** Area digit: [2-9]. */
+function isAreaDigit(b: number | undefined): boolean {
+  return b !== undefined && b >= 0x32 && b <= 0x39;
+}
+
+/**
+ * North American number written with separators, from its exchange (the
+ * 3-digit run [s, e) followed by '-' or '.'): `[2-9]\d\d[-.]` or
+ * `([2-9]\d\d) ?` before it, and exactly 4 digits after it.
+ */
+export function nanpShape(buf: Uint8Array, s: number, e: number): boolean {
+  if (!isAreaDigit(buf[s]) || digitRunEnd(buf, e + 1) - (e + 1) !== 4 || buf[e + 5] === 0x2d) return false;
+  let q = s - 1;
+  if (buf[q] === 0x2d || buf[q] === 0x2e) return q >= 3 && isAreaDigit(buf[q - 3]) && isDigit(buf, q - 2) && isDigit(buf, q - 1);
+  if (buf[q] === 0x20) q--;
+  return buf[q] === 0x29 && buf[q - 4] === 0x28 && isAreaDigit(buf[q - 3]) && isDigit(buf, q - 2) && isDigit(buf, q - 1);
+}
+
+/** Dotted quad shape at the digit run [s, e): runs of 1-3 digits separated by '.', not after a '.'. */
+export function ipv4Shape(buf: Uint8Array, s: number, e: number): boolean {
+  if (e - s > 3 || buf[s - 1] === 0x2e) return false;
+  let j = e;
+  for (let part = 0; part < 3; part++) {
+    if (buf[j] !== 0x2e || !isDigit(buf, j + 1)) return false;
+    const end = digitRunEnd(buf, j + 1);
+    if (part < 2 && end - j - 1 > 3) return false;
+    j = end;
+  }
+  return true;
+}
+
+/** IBAN shape: the digit run at s preceded by two capitals, then at least 15 [A-Z0-9] with single spaces. */
+export function ibanShape(buf: Uint8Array, s: number, e: number): boolean {
+  if (e - s < 2 || !is(buf, s - 1, C_UPPER) || !is(buf, s - 2, C_UPPER)) return false;
+  let n = 2;
+  let j = s;
+  while (j < buf.length && n < 15) {
+    if (is(buf, j, C_UPPER | C_DIGIT)) n++, j++;
+    else if (buf[j] === 0x20 && is(buf, j + 1, C_UPPER | C_DIGIT)) j++;
+    else break;
+  }
+  return n >= 15;
+}
+
+/**
+ * Which built-in detectors could match in a value, from its bytes. Built per
+ * rule set with the enabled detectors; `scan` marks values of a batch, `any`
+ * answers for one value.
+ */
+export class CandidateScanner {
+  private readonly table = new Uint8Array(256);
+  private readonly on: Set<DetectorName>;
+  private readonly ipv6: boolean;
+  private readonly card: boolean;
+  private readonly iban: boolean;
+  private readonly ssn: boolean;
+  private readonly phone: boolean;
+  private readonly ipv4: boolean;
+  private readonly pw: boolean;
+  private readonly awsSecret: boolean;
+  private readonly awsId: boolean;
+  private readonly google: boolean;
+  private readonly github: boolean;
+  private readonly stripe: boolean;
+  private readonly gitlab: boolean;
+  private readonly slack: boolean;
+  private readonly pem: boolean;
+  private readonly jwt: boolean;
+  private readonly email: boolean;
+
+  constructor(enabled: Iterable<DetectorName>) {
+    this.on = new Set(enabled);
+    const on = this.on;
+    this.ipv6 = on.has('ipv6');
+    this.card = on.has('credit_card');
+    this.iban = on.has('iban');
+    this.ssn = on.has('us_ssn');
+    this.phone = on.has('phone');
+    this.ipv4 = on.has('ipv4');
+    this.pw = on.has('password_assignment');
+    this.awsSecret = on.has('aws_secret_access_key');
+    this.awsId = on.has('aws_access_key_id');
+    this.google = on.has('google_api_key');
+    this.github = on.has('github_token');
+    this.stripe = on.has('stripe_key');
+    this.gitlab = on.has('gitlab_token');
+    this.slack = on.has('slack_token');
+    this.pem = on.has('pem_private_key');
+    this.jwt = on.has('jwt');
+    this.email = on.has('email');
+    const set = (chars: string, k: number): void => {
+      for (const c of chars) this.table[c.charCodeAt(0)] = k;
+    };
+    if (this.card || this.iban || this.ssn || this.phone || this.ipv4) set('0123456789', T_DIGIT);
+    if (on.has('ipv6') || this.pw || this.awsSecret) set(':', T_COLON);
+    if (this.pw || this.awsSecret) set('=', T_EQUALS);
+    if (this.email || this.pw) set('@', T_AT); // the URL userinfo form needs an '@'
+    if (this.phone) set('+', T_PLUS);
+    if (this.gitlab || this.slack || this.pem) set('-', T_DASH);
+    if (this.github || this.stripe) set('_', T_UNDERSCORE);
+    if (this.awsId || this.google) set('A', T_A);
+    if (this.jwt) set('J', T_J);
+  }
+
+  /**
+   * Marks (marks[v] = 1) every value that may hold a match. `buf` holds the
+   * values back to back, value v starting at starts[v] and ending where the
+   * next starts (a separator byte such as NUL between them is allowed and
+   * stops every check).
+   */
+  scan(buf: Uint8Array, starts: Int32Array, marks: Uint8Array): void {
+    const table = this.table;
+    const len = buf.length;
+    const last = starts.length - 1;
+    let v = 0;
+    let next = last > 0 ? starts[1]! : len;
+    let ipv6Until = 0;
+    for (let i = 0; i < len; i++) {
+      const k = table[buf[i]!]!;
+      if (k === 0) continue;
+      if (i >= next) {
+        while (v < last && starts[v + 1]! <= i) v++;
+        next = v < last ? starts[v + 1]! : len;
+      }
+      let hit: boolean;
+      if (k === T_DIGIT) {
+        let e = i + 1;
+        while (e < len && buf[e]! >= 0x30 && buf[e]! <= 0x39) e++;
+        // Fast reject, the common case (ids, prices, dates, uuids): every
+        // shape needs a separator after the run, 13+ digits, or a capital before it.
+        const after = e < len ? buf[e]! : 0;
+        if (e - i < 13 && after !== 0x20 && after !== 0x2d && after !== 0x2e && (i === 0 || (CLASS[buf[i - 1]!]! & C_UPPER) === 0)) {
+          i = e - 1;
+          continue;
+        }
+        hit = this.digits(buf, i, e);
+        i = e - 1;
+      } else if (k === T_DASH && buf[i + 1] !== 0x2d && (i === 0 || DASH_PREV[buf[i - 1]!] === 0)) {
+        continue; // not '--' (a PEM line) nor after the last letter of 'glpat' or 'xox?'
+      } else if (k === T_COLON) {
+        hit = this.assignment(buf, i);
+        if (!hit && this.ipv6 && i >= ipv6Until) {
+          // One decision for the whole run of hex digits and colons around it.
+          const r = this.colonRun(buf, i);
+          if (r < 0) hit = true;
+          else ipv6Until = r;
+        }
+      } else {
+        hit = this.trigger(buf, i, k);
+      }
+      if (hit) {
+        marks[v] = 1;
+        i = next - 1; // the value goes through the exact path: skip to the next one
+      }
+    }
+  }
+
+  /** True when the value may hold a match of an enabled detector. */
+  any(buf: Uint8Array): boolean {
+    ONE_MARK[0] = 0;
+    this.scan(buf, ONE_START, ONE_MARK);
+    return ONE_MARK[0] === 1;
+  }
+
+  private trigger(buf: Uint8Array, i: number, k: number): boolean {
+    switch (k) {
+      case T_COLON:
+      case T_EQUALS:
+        return this.assignment(buf, i);
+      case T_AT:
+        return true;
+      case T_PLUS:
+        return buf[i + 1]! >= 0x31 && buf[i + 1]! <= 0x39; // E.164: '+' then [1-9]
+      case T_DASH:
+        return (
+          (this.gitlab && at(buf, i - 5, 'glpat')) ||
+          (this.slack && at(buf, i - 4, 'xox') && SLACK_KIND[buf[i - 1]!] === 1) ||
+          (this.pem && at(buf, i, '-----BEGIN'))
+        );
+      case T_UNDERSCORE:
+        if (this.github && ((at(buf, i - 3, 'gh') && GITHUB_KIND[buf[i - 1]!] === 1) || at(buf, i - 6, 'github')))
+          return true;
+        return (
+          this.stripe &&
+          buf[i - 1] === 0x6b /* k */ &&
+          (buf[i - 2] === 0x73 || buf[i - 2] === 0x72) /* s, r */ &&
+          (at(buf, i + 1, 'live_') || at(buf, i + 1, 'test_'))
+        );
+      case T_A:
+        return (
+          (this.awsId && (at(buf, i, 'AKIA') || at(buf, i, 'ASIA') || at(buf, i, 'ABIA') || at(buf, i, 'ACCA'))) ||
+          (this.google && at(buf, i, 'AIza'))
+        );
+      case T_J:
+        return at(buf, i - 2, 'eyJ');
+    }
+    return false;
+  }
+
+  /** Digit run [s, e): card, IBAN, SSN, North American phone, IPv4 shapes. */
+  private digits(buf: Uint8Array, s: number, e: number): boolean {
+    const n = e - s;
+    const prev = s > 0 ? buf[s - 1]! : 0;
+    const after = e < buf.length ? buf[e]! : 0;
+    // Fast reject, the common case (ids, prices, dates, uuids): every shape
+    // needs a separator after the run, 13+ digits, or a capital before it.
+    if (n < 13 && after !== 0x20 && after !== 0x2d && after !== 0x2e && (CLASS[prev]! & C_UPPER) === 0) return false;
+    if (this.card && n >= 4 && buf[s]! >= 0x32 && buf[s]! <= 0x36 && prev !== 0x2e && prev !== 0x2d && cardShape(buf, s, e))
+      return true;
+    if (this.iban && ibanShape(buf, s, e)) return true;
+    if (this.ssn && n === 3 && prev !== 0x2d && after === 0x2d && isDigit(buf, e + 1) && isDigit(buf, e + 2) && buf[e + 3] === 0x2d &&
+      digitRunEnd(buf, e + 4) - (e + 4) >= 4)
+      return true;
+    if (this.phone && n === 3 && (after === 0x2d || after === 0x2e) && nanpShape(buf, s, e)) return true;
+    if (this.ipv4 && ipv4Shape(buf, s, e)) return true;
+    return false;
+  }
+
+  /**
+   * The run of hex digits and colons around the colon at i: returns -1 when
+   * an IPv6 address could start there (the run is not preceded by a word
+   * character, a colon or a dot, and holds at least two colons), else the
+   * run's end.
+   */
+  private colonRun(buf: Uint8Array, i: number): number {
+    let s = i;
+    while (s > 0 && (buf[s - 1] === 0x3a || is(buf, s - 1, C_HEX))) s--;
+    let e = i + 1;
+    let colons = 1;
+    while (e < buf.length && (buf[e] === 0x3a || is(buf, e, C_HEX))) {
+      if (buf[e] === 0x3a) colons++;
+      e++;
+    }
+    if (colons >= 2 && !is(buf, s - 1, C_WORD) && buf[s - 1] !== 0x2e) return -1;
+    return e;
+  }
+
+  /** ':' or '=' at i: a password keyword before it, or 40 base64 characters (an AWS secret) after it. */
+  private assignment(buf: Uint8Array, i: number): boolean {
+    if (this.pw) {
+      let j = i - 1;
+      for (let n = 0; n < 5 && j >= 0; n++, j--) {
+        if (buf[j]! >= 0x80) return true; // possibly a Unicode space (\s): let the regex decide
+        if ((CLASS[buf[j]!]! & C_SPACE) === 0) break;
+      }
+      if (buf[j] === 0x22 || buf[j] === 0x27) j--;
+      if (j >= 2) {
+        // Every keyword ends in one of these (case-insensitive): pASS, passWD, passwORD, passphrASE, PWD, secRET, KEY, toKEN.
+        const tail = ((buf[j - 2]! | 0x20) << 16) | ((buf[j - 1]! | 0x20) << 8) | (buf[j]! | 0x20);
+        if (KEYWORD_TAILS.includes(tail)) return true;
+      }
+    }
+    if (this.awsSecret) {
+      let j = i + 1;
+      if (buf[i] === 0x3d && buf[j] === 0x3e) j++; // '=>'
+      for (let n = 0; n < 5 && j < buf.length && (buf[j]! >= 0x80 || is(buf, j, C_SPACE)); n++, j++) if (buf[j]! >= 0x80) return true;
+      if (buf[j] === 0x22 || buf[j] === 0x27) j++;
+      let n = 0;
+      while (n < 40 && is(buf, j + n, C_B64)) n++;
+      if (n >= 40) return true;
+    }
+    return false;
+  }
+}
+
+const KEYWORD_TAILS = ['ass', 'swd', 'ord', 'ase', 'pwd', 'ret', 'key', 'ken'].map((w) => (w.charCodeAt(0) << 16) | (w.charCodeAt(1) << 8) | w.charCodeAt(2));
+const ONE_START = new Int32Array(1);
+const ONE_MARK = new Uint8Array(1); // scratch: the scan is synchronous
+const SLACK_KIND = new Uint8Array(256);
+for (const c of 'abposr') SLACK_KIND[c.charCodeAt(0)] = 1;
+const GITHUB_KIND = new Uint8Array(256);
+for (const c of 'pousr') GITHUB_KIND[c.charCodeAt(0)] = 1;
+const DASH_PREV = new Uint8Array(256);
+for (const c of 'tabposr') DASH_PREV[c.charCodeAt(0)] = 1;

@@ -1,23 +1,24 @@
 /**
- * One matcher per rule set: every content rule's gates are evaluated once per
- * value (a gate shared by several detectors, such as "four digits in a row",
- * is evaluated once), and a detector's regex runs only when one of its gates
- * holds. Data without candidate bytes costs a few `indexOf` scans.
+ * One matcher per rule set. Two stages:
  *
- * bench/masking-engine.ts compares this against one combined alternation of
- * every detector: per-detector regexes behind gates won on realistic rows,
- * and an alternation cannot validate a candidate (Luhn) and then try the
- * other branches at the same position without re-scanning. One alternation
- * of every gate (to reject a value in one scan) measured slower than the
- * separate `indexOf`s and was dropped. What pays most is scanning many values
- * at once (`markCandidates`): per-value calls on short values are dominated
- * by call overhead.
+ * 1. `bytesMayMatch`: a byte-level candidate scan (detectors.ts,
+ *    CandidateScanner) over the raw UTF-8 value, one pass dispatching on a
+ *    256-entry table of trigger bytes ('@', ':', '=', digit runs, '_', '-',
+ *    'A', 'J', '+') with a bounded local check at each (Luhn and issuer for
+ *    cards, the colon run for IPv6, the keyword before ':'/'='...), plus an
+ *    `indexOf` of each custom pattern's required literal. It is conservative:
+ *    a value it passes over has no hit. The regex gates alone held on almost
+ *    every realistic batch (timestamps look like "hex:hex:hex", JSON has ':'),
+ *    and V8 then tried the IPv6 and e-mail regexes at every position.
+ * 2. `find`: the exact path, on the decoded value: every detector whose
+ *    gates hold runs its regex and validation.
  *
  * Overlapping hits are resolved left to right, longest first. Offsets are in
  * UTF-16 code units of the JS string and are widened so that they never fall
  * between the two halves of a surrogate pair (one character).
  */
-import type { Detector } from './detectors.js';
+import { BUILTIN_DETECTORS, CandidateScanner, DETECTOR_NAMES, type Detector } from './detectors.js';
+import type { DetectorName } from './types.js';
 import type { CompiledStrategy } from './strategies.js';
 
 export interface ContentRule {
@@ -44,8 +45,12 @@ export class Matcher {
   private readonly gateTable: Array<string | RegExp> = [];
   /** Per value: 0 = not evaluated, 1 = holds, 2 = does not. Reset per call (the matcher is synchronous). */
   private readonly gateState: Uint8Array;
-  /** Set when every rule is gated by literals only: then bytes can be checked before decoding. */
-  readonly byteLiterals: Buffer[] | undefined;
+  /** Byte-level candidate scan for the built-in detectors of this rule set. */
+  private readonly scanner: CandidateScanner;
+  /** Custom patterns' required literals (UTF-8), any of which flags a value. */
+  private readonly needles: Buffer[] = [];
+  /** Every value is a candidate: prefilter off, or a custom pattern without a usable literal. */
+  private readonly always: boolean;
 
   /** False when a rule must see each value alone (a custom pattern with anchors or lookarounds). */
   readonly batchSafe: boolean;
@@ -53,7 +58,8 @@ export class Matcher {
   constructor(rules: ContentRule[], opts: { prefilter: boolean }) {
     this.batchSafe = rules.every((r) => !r.detector.perValue);
     const index = new Map<string | RegExp, number>();
-    let literalOnly = opts.prefilter;
+    const builtins: DetectorName[] = [];
+    let always = !opts.prefilter;
     this.entries = rules.map((rule) => {
       const gates: number[] = [];
       if (opts.prefilter) {
@@ -64,23 +70,58 @@ export class Matcher {
             index.set(g, i);
           }
           gates.push(i);
-          if (typeof g !== 'string') literalOnly = false;
         }
-        if (gates.length === 0) literalOnly = false;
       }
+      const builtin = DETECTOR_NAMES.find((n) => BUILTIN_DETECTORS[n] === rule.detector);
+      if (builtin) builtins.push(builtin);
+      else if (rule.detector.gates.length === 0) always = true;
+      else
+        for (const g of rule.detector.gates) {
+          // A literal is found in the bytes as its UTF-8; U+FFFD may stand for invalid bytes, and a class gate cannot be searched.
+          if (typeof g !== 'string' || g.length === 0 || g.includes('\uFFFD')) always = true;
+          else this.needles.push(Buffer.from(g, 'utf8'));
+        }
       // A private copy: lastIndex is per regex object.
       return { rule, regex: new RegExp(rule.detector.regex.source, rule.detector.regex.flags), gates };
     });
     this.gateState = new Uint8Array(this.gateTable.length);
-    this.byteLiterals =
-      literalOnly && this.gateTable.length > 0 ? this.gateTable.map((g) => Buffer.from(g as string, 'latin1')) : undefined;
+    this.always = always;
+    this.scanner = new CandidateScanner(builtins);
   }
 
-  /** False when no literal gate occurs in the bytes (only meaningful when `byteLiterals` is set). */
+  /**
+   * False when the value's bytes cannot hold a hit (no allocation); true
+   * sends it through the exact path (`find`).
+   */
   bytesMayMatch(buf: Buffer): boolean {
-    if (!this.byteLiterals) return true;
-    for (const lit of this.byteLiterals) if (buf.indexOf(lit) !== -1) return true;
+    if (this.always) return true;
+    if (this.scanner.any(buf)) return true;
+    for (const n of this.needles) if (buf.indexOf(n) !== -1) return true;
     return false;
+  }
+
+  /**
+   * Batch prefilter over bytes: `buf` holds many values separated by one NUL,
+   * value i starting at `starts[i]`. Marks (marks[i] = 1) every value that may
+   * hold a hit; unmarked values cannot. Marked values then go through the
+   * exact per-value path, so results equal per-value masking.
+   */
+  markBytes(buf: Buffer, starts: Int32Array, marks: Uint8Array): void {
+    if (this.always) {
+      marks.fill(1);
+      return;
+    }
+    this.scanner.scan(buf, starts, marks);
+    for (const n of this.needles) {
+      let p = buf.indexOf(n);
+      while (p !== -1) {
+        const v = valueAt(starts, p);
+        marks[v] = 1;
+        const next = starts[v + 1];
+        if (next === undefined) break;
+        p = buf.indexOf(n, next);
+      }
+    }
   }
 
   private gateHolds(i: number, s: string): boolean {
@@ -91,32 +132,6 @@ export class Matcher {
       this.gateState[i] = st;
     }
     return st === 1;
-  }
-
-  /**
-   * Batch prefilter: `s` holds many values joined by NUL, value i starting at
-   * `starts[i]` (UTF-16 offsets). Runs each gated regex once over the whole
-   * batch (scans of a large string run at hundreds of MB/s; per-value calls
-   * are dominated by call overhead on short values) and marks every value a
-   * raw candidate touches, including all values a candidate spans. Marked
-   * values then go through the exact per-value path, so results equal
-   * per-value masking; unmarked values cannot hold a hit.
-   */
-  markCandidates(s: string, starts: Int32Array, marks: Uint8Array): void {
-    this.gateState.fill(0);
-    for (const e of this.entries) {
-      if (e.gates.length > 0 && !e.gates.some((g) => this.gateHolds(g, s))) continue;
-      const re = e.regex;
-      re.lastIndex = 0;
-      let m: RegExpExecArray | null;
-      while ((m = re.exec(s)) !== null) {
-        const first = valueAt(starts, m.index);
-        const last = valueAt(starts, m.index + Math.max(0, m[0].length - 1));
-        for (let v = first; v <= last; v++) marks[v] = 1;
-        re.lastIndex = m.index + 1; // as the per-value path does after a rejected candidate
-        if (m[0].length > 1 && last === first) re.lastIndex = starts[first + 1] ?? s.length; // value marked: skip to the next one
-      }
-    }
   }
 
   /** Non-overlapping hits in order, or undefined when there are none. */

@@ -4,7 +4,7 @@
  * (bad checksums, invalid SSN areas, look-alike numbers).
  */
 import t from 'tap';
-import { DETECTOR_NAMES } from '../../masking/detectors.js';
+import { DETECTOR_NAMES, cardShape, ibanShape, ipv4Shape, nanpShape } from '../../masking/detectors.js';
 import { MaskingEngine } from '../../masking/engine.js';
 import type { DetectorName } from '../../masking/types.js';
 
@@ -170,4 +170,72 @@ t.test('all detectors together keep each other\'s results', async (t) => {
   t.equal(out, '{"email":"<email>","card":"<credit_card>","ip":"<ipv4>","note":"call <phone>","aws":"<aws_access_key_id>","n":12345}');
   t.same(Object.fromEntries(counts), { email: 1, credit_card: 1, ipv4: 1, phone: 1, aws_access_key_id: 1 });
   t.equal(e.maskText('{"id":42,"name":"Ada Lovelace","city":"London","ts":"2024-01-15T10:00:00Z"}'), undefined);
+});
+
+t.test('byte-level shape helpers', async (t) => {
+  const b = (s: string): Buffer => Buffer.from(s);
+  const run = (s: string, from: number): [number, number] => {
+    let e = from;
+    while (e < s.length && s[e]! >= '0' && s[e]! <= '9') e++;
+    return [from, e];
+  };
+  t.ok(cardShape(b('4111 1111 1111 1111'), ...run('4111', 0)), 'grouped Visa test number');
+  t.ok(cardShape(b('4111-1111-1111-1111 2'), ...run('4111', 0)), 'a valid cut before an extra group');
+  t.notOk(cardShape(b('4111 1111 1111 1112'), ...run('4111', 0)), 'bad Luhn');
+  t.notOk(cardShape(b('28003800-0800-9800'), ...run('28003800', 0)), 'uuid digits: no issuer/Luhn cut');
+  t.notOk(cardShape(b('41111111111111111111111'), 0, 23), 'more than 19 digits');
+  t.ok(ipv4Shape(b('10.0.0.1'), 0, 2));
+  t.notOk(ipv4Shape(b('1.2.3'), 0, 1));
+  t.notOk(ipv4Shape(b('.1.2.3.4'), 1, 2), 'after a dot');
+  t.ok(ibanShape(b('DE89 3704 0044 0532 0130 00'), 2, 4));
+  t.notOk(ibanShape(b('AB12 CDEF GH'), 2, 4), 'too short');
+  t.ok(nanpShape(b('415-555-2671'), 4, 7));
+  t.ok(nanpShape(b('(212) 555-0143'), 6, 9));
+  t.notOk(nanpShape(b('b000-2000-d040'), 5, 8), 'exchange must start with 2-9 and follow an area code');
+});
+
+t.test('the byte scan never hides a hit: maskBytes (scan, then regexes) equals maskText (regexes) on generated text', async (t) => {
+  const all = MaskingEngine.compile(
+    DETECTOR_NAMES.map((d) => ({ name: d, detector: d, strategy: { kind: 'redact' as const, token: `<${d}>` } })),
+    { hashKey: key },
+  );
+  const pieces = [
+    '4111 1111 1111 1111', '4111-1111-1111-1111', '5555555555554444', '378282246310005', 'DE89 3704 0044 0532 0130 00', 'GB82WEST12345698765432',
+    '078-05-1120', '123-45-6789', '+44 20 7946 0958', '+14155552671', '(212) 555-0143', '415-555-2671', '192.168.1.10', '10.0.0.1',
+    '2001:db8::8a2e:370:7334', '::1', 'fe80::1', 'AKIAIOSFODNN7EXAMPLE', 'aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY',
+    '"SecretAccessKey": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"', `ghp_${'A1b2C3d4E5'.repeat(4)}`, 'github_pat_11ABCDEFG0123456789_abcdefghij',
+    'glpat-xK3abcdefghij_123456', 'xoxb-123456789012-abcdef', 'sk_live_51HabcdEFGHijklMNOP', 'rk_test_abcdefghijKLMNOP',
+    'AIzaSyD-1234567890abcdefghijklmnopqrstu', 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c',
+    '-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----', 'password=hunter2', 'PWD :\u00a0"x y"', "db_passwd: 's3cr3t'",
+    'postgres://app:Sup3rS3cret@db', 'zoë@exämple.org', 'a.b@example.com', 'API_KEY=abc', 'token:\tabc',
+  ];
+  const noise = ['0', '1', '9', '2', ' ', '-', '.', ':', '=', '@', '+', '_', '"', "'", '(', ')', 'A', 'x', 'T', 'Z', 'é', '\u00a0', '\n', '/', 'abc', '2024-01-15T10:00:00Z', '12:30:45'];
+  let seed = 7;
+  const rand = (n: number): number => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return (seed >> 8) % n;
+  };
+  let disagreements = 0;
+  const values: Buffer[] = [];
+  for (let n = 0; n < 4000; n++) {
+    let s = '';
+    const parts = 1 + rand(6);
+    for (let p = 0; p < parts; p++) {
+      if (rand(3) === 0) {
+        const piece = pieces[rand(pieces.length)]!;
+        // Sometimes damage a piece: cut it or change one character, so near misses are generated too.
+        const cut = rand(4) === 0 ? piece.slice(0, rand(piece.length + 1)) : piece;
+        s += rand(5) === 0 ? cut.replace(/[0-9a-z]/, noise[rand(noise.length)]!) : cut;
+      } else s += noise[rand(noise.length)]!;
+    }
+    const want = all.maskText(s);
+    const got = all.maskBytes(Buffer.from(s));
+    if ((want === undefined) !== (got === undefined) || (want !== undefined && got!.toString() !== want)) {
+      if (disagreements++ < 5) t.fail(`differs on ${JSON.stringify(s)}: ${JSON.stringify(want)} vs ${JSON.stringify(got?.toString())}`);
+    }
+    values.push(Buffer.from(s));
+  }
+  t.equal(disagreements, 0);
+  const batch = all.maskValues(values);
+  t.ok(batch.every((v, i) => (v === undefined ? all.maskBytes(values[i]!) === undefined : v.equals(all.maskBytes(values[i]!)!))), 'batch equals per value');
 });
