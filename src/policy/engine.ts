@@ -40,6 +40,11 @@ export class SessionPolicy {
     return this.config.name;
   }
 
+  /** Names of the masking rules applied to this session's results (config `policies[].masking`). */
+  get masking(): readonly string[] {
+    return this.config.masking ?? [];
+  }
+
   evaluate(facts: Facts): Verdict {
     if (facts.protocol === 'postgres') {
       const changed = facts.settings.find((s) => PARSER_SETTINGS.has(s));
