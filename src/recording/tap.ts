@@ -1,0 +1,522 @@
+/**
+ * Records a live session at the client-facing edge, byte for byte.
+ *
+ * RecordingTap sits on the client socket itself, not inside a relay:
+ *
+ * - client -> gateway: a `data` listener prepended to the socket's, so it
+ *   sees every chunk before the session or the relay does;
+ * - gateway -> client: `write` and `end(data)` wrapped on that socket
+ *   instance, so whatever any code hands the socket (handshake replies,
+ *   relayed rows after masking, Sluice's own errors) is recorded exactly as
+ *   handed over. A string chunk is encoded as Node encodes it (utf8 unless an
+ *   encoding is given).
+ *
+ * Byte exactness is therefore by construction, not by each relay remembering
+ * to call the recorder. What "received" means: handed to the socket; bytes
+ * lost to a reset after that are still in the recording.
+ *
+ * TLS: the plain socket is tapped for the SSLRequest and the one-byte 'S'
+ * answer, then detached; the TLSSocket is attached after the handshake, so
+ * the recording holds the cleartext (ciphertext is neither available nor
+ * useful). Client offsets count cleartext bytes continuously across the
+ * upgrade, like the PostgreSQL handshake framer's `streamOffset`.
+ *
+ * Credentials: until the session is admitted the tap HOLDS both directions
+ * in memory (so the record order is exact) instead of recording them. The
+ * session reports the credential message with `redact(start, end,
+ * replacement)` (absolute client offsets) and, for everything it has parsed,
+ * `commit(offset)`. `release(writer)` then records the held bytes with each
+ * replacement spliced in, and the tap records live from then on. A session
+ * that ends before admission releases only up to the committed offset, so a
+ * half-received credential is never recorded.
+ */
+import type { Socket } from 'node:net';
+import type { Logger } from '../log.js';
+import { ErrorCodes, SluiceError } from '../errors.js';
+import type { Identity } from '../identity/types.js';
+import type { AuditVerdict, SessionRecord, SessionStore } from '../store/types.js';
+import type { Direction } from './format.js';
+import type { RecordingKey } from './keys.js';
+import { purgeRecordings } from './retention.js';
+import { RecordingWriter, recorderHealth, type RecordingResult } from './writer.js';
+
+/** Pre-auth bytes held by default: the handshake cap (64 KiB) + the largest token (64 KiB) + room for pipelined chunks. */
+export const DEFAULT_MAX_HELD_BYTES = 512 * 1024;
+
+interface Redaction {
+  start: number;
+  end: number;
+  replacement: Buffer;
+}
+
+interface Held {
+  direction: Direction;
+  bytes: Buffer;
+  /** Absolute client offset of bytes[0] (client chunks only). */
+  start: number;
+}
+
+interface Attached {
+  onData: (chunk: Buffer | string) => void;
+  write: Socket['write'];
+  end: Socket['end'];
+}
+
+type WriteCallback = (err?: Error | null) => void;
+
+/** Bytes of a write/end chunk as the socket will send them. */
+function chunkBytes(chunk: unknown, encoding: unknown): Buffer | undefined {
+  if (chunk === undefined || chunk === null) return undefined;
+  if (typeof chunk === 'string') return Buffer.from(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : 'utf8');
+  if (Buffer.isBuffer(chunk)) return chunk;
+  if (chunk instanceof Uint8Array) return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+  return undefined;
+}
+
+export class RecordingTap {
+  readonly #maxHeldBytes: number;
+  readonly #onOverflow: () => void;
+  readonly #sockets = new Map<Socket, Attached>();
+  #writer: RecordingWriter | undefined;
+  #holding = true;
+  #finished = false;
+  #held: Held[] = [];
+  #heldBytes = 0;
+  #overflowed = false;
+  #clientOffset = 0;
+  #committed = 0;
+  readonly #redactions: Redaction[] = [];
+
+  constructor(opts: { maxHeldBytes?: number; onOverflow?: () => void } = {}) {
+    this.#maxHeldBytes = opts.maxHeldBytes ?? DEFAULT_MAX_HELD_BYTES;
+    this.#onOverflow = opts.onOverflow ?? (() => undefined);
+  }
+
+  /** Cleartext client bytes seen so far (across a TLS upgrade). */
+  get clientOffset(): number {
+    return this.#clientOffset;
+  }
+
+  /** Client bytes the session has parsed (see commit). */
+  get committedOffset(): number {
+    return this.#committed;
+  }
+
+  get holding(): boolean {
+    return this.#holding;
+  }
+
+  attach(socket: Socket): void {
+    if (this.#sockets.has(socket) || this.#finished) return;
+    const origWrite = socket.write;
+    const origEnd = socket.end;
+    const onData = (chunk: Buffer | string): void => {
+      const bytes = typeof chunk === 'string' ? Buffer.from(chunk, 'utf8') : chunk;
+      const start = this.#clientOffset;
+      this.#clientOffset += bytes.length;
+      this.#take('client', bytes, start);
+    };
+    // Own property on the instance: the prototype and every other socket are untouched; detach deletes it.
+    const tapped = this;
+    socket.write = function (this: Socket, chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
+      if (socket.writable) {
+        const bytes = chunkBytes(chunk, typeof encoding === 'function' ? undefined : encoding);
+        if (bytes && bytes.length > 0) tapped.#take('server', bytes, 0);
+      }
+      return (origWrite as (c: unknown, e?: unknown, cb?: unknown) => boolean).call(this, chunk, encoding, cb);
+    } as Socket['write'];
+    socket.end = function (this: Socket, chunk?: unknown, encoding?: unknown, cb?: unknown): Socket {
+      if (typeof chunk !== 'function' && socket.writable) {
+        const bytes = chunkBytes(chunk, typeof encoding === 'function' ? undefined : encoding);
+        if (bytes && bytes.length > 0) tapped.#take('server', bytes, 0);
+      }
+      return (origEnd as (c?: unknown, e?: unknown, cb?: unknown) => Socket).call(this, chunk, encoding, cb as WriteCallback | undefined);
+    } as Socket['end'];
+    socket.prependListener('data', onData);
+    this.#sockets.set(socket, { onData, write: origWrite, end: origEnd });
+  }
+
+  /** Restores the socket's methods and stops listening (the plain socket before a TLS upgrade; every socket at the end). */
+  detach(socket: Socket): void {
+    const a = this.#sockets.get(socket);
+    if (!a) return;
+    this.#sockets.delete(socket);
+    socket.off('data', a.onData);
+    // The wrappers are own properties; deleting them uncovers the prototype's methods again.
+    const own = socket as unknown as Record<string, unknown>;
+    if (own.write !== a.write) delete own.write;
+    if (own.end !== a.end) delete own.end;
+    if (socket.write !== a.write) socket.write = a.write;
+    if (socket.end !== a.end) socket.end = a.end;
+  }
+
+  /** Client bytes [start, end) (absolute offsets) are a credential message: record `replacement` in their place. */
+  redact(start: number, end: number, replacement: Buffer): void {
+    if (!this.#holding) throw new Error('RecordingTap.redact after release: the bytes are already recorded');
+    if (!(start >= 0 && end >= start)) throw new RangeError(`bad redaction range ${start}..${end}`);
+    this.#redactions.push({ start, end, replacement: Buffer.from(replacement) });
+    this.#redactions.sort((a, b) => a.start - b.start);
+  }
+
+  /** Client bytes before `offset` are parsed: any credential in them has been redacted. */
+  commit(offset: number): void {
+    if (offset > this.#committed) this.#committed = offset;
+  }
+
+  /**
+   * Records what is held, redactions spliced in, then records live. With
+   * `upTo` (a session ending before admission), client bytes at or past it
+   * are dropped: they were never parsed and may be part of a credential.
+   */
+  release(writer: RecordingWriter, opts: { upTo?: number } = {}): void {
+    if (!this.#holding || this.#finished) return;
+    this.#holding = false;
+    this.#writer = writer;
+    const limit = opts.upTo ?? Infinity;
+    let skipTo = 0;
+    let r = 0;
+    const redactions = this.#redactions;
+    for (const h of this.#held) {
+      if (h.direction === 'server') {
+        writer.record('server', h.bytes);
+        continue;
+      }
+      const start = h.start;
+      const end = Math.min(start + h.bytes.length, limit);
+      const parts: Buffer[] = [];
+      let pos = Math.max(start, skipTo);
+      while (r < redactions.length && redactions[r]!.start < end) {
+        const red = redactions[r]!;
+        if (red.start >= pos) {
+          if (red.start > pos) parts.push(h.bytes.subarray(pos - start, red.start - start));
+          parts.push(red.replacement);
+        }
+        pos = Math.max(pos, red.end);
+        skipTo = Math.max(skipTo, red.end);
+        r++;
+      }
+      if (pos < end) parts.push(h.bytes.subarray(pos - start, end - start));
+      const out = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+      if (out.length > 0) writer.record('client', out);
+    }
+    this.#held = [];
+    this.#heldBytes = 0;
+  }
+
+  /** Stops recording and restores every socket; held bytes are dropped. */
+  finish(): void {
+    this.#finished = true;
+    this.#holding = false;
+    this.#writer = undefined;
+    this.#held = [];
+    this.#heldBytes = 0;
+    for (const s of [...this.#sockets.keys()]) this.detach(s);
+  }
+
+  /** True when the client sent more than the hold allows before admission. */
+  get overflowed(): boolean {
+    return this.#overflowed;
+  }
+
+  #take(direction: Direction, bytes: Buffer, start: number): void {
+    if (this.#finished) return;
+    if (!this.#holding) {
+      this.#writer?.record(direction, bytes);
+      return;
+    }
+    if (this.#overflowed) return;
+    if (this.#heldBytes + bytes.length > this.#maxHeldBytes) {
+      // Nothing more can be held faithfully: the session must end (fail closed).
+      this.#overflowed = true;
+      this.#held = [];
+      this.#heldBytes = 0;
+      process.nextTick(this.#onOverflow);
+      return;
+    }
+    // Copy: the socket's buffer may be pooled and the holder keeps it past this tick.
+    this.#held.push({ direction, bytes: Buffer.from(bytes), start });
+    this.#heldBytes += bytes.length;
+  }
+}
+
+// --- the gateway's recorder --------------------------------------------------
+
+export interface RecordingSettings {
+  enabled: boolean;
+  /** Per-session file cap, bytes. */
+  maxBytes: number;
+  flushIntervalMs: number;
+  /** Recordings and index rows older than this are purged; 0 = keep forever. */
+  retentionMs: number;
+}
+
+/** While unhealthy, a probe write is tried at most this often. */
+const PROBE_INTERVAL_MS = 3_000;
+const RETENTION_INTERVAL_MS = 60 * 60_000;
+
+export interface SessionInfo {
+  sessionId: string;
+  target: string;
+  protocol: 'postgres' | 'redis';
+  clientAddress?: string;
+}
+
+/**
+ * Process-wide: the recording key, the session index, recorder health and
+ * retention. One SessionRecording per accepted connection.
+ */
+export class SessionRecorder {
+  readonly stateDir: string;
+  readonly settings: RecordingSettings;
+  readonly key: RecordingKey;
+  readonly store: SessionStore | undefined;
+  readonly logger: Logger;
+  readonly maxHeldBytes: number;
+  readonly #live = new Set<SessionRecording>();
+  #lastProbe = 0;
+  #probe: Promise<boolean> | undefined;
+  #retentionTimer: NodeJS.Timeout | undefined;
+
+  constructor(opts: { stateDir: string; settings: RecordingSettings; key: RecordingKey; store?: SessionStore; logger: Logger; maxHeldBytes?: number }) {
+    this.stateDir = opts.stateDir;
+    this.settings = opts.settings;
+    this.key = opts.key;
+    this.store = opts.store;
+    this.logger = opts.logger;
+    this.maxHeldBytes = opts.maxHeldBytes ?? DEFAULT_MAX_HELD_BYTES;
+  }
+
+  health(): { ok: boolean; lastError?: string } {
+    return recorderHealth();
+  }
+
+  /** True when sessions may be recorded; while unhealthy, retries a probe write at most every few seconds. */
+  async available(): Promise<boolean> {
+    if (recorderHealth().ok) return true;
+    if (!this.#probe && Date.now() - this.#lastProbe >= PROBE_INTERVAL_MS) {
+      this.#lastProbe = Date.now();
+      this.#probe = RecordingWriter.probe(this.stateDir).finally(() => (this.#probe = undefined));
+    }
+    if (this.#probe) await this.#probe;
+    return recorderHealth().ok;
+  }
+
+  /** Starts tapping an accepted connection (holding until admission). */
+  begin(socket: Socket, info: SessionInfo): SessionRecording {
+    const rec = new SessionRecording(this, info, () => this.#live.delete(rec));
+    this.#live.add(rec);
+    rec.tap.attach(socket);
+    return rec;
+  }
+
+  /** Purges now and every hour (unref'd); no-op when retention is 0. */
+  startRetention(): void {
+    if (this.settings.retentionMs <= 0 || !this.store || this.#retentionTimer) return;
+    const run = (): void => {
+      purgeRecordings(this.stateDir, this.store!, this.settings.retentionMs)
+        .then((r) => {
+          if (r.files || r.rows || r.errors.length) this.logger.info({ files: r.files, bytes: r.bytes, rows: r.rows, errors: r.errors.length }, 'recordings purged');
+        })
+        .catch((err: unknown) => this.logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'recording retention failed'));
+    };
+    run();
+    this.#retentionTimer = setInterval(run, RETENTION_INTERVAL_MS);
+    this.#retentionTimer.unref();
+  }
+
+  /** Ends every recording still open (after the gateway closed its sockets) and stops retention. */
+  async close(reason: string): Promise<void> {
+    if (this.#retentionTimer) clearInterval(this.#retentionTimer);
+    this.#retentionTimer = undefined;
+    // Socket 'close' events of just-destroyed sockets arrive on the next turn: let sessions end themselves first.
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    await Promise.all([...this.#live].map((r) => r.end(reason)));
+  }
+}
+
+/**
+ * One connection's recording: the tap, and from admission the writer and
+ * the index row. The session calls redact/commit while parsing the
+ * handshake, admit() once the subject is verified and bound to a policy
+ * (throws to refuse when the recorder is unavailable), and end() when the
+ * connection is over.
+ */
+export class SessionRecording {
+  readonly tap: RecordingTap;
+  readonly #recorder: SessionRecorder;
+  readonly #info: SessionInfo;
+  readonly #startedAt = new Date().toISOString();
+  readonly #done: () => void;
+  #writer: RecordingWriter | undefined;
+  #identity: Identity | undefined;
+  #credentialSeen = false;
+  #admitting: Promise<void> | undefined;
+  #ending: Promise<void> | undefined;
+  #failure: ((err: SluiceError) => void) | undefined;
+  #pendingFailure: SluiceError | undefined;
+  readonly #verdicts = { allowed: 0, denied: 0, approvals: 0 };
+
+  constructor(recorder: SessionRecorder, info: SessionInfo, done: () => void) {
+    this.#recorder = recorder;
+    this.#info = info;
+    this.#done = done;
+    this.tap = new RecordingTap({
+      maxHeldBytes: recorder.maxHeldBytes,
+      onOverflow: () =>
+        this.#fail(new SluiceError(ErrorCodes.PROTOCOL_VIOLATION, 'too much data received before authentication completed')),
+    });
+  }
+
+  /** Where a recording failure (write error, size cap, pre-auth overflow) goes: the session ends itself. */
+  onFailure(handler: (err: SluiceError) => void): void {
+    this.#failure = handler;
+    const pending = this.#pendingFailure;
+    this.#pendingFailure = undefined;
+    if (pending) handler(pending);
+  }
+
+  #fail(err: SluiceError): void {
+    if (this.#ending) return;
+    if (this.#failure) this.#failure(err);
+    else this.#pendingFailure = err;
+  }
+
+  /** The credential message occupied client bytes [start, end): record `replacement` instead. */
+  redact(start: number, end: number, replacement: Buffer): void {
+    this.#credentialSeen = true;
+    this.tap.redact(start, end, replacement);
+    this.tap.commit(end);
+  }
+
+  commit(offset: number): void {
+    this.tap.commit(offset);
+  }
+
+  /** The token was verified (admitted or not): the session gets an index row. */
+  identified(identity: Identity): void {
+    this.#identity = identity;
+  }
+
+  countVerdict(verdict: AuditVerdict): void {
+    if (verdict === 'allowed' || verdict === 'approved') this.#verdicts.allowed++;
+    else this.#verdicts.denied++;
+    if (verdict === 'approved') this.#verdicts.approvals++;
+  }
+
+  /**
+   * Admission: opens the recording and releases what the tap held. Throws a
+   * SluiceError (SLUICE_RECORDING_WRITE_FAILED) when the recorder is
+   * unhealthy or the file cannot be created: the session must be refused.
+   */
+  admit(identity: Identity): Promise<void> {
+    this.#identity = identity;
+    this.#admitting ??= this.#admit(identity);
+    return this.#admitting;
+  }
+
+  async #admit(identity: Identity): Promise<void> {
+    const recorder = this.#recorder;
+    if (!(await recorder.available())) {
+      throw new SluiceError(ErrorCodes.RECORDING_WRITE_FAILED, 'session recording is unavailable; new sessions are refused until it recovers');
+    }
+    if (this.#ending) return;
+    const writer = await this.#open(identity);
+    this.#writer = writer;
+    if (this.tap.overflowed) return; // the session is being ended; #end closes the writer
+    this.tap.release(writer);
+    this.#upsert(undefined);
+  }
+
+  async #open(identity: Identity | undefined): Promise<RecordingWriter> {
+    const recorder = this.#recorder;
+    const info = this.#info;
+    try {
+      return await RecordingWriter.open({
+        stateDir: recorder.stateDir,
+        key: recorder.key,
+        maxBytes: recorder.settings.maxBytes,
+        flushIntervalMs: recorder.settings.flushIntervalMs,
+        meta: {
+          sessionId: info.sessionId,
+          target: info.target,
+          protocol: info.protocol,
+          subject: identity?.subject ?? '',
+          groups: identity?.groups ?? [],
+          issuer: identity?.issuer ?? '',
+          ...(identity ? { tokenIdHash: identity.tokenId } : {}),
+          ...(info.clientAddress !== undefined ? { clientAddress: info.clientAddress } : {}),
+          startedAt: this.#startedAt,
+        },
+        onFailure: (err) => this.#fail(err),
+      });
+    } catch (err) {
+      recorder.logger.error({ session: info.sessionId, reason: err instanceof Error ? err.message : String(err) }, 'session recording could not be opened');
+      throw new SluiceError(ErrorCodes.RECORDING_WRITE_FAILED, 'session recording is unavailable; new sessions are refused until it recovers', { cause: err });
+    }
+  }
+
+  /** Closes the recording (footer, fsync) and completes the index row. Idempotent; never rejects. */
+  end(closeReason: string): Promise<void> {
+    this.#ending ??= this.#end(closeReason).catch((err: unknown) => {
+      this.#recorder.logger.error({ session: this.#info.sessionId, reason: err instanceof Error ? err.message : String(err) }, 'session recording could not be finished');
+    }).finally(this.#done);
+    return this.#ending;
+  }
+
+  async #end(closeReason: string): Promise<void> {
+    await this.#admitting?.catch(() => undefined);
+    const tap = this.tap;
+    if (!this.#writer) {
+      // Never admitted. A connection that presented a credential (a failed
+      // login) is recorded up to what the session parsed; port probes,
+      // cancel requests and clients that gave up earlier are not.
+      if (!this.#credentialSeen || tap.overflowed || !recorderHealth().ok) {
+        tap.finish();
+        return;
+      }
+      this.#writer = await this.#open(this.#identity).catch(() => undefined);
+      if (!this.#writer) {
+        tap.finish();
+        return;
+      }
+      tap.release(this.#writer, { upTo: tap.committedOffset });
+    }
+    tap.finish();
+    const result = await this.#writer.close({ closeReason });
+    this.#upsert({ closeReason, result });
+  }
+
+  #upsert(end: { closeReason: string; result: RecordingResult } | undefined): void {
+    const store = this.#recorder.store;
+    const identity = this.#identity;
+    if (!store || !identity) return;
+    const info = this.#info;
+    const result = end?.result;
+    const row: SessionRecord = {
+      id: info.sessionId,
+      subject: identity.subject,
+      groups: identity.groups,
+      issuer: identity.issuer,
+      tokenIdHash: identity.tokenId,
+      target: info.target,
+      protocol: info.protocol,
+      ...(info.clientAddress !== undefined ? { clientAddress: info.clientAddress } : {}),
+      startedAt: this.#startedAt,
+      ...(end ? { endedAt: new Date().toISOString(), closeReason: end.closeReason } : {}),
+      bytesIn: result?.bytesClientToGateway ?? 0,
+      bytesOut: result?.bytesGatewayToClient ?? 0,
+      statementsAllowed: this.#verdicts.allowed,
+      statementsDenied: this.#verdicts.denied,
+      approvals: this.#verdicts.approvals,
+      maskingCounts: {},
+      ...(this.#writer ? { recordingPath: this.#writer.path } : {}),
+      ...(result ? { recordingSize: result.size, finalHash: result.finalHash } : {}),
+      complete: result?.complete ?? false,
+    };
+    try {
+      store.upsertSession(row);
+    } catch (err) {
+      this.#recorder.logger.error({ session: info.sessionId, reason: err instanceof Error ? err.message : String(err) }, 'session index row could not be written');
+    }
+  }
+}
