@@ -7,7 +7,9 @@ import { ErrorCodes, SluiceError, isSluiceError } from '../../src/errors.js';
 import { isLoopbackConnection, newSessionId } from '../../src/gateway/net.js';
 import type { Logger } from '../../src/log.js';
 import { PgFramer, PgProtocolError } from './framer.js';
-import { HandshakeReader, PeerClosed } from './handshake-reader.js';
+import { HandshakeReader, PeerClosed, type WireMessage } from './handshake-reader.js';
+import type { SessionRecording } from '../../src/recording/tap.js';
+import { scrubPgPasswordMessage } from '../../src/recording/scrub.js';
 import {
   Frontend,
   authenticationCleartextPassword,
@@ -22,6 +24,7 @@ import {
   type TransactionStatus,
 } from './messages.js';
 import { PgRelay } from './relay.js';
+import { PgResultMasker } from './result-masker.js';
 import { PgStatementGate } from './statement-gate.js';
 import { parameterStatusValue, sqlDecoder } from './encoding.js';
 import type { SessionPolicy } from '../../src/policy/engine.js';
@@ -68,6 +71,10 @@ export class PostgresSession implements SessionHandle {
   #closed = false;
   #preAuthTimer: NodeJS.Timeout | undefined;
   #preAuthReleased = false;
+  /** The client-edge recording (src/recording/tap.ts); absent when recording is off. */
+  #recording: SessionRecording | undefined;
+  /** Client bytes of every handshake message read so far: the next message's absolute offset. */
+  #consumed = 0;
 
   constructor(
     socket: Socket,
@@ -91,6 +98,13 @@ export class PostgresSession implements SessionHandle {
     this.#preAuthTimer.unref();
     this.#socket.setNoDelay(true);
     this.#socket.on('close', () => this.#closedBeforeRelay());
+    this.#recording = this.ctx.recording?.begin(this.#socket, {
+      sessionId: this.id,
+      target: this.target.name,
+      protocol: 'postgres',
+      clientAddress: `${this.#socket.remoteAddress}:${this.#socket.remotePort}`,
+    });
+    this.#recording?.onFailure((err) => this.#recordingFailed(err));
     this.#reader.attach(this.#socket);
     try {
       await this.#handshake();
@@ -120,18 +134,21 @@ export class PostgresSession implements SessionHandle {
     preamble.push(authenticationCleartextPassword());
     this.#socket.write(preamble.length === 1 ? preamble[0]! : Buffer.concat(preamble));
     this.#reader.expectNextType(Frontend.PasswordMessage, 'a PasswordMessage carrying the token');
-    const password = await this.#reader.next();
+    const password = await this.#next();
     if (password.type !== Frontend.PasswordMessage) {
       throw new PgProtocolError(ErrorCodes.PROTOCOL_VIOLATION, `expected a PasswordMessage carrying the token, got message type ${describeType(password.type)}`, 0);
     }
     const token = parsePasswordMessage(password.bytes);
     const identity = await this.ctx.verifier.verify(token);
     this.#identity = identity;
+    this.#recording?.identified(identity);
     const log = this.#log.child({ subject: identity.subject, tokenId: identity.tokenId });
     const policy = this.ctx.admit(identity, this.target.name);
     if (!policy) {
       throw new SluiceError(ErrorCodes.NOT_AUTHORIZED, `not authorized for target "${this.target.name}"`);
     }
+    // No recording, no session: refused here (57P03) while the recorder is unhealthy.
+    await this.#recording?.admit(identity);
     this.#clearPreAuth();
     if (this.#closed) return;
 
@@ -159,7 +176,7 @@ export class PostgresSession implements SessionHandle {
   /** Reads startup-phase packets until a StartupMessage; answers SSLRequest, GSSENCRequest and CancelRequest on the way. Returns undefined when the connection was a cancel. */
   async #readStartup(): Promise<{ minorVersion: number; params: Map<string, string> } | undefined> {
     for (;;) {
-      const message = await this.#reader.next();
+      const message = await this.#next();
       const packet = parseStartupPacket(message.bytes);
       switch (packet.kind) {
         case 'ssl':
@@ -192,6 +209,8 @@ export class PostgresSession implements SessionHandle {
     this.#requireNothingPipelined('SSLRequest');
     this.#reader.detach();
     this.#socket.write('S');
+    // The recording keeps the cleartext: the plain socket up to 'S', then the TLS socket's plaintext.
+    this.#recording?.tap.detach(this.#socket);
     const tlsSocket = new TLSSocket(this.#socket, { isServer: true, secureContext: this.ctx.secureContext });
     await new Promise<void>((resolve, reject) => {
       tlsSocket.once('secure', resolve);
@@ -202,6 +221,7 @@ export class PostgresSession implements SessionHandle {
     tlsSocket.removeAllListeners('close');
     tlsSocket.on('close', () => this.#closedBeforeRelay());
     this.#socket = tlsSocket;
+    this.#recording?.tap.attach(tlsSocket);
     this.#reader.framer.expectStartup();
     this.#reader.attach(tlsSocket);
   }
@@ -243,6 +263,7 @@ export class PostgresSession implements SessionHandle {
     this.#clearPreAuth();
     this.#socket.end();
     this.ctx.sessions.delete(this);
+    void this.#recording?.end('cancel request');
   }
 
   #startRelay(upstream: UpstreamSession, vetted: VettedStartup, log: Logger, policy: SessionPolicy): void {
@@ -252,13 +273,24 @@ export class PostgresSession implements SessionHandle {
       connectTimeoutMs: this.target.limits.upstreamConnectTimeoutMs,
     });
     this.#cancelKey = key;
+    // Masking (policies[].masking): everything the upstream sends back goes through the masker, the startup reply included.
+    const masking = this.ctx.masking?.forPolicy(policy.name);
+    let relay: PgRelay | undefined;
+    const masker = masking
+      ? new PgResultMasker({
+          masking,
+          maxMessageBytes: this.target.limits.maxMessageBytes,
+          onRefuse: (reason, error) => relay?.shutdown(reason, error),
+          onStatementCounts: (counts) => log.debug({ masked: counts }, 'masked values'),
+        })
+      : undefined;
     const toClient = [
       authenticationOk(),
-      upstream.startupReply,
+      masker ? masker.maskSync(upstream.startupReply) : upstream.startupReply,
       backendKeyData(key.processId, key.secretKey),
       readyForQuery(String.fromCharCode(upstream.transactionStatus) as TransactionStatus),
     ];
-    if (upstream.leftover.length > 0) toClient.push(upstream.leftover);
+    if (upstream.leftover.length > 0) toClient.push(masker ? masker.maskSync(upstream.leftover) : upstream.leftover);
     this.#reader.detach();
     const clientFramer = this.#reader.framer;
     clientFramer.setMaxMessageBytes(this.target.limits.maxMessageBytes);
@@ -276,7 +308,7 @@ export class PostgresSession implements SessionHandle {
       ...(metrics ? { onVerdict: (verdict: AuditVerdict) => metrics.statement(this.target.name, verdict) } : {}),
     });
     metrics?.sessionStarted(this.target.name, 'postgres');
-    const relay = new PgRelay(
+    relay = new PgRelay(
       this.#socket,
       upstream.socket,
       clientFramer,
@@ -286,6 +318,7 @@ export class PostgresSession implements SessionHandle {
         idleTimeoutMs: this.target.limits.idleTimeoutMs,
         onClose: (reason) => this.#ended(reason),
         gate,
+        ...(masker ? { serverTransform: masker } : {}),
       },
     );
     this.#relay = relay;
@@ -316,6 +349,7 @@ export class PostgresSession implements SessionHandle {
       metrics.bytes(this.target.name, 'upstream_to_client', stats?.bytesFromUpstream ?? 0);
     }
     this.#log.info({ reason, bytesFromClient: stats?.bytesFromClient, bytesFromUpstream: stats?.bytesFromUpstream }, 'session ended');
+    void this.#recording?.end(reason);
   }
 
   /** The client went away before the relay started. */
@@ -326,6 +360,7 @@ export class PostgresSession implements SessionHandle {
     this.#clearPreAuth();
     this.#upstream?.socket.destroy();
     this.ctx.sessions.delete(this);
+    void this.#recording?.end('client closed the connection during the handshake');
   }
 
   /** Ends a session that never reached the relay, telling the client why in PostgreSQL's terms. */
@@ -337,10 +372,13 @@ export class PostgresSession implements SessionHandle {
     this.ctx.sessions.delete(this);
     if (err instanceof PeerClosed) {
       this.#socket.destroy();
+      void this.#recording?.end('client closed the connection during the handshake');
       return;
     }
     const refusal = override ?? this.#errorFor(err);
     if (this.#socket.writable) this.#socket.end(refusal);
+    // After the refusal was written, so the recording ends with it. The code, not the message: messages may name upstream details.
+    void this.#recording?.end(`refused (${isSluiceError(err) ? err.code : err instanceof PgProtocolError ? 'protocol violation' : 'internal error'})`);
     setTimeout(() => this.#socket.destroy(), 2_000).unref();
   }
 
@@ -375,6 +413,10 @@ export class PostgresSession implements SessionHandle {
           `sluice: ${err.message}`,
           `subject "${this.#identity?.subject ?? ''}" matches no policy for this target; ask an administrator to add one`,
         );
+      case ErrorCodes.RECORDING_WRITE_FAILED:
+      case ErrorCodes.RECORDING_SIZE_LIMIT:
+        this.#log.error({ code, reason: err.message }, 'session refused: recording unavailable');
+        return fatal(sqlstate.CANNOT_CONNECT_NOW, 'sluice: session recording is unavailable; new sessions are refused until it recovers');
       case ErrorCodes.INSECURE_TRANSPORT:
         this.#log.info('cleartext connection refused');
         return fatal(sqlstate.INVALID_AUTHORIZATION_SPECIFICATION, `sluice: ${err.message}`);
@@ -399,6 +441,36 @@ export class PostgresSession implements SessionHandle {
         this.#log.error({ code, reason: err.message }, 'session refused');
         return fatal(sqlstate.INTERNAL_ERROR, `sluice: internal error (correlation id ${this.id})`);
     }
+  }
+
+  /**
+   * The next handshake message. Messages are contiguous on the wire, so
+   * their absolute client offsets (cleartext, across a TLS upgrade, as the
+   * framer's streamOffset counts) are the running sum of their lengths: the
+   * recording replaces a 'p' message (the token) with its scrubbed form and
+   * may record everything else it has been told was parsed.
+   */
+  async #next(): Promise<WireMessage> {
+    const message = await this.#reader.next();
+    const start = this.#consumed;
+    this.#consumed += message.bytes.length;
+    if (message.type === Frontend.PasswordMessage) this.#recording?.redact(start, this.#consumed, scrubPgPasswordMessage(message.bytes));
+    else this.#recording?.commit(this.#consumed);
+    return message;
+  }
+
+  /** The recording cannot follow the session (write failure, size cap, pre-auth flood): end it, fail closed. */
+  #recordingFailed(err: SluiceError): void {
+    if (!this.#relay) {
+      this.#refuse(err);
+      return;
+    }
+    this.#log.error({ code: err.code, reason: err.message }, 'session recording failed; ending the session');
+    const message =
+      err.code === ErrorCodes.RECORDING_SIZE_LIMIT
+        ? 'sluice: the session reached its recording size limit and is ended'
+        : 'sluice: session recording failed; the session is ended';
+    this.#relay.shutdown('session recording failed', errorResponse({ severity: 'FATAL', code: sqlstate.ADMIN_SHUTDOWN, message }));
   }
 
   #clearPreAuth(): void {

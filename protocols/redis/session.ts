@@ -11,7 +11,10 @@ import { OK, error, type RespVersion } from './replies.js';
 import { RedisCommandGate } from './command-gate.js';
 import type { AuditVerdict } from '../../src/store/types.js';
 import { RedisRelay } from './relay.js';
+import { RedisReplyMasker } from './reply-masker.js';
 import { RespProtocolError, RespRequestFramer, UNAUTHENTICATED_REQUEST_LIMITS, type RequestSink } from './resp.js';
+import type { SessionRecording } from '../../src/recording/tap.js';
+import { scrubRedisAuth } from '../../src/recording/scrub.js';
 import { connectRedisUpstream, reauthCommands } from './upstream.js';
 
 /**
@@ -68,6 +71,10 @@ export class RedisSession implements SessionHandle {
   #preAuthReleased = false;
   /** Absolute end of the last command the pre-auth framer delivered. */
   #lastEnd = 0;
+  /** Absolute client offset (cleartext) where the current pre-auth framer started: a failed login starts a new framer after it. */
+  #framerBase = 0;
+  /** The client-edge recording (src/recording/tap.ts); absent when recording is off. */
+  #recording: SessionRecording | undefined;
   readonly #onData = (chunk: Buffer): void => this.#receive(chunk);
 
   constructor(
@@ -111,6 +118,14 @@ export class RedisSession implements SessionHandle {
       return;
     }
     if (this.#closed) return;
+    // Tapped from here: the TLS socket's cleartext when the target uses TLS.
+    this.#recording = this.ctx.recording?.begin(this.#socket, {
+      sessionId: this.id,
+      target: this.target.name,
+      protocol: 'redis',
+      clientAddress: `${this.#socket.remoteAddress}:${this.#socket.remotePort}`,
+    });
+    this.#recording?.onFailure((err) => this.#recordingFailed(err));
     this.#socket.on('data', this.#onData);
     this.#socket.resume();
   }
@@ -151,6 +166,10 @@ export class RedisSession implements SessionHandle {
         const end = inChunk ? base + pos + raw.length : this.#lastEnd + raw.length;
         this.#lastEnd = end;
         const cmd = parsePreAuth(args);
+        // The recording gets AUTH / HELLO ... AUTH with the token replaced; everything else framed so far may be recorded.
+        if (cmd.kind === 'auth' || cmd.kind === 'hello') {
+          this.#recording?.redact(this.#framerBase + end - raw.length, this.#framerBase + end, scrubRedisAuth(args));
+        } else this.#recording?.commit(this.#framerBase + end);
         switch (cmd.kind) {
           case 'auth':
           case 'hello':
@@ -198,12 +217,21 @@ export class RedisSession implements SessionHandle {
     try {
       identity = await this.ctx.verifier.verify(token);
       this.#identity = identity;
+      this.#recording?.identified(identity);
       // ctx.admit now returns the SessionPolicy the session is bound to (src/policy/engine.ts).
       if (!this.ctx.admit(identity, this.target.name)) {
         throw new SluiceError(ErrorCodes.NOT_AUTHORIZED, `not authorized for target "${this.target.name}"`);
       }
     } catch (err) {
       this.#loginFailed(err);
+      return;
+    }
+    if (this.#closed) return;
+    // No recording, no session: refused while the recorder is unhealthy.
+    try {
+      await this.#recording?.admit(identity);
+    } catch {
+      this.#close(error('sluice: session recording is unavailable; new sessions are refused until it recovers'), 'session recording unavailable');
       return;
     }
     if (this.#closed) return;
@@ -261,6 +289,7 @@ export class RedisSession implements SessionHandle {
     this.#socket.write(reply);
     // Still unauthenticated: frame what came after the failed login with the pre-auth limits.
     this.#framer = new RespRequestFramer(this.#preAuthLimits);
+    this.#framerBase += this.#lastEnd;
     this.#lastEnd = 0;
     this.#busy = false;
     const stash = this.#stash;
@@ -291,8 +320,16 @@ export class RedisSession implements SessionHandle {
       ...(this.ctx.approvals ? { approvals: this.ctx.approvals } : {}),
       ...(metrics ? { onVerdict: (verdict: AuditVerdict) => metrics.statement(this.target.name, verdict) } : {}),
     });
+    // Masking (policies[].masking): every reply string, the login reply and bytes read with it included.
+    const masking = this.ctx.masking?.forPolicy(policies[0]!);
+    const masker = masking ? new RedisReplyMasker({ masking, maxStringBytes: limits.maxMessageBytes }) : undefined;
+    if (masker) {
+      reply = masker.maskSync(reply);
+      leftover = masker.maskSync(leftover);
+    }
     const relay = new RedisRelay(this.#socket, upstream, {
         gate,
+        ...(masker ? { serverTransform: masker } : {}),
         requestLimits: { maxBulkBytes: limits.maxMessageBytes, maxCommandBytes: limits.maxMessageBytes + 64 * 1024 },
         logger: log,
         idleTimeoutMs: limits.idleTimeoutMs,
@@ -326,6 +363,7 @@ export class RedisSession implements SessionHandle {
       { reason, bytesFromClient: stats?.bytesFromClient, bytesFromUpstream: stats?.bytesFromUpstream, commands: stats?.commands, refused: stats?.refused },
       'session ended',
     );
+    void this.#recording?.end(reason);
   }
 
   /** The client went away before the relay started. */
@@ -335,6 +373,7 @@ export class RedisSession implements SessionHandle {
     this.#closed = true;
     this.#clearPreAuth();
     this.ctx.sessions.delete(this);
+    void this.#recording?.end('client closed the connection before authenticating');
   }
 
   /** Ends a session that never reached the relay with a last reply. */
@@ -347,6 +386,24 @@ export class RedisSession implements SessionHandle {
     this.#socket.off('data', this.#onData);
     if (this.#socket.writable) this.#socket.end(reply);
     setTimeout(() => this.#socket.destroy(), 2_000).unref();
+    // After the last reply was written, so the recording ends with it.
+    void this.#recording?.end(reason);
+  }
+
+  /** The recording cannot follow the session (write failure, size cap, pre-auth flood): end it, fail closed. */
+  #recordingFailed(err: SluiceError): void {
+    if (!this.#relay) {
+      const message =
+        err.code === ErrorCodes.PROTOCOL_VIOLATION
+          ? `sluice: ${err.message}`
+          : 'sluice: session recording is unavailable; new sessions are refused until it recovers';
+      this.#close(error(message), 'session recording failed');
+      return;
+    }
+    this.#log.error({ code: err.code, reason: err.message }, 'session recording failed; ending the session');
+    this.#relay.shutdown(
+      err.code === ErrorCodes.RECORDING_SIZE_LIMIT ? 'the session reached its recording size limit and is ended' : 'session recording failed; the session is ended',
+    );
   }
 
   #clearPreAuth(): void {

@@ -10,6 +10,7 @@ import { Gateway } from '../gateway/gateway.js';
 import { createLogger } from '../log.js';
 import { isSluiceError } from '../errors.js';
 import { approvalsCommand } from './approvals.js';
+import { sessionsCommand, verifyCommand } from './sessions.js';
 
 const USAGE = `Usage: sluice <command> [options]
 
@@ -23,6 +24,10 @@ Commands:
                                  decide held statements through the API (--api URL, --token or SLUICE_TOKEN)
   health [--config FILE]         exit 0 when every target's listener accepts TCP connections
                                  (the container healthcheck)
+  sessions [--subject S] [--target T] [--since 1h] [--json] [--config FILE]
+                                 list recorded sessions from the state dir's index
+  verify ID|--all [--json] [--config FILE]
+                                 check recordings' CRCs, hash chain and signatures; exit 1 if any fails
   version                        print the version
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.`;
@@ -43,6 +48,10 @@ async function main(argv: string[]): Promise<number> {
       return health(rest);
     case 'approvals':
       return approvalsCommand(rest);
+    case 'sessions':
+      return sessionsCommand(rest);
+    case 'verify':
+      return verifyCommand(rest);
     case 'version':
     case '--version':
       process.stdout.write(`${version()}\n`);

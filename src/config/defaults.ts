@@ -6,7 +6,7 @@
  */
 import { resolve } from 'node:path';
 import { Secret } from './secret.js';
-import type { Config, SessionLimits } from './types.js';
+import type { Config, RecordingConfig, SessionLimits } from './types.js';
 
 /** `iss` of tokens minted by the gateway's own dev issuer. `.invalid` (RFC 2606) can never resolve, so it cannot collide with a real issuer. */
 export const DEV_ISSUER = 'https://sluice.invalid/dev-issuer';
@@ -32,6 +32,14 @@ export const MAX_MESSAGE_BYTES = 1024 * 1024 * 1024;
 
 /** How long a statement held for approval waits for a decision. */
 export const DEFAULT_APPROVAL_TIMEOUT_MS = 5 * 60_000;
+
+/** `recording:` defaults: on, 1 GiB per session, 200 ms flush, 30 days retention. */
+export const DEFAULT_RECORDING: Readonly<RecordingConfig> = Object.freeze({
+  enabled: true,
+  maxBytes: 1024 * 1024 * 1024,
+  flushIntervalMs: 200,
+  retentionMs: 30 * 24 * 3_600_000,
+});
 
 export const DEFAULT_LIMITS: Readonly<SessionLimits> = Object.freeze({
   preAuthTimeoutMs: 10_000,

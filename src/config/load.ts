@@ -26,6 +26,7 @@ import {
   DEFAULT_LIMITS,
   DEFAULT_MAX_TOKEN_BYTES,
   DEFAULT_POSTGRES_PORT,
+  DEFAULT_RECORDING,
   DEFAULT_REDIS_PORT,
   DEFAULT_REDIS_USER,
   DEFAULT_STATE_DIR,
@@ -38,6 +39,8 @@ import {
 import { ALLOWED_ALGORITHMS, configSchema, parseDuration, parseSize } from './schema.js';
 import { Secret } from './secret.js';
 import type { Action, RuleConfig, RuleMatch } from '../policy/types.js';
+import { MaskingEngine } from '../../masking/engine.js';
+import { MaskingConfigError, type MaskingRuleConfig, type Strategy } from '../../masking/types.js';
 import { DANGEROUS_FUNCTIONS_SET, REDIS_CATEGORIES, isKnownRedisCategory, isKnownSqlKind } from '../policy/kinds.js';
 import type {
   ApiConfig,
@@ -47,13 +50,18 @@ import type {
   IssuerConfig,
   ListenAddress,
   LogConfig,
+  MaskingConfig,
   PolicyConfig,
+  RecordingConfig,
   SessionLimits,
   SubjectMatch,
   TargetConfig,
   TlsFiles,
   UpstreamTlsMode,
 } from './types.js';
+
+/** Smallest `recording.max_bytes`: room for a header, a footer and some records. */
+const MIN_RECORDING_BYTES = 64 * 1024;
 
 /** The file `loadConfig(undefined)` looks for in the working directory. */
 export const DEFAULT_CONFIG_FILE = 'sluice.yaml';
@@ -339,7 +347,8 @@ class Normaliser {
     const globalLimits = this.#limits(obj(raw.limits), 'limits', DEFAULT_LIMITS);
     const targets = this.#targets(obj(raw.targets), globalLimits);
     const knownIssuers = [...(identity.devIssuer ? [DEV_ISSUER] : []), ...identity.issuers.map((i) => i.issuer)];
-    const policies = this.#policies(raw.policies, targets.map((t) => t.name), knownIssuers);
+    const masking = this.#masking(obj(raw.masking));
+    const policies = this.#policies(raw.policies, targets.map((t) => t.name), knownIssuers, masking);
     const level = str(obj(raw.log)?.level) as LogConfig['level'] | undefined;
     const api = this.#api(obj(raw.api));
     const config: Config = {
@@ -351,7 +360,9 @@ class Normaliser {
       policies,
       ...(api ? { api } : {}),
       approvals: this.#approvals(obj(raw.approvals)),
+      ...(raw.recording !== undefined ? { recording: this.#recording(obj(raw.recording)) } : {}),
       log: { level: level ?? 'info' },
+      ...(masking ? { masking } : {}),
     };
     return config;
   }
@@ -664,7 +675,79 @@ class Normaliser {
     return undefined;
   }
 
-  #policies(raw: unknown, targetNames: string[], knownIssuers: string[]): PolicyConfig[] {
+  /**
+   * `masking:`: rules as written (a strategy may be a bare name, and its
+   * options snake_case or camelCase) normalised to MaskingRuleConfig, then
+   * compiled once here so a bad detector, an unsafe pattern or a hash rule
+   * without a key is a load error with its key path, not a session failure.
+   */
+  #masking(raw: Record<string, unknown> | undefined): MaskingConfig | undefined {
+    if (raw === undefined) return undefined;
+    const at = 'masking';
+    const hashKey = this.#hashKey(raw, at);
+    const rules: MaskingRuleConfig[] = [];
+    const index = new Map<string, number>();
+    const rawRules = Array.isArray(raw.rules) ? (raw.rules as unknown[]) : [];
+    rawRules.forEach((rr, i) => {
+      const r = obj(rr);
+      if (r === undefined) return;
+      const rule: MaskingRuleConfig = { name: str(r.name) ?? '', strategy: normaliseStrategy(r.strategy) };
+      if (r.detector !== undefined) rule.detector = r.detector as MaskingRuleConfig['detector'];
+      if (r.pattern !== undefined) rule.pattern = r.pattern as string;
+      if (r.columns !== undefined) rule.columns = r.columns as string[];
+      index.set(rule.name, i);
+      rules.push(rule);
+    });
+    try {
+      MaskingEngine.compile(rules, { hashKey: hashKey ? Buffer.from(hashKey.reveal(), 'utf8') : Buffer.alloc(0) });
+    } catch (err) {
+      if (!(err instanceof MaskingConfigError)) throw err;
+      for (const problem of err.problems) {
+        // The engine says `rule "name": why` (or `rule #n: why`): point at the rule's key path.
+        const m = /^rule (?:"((?:[^"\\]|\\.)*)"|#(\d+)): (.*)$/s.exec(problem);
+        const i = m ? (m[2] !== undefined ? Number(m[2]) - 1 : index.get(JSON.parse(`"${m[1]}"`) as string)) : undefined;
+        this.#problem(i !== undefined ? `${at}.rules[${i}]` : `${at}.rules`, m ? m[3]! : problem);
+      }
+    }
+    return { rules, ...(hashKey ? { hashKey } : {}) };
+  }
+
+  /** The hash strategy's key: from the environment or a file, never inline (like an upstream password). */
+  #hashKey(raw: Record<string, unknown>, at: string): Secret | undefined {
+    const envName = str(raw.hash_key_env);
+    const file = str(raw.hash_key_file);
+    if (envName !== undefined && file !== undefined) {
+      this.#problem(at, 'expected one of hash_key_env or hash_key_file, found both');
+      return undefined;
+    }
+    if (envName !== undefined) {
+      const shown = /^[A-Z_][A-Z0-9_]*$/.test(envName) ? envName : 'a variable (name not shown: is it the key itself?)';
+      const value = this.#env[envName];
+      if (!value) {
+        this.#problem(`${at}.hash_key_env`, `expected the name of a set, non-empty environment variable, found ${shown}, which is ${value === undefined ? 'not set' : 'empty'}`);
+        return undefined;
+      }
+      return new Secret(value, `env ${envName}`);
+    }
+    if (file !== undefined) {
+      const abs = this.#path(file);
+      let text: string;
+      try {
+        text = readFileSync(abs, 'utf8').replace(/\r?\n$/, '');
+      } catch (err) {
+        this.#problem(`${at}.hash_key_file`, `expected a readable file, found ${abs} (${errno(err) ?? 'unreadable'})`);
+        return undefined;
+      }
+      if (text === '') {
+        this.#problem(`${at}.hash_key_file`, `expected a file holding the key, found ${abs}, which is empty`);
+        return undefined;
+      }
+      return new Secret(text, `file ${abs}`);
+    }
+    return undefined;
+  }
+
+  #policies(raw: unknown, targetNames: string[], knownIssuers: string[], masking: MaskingConfig | undefined): PolicyConfig[] {
     if (!Array.isArray(raw)) return [];
     const out: PolicyConfig[] = [];
     const firstIndex = new Map<string, number>();
@@ -697,7 +780,14 @@ class Normaliser {
       if (stated === undefined && rules.length > 0) {
         this.#problem(`${at}.default`, 'expected allow or deny, found nothing: a policy with rules must say what happens when none matches');
       }
-      out.push({ name: name ?? '', subjects, targets, default: stated ?? 'allow', rules });
+      const maskingRules = list(p.masking);
+      maskingRules?.forEach((m, j) => {
+        if (!masking?.rules.some((r) => r.name === m)) {
+          const known = masking?.rules.map((r) => r.name).join(', ') || 'none defined';
+          this.#problem(`${at}.masking[${j}]`, `expected a rule defined under masking.rules (${known}), found ${render(m)}`);
+        }
+      });
+      out.push({ name: name ?? '', subjects, targets, default: stated ?? 'allow', rules, ...(maskingRules ? { masking: maskingRules } : {}) });
     });
     return out;
   }
@@ -751,6 +841,30 @@ class Normaliser {
     if (!listen) return undefined;
     const roles = obj(raw.roles);
     return { listen, roles: { approver: list(roles?.approver) ?? [], auditor: list(roles?.auditor) ?? [] } };
+  }
+
+  /** `recording:`; every omitted key takes DEFAULT_RECORDING's value. */
+  #recording(raw: Record<string, unknown> | undefined): RecordingConfig {
+    const out: RecordingConfig = { ...DEFAULT_RECORDING };
+    if (!raw) return out;
+    if (typeof raw.enabled === 'boolean') out.enabled = raw.enabled;
+    if (raw.max_bytes !== undefined) {
+      const n = parseSize(raw.max_bytes as string | number);
+      if (n !== undefined && n < MIN_RECORDING_BYTES) this.#problem('recording.max_bytes', `expected at least 64KiB (a header and footer must fit), found ${render(raw.max_bytes)}`);
+      else if (n !== undefined) out.maxBytes = n;
+    }
+    if (raw.flush_interval !== undefined) {
+      const ms = parseDuration(raw.flush_interval as string | number);
+      if (ms === 0) this.#problem('recording.flush_interval', 'expected a duration above 0 such as 200ms, found 0');
+      else if (ms !== undefined) out.flushIntervalMs = ms;
+    }
+    if (raw.retention !== undefined) {
+      const v = raw.retention as string | number;
+      const days = typeof v === 'string' ? /^([0-9]+)d$/.exec(v) : null;
+      const ms = days ? Number(days[1]) * 24 * 3_600_000 : parseDuration(v);
+      if (ms !== undefined) out.retentionMs = ms;
+    }
+    return out;
   }
 
   #approvals(raw: Record<string, unknown> | undefined): ApprovalsConfig {
@@ -816,6 +930,16 @@ function refusedAlgorithm(a: string): string | undefined {
     return `expected one of ${allowed}, found ${JSON.stringify(a)}, which is refused: HMAC needs the shared secret on the gateway, and whoever holds it can mint tokens`;
   }
   return `expected one of ${allowed}, found ${render(a)}`;
+}
+
+/** `partial` -> `{ kind: 'partial' }`; `{ kind, keep_suffix }` -> `{ kind, keepSuffix }`. Anything else goes to the engine as is, which says what is wrong. */
+function normaliseStrategy(v: unknown): Strategy {
+  if (typeof v === 'string') return { kind: v } as Strategy;
+  const o = obj(v);
+  if (o === undefined) return v as Strategy;
+  const out: Record<string, unknown> = {};
+  for (const [k, val] of Object.entries(o)) out[k.replace(/_([a-z])/g, (_m, c: string) => c.toUpperCase())] = val;
+  return out as unknown as Strategy;
 }
 
 function obj(v: unknown): Record<string, unknown> | undefined {

@@ -11,6 +11,8 @@
 
 /** `10s`, `5m`, `1h`, `250ms`; a bare number is milliseconds. */
 export const DURATION_PATTERN = '^[0-9]+(ms|s|m|h)$';
+/** `recording.retention`: a duration that may also be in days (`30d`); 0 = keep forever. */
+export const RETENTION_PATTERN = '^[0-9]+(ms|s|m|h|d)$';
 /** `65536`, `512KiB`, `64MiB`, `1GiB`, `100B`. Binary units only: `MB` is ambiguous. */
 export const SIZE_PATTERN = '^[0-9]+(B|KiB|MiB|GiB)$';
 
@@ -318,6 +320,54 @@ export const configSchema = {
           },
           default: { enum: ['allow', 'deny'], expected: 'allow or deny' },
           rules: { type: 'array', items: rule, expected: 'a list of rules' },
+          masking: {
+            type: 'array',
+            items: { ...nonEmptyString, expected: 'a masking rule name' },
+            expected: 'a list of masking rule names',
+          },
+        },
+      },
+    },
+    masking: {
+      type: 'object',
+      additionalProperties: false,
+      expected: 'a mapping with rules (and hash_key_env or hash_key_file)',
+      properties: {
+        // Each rule's fields are checked by MaskingEngine.compile (load.ts), which knows detectors and strategies.
+        rules: {
+          type: 'array',
+          items: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['name', 'strategy'],
+            expected: 'a mapping with name, strategy and detector, pattern and/or columns',
+            properties: {
+              name: { type: 'string', pattern: NAME_PATTERN, expected: 'a name of letters, digits, _ and - (at most 63)' },
+              detector: nonEmptyString,
+              pattern: nonEmptyString,
+              columns: { type: 'array', minItems: 1, items: nonEmptyString, expected: 'a non-empty list of column selectors' },
+              strategy: { type: ['string', 'object'], expected: 'a strategy name or a mapping with kind' },
+            },
+          },
+          expected: 'a list of masking rules',
+        },
+        hash_key_env: { ...nonEmptyString, expected: 'the name of an environment variable' },
+        hash_key_file: path,
+      },
+    },
+    recording: {
+      type: 'object',
+      additionalProperties: false,
+      expected: 'a mapping with enabled, max_bytes, flush_interval and/or retention',
+      properties: {
+        enabled: { type: 'boolean', expected: 'true or false' },
+        max_bytes: size,
+        flush_interval: duration,
+        retention: {
+          type: ['integer', 'string'],
+          minimum: 0,
+          pattern: RETENTION_PATTERN,
+          expected: 'a duration such as 30d, 12h or 0 (keep forever)',
         },
       },
     },

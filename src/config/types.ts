@@ -8,6 +8,7 @@
  */
 import type { Secret } from './secret.js';
 import type { RuleConfig } from '../policy/types.js';
+import type { MaskingRuleConfig } from '../../masking/types.js';
 
 export type UpstreamTlsMode = 'disable' | 'require' | 'verify-full';
 
@@ -128,6 +129,16 @@ export interface PolicyConfig {
   default: 'allow' | 'deny';
   /** Ordered; the first rule whose match holds decides. */
   rules: RuleConfig[];
+  /** Names of `masking.rules` applied to what the upstream sends back; absent or empty = no masking. */
+  masking?: string[];
+}
+
+/** Top-level `masking:`: named rules (bound to policies by name) and the key of the `hash` strategy. */
+export interface MaskingConfig {
+  /** Validated with MaskingEngine.compile at load (strategy names normalised to `{ kind }`). */
+  rules: MaskingRuleConfig[];
+  /** From `hash_key_env` / `hash_key_file`; needed only by `hash` rules. */
+  hashKey?: Secret;
 }
 
 export interface ApiConfig {
@@ -140,6 +151,18 @@ export interface ApprovalsConfig {
   /** A held statement waits at most this long for a decision, ms. Default 5 minutes. */
   timeoutMs: number;
   webhook?: { url: string; timeoutMs: number };
+}
+
+/** `recording:` (docs/recording-format.md). Absent from Config = the defaults (DEFAULT_RECORDING). */
+export interface RecordingConfig {
+  /** Record every session (default true). */
+  enabled: boolean;
+  /** Per-session recording cap, bytes (default 1 GiB); a session that reaches it is ended. */
+  maxBytes: number;
+  /** Records are appended at least this often, ms (default 200): bounds what a crash loses. */
+  flushIntervalMs: number;
+  /** Recordings and their index rows are purged after this long, ms (default 30 days); 0 = keep forever. */
+  retentionMs: number;
 }
 
 export interface LogConfig {
@@ -157,5 +180,9 @@ export interface Config {
   /** The HTTP API (approvals, audit, health, metrics); absent = not served. */
   api?: ApiConfig;
   approvals: ApprovalsConfig;
+  /** Session recording; absent = DEFAULT_RECORDING (config/defaults.ts). */
+  recording?: RecordingConfig;
   log: LogConfig;
+  /** Data masking rules; absent = none configured. */
+  masking?: MaskingConfig;
 }

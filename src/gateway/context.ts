@@ -7,6 +7,8 @@ import type { PostgresUpstream } from '../config/types.js';
 import type { SessionPolicy } from '../policy/engine.js';
 import type { ApprovalManager } from '../policy/approvals.js';
 import type { AuditEvent, AuditVerdict } from '../store/types.js';
+import type { SessionRecorder } from '../recording/tap.js';
+import type { MaskingRegistry } from '../../masking/session-masker.js';
 
 /**
  * What the gateway hands each protocol front end: everything a session needs
@@ -30,6 +32,10 @@ export interface GatewayContext {
   pgCancels: CancelRegistry<PgCancelTarget>;
   /** Every live session, for shutdown and the session count. */
   sessions: Set<SessionHandle>;
+  /** Masking engines compiled per policy at start (and their worker pools); absent = no masking. */
+  masking?: MaskingRegistry;
+  /** Session recording (src/recording/tap.ts); absent = not recorded (`recording.enabled: false`, unit tests). */
+  recording?: SessionRecorder;
 }
 
 export interface PgCancelTarget {

@@ -18,6 +18,10 @@ import { createServerSecureContext, loadServerTls, type ServerTlsMaterial } from
 import { PostgresSession } from '../../protocols/postgres/session.js';
 import { RedisSession } from '../../protocols/redis/session.js';
 import { errorResponse, sqlstate } from '../../protocols/postgres/messages.js';
+import { DEFAULT_RECORDING } from '../config/defaults.js';
+import { openRecordingKey } from '../recording/keys.js';
+import { SessionRecorder, DEFAULT_MAX_HELD_BYTES } from '../recording/tap.js';
+import { MaskingRegistry } from '../../masking/session-masker.js';
 
 export interface GatewayOptions {
   logger: Logger;
@@ -83,12 +87,15 @@ export class Gateway {
   health(): { ok: boolean; checks: Record<string, string> } {
     const listening = [...this.#listeners.values()].every((l) => l.server.listening);
     const audit = this.services.audit.stats;
+    const recorder = this.#ctx.recording?.health();
     const checks = {
       listeners: listening ? 'ok' : 'not listening',
       audit: audit.failedBatches > 0 && audit.queued > 0 ? `failing (${audit.queued} events queued)` : 'ok',
+      // Unhealthy = new sessions are refused until a recording write succeeds again.
+      recording: !recorder ? 'disabled' : recorder.ok ? 'ok' : `failing, new sessions refused (${recorder.lastError ?? 'write failed'})`,
       sessions: String(this.#ctx.sessions.size),
     };
-    return { ok: listening && checks.audit === 'ok', checks };
+    return { ok: listening && checks.audit === 'ok' && recorder?.ok !== false, checks };
   }
 
   static async start(config: Config, options: GatewayOptions): Promise<Gateway> {
@@ -117,8 +124,26 @@ export class Gateway {
       audit,
       approvals,
     };
+    // Compiled once per policy here, not per session (the loader already refused bad rules).
+    const masking = new MaskingRegistry(config);
+    if (masking.size > 0) ctx.masking = masking;
     const gateway = new Gateway(ctx, tls, devIssuer, config.identity.maxTokenBytes, { store, audit, approvals, metrics });
     try {
+      const recording = config.recording ?? DEFAULT_RECORDING;
+      if (recording.enabled) {
+        // Recording from the first accepted byte: the key must exist before any listener does.
+        const key = await openRecordingKey(config.stateDir);
+        ctx.recording = new SessionRecorder({
+          stateDir: config.stateDir,
+          settings: { ...recording },
+          key,
+          store,
+          logger,
+          // The PostgreSQL handshake cap (64 KiB) + the largest token + pipelined chunks.
+          maxHeldBytes: DEFAULT_MAX_HELD_BYTES + config.identity.maxTokenBytes,
+        });
+        ctx.recording.startRetention();
+      }
       for (const target of config.targets) await gateway.#listen(target);
       if (config.api) {
         gateway.api = await startApi({
@@ -166,9 +191,12 @@ export class Gateway {
     clearTimeout(timer);
     for (const socket of this.#sockets) socket.destroy();
     await closing;
+    // Every recording gets its footer and its index row before the store closes.
+    await this.#ctx.recording?.close(reason);
     await this.api?.close();
     // Pending approvals end as cancelled; every queued audit event reaches the store.
     this.services.approvals.close();
+    await this.#ctx.masking?.close();
     await this.services.audit.close();
     this.services.store.close();
   }
