@@ -12,14 +12,21 @@
  * - Every error answer is `{ error, code, message }`: `code` from the
  *   catalogue, `message` for a person. Internal error text stays in the log.
  */
+import type { KeyObject } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { fastify, type FastifyError, type FastifyReply, type FastifyRequest } from 'fastify';
+import { sessionJson } from '../cli/sessions.js';
+import { SESSION_ID_PATTERN } from '../recording/format.js';
+import { transcriptJson, transcriptText } from '../recording/transcript.js';
+import { describeVerify, verifyRecording } from '../recording/verify.js';
 import type { ApiConfig } from '../config/types.js';
 import { isSluiceError } from '../errors.js';
 import { parseDuration } from '../identity/dev-issuer.js';
 import type { TokenVerifier } from '../identity/types.js';
 import type { Logger } from '../log.js';
 import { ApprovalErrorCodes, type ApprovalManager } from '../policy/approvals.js';
-import type { ApprovalQuery, ApprovalRecord, ApprovalStatus, AuditQuery, AuditVerdict, Store } from '../store/types.js';
+import type { ApprovalQuery, ApprovalRecord, ApprovalStatus, AuditQuery, AuditVerdict, SessionQuery, SessionRecord, SessionStore, Store } from '../store/types.js';
 import { ApiError, ApiErrorCodes, authenticate, requireRole, type ApiRole, type Principal } from './auth.js';
 import type { Metrics } from './metrics.js';
 
@@ -37,6 +44,10 @@ export interface ApiDeps {
   metrics: Metrics;
   logger: Logger;
   health(): HealthReport;
+  /** The session index; without it the /api/sessions routes answer 404. */
+  sessions?: SessionStore;
+  /** Public recording keys by key id, for /api/sessions/:id/verify (e.g. () => loadRecordingPublicKeys(stateDir)). */
+  recordingKeys?: () => Promise<Map<string, KeyObject>>;
 }
 
 export interface RunningApi {
@@ -271,6 +282,81 @@ export async function startApi(deps: ApiDeps): Promise<RunningApi> {
     const limit = queryLimit(req.query);
     if (limit !== undefined) q.limit = limit;
     return { events: store.queryAuditEvents(q) };
+  });
+
+  // --- sessions and their recordings (auditor) ---------------------------------
+  // Session rows and recordings hold who ran what and what came back: auditors only.
+
+  const sessionFor = (id: string): SessionRecord => {
+    if (!deps.sessions) throw new ApiError(404, ApiErrorCodes.API_NOT_FOUND, 'this gateway keeps no session index');
+    if (!SESSION_ID_PATTERN.test(id)) throw badRequest('not a session id');
+    const rec = deps.sessions.getSession(id);
+    if (!rec) throw new ApiError(404, ApiErrorCodes.API_NOT_FOUND, `session ${id} not found`);
+    return rec;
+  };
+  const recordingOf = async (rec: SessionRecord): Promise<string> => {
+    const path = rec.recordingPath;
+    if (!path || !(await stat(path).then((st) => st.isFile(), () => false))) {
+      throw new ApiError(404, ApiErrorCodes.API_NOT_FOUND, `session ${rec.id} has no recording`);
+    }
+    return path;
+  };
+
+  app.get('/api/sessions', async (req) => {
+    await authorize(req, ['auditor']);
+    if (!deps.sessions) throw new ApiError(404, ApiErrorCodes.API_NOT_FOUND, 'this gateway keeps no session index');
+    const q: SessionQuery = {};
+    const subject = queryString(req.query, 'subject');
+    if (subject !== undefined) q.subject = subject;
+    const target = queryString(req.query, 'target');
+    if (target !== undefined) q.target = target;
+    const since = queryTime(req.query, 'since');
+    if (since !== undefined) q.since = new Date(Date.parse(since)).toISOString();
+    const limit = queryLimit(req.query);
+    if (limit !== undefined) q.limit = limit;
+    return { sessions: deps.sessions.listSessions(q).map(sessionJson) };
+  });
+
+  app.get<{ Params: { id: string } }>('/api/sessions/:id', async (req) => {
+    await authorize(req, ['auditor']);
+    return sessionJson(sessionFor(req.params.id));
+  });
+
+  app.get<{ Params: { id: string } }>('/api/sessions/:id/transcript', async (req, reply) => {
+    await authorize(req, ['auditor']);
+    const path = await recordingOf(sessionFor(req.params.id));
+    const format = queryString(req.query, 'format');
+    if (format !== undefined && format !== 'json' && format !== 'text') throw badRequest('format must be json or text');
+    const wantsJson = format === 'json' || (format === undefined && /application\/json/.test(String(req.headers.accept ?? '')));
+    if (wantsJson) return reply.type('application/json; charset=utf-8').send(await transcriptJson(path));
+    return reply.type('text/plain; charset=utf-8').send(await transcriptText(path));
+  });
+
+  app.get<{ Params: { id: string } }>('/api/sessions/:id/recording', async (req, reply) => {
+    await authorize(req, ['auditor']);
+    const rec = sessionFor(req.params.id);
+    const path = await recordingOf(rec);
+    return reply
+      .type('application/octet-stream')
+      .header('content-disposition', `attachment; filename="${rec.id}.sluicerec"`)
+      .send(createReadStream(path));
+  });
+
+  app.get<{ Params: { id: string } }>('/api/sessions/:id/verify', async (req) => {
+    await authorize(req, ['auditor']);
+    const rec = sessionFor(req.params.id);
+    const path = await recordingOf(rec);
+    const keys = deps.recordingKeys ? await deps.recordingKeys() : new Map<string, KeyObject>();
+    const r = await verifyRecording(path, keys);
+    return {
+      id: rec.id,
+      ok: r.ok,
+      complete: r.complete,
+      records: r.records,
+      first_bad: r.firstBad ?? null,
+      verified_through_seq: r.verifiedThroughSeq,
+      result: describeVerify(r),
+    };
   });
 
   function decided(record: ApprovalRecord, outcome: 'approved' | 'denied'): void {

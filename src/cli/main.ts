@@ -10,6 +10,7 @@ import { Gateway } from '../gateway/gateway.js';
 import { createLogger } from '../log.js';
 import { isSluiceError } from '../errors.js';
 import { approvalsCommand } from './approvals.js';
+import { replayCommand } from './replay.js';
 import { sessionsCommand, verifyCommand } from './sessions.js';
 
 const USAGE = `Usage: sluice <command> [options]
@@ -26,6 +27,9 @@ Commands:
                                  (the container healthcheck)
   sessions [--subject S] [--target T] [--since 1h] [--json] [--config FILE]
                                  list recorded sessions from the state dir's index
+  replay ID [--json | --raw client|server | --serve PORT [--once]] [--config FILE]
+                                 transcript of a recorded session, its raw bytes, or a stand-in
+                                 server replaying it to the same client
   verify ID|--all [--json] [--config FILE]
                                  check recordings' CRCs, hash chain and signatures; exit 1 if any fails
   version                        print the version
@@ -50,6 +54,8 @@ async function main(argv: string[]): Promise<number> {
       return approvalsCommand(rest);
     case 'sessions':
       return sessionsCommand(rest);
+    case 'replay':
+      return replayCommand(rest);
     case 'verify':
       return verifyCommand(rest);
     case 'version':

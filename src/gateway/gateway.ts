@@ -11,6 +11,7 @@ import { AuditWriter } from '../store/audit-writer.js';
 import type { Store } from '../store/types.js';
 import { Metrics } from '../api/metrics.js';
 import { startApi, type RunningApi } from '../api/server.js';
+import { loadRecordingPublicKeys } from '../recording/keys.js';
 import { initClassifier } from '../../protocols/postgres/classify.js';
 import { CancelRegistry } from './cancel-registry.js';
 import type { GatewayContext, PgCancelTarget, SessionHandle } from './context.js';
@@ -154,6 +155,8 @@ export class Gateway {
           metrics,
           logger,
           health: () => gateway.health(),
+          sessions: store,
+          recordingKeys: () => loadRecordingPublicKeys(config.stateDir),
         });
       }
     } catch (err) {

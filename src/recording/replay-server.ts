@@ -1,0 +1,252 @@
+/**
+ * A stand-in server that replays the recorded server side of a session, so
+ * the same client (psql, redis-cli, a CI suite's driver) pointed at it
+ * receives exactly the bytes the original client received.
+ *
+ * The recording is cut into steps: "after the client has sent these
+ * messages, send these bytes". A step starts at each client record that
+ * completes at least one protocol message (PostgreSQL message, Redis
+ * command) and holds every server record up to the next such client record.
+ * Replaying, the server waits until the new client has sent as many whole
+ * messages as the step expects, then writes the step's server bytes.
+ * Messages are counted, not compared byte for byte: a new psql sends a
+ * different startup packet and password, and the recorded password is
+ * redacted anyway. Their types (PostgreSQL) or command names (Redis) are
+ * compared, and a divergence is reported as a warning, not enforced.
+ *
+ * TLS: the recording holds the cleartext. The replay server answers every
+ * SSLRequest/GSSENCRequest with 'N' and drops the recorded request and its
+ * one-byte answer from the script, so a client with sslmode=prefer (or
+ * disable) continues in cleartext; sslmode=require cannot be replayed.
+ *
+ * Authentication is replayed like everything else: whatever password, AUTH
+ * or HELLO the client sends counts as the recorded message. A SCRAM
+ * exchange recorded straight from a server cannot be replayed to a client
+ * that checks the server's signature; sessions through Sluice use a
+ * cleartext password exchange (the token) and replay fine.
+ *
+ * When the script is exhausted (the last step's bytes are written and the
+ * client has sent what the last step expects), the connection is closed.
+ * Every connection gets its own replay from the start; `once` stops the
+ * server after the first.
+ */
+import { createServer, type Server, type Socket } from 'node:net';
+import type { Direction } from './format.js';
+import { readRecording } from './reader.js';
+import { PG_REQUEST_CODES, PgClientMessages, pgMessageName } from './transcript-postgres.js';
+import { RespQueue, commandArgs } from './transcript-redis.js';
+import { printable } from './transcript.js';
+
+export interface ReplayStep {
+  /** Names of the client messages that precede the server bytes ('Q', StartupMessage, SET, ...). */
+  expect: string[];
+  server: Buffer[];
+}
+
+export interface ReplayScript {
+  sessionId: string;
+  protocol: 'postgres' | 'redis';
+  steps: ReplayStep[];
+  /** Server bytes in the script (the recorded SSL answer excluded). */
+  serverBytes: number;
+}
+
+/** Splits a client stream into named messages; SSL/GSSENC requests and CancelRequests are flagged. */
+interface ClientSplitter {
+  push(bytes: Buffer): { name: string; tls?: boolean; cancel?: boolean }[];
+}
+
+function splitterFor(protocol: string): ClientSplitter {
+  if (protocol === 'postgres') {
+    const s = new PgClientMessages();
+    return {
+      push: (bytes) =>
+        s.push(bytes).map((m) => ({
+          name: pgMessageName(m),
+          ...(m.type === 0 && (m.code === PG_REQUEST_CODES.ssl || m.code === PG_REQUEST_CODES.gssenc) ? { tls: true } : {}),
+          ...(m.type === 0 && m.code === PG_REQUEST_CODES.cancel ? { cancel: true } : {}),
+        })),
+    };
+  }
+  const q = new RespQueue();
+  return {
+    push: (bytes) => q.push(bytes).map((v) => ({ name: (commandArgs(v)[0]?.toString('utf8') ?? '?').toUpperCase() })),
+  };
+}
+
+/** Reads a recording into a replay script. */
+export async function buildReplayScript(path: string, opts: { onProgress?: (done: number, total: number) => void; size?: number } = {}): Promise<ReplayScript> {
+  const reader = readRecording(path);
+  const steps: ReplayStep[] = [{ expect: [], server: [] }];
+  let split: ClientSplitter | undefined;
+  /** Bytes of recorded SSL/GSSENC answers still to drop from the server side. */
+  let dropServer = 0;
+  let serverBytes = 0;
+  let lastProgress = 0;
+  for await (const rec of reader) {
+    split ??= splitterFor(reader.header!.protocol);
+    if (opts.onProgress && opts.size && rec.offset - lastProgress >= 4 * 1024 * 1024) {
+      lastProgress = rec.offset;
+      opts.onProgress(rec.offset, opts.size);
+    }
+    if (rec.type !== 'data') continue;
+    const dir: Direction = rec.direction;
+    if (dir === 'client') {
+      const names: string[] = [];
+      for (const m of split.push(rec.bytes)) {
+        if (m.tls) dropServer++;
+        else names.push(m.name);
+      }
+      if (names.length) steps.push({ expect: names, server: [] });
+    } else {
+      let bytes = rec.bytes;
+      if (dropServer > 0) {
+        const k = Math.min(dropServer, bytes.length);
+        dropServer -= k;
+        bytes = bytes.subarray(k);
+      }
+      if (bytes.length) {
+        steps[steps.length - 1]!.server.push(bytes);
+        serverBytes += bytes.length;
+      }
+    }
+  }
+  const header = reader.header!;
+  if (header.protocol !== 'postgres' && header.protocol !== 'redis') {
+    throw new RangeError(`protocol ${printable(String(header.protocol))} cannot be replayed`);
+  }
+  return { sessionId: header.sessionId, protocol: header.protocol, steps, serverBytes };
+}
+
+export interface ReplayServerOptions {
+  script: ReplayScript;
+  /** Default 127.0.0.1: a replay serves recorded data and has no authentication of its own. */
+  host?: string;
+  port: number;
+  /** Stop listening after the first connection has been replayed. */
+  once?: boolean;
+  /** What happens, for a person (connections, divergences, the end). */
+  onEvent?: (line: string) => void;
+}
+
+export interface RunningReplay {
+  host: string;
+  port: number;
+  /** Resolves when the server has closed (with `once`: after the first connection). */
+  done: Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function startReplayServer(opts: ReplayServerOptions): Promise<RunningReplay> {
+  const { script } = opts;
+  const say = opts.onEvent ?? (() => undefined);
+  const host = opts.host ?? '127.0.0.1';
+  const sockets = new Set<Socket>();
+  let connections = 0;
+  let resolveDone!: () => void;
+  const done = new Promise<void>((r) => (resolveDone = r));
+  const server: Server = createServer((socket) => {
+    const n = ++connections;
+    if (opts.once && n > 1) {
+      socket.destroy();
+      return;
+    }
+    sockets.add(socket);
+    say(`connection ${n} from ${socket.remoteAddress}:${socket.remotePort}`);
+    socket.on('close', () => {
+      sockets.delete(socket);
+      if (opts.once) void close();
+    });
+    replayConnection(socket, script, (line) => say(`connection ${n}: ${line}`));
+  });
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> => {
+    closing ??= new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      for (const s of sockets) s.destroy();
+    }).then(resolveDone);
+    return closing;
+  };
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const addr = server.address();
+  const port = addr && typeof addr === 'object' ? addr.port : opts.port;
+  return { host, port, done, close };
+}
+
+function replayConnection(socket: Socket, script: ReplayScript, say: (line: string) => void): void {
+  const split = splitterFor(script.protocol);
+  let step = 0;
+  let got = 0;
+  let received = 0;
+  let finished = false;
+  const warned = { count: 0 };
+  const warn = (line: string): void => {
+    // A client that diverged early diverges on every later message: a few lines say it.
+    if (++warned.count <= 10) say(`warning: ${line}`);
+    else if (warned.count === 11) say('warning: more divergences not shown');
+  };
+  const finish = (why: string): void => {
+    if (finished) return;
+    finished = true;
+    say(why);
+    socket.end();
+  };
+  /** Writes every step that expects nothing more; ends when the script is done. */
+  const advance = (): void => {
+    while (step < script.steps.length && got >= script.steps[step]!.expect.length) {
+      const s = script.steps[step]!;
+      if (s.server.length) socket.write(Buffer.concat(s.server));
+      step++;
+      got = 0;
+    }
+    if (step >= script.steps.length) finish(`replay complete (${script.steps.length} steps, ${script.serverBytes} bytes sent); closing`);
+  };
+  socket.on('error', () => undefined);
+  socket.on('data', (chunk: Buffer) => {
+    if (finished) return;
+    let msgs;
+    try {
+      msgs = split.push(chunk);
+    } catch (err) {
+      warn(`cannot frame what the client sent: ${err instanceof Error ? err.message : String(err)}`);
+      finish('closing');
+      return;
+    }
+    for (const m of msgs) {
+      if (finished) return;
+      if (m.tls) {
+        // The recording holds cleartext: refuse TLS, the client goes on without it.
+        socket.write(Buffer.from('N', 'latin1'));
+        continue;
+      }
+      if (m.cancel) {
+        finish('a CancelRequest: nothing to cancel in a replay; closing');
+        return;
+      }
+      received++;
+      const s = script.steps[step];
+      if (!s) {
+        finish(`the client sent message ${received} (${printable(m.name)}) after the end of the recording; closing`);
+        return;
+      }
+      const want = s.expect[got]!;
+      if (want !== m.name) warn(`message ${received}: the recording has ${printable(want)}, the client sent ${printable(m.name)}`);
+      got++;
+      advance();
+    }
+  });
+  socket.on('end', () => {
+    if (!finished) {
+      finished = true;
+      say(`the client closed after ${received} messages (step ${step} of ${script.steps.length})`);
+      socket.end();
+    }
+  });
+  advance();
+}
