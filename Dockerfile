@@ -14,6 +14,10 @@
 # clients TLS.
 
 FROM node:20-bookworm-slim AS build
+# better-sqlite3 (the audit store) is a native module built by node-gyp.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 make g++ \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY package.json package-lock.json tsconfig.json ./
 COPY src ./src
@@ -32,6 +36,8 @@ COPY --from=build /src/package.json ./package.json
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist/src ./dist/src
 COPY --from=build /src/dist/protocols ./dist/protocols
+# The masking worker pool loads dist/masking/worker.js in its threads.
+COPY --from=build /src/dist/masking ./dist/masking
 COPY examples ./examples
 RUN mkdir -p /var/lib/sluice /etc/sluice \
  && chown node:node /var/lib/sluice \
@@ -39,7 +45,7 @@ RUN mkdir -p /var/lib/sluice /etc/sluice \
 # The node image's unprivileged user (uid 1000).
 USER node
 VOLUME ["/var/lib/sluice"]
-EXPOSE 6432 6380
+EXPOSE 6432 6380 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
   CMD ["node", "/app/dist/src/cli/main.js", "health", "--config", "/etc/sluice/sluice.yaml"]
 ENTRYPOINT ["node", "/app/dist/src/cli/main.js"]
