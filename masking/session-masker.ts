@@ -92,3 +92,27 @@ export class MaskCounts {
     return Object.fromEntries(this.map);
   }
 }
+
+/**
+ * Runs a masker's per-chunk work strictly in order when some chunks go to
+ * the worker pool: a chunk that arrives while an earlier one is still out
+ * (the relay pauses the socket, but a chunk may already be on its way) waits
+ * its turn. Synchronous work stays synchronous: no promise, no tick.
+ */
+export class ChunkSequencer {
+  #tail: Promise<void> | undefined;
+
+  run(step: () => void | Promise<void>): void | Promise<void> {
+    if (this.#tail) return this.#track(this.#tail.then(step));
+    const pending = step();
+    return pending ? this.#track(pending) : undefined;
+  }
+
+  #track(pending: Promise<void>): Promise<void> {
+    const tail: Promise<void> = pending.finally(() => {
+      if (this.#tail === tail) this.#tail = undefined;
+    });
+    this.#tail = tail;
+    return tail;
+  }
+}

@@ -40,7 +40,7 @@
 import { ErrorCodes } from '../../src/errors.js';
 import type { CompiledRule } from '../../masking/engine.js';
 import { MaskingFailedError } from '../../masking/types.js';
-import { MaskCounts, type PolicyMasking } from '../../masking/session-masker.js';
+import { ChunkSequencer, MaskCounts, type PolicyMasking } from '../../masking/session-masker.js';
 import { Backend, errorResponse, sqlstate } from './messages.js';
 import { PgProtocolError } from './framer.js';
 
@@ -149,8 +149,7 @@ export class PgResultMasker {
   #columns: Column[] | undefined;
   #copyOut = false;
   #dead = false;
-  /** The previous chunk's pool round trip; chunks are masked one at a time, in order. */
-  #tail: Promise<void> | undefined;
+  readonly #sequence = new ChunkSequencer();
 
   constructor(opts: PgResultMaskerOptions) {
     this.#masking = opts.masking;
@@ -165,21 +164,7 @@ export class PgResultMasker {
   }
 
   push(chunk: Buffer, emit: (bytes: Buffer) => void): void | Promise<void> {
-    if (this.#tail) {
-      // A chunk arriving while a batch is out (the relay pauses the socket, but a chunk may already be on its way).
-      const next = this.#tail.then(() => this.#process(chunk, emit));
-      this.#tail = next.finally(() => {
-        if (this.#tail === next) this.#tail = undefined;
-      });
-      return this.#tail;
-    }
-    const pending = this.#process(chunk, emit);
-    if (!pending) return;
-    const tail = pending.finally(() => {
-      if (this.#tail === tail) this.#tail = undefined;
-    });
-    this.#tail = tail;
-    return tail;
+    return this.#sequence.run(() => this.#process(chunk, emit));
   }
 
   /** Masks bytes that must go out synchronously (the startup reply): only ParameterStatus/Notice-like messages. */

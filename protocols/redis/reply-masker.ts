@@ -26,7 +26,7 @@
  * upstream while the batch is out).
  */
 import { MaskingFailedError } from '../../masking/types.js';
-import { MaskCounts, type PolicyMasking } from '../../masking/session-masker.js';
+import { ChunkSequencer, MaskCounts, type PolicyMasking } from '../../masking/session-masker.js';
 
 export interface RedisReplyMaskerOptions {
   masking: PolicyMasking;
@@ -72,7 +72,7 @@ export class RedisReplyMasker {
   /** A bulk body being assembled: type, the header line, the body (+ CRLF). */
   #bulk: { type: number; header: Buffer; body: Buffer; filled: number } | undefined;
   #dead = false;
-  #tail: Promise<void> | undefined;
+  readonly #sequence = new ChunkSequencer();
 
   constructor(opts: RedisReplyMaskerOptions) {
     this.#masking = opts.masking;
@@ -87,20 +87,7 @@ export class RedisReplyMasker {
   }
 
   push(chunk: Buffer, emit: (bytes: Buffer) => void): void | Promise<void> {
-    if (this.#tail) {
-      const next = this.#tail.then(() => this.#process(chunk, emit));
-      this.#tail = next.finally(() => {
-        if (this.#tail === next) this.#tail = undefined;
-      });
-      return this.#tail;
-    }
-    const pending = this.#process(chunk, emit);
-    if (!pending) return;
-    const tail = pending.finally(() => {
-      if (this.#tail === tail) this.#tail = undefined;
-    });
-    this.#tail = tail;
-    return tail;
+    return this.#sequence.run(() => this.#process(chunk, emit));
   }
 
   /** Masks bytes that must go out synchronously (the HELLO reply, bytes read with it); never uses the pool. */
