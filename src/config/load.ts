@@ -361,6 +361,14 @@ class Normaliser {
       ...(api ? { api } : {}),
       approvals: this.#approvals(obj(raw.approvals)),
       ...(raw.recording !== undefined ? { recording: this.#recording(obj(raw.recording)) } : {}),
+      ...(raw.audit !== undefined
+        ? {
+            audit: {
+              enabled: obj(raw.audit)?.enabled !== false,
+              redisAllowed: obj(raw.audit)?.redis_allowed === 'each' ? ('each' as const) : ('per_second' as const),
+            },
+          }
+        : {}),
       log: { level: level ?? 'info' },
       ...(masking ? { masking } : {}),
     };

@@ -355,6 +355,15 @@ export const configSchema = {
         hash_key_file: path,
       },
     },
+    audit: {
+      type: 'object',
+      additionalProperties: false,
+      expected: 'a mapping with enabled and/or redis_allowed',
+      properties: {
+        enabled: { type: 'boolean', expected: 'true or false' },
+        redis_allowed: { enum: ['each', 'per_second'], expected: 'each or per_second' },
+      },
+    },
     recording: {
       type: 'object',
       additionalProperties: false,

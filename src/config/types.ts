@@ -165,6 +165,14 @@ export interface RecordingConfig {
   retentionMs: number;
 }
 
+/** `audit:`. Absent from Config = enabled, Redis allowed commands counted per second. */
+export interface AuditConfig {
+  /** Write an audit event per statement/command to the store (default true). */
+  enabled: boolean;
+  /** Redis allowed commands: one event each, or counts per command name per second (default). */
+  redisAllowed: 'each' | 'per_second';
+}
+
 export interface LogConfig {
   level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 }
@@ -182,6 +190,8 @@ export interface Config {
   approvals: ApprovalsConfig;
   /** Session recording; absent = DEFAULT_RECORDING (config/defaults.ts). */
   recording?: RecordingConfig;
+  /** The audit trail; absent = enabled with the defaults. */
+  audit?: AuditConfig;
   log: LogConfig;
   /** Data masking rules; absent = none configured. */
   masking?: MaskingConfig;

@@ -22,6 +22,8 @@ export interface GatewayContext {
   admit(identity: Identity, target: string): SessionPolicy | undefined;
   /** Where audit events go (batched into the store off the hot path); absent in tests that need none. */
   audit?: { write(event: AuditEvent): void };
+  /** Redis: one audit event per allowed command instead of per-second counts. */
+  auditEachAllowed?: boolean;
   /** The just-in-time approval flow; absent means an `approve` rule fails closed (denies). */
   approvals?: ApprovalManager;
   /** Counters for /metrics; absent in tests that need none. */

@@ -247,7 +247,7 @@ t.test('each problem is one line naming the key, what was expected and what was 
     ['required key missing', pgTarget('{ host: 127.0.0.1 }'),
       'targets.app-db.upstream.user: expected a non-empty string, found nothing (the key is required)'],
     ['unknown key', `${MINIMAL}colour: blue\n`,
-      'colour: unknown key; expected one of state_dir, log, identity, tls, limits, targets, policies, masking, recording, api, approvals'],
+      'colour: unknown key; expected one of state_dir, log, identity, tls, limits, targets, policies, masking, audit, recording, api, approvals'],
     ['unknown protocol', `${MINIMAL}  db2: { protocol: mysql, listen: 127.0.0.1:1 }\n`,
       'targets.db2.protocol: expected postgres or redis, found "mysql"'],
     ['protocol not a string', `${MINIMAL}  db2: { protocol: 5, listen: 127.0.0.1:1 }\n`,
@@ -367,7 +367,7 @@ policies:
   - { name: p, subjects: {}, targets: [nope] }
 `);
   t.strictSame(new Set(problems), new Set([
-    'colour: unknown key; expected one of state_dir, log, identity, tls, limits, targets, policies, masking, recording, api, approvals',
+    'colour: unknown key; expected one of state_dir, log, identity, tls, limits, targets, policies, masking, audit, recording, api, approvals',
     'targets.app-db.upstream.port: expected an integer 1-65535, found "abc"',
     'targets.cache.upstream.db: expected a database number (integer of at least 0), found -1',
     'targets.app-db.upstream.password_env: expected the name of a set environment variable, found NOT_SET, which is not set',

@@ -87,3 +87,11 @@ t.test('typos and gaps are caught at load time', async (t) => {
   ]);
   t.match(problems(rule('{ kinds: [drop] }').replace('action: deny', 'action: block'))[0], /action: expected allow, deny or approve/);
 });
+
+t.test('audit settings', async (t) => {
+  const policies = `policies: [{ name: ci, subjects: { groups: [ci] }, targets: [app-db] }]\n`;
+  t.equal(parse(policies).audit, undefined, 'absent: enabled with the defaults');
+  t.same(parse(`${policies}audit: { enabled: false, redis_allowed: each }\n`).audit, { enabled: false, redisAllowed: 'each' });
+  t.same(parse(`${policies}audit: {}\n`).audit, { enabled: true, redisAllowed: 'per_second' });
+  t.match(problems(`${policies}audit: { redis_allowed: sometimes }\n`)[0], /audit\.redis_allowed: expected each or per_second/);
+});
