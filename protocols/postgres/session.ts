@@ -276,12 +276,31 @@ export class PostgresSession implements SessionHandle {
     // Masking (policies[].masking): everything the upstream sends back goes through the masker, the startup reply included.
     const masking = this.ctx.masking?.forPolicy(policy.name);
     let relay: PgRelay | undefined;
+    const identity = this.#identity!;
+    const metrics = this.ctx.metrics;
+    const recording = this.#recording;
+    const gate = new PgStatementGate({
+      sessionId: this.id,
+      subject: identity.subject,
+      target: this.target.name,
+      policy,
+      logger: log,
+      decode: sqlDecoder(parameterStatusValue(upstream.startupReply, 'client_encoding')),
+      ...(this.ctx.audit ? { audit: this.ctx.audit } : {}),
+      ...(this.ctx.approvals ? { approvals: this.ctx.approvals } : {}),
+      // Each verdict feeds the metrics and the session's row in the sessions index.
+      onVerdict: (verdict: AuditVerdict) => {
+        metrics?.statement(this.target.name, verdict);
+        recording?.countVerdict(verdict);
+      },
+    });
+    // Built after the gate: each statement's per-rule counts go into its audit event.
     const masker = masking
       ? new PgResultMasker({
           masking,
           maxMessageBytes: this.target.limits.maxMessageBytes,
           onRefuse: (reason, error) => relay?.shutdown(reason, error),
-          onStatementCounts: (counts) => log.debug({ masked: counts }, 'masked values'),
+          onStatementCounts: (counts) => gate.noteMasked(counts),
         })
       : undefined;
     const toClient = [
@@ -294,19 +313,6 @@ export class PostgresSession implements SessionHandle {
     this.#reader.detach();
     const clientFramer = this.#reader.framer;
     clientFramer.setMaxMessageBytes(this.target.limits.maxMessageBytes);
-    const identity = this.#identity!;
-    const metrics = this.ctx.metrics;
-    const gate = new PgStatementGate({
-      sessionId: this.id,
-      subject: identity.subject,
-      target: this.target.name,
-      policy,
-      logger: log,
-      decode: sqlDecoder(parameterStatusValue(upstream.startupReply, 'client_encoding')),
-      ...(this.ctx.audit ? { audit: this.ctx.audit } : {}),
-      ...(this.ctx.approvals ? { approvals: this.ctx.approvals } : {}),
-      ...(metrics ? { onVerdict: (verdict: AuditVerdict) => metrics.statement(this.target.name, verdict) } : {}),
-    });
     metrics?.sessionStarted(this.target.name, 'postgres');
     relay = new PgRelay(
       this.#socket,
@@ -317,7 +323,9 @@ export class PostgresSession implements SessionHandle {
         logger: log,
         idleTimeoutMs: this.target.limits.idleTimeoutMs,
         onClose: (reason) => this.#ended(reason),
-        gate,
+        // With no rules to judge and no audit trail to write, statements need
+        // no inspecting: the relay frames and forwards, nothing more.
+        ...(policy.config.rules.length > 0 || this.ctx.audit ? { gate } : {}),
         ...(masker ? { serverTransform: masker } : {}),
       },
     );

@@ -102,12 +102,26 @@ export class PgStatementGate implements RelayGate {
   /** The last Bind per portal name: the statement and its parameters, for audit. */
   readonly #portals = new Map<string, { statement: string; params: string[] }>();
   readonly #open: OpenStatement[] = [];
+  /**
+   * Masked values per rule of the statement the server is answering. The
+   * masker sits before the gate on the server stream, so it reports a
+   * statement's counts just before the gate sees that CommandComplete.
+   */
+  #masked: Record<string, number> | undefined;
   #closed = false;
 
   constructor(private readonly ctx: GateContext) {}
 
   attach(io: RelayIO): void {
     this.#io = io;
+  }
+
+  /** Per-rule counts of masked values, from the result masker at the statement's CommandComplete: they go into its audit event. */
+  noteMasked(counts: Record<string, number>): void {
+    const masked = (this.#masked ??= {});
+    for (const [rule, n] of Object.entries(counts)) {
+      if (n > 0) masked[rule] = (masked[rule] ?? 0) + n;
+    }
   }
 
   close(): void {
@@ -393,6 +407,10 @@ export class PgStatementGate implements RelayGate {
         if (this.#open.length > 0) this.#closeOpen(undefined, type === Backend.CommandComplete ? rowsFromTag(bytes) : undefined);
         break;
     }
+    // The statement is answered: counts without an open audit row (audit off) must not leak into the next one.
+    if (type === Backend.CommandComplete || type === Backend.ErrorResponse || type === Backend.EmptyQueryResponse || type === Backend.PortalSuspended) {
+      this.#masked = undefined;
+    }
     this.#io.toClient(bytes);
   }
 
@@ -493,6 +511,8 @@ export class PgStatementGate implements RelayGate {
     event.durationMs = Date.now() - open.started;
     if (rows !== undefined) event.rows = rows;
     if (sqlState) event.sqlstate = sqlState;
+    if (this.#masked && Object.keys(this.#masked).length > 0) event.masking = this.#masked;
+    this.#masked = undefined;
     this.ctx.audit?.write(event);
   }
 

@@ -310,15 +310,22 @@ export class RedisSession implements SessionHandle {
     const limits = this.target.limits;
     const identity = this.#identity!;
     const metrics = this.ctx.metrics;
+    const recording = this.#recording;
+    const policy = this.ctx.admit(identity, this.target.name)!;
     const gate = new RedisCommandGate({
       sessionId: this.id,
       subject: identity.subject,
       target: this.target.name,
-      policy: this.ctx.admit(identity, this.target.name)!,
+      policy,
       logger: log,
+      auditEachAllowed: this.ctx.auditEachAllowed === true,
       ...(this.ctx.audit ? { audit: this.ctx.audit } : {}),
       ...(this.ctx.approvals ? { approvals: this.ctx.approvals } : {}),
-      ...(metrics ? { onVerdict: (verdict: AuditVerdict) => metrics.statement(this.target.name, verdict) } : {}),
+      // Each verdict feeds the metrics and the session's row in the sessions index.
+      onVerdict: (verdict: AuditVerdict) => {
+        metrics?.statement(this.target.name, verdict);
+        recording?.countVerdict(verdict);
+      },
     });
     // Masking (policies[].masking): every reply string, the login reply and bytes read with it included.
     const masking = this.ctx.masking?.forPolicy(policies[0]!);
@@ -328,7 +335,8 @@ export class RedisSession implements SessionHandle {
       leftover = masker.maskSync(leftover);
     }
     const relay = new RedisRelay(this.#socket, upstream, {
-        gate,
+        // With no rules to judge and no audit trail to write, commands need no judging.
+        ...(policy.config.rules.length > 0 || this.ctx.audit ? { gate } : {}),
         ...(masker ? { serverTransform: masker } : {}),
         requestLimits: { maxBulkBytes: limits.maxMessageBytes, maxCommandBytes: limits.maxMessageBytes + 64 * 1024 },
         logger: log,

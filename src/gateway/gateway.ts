@@ -122,7 +122,9 @@ export class Gateway {
       secureContext: createServerSecureContext(tls),
       pgCancels: new CancelRegistry<PgCancelTarget>(),
       sessions: new Set<SessionHandle>(),
-      audit,
+      // audit.enabled: false leaves the writer idle; sessions then get no audit sink.
+      ...(config.audit?.enabled === false ? {} : { audit }),
+      auditEachAllowed: config.audit?.redisAllowed === 'each',
       approvals,
     };
     // Compiled once per policy here, not per session (the loader already refused bad rules).

@@ -115,6 +115,12 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX sessions_target  ON sessions (target, started_ms);
     `,
   },
+  {
+    version: 4,
+    name: 'masking counts on audit events',
+    // JSON object: masked values by masking rule; NULL when nothing was masked.
+    sql: `ALTER TABLE audit_events ADD COLUMN masking TEXT;`,
+  },
 ];
 
 /**

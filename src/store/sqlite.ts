@@ -56,7 +56,7 @@ export function openSqliteStore(stateDir: string, opts: { logger?: Logger; file?
 }
 
 const AUDIT_COLUMNS =
-  'time, time_ms, session_id, subject, target, protocol, kind, text, verdict, policy, rule, approval_id, duration_ms, row_count, sqlstate, error';
+  'time, time_ms, session_id, subject, target, protocol, kind, text, verdict, policy, rule, approval_id, duration_ms, row_count, sqlstate, error, masking';
 
 interface AuditRow {
   time: string;
@@ -74,6 +74,8 @@ interface AuditRow {
   row_count: number | null;
   sqlstate: string | null;
   error: string | null;
+  /** JSON object, masked values by rule. */
+  masking: string | null;
 }
 
 interface ApprovalRow {
@@ -183,6 +185,7 @@ class SqliteStore implements Store, SessionStore {
           e.rows ?? null,
           e.sqlstate ?? null,
           e.error ?? null,
+          e.masking && Object.keys(e.masking).length > 0 ? JSON.stringify(e.masking) : null,
         );
       }
     });
@@ -405,6 +408,7 @@ function toAuditEvent(r: AuditRow): AuditEvent {
   if (r.row_count !== null) e.rows = r.row_count;
   if (r.sqlstate !== null) e.sqlstate = r.sqlstate;
   if (r.error !== null) e.error = r.error;
+  if (r.masking !== null) e.masking = parseJson<Record<string, number>>(r.masking, {});
   return e;
 }
 

@@ -31,6 +31,8 @@ export interface AuditEvent {
   sqlstate?: string;
   /** Error message (server's or Sluice's), when there was one. */
   error?: string;
+  /** Values masked in the statement's result, by masking rule; absent when nothing was masked. */
+  masking?: Record<string, number>;
 }
 
 export interface AuditQuery {

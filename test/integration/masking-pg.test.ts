@@ -115,6 +115,25 @@ t.test('simple protocol, text format', async (t) => {
   t.equal(u2!.email, 'nobody');
 });
 
+t.test('the audit event of a masked statement carries its counts per rule', async (t) => {
+  const marker = 'select id, email, password_hash from users where id = 1 /* audit-masking */';
+  const clean = 'select n from users where id = 1 /* audit-masking-clean */';
+  await withClient(client('db'), async (c) => {
+    await c.query(marker);
+    await c.query(clean);
+  });
+  gw.gateway.services.audit.flush();
+  const events = gw.gateway.services.store.queryAuditEvents({ subject: 'ci-job', limit: 1000 });
+  const masked = events.find((e) => e.text.includes('/* audit-masking */'));
+  t.ok(masked, 'the masked SELECT is audited');
+  t.equal(masked?.masking?.emails, 1, 'one email masked by the emails rule');
+  t.equal(masked?.masking?.['user-secrets'], 1, 'one value hashed by the column rule');
+  t.notOk(masked?.masking && 'cards' in masked.masking, 'rules that did not fire are not listed');
+  const plain = events.find((e) => e.text.includes('/* audit-masking-clean */'));
+  t.ok(plain, 'the unmasked SELECT is audited');
+  t.equal(plain?.masking, undefined, 'a statement with nothing masked carries no counts (none leak from the one before)');
+});
+
 t.test('extended protocol, text and binary formats', async (t) => {
   const text = await withClient(client('db'), (c) => c.query({ text: `${USERS.replace('order', 'where id > $1 order')}`, values: [0] }));
   noCanary(t, 'extended text rows', text.rows);

@@ -354,9 +354,15 @@ policies:
   const list = await run(process.execPath, [cli, 'sessions', '--json', '--config', configFile]);
   t.equal(list.code, 0, list.stderr);
   for (const s of secrets) t.notOk(list.stdout.includes(s), 'no secret in the sessions index');
-  const rows = list.stdout.trim().split('\n').map((l) => JSON.parse(l) as { subject: string; complete: boolean; recording_path: string | null; target: string });
+  const rows = list.stdout
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { subject: string; complete: boolean; recording_path: string | null; target: string; statements_allowed: number });
   const mine = rows.filter((r) => r.subject === 'ci-job-7');
   t.ok(mine.length >= 7, `${mine.length} sessions of ci-job-7 indexed`);
+  // The gates' verdicts reach the index: sessions that ran statements / commands count them.
+  t.ok(mine.some((r) => r.target === 'app-db' && r.statements_allowed > 0), 'a PostgreSQL session row counts its allowed statements');
+  t.ok(mine.some((r) => r.target === 'cache' && r.statements_allowed > 0), 'a Redis session row counts its allowed commands');
   for (const r of mine) {
     t.equal(r.complete, true, `${r.target} session complete`);
     t.ok(r.recording_path && files.includes(r.recording_path), 'with its recording path');
