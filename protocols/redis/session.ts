@@ -334,6 +334,7 @@ export class RedisSession implements SessionHandle {
       reply = masker.maskSync(reply);
       leftover = masker.maskSync(leftover);
     }
+    metrics?.sessionStarted(this.target.name, 'redis');
     const relay = new RedisRelay(this.#socket, upstream, {
         // With no rules to judge and no audit trail to write, commands need no judging.
         ...(policy.config.rules.length > 0 || this.ctx.audit ? { gate } : {}),
@@ -367,6 +368,12 @@ export class RedisSession implements SessionHandle {
   #ended(reason: string): void {
     this.ctx.sessions.delete(this);
     const stats = this.#relay?.stats;
+    const metrics = this.ctx.metrics;
+    if (metrics && this.#relay) {
+      metrics.sessionEnded(this.target.name, 'redis');
+      metrics.bytes(this.target.name, 'client_to_upstream', stats?.bytesFromClient ?? 0);
+      metrics.bytes(this.target.name, 'upstream_to_client', stats?.bytesFromUpstream ?? 0);
+    }
     this.#log.info(
       { reason, bytesFromClient: stats?.bytesFromClient, bytesFromUpstream: stats?.bytesFromUpstream, commands: stats?.commands, refused: stats?.refused },
       'session ended',
