@@ -6,6 +6,11 @@
  *   pgbouncer  pgbench -> PgBouncer, session mode            -> PostgreSQL  (skipped when not installed)
  *   sluice     pgbench -> `sluice serve` (token as password)  -> PostgreSQL
  *
+ * Sluice runs three times, one feature per process, so each feature's cost
+ * is its own column: `sluice` (recording off, no rules), `sluice+policy`
+ * (the example policy, recording off) and `sluice+recording` (recording on,
+ * no rules).
+ *
  * Workloads: `pgbench -S` (one indexed SELECT per transaction) in the simple
  * and prepared query modes, and the same with -C (a new connection per
  * transaction: startup, authentication and for Sluice token verification and
@@ -183,6 +188,11 @@ async function main(): Promise<void> {
         // The startup `user` is only a label for Sluice; identity comes from the token.
         return { name: 'sluice+policy', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
       }],
+      ['sluice+recording', async () => {
+        const s = await startSluice({ protocol: 'postgres', upstreamPort: pg.port, database: pg.database, user: pg.user, password: pg.password }, { recording: true });
+        cleanups.push(() => s.stop());
+        return { name: 'sluice+recording', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
+      }],
     ];
     for (const [name, start] of candidates) {
       if (!wanted(name)) continue;
@@ -207,7 +217,7 @@ async function main(): Promise<void> {
       contenders: contenders.map((c) => c.name),
       absent,
       cells,
-      ratios: [['sluice', 'relay'], ['sluice+policy', 'relay'], ['sluice', 'direct'], ['sluice', 'pgbouncer'], ['relay', 'direct'], ['pgbouncer', 'direct']],
+      ratios: [['sluice', 'relay'], ['sluice+policy', 'relay'], ['sluice+recording', 'relay'], ['sluice+policy', 'sluice'], ['sluice+recording', 'sluice'], ['sluice', 'direct'], ['sluice', 'pgbouncer'], ['relay', 'direct'], ['pgbouncer', 'direct']],
       rounds: ROUNDS,
     };
     const tables = buildTables(report);

@@ -6,6 +6,11 @@
  *   twemproxy  redis-benchmark -> nutcracker (redis: true, redis_auth)        -> redis-server  (skipped when not installed)
  *   sluice     redis-benchmark -> `sluice serve` (AUTH <token>)               -> redis-server
  *
+ * Sluice runs three times, one feature per process, so each feature's cost
+ * is its own column: `sluice` (recording off, no rules), `sluice+policy`
+ * (the example policy, recording off) and `sluice+recording` (recording on,
+ * no rules).
+ *
  * Workloads: `redis-benchmark -t set` and `-t get`, 50 clients, unpipelined
  * (-P 1) and pipelined 16 deep (-P 16); each is its own client run so the
  * gateway CPU per request is per command and depth. Every contender must
@@ -191,6 +196,11 @@ async function main(): Promise<void> {
         cleanups.push(() => s.stop());
         return { name: 'sluice+policy', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
       }],
+      ['sluice+recording', async () => {
+        const s = await startSluice({ protocol: 'redis', upstreamPort: redis.port, user: 'default', password: redis.password }, { recording: true });
+        cleanups.push(() => s.stop());
+        return { name: 'sluice+recording', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
+      }],
     ];
     for (const [name, start] of candidates) {
       if (!wanted(name)) continue;
@@ -215,7 +225,7 @@ async function main(): Promise<void> {
       contenders: contenders.map((c) => c.name),
       absent,
       cells,
-      ratios: [['sluice', 'relay'], ['sluice+policy', 'relay'], ['sluice', 'twemproxy'], ['sluice', 'direct'], ['relay', 'direct'], ['twemproxy', 'direct']],
+      ratios: [['sluice', 'relay'], ['sluice+policy', 'relay'], ['sluice+recording', 'relay'], ['sluice+policy', 'sluice'], ['sluice+recording', 'sluice'], ['sluice', 'twemproxy'], ['sluice', 'direct'], ['relay', 'direct'], ['twemproxy', 'direct']],
       rounds: ROUNDS,
     };
     const tables = buildTables(report);

@@ -85,14 +85,14 @@ export async function runRounds(
           const wallSeconds = Number(process.hrtime.bigint() - started) / 1e9;
           cell.rounds.push({ ...result, wallSeconds, ...cpu });
           process.stderr.write(
-            `  round ${round + 1}/${rounds}  ${w.padEnd(18)} ${c.name.padEnd(10)} ${Math.round(result.rate).toLocaleString('en-US').padStart(10)}/s` +
+            `  round ${round + 1}/${rounds}  ${w.padEnd(18)} ${c.name.padEnd(16)} ${Math.round(result.rate).toLocaleString('en-US').padStart(10)}/s` +
               (cpu.gatewayCpuSeconds === undefined ? '' : `  gateway ${((cpu.gatewayCpuSeconds / result.ops) * 1e6).toFixed(1)} µs/op`) +
               `  machine ${Math.round(cpu.machineBusy * 100)}% busy\n`,
           );
         } catch (err) {
           const reason = (err as Error).message.split('\n')[0] ?? String(err);
           cell.errors.push(reason);
-          process.stderr.write(`  round ${round + 1}/${rounds}  ${w.padEnd(18)} ${c.name.padEnd(10)} FAILED: ${reason}\n`);
+          process.stderr.write(`  round ${round + 1}/${rounds}  ${w.padEnd(18)} ${c.name.padEnd(16)} FAILED: ${reason}\n`);
         }
       }
     }

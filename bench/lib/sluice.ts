@@ -42,9 +42,34 @@ const EXAMPLE_RULES = `    default: allow
       - { name: careful-writes, action: deny, match: { kinds: [update, delete], without_where: true } }
 `;
 
+/**
+ * The masking rules of docs/masking.md that need no key: e-mail addresses
+ * (partial) and Luhn-validated card numbers (redacted), applied to every
+ * value the upstream sends back.
+ */
+const MASKING_RULES = `masking:
+  rules:
+    - { name: emails, detector: email, strategy: partial }
+    - { name: cards, detector: credit_card, strategy: redact }
+`;
+
 export interface SluiceOptions {
   /** Judge every statement against the example policy. */
   policy?: boolean;
+  /**
+   * Record every session (docs/recording-format.md). Sluice records by
+   * default; the bench turns it off unless asked, so that each feature's
+   * cost shows in its own column.
+   */
+  recording?: boolean;
+  /** Mask `emails` and `cards` (docs/masking.md) in everything the upstream sends back. */
+  masking?: boolean;
+  /**
+   * Write the audit trail (on by default in Sluice). Off for the plain
+   * contender, which measures the identity gateway itself; on with `policy`,
+   * since judging statements and auditing them go together.
+   */
+  audit?: boolean;
 }
 
 function configYaml(dir: string, listenPort: number, target: SluiceTarget, options: SluiceOptions = {}): string {
@@ -64,11 +89,15 @@ targets:
     listen: 127.0.0.1:${listenPort}
     allow_insecure_loopback: true
     upstream: ${upstream}
-policies:
+recording:
+  enabled: ${options.recording === true}
+audit:
+  enabled: ${options.audit ?? options.policy === true}
+${options.masking ? MASKING_RULES : ''}policies:
   - name: bench
     subjects: { groups: [bench] }
     targets: [bench]
-${options.policy ? EXAMPLE_RULES : ''}`;
+${options.masking ? '    masking: [emails, cards]\n' : ''}${options.policy ? EXAMPLE_RULES : ''}`;
 }
 
 export async function startSluice(target: SluiceTarget, options: SluiceOptions = {}): Promise<SluiceContender> {
