@@ -155,6 +155,8 @@ export class PgFramer {
   private msgFilled = 0;
   private msgTotal = 0;
   private msgType = 0;
+  /** The message being assembled was framed as a startup-phase packet. */
+  private msgStartup = false;
 
   /** Absolute stream offset of the current chunk's first byte. */
   private chunkBase = 0;
@@ -366,7 +368,7 @@ export class PgFramer {
           }
           pos = msgEnd;
           runStart = pos;
-          this.afterStartupPacket(type, chunk, start);
+          if (startup) this.afterStartupPacket(chunk, start);
           this.unframed = end - pos;
           sink.message(type, chunk.subarray(start, msgEnd));
           continue;
@@ -378,6 +380,7 @@ export class PgFramer {
           sink.passthrough(chunk.subarray(runStart, from));
         }
         this.msgType = type;
+        this.msgStartup = startup;
         this.msgTotal = total;
         this.msgFilled = 0;
         this.msg = Buffer.allocUnsafe(Math.min(total, Math.max(INITIAL_MESSAGE_CAPACITY, 2 * (end - from) + held)));
@@ -417,9 +420,12 @@ export class PgFramer {
     }
   }
 
-  /** After an SSLRequest or GSSENCRequest, the next packet is startup-phase again. */
-  private afterStartupPacket(type: number, message: Buffer, at: number): void {
-    if (type !== 0) return;
+  /**
+   * After an SSLRequest or GSSENCRequest, the next packet is startup-phase
+   * again. Only for packets framed as startup-phase ones: a typed message
+   * whose type byte happens to be 0 is not one (the fuzzer found that).
+   */
+  private afterStartupPacket(message: Buffer, at: number): void {
     const code = message.readInt32BE(at + 4); // startup packets are >= 8 bytes
     if (code === SSL_REQUEST || code === GSSENC_REQUEST) this.startupNext = true;
   }
@@ -443,7 +449,7 @@ export class PgFramer {
     this.msg = EMPTY;
     this.msgFilled = 0;
     this.state = HEADER;
-    this.afterStartupPacket(type, message, 0);
+    if (this.msgStartup) this.afterStartupPacket(message, 0);
     this.unframed = unframed;
     sink.message(type, message);
   }

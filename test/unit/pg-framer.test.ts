@@ -565,3 +565,22 @@ t.test('inspect accepts a table, a list or a predicate', async (t) => {
     t.equal(run.passthroughCalls, 2);
   }
 });
+
+t.test('a typed message whose type byte is 0 is not taken for a startup packet', async (t) => {
+  // Found by the fuzzer: with type 0 inspected, a short typed message was
+  // read as an SSLRequest candidate and the framer threw a RangeError.
+  for (const split of [false, true]) {
+    const framer = new PgFramer({ maxMessageBytes: 1024, inspect: [0, 0x51] });
+    const msg = Buffer.from([0x00, 0, 0, 0, 5, 0x41, 0x51, 0, 0, 0, 4]);
+    const seen: number[] = [];
+    const sink = { passthrough: () => {}, message: (type: number) => seen.push(type) };
+    if (split) {
+      framer.push(msg.subarray(0, 3), sink);
+      framer.push(msg.subarray(3), sink);
+    } else {
+      framer.push(msg, sink);
+    }
+    t.same(seen, [0, 0x51], `split=${split}`);
+    t.notOk(framer.expectingStartup);
+  }
+});
