@@ -1,8 +1,6 @@
-import type { Logger } from '../../src/log.js';
-import type { SessionPolicy } from '../../src/policy/engine.js';
-import type { SqlStatementFacts, Verdict } from '../../src/policy/types.js';
+import type { GateContextBase, SqlStatementFacts, Verdict } from '../../src/policy/types.js';
 import type { AuditEvent, AuditVerdict } from '../../src/store/types.js';
-import type { ApprovalManager, PendingApproval } from '../../src/policy/approvals.js';
+import type { PendingApproval } from '../../src/policy/approvals.js';
 import { classifyPrepared, classifySql, fingerprint, SqlParseError } from './classify.js';
 import { Backend, Frontend, errorResponse, noticeResponse, readyForQuery, sqlstate, type TransactionStatus } from './messages.js';
 import type { RelayGate, RelayIO } from './relay.js';
@@ -39,16 +37,7 @@ import type { SqlDecoder } from './encoding.js';
  * bytes; a denial or timeout answers like a policy denial.
  */
 
-export interface GateContext {
-  sessionId: string;
-  subject: string;
-  target: string;
-  policy: SessionPolicy;
-  logger: Logger;
-  audit?: { write(event: AuditEvent): void };
-  approvals?: ApprovalManager;
-  /** Called with each verdict, for metrics. */
-  onVerdict?(verdict: AuditVerdict): void;
+export interface GateContext extends GateContextBase {
   /** Turns SQL bytes into text in the session's client_encoding (default UTF-8). */
   decode?: SqlDecoder;
 }

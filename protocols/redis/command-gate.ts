@@ -1,8 +1,6 @@
-import type { Logger } from '../../src/log.js';
-import type { SessionPolicy } from '../../src/policy/engine.js';
-import type { RedisCommandFacts, Verdict } from '../../src/policy/types.js';
+import type { GateContextBase, RedisCommandFacts, Verdict } from '../../src/policy/types.js';
 import type { AuditEvent, AuditVerdict } from '../../src/store/types.js';
-import type { ApprovalManager, PendingApproval } from '../../src/policy/approvals.js';
+import type { PendingApproval } from '../../src/policy/approvals.js';
 import { classifyCommand } from './classify.js';
 import { error } from './replies.js';
 
@@ -22,15 +20,7 @@ import { error } from './replies.js';
  * is on, and otherwise as one row per command name per second per session
  * (`kind: get`, `rows: <count>`, text `GET x1523`). See docs/policy.md.
  */
-export interface RedisGateContext {
-  sessionId: string;
-  subject: string;
-  target: string;
-  policy: SessionPolicy;
-  logger: Logger;
-  audit?: { write(event: AuditEvent): void };
-  approvals?: ApprovalManager;
-  onVerdict?(verdict: AuditVerdict): void;
+export interface RedisGateContext extends GateContextBase {
   /** One audit row per allowed command instead of per-second counts. */
   auditEachAllowed?: boolean;
 }

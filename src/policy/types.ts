@@ -8,6 +8,11 @@
  * decides, the engine never parses.
  */
 
+import type { Logger } from '../log.js';
+import type { AuditEvent, AuditVerdict } from '../store/types.js';
+import type { ApprovalManager } from './approvals.js';
+import type { SessionPolicy } from './engine.js';
+
 export type Action = 'allow' | 'deny' | 'approve';
 
 /** What one SQL statement does, from the real PostgreSQL parse tree (the whole tree, not only the top node). */
@@ -79,4 +84,22 @@ export interface Verdict {
   rule?: string;
   /** One line for the client and the audit trail: why. */
   reason: string;
+}
+
+/**
+ * What a protocol's gate (the code that judges each statement or command on
+ * a live session) is given. Each protocol adds what only it needs.
+ */
+export interface GateContextBase {
+  sessionId: string;
+  subject: string;
+  target: string;
+  policy: SessionPolicy;
+  logger: Logger;
+  /** Where audit events go; absent when the audit trail is off. */
+  audit?: { write(event: AuditEvent): void };
+  /** The just-in-time approval flow; absent means `approve` rules deny. */
+  approvals?: ApprovalManager;
+  /** Each verdict, for metrics and the session's row in the sessions index. */
+  onVerdict?(verdict: AuditVerdict): void;
 }
