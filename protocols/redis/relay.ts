@@ -32,7 +32,7 @@
  */
 import type { Socket } from 'node:net';
 import type { Logger } from '../../src/log.js';
-import { CommandClassifier, EXECABORT, Verdict, tokenIs } from './commands.js';
+import { CommandClassifier, EXECABORT, IDENTITY_FIXED, Verdict, tokenIs } from './commands.js';
 import { error, type RespVersion } from './replies.js';
 import { RespProtocolError, RespReplyFramer, RespRequestFramer, type ReplyEndInfo, type ReplySink, type RequestSink, type RespRequestLimits } from './resp.js';
 import { encodeCommand } from './upstream.js';
@@ -61,6 +61,13 @@ export interface RedisRelayOptions {
   serverTransform?: { push(chunk: Buffer, emit: (bytes: Buffer) => void): void | Promise<void>; close(): void };
   /** Policy and audit for each command the relay would forward. */
   gate?: RedisCommandGate;
+  /**
+   * The session recording, told which client bytes are framed (only those
+   * are recorded) and which credential command to scrub first: an AUTH sent
+   * again after login is refused, and must not reach the recording either.
+   * `base` is the absolute client offset of the relay's first byte.
+   */
+  recordClient?: { base: number; scrub(raw: Buffer, args: Buffer[]): void; framed(upTo: number): void };
 }
 
 export interface RelayStats {
@@ -274,6 +281,8 @@ export class RedisRelay {
       rest = next;
     }
     this.#flushSpan();
+    const rec = this.options.recordClient;
+    if (rec) rec.framed(rec.base + this.stats.bytesFromClient - this.clientFramer.bufferedBytes);
     const out = this.#toUpstream;
     if (out.length > 0) {
       const flowing = writeAll(this.upstream, out);
@@ -314,6 +323,7 @@ export class RedisRelay {
         return;
       case Verdict.Refuse:
         this.options.logger.info({ command: args[0]!.toString('latin1').slice(0, 32).toUpperCase() }, 'command refused');
+        if (c.reply === IDENTITY_FIXED) this.options.recordClient?.scrub(raw, args);
         this.#refuse(c.reply!);
         return;
       case Verdict.Hello:

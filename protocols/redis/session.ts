@@ -335,7 +335,21 @@ export class RedisSession implements SessionHandle {
       leftover = masker.maskSync(leftover);
     }
     metrics?.sessionStarted(this.target.name, 'redis');
+    // From here on, client bytes reach the recording once the relay has framed
+    // them, so a credential sent again after login can be scrubbed first.
+    const tap = recording?.tap;
+    let recordClient: { base: number; scrub(raw: Buffer, args: Buffer[]): void; framed(upTo: number): void } | undefined;
+    if (tap) {
+      const stashed = this.#stash.reduce((n, b) => n + b.length, 0);
+      tap.recordClientAfterFraming();
+      recordClient = {
+        base: tap.clientOffset - stashed,
+        scrub: (raw, args) => tap.scrubPending(raw, scrubRedisAuth(args)),
+        framed: (upTo) => tap.framed(upTo),
+      };
+    }
     const relay = new RedisRelay(this.#socket, upstream, {
+        ...(recordClient ? { recordClient } : {}),
         // With no rules to judge and no audit trail to write, commands need no judging.
         ...(policy.config.rules.length > 0 || this.ctx.audit ? { gate } : {}),
         ...(masker ? { serverTransform: masker } : {}),

@@ -86,6 +86,15 @@ export class RecordingTap {
   #clientOffset = 0;
   #committed = 0;
   readonly #redactions: Redaction[] = [];
+  /**
+   * After login, Redis sessions record client bytes only once the relay has
+   * framed them (see `recordClientAfterFraming`): bytes received but not yet
+   * framed wait here, so a credential the relay finds (an AUTH sent again
+   * after login) can still be scrubbed.
+   */
+  #afterFraming = false;
+  #pendingClient: Buffer[] = [];
+  #pendingStart = 0;
 
   constructor(opts: { maxHeldBytes?: number; onOverflow?: () => void } = {}) {
     this.#maxHeldBytes = opts.maxHeldBytes ?? DEFAULT_MAX_HELD_BYTES;
@@ -205,6 +214,11 @@ export class RecordingTap {
 
   /** Stops recording and restores every socket; held bytes are dropped. */
   finish(): void {
+    // Bytes the relay never framed (the session ended mid-command) are kept: they are what the client sent.
+    if (this.#afterFraming && this.#pendingClient.length > 0) {
+      for (const b of this.#pendingClient) this.#writer?.record('client', b);
+      this.#pendingClient = [];
+    }
     this.#finished = true;
     this.#holding = false;
     this.#writer = undefined;
@@ -218,9 +232,51 @@ export class RecordingTap {
     return this.#overflowed;
   }
 
+  /**
+   * From now on client bytes are recorded when `framed(upTo)` says the
+   * relay has parsed them, with `scrubPending` replacements applied; server
+   * bytes are still recorded as they are written.
+   */
+  recordClientAfterFraming(): void {
+    this.#afterFraming = true;
+    this.#pendingStart = this.#clientOffset;
+  }
+
+  /** The relay found a credential command among the client bytes not yet recorded: record `replacement` instead of it. */
+  scrubPending(raw: Buffer, replacement: Buffer): void {
+    if (!this.#afterFraming || this.#pendingClient.length === 0) return;
+    const pending = this.#pendingClient.length === 1 ? this.#pendingClient[0]! : Buffer.concat(this.#pendingClient);
+    const at = pending.indexOf(raw);
+    if (at < 0) return;
+    this.#pendingClient = [Buffer.concat([pending.subarray(0, at), replacement, pending.subarray(at + raw.length)])];
+    // What is pending is now longer or shorter than the stream it stands for.
+    this.#scrubShift += replacement.length - raw.length;
+  }
+
+  /** Client bytes before absolute offset `upTo` are framed: record them. */
+  framed(upTo: number): void {
+    if (!this.#afterFraming || this.#finished) return;
+    const take = upTo - this.#pendingStart + this.#scrubShift;
+    if (take <= 0 || this.#pendingClient.length === 0) return;
+    const pending = this.#pendingClient.length === 1 ? this.#pendingClient[0]! : Buffer.concat(this.#pendingClient);
+    const n = Math.min(take, pending.length);
+    this.#writer?.record('client', pending.subarray(0, n));
+    this.#pendingClient = n < pending.length ? [pending.subarray(n)] : [];
+    this.#pendingStart = upTo;
+    this.#scrubShift = 0;
+  }
+
+  /** Recorded length minus original length of the pending client bytes (after scrubs). */
+  #scrubShift = 0;
+
   #take(direction: Direction, bytes: Buffer, start: number): void {
     if (this.#finished) return;
     if (!this.#holding) {
+      if (direction === 'client' && this.#afterFraming) {
+        // Copy: held past this tick when a command straddles chunks.
+        this.#pendingClient.push(Buffer.from(bytes));
+        return;
+      }
       this.#writer?.record(direction, bytes);
       return;
     }

@@ -1,0 +1,72 @@
+/**
+ * A credential sent again after login never reaches a recording: Sluice
+ * refuses a second AUTH (identity cannot change within a session), and the
+ * recording gets the scrubbed form of that command too, even when the
+ * command arrives split across TCP writes.
+ */
+import t from 'tap';
+import { connect } from 'node:net';
+import { readFileSync } from 'node:fs';
+import { startRedis } from '../helpers/redis.js';
+import { startGateway } from '../helpers/gateway.js';
+import { readRecording } from '../../src/recording/reader.js';
+import type { SessionStore } from '../../src/store/types.js';
+
+const redis = await startRedis();
+t.teardown(() => redis.stop());
+const gw = await startGateway(
+  `identity: { dev_issuer: true }
+targets:
+  cache:
+    protocol: redis
+    listen: 127.0.0.1:0
+    allow_insecure_loopback: true
+    upstream: { host: 127.0.0.1, port: ${redis.port}, user: app, password_env: REDIS_PW, db: 0, tls: disable }
+policies:
+  - { name: ci, subjects: { groups: [ci] }, targets: [cache] }
+`,
+  { REDIS_PW: redis.aclPassword },
+);
+t.teardown(() => gw.close());
+
+function resp(...args: string[]): Buffer {
+  return Buffer.from(`*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`);
+}
+
+t.test('AUTH after login: refused, and scrubbed in the recording', async (t) => {
+  const token = await gw.token('ci-job', ['ci']);
+  const socket = connect(gw.port('cache'), '127.0.0.1');
+  let received = '';
+  socket.on('data', (c: Buffer) => (received += c.toString('latin1')));
+  await new Promise((r) => socket.once('connect', r));
+  const until = async (text: string): Promise<void> => {
+    for (let i = 0; i < 200 && !received.includes(text); i++) await new Promise((r) => setTimeout(r, 10));
+  };
+  socket.write(resp('AUTH', token));
+  await until('+OK');
+  socket.write(Buffer.concat([resp('SET', 'k', 'v'), resp('AUTH', token)]));
+  await until('identity cannot change');
+  // A second attempt split in the middle of the token.
+  const split = resp('AUTH', 'label', token);
+  socket.write(split.subarray(0, 40));
+  await new Promise((r) => setTimeout(r, 50));
+  socket.write(Buffer.concat([split.subarray(40), resp('GET', 'k')]));
+  await until('$1\r\nv\r\n');
+  socket.end();
+  await new Promise((r) => socket.once('close', r));
+  t.equal((received.match(/identity cannot change/g) ?? []).length, 2, 'both re-authentications refused');
+
+  let session;
+  for (let i = 0; i < 200; i++) {
+    session = (gw.gateway.services.store as unknown as SessionStore).listSessions({ subject: 'ci-job' })[0];
+    if (session?.complete) break;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  t.ok(session?.recordingPath, 'the session was recorded');
+  const file = readFileSync(session!.recordingPath!);
+  t.equal(file.indexOf(Buffer.from(token)), -1, 'the token is nowhere in the recording file');
+  const client = (await readRecording(session!.recordingPath!).bytesOf('client')).toString('latin1');
+  t.match(client, /SET\r\n\$1\r\nk\r\n\$1\r\nv/, 'the other commands are recorded as sent');
+  t.equal((client.match(/\[redacted\]/g) ?? []).length, 3, 'the login AUTH and both later ones carry the marker');
+  t.match(client, /GET\r\n\$1\r\nk/);
+});
