@@ -235,7 +235,12 @@ export class RedisRelay {
     if (this.#closed) return;
     this.#closeReason = reason;
     this.#closed = true;
-    if (this.upstreamFramer.atReplyBoundary && this.#withheld === null && this.client.writable) {
+    // The reason goes to the client only as the reply to a command that is
+    // still owed one: an error nobody asked for breaks clients' reply queues
+    // (ioredis throws "Command queue state error"), so with nothing owed the
+    // connection simply closes, as Redis itself closes it on SHUTDOWN.
+    const owed = this.#paired && this.#countReplies && this.#sent > this.#received && this.#actions.length === 0;
+    if (owed && this.upstreamFramer.atReplyBoundary && this.#withheld === null && this.client.writable) {
       this.client.end(error(`sluice: ${reason}`));
     } else {
       this.client.end();

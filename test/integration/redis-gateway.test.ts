@@ -383,9 +383,10 @@ t.test('pre-auth deadline and idle timeout', async (t) => {
   t.match(r, /^-ERR sluice: authentication not completed within 400 ms/);
   t.ok(await c.closedWithin());
   const d = await loggedIn(gw.port('quick'));
-  const [idle] = await d.replies(1, 5000);
-  t.match(idle, /^-ERR sluice: terminating connection after 600 ms without traffic/);
-  t.ok(await d.closedWithin());
+  // Like Redis' own `timeout`, an idle client is disconnected without an
+  // unsolicited reply (that would break clients' reply queues); the log says why.
+  t.ok(await d.closedWithin(5000), 'an idle session is closed');
+  t.ok(gw.logs.some((l) => l.includes('without traffic (idle_timeout)')), 'the log says why');
 });
 
 t.test('no token or password in any log line', async (t) => {
