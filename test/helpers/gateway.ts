@@ -7,6 +7,7 @@ import type { Config } from '../../src/config/types.js';
 import { Gateway } from '../../src/gateway/gateway.js';
 import { DevIssuer } from '../../src/identity/dev-issuer.js';
 import { createLogger } from '../../src/log.js';
+import { startPostgres, type PgServer } from './postgres.js';
 
 /**
  * Runs a real Sluice gateway in the test process, configured from YAML text
@@ -72,4 +73,26 @@ export function pgTargetYaml(
 /** Deletes a directory made by a test, quietly. */
 export function removeDir(dir: string): void {
   rmSync(dir, { recursive: true, force: true });
+}
+
+/**
+ * The common fixture of the PostgreSQL client tests: a real PostgreSQL and a
+ * gateway with one target `app-db` and one policy letting group `ci` in,
+ * both torn down with the test.
+ */
+export async function startPgGateway(t: { teardown(fn: () => unknown): void }): Promise<{ pg: PgServer; gw: TestGateway }> {
+  const pg = await startPostgres();
+  t.teardown(() => pg.stop());
+  const gw = await startGateway(
+    `identity: { dev_issuer: true }
+targets:${pgTargetYaml('app-db', pg)}
+policies:
+  - name: ci-jobs
+    subjects: { groups: [ci] }
+    targets: [app-db]
+`,
+    { TEST_PG_PASSWORD: pg.password },
+  );
+  t.teardown(() => gw.close());
+  return { pg, gw };
 }

@@ -15,13 +15,13 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { chown, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { PG_BIN } from './process.js';
+import { freePort, release, track, trackDir } from './children.js';
 
 const execFileP = promisify(execFile);
 
@@ -54,42 +54,6 @@ export interface StartPostgresOptions {
   settings?: Record<string, string>;
 }
 
-// --- crash safety ------------------------------------------------------------
-
-/** Live postmasters and their directories, killed and removed if the test process dies. */
-const live = new Map<ChildProcess, string>();
-let templateDir: string | undefined;
-let handlersInstalled = false;
-
-function killAllSync(): void {
-  for (const [child, dir] of live) {
-    try {
-      child.kill('SIGKILL');
-    } catch {
-      // already gone
-    }
-    rmSync(dir, { recursive: true, force: true });
-  }
-  live.clear();
-  if (templateDir) rmSync(templateDir, { recursive: true, force: true });
-  templateDir = undefined;
-}
-
-function installHandlers(): void {
-  if (handlersInstalled) return;
-  handlersInstalled = true;
-  // 'exit' covers normal exit and uncaught exceptions. A fatal signal skips
-  // 'exit', so for those we clean up and re-raise with the default action
-  // (the `once` listener is gone by then).
-  process.on('exit', killAllSync);
-  for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
-    process.once(sig, () => {
-      killAllSync();
-      process.kill(process.pid, sig);
-    });
-  }
-}
-
 // --- helpers -------------------------------------------------------------------
 
 let postgresIds: Promise<{ uid: number; gid: number }> | undefined;
@@ -103,27 +67,14 @@ function postgresUser(): Promise<{ uid: number; gid: number }> {
   return postgresIds;
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
 let templatePromise: Promise<string> | undefined;
 
 /** initdb once per process; servers are copies of this cluster. */
 function template(): Promise<string> {
   templatePromise ??= (async () => {
-    installHandlers();
     const { uid, gid } = await postgresUser();
     const dir = await mkdtemp(join(tmpdir(), 'sluice-pg-template-'));
-    templateDir = dir;
+    trackDir(dir);
     await chown(dir, uid, gid);
     await execFileP(
       `${BIN}/initdb`,
@@ -172,7 +123,7 @@ function launch(dataDir: string, dir: string, port: number, settings: Record<str
   const args = ['-D', dataDir, '-p', String(port), '-k', dir];
   for (const [k, v] of Object.entries(settings)) args.push('-c', `${k}=${v}`);
   const child = spawn(`${BIN}/postgres`, args, { uid: ids.uid, gid: ids.gid, cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
-  live.set(child, dir);
+  track(child, dir);
   return new Promise((resolve, reject) => {
     let log = '';
     const timer = setTimeout(() => {
@@ -191,7 +142,7 @@ function launch(dataDir: string, dir: string, port: number, settings: Record<str
     };
     child.stderr?.on('data', onData);
     child.once('exit', (code, signal) => {
-      live.delete(child);
+      release(child);
       clearTimeout(timer);
       reject(Object.assign(new Error(`postgres exited early (${code ?? signal}):\n${log}`), { log }));
     });
@@ -275,7 +226,7 @@ export async function startPostgres(opts: StartPostgresOptions = {}): Promise<Pg
         await exited;
         clearTimeout(timer);
       }
-      live.delete(child);
+      release(child);
       await rm(dir, { recursive: true, force: true });
     })();
     return stopped;

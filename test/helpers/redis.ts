@@ -13,12 +13,12 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { rmSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { freePort, release, track } from './children.js';
 
 const execFileP = promisify(execFile);
 
@@ -40,48 +40,7 @@ export interface StartRedisOptions {
   tls?: boolean;
 }
 
-// --- crash safety ------------------------------------------------------------
-
-const live = new Map<ChildProcess, string>();
-let handlersInstalled = false;
-
-function killAllSync(): void {
-  for (const [child, dir] of live) {
-    try {
-      child.kill('SIGKILL');
-    } catch {
-      // already gone
-    }
-    rmSync(dir, { recursive: true, force: true });
-  }
-  live.clear();
-}
-
-function installHandlers(): void {
-  if (handlersInstalled) return;
-  handlersInstalled = true;
-  process.on('exit', killAllSync);
-  for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
-    process.once(sig, () => {
-      killAllSync();
-      process.kill(process.pid, sig);
-    });
-  }
-}
-
 // --- helpers -------------------------------------------------------------------
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 function secret(): string {
   return randomBytes(18).toString('base64url');
@@ -169,7 +128,6 @@ async function launch(configFile: string, port: number): Promise<Spawned> {
 }
 
 export async function startRedis(opts: StartRedisOptions = {}): Promise<RedisServer> {
-  installHandlers();
   const dir = await mkdtemp(join(tmpdir(), 'sluice-redis-'));
   const password = secret();
   const aclPassword = secret();
@@ -213,7 +171,7 @@ export async function startRedis(opts: StartRedisOptions = {}): Promise<RedisSer
       throw err;
     }
     const { child, exited } = spawned;
-    live.set(child, dir);
+    track(child, dir);
 
     const server: RedisServer = {
       host: '127.0.0.1',
@@ -223,8 +181,7 @@ export async function startRedis(opts: StartRedisOptions = {}): Promise<RedisSer
       aclPassword,
       ...(certs ? { tls: { port: tlsPort, caFile: certs.ca } } : {}),
       async stop() {
-        if (!live.has(child)) return;
-        live.delete(child);
+        if (!release(child)) return;
         child.kill('SIGTERM');
         const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
         await exited;

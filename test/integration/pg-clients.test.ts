@@ -12,24 +12,11 @@ import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import pg from 'pg';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
-import { startPostgres } from '../helpers/postgres.js';
-import { startGateway, pgTargetYaml } from '../helpers/gateway.js';
+import { startPgGateway } from '../helpers/gateway.js';
 import { run } from '../helpers/process.js';
 import { cancelRequest } from '../../protocols/postgres/messages.js';
 
-const pgServer = await startPostgres();
-t.teardown(() => pgServer.stop());
-const gw = await startGateway(
-  `identity: { dev_issuer: true }
-targets:${pgTargetYaml('app-db', pgServer)}
-policies:
-  - name: ci-jobs
-    subjects: { groups: [ci] }
-    targets: [app-db]
-`,
-  { TEST_PG_PASSWORD: pgServer.password },
-);
-t.teardown(() => gw.close());
+const { pg: pgServer, gw } = await startPgGateway(t);
 
 const token = await gw.token('ci-job-42', ['ci']);
 const port = gw.port('app-db');

@@ -12,23 +12,10 @@ import { randomBytes } from 'node:crypto';
 import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import pg from 'pg';
-import { startPostgres } from '../helpers/postgres.js';
-import { startGateway, pgTargetYaml } from '../helpers/gateway.js';
+import { startPgGateway } from '../helpers/gateway.js';
 import { RawPg, errorFields, rawLogin, startupPacket, typed } from '../helpers/raw-pg.js';
 
-const pgServer = await startPostgres();
-t.teardown(() => pgServer.stop());
-const gw = await startGateway(
-  `identity: { dev_issuer: true }
-targets:${pgTargetYaml('app-db', pgServer)}
-policies:
-  - name: ci-jobs
-    subjects: { groups: [ci] }
-    targets: [app-db]
-`,
-  { TEST_PG_PASSWORD: pgServer.password },
-);
-t.teardown(() => gw.close());
+const { pg: pgServer, gw } = await startPgGateway(t);
 
 const port = gw.port('app-db');
 const token = await gw.token('robust-ci', ['ci']);
