@@ -83,9 +83,6 @@ const PROTOCOL_ERROR_GRACE_MS = 5_000;
 /** Upper bound on the bytes of a reply Sluice holds back to drop (it expects `+OK`). */
 const MAX_WITHHELD = 64 * 1024;
 
-const CR = 0x0d;
-const LF = 0x0a;
-const INLINE_REFUSED = 'inline commands are not accepted by sluice; send RESP arrays (every Redis client library and redis-cli do)';
 const RESET_CMD = encodeCommand(['RESET']);
 const DISCARD_CMD = encodeCommand(['DISCARD']);
 const PLUS_OK = Buffer.from('+OK\r\n');
@@ -159,10 +156,8 @@ export class RedisRelay {
   #prevTail: Buffer = Buffer.alloc(0);
   #uPassthrough: Buffer | null = null;
 
-  private clientFramer: RespRequestFramer;
+  private readonly clientFramer: RespRequestFramer;
   private readonly upstreamFramer = new RespReplyFramer();
-  /** An empty line's CR ended the last client chunk: its LF must come first in the next. */
-  #expectLF = false;
 
   readonly #requestSink: RequestSink = { command: (raw, args) => this.#onCommand(raw, args) };
   readonly #replySink: ReplySink = {
@@ -256,34 +251,12 @@ export class RedisRelay {
     this.#lastActivity = Date.now();
     this.stats.bytesFromClient += chunk.length;
     let failure: unknown;
-    let rest: Buffer | null = chunk;
-    if (this.#expectLF) {
-      this.#expectLF = false;
-      if (chunk[0] === LF) rest = chunk.subarray(1);
-      else failure = new RespProtocolError(INLINE_REFUSED, this.clientFramer.offset);
-    }
-    while (failure === undefined && rest !== null && rest.length > 0) {
-      this.#cChunk = rest;
-      this.#spanStart = -1;
-      const base = this.clientFramer.offset;
-      let next: Buffer | null = null;
-      try {
-        this.clientFramer.push(rest, this.#requestSink);
-      } catch (err) {
-        // An empty line between commands is a no-op in Redis (processInlineBuffer), and
-        // redis-cli --pipe sends one before its closing ECHO: skip it, never forward it.
-        // The framer refuses it as an inline command; go on with a fresh framer after it.
-        const pos = err instanceof RespProtocolError ? err.offset - base : -1;
-        if (pos >= 0 && rest[pos] === CR && this.clientFramer.bufferedBytes === 0 && (pos + 1 === rest.length || rest[pos + 1] === LF)) {
-          this.clientFramer = new RespRequestFramer(this.options.requestLimits);
-          if (pos + 1 === rest.length) this.#expectLF = true;
-          else next = rest.subarray(pos + 2);
-        } else {
-          failure = err;
-        }
-      }
-      this.#flushSpan();
-      rest = next;
+    this.#cChunk = chunk;
+    this.#spanStart = -1;
+    try {
+      this.clientFramer.push(chunk, this.#requestSink);
+    } catch (err) {
+      failure = err;
     }
     this.#flushSpan();
     const rec = this.options.recordClient;

@@ -67,6 +67,9 @@ const DOT = 0x2e; // '.'
 const ZERO = 0x30;
 const NINE = 0x39;
 
+/** Why a request that is not a RESP array is refused (inline commands parse differently: a smuggling risk). */
+export const INLINE_REFUSED = 'inline commands are not accepted by sluice; send RESP arrays (every Redis client library and redis-cli do)';
+
 /** Redis' PROTO_INLINE_MAX_SIZE: the longest header line it waits for. */
 export const PROTO_INLINE_MAX_SIZE = 64 * 1024;
 /** Redis' default proto-max-bulk-len. */
@@ -303,6 +306,8 @@ export class RespRequestFramer {
   private owned: Buffer | null = null;
   private ownedLength = 0;
   private failed: RespProtocolError | null = null;
+  /** An empty line's CR ended the last chunk: its LF must come first. */
+  private pendingCR = false;
 
   constructor(opts?: Partial<RespRequestLimits>) {
     this.limits = { ...DEFAULT_REQUEST_LIMITS, ...opts };
@@ -355,13 +360,25 @@ export class RespRequestFramer {
           const lineStart = pos;
           if (this.line.length === 0) {
             if (this.state === RQ_MULTIBULK) {
+              // An empty line between commands is a no-op in Redis
+              // (processInlineBuffer skips it), and redis-cli --pipe sends one
+              // before its closing ECHO. It carries nothing, so it is consumed
+              // here and never forwarded; its LF may come in the next chunk.
+              if (this.pendingCR) {
+                this.pendingCR = false;
+                if (chunk[pos] !== LF) this.fail(INLINE_REFUSED, pos);
+                pos++;
+                continue;
+              }
+              if (chunk[pos] === CR && (pos + 1 === end || chunk[pos + 1] === LF)) {
+                if (pos + 1 === end) this.pendingCR = true;
+                pos += pos + 1 === end ? 1 : 2;
+                continue;
+              }
               startInChunk = pos;
               this.cmdStart = this.base + pos;
               if (chunk[pos] !== RespType.Array) {
-                this.fail(
-                  'inline commands are not accepted by sluice; send RESP arrays (every Redis client library and redis-cli do)',
-                  pos,
-                );
+                this.fail(INLINE_REFUSED, pos);
               }
             } else if (chunk[pos] !== RespType.BulkString) {
               this.fail(`expected '$', got '${printable(chunk[pos]!)}'`, pos);

@@ -499,7 +499,7 @@ t.test('request framer refuses bad requests with Redis-style messages', async (t
   const tooBigLine = 'too big mbulk count string';
   const cases: Array<[string, Buffer, string, Partial<RespRequestLimits>?]> = [
     ['inline command', Buffer.from('PING\r\n'), 'inline commands are not accepted by sluice; send RESP arrays (every Redis client library and redis-cli do)'],
-    ['bare CRLF', Buffer.from('\r\n'), 'inline commands are not accepted by sluice; send RESP arrays (every Redis client library and redis-cli do)'],
+    ['a CR not followed by LF', Buffer.from('\rX'), 'inline commands are not accepted by sluice; send RESP arrays (every Redis client library and redis-cli do)'],
     ['a bulk string alone', Buffer.from('$4\r\nPING\r\n'), 'inline commands are not accepted by sluice; send RESP arrays (every Redis client library and redis-cli do)'],
     ['negative multibulk', Buffer.from('*-1\r\n'), 'invalid multibulk length'],
     ['plus sign', Buffer.from('*+1\r\n$4\r\nPING\r\n'), 'invalid multibulk length'],
@@ -651,4 +651,18 @@ t.test('reply builders', async (t) => {
   t.equal(run.ends.length, built.length);
   const resp2 = Buffer.concat(built.filter((_, i) => i !== 4 && i !== 6));
   t.equal(countWithRedisParser([resp2]), built.length - 2);
+});
+
+t.test('an empty line between commands is skipped, as Redis does (redis-cli --pipe sends one)', async (t) => {
+  const input = Buffer.from('*1\r\n$4\r\nPING\r\n\r\n*2\r\n$4\r\nECHO\r\n$1\r\nx\r\n');
+  for (let cut = 0; cut <= input.length; cut++) {
+    const framer = new RespRequestFramer();
+    const names: string[] = [];
+    const sink = { command: (_raw: Buffer, args: Buffer[]) => names.push(args[0]!.toString()) };
+    framer.push(input.subarray(0, cut), sink);
+    framer.push(input.subarray(cut), sink);
+    if (names.join(',') !== 'PING,ECHO') t.fail(`split at ${cut}: ${names.join(',')}`);
+    if (framer.bufferedBytes !== 0) t.fail(`split at ${cut}: ${framer.bufferedBytes} bytes left`);
+  }
+  t.pass('every split point gives PING then ECHO');
 });
