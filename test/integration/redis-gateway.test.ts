@@ -386,6 +386,8 @@ t.test('pre-auth deadline and idle timeout', async (t) => {
   // Like Redis' own `timeout`, an idle client is disconnected without an
   // unsolicited reply (that would break clients' reply queues); the log says why.
   t.ok(await d.closedWithin(5000), 'an idle session is closed');
+  // The session's end is logged once both sockets have closed: a moment after the client sees its close.
+  for (let i = 0; i < 100 && !gw.logs.some((l) => l.includes('without traffic (idle_timeout)')); i++) await new Promise((r) => setTimeout(r, 20));
   t.ok(gw.logs.some((l) => l.includes('without traffic (idle_timeout)')), 'the log says why');
 });
 
