@@ -32,6 +32,8 @@ interface ColumnSelector {
   /** undefined = any table */
   table?: RegExp;
   column: RegExp;
+  /** The selector's column part as written; undefined for `*`. */
+  columnGlob?: string;
   rule: CompiledRule;
 }
 
@@ -54,8 +56,10 @@ function globToRegExp(glob: string): RegExp {
 function parseSelector(sel: string, rule: CompiledRule): ColumnSelector | string {
   const parts = sel.split('.');
   if (parts.length > 3 || parts.some((p) => p.length === 0)) return `column selector ${JSON.stringify(sel)} must be column, table.column or schema.table.column`;
-  const [column, table, schema] = parts.reverse().map((p) => (p === '*' ? undefined : globToRegExp(p)));
-  return { column: column ?? /^/, ...(table ? { table } : {}), ...(schema ? { schema } : {}), rule };
+  const columnPart = parts[parts.length - 1]!;
+  const columnGlob = columnPart === '*' ? undefined : columnPart;
+  const [column, table, schema] = [...parts].reverse().map((p) => (p === '*' ? undefined : globToRegExp(p)));
+  return { column: column ?? /^/, ...(columnGlob ? { columnGlob } : {}), ...(table ? { table } : {}), ...(schema ? { schema } : {}), rule };
 }
 
 function customDetector(name: string, pattern: string, literals: string[]): Detector {
@@ -127,6 +131,15 @@ export class MaskingEngine {
     });
     if (problems.length > 0) throw new MaskingConfigError(problems);
     return new MaskingEngine(content.length > 0 ? new Matcher(content, { prefilter }) : undefined, selectors);
+  }
+
+  /**
+   * The column parts of the column selectors (globs, `*` = any run of
+   * characters), for narrowing a catalogue lookup; a selector whose column
+   * part is `*` selects by table alone and adds nothing here.
+   */
+  get columnGlobs(): string[] {
+    return [...new Set(this.selectors.flatMap((s) => (s.columnGlob === undefined ? [] : [s.columnGlob])))];
   }
 
   /**

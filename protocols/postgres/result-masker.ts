@@ -20,10 +20,9 @@
  *   ParameterStatus 'S'      value
  *   FunctionCallResponse 'V' result value
  *
- * Column selectors are matched on the column NAME only: table OIDs in a
- * RowDescription are not resolved to names (that would need a query on a
- * second connection mid-stream), so `users.password_hash` masks every
- * column named password_hash. When in doubt, mask.
+ * Column selectors are matched on each column's origin (the table OID and
+ * attribute number in RowDescription, resolved by column-origins.ts), and
+ * on its name where the origin is unknown. When in doubt, mask.
  *
  * What cannot be masked is refused, not passed: a column rule on a binary
  * field of a non-text type, rows with no RowDescription to map them while
@@ -43,6 +42,7 @@ import { MaskingFailedError } from '../../masking/types.js';
 import { ChunkSequencer, MaskCounts, type PolicyMasking } from '../../masking/session-masker.js';
 import { Backend, errorResponse, sqlstate } from './messages.js';
 import { PgProtocolError } from './framer.js';
+import { NAME_ONLY, type ColumnOrigins } from './column-origins.js';
 
 export interface PgResultMaskerOptions {
   masking: PolicyMasking;
@@ -56,6 +56,8 @@ export interface PgResultMaskerOptions {
   onRefuse?(reason: string, error: Buffer): void;
   /** Per-rule hit counts of each statement, at its CommandComplete (for the audit event). */
   onStatementCounts?(counts: Record<string, number>): void;
+  /** Resolves RowDescription columns to their table columns for column rules; default: by name only, any table. */
+  origins?: Pick<ColumnOrigins, 'ruleFor'>;
   /** A chunk with more candidate values than this goes to the pool. Default 256. */
   batchRows?: number;
   /** ... or more bytes of them. Default 256 KiB. */
@@ -129,6 +131,7 @@ class Refusal extends Error {}
 
 export class PgResultMasker {
   readonly #masking: PolicyMasking;
+  readonly #origins: Pick<ColumnOrigins, 'ruleFor'>;
   readonly #opts: PgResultMaskerOptions;
   readonly #batchRows: number;
   readonly #batchBytes: number;
@@ -153,6 +156,7 @@ export class PgResultMasker {
 
   constructor(opts: PgResultMaskerOptions) {
     this.#masking = opts.masking;
+    this.#origins = opts.origins ?? NAME_ONLY;
     this.#opts = opts;
     this.#batchRows = opts.batchRows ?? 256;
     this.#batchBytes = opts.batchBytes ?? 256 * 1024;
@@ -297,7 +301,12 @@ export class PgResultMasker {
     const engine = this.#masking.engine;
     switch (msg[0]) {
       case Backend.RowDescription:
-        this.#columns = parseRowDescription(msg).map((c) => ({ ...c, rule: engine.hasColumnRules ? engine.columnRule(undefined, c.name) : undefined }));
+        this.#columns = parseRowDescription(msg).map((c) => ({
+          name: c.name,
+          typeOid: c.typeOid,
+          format: c.format,
+          rule: engine.hasColumnRules ? this.#origins.ruleFor(engine, c.name, c.tableOid, c.attnum) : undefined,
+        }));
         add(pieces, msg);
         return;
       case Backend.DataRow:
@@ -605,19 +614,31 @@ function rebuildRow(row: Row): Buffer[] {
 }
 
 /** RowDescription: Int16 count; per field: name, table OID, attnum, type OID, typlen, typmod, format. */
-function parseRowDescription(msg: Buffer): Array<{ name: string; typeOid: number; format: number }> {
+interface FieldDescription {
+  name: string;
+  /** The column's table and attribute number when it is a plain table column; 0 otherwise. */
+  tableOid: number;
+  attnum: number;
+  typeOid: number;
+  format: number;
+}
+
+function parseRowDescription(msg: Buffer): FieldDescription[] {
   const n = msg.readInt16BE(5);
-  const out: Array<{ name: string; typeOid: number; format: number }> = [];
+  const out: FieldDescription[] = [];
   let pos = 7;
   for (let i = 0; i < n; i++) {
     const end = msg.indexOf(0, pos);
     if (end < 0 || end + 19 > msg.length) throw new PgProtocolError(ErrorCodes.PROTOCOL_VIOLATION, 'malformed RowDescription');
     const name = msg.toString('utf8', pos, end);
     pos = end + 1;
+    // Int32 table OID, Int16 attribute number, Int32 type OID, Int16 type size, Int32 type modifier, Int16 format.
+    const tableOid = msg.readUInt32BE(pos);
+    const attnum = msg.readInt16BE(pos + 4);
     const typeOid = msg.readUInt32BE(pos + 6);
     const format = msg.readInt16BE(pos + 16);
     pos += 18;
-    out.push({ name, typeOid, format });
+    out.push({ name, tableOid, attnum, typeOid, format });
   }
   return out;
 }

@@ -30,7 +30,10 @@ import { parameterStatusValue, sqlDecoder } from './encoding.js';
 import type { SessionPolicy } from '../../src/policy/engine.js';
 import type { AuditVerdict } from '../../src/store/types.js';
 import { StartupParameterRefused, vetStartupParameters, type VettedStartup } from './startup-params.js';
-import { connectUpstream, sendCancelRequest, type UpstreamSession } from './upstream.js';
+import { connectUpstream, queryUpstream, sendCancelRequest, type UpstreamSession } from './upstream.js';
+import { ColumnOrigins, catalogQuery } from './column-origins.js';
+import type { MaskingEngine } from '../../masking/engine.js';
+import type { PolicyMasking } from '../../masking/session-masker.js';
 
 /**
  * The client side of one PostgreSQL connection, from accept to relay.
@@ -170,7 +173,30 @@ export class PostgresSession implements SessionHandle {
         'the upstream runs with standard_conforming_strings=off; sluice requires it on (the default) to read SQL as the server does',
       );
     }
-    this.#startRelay(upstream, vetted, log, policy);
+    // Column rules judge columns by their table of origin: read the catalogue
+    // snapshot now, on this connection, before the client's first byte.
+    const masking = this.ctx.masking?.forPolicy(policy.name);
+    const origins = masking?.engine.hasColumnRules ? await this.#columnOrigins(upstream, masking.engine, log) : undefined;
+    if (this.#closed) return;
+    this.#startRelay(upstream, vetted, log, policy, masking, origins);
+  }
+
+  /**
+   * The column-origin snapshot. A server that refuses the catalogue query
+   * refuses the session: matching by name alone would let an alias
+   * (`SELECT password_hash AS p`) escape every column rule. Fail closed.
+   */
+  async #columnOrigins(upstream: UpstreamSession, engine: MaskingEngine, log: Logger): Promise<ColumnOrigins> {
+    const result = await queryUpstream(upstream, this.target.upstream, catalogQuery(engine), { timeoutMs: this.target.limits.upstreamConnectTimeoutMs });
+    if (result.error !== undefined) {
+      throw new SluiceError(
+        ErrorCodes.MASKING_FAILED,
+        `the upstream refused the catalogue query that column masking rules need (${result.error}); grant the target's user SELECT on pg_catalog.pg_class, pg_namespace and pg_attribute`,
+      );
+    }
+    const origins = ColumnOrigins.fromRows(result);
+    log.debug({ tables: origins.size }, 'column origins read for masking');
+    return origins;
   }
 
   /** Reads startup-phase packets until a StartupMessage; answers SSLRequest, GSSENCRequest and CancelRequest on the way. Returns undefined when the connection was a cancel. */
@@ -266,15 +292,20 @@ export class PostgresSession implements SessionHandle {
     void this.#recording?.end('cancel request');
   }
 
-  #startRelay(upstream: UpstreamSession, vetted: VettedStartup, log: Logger, policy: SessionPolicy): void {
+  #startRelay(
+    upstream: UpstreamSession,
+    vetted: VettedStartup,
+    log: Logger,
+    policy: SessionPolicy,
+    masking: PolicyMasking | undefined,
+    origins: ColumnOrigins | undefined,
+  ): void {
     const key = this.ctx.pgCancels.register(this.target.name, {
       upstream: this.target.upstream,
       key: upstream.backendKey,
       connectTimeoutMs: this.target.limits.upstreamConnectTimeoutMs,
     });
     this.#cancelKey = key;
-    // Masking (policies[].masking): everything the upstream sends back goes through the masker, the startup reply included.
-    const masking = this.ctx.masking?.forPolicy(policy.name);
     let relay: PgRelay | undefined;
     const identity = this.#identity!;
     const metrics = this.ctx.metrics;
@@ -294,13 +325,16 @@ export class PostgresSession implements SessionHandle {
         recording?.countVerdict(verdict);
       },
     });
-    // Built after the gate: each statement's per-rule counts go into its audit event.
+    // Masking (policies[].masking): everything the upstream sends back goes
+    // through the masker, the startup reply included. Built after the gate:
+    // each statement's per-rule counts go into its audit event.
     const masker = masking
       ? new PgResultMasker({
           masking,
           maxMessageBytes: this.target.limits.maxMessageBytes,
           onRefuse: (reason, error) => relay?.shutdown(reason, error),
           onStatementCounts: (counts) => gate.noteMasked(counts),
+          ...(origins ? { origins } : {}),
         })
       : undefined;
     const toClient = [
@@ -443,6 +477,13 @@ export class PostgresSession implements SessionHandle {
         return fatal(
           sqlstate.CONNECTION_FAILURE,
           `sluice: could not connect to the upstream database (correlation id ${this.id})`,
+          'the gateway log has the details under this correlation id',
+        );
+      case ErrorCodes.MASKING_FAILED:
+        this.#log.error({ code, reason: err.message }, 'session refused: masking could not be prepared');
+        return fatal(
+          sqlstate.INTERNAL_ERROR,
+          `sluice: masking could not be prepared for this session (correlation id ${this.id})`,
           'the gateway log has the details under this correlation id',
         );
       default:

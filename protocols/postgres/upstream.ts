@@ -71,7 +71,7 @@ const MAX_STARTUP_MESSAGE = 1 << 20;
 
 const SCRAM_SHA_256 = 'SCRAM-SHA-256';
 
-type Phase = 'connect' | 'ssl-request' | 'tls' | 'startup' | 'cancel';
+type Phase = 'connect' | 'ssl-request' | 'tls' | 'startup' | 'cancel' | 'catalog query';
 
 /** Where we are, so socket errors and timeouts are reported with the right code. */
 interface Context {
@@ -124,9 +124,11 @@ class FrameReader {
     this.#notify();
   };
 
-  constructor(socket: net.Socket, ctx: Context) {
+  /** `initial`: bytes of this socket already read by an earlier reader (a session's leftover). */
+  constructor(socket: net.Socket, ctx: Context, initial?: Buffer) {
     this.#socket = socket;
     this.#ctx = ctx;
+    if (initial) this.#buf = initial;
     socket.on('data', this.#onData);
     socket.on('error', this.#onError);
     socket.on('end', this.#onClose);
@@ -643,4 +645,97 @@ export async function sendCancelRequest(
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** One simple Query's rows, as text (null = SQL NULL). */
+export interface CatalogRows {
+  rows: Array<Array<string | null>>;
+  /** The ErrorResponse's SQLSTATE and message when the server refused the query (rows is then empty). */
+  error?: string;
+}
+
+/**
+ * Runs one read-only simple Query of Sluice's own on a freshly logged-in
+ * session, before the client's first byte is relayed (the column-origin
+ * catalogue of column masking rules). The session must be idle ('I'); it
+ * is idle again afterwards. Messages the server sends that are not part of
+ * the answer (an asynchronous ParameterStatus or NoticeResponse) are kept
+ * for the client: they are prepended to `session.leftover`, which is
+ * updated in place with whatever arrived after the final ReadyForQuery.
+ * A server error is returned, not thrown: the caller decides how to fail.
+ */
+export async function queryUpstream(
+  session: UpstreamSession,
+  where: { host: string; port: number; user: string },
+  sql: string,
+  opts: { timeoutMs: number },
+): Promise<CatalogRows> {
+  const ctx: Context = { where: `${where.host}:${where.port}`, user: where.user, phase: 'catalog query' };
+  const socket = session.socket;
+  const reader = new FrameReader(socket, ctx, session.leftover);
+  session.leftover = Buffer.alloc(0);
+  const forward: Buffer[] = [];
+  const rows: Array<Array<string | null>> = [];
+  let error: string | undefined;
+  const timer = setTimeout(
+    () => reader.abort(new SluiceError(ErrorCodes.UPSTREAM_PROTOCOL, `PostgreSQL upstream ${ctx.where}: timed out after ${opts.timeoutMs} ms during the catalog query`)),
+    opts.timeoutMs,
+  );
+  try {
+    write(socket, serialize.query(sql));
+    socket.resume();
+    for (;;) {
+      const frame = await reader.readMessage();
+      switch (frame[0]) {
+        case 0x54: // RowDescription: the caller knows its own columns
+        case 0x43: // CommandComplete
+          break;
+        case 0x44: // DataRow
+          rows.push(dataRowText(frame, ctx));
+          break;
+        case 0x45: {
+          // ErrorResponse
+          const msg = decode(frame) as DatabaseError;
+          error = `${msg.code ?? '?????'} ${msg.message ?? ''}`.trim();
+          break;
+        }
+        case 0x53: // ParameterStatus, NoticeResponse: not ours to drop
+        case 0x4e:
+          forward.push(frame);
+          break;
+        case 0x5a: // ReadyForQuery
+          session.transactionStatus = frame[5]!;
+          session.leftover = Buffer.concat([...forward, reader.detach()]);
+          return error === undefined ? { rows } : { rows: [], error };
+        default:
+          throw new SluiceError(ErrorCodes.UPSTREAM_PROTOCOL, `PostgreSQL upstream ${ctx.where} sent message type 0x${frame[0]!.toString(16)} during the catalog query`);
+      }
+    }
+  } catch (err) {
+    reader.detach();
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function dataRowText(frame: Buffer, ctx: Context): Array<string | null> {
+  const bad = (): SluiceError => new SluiceError(ErrorCodes.UPSTREAM_PROTOCOL, `PostgreSQL upstream ${ctx.where} sent a malformed DataRow during the catalog query`);
+  if (frame.length < 7) throw bad();
+  const n = frame.readInt16BE(5);
+  const out: Array<string | null> = [];
+  let pos = 7;
+  for (let i = 0; i < n; i++) {
+    if (pos + 4 > frame.length) throw bad();
+    const len = frame.readInt32BE(pos);
+    pos += 4;
+    if (len < 0) {
+      out.push(null);
+      continue;
+    }
+    if (pos + len > frame.length) throw bad();
+    out.push(frame.toString('utf8', pos, pos + len));
+    pos += len;
+  }
+  return out;
 }

@@ -1,0 +1,137 @@
+/**
+ * Column masking rules select by a column's table of origin (RowDescription's
+ * table OID and attribute number, resolved against the session's catalogue
+ * snapshot), so an alias does not escape them and a same-named column of
+ * another table is not masked; where the origin is unknown (expressions,
+ * views, partitions, tables newer than the session) the column's name
+ * decides, with any table. Real PostgreSQL, node-postgres through Sluice.
+ */
+import t from 'tap';
+import pg from 'pg';
+import { startPostgres } from '../helpers/postgres.js';
+import { startGateway, pgTargetYaml } from '../helpers/gateway.js';
+
+const SECRET = 'pbkdf2$column-origin-canary';
+const TOKEN = 'vault-token-canary';
+const SSN = '078-05-1120';
+
+const pgServer = await startPostgres();
+t.teardown(() => pgServer.stop());
+
+const fixture = `
+create table users (id int primary key, password_hash text, bio text);
+create table orders (id int primary key, password_hash text);
+insert into users values (1, '${SECRET}', 'likes tea');
+insert into orders values (1, 'order-pw-visible');
+create schema vault;
+create table vault.secrets (token text);
+create table public.secrets (token text);
+insert into vault.secrets values ('${TOKEN}');
+insert into public.secrets values ('public-token-visible');
+create table people (id int, ssn text) partition by range (id);
+create table people_a partition of people for values from (0) to (100);
+insert into people values (1, '${SSN}');
+create table staff (ssn text);
+insert into staff values ('staff-ssn-visible');
+create table cards (id int, number text);
+insert into cards values (1, '4000-canary');
+create view v_users as select password_hash from users;
+grant all on all tables in schema public, vault to app_user;
+grant usage on schema vault to app_user;
+grant create on schema public to app_user;
+`;
+await pgServer.psqlDirect(fixture, 'app');
+// A second database where the gateway's user cannot read the catalogue.
+await pgServer.psqlDirect('create database locked owner app_user', 'postgres');
+await pgServer.psqlDirect(`${fixture} revoke select on pg_catalog.pg_class from public;`, 'locked');
+
+const gw = await startGateway(
+  `identity: { dev_issuer: true }
+targets:${pgTargetYaml('db', pgServer)}${pgTargetYaml('locked', { ...pgServer, database: 'locked' })}
+masking:
+  rules:
+    - { name: pw, columns: ['users.password_hash'], strategy: redact }
+    - { name: vault-tokens, columns: ['vault.secrets.token'], strategy: redact }
+    - { name: people-ssn, columns: ['people.ssn'], strategy: redact }
+    - { name: all-of-cards, columns: ['cards.*'], strategy: redact }
+policies:
+  - name: by-column
+    subjects: { groups: [ci] }
+    targets: [db, locked]
+    masking: [pw, vault-tokens, people-ssn]
+  - name: by-table
+    subjects: { groups: [tables] }
+    targets: [db]
+    masking: [all-of-cards]
+`,
+  { TEST_PG_PASSWORD: pgServer.password },
+);
+t.teardown(() => gw.close());
+
+/** Values as the server's text (a redacted int column arrives as text too), from the last of `sqls`, all run in one session. */
+async function query(target: string, group: string, ...sqls: Array<string | pg.QueryConfig>): Promise<Array<Record<string, unknown>>> {
+  const token = await gw.token(`${group}-job`, [group]);
+  const c = new pg.Client({ host: '127.0.0.1', port: gw.port(target), user: 'job', database: 'app', password: token, types: { getTypeParser: () => (v: string) => v } });
+  await c.connect();
+  try {
+    let rows: unknown[] = [];
+    for (const sql of sqls) rows = (await c.query(sql)).rows;
+    return rows as Array<Record<string, unknown>>;
+  } finally {
+    await c.end();
+  }
+}
+const one = async (target: string, sql: string | pg.QueryConfig, group = 'ci'): Promise<Record<string, unknown>> => (await query(target, group, sql))[0]!;
+
+t.test('a table column is masked whatever the query calls it', async (t) => {
+  t.same(await one('db', 'select password_hash from users'), { password_hash: '[redacted]' });
+  t.same(await one('db', 'select password_hash as p from users'), { p: '[redacted]' }, 'an alias does not escape the rule');
+  t.same(await one('db', 'select u.password_hash as "ID", u.bio from users u'), { ID: '[redacted]', bio: 'likes tea' });
+  t.same(await one('db', { text: 'select password_hash as x from users where id = $1', values: [1] }), { x: '[redacted]' }, 'extended protocol');
+  const binary = await one('db', { text: 'select password_hash as x from users', values: [], binary: true } as pg.QueryConfig);
+  t.equal(String(binary.x), '[redacted]', 'binary format');
+});
+
+t.test('a column of the same name in another table is not masked', async (t) => {
+  t.same(await one('db', 'select password_hash from orders'), { password_hash: 'order-pw-visible' });
+  t.same(await one('db', 'select u.password_hash, o.password_hash as opw from users u join orders o using (id)'), {
+    password_hash: '[redacted]',
+    opw: 'order-pw-visible',
+  });
+  t.same(await one('db', 'select token from vault.secrets'), { token: '[redacted]' }, 'schema-qualified selector');
+  t.same(await one('db', 'select token from public.secrets'), { token: 'public-token-visible' }, 'same table name, other schema');
+  t.same(await one('db', 'select ssn from staff'), { ssn: 'staff-ssn-visible' });
+});
+
+t.test('where the origin is unknown, the column name decides (when in doubt, mask)', async (t) => {
+  t.same(await one('db', "select password_hash || '' as password_hash from orders"), { password_hash: '[redacted]' }, 'a computed column named like a selector');
+  t.same(await one('db', 'select password_hash from v_users'), { password_hash: '[redacted]' }, 'a view');
+  t.same(await one('db', 'select ssn from people'), { ssn: '[redacted]' }, 'a partitioned table');
+  t.same(await one('db', 'select ssn from people_a'), { ssn: '[redacted]' }, 'one of its partitions, queried directly');
+  const rows = await query('db', 'ci', 'create table users_copy as select id, password_hash from orders', 'select password_hash from users_copy');
+  t.same(rows, [{ password_hash: '[redacted]' }], 'a table created after the session started');
+  await pgServer.psqlDirect('drop table users_copy', 'app');
+});
+
+t.test('a table-wide selector masks that table only, and computed columns', async (t) => {
+  t.same(await one('db', 'select * from cards', 'tables'), { id: '[redacted]', number: '[redacted]' });
+  t.same(await one('db', 'select id, password_hash from orders', 'tables'), { id: '1', password_hash: 'order-pw-visible' });
+  t.same(await one('db', 'select 40 + 2 as answer', 'tables'), { answer: '[redacted]' }, 'no origin: it could be computed from cards');
+});
+
+t.test('a catalogue the gateway cannot read: the session is refused, not matched by name alone', async (t) => {
+  const token = await gw.token('ci-job', ['ci']);
+  const c = new pg.Client({ host: '127.0.0.1', port: gw.port('locked'), user: 'job', database: 'app', password: token });
+  const err = (await c.connect().then(
+    () => undefined,
+    (e: unknown) => e,
+  )) as (Error & { code?: string; hint?: string }) | undefined;
+  await c.end().catch(() => {});
+  t.ok(err, 'connect fails');
+  t.equal(err?.code, 'XX000');
+  t.match(err?.message, /masking could not be prepared for this session \(correlation id [^)]+\)/);
+  t.ok(
+    gw.logs.some((l) => l.includes('SLUICE_MASKING_FAILED') && l.includes('42501') && l.includes('pg_catalog.pg_class')),
+    'the log says what the server refused and what to grant',
+  );
+});
