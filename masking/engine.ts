@@ -67,6 +67,9 @@ export class MaskingEngine {
   readonly hasColumnRules: boolean;
   private readonly matcher: Matcher | undefined;
   private readonly selectors: ColumnSelector[];
+  /** markRanges' scratch (the engine is used by one thread, synchronously). */
+  private scratch = Buffer.alloc(0);
+  private relStarts = new Int32Array(0);
 
   private constructor(matcher: Matcher | undefined, selectors: ColumnSelector[]) {
     this.matcher = matcher;
@@ -180,6 +183,46 @@ export class MaskingEngine {
     // scanning once (the join's copy costs more than the per-call overhead).
     for (let i = 0; i < values.length; i++) out[i] = maskBytesWith(matcher, values[i]!, counts);
     return out;
+  }
+
+  /**
+   * The candidate scan over many values that lie in one buffer (the fields
+   * of the DataRows of a chunk), without a view or a call per value: value i
+   * is `buf[starts[i], ends[i])`, in ascending order, with at least one byte
+   * between two values (a length word on the wire). Sets marks[i] = 1 when
+   * value i may hold a hit of a content rule (it then goes to
+   * `maskCandidate`, here or in a worker), 0 when it cannot. The values are
+   * copied once, as one span, into a scratch buffer whose bytes between
+   * values are zeroed: a NUL stops every check of the scan, so each value is
+   * judged as if alone. `buf` is not modified.
+   */
+  markRanges(buf: Buffer, starts: Int32Array, ends: Int32Array, n: number, marks: Uint8Array): void {
+    marks.fill(0, 0, n);
+    const matcher = this.matcher;
+    if (!matcher || n === 0) return;
+    const base = starts[0]!;
+    const span = ends[n - 1]! - base;
+    if (this.scratch.length < span) this.scratch = Buffer.allocUnsafe(Math.max(span, 2 * this.scratch.length));
+    if (this.relStarts.length < n) this.relStarts = new Int32Array(Math.max(n, 2 * this.relStarts.length));
+    const scratch = this.scratch;
+    const rel = this.relStarts;
+    buf.copy(scratch, 0, base, base + span);
+    let prevEnd = 0;
+    for (let i = 0; i < n; i++) {
+      const s = starts[i]! - base;
+      if (i > 0 && s <= prevEnd) throw new Error('markRanges: values must be ascending with a byte between them');
+      if (s - prevEnd > 32) scratch.fill(0, prevEnd, s);
+      else for (let p = prevEnd; p < s; p++) scratch[p] = 0;
+      rel[i] = s;
+      prevEnd = ends[i]! - base;
+    }
+    matcher.markBytes(scratch.subarray(0, span), rel.subarray(0, n), marks.subarray(0, n));
+  }
+
+  /** maskBytes for a value `markRanges` marked: the exact path only (the scan has already run). */
+  maskCandidate(value: Buffer, counts?: Map<string, number>): Buffer | undefined {
+    if (!this.matcher) return undefined;
+    return exactBytes(this.matcher, value, counts);
   }
 
   /** A column rule over a whole value: the strategy's replacement, null for SQL NULL, or `value` itself when a scoped rule found nothing. */
