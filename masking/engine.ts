@@ -202,7 +202,8 @@ export class MaskingEngine {
     if (!matcher || n === 0) return;
     const base = starts[0]!;
     const span = ends[n - 1]! - base;
-    if (this.scratch.length < span) this.scratch = Buffer.allocUnsafe(Math.max(span, 2 * this.scratch.length));
+    // Its own memory at offset 0 (never a slice of the shared pool): 4-aligned for the scan's word test.
+    if (this.scratch.length < span) this.scratch = Buffer.allocUnsafeSlow(Math.max(span, 2 * this.scratch.length));
     if (this.relStarts.length < n) this.relStarts = new Int32Array(Math.max(n, 2 * this.relStarts.length));
     const scratch = this.scratch;
     const rel = this.relStarts;
