@@ -261,29 +261,25 @@ function maskBytesWith(matcher: Matcher, buf: Buffer, counts: Map<string, number
 
 /** The exact path: decode, run the detectors' regexes, splice the replacements into the bytes. */
 function exactBytes(matcher: Matcher, buf: Buffer, counts: Map<string, number> | undefined): Buffer | undefined {
-  let s = buf.toString('utf8');
-  let hits = matcher.find(s);
+  const s = buf.toString('utf8');
+  const hits = matcher.find(s);
   if (!hits) return undefined;
+  // Valid UTF-8 decodes and encodes back to the same bytes: splice in the
+  // string and encode once (cheaper than copying the pieces around each hit).
+  if (isUtf8(buf)) return Buffer.from(applyText(s, hits, counts), 'utf8');
   // Bytes that are not valid UTF-8 decode to U+FFFD and would not round-trip:
   // match on latin1 instead (one char per byte; every detector is ASCII), so
   // string offsets are byte offsets and untouched bytes are copied exactly.
-  const latin1 = !isUtf8(buf);
-  if (latin1) {
-    s = buf.toString('latin1');
-    hits = matcher.find(s);
-    if (!hits) return undefined;
-  }
-  count(counts, hits);
+  const bin = buf.toString('latin1');
+  const binHits = matcher.find(bin);
+  if (!binHits) return undefined;
+  count(counts, binHits);
   const pieces: Buffer[] = [];
   let pos = 0;
-  let bytePos = 0;
-  for (const h of hits) {
-    const startByte = latin1 ? h.start : bytePos + Buffer.byteLength(s.slice(pos, h.start), 'utf8');
-    const endByte = latin1 ? h.end : startByte + Buffer.byteLength(s.slice(h.start, h.end), 'utf8');
-    pieces.push(buf.subarray(bytePos, startByte), Buffer.from(replacement(s, h), 'utf8'));
+  for (const h of binHits) {
+    pieces.push(buf.subarray(pos, h.start), Buffer.from(replacement(bin, h), 'utf8'));
     pos = h.end;
-    bytePos = endByte;
   }
-  pieces.push(buf.subarray(bytePos));
+  pieces.push(buf.subarray(pos));
   return Buffer.concat(pieces);
 }
