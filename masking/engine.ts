@@ -202,6 +202,11 @@ export class MaskingEngine {
     if (!matcher || n === 0) return;
     const base = starts[0]!;
     const span = ends[n - 1]! - base;
+    if (span > SCRATCH_MAX) {
+      // Huge values (a field of megabytes, assembled whole): scanned one by one in place, never copied.
+      for (let i = 0; i < n; i++) marks[i] = matcher.bytesMayMatch(buf.subarray(starts[i], ends[i])) ? 1 : 0;
+      return;
+    }
     // Its own memory at offset 0 (never a slice of the shared pool): 4-aligned for the scan's word test.
     if (this.scratch.length < span) this.scratch = Buffer.allocUnsafeSlow(Math.max(span, 2 * this.scratch.length));
     if (this.relStarts.length < n) this.relStarts = new Int32Array(Math.max(n, 2 * this.relStarts.length));
@@ -233,6 +238,9 @@ export class MaskingEngine {
     return rule.strategy.bytes(value);
   }
 }
+
+/** markRanges copies at most this much (the scratch is kept for the engine's life): a socket read is 64 KiB. */
+const SCRATCH_MAX = 1024 * 1024;
 
 function count(counts: Map<string, number> | undefined, hits: Match[]): void {
   if (!counts) return;

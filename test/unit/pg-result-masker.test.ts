@@ -188,5 +188,11 @@ t.test('markRanges judges each value as if alone', async (t) => {
   marks.fill(0);
   engine.markRanges(buf, Int32Array.from([card]), Int32Array.from([card + 19]), 1, marks);
   t.equal(marks[0], 1, 'the whole card is a candidate');
+  // Above 1 MiB the values are scanned one by one in place (not copied into the scratch): the same answers.
+  const big = Buffer.concat([Buffer.alloc(1_200_000, 0x78), Buffer.from(' ada@example.com xx 4111 1111 1111 1111')]);
+  const bigCard = big.indexOf('4111');
+  const bigMarks = new Uint8Array(2);
+  engine.markRanges(big, Int32Array.from([0, bigCard]), Int32Array.from([bigCard - 4, bigCard + 6]), 2, bigMarks);
+  t.same([...bigMarks], [1, 0], 'a huge value with a hit, then a cut card');
   t.throws(() => engine.markRanges(buf, Int32Array.from([0, 5]), Int32Array.from([5, 9]), 2, marks), /a byte between them/);
 });
