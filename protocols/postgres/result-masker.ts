@@ -369,7 +369,8 @@ export class PgResultMasker {
       const buf = plan.cBuf[from]!;
       let to = from + 1;
       while (to < n && plan.cBuf[to] === buf) to++;
-      engine.markRanges(buf, plan.cStart.subarray(from, to), plan.cEnd.subarray(from, to), to - from, plan.marks.subarray(from, to));
+      if (from === 0) engine.markRanges(buf, plan.cStart, plan.cEnd, to, plan.marks);
+      else engine.markRanges(buf, plan.cStart.subarray(from, to), plan.cEnd.subarray(from, to), to - from, plan.marks.subarray(from, to));
       from = to;
     }
   }
