@@ -274,7 +274,10 @@ function exactBytes(matcher: Matcher, buf: Buffer, counts: Map<string, number> |
   if (!hits) return undefined;
   // Valid UTF-8 decodes and encodes back to the same bytes: splice in the
   // string and encode once (cheaper than copying the pieces around each hit).
-  if (isUtf8(buf)) return Buffer.from(applyText(s, hits, counts), 'utf8');
+  // The decoder puts U+FFFD for every invalid sequence, so a string without
+  // one came from valid UTF-8 (and V8 answers that at once for a string of
+  // one-byte characters); a U+FFFD may also be a real one: check the bytes.
+  if (s.indexOf('\uFFFD') === -1 || isUtf8(buf)) return Buffer.from(applyText(s, hits, counts), 'utf8');
   // Bytes that are not valid UTF-8 decode to U+FFFD and would not round-trip:
   // match on latin1 instead (one char per byte; every detector is ASCII), so
   // string offsets are byte offsets and untouched bytes are copied exactly.
