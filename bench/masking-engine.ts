@@ -6,6 +6,12 @@
  * inline. Rows are generated: names, addresses, free text, JSON blobs, ids and
  * timestamps, with few (~1% of rows) or many (~20%) sensitive values.
  *
+ * Then the PostgreSQL result masker around the engine (PgResultMasker, no
+ * network): the rows of bench:masking-e2e as DataRow bytes in 64 KiB chunks
+ * (a socket read), rules `emails` and `cards`, masked inline (the default)
+ * and with every chunk sent to the worker pool: CPU per MiB of the whole
+ * process (workers included) and wall time per MiB.
+ *
  *   npm run bench:masking   (tsc, then node dist/bench/masking-engine.js)
  *   MASKING_BENCH_MB=32 to change the data size per workload (default 16).
  */
@@ -14,6 +20,9 @@ import { BUILTIN_DETECTORS, DETECTOR_NAMES } from '../masking/detectors.js';
 import { MaskingEngine } from '../masking/engine.js';
 import { MaskingPool } from '../masking/pool.js';
 import type { MaskingRuleConfig } from '../masking/types.js';
+import { createHash } from 'node:crypto';
+import { PgResultMasker } from '../protocols/postgres/result-masker.js';
+import { PgBytes } from '../test/helpers/pg-bytes.js';
 import { fmtFixed, renderMarkdown, renderText, type Table } from './lib/table.js';
 
 const MB = Number(process.env.MASKING_BENCH_MB ?? 16);
@@ -260,10 +269,90 @@ async function main(): Promise<void> {
       ['same row through the pool (median round trip, for contrast)', fmtFixed(rt[rt.length >> 1], 1)],
     ],
   };
+  const adapter = await resultMaskerTable();
   const machine = `${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, node ${process.version}, ${new Date().toISOString()}`;
-  for (const t of [throughput, oneRow]) process.stdout.write(`${renderText(t)}\n`);
+  for (const t of [throughput, oneRow, adapter]) process.stdout.write(`${renderText(t)}\n`);
   process.stdout.write(`machine: ${machine}\n\n`);
-  if (process.env.MASKING_BENCH_MARKDOWN) for (const t of [throughput, oneRow]) process.stdout.write(`${renderMarkdown(t)}\n`);
+  if (process.env.MASKING_BENCH_MARKDOWN) for (const t of [throughput, oneRow, adapter]) process.stdout.write(`${renderMarkdown(t)}\n`);
+}
+
+// --- the PostgreSQL result masker --------------------------------------------------
+
+const E2E_RULES: MaskingRuleConfig[] = [
+  { name: 'emails', detector: 'email', strategy: { kind: 'partial' } },
+  { name: 'cards', detector: 'credit_card', strategy: { kind: 'redact' } },
+];
+
+function dataRow(fields: string[]): Buffer {
+  const b = new PgBytes().int16(fields.length);
+  for (const f of fields) b.int32(Buffer.byteLength(f)).string(f);
+  return b.typed('D');
+}
+
+/** bench:masking-e2e's two results as the server sends them, cut into 64 KiB socket reads. */
+function e2eResult(everyRow: boolean, rows: number): Buffer[] {
+  const md5 = (i: number): string => createHash('md5').update(String(i)).digest('hex');
+  const names = everyRow ? ['contact', 'note'] : ['i', 'ref', 'contact', 'note'];
+  const head = new PgBytes().int16(names.length);
+  for (const n of names) head.cstring(n).int32(0).int16(0).int32(25).int16(-1).int32(-1).int16(0);
+  const parts: Buffer[] = [head.typed('T')];
+  for (let i = 1; i <= rows; i++) {
+    parts.push(
+      everyRow
+        ? dataRow([`${md5(i)} user${i}@example.com`, 'x'.repeat(200)])
+        : dataRow([
+            String(i),
+            md5(i),
+            i % 100 === 0 ? `user${i}@example.com` : `user ${i}`,
+            i % 1000 === 0 ? 'paid with 4111 1111 1111 1111 on 2026-11-29' : 'lorem ipsum '.repeat(17),
+          ]),
+    );
+  }
+  parts.push(new PgBytes().cstring(`SELECT ${rows}`).typed('C'), new PgBytes().char('I').typed('Z'));
+  const all = Buffer.concat(parts);
+  const chunks: Buffer[] = [];
+  for (let o = 0; o < all.length; o += 65536) chunks.push(all.subarray(o, o + 65536));
+  return chunks;
+}
+
+async function resultMaskerTable(): Promise<Table> {
+  const engine = MaskingEngine.compile(E2E_RULES, { hashKey });
+  const pool = new MaskingPool({ rules: E2E_RULES, hashKey, threads: 1 });
+  const masking = { policy: 'bench', ruleNames: E2E_RULES.map((r) => r.name), engine, pool: () => pool };
+  const rows = Math.round((MB * 1024 * 1024) / 260);
+  const workloads = { 'few hits (1% of rows)': e2eResult(false, rows), 'every row': e2eResult(true, rows) };
+  const modes: Array<[string, { batchRows?: number }]> = [
+    ['inline (default)', {}],
+    ['every chunk through the pool', { batchRows: 0 }],
+  ];
+  const cells = new Map<string, string>();
+  for (const [w, chunks] of Object.entries(workloads)) {
+    const mib = chunks.reduce((a, c) => a + c.length, 0) / 1024 / 1024;
+    for (const [mode, opts] of modes) {
+      let best: { cpu: number; wall: number } | undefined;
+      for (let r = 0; r < ROUNDS; r++) {
+        const masker = new PgResultMasker({ masking, maxMessageBytes: 64 * 1024 * 1024, ...opts });
+        const c0 = process.cpuUsage();
+        const t0 = process.hrtime.bigint();
+        for (const c of chunks) {
+          const pending = masker.push(c, () => {});
+          if (pending) await pending;
+        }
+        const wall = Number(process.hrtime.bigint() - t0) / 1e6 / mib;
+        const c = process.cpuUsage(c0);
+        const cpu = (c.user + c.system) / 1e3 / mib;
+        if (!best || cpu < best.cpu) best = { cpu, wall };
+      }
+      cells.set(`${mode}|${w}`, `${fmtFixed(best!.cpu, 2)} (${fmtFixed(best!.wall, 1)} wall)`);
+    }
+  }
+  await pool.close();
+  return {
+    title: `PgResultMasker on bench:masking-e2e's rows (rules emails, cards; 64 KiB chunks): ms of CPU per MiB (best of ${ROUNDS})`,
+    header: ['path', ...Object.keys(workloads)],
+    rows: modes.map(([mode]) => [mode, ...Object.keys(workloads).map((w) => cells.get(`${mode}|${w}`))]),
+    notes: ['CPU of the whole process (main thread and the pool\'s worker) per MiB of result; wall: ms per MiB. The pool has one batch in flight, as in a session.'],
+  };
 }
 
 await main();

@@ -71,6 +71,9 @@ export class MaskingEngine {
   readonly hasColumnRules: boolean;
   private readonly matcher: Matcher | undefined;
   private readonly selectors: ColumnSelector[];
+  /** markRanges' scratch (the engine is used by one thread, synchronously). */
+  private scratch = Buffer.alloc(0);
+  private relStarts = new Int32Array(0);
 
   private constructor(matcher: Matcher | undefined, selectors: ColumnSelector[]) {
     this.matcher = matcher;
@@ -195,6 +198,52 @@ export class MaskingEngine {
     return out;
   }
 
+  /**
+   * The candidate scan over many values that lie in one buffer (the fields
+   * of the DataRows of a chunk), without a view or a call per value: value i
+   * is `buf[starts[i], ends[i])`, in ascending order, with at least one byte
+   * between two values (a length word on the wire). Sets marks[i] = 1 when
+   * value i may hold a hit of a content rule (it then goes to
+   * `maskCandidate`, here or in a worker), 0 when it cannot. The values are
+   * copied once, as one span, into a scratch buffer whose bytes between
+   * values are zeroed: a NUL stops every check of the scan, so each value is
+   * judged as if alone. `buf` is not modified.
+   */
+  markRanges(buf: Buffer, starts: Int32Array, ends: Int32Array, n: number, marks: Uint8Array): void {
+    marks.fill(0, 0, n);
+    const matcher = this.matcher;
+    if (!matcher || n === 0) return;
+    const base = starts[0]!;
+    const span = ends[n - 1]! - base;
+    if (span > SCRATCH_MAX) {
+      // Huge values (a field of megabytes, assembled whole): scanned one by one in place, never copied.
+      for (let i = 0; i < n; i++) marks[i] = matcher.bytesMayMatch(buf.subarray(starts[i], ends[i])) ? 1 : 0;
+      return;
+    }
+    // Its own memory at offset 0 (never a slice of the shared pool): 4-aligned for the scan's word test.
+    if (this.scratch.length < span) this.scratch = Buffer.allocUnsafeSlow(Math.max(span, 2 * this.scratch.length));
+    if (this.relStarts.length < n) this.relStarts = new Int32Array(Math.max(n, 2 * this.relStarts.length));
+    const scratch = this.scratch;
+    const rel = this.relStarts;
+    buf.copy(scratch, 0, base, base + span);
+    let prevEnd = 0;
+    for (let i = 0; i < n; i++) {
+      const s = starts[i]! - base;
+      if (i > 0 && s <= prevEnd) throw new Error('markRanges: values must be ascending with a byte between them');
+      if (s - prevEnd > 32) scratch.fill(0, prevEnd, s);
+      else for (let p = prevEnd; p < s; p++) scratch[p] = 0;
+      rel[i] = s;
+      prevEnd = ends[i]! - base;
+    }
+    matcher.markBytes(scratch.subarray(0, span), rel.subarray(0, n), marks.subarray(0, n));
+  }
+
+  /** maskBytes for a value `markRanges` marked: the exact path only (the scan has already run). */
+  maskCandidate(value: Buffer, counts?: Map<string, number>): Buffer | undefined {
+    if (!this.matcher) return undefined;
+    return exactBytes(this.matcher, value, counts);
+  }
+
   /** A column rule over a whole value: the strategy's replacement, null for SQL NULL, or `value` itself when a scoped rule found nothing. */
   maskWhole(rule: CompiledRule, value: Buffer, counts?: Map<string, number>): Buffer | null {
     if (rule.content) return maskBytesWith(rule.content, value, counts) ?? value;
@@ -202,6 +251,9 @@ export class MaskingEngine {
     return rule.strategy.bytes(value);
   }
 }
+
+/** markRanges copies at most this much (the scratch is kept for the engine's life): a socket read is 64 KiB. */
+const SCRATCH_MAX = 1024 * 1024;
 
 function count(counts: Map<string, number> | undefined, hits: Match[]): void {
   if (!counts) return;
@@ -230,29 +282,28 @@ function maskBytesWith(matcher: Matcher, buf: Buffer, counts: Map<string, number
 
 /** The exact path: decode, run the detectors' regexes, splice the replacements into the bytes. */
 function exactBytes(matcher: Matcher, buf: Buffer, counts: Map<string, number> | undefined): Buffer | undefined {
-  let s = buf.toString('utf8');
-  let hits = matcher.find(s);
+  const s = buf.toString('utf8');
+  const hits = matcher.find(s);
   if (!hits) return undefined;
+  // Valid UTF-8 decodes and encodes back to the same bytes: splice in the
+  // string and encode once (cheaper than copying the pieces around each hit).
+  // The decoder puts U+FFFD for every invalid sequence, so a string without
+  // one came from valid UTF-8 (and V8 answers that at once for a string of
+  // one-byte characters); a U+FFFD may also be a real one: check the bytes.
+  if (s.indexOf('\uFFFD') === -1 || isUtf8(buf)) return Buffer.from(applyText(s, hits, counts), 'utf8');
   // Bytes that are not valid UTF-8 decode to U+FFFD and would not round-trip:
   // match on latin1 instead (one char per byte; every detector is ASCII), so
   // string offsets are byte offsets and untouched bytes are copied exactly.
-  const latin1 = !isUtf8(buf);
-  if (latin1) {
-    s = buf.toString('latin1');
-    hits = matcher.find(s);
-    if (!hits) return undefined;
-  }
-  count(counts, hits);
+  const bin = buf.toString('latin1');
+  const binHits = matcher.find(bin);
+  if (!binHits) return undefined;
+  count(counts, binHits);
   const pieces: Buffer[] = [];
   let pos = 0;
-  let bytePos = 0;
-  for (const h of hits) {
-    const startByte = latin1 ? h.start : bytePos + Buffer.byteLength(s.slice(pos, h.start), 'utf8');
-    const endByte = latin1 ? h.end : startByte + Buffer.byteLength(s.slice(h.start, h.end), 'utf8');
-    pieces.push(buf.subarray(bytePos, startByte), Buffer.from(replacement(s, h), 'utf8'));
+  for (const h of binHits) {
+    pieces.push(buf.subarray(pos, h.start), Buffer.from(replacement(bin, h), 'utf8'));
     pos = h.end;
-    bytePos = endByte;
   }
-  pieces.push(buf.subarray(bytePos));
+  pieces.push(buf.subarray(pos));
   return Buffer.concat(pieces);
 }

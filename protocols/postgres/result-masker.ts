@@ -29,12 +29,22 @@
  * column rules are active, binary COPY. The client gets a FATAL
  * ErrorResponse (0A000) naming the reason and the session ends.
  *
- * Rows of one chunk are masked together: inline when the chunk holds few
- * (a 1-row result never leaves the event loop), in the worker pool when it
- * holds more than `batchRows` candidate values or `batchBytes` of them;
- * `push` then returns a promise and the relay pauses the upstream until the
- * masked chunk has been emitted. One batch in flight per session; order is
- * the chunk's order.
+ * Rows of one chunk are masked together, in three steps (docs/masking.md,
+ * "Performance", has the numbers):
+ *
+ * 1. Framing in place: the fields of the chunk's DataRows (and CopyData
+ *    rows) are located by offset; nothing is copied or allocated per row.
+ * 2. The engine's candidate scan runs once over all of them (markRanges)
+ *    and marks the few values that may hold a hit.
+ * 3. Marked values go through the exact path: inline on the event loop when
+ *    there are at most `batchRows` of them and `batchBytes` of them (any
+ *    64 KiB socket read of ordinary rows), else in the worker pool (a huge
+ *    field; `push` then returns a promise, the relay pauses the upstream
+ *    until the masked chunk has been emitted; one batch in flight per
+ *    session, order kept).
+ *
+ * Only rows with a replacement are rewritten; every other byte goes out as
+ * a view of the chunk (a chunk without a hit goes out as itself).
  */
 import { ErrorCodes } from '../../src/errors.js';
 import type { CompiledRule } from '../../masking/engine.js';
@@ -58,7 +68,7 @@ export interface PgResultMaskerOptions {
   onStatementCounts?(counts: Record<string, number>): void;
   /** Resolves RowDescription columns to their table columns for column rules; default: by name only, any table. */
   origins?: Pick<ColumnOrigins, 'ruleFor'>;
-  /** A chunk with more candidate values than this goes to the pool. Default 256. */
+  /** A chunk with more values marked by the candidate scan than this goes to the pool. Default 4096. */
   batchRows?: number;
   /** ... or more bytes of them. Default 256 KiB. */
   batchBytes?: number;
@@ -106,26 +116,138 @@ interface Column {
 const PLAIN = 0;
 const JSONB_BINARY = 1; // 1-byte version prefix
 const BYTEA_HEX = 2; // text format `\x` + hex digits
+const JSON_VALUE = 4; // flag: a json/jsonb value (a whole-value replacement must stay JSON)
 
-interface Row {
-  msg: Buffer;
-  /** Field i: [start, length] in msg (length -1 = NULL). */
-  starts: Int32Array;
-  lengths: Int32Array;
-  /** Replacement per field index: bytes, or null for SQL NULL. */
-  replaced: Map<number, Buffer | null> | undefined;
+/** What an output item of a chunk is. */
+const PASS = 0; // bytes [start, end) of its buffer, sent as they are
+const DATA_ROW = 1; // a DataRow at [start, end): fields may be replaced
+const COPY_ROW = 2; // a CopyData row of COPY TO STDOUT at [start, end): its body may be replaced
+const STATEMENT_END = 3; // a CommandComplete went by: the statement's counts are due
+
+/** A replaced field's key: its item and its field index (a DataRow has at most 32767 fields). */
+function fieldKey(item: number, field: number): number {
+  return item * 65536 + field;
 }
 
-interface Candidate {
-  row: Row;
-  field: number;
-  encoding: number;
-  json: boolean;
+/** Above this, a chunk whose rows changed goes out as pieces (views, replacements) rather than copied into one buffer. */
+const ONE_BUFFER_MAX = 1024 * 1024;
+/**
+ * Up to this many changed rows, a chunk goes out as views of itself around
+ * the rewritten rows; above, copied whole into one buffer. Each emitted
+ * piece costs a framer pass and a socket write in the relay, a copy costs a
+ * fresh 64 KiB buffer: with 1% of rows hit (2-3 rows per chunk) the copy was
+ * 20% of the masker's CPU.
+ */
+const FEW_CHANGED_ROWS = 8;
+
+/**
+ * One chunk's work, in arrays reused from chunk to chunk (the sequencer runs
+ * one chunk at a time): the output items in order, the fields that content
+ * rules must see (candidates), and what replaces fields. A row is never
+ * copied or rebuilt unless one of its fields is replaced; rows without a hit
+ * go out as the chunk's own bytes.
+ */
+class ChunkPlan {
+  // Output items.
+  items = 0;
+  kind = new Uint8Array(256);
+  start = new Int32Array(256);
+  end = new Int32Array(256);
+  /** Bytes an item grows (or shrinks) by once its replacements are in. */
+  delta = new Int32Array(256);
+  changed = new Uint8Array(256);
+  bufs: Buffer[] = [];
+  // Candidates: value bytes [cStart, cEnd) of cBuf, field cField of item cItem.
+  candidates = 0;
+  cItem = new Int32Array(256);
+  cField = new Int32Array(256);
+  cStart = new Int32Array(256);
+  cEnd = new Int32Array(256);
+  /** The field's length on the wire (differs from the value's for jsonb binary and hex bytea). */
+  cWire = new Int32Array(256);
+  cEncoding = new Uint8Array(256);
+  cBuf: Buffer[] = [];
+  marks = new Uint8Array(256);
+  /** Replacement bytes (null: SQL NULL) by fieldKey. */
+  replaced = new Map<number, Buffer | null>();
+  counts = new Map<string, number>();
+
+  reset(): void {
+    // Drop the last chunk's buffers so that they can be collected.
+    this.bufs.fill(EMPTY, 0, this.items);
+    this.cBuf.fill(EMPTY, 0, this.candidates);
+    this.items = 0;
+    this.candidates = 0;
+    this.replaced.clear();
+    this.counts.clear();
+  }
+
+  item(kind: number, buf: Buffer, start: number, end: number): number {
+    const i = this.items;
+    // Adjacent bytes of one buffer that go out as they are make one item.
+    if (kind === PASS && i > 0 && this.kind[i - 1] === PASS && this.bufs[i - 1] === buf && this.end[i - 1] === start) {
+      this.end[i - 1] = end;
+      return i - 1;
+    }
+    if (i === this.kind.length) {
+      const n = 2 * i;
+      this.kind = grow(this.kind, n);
+      this.start = grow(this.start, n);
+      this.end = grow(this.end, n);
+      this.delta = grow(this.delta, n);
+      this.changed = grow(this.changed, n);
+    }
+    this.kind[i] = kind;
+    this.start[i] = start;
+    this.end[i] = end;
+    this.delta[i] = 0;
+    this.changed[i] = 0;
+    this.bufs[i] = buf;
+    this.items = i + 1;
+    return i;
+  }
+
+  candidate(item: number, field: number, buf: Buffer, start: number, end: number, wire: number, encoding: number): void {
+    const k = this.candidates;
+    if (k === this.cItem.length) {
+      const n = 2 * k;
+      this.cItem = grow(this.cItem, n);
+      this.cField = grow(this.cField, n);
+      this.cStart = grow(this.cStart, n);
+      this.cEnd = grow(this.cEnd, n);
+      this.cWire = grow(this.cWire, n);
+      this.cEncoding = grow(this.cEncoding, n);
+      this.marks = grow(this.marks, n);
+    }
+    this.cItem[k] = item;
+    this.cField[k] = field;
+    this.cStart[k] = start;
+    this.cEnd[k] = end;
+    this.cWire[k] = wire;
+    this.cEncoding[k] = encoding;
+    this.cBuf[k] = buf;
+    this.candidates = k + 1;
+  }
+
+  /** Field `field` of `item`, `wire` bytes long on the wire, becomes `bytes` (null: SQL NULL). */
+  replace(item: number, field: number, wire: number, bytes: Buffer | null): void {
+    this.replaced.set(fieldKey(item, field), bytes);
+    this.delta[item] += (bytes ? bytes.length : 0) - wire;
+    this.changed[item] = 1;
+  }
+
+  value(k: number): Buffer {
+    return this.cBuf[k]!.subarray(this.cStart[k], this.cEnd[k]);
+  }
 }
 
-/** An output item: bytes to emit, a row to rebuild, or the end of a statement (its counts are due). */
-type Piece = Buffer | Row | typeof STATEMENT_END;
-const STATEMENT_END = Symbol('statement end');
+const EMPTY = Buffer.alloc(0);
+
+function grow<T extends Uint8Array | Int32Array>(a: T, n: number): T {
+  const b = new (a.constructor as { new (n: number): T })(n);
+  b.set(a);
+  return b;
+}
 
 class Refusal extends Error {}
 
@@ -138,6 +260,7 @@ export class PgResultMasker {
   readonly #counts = new MaskCounts();
   /** Counts of the current statement not yet handed to onStatementCounts. */
   readonly #statement = new MaskCounts();
+  readonly #plan = new ChunkPlan();
 
   // --- framing ---
   readonly #hdr = Buffer.alloc(5);
@@ -158,8 +281,8 @@ export class PgResultMasker {
     this.#masking = opts.masking;
     this.#origins = opts.origins ?? NAME_ONLY;
     this.#opts = opts;
-    this.#batchRows = opts.batchRows ?? 256;
-    this.#batchBytes = opts.batchBytes ?? 256 * 1024;
+    this.#batchRows = opts.batchRows ?? DEFAULT_BATCH_ROWS;
+    this.#batchBytes = opts.batchBytes ?? DEFAULT_BATCH_BYTES;
   }
 
   /** Hits per rule since the session started. */
@@ -186,34 +309,79 @@ export class PgResultMasker {
 
   #process(chunk: Buffer, emit: (bytes: Buffer) => void): void | Promise<void> {
     if (this.#dead) return;
-    const pieces: Piece[] = [];
-    const candidates: Candidate[] = [];
+    const plan = this.#plan;
+    plan.reset();
     try {
-      this.#frame(chunk, pieces, candidates);
+      this.#frame(chunk);
     } catch (err) {
       if (err instanceof Refusal) return;
       throw err;
     }
-    if (candidates.length === 0) return this.#emit(pieces, emit);
-    const values = candidates.map((c) => this.#candidateBytes(c));
+    const n = plan.candidates;
+    if (n === 0) {
+      this.#count(plan.counts); // column rules
+      return this.#emit(emit);
+    }
+    this.#scan();
+    // What the scan marked goes through the exact path: inline when small, else in the pool.
+    let marked = 0;
     let bytes = 0;
-    for (const v of values) bytes += v.length;
-    if (values.length <= this.#batchRows && bytes <= this.#batchBytes) {
-      const counts = new Map<string, number>();
-      const masked = this.#masking.engine.maskValues(values, counts);
-      this.#apply(candidates, masked);
-      this.#count(counts);
-      return this.#emit(pieces, emit);
+    for (let k = 0; k < n; k++) {
+      if (plan.marks[k] === 0) continue;
+      marked++;
+      bytes += plan.cEnd[k]! - plan.cStart[k]!;
+    }
+    if (marked <= this.#batchRows && bytes <= this.#batchBytes) {
+      const engine = this.#masking.engine;
+      for (let k = 0; k < n; k++) {
+        if (plan.marks[k] === 0) continue;
+        const out = engine.maskCandidate(plan.value(k), plan.counts);
+        if (out) this.#replaceCandidate(k, out);
+      }
+      this.#count(plan.counts);
+      return this.#emit(emit);
+    }
+    const ks: number[] = [];
+    const values: Buffer[] = [];
+    for (let k = 0; k < n; k++) {
+      if (plan.marks[k] === 0) continue;
+      ks.push(k);
+      values.push(plan.value(k));
     }
     return this.#masking
       .pool()
       .maskBatch(values)
       .then((result) => {
         if (this.#dead) return;
-        this.#apply(candidates, result.values);
+        for (let j = 0; j < ks.length; j++) {
+          const out = result.values[j];
+          if (out) this.#replaceCandidate(ks[j]!, out);
+        }
+        this.#count(plan.counts);
         this.#count(result.counts);
-        this.#emit(pieces, emit);
+        this.#emit(emit);
       });
+  }
+
+  /** The candidate scan over every candidate of the chunk: one call per run of candidates in one buffer. */
+  #scan(): void {
+    const plan = this.#plan;
+    const engine = this.#masking.engine;
+    const n = plan.candidates;
+    let from = 0;
+    while (from < n) {
+      const buf = plan.cBuf[from]!;
+      let to = from + 1;
+      while (to < n && plan.cBuf[to] === buf) to++;
+      if (from === 0) engine.markRanges(buf, plan.cStart, plan.cEnd, to, plan.marks);
+      else engine.markRanges(buf, plan.cStart.subarray(from, to), plan.cEnd.subarray(from, to), to - from, plan.marks.subarray(from, to));
+      from = to;
+    }
+  }
+
+  #replaceCandidate(k: number, masked: Buffer): void {
+    const plan = this.#plan;
+    plan.replace(plan.cItem[k]!, plan.cField[k]!, plan.cWire[k]!, encodeBack(plan.cEncoding[k]!, masked, false));
   }
 
   #count(counts: Map<string, number> | Record<string, number>): void {
@@ -223,7 +391,8 @@ export class PgResultMasker {
 
   // --- framing ----------------------------------------------------------------
 
-  #frame(chunk: Buffer, pieces: Piece[], candidates: Candidate[]): void {
+  #frame(chunk: Buffer): void {
+    const plan = this.#plan;
     let pos = 0;
     const n = chunk.length;
     while (pos < n) {
@@ -235,13 +404,14 @@ export class PgResultMasker {
         if (this.#accLen === this.#acc.length) {
           const msg = this.#acc;
           this.#acc = undefined;
-          this.#message(msg, pieces, candidates);
+          if (msg[0] === Backend.DataRow) this.#dataRow(msg, 0, msg.length);
+          else this.#message(msg, 0, msg.length);
         }
         continue;
       }
       if (this.#passRemaining > 0) {
         const take = Math.min(n - pos, this.#passRemaining);
-        add(pieces, chunk.subarray(pos, pos + take));
+        plan.item(PASS, chunk, pos, pos + take);
         this.#passRemaining -= take;
         pos += take;
         continue;
@@ -249,9 +419,13 @@ export class PgResultMasker {
       // HEADER: type byte + Int32 length (counts itself, not the type).
       let header: Buffer;
       let headerFromChunk = false;
+      let type: number;
+      let length: number;
       if (this.#hdrLen === 0 && n - pos >= 5) {
-        header = chunk.subarray(pos, pos + 5);
+        header = chunk;
         headerFromChunk = true;
+        type = chunk[pos]!;
+        length = chunk.readInt32BE(pos + 1);
         pos += 5;
       } else {
         const take = Math.min(n - pos, 5 - this.#hdrLen);
@@ -260,15 +434,16 @@ export class PgResultMasker {
         pos += take;
         if (this.#hdrLen < 5) continue;
         header = this.#hdr;
+        type = header[0]!;
+        length = header.readInt32BE(1);
         this.#hdrLen = 0;
       }
-      const type = header[0]!;
-      const length = header.readInt32BE(1);
       if (length < 4) throw new PgProtocolError(ErrorCodes.PROTOCOL_VIOLATION, `server message length ${length} is below 4`);
       const total = length + 1;
       const body = total - 5;
       if (!INSPECT[type]) {
-        add(pieces, headerFromChunk ? header : Buffer.from(header));
+        if (headerFromChunk) plan.item(PASS, chunk, pos - 5, pos);
+        else plan.item(PASS, Buffer.from(header), 0, 5);
         this.#passRemaining = body;
         continue;
       }
@@ -280,38 +455,46 @@ export class PgResultMasker {
         );
       }
       if (headerFromChunk && n - pos >= body) {
-        // Whole in this chunk: a view, no copy.
-        this.#message(chunk.subarray(pos - 5, pos + body), pieces, candidates);
+        // Whole in this chunk: framed in place, no copy.
+        if (type === Backend.DataRow) this.#dataRow(chunk, pos - 5, pos + body);
+        else this.#message(chunk, pos - 5, pos + body);
         pos += body;
         continue;
       }
       const acc = Buffer.allocUnsafe(total);
-      header.copy(acc, 0);
+      if (headerFromChunk) chunk.copy(acc, 0, pos - 5, pos);
+      else header.copy(acc, 0);
       this.#acc = acc;
       this.#accLen = 5;
       if (body === 0) {
         this.#acc = undefined;
-        this.#message(acc, pieces, candidates);
+        if (type === Backend.DataRow) this.#dataRow(acc, 0, total);
+        else this.#message(acc, 0, total);
       }
     }
   }
 
-  /** The message has not been refused by the end of this call; or it throws Refusal. */
-  #message(msg: Buffer, pieces: Piece[], candidates: Candidate[]): void {
+  /** The message at buf[start, end). It has not been refused by the end of this call; or it throws Refusal. */
+  #message(buf: Buffer, start: number, end: number): void {
     const engine = this.#masking.engine;
-    switch (msg[0]) {
-      case Backend.RowDescription:
+    const plan = this.#plan;
+    /** A message that was decoded goes out as it came unless something in it was masked. */
+    const pass = (out: Buffer, msg: Buffer): void => {
+      if (out === msg) plan.item(PASS, buf, start, end);
+      else plan.item(PASS, out, 0, out.length);
+    };
+    switch (buf[start]) {
+      case Backend.RowDescription: {
+        const msg = buf.subarray(start, end);
         this.#columns = parseRowDescription(msg).map((c) => ({
           name: c.name,
           typeOid: c.typeOid,
           format: c.format,
           rule: engine.hasColumnRules ? this.#origins.ruleFor(engine, c.name, c.tableOid, c.attnum) : undefined,
         }));
-        add(pieces, msg);
+        plan.item(PASS, buf, start, end);
         return;
-      case Backend.DataRow:
-        this.#dataRow(msg, pieces, candidates);
-        return;
+      }
       case Backend.CommandComplete:
       case Backend.EmptyQueryResponse:
       case Backend.ReadyForQuery:
@@ -319,21 +502,27 @@ export class PgResultMasker {
         // Between Execute calls of one portal (PortalSuspended) the last one stays.
         this.#columns = undefined;
         this.#copyOut = false;
-        add(pieces, msg);
-        if (msg[0] === Backend.CommandComplete) pieces.push(STATEMENT_END);
+        plan.item(PASS, buf, start, end);
+        if (buf[start] === Backend.CommandComplete) plan.item(STATEMENT_END, EMPTY, 0, 0);
         return;
       case Backend.ErrorResponse:
-      case Backend.NoticeResponse:
-        add(pieces, this.#fields(msg));
+      case Backend.NoticeResponse: {
+        const msg = buf.subarray(start, end);
+        pass(this.#fields(msg), msg);
         return;
-      case Backend.NotificationResponse:
-        add(pieces, this.#strings(msg, 9, [false, true]));
+      }
+      case Backend.NotificationResponse: {
+        const msg = buf.subarray(start, end);
+        pass(this.#strings(msg, 9, [false, true]), msg);
         return;
-      case Backend.ParameterStatus:
-        add(pieces, this.#strings(msg, 5, [false, true]));
+      }
+      case Backend.ParameterStatus: {
+        const msg = buf.subarray(start, end);
+        pass(this.#strings(msg, 5, [false, true]), msg);
         return;
+      }
       case Backend.CopyOutResponse: {
-        const format = msg[5];
+        const format = end - start > 5 ? buf[start + 5] : undefined;
         if (format !== 0) {
           this.#refuse('binary COPY refused', 'sluice: binary COPY TO STDOUT cannot be masked; use text or CSV format', sqlstate.FEATURE_NOT_SUPPORTED);
         }
@@ -345,44 +534,45 @@ export class PgResultMasker {
           );
         }
         this.#copyOut = true;
-        add(pieces, msg);
+        plan.item(PASS, buf, start, end);
         return;
       }
-      case Backend.CopyData:
-        if (!this.#copyOut) {
-          add(pieces, msg); // CopyBoth (replication) is not masked: see docs/masking.md
+      case Backend.CopyData: {
+        // CopyBoth (replication) is not masked: see docs/masking.md
+        if (!this.#copyOut || !engine.hasContentRules || end - start === 5) {
+          plan.item(PASS, buf, start, end);
           return;
         }
-        add(pieces, this.#wholeBody(msg, 5));
+        // A row of COPY TO STDOUT: content rules over its whole body, batched with the chunk's other values.
+        const item = plan.item(COPY_ROW, buf, start, end);
+        plan.candidate(item, 0, buf, start + 5, end, end - start - 5, PLAIN);
         return;
+      }
       case Backend.CopyDone:
         this.#copyOut = false;
-        add(pieces, msg);
+        plan.item(PASS, buf, start, end);
         return;
       case Backend.FunctionCallResponse: {
+        const msg = buf.subarray(start, end);
         const len = msg.readInt32BE(5);
-        add(pieces, len < 0 ? msg : this.#wholeBody(msg, 9));
+        pass(len < 0 ? msg : this.#wholeBody(msg, 9), msg);
         return;
       }
       default:
-        add(pieces, msg);
+        plan.item(PASS, buf, start, end);
     }
   }
 
-  #dataRow(msg: Buffer, pieces: Piece[], candidates: Candidate[]): void {
+  /**
+   * DataRow: Int16 field count; per field an Int32 length (-1 = NULL) and the
+   * bytes. Column rules are applied here; fields for content rules become
+   * candidates of the chunk, located by offset (no view, no copy).
+   */
+  #dataRow(buf: Buffer, start: number, end: number): void {
     const engine = this.#masking.engine;
-    const n = msg.readInt16BE(5);
-    const starts = new Int32Array(n);
-    const lengths = new Int32Array(n);
-    let pos = 7;
-    for (let i = 0; i < n; i++) {
-      const len = msg.readInt32BE(pos);
-      pos += 4;
-      starts[i] = pos;
-      lengths[i] = len;
-      if (len > 0) pos += len;
-    }
-    if (pos !== msg.length) throw new PgProtocolError(ErrorCodes.PROTOCOL_VIOLATION, 'DataRow field lengths do not add up to the message length');
+    const plan = this.#plan;
+    if (end - start < 7) throw new PgProtocolError(ErrorCodes.PROTOCOL_VIOLATION, 'DataRow too short for its field count');
+    const n = buf.readInt16BE(start + 5);
     const columns = this.#columns && this.#columns.length === n ? this.#columns : undefined;
     if (!columns && engine.hasColumnRules) {
       this.#refuse(
@@ -391,15 +581,29 @@ export class PgResultMasker {
         sqlstate.FEATURE_NOT_SUPPORTED,
       );
     }
-    const row: Row = { msg, starts, lengths, replaced: undefined };
-    const counts = new Map<string, number>();
+    const item = plan.item(DATA_ROW, buf, start, end);
+    const content = engine.hasContentRules;
+    let pos = start + 7;
     for (let i = 0; i < n; i++) {
-      if (lengths[i]! < 0) continue;
+      if (pos + 4 > end) {
+        pos = -1; // fewer fields than the count says: reported below
+        break;
+      }
+      const len = buf.readInt32BE(pos);
+      pos += 4;
+      if (len < 0) continue; // NULL
+      const at = pos;
+      pos += len;
+      if (pos > end) break;
       const col = columns?.[i];
-      const format = col?.format ?? 0;
-      const typeOid = col?.typeOid ?? 0;
+      if (col === undefined) {
+        // No RowDescription (content rules only): text format.
+        if (content && len > 0) plan.candidate(item, i, buf, at, pos, len, PLAIN);
+        continue;
+      }
+      const { format, typeOid } = col;
       if (format !== 0 && !TEXT_LIKE_BINARY.has(typeOid)) {
-        if (col?.rule) {
+        if (col.rule) {
           this.#refuse(
             `binary column ${col.name} refused`,
             `sluice: column "${col.name}" is masked but was requested in binary format for a type sluice cannot mask (type OID ${typeOid}); request text format`,
@@ -409,43 +613,28 @@ export class PgResultMasker {
         continue; // numbers, timestamps, uuids...: no text inside to find
       }
       const encoding =
-        format !== 0 && typeOid === JSONB ? JSONB_BINARY : format === 0 && typeOid === BYTEA && msg[starts[i]!] === 0x5c && msg[starts[i]! + 1] === 0x78 ? BYTEA_HEX : PLAIN;
-      const json = typeOid === JSON_OID || typeOid === JSONB;
-      const candidate: Candidate = { row, field: i, encoding, json };
-      if (col?.rule) {
-        const value = this.#candidateBytes(candidate);
-        const out = engine.maskWhole(col.rule, value, counts);
-        if (out === null) {
-          (row.replaced ??= new Map()).set(i, null);
-          continue;
-        }
-        if (out !== value) {
-          (row.replaced ??= new Map()).set(i, encodeBack(candidate, out, true));
+        (format !== 0 && typeOid === JSONB ? JSONB_BINARY : format === 0 && typeOid === BYTEA && buf[at] === 0x5c && buf[at + 1] === 0x78 ? BYTEA_HEX : PLAIN) |
+        (typeOid === JSON_OID || typeOid === JSONB ? JSON_VALUE : 0);
+      if (col.rule) {
+        const value = fieldText(buf, at, pos, encoding);
+        const out = engine.maskWhole(col.rule, value, plan.counts);
+        if (out === null || out !== value) {
+          plan.replace(item, i, len, out === null ? null : encodeBack(encoding, out, true));
           continue;
         }
       }
-      if (engine.hasContentRules && lengths[i]! > 0) candidates.push(candidate);
+      if (!content) continue;
+      const base = encoding & 3;
+      if (base === PLAIN) {
+        if (len > 0) plan.candidate(item, i, buf, at, pos, len, encoding);
+      } else if (base === JSONB_BINARY) {
+        if (len > 1) plan.candidate(item, i, buf, at + 1, pos, len, encoding);
+      } else {
+        const decoded = fieldText(buf, at, pos, encoding);
+        if (decoded.length > 0) plan.candidate(item, i, decoded, 0, decoded.length, len, encoding);
+      }
     }
-    this.#count(counts);
-    pieces.push(row);
-  }
-
-  /** The text the engine sees for a candidate field. */
-  #candidateBytes(c: Candidate): Buffer {
-    const start = c.row.starts[c.field]!;
-    const raw = c.row.msg.subarray(start, start + c.row.lengths[c.field]!);
-    if (c.encoding === JSONB_BINARY) return raw.subarray(1);
-    if (c.encoding === BYTEA_HEX) return Buffer.from(raw.toString('latin1', 2), 'hex');
-    return raw;
-  }
-
-  #apply(candidates: Candidate[], masked: Array<Buffer | undefined>): void {
-    for (let i = 0; i < candidates.length; i++) {
-      const out = masked[i];
-      if (!out) continue;
-      const c = candidates[i]!;
-      (c.row.replaced ??= new Map()).set(c.field, encodeBack(c, out, false));
-    }
+    if (pos !== end) throw new PgProtocolError(ErrorCodes.PROTOCOL_VIOLATION, 'DataRow field lengths do not add up to the message length');
   }
 
   /** ErrorResponse / NoticeResponse: Byte1 code + C string, repeated, then a zero byte. */
@@ -494,18 +683,15 @@ export class PgResultMasker {
     return withLength(msg[0]!, parts);
   }
 
-  /** Content rules over everything after `offset` (CopyData row, function result); a length word at offset-4 is rewritten when offset is 9. */
+  /** Content rules over everything after the result value's length word (FunctionCallResponse). */
   #wholeBody(msg: Buffer, offset: number): Buffer {
     const counts = new Map<string, number>();
     const masked = this.#masking.engine.maskBytes(msg.subarray(offset), counts);
     this.#count(counts);
     if (!masked) return msg;
-    if (offset === 9) {
-      const len = Buffer.allocUnsafe(4);
-      len.writeInt32BE(masked.length);
-      return withLength(msg[0]!, [len, masked]);
-    }
-    return withLength(msg[0]!, [masked]);
+    const len = Buffer.allocUnsafe(4);
+    len.writeInt32BE(masked.length);
+    return withLength(msg[0]!, [msg.subarray(5, offset - 4), len, masked]);
   }
 
   #refuse(reason: string, message: string, code: string): never {
@@ -517,39 +703,89 @@ export class PgResultMasker {
     throw new Refusal(reason);
   }
 
-  #emit(pieces: Piece[], emit: (bytes: Buffer) => void): void {
-    const out: Buffer[] = [];
-    for (const p of pieces) {
-      if (p === STATEMENT_END) {
+  /**
+   * Sends the chunk's items in order. Unchanged items that are adjacent in
+   * one buffer go out as one view (a chunk without a hit goes out as
+   * itself) and a changed row on its own; when many rows changed, the whole
+   * chunk is written into one new buffer instead (one emit, one write).
+   */
+  #emit(emit: (bytes: Buffer) => void): void {
+    const plan = this.#plan;
+    const items = plan.items;
+    let size = 0;
+    let changed = 0;
+    for (let i = 0; i < items; i++) {
+      if (plan.kind[i] === STATEMENT_END) {
         const counts = this.#statement.take();
         if (this.#opts.onStatementCounts && Object.keys(counts).length > 0) this.#opts.onStatementCounts(counts);
-      } else if (Buffer.isBuffer(p)) {
-        add(out, p);
-      } else if (!p.replaced) {
-        add(out, p.msg);
-      } else {
-        for (const b of rebuildRow(p)) add(out, b);
+        continue;
       }
+      size += plan.end[i]! - plan.start[i]! + plan.delta[i]!;
+      changed += plan.changed[i]!;
     }
-    for (const b of out) emit(b);
+    if (changed > FEW_CHANGED_ROWS && size <= ONE_BUFFER_MAX) {
+      const out = Buffer.allocUnsafe(size);
+      let w = 0;
+      for (let i = 0; i < items; i++) {
+        const kind = plan.kind[i]!;
+        if (kind === STATEMENT_END) continue;
+        if (plan.changed[i]) w = writeRow(plan, i, out, w);
+        else w += plan.bufs[i]!.copy(out, w, plan.start[i], plan.end[i]);
+      }
+      emit(out);
+      return;
+    }
+    // Runs of unchanged bytes as views; changed rows on their own (small ones
+    // written whole, a huge one as pieces that do not copy its untouched fields).
+    let runBuf: Buffer | undefined;
+    let runStart = 0;
+    let runEnd = 0;
+    const flush = (): void => {
+      if (runBuf && runEnd > runStart) emit(runBuf.subarray(runStart, runEnd));
+      runBuf = undefined;
+    };
+    for (let i = 0; i < items; i++) {
+      const kind = plan.kind[i]!;
+      if (kind === STATEMENT_END) continue;
+      if (plan.changed[i]) {
+        flush();
+        const rowSize = plan.end[i]! - plan.start[i]! + plan.delta[i]!;
+        if (rowSize <= ONE_BUFFER_MAX) {
+          const row = Buffer.allocUnsafe(rowSize);
+          writeRow(plan, i, row, 0);
+          emit(row);
+        } else for (const piece of rowPieces(plan, i)) emit(piece);
+        continue;
+      }
+      const buf = plan.bufs[i]!;
+      if (runBuf === buf && runEnd === plan.start[i]) {
+        runEnd = plan.end[i]!;
+        continue;
+      }
+      flush();
+      runBuf = buf;
+      runStart = plan.start[i]!;
+      runEnd = plan.end[i]!;
+    }
+    flush();
   }
 }
+
+/**
+ * Inline up to this many values marked by the scan in one chunk, and this
+ * many bytes of them; more goes to the pool. A socket read is at most
+ * 64 KiB, so ordinary rows are always masked inline (measured: the pool
+ * costs 2-3x the CPU and 3-6x the time with one batch in flight); the pool
+ * takes what would hold the event loop for long: a field of megabytes.
+ */
+const DEFAULT_BATCH_ROWS = 4096;
+const DEFAULT_BATCH_BYTES = 256 * 1024;
 
 const ZERO = Buffer.from([0]);
 
 /** A C string cannot hold NUL: a replacement never has one, but a hit's copied bytes could not either. */
 function stripNul(b: Buffer): Buffer {
   return b.includes(0) ? Buffer.from(b.filter((x) => x !== 0)) : b;
-}
-
-/** Appends, merging with the previous buffer when both are adjacent views of one chunk. */
-function add(pieces: Piece[] | Buffer[], b: Buffer): void {
-  const last = pieces[pieces.length - 1];
-  if (Buffer.isBuffer(last) && last.buffer === b.buffer && last.byteOffset + last.length === b.byteOffset) {
-    pieces[pieces.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + b.length);
-  } else {
-    (pieces as Buffer[]).push(b);
-  }
 }
 
 function withLength(type: number, parts: Buffer[]): Buffer {
@@ -561,12 +797,21 @@ function withLength(type: number, parts: Buffer[]): Buffer {
   return Buffer.concat([head, ...parts], 5 + body);
 }
 
+/** The text the engine sees for the field at buf[start, end). */
+function fieldText(buf: Buffer, start: number, end: number, encoding: number): Buffer {
+  const base = encoding & 3;
+  if (base === JSONB_BINARY) return buf.subarray(start + 1, end);
+  if (base === BYTEA_HEX) return Buffer.from(buf.toString('latin1', start + 2, end), 'hex');
+  return buf.subarray(start, end);
+}
+
 /** Masked text back to the field's wire form. A whole-value replacement of a json column becomes a JSON string, so the client can still parse it. */
-function encodeBack(c: Candidate, masked: Buffer, whole: boolean): Buffer {
+function encodeBack(encoding: number, masked: Buffer, whole: boolean): Buffer {
   let text = masked;
-  if (c.json && whole && !isJson(text)) text = Buffer.from(JSON.stringify(text.toString('utf8')), 'utf8');
-  if (c.encoding === JSONB_BINARY) return Buffer.concat([Buffer.from([1]), text]);
-  if (c.encoding === BYTEA_HEX) return Buffer.from(`\\x${text.toString('hex')}`, 'latin1');
+  if (encoding & JSON_VALUE && whole && !isJson(text)) text = Buffer.from(JSON.stringify(text.toString('utf8')), 'utf8');
+  const base = encoding & 3;
+  if (base === JSONB_BINARY) return Buffer.concat([Buffer.from([1]), text]);
+  if (base === BYTEA_HEX) return Buffer.from(`\\x${text.toString('hex')}`, 'latin1');
   return text;
 }
 
@@ -579,38 +824,73 @@ function isJson(b: Buffer): boolean {
   }
 }
 
-/** Large rows go out as pieces (no copy of the untouched fields); small ones as one buffer. */
-function rebuildRow(row: Row): Buffer[] {
-  const { msg, starts, lengths } = row;
-  const replaced = row.replaced!;
-  const n = starts.length;
-  const parts: Buffer[] = [];
-  let body = 6; // length word + field count
-  for (let i = 0; i < n; i++) {
-    const r = replaced.get(i);
-    const lenWord = Buffer.allocUnsafe(4);
-    if (r === null) {
-      lenWord.writeInt32BE(-1);
-      parts.push(lenWord);
-      body += 4;
-    } else if (r !== undefined) {
-      lenWord.writeInt32BE(r.length);
-      parts.push(lenWord, r);
-      body += 4 + r.length;
-    } else {
-      const len = lengths[i]!;
-      // The original length word and value, as one view.
-      const view = msg.subarray(starts[i]! - 4, starts[i]! + Math.max(0, len));
-      parts.push(view);
-      body += view.length;
-    }
+/** Writes changed item i (a DataRow or a CopyData row) with its replacements and length words into out at w; returns the new w. */
+function writeRow(plan: ChunkPlan, i: number, out: Buffer, w: number): number {
+  const buf = plan.bufs[i]!;
+  const start = plan.start[i]!;
+  const end = plan.end[i]!;
+  out[w] = buf[start]!;
+  out.writeInt32BE(end - start - 1 + plan.delta[i]!, w + 1);
+  if (plan.kind[i] === COPY_ROW) {
+    const r = plan.replaced.get(fieldKey(i, 0))!;
+    return w + 5 + r.copy(out, w + 5);
   }
-  const head = Buffer.allocUnsafe(7);
-  head[0] = Backend.DataRow;
-  head.writeInt32BE(body, 1);
-  head.writeInt16BE(n, 5);
-  if (body + 1 <= 64 * 1024) return [Buffer.concat([head, ...parts], body + 1)];
-  return [head, ...parts];
+  w += 5 + buf.copy(out, w + 5, start + 5, start + 7); // field count
+  const n = buf.readInt16BE(start + 5);
+  let pos = start + 7;
+  let run = pos; // start of a run of untouched fields, copied in one go
+  for (let f = 0; f < n; f++) {
+    const len = buf.readInt32BE(pos);
+    const next = pos + 4 + Math.max(0, len);
+    const key = fieldKey(i, f);
+    if (plan.replaced.has(key)) {
+      w += buf.copy(out, w, run, pos);
+      const r = plan.replaced.get(key)!;
+      if (r === null) {
+        w = out.writeInt32BE(-1, w);
+      } else {
+        w = out.writeInt32BE(r.length, w);
+        w += r.copy(out, w);
+      }
+      run = next;
+    }
+    pos = next;
+  }
+  return w + buf.copy(out, w, run, end);
+}
+
+/** Changed item i as pieces: a new header and length words, views of the untouched fields, the replacements (no copy of a huge field). */
+function rowPieces(plan: ChunkPlan, i: number): Buffer[] {
+  const buf = plan.bufs[i]!;
+  const start = plan.start[i]!;
+  const end = plan.end[i]!;
+  const copyRow = plan.kind[i] === COPY_ROW;
+  const head = Buffer.allocUnsafe(copyRow ? 5 : 7);
+  head[0] = buf[start]!;
+  head.writeInt32BE(end - start - 1 + plan.delta[i]!, 1);
+  if (copyRow) return [head, plan.replaced.get(fieldKey(i, 0))!];
+  buf.copy(head, 5, start + 5, start + 7);
+  const parts: Buffer[] = [head];
+  const n = buf.readInt16BE(start + 5);
+  let pos = start + 7;
+  let run = pos;
+  for (let f = 0; f < n; f++) {
+    const len = buf.readInt32BE(pos);
+    const next = pos + 4 + Math.max(0, len);
+    const key = fieldKey(i, f);
+    if (plan.replaced.has(key)) {
+      if (pos > run) parts.push(buf.subarray(run, pos));
+      const r = plan.replaced.get(key)!;
+      const lenWord = Buffer.allocUnsafe(4);
+      lenWord.writeInt32BE(r === null ? -1 : r.length);
+      parts.push(lenWord);
+      if (r !== null) parts.push(r);
+      run = next;
+    }
+    pos = next;
+  }
+  if (end > run) parts.push(buf.subarray(run, end));
+  return parts;
 }
 
 /** RowDescription: Int16 count; per field: name, table OID, attnum, type OID, typlen, typmod, format. */

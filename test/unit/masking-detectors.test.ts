@@ -4,7 +4,7 @@
  * (bad checksums, invalid SSN areas, look-alike numbers).
  */
 import t from 'tap';
-import { DETECTOR_NAMES, cardShape, ibanShape, ipv4Shape, nanpShape } from '../../masking/detectors.js';
+import { CandidateScanner, DETECTOR_NAMES, cardShape, ibanShape, ipv4Shape, nanpShape } from '../../masking/detectors.js';
 import { MaskingEngine } from '../../masking/engine.js';
 import type { DetectorName } from '../../masking/types.js';
 
@@ -238,4 +238,44 @@ t.test('the byte scan never hides a hit: maskBytes (scan, then regexes) equals m
   t.equal(disagreements, 0);
   const batch = all.maskValues(values);
   t.ok(batch.every((v, i) => (v === undefined ? all.maskBytes(values[i]!) === undefined : v.equals(all.maskBytes(values[i]!)!))), 'batch equals per value');
+
+  // markRanges over all the values in one buffer, 4 bytes of digits and punctuation between them (a
+  // DataRow's length words): the same marks as each value scanned alone, and never a hit unmarked.
+  // The long buffer is scanned with the word test, the single values byte by byte.
+  const gapBytes = Buffer.from('0@:-');
+  const starts = new Int32Array(values.length);
+  const ends = new Int32Array(values.length);
+  const parts: Buffer[] = [];
+  let off = 0;
+  values.forEach((v, i) => {
+    parts.push(gapBytes, v);
+    starts[i] = off + 4;
+    ends[i] = off + 4 + v.length;
+    off += 4 + v.length;
+  });
+  const nonEmpty = values.map((v, i) => [v, i] as const).filter(([v]) => v.length > 0).map(([, i]) => i);
+  const packed = Buffer.concat(parts);
+  const marks = new Uint8Array(nonEmpty.length);
+  all.markRanges(packed, Int32Array.from(nonEmpty, (i) => starts[i]!), Int32Array.from(nonEmpty, (i) => ends[i]!), nonEmpty.length, marks);
+  let wrong = 0;
+  nonEmpty.forEach((i, j) => {
+    const alone = new Uint8Array(1);
+    all.markRanges(values[i]!, Int32Array.of(0), Int32Array.of(values[i]!.length), 1, alone);
+    if (alone[0] !== marks[j] || (marks[j] === 0 && all.maskBytes(values[i]!) !== undefined)) {
+      if (wrong++ < 5) t.fail(`markRanges differs on ${JSON.stringify(values[i]!.toString())}: ${marks[j]} in the batch, ${alone[0]} alone`);
+    }
+  });
+  t.equal(wrong, 0, 'markRanges in one buffer equals each value alone');
+  // The scanner itself on one long value, word test (4-aligned memory) against byte by byte (the same bytes at an odd address).
+  const scanner = new CandidateScanner(DETECTOR_NAMES);
+  let differ = 0;
+  for (let i = 0; i + 8 <= values.length; i += 8) {
+    const v = Buffer.concat(values.slice(i, i + 8).flatMap((x) => [x, Buffer.from(' lorem ipsum dolor sit amet ')]));
+    const aligned = Buffer.allocUnsafeSlow(v.length);
+    v.copy(aligned);
+    const odd = Buffer.allocUnsafeSlow(v.length + 1).subarray(1);
+    v.copy(odd);
+    if (scanner.any(aligned) !== scanner.any(odd)) differ++;
+  }
+  t.equal(differ, 0, 'the word test answers as the byte loop does');
 });

@@ -136,6 +136,11 @@ t.test('UTF-8: characters around and inside hits survive, invalid bytes are copi
   const invalid = Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(' x@example.com '), Buffer.from([0xc3])]);
   const masked = e.maskBytes(invalid)!;
   t.same(masked, Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(' [redacted] '), Buffer.from([0xc3])]));
+  // A real U+FFFD in valid text, and one next to an invalid byte: both come back byte for byte.
+  const realFffd = Buffer.from('\uFFFD x@example.com \uFFFD');
+  t.same(e.maskBytes(realFffd), Buffer.from('\uFFFD [redacted] \uFFFD'));
+  const mixed = Buffer.concat([Buffer.from('\uFFFD'), Buffer.from([0xff]), Buffer.from(' x@example.com')]);
+  t.same(e.maskBytes(mixed), Buffer.concat([Buffer.from('\uFFFD'), Buffer.from([0xff]), Buffer.from(' [redacted]')]));
 });
 
 t.test('a value reassembled from chunks masks like the whole value', async (t) => {

@@ -1,0 +1,198 @@
+/**
+ * PgResultMasker on wire bytes, without a server: every DataRow field is
+ * masked exactly as the engine masks that value alone (the chunk-wide
+ * candidate scan must not change a result), whatever the chunk cuts, inline
+ * or through the pool; rows without a hit go out as the input's own bytes;
+ * the input is never modified; length words follow the replacements; counts
+ * per rule are reported.
+ */
+import t from 'tap';
+import { MaskingEngine } from '../../masking/engine.js';
+import { MaskingPool } from '../../masking/pool.js';
+import type { PolicyMasking } from '../../masking/session-masker.js';
+import type { MaskingRuleConfig } from '../../masking/types.js';
+import { PgResultMasker } from '../../protocols/postgres/result-masker.js';
+import { PgBytes, prng, randomChunks } from '../helpers/pg-bytes.js';
+
+const hashKey = Buffer.alloc(32, 5);
+const rules: MaskingRuleConfig[] = [
+  { name: 'emails', detector: 'email', strategy: { kind: 'partial' } },
+  { name: 'cards', detector: 'credit_card', strategy: { kind: 'redact' } },
+  { name: 'aws', detector: 'aws_access_key_id', strategy: { kind: 'redact' } },
+  { name: 'ipv6', detector: 'ipv6', strategy: { kind: 'redact' } },
+  { name: 'passwords', detector: 'password_assignment', strategy: { kind: 'redact' } },
+  { name: 'emp', pattern: 'EMP-\\d{6}', strategy: { kind: 'hash' } },
+];
+const engine = MaskingEngine.compile(rules, { hashKey });
+let pool: MaskingPool | undefined;
+t.teardown(() => pool?.close());
+const masking: PolicyMasking = {
+  policy: 'p',
+  ruleNames: rules.map((r) => r.name),
+  engine,
+  pool: () => (pool ??= new MaskingPool({ rules, hashKey, threads: 1 })),
+};
+
+/** Values that hit, nearly hit (a check looks one byte too far), or carry nothing; with non-ASCII and invalid UTF-8. */
+function value(random: () => number, i: number): Buffer | null {
+  const pick = Math.floor(random() * 16);
+  switch (pick) {
+    case 0:
+      return null;
+    case 1:
+      return Buffer.alloc(0);
+    case 2:
+      return Buffer.from(`user${i}@example.com`);
+    case 3:
+      return Buffer.from(`4111 1111 1111 1111`);
+    case 4:
+      return Buffer.from(`4111 1111 1111 111${i % 10}`); // mostly a bad Luhn sum
+    case 5:
+      return Buffer.from(`key AKIAIOSFODNN7EXAMPL${String.fromCharCode(65 + (i % 26))} end`);
+    case 6:
+      return Buffer.from(`fe80::${(i % 255).toString(16)}:1`);
+    case 7:
+      return Buffer.from(`2024-01-0${1 + (i % 9)}T10:00:00`);
+    case 8:
+      return Buffer.from(`password=${i}x`);
+    case 9:
+      return Buffer.from(`EMP-${100000 + i} and EMP-12`);
+    case 10:
+      return Buffer.from(`Zoë ${i} zoë@exämple.de`);
+    case 11:
+      return Buffer.from([0x41, 0xff, 0x40, 0x61, 0x2e, 0x62, 0x63, 0xfe]); // invalid UTF-8 around an '@'
+    case 12:
+      return Buffer.from(`${i}`.repeat(1 + (i % 7))); // digits next to a length word
+    case 13:
+      return Buffer.from('@'); // a trigger at a value's edge
+    default:
+      return Buffer.from(`lorem ipsum ${i} dolor`);
+  }
+}
+
+function dataRow(fields: Array<Buffer | null>): Buffer {
+  const b = new PgBytes().int16(fields.length);
+  for (const f of fields) {
+    if (f === null) b.int32(-1);
+    else b.int32(f.length).bytes(f);
+  }
+  return b.typed('D');
+}
+
+function rowDescription(names: string[]): Buffer {
+  const b = new PgBytes().int16(names.length);
+  for (const n of names) b.cstring(n).int32(0).int16(0).int32(25).int16(-1).int32(-1).int16(0);
+  return b.typed('T');
+}
+
+/** A result and what the client must receive: each field masked alone by the engine. */
+function result(seed: number, rows: number, width: number): { wire: Buffer; expected: Buffer; counts: Map<string, number> } {
+  const random = prng(seed);
+  const names = Array.from({ length: width }, (_, i) => `c${i}`);
+  const wire: Buffer[] = [rowDescription(names)];
+  const expected: Buffer[] = [wire[0]!];
+  const counts = new Map<string, number>();
+  for (let r = 0; r < rows; r++) {
+    const fields = names.map((_, c) => value(random, r * width + c));
+    wire.push(dataRow(fields));
+    expected.push(dataRow(fields.map((f) => (f === null ? null : (engine.maskBytes(f, counts) ?? f)))));
+  }
+  const tail = [new PgBytes().cstring(`SELECT ${rows}`).typed('C'), new PgBytes().char('I').typed('Z')];
+  return { wire: Buffer.concat([...wire, ...tail]), expected: Buffer.concat([...expected, ...tail]), counts };
+}
+
+async function run(masker: PgResultMasker, chunks: Iterable<Buffer>): Promise<Buffer> {
+  const out: Buffer[] = [];
+  for (const c of chunks) {
+    const pending = masker.push(c, (b) => out.push(Buffer.from(b)));
+    if (pending) await pending;
+  }
+  return Buffer.concat(out);
+}
+
+t.test('every field is masked as the engine masks it alone, whatever the cuts', async (t) => {
+  for (const seed of [1, 2, 3]) {
+    const { wire, expected, counts } = result(seed, 400, 1 + seed * 2);
+    const copy = Buffer.from(wire);
+    const cuts: Array<[string, Iterable<Buffer>]> = [
+      ['one chunk', [wire]],
+      ['64 KiB chunks', randomChunks(wire, prng(seed), 65536)],
+      ['random small chunks', randomChunks(wire, prng(seed + 10), 97)],
+    ];
+    for (const [how, chunks] of cuts) {
+      const statements: Array<Record<string, number>> = [];
+      const masker = new PgResultMasker({ masking, maxMessageBytes: 1 << 20, onStatementCounts: (c) => statements.push(c) });
+      const got = await run(masker, chunks);
+      t.ok(got.equals(expected), `seed ${seed}, ${how}: output equals per-value masking`);
+      t.same(masker.counts(), Object.fromEntries(counts), `seed ${seed}, ${how}: counts per rule`);
+      t.same(statements, [Object.fromEntries(counts)], `seed ${seed}, ${how}: one statement's counts at its CommandComplete`);
+    }
+    t.ok(wire.equals(copy), 'the input bytes are not modified');
+  }
+  const bytewise = result(4, 30, 3);
+  const masker = new PgResultMasker({ masking, maxMessageBytes: 1 << 20 });
+  t.ok((await run(masker, [...bytewise.wire].map((b) => Buffer.from([b])))).equals(bytewise.expected), 'one byte per chunk');
+});
+
+t.test('through the worker pool: the same bytes', async (t) => {
+  const { wire, expected } = result(7, 600, 4);
+  const masker = new PgResultMasker({ masking, maxMessageBytes: 1 << 20, batchRows: 0 });
+  let pending = 0;
+  const out: Buffer[] = [];
+  for (const c of randomChunks(wire, prng(7), 65536)) {
+    const p = masker.push(c, (b) => out.push(Buffer.from(b)));
+    if (p) {
+      pending++;
+      await p;
+    }
+  }
+  t.ok(pending > 0, 'chunks went to the pool');
+  t.ok(Buffer.concat(out).equals(expected));
+});
+
+t.test('rows without a hit go out as the chunk itself, not a copy', async (t) => {
+  const rows = Array.from({ length: 50 }, (_, i) => dataRow([Buffer.from(String(i)), Buffer.from(`plain text ${i}`), null]));
+  const chunk = Buffer.concat([rowDescription(['a', 'b', 'c']), ...rows]);
+  const masker = new PgResultMasker({ masking, maxMessageBytes: 1 << 20 });
+  const emitted: Buffer[] = [];
+  t.equal(masker.push(chunk, (b) => emitted.push(b)), undefined, 'synchronous');
+  t.equal(emitted.length, 1);
+  t.equal(emitted[0]!.buffer, chunk.buffer, 'a view of the input');
+  t.equal(emitted[0]!.byteOffset, chunk.byteOffset);
+  t.equal(emitted[0]!.length, chunk.length);
+});
+
+t.test('a malformed DataRow is a protocol error, not a pass', async (t) => {
+  const masker = new PgResultMasker({ masking, maxMessageBytes: 1 << 20 });
+  // Field count 2, one field present: the message ends where the second length word should be.
+  const short = new PgBytes().int16(2).int32(3).string('abc').typed('D');
+  t.throws(() => masker.push(Buffer.concat([short, new PgBytes().char('I').typed('Z')]), () => {}), /do not add up/);
+  const masker2 = new PgResultMasker({ masking, maxMessageBytes: 1 << 20 });
+  const long = new PgBytes().int16(1).int32(10).string('abc').typed('D');
+  t.throws(() => masker2.push(long, () => {}), /do not add up/);
+});
+
+t.test('markRanges judges each value as if alone', async (t) => {
+  // Bytes around the values would complete a match if the scan looked past a value's edge.
+  const text = 'xx4111 1111 1111 1111xx user@example.com yy 4111zz';
+  const buf = Buffer.from(text);
+  const card = text.indexOf('4111');
+  const email = text.indexOf('user@');
+  const last = text.lastIndexOf('4111');
+  const starts = Int32Array.from([card, email, last]);
+  const ends = Int32Array.from([card + 6, email + 'user@example.com'.length, last + 4]);
+  const marks = new Uint8Array(3).fill(7);
+  engine.markRanges(buf, starts, ends, 3, marks);
+  t.same([...marks], [0, 1, 0], 'only the value holding a whole candidate is marked ("4111 1" is not a card)');
+  t.equal(buf.toString(), text, 'buf untouched');
+  marks.fill(0);
+  engine.markRanges(buf, Int32Array.from([card]), Int32Array.from([card + 19]), 1, marks);
+  t.equal(marks[0], 1, 'the whole card is a candidate');
+  // Above 1 MiB the values are scanned one by one in place (not copied into the scratch): the same answers.
+  const big = Buffer.concat([Buffer.alloc(1_200_000, 0x78), Buffer.from(' ada@example.com xx 4111 1111 1111 1111')]);
+  const bigCard = big.indexOf('4111');
+  const bigMarks = new Uint8Array(2);
+  engine.markRanges(big, Int32Array.from([0, bigCard]), Int32Array.from([bigCard - 4, bigCard + 6]), 2, bigMarks);
+  t.same([...bigMarks], [1, 0], 'a huge value with a hit, then a cut card');
+  t.throws(() => engine.markRanges(buf, Int32Array.from([0, 5]), Int32Array.from([5, 9]), 2, marks), /a byte between them/);
+});
