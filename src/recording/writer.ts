@@ -2,12 +2,14 @@
  * Writes one session's recording (format: format.ts, docs/recording-format.md).
  *
  * The relay calls record() for every chunk in both directions, so record()
- * does no I/O and no hashing: it frames the chunk (seq, micros, length, CRC)
- * into an in-memory slab and returns. A timer (flushIntervalMs, default
- * 200 ms), or a full staging area (4 MiB), flushes: the chain hash is
- * advanced over the staged records, a signed checkpoint is added when due,
- * and the batch is appended with one writev. One write is in flight at a
- * time; the file is opened O_APPEND|O_EXCL and never rewritten.
+ * does no I/O, no hashing and no allocation of its own: it frames the chunk
+ * (seq, micros, length, CRC) into an in-memory slab, right after the record
+ * before it, and returns. A timer (flushIntervalMs, default 200 ms), or a
+ * full staging area (4 MiB), flushes: the staged records, one contiguous run
+ * of the slab in the common case, are fed to the running digest in one
+ * update, a signed checkpoint is added when due, and the batch is appended
+ * with one write. One write is in flight at a time; the file is opened
+ * O_APPEND|O_EXCL and never rewritten.
  *
  * What a crash loses is bounded by the flush interval: the file always ends
  * at a record boundary of some earlier flush (or, after a power loss, a
@@ -31,17 +33,17 @@ import {
   RECORD_OVERHEAD,
   RecordType,
   SESSION_ID_PATTERN,
-  chainNext,
-  chainSeed,
   datePath,
   encodeHeader,
   encodeRecord,
   encodeTrailer,
+  recordDigest,
   signedPayload,
   writeRecord,
   type CheckpointBody,
   type Direction,
   type FooterBody,
+  type RecordDigest,
   type RecordingHeader,
   type RecordingMeta,
 } from './format.js';
@@ -134,20 +136,30 @@ export class RecordingWriter {
   private readonly t0: number;
   private readonly timer: NodeJS.Timeout;
 
-  private chain: Buffer;
+  /** Over the header and every record taken into a batch (what checkpoints and the footer sign). */
+  private readonly digest: RecordDigest;
   private nextSeq = 0;
   /** Bytes on disk plus bytes staged: what the file will be after the next flush. */
   private accounted: number;
   private written: number;
 
-  /** Framed records not yet written, each a view into a slab. */
+  /**
+   * Framed records not yet written, in order: closed pieces (runs of earlier
+   * slabs, records too large for a slab), then the open run
+   * slab[runStart, slabPos) that record() extends.
+   */
   private staged: Buffer[] = [];
   private stagedBytes = 0;
   /** Starts small (most sessions are small) and doubles up to SLAB_SIZE. */
   private slab: Buffer = Buffer.allocUnsafeSlow(FIRST_SLAB_SIZE);
   private slabPos = 0;
+  private runStart = 0;
 
+  /** Records numbered below this have been taken into a batch (and fed to the digest). */
+  private takenSeq = 0;
   private recordsSinceCheckpoint = 0;
+  /** The footer's finalChain, once written. */
+  private finalHash: string | undefined;
   private lastCheckpointAt: number;
   private bytesIn = 0;
   private bytesOut = 0;
@@ -171,7 +183,7 @@ export class RecordingWriter {
     this.onFailure = opts.onFailure;
     this.t0 = performance.now();
     this.lastCheckpointAt = this.t0;
-    this.chain = chainSeed(header);
+    this.digest = recordDigest(FORMAT_VERSION, header);
     this.accounted = this.written = header.length;
     this.timer = setInterval(() => this.flush(), opts.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS);
     this.timer.unref();
@@ -296,22 +308,27 @@ export class RecordingWriter {
 
   private stage(type: number, direction: number, payload: Uint8Array): void {
     const frame = RECORD_OVERHEAD + payload.length;
-    let view: Buffer;
     if (frame > SLAB_SIZE / 4) {
-      view = Buffer.allocUnsafeSlow(frame);
-      writeRecord(view, 0, type, direction, this.nextSeq++, this.micros(), payload);
+      this.closeRun();
+      const own = Buffer.allocUnsafeSlow(frame);
+      writeRecord(own, 0, type, direction, this.nextSeq++, this.micros(), payload);
+      this.staged.push(own);
     } else {
       if (this.slabPos + frame > this.slab.length) {
+        this.closeRun();
         this.slab = Buffer.allocUnsafeSlow(Math.max(frame, Math.min(SLAB_SIZE, this.slab.length * 2)));
-        this.slabPos = 0;
+        this.slabPos = this.runStart = 0;
       }
-      const end = writeRecord(this.slab, this.slabPos, type, direction, this.nextSeq++, this.micros(), payload);
-      view = this.slab.subarray(this.slabPos, end);
-      this.slabPos = end;
+      this.slabPos = writeRecord(this.slab, this.slabPos, type, direction, this.nextSeq++, this.micros(), payload);
     }
-    this.staged.push(view);
     this.stagedBytes += frame;
     this.accounted += frame;
+  }
+
+  /** Ends the open run of the slab: it becomes a staged piece, and a new run starts where it ended. */
+  private closeRun(): void {
+    if (this.slabPos > this.runStart) this.staged.push(this.slab.subarray(this.runStart, this.slabPos));
+    this.runStart = this.slabPos;
   }
 
   private hitCap(): void {
@@ -337,16 +354,19 @@ export class RecordingWriter {
   }
 
   /**
-   * Advances the chain over the staged records, adds a checkpoint when due,
-   * and appends the batch. Synchronous up to the write, so no record() can
-   * interleave with the sequence numbers it assigns.
+   * Takes the staged records into a batch, feeds them to the digest, and
+   * adds a checkpoint when due (and the footer and trailer when closing).
+   * Synchronous, so no record() can interleave with the sequence numbers it
+   * assigns.
    */
   private takeBatch(final: FooterInfo | undefined): Buffer[] {
+    this.closeRun();
     const batch = this.staged;
     this.staged = [];
     this.stagedBytes = 0;
-    for (const rec of batch) this.chain = chainNext(this.chain, rec);
-    this.recordsSinceCheckpoint += batch.length;
+    for (const piece of batch) this.digest.update(piece);
+    this.recordsSinceCheckpoint += this.nextSeq - this.takenSeq;
+    this.takenSeq = this.nextSeq;
     const now = performance.now();
     if (
       !final &&
@@ -356,11 +376,12 @@ export class RecordingWriter {
       const body: CheckpointBody = {
         sessionId: this.sessionId,
         seq: this.nextSeq,
-        chain: this.chain.toString('hex'),
+        chain: this.digest.value(),
         micros: this.micros(),
       };
       const cp = encodeRecord(RecordType.checkpoint, 0, this.nextSeq++, body.micros, signedPayload(CHECKPOINT_SIG_DOMAIN, body, this.key.privateKey));
-      this.chain = chainNext(this.chain, cp);
+      this.takenSeq = this.nextSeq;
+      this.digest.update(cp);
       this.accounted += cp.length;
       batch.push(cp);
       this.recordsSinceCheckpoint = 0;
@@ -371,7 +392,7 @@ export class RecordingWriter {
         sessionId: this.sessionId,
         keyId: this.key.keyId,
         recordCount: this.nextSeq,
-        finalChain: this.chain.toString('hex'),
+        finalChain: this.finalHash = this.digest.value(),
         endedAt: final.endedAt,
         closeReason: final.closeReason,
         bytesClientToGateway: this.bytesIn,
@@ -390,7 +411,7 @@ export class RecordingWriter {
   /** Starts a write of what is staged, unless one is in flight (it chains another when done). */
   private flush(): void {
     if (this.isFailed || this.writing || this.closing) return;
-    if (!this.staged.length && !(this.recordsSinceCheckpoint > 0 && performance.now() - this.lastCheckpointAt >= this.checkpointMs)) return;
+    if (this.stagedBytes === 0 && !(this.recordsSinceCheckpoint > 0 && performance.now() - this.lastCheckpointAt >= this.checkpointMs)) return;
     const batch = this.takeBatch(undefined);
     if (!batch.length) return;
     this.writing = this.write(batch).finally(() => {
@@ -414,6 +435,7 @@ export class RecordingWriter {
     this.stopped = true;
     this.staged = [];
     this.stagedBytes = 0;
+    this.runStart = this.slabPos;
     markUnhealthy(err);
     this.reportFailure(writeFailed(`cannot append to ${this.path}`, err));
   }
@@ -444,7 +466,7 @@ export class RecordingWriter {
     return {
       path: this.path,
       size: this.written,
-      finalHash: this.chain.toString('hex'),
+      finalHash: this.finalHash ?? this.digest.value(),
       recordCount: this.nextSeq,
       complete,
       truncated: this.isTruncated,
