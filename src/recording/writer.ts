@@ -4,7 +4,8 @@
  * The relay calls record() for every chunk in both directions, so record()
  * does no I/O, no hashing and no allocation of its own: it frames the chunk
  * (seq, micros, length, CRC) into an in-memory slab, right after the record
- * before it, and returns. A timer (flushIntervalMs, default 200 ms), or a
+ * before it, and returns. A process-wide tick (every flushIntervalMs,
+ * default 200 ms, shared by every writer with that interval), or a
  * full staging area (4 MiB), flushes: the staged records, one contiguous run
  * of the slab in the common case, are fed to the running digest in one
  * update, a signed checkpoint is added when due, and the batch is appended
@@ -21,6 +22,7 @@
  * write by any writer, or RecordingWriter.probe(), succeeds again.
  */
 import { performance } from 'node:perf_hooks';
+import { writev } from 'node:fs';
 import { mkdir, open, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ErrorCodes, SluiceError } from '../errors.js';
@@ -122,6 +124,38 @@ function writeFailed(what: string, err: unknown): SluiceError {
   return new SluiceError(ErrorCodes.RECORDING_WRITE_FAILED, `session recording: ${what}: ${describe(err)}`, { cause: err });
 }
 
+// --- flush ticks (process-wide) ------------------------------------------------
+
+/**
+ * One interval timer per flush interval for all writers, not one per
+ * writer: with many sessions open, per-writer timers woke an otherwise idle
+ * event loop once per session per interval. Each writer is still flushed
+ * within one interval of its records, which is the crash-loss bound.
+ */
+const flushTicks = new Map<number, { timer: NodeJS.Timeout; flushes: Set<() => void> }>();
+
+function onFlushTick(intervalMs: number, flush: () => void): () => void {
+  let tick = flushTicks.get(intervalMs);
+  if (!tick) {
+    const flushes = new Set<() => void>();
+    const timer = setInterval(() => {
+      for (const f of flushes) f();
+    }, intervalMs);
+    timer.unref();
+    tick = { timer, flushes };
+    flushTicks.set(intervalMs, tick);
+  }
+  const t = tick;
+  t.flushes.add(flush);
+  return () => {
+    t.flushes.delete(flush);
+    if (t.flushes.size === 0 && flushTicks.get(intervalMs) === t) {
+      clearInterval(t.timer);
+      flushTicks.delete(intervalMs);
+    }
+  };
+}
+
 // -----------------------------------------------------------------------------
 
 export class RecordingWriter {
@@ -134,7 +168,7 @@ export class RecordingWriter {
   private readonly checkpointMs: number;
   private readonly onFailure: (err: SluiceError) => void;
   private readonly t0: number;
-  private readonly timer: NodeJS.Timeout;
+  private readonly unsubscribe: () => void;
 
   /** Over the header and every record taken into a batch (what checkpoints and the footer sign). */
   private readonly digest: RecordDigest;
@@ -185,8 +219,7 @@ export class RecordingWriter {
     this.lastCheckpointAt = this.t0;
     this.digest = recordDigest(FORMAT_VERSION, header);
     this.accounted = this.written = header.length;
-    this.timer = setInterval(() => this.flush(), opts.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS);
-    this.timer.unref();
+    this.unsubscribe = onFlushTick(opts.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS, () => this.flush());
   }
 
   /** Creates `<stateDir>/recordings/YYYY/MM/DD/<sessionId>.sluicerec` (0600, exclusive) and writes its header. */
@@ -447,7 +480,7 @@ export class RecordingWriter {
   async close(info: { closeReason: string; endedAt?: string }): Promise<RecordingResult> {
     this.stopped = true;
     this.closing = true;
-    clearInterval(this.timer);
+    this.unsubscribe();
     while (this.writing) await this.writing;
     let complete = false;
     if (!this.isFailed) {
@@ -481,6 +514,17 @@ interface FooterInfo {
   endedAt: string;
 }
 
+/**
+ * One writev on the file's descriptor. The callback API, not
+ * FileHandle.writev: the promise API allocates a promise request with its
+ * own stats arrays for every call, which showed in profiles at one append
+ * per session per flush interval. The FileHandle still owns the descriptor
+ * (open, fsync, close), and close() waits for the write in flight.
+ */
+function appendv(fh: FileHandle, bufs: Buffer[]): Promise<number> {
+  return new Promise((resolve, reject) => writev(fh.fd, bufs, (err, n) => (err ? reject(err) : resolve(n))));
+}
+
 /** writev until every byte is down; a short write that makes no progress is an error. */
 async function writeAll(fh: FileHandle, bufs: Buffer[]): Promise<number> {
   let total = 0;
@@ -488,7 +532,7 @@ async function writeAll(fh: FileHandle, bufs: Buffer[]): Promise<number> {
   let done = 0;
   let rest = bufs;
   while (done < total) {
-    const { bytesWritten } = await fh.writev(rest);
+    const bytesWritten = await appendv(fh, rest);
     if (bytesWritten <= 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
     done += bytesWritten;
     if (done < total) {
@@ -508,4 +552,3 @@ async function writeAll(fh: FileHandle, bufs: Buffer[]): Promise<number> {
   }
   return total;
 }
-
