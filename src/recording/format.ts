@@ -1,5 +1,5 @@
 /**
- * The session recording file format, version 1 (docs/recording-format.md is
+ * The session recording file format, version 2 (docs/recording-format.md is
  * the normative description; keep the two in step).
  *
  *   file    = header record* footer trailer
@@ -9,19 +9,31 @@
  *
  * All integers big-endian (network order, like the protocols recorded).
  * Each CRC is CRC-32 (IEEE, zlib's) over every preceding byte of its own
- * header or record. The hash chain: chain0 = SHA-256(CHAIN_DOMAIN || header
- * bytes), chain_n = SHA-256(chain_{n-1} || record bytes including its CRC).
+ * header or record.
+ *
+ * What checkpoints and the footer sign (their `chain`/`finalChain`):
+ * - version 2: the running digest SHA-256(CHAIN_DOMAIN_V2 || header ||
+ *   every record before the signed one), one hash over the file's bytes in
+ *   order, so the writer hashes a whole flush in one update;
+ * - version 1 (still read and verified): a chain, chain0 = SHA-256(
+ *   CHAIN_DOMAIN || header), chain_n = SHA-256(chain_{n-1} || record n-1),
+ *   one SHA-256 per record.
+ * Either binds the signature to every byte before it, in order.
  */
-import { createHash, sign, verify, type KeyObject } from 'node:crypto';
+import { createHash, sign, verify, type Hash, type KeyObject } from 'node:crypto';
 import * as zlib from 'node:zlib';
 
 export const MAGIC = Buffer.from('SLUICEREC\n', 'latin1');
 export const TRAILER_MAGIC = Buffer.from('SLUICEND', 'latin1');
-export const FORMAT_VERSION = 1;
+/** The version the writer writes. */
+export const FORMAT_VERSION = 2;
+/** Versions readers and verify accept. */
+export const READABLE_VERSIONS: readonly number[] = [1, 2];
 export const FILE_EXTENSION = '.sluicerec';
 
 /** Domain separation: a recording hash or signature can never be taken for another Sluice hash or signature. */
 export const CHAIN_DOMAIN = Buffer.from('sluice-recording-v1', 'latin1');
+export const CHAIN_DOMAIN_V2 = Buffer.from('sluice-recording-v2', 'latin1');
 export const CHECKPOINT_SIG_DOMAIN = Buffer.from('sluice-recording-checkpoint-v1\0', 'latin1');
 export const FOOTER_SIG_DOMAIN = Buffer.from('sluice-recording-footer-v1\0', 'latin1');
 
@@ -141,12 +153,47 @@ export function encodeHeader(header: RecordingHeader): Buffer {
   return buf;
 }
 
-export function chainSeed(headerBytes: Buffer): Buffer {
-  return createHash('sha256').update(CHAIN_DOMAIN).update(headerBytes).digest();
+/**
+ * What checkpoints and the footer sign: fed the header, then every record in
+ * file order; `value()` is the hex digest over everything fed so far.
+ */
+export interface RecordDigest {
+  /** Feeds bytes that follow what was fed before; any split of the same bytes gives the same values (version 2). */
+  update(bytes: Uint8Array): void;
+  value(): string;
 }
 
-export function chainNext(prev: Buffer, recordBytes: Uint8Array): Buffer {
-  return createHash('sha256').update(prev).update(recordBytes).digest();
+/** Version 2: one running SHA-256 over the domain, the header and the records. */
+class RunningDigest implements RecordDigest {
+  readonly #hash: Hash;
+  constructor(headerBytes: Uint8Array) {
+    this.#hash = createHash('sha256').update(CHAIN_DOMAIN_V2).update(headerBytes);
+  }
+  update(bytes: Uint8Array): void {
+    this.#hash.update(bytes);
+  }
+  value(): string {
+    return this.#hash.copy().digest('hex');
+  }
+}
+
+/** Version 1: a SHA-256 chain, one link per record; `update` must be given exactly one whole record. */
+class ChainDigest implements RecordDigest {
+  #chain: Buffer;
+  constructor(headerBytes: Uint8Array) {
+    this.#chain = createHash('sha256').update(CHAIN_DOMAIN).update(headerBytes).digest();
+  }
+  update(record: Uint8Array): void {
+    this.#chain = createHash('sha256').update(this.#chain).update(record).digest();
+  }
+  value(): string {
+    return this.#chain.toString('hex');
+  }
+}
+
+/** The digest a file of `version` signs, seeded with its header (CRC included). */
+export function recordDigest(version: number, headerBytes: Uint8Array): RecordDigest {
+  return version === 1 ? new ChainDigest(headerBytes) : new RunningDigest(headerBytes);
 }
 
 // --- records ----------------------------------------------------------------

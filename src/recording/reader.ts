@@ -3,18 +3,19 @@
  * readRecording(), which yields the records in order and stops at the last
  * complete one (a partial trailing record after a crash, or the first record
  * whose CRC or sequence number is wrong). It checks framing only; signatures
- * and the chain are verify.ts's job.
+ * and the signed digest are verify.ts's job. Reads format versions 1 and 2
+ * (they frame records alike).
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { ErrorCodes, SluiceError } from '../errors.js';
 import {
   CRC_SIZE,
-  FORMAT_VERSION,
   HEADER_PREFIX,
   MAGIC,
   MAX_HEADER_JSON,
   RECORD_OVERHEAD,
   RECORD_PREFIX,
+  READABLE_VERSIONS,
   RECORD_TYPE_NAMES,
   TRAILER_MAGIC,
   TRAILER_SIZE,
@@ -63,7 +64,7 @@ export class ByteSource {
 }
 
 export type HeaderResult =
-  | { ok: true; header: RecordingHeader; bytes: Buffer; end: number }
+  | { ok: true; header: RecordingHeader; version: number; bytes: Buffer; end: number }
   | { ok: false; offset: number; reason: string };
 
 export async function parseHeader(src: ByteSource): Promise<HeaderResult> {
@@ -72,7 +73,7 @@ export async function parseHeader(src: ByteSource): Promise<HeaderResult> {
     return { ok: false, offset: 0, reason: 'not a Sluice recording (bad magic)' };
   }
   const version = prefix.readUInt16BE(MAGIC.length);
-  if (version !== FORMAT_VERSION) return { ok: false, offset: MAGIC.length, reason: `unknown format version ${version}` };
+  if (!READABLE_VERSIONS.includes(version)) return { ok: false, offset: MAGIC.length, reason: `unknown format version ${version}` };
   const n = prefix.readUInt32BE(MAGIC.length + 2);
   if (n > MAX_HEADER_JSON) return { ok: false, offset: MAGIC.length + 2, reason: `header length ${n} is not believable` };
   const all = await src.get(0, HEADER_PREFIX + n + CRC_SIZE);
@@ -90,7 +91,7 @@ export async function parseHeader(src: ByteSource): Promise<HeaderResult> {
   if (!header || typeof header.sessionId !== 'string' || typeof header.keyId !== 'string') {
     return { ok: false, offset: HEADER_PREFIX, reason: 'header lacks sessionId or keyId' };
   }
-  return { ok: true, header, bytes, end: bytes.length };
+  return { ok: true, header, version, bytes, end: bytes.length };
 }
 
 export interface RawFrame {
@@ -100,7 +101,7 @@ export interface RawFrame {
   seq: number;
   micros: number;
   payload: Buffer;
-  /** The whole record, CRC included: what the chain hashes. */
+  /** The whole record, CRC included: what the signed digest covers. */
   raw: Buffer;
   crcOk: boolean;
 }

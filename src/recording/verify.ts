@@ -1,7 +1,8 @@
 /**
  * Verifies a recording: header CRC, every record's CRC, sequence numbers
- * (0, 1, 2, ... without gap or repeat), the hash chain at every signed
- * checkpoint and at the footer, the signatures, the footer's record count
+ * (0, 1, 2, ... without gap or repeat), the digest over the header and the
+ * records (format.ts: a running hash in version 2, a chain in version 1) at
+ * every signed checkpoint and at the footer, the signatures, the footer's record count
  * and session id, and the trailer. Names the first bad record.
  *
  * `ok` means nothing was found altered. `complete` means a signed footer
@@ -17,9 +18,8 @@ import {
   RecordType,
   TRAILER_MAGIC,
   TRAILER_SIZE,
-  chainNext,
-  chainSeed,
   parseSignedPayload,
+  recordDigest,
   verifySigned,
   type CheckpointBody,
   type FooterBody,
@@ -77,7 +77,7 @@ async function verifyOpen(src: ByteSource, keys: PublicKeys): Promise<VerifyResu
   const header = h.header;
   res.header = header;
   const key = keys.get(header.keyId);
-  let chain = chainSeed(h.bytes);
+  const digest = recordDigest(h.version, h.bytes);
   let expect = 0;
   let lastSigned = -1;
   let footerFrame: { offset: number; length: number } | undefined;
@@ -133,7 +133,7 @@ async function verifyOpen(src: ByteSource, keys: PublicKeys): Promise<VerifyResu
         return bad(f.offset, `checkpoint belongs to session ${body.sessionId}, the header to ${header.sessionId}: spliced or swapped`, f.seq);
       }
       if (body.seq !== f.seq) return bad(f.offset, `checkpoint claims seq ${body.seq}`, f.seq);
-      if (body.chain !== chain.toString('hex')) {
+      if (body.chain !== digest.value()) {
         return bad(f.offset, `chain mismatch at checkpoint: the header or a record after seq ${lastSigned} was altered, removed or inserted`, f.seq);
       }
       lastSigned = f.seq;
@@ -146,7 +146,7 @@ async function verifyOpen(src: ByteSource, keys: PublicKeys): Promise<VerifyResu
       }
       if (body.keyId !== header.keyId) return bad(f.offset, `footer key ${body.keyId} differs from the header's ${header.keyId}`, f.seq);
       if (body.recordCount !== f.seq) return bad(f.offset, `footer counts ${body.recordCount} records, the file has ${f.seq}`, f.seq);
-      if (body.finalChain !== chain.toString('hex')) {
+      if (body.finalChain !== digest.value()) {
         return bad(f.offset, `chain mismatch at footer: the header or a record after seq ${lastSigned} was altered, removed or inserted`, f.seq);
       }
       res.footer = body;
@@ -157,7 +157,7 @@ async function verifyOpen(src: ByteSource, keys: PublicKeys): Promise<VerifyResu
     } else if (f.type === RecordType.truncated) {
       truncatedSeen = true;
     }
-    chain = chainNext(chain, f.raw);
+    digest.update(f.raw);
     expect++;
     res.records++;
     res.verifiedThroughSeq = lastSigned;

@@ -2,12 +2,15 @@
  * Writes one session's recording (format: format.ts, docs/recording-format.md).
  *
  * The relay calls record() for every chunk in both directions, so record()
- * does no I/O and no hashing: it frames the chunk (seq, micros, length, CRC)
- * into an in-memory slab and returns. A timer (flushIntervalMs, default
- * 200 ms), or a full staging area (4 MiB), flushes: the chain hash is
- * advanced over the staged records, a signed checkpoint is added when due,
- * and the batch is appended with one writev. One write is in flight at a
- * time; the file is opened O_APPEND|O_EXCL and never rewritten.
+ * does no I/O, no hashing and no allocation of its own: it frames the chunk
+ * (seq, micros, length, CRC) into an in-memory slab, right after the record
+ * before it, and returns. A process-wide tick (every flushIntervalMs,
+ * default 200 ms, shared by every writer with that interval), or a
+ * full staging area (4 MiB), flushes: the staged records, one contiguous run
+ * of the slab in the common case, are fed to the running digest in one
+ * update, a signed checkpoint is added when due, and the batch is appended
+ * with one write. One write is in flight at a time; the file is opened
+ * O_APPEND|O_EXCL and never rewritten.
  *
  * What a crash loses is bounded by the flush interval: the file always ends
  * at a record boundary of some earlier flush (or, after a power loss, a
@@ -19,6 +22,7 @@
  * write by any writer, or RecordingWriter.probe(), succeeds again.
  */
 import { performance } from 'node:perf_hooks';
+import { writev } from 'node:fs';
 import { mkdir, open, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ErrorCodes, SluiceError } from '../errors.js';
@@ -31,17 +35,17 @@ import {
   RECORD_OVERHEAD,
   RecordType,
   SESSION_ID_PATTERN,
-  chainNext,
-  chainSeed,
   datePath,
   encodeHeader,
   encodeRecord,
   encodeTrailer,
+  recordDigest,
   signedPayload,
   writeRecord,
   type CheckpointBody,
   type Direction,
   type FooterBody,
+  type RecordDigest,
   type RecordingHeader,
   type RecordingMeta,
 } from './format.js';
@@ -120,6 +124,38 @@ function writeFailed(what: string, err: unknown): SluiceError {
   return new SluiceError(ErrorCodes.RECORDING_WRITE_FAILED, `session recording: ${what}: ${describe(err)}`, { cause: err });
 }
 
+// --- flush ticks (process-wide) ------------------------------------------------
+
+/**
+ * One interval timer per flush interval for all writers, not one per
+ * writer: with many sessions open, per-writer timers woke an otherwise idle
+ * event loop once per session per interval. Each writer is still flushed
+ * within one interval of its records, which is the crash-loss bound.
+ */
+const flushTicks = new Map<number, { timer: NodeJS.Timeout; flushes: Set<() => void> }>();
+
+function onFlushTick(intervalMs: number, flush: () => void): () => void {
+  let tick = flushTicks.get(intervalMs);
+  if (!tick) {
+    const flushes = new Set<() => void>();
+    const timer = setInterval(() => {
+      for (const f of flushes) f();
+    }, intervalMs);
+    timer.unref();
+    tick = { timer, flushes };
+    flushTicks.set(intervalMs, tick);
+  }
+  const t = tick;
+  t.flushes.add(flush);
+  return () => {
+    t.flushes.delete(flush);
+    if (t.flushes.size === 0 && flushTicks.get(intervalMs) === t) {
+      clearInterval(t.timer);
+      flushTicks.delete(intervalMs);
+    }
+  };
+}
+
 // -----------------------------------------------------------------------------
 
 export class RecordingWriter {
@@ -132,22 +168,32 @@ export class RecordingWriter {
   private readonly checkpointMs: number;
   private readonly onFailure: (err: SluiceError) => void;
   private readonly t0: number;
-  private readonly timer: NodeJS.Timeout;
+  private readonly unsubscribe: () => void;
 
-  private chain: Buffer;
+  /** Over the header and every record taken into a batch (what checkpoints and the footer sign). */
+  private readonly digest: RecordDigest;
   private nextSeq = 0;
   /** Bytes on disk plus bytes staged: what the file will be after the next flush. */
   private accounted: number;
   private written: number;
 
-  /** Framed records not yet written, each a view into a slab. */
+  /**
+   * Framed records not yet written, in order: closed pieces (runs of earlier
+   * slabs, records too large for a slab), then the open run
+   * slab[runStart, slabPos) that record() extends.
+   */
   private staged: Buffer[] = [];
   private stagedBytes = 0;
   /** Starts small (most sessions are small) and doubles up to SLAB_SIZE. */
   private slab: Buffer = Buffer.allocUnsafeSlow(FIRST_SLAB_SIZE);
   private slabPos = 0;
+  private runStart = 0;
 
+  /** Records numbered below this have been taken into a batch (and fed to the digest). */
+  private takenSeq = 0;
   private recordsSinceCheckpoint = 0;
+  /** The footer's finalChain, once written. */
+  private finalHash: string | undefined;
   private lastCheckpointAt: number;
   private bytesIn = 0;
   private bytesOut = 0;
@@ -171,10 +217,9 @@ export class RecordingWriter {
     this.onFailure = opts.onFailure;
     this.t0 = performance.now();
     this.lastCheckpointAt = this.t0;
-    this.chain = chainSeed(header);
+    this.digest = recordDigest(FORMAT_VERSION, header);
     this.accounted = this.written = header.length;
-    this.timer = setInterval(() => this.flush(), opts.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS);
-    this.timer.unref();
+    this.unsubscribe = onFlushTick(opts.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS, () => this.flush());
   }
 
   /** Creates `<stateDir>/recordings/YYYY/MM/DD/<sessionId>.sluicerec` (0600, exclusive) and writes its header. */
@@ -296,22 +341,27 @@ export class RecordingWriter {
 
   private stage(type: number, direction: number, payload: Uint8Array): void {
     const frame = RECORD_OVERHEAD + payload.length;
-    let view: Buffer;
     if (frame > SLAB_SIZE / 4) {
-      view = Buffer.allocUnsafeSlow(frame);
-      writeRecord(view, 0, type, direction, this.nextSeq++, this.micros(), payload);
+      this.closeRun();
+      const own = Buffer.allocUnsafeSlow(frame);
+      writeRecord(own, 0, type, direction, this.nextSeq++, this.micros(), payload);
+      this.staged.push(own);
     } else {
       if (this.slabPos + frame > this.slab.length) {
+        this.closeRun();
         this.slab = Buffer.allocUnsafeSlow(Math.max(frame, Math.min(SLAB_SIZE, this.slab.length * 2)));
-        this.slabPos = 0;
+        this.slabPos = this.runStart = 0;
       }
-      const end = writeRecord(this.slab, this.slabPos, type, direction, this.nextSeq++, this.micros(), payload);
-      view = this.slab.subarray(this.slabPos, end);
-      this.slabPos = end;
+      this.slabPos = writeRecord(this.slab, this.slabPos, type, direction, this.nextSeq++, this.micros(), payload);
     }
-    this.staged.push(view);
     this.stagedBytes += frame;
     this.accounted += frame;
+  }
+
+  /** Ends the open run of the slab: it becomes a staged piece, and a new run starts where it ended. */
+  private closeRun(): void {
+    if (this.slabPos > this.runStart) this.staged.push(this.slab.subarray(this.runStart, this.slabPos));
+    this.runStart = this.slabPos;
   }
 
   private hitCap(): void {
@@ -337,16 +387,19 @@ export class RecordingWriter {
   }
 
   /**
-   * Advances the chain over the staged records, adds a checkpoint when due,
-   * and appends the batch. Synchronous up to the write, so no record() can
-   * interleave with the sequence numbers it assigns.
+   * Takes the staged records into a batch, feeds them to the digest, and
+   * adds a checkpoint when due (and the footer and trailer when closing).
+   * Synchronous, so no record() can interleave with the sequence numbers it
+   * assigns.
    */
   private takeBatch(final: FooterInfo | undefined): Buffer[] {
+    this.closeRun();
     const batch = this.staged;
     this.staged = [];
     this.stagedBytes = 0;
-    for (const rec of batch) this.chain = chainNext(this.chain, rec);
-    this.recordsSinceCheckpoint += batch.length;
+    for (const piece of batch) this.digest.update(piece);
+    this.recordsSinceCheckpoint += this.nextSeq - this.takenSeq;
+    this.takenSeq = this.nextSeq;
     const now = performance.now();
     if (
       !final &&
@@ -356,11 +409,12 @@ export class RecordingWriter {
       const body: CheckpointBody = {
         sessionId: this.sessionId,
         seq: this.nextSeq,
-        chain: this.chain.toString('hex'),
+        chain: this.digest.value(),
         micros: this.micros(),
       };
       const cp = encodeRecord(RecordType.checkpoint, 0, this.nextSeq++, body.micros, signedPayload(CHECKPOINT_SIG_DOMAIN, body, this.key.privateKey));
-      this.chain = chainNext(this.chain, cp);
+      this.takenSeq = this.nextSeq;
+      this.digest.update(cp);
       this.accounted += cp.length;
       batch.push(cp);
       this.recordsSinceCheckpoint = 0;
@@ -371,7 +425,7 @@ export class RecordingWriter {
         sessionId: this.sessionId,
         keyId: this.key.keyId,
         recordCount: this.nextSeq,
-        finalChain: this.chain.toString('hex'),
+        finalChain: this.finalHash = this.digest.value(),
         endedAt: final.endedAt,
         closeReason: final.closeReason,
         bytesClientToGateway: this.bytesIn,
@@ -390,7 +444,7 @@ export class RecordingWriter {
   /** Starts a write of what is staged, unless one is in flight (it chains another when done). */
   private flush(): void {
     if (this.isFailed || this.writing || this.closing) return;
-    if (!this.staged.length && !(this.recordsSinceCheckpoint > 0 && performance.now() - this.lastCheckpointAt >= this.checkpointMs)) return;
+    if (this.stagedBytes === 0 && !(this.recordsSinceCheckpoint > 0 && performance.now() - this.lastCheckpointAt >= this.checkpointMs)) return;
     const batch = this.takeBatch(undefined);
     if (!batch.length) return;
     this.writing = this.write(batch).finally(() => {
@@ -414,6 +468,7 @@ export class RecordingWriter {
     this.stopped = true;
     this.staged = [];
     this.stagedBytes = 0;
+    this.runStart = this.slabPos;
     markUnhealthy(err);
     this.reportFailure(writeFailed(`cannot append to ${this.path}`, err));
   }
@@ -425,7 +480,7 @@ export class RecordingWriter {
   async close(info: { closeReason: string; endedAt?: string }): Promise<RecordingResult> {
     this.stopped = true;
     this.closing = true;
-    clearInterval(this.timer);
+    this.unsubscribe();
     while (this.writing) await this.writing;
     let complete = false;
     if (!this.isFailed) {
@@ -444,7 +499,7 @@ export class RecordingWriter {
     return {
       path: this.path,
       size: this.written,
-      finalHash: this.chain.toString('hex'),
+      finalHash: this.finalHash ?? this.digest.value(),
       recordCount: this.nextSeq,
       complete,
       truncated: this.isTruncated,
@@ -459,6 +514,17 @@ interface FooterInfo {
   endedAt: string;
 }
 
+/**
+ * One writev on the file's descriptor. The callback API, not
+ * FileHandle.writev: the promise API allocates a promise request with its
+ * own stats arrays for every call, which showed in profiles at one append
+ * per session per flush interval. The FileHandle still owns the descriptor
+ * (open, fsync, close), and close() waits for the write in flight.
+ */
+function appendv(fh: FileHandle, bufs: Buffer[]): Promise<number> {
+  return new Promise((resolve, reject) => writev(fh.fd, bufs, (err, n) => (err ? reject(err) : resolve(n))));
+}
+
 /** writev until every byte is down; a short write that makes no progress is an error. */
 async function writeAll(fh: FileHandle, bufs: Buffer[]): Promise<number> {
   let total = 0;
@@ -466,7 +532,7 @@ async function writeAll(fh: FileHandle, bufs: Buffer[]): Promise<number> {
   let done = 0;
   let rest = bufs;
   while (done < total) {
-    const { bytesWritten } = await fh.writev(rest);
+    const bytesWritten = await appendv(fh, rest);
     if (bytesWritten <= 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
     done += bytesWritten;
     if (done < total) {
@@ -486,4 +552,3 @@ async function writeAll(fh: FileHandle, bufs: Buffer[]): Promise<number> {
   }
   return total;
 }
-

@@ -183,3 +183,27 @@ t.test('scrubRedisAuth: the password becomes [redacted], the shape stays', async
 t.test('record overhead is what the format says', async (t) => {
   t.equal(RECORD_OVERHEAD, 22, 'u8 type, u8 dir, u32 seq, u64 micros, u32 length, u32 crc');
 });
+
+t.test('writers share one flush tick per interval: each is flushed, and closing one leaves the others flushing', async (t) => {
+  const stateDir = tempDir(t);
+  const key = await openRecordingKey(stateDir);
+  const open = () => RecordingWriter.open({ stateDir, meta: meta(), key, flushIntervalMs: 20, onFailure: () => t.fail('no failure') });
+  const [a, b] = [await open(), await open()];
+  const sizeA = statSync(a.path).size;
+  const sizeB = statSync(b.path).size;
+  /** Resolves once the file holds more than `size` bytes, without close() (the tick flushed it). */
+  const flushed = async (w: RecordingWriter, size: number) => {
+    for (let i = 0; i < 200 && statSync(w.path).size <= size; i++) await new Promise((r) => setTimeout(r, 10));
+    return statSync(w.path).size > size;
+  };
+  a.record('client', Buffer.from('to a'));
+  b.record('client', Buffer.from('to b'));
+  t.ok(await flushed(a, sizeA), 'the first writer was flushed by the tick');
+  t.ok(await flushed(b, sizeB), 'the second writer was flushed by the tick');
+  await a.close({ closeReason: 'done' });
+  const before = statSync(b.path).size;
+  b.record('server', Buffer.from('after a closed'));
+  t.ok(await flushed(b, before), 'still flushed after the other writer closed');
+  await b.close({ closeReason: 'done' });
+  t.equal((await readRecording(b.path).bytesOf('server')).toString(), 'after a closed');
+});
