@@ -109,6 +109,12 @@ class Outbox {
     this.#runEnd = b.byteOffset + b.length;
   }
 
+  /** Queues `b` as it is, never merged: the relay without a gate, where every buffer is a whole chunk already. */
+  push(b: Buffer): void {
+    if (this.#run !== undefined) this.#buffers.push(this.#cut(this.#run));
+    this.#buffers.push(b);
+  }
+
   get empty(): boolean {
     return this.#run === undefined && this.#buffers.length === 0;
   }
@@ -243,7 +249,7 @@ export class PgRelay {
     const gate = this.options.gate;
     const sink: FramerSink = gate
       ? { passthrough: (b) => gate.fromServer(-1, b), message: (t, m) => gate.fromServer(t, m) }
-      : { passthrough: (b) => this.#toClient.add(b), message: (_t, m) => this.#toClient.add(m) };
+      : { passthrough: (b) => this.#toClient.push(b), message: (_t, m) => this.#toClient.push(m) };
     const emit = (bytes: Buffer): void => {
       if (this.#closed) return;
       try {
@@ -303,13 +309,13 @@ export class PgRelay {
       ? side === 'client'
         ? this.#clientSink()
         : { passthrough: (b) => gate.fromServer(-1, b), message: (t, m) => gate.fromServer(t, m) }
-      : { passthrough: (b) => direct.add(b), message: (_t, m) => direct.add(m) };
+      : { passthrough: (b) => direct.push(b), message: (_t, m) => direct.push(m) };
     from.on('data', (chunk: Buffer) => {
       this.#lastActivity = Date.now();
       if (side === 'client') this.stats.bytesFromClient += chunk.length;
       else this.stats.bytesFromUpstream += chunk.length;
       try {
-        direct.chunk = chunk;
+        if (gate) direct.chunk = chunk;
         framer.push(chunk, sink);
         if (gate && side === 'upstream') gate.serverChunkDone();
       } catch (err) {
