@@ -71,8 +71,8 @@ export interface ClassifierCacheStats {
  * Cached facts are frozen: callers share them.
  *
  * Recency is kept as the Map's insertion order, but a hit moves its entry to
- * the most recent end only when it has drifted into the older half (more
- * than maxEntries/2 insertions ago): a hot statement is hit every
+ * the most recent end only when it may have drifted into the older half
+ * (inserted longer ago than half the entries held): a hot statement is hit every
  * transaction, and re-inserting it each time (a delete and a set on the
  * Map) cost more than the lookup itself. An entry in use is still never the
  * one evicted.
@@ -98,7 +98,8 @@ export class ClassifierCache {
       return undefined;
     }
     this.hitCount++;
-    if (this.stamps - slot.stamp > this.maxEntries / 2) {
+    // Fewer insertions since its own than half the entries held: it is in the newer half, which is evicted last.
+    if (this.stamps - slot.stamp > this.map.size / 2) {
       // Map iteration order is insertion order: re-inserting marks it most recent.
       this.map.delete(text);
       slot.stamp = this.stamps++;
