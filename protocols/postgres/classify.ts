@@ -69,9 +69,18 @@ export interface ClassifierCacheStats {
  * client repeating a bad statement costs nothing either). Texts longer than
  * `maxTextLength` are never cached; `maxTotalChars` bounds the memory held.
  * Cached facts are frozen: callers share them.
+ *
+ * Recency is kept as the Map's insertion order, but a hit moves its entry to
+ * the most recent end only when it may have drifted into the older half
+ * (inserted longer ago than half the entries held): a hot statement is hit every
+ * transaction, and re-inserting it each time (a delete and a set on the
+ * Map) cost more than the lookup itself. An entry in use is still never the
+ * one evicted.
  */
 export class ClassifierCache {
-  private readonly map = new Map<string, CacheEntry>();
+  private readonly map = new Map<string, { entry: CacheEntry; stamp: number }>();
+  /** Insertions so far; an entry's stamp is the value at its last insertion. */
+  private stamps = 0;
   private chars = 0;
   private hitCount = 0;
   private missCount = 0;
@@ -83,21 +92,25 @@ export class ClassifierCache {
   ) {}
 
   get(text: string): CacheEntry | undefined {
-    const entry = this.map.get(text);
-    if (entry === undefined) {
+    const slot = this.map.get(text);
+    if (slot === undefined) {
       this.missCount++;
       return undefined;
     }
     this.hitCount++;
-    // Map iteration order is insertion order: re-inserting marks it most recent.
-    this.map.delete(text);
-    this.map.set(text, entry);
-    return entry;
+    // Fewer insertions since its own than half the entries held: it is in the newer half, which is evicted last.
+    if (this.stamps - slot.stamp > this.map.size / 2) {
+      // Map iteration order is insertion order: re-inserting marks it most recent.
+      this.map.delete(text);
+      slot.stamp = this.stamps++;
+      this.map.set(text, slot);
+    }
+    return slot.entry;
   }
 
   set(text: string, entry: CacheEntry): void {
     if (text.length > this.maxTextLength || this.map.has(text)) return;
-    this.map.set(text, entry);
+    this.map.set(text, { entry, stamp: this.stamps++ });
     this.chars += text.length;
     while (this.map.size > this.maxEntries || this.chars > this.maxTotalChars) {
       const oldest = this.map.keys().next().value as string;
@@ -277,7 +290,8 @@ export function literalShape(sql: string): string {
       while (end < n && isDigit(sql.charCodeAt(end))) end++;
       // Zero stays zero and anything else becomes 1000...: a boolean option
       // written as a number (EXPLAIN (ANALYZE 1)) keeps its meaning.
-      const zero = /^0+$/.test(sql.slice(i, end));
+      let zero = true;
+      for (let k = i; k < end && zero; k++) zero = sql.charCodeAt(k) === 0x30;
       out += sql.slice(copied, i) + (zero ? '0'.repeat(end - i) : `1${'0'.repeat(end - i - 1)}`);
       copied = end;
       i = end;

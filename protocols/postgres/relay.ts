@@ -84,16 +84,61 @@ const TERMINATE = terminate();
 const SMALL_BURST = 16 * 1024;
 
 /**
- * Queues `b` for writing, merging it into the previous buffer when both are
- * adjacent views of the same chunk: a chunk the gate only looked at leaves
- * as the one view it arrived as, not as a buffer per message.
+ * Bytes waiting for the next write to one side. Adjacent views of the same
+ * chunk (the gate handing back, one by one, the messages it only looked at)
+ * are merged into one run by arithmetic on offsets, and the run is cut out
+ * only when the outbox is written: a chunk the gate only looked at leaves
+ * as the chunk object it arrived as, with no buffer allocated per message.
  */
-function append(queue: Buffer[], b: Buffer): void {
-  const last = queue[queue.length - 1];
-  if (last && last.buffer === b.buffer && last.byteOffset + last.length === b.byteOffset) {
-    queue[queue.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + b.length);
-  } else {
-    queue.push(b);
+class Outbox {
+  readonly #buffers: Buffer[] = [];
+  /** First view of the run not yet cut out, and the offset (in its ArrayBuffer) just past the run. */
+  #run: Buffer | undefined;
+  #runEnd = 0;
+  /** The chunk being framed for this side, if any: a run that covers it exactly is written as this object. */
+  chunk: Buffer | undefined;
+
+  add(b: Buffer): void {
+    const run = this.#run;
+    if (run !== undefined && run.buffer === b.buffer && this.#runEnd === b.byteOffset) {
+      this.#runEnd += b.length;
+      return;
+    }
+    if (run !== undefined) this.#buffers.push(this.#cut(run));
+    this.#run = b;
+    this.#runEnd = b.byteOffset + b.length;
+  }
+
+  /** Queues `b` as it is, never merged: the relay without a gate, where every buffer is a whole chunk already. */
+  push(b: Buffer): void {
+    if (this.#run !== undefined) this.#buffers.push(this.#cut(this.#run));
+    this.#buffers.push(b);
+  }
+
+  get empty(): boolean {
+    return this.#run === undefined && this.#buffers.length === 0;
+  }
+
+  /** Everything queued, in order; the outbox is empty afterwards. The array is reused: use it before the next `add`. */
+  take(): Buffer[] {
+    if (this.#run !== undefined) this.#buffers.push(this.#cut(this.#run));
+    this.chunk = undefined;
+    return this.#buffers;
+  }
+
+  clear(): void {
+    this.#buffers.length = 0;
+    this.#run = undefined;
+    this.chunk = undefined;
+  }
+
+  #cut(run: Buffer): Buffer {
+    this.#run = undefined;
+    const length = this.#runEnd - run.byteOffset;
+    if (length === run.length) return run;
+    const c = this.chunk;
+    if (c !== undefined && c.buffer === run.buffer && c.byteOffset === run.byteOffset && c.length === length) return c;
+    return Buffer.from(run.buffer, run.byteOffset, length);
   }
 }
 
@@ -104,9 +149,9 @@ export class PgRelay {
   #lastActivity = Date.now();
   #idleTimer: NodeJS.Timeout | undefined;
   #open = 2;
-  /** Buffers waiting for the next write to each side. */
-  readonly #toUpstream: Buffer[] = [];
-  readonly #toClient: Buffer[] = [];
+  /** Bytes waiting for the next write to each side. */
+  readonly #toUpstream = new Outbox();
+  readonly #toClient = new Outbox();
   /** Reasons the client socket is paused: upstream backpressure, a held statement. */
   #clientBackpressure = false;
   #clientHeld = false;
@@ -123,8 +168,8 @@ export class PgRelay {
       clientFramer.setInspect(gate.clientTypes);
       upstreamFramer.setInspect(gate.serverTypes);
       gate.attach({
-        toUpstream: (b) => append(this.#toUpstream, b),
-        toClient: (b) => append(this.#toClient, b),
+        toUpstream: (b) => this.#toUpstream.add(b),
+        toClient: (b) => this.#toClient.add(b),
         flush: () => this.#flush(),
         holdClient: () => {
           this.#clientHeld = true;
@@ -145,13 +190,13 @@ export class PgRelay {
 
   /** Starts relaying. `toUpstream` / `toClient` are bytes already read or prepared that must go first. */
   start(toUpstream: Buffer[], toClient: Buffer[]): void {
-    this.#toClient.push(...toClient);
+    for (const b of toClient) this.#toClient.add(b);
     this.#flush();
     const gate = this.options.gate;
     // Messages the client pipelined behind its password go through the gate like any others.
     for (const b of toUpstream) {
       if (gate) this.clientFramer.push(b, this.#clientSink());
-      else this.#toUpstream.push(b);
+      else this.#toUpstream.add(b);
     }
     this.#flush();
     this.#pump(this.client, this.upstream, this.clientFramer, 'client');
@@ -208,6 +253,7 @@ export class PgRelay {
     const emit = (bytes: Buffer): void => {
       if (this.#closed) return;
       try {
+        this.#toClient.chunk = bytes;
         framer.push(bytes, sink);
         if (gate) gate.serverChunkDone();
       } catch (err) {
@@ -247,7 +293,7 @@ export class PgRelay {
   }
 
   #transformFailed(err: unknown): void {
-    this.#toClient.length = 0;
+    this.#toClient.clear();
     this.options.logger.error({ err: err instanceof Error ? err.message : String(err) }, 'server data could not be masked; closing session');
     this.shutdown(
       'masking failed',
@@ -269,6 +315,7 @@ export class PgRelay {
       if (side === 'client') this.stats.bytesFromClient += chunk.length;
       else this.stats.bytesFromUpstream += chunk.length;
       try {
+        if (gate) direct.chunk = chunk;
         framer.push(chunk, sink);
         if (gate && side === 'upstream') gate.serverChunkDone();
       } catch (err) {
@@ -313,12 +360,16 @@ export class PgRelay {
     return watch === 'client' ? down : watch === 'upstream' ? up : up && down;
   }
 
-  #writeAll(to: Socket, buffers: Buffer[]): boolean {
-    if (buffers.length === 0) return true;
-    if (this.#closed || !to.writable) {
-      buffers.length = 0;
+  #writeAll(to: Socket, outbox: Outbox): boolean {
+    if (outbox.empty) {
+      outbox.chunk = undefined;
       return true;
     }
+    if (this.#closed || !to.writable) {
+      outbox.clear();
+      return true;
+    }
+    const buffers = outbox.take();
     let flowing: boolean;
     if (buffers.length === 1) {
       flowing = to.write(buffers[0]!);
@@ -341,8 +392,8 @@ export class PgRelay {
   }
 
   #violation(err: unknown, side: 'client' | 'upstream'): void {
-    this.#toUpstream.length = 0;
-    this.#toClient.length = 0;
+    this.#toUpstream.clear();
+    this.#toClient.clear();
     const message = err instanceof PgProtocolError ? err.message : 'internal error while relaying';
     if (!(err instanceof PgProtocolError)) this.options.logger.error({ err }, 'unexpected relay failure');
     this.options.logger.warn({ side, offset: err instanceof PgProtocolError ? err.offset : undefined, reason: message }, 'protocol violation; closing session');

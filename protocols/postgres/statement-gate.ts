@@ -1,5 +1,6 @@
 import type { GateContextBase, SqlStatementFacts, Verdict } from '../../src/policy/types.js';
 import type { AuditEvent, AuditVerdict } from '../../src/store/types.js';
+import { isoTime } from '../../src/store/iso-time.js';
 import type { PendingApproval } from '../../src/policy/approvals.js';
 import { classifyPrepared, classifySql, fingerprint, SqlParseError } from './classify.js';
 import { Backend, Frontend, errorResponse, noticeResponse, readyForQuery, sqlstate, type TransactionStatus } from './messages.js';
@@ -60,6 +61,21 @@ interface OpenStatement {
   started: number;
 }
 
+/** Most replies owed are a plain ReadyForQuery: one shared entry instead of an object per Query or Sync. */
+const SERVER_REPLY: Owed = Object.freeze({ kind: 'server' });
+
+/** A prepared statement as the audit trail names it. */
+interface Prepared {
+  text: string;
+  kind: string;
+  /** A role statement: its parameters may be a password and are never audited. */
+  role: boolean;
+}
+
+function prepared(text: string, kind: string): Prepared {
+  return { text, kind, role: kind.split(',').includes('role') };
+}
+
 const TRANSACTION_END = /^\s*(commit|end|prepare\s+transaction)\b/i;
 const TRANSACTION_ROLLBACK = /^\s*(rollback|abort)\b/i;
 
@@ -87,7 +103,7 @@ export class PgStatementGate implements RelayGate {
   #backlog: Held[] = [];
   #pending: PendingApproval | undefined;
   /** Prepared statements by name (extended protocol), for audit text. */
-  readonly #statements = new Map<string, { text: string; kind: string }>();
+  readonly #statements = new Map<string, Prepared>();
   /** The last Bind per portal name: the statement and its parameters, for audit. */
   readonly #portals = new Map<string, { statement: string; params: string[] }>();
   readonly #open: OpenStatement[] = [];
@@ -151,7 +167,7 @@ export class PgStatementGate implements RelayGate {
         this.#io.toUpstream(bytes);
         return;
       case Frontend.Sync:
-        this.#owed.push({ kind: 'server' });
+        this.#owed.push(SERVER_REPLY);
         this.#io.toUpstream(bytes);
         return;
       case Frontend.FunctionCall:
@@ -195,9 +211,9 @@ export class PgStatementGate implements RelayGate {
     this.#forwardQuery(bytes, facts, started);
   }
 
-  #forwardQuery(bytes: Buffer, facts: SqlStatementFacts[], started: number, extra: Partial<AuditEvent> = {}): void {
-    this.#owed.push({ kind: 'server' });
-    const verdict: AuditVerdict = extra.approvalId ? 'approved' : 'allowed';
+  #forwardQuery(bytes: Buffer, facts: SqlStatementFacts[], started: number, extra?: Partial<AuditEvent>): void {
+    this.#owed.push(SERVER_REPLY);
+    const verdict: AuditVerdict = extra?.approvalId ? 'approved' : 'allowed';
     if (this.ctx.audit) {
       for (const f of facts) this.#open.push({ event: this.#event(auditText(f), f.kinds.join(','), verdict, extra), started });
     }
@@ -228,7 +244,7 @@ export class PgStatementGate implements RelayGate {
       this.#hold(Frontend.Parse, bytes, verdict, [facts], query.value);
       return;
     }
-    this.#statements.set(name.value, { text: auditText(facts), kind: facts.kinds.join(',') });
+    this.#statements.set(name.value, prepared(auditText(facts), facts.kinds.join(',')));
     this.#io.toUpstream(bytes);
   }
 
@@ -330,7 +346,7 @@ export class PgStatementGate implements RelayGate {
         if (type === Frontend.Query) this.#forwardQuery(held, facts, started, { approvalId: id, ...(verdict.rule ? { rule: verdict.rule } : {}) });
         else {
           const name = cstring(held, 5).value;
-          this.#statements.set(name, { text: auditText(facts[0]!), kind: facts[0]!.kinds.join(',') });
+          this.#statements.set(name, prepared(auditText(facts[0]!), facts[0]!.kinds.join(',')));
           this.#io.toUpstream(held);
         }
       } else {
@@ -369,10 +385,10 @@ export class PgStatementGate implements RelayGate {
 
   #parseInAbortedTransaction(bytes: Buffer, name: string, query: string): void {
     if (TRANSACTION_END.test(query)) {
-      this.#statements.set(name, { text: 'ROLLBACK', kind: 'transaction' });
+      this.#statements.set(name, prepared('ROLLBACK', 'transaction'));
       this.#io.toUpstream(parseMessage(name, 'ROLLBACK'));
     } else if (TRANSACTION_ROLLBACK.test(query)) {
-      this.#statements.set(name, { text: query, kind: 'transaction' });
+      this.#statements.set(name, prepared(query, 'transaction'));
       this.#io.toUpstream(bytes);
     } else {
       this.#discardUntilSync = abortedError();
@@ -467,17 +483,18 @@ export class PgStatementGate implements RelayGate {
   #execute(bytes: Buffer): void {
     const portal = cstring(bytes, 5).value;
     const bound = this.#portals.get(portal);
-    const prepared = bound ? this.#statements.get(bound.statement) : undefined;
+    const statement = bound ? this.#statements.get(bound.statement) : undefined;
     // Parameters of a role statement may be its password.
-    const params = prepared && prepared.kind.split(',').includes('role') ? ['[redacted]'] : bound?.params ?? [];
-    const text = prepared ? (params.length ? `${prepared.text} -- params: ${JSON.stringify(params)}` : prepared.text) : `(portal "${portal}")`;
-    this.#open.push({ event: this.#event(text, prepared?.kind ?? 'execute', 'allowed'), started: Date.now() });
+    const params = statement?.role ? ['[redacted]'] : bound?.params ?? [];
+    const text = statement ? (params.length ? `${statement.text} -- params: ${JSON.stringify(params)}` : statement.text) : `(portal "${portal}")`;
+    const now = Date.now();
+    this.#open.push({ event: this.#event(text, statement?.kind ?? 'execute', 'allowed', undefined, now), started: now });
     this.#record('allowed', 1);
   }
 
-  #event(text: string, kind: string, verdict: AuditVerdict, extra: Partial<AuditEvent> = {}): AuditEvent {
-    return {
-      time: new Date().toISOString(),
+  #event(text: string, kind: string, verdict: AuditVerdict, extra?: Partial<AuditEvent>, now = Date.now()): AuditEvent {
+    const event: AuditEvent = {
+      time: isoTime(now),
       sessionId: this.ctx.sessionId,
       subject: this.ctx.subject,
       target: this.ctx.target,
@@ -486,8 +503,8 @@ export class PgStatementGate implements RelayGate {
       text,
       verdict,
       policy: this.ctx.policy.name,
-      ...extra,
     };
+    return extra ? Object.assign(event, extra) : event;
   }
 
   #record(verdict: AuditVerdict, n: number): void {
@@ -520,7 +537,8 @@ export class PgStatementGate implements RelayGate {
 function cstring(bytes: Buffer, offset: number): { value: string; end: number } {
   const nul = bytes.indexOf(0, offset);
   const end = nul < 0 ? bytes.length : nul;
-  return { value: bytes.toString('utf8', offset, end), end: end + 1 };
+  // The unnamed portal or statement, in almost every Bind and Execute.
+  return { value: end === offset ? '' : bytes.toString('utf8', offset, end), end: end + 1 };
 }
 
 /** Bind parameter values for the audit trail: text as is, binary as hex, NULL as null. */
@@ -552,10 +570,17 @@ function bindParameters(bytes: Buffer, offset: number): string[] {
 }
 
 /** Rows from a CommandComplete tag: the last number of `INSERT 0 5`, `SELECT 3`, `COPY 10` ... */
-function rowsFromTag(bytes: Buffer): number | undefined {
-  const tag = bytes.toString('latin1', 5, bytes.length - 1);
-  const m = / (\d+)$/.exec(tag);
-  return m ? Number(m[1]) : undefined;
+export function rowsFromTag(bytes: Buffer): number | undefined {
+  // The tag is NUL-terminated: its digits end just before the last byte. Scanned in place, no string made.
+  const end = bytes.length - 1;
+  let start = end;
+  while (start > 5 && bytes[start - 1]! >= 0x30 && bytes[start - 1]! <= 0x39) start--;
+  if (start === end || start - 1 < 5 || bytes[start - 1] !== 0x20) return undefined;
+  // Up to 15 digits add up exactly; a longer count goes through Number() as it always did.
+  if (end - start > 15) return Number(bytes.toString('latin1', start, end));
+  let n = 0;
+  for (let i = start; i < end; i++) n = n * 10 + (bytes[i]! - 0x30);
+  return n;
 }
 
 function errorCode(bytes: Buffer): string | undefined {

@@ -378,6 +378,14 @@ t.test('cache: repeated text is a hit, results are frozen and shared', async (t)
   small.set('x'.repeat(11), { facts: [] });
   t.equal(small.stats().size, 2, 'texts over the cap are not cached');
 
+  const hot = new ClassifierCache(4, 100);
+  hot.set('hot', { facts: [] });
+  for (let i = 0; i < 20; i++) {
+    hot.set(`cold ${i}`, { facts: [] });
+    t.ok(hot.get('hot'), `an entry hit between insertions is never evicted (${i})`);
+  }
+  t.equal(hot.get('cold 0'), undefined, 'entries never hit are');
+
   const bytes = new ClassifierCache(100, 100, 10);
   bytes.set('12345', { facts: [] });
   bytes.set('67890', { facts: [] });

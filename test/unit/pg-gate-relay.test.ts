@@ -1,0 +1,122 @@
+/**
+ * The audited relay path without sockets or a server: a PgRelay between two
+ * fake sockets with the statement gate attached, fed the messages pgbench
+ * sends, checking what each side receives and what the audit trail gets.
+ */
+import { EventEmitter } from 'node:events';
+import t from 'tap';
+import { initClassifier } from '../../protocols/postgres/classify.js';
+import { PgFramer } from '../../protocols/postgres/framer.js';
+import { PgRelay } from '../../protocols/postgres/relay.js';
+import { PgStatementGate, rowsFromTag } from '../../protocols/postgres/statement-gate.js';
+import { createLogger } from '../../src/log.js';
+import { SessionPolicy } from '../../src/policy/engine.js';
+import { isoTime } from '../../src/store/iso-time.js';
+import type { AuditEvent } from '../../src/store/types.js';
+import { PgBytes } from '../helpers/pg-bytes.js';
+
+class FakeSocket extends EventEmitter {
+  writable = true;
+  writableNeedDrain = false;
+  readonly writes: Buffer[] = [];
+  write(b: Buffer): boolean {
+    this.writes.push(b);
+    return true;
+  }
+  cork(): void {}
+  uncork(): void {}
+  pause(): void {}
+  resume(): void {}
+  end(): void {}
+  destroy(): void {}
+}
+
+const logger = createLogger('error', { write: () => undefined });
+
+function audited(): { client: FakeSocket; upstream: FakeSocket; events: AuditEvent[] } {
+  const client = new FakeSocket();
+  const upstream = new FakeSocket();
+  const events: AuditEvent[] = [];
+  const policy = new SessionPolicy({ name: 'p', subjects: { groups: ['g'] }, targets: ['db'], default: 'allow', rules: [] });
+  const gate = new PgStatementGate({ sessionId: 's1', subject: 'alice', target: 'db', policy, logger, audit: { write: (e) => events.push(e) } });
+  const relay = new PgRelay(client as never, upstream as never, new PgFramer({ maxMessageBytes: 1 << 20 }), new PgFramer({ maxMessageBytes: 1 << 20 }), {
+    logger,
+    idleTimeoutMs: 0,
+    onClose: () => undefined,
+    gate,
+  });
+  relay.start([], []);
+  return { client, upstream, events };
+}
+
+const bind = (statement: string, value: string): Buffer =>
+  new PgBytes().cstring('').cstring(statement).int16(0).int16(1).int32(Buffer.byteLength(value)).string(value).int16(0).typed('B');
+const execute = (): Buffer => new PgBytes().cstring('').int32(0).typed('E');
+const sync = (): Buffer => new PgBytes().typed('S');
+const commandComplete = (tag: string): Buffer => new PgBytes().cstring(tag).typed('C');
+const readyForQuery = (): Buffer => new PgBytes().char('I').typed('Z');
+const dataRow = (): Buffer => new PgBytes().int16(1).int32(1).string('0').typed('D');
+
+t.before(() => initClassifier());
+
+t.test('chunks the gate only looked at leave as the same objects, one write each way', async (t) => {
+  const { client, upstream, events } = audited();
+  upstream.emit('data', Buffer.concat([new PgBytes().typed('1'), readyForQuery()])); // ParseComplete: nothing owed yet, passes through
+  client.emit('data', Buffer.concat([new PgBytes().cstring('s1').cstring('SELECT abalance FROM pgbench_accounts WHERE aid = $1').int16(0).typed('P'), sync()]));
+  upstream.emit('data', Buffer.concat([new PgBytes().typed('1'), readyForQuery()]));
+  client.writes.length = 0;
+  upstream.writes.length = 0;
+
+  const request = Buffer.concat([bind('s1', '42'), execute(), sync()]);
+  client.emit('data', request);
+  t.equal(upstream.writes.length, 1, 'one write upstream');
+  t.equal(upstream.writes[0], request, 'the client chunk itself, not a copy');
+  const answer = Buffer.concat([new PgBytes().typed('2'), dataRow(), commandComplete('SELECT 1'), readyForQuery()]);
+  upstream.emit('data', answer);
+  t.equal(client.writes.length, 1, 'one write to the client');
+  t.equal(client.writes[0], answer, 'the server chunk itself, not a copy');
+
+  const last = events[events.length - 1]!;
+  t.match(last, { kind: 'select', verdict: 'allowed', rows: 1, text: 'SELECT abalance FROM pgbench_accounts WHERE aid = $1 -- params: ["42"]' });
+  t.type(last.durationMs, 'number');
+});
+
+t.test('messages split across chunks are forwarded whole and in order', async (t) => {
+  const { client, upstream, events } = audited();
+  const request = Buffer.concat([new PgBytes().cstring('SELECT 1').typed('Q'), new PgBytes().cstring('SELECT 2').typed('Q')]);
+  for (const piece of [request.subarray(0, 7), request.subarray(7, 20), request.subarray(20)]) client.emit('data', piece);
+  t.same(Buffer.concat(upstream.writes), request);
+  const answer = Buffer.concat([commandComplete('SELECT 1'), readyForQuery(), commandComplete('SELECT 1'), readyForQuery()]);
+  upstream.emit('data', answer.subarray(0, 3));
+  upstream.emit('data', answer.subarray(3));
+  t.same(Buffer.concat(client.writes), answer);
+  t.same(events.map((e) => e.text), ['SELECT 1', 'SELECT 2']);
+});
+
+t.test('role statements never have their parameters audited', async (t) => {
+  const { client, upstream, events } = audited();
+  client.emit('data', Buffer.concat([new PgBytes().cstring('r').cstring('ALTER ROLE bob PASSWORD $1').int16(0).typed('P'), bind('r', 'hunter2'), execute(), sync()]));
+  upstream.emit('data', Buffer.concat([new PgBytes().typed('1'), new PgBytes().typed('2'), commandComplete('ALTER ROLE'), readyForQuery()]));
+  t.equal(events.length, 1);
+  t.notMatch(events[0]!.text, /hunter2/);
+  t.match(events[0]!.text, /\[redacted\]/);
+  t.equal(events[0]!.rows, undefined, 'no count in an ALTER ROLE tag');
+});
+
+t.test('rowsFromTag reads the trailing count of a CommandComplete tag', async (t) => {
+  t.equal(rowsFromTag(commandComplete('SELECT 3')), 3);
+  t.equal(rowsFromTag(commandComplete('INSERT 0 5')), 5);
+  t.equal(rowsFromTag(commandComplete('COPY 10')), 10);
+  t.equal(rowsFromTag(commandComplete('BEGIN')), undefined);
+  t.equal(rowsFromTag(commandComplete('X1')), undefined, 'digits not after a space');
+  t.equal(rowsFromTag(commandComplete('12')), undefined, 'digits alone');
+  t.equal(rowsFromTag(commandComplete(' 7')), 7);
+  t.equal(rowsFromTag(commandComplete('SELECT 12345678901234567890')), 12345678901234567890);
+  t.equal(rowsFromTag(commandComplete('')), undefined);
+});
+
+t.test('isoTime is toISOString', async (t) => {
+  const samples = [0, 1, 999, 1000, -1, -999, -1001, Date.UTC(2026, 10, 29, 6, 59, 59, 999), Date.UTC(2026, 10, 29, 7, 0, 0, 5), 8.64e15, -8.64e15, 253402300800000];
+  for (let ms = Date.now() - 3000; ms < Date.now() + 3000; ms += 37) samples.push(ms);
+  for (const ms of samples) t.equal(isoTime(ms), new Date(ms).toISOString(), String(ms));
+});
