@@ -39,6 +39,7 @@ import { error, type RespVersion } from './replies.js';
 import { RespProtocolError, RespReplyFramer, RespRequestFramer, type ReplyEndInfo, type ReplySink, type RequestSpanSink, type RespRequestLimits } from './resp.js';
 import { encodeCommand } from './upstream.js';
 import type { Judgement, RedisCommandGate } from './command-gate.js';
+import { commandKind } from './classify.js';
 
 export interface RedisRelayOptions {
   logger: Logger;
@@ -276,19 +277,27 @@ export class RedisRelay {
   #onSpan(buf: Buffer, start: number, end: number): void {
     const framer = this.clientFramer;
     const nameAt = start + framer.argStart(0);
-    if (
-      !this.#held &&
-      this.#paired &&
-      this.options.gate === undefined &&
-      this.#classifier.byName(buf, nameAt, start + framer.argEnd(0) - nameAt)?.verdict === Verdict.Forward
-    ) {
-      // Nothing to judge or track: forwarded without building its argument list.
-      this.stats.commands++;
-      this.#sent++;
-      this.#forwardSpan(buf, start, end);
-      return;
+    const nameEnd = start + framer.argEnd(0);
+    if (!this.#held && this.#paired && this.#classifier.byName(buf, nameAt, nameEnd - nameAt)?.verdict === Verdict.Forward) {
+      const gate = this.options.gate;
+      // Nothing to track, and no judging, or a verdict that needs no more than the command's kind:
+      // forwarded without building its argument list.
+      if (gate === undefined || this.#allowedByKind(gate, buf, start, nameAt, nameEnd)) {
+        this.stats.commands++;
+        this.#sent++;
+        this.#forwardSpan(buf, start, end);
+        return;
+      }
     }
     this.#onCommand(buf, start, end, framer.args(buf.subarray(start, end)));
+  }
+
+  /** Whether the gate allows every command of this one's kind (and counts it): then it needs no `judge`. */
+  #allowedByKind(gate: RedisCommandGate, buf: Buffer, start: number, nameAt: number, nameEnd: number): boolean {
+    const framer = this.clientFramer;
+    const subAt = framer.argCount > 1 ? start + framer.argStart(1) : -1;
+    const kind = commandKind(buf, nameAt, nameEnd, subAt, start + (subAt < 0 ? 0 : framer.argEnd(1)));
+    return kind !== undefined && gate.allows(kind);
   }
 
   /** Writes what the chunk produced for the upstream; false when the upstream's buffer is full. */

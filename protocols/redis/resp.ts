@@ -312,7 +312,7 @@ export class RespRequestFramer {
   /** Pairs of [start, end) offsets of the current command's arguments, relative to its first byte. */
   private argBounds: number[] = [];
   /** Arguments recorded in argBounds for the current command (the array is reused). */
-  private argCount = 0;
+  private argc = 0;
   /** The sink of the `push` or `pushSpans` in progress (exactly one is set). */
   private sink: RequestSink | null = null;
   private spanSink: RequestSpanSink | null = null;
@@ -366,6 +366,11 @@ export class RespRequestFramer {
     }
   }
 
+  /** During `span`: how many arguments the command has (the name included). */
+  get argCount(): number {
+    return this.argc;
+  }
+
   /** During `span`: where argument `i` of the command starts, relative to the command's first byte. */
   argStart(i: number): number {
     return this.argBounds[2 * i]!;
@@ -379,8 +384,8 @@ export class RespRequestFramer {
   /** During `span`: the command's arguments as subarrays of `raw`, its bytes. */
   args(raw: Buffer): Buffer[] {
     const bounds = this.argBounds;
-    const args: Buffer[] = new Array<Buffer>(this.argCount);
-    for (let i = 0; i < this.argCount; i++) args[i] = raw.subarray(bounds[2 * i]!, bounds[2 * i + 1]!);
+    const args: Buffer[] = new Array<Buffer>(this.argc);
+    for (let i = 0; i < this.argc; i++) args[i] = raw.subarray(bounds[2 * i]!, bounds[2 * i + 1]!);
     return args;
   }
 
@@ -488,7 +493,7 @@ export class RespRequestFramer {
               break;
             }
             this.argsLeft = n;
-            this.argCount = 0;
+            this.argc = 0;
             this.state = RQ_BULK;
           } else {
             if (n < 0) this.fail('invalid bulk length', lineEnd);
@@ -499,7 +504,7 @@ export class RespRequestFramer {
               this.fail('command exceeds the query buffer limit', lineEnd);
             }
             this.bodyLeft = n;
-            const k = 2 * this.argCount++;
+            const k = 2 * this.argc++;
             const at = this.base + pos - this.cmdStart;
             this.argBounds[k] = at;
             this.argBounds[k + 1] = at + n;
