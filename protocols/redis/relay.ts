@@ -115,7 +115,16 @@ export class RedisRelay {
   readonly #classifier: CommandClassifier;
   #closed = false;
   #closeReason = 'closed';
+  /**
+   * Idle tracking without a clock read per chunk: the idle check compares
+   * the bytes seen so far with what it saw last time, and dates activity to
+   * its own ticks (so a session closes after idleTimeoutMs to idleTimeoutMs
+   * plus one tick without traffic, never sooner).
+   */
   #lastActivity = Date.now();
+  #bytesAtCheck = 0;
+  /** Bytes read from the upstream before serverTransform (stats count what it emits). */
+  #transformIn = 0;
   #idleTimer: NodeJS.Timeout | undefined;
   #open = 2;
 
@@ -188,7 +197,7 @@ export class RedisRelay {
     const transform = this.options.serverTransform;
     if (transform) {
       this.upstream.on('data', (chunk: Buffer) => {
-        this.#lastActivity = Date.now();
+        this.#transformIn += chunk.length;
         let pending: void | Promise<void>;
         try {
           pending = transform.push(chunk, (bytes) => {
@@ -252,7 +261,6 @@ export class RedisRelay {
 
   #onClientData(chunk: Buffer): void {
     if (this.#clientFailed) return;
-    this.#lastActivity = Date.now();
     this.stats.bytesFromClient += chunk.length;
     let failure: unknown;
     this.#cChunk = chunk;
@@ -540,7 +548,6 @@ export class RedisRelay {
   // --- upstream -> client ----------------------------------------------------
 
   #onUpstreamData(chunk: Buffer): void {
-    this.#lastActivity = Date.now();
     this.stats.bytesFromUpstream += chunk.length;
     this.#uChunk = chunk;
     this.#uBase = this.upstreamFramer.offset;
@@ -723,7 +730,14 @@ export class RedisRelay {
   }
 
   #checkIdle(): void {
-    if (Date.now() - this.#lastActivity < this.options.idleTimeoutMs) return;
+    const now = Date.now();
+    const bytes = this.stats.bytesFromClient + this.stats.bytesFromUpstream + this.#transformIn;
+    if (bytes !== this.#bytesAtCheck) {
+      this.#bytesAtCheck = bytes;
+      this.#lastActivity = now;
+      return;
+    }
+    if (now - this.#lastActivity < this.options.idleTimeoutMs) return;
     this.shutdown(`terminating connection after ${this.options.idleTimeoutMs} ms without traffic (idle_timeout)`);
   }
 

@@ -479,7 +479,7 @@ export class RespRequestFramer {
             this.fail(this.state === RQ_MULTIBULK ? 'too big mbulk count string' : 'too big bulk count string', lineEnd);
           }
           const n = parseLength(lineBuf, lineFrom + 1, lineCR);
-          this.line.reset();
+          if (this.line.length > 0) this.line.reset();
           pos = lineEnd + 1;
           if (this.state === RQ_MULTIBULK) {
             if (n < 0) this.fail('invalid multibulk length', lineEnd);
