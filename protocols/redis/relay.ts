@@ -4,9 +4,10 @@
  *
  * Client side, per chunk: every complete command is classified (commands.ts);
  * the forwarded ones are collected as spans of the chunk, so a chunk of
- * ordinary commands goes upstream as ONE write of the chunk itself. With no
- * gate, a command whose name alone says "forward" (GET, SET, ...) costs no
- * allocation: the framer hands over offsets, no argument list is built. A command
+ * ordinary commands goes upstream as ONE write of the chunk itself. A command
+ * whose name alone says "forward" (GET, SET, ...) and that the gate, if any,
+ * allows by its kind (command-gate.ts `allows`) costs no allocation: the
+ * framer hands over offsets, no argument list is built. A command
  * that straddles chunks is held by the framer until it is complete and then
  * forwarded whole: nothing of a command is forwarded before Sluice has seen
  * all of it.
