@@ -47,6 +47,19 @@ import { REDIS_COMMANDS, type CommandSpec, type KeySpec } from './command-table.
 
 type KeyFinder = (args: Buffer[], keys: string[]) => void;
 
+/**
+ * A command as the policy sees it before its keys: its name, subcommand and
+ * categories. One frozen object per table entry, the same for every command
+ * that has it, so what depends only on these may be cached by identity.
+ */
+export interface CommandKind {
+  readonly command: string;
+  readonly subcommand?: string;
+  readonly categories: string[];
+  /** `get`, or `client|kill` for a subcommand: the audit trail's kind. */
+  readonly kind: string;
+}
+
 interface Compiled {
   /** Canonical lowercase name. */
   name: string;
@@ -60,6 +73,8 @@ interface Compiled {
   subs?: NameMap;
   /** Containers: categories when the subcommand is missing or unknown. */
   unknownSub?: string[];
+  /** Commands and subcommands (not containers): what `commandKind` returns for it. */
+  kind?: CommandKind;
 }
 
 /**
@@ -81,10 +96,15 @@ class NameMap {
   }
 
   get(arg: Buffer): Compiled | undefined {
-    if (arg.length > this.maxLength) return undefined;
-    const bucket = this.buckets.get(hashName(arg));
+    return this.at(arg, 0, arg.length);
+  }
+
+  /** `get` for the name at bytes [start, end) of `buf`. */
+  at(buf: Buffer, start: number, end: number): Compiled | undefined {
+    if (end - start > this.maxLength) return undefined;
+    const bucket = this.buckets.get(hashName(buf, start, end));
     if (!bucket) return undefined;
-    for (const c of bucket) if (equalsLower(arg, c.bytes)) return c;
+    for (const c of bucket) if (equalsLower(buf, start, end, c.bytes)) return c;
     return undefined;
   }
 
@@ -93,9 +113,9 @@ class NameMap {
   }
 }
 
-function hashName(b: Buffer): number {
-  let h = b.length;
-  for (let i = 0; i < b.length; i++) {
+function hashName(b: Buffer, start = 0, end = b.length): number {
+  let h = end - start;
+  for (let i = start; i < end; i++) {
     let c = b[i]!;
     if (c >= 0x41 && c <= 0x5a) c |= 0x20;
     h = (Math.imul(h, 31) + c) | 0;
@@ -103,12 +123,12 @@ function hashName(b: Buffer): number {
   return h;
 }
 
-/** ASCII case-insensitive: does `arg` spell the lowercase name `lower`? */
-function equalsLower(arg: Buffer, lower: Buffer): boolean {
+/** ASCII case-insensitive: do bytes [start, end) of `arg` spell the lowercase name `lower`? */
+function equalsLower(arg: Buffer, start: number, end: number, lower: Buffer): boolean {
   const n = lower.length;
-  if (arg.length !== n) return false;
+  if (end - start !== n) return false;
   for (let i = 0; i < n; i++) {
-    let c = arg[i]!;
+    let c = arg[start + i]!;
     if (c >= 0x41 && c <= 0x5a) c |= 0x20;
     if (c !== lower[i]) return false;
   }
@@ -266,7 +286,7 @@ function freeze(categories: Iterable<string>): string[] {
   return Object.freeze([...new Set(categories)]) as string[];
 }
 
-function compile(name: string, spec: CommandSpec): Compiled {
+function compile(name: string, spec: CommandSpec, container?: string): Compiled {
   const special = SPECIAL[name];
   const c: Compiled = {
     name,
@@ -279,13 +299,18 @@ function compile(name: string, spec: CommandSpec): Compiled {
     const subs = new NameMap();
     const all = [...spec.categories];
     for (const [sub, subSpec] of Object.entries(spec.subcommands)) {
-      const compiled = compile(sub, subSpec);
+      const compiled = compile(sub, subSpec, name);
       subs.set(compiled);
       all.push(...subSpec.categories);
     }
     all.push('@unknown');
     c.subs = subs;
     c.unknownSub = freeze(all);
+  } else {
+    const kind: CommandKind = container
+      ? { command: container, subcommand: name, categories: c.categories, kind: `${container}|${name}` }
+      : { command: name, categories: c.categories, kind: name };
+    c.kind = Object.freeze(kind);
   }
   return c;
 }
@@ -333,6 +358,19 @@ export function classifyCommand(args: Buffer[]): RedisCommandFacts {
     };
   }
   return { protocol: 'redis', command: c.name, subcommand: sub.name, categories: sub.categories, keys: keysOf(sub, args) };
+}
+
+/**
+ * The kind of a command from the bytes of its name, [nameStart, nameEnd) of
+ * `buf`, and for a container of its subcommand, [subStart, subEnd) (subStart
+ * -1: there is none). Undefined for what the table does not know (unknown
+ * names, missing or unknown subcommands): `classifyCommand` judges those.
+ * Allocates nothing.
+ */
+export function commandKind(buf: Buffer, nameStart: number, nameEnd: number, subStart: number, subEnd: number): CommandKind | undefined {
+  const c = TABLE.at(buf, nameStart, nameEnd);
+  if (c === undefined || c.subs === undefined) return c?.kind;
+  return subStart < 0 ? undefined : c.subs.at(buf, subStart, subEnd)?.kind;
 }
 
 /** Whether Redis 7.0 has this command: `get`, `GET`, `client`, or `client|kill` (any case). */

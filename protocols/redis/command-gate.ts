@@ -1,7 +1,7 @@
 import type { GateContextBase, RedisCommandFacts, Verdict } from '../../src/policy/types.js';
 import type { AuditEvent, AuditVerdict } from '../../src/store/types.js';
 import type { PendingApproval } from '../../src/policy/approvals.js';
-import { classifyCommand } from './classify.js';
+import { classifyCommand, type CommandKind } from './classify.js';
 import { error } from './replies.js';
 
 /**
@@ -19,6 +19,12 @@ import { error } from './replies.js';
  * by one; allowed commands are recorded one by one when `auditEachAllowed`
  * is on, and otherwise as one row per command name per second per session
  * (`kind: get`, `rows: <count>`, text `GET x1523`). See docs/policy.md.
+ *
+ * The hot path: when no rule of the policy looks at keys, a command's
+ * verdict follows from its kind (name, subcommand, categories), so `allows`
+ * judges each kind once per session and the relay asks it before building
+ * the command's argument list. Commands of a kind not allowed as such go
+ * through `judge`, keys and all.
  */
 export interface RedisGateContext extends GateContextBase {
   /** One audit row per allowed command instead of per-second counts. */
@@ -34,6 +40,13 @@ const ALLOW: Judgement = Object.freeze({ action: 'allow' });
 /** Longest argument shown in audit text and to approvers. */
 const ARG_PREVIEW = 200;
 const AGGREGATE_EVERY_MS = 1_000;
+
+/**
+ * Rule criteria that look at no more of a Redis command than its kind: the
+ * PostgreSQL ones (a Redis command never matches them) and `commands`.
+ * A rule with any other (`keys`, or one added later) disables `allows`.
+ */
+const KIND_CRITERIA = new Set(['kinds', 'tables', 'functions', 'withoutWhere', 'commands']);
 
 /** Commands whose arguments carry a credential, and where it starts. */
 function secretArgumentsFrom(facts: RedisCommandFacts): number {
@@ -56,8 +69,33 @@ export class RedisCommandGate {
   readonly #counts = new Map<string, number>();
   #flushTimer: NodeJS.Timeout | undefined;
   #pending: PendingApproval | undefined;
+  /** Verdicts by kind (true: allowed whatever the keys); absent when `allows` cannot decide (see KIND_CRITERIA). */
+  readonly #byKind: Map<CommandKind, boolean> | undefined;
 
-  constructor(private readonly ctx: RedisGateContext) {}
+  constructor(private readonly ctx: RedisGateContext) {
+    const kindDecides = ctx.policy.config.rules.every((rule) => Object.keys(rule.match).every((k) => KIND_CRITERIA.has(k)));
+    // Each allowed command audited one by one needs its arguments: judge() it.
+    this.#byKind = kindDecides && !ctx.auditEachAllowed ? new Map() : undefined;
+  }
+
+  /**
+   * True when the policy allows every command of this kind, whatever its
+   * keys; the command is then counted as allowed, as `judge` would count it.
+   * False: `judge` must decide.
+   */
+  allows(kind: CommandKind): boolean {
+    const byKind = this.#byKind;
+    if (byKind === undefined) return false;
+    let allowed = byKind.get(kind);
+    if (allowed === undefined) {
+      const facts: RedisCommandFacts = { protocol: 'redis', command: kind.command, categories: kind.categories, keys: [] };
+      if (kind.subcommand !== undefined) facts.subcommand = kind.subcommand;
+      allowed = this.ctx.policy.evaluate(facts).action === 'allow';
+      byKind.set(kind, allowed);
+    }
+    if (allowed) this.#countAllowed(kind.kind);
+    return allowed;
+  }
 
   judge(args: Buffer[]): Judgement {
     const facts = classifyCommand(args);
@@ -131,13 +169,18 @@ export class RedisCommandGate {
   }
 
   #allowed(facts: RedisCommandFacts, args: Buffer[]): void {
-    this.ctx.onVerdict?.('allowed');
-    if (!this.ctx.audit) return;
-    if (this.ctx.auditEachAllowed) {
+    if (this.ctx.audit && this.ctx.auditEachAllowed) {
+      this.ctx.onVerdict?.('allowed');
       this.#write(this.#event(facts, describeCommand(args, facts), 'allowed'));
       return;
     }
-    const kind = kindOf(facts);
+    this.#countAllowed(kindOf(facts));
+  }
+
+  /** An allowed command, counted into its kind's row of this second. */
+  #countAllowed(kind: string): void {
+    this.ctx.onVerdict?.('allowed');
+    if (!this.ctx.audit) return;
     this.#counts.set(kind, (this.#counts.get(kind) ?? 0) + 1);
     if (!this.#flushTimer) {
       this.#flushTimer = setTimeout(() => {

@@ -72,10 +72,14 @@ export const EXECABORT = error('Transaction discarded because of previous errors
 
 /** Case-insensitive compare of a command token with a lower-case ASCII literal. */
 export function tokenIs(buf: Buffer, lower: string): boolean {
-  const n = lower.length;
-  if (buf.length !== n) return false;
+  return tokenAt(buf, 0, buf.length, lower);
+}
+
+/** `tokenIs` for the token at bytes [at, at + n) of `buf`. */
+function tokenAt(buf: Buffer, at: number, n: number, lower: string): boolean {
+  if (n !== lower.length) return false;
   for (let i = 0; i < n; i++) {
-    let c = buf[i]!;
+    let c = buf[at + i]!;
     if (c >= 0x41 && c <= 0x5a) c |= 0x20;
     if (c !== lower.charCodeAt(i)) return false;
   }
@@ -104,39 +108,52 @@ export class CommandClassifier {
 
   classify(args: Buffer[]): Classified {
     const name = args[0]!;
-    const n = name.length;
+    const byName = this.byName(name, 0, name.length);
+    if (byName !== undefined) return byName;
+    switch (name[0]! | 0x20) {
+      case 0x63: // CLIENT
+        return args.length >= 3 && tokenIs(args[1]!, 'reply') && !tokenIs(args[2]!, 'on') ? REFUSE_CLIENT_REPLY : FORWARD;
+      case 0x68: // HELLO
+        return this.#hello(args);
+      default: // SELECT
+        return args.length === 2 && decimal(args[1]!) !== this.db ? this.#refuseSelect : FORWARD;
+    }
+  }
+
+  /**
+   * The verdict the command name alone decides, or undefined when the
+   * arguments decide (CLIENT, HELLO, SELECT). The name is bytes [at, at + n)
+   * of `buf`: the relay asks this before any argument list is built, and
+   * forwards a command answered FORWARD without building one.
+   */
+  byName(buf: Buffer, at: number, n: number): Classified | undefined {
     // GET, SET, HGET, LPUSH...: the common commands fall out here or at the switch.
     if (n < 4 || n > 10) return FORWARD;
-    switch (name[0]! | 0x20) {
+    switch (buf[at]! | 0x20) {
       case 0x61: // 'a'
-        return tokenIs(name, 'auth') ? REFUSE_IDENTITY : FORWARD;
+        return tokenAt(buf, at, n, 'auth') ? REFUSE_IDENTITY : FORWARD;
       case 0x63: // 'c'
-        if (tokenIs(name, 'client') && args.length >= 3 && tokenIs(args[1]!, 'reply') && !tokenIs(args[2]!, 'on')) {
-          return REFUSE_CLIENT_REPLY;
-        }
-        return FORWARD;
+        return tokenAt(buf, at, n, 'client') ? undefined : FORWARD;
       case 0x64: // 'd'
-        return tokenIs(name, 'discard') ? DISCARD : FORWARD;
+        return tokenAt(buf, at, n, 'discard') ? DISCARD : FORWARD;
       case 0x65: // 'e'
-        return tokenIs(name, 'exec') ? EXEC : FORWARD;
+        return tokenAt(buf, at, n, 'exec') ? EXEC : FORWARD;
       case 0x68: // 'h'
-        return tokenIs(name, 'hello') ? this.#hello(args) : FORWARD;
+        return tokenAt(buf, at, n, 'hello') ? undefined : FORWARD;
       case 0x6d: // 'm'
-        if (tokenIs(name, 'multi')) return MULTI;
-        return tokenIs(name, 'monitor') ? REFUSE_MONITOR : FORWARD;
+        if (tokenAt(buf, at, n, 'multi')) return MULTI;
+        return tokenAt(buf, at, n, 'monitor') ? REFUSE_MONITOR : FORWARD;
       case 0x70: // 'p'
-        if (tokenIs(name, 'psubscribe')) return SUBSCRIBE;
-        return tokenIs(name, 'psync') ? REFUSE_REPLICATION : FORWARD;
+        if (tokenAt(buf, at, n, 'psubscribe')) return SUBSCRIBE;
+        return tokenAt(buf, at, n, 'psync') ? REFUSE_REPLICATION : FORWARD;
       case 0x72: // 'r'
-        if (tokenIs(name, 'reset')) return RESET;
-        return tokenIs(name, 'replconf') ? REFUSE_REPLICATION : FORWARD;
+        if (tokenAt(buf, at, n, 'reset')) return RESET;
+        return tokenAt(buf, at, n, 'replconf') ? REFUSE_REPLICATION : FORWARD;
       case 0x73: // 's'
-        if (tokenIs(name, 'select')) {
-          return args.length === 2 && decimal(args[1]!) === this.db ? FORWARD : args.length === 2 ? this.#refuseSelect : FORWARD;
-        }
-        if (tokenIs(name, 'subscribe') || tokenIs(name, 'ssubscribe')) return SUBSCRIBE;
-        if (tokenIs(name, 'swapdb')) return REFUSE_SWAPDB;
-        return tokenIs(name, 'sync') ? REFUSE_REPLICATION : FORWARD;
+        if (tokenAt(buf, at, n, 'select')) return undefined;
+        if (tokenAt(buf, at, n, 'subscribe') || tokenAt(buf, at, n, 'ssubscribe')) return SUBSCRIBE;
+        if (tokenAt(buf, at, n, 'swapdb')) return REFUSE_SWAPDB;
+        return tokenAt(buf, at, n, 'sync') ? REFUSE_REPLICATION : FORWARD;
       default:
         return FORWARD;
     }

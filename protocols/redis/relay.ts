@@ -5,6 +5,9 @@
  * Client side, per chunk: every complete command is classified (commands.ts);
  * the forwarded ones are collected as spans of the chunk, so a chunk of
  * ordinary commands goes upstream as ONE write of the chunk itself. A command
+ * whose name alone says "forward" (GET, SET, ...) and that the gate, if any,
+ * allows by its kind (command-gate.ts `allows`) costs no allocation: the
+ * framer hands over offsets, no argument list is built. A command
  * that straddles chunks is held by the framer until it is complete and then
  * forwarded whole: nothing of a command is forwarded before Sluice has seen
  * all of it.
@@ -34,9 +37,10 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../../src/log.js';
 import { CommandClassifier, EXECABORT, IDENTITY_FIXED, Verdict, tokenIs } from './commands.js';
 import { error, type RespVersion } from './replies.js';
-import { RespProtocolError, RespReplyFramer, RespRequestFramer, type ReplyEndInfo, type ReplySink, type RequestSink, type RespRequestLimits } from './resp.js';
+import { RespProtocolError, RespReplyFramer, RespRequestFramer, type ReplyEndInfo, type ReplySink, type RequestSpanSink, type RespRequestLimits } from './resp.js';
 import { encodeCommand } from './upstream.js';
 import type { Judgement, RedisCommandGate } from './command-gate.js';
+import { commandKind } from './classify.js';
 
 export interface RedisRelayOptions {
   logger: Logger;
@@ -112,7 +116,16 @@ export class RedisRelay {
   readonly #classifier: CommandClassifier;
   #closed = false;
   #closeReason = 'closed';
+  /**
+   * Idle tracking without a clock read per chunk: the idle check compares
+   * the bytes seen so far with what it saw last time, and dates activity to
+   * its own ticks (so a session closes after idleTimeoutMs to idleTimeoutMs
+   * plus one tick without traffic, never sooner).
+   */
   #lastActivity = Date.now();
+  #bytesAtCheck = 0;
+  /** Bytes read from the upstream before serverTransform (stats count what it emits). */
+  #transformIn = 0;
   #idleTimer: NodeJS.Timeout | undefined;
   #open = 2;
 
@@ -141,7 +154,8 @@ export class RedisRelay {
   #cChunk: Buffer = Buffer.alloc(0);
   #spanStart = -1;
   #spanEnd = 0;
-  readonly #toUpstream: Buffer[] = [];
+  /** Bytes for the upstream, before the span being collected (usually empty). */
+  #toUpstream: Buffer[] = [];
 
   // --- upstream chunk being framed ---
   #uChunk: Buffer = Buffer.alloc(0);
@@ -159,7 +173,7 @@ export class RedisRelay {
   private readonly clientFramer: RespRequestFramer;
   private readonly upstreamFramer = new RespReplyFramer();
 
-  readonly #requestSink: RequestSink = { command: (raw, args) => this.#onCommand(raw, args) };
+  readonly #requestSink: RequestSpanSink = { span: (buf, start, end) => this.#onSpan(buf, start, end) };
   readonly #replySink: ReplySink = {
     passthrough: (bytes) => {
       this.#uPassthrough = bytes;
@@ -184,7 +198,7 @@ export class RedisRelay {
     const transform = this.options.serverTransform;
     if (transform) {
       this.upstream.on('data', (chunk: Buffer) => {
-        this.#lastActivity = Date.now();
+        this.#transformIn += chunk.length;
         let pending: void | Promise<void>;
         try {
           pending = transform.push(chunk, (bytes) => {
@@ -248,38 +262,70 @@ export class RedisRelay {
 
   #onClientData(chunk: Buffer): void {
     if (this.#clientFailed) return;
-    this.#lastActivity = Date.now();
     this.stats.bytesFromClient += chunk.length;
     let failure: unknown;
     this.#cChunk = chunk;
     this.#spanStart = -1;
     try {
-      this.clientFramer.push(chunk, this.#requestSink);
+      this.clientFramer.pushSpans(chunk, this.#requestSink);
     } catch (err) {
       failure = err;
     }
-    this.#flushSpan();
     const rec = this.options.recordClient;
     if (rec) rec.framed(rec.base + this.stats.bytesFromClient - this.clientFramer.bufferedBytes);
-    const out = this.#toUpstream;
-    if (out.length > 0) {
-      const flowing = writeAll(this.upstream, out);
-      out.length = 0;
-      if (!flowing && !this.#clientFailed) {
-        this.client.pause();
-        this.upstream.once('drain', () => {
-          if (!this.#clientFailed && !this.#held) this.client.resume();
-        });
-      }
+    if (!this.#sendUpstream() && !this.#clientFailed) {
+      this.client.pause();
+      this.upstream.once('drain', () => {
+        if (!this.#clientFailed && !this.#held) this.client.resume();
+      });
     }
     if (failure !== undefined) this.#clientViolation(failure);
   }
 
-  #onCommand(raw: Buffer, args: Buffer[]): void {
+  /** One framed command, bytes [start, end) of `buf` (the chunk, or the framer's copy of a command that straddled chunks). */
+  #onSpan(buf: Buffer, start: number, end: number): void {
+    const framer = this.clientFramer;
+    const nameAt = start + framer.argStart(0);
+    const nameEnd = start + framer.argEnd(0);
+    if (!this.#held && this.#paired && this.#classifier.byName(buf, nameAt, nameEnd - nameAt)?.verdict === Verdict.Forward) {
+      const gate = this.options.gate;
+      // Nothing to track, and no judging, or a verdict that needs no more than the command's kind:
+      // forwarded without building its argument list.
+      if (gate === undefined || this.#allowedByKind(gate, buf, start, nameAt, nameEnd)) {
+        this.stats.commands++;
+        this.#sent++;
+        this.#forwardSpan(buf, start, end);
+        return;
+      }
+    }
+    this.#onCommand(buf, start, end, framer.args(buf.subarray(start, end)));
+  }
+
+  /** Whether the gate allows every command of this one's kind (and counts it): then it needs no `judge`. */
+  #allowedByKind(gate: RedisCommandGate, buf: Buffer, start: number, nameAt: number, nameEnd: number): boolean {
+    const framer = this.clientFramer;
+    const subAt = framer.argCount > 1 ? start + framer.argStart(1) : -1;
+    const kind = commandKind(buf, nameAt, nameEnd, subAt, start + (subAt < 0 ? 0 : framer.argEnd(1)));
+    return kind !== undefined && gate.allows(kind);
+  }
+
+  /** Writes what the chunk produced for the upstream; false when the upstream's buffer is full. */
+  #sendUpstream(): boolean {
+    if (this.#toUpstream.length === 0) {
+      // The usual case: one span, often the chunk itself.
+      return this.#spanStart < 0 || this.upstream.write(this.#takeSpan());
+    }
+    this.#flushSpan();
+    const out = this.#toUpstream;
+    this.#toUpstream = [];
+    return writeAll(this.upstream, out);
+  }
+
+  /** A command, bytes [start, end) of `buf`, with its arguments (subarrays of those bytes). */
+  #onCommand(buf: Buffer, start: number, end: number, args: Buffer[]): void {
     if (this.#held) {
       // A command is waiting for approval: everything after it waits too, in order.
-      const copy = Buffer.from(raw);
-      this.#backlog.push({ raw: copy, args: args.map((a) => copy.subarray(a.byteOffset - raw.byteOffset, a.byteOffset - raw.byteOffset + a.length)) });
+      this.#backlog.push(ownCopy(buf.subarray(start, end), args));
       return;
     }
     this.stats.commands++;
@@ -291,33 +337,33 @@ export class RedisRelay {
         return;
       }
       if (judged.action === 'approve') {
-        this.#hold(raw, args, judged);
+        this.#hold(buf.subarray(start, end), args, judged);
         return;
       }
     }
     switch (c.verdict) {
       case Verdict.Forward:
-        this.#forward(raw, args);
+        this.#forward(buf, start, end, args);
         return;
       case Verdict.Refuse:
         this.options.logger.info({ command: args[0]!.toString('latin1').slice(0, 32).toUpperCase() }, 'command refused');
-        if (c.reply === IDENTITY_FIXED) this.options.recordClient?.scrub(raw, args);
+        if (c.reply === IDENTITY_FIXED) this.options.recordClient?.scrub(buf.subarray(start, end), args);
         this.#refuse(c.reply!);
         return;
       case Verdict.Hello:
-        this.#forward(raw);
+        this.#forward(buf, start, end);
         if (c.proto) this.proto = c.proto;
         return;
       case Verdict.Subscribe:
-        this.#forward(raw, args);
+        this.#forward(buf, start, end, args);
         this.#unpair(args);
         return;
       case Verdict.Multi:
-        this.#forward(raw);
+        this.#forward(buf, start, end);
         this.#inMulti = true;
         return;
       case Verdict.Discard:
-        this.#forward(raw);
+        this.#forward(buf, start, end);
         this.#inMulti = this.#multiDirty = false;
         return;
       case Verdict.Exec:
@@ -326,7 +372,7 @@ export class RedisRelay {
           this.#forwardOwn(DISCARD_CMD);
           this.#reply(EXECABORT);
         } else {
-          this.#forward(raw);
+          this.#forward(buf, start, end);
         }
         this.#inMulti = this.#multiDirty = false;
         return;
@@ -351,28 +397,24 @@ export class RedisRelay {
     this.#flushSpan();
     this.#held = true;
     this.client.pause();
-    const copy = Buffer.from(raw);
-    const ownArgs = args.map((a) => copy.subarray(a.byteOffset - raw.byteOffset, a.byteOffset - raw.byteOffset + a.length));
-    void this.options.gate!.hold(copy, ownArgs, judged.verdict, judged.facts).then(
+    const own = ownCopy(raw, args);
+    void this.options.gate!.hold(own.raw, own.args, judged.verdict, judged.facts).then(
       (reply) => {
         if (this.#closed) return;
         this.#held = false;
         if (reply) this.#refuse(reply);
-        else this.#forward(copy, ownArgs);
+        else this.#forward(own.raw, 0, own.raw.length, own.args);
         const backlog = this.#backlog;
         this.#backlog = [];
         for (let i = 0; i < backlog.length; i++) {
-          this.#onCommand(backlog[i]!.raw, backlog[i]!.args);
+          const { raw: held, args: heldArgs } = backlog[i]!;
+          this.#onCommand(held, 0, held.length, heldArgs);
           if (this.#held) {
             this.#backlog.push(...backlog.slice(i + 1));
             break;
           }
         }
-        this.#flushSpan();
-        if (this.#toUpstream.length > 0) {
-          writeAll(this.upstream, this.#toUpstream);
-          this.#toUpstream.length = 0;
-        }
+        this.#sendUpstream();
         if (!this.#held && !this.#clientFailed) this.client.resume();
       },
       (err: unknown) => {
@@ -382,24 +424,27 @@ export class RedisRelay {
     );
   }
 
-  /** Forwards a command of the client's as its own bytes (a span of the chunk when it lies in it). */
-  #forward(raw: Buffer, args?: Buffer[]): void {
+  /** Forwards a command of the client's, bytes [start, end) of `buf`; `args` only matter unpaired (pub/sub counting). */
+  #forward(buf: Buffer, start: number, end: number, args?: Buffer[]): void {
     this.#sent += this.#paired || !args ? 1 : minElements(args);
-    const chunk = this.#cChunk;
-    const pos = raw.byteOffset - chunk.byteOffset;
-    if (raw.buffer === chunk.buffer && pos >= 0 && pos < chunk.length) {
-      if (this.#spanStart >= 0 && pos === this.#spanEnd) {
-        this.#spanEnd = pos + raw.length;
+    this.#forwardSpan(buf, start, end);
+  }
+
+  /** Queues bytes [start, end) of `buf` for the upstream: as part of one span when `buf` is the chunk being framed. */
+  #forwardSpan(buf: Buffer, start: number, end: number): void {
+    if (buf === this.#cChunk) {
+      if (this.#spanStart >= 0 && start === this.#spanEnd) {
+        this.#spanEnd = end;
         return;
       }
       this.#flushSpan();
-      this.#spanStart = pos;
-      this.#spanEnd = pos + raw.length;
+      this.#spanStart = start;
+      this.#spanEnd = end;
       return;
     }
-    // A command that straddled chunks: the framer's own copy.
+    // A command that straddled chunks (the framer's copy) or waited for approval (a copy of its own).
     this.#flushSpan();
-    this.#toUpstream.push(raw);
+    this.#toUpstream.push(start === 0 && end === buf.length ? buf : buf.subarray(start, end));
   }
 
   /** Sends a command of Sluice's own whose reply (+OK) is dropped. */
@@ -410,10 +455,15 @@ export class RedisRelay {
   }
 
   #flushSpan(): void {
-    if (this.#spanStart < 0) return;
+    if (this.#spanStart >= 0) this.#toUpstream.push(this.#takeSpan());
+  }
+
+  /** The span collected so far (the chunk itself when it is all of it); none is collected after. */
+  #takeSpan(): Buffer {
     const chunk = this.#cChunk;
-    this.#toUpstream.push(this.#spanStart === 0 && this.#spanEnd === chunk.length ? chunk : chunk.subarray(this.#spanStart, this.#spanEnd));
+    const span = this.#spanStart === 0 && this.#spanEnd === chunk.length ? chunk : chunk.subarray(this.#spanStart, this.#spanEnd);
     this.#spanStart = -1;
+    return span;
   }
 
   /**
@@ -426,7 +476,7 @@ export class RedisRelay {
     this.#inMulti = this.#multiDirty = false;
     this.proto = 2;
     if (this.#paired) {
-      this.#forward(RESET_CMD);
+      this.#forward(RESET_CMD, 0, RESET_CMD.length);
       for (const c of this.options.reauth) this.#forwardOwn(c);
       return;
     }
@@ -499,7 +549,6 @@ export class RedisRelay {
   // --- upstream -> client ----------------------------------------------------
 
   #onUpstreamData(chunk: Buffer): void {
-    this.#lastActivity = Date.now();
     this.stats.bytesFromUpstream += chunk.length;
     this.#uChunk = chunk;
     this.#uBase = this.upstreamFramer.offset;
@@ -514,17 +563,19 @@ export class RedisRelay {
     if (this.#awaitingReset) this.#keepTail(chunk);
     // Set by the framer's passthrough callback during push (TS cannot see that).
     const forwarded = this.#uPassthrough as Buffer | null;
-    let out: Buffer[];
+    let flowing = true;
     let final = false;
     if (this.#edits.length === 0) {
-      out = forwarded ? [forwarded] : [];
+      // The usual case: the chunk goes on untouched.
+      if (forwarded && this.client.writable) flowing = this.client.write(forwarded);
     } else {
-      out = this.#applyEdits(forwarded ? forwarded.length : 0);
+      let out = this.#applyEdits(forwarded ? forwarded.length : 0);
       this.#edits = [];
       final = out.includes(FINAL_MARK);
       if (final) out = out.filter((o) => o !== FINAL_MARK);
+      if (out.length > 0) flowing = this.#writeClient(out);
     }
-    if (out.length > 0 && !this.#writeClient(out)) {
+    if (!flowing) {
       this.upstream.pause();
       this.client.once('drain', () => this.upstream.resume());
     }
@@ -680,7 +731,14 @@ export class RedisRelay {
   }
 
   #checkIdle(): void {
-    if (Date.now() - this.#lastActivity < this.options.idleTimeoutMs) return;
+    const now = Date.now();
+    const bytes = this.stats.bytesFromClient + this.stats.bytesFromUpstream + this.#transformIn;
+    if (bytes !== this.#bytesAtCheck) {
+      this.#bytesAtCheck = bytes;
+      this.#lastActivity = now;
+      return;
+    }
+    if (now - this.#lastActivity < this.options.idleTimeoutMs) return;
     this.shutdown(`terminating connection after ${this.options.idleTimeoutMs} ms without traffic (idle_timeout)`);
   }
 
@@ -706,6 +764,12 @@ function minElements(args: Buffer[]): number {
     return Math.max(1, args.length - 1);
   }
   return 1;
+}
+
+/** A command's bytes and arguments in a buffer of their own, to keep across an await. */
+function ownCopy(raw: Buffer, args: Buffer[]): { raw: Buffer; args: Buffer[] } {
+  const copy = Buffer.from(raw);
+  return { raw: copy, args: args.map((a) => copy.subarray(a.byteOffset - raw.byteOffset, a.byteOffset - raw.byteOffset + a.length)) };
 }
 
 /** Marks, in an edit list, the point after which the session closes. Never written. */

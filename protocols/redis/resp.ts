@@ -230,6 +230,17 @@ export interface RequestSink {
   command(raw: Buffer, args: Buffer[]): void;
 }
 
+/**
+ * The allocation-free form of RequestSink (`pushSpans`), for the relay's hot
+ * path: a command is bytes [start, end) of `buf`, which is either the chunk
+ * given to `pushSpans` or a buffer the framer allocated for this command
+ * alone (start 0). During the call, the framer's `argStart`/`argEnd`/`args`
+ * describe its arguments; nothing is built unless the sink asks.
+ */
+export interface RequestSpanSink {
+  span(buf: Buffer, start: number, end: number): void;
+}
+
 export interface RespRequestLimits {
   /** Longest bulk argument. Redis: proto-max-bulk-len (512 MiB). */
   maxBulkBytes: number;
@@ -298,10 +309,13 @@ export class RespRequestFramer {
   private argsLeft = 0;
   /** Bytes of the current argument still to come. */
   private bodyLeft = 0;
-  /** Pairs of absolute [start, end) offsets of the current command's arguments. */
+  /** Pairs of [start, end) offsets of the current command's arguments, relative to its first byte. */
   private argBounds: number[] = [];
   /** Arguments recorded in argBounds for the current command (the array is reused). */
-  private argCount = 0;
+  private argc = 0;
+  /** The sink of the `push` or `pushSpans` in progress (exactly one is set). */
+  private sink: RequestSink | null = null;
+  private spanSink: RequestSpanSink | null = null;
   /** The part of a command that straddles chunks; allocated per command, never reused. */
   private owned: Buffer | null = null;
   private ownedLength = 0;
@@ -334,9 +348,51 @@ export class RespRequestFramer {
    * delivered, and the framer refuses any further input.
    */
   push(chunk: Buffer, sink: RequestSink): void {
+    this.sink = sink;
+    try {
+      this.frameChecked(chunk);
+    } finally {
+      this.sink = null;
+    }
+  }
+
+  /** `push` for a RequestSpanSink: each command as a span, its arguments read from the framer. */
+  pushSpans(chunk: Buffer, sink: RequestSpanSink): void {
+    this.spanSink = sink;
+    try {
+      this.frameChecked(chunk);
+    } finally {
+      this.spanSink = null;
+    }
+  }
+
+  /** During `span`: how many arguments the command has (the name included). */
+  get argCount(): number {
+    return this.argc;
+  }
+
+  /** During `span`: where argument `i` of the command starts, relative to the command's first byte. */
+  argStart(i: number): number {
+    return this.argBounds[2 * i]!;
+  }
+
+  /** During `span`: where argument `i` ends (exclusive), relative to the command's first byte. */
+  argEnd(i: number): number {
+    return this.argBounds[2 * i + 1]!;
+  }
+
+  /** During `span`: the command's arguments as subarrays of `raw`, its bytes. */
+  args(raw: Buffer): Buffer[] {
+    const bounds = this.argBounds;
+    const args: Buffer[] = new Array<Buffer>(this.argc);
+    for (let i = 0; i < this.argc; i++) args[i] = raw.subarray(bounds[2 * i]!, bounds[2 * i + 1]!);
+    return args;
+  }
+
+  private frameChecked(chunk: Buffer): void {
     if (this.failed) throw this.failed;
     try {
-      this.frame(chunk, sink);
+      this.frame(chunk);
     } catch (err) {
       if (err instanceof RespProtocolError) this.failed = err;
       throw err;
@@ -347,7 +403,7 @@ export class RespRequestFramer {
     throw new RespProtocolError(message, this.base + pos);
   }
 
-  private frame(chunk: Buffer, sink: RequestSink): void {
+  private frame(chunk: Buffer): void {
     const end = chunk.length;
     let pos = 0;
     // Where the current command starts in this chunk; -1: in an earlier chunk (owned).
@@ -423,7 +479,7 @@ export class RespRequestFramer {
             this.fail(this.state === RQ_MULTIBULK ? 'too big mbulk count string' : 'too big bulk count string', lineEnd);
           }
           const n = parseLength(lineBuf, lineFrom + 1, lineCR);
-          this.line.reset();
+          if (this.line.length > 0) this.line.reset();
           pos = lineEnd + 1;
           if (this.state === RQ_MULTIBULK) {
             if (n < 0) this.fail('invalid multibulk length', lineEnd);
@@ -437,7 +493,7 @@ export class RespRequestFramer {
               break;
             }
             this.argsLeft = n;
-            this.argCount = 0;
+            this.argc = 0;
             this.state = RQ_BULK;
           } else {
             if (n < 0) this.fail('invalid bulk length', lineEnd);
@@ -448,9 +504,10 @@ export class RespRequestFramer {
               this.fail('command exceeds the query buffer limit', lineEnd);
             }
             this.bodyLeft = n;
-            const k = 2 * this.argCount++;
-            this.argBounds[k] = this.base + pos;
-            this.argBounds[k + 1] = this.base + pos + n;
+            const k = 2 * this.argc++;
+            const at = this.base + pos - this.cmdStart;
+            this.argBounds[k] = at;
+            this.argBounds[k + 1] = at + n;
             this.state = RQ_BODY;
           }
           break;
@@ -468,7 +525,7 @@ export class RespRequestFramer {
           if (pos + 1 < end) {
             if (chunk[pos] !== CR || chunk[pos + 1] !== LF) this.fail('expected CRLF after bulk argument', pos);
             pos += 2;
-            if (--this.argsLeft === 0) startInChunk = this.deliver(chunk, startInChunk, pos, sink);
+            if (--this.argsLeft === 0) startInChunk = this.deliver(chunk, startInChunk, pos);
             else this.state = RQ_BULK;
           } else {
             this.state = RQ_CR;
@@ -483,7 +540,7 @@ export class RespRequestFramer {
         case RQ_LF:
           if (chunk[pos] !== LF) this.fail('expected CRLF after bulk argument', pos);
           pos++;
-          if (--this.argsLeft === 0) startInChunk = this.deliver(chunk, startInChunk, pos, sink);
+          if (--this.argsLeft === 0) startInChunk = this.deliver(chunk, startInChunk, pos);
           else this.state = RQ_BULK;
           break;
       }
@@ -501,26 +558,27 @@ export class RespRequestFramer {
   }
 
   /** Hands over the command ending at `pos`; returns where the next one starts in the chunk. */
-  private deliver(chunk: Buffer, startInChunk: number, pos: number, sink: RequestSink): number {
-    let raw: Buffer;
-    if (startInChunk >= 0) {
-      raw = chunk.subarray(startInChunk, pos);
-    } else {
+  private deliver(chunk: Buffer, startInChunk: number, pos: number): number {
+    let buf = chunk;
+    let start = startInChunk;
+    let end = pos;
+    if (startInChunk < 0) {
       this.keep(chunk, 0, pos);
-      raw = this.owned!.subarray(0, this.ownedLength);
+      buf = this.owned!;
+      start = 0;
+      end = this.ownedLength;
       this.owned = null;
       this.ownedLength = 0;
     }
-    const bounds = this.argBounds;
-    const args: Buffer[] = new Array<Buffer>(this.argCount);
-    const origin = this.cmdStart;
-    for (let i = 0; i < this.argCount; i++) {
-      args[i] = raw.subarray(bounds[2 * i]! - origin, bounds[2 * i + 1]! - origin);
+    this.state = RQ_MULTIBULK;
+    if (this.spanSink !== null) {
+      this.spanSink.span(buf, start, end);
+    } else {
+      const raw = buf.subarray(start, end);
+      this.sink!.command(raw, this.args(raw));
     }
     // A command with very many arguments does not pin its bounds array.
-    if (bounds.length > 2048) this.argBounds = [];
-    this.state = RQ_MULTIBULK;
-    sink.command(raw, args);
+    if (this.argBounds.length > 2048) this.argBounds = [];
     return pos;
   }
 

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { classifyCommand, isKnownCategory, isKnownCommand } from '../../protocols/redis/classify.js';
+import { classifyCommand, commandKind, isKnownCategory, isKnownCommand } from '../../protocols/redis/classify.js';
 import { REDIS_COMMANDS } from '../../protocols/redis/command-table.js';
 
 const argv = (...a: (string | Buffer)[]): Buffer[] => a.map((x) => (typeof x === 'string' ? Buffer.from(x) : x));
@@ -179,4 +179,34 @@ t.test('hot path cost (informational)', async (t) => {
   const ns = ((used.user + used.system) * 1000) / n;
   t.comment(`classifyCommand GET/SET: ${ns.toFixed(0)} ns/command (CPU time)`);
   t.pass('measured');
+});
+
+t.test('commandKind: the facts of classifyCommand without keys, from offsets, one object per entry', async (t) => {
+  const at = (text: string, name: string, sub?: string) => {
+    const buf = Buffer.from(text);
+    const n = text.indexOf(name);
+    const s = sub === undefined ? -1 : text.indexOf(sub, n + name.length);
+    return commandKind(buf, n, n + name.length, s, s < 0 ? 0 : s + sub!.length);
+  };
+  let checked = 0;
+  for (const [name, spec] of Object.entries(REDIS_COMMANDS)) {
+    const subs = Object.keys(spec.subcommands ?? {});
+    for (const sub of subs.length ? subs : [undefined]) {
+      const upper = `xx ${name.toUpperCase()} yy ${sub?.toUpperCase() ?? ''} zz`;
+      const k = at(upper, name.toUpperCase(), sub?.toUpperCase());
+      const facts = classifyCommand(argv(name, ...(sub ? [sub] : [])));
+      if (!k || k.command !== facts.command || k.subcommand !== facts.subcommand || k.categories !== facts.categories) {
+        t.fail(`${name} ${sub ?? ''}: ${JSON.stringify(k)} vs ${JSON.stringify(facts)}`);
+      }
+      if (k?.kind !== (sub ? `${name}|${sub}` : name)) t.fail(`${name} ${sub ?? ''}: kind ${k?.kind}`);
+      checked++;
+    }
+  }
+  t.ok(checked > 300, `every command and subcommand (${checked})`);
+  t.equal(at('GET k', 'GET'), at('get', 'get'), 'the same object whatever the case');
+  t.ok(Object.isFrozen(at('get', 'get')));
+  t.equal(at('NOSUCHCMD', 'NOSUCHCMD'), undefined, 'unknown name');
+  t.equal(at('CLIENT', 'CLIENT'), undefined, 'container without subcommand');
+  t.equal(at('CLIENT FROB', 'CLIENT', 'FROB'), undefined, 'unknown subcommand');
+  t.equal(at('CLIENTX KILL', 'CLIENTX', 'KILL'), undefined);
 });

@@ -1,0 +1,70 @@
+import t from 'tap';
+import { RedisCommandGate } from '../../protocols/redis/command-gate.js';
+import { commandKind, type CommandKind } from '../../protocols/redis/classify.js';
+import { SessionPolicy } from '../../src/policy/engine.js';
+import { createLogger } from '../../src/log.js';
+import type { RuleConfig } from '../../src/policy/types.js';
+import type { AuditEvent } from '../../src/store/types.js';
+
+const kind = (name: string, sub?: string): CommandKind => {
+  const buf = Buffer.from(sub === undefined ? name : `${name} ${sub}`);
+  const k = commandKind(buf, 0, name.length, sub === undefined ? -1 : name.length + 1, buf.length);
+  if (!k) throw new Error(`no kind for ${name} ${sub ?? ''}`);
+  return k;
+};
+const argv = (...a: string[]): Buffer[] => a.map((x) => Buffer.from(x));
+
+function gate(rules: RuleConfig[], options: { auditEachAllowed?: boolean } = {}) {
+  const events: AuditEvent[] = [];
+  const verdicts: string[] = [];
+  const policy = new SessionPolicy({ name: 'p', subjects: { groups: ['g'] }, targets: ['t'], default: 'allow', rules });
+  const g = new RedisCommandGate({
+    sessionId: 's1',
+    subject: 'alice',
+    target: 't',
+    policy,
+    logger: createLogger('silent', { write: () => {} }),
+    audit: { write: (e) => void events.push(e) },
+    onVerdict: (v) => void verdicts.push(v),
+    ...(options.auditEachAllowed ? { auditEachAllowed: true } : {}),
+  });
+  return { g, events, verdicts };
+}
+
+const NO_ADMIN: RuleConfig = { name: 'no-admin', action: 'deny', match: { commands: ['@dangerous', 'flushall'] } };
+
+t.test('allows: a kind the policy allows whatever its keys is allowed and counted, without judge', async (t) => {
+  const { g, events, verdicts } = gate([NO_ADMIN, { name: 'pg-only', action: 'deny', match: { kinds: ['drop'] } }]);
+  t.ok(g.allows(kind('GET')));
+  t.ok(g.allows(kind('get')), 'the same kind, any case');
+  t.ok(g.allows(kind('CLIENT', 'SETNAME')), 'a harmless subcommand');
+  t.notOk(g.allows(kind('FLUSHALL')), 'denied by name: judge decides');
+  t.notOk(g.allows(kind('CLIENT', 'KILL')), '@dangerous subcommand: judge decides');
+  t.equal(g.judge(argv('FLUSHALL')).action, 'deny', 'and judge denies it');
+  t.same(verdicts, ['allowed', 'allowed', 'allowed', 'denied']);
+  g.close();
+  const rows = events.filter((e) => e.verdict === 'allowed').map((e) => [e.kind, e.rows, e.text]);
+  t.same(rows.sort(), [['client|setname', 1, 'CLIENT|SETNAME x1'], ['get', 2, 'GET x2']], 'one row per kind, as judge() counts');
+});
+
+t.test('allows: never decides when a rule looks at keys, or each allowed command is audited', async (t) => {
+  const withKeys = gate([{ name: 'no-secrets', action: 'deny', match: { keys: ['secret:*'] } }]);
+  t.notOk(withKeys.g.allows(kind('GET')), 'GET secret:x would be denied: keys matter');
+  t.equal(withKeys.g.judge(argv('GET', 'secret:x')).action, 'deny');
+  t.equal(withKeys.g.judge(argv('GET', 'public')).action, 'allow');
+  withKeys.g.close();
+  const both = gate([{ name: 'no-secret-writes', action: 'deny', match: { commands: ['@write'], keys: ['secret:*'] } }]);
+  t.notOk(both.g.allows(kind('SET')));
+  both.g.close();
+  const each = gate([NO_ADMIN], { auditEachAllowed: true });
+  t.notOk(each.g.allows(kind('GET')), 'the audit row needs the arguments');
+  each.g.close();
+  t.same(each.verdicts, [], 'nothing counted when allows() declines');
+});
+
+t.test('allows: a kind that needs approval goes to judge', async (t) => {
+  const { g } = gate([{ name: 'writes-need-approval', action: 'approve', match: { commands: ['@write'] } }]);
+  t.notOk(g.allows(kind('SET')));
+  t.ok(g.allows(kind('GET')));
+  g.close();
+});
