@@ -67,10 +67,15 @@ class ScalarMetric extends Metric {
   }
 
   protected add(values: readonly string[], n: number): void {
+    this.seriesFor(values).value += n;
+  }
+
+  /** The series of these label values, created at 0 on first use. */
+  protected seriesFor(values: readonly string[]): Series {
     const key = values.length === 1 ? values[0]! : values.join(SEP);
-    const s = this.series.get(key);
-    if (s) s.value += n;
-    else this.series.set(key, { values: [...values], value: n });
+    let s = this.series.get(key);
+    if (!s) this.series.set(key, (s = { values: [...values], value: 0 }));
+    return s;
   }
 
   /** The current value for these label values (0 when never touched). */
@@ -94,6 +99,11 @@ export class Counter extends ScalarMetric {
   /** Counters only go up: a negative or non-finite n is ignored. */
   inc(values: readonly string[], n = 1): void {
     if (n > 0 && Number.isFinite(n)) this.add(values, n);
+  }
+
+  /** The series itself, for a caller that counts once per command and keeps it (no label array or key per increment). */
+  series1(values: readonly string[]): { value: number } {
+    return this.seriesFor(values);
   }
 }
 
@@ -196,9 +206,16 @@ export class Metrics {
     this.sessionsActive.dec([target, protocol]);
   }
 
+  /** Series of statementsTotal by target, then verdict: counted per statement or command, so looked up without building a key. */
+  readonly #statementSeries = new Map<string, Map<string, { value: number }>>();
+
   /** verdict: the audit verdict (`allowed`, `denied`, `approved`, ...). */
   statement(target: string, verdict: string): void {
-    this.statementsTotal.inc([target, verdict]);
+    let byVerdict = this.#statementSeries.get(target);
+    if (!byVerdict) this.#statementSeries.set(target, (byVerdict = new Map()));
+    let series = byVerdict.get(verdict);
+    if (!series) byVerdict.set(verdict, (series = this.statementsTotal.series1([target, verdict])));
+    series.value += 1;
   }
 
   bytes(target: string, direction: Direction, n: number): void {
