@@ -210,7 +210,8 @@ export async function streamTranscript(
       decoder = await decoderFor(header.protocol);
       if (!decoder) count({ t: 0, seq: 0, dir: 'control', kind: 'unknown-protocol', text: `protocol ${printable(String(header.protocol))} has no decoder; use --raw` });
     }
-    records++;
+    // Counted as `sluice verify` and the footer count them: every record before the footer.
+    if (rec.type !== 'footer') records++;
     const at: Stamp = { t: rec.micros / 1000, seq: rec.seq };
     last = at;
     if (opts.onProgress && rec.offset - lastProgress >= 4 * 1024 * 1024) {

@@ -17,7 +17,8 @@ import t from 'tap';
 import { PgFramer } from '../../protocols/postgres/framer.js';
 import { RespRequestFramer } from '../../protocols/redis/resp.js';
 import { replayCommand, type ReplayIo } from '../../src/cli/replay.js';
-import { openRecordingKey, type RecordingKey } from '../../src/recording/keys.js';
+import { loadRecordingPublicKeys, openRecordingKey, type RecordingKey } from '../../src/recording/keys.js';
+import { verifyRecording } from '../../src/recording/verify.js';
 import { readRecording } from '../../src/recording/reader.js';
 import { scrubPgPasswordMessage, scrubRedisAuth } from '../../src/recording/scrub.js';
 import { transcriptJson, transcriptText } from '../../src/recording/transcript.js';
@@ -201,6 +202,8 @@ t.test('PostgreSQL: transcript, --raw, and --serve to the same psql', async (t) 
     t.match(text, /->  Terminate/);
     t.match(text, /end: .*\(client closed\)/);
     t.notMatch(text, /INCOMPLETE/);
+    const verified = await verifyRecording(rec.path, await loadRecordingPublicKeys(stateDir));
+    t.match(text, new RegExp(`; ${verified.records} records\n`), 'the transcript counts records as sluice verify does');
     // Timestamps: ms since start, non-decreasing.
     const times = [...text.matchAll(/^\s+(\d+\.\d{3})  (?:->|<-)/gm)].map((m) => Number(m[1]));
     t.ok(times.length > 10);
