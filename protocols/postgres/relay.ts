@@ -341,13 +341,14 @@ export class PgRelay {
   #wireEnds(from: Socket, to: Socket, side: 'client' | 'upstream'): void {
     from.on('end', () => {
       // Half-close: the other side may still be sending; pass the FIN along.
-      if (!this.#closed) this.#closeReason = `${side} ended the connection`;
+      // The first side to end (or fail) is why the session ended; the other's end follows from it.
+      if (!this.#closed && this.#closeReason === 'closed') this.#closeReason = `${side} ended the connection`;
       this.#flush();
       to.end();
     });
     from.on('error', (err) => {
       this.options.logger.debug({ side, err: err.message }, 'socket error');
-      if (!this.#closed) this.#closeReason = `${side} socket error: ${err.message}`;
+      if (!this.#closed && this.#closeReason === 'closed') this.#closeReason = `${side} socket error: ${err.message}`;
       from.destroy();
       to.end();
     });

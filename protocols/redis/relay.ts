@@ -719,12 +719,13 @@ export class RedisRelay {
   #wireEnds(from: Socket, to: Socket, side: 'client' | 'upstream'): void {
     from.on('end', () => {
       // Half-close: pass the FIN along; the other side may still be sending.
-      if (!this.#closed) this.#closeReason = `${side} ended the connection`;
+      // The first side to end (or fail) is why the session ended; the other's end follows from it.
+      if (!this.#closed && this.#closeReason === 'closed') this.#closeReason = `${side} ended the connection`;
       to.end();
     });
     from.on('error', (err) => {
       this.options.logger.debug({ side, err: err.message }, 'socket error');
-      if (!this.#closed) this.#closeReason = `${side} socket error: ${err.message}`;
+      if (!this.#closed && this.#closeReason === 'closed') this.#closeReason = `${side} socket error: ${err.message}`;
       from.destroy();
       to.end();
     });

@@ -123,15 +123,22 @@ function recordingFiles(stateDir: string): string[] {
 }
 
 /** The recording whose header names this client port (polled: the footer is written just after the close). */
-async function recordingFor(stateDir: string, clientPort: number): Promise<{ client: Buffer; server: Buffer; complete: boolean; path: string }> {
+async function recordingFor(
+  stateDir: string,
+  clientPort: number,
+): Promise<{ client: Buffer; server: Buffer; complete: boolean; path: string; closeReason?: string }> {
   for (let i = 0; i < 200; i++) {
     for (const path of recordingFiles(stateDir)) {
       const r = readRecording(path);
       const client: Buffer[] = [];
       const server: Buffer[] = [];
-      for await (const e of r) if (e.type === 'data') (e.direction === 'client' ? client : server).push(e.bytes);
+      let closeReason: string | undefined;
+      for await (const e of r) {
+        if (e.type === 'data') (e.direction === 'client' ? client : server).push(e.bytes);
+        else if (e.type === 'footer') closeReason = (e.body as { closeReason?: string } | undefined)?.closeReason;
+      }
       if (r.header?.clientAddress !== `127.0.0.1:${clientPort}`) continue;
-      if (r.complete) return { client: Buffer.concat(client), server: Buffer.concat(server), complete: true, path };
+      if (r.complete) return { client: Buffer.concat(client), server: Buffer.concat(server), complete: true, path, ...(closeReason ? { closeReason } : {}) };
     }
     await new Promise((res) => setTimeout(res, 50));
   }
@@ -192,6 +199,9 @@ t.test('psql', async (t) => {
   const r = await run('psql', ['-X', '-At', '-c', "select 'hello', 42", '-c', 'select generate_series(1, 500)'], { env: pgEnv(relay.port) });
   t.equal(r.code, 0, r.stderr);
   await checkTapped(t, relay.conns, pgExpected, 'psql');
+  // psql sent Terminate and closed; the server's close follows from it and must not take the credit.
+  const rec = await recordingFor(gw.stateDir, relay.conns[0]!.port);
+  t.equal(rec.closeReason, 'client ended the connection', 'the footer names who ended the session');
 });
 
 t.test('pgbench', async (t) => {
