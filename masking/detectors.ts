@@ -29,6 +29,22 @@ export interface Detector {
   shape?: 'email';
   /** Must run on each value alone (anchors or lookarounds could see a neighbouring value in a batch). */
   perValue?: boolean;
+  /**
+   * Where the regex can start, for a detector whose every match holds one
+   * `char` (not in `run`), preceded by 1 to `before` characters of `run`
+   * that start the match (it cannot start inside such a run): the match
+   * holding a given `char` starts where the run of `run` characters before
+   * it begins, so the exact path starts the regex there instead of trying
+   * every position before it. `run` lists the run's ASCII characters; a
+   * non-ASCII character may or may not belong to the run.
+   */
+  pivot?: { char: string; before: number; run: Uint8Array };
+}
+
+function asciiSet(chars: string): Uint8Array {
+  const set = new Uint8Array(128);
+  for (const c of chars) set[c.charCodeAt(0)] = 1;
+  return set;
 }
 
 // Shared gates: one object per class so the matcher evaluates each once per value.
@@ -152,6 +168,7 @@ export const BUILTIN_DETECTORS: Record<DetectorName, Detector> = {
     regex:
       /(?<![\p{L}\p{N}._%+-])[\p{L}\p{N}._%+-]{1,64}@(?:[\p{L}\p{N}](?:[\p{L}\p{N}-]{0,61}[\p{L}\p{N}])?\.)+\p{L}{2,24}(?![\p{L}\p{N}-])/gu,
     shape: 'email',
+    pivot: { char: '@', before: 64, run: asciiSet('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-') },
   },
   credit_card: {
     name: 'credit_card',

@@ -160,7 +160,7 @@ export class Matcher {
     const d = e.rule.detector;
     re.lastIndex = 0;
     let m: RegExpExecArray | null;
-    while ((m = re.exec(s)) !== null) {
+    while ((d.pivot === undefined || pivotStart(re, s, d.pivot)) && (m = re.exec(s)) !== null) {
       let start = m.index;
       let end = start + m[0].length;
       if (end === start) {
@@ -188,6 +188,29 @@ export class Matcher {
     }
     return hits;
   }
+}
+
+/**
+ * Moves re.lastIndex forward to where the next match can start (see
+ * Detector.pivot); false when no match is left (no pivot character after
+ * lastIndex). No match starts in between: it would hold the next pivot
+ * character (the first one it can hold) with a character outside the run,
+ * or more than `before` characters, before it.
+ */
+function pivotStart(re: RegExp, s: string, p: NonNullable<Detector['pivot']>): boolean {
+  const from = re.lastIndex;
+  const a = s.indexOf(p.char, from);
+  if (a === -1) return false;
+  const min = Math.max(from, a - p.before);
+  let q = a;
+  while (q > min) {
+    const c = s.charCodeAt(q - 1);
+    if (c >= 0x80) return true; // may be a letter of the run: the regex tries from lastIndex on
+    if (p.run[c] === 0) break;
+    q--;
+  }
+  re.lastIndex = q;
+  return true;
 }
 
 /** Index of the value containing offset `off` (binary search over start offsets). */

@@ -3,6 +3,7 @@
  * the no-trigger fast path, UTF-8 safety and compile errors.
  */
 import t from 'tap';
+import { BUILTIN_DETECTORS } from '../../masking/detectors.js';
 import { MaskingEngine } from '../../masking/engine.js';
 import { MaskingConfigError, MaskingErrorCodes, type MaskingRuleConfig } from '../../masking/types.js';
 
@@ -254,4 +255,28 @@ t.test('maskValues over a batch equals maskBytes on each value', async (t) => {
     t.same(engine.maskValues(ascii), ascii.map((v) => engine.maskBytes(v)), 'ASCII fast path');
   }
   t.same(e.maskValues([]), []);
+});
+
+t.test('the e-mail regex started at its pivot finds what a scan from every position finds', async (t) => {
+  const e = MaskingEngine.compile([{ name: 'emails', detector: 'email', strategy: { kind: 'redact', token: '#' } }], { hashKey: key });
+  // Reference: the detector's regex run from position 0 over the whole text, every match replaced.
+  const reference = (s: string): string | undefined => {
+    const re = new RegExp(BUILTIN_DETECTORS.email.regex.source, BUILTIN_DETECTORS.email.regex.flags);
+    const out = s.replace(re, '#');
+    return out === s ? undefined : out;
+  };
+  const run = (n: number): string => 'a'.repeat(n);
+  const cases = [
+    'user@example.com', '@example.com', 'user@', 'a@b', '@', '@@', 'x@@example.com', 'x@y@example.com',
+    `${run(64)}@example.com`, `${run(65)}@example.com`, `${run(63)} ${run(64)}@example.com`, `${run(200)}@x.org ok@x.org`,
+    'c4ca4238a0b923820dcc509a6f75849b user1@example.com', 'a@b.c d@e.fg', 'one@x.org,two@y.org;three@z.org',
+    'no@tld. then real@ok.com', 'bad@-x.com good@x.com', 'zoë@exämple.org', 'ïzoë@exämple.org', 'é.ü@x.org', '😀a@x.org',
+    'a😀b@x.org', '名前@例え.jp', 'x.org@ then@x.org', 'user@example.com1', 'user@example.com-', 'a@b.co@c.de',
+    `${'é'.repeat(70)}@x.org`, `${'a.'.repeat(40)}@x.org`, 'mail: <a+b%c@d-e.f.gh>', 'tail user@example.c',
+  ];
+  for (const s of cases) {
+    t.equal(e.maskText(s), reference(s), JSON.stringify(s));
+    const masked = reference(s);
+    t.same(e.maskBytes(Buffer.from(s)), masked === undefined ? undefined : Buffer.from(masked), `bytes ${JSON.stringify(s)}`);
+  }
 });
