@@ -102,7 +102,7 @@ export class Counter extends ScalarMetric {
   }
 
   /** The series itself, for a caller that counts once per command and keeps it (no label array or key per increment). */
-  series1(values: readonly string[]): { value: number } {
+  seriesOf(values: readonly string[]): { value: number } {
     return this.seriesFor(values);
   }
 }
@@ -214,7 +214,7 @@ export class Metrics {
     let byVerdict = this.#statementSeries.get(target);
     if (!byVerdict) this.#statementSeries.set(target, (byVerdict = new Map()));
     let series = byVerdict.get(verdict);
-    if (!series) byVerdict.set(verdict, (series = this.statementsTotal.series1([target, verdict])));
+    if (!series) byVerdict.set(verdict, (series = this.statementsTotal.seriesOf([target, verdict])));
     series.value += 1;
   }
 
