@@ -15,6 +15,7 @@
 import { isUtf8 } from 'node:buffer';
 import { BUILTIN_DETECTORS, isDetectorName, type Detector } from './detectors.js';
 import type { ByteSink } from './byte-sink.js';
+import { findEmailsAscii } from './email-ascii.js';
 import { ALL_HINTS, Matcher, type ContentRule, type Match } from './matcher.js';
 import { checkPattern } from './safety.js';
 import { compileStrategy, strategyProblem, type CompiledStrategy } from './strategies.js';
@@ -75,6 +76,8 @@ export class MaskingEngine {
   /** markRanges' scratch (the engine is used by one thread, synchronously). */
   private scratch = Buffer.alloc(0);
   private relStarts = new Int32Array(0);
+  /** maskCandidateInto's e-mail hits (start, end pairs). */
+  private emailHits = new Int32Array(64);
 
   private constructor(matcher: Matcher | undefined, selectors: ColumnSelector[]) {
     this.matcher = matcher;
@@ -274,6 +277,25 @@ export class MaskingEngine {
       if (!out) return false;
       sink.put(out);
       return true;
+    }
+    const email = matcher.soleEmail(hints);
+    if (email?.strategy.writeAscii) {
+      // Only the e-mail detector can match (the common case: the scan saw an '@'): found on the bytes.
+      const n = findEmailsAscii(buf, start, end, this.emailHits);
+      if (n === 0) return false;
+      if (n > 0) {
+        if (counts) counts.set(email.name, (counts.get(email.name) ?? 0) + n);
+        const hits = this.emailHits;
+        let pos = start;
+        for (let h = 0; h < 2 * n; h += 2) {
+          sink.copy(buf, pos, hits[h]!);
+          email.strategy.writeAscii(buf, hits[h]!, hits[h + 1]!, 'email', sink);
+          pos = hits[h + 1]!;
+        }
+        sink.copy(buf, pos, end);
+        return true;
+      }
+      if (this.emailHits.length < end - start) this.emailHits = new Int32Array(end - start); // enough next time
     }
     const s = (buf as Latin1Slicer).latin1Slice(start, end);
     const hits = matcher.find(s, hints);

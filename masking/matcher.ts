@@ -61,6 +61,9 @@ export class Matcher {
 
   /** False when a rule must see each value alone (a custom pattern with anchors or lookarounds). */
   readonly batchSafe: boolean;
+  /** soleEmail's answer for the hints it was last asked about. */
+  #soleHints = 0;
+  #sole: ContentRule | undefined;
 
   constructor(rules: ContentRule[], opts: { prefilter: boolean }) {
     this.batchSafe = rules.every((r) => !r.detector.perValue);
@@ -150,6 +153,25 @@ export class Matcher {
         p = buf.indexOf(n, next);
       }
     }
+  }
+
+  /**
+   * The rule when, under these hints, the only detector `find` would run is
+   * the built-in e-mail detector (one rule, no custom pattern): its hits are
+   * then those of findEmailsAscii on an ASCII value.
+   */
+  soleEmail(hints: number): ContentRule | undefined {
+    if (hints === this.#soleHints) return this.#sole;
+    let sole: ContentRule | undefined;
+    let running = 0;
+    for (const e of this.entries) {
+      if ((e.bit & hints) !== e.bit) continue;
+      running++;
+      if (e.rule.detector === BUILTIN_DETECTORS.email && e.bit !== 0) sole = e.rule;
+    }
+    this.#soleHints = hints;
+    this.#sole = running === 1 ? sole : undefined;
+    return this.#sole;
   }
 
   private gateHolds(i: number, s: string): boolean {
