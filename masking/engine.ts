@@ -295,7 +295,8 @@ export class MaskingEngine {
         sink.copy(buf, pos, end);
         return true;
       }
-      if (this.emailHits.length < end - start) this.emailHits = new Int32Array(end - start); // enough next time
+      // More hits than room: the regex this time, more room next time (bounded: 256 KiB).
+      if (this.emailHits.length < EMAIL_HITS_MAX) this.emailHits = new Int32Array(2 * this.emailHits.length);
     }
     const s = (buf as Latin1Slicer).latin1Slice(start, end);
     const hits = matcher.find(s, hints);
@@ -330,6 +331,9 @@ export class MaskingEngine {
 
 /** Node's Buffer method behind toString('latin1', start, end), without its argument handling (not in the typings). */
 type Latin1Slicer = Buffer & { latin1Slice(start: number, end: number): string };
+
+/** Most e-mail hit offsets maskCandidateInto keeps room for (start and end of each). */
+const EMAIL_HITS_MAX = 64 * 1024;
 
 /** markRanges copies at most this much (the scratch is kept for the engine's life): a socket read is 64 KiB. */
 const SCRATCH_MAX = 1024 * 1024;
