@@ -242,3 +242,18 @@ t.test('PgResultMasker: a hit in every row, column rules mixed in, whatever the 
     t.ok((await run(masker, chunks)).equals(want), `${how}: every field as the engine masks it alone`);
   }
 });
+
+t.test('a value with more e-mails than maskCandidateInto has room for: the same bytes, now and once it has grown', async (t) => {
+  const rules: MaskingRuleConfig[] = [{ name: 'emails', detector: 'email', strategy: { kind: 'partial' } }];
+  const engine = MaskingEngine.compile(rules, { hashKey });
+  const general = MaskingEngine.compile(rules, { hashKey, prefilter: false });
+  for (const n of [31, 32, 33, 100, 1000, 40000]) {
+    const v = Buffer.from(Array.from({ length: n }, (_, i) => `u${i}@example.com`).join(' '));
+    const want = general.maskBytes(v)!;
+    for (const round of [1, 2]) {
+      const sink = new ByteSink();
+      t.ok(engine.maskCandidateInto(v, 0, v.length, -1, sink), `${n} e-mails, round ${round}: changed`);
+      t.ok(sink.buf.subarray(0, sink.len).equals(want), `${n} e-mails, round ${round}: the same bytes`);
+    }
+  }
+});
