@@ -35,19 +35,31 @@ for (let b = 0; b < 128; b++) {
   LOCAL[b] = alnum || '._%+-'.includes(c) ? 1 : 0;
 }
 
+/** findEmailsAscii's answer when the text is not all ASCII. */
+export const NOT_ASCII = -2;
+
 /**
- * Hits of the e-mail regex in the ASCII text buf[start, end): writes start
- * and end offsets (absolute, into buf) in pairs to `hits` and returns how
- * many hits; -1 when `hits` is too small (the caller then takes the regex).
+ * Hits of the e-mail regex in the text buf[start, end): writes start and
+ * end offsets (absolute, into buf) in pairs to `hits` and returns how many
+ * hits; -1 when `hits` is too small (the caller then takes the regex), and
+ * NOT_ASCII when a byte is >= 0x80 (the hits would not be the regex's:
+ * \p{L} holds letters beyond ASCII). Every byte of the text is looked at:
+ * the search for '@' passes over all of it but the hits' domains, which
+ * hold ASCII characters only.
  */
 export function findEmailsAscii(buf: Uint8Array, start: number, end: number, hits: Int32Array): number {
   let n = 0;
   let from = start; // where the search resumes (after the last hit)
   let p = start;
+  let or = 0; // every byte searched, OR-ed: >= 0x80 when one is not ASCII
   for (;;) {
     let at = p;
-    while (at < end && buf[at] !== 0x40) at++;
-    if (at >= end) return n >> 1;
+    for (; at < end; at++) {
+      const b = buf[at]!;
+      or |= b;
+      if (b === 0x40) break;
+    }
+    if (at >= end) return or >= 0x80 ? NOT_ASCII : n >> 1;
     p = at + 1;
     let s = at;
     while (s > start && LOCAL[buf[s - 1]!] === 1 && at - s <= 64) s--;

@@ -15,7 +15,7 @@
 import { isUtf8 } from 'node:buffer';
 import { BUILTIN_DETECTORS, isDetectorName, type Detector } from './detectors.js';
 import type { ByteSink } from './byte-sink.js';
-import { findEmailsAscii } from './email-ascii.js';
+import { NOT_ASCII, findEmailsAscii } from './email-ascii.js';
 import { ALL_HINTS, Matcher, type ContentRule, type Match } from './matcher.js';
 import { checkPattern } from './safety.js';
 import { compileStrategy, strategyProblem, type CompiledStrategy } from './strategies.js';
@@ -270,14 +270,6 @@ export class MaskingEngine {
   maskCandidateInto(buf: Buffer, start: number, end: number, hints: number, sink: ByteSink, counts?: Map<string, number>): boolean {
     const matcher = this.matcher;
     if (!matcher) return false;
-    let or = 0;
-    for (let i = start; i < end; i++) or |= buf[i]!;
-    if (or >= 0x80) {
-      const out = exactBytes(matcher, buf.subarray(start, end), counts, hints);
-      if (!out) return false;
-      sink.put(out);
-      return true;
-    }
     const email = matcher.soleEmail(hints);
     if (email?.strategy.writeAscii) {
       // Only the e-mail detector can match (the common case: the scan saw an '@'): found on the bytes.
@@ -295,9 +287,13 @@ export class MaskingEngine {
         sink.copy(buf, pos, end);
         return true;
       }
+      if (n === NOT_ASCII) return this.#general(matcher, buf, start, end, hints, sink, counts);
       // More hits than room: the regex this time, more room next time (bounded: 256 KiB).
       if (this.emailHits.length < EMAIL_HITS_MAX) this.emailHits = new Int32Array(2 * this.emailHits.length);
     }
+    let or = 0;
+    for (let i = start; i < end; i++) or |= buf[i]!;
+    if (or >= 0x80) return this.#general(matcher, buf, start, end, hints, sink, counts);
     const s = (buf as Latin1Slicer).latin1Slice(start, end);
     const hits = matcher.find(s, hints);
     if (!hits) return false;
@@ -318,6 +314,14 @@ export class MaskingEngine {
       pos = he;
     }
     sink.copy(buf, pos, end);
+    return true;
+  }
+
+  /** maskCandidateInto through exactBytes (a value with non-ASCII bytes). */
+  #general(matcher: Matcher, buf: Buffer, start: number, end: number, hints: number, sink: ByteSink, counts: Map<string, number> | undefined): boolean {
+    const out = exactBytes(matcher, buf.subarray(start, end), counts, hints);
+    if (!out) return false;
+    sink.put(out);
     return true;
   }
 

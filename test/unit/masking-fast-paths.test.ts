@@ -15,7 +15,7 @@
 import t from 'tap';
 import { ByteSink } from '../../masking/byte-sink.js';
 import { BUILTIN_DETECTORS, DETECTOR_NAMES } from '../../masking/detectors.js';
-import { findEmailsAscii } from '../../masking/email-ascii.js';
+import { NOT_ASCII, findEmailsAscii } from '../../masking/email-ascii.js';
 import { MaskingEngine } from '../../masking/engine.js';
 import type { PolicyMasking } from '../../masking/session-masker.js';
 import type { MaskingRuleConfig } from '../../masking/types.js';
@@ -61,6 +61,10 @@ t.test('findEmailsAscii finds what the e-mail regex finds', async (t) => {
   }
   t.equal(wrong, 0, 'the same hits on 30000 generated strings');
   t.equal(findEmailsAscii(Buffer.from('a@b.cc d@e.ff'), 0, 13, new Int32Array(2)), -1, 'too small a hit array is said so');
+  for (const text of ['éa@b.co', 'a@b.coé', 'a@exämple.de', 'a@b.co x\u00a0', '\u00ffa@b.co']) {
+    const buf = Buffer.from(text, text.includes('\u00ff') ? 'latin1' : 'utf8');
+    t.equal(findEmailsAscii(buf, 0, buf.length, hits), NOT_ASCII, `${JSON.stringify(text)}: not ASCII, whatever the hits`);
+  }
 });
 
 /** Values for the engine: e-mail-ish text, the detectors' pieces, non-ASCII and invalid UTF-8 around them. */
