@@ -167,6 +167,8 @@ class ChunkPlan {
   /** The field's length on the wire (differs from the value's for jsonb binary and hex bytea). */
   cWire = new Int32Array(256);
   cEncoding = new Uint8Array(256);
+  /** Where the field's length word is in its item's buffer (a CopyData row: where its body starts). */
+  cLenPos = new Int32Array(256);
   cBuf: Buffer[] = [];
   marks = new Uint8Array(256);
   /** The scan's hints per candidate: which detectors the exact path runs. */
@@ -178,6 +180,9 @@ class ChunkPlan {
   rField = new Int32Array(256);
   rOff = new Int32Array(256);
   rLen = new Int32Array(256);
+  /** Where the replaced field's length word is in its item's buffer, and its length on the wire. */
+  rPos = new Int32Array(256);
+  rWire = new Int32Array(256);
   rBuf: Array<Buffer | null> = [];
   /** Made in (item, field) order (the usual case); else `order` lists them so, once the chunk is framed and masked. */
   sorted = true;
@@ -229,7 +234,7 @@ class ChunkPlan {
     return i;
   }
 
-  candidate(item: number, field: number, buf: Buffer, start: number, end: number, wire: number, encoding: number): void {
+  candidate(item: number, field: number, lenPos: number, buf: Buffer, start: number, end: number, wire: number, encoding: number): void {
     const k = this.candidates;
     if (k === this.cItem.length) {
       const n = 2 * k;
@@ -239,6 +244,7 @@ class ChunkPlan {
       this.cEnd = grow(this.cEnd, n);
       this.cWire = grow(this.cWire, n);
       this.cEncoding = grow(this.cEncoding, n);
+      this.cLenPos = grow(this.cLenPos, n);
       this.marks = grow(this.marks, n);
       this.hints = grow(this.hints, n);
     }
@@ -248,21 +254,22 @@ class ChunkPlan {
     this.cEnd[k] = end;
     this.cWire[k] = wire;
     this.cEncoding[k] = encoding;
+    this.cLenPos[k] = lenPos;
     this.cBuf[k] = buf;
     this.candidates = k + 1;
   }
 
   /** Field `field` of `item`, `wire` bytes long on the wire, becomes `bytes` (null: SQL NULL). */
-  replace(item: number, field: number, wire: number, bytes: Buffer | null): void {
-    this.#add(item, field, wire, bytes, 0, bytes ? bytes.length : 0);
+  replace(item: number, field: number, lenPos: number, wire: number, bytes: Buffer | null): void {
+    this.#add(item, field, lenPos, wire, bytes, 0, bytes ? bytes.length : 0);
   }
 
   /** ... becomes the sink's bytes [off, off + len). */
-  replaceFromSink(item: number, field: number, wire: number, off: number, len: number): void {
-    this.#add(item, field, wire, SINK, off, len);
+  replaceFromSink(item: number, field: number, lenPos: number, wire: number, off: number, len: number): void {
+    this.#add(item, field, lenPos, wire, SINK, off, len);
   }
 
-  #add(item: number, field: number, wire: number, buf: Buffer | null, off: number, len: number): void {
+  #add(item: number, field: number, lenPos: number, wire: number, buf: Buffer | null, off: number, len: number): void {
     const r = this.repl;
     if (r === this.rItem.length) {
       const n = 2 * r;
@@ -270,12 +277,16 @@ class ChunkPlan {
       this.rField = grow(this.rField, n);
       this.rOff = grow(this.rOff, n);
       this.rLen = grow(this.rLen, n);
+      this.rPos = grow(this.rPos, n);
+      this.rWire = grow(this.rWire, n);
     }
     this.rItem[r] = item;
     this.rField[r] = field;
     this.rBuf[r] = buf;
     this.rOff[r] = off;
     this.rLen[r] = len;
+    this.rPos[r] = lenPos;
+    this.rWire[r] = wire;
     this.repl = r + 1;
     const key = fieldKey(item, field);
     if (key < this.lastKey) this.sorted = false;
@@ -291,6 +302,16 @@ class ChunkPlan {
     this.order = Array.from({ length: this.repl }, (_, r) => r).sort(
       (a, b) => fieldKey(this.rItem[a]!, this.rField[a]!) - fieldKey(this.rItem[b]!, this.rField[b]!),
     );
+  }
+
+  /** writeChunk's length words to patch: where in the output, and the value. */
+  patchAt = new Int32Array(256);
+  patchLen = new Int32Array(256);
+
+  /** The replacement at the cursor (in (item, field) order), or -1 when none is left. */
+  peek(): number {
+    if (this.cursor >= this.repl) return -1;
+    return this.sorted ? this.cursor : this.order[this.cursor]!;
   }
 
   /** The replacement at the cursor when it is field `field` of item `item`, else -1. */
@@ -419,7 +440,7 @@ export class PgResultMasker {
           // Masked straight into the sink: no Buffer per value.
           const off = sink.len;
           if (engine.maskCandidateInto(plan.cBuf[k]!, plan.cStart[k]!, plan.cEnd[k]!, plan.hints[k]!, sink, plan.counts))
-            plan.replaceFromSink(plan.cItem[k]!, plan.cField[k]!, plan.cWire[k]!, off, sink.len - off);
+            plan.replaceFromSink(plan.cItem[k]!, plan.cField[k]!, plan.cLenPos[k]!, plan.cWire[k]!, off, sink.len - off);
           continue;
         }
         const out = engine.maskCandidate(plan.value(k), plan.counts, plan.hints[k]);
@@ -476,7 +497,7 @@ export class PgResultMasker {
 
   #replaceCandidate(k: number, masked: Buffer): void {
     const plan = this.#plan;
-    plan.replace(plan.cItem[k]!, plan.cField[k]!, plan.cWire[k]!, encodeBack(plan.cEncoding[k]!, masked, false));
+    plan.replace(plan.cItem[k]!, plan.cField[k]!, plan.cLenPos[k]!, plan.cWire[k]!, encodeBack(plan.cEncoding[k]!, masked, false));
   }
 
   #count(counts: Map<string, number> | Record<string, number>): void {
@@ -640,7 +661,7 @@ export class PgResultMasker {
         }
         // A row of COPY TO STDOUT: content rules over its whole body, batched with the chunk's other values.
         const item = plan.item(COPY_ROW, buf, start, end);
-        plan.candidate(item, 0, buf, start + 5, end, end - start - 5, PLAIN);
+        plan.candidate(item, 0, start + 5, buf, start + 5, end, end - start - 5, PLAIN);
         return;
       }
       case Backend.CopyDone:
@@ -693,7 +714,7 @@ export class PgResultMasker {
       const col = columns?.[i];
       if (col === undefined) {
         // No RowDescription (content rules only): text format.
-        if (content && len > 0) plan.candidate(item, i, buf, at, pos, len, PLAIN);
+        if (content && len > 0) plan.candidate(item, i, at - 4, buf, at, pos, len, PLAIN);
         continue;
       }
       const { format, typeOid } = col;
@@ -714,19 +735,19 @@ export class PgResultMasker {
         const value = fieldText(buf, at, pos, encoding);
         const out = engine.maskWhole(col.rule, value, plan.counts);
         if (out === null || out !== value) {
-          plan.replace(item, i, len, out === null ? null : encodeBack(encoding, out, true));
+          plan.replace(item, i, at - 4, len, out === null ? null : encodeBack(encoding, out, true));
           continue;
         }
       }
       if (!content) continue;
       const base = encoding & 3;
       if (base === PLAIN) {
-        if (len > 0) plan.candidate(item, i, buf, at, pos, len, encoding);
+        if (len > 0) plan.candidate(item, i, at - 4, buf, at, pos, len, encoding);
       } else if (base === JSONB_BINARY) {
-        if (len > 1) plan.candidate(item, i, buf, at + 1, pos, len, encoding);
+        if (len > 1) plan.candidate(item, i, at - 4, buf, at + 1, pos, len, encoding);
       } else {
         const decoded = fieldText(buf, at, pos, encoding);
-        if (decoded.length > 0) plan.candidate(item, i, decoded, 0, decoded.length, len, encoding);
+        if (decoded.length > 0) plan.candidate(item, i, at - 4, decoded, 0, decoded.length, len, encoding);
       }
     }
     if (pos !== end) throw new PgProtocolError(ErrorCodes.PROTOCOL_VIOLATION, 'DataRow field lengths do not add up to the message length');
@@ -821,13 +842,7 @@ export class PgResultMasker {
     }
     if (changed > FEW_CHANGED_ROWS && size <= ONE_BUFFER_MAX) {
       const out = Buffer.allocUnsafe(size);
-      let w = 0;
-      for (let i = 0; i < items; i++) {
-        const kind = plan.kind[i]!;
-        if (kind === STATEMENT_END) continue;
-        if (plan.changed[i]) w = writeRow(plan, i, out, w);
-        else w = copyBytes(plan.bufs[i]!, plan.start[i]!, plan.end[i]!, out, w);
-      }
+      if (writeChunk(plan, out) !== size) throw new Error('masked chunk size mismatch');
       emit(out);
       return;
     }
@@ -918,6 +933,57 @@ function isJson(b: Buffer): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * Writes the whole chunk into out (sized for it); returns the bytes
+ * written. The bytes between two replacements are copied as one span, row
+ * headers and all, even across rows (one copy per replacement rather than
+ * several per row); the length word of each changed row is patched once
+ * its span has been copied.
+ */
+function writeChunk(plan: ChunkPlan, out: Buffer): number {
+  let w = 0;
+  let src: Buffer | undefined; // the span not yet copied: src[from, to)
+  let from = 0;
+  let to = 0;
+  let patches = 0; // changed rows whose length word is patched at the end
+  for (let i = 0; i < plan.items; i++) {
+    if (plan.kind[i] === STATEMENT_END) continue;
+    const buf = plan.bufs[i]!;
+    const start = plan.start[i]!;
+    if (buf !== src || start !== to) {
+      if (src) w = copyBytes(src, from, to, out, w);
+      src = buf;
+      from = start;
+    }
+    to = plan.end[i]!;
+    if (!plan.changed[i]) continue;
+    // The row's header lands at w + (start - from): its length word is fixed after the copies.
+    if (patches === plan.patchAt.length) {
+      plan.patchAt = grow(plan.patchAt, 2 * patches);
+      plan.patchLen = grow(plan.patchLen, 2 * patches);
+    }
+    plan.patchAt[patches] = w + (start - from) + 1;
+    plan.patchLen[patches++] = to - start - 1 + plan.delta[i]!;
+    const copyRow = plan.kind[i] === COPY_ROW;
+    // Its replacements, in field order (their fields lie in ascending order in the row).
+    for (let r = plan.peek(); r >= 0 && plan.rItem[r] === i; r = plan.peek()) {
+      plan.cursor++;
+      const lenPos = plan.rPos[r]!;
+      w = copyBytes(src, from, lenPos, out, w);
+      if (copyRow) {
+        from = to; // the body is replaced whole; no length word of its own
+      } else {
+        from = lenPos + 4 + Math.max(0, plan.rWire[r]!);
+        w = putInt32(out, plan.rBuf[r] === null ? -1 : plan.rLen[r]!, w);
+      }
+      if (plan.rBuf[r] !== null) w = plan.writeReplacement(r, out, w);
+    }
+  }
+  if (src) w = copyBytes(src, from, to, out, w);
+  for (let p = 0; p < patches; p++) putInt32(out, plan.patchLen[p]!, plan.patchAt[p]!);
+  return w;
 }
 
 /** Writes changed item i (a DataRow or a CopyData row) with its replacements and length words into out at w; returns the new w. */

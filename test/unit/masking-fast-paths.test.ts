@@ -261,3 +261,33 @@ t.test('a value with more e-mails than maskCandidateInto has room for: the same 
     }
   }
 });
+
+t.test('PgResultMasker: COPY TO STDOUT rows with a hit in every row, whatever the cuts', async (t) => {
+  const rules: MaskingRuleConfig[] = [
+    { name: 'emails', detector: 'email', strategy: { kind: 'partial' } },
+    { name: 'cards', detector: 'credit_card', strategy: { kind: 'redact' } },
+  ];
+  const engine = MaskingEngine.compile(rules, { hashKey });
+  const general = MaskingEngine.compile(rules, { hashKey, prefilter: false });
+  const masking: PolicyMasking = { policy: 'p', ruleNames: rules.map((r) => r.name), engine, pool: () => { throw new Error('no pool expected'); } };
+  const rand = generator(8);
+  const copyOut = new PgBytes().byte(0).int16(1).int16(0).typed('H');
+  const wire: Buffer[] = [copyOut];
+  const expected: Buffer[] = [copyOut];
+  for (let r = 0; r < 2000; r++) {
+    const body = Buffer.concat([Buffer.from(`${r}\t`), rand(3) ? Buffer.from(`user${r}@example.com`) : value(rand), Buffer.from('\n')]);
+    wire.push(new PgBytes().bytes(body).typed('d'));
+    expected.push(new PgBytes().bytes(general.maskBytes(body) ?? body).typed('d'));
+  }
+  const tail = [new PgBytes().typed('c'), new PgBytes().cstring('COPY 2000').typed('C'), new PgBytes().char('I').typed('Z')];
+  const all = Buffer.concat([...wire, ...tail]);
+  const want = Buffer.concat([...expected, ...tail]);
+  for (const [how, chunks] of [
+    ['one chunk', [all]],
+    ['64 KiB chunks', randomChunks(all, prng(4), 65536)],
+    ['random small chunks', randomChunks(all, prng(5), 500)],
+  ] as Array<[string, Iterable<Buffer>]>) {
+    const masker = new PgResultMasker({ masking, maxMessageBytes: 1 << 20, batchRows: 1e9, batchBytes: 1e12 });
+    t.ok((await run(masker, chunks)).equals(want), `${how}: every row as the engine masks it alone`);
+  }
+});
