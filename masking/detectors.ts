@@ -274,6 +274,28 @@ export const BUILTIN_DETECTORS: Record<DetectorName, Detector> = {
 
 export const DETECTOR_NAMES = Object.keys(BUILTIN_DETECTORS) as DetectorName[];
 
+/** A built-in detector's bit in the scan's hints (see CandidateScanner.scan): its index in DETECTOR_NAMES. */
+export function detectorBit(name: DetectorName): number {
+  return 1 << DETECTOR_NAMES.indexOf(name);
+}
+const B_EMAIL = detectorBit('email');
+const B_CARD = detectorBit('credit_card');
+const B_IBAN = detectorBit('iban');
+const B_SSN = detectorBit('us_ssn');
+const B_PHONE = detectorBit('phone');
+const B_IPV4 = detectorBit('ipv4');
+const B_IPV6 = detectorBit('ipv6');
+const B_AWS_ID = detectorBit('aws_access_key_id');
+const B_AWS_SECRET = detectorBit('aws_secret_access_key');
+const B_GITHUB = detectorBit('github_token');
+const B_GITLAB = detectorBit('gitlab_token');
+const B_SLACK = detectorBit('slack_token');
+const B_STRIPE = detectorBit('stripe_key');
+const B_GOOGLE = detectorBit('google_api_key');
+const B_JWT = detectorBit('jwt');
+const B_PEM = detectorBit('pem_private_key');
+const B_PW = detectorBit('password_assignment');
+
 export function isDetectorName(name: string): name is DetectorName {
   return Object.prototype.hasOwnProperty.call(BUILTIN_DETECTORS, name);
 }
@@ -290,6 +312,12 @@ export function isDetectorName(name: string): name is DetectorName {
 // are ASCII-only around their triggers; a non-ASCII byte where a check cannot
 // decide, such as a possible Unicode space, flags the value). Flagged values
 // then go through the exact regex path, so results are unchanged.
+
+/** The scan's fast pass: per byte, a digit (when digits trigger), a separator a digit shape may end at, a capital, another trigger. */
+const F_DIGIT = 1;
+const F_SEP = 2;
+const F_UPPER = 4;
+const F_TRIGGER = 8;
 
 const T_DIGIT = 1;
 const T_COLON = 2;
@@ -446,6 +474,8 @@ export class CandidateScanner {
    * triggers.
    */
   private wordsOn = false;
+  /** The fast pass's classes by byte (F_*). */
+  private readonly fast = new Uint8Array(256);
   private wordHigh = 0;
   private wordLow = 0;
   private readonly on: Set<DetectorName>;
@@ -466,6 +496,8 @@ export class CandidateScanner {
   private readonly pem: boolean;
   private readonly jwt: boolean;
   private readonly email: boolean;
+  /** The bits of every enabled detector. */
+  private readonly allBits: number;
 
   constructor(enabled: Iterable<DetectorName>) {
     this.on = new Set(enabled);
@@ -487,6 +519,8 @@ export class CandidateScanner {
     this.pem = on.has('pem_private_key');
     this.jwt = on.has('jwt');
     this.email = on.has('email');
+    this.allBits = 0;
+    for (const d of on) this.allBits |= detectorBit(d);
     const set = (chars: string, k: number): void => {
       for (const c of chars) this.table[c.charCodeAt(0)] = k;
     };
@@ -499,6 +533,14 @@ export class CandidateScanner {
     if (this.github || this.stripe) set('_', T_UNDERSCORE);
     if (this.awsId || this.google) set('A', T_A);
     if (this.jwt) set('J', T_J);
+    for (let b = 0; b < 256; b++) {
+      const k = this.table[b]!;
+      this.fast[b] =
+        (k === T_DIGIT ? F_DIGIT : 0) |
+        (b === 0x20 || b === 0x2d || b === 0x2e ? F_SEP : 0) |
+        (b >= 0x41 && b <= 0x5a ? F_UPPER : 0) |
+        (k !== 0 && k !== T_DIGIT ? F_TRIGGER : 0);
+    }
     let lo = 256;
     let hi = -1;
     for (let b = 0; b < 256; b++) {
@@ -518,40 +560,82 @@ export class CandidateScanner {
    * values back to back, value v starting at starts[v] and ending where the
    * next starts (a separator byte such as NUL between them is allowed and
    * stops every check).
+   *
+   * With `hints`, also records which detectors may match in each marked
+   * value: hints[v] gets the bit (detectorBit) of every enabled detector
+   * whose local check passed somewhere in the value; a detector whose bit is
+   * not set has no match in it (each check is the same conservative one as
+   * for the whole value, judged per detector), so the exact path need run
+   * only the detectors set. A marked value is then scanned to its end (or
+   * until every enabled detector is set); without `hints` the scan moves on
+   * at the first hit.
    */
-  scan(buf: Uint8Array, starts: Int32Array, marks: Uint8Array): void {
+  scan(buf: Uint8Array, starts: Int32Array, marks: Uint8Array, hints?: Int32Array): void {
     const table = this.table;
     const len = buf.length;
     const last = starts.length - 1;
+    const all = hints ? this.allBits : 0;
     let v = 0;
     let next = last > 0 ? starts[1]! : len;
     let ipv6Until = 0;
+    let bits = 0; // hints of value v so far
     // Whole 4-byte words are tested at once when the bytes are 4-aligned in memory (markRanges' scratch is).
     const words = this.wordsOn && len >= 64 && (buf.byteOffset & 3) === 0 ? new Int32Array(buf.buffer, buf.byteOffset, len >> 2) : undefined;
     const nWords = words ? words.length : 0;
     const high = this.wordHigh;
     const low = this.wordLow;
-    for (let i = 0; i < len; i++) {
-      if ((i & 3) === 0 && words !== undefined) {
-        let w = i >> 2;
-        while (w < nWords) {
-          const x = words[w]!;
-          const y = x & 0x7f7f7f7f;
-          if (((high - y) & ~x & (y + low) & 0x80808080) !== 0) break;
-          w++;
+    const fast = this.fast;
+    let i = 0;
+    while (i < len) {
+      // Fast pass, without a branch per byte that depends on the data (hex
+      // ids mix digits and letters at random: a branch per byte mispredicts
+      // half the time): it stops only at a byte where the checks below have
+      // something to do (a trigger other than a digit, a digit run that the
+      // fast reject below would not reject), and the checks then run from
+      // the start of that digit run to the byte. A digit run they handled
+      // ends before where the fast pass resumes.
+      let prev = i > 0 ? fast[buf[i - 1]!]! & F_UPPER : 0;
+      let run = 0;
+      let from = -1;
+      let to = -1;
+      for (; i < len; i++) {
+        if ((i & 3) === 0 && words !== undefined && run === 0) {
+          let w = i >> 2;
+          while (w < nWords) {
+            const x = words[w]!;
+            const y = x & 0x7f7f7f7f;
+            if (((high - y) & ~x & (y + low) & 0x80808080) !== 0) break;
+            w++;
+          }
+          if (w > i >> 2) {
+            i = w << 2;
+            if (i >= len) break;
+            prev = fast[buf[i - 1]!]!;
+          }
         }
-        if (w > i >> 2) {
-          i = w << 2;
-          if (i >= len) break;
+        const f = fast[buf[i]!]!;
+        const before = run;
+        run = (run + 1) * (f & F_DIGIT);
+        // A trigger; a separator after a digit; a digit after a capital; a 13th digit in a row.
+        const flag = (f & F_TRIGGER) | ((prev << 1) & f & F_SEP) | ((prev >> 2) & f & F_DIGIT) | ((12 - run) >>> 31);
+        prev = f;
+        if (flag !== 0) {
+          from = i - before;
+          to = i;
+          break;
         }
       }
+      if (to < 0) break;
+      for (i = from; i <= to && i < len; i++) {
       const k = table[buf[i]!]!;
       if (k === 0) continue;
       if (i >= next) {
+        if (hints && bits !== 0) hints[v] = bits;
+        bits = 0;
         while (v < last && starts[v + 1]! <= i) v++;
         next = v < last ? starts[v + 1]! : len;
       }
-      let hit: boolean;
+      let hit: number;
       if (k === T_DIGIT) {
         let e = i + 1;
         while (e < len && buf[e]! >= 0x30 && buf[e]! <= 0x39) e++;
@@ -568,20 +652,24 @@ export class CandidateScanner {
         continue; // not '--' (a PEM line) nor after the last letter of 'glpat' or 'xox?'
       } else if (k === T_COLON) {
         hit = this.assignment(buf, i);
-        if (!hit && this.ipv6 && i >= ipv6Until) {
+        if (this.ipv6 && i >= ipv6Until && (bits & B_IPV6) === 0) {
           // One decision for the whole run of hex digits and colons around it.
           const r = this.colonRun(buf, i);
-          if (r < 0) hit = true;
+          if (r < 0) hit |= B_IPV6;
           else ipv6Until = r;
         }
       } else {
         hit = this.trigger(buf, i, k);
       }
-      if (hit) {
+      if (hit !== 0) {
         marks[v] = 1;
-        i = next - 1; // the value goes through the exact path: skip to the next one
+        bits |= hit;
+        // The value goes through the exact path: skip to the next one (when the hints are complete).
+        if ((bits & all) === all) i = next - 1;
+      }
       }
     }
+    if (hints && bits !== 0) hints[v] = bits;
   }
 
   /** True when the value may hold a match of an enabled detector. */
@@ -591,58 +679,69 @@ export class CandidateScanner {
     return ONE_MARK[0] === 1;
   }
 
-  private trigger(buf: Uint8Array, i: number, k: number): boolean {
+  /** The hints (see scan) of one value: 0 when no enabled detector can match in it. */
+  bits(buf: Uint8Array): number {
+    ONE_MARK[0] = 0;
+    ONE_HINT[0] = 0;
+    this.scan(buf, ONE_START, ONE_MARK, ONE_HINT);
+    return ONE_HINT[0]!;
+  }
+
+  private trigger(buf: Uint8Array, i: number, k: number): number {
     switch (k) {
       case T_COLON:
       case T_EQUALS:
         return this.assignment(buf, i);
       case T_AT:
-        return true;
+        // An e-mail address, or the userinfo of a URL (password_assignment).
+        return (this.email ? B_EMAIL : 0) | (this.pw ? B_PW : 0);
       case T_PLUS:
-        return buf[i + 1]! >= 0x31 && buf[i + 1]! <= 0x39; // E.164: '+' then [1-9]
+        return buf[i + 1]! >= 0x31 && buf[i + 1]! <= 0x39 ? B_PHONE : 0; // E.164: '+' then [1-9]
       case T_DASH:
         return (
-          (this.gitlab && at(buf, i - 5, 'glpat')) ||
-          (this.slack && at(buf, i - 4, 'xox') && SLACK_KIND[buf[i - 1]!] === 1) ||
-          (this.pem && at(buf, i, '-----BEGIN'))
+          (this.gitlab && at(buf, i - 5, 'glpat') ? B_GITLAB : 0) |
+          (this.slack && at(buf, i - 4, 'xox') && SLACK_KIND[buf[i - 1]!] === 1 ? B_SLACK : 0) |
+          (this.pem && at(buf, i, '-----BEGIN') ? B_PEM : 0)
         );
       case T_UNDERSCORE:
-        if (this.github && ((at(buf, i - 3, 'gh') && GITHUB_KIND[buf[i - 1]!] === 1) || at(buf, i - 6, 'github')))
-          return true;
         return (
-          this.stripe &&
+          (this.github && ((at(buf, i - 3, 'gh') && GITHUB_KIND[buf[i - 1]!] === 1) || at(buf, i - 6, 'github')) ? B_GITHUB : 0) |
+          (this.stripe &&
           buf[i - 1] === 0x6b /* k */ &&
           (buf[i - 2] === 0x73 || buf[i - 2] === 0x72) /* s, r */ &&
           (at(buf, i + 1, 'live_') || at(buf, i + 1, 'test_'))
+            ? B_STRIPE
+            : 0)
         );
       case T_A:
         return (
-          (this.awsId && (at(buf, i, 'AKIA') || at(buf, i, 'ASIA') || at(buf, i, 'ABIA') || at(buf, i, 'ACCA'))) ||
-          (this.google && at(buf, i, 'AIza'))
+          (this.awsId && (at(buf, i, 'AKIA') || at(buf, i, 'ASIA') || at(buf, i, 'ABIA') || at(buf, i, 'ACCA')) ? B_AWS_ID : 0) |
+          (this.google && at(buf, i, 'AIza') ? B_GOOGLE : 0)
         );
       case T_J:
-        return at(buf, i - 2, 'eyJ');
+        return this.jwt && at(buf, i - 2, 'eyJ') ? B_JWT : 0;
     }
-    return false;
+    return 0;
   }
 
-  /** Digit run [s, e): card, IBAN, SSN, North American phone, IPv4 shapes. */
-  private digits(buf: Uint8Array, s: number, e: number): boolean {
+  /** Digit run [s, e): card, IBAN, SSN, North American phone, IPv4 shapes; the bits of those that fit. */
+  private digits(buf: Uint8Array, s: number, e: number): number {
     const n = e - s;
     const prev = s > 0 ? buf[s - 1]! : 0;
     const after = e < buf.length ? buf[e]! : 0;
     // Fast reject, the common case (ids, prices, dates, uuids): every shape
     // needs a separator after the run, 13+ digits, or a capital before it.
-    if (n < 13 && after !== 0x20 && after !== 0x2d && after !== 0x2e && (CLASS[prev]! & C_UPPER) === 0) return false;
+    if (n < 13 && after !== 0x20 && after !== 0x2d && after !== 0x2e && (CLASS[prev]! & C_UPPER) === 0) return 0;
+    let bits = 0;
     if (this.card && n >= 4 && buf[s]! >= 0x32 && buf[s]! <= 0x36 && prev !== 0x2e && prev !== 0x2d && cardShape(buf, s, e))
-      return true;
-    if (this.iban && ibanShape(buf, s, e)) return true;
+      bits |= B_CARD;
+    if (this.iban && ibanShape(buf, s, e)) bits |= B_IBAN;
     if (this.ssn && n === 3 && prev !== 0x2d && after === 0x2d && isDigit(buf, e + 1) && isDigit(buf, e + 2) && buf[e + 3] === 0x2d &&
       digitRunEnd(buf, e + 4) - (e + 4) >= 4)
-      return true;
-    if (this.phone && n === 3 && (after === 0x2d || after === 0x2e) && nanpShape(buf, s, e)) return true;
-    if (this.ipv4 && ipv4Shape(buf, s, e)) return true;
-    return false;
+      bits |= B_SSN;
+    if (this.phone && n === 3 && (after === 0x2d || after === 0x2e) && nanpShape(buf, s, e)) bits |= B_PHONE;
+    if (this.ipv4 && ipv4Shape(buf, s, e)) bits |= B_IPV4;
+    return bits;
   }
 
   /**
@@ -664,37 +763,44 @@ export class CandidateScanner {
     return e;
   }
 
-  /** ':' or '=' at i: a password keyword before it, or 40 base64 characters (an AWS secret) after it. */
-  private assignment(buf: Uint8Array, i: number): boolean {
-    if (this.pw) {
-      let j = i - 1;
-      for (let n = 0; n < 5 && j >= 0; n++, j--) {
-        if (buf[j]! >= 0x80) return true; // possibly a Unicode space (\s): let the regex decide
-        if ((CLASS[buf[j]!]! & C_SPACE) === 0) break;
-      }
-      if (buf[j] === 0x22 || buf[j] === 0x27) j--;
-      if (j >= 2) {
-        // Every keyword ends in one of these (case-insensitive): pASS, passWD, passwORD, passphrASE, PWD, secRET, KEY, toKEN.
-        const tail = ((buf[j - 2]! | 0x20) << 16) | ((buf[j - 1]! | 0x20) << 8) | (buf[j]! | 0x20);
-        if (KEYWORD_TAILS.includes(tail)) return true;
-      }
+  /** ':' or '=' at i: a password keyword before it, or 40 base64 characters (an AWS secret) after it; the bits of those that fit. */
+  private assignment(buf: Uint8Array, i: number): number {
+    let bits = 0;
+    if (this.pw) bits |= this.keywordBefore(buf, i) ? B_PW : 0;
+    if (this.awsSecret) bits |= this.secretAfter(buf, i) ? B_AWS_SECRET : 0;
+    return bits;
+  }
+
+  private keywordBefore(buf: Uint8Array, i: number): boolean {
+    let j = i - 1;
+    for (let n = 0; n < 5 && j >= 0; n++, j--) {
+      if (buf[j]! >= 0x80) return true; // possibly a Unicode space (\s): let the regex decide
+      if ((CLASS[buf[j]!]! & C_SPACE) === 0) break;
     }
-    if (this.awsSecret) {
-      let j = i + 1;
-      if (buf[i] === 0x3d && buf[j] === 0x3e) j++; // '=>'
-      for (let n = 0; n < 5 && j < buf.length && (buf[j]! >= 0x80 || is(buf, j, C_SPACE)); n++, j++) if (buf[j]! >= 0x80) return true;
-      if (buf[j] === 0x22 || buf[j] === 0x27) j++;
-      let n = 0;
-      while (n < 40 && is(buf, j + n, C_B64)) n++;
-      if (n >= 40) return true;
+    if (buf[j] === 0x22 || buf[j] === 0x27) j--;
+    if (j >= 2) {
+      // Every keyword ends in one of these (case-insensitive): pASS, passWD, passwORD, passphrASE, PWD, secRET, KEY, toKEN.
+      const tail = ((buf[j - 2]! | 0x20) << 16) | ((buf[j - 1]! | 0x20) << 8) | (buf[j]! | 0x20);
+      if (KEYWORD_TAILS.includes(tail)) return true;
     }
     return false;
+  }
+
+  private secretAfter(buf: Uint8Array, i: number): boolean {
+    let j = i + 1;
+    if (buf[i] === 0x3d && buf[j] === 0x3e) j++; // '=>'
+    for (let n = 0; n < 5 && j < buf.length && (buf[j]! >= 0x80 || is(buf, j, C_SPACE)); n++, j++) if (buf[j]! >= 0x80) return true;
+    if (buf[j] === 0x22 || buf[j] === 0x27) j++;
+    let n = 0;
+    while (n < 40 && is(buf, j + n, C_B64)) n++;
+    return n >= 40;
   }
 }
 
 const KEYWORD_TAILS = ['ass', 'swd', 'ord', 'ase', 'pwd', 'ret', 'key', 'ken'].map((w) => (w.charCodeAt(0) << 16) | (w.charCodeAt(1) << 8) | w.charCodeAt(2));
 const ONE_START = new Int32Array(1);
 const ONE_MARK = new Uint8Array(1); // scratch: the scan is synchronous
+const ONE_HINT = new Int32Array(1);
 const SLACK_KIND = new Uint8Array(256);
 for (const c of 'abposr') SLACK_KIND[c.charCodeAt(0)] = 1;
 const GITHUB_KIND = new Uint8Array(256);

@@ -14,7 +14,9 @@
  */
 import { isUtf8 } from 'node:buffer';
 import { BUILTIN_DETECTORS, isDetectorName, type Detector } from './detectors.js';
-import { Matcher, type ContentRule, type Match } from './matcher.js';
+import type { ByteSink } from './byte-sink.js';
+import { NOT_ASCII, findEmailsAscii } from './email-ascii.js';
+import { ALL_HINTS, Matcher, type ContentRule, type Match } from './matcher.js';
 import { checkPattern } from './safety.js';
 import { compileStrategy, strategyProblem, type CompiledStrategy } from './strategies.js';
 import { MaskingConfigError, type MaskingRuleConfig } from './types.js';
@@ -74,6 +76,8 @@ export class MaskingEngine {
   /** markRanges' scratch (the engine is used by one thread, synchronously). */
   private scratch = Buffer.alloc(0);
   private relStarts = new Int32Array(0);
+  /** maskCandidateInto's e-mail hits (start, end pairs). */
+  private emailHits = new Int32Array(64);
 
   private constructor(matcher: Matcher | undefined, selectors: ColumnSelector[]) {
     this.matcher = matcher;
@@ -209,15 +213,20 @@ export class MaskingEngine {
    * values are zeroed: a NUL stops every check of the scan, so each value is
    * judged as if alone. `buf` is not modified.
    */
-  markRanges(buf: Buffer, starts: Int32Array, ends: Int32Array, n: number, marks: Uint8Array): void {
+  markRanges(buf: Buffer, starts: Int32Array, ends: Int32Array, n: number, marks: Uint8Array, hints?: Int32Array): void {
     marks.fill(0, 0, n);
+    hints?.fill(0, 0, n);
     const matcher = this.matcher;
     if (!matcher || n === 0) return;
     const base = starts[0]!;
     const span = ends[n - 1]! - base;
     if (span > SCRATCH_MAX) {
       // Huge values (a field of megabytes, assembled whole): scanned one by one in place, never copied.
-      for (let i = 0; i < n; i++) marks[i] = matcher.bytesMayMatch(buf.subarray(starts[i], ends[i])) ? 1 : 0;
+      for (let i = 0; i < n; i++) {
+        const h = matcher.bytesHints(buf.subarray(starts[i], ends[i]));
+        marks[i] = h !== 0 ? 1 : 0;
+        if (hints) hints[i] = h;
+      }
       return;
     }
     // Its own memory at offset 0 (never a slice of the shared pool): 4-aligned for the scan's word test.
@@ -235,13 +244,85 @@ export class MaskingEngine {
       rel[i] = s;
       prevEnd = ends[i]! - base;
     }
-    matcher.markBytes(scratch.subarray(0, span), rel.subarray(0, n), marks.subarray(0, n));
+    matcher.markBytes(scratch.subarray(0, span), rel.subarray(0, n), marks.subarray(0, n), hints?.subarray(0, n));
   }
 
-  /** maskBytes for a value `markRanges` marked: the exact path only (the scan has already run). */
-  maskCandidate(value: Buffer, counts?: Map<string, number>): Buffer | undefined {
+  /**
+   * maskBytes for a value `markRanges` marked: the exact path only (the scan
+   * has already run). `hints`: what markRanges recorded for the value.
+   */
+  maskCandidate(value: Buffer, counts?: Map<string, number>, hints: number = ALL_HINTS): Buffer | undefined {
     if (!this.matcher) return undefined;
-    return exactBytes(this.matcher, value, counts);
+    return exactBytes(this.matcher, value, counts, hints);
+  }
+
+  /**
+   * maskCandidate for the value `buf[start, end)`, writing the masked value
+   * to `sink` instead of returning it: true when the value changed (its
+   * masked bytes were appended to the sink), false when nothing matched
+   * (the sink is untouched). The same bytes as maskCandidate.
+   *
+   * An ASCII value (the common case) is matched on its latin1 string (the
+   * same string as its UTF-8 decoding, with string offsets = byte offsets),
+   * and the bytes between hits and the replacements are written straight to
+   * the sink: no decoding of the result, no concatenation, no encoding.
+   */
+  maskCandidateInto(buf: Buffer, start: number, end: number, hints: number, sink: ByteSink, counts?: Map<string, number>): boolean {
+    const matcher = this.matcher;
+    if (!matcher) return false;
+    const email = matcher.soleEmail(hints);
+    if (email?.strategy.writeAscii) {
+      // Only the e-mail detector can match (the common case: the scan saw an '@'): found on the bytes.
+      const n = findEmailsAscii(buf, start, end, this.emailHits);
+      if (n === 0) return false;
+      if (n > 0) {
+        if (counts) counts.set(email.name, (counts.get(email.name) ?? 0) + n);
+        const hits = this.emailHits;
+        let pos = start;
+        for (let h = 0; h < 2 * n; h += 2) {
+          sink.copy(buf, pos, hits[h]!);
+          email.strategy.writeAscii(buf, hits[h]!, hits[h + 1]!, 'email', sink);
+          pos = hits[h + 1]!;
+        }
+        sink.copy(buf, pos, end);
+        return true;
+      }
+      if (n === NOT_ASCII) return this.#general(matcher, buf, start, end, hints, sink, counts);
+      // More hits than room: the regex this time, more room next time (bounded: 256 KiB).
+      if (this.emailHits.length < EMAIL_HITS_MAX) this.emailHits = new Int32Array(2 * this.emailHits.length);
+    }
+    let or = 0;
+    for (let i = start; i < end; i++) or |= buf[i]!;
+    if (or >= 0x80) return this.#general(matcher, buf, start, end, hints, sink, counts);
+    const s = (buf as Latin1Slicer).latin1Slice(start, end);
+    const hits = matcher.find(s, hints);
+    if (!hits) return false;
+    for (const h of hits) {
+      if (h.rule.strategy.writeAscii === undefined) {
+        // A replacement that could hold a lone surrogate: encode the whole masked string at once, as maskCandidate does.
+        sink.string(applyText(s, hits, counts));
+        return true;
+      }
+    }
+    count(counts, hits);
+    let pos = start;
+    for (const h of hits) {
+      const hs = start + h.start;
+      const he = start + h.end;
+      sink.copy(buf, pos, hs);
+      h.rule.strategy.writeAscii!(buf, hs, he, h.rule.detector.shape, sink);
+      pos = he;
+    }
+    sink.copy(buf, pos, end);
+    return true;
+  }
+
+  /** maskCandidateInto through exactBytes (a value with non-ASCII bytes). */
+  #general(matcher: Matcher, buf: Buffer, start: number, end: number, hints: number, sink: ByteSink, counts: Map<string, number> | undefined): boolean {
+    const out = exactBytes(matcher, buf.subarray(start, end), counts, hints);
+    if (!out) return false;
+    sink.put(out);
+    return true;
   }
 
   /** A column rule over a whole value: the strategy's replacement, null for SQL NULL, or `value` itself when a scoped rule found nothing. */
@@ -251,6 +332,12 @@ export class MaskingEngine {
     return rule.strategy.bytes(value);
   }
 }
+
+/** Node's Buffer method behind toString('latin1', start, end), without its argument handling (not in the typings). */
+type Latin1Slicer = Buffer & { latin1Slice(start: number, end: number): string };
+
+/** Most e-mail hit offsets maskCandidateInto keeps room for (start and end of each). */
+const EMAIL_HITS_MAX = 64 * 1024;
 
 /** markRanges copies at most this much (the scratch is kept for the engine's life): a socket read is 64 KiB. */
 const SCRATCH_MAX = 1024 * 1024;
@@ -276,14 +363,15 @@ function applyText(s: string, hits: Match[], counts: Map<string, number> | undef
 }
 
 function maskBytesWith(matcher: Matcher, buf: Buffer, counts: Map<string, number> | undefined): Buffer | undefined {
-  if (!matcher.bytesMayMatch(buf)) return undefined;
-  return exactBytes(matcher, buf, counts);
+  const hints = matcher.bytesHints(buf);
+  if (hints === 0) return undefined;
+  return exactBytes(matcher, buf, counts, hints);
 }
 
-/** The exact path: decode, run the detectors' regexes, splice the replacements into the bytes. */
-function exactBytes(matcher: Matcher, buf: Buffer, counts: Map<string, number> | undefined): Buffer | undefined {
+/** The exact path: decode, run the detectors' regexes (those the hints leave), splice the replacements into the bytes. */
+function exactBytes(matcher: Matcher, buf: Buffer, counts: Map<string, number> | undefined, hints: number): Buffer | undefined {
   const s = buf.toString('utf8');
-  const hits = matcher.find(s);
+  const hits = matcher.find(s, hints);
   if (!hits) return undefined;
   // Valid UTF-8 decodes and encodes back to the same bytes: splice in the
   // string and encode once (cheaper than copying the pieces around each hit).
@@ -295,7 +383,7 @@ function exactBytes(matcher: Matcher, buf: Buffer, counts: Map<string, number> |
   // match on latin1 instead (one char per byte; every detector is ASCII), so
   // string offsets are byte offsets and untouched bytes are copied exactly.
   const bin = buf.toString('latin1');
-  const binHits = matcher.find(bin);
+  const binHits = matcher.find(bin, hints);
   if (!binHits) return undefined;
   count(counts, binHits);
   const pieces: Buffer[] = [];

@@ -17,7 +17,7 @@
  * UTF-16 code units of the JS string and are widened so that they never fall
  * between the two halves of a surrogate pair (one character).
  */
-import { BUILTIN_DETECTORS, CandidateScanner, DETECTOR_NAMES, type Detector } from './detectors.js';
+import { BUILTIN_DETECTORS, CandidateScanner, DETECTOR_NAMES, detectorBit, type Detector } from './detectors.js';
 import type { DetectorName } from './types.js';
 import type { CompiledStrategy } from './strategies.js';
 
@@ -38,7 +38,14 @@ interface Entry {
   regex: RegExp;
   /** Indexes into the matcher's gate table; empty = always run. */
   gates: number[];
+  /** A built-in detector's bit in the scan's hints; 0 for a custom pattern (run whatever the hints). */
+  bit: number;
 }
+
+/** Hints that let every detector run (no scan said otherwise). */
+export const ALL_HINTS = -1;
+/** A hint bit no built-in detector uses: a custom pattern's literal was found. */
+const NEEDLE = 1 << 30;
 
 export class Matcher {
   private readonly entries: Entry[];
@@ -54,6 +61,9 @@ export class Matcher {
 
   /** False when a rule must see each value alone (a custom pattern with anchors or lookarounds). */
   readonly batchSafe: boolean;
+  /** soleEmail's answer for the hints it was last asked about. */
+  #soleHints = 0;
+  #sole: ContentRule | undefined;
 
   constructor(rules: ContentRule[], opts: { prefilter: boolean }) {
     this.batchSafe = rules.every((r) => !r.detector.perValue);
@@ -73,6 +83,8 @@ export class Matcher {
         }
       }
       const builtin = DETECTOR_NAMES.find((n) => BUILTIN_DETECTORS[n] === rule.detector);
+      // Without the prefilter there is no scan, hence no hints: every detector runs.
+      const bit = builtin && opts.prefilter ? detectorBit(builtin) : 0;
       if (builtin) builtins.push(builtin);
       else if (rule.detector.gates.length === 0) always = true;
       else
@@ -82,7 +94,7 @@ export class Matcher {
           else this.needles.push(Buffer.from(g, 'utf8'));
         }
       // A private copy: lastIndex is per regex object.
-      return { rule, regex: new RegExp(rule.detector.regex.source, rule.detector.regex.flags), gates };
+      return { rule, regex: new RegExp(rule.detector.regex.source, rule.detector.regex.flags), gates, bit };
     });
     this.gateState = new Uint8Array(this.gateTable.length);
     this.always = always;
@@ -101,27 +113,65 @@ export class Matcher {
   }
 
   /**
+   * The candidate scan with hints: 0 when the value's bytes cannot hold a
+   * hit, else the hints for `find` (which built-in detectors may match).
+   */
+  bytesHints(buf: Buffer): number {
+    if (this.always) return ALL_HINTS;
+    let hints = this.scanner.bits(buf);
+    for (const n of this.needles) {
+      if (buf.indexOf(n) !== -1) {
+        hints |= NEEDLE;
+        break;
+      }
+    }
+    return hints;
+  }
+
+  /**
    * Batch prefilter over bytes: `buf` holds many values separated by one NUL,
    * value i starting at `starts[i]`. Marks (marks[i] = 1) every value that may
    * hold a hit; unmarked values cannot. Marked values then go through the
-   * exact per-value path, so results equal per-value masking.
+   * exact per-value path, so results equal per-value masking. With `hints`
+   * (zeroed by the caller), hints[i] gets the hints of each marked value.
    */
-  markBytes(buf: Buffer, starts: Int32Array, marks: Uint8Array): void {
+  markBytes(buf: Buffer, starts: Int32Array, marks: Uint8Array, hints?: Int32Array): void {
     if (this.always) {
       marks.fill(1);
+      hints?.fill(ALL_HINTS);
       return;
     }
-    this.scanner.scan(buf, starts, marks);
+    this.scanner.scan(buf, starts, marks, hints);
     for (const n of this.needles) {
       let p = buf.indexOf(n);
       while (p !== -1) {
         const v = valueAt(starts, p);
         marks[v] = 1;
+        if (hints) hints[v] = hints[v]! | NEEDLE;
         const next = starts[v + 1];
         if (next === undefined) break;
         p = buf.indexOf(n, next);
       }
     }
+  }
+
+  /**
+   * The rule when, under these hints, the only detector `find` would run is
+   * the built-in e-mail detector (one rule, no custom pattern): its hits are
+   * then those of findEmailsAscii on an ASCII value.
+   */
+  soleEmail(hints: number): ContentRule | undefined {
+    if (hints === this.#soleHints) return this.#sole;
+    let sole: ContentRule | undefined;
+    let running = 0;
+    for (const e of this.entries) {
+      if ((e.bit & hints) !== e.bit) continue;
+      running++;
+      if (e.rule.detector === BUILTIN_DETECTORS.email && e.bit !== 0) sole = e.rule;
+    }
+    this.#soleHints = hints;
+    this.#sole = running === 1 ? sole : undefined;
+    return this.#sole;
   }
 
   private gateHolds(i: number, s: string): boolean {
@@ -134,11 +184,16 @@ export class Matcher {
     return st === 1;
   }
 
-  /** Non-overlapping hits in order, or undefined when there are none. */
-  find(s: string): Match[] | undefined {
+  /**
+   * Non-overlapping hits in order, or undefined when there are none.
+   * `hints` (from the candidate scan of the value's bytes) skips the
+   * built-in detectors the scan ruled out: they have no match in the value.
+   */
+  find(s: string, hints: number = ALL_HINTS): Match[] | undefined {
     let hits: Match[] | undefined;
     this.gateState.fill(0);
     for (const e of this.entries) {
+      if ((e.bit & hints) !== e.bit) continue;
       if (e.gates.length > 0) {
         let open = false;
         for (const g of e.gates) {

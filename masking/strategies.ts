@@ -10,6 +10,7 @@
  * - null: SQL NULL, for PostgreSQL column rules only (the adapter sends it).
  */
 import { createHmac } from 'node:crypto';
+import type { ByteSink } from './byte-sink.js';
 import type { Strategy } from './types.js';
 
 export const DEFAULT_REDACT_TOKEN = '[redacted]';
@@ -23,6 +24,43 @@ export interface CompiledStrategy {
   text(value: string, shape?: 'email'): string;
   /** Replacement for a whole value's bytes; null = SQL NULL. */
   bytes(value: Buffer): Buffer | null;
+  /**
+   * `text` on bytes, for a piece of text that is all ASCII, `src[start, end)`:
+   * appends the UTF-8 of `text(piece, shape)` to `sink`, byte for byte the
+   * same, without making strings. Absent when the replacement could hold a
+   * lone surrogate (a token or mask character so configured): encoded
+   * alone it could differ from the encoding of the whole masked value.
+   */
+  writeAscii?(src: Uint8Array, start: number, end: number, shape: 'email' | undefined, sink: ByteSink): void;
+}
+
+/** No lone surrogate: the string encodes to the same UTF-8 alone as next to any other text. */
+function wellFormed(s: string): boolean {
+  return !/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(s);
+}
+
+const STARS = Buffer.from('***', 'latin1');
+
+/** partialText over ASCII bytes (one character per byte). */
+function partialAscii(src: Uint8Array, start: number, end: number, keepPrefix: number, keepSuffix: number, maskChar: Uint8Array, shape: 'email' | undefined, sink: ByteSink): void {
+  const n = end - start;
+  if (shape === 'email') {
+    let at = end - 1;
+    while (at >= start && src[at] !== 0x40) at--;
+    if (at > start) {
+      sink.byte(src[start]!);
+      sink.put(STARS);
+      sink.copy(src, at, end);
+      return;
+    }
+  }
+  if (keepPrefix + keepSuffix > n / 2) {
+    sink.repeat(maskChar, n);
+    return;
+  }
+  sink.copy(src, start, start + keepPrefix);
+  sink.repeat(maskChar, n - keepPrefix - keepSuffix);
+  sink.copy(src, end - keepSuffix, end);
 }
 
 /** Returns the problem with a strategy, or undefined when it is valid. */
@@ -69,14 +107,23 @@ export function compileStrategy(s: Strategy, hashKey: Buffer): CompiledStrategy 
     case 'redact': {
       const token = s.token ?? DEFAULT_REDACT_TOKEN;
       const tokenBytes = Buffer.from(token, 'utf8');
-      return { kind: 'redact', text: () => token, bytes: () => Buffer.from(tokenBytes) };
+      return {
+        kind: 'redact',
+        text: () => token,
+        bytes: () => Buffer.from(tokenBytes),
+        ...(wellFormed(token) ? { writeAscii: (_s, _a, _b, _shape, sink) => sink.put(tokenBytes) } : {}),
+      } satisfies CompiledStrategy;
     }
     case 'partial': {
       const pre = s.keepPrefix ?? 0;
       const suf = s.keepSuffix ?? 4;
       const ch = s.maskChar ?? '*';
+      const chBytes = Buffer.from(ch, 'utf8');
       return {
         kind: 'partial',
+        ...(wellFormed(ch)
+          ? { writeAscii: (src, a, b, shape, sink) => partialAscii(src, a, b, pre, suf, chBytes, shape, sink) }
+          : {}),
         text: (v, shape) => partialText(v, pre, suf, ch, shape),
         bytes: (b) => {
           const v = b.toString('utf8');
@@ -87,7 +134,13 @@ export function compileStrategy(s: Strategy, hashKey: Buffer): CompiledStrategy 
     case 'hash': {
       const len = s.length ?? 16;
       const hex = (v: string | Buffer): string => createHmac('sha256', hashKey).update(v).digest('hex').slice(0, len);
-      return { kind: 'hash', text: (v) => hex(Buffer.from(v, 'utf8')), bytes: (b) => Buffer.from(hex(b), 'latin1') };
+      return {
+        kind: 'hash',
+        text: (v) => hex(Buffer.from(v, 'utf8')),
+        bytes: (b) => Buffer.from(hex(b), 'latin1'),
+        // ASCII text is its own UTF-8: the HMAC of the bytes is the HMAC of the text's encoding.
+        writeAscii: (src, a, b, _shape, sink) => sink.string(hex(Buffer.from(src.buffer, src.byteOffset + a, b - a))),
+      };
     }
     case 'null':
       return {
@@ -95,6 +148,7 @@ export function compileStrategy(s: Strategy, hashKey: Buffer): CompiledStrategy 
         // Content matches cannot become NULL (compile refuses that); a whole value can.
         text: () => DEFAULT_REDACT_TOKEN,
         bytes: () => null,
+        writeAscii: (_s, _a, _b, _shape, sink) => sink.string(DEFAULT_REDACT_TOKEN),
       };
   }
 }

@@ -47,6 +47,7 @@
  * a view of the chunk (a chunk without a hit goes out as itself).
  */
 import { ErrorCodes } from '../../src/errors.js';
+import { ByteSink } from '../../masking/byte-sink.js';
 import type { CompiledRule } from '../../masking/engine.js';
 import { MaskingFailedError } from '../../masking/types.js';
 import { ChunkSequencer, MaskCounts, type PolicyMasking } from '../../masking/session-masker.js';
@@ -166,19 +167,45 @@ class ChunkPlan {
   /** The field's length on the wire (differs from the value's for jsonb binary and hex bytea). */
   cWire = new Int32Array(256);
   cEncoding = new Uint8Array(256);
+  /** Where the field's length word is in its item's buffer (a CopyData row: where its body starts). */
+  cLenPos = new Int32Array(256);
   cBuf: Buffer[] = [];
   marks = new Uint8Array(256);
-  /** Replacement bytes (null: SQL NULL) by fieldKey. */
-  replaced = new Map<number, Buffer | null>();
+  /** The scan's hints per candidate: which detectors the exact path runs. */
+  hints = new Int32Array(256);
+  // Replacements, in the order made: field rField of item rItem becomes
+  // rBuf (null: SQL NULL) or, when rBuf is SINK, the sink's bytes [rOff, rOff + rLen).
+  repl = 0;
+  rItem = new Int32Array(256);
+  rField = new Int32Array(256);
+  rOff = new Int32Array(256);
+  rLen = new Int32Array(256);
+  /** Where the replaced field's length word is in its item's buffer, and its length on the wire. */
+  rPos = new Int32Array(256);
+  rWire = new Int32Array(256);
+  rBuf: Array<Buffer | null> = [];
+  /** Made in (item, field) order (the usual case); else `order` lists them so, once the chunk is framed and masked. */
+  sorted = true;
+  lastKey = -1;
+  order: number[] = [];
+  /** The next replacement to write (rows are written in order). */
+  cursor = 0;
+  /** Masked values of the exact path, written in place (no Buffer per value). */
+  readonly sink = new ByteSink();
   counts = new Map<string, number>();
 
   reset(): void {
     // Drop the last chunk's buffers so that they can be collected.
     this.bufs.fill(EMPTY, 0, this.items);
     this.cBuf.fill(EMPTY, 0, this.candidates);
+    this.rBuf.fill(EMPTY, 0, this.repl);
     this.items = 0;
     this.candidates = 0;
-    this.replaced.clear();
+    this.repl = 0;
+    this.sorted = true;
+    this.lastKey = -1;
+    this.cursor = 0;
+    this.sink.reset();
     this.counts.clear();
   }
 
@@ -207,7 +234,7 @@ class ChunkPlan {
     return i;
   }
 
-  candidate(item: number, field: number, buf: Buffer, start: number, end: number, wire: number, encoding: number): void {
+  candidate(item: number, field: number, lenPos: number, buf: Buffer, start: number, end: number, wire: number, encoding: number): void {
     const k = this.candidates;
     if (k === this.cItem.length) {
       const n = 2 * k;
@@ -217,7 +244,9 @@ class ChunkPlan {
       this.cEnd = grow(this.cEnd, n);
       this.cWire = grow(this.cWire, n);
       this.cEncoding = grow(this.cEncoding, n);
+      this.cLenPos = grow(this.cLenPos, n);
       this.marks = grow(this.marks, n);
+      this.hints = grow(this.hints, n);
     }
     this.cItem[k] = item;
     this.cField[k] = field;
@@ -225,15 +254,84 @@ class ChunkPlan {
     this.cEnd[k] = end;
     this.cWire[k] = wire;
     this.cEncoding[k] = encoding;
+    this.cLenPos[k] = lenPos;
     this.cBuf[k] = buf;
     this.candidates = k + 1;
   }
 
   /** Field `field` of `item`, `wire` bytes long on the wire, becomes `bytes` (null: SQL NULL). */
-  replace(item: number, field: number, wire: number, bytes: Buffer | null): void {
-    this.replaced.set(fieldKey(item, field), bytes);
-    this.delta[item] += (bytes ? bytes.length : 0) - wire;
+  replace(item: number, field: number, lenPos: number, wire: number, bytes: Buffer | null): void {
+    this.#add(item, field, lenPos, wire, bytes, 0, bytes ? bytes.length : 0);
+  }
+
+  /** ... becomes the sink's bytes [off, off + len). */
+  replaceFromSink(item: number, field: number, lenPos: number, wire: number, off: number, len: number): void {
+    this.#add(item, field, lenPos, wire, SINK, off, len);
+  }
+
+  #add(item: number, field: number, lenPos: number, wire: number, buf: Buffer | null, off: number, len: number): void {
+    const r = this.repl;
+    if (r === this.rItem.length) {
+      const n = 2 * r;
+      this.rItem = grow(this.rItem, n);
+      this.rField = grow(this.rField, n);
+      this.rOff = grow(this.rOff, n);
+      this.rLen = grow(this.rLen, n);
+      this.rPos = grow(this.rPos, n);
+      this.rWire = grow(this.rWire, n);
+    }
+    this.rItem[r] = item;
+    this.rField[r] = field;
+    this.rBuf[r] = buf;
+    this.rOff[r] = off;
+    this.rLen[r] = len;
+    this.rPos[r] = lenPos;
+    this.rWire[r] = wire;
+    this.repl = r + 1;
+    const key = fieldKey(item, field);
+    if (key < this.lastKey) this.sorted = false;
+    this.lastKey = key;
+    this.delta[item] += len - wire;
     this.changed[item] = 1;
+  }
+
+  /** Before writing rows: replacements in (item, field) order, from the first. */
+  rewind(): void {
+    this.cursor = 0;
+    if (this.sorted) return;
+    this.order = Array.from({ length: this.repl }, (_, r) => r).sort(
+      (a, b) => fieldKey(this.rItem[a]!, this.rField[a]!) - fieldKey(this.rItem[b]!, this.rField[b]!),
+    );
+  }
+
+  /** writeChunk's length words to patch: where in the output, and the value. */
+  patchAt = new Int32Array(256);
+  patchLen = new Int32Array(256);
+
+  /** The replacement at the cursor (in (item, field) order), or -1 when none is left. */
+  peek(): number {
+    if (this.cursor >= this.repl) return -1;
+    return this.sorted ? this.cursor : this.order[this.cursor]!;
+  }
+
+  /** The replacement at the cursor when it is field `field` of item `item`, else -1. */
+  at(item: number, field: number): number {
+    if (this.cursor >= this.repl) return -1;
+    const r = this.sorted ? this.cursor : this.order[this.cursor]!;
+    return this.rItem[r] === item && this.rField[r] === field ? r : -1;
+  }
+
+  /** Writes replacement r's bytes into out at w; returns the new w. */
+  writeReplacement(r: number, out: Buffer, w: number): number {
+    const b = this.rBuf[r]!;
+    const off = this.rOff[r]!;
+    return copyBytes(b === SINK ? this.sink.buf : b, off, off + this.rLen[r]!, out, w);
+  }
+
+  /** Replacement r's bytes as a Buffer that may be handed on (null: SQL NULL). */
+  replacementBytes(r: number): Buffer | null {
+    const b = this.rBuf[r]!;
+    return b === SINK ? this.sink.take(this.rOff[r]!, this.rLen[r]!) : b;
   }
 
   value(k: number): Buffer {
@@ -242,6 +340,8 @@ class ChunkPlan {
 }
 
 const EMPTY = Buffer.alloc(0);
+/** Marks a replacement held in the plan's sink. */
+const SINK = Buffer.alloc(0);
 
 function grow<T extends Uint8Array | Int32Array>(a: T, n: number): T {
   const b = new (a.constructor as { new (n: number): T })(n);
@@ -333,9 +433,17 @@ export class PgResultMasker {
     }
     if (marked <= this.#batchRows && bytes <= this.#batchBytes) {
       const engine = this.#masking.engine;
+      const sink = plan.sink;
       for (let k = 0; k < n; k++) {
         if (plan.marks[k] === 0) continue;
-        const out = engine.maskCandidate(plan.value(k), plan.counts);
+        if ((plan.cEncoding[k]! & 3) === PLAIN) {
+          // Masked straight into the sink: no Buffer per value.
+          const off = sink.len;
+          if (engine.maskCandidateInto(plan.cBuf[k]!, plan.cStart[k]!, plan.cEnd[k]!, plan.hints[k]!, sink, plan.counts))
+            plan.replaceFromSink(plan.cItem[k]!, plan.cField[k]!, plan.cLenPos[k]!, plan.cWire[k]!, off, sink.len - off);
+          continue;
+        }
+        const out = engine.maskCandidate(plan.value(k), plan.counts, plan.hints[k]);
         if (out) this.#replaceCandidate(k, out);
       }
       this.#count(plan.counts);
@@ -373,15 +481,23 @@ export class PgResultMasker {
       const buf = plan.cBuf[from]!;
       let to = from + 1;
       while (to < n && plan.cBuf[to] === buf) to++;
-      if (from === 0) engine.markRanges(buf, plan.cStart, plan.cEnd, to, plan.marks);
-      else engine.markRanges(buf, plan.cStart.subarray(from, to), plan.cEnd.subarray(from, to), to - from, plan.marks.subarray(from, to));
+      if (from === 0) engine.markRanges(buf, plan.cStart, plan.cEnd, to, plan.marks, plan.hints);
+      else
+        engine.markRanges(
+          buf,
+          plan.cStart.subarray(from, to),
+          plan.cEnd.subarray(from, to),
+          to - from,
+          plan.marks.subarray(from, to),
+          plan.hints.subarray(from, to),
+        );
       from = to;
     }
   }
 
   #replaceCandidate(k: number, masked: Buffer): void {
     const plan = this.#plan;
-    plan.replace(plan.cItem[k]!, plan.cField[k]!, plan.cWire[k]!, encodeBack(plan.cEncoding[k]!, masked, false));
+    plan.replace(plan.cItem[k]!, plan.cField[k]!, plan.cLenPos[k]!, plan.cWire[k]!, encodeBack(plan.cEncoding[k]!, masked, false));
   }
 
   #count(counts: Map<string, number> | Record<string, number>): void {
@@ -545,7 +661,7 @@ export class PgResultMasker {
         }
         // A row of COPY TO STDOUT: content rules over its whole body, batched with the chunk's other values.
         const item = plan.item(COPY_ROW, buf, start, end);
-        plan.candidate(item, 0, buf, start + 5, end, end - start - 5, PLAIN);
+        plan.candidate(item, 0, start + 5, buf, start + 5, end, end - start - 5, PLAIN);
         return;
       }
       case Backend.CopyDone:
@@ -598,7 +714,7 @@ export class PgResultMasker {
       const col = columns?.[i];
       if (col === undefined) {
         // No RowDescription (content rules only): text format.
-        if (content && len > 0) plan.candidate(item, i, buf, at, pos, len, PLAIN);
+        if (content && len > 0) plan.candidate(item, i, at - 4, buf, at, pos, len, PLAIN);
         continue;
       }
       const { format, typeOid } = col;
@@ -619,19 +735,19 @@ export class PgResultMasker {
         const value = fieldText(buf, at, pos, encoding);
         const out = engine.maskWhole(col.rule, value, plan.counts);
         if (out === null || out !== value) {
-          plan.replace(item, i, len, out === null ? null : encodeBack(encoding, out, true));
+          plan.replace(item, i, at - 4, len, out === null ? null : encodeBack(encoding, out, true));
           continue;
         }
       }
       if (!content) continue;
       const base = encoding & 3;
       if (base === PLAIN) {
-        if (len > 0) plan.candidate(item, i, buf, at, pos, len, encoding);
+        if (len > 0) plan.candidate(item, i, at - 4, buf, at, pos, len, encoding);
       } else if (base === JSONB_BINARY) {
-        if (len > 1) plan.candidate(item, i, buf, at + 1, pos, len, encoding);
+        if (len > 1) plan.candidate(item, i, at - 4, buf, at + 1, pos, len, encoding);
       } else {
         const decoded = fieldText(buf, at, pos, encoding);
-        if (decoded.length > 0) plan.candidate(item, i, decoded, 0, decoded.length, len, encoding);
+        if (decoded.length > 0) plan.candidate(item, i, at - 4, decoded, 0, decoded.length, len, encoding);
       }
     }
     if (pos !== end) throw new PgProtocolError(ErrorCodes.PROTOCOL_VIOLATION, 'DataRow field lengths do not add up to the message length');
@@ -714,6 +830,7 @@ export class PgResultMasker {
     const items = plan.items;
     let size = 0;
     let changed = 0;
+    plan.rewind();
     for (let i = 0; i < items; i++) {
       if (plan.kind[i] === STATEMENT_END) {
         const counts = this.#statement.take();
@@ -725,13 +842,7 @@ export class PgResultMasker {
     }
     if (changed > FEW_CHANGED_ROWS && size <= ONE_BUFFER_MAX) {
       const out = Buffer.allocUnsafe(size);
-      let w = 0;
-      for (let i = 0; i < items; i++) {
-        const kind = plan.kind[i]!;
-        if (kind === STATEMENT_END) continue;
-        if (plan.changed[i]) w = writeRow(plan, i, out, w);
-        else w += plan.bufs[i]!.copy(out, w, plan.start[i], plan.end[i]);
-      }
+      if (writeChunk(plan, out) !== size) throw new Error('masked chunk size mismatch');
       emit(out);
       return;
     }
@@ -824,39 +935,115 @@ function isJson(b: Buffer): boolean {
   }
 }
 
+/**
+ * Writes the whole chunk into out (sized for it); returns the bytes
+ * written. The bytes between two replacements are copied as one span, row
+ * headers and all, even across rows (one copy per replacement rather than
+ * several per row); the length word of each changed row is patched once
+ * its span has been copied.
+ */
+function writeChunk(plan: ChunkPlan, out: Buffer): number {
+  let w = 0;
+  let src: Buffer | undefined; // the span not yet copied: src[from, to)
+  let from = 0;
+  let to = 0;
+  let patches = 0; // changed rows whose length word is patched at the end
+  for (let i = 0; i < plan.items; i++) {
+    if (plan.kind[i] === STATEMENT_END) continue;
+    const buf = plan.bufs[i]!;
+    const start = plan.start[i]!;
+    if (buf !== src || start !== to) {
+      if (src) w = copyBytes(src, from, to, out, w);
+      src = buf;
+      from = start;
+    }
+    to = plan.end[i]!;
+    if (!plan.changed[i]) continue;
+    // The row's header lands at w + (start - from): its length word is fixed after the copies.
+    if (patches === plan.patchAt.length) {
+      plan.patchAt = grow(plan.patchAt, 2 * patches);
+      plan.patchLen = grow(plan.patchLen, 2 * patches);
+    }
+    plan.patchAt[patches] = w + (start - from) + 1;
+    plan.patchLen[patches++] = to - start - 1 + plan.delta[i]!;
+    const copyRow = plan.kind[i] === COPY_ROW;
+    // Its replacements, in field order (their fields lie in ascending order in the row).
+    for (let r = plan.peek(); r >= 0 && plan.rItem[r] === i; r = plan.peek()) {
+      plan.cursor++;
+      const lenPos = plan.rPos[r]!;
+      w = copyBytes(src, from, lenPos, out, w);
+      if (copyRow) {
+        from = to; // the body is replaced whole; no length word of its own
+      } else {
+        from = lenPos + 4 + Math.max(0, plan.rWire[r]!);
+        w = putInt32(out, plan.rBuf[r] === null ? -1 : plan.rLen[r]!, w);
+      }
+      if (plan.rBuf[r] !== null) w = plan.writeReplacement(r, out, w);
+    }
+  }
+  if (src) w = copyBytes(src, from, to, out, w);
+  for (let p = 0; p < patches; p++) putInt32(out, plan.patchLen[p]!, plan.patchAt[p]!);
+  return w;
+}
+
 /** Writes changed item i (a DataRow or a CopyData row) with its replacements and length words into out at w; returns the new w. */
 function writeRow(plan: ChunkPlan, i: number, out: Buffer, w: number): number {
   const buf = plan.bufs[i]!;
   const start = plan.start[i]!;
   const end = plan.end[i]!;
   out[w] = buf[start]!;
-  out.writeInt32BE(end - start - 1 + plan.delta[i]!, w + 1);
+  putInt32(out, end - start - 1 + plan.delta[i]!, w + 1);
   if (plan.kind[i] === COPY_ROW) {
-    const r = plan.replaced.get(fieldKey(i, 0))!;
-    return w + 5 + r.copy(out, w + 5);
+    const r = plan.at(i, 0);
+    plan.cursor++;
+    return plan.writeReplacement(r, out, w + 5);
   }
-  w += 5 + buf.copy(out, w + 5, start + 5, start + 7); // field count
+  out[w + 5] = buf[start + 5]!; // field count
+  out[w + 6] = buf[start + 6]!;
+  w += 7;
   const n = buf.readInt16BE(start + 5);
   let pos = start + 7;
   let run = pos; // start of a run of untouched fields, copied in one go
   for (let f = 0; f < n; f++) {
     const len = buf.readInt32BE(pos);
     const next = pos + 4 + Math.max(0, len);
-    const key = fieldKey(i, f);
-    if (plan.replaced.has(key)) {
-      w += buf.copy(out, w, run, pos);
-      const r = plan.replaced.get(key)!;
-      if (r === null) {
-        w = out.writeInt32BE(-1, w);
+    const r = plan.at(i, f);
+    if (r >= 0) {
+      plan.cursor++;
+      w = copyBytes(buf, run, pos, out, w);
+      if (plan.rBuf[r] === null) {
+        w = putInt32(out, -1, w);
       } else {
-        w = out.writeInt32BE(r.length, w);
-        w += r.copy(out, w);
+        w = putInt32(out, plan.rLen[r]!, w);
+        w = plan.writeReplacement(r, out, w);
       }
       run = next;
     }
     pos = next;
   }
-  return w + buf.copy(out, w, run, end);
+  return copyBytes(buf, run, end, out, w);
+}
+
+/** A big-endian Int32 (a length word) at w; returns w + 4. */
+function putInt32(out: Buffer, v: number, w: number): number {
+  out[w] = v >>> 24;
+  out[w + 1] = v >>> 16;
+  out[w + 2] = v >>> 8;
+  out[w + 3] = v;
+  return w + 4;
+}
+
+/**
+ * src[s, e) into dst at w; returns the new w. Buffer#copy makes a view of
+ * the source for every partial copy (an allocation and a native call): a
+ * row's short pieces are cheaper copied byte by byte.
+ */
+function copyBytes(src: Buffer, s: number, e: number, dst: Buffer, w: number): number {
+  const n = e - s;
+  if (n <= 0) return w;
+  if (n > 96) return w + src.copy(dst, w, s, e);
+  for (let i = s; i < e; i++) dst[w++] = src[i]!;
+  return w;
 }
 
 /** Changed item i as pieces: a new header and length words, views of the untouched fields, the replacements (no copy of a huge field). */
@@ -868,7 +1055,11 @@ function rowPieces(plan: ChunkPlan, i: number): Buffer[] {
   const head = Buffer.allocUnsafe(copyRow ? 5 : 7);
   head[0] = buf[start]!;
   head.writeInt32BE(end - start - 1 + plan.delta[i]!, 1);
-  if (copyRow) return [head, plan.replaced.get(fieldKey(i, 0))!];
+  if (copyRow) {
+    const r = plan.at(i, 0);
+    plan.cursor++;
+    return [head, plan.replacementBytes(r)!];
+  }
   buf.copy(head, 5, start + 5, start + 7);
   const parts: Buffer[] = [head];
   const n = buf.readInt16BE(start + 5);
@@ -877,10 +1068,11 @@ function rowPieces(plan: ChunkPlan, i: number): Buffer[] {
   for (let f = 0; f < n; f++) {
     const len = buf.readInt32BE(pos);
     const next = pos + 4 + Math.max(0, len);
-    const key = fieldKey(i, f);
-    if (plan.replaced.has(key)) {
+    const k = plan.at(i, f);
+    if (k >= 0) {
+      plan.cursor++;
       if (pos > run) parts.push(buf.subarray(run, pos));
-      const r = plan.replaced.get(key)!;
+      const r = plan.replacementBytes(k);
       const lenWord = Buffer.allocUnsafe(4);
       lenWord.writeInt32BE(r === null ? -1 : r.length);
       parts.push(lenWord);
