@@ -6,7 +6,7 @@
  * (seq, micros, length, CRC) into an in-memory slab, right after the record
  * before it, and returns. A process-wide tick (every flushIntervalMs,
  * default 200 ms, shared by every writer with that interval), or a
- * full staging area (4 MiB), flushes: the staged records, one contiguous run
+ * full staging area (128 KiB), flushes: the staged records, one contiguous run
  * of the slab in the common case, are fed to the running digest in one
  * update, a signed checkpoint is added when due, and the batch is appended
  * with one write. One write is in flight at a time; the file is opened
@@ -55,9 +55,16 @@ export const DEFAULT_FLUSH_INTERVAL_MS = 200;
 export const DEFAULT_MAX_BYTES = 1024 * 1024 * 1024;
 export const DEFAULT_CHECKPOINT_RECORDS = 1000;
 export const DEFAULT_CHECKPOINT_MS = 10_000;
-/** Staged bytes that trigger a flush before the timer (bounds memory under a fast stream). */
-const FLUSH_AT_BYTES = 4 * 1024 * 1024;
-const SLAB_SIZE = 1024 * 1024;
+/**
+ * Staged bytes that trigger a flush before the timer. Small on purpose: a
+ * fast session's records are then hashed and handed to the kernel while
+ * still in the CPU caches, instead of streaming megabytes per session
+ * through memory three times (staged, hashed, copied). In interleaved A/B
+ * runs of bench:redis SET -P 16 (50 sessions), 4 MiB / 1 MiB slabs cost
+ * about 0.5 µs of gateway CPU per request over no recording, these about 0.3.
+ */
+const FLUSH_AT_BYTES = 128 * 1024;
+const SLAB_SIZE = 256 * 1024;
 const FIRST_SLAB_SIZE = 16 * 1024;
 const EMPTY_SLAB = Buffer.alloc(0);
 /** Room kept under the cap for the truncated marker, a checkpoint, the footer and the trailer. */
@@ -161,7 +168,7 @@ function onFlushTick(intervalMs: number, flush: () => void): () => void {
 
 /**
  * Full-size slabs whose records are on disk, for the next writer that needs
- * one. A fresh 1 MiB slab is fresh memory: the first write to each of its
+ * one. A fresh slab is fresh memory: the first write to each of its
  * pages faulted (a few percent of the recording's CPU in profiles), and
  * every new slab was external memory that brought the next full GC closer.
  */
