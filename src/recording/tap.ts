@@ -248,33 +248,69 @@ export class RecordingTap {
     const pending = this.#pendingClient.length === 1 ? this.#pendingClient[0]! : Buffer.concat(this.#pendingClient);
     const at = pending.indexOf(raw);
     if (at < 0) return;
+    // A fresh buffer: nothing pending is borrowed from the socket any more.
     this.#pendingClient = [Buffer.concat([pending.subarray(0, at), replacement, pending.subarray(at + raw.length)])];
+    this.#borrowed = false;
     // What is pending is now longer or shorter than the stream it stands for.
     this.#scrubShift += replacement.length - raw.length;
   }
 
-  /** Client bytes before absolute offset `upTo` are framed: record them. */
+  /**
+   * Client bytes before absolute offset `upTo` are framed: record them.
+   *
+   * The relay calls this from its own `data` listener, right after the tap's
+   * (prepended) one saw the same chunk, so the chunk is still the socket's
+   * and can be recorded straight from it: the writer copies it into its
+   * slab. Whatever stays pending (a command that straddles chunks) is copied
+   * here, before the chunk goes back to the socket's reader.
+   */
   framed(upTo: number): void {
     if (!this.#afterFraming || this.#finished) return;
     const take = upTo - this.#pendingStart + this.#scrubShift;
-    if (take <= 0 || this.#pendingClient.length === 0) return;
-    const pending = this.#pendingClient.length === 1 ? this.#pendingClient[0]! : Buffer.concat(this.#pendingClient);
-    const n = Math.min(take, pending.length);
-    this.#writer?.record('client', pending.subarray(0, n));
-    this.#pendingClient = n < pending.length ? [pending.subarray(n)] : [];
+    const pieces = this.#pendingClient;
+    if (take <= 0 || pieces.length === 0) {
+      this.#keepPending();
+      return;
+    }
+    const pending = pieces.length === 1 ? pieces[0]! : Buffer.concat(pieces);
+    if (take >= pending.length) {
+      // The common case: everything received is framed, recorded as it came.
+      this.#writer?.record('client', pending);
+      this.#pendingClient = [];
+      this.#borrowed = false;
+    } else {
+      this.#writer?.record('client', pending.subarray(0, take));
+      this.#pendingClient = [pending.subarray(take)];
+      // A concat made a copy already; a lone piece may still be the socket's chunk.
+      if (pieces.length > 1) this.#borrowed = false;
+      this.#keepPending();
+    }
     this.#pendingStart = upTo;
     this.#scrubShift = 0;
   }
 
   /** Recorded length minus original length of the pending client bytes (after scrubs). */
   #scrubShift = 0;
+  /** The last pending piece is the socket's own chunk, not a copy (see framed). */
+  #borrowed = false;
+
+  /** Pending bytes outlive the chunk they came in: copy the piece still borrowed from the socket. */
+  #keepPending(): void {
+    if (!this.#borrowed) return;
+    this.#borrowed = false;
+    const pieces = this.#pendingClient;
+    const last = pieces.length - 1;
+    if (last >= 0) pieces[last] = Buffer.from(pieces[last]!);
+  }
 
   #take(direction: Direction, bytes: Buffer, start: number): void {
     if (this.#finished) return;
     if (!this.#holding) {
       if (direction === 'client' && this.#afterFraming) {
-        // Copy: held past this tick when a command straddles chunks.
-        this.#pendingClient.push(Buffer.from(bytes));
+        // Borrowed until the relay's framed() for this chunk, which records it or copies what it leaves pending.
+        this.#keepPending();
+        this.#pendingClient.push(bytes);
+        this.#borrowed = true;
         return;
       }
       this.#writer?.record(direction, bytes);

@@ -1,0 +1,136 @@
+/**
+ * The recording's cheap paths, checked for what they must not change:
+ * - Redis "after framing" mode records a framed chunk straight from the
+ *   socket's buffer and copies only what stays pending, so a buffer reused
+ *   after its `data` event never alters the recording;
+ * - full slabs whose records are on disk are handed to the next writer, and
+ *   neither writer's file is disturbed by that.
+ */
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import type { Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t, { type Test } from 'tap';
+import type { RecordingMeta } from '../../src/recording/format.js';
+import { loadRecordingPublicKeys, openRecordingKey } from '../../src/recording/keys.js';
+import { readRecording } from '../../src/recording/reader.js';
+import { RecordingTap } from '../../src/recording/tap.js';
+import { verifyRecording } from '../../src/recording/verify.js';
+import { RecordingWriter } from '../../src/recording/writer.js';
+
+function tempDir(t: Test): string {
+  const d = mkdtempSync(join(tmpdir(), 'sluice-rectap-'));
+  t.teardown(() => rmSync(d, { recursive: true, force: true }));
+  return d;
+}
+
+function meta(): RecordingMeta {
+  return {
+    sessionId: 'sess_' + randomBytes(6).toString('hex'),
+    target: 'cache',
+    protocol: 'redis',
+    subject: 'ci-job',
+    groups: ['ci'],
+    issuer: 'https://issuer.example',
+    startedAt: '2025-03-04T05:06:07.000Z',
+  };
+}
+
+/** Just enough of a socket for the tap: `data` events, write/end, writable. */
+class FakeSocket extends EventEmitter {
+  writable = true;
+  written: Buffer[] = [];
+  write(chunk: Buffer): boolean {
+    this.written.push(Buffer.from(chunk));
+    return true;
+  }
+  end(): this {
+    this.writable = false;
+    return this;
+  }
+}
+
+t.test('after framing: chunks recorded from the socket buffer; a pending remainder is copied before the buffer is reused', async (t) => {
+  const stateDir = tempDir(t);
+  const key = await openRecordingKey(stateDir);
+  const w = await RecordingWriter.open({ stateDir, meta: meta(), key, flushIntervalMs: 5, onFailure: (e) => t.fail(e.message) });
+  const socket = new FakeSocket();
+  const tap = new RecordingTap();
+  tap.attach(socket as unknown as Socket);
+  tap.release(w);
+  tap.recordClientAfterFraming();
+
+  // A relay stand-in: frames whole "commands" (lines ending in \n), tells the tap, then reuses the chunk's memory.
+  let received = 0;
+  let pendingLine = 0;
+  socket.on('data', (chunk: Buffer) => {
+    received += chunk.length;
+    const lastNl = chunk.lastIndexOf(0x0a);
+    const unframed = lastNl < 0 ? pendingLine + chunk.length : chunk.length - lastNl - 1;
+    pendingLine = unframed;
+    tap.framed(received - unframed);
+    chunk.fill(0x58); // 'X': a reader that reuses its buffer must not change what was recorded
+  });
+
+  const sent: Buffer[] = [];
+  const feed = (s: string): void => {
+    const b = Buffer.from(s);
+    sent.push(Buffer.from(b));
+    socket.emit('data', b);
+  };
+  feed('SET a 1\nGET a\n'); // whole commands: recorded as received
+  feed('SET b 2\nGET'); // a command straddles: 'GET' stays pending
+  feed(' b\nPING\n'); // ... and completes here
+  feed('ECHO lon'); // no command ends in this chunk
+  feed('g\n');
+  socket.write(Buffer.from('+OK\r\n'));
+  feed('QUIT'); // never framed: recorded when the tap finishes
+
+  tap.finish();
+  await w.close({ closeReason: 'test' });
+
+  const client = await readRecording(w.path).bytesOf('client');
+  t.equal(client.toString(), Buffer.concat(sent).toString(), 'the client stream is byte-exact, nothing overwritten');
+  t.notOk(client.includes('X'), 'no reused buffer content reached the recording');
+  const records: string[] = [];
+  for await (const e of readRecording(w.path)) if (e.type === 'data' && e.direction === 'client') records.push(e.bytes.toString());
+  t.same(records, ['SET a 1\nGET a\n', 'SET b 2\n', 'GET b\nPING\n', 'ECHO long\n', 'QUIT'], 'records follow the framing');
+  t.equal((await readRecording(w.path).bytesOf('server')).toString(), '+OK\r\n');
+});
+
+t.test('slabs handed from one writer to the next: both recordings byte-exact and verified', async (t) => {
+  const stateDir = tempDir(t);
+  const key = await openRecordingKey(stateDir);
+  const keys = await loadRecordingPublicKeys(stateDir);
+  const open = (): Promise<RecordingWriter> =>
+    RecordingWriter.open({ stateDir, meta: meta(), key, flushIntervalMs: 5, onFailure: (e) => t.fail(e.message) });
+  // Several MiB each, so slabs fill, are written, and go back to the spares.
+  const run = async (w: RecordingWriter, other?: RecordingWriter): Promise<Buffer[]> => {
+    const sent: Buffer[] = [];
+    for (let i = 0; i < 1500; i++) {
+      const b = randomBytes(1000 + (i % 7) * 500);
+      sent.push(b);
+      w.record('server', b);
+      if (other) other.record('client', b.subarray(0, 100));
+      if (i % 100 === 99) await new Promise((r) => setTimeout(r, 8));
+    }
+    return sent;
+  };
+  const a = await open();
+  const aSent = await run(a);
+  const b = await open();
+  const bSent = await run(b, a); // b takes a's spare slabs while a still records
+  const c = await open();
+  const cSent = await run(c);
+  await a.close({ closeReason: 'a' });
+  await b.close({ closeReason: 'b' });
+  await c.close({ closeReason: 'c' });
+  for (const [w, sent] of [[a, aSent], [b, bSent], [c, cSent]] as const) {
+    t.ok((await readRecording(w.path).bytesOf('server')).equals(Buffer.concat(sent)), 'server stream byte-exact');
+    const v = await verifyRecording(w.path, keys);
+    t.ok(v.ok && v.complete, 'verifies');
+  }
+  t.ok((await readRecording(a.path).bytesOf('client')).equals(Buffer.concat(bSent.map((s) => s.subarray(0, 100)))), "a's later records intact");
+});
