@@ -410,6 +410,16 @@ export class RespRequestFramer {
     let startInChunk = this.owned ? -1 : 0;
 
     while (pos < end) {
+      // The usual case, a whole well-formed command in this chunk, in one pass.
+      if (this.state === RQ_MULTIBULK && chunk[pos] === RespType.Array && this.line.length === 0 && !this.pendingCR) {
+        const next = this.frameWhole(chunk, pos, end);
+        if (next > 0) {
+          this.cmdStart = this.base + pos;
+          startInChunk = this.deliver(chunk, pos, next);
+          pos = next;
+          continue;
+        }
+      }
       switch (this.state) {
         case RQ_MULTIBULK:
         case RQ_BULK: {
@@ -551,6 +561,60 @@ export class RespRequestFramer {
       this.keep(chunk, startInChunk === -1 ? 0 : startInChunk, end);
     }
     this.base += end;
+  }
+
+  /**
+   * The command starting at `start` (its `*`) when all of it is in the chunk
+   * and within every limit: records its argument bounds and returns where it
+   * ends. Returns -1 otherwise, having changed nothing the state machine
+   * reads (argc and argBounds are reset by its own `*` header): the command
+   * is then framed again from `start` by the state machine, which keeps
+   * partial commands and reports every violation, so nothing is accepted
+   * here that it would refuse.
+   */
+  private frameWhole(chunk: Buffer, start: number, end: number): number {
+    const limits = this.limits;
+    let p = start + 1;
+    let n = 0;
+    // '*<count>\r\n': 1 to 15 digits, no leading zero, at least one argument.
+    let c = p < end ? chunk[p]! : 0;
+    if (c < 0x31 || c > NINE) return -1;
+    const countFrom = p;
+    while (p < end && (c = chunk[p]!) >= ZERO && c <= NINE) {
+      n = n * 10 + (c - ZERO);
+      p++;
+    }
+    if (p + 1 >= end || c !== CR || chunk[p + 1] !== LF || p - countFrom > 15 || p - start > limits.maxInlineBytes) return -1;
+    if (n > limits.maxMultibulk) return -1;
+    p += 2;
+    const bounds = this.argBounds;
+    const maxBulk = limits.maxBulkBytes;
+    const maxCommand = limits.maxCommandBytes;
+    for (let i = 0; i < n; i++) {
+      // '$<len>\r\n<len bytes>\r\n'
+      if (p >= end || chunk[p] !== RespType.BulkString) return -1;
+      const lineStart = p++;
+      c = p < end ? chunk[p]! : 0;
+      if (c < ZERO || c > NINE) return -1;
+      const lenFrom = p;
+      let len = 0;
+      while (p < end && (c = chunk[p]!) >= ZERO && c <= NINE) {
+        len = len * 10 + (c - ZERO);
+        p++;
+      }
+      const digits = p - lenFrom;
+      if (p + 1 >= end || c !== CR || chunk[p + 1] !== LF || digits > 15 || (digits > 1 && chunk[lenFrom] === ZERO)) return -1;
+      if (p - lineStart > limits.maxInlineBytes || len > maxBulk) return -1;
+      p += 2;
+      const bodyEnd = p + len;
+      if (bodyEnd + 2 - start > maxCommand || bodyEnd + 1 >= end) return -1;
+      if (chunk[bodyEnd] !== CR || chunk[bodyEnd + 1] !== LF) return -1;
+      bounds[2 * i] = p - start;
+      bounds[2 * i + 1] = bodyEnd - start;
+      p = bodyEnd + 2;
+    }
+    this.argc = n;
+    return p;
   }
 
   private failLength(pos: number): never {

@@ -23,6 +23,7 @@ import { DEFAULT_RECORDING } from '../config/defaults.js';
 import { openRecordingKey } from '../recording/keys.js';
 import { SessionRecorder, DEFAULT_MAX_HELD_BYTES } from '../recording/tap.js';
 import { MaskingRegistry } from '../../masking/session-masker.js';
+import { pinTickObjectShape } from './tick-shape.js';
 
 export interface GatewayOptions {
   logger: Logger;
@@ -101,6 +102,8 @@ export class Gateway {
 
   static async start(config: Config, options: GatewayOptions): Promise<Gateway> {
     const logger = options.logger;
+    // Before any traffic: keeps process.nextTick on V8's fast path (tick-shape.ts).
+    if (!pinTickObjectShape()) logger.debug('nextTick object shape not recognised; not pinned');
     const devIssuer = config.identity.devIssuer ? await DevIssuer.open(config.stateDir) : undefined;
     const tls = await loadServerTls(config);
     // The SQL parser is WASM: load it before the first statement arrives.

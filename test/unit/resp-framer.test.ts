@@ -666,3 +666,31 @@ t.test('an empty line between commands is skipped, as Redis does (redis-cli --pi
   }
   t.pass('every split point gives PING then ECHO');
 });
+
+t.test('request framer: at each limit a command passes, one past it fails, whole or in pieces', async (t) => {
+  // A whole command in one chunk takes the one-pass path (frameWhole); in
+  // pieces it takes the state machine: both must draw every line in the same place.
+  const at = (bytes: Buffer, limits: Partial<RespRequestLimits>, expected: string | undefined, name: string): void => {
+    for (const c of [whole(bytes), byteByByte(bytes), ...splits(bytes, bytes.length > 64 ? [1, 7, 40] : undefined)]) {
+      const run = runRequests([...c.chunks, command('PING')], limits);
+      if (expected === undefined) {
+        if (run.error || run.commands.length !== 2) t.fail(`${name} (${c.name}): ${run.error?.message ?? `${run.commands.length} commands`}`);
+      } else if (run.error?.message !== `Protocol error: ${expected}` || run.commands.length !== 0) {
+        t.fail(`${name} (${c.name}): ${run.error?.message ?? 'no error'}, ${run.commands.length} commands`);
+      }
+    }
+    t.pass(name);
+  };
+  const set = command('SET', 'k', Buffer.alloc(100, 0x61));
+  at(set, { maxBulkBytes: 100 }, undefined, 'bulk exactly at maxBulkBytes');
+  at(set, { maxBulkBytes: 99 }, 'invalid bulk length', 'bulk one byte past maxBulkBytes');
+  at(set, { maxCommandBytes: set.length }, undefined, 'command exactly at maxCommandBytes');
+  at(set, { maxCommandBytes: set.length - 1 }, 'command exceeds the query buffer limit', 'command one byte past maxCommandBytes');
+  at(command('DEL', 'a', 'b', 'c'), { maxMultibulk: 4 }, undefined, 'count exactly at maxMultibulk');
+  at(command('DEL', 'a', 'b', 'c', 'd'), { maxMultibulk: 4 }, 'invalid multibulk length', 'count one past maxMultibulk');
+  at(command('GET', 'k'), { maxInlineBytes: 2 }, undefined, 'header lines exactly at maxInlineBytes');
+  at(command('GET', Buffer.alloc(10, 0x61)), { maxInlineBytes: 2 }, 'too big bulk count string', 'a header line past maxInlineBytes');
+  at(Buffer.from('*1\r\n$0000000000000001\r\nx\r\n'), {}, 'invalid bulk length', 'a 16-digit bulk length');
+  at(Buffer.from('*1\r\n$0\r\n\r\n'), {}, undefined, 'an empty argument');
+  at(Buffer.from('*1\r\n$1\r\nxy\r\n'), {}, 'expected CRLF after bulk argument', 'an argument longer than its length');
+});
