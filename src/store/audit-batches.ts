@@ -20,7 +20,8 @@ import { isoTime } from './iso-time.js';
  *
  * - `h`: index into the batch's header list, or the header array itself
  *   (the migration from the row-per-event table writes it inline).
- * - `ms`: the instant, relative to `t0`; null when `time` did not parse.
+ * - `ms`: the instant, relative to `t0` (the batch's first instant, so
+ *   it may be negative); null when `time` did not parse.
  * - `time`: the text as given, or null when it is exactly
  *   `isoTime(t0 + ms)` (what the gateways write), rebuilt on read.
  * - Trailing nulls are left off; `masking` is the counts object.
@@ -58,10 +59,13 @@ export interface EncodedBatch {
 export class TimeParser {
   #prefix = '';
   #second = 0;
+  /** Whether the text last parsed is exactly `isoTime()` of its instant. */
+  canonical = false;
 
-  parse(text: string): { ms: number | null; canonical: boolean } {
+  /** Epoch ms, NaN when the text does not parse. No allocation on the common path. */
+  parse(text: string): number {
     if (text.length === 24 && text.charCodeAt(23) === 0x5a /* Z */) {
-      if (!text.startsWith(this.#prefix) || this.#prefix === '') {
+      if (this.#prefix === '' || !text.startsWith(this.#prefix)) {
         const prefix = text.slice(0, 20);
         const second = Date.parse(`${prefix}000Z`);
         // Only a prefix that formats back to itself is canonical (no leap
@@ -76,31 +80,21 @@ export class TimeParser {
         const d1 = text.charCodeAt(21) - 0x30;
         const d2 = text.charCodeAt(22) - 0x30;
         if (d0 >= 0 && d0 <= 9 && d1 >= 0 && d1 <= 9 && d2 >= 0 && d2 <= 9) {
-          return { ms: this.#second + d0 * 100 + d1 * 10 + d2, canonical: true };
+          this.canonical = true;
+          return this.#second + d0 * 100 + d1 * 10 + d2;
         }
       }
     }
-    const ms = Date.parse(text);
-    return { ms: Number.isNaN(ms) ? null : ms, canonical: false };
+    this.canonical = false;
+    return Date.parse(text);
   }
 }
 
 export function encodeBatch(events: readonly AuditEvent[], times: TimeParser): EncodedBatch {
   const n = events.length;
-  const ms: Array<number | null> = new Array(n);
-  const canonical: boolean[] = new Array(n);
+  let t0 = Number.NaN;
   let min = Infinity;
   let max = -Infinity;
-  for (let i = 0; i < n; i++) {
-    const t = times.parse(events[i]!.time);
-    ms[i] = t.ms;
-    canonical[i] = t.canonical;
-    if (t.ms !== null) {
-      if (t.ms < min) min = t.ms;
-      if (t.ms > max) max = t.ms;
-    }
-  }
-  const t0 = min === Infinity ? 0 : min;
 
   // Headers are found by session id first (one string, the same object for
   // every event of a session, so its hash is cached), then compared field
@@ -113,14 +107,24 @@ export function encodeBatch(events: readonly AuditEvent[], times: TimeParser): E
   const rows: unknown[][] = new Array(n);
   for (let i = 0; i < n; i++) {
     const e = events[i]!;
+    const ms = times.parse(e.time);
+    const canonical = times.canonical;
+    let rel: number | null = null;
+    if (!Number.isNaN(ms)) {
+      // Instants are stored relative to the batch's first one (any base works; small numbers are short).
+      if (Number.isNaN(t0)) t0 = ms;
+      rel = ms - t0;
+      if (ms < min) min = ms;
+      if (ms > max) max = ms;
+    }
     const policy = e.policy ?? null;
     let h = -1;
     const candidates = bySession.get(e.sessionId);
     if (candidates !== undefined) {
-      for (const c of candidates) {
-        const hd = headers[c]!;
+      for (let c = 0; c < candidates.length; c++) {
+        const hd = headers[candidates[c]!]!;
         if (hd[1] === e.subject && hd[2] === e.target && hd[3] === e.protocol && hd[4] === policy) {
-          h = c;
+          h = candidates[c]!;
           break;
         }
       }
@@ -134,13 +138,27 @@ export function encodeBatch(events: readonly AuditEvent[], times: TimeParser): E
       targets.add(e.target);
     }
     verdicts.add(e.verdict);
-    const m = ms[i]!;
-    const row: unknown[] = [h, m === null ? null : m - t0, canonical[i] ? null : e.time, e.kind, e.text, e.verdict];
     // Optional fields in a fixed order; trailing absent ones are left off.
-    const opt = [e.durationMs, e.rows, e.rule, e.approvalId, e.sqlstate, e.error, e.masking && hasKeys(e.masking) ? e.masking : undefined];
-    let last = opt.length - 1;
-    while (last >= 0 && opt[last] === undefined) last--;
-    for (let k = 0; k <= last; k++) row.push(opt[k] ?? null);
+    const masking = e.masking !== undefined && hasKeys(e.masking) ? e.masking : undefined;
+    const width =
+      masking !== undefined ? 13
+      : e.error !== undefined ? 12
+      : e.sqlstate !== undefined ? 11
+      : e.approvalId !== undefined ? 10
+      : e.rule !== undefined ? 9
+      : e.rows !== undefined ? 8
+      : e.durationMs !== undefined ? 7
+      : 6;
+    const row: unknown[] = [h, rel, canonical ? null : e.time, e.kind, e.text, e.verdict];
+    if (width > 6) {
+      row.push(e.durationMs ?? null);
+      if (width > 7) row.push(e.rows ?? null);
+      if (width > 8) row.push(e.rule ?? null);
+      if (width > 9) row.push(e.approvalId ?? null);
+      if (width > 10) row.push(e.sqlstate ?? null);
+      if (width > 11) row.push(e.error ?? null);
+      if (width > 12) row.push(masking);
+    }
     rows[i] = row;
   }
   const keys: Array<[KeyField, string]> = [];
@@ -152,7 +170,7 @@ export function encodeBatch(events: readonly AuditEvent[], times: TimeParser): E
     minMs: min === Infinity ? null : min,
     maxMs: max === -Infinity ? null : max,
     count: n,
-    json: JSON.stringify({ v: FORMAT_VERSION, t0, h: headers, e: rows }),
+    json: JSON.stringify({ v: FORMAT_VERSION, t0: Number.isNaN(t0) ? 0 : t0, h: headers, e: rows }),
     keys,
   };
 }

@@ -533,3 +533,39 @@ t.test('audit batches: every filter and the order match a plain in-memory filter
   const byText = new Map(all.map((e) => [e.text, e]));
   for (const got of store.queryAuditEvents({ limit: 1000 })) t.same(got, byText.get(got.text));
 });
+
+t.test('audit batches: one row per batch, keys per distinct value, canonical times not stored twice', async (t) => {
+  const dir = t.testdir();
+  const store = openSqliteStore(dir);
+  const batch = [
+    event({ time: '2025-01-01T00:00:01.500Z', sessionId: 'a', text: 'first' }),
+    // Earlier than the first: instants are relative to the first one and may be negative.
+    event({ time: '2025-01-01T00:00:00.250Z', sessionId: 'b', subject: 'bob', verdict: 'denied', text: 'second' }),
+    event({ time: '2025-01-01T01:00:00.000+01:00', sessionId: 'a', text: 'offset' }),
+    event({ time: '2025-13-01T00:00:00.000Z', sessionId: 'a', text: 'bad month' }),
+  ];
+  store.insertAuditEvents(batch);
+  store.close();
+  const raw = new Database(join(dir, 'sluice.db'), { readonly: true });
+  t.teardown(() => raw.close());
+  const rows = raw.prepare('SELECT min_ms, max_ms, count, events FROM audit_batches').all() as { min_ms: number; max_ms: number; count: number; events: string }[];
+  t.equal(rows.length, 1, 'one row for the batch');
+  t.same(rows[0]!.min_ms, Date.parse('2025-01-01T00:00:00.000Z'));
+  t.same(rows[0]!.max_ms, Date.parse('2025-01-01T00:00:01.500Z'));
+  t.equal(rows[0]!.count, 4);
+  const doc = JSON.parse(rows[0]!.events) as { e: unknown[][] };
+  t.same(doc.e.map((e) => [e[1], e[2]]), [[0, null], [-1250, null], [-1500, '2025-01-01T01:00:00.000+01:00'], [null, '2025-13-01T00:00:00.000Z']]);
+  const keys = raw.prepare('SELECT field, value FROM audit_batch_keys ORDER BY field, value').all();
+  t.same(keys, [
+    { field: 'session', value: 'a' },
+    { field: 'session', value: 'b' },
+    { field: 'subject', value: 'alice' },
+    { field: 'subject', value: 'bob' },
+    { field: 'target', value: 'app-db' },
+    { field: 'verdict', value: 'allowed' },
+    { field: 'verdict', value: 'denied' },
+  ]);
+  const again = openSqliteStore(dir);
+  t.same(again.queryAuditEvents({}).map((e) => e.time), ['2025-01-01T00:00:01.500Z', '2025-01-01T00:00:00.250Z', '2025-01-01T01:00:00.000+01:00', '2025-13-01T00:00:00.000Z'], 'by instant, the unparsed last, each time text as written');
+  again.close();
+});
