@@ -152,7 +152,8 @@ export const MIGRATIONS: readonly Migration[] = [
         SELECT id / 500 + 1, min(time_ms), max(time_ms), count(*),
                json_object('v', 1, 't0', 0, 'h', json_array(), 'e', json_group_array(json_array(
                  json_array(session_id, subject, target, protocol, policy),
-                 time_ms, time, kind, text, verdict, duration_ms, row_count, rule, approval_id, sqlstate, error, json(masking)
+                 time_ms, time, kind, text, verdict, duration_ms, row_count, rule, approval_id, sqlstate, error,
+                 CASE WHEN json_valid(masking) THEN json(masking) END  -- the old reader read bad JSON as none
                ) ORDER BY id))
         FROM audit_events GROUP BY id / 500;
       INSERT OR IGNORE INTO audit_batch_keys (field, value, batch)

@@ -276,7 +276,7 @@ t.test('migration 5: row-per-event audit rows move into batches, every field and
       error: 'boom',
       masking: '{"emails":2}',
     });
-    insert.run({ ...base, time: 'not a time', time_ms: null, session_id: 'bad', subject: 'carol', target: 'app-db', protocol: 'postgres', kind: 'select', text: 'no time', verdict: 'allowed' });
+    insert.run({ ...base, time: 'not a time', time_ms: null, session_id: 'bad', subject: 'carol', target: 'app-db', protocol: 'postgres', kind: 'select', text: 'no time', verdict: 'allowed', masking: '{not json' });
   })();
   old.close();
 
@@ -303,6 +303,7 @@ t.test('migration 5: row-per-event audit rows move into batches, every field and
     },
   ]);
   t.same(store.queryAuditEvents({ sessionId: 'bad' }).map((e) => e.time), ['not a time'], 'an unparsed time survives');
+  t.notOk('masking' in store.queryAuditEvents({ sessionId: 'bad' })[0]!, 'masking text that is not JSON does not stop the migration');
   t.same(store.queryAuditEvents({ subject: 'carol' }).map((e) => e.text), ["SELECT $1 -- params: ['x'] é 🚀", 'no time'], 'no instant sorts last');
   t.same(store.queryAuditEvents({ verdict: 'denied', limit: 1000 }).map((e) => e.text), ['q1200', 'q1100', 'q1000', 'q900', 'q800', 'q700', 'q600', 'q500', 'q400', 'q300', 'q200', 'q100', 'q0']);
   t.same(store.queryAuditEvents({ limit: 3 }).map((e) => e.text), ["SELECT $1 -- params: ['x'] é 🚀", 'q1202', 'q1201']);
