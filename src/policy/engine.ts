@@ -34,7 +34,16 @@ const PARSER_SETTINGS = new Set(['client_encoding', 'standard_conforming_strings
 const SEVERITY: Record<Action, number> = { allow: 0, approve: 1, deny: 2 };
 
 export class SessionPolicy {
-  constructor(readonly config: PolicyConfig) {}
+  /** The verdict when no rule matches: the same for every statement, so built once (frozen: callers share it). */
+  readonly #defaultVerdict: Verdict;
+
+  constructor(readonly config: PolicyConfig) {
+    this.#defaultVerdict = Object.freeze({
+      action: config.default,
+      policy: config.name,
+      reason: `no rule of policy "${config.name}" matched; its default is ${config.default}`,
+    });
+  }
 
   get name(): string {
     return this.config.name;
@@ -62,11 +71,7 @@ export class SessionPolicy {
         return { action: rule.action, policy: this.config.name, rule: rule.name, reason: describe(rule, facts) };
       }
     }
-    return {
-      action: this.config.default,
-      policy: this.config.name,
-      reason: `no rule of policy "${this.config.name}" matched; its default is ${this.config.default}`,
-    };
+    return this.#defaultVerdict;
   }
 
   /**

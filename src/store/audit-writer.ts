@@ -25,14 +25,14 @@ export interface AuditWriterStats {
  * stall.
  *
  * Cost: better-sqlite3 is synchronous, so a batch runs on the event loop.
- * Measured on the dev container (2 cores, WAL, synchronous=NORMAL, the five
- * audit indexes, 200k realistic rows): a 500-row batch costs 4.6 ms of CPU
- * at the median, 9 ms at p90, 13 ms at p99 (about 10 µs a row); wall time
- * on the shared, overloaded box (load 13) was 11 ms median, 120 ms p99. So
- * a full batch stalls the relay for roughly 5-10 ms, once per 500
- * statements. If that is too much for a latency target, lower `maxBatch`
- * (100 rows is about 1 ms) or move the writer to a worker thread.
- * `stats.maxBatchMs` reports the real figure in production.
+ * The store keeps a batch as one row (store/audit-batches.ts). Measured on
+ * the dev container (2 cores, WAL, synchronous=NORMAL, pgbench-like events
+ * from 8 sessions, on top of 200k events): about 2-2.5 µs of CPU per event,
+ * so a full 500-event batch stalls the relay for roughly 1-1.5 ms, once per
+ * 500 statements (a row per event cost 6-7 µs an event, 3-3.5 ms a batch).
+ * If that is too much for a latency target, lower `maxBatch` (the per-batch
+ * overhead is one row and a few key rows) or move the writer to a worker
+ * thread. `stats.maxBatchMs` reports the real figure in production.
  *
  * Overload: beyond `maxQueue` queued events, new events are dropped, counted
  * in `stats.dropped` and logged (at most every 10 s). Audit does not fail
