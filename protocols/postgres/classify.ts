@@ -291,7 +291,12 @@ export function literalShape(sql: string): string {
   let i = 0;
   while (i < n) {
     const c = sql.charCodeAt(i);
-    if (c === 0x27 /* ' */ || c === 0x22 /* " */) {
+    if (c > 0x39) {
+      // Letters, most punctuation, non-ASCII: the bulk of any statement, one
+      // comparison each. Only a backslash up there needs a second look.
+      if (c === 0x5c /* \\ */) return sql;
+      i++;
+    } else if (c === 0x27 /* ' */ || c === 0x22 /* " */) {
       // A prefix (E'', B'', X'', N'') changes the rules inside: no shaping.
       if (c === 0x27 && i > 0 && isIdentifierChar(sql.charCodeAt(i - 1))) return sql;
       i = skipQuoted(sql, i, c);
@@ -308,8 +313,6 @@ export function literalShape(sql: string): string {
     } else if (c === 0x2f /* / */ && sql.charCodeAt(i + 1) === 0x2a /* * */) {
       i = skipBlockComment(sql, i);
       if (i < 0) return sql;
-    } else if (c === 0x5c /* \\ */) {
-      return sql;
     } else if (isDigit(c) && (i === 0 || !isIdentifierChar(sql.charCodeAt(i - 1)))) {
       let end = i + 1;
       while (end < n && isDigit(sql.charCodeAt(end))) end++;
@@ -317,7 +320,7 @@ export function literalShape(sql: string): string {
       // written as a number (EXPLAIN (ANALYZE 1)) keeps its meaning.
       let zero = true;
       for (let k = i; k < end && zero; k++) zero = sql.charCodeAt(k) === 0x30;
-      out += sql.slice(copied, i) + (zero ? '0'.repeat(end - i) : `1${'0'.repeat(end - i - 1)}`);
+      out += sql.slice(copied, i) + numberShape(end - i, zero);
       copied = end;
       i = end;
     } else {
@@ -325,6 +328,15 @@ export function literalShape(sql: string): string {
     }
   }
   return copied === 0 ? sql : out + sql.slice(copied);
+}
+
+/** `1000...` / `000...` of each length up to 32 (any id or count a client sends), made once. */
+const ONES = Array.from({ length: 33 }, (_, n) => (n === 0 ? '' : `1${'0'.repeat(n - 1)}`));
+const ZEROS = Array.from({ length: 33 }, (_, n) => '0'.repeat(n));
+
+function numberShape(length: number, zero: boolean): string {
+  if (length < ONES.length) return zero ? ZEROS[length]! : ONES[length]!;
+  return zero ? '0'.repeat(length) : `1${'0'.repeat(length - 1)}`;
 }
 
 function isDigit(c: number): boolean {
