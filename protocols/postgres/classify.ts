@@ -54,7 +54,16 @@ export async function initClassifier(): Promise<void> {
 // ---------------------------------------------------------------------------
 // cache
 
-type CacheEntry = { facts: readonly SqlStatementFacts[] } | { error: SqlParseError };
+type CacheEntry = FactsEntry | { error: SqlParseError };
+interface FactsEntry {
+  facts: readonly SqlStatementFacts[];
+  /**
+   * Where each statement's text starts in the cached (shape) text, found on
+   * the first hit by a query with other literals and kept: the shape and
+   * every query that maps to it have the same length and the same offsets.
+   */
+  offsets?: number[] | undefined;
+}
 
 export interface ClassifierCacheStats {
   hits: number;
@@ -221,15 +230,26 @@ function lookup(sql: string): CacheEntry {
   // Same length, same characters but for the digits of bare numbers: each
   // statement's text is found at the same offsets in the real query.
   const cached = entry.facts;
+  const offsets = (entry.offsets ??= statementOffsets(shape, cached));
   const facts: SqlStatementFacts[] = new Array(cached.length);
-  let from = 0;
   for (let i = 0; i < cached.length; i++) {
     const f = cached[i]!;
-    const at = shape.indexOf(f.text, from);
-    from = at + f.text.length;
-    facts[i] = withText(f, at === 0 && f.text.length === sql.length ? sql : sql.slice(at, from));
+    const at = offsets[i]!;
+    const end = at + f.text.length;
+    facts[i] = withText(f, at === 0 && end === sql.length ? sql : sql.slice(at, end));
   }
   return { facts: Object.freeze(facts) };
+}
+
+function statementOffsets(shape: string, facts: readonly SqlStatementFacts[]): number[] {
+  const offsets: number[] = [];
+  let from = 0;
+  for (const f of facts) {
+    const at = shape.indexOf(f.text, from);
+    offsets.push(at);
+    from = at + f.text.length;
+  }
+  return offsets;
 }
 
 /**
@@ -257,7 +277,7 @@ function lookupExact(sql: string): CacheEntry {
   ensureLoaded();
   let entry: CacheEntry;
   try {
-    entry = { facts: Object.freeze(parseAndClassify(sql)) };
+    entry = { facts: Object.freeze(parseAndClassify(sql)), offsets: undefined };
   } catch (err) {
     entry = { error: toParseError(err) };
   }
