@@ -54,7 +54,16 @@ export async function initClassifier(): Promise<void> {
 // ---------------------------------------------------------------------------
 // cache
 
-type CacheEntry = { facts: readonly SqlStatementFacts[] } | { error: SqlParseError };
+type CacheEntry = FactsEntry | { error: SqlParseError };
+interface FactsEntry {
+  facts: readonly SqlStatementFacts[];
+  /**
+   * Where each statement's text starts in the cached (shape) text, found on
+   * the first hit by a query with other literals and kept: the shape and
+   * every query that maps to it have the same length and the same offsets.
+   */
+  offsets?: number[] | undefined;
+}
 
 export interface ClassifierCacheStats {
   hits: number;
@@ -98,8 +107,11 @@ export class ClassifierCache {
       return undefined;
     }
     this.hitCount++;
-    // Fewer insertions since its own than half the entries held: it is in the newer half, which is evicted last.
-    if (this.stamps - slot.stamp > this.map.size / 2) {
+    // Already the most recent (the one hot statement of a workload, hit every
+    // transaction): nothing to move. Otherwise, fewer insertions since its own
+    // than half the entries held: it is in the newer half, which is evicted last.
+    const age = this.stamps - slot.stamp;
+    if (age > 1 && age > this.map.size / 2) {
       // Map iteration order is insertion order: re-inserting marks it most recent.
       this.map.delete(text);
       slot.stamp = this.stamps++;
@@ -217,13 +229,46 @@ function lookup(sql: string): CacheEntry {
   if (shape === sql || 'error' in entry) return entry;
   // Same length, same characters but for the digits of bare numbers: each
   // statement's text is found at the same offsets in the real query.
-  let from = 0;
-  const facts = entry.facts.map((f) => {
-    const at = shape.indexOf(f.text, from);
-    from = at + f.text.length;
-    return Object.freeze({ ...f, text: sql.slice(at, at + f.text.length) });
-  });
+  const cached = entry.facts;
+  const offsets = (entry.offsets ??= statementOffsets(shape, cached));
+  const facts: SqlStatementFacts[] = new Array(cached.length);
+  for (let i = 0; i < cached.length; i++) {
+    const f = cached[i]!;
+    const at = offsets[i]!;
+    const end = at + f.text.length;
+    facts[i] = withText(f, at === 0 && end === sql.length ? sql : sql.slice(at, end));
+  }
   return { facts: Object.freeze(facts) };
+}
+
+function statementOffsets(shape: string, facts: readonly SqlStatementFacts[]): number[] {
+  const offsets: number[] = [];
+  let from = 0;
+  for (const f of facts) {
+    const at = shape.indexOf(f.text, from);
+    offsets.push(at);
+    from = at + f.text.length;
+  }
+  return offsets;
+}
+
+/**
+ * `f` with another text, everything else shared (the arrays are frozen).
+ * Written out field by field: an object spread of a frozen object took
+ * several times longer, and this runs for every simple Query whose
+ * literals differ from the cached shape's (every pgbench -M simple one).
+ */
+function withText(f: SqlStatementFacts, text: string): SqlStatementFacts {
+  return Object.freeze({
+    protocol: f.protocol,
+    text,
+    kinds: f.kinds,
+    tables: f.tables,
+    functions: f.functions,
+    dangerousFunctions: f.dangerousFunctions,
+    withoutWhere: f.withoutWhere,
+    settings: f.settings,
+  });
 }
 
 function lookupExact(sql: string): CacheEntry {
@@ -232,7 +277,7 @@ function lookupExact(sql: string): CacheEntry {
   ensureLoaded();
   let entry: CacheEntry;
   try {
-    entry = { facts: Object.freeze(parseAndClassify(sql)) };
+    entry = { facts: Object.freeze(parseAndClassify(sql)), offsets: undefined };
   } catch (err) {
     entry = { error: toParseError(err) };
   }
@@ -266,7 +311,12 @@ export function literalShape(sql: string): string {
   let i = 0;
   while (i < n) {
     const c = sql.charCodeAt(i);
-    if (c === 0x27 /* ' */ || c === 0x22 /* " */) {
+    if (c > 0x39) {
+      // Letters, most punctuation, non-ASCII: the bulk of any statement, one
+      // comparison each. Only a backslash up there needs a second look.
+      if (c === 0x5c /* \\ */) return sql;
+      i++;
+    } else if (c === 0x27 /* ' */ || c === 0x22 /* " */) {
       // A prefix (E'', B'', X'', N'') changes the rules inside: no shaping.
       if (c === 0x27 && i > 0 && isIdentifierChar(sql.charCodeAt(i - 1))) return sql;
       i = skipQuoted(sql, i, c);
@@ -283,8 +333,6 @@ export function literalShape(sql: string): string {
     } else if (c === 0x2f /* / */ && sql.charCodeAt(i + 1) === 0x2a /* * */) {
       i = skipBlockComment(sql, i);
       if (i < 0) return sql;
-    } else if (c === 0x5c /* \\ */) {
-      return sql;
     } else if (isDigit(c) && (i === 0 || !isIdentifierChar(sql.charCodeAt(i - 1)))) {
       let end = i + 1;
       while (end < n && isDigit(sql.charCodeAt(end))) end++;
@@ -292,7 +340,7 @@ export function literalShape(sql: string): string {
       // written as a number (EXPLAIN (ANALYZE 1)) keeps its meaning.
       let zero = true;
       for (let k = i; k < end && zero; k++) zero = sql.charCodeAt(k) === 0x30;
-      out += sql.slice(copied, i) + (zero ? '0'.repeat(end - i) : `1${'0'.repeat(end - i - 1)}`);
+      out += sql.slice(copied, i) + numberShape(end - i, zero);
       copied = end;
       i = end;
     } else {
@@ -300,6 +348,15 @@ export function literalShape(sql: string): string {
     }
   }
   return copied === 0 ? sql : out + sql.slice(copied);
+}
+
+/** `1000...` / `000...` of each length up to 32 (any id or count a client sends), made once. */
+const ONES = Array.from({ length: 33 }, (_, n) => (n === 0 ? '' : `1${'0'.repeat(n - 1)}`));
+const ZEROS = Array.from({ length: 33 }, (_, n) => '0'.repeat(n));
+
+function numberShape(length: number, zero: boolean): string {
+  if (length < ONES.length) return zero ? ZEROS[length]! : ONES[length]!;
+  return zero ? '0'.repeat(length) : `1${'0'.repeat(length - 1)}`;
 }
 
 function isDigit(c: number): boolean {

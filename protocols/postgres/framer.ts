@@ -370,7 +370,9 @@ export class PgFramer {
           runStart = pos;
           if (startup) this.afterStartupPacket(chunk, start);
           this.unframed = end - pos;
-          sink.message(type, chunk.subarray(start, msgEnd));
+          // A chunk that is exactly one message (a Query, a ReadyForQuery
+          // read on its own) goes as the chunk object: no view allocated.
+          sink.message(type, start === 0 && msgEnd === end ? chunk : chunk.subarray(start, msgEnd));
           continue;
         }
         // Straddles chunks: copy it out.

@@ -486,7 +486,7 @@ export class PgStatementGate implements RelayGate {
     const statement = bound ? this.#statements.get(bound.statement) : undefined;
     // Parameters of a role statement may be its password.
     const params = statement?.role ? ['[redacted]'] : bound?.params ?? [];
-    const text = statement ? (params.length ? `${statement.text} -- params: ${JSON.stringify(params)}` : statement.text) : `(portal "${portal}")`;
+    const text = statement ? (params.length ? `${statement.text} -- params: ${paramsJson(params)}` : statement.text) : `(portal "${portal}")`;
     const now = Date.now();
     this.#open.push({ event: this.#event(text, statement?.kind ?? 'execute', 'allowed', undefined, now), started: now });
     this.#record('allowed', 1);
@@ -567,6 +567,26 @@ function bindParameters(bytes: Buffer, offset: number): string[] {
     // The server will refuse a malformed Bind itself; the audit row just lacks parameters.
     return [];
   }
+}
+
+/**
+ * JSON.stringify(params), exactly. Bound values are most often plain
+ * printable ASCII (ids, dates, names), which JSON leaves as they are: those
+ * are quoted by hand, several times cheaper than JSON.stringify on a small
+ * array (it runs for every Execute). Anything else (a quote, a backslash, a
+ * control character, non-ASCII) goes to JSON.stringify.
+ */
+export function paramsJson(params: readonly string[]): string {
+  let out = '[';
+  for (let i = 0; i < params.length; i++) {
+    const p = params[i]!;
+    for (let k = 0; k < p.length; k++) {
+      const c = p.charCodeAt(k);
+      if (c < 0x20 || c > 0x7e || c === 0x22 /* " */ || c === 0x5c /* \ */) return JSON.stringify(params);
+    }
+    out += i === 0 ? `"${p}"` : `,"${p}"`;
+  }
+  return `${out}]`;
 }
 
 /** Rows from a CommandComplete tag: the last number of `INSERT 0 5`, `SELECT 3`, `COPY 10` ... */

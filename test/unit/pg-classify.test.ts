@@ -441,4 +441,9 @@ t.test('numeric literals share one parse without changing what is classified', a
   }
   // Statement boundaries of a multi-statement message survive the shaping.
   t.same(classifySql('SELECT 1; DELETE FROM t WHERE id = 99').map((f) => f.text), ['SELECT 1', 'DELETE FROM t WHERE id = 99']);
+  // Later hits on the same shape find each statement at the offsets kept from the first.
+  t.same(classifySql('SELECT 7; DELETE FROM t WHERE id = 12;').map((f) => f.text), ['SELECT 7', 'DELETE FROM t WHERE id = 12']);
+  t.same(classifySql('  SELECT 5 ;DELETE FROM t WHERE id = 31').map((f) => f.text), ['SELECT 5', 'DELETE FROM t WHERE id = 31']);
+  t.same(classifySql('  SELECT 6 ;DELETE FROM t WHERE id = 84').map((f) => f.text), ['SELECT 6', 'DELETE FROM t WHERE id = 84']);
+  t.ok(Object.isFrozen(classifySql('SELECT 8; DELETE FROM t WHERE id = 13')[1]), 'facts with the real text are frozen too');
 });

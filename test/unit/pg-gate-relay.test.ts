@@ -8,7 +8,7 @@ import t from 'tap';
 import { initClassifier } from '../../protocols/postgres/classify.js';
 import { PgFramer } from '../../protocols/postgres/framer.js';
 import { PgRelay } from '../../protocols/postgres/relay.js';
-import { PgStatementGate, rowsFromTag } from '../../protocols/postgres/statement-gate.js';
+import { PgStatementGate, paramsJson, rowsFromTag } from '../../protocols/postgres/statement-gate.js';
 import { createLogger } from '../../src/log.js';
 import { SessionPolicy } from '../../src/policy/engine.js';
 import { isoTime } from '../../src/store/iso-time.js';
@@ -113,6 +113,25 @@ t.test('rowsFromTag reads the trailing count of a CommandComplete tag', async (t
   t.equal(rowsFromTag(commandComplete(' 7')), 7);
   t.equal(rowsFromTag(commandComplete('SELECT 12345678901234567890')), 12345678901234567890);
   t.equal(rowsFromTag(commandComplete('')), undefined);
+});
+
+t.test('paramsJson is JSON.stringify of the bound values', async (t) => {
+  const samples: string[][] = [
+    [],
+    [''],
+    ['123456'],
+    ['a', 'b c', '2026-11-29', 'NULL', '\\x00ff'],
+    ['say "hi"'],
+    ['back\\slash'],
+    ['tab\there', 'nl\n', '\u0000', '\u001f', '\u007f'],
+    ['é', '日本', '\ud83d\ude00', '\ud800 lone'],
+    [' !#$%&\'()*+,-./:;<=>?@[]^_`{|}~'],
+  ];
+  for (let c = 0; c < 0x3000; c += 7) samples.push([`x${String.fromCharCode(c)}y`, String.fromCharCode(c)]);
+  // One assertion, not one per sample: control characters in assertion names would garble the TAP stream.
+  const wrong = samples.filter((params) => paramsJson(params) !== JSON.stringify(params));
+  t.same(wrong, [], `all ${samples.length} samples`);
+  t.equal(paramsJson(['say "hi"', 'a\\b']), '["say \\"hi\\"","a\\\\b"]', 'escaping falls back to JSON.stringify');
 });
 
 t.test('isoTime is toISOString', async (t) => {
