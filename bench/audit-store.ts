@@ -2,7 +2,7 @@
  * The audit store alone (no network): what writing an audit event costs the
  * gateway's event loop, per event, the way the audit writer calls it.
  *
- *   node dist/bench/audit-store.js
+ *   npm run bench:audit   (or, after a build: node dist/bench/audit-store.js)
  *
  * Events look like `pgbench -S` traffic (8 sessions, a short SELECT with an
  * integer literal, or with `-- params: [...]` as the extended protocol
