@@ -276,7 +276,8 @@ export class RecordingTap {
     if (take >= pending.length) {
       // The common case: everything received is framed, recorded as it came.
       this.#writer?.record('client', pending);
-      this.#pendingClient = [];
+      // Emptied in place: one array per session, not one per chunk.
+      pieces.length = 0;
       this.#borrowed = false;
     } else {
       this.#writer?.record('client', pending.subarray(0, take));
