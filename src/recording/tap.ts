@@ -276,8 +276,7 @@ export class RecordingTap {
     if (take >= pending.length) {
       // The common case: everything received is framed, recorded as it came.
       this.#writer?.record('client', pending);
-      // Emptied in place: one array per session, not one per chunk.
-      pieces.length = 0;
+      this.#pendingClient = [];
       this.#borrowed = false;
     } else {
       this.#writer?.record('client', pending.subarray(0, take));
