@@ -219,6 +219,21 @@ export function recordDigest(version: number, headerBytes: Uint8Array): RecordDi
 
 // --- records ----------------------------------------------------------------
 
+/** Big-endian u32 at `at`, by plain byte stores: writeUInt32BE's range checks cost more than the store (the caller sized `out`). */
+function putU32(out: Uint8Array, value: number, at: number): void {
+  out[at] = value >>> 24;
+  out[at + 1] = value >>> 16;
+  out[at + 2] = value >>> 8;
+  out[at + 3] = value;
+}
+
+/**
+ * Payloads up to this size get their CRC from the JS table loop: for the
+ * short records of an unpipelined session (a command, a `+OK`), the native
+ * zlib call costs more to enter than the loop costs to run.
+ */
+const TABLE_CRC_MAX = 128;
+
 /** Writes one framed record into `out` at `at`; returns the offset after it. */
 export function writeRecord(
   out: Buffer,
@@ -229,19 +244,21 @@ export function writeRecord(
   micros: number,
   payload: Uint8Array,
 ): number {
+  if (at + RECORD_OVERHEAD + payload.length > out.length) throw new RangeError('record does not fit in its buffer');
   out[at] = type;
   out[at + 1] = direction;
-  out.writeUInt32BE(seq >>> 0, at + 2);
+  putU32(out, seq >>> 0, at + 2);
   // micros < 2^53: two halves, no BigInt on the hot path.
-  out.writeUInt32BE(Math.floor(micros / 0x1_0000_0000), at + 6);
-  out.writeUInt32BE(micros >>> 0, at + 10);
-  out.writeUInt32BE(payload.length, at + 14);
+  putU32(out, Math.floor(micros / 0x1_0000_0000), at + 6);
+  putU32(out, micros >>> 0, at + 10);
+  putU32(out, payload.length, at + 14);
   out.set(payload, at + RECORD_PREFIX);
   const end = at + RECORD_PREFIX + payload.length;
   // CRC of prefix || payload, the payload's part taken from the caller's
   // buffer (same bytes): no view of `out` to allocate per record.
   const prefixCrc = crc32Range(out, at, at + RECORD_PREFIX, 0);
-  out.writeUInt32BE(payload.length > 0 ? crc32(payload, prefixCrc) : prefixCrc, end);
+  const n = payload.length;
+  putU32(out, n === 0 ? prefixCrc : n <= TABLE_CRC_MAX ? crc32Range(payload, 0, n, prefixCrc) : crc32(payload, prefixCrc), end);
   return end + CRC_SIZE;
 }
 
