@@ -1,7 +1,7 @@
 import type { Socket } from 'node:net';
 import type { Logger } from '../../src/log.js';
 import { PgFramer, PgProtocolError, type FramerSink } from './framer.js';
-import { errorResponse, sqlstate, terminate } from './messages.js';
+import { Frontend, errorResponse, sqlstate, terminate } from './messages.js';
 
 /**
  * The steady state of a PostgreSQL session: bytes flow between the client
@@ -155,6 +155,12 @@ export class PgRelay {
   /** Reasons the client socket is paused: upstream backpressure, a held statement. */
   #clientBackpressure = false;
   #clientHeld = false;
+  /**
+   * The client sent Terminate: the session ends because the client asked,
+   * whichever socket reports its end first (the server closes as soon as it
+   * reads Terminate, and its FIN can reach the gateway before the client's).
+   */
+  #clientTerminated = false;
 
   constructor(
     private readonly client: Socket,
@@ -165,7 +171,7 @@ export class PgRelay {
   ) {
     const gate = options.gate;
     if (gate) {
-      clientFramer.setInspect(gate.clientTypes);
+      clientFramer.setInspect([...gate.clientTypes, Frontend.Terminate]);
       upstreamFramer.setInspect(gate.serverTypes);
       gate.attach({
         toUpstream: (b) => this.#toUpstream.add(b),
@@ -183,7 +189,8 @@ export class PgRelay {
         shutdown: (reason, error) => this.shutdown(reason, error),
       });
     } else {
-      clientFramer.setInspect(undefined);
+      // Terminate only (one tiny message per session): see #clientTerminated.
+      clientFramer.setInspect([Frontend.Terminate]);
       upstreamFramer.setInspect(undefined);
     }
   }
@@ -239,7 +246,14 @@ export class PgRelay {
 
   #clientSink(): FramerSink {
     const gate = this.options.gate!;
-    return { passthrough: (b) => gate.fromClient(-1, b), message: (t, m) => gate.fromClient(t, m) };
+    return {
+      passthrough: (b) => gate.fromClient(-1, b),
+      message: (t, m) => {
+        if (t !== Frontend.Terminate) return gate.fromClient(t, m);
+        this.#clientTerminated = true;
+        gate.fromClient(-1, m); // not a statement: forwarded in order, like any message the gate does not judge
+      },
+    };
   }
 
   /** Upstream chunks go through the transformer first; its output is framed like any chunk. */
@@ -309,7 +323,15 @@ export class PgRelay {
       ? side === 'client'
         ? this.#clientSink()
         : { passthrough: (b) => gate.fromServer(-1, b), message: (t, m) => gate.fromServer(t, m) }
-      : { passthrough: (b) => direct.push(b), message: (_t, m) => direct.push(m) };
+      : side === 'client'
+        ? {
+            passthrough: (b) => direct.push(b),
+            message: (t, m) => {
+              if (t === Frontend.Terminate) this.#clientTerminated = true;
+              direct.push(m);
+            },
+          }
+        : { passthrough: (b) => direct.push(b), message: (_t, m) => direct.push(m) };
     from.on('data', (chunk: Buffer) => {
       this.#lastActivity = Date.now();
       if (side === 'client') this.stats.bytesFromClient += chunk.length;
@@ -342,7 +364,9 @@ export class PgRelay {
     from.on('end', () => {
       // Half-close: the other side may still be sending; pass the FIN along.
       // The first side to end (or fail) is why the session ended; the other's end follows from it.
-      if (!this.#closed && this.#closeReason === 'closed') this.#closeReason = `${side} ended the connection`;
+      if (!this.#closed && this.#closeReason === 'closed') {
+        this.#closeReason = this.#clientTerminated ? 'client ended the connection' : `${side} ended the connection`;
+      }
       this.#flush();
       to.end();
     });
