@@ -124,3 +124,26 @@ export function* randomChunks(buf: Buffer, random: () => number, maxChunk = 64):
     pos += n;
   }
 }
+
+/** A DataRow ('D') with these fields; null is SQL NULL (length -1). */
+export function dataRow(fields: Array<Buffer | null>): Buffer {
+  const b = new PgBytes().int16(fields.length);
+  for (const f of fields) {
+    if (f === null) b.int32(-1);
+    else b.int32(f.length).bytes(f);
+  }
+  return b.typed('D');
+}
+
+/** Pushes chunks through a server transform (e.g. PgResultMasker) as the relay does, waiting when it asks; returns all it emitted. */
+export async function transformAll(
+  transform: { push(chunk: Buffer, emit: (bytes: Buffer) => void): void | Promise<void> },
+  chunks: Iterable<Buffer>,
+): Promise<Buffer> {
+  const out: Buffer[] = [];
+  for (const c of chunks) {
+    const pending = transform.push(c, (b) => out.push(Buffer.from(b)));
+    if (pending) await pending;
+  }
+  return Buffer.concat(out);
+}

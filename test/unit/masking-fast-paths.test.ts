@@ -20,7 +20,7 @@ import { MaskingEngine } from '../../masking/engine.js';
 import type { PolicyMasking } from '../../masking/session-masker.js';
 import type { MaskingRuleConfig } from '../../masking/types.js';
 import { PgResultMasker } from '../../protocols/postgres/result-masker.js';
-import { PgBytes, prng, randomChunks } from '../helpers/pg-bytes.js';
+import { PgBytes, prng, randomChunks, dataRow, transformAll } from '../helpers/pg-bytes.js';
 
 const hashKey = Buffer.alloc(32, 9);
 
@@ -185,24 +185,6 @@ function rowDescription(names: string[]): Buffer {
   return b.typed('T');
 }
 
-function dataRow(fields: Array<Buffer | null>): Buffer {
-  const b = new PgBytes().int16(fields.length);
-  for (const f of fields) {
-    if (f === null) b.int32(-1);
-    else b.int32(f.length).bytes(f);
-  }
-  return b.typed('D');
-}
-
-async function run(masker: PgResultMasker, chunks: Iterable<Buffer>): Promise<Buffer> {
-  const out: Buffer[] = [];
-  for (const c of chunks) {
-    const pending = masker.push(c, (b) => out.push(Buffer.from(b)));
-    if (pending) await pending;
-  }
-  return Buffer.concat(out);
-}
-
 t.test('PgResultMasker: a hit in every row, column rules mixed in, whatever the cuts', async (t) => {
   const rules: MaskingRuleConfig[] = [
     { name: 'emails', detector: 'email', strategy: { kind: 'partial' } },
@@ -243,7 +225,7 @@ t.test('PgResultMasker: a hit in every row, column rules mixed in, whatever the 
   ] as Array<[string, Iterable<Buffer>]>) {
     // Inline whatever the chunk size: the fast paths are what this checks.
     const masker = new PgResultMasker({ masking, maxMessageBytes: 1 << 20, batchRows: 1e9, batchBytes: 1e12 });
-    t.ok((await run(masker, chunks)).equals(want), `${how}: every field as the engine masks it alone`);
+    t.ok((await transformAll(masker, chunks)).equals(want), `${how}: every field as the engine masks it alone`);
   }
 });
 
@@ -288,6 +270,6 @@ t.test('PgResultMasker: COPY TO STDOUT rows with a hit in every row, whatever th
     ['random small chunks', randomChunks(all, prng(5), 500)],
   ] as Array<[string, Iterable<Buffer>]>) {
     const masker = new PgResultMasker({ masking, maxMessageBytes: 1 << 20, batchRows: 1e9, batchBytes: 1e12 });
-    t.ok((await run(masker, chunks)).equals(want), `${how}: every row as the engine masks it alone`);
+    t.ok((await transformAll(masker, chunks)).equals(want), `${how}: every row as the engine masks it alone`);
   }
 });

@@ -12,7 +12,7 @@ import { MaskingPool } from '../../masking/pool.js';
 import type { PolicyMasking } from '../../masking/session-masker.js';
 import type { MaskingRuleConfig } from '../../masking/types.js';
 import { PgResultMasker } from '../../protocols/postgres/result-masker.js';
-import { PgBytes, prng, randomChunks } from '../helpers/pg-bytes.js';
+import { PgBytes, prng, randomChunks, dataRow, transformAll } from '../helpers/pg-bytes.js';
 
 const hashKey = Buffer.alloc(32, 5);
 const rules: MaskingRuleConfig[] = [
@@ -70,15 +70,6 @@ function value(random: () => number, i: number): Buffer | null {
   }
 }
 
-function dataRow(fields: Array<Buffer | null>): Buffer {
-  const b = new PgBytes().int16(fields.length);
-  for (const f of fields) {
-    if (f === null) b.int32(-1);
-    else b.int32(f.length).bytes(f);
-  }
-  return b.typed('D');
-}
-
 function rowDescription(names: string[]): Buffer {
   const b = new PgBytes().int16(names.length);
   for (const n of names) b.cstring(n).int32(0).int16(0).int32(25).int16(-1).int32(-1).int16(0);
@@ -101,15 +92,6 @@ function result(seed: number, rows: number, width: number): { wire: Buffer; expe
   return { wire: Buffer.concat([...wire, ...tail]), expected: Buffer.concat([...expected, ...tail]), counts };
 }
 
-async function run(masker: PgResultMasker, chunks: Iterable<Buffer>): Promise<Buffer> {
-  const out: Buffer[] = [];
-  for (const c of chunks) {
-    const pending = masker.push(c, (b) => out.push(Buffer.from(b)));
-    if (pending) await pending;
-  }
-  return Buffer.concat(out);
-}
-
 t.test('every field is masked as the engine masks it alone, whatever the cuts', async (t) => {
   for (const seed of [1, 2, 3]) {
     const { wire, expected, counts } = result(seed, 400, 1 + seed * 2);
@@ -122,7 +104,7 @@ t.test('every field is masked as the engine masks it alone, whatever the cuts', 
     for (const [how, chunks] of cuts) {
       const statements: Array<Record<string, number>> = [];
       const masker = new PgResultMasker({ masking, maxMessageBytes: 1 << 20, onStatementCounts: (c) => statements.push(c) });
-      const got = await run(masker, chunks);
+      const got = await transformAll(masker, chunks);
       t.ok(got.equals(expected), `seed ${seed}, ${how}: output equals per-value masking`);
       t.same(masker.counts(), Object.fromEntries(counts), `seed ${seed}, ${how}: counts per rule`);
       t.same(statements, [Object.fromEntries(counts)], `seed ${seed}, ${how}: one statement's counts at its CommandComplete`);
@@ -131,7 +113,7 @@ t.test('every field is masked as the engine masks it alone, whatever the cuts', 
   }
   const bytewise = result(4, 30, 3);
   const masker = new PgResultMasker({ masking, maxMessageBytes: 1 << 20 });
-  t.ok((await run(masker, [...bytewise.wire].map((b) => Buffer.from([b])))).equals(bytewise.expected), 'one byte per chunk');
+  t.ok((await transformAll(masker, [...bytewise.wire].map((b) => Buffer.from([b])))).equals(bytewise.expected), 'one byte per chunk');
 });
 
 t.test('through the worker pool: the same bytes', async (t) => {
