@@ -183,6 +183,11 @@ export class Gateway {
     return this.#ctx.sessions.size;
   }
 
+  /** Client connections still open, in a session or not (destroyed at shutdown). */
+  get connectionCount(): number {
+    return this.#sockets.size;
+  }
+
   /**
    * Stops accepting, ends every session with a native "shutting down" error,
    * and gives connections `graceMs` to finish before destroying them.
