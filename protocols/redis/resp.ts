@@ -807,6 +807,14 @@ export class RespReplyFramer {
     while (pos < end) {
       switch (this.state) {
         case RP_ELEMENT: {
+          // The usual reply to GET and friends, a whole bulk string in this chunk, in one step.
+          if (chunk[pos] === RespType.BulkString && this.depth === 0) {
+            const next = this.wholeBulk(chunk, pos, end);
+            if (next > 0) {
+              pos = next;
+              break;
+            }
+          }
           const cr = findCR(chunk, pos + 1, end);
           if (cr === -1 || cr + 1 === end) {
             // The line goes on in the next chunk: check what we have, keep a copy.
@@ -881,6 +889,36 @@ export class RespReplyFramer {
           break;
       }
     }
+  }
+
+  /**
+   * A top-level bulk string `$<n>\r\n<n bytes>\r\n` that is whole in the
+   * chunk from `start`: ends it and returns where it ends. Returns -1 having
+   * changed nothing for anything else (a null, a length the state machine
+   * must judge, a reply cut by the chunk end, a bad terminator): the state
+   * machine then frames it from `start` and reports any violation, so this
+   * accepts nothing it would refuse.
+   */
+  private wholeBulk(chunk: Buffer, start: number, end: number): number {
+    let p = start + 1;
+    let c = p < end ? chunk[p]! : 0;
+    // 1 to 15 digits, no leading zero ("0" alone is fine), as parseLength.
+    if (c < ZERO || c > NINE) return -1;
+    let n = c - ZERO;
+    p++;
+    if (n !== 0) {
+      while (p < end && (c = chunk[p]!) >= ZERO && c <= NINE) {
+        n = n * 10 + (c - ZERO);
+        p++;
+      }
+      if (p - start - 1 > 15) return -1;
+    }
+    if (p + 1 >= end || chunk[p] !== CR || chunk[p + 1] !== LF || n > this.limits.maxBulkBytes) return -1;
+    const bodyEnd = p + 2 + n;
+    if (bodyEnd + 2 > end || chunk[bodyEnd] !== CR || chunk[bodyEnd + 1] !== LF) return -1;
+    this.topPush = false;
+    this.elementDone(bodyEnd + 2);
+    return bodyEnd + 2;
   }
 
   /**
