@@ -554,11 +554,15 @@ export class RedisRelay {
     this.#uBase = this.upstreamFramer.offset;
     this.#uPassthrough = null;
     let failure: unknown;
+    // Nothing of Sluice's own to put between replies or take out: count them, no call per reply.
+    const counting = this.#actions.length === 0 && this.#withheld === null && this.#paired && this.#countReplies;
     try {
-      this.upstreamFramer.push(chunk, this.#replySink);
+      if (counting) this.#received += this.upstreamFramer.pushCounting(chunk, this.#replySink);
+      else this.upstreamFramer.push(chunk, this.#replySink);
     } catch (err) {
       failure = err;
     }
+    if (counting) this.#elemStart = this.upstreamFramer.lastEnd;
     if (failure === undefined) this.#withholdTail(chunk);
     if (this.#awaitingReset) this.#keepTail(chunk);
     // Set by the framer's passthrough callback during push (TS cannot see that).
