@@ -148,6 +148,8 @@ export class RedisRelay {
   #backlog: Array<{ raw: Buffer; args: Buffer[] }> = [];
   #inMulti = false;
   #multiDirty = false;
+  /** The client sent QUIT: the session ends because the client asked, whichever socket's end arrives first. */
+  #clientQuit = false;
   #clientFailed = false;
 
   // --- client chunk being framed ---
@@ -330,7 +332,7 @@ export class RedisRelay {
     }
     this.stats.commands++;
     const c = this.#classifier.classify(args);
-    if ((c.verdict === Verdict.Forward || c.verdict === Verdict.Subscribe) && this.options.gate) {
+    if ((c.verdict === Verdict.Forward || c.verdict === Verdict.Subscribe || c.verdict === Verdict.Quit) && this.options.gate) {
       const judged = this.options.gate.judge(args);
       if (judged.action === 'deny') {
         this.#refuse(judged.reply);
@@ -378,6 +380,11 @@ export class RedisRelay {
         return;
       case Verdict.Reset:
         this.#reset();
+        return;
+      case Verdict.Quit:
+        // Redis answers +OK and closes: its FIN follows from the client's request.
+        this.#clientQuit = true;
+        this.#forward(buf, start, end);
         return;
     }
   }
@@ -724,7 +731,9 @@ export class RedisRelay {
     from.on('end', () => {
       // Half-close: pass the FIN along; the other side may still be sending.
       // The first side to end (or fail) is why the session ended; the other's end follows from it.
-      if (!this.#closed && this.#closeReason === 'closed') this.#closeReason = `${side} ended the connection`;
+      if (!this.#closed && this.#closeReason === 'closed') {
+        this.#closeReason = this.#clientQuit ? 'client ended the connection' : `${side} ended the connection`;
+      }
       to.end();
     });
     from.on('error', (err) => {
