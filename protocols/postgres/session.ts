@@ -364,7 +364,6 @@ export class PostgresSession implements SessionHandle {
       },
     );
     this.#relay = relay;
-    this.#socket.removeAllListeners('close');
     log.info(
       {
         groups: this.#identity?.groups,

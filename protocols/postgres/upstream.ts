@@ -25,6 +25,7 @@ import type {
 import type { PostgresUpstream } from '../../src/config/types.js';
 import { SluiceError, ErrorCodes, type ErrorCode } from '../../src/errors.js';
 import type { Logger } from '../../src/log.js';
+import { withDirectReadOption } from '../../src/gateway/direct-reads.js';
 import { ScramClient } from './scram.js';
 
 export interface UpstreamSession {
@@ -210,7 +211,7 @@ function write(socket: net.Socket, data: Buffer): void {
 }
 
 function tcpConnect(upstream: PostgresUpstream, ctx: Context): { socket: net.Socket; ready: Promise<void> } {
-  const socket = net.connect({ host: upstream.host, port: upstream.port });
+  const socket = net.connect(withDirectReadOption({ host: upstream.host, port: upstream.port }));
   socket.setNoDelay(true);
   const ready = new Promise<void>((resolve, reject) => {
     const onError = (err: Error): void => {

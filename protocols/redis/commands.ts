@@ -29,6 +29,7 @@ export const Verdict = {
   Multi: 5,
   Exec: 6,
   Discard: 7,
+  Quit: 8,
 } as const;
 export type Verdict = (typeof Verdict)[keyof typeof Verdict];
 
@@ -47,6 +48,7 @@ const MULTI: Classified = Object.freeze({ verdict: Verdict.Multi });
 const EXEC: Classified = Object.freeze({ verdict: Verdict.Exec });
 const DISCARD: Classified = Object.freeze({ verdict: Verdict.Discard });
 const HELLO_SAME: Classified = Object.freeze({ verdict: Verdict.Hello });
+const QUIT: Classified = Object.freeze({ verdict: Verdict.Quit });
 
 export const IDENTITY_FIXED = error('sluice: identity cannot change within a session; open a new connection with another token');
 const REFUSE_IDENTITY: Classified = Object.freeze({ verdict: Verdict.Refuse, reply: IDENTITY_FIXED });
@@ -146,6 +148,8 @@ export class CommandClassifier {
       case 0x70: // 'p'
         if (tokenAt(buf, at, n, 'psubscribe')) return SUBSCRIBE;
         return tokenAt(buf, at, n, 'psync') ? REFUSE_REPLICATION : FORWARD;
+      case 0x71: // 'q'
+        return tokenAt(buf, at, n, 'quit') ? QUIT : FORWARD;
       case 0x72: // 'r'
         if (tokenAt(buf, at, n, 'reset')) return RESET;
         return tokenAt(buf, at, n, 'replconf') ? REFUSE_REPLICATION : FORWARD;

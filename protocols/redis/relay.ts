@@ -148,6 +148,8 @@ export class RedisRelay {
   #backlog: Array<{ raw: Buffer; args: Buffer[] }> = [];
   #inMulti = false;
   #multiDirty = false;
+  /** The client sent QUIT: the session ends because the client asked, whichever socket's end arrives first. */
+  #clientQuit = false;
   #clientFailed = false;
 
   // --- client chunk being framed ---
@@ -330,7 +332,7 @@ export class RedisRelay {
     }
     this.stats.commands++;
     const c = this.#classifier.classify(args);
-    if ((c.verdict === Verdict.Forward || c.verdict === Verdict.Subscribe) && this.options.gate) {
+    if ((c.verdict === Verdict.Forward || c.verdict === Verdict.Subscribe || c.verdict === Verdict.Quit) && this.options.gate) {
       const judged = this.options.gate.judge(args);
       if (judged.action === 'deny') {
         this.#refuse(judged.reply);
@@ -378,6 +380,11 @@ export class RedisRelay {
         return;
       case Verdict.Reset:
         this.#reset();
+        return;
+      case Verdict.Quit:
+        // Redis answers +OK and closes: its FIN follows from the client's request.
+        this.#clientQuit = true;
+        this.#forward(buf, start, end);
         return;
     }
   }
@@ -554,11 +561,15 @@ export class RedisRelay {
     this.#uBase = this.upstreamFramer.offset;
     this.#uPassthrough = null;
     let failure: unknown;
+    // Nothing of Sluice's own to put between replies or take out: count them, no call per reply.
+    const counting = this.#actions.length === 0 && this.#withheld === null && this.#paired && this.#countReplies;
     try {
-      this.upstreamFramer.push(chunk, this.#replySink);
+      if (counting) this.#received += this.upstreamFramer.pushCounting(chunk, this.#replySink);
+      else this.upstreamFramer.push(chunk, this.#replySink);
     } catch (err) {
       failure = err;
     }
+    if (counting) this.#elemStart = this.upstreamFramer.lastEnd;
     if (failure === undefined) this.#withholdTail(chunk);
     if (this.#awaitingReset) this.#keepTail(chunk);
     // Set by the framer's passthrough callback during push (TS cannot see that).
@@ -720,7 +731,9 @@ export class RedisRelay {
     from.on('end', () => {
       // Half-close: pass the FIN along; the other side may still be sending.
       // The first side to end (or fail) is why the session ended; the other's end follows from it.
-      if (!this.#closed && this.#closeReason === 'closed') this.#closeReason = `${side} ended the connection`;
+      if (!this.#closed && this.#closeReason === 'closed') {
+        this.#closeReason = this.#clientQuit ? 'client ended the connection' : `${side} ended the connection`;
+      }
       to.end();
     });
     from.on('error', (err) => {

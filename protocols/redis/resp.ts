@@ -733,6 +733,10 @@ const RP_LF = 4; // the LF after a body
  */
 export class RespReplyFramer {
   private readonly limits: RespReplyLimits;
+  /** pushCounting: count replies instead of reporting each. */
+  private counting = false;
+  private counted = 0;
+  private lastEndOffset = 0;
   private state = RP_ELEMENT;
   private base = 0;
   private readonly line = new LineBuffer();
@@ -779,6 +783,30 @@ export class RespReplyFramer {
    * and the framer refuses any further input.
    */
   push(chunk: Buffer, sink: ReplySink): void {
+    this.counting = false;
+    this.frameChunk(chunk, sink);
+  }
+
+  /**
+   * Frames `chunk` like `push`, with the same checks and the same
+   * `passthrough`, but without a `replyEnd` per reply: returns how many
+   * replies that are not RESP3 pushes ended in it, and `lastEnd` says where
+   * the last reply (of any kind) ended. For a relay with nothing to insert
+   * or take out, which only needs to count.
+   */
+  pushCounting(chunk: Buffer, sink: ReplySink): number {
+    this.counting = true;
+    this.counted = 0;
+    this.frameChunk(chunk, sink);
+    return this.counted;
+  }
+
+  /** Absolute offset just past the last complete top-level reply or push. */
+  get lastEnd(): number {
+    return this.lastEndOffset;
+  }
+
+  private frameChunk(chunk: Buffer, sink: ReplySink): void {
     if (this.failed) throw this.failed;
     this.sink = sink;
     this.lastReplyEnd = 0;
@@ -807,6 +835,14 @@ export class RespReplyFramer {
     while (pos < end) {
       switch (this.state) {
         case RP_ELEMENT: {
+          // The usual reply to GET and friends, a whole bulk string in this chunk, in one step.
+          if (chunk[pos] === RespType.BulkString && this.depth === 0) {
+            const next = this.wholeBulk(chunk, pos, end);
+            if (next > 0) {
+              pos = next;
+              break;
+            }
+          }
           const cr = findCR(chunk, pos + 1, end);
           if (cr === -1 || cr + 1 === end) {
             // The line goes on in the next chunk: check what we have, keep a copy.
@@ -881,6 +917,43 @@ export class RespReplyFramer {
           break;
       }
     }
+  }
+
+  /**
+   * A top-level bulk string `$<n>\r\n<n bytes>\r\n` or null `$-1\r\n` that
+   * is whole in the chunk from `start`: ends it and returns where it ends.
+   * Returns -1 having changed nothing for anything else (a length the state machine
+   * must judge, a reply cut by the chunk end, a bad terminator): the state
+   * machine then frames it from `start` and reports any violation, so this
+   * accepts nothing it would refuse.
+   */
+  private wholeBulk(chunk: Buffer, start: number, end: number): number {
+    let p = start + 1;
+    let c = p < end ? chunk[p]! : 0;
+    if (c === MINUS) {
+      // `$-1\r\n`: RESP2's null (GET of a missing key).
+      if (start + 5 > end || chunk[start + 2] !== 0x31 /* '1' */ || chunk[start + 3] !== CR || chunk[start + 4] !== LF) return -1;
+      this.topPush = false;
+      this.elementDone(start + 5);
+      return start + 5;
+    }
+    // 1 to 15 digits, no leading zero ("0" alone is fine), as parseLength.
+    if (c < ZERO || c > NINE) return -1;
+    let n = c - ZERO;
+    p++;
+    if (n !== 0) {
+      while (p < end && (c = chunk[p]!) >= ZERO && c <= NINE) {
+        n = n * 10 + (c - ZERO);
+        p++;
+      }
+      if (p - start - 1 > 15) return -1;
+    }
+    if (p + 1 >= end || chunk[p] !== CR || chunk[p + 1] !== LF || n > this.limits.maxBulkBytes) return -1;
+    const bodyEnd = p + 2 + n;
+    if (bodyEnd + 2 > end || chunk[bodyEnd] !== CR || chunk[bodyEnd + 1] !== LF) return -1;
+    this.topPush = false;
+    this.elementDone(bodyEnd + 2);
+    return bodyEnd + 2;
   }
 
   /**
@@ -1043,10 +1116,17 @@ export class RespReplyFramer {
         return;
       }
     }
+    this.lastReplyEnd = pos;
+    this.lastEndOffset = this.base + pos;
+    if (this.counting) {
+      if (!this.topPush) this.counted++;
+      this.topPush = false;
+      this.attributePending = false;
+      return;
+    }
     const info: ReplyEndInfo = { push: this.topPush, attribute: this.attributePending, end: this.base + pos };
     this.topPush = false;
     this.attributePending = false;
-    this.lastReplyEnd = pos;
     this.sink!.replyEnd(info);
   }
 }

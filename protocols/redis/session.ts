@@ -306,7 +306,6 @@ export class RedisSession implements SessionHandle {
 
   #startRelay(upstream: Socket, reply: Buffer, leftover: Buffer, proto: RespVersion, log: Logger, policies: string[], label: string | undefined): void {
     this.#socket.off('data', this.#onData);
-    this.#socket.removeAllListeners('close');
     const limits = this.target.limits;
     const identity = this.#identity!;
     const metrics = this.ctx.metrics;

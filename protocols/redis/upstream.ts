@@ -17,6 +17,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import type { RedisUpstream } from '../../src/config/types.js';
 import { ErrorCodes, SluiceError, type ErrorCode } from '../../src/errors.js';
+import { withDirectReadOption } from '../../src/gateway/direct-reads.js';
 import { RespReplyFramer } from './resp.js';
 import type { RespVersion } from './replies.js';
 
@@ -167,7 +168,7 @@ export async function connectRedisUpstream(upstream: RedisUpstream, options: Con
       resolve({ socket, leftover, ...(options.hello !== undefined ? { helloReply: replies[0]! } : {}) });
     };
 
-    const tcp = net.connect({ host: upstream.host, port: upstream.port });
+    const tcp = net.connect(withDirectReadOption({ host: upstream.host, port: upstream.port }));
     socket = tcp;
     tcp.setNoDelay(true);
     tcp.on('error', onError);

@@ -15,6 +15,7 @@ import { loadRecordingPublicKeys } from '../recording/keys.js';
 import { initClassifier } from '../../protocols/postgres/classify.js';
 import { CancelRegistry } from './cancel-registry.js';
 import type { GatewayContext, PgCancelTarget, SessionHandle } from './context.js';
+import { adoptWithDirectReads } from './direct-reads.js';
 import { createServerSecureContext, loadServerTls, type ServerTlsMaterial } from './tls.js';
 import { PostgresSession } from '../../protocols/postgres/session.js';
 import { RedisSession } from '../../protocols/redis/session.js';
@@ -183,6 +184,11 @@ export class Gateway {
     return this.#ctx.sessions.size;
   }
 
+  /** Client connections still open, in a session or not (destroyed at shutdown). */
+  get connectionCount(): number {
+    return this.#sockets.size;
+  }
+
   /**
    * Stops accepting, ends every session with a native "shutting down" error,
    * and gives connections `graceMs` to finish before destroying them.
@@ -228,7 +234,9 @@ export class Gateway {
     this.#ctx.logger.info({ target: target.name, protocol: target.protocol, listen: `${target.listen.host}:${port}` }, 'listening');
   }
 
-  #accept(listener: Listener, socket: Socket): void {
+  #accept(listener: Listener, accepted: Socket): void {
+    // Reads go to the session without the stream machinery (direct-reads.ts).
+    const socket = adoptWithDirectReads(accepted, true);
     // A socket error before a session owns the socket must not become an uncaught exception.
     socket.on('error', () => socket.destroy());
     this.#sockets.add(socket);

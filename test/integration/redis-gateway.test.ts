@@ -391,6 +391,19 @@ t.test('pre-auth deadline and idle timeout', async (t) => {
   t.ok(gw.logs.some((l) => l.includes('without traffic (idle_timeout)')), 'the log says why');
 });
 
+t.test('QUIT: the session ends because the client asked, whichever FIN arrives first', async (t) => {
+  const c = await loggedIn(gw.port('cache'));
+  const client = `127.0.0.1:${c.socket.localPort}`;
+  c.send(['SET', 'quit-key', 'v'], ['QUIT']);
+  t.same(await c.replies(2), ['+OK\r\n', '+OK\r\n'], 'Redis answers QUIT with +OK');
+  t.ok(await c.closedWithin(), 'and closes');
+  const ended = (): string | undefined => gw.logs.find((l) => l.includes(client) && l.includes('"session ended"'));
+  for (let i = 0; i < 100 && ended() === undefined; i++) await new Promise((r) => setTimeout(r, 20));
+  const line = ended();
+  t.ok(line, 'the session end is logged');
+  t.match(JSON.parse(line ?? '{}'), { reason: 'client ended the connection' }, 'with the client as the side that ended it');
+});
+
 t.test('no token or password in any log line', async (t) => {
   await new Promise((r) => setTimeout(r, 100));
   t.ok(gw.logs.length > 10);

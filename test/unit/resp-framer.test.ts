@@ -329,6 +329,50 @@ t.test('reply framer: zero copy and attributes', async (t) => {
   t.equal(framer2.offset, 8);
 });
 
+t.test('reply framer: counting gives the replies and ends that replyEnd reports, in every chunking', async (t) => {
+  // Bulk strings whole and cut (the one-step path and the state machine), nulls, pushes, attributes, aggregates.
+  const stream = Buffer.concat([
+    r.bulk('xxx'),
+    r.nullBulk(),
+    r.push(r.bulk('message'), r.bulk('ch'), r.bulk('hello')),
+    r.simple('OK'),
+    r.attr(r.simple('ttl'), r.int(3)),
+    r.bulk(randomBytes(300)),
+    r.array(r.bulk('a'), r.nullBulk(), r.int(-2)),
+    r.bulk(''),
+    r.err('ERR no'),
+    r.push(r.bulk('invalidate')),
+    r.map(r.bulk('k'), r.bulk('v')),
+  ]);
+  const reference = runReplies([stream]);
+  t.notOk(reference.error);
+  const expectedReplies = reference.ends.filter((e) => !e.push).length;
+  for (const c of [whole(stream), byteByByte(stream), ...splits(stream, sampledSplitPoints(stream.length))]) {
+    const framer = new RespReplyFramer();
+    const forwarded: Buffer[] = [];
+    const sink = { passthrough: (b: Buffer) => void forwarded.push(b), replyEnd: () => t.fail('no replyEnd while counting') };
+    let counted = 0;
+    const endsSeen: number[] = [];
+    for (const chunk of c.chunks) {
+      const before = framer.lastEnd;
+      counted += framer.pushCounting(chunk, sink);
+      if (framer.lastEnd !== before) endsSeen.push(framer.lastEnd);
+    }
+    if (counted !== expectedReplies || !Buffer.concat(forwarded).equals(stream)) {
+      t.fail(`${c.name}: counted ${counted} of ${expectedReplies}`);
+      continue;
+    }
+    // Where replies end, as far as chunk boundaries let it show: each seen end is one replyEnd reported.
+    const reportedEnds = new Set(reference.ends.map((e) => e.end));
+    if (!endsSeen.every((e) => reportedEnds.has(e))) t.fail(`${c.name}: an end not reported by replyEnd`);
+  }
+  t.equal(new RespReplyFramer().lastEnd, 0);
+  const last = new RespReplyFramer();
+  last.pushCounting(stream, { passthrough: () => {}, replyEnd: () => {} });
+  t.equal(last.lastEnd, stream.length, 'lastEnd is past the final reply');
+  t.pass('counting agrees with replyEnd for every chunking');
+});
+
 t.test('reply framer: 64 MiB bulk in 64 KiB chunks holds a few KiB at most', async (t) => {
   const size = 64 * 1024 * 1024;
   const piece = Buffer.alloc(64 * 1024, 0x61);

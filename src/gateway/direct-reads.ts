@@ -1,0 +1,91 @@
+/**
+ * Socket reads without the Readable stream machinery, for the plain-TCP
+ * sockets of a session (the client's when its target has no TLS, the
+ * upstream's when `tls: disable`).
+ *
+ * A net.Socket normally hands each read to Readable.push: libuv reads into a
+ * fresh 64 KiB ArrayBuffer, Node shrinks it to the bytes read, and the chunk
+ * travels through addChunk, emit('data') and a nextTick of maybeReadMore per
+ * read. Those functions are shared by every stream in the process; in a
+ * gateway that also runs TLS sockets, log destinations and pipes their
+ * property caches go megamorphic, and a Redis GET through Sluice paid about
+ * 3 µs of CPU more per request than the same relay code in a bare process
+ * (bench/RESULTS.md).
+ *
+ * Node's documented `onread` option (net.Socket, net.connect) skips all of
+ * that: libuv reads into one buffer we own and calls us back with the byte
+ * count. Every socket here shares ONE scratch buffer: reads are handled one
+ * at a time on the event loop thread, and the callback copies the bytes out
+ * (Buffer.allocUnsafe: small reads come from Node's shared 8 KiB pool) before
+ * any other socket can read, so a chunk handed on is never overwritten and
+ * may be kept or forwarded as is. The callback then emits 'data' with that
+ * copy, so every consumer (the recording tap, the handshake readers, the
+ * relays) reads the socket exactly as before. pause() and resume() stop and
+ * restart the handle's reads (net.Socket implements them for `onread`), so
+ * backpressure works as with a flowing stream; EOF and errors still take
+ * Node's own path ('end', 'error', 'close').
+ *
+ * Sockets from net.Server cannot be given `onread` (the server builds them),
+ * so `adoptWithDirectReads` moves the accepted TCP handle into a new Socket
+ * constructed with it: an undocumented constructor option (`handle`) that
+ * Node's own net.Server uses the same way. It is checked and, where the
+ * running Node does not have it, the socket is left as it is.
+ */
+import { Socket, type NetConnectOpts } from 'node:net';
+
+/** The one buffer libuv reads into; each read is copied out before the next can happen. */
+const scratch = Buffer.allocUnsafe(64 * 1024);
+
+/**
+ * The onread callback: `this` is the socket (Node calls it as a method of
+ * the socket). Returning nothing keeps the handle reading.
+ */
+function onDirectRead(this: Socket, nread: number): void {
+  const chunk = Buffer.allocUnsafe(nread);
+  scratch.copy(chunk, 0, 0, nread);
+  this.emit('data', chunk);
+}
+
+const ONREAD = { buffer: scratch, callback: onDirectRead };
+
+/** `net.connect` options with direct reads added (a plain TCP connection only: TLS wraps the socket's reads itself). */
+export function withDirectReadOption<T extends NetConnectOpts>(options: T): T {
+  return { ...options, onread: ONREAD };
+}
+
+/** The private parts of net.Socket this module relies on. */
+interface SocketInternals {
+  _handle?: { useUserBuffer?: unknown; readStop?: unknown } | null;
+}
+
+/**
+ * A socket reading `accepted`'s connection directly, or `accepted` itself
+ * when its handle cannot be moved. The server must have been created with
+ * `pauseOnConnect: true`, so that no read has happened yet; the returned
+ * socket is paused too, until the first `resume()` or 'data' listener.
+ * Call it before anything else holds or listens to the accepted socket.
+ */
+export function adoptWithDirectReads(accepted: Socket, allowHalfOpen: boolean): Socket {
+  const internals = accepted as unknown as SocketInternals;
+  const handle = internals._handle;
+  if (
+    handle === null ||
+    handle === undefined ||
+    typeof handle.useUserBuffer !== 'function' ||
+    typeof handle.readStop !== 'function' ||
+    accepted.readableFlowing === true
+  ) {
+    return accepted;
+  }
+  internals._handle = null;
+  // The empty shell closes at once: the server counts it out of its connections.
+  accepted.destroy();
+  return new Socket({
+    handle,
+    allowHalfOpen,
+    readable: true,
+    writable: true,
+    pauseOnCreate: true,
+    onread: ONREAD,
+  } as unknown as ConstructorParameters<typeof Socket>[0]);
+}

@@ -1,0 +1,173 @@
+/**
+ * Direct reads (src/gateway/direct-reads.ts) on real loopback sockets: every
+ * chunk handed out keeps its bytes after later reads reuse the scratch
+ * buffer, pause() holds the bytes back in the kernel until resume(), EOF and
+ * half-close arrive as 'end', TLS can still wrap an adopted socket, and a
+ * socket that is already reading is left as it is.
+ */
+import t from 'tap';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import tls from 'node:tls';
+import { adoptWithDirectReads, withDirectReadOption } from '../../src/gateway/direct-reads.js';
+import { createServerSecureContext, loadServerTls } from '../../src/gateway/tls.js';
+
+/** A loopback server whose accepted sockets are adopted; resolves its port and a queue of adopted sockets. */
+async function adoptingServer(t: { teardown(fn: () => unknown): void }): Promise<{ port: number; next(): Promise<Socket> }> {
+  const waiting: Array<(s: Socket) => void> = [];
+  const ready: Socket[] = [];
+  const server: Server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (raw) => {
+    const s = adoptWithDirectReads(raw, true);
+    const w = waiting.shift();
+    if (w) w(s);
+    else ready.push(s);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.teardown(() => server.close());
+  const address = server.address();
+  if (address === null || typeof address === 'string') throw new Error('no port');
+  return {
+    port: address.port,
+    next: () => new Promise<Socket>((resolve) => (ready.length > 0 ? resolve(ready.shift()!) : waiting.push(resolve))),
+  };
+}
+
+function dial(port: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ port, host: '127.0.0.1', allowHalfOpen: true }, () => resolve(s));
+    s.once('error', reject);
+  });
+}
+
+t.test('chunks kept from many reads hold exactly the bytes sent', async (t) => {
+  const srv = await adoptingServer(t);
+  const client = await dial(srv.port);
+  const server = await srv.next();
+  const kept: Buffer[] = [];
+  server.on('data', (chunk: Buffer) => kept.push(chunk));
+  server.resume();
+  const ended = once(server, 'end');
+  // Many writes of odd sizes: many reads, each through the same scratch buffer.
+  const parts: Buffer[] = [];
+  for (let i = 0; i < 400; i++) parts.push(randomBytes(1 + ((i * 7919) % 9000)));
+  for (const p of parts) client.write(p);
+  client.end();
+  await ended;
+  t.ok(kept.length > 1, `arrived in ${kept.length} reads`);
+  t.ok(Buffer.concat(kept).equals(Buffer.concat(parts)), 'every kept chunk still holds its own bytes');
+  server.destroy();
+});
+
+t.test('pause() keeps further bytes in the kernel until resume()', async (t) => {
+  const srv = await adoptingServer(t);
+  const client = await dial(srv.port);
+  const server = await srv.next();
+  const seen: Buffer[] = [];
+  let pausedAt = -1;
+  server.on('data', (chunk: Buffer) => {
+    seen.push(chunk);
+    if (pausedAt < 0) {
+      pausedAt = seen.length;
+      server.pause();
+    }
+  });
+  server.resume();
+  client.write('first');
+  await new Promise<void>((resolve) => {
+    const check = (): void => (seen.length > 0 ? resolve() : void setImmediate(check));
+    check();
+  });
+  client.end('second');
+  await once(client, 'finish');
+  // The client's bytes are in the server's kernel buffer now; a paused socket must not hand them over.
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  t.equal(seen.length, pausedAt, 'nothing delivered while paused');
+  const ended = once(server, 'end');
+  server.resume();
+  await ended;
+  t.equal(Buffer.concat(seen).toString(), 'firstsecond', 'everything delivered after resume, in order');
+  server.destroy();
+});
+
+t.test('half-close: the server sees end and can still answer', async (t) => {
+  const srv = await adoptingServer(t);
+  const client = await dial(srv.port);
+  const server = await srv.next();
+  server.on('data', () => {});
+  server.resume();
+  const reply: Buffer[] = [];
+  client.on('data', (d: Buffer) => reply.push(d));
+  const clientEnded = once(client, 'end');
+  client.end('bye');
+  await once(server, 'end');
+  server.end('answered after your FIN');
+  await clientEnded;
+  t.equal(Buffer.concat(reply).toString(), 'answered after your FIN');
+});
+
+t.test('TLS wraps an adopted socket after plaintext was read from it (PostgreSQL SSLRequest)', async (t) => {
+  const stateDir = mkdtempSync(join(tmpdir(), 'sluice-direct-reads-'));
+  t.teardown(() => rmSync(stateDir, { recursive: true, force: true }));
+  const secureContext = createServerSecureContext(await loadServerTls({ stateDir }));
+  const srv = await adoptingServer(t);
+  const client = await dial(srv.port);
+  const server = await srv.next();
+  server.once('data', (first: Buffer) => {
+    t.equal(first.toString(), 'upgrade?');
+    server.pause();
+    server.write('S');
+    const secure = new tls.TLSSocket(server, { isServer: true, secureContext });
+    secure.on('data', (d: Buffer) => secure.end(`echo:${d.toString()}`));
+    secure.on('error', () => {});
+  });
+  server.resume();
+  client.write('upgrade?');
+  const [answer] = (await once(client, 'data')) as [Buffer];
+  t.equal(answer.toString(), 'S');
+  const secure = tls.connect({ socket: client, rejectUnauthorized: false });
+  await once(secure, 'secureConnect');
+  secure.write('inside');
+  const got: Buffer[] = [];
+  secure.on('data', (d: Buffer) => got.push(d));
+  await once(secure, 'end');
+  t.equal(Buffer.concat(got).toString(), 'echo:inside');
+  secure.destroy();
+});
+
+t.test('an upstream connection made with the option reads the same way', async (t) => {
+  const payload = randomBytes(300_000);
+  const server = createServer((s) => s.end(payload));
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.teardown(() => server.close());
+  const address = server.address();
+  if (address === null || typeof address === 'string') throw new Error('no port');
+  const socket = connect(withDirectReadOption({ host: '127.0.0.1', port: address.port }));
+  const kept: Buffer[] = [];
+  socket.on('data', (chunk: Buffer) => kept.push(chunk));
+  await once(socket, 'end');
+  t.ok(Buffer.concat(kept).equals(payload), 'all bytes, intact');
+  socket.destroy();
+});
+
+t.test('a socket that is already reading is returned unchanged', async (t) => {
+  const accepted: Socket[] = [];
+  const server = createServer((s) => accepted.push(s));
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.teardown(() => server.close());
+  const address = server.address();
+  if (address === null || typeof address === 'string') throw new Error('no port');
+  const client = await dial(address.port);
+  while (accepted.length === 0) await new Promise((resolve) => setImmediate(resolve));
+  const s = accepted[0]!;
+  s.on('data', () => {}); // flowing
+  t.equal(adoptWithDirectReads(s, true), s);
+  client.destroy();
+  s.destroy();
+});
