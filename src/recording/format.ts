@@ -140,25 +140,44 @@ const nativeCrc32 = (zlib as { crc32?: Crc32 }).crc32;
 export const crc32: Crc32 = typeof nativeCrc32 === 'function' ? nativeCrc32 : makeTableCrc32();
 export const crc32Table: Crc32 = makeTableCrc32();
 
-const CRC_TABLE: Uint32Array = (() => {
-  const table = new Uint32Array(256);
+/**
+ * Slicing-by-4 tables: CRC_T0 is the byte-wise table, CRC_Tk[n] the CRC of
+ * byte n followed by k zero bytes, so four bytes cost one 32-bit XOR and four
+ * independent lookups instead of four dependent ones. Measured on this
+ * code's short records (18-byte prefix plus a 5..128-byte payload): about
+ * half the time of the byte-wise loop.
+ */
+const [CRC_T0, CRC_T1, CRC_T2, CRC_T3] = ((): Uint32Array[] => {
+  const t = [new Uint32Array(256), new Uint32Array(256), new Uint32Array(256), new Uint32Array(256)] as const;
   for (let n = 0; n < 256; n++) {
     let c = n;
     for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    table[n] = c >>> 0;
+    t[0][n] = c >>> 0;
   }
-  return table;
-})();
+  for (let n = 0; n < 256; n++) {
+    let c = t[0][n]!;
+    for (let k = 1; k < 4; k++) {
+      c = t[0][c & 0xff]! ^ (c >>> 8);
+      t[k][n] = c >>> 0;
+    }
+  }
+  return [...t];
+})() as [Uint32Array, Uint32Array, Uint32Array, Uint32Array];
 
 /**
  * CRC-32 of buf[start, end), continuing from `value` (zlib's convention).
- * For a record's 18-byte prefix: a few table steps in place cost less than
- * the view a native call would need.
+ * For a record's prefix and short payload: the table steps in place cost
+ * less than the view and the native call zlib.crc32 would need.
  */
 function crc32Range(buf: Uint8Array, start: number, end: number, value: number): number {
-  let c = (value ^ 0xffffffff) >>> 0;
-  for (let i = start; i < end; i++) c = CRC_TABLE[(c ^ buf[i]!) & 0xff]! ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
+  let c = ~value;
+  let i = start;
+  for (; i + 4 <= end; i += 4) {
+    c ^= buf[i]! | (buf[i + 1]! << 8) | (buf[i + 2]! << 16) | (buf[i + 3]! << 24);
+    c = CRC_T3[c & 0xff]! ^ CRC_T2[(c >>> 8) & 0xff]! ^ CRC_T1[(c >>> 16) & 0xff]! ^ CRC_T0[c >>> 24]!;
+  }
+  for (; i < end; i++) c = CRC_T0[(c ^ buf[i]!) & 0xff]! ^ (c >>> 8);
+  return ~c >>> 0;
 }
 
 // --- header -----------------------------------------------------------------
@@ -254,11 +273,11 @@ export function writeRecord(
   putU32(out, payload.length, at + 14);
   out.set(payload, at + RECORD_PREFIX);
   const end = at + RECORD_PREFIX + payload.length;
-  // CRC of prefix || payload, the payload's part taken from the caller's
-  // buffer (same bytes): no view of `out` to allocate per record.
-  const prefixCrc = crc32Range(out, at, at + RECORD_PREFIX, 0);
+  // CRC of prefix || payload: a short record in one pass over `out`, where
+  // the two lie back to back; a long payload from the caller's buffer (same
+  // bytes) by zlib, with no view of `out` to allocate per record.
   const n = payload.length;
-  putU32(out, n === 0 ? prefixCrc : n <= TABLE_CRC_MAX ? crc32Range(payload, 0, n, prefixCrc) : crc32(payload, prefixCrc), end);
+  putU32(out, n <= TABLE_CRC_MAX ? crc32Range(out, at, end, 0) : crc32(payload, crc32Range(out, at, at + RECORD_PREFIX, 0)), end);
   return end + CRC_SIZE;
 }
 

@@ -164,6 +164,37 @@ function onFlushTick(intervalMs: number, flush: () => void): () => void {
   };
 }
 
+// --- day directories (process-wide) -------------------------------------------
+
+/**
+ * Day directories this process has made or found. Every session of a day
+ * goes into the same one, so a session's open skips the recursive mkdir (a
+ * thread-pool round trip, a failing mkdir and a stat) once the directory is
+ * known; one removed since (retention deletes emptied day directories) shows
+ * as ENOENT from the open, and is made again.
+ */
+const knownDirs = new Set<string>();
+const MAX_KNOWN_DIRS = 64;
+
+async function makeDir(dir: string): Promise<void> {
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  if (knownDirs.size >= MAX_KNOWN_DIRS) knownDirs.clear();
+  knownDirs.add(dir);
+}
+
+/** Creates `path` (0600, exclusive) in `dir`, making the directory (0700) when it is not known to exist. */
+async function createFile(dir: string, path: string): Promise<FileHandle> {
+  if (!knownDirs.has(dir)) await makeDir(dir);
+  try {
+    return await open(path, 'ax', 0o600);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    knownDirs.delete(dir);
+    await makeDir(dir);
+    return await open(path, 'ax', 0o600);
+  }
+}
+
 // --- slabs (process-wide) -----------------------------------------------------
 
 /**
@@ -289,8 +320,7 @@ export class RecordingWriter {
     }
     let fh: FileHandle | undefined;
     try {
-      await mkdir(dir, { recursive: true, mode: 0o700 });
-      fh = await open(path, 'ax', 0o600);
+      fh = await createFile(dir, path);
       await writeAll(fh, [headerBytes]);
     } catch (err) {
       await fh?.close().catch(() => undefined);

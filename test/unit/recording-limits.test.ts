@@ -201,4 +201,12 @@ t.test('retention: old files and rows go, recent ones and active files stay', as
   t.ok(statSync(join(stateDir, 'recordings')).isDirectory(), 'the recordings root stays');
   mkdirSync(join(stateDir, 'recordings', 'not-a-year'), { recursive: true });
   t.same((await purgeRecordings(stateDir, store, 30 * day, now)).files, 0, 'a second run finds nothing; foreign dirs are left alone');
+
+  // The writer remembers day directories it made; one purged since is made again.
+  const late = await RecordingWriter.open({ stateDir, meta: meta('late', new Date(now - 40 * day).toISOString()), key, onFailure: () => undefined });
+  late.record('client', Buffer.from('y'));
+  const lateRes = await late.close({ closeReason: 'done' });
+  t.equal(dirname(lateRes.path), dirname(paths.old!), 'the session goes into the removed day directory, made again');
+  t.equal(statSync(dirname(lateRes.path)).mode & 0o777, 0o700, 'made owner-only, like the first time');
+  t.equal((await verifyRecording(lateRes.path, await loadRecordingPublicKeys(stateDir))).ok, true, 'and is recorded whole');
 });
