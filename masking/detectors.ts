@@ -369,6 +369,20 @@ function digitRunEnd(buf: Uint8Array, i: number): number {
   return i;
 }
 
+/**
+ * After a run of n digits, the separator b (fast-pass classes f) where a
+ * digit shape may go on: '.' after 1 to 3 digits (IPv4, a North American
+ * number), '-' after 3 or more (SSN, North American number, card), ' '
+ * after 4 or more (card: its first group has 4 digits). Digits(), which
+ * runs at a flagged run, finds nothing at any other separator (an IBAN's
+ * run follows capitals, flagged on its own), so the run needs no check
+ * there: "2024-01-05", "12 Main Street", uuids.
+ */
+function sepGoesOn(f: number, b: number, n: number): boolean {
+  if ((f & F_SEP) === 0) return false;
+  return b === 0x2e ? n <= 3 : b === 0x2d ? n >= 3 : n >= 4;
+}
+
 const CARD_DIGITS = new Uint8Array(20);
 
 /**
@@ -587,19 +601,22 @@ export class CandidateScanner {
     const fast = this.fast;
     let i = 0;
     while (i < len) {
-      // Fast pass, without a branch per byte that depends on the data (hex
-      // ids mix digits and letters at random: a branch per byte mispredicts
-      // half the time): it stops only at a byte where the checks below have
-      // something to do (a trigger other than a digit, a digit run that the
-      // fast reject below would not reject), and the checks then run from
-      // the start of that digit run to the byte. A digit run they handled
-      // ends before where the fast pass resumes.
-      let prev = i > 0 ? fast[buf[i - 1]!]! & F_UPPER : 0;
-      let run = 0;
+      // Fast pass, in two stages. A skips, one test per byte, what cannot
+      // begin a check: any byte but a digit or a trigger (text, spaces,
+      // lower-case words). B runs from a digit or trigger over the digits and
+      // capitals that follow, without a branch per byte that depends on the
+      // data (ids mix digits and capitals at random: a branch per byte
+      // mispredicts half the time), and returns to A at the first other
+      // byte. It stops only at a byte where the checks below have something
+      // to do (a trigger other than a digit, a digit run that the fast reject
+      // below would not reject), and the checks then run from the start of
+      // that digit run to the byte. A digit run they handled ends before
+      // where the fast pass resumes; a separator is flagged only after a
+      // digit B saw, a digit after a capital only where B started or saw it.
       let from = -1;
       let to = -1;
-      for (; i < len; i++) {
-        if ((i & 3) === 0 && words !== undefined && run === 0) {
+      pass: while (i < len) {
+        if (words !== undefined && (i & 3) === 0) {
           let w = i >> 2;
           while (w < nWords) {
             const x = words[w]!;
@@ -607,23 +624,26 @@ export class CandidateScanner {
             if (((high - y) & ~x & (y + low) & 0x80808080) !== 0) break;
             w++;
           }
-          if (w > i >> 2) {
-            i = w << 2;
-            if (i >= len) break;
-            prev = fast[buf[i - 1]!]!;
+          i = w << 2;
+        }
+        while (i < len && (fast[buf[i]!]! & (F_DIGIT | F_TRIGGER)) === 0) i++;
+        let prev = i > 0 ? fast[buf[i - 1]!]! & F_UPPER : 0;
+        let run = 0;
+        for (; i < len; i++) {
+          const f = fast[buf[i]!]!;
+          const before = run;
+          run = (run + 1) * (f & F_DIGIT);
+          // A trigger; a digit after a capital; a 13th digit in a row.
+          const flag = (f & F_TRIGGER) | ((prev >> 2) & f & F_DIGIT) | ((12 - run) >>> 31);
+          if (flag !== 0 || ((f & (F_DIGIT | F_UPPER)) === 0 && before > 0 && sepGoesOn(f, buf[i]!, before))) {
+            from = i - before;
+            to = i;
+            break pass;
           }
+          if ((f & (F_DIGIT | F_UPPER)) === 0) break;
+          prev = f;
         }
-        const f = fast[buf[i]!]!;
-        const before = run;
-        run = (run + 1) * (f & F_DIGIT);
-        // A trigger; a separator after a digit; a digit after a capital; a 13th digit in a row.
-        const flag = (f & F_TRIGGER) | ((prev << 1) & f & F_SEP) | ((prev >> 2) & f & F_DIGIT) | ((12 - run) >>> 31);
-        prev = f;
-        if (flag !== 0) {
-          from = i - before;
-          to = i;
-          break;
-        }
+        i++;
       }
       if (to < 0) break;
       for (i = from; i <= to && i < len; i++) {
@@ -654,7 +674,8 @@ export class CandidateScanner {
         hit = this.assignment(buf, i);
         if (this.ipv6 && i >= ipv6Until && (bits & B_IPV6) === 0) {
           // One decision for the whole run of hex digits and colons around it.
-          const r = this.colonRun(buf, i);
+          // A lone colon (the common case: JSON, "key: value") holds no address: the run is the colon alone.
+          const r = HEX_OR_COLON[buf[i - 1]!] === 1 || HEX_OR_COLON[buf[i + 1]!] === 1 ? this.colonRun(buf, i) : i + 1;
           if (r < 0) hit |= B_IPV6;
           else ipv6Until = r;
         }
@@ -781,7 +802,7 @@ export class CandidateScanner {
     if (j >= 2) {
       // Every keyword ends in one of these (case-insensitive): pASS, passWD, passwORD, passphrASE, PWD, secRET, KEY, toKEN.
       const tail = ((buf[j - 2]! | 0x20) << 16) | ((buf[j - 1]! | 0x20) << 8) | (buf[j]! | 0x20);
-      if (KEYWORD_TAILS.includes(tail)) return true;
+      for (let t = 0; t < KEYWORD_TAILS.length; t++) if (KEYWORD_TAILS[t] === tail) return true;
     }
     return false;
   }
@@ -797,7 +818,10 @@ export class CandidateScanner {
   }
 }
 
-const KEYWORD_TAILS = ['ass', 'swd', 'ord', 'ase', 'pwd', 'ret', 'key', 'ken'].map((w) => (w.charCodeAt(0) << 16) | (w.charCodeAt(1) << 8) | w.charCodeAt(2));
+const KEYWORD_TAILS = Int32Array.from(['ass', 'swd', 'ord', 'ase', 'pwd', 'ret', 'key', 'ken'], (w) => (w.charCodeAt(0) << 16) | (w.charCodeAt(1) << 8) | w.charCodeAt(2));
+/** [0-9A-Fa-f:] by byte (undefined, past either end, reads as 0). */
+const HEX_OR_COLON = new Uint8Array(256);
+for (const c of '0123456789abcdefABCDEF:') HEX_OR_COLON[c.charCodeAt(0)] = 1;
 const ONE_START = new Int32Array(1);
 const ONE_MARK = new Uint8Array(1); // scratch: the scan is synchronous
 const ONE_HINT = new Int32Array(1);
