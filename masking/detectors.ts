@@ -318,6 +318,9 @@ const F_DIGIT = 1;
 const F_SEP = 2;
 const F_UPPER = 4;
 const F_TRIGGER = 8;
+/** '-' when a dash detector is on: a trigger only after a byte with F_DASH_PREV (F_DASH_PREV >> 1 === F_DASH). */
+const F_DASH = 16;
+const F_DASH_PREV = 32;
 
 const T_DIGIT = 1;
 const T_COLON = 2;
@@ -370,17 +373,26 @@ function digitRunEnd(buf: Uint8Array, i: number): number {
 }
 
 /**
- * After a run of n digits, the separator b (fast-pass classes f) where a
- * digit shape may go on: '.' after 1 to 3 digits (IPv4, a North American
- * number), '-' after 3 or more (SSN, North American number, card), ' '
- * after 4 or more (card: its first group has 4 digits). Digits(), which
+ * After a run of n digits ending at i, a separator (fast-pass classes f)
+ * where a digit shape may go on: '.' after 1 to 3 digits (IPv4, a North
+ * American number), '-' after 3 (SSN, North American number), '-' or ' '
+ * after the 4 or more digits of a card's first group (starting with 2-6,
+ * not after '.' or '-'; longer runs are flagged at their 13th digit,
+ * and a later group is checked from the first). Digits(), which
  * runs at a flagged run, finds nothing at any other separator (an IBAN's
  * run follows capitals, flagged on its own), so the run needs no check
  * there: "2024-01-05", "12 Main Street", uuids.
  */
-function sepGoesOn(f: number, b: number, n: number): boolean {
+function sepGoesOn(buf: Uint8Array, i: number, f: number, n: number): boolean {
   if ((f & F_SEP) === 0) return false;
-  return b === 0x2e ? n <= 3 : b === 0x2d ? n >= 3 : n >= 4;
+  const b = buf[i]!;
+  if (b === 0x2e) return n <= 3;
+  if (b === 0x2d && n === 3) return true;
+  // A card's first group: what digits() asks of the run before cardShape.
+  const s = i - n;
+  const c = buf[s]!;
+  const before = s > 0 ? buf[s - 1]! : 0;
+  return n >= 4 && c >= 0x32 && c <= 0x36 && before !== 0x2e && before !== 0x2d;
 }
 
 const CARD_DIGITS = new Uint8Array(20);
@@ -553,7 +565,9 @@ export class CandidateScanner {
         (k === T_DIGIT ? F_DIGIT : 0) |
         (b === 0x20 || b === 0x2d || b === 0x2e ? F_SEP : 0) |
         (b >= 0x41 && b <= 0x5a ? F_UPPER : 0) |
-        (k !== 0 && k !== T_DIGIT ? F_TRIGGER : 0);
+        (k === T_DASH ? F_DASH : 0) |
+        (DASH_PREV[b] === 1 ? F_DASH_PREV : 0) |
+        (k !== 0 && k !== T_DIGIT && k !== T_DASH ? F_TRIGGER : 0);
     }
     let lo = 256;
     let hi = -1;
@@ -626,16 +640,16 @@ export class CandidateScanner {
           }
           i = w << 2;
         }
-        while (i < len && (fast[buf[i]!]! & (F_DIGIT | F_TRIGGER)) === 0) i++;
-        let prev = i > 0 ? fast[buf[i - 1]!]! & F_UPPER : 0;
+        while (i < len && (fast[buf[i]!]! & (F_DIGIT | F_TRIGGER | F_DASH)) === 0) i++;
+        let prev = i > 0 ? fast[buf[i - 1]!]! & (F_UPPER | F_DASH_PREV) : 0;
         let run = 0;
         for (; i < len; i++) {
           const f = fast[buf[i]!]!;
           const before = run;
           run = (run + 1) * (f & F_DIGIT);
-          // A trigger; a digit after a capital; a 13th digit in a row.
-          const flag = (f & F_TRIGGER) | ((prev >> 2) & f & F_DIGIT) | ((12 - run) >>> 31);
-          if (flag !== 0 || ((f & (F_DIGIT | F_UPPER)) === 0 && before > 0 && sepGoesOn(f, buf[i]!, before))) {
+          // A trigger; a dash after a letter a token ends in or another dash; a digit after a capital; a 13th digit in a row.
+          const flag = (f & F_TRIGGER) | ((prev >> 1) & f & F_DASH) | ((prev >> 2) & f & F_DIGIT) | ((12 - run) >>> 31);
+          if (flag !== 0 || ((f & (F_DIGIT | F_UPPER)) === 0 && before > 0 && sepGoesOn(buf, i, f, before))) {
             from = i - before;
             to = i;
             break pass;
@@ -722,7 +736,8 @@ export class CandidateScanner {
         return (
           (this.gitlab && at(buf, i - 5, 'glpat') ? B_GITLAB : 0) |
           (this.slack && at(buf, i - 4, 'xox') && SLACK_KIND[buf[i - 1]!] === 1 ? B_SLACK : 0) |
-          (this.pem && at(buf, i, '-----BEGIN') ? B_PEM : 0)
+          // The fast pass flags a dash after a dash: the second one of '-----BEGIN'.
+          (this.pem && (at(buf, i, '-----BEGIN') || at(buf, i - 1, '-----BEGIN')) ? B_PEM : 0)
         );
       case T_UNDERSCORE:
         return (
@@ -829,5 +844,6 @@ const SLACK_KIND = new Uint8Array(256);
 for (const c of 'abposr') SLACK_KIND[c.charCodeAt(0)] = 1;
 const GITHUB_KIND = new Uint8Array(256);
 for (const c of 'pousr') GITHUB_KIND[c.charCodeAt(0)] = 1;
+/** Bytes after which a '-' may be a token's (gitlab 'glpat-', slack 'xox?-') or in a PEM line's '-----'. */
 const DASH_PREV = new Uint8Array(256);
-for (const c of 'tabposr') DASH_PREV[c.charCodeAt(0)] = 1;
+for (const c of 'tabposr-') DASH_PREV[c.charCodeAt(0)] = 1;
