@@ -788,12 +788,14 @@ export class CandidateScanner {
    */
   private colonRun(buf: Uint8Array, i: number): number {
     let s = i;
-    while (s > 0 && (buf[s - 1] === 0x3a || is(buf, s - 1, C_HEX))) s--;
+    while (s > 0 && HEX_OR_COLON[buf[s - 1]!] === 1) s--;
+    const len = buf.length;
     let e = i + 1;
     let colons = 1;
-    while (e < buf.length && (buf[e] === 0x3a || is(buf, e, C_HEX))) {
-      if (buf[e] === 0x3a) colons++;
-      e++;
+    for (; e < len; e++) {
+      const b = buf[e]!;
+      if (HEX_OR_COLON[b] === 0) break;
+      colons += b === 0x3a ? 1 : 0;
     }
     if (colons >= 2 && !is(buf, s - 1, C_WORD) && buf[s - 1] !== 0x2e) return -1;
     return e;
@@ -810,11 +812,13 @@ export class CandidateScanner {
   private keywordBefore(buf: Uint8Array, i: number): boolean {
     let j = i - 1;
     for (let n = 0; n < 5 && j >= 0; n++, j--) {
-      if (buf[j]! >= 0x80) return true; // possibly a Unicode space (\s): let the regex decide
-      if ((CLASS[buf[j]!]! & C_SPACE) === 0) break;
+      const b = buf[j]!;
+      if (b >= 0x80) return true; // possibly a Unicode space (\s): let the regex decide
+      if ((CLASS[b]! & C_SPACE) === 0) break;
     }
-    if (buf[j] === 0x22 || buf[j] === 0x27) j--;
-    if (j >= 2) {
+    if (j >= 0 && (buf[j] === 0x22 || buf[j] === 0x27)) j--;
+    // Every keyword ends in one of the tails below, hence in one of these letters.
+    if (j >= 2 && TAIL_END[buf[j]!] === 1) {
       // Every keyword ends in one of these (case-insensitive): pASS, passWD, passwORD, passphrASE, PWD, secRET, KEY, toKEN.
       const tail = ((buf[j - 2]! | 0x20) << 16) | ((buf[j - 1]! | 0x20) << 8) | (buf[j]! | 0x20);
       for (let t = 0; t < KEYWORD_TAILS.length; t++) if (KEYWORD_TAILS[t] === tail) return true;
@@ -823,17 +827,26 @@ export class CandidateScanner {
   }
 
   private secretAfter(buf: Uint8Array, i: number): boolean {
+    const len = buf.length;
     let j = i + 1;
-    if (buf[i] === 0x3d && buf[j] === 0x3e) j++; // '=>'
-    for (let n = 0; n < 5 && j < buf.length && (buf[j]! >= 0x80 || is(buf, j, C_SPACE)); n++, j++) if (buf[j]! >= 0x80) return true;
-    if (buf[j] === 0x22 || buf[j] === 0x27) j++;
-    let n = 0;
-    while (n < 40 && is(buf, j + n, C_B64)) n++;
-    return n >= 40;
+    if (j < len && buf[i] === 0x3d && buf[j] === 0x3e) j++; // '=>'
+    for (let n = 0; n < 5 && j < len; n++, j++) {
+      const b = buf[j]!;
+      if (b >= 0x80) return true; // possibly a Unicode space (\s): let the regex decide
+      if ((CLASS[b]! & C_SPACE) === 0) break;
+    }
+    if (j < len && (buf[j] === 0x22 || buf[j] === 0x27)) j++;
+    // 40 base64 characters from j: the last one first (a cheap no for most colons).
+    if (j + 40 > len || (CLASS[buf[j + 39]!]! & C_B64) === 0) return false;
+    for (let n = 0; n < 39; n++) if ((CLASS[buf[j + n]!]! & C_B64) === 0) return false;
+    return true;
   }
 }
 
 const KEYWORD_TAILS = Int32Array.from(['ass', 'swd', 'ord', 'ase', 'pwd', 'ret', 'key', 'ken'], (w) => (w.charCodeAt(0) << 16) | (w.charCodeAt(1) << 8) | w.charCodeAt(2));
+/** The last letters of KEYWORD_TAILS, either case. */
+const TAIL_END = new Uint8Array(256);
+for (const c of 'sdetynSDETYN') TAIL_END[c.charCodeAt(0)] = 1;
 /** [0-9A-Fa-f:] by byte (undefined, past either end, reads as 0). */
 const HEX_OR_COLON = new Uint8Array(256);
 for (const c of '0123456789abcdefABCDEF:') HEX_OR_COLON[c.charCodeAt(0)] = 1;
