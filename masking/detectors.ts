@@ -321,6 +321,8 @@ const F_TRIGGER = 8;
 /** '-' when a dash detector is on: a trigger only after a byte with F_DASH_PREV (F_DASH_PREV >> 1 === F_DASH). */
 const F_DASH = 16;
 const F_DASH_PREV = 32;
+/** A lower-case letter: the branch-free stage goes on over it (hex ids mix letters and digits). */
+const F_LOWER = 64;
 
 const T_DIGIT = 1;
 const T_COLON = 2;
@@ -503,6 +505,9 @@ export class CandidateScanner {
   /** The fast pass's classes by byte (F_*). */
   private readonly fast = new Uint8Array(256);
   private wordHigh = 0;
+  /** wordsOver's kept view and the buffer it is over. */
+  private ownBuffer: ArrayBufferLike | undefined;
+  private ownWords: Int32Array | undefined;
   private wordLow = 0;
   private readonly on: Set<DetectorName>;
   private readonly ipv6: boolean;
@@ -565,6 +570,7 @@ export class CandidateScanner {
         (k === T_DIGIT ? F_DIGIT : 0) |
         (b === 0x20 || b === 0x2d || b === 0x2e ? F_SEP : 0) |
         (b >= 0x41 && b <= 0x5a ? F_UPPER : 0) |
+        (b >= 0x61 && b <= 0x7a ? F_LOWER : 0) |
         (k === T_DASH ? F_DASH : 0) |
         (DASH_PREV[b] === 1 ? F_DASH_PREV : 0) |
         (k !== 0 && k !== T_DIGIT && k !== T_DASH ? F_TRIGGER : 0);
@@ -607,9 +613,12 @@ export class CandidateScanner {
     let next = last > 0 ? starts[1]! : len;
     let ipv6Until = 0;
     let bits = 0; // hints of value v so far
-    // Whole 4-byte words are tested at once when the bytes are 4-aligned in memory (markRanges' scratch is).
-    const words = this.wordsOn && len >= 64 && (buf.byteOffset & 3) === 0 ? new Int32Array(buf.buffer, buf.byteOffset, len >> 2) : undefined;
-    const nWords = words ? words.length : 0;
+    // Whole 4-byte words, 4-aligned in memory, are tested at once: word w of
+    // `words` holds buf's bytes [4w - off, 4w - off + 4); the words below
+    // nWords lie wholly inside buf.
+    const words = this.wordsOn && len >= 64 ? this.wordsOver(buf) : undefined;
+    const off = words !== undefined && words === this.ownWords ? buf.byteOffset : 0;
+    const nWords = words !== undefined ? (off + len) >> 2 : 0;
     const high = this.wordHigh;
     const low = this.wordLow;
     const fast = this.fast;
@@ -617,11 +626,11 @@ export class CandidateScanner {
     while (i < len) {
       // Fast pass, in two stages. A skips, one test per byte, what cannot
       // begin a check: any byte but a digit or a trigger (text, spaces,
-      // lower-case words). B runs from a digit or trigger over the digits and
-      // capitals that follow, without a branch per byte that depends on the
-      // data (ids mix digits and capitals at random: a branch per byte
-      // mispredicts half the time), and returns to A at the first other
-      // byte. It stops only at a byte where the checks below have something
+      // lower-case words; in a long stretch, whole 4-byte words). B runs
+      // from a digit or trigger over the letters and digits that follow,
+      // without a branch per byte that depends on the data (hex ids mix
+      // digits and letters at random: a branch per byte mispredicts half the
+      // time), and returns to A at the first other byte. It stops only at a byte where the checks below have something
       // to do (a trigger other than a digit, a digit run that the fast reject
       // below would not reject), and the checks then run from the start of
       // that digit run to the byte. A digit run they handled ends before
@@ -630,15 +639,21 @@ export class CandidateScanner {
       let from = -1;
       let to = -1;
       pass: while (i < len) {
-        if (words !== undefined && (i & 3) === 0) {
-          let w = i >> 2;
-          while (w < nWords) {
-            const x = words[w]!;
-            const y = x & 0x7f7f7f7f;
-            if (((high - y) & ~x & (y + low) & 0x80808080) !== 0) break;
-            w++;
+        // A: 8 bytes one by one, then, in a longer stretch, whole words.
+        const lim = i + 8 < len ? i + 8 : len;
+        while (i < lim && (fast[buf[i]!]! & (F_DIGIT | F_TRIGGER | F_DASH)) === 0) i++;
+        if (i === lim && words !== undefined) {
+          while (i < len && ((off + i) & 3) !== 0 && (fast[buf[i]!]! & (F_DIGIT | F_TRIGGER | F_DASH)) === 0) i++;
+          let w = (off + i) >> 2;
+          if (((off + i) & 3) === 0) {
+            while (w < nWords) {
+              const x = words[w]!;
+              const y = x & 0x7f7f7f7f;
+              if (((high - y) & ~x & (y + low) & 0x80808080) !== 0) break;
+              w++;
+            }
+            i = (w << 2) - off;
           }
-          i = w << 2;
         }
         while (i < len && (fast[buf[i]!]! & (F_DIGIT | F_TRIGGER | F_DASH)) === 0) i++;
         let prev = i > 0 ? fast[buf[i - 1]!]! & (F_UPPER | F_DASH_PREV) : 0;
@@ -649,12 +664,12 @@ export class CandidateScanner {
           run = (run + 1) * (f & F_DIGIT);
           // A trigger; a dash after a letter a token ends in or another dash; a digit after a capital; a 13th digit in a row.
           const flag = (f & F_TRIGGER) | ((prev >> 1) & f & F_DASH) | ((prev >> 2) & f & F_DIGIT) | ((12 - run) >>> 31);
-          if (flag !== 0 || ((f & (F_DIGIT | F_UPPER)) === 0 && before > 0 && sepGoesOn(buf, i, f, before))) {
+          if (flag !== 0 || ((f & F_SEP) !== 0 && before > 0 && sepGoesOn(buf, i, f, before))) {
             from = i - before;
             to = i;
             break pass;
           }
-          if ((f & (F_DIGIT | F_UPPER)) === 0) break;
+          if ((f & (F_DIGIT | F_UPPER | F_LOWER)) === 0) break;
           prev = f;
         }
         i++;
@@ -705,6 +720,26 @@ export class CandidateScanner {
       }
     }
     if (hints && bits !== 0) hints[v] = bits;
+  }
+
+  /**
+   * 32-bit words over buf's memory: a view of its whole ArrayBuffer, kept
+   * for the next value (ownWords: values are mostly views of one buffer, a
+   * socket read, a batch or Node's 8 KiB allocation pool, and making a view
+   * costs about what scanning a short value does); a view of buf alone,
+   * when 4-aligned, if its buffer is large (not to keep it alive) or
+   * resizable (a kept view could fall out of bounds: its reads would be
+   * undefined, taken for no trigger); else undefined (byte by byte).
+   */
+  private wordsOver(buf: Uint8Array): Int32Array | undefined {
+    const ab = buf.buffer;
+    if (ab === this.ownBuffer) return this.ownWords;
+    if (ab.byteLength <= WORDS_KEEP_MAX && (ab as { resizable?: boolean }).resizable !== true) {
+      this.ownBuffer = ab;
+      this.ownWords = new Int32Array(ab, 0, ab.byteLength >> 2);
+      return this.ownWords;
+    }
+    return (buf.byteOffset & 3) === 0 ? new Int32Array(ab, buf.byteOffset, buf.length >> 2) : undefined;
   }
 
   /** True when the value may hold a match of an enabled detector. */
@@ -843,6 +878,8 @@ export class CandidateScanner {
   }
 }
 
+/** wordsOver keeps a view (hence its buffer) only over buffers up to this size. */
+const WORDS_KEEP_MAX = 1024 * 1024;
 const KEYWORD_TAILS = Int32Array.from(['ass', 'swd', 'ord', 'ase', 'pwd', 'ret', 'key', 'ken'], (w) => (w.charCodeAt(0) << 16) | (w.charCodeAt(1) << 8) | w.charCodeAt(2));
 /** The last letters of KEYWORD_TAILS, either case. */
 const TAIL_END = new Uint8Array(256);

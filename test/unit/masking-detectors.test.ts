@@ -10,6 +10,12 @@ import type { DetectorName } from '../../masking/types.js';
 
 const key = Buffer.alloc(32, 7);
 
+/** A resizable ArrayBuffer (the scanner makes no word view of its memory; not in this TypeScript lib's typings). */
+function resizableBuffer(n: number): ArrayBuffer {
+  const Resizable = ArrayBuffer as unknown as new (n: number, opts: { maxByteLength: number }) => ArrayBuffer;
+  return new Resizable(n, { maxByteLength: n + 8 });
+}
+
 function engineFor(d: DetectorName): MaskingEngine {
   return MaskingEngine.compile([{ name: d, detector: d, strategy: { kind: 'redact', token: '<X>' } }], { hashKey: key });
 }
@@ -266,18 +272,42 @@ t.test('the byte scan never hides a hit: maskBytes (scan, then regexes) equals m
     }
   });
   t.equal(wrong, 0, 'markRanges in one buffer equals each value alone');
-  // The scanner itself on one long value, word test (4-aligned memory) against byte by byte (the same bytes at an odd address).
+  // The scanner itself on one long value, word test (4-aligned words of the
+  // value's buffer, whatever the value's offset in it) against byte by byte
+  // (the same bytes at an odd address of a resizable buffer: no word view).
   const scanner = new CandidateScanner(DETECTOR_NAMES);
   let differ = 0;
+  let viaWords = 0;
   for (let i = 0; i + 8 <= values.length; i += 8) {
     const v = Buffer.concat(values.slice(i, i + 8).flatMap((x) => [x, Buffer.from(' lorem ipsum dolor sit amet ')]));
     const aligned = Buffer.allocUnsafeSlow(v.length);
     v.copy(aligned);
-    const odd = Buffer.allocUnsafeSlow(v.length + 1).subarray(1);
+    const odd = Buffer.allocUnsafeSlow(v.length + 3).subarray(1 + (i % 3));
     v.copy(odd);
-    if (scanner.any(aligned) !== scanner.any(odd)) differ++;
+    const bytewise = Buffer.from(resizableBuffer(v.length + 1), 1, v.length);
+    v.copy(bytewise);
+    const want = scanner.bits(bytewise);
+    if (scanner.any(aligned) !== scanner.any(bytewise) || scanner.bits(aligned) !== want || scanner.bits(odd) !== want) differ++;
+    if (v.length >= 64) viaWords++;
   }
+  t.ok(viaWords > 100, 'long values, scanned with the word test');
   t.equal(differ, 0, 'the word test answers as the byte loop does');
+  // Many values as views of one buffer (the scanner keeps its word view of it from value to value).
+  const shared = Buffer.allocUnsafeSlow(values.reduce((a, v) => a + v.length + 1, 0));
+  let at = 0;
+  let sharedDiffer = 0;
+  const views = values.map((v) => {
+    v.copy(shared, at);
+    const view = shared.subarray(at, at + v.length);
+    at += v.length + 1;
+    return view;
+  });
+  views.forEach((view, i) => {
+    const alone = Buffer.from(resizableBuffer(view.length));
+    values[i]!.copy(alone);
+    if (scanner.bits(view) !== scanner.bits(alone)) sharedDiffer++;
+  });
+  t.equal(sharedDiffer, 0, 'views of one buffer answer as each value alone');
 });
 
 t.test('the fast pass skips separators, dashes and letters only where no check could pass: scan then regexes equals regexes alone', async (t) => {
