@@ -318,6 +318,11 @@ const F_DIGIT = 1;
 const F_SEP = 2;
 const F_UPPER = 4;
 const F_TRIGGER = 8;
+/** '-' when a dash detector is on: a trigger only after a byte with F_DASH_PREV (F_DASH_PREV >> 1 === F_DASH). */
+const F_DASH = 16;
+const F_DASH_PREV = 32;
+/** A lower-case letter: the branch-free stage goes on over it (hex ids mix letters and digits). */
+const F_LOWER = 64;
 
 const T_DIGIT = 1;
 const T_COLON = 2;
@@ -367,6 +372,29 @@ function at(buf: Uint8Array, i: number, lit: string): boolean {
 function digitRunEnd(buf: Uint8Array, i: number): number {
   while (i < buf.length && buf[i]! >= 0x30 && buf[i]! <= 0x39) i++;
   return i;
+}
+
+/**
+ * After a run of n digits ending at i, a separator (fast-pass classes f)
+ * where a digit shape may go on: '.' after 1 to 3 digits (IPv4, a North
+ * American number), '-' after 3 (SSN, North American number), '-' or ' '
+ * after the 4 or more digits of a card's first group (starting with 2-6,
+ * not after '.' or '-'; longer runs are flagged at their 13th digit,
+ * and a later group is checked from the first). Digits(), which
+ * runs at a flagged run, finds nothing at any other separator (an IBAN's
+ * run follows capitals, flagged on its own), so the run needs no check
+ * there: "2024-01-05", "12 Main Street", uuids.
+ */
+function sepGoesOn(buf: Uint8Array, i: number, f: number, n: number): boolean {
+  if ((f & F_SEP) === 0) return false;
+  const b = buf[i]!;
+  if (b === 0x2e) return n <= 3;
+  if (b === 0x2d && n === 3) return true;
+  // A card's first group: what digits() asks of the run before cardShape.
+  const s = i - n;
+  const c = buf[s]!;
+  const before = s > 0 ? buf[s - 1]! : 0;
+  return n >= 4 && c >= 0x32 && c <= 0x36 && before !== 0x2e && before !== 0x2d;
 }
 
 const CARD_DIGITS = new Uint8Array(20);
@@ -477,6 +505,9 @@ export class CandidateScanner {
   /** The fast pass's classes by byte (F_*). */
   private readonly fast = new Uint8Array(256);
   private wordHigh = 0;
+  /** wordsOver's kept view and the buffer it is over. */
+  private ownBuffer: ArrayBufferLike | undefined;
+  private ownWords: Int32Array | undefined;
   private wordLow = 0;
   private readonly on: Set<DetectorName>;
   private readonly ipv6: boolean;
@@ -539,7 +570,10 @@ export class CandidateScanner {
         (k === T_DIGIT ? F_DIGIT : 0) |
         (b === 0x20 || b === 0x2d || b === 0x2e ? F_SEP : 0) |
         (b >= 0x41 && b <= 0x5a ? F_UPPER : 0) |
-        (k !== 0 && k !== T_DIGIT ? F_TRIGGER : 0);
+        (b >= 0x61 && b <= 0x7a ? F_LOWER : 0) |
+        (k === T_DASH ? F_DASH : 0) |
+        (DASH_PREV[b] === 1 ? F_DASH_PREV : 0) |
+        (k !== 0 && k !== T_DIGIT && k !== T_DASH ? F_TRIGGER : 0);
     }
     let lo = 256;
     let hi = -1;
@@ -579,51 +613,66 @@ export class CandidateScanner {
     let next = last > 0 ? starts[1]! : len;
     let ipv6Until = 0;
     let bits = 0; // hints of value v so far
-    // Whole 4-byte words are tested at once when the bytes are 4-aligned in memory (markRanges' scratch is).
-    const words = this.wordsOn && len >= 64 && (buf.byteOffset & 3) === 0 ? new Int32Array(buf.buffer, buf.byteOffset, len >> 2) : undefined;
-    const nWords = words ? words.length : 0;
+    // Whole 4-byte words, 4-aligned in memory, are tested at once: word w of
+    // `words` holds buf's bytes [4w - off, 4w - off + 4); the words below
+    // nWords lie wholly inside buf.
+    const words = this.wordsOn && len >= 64 ? this.wordsOver(buf) : undefined;
+    const off = words !== undefined && words === this.ownWords ? buf.byteOffset : 0;
+    const nWords = words !== undefined ? (off + len) >> 2 : 0;
     const high = this.wordHigh;
     const low = this.wordLow;
     const fast = this.fast;
     let i = 0;
     while (i < len) {
-      // Fast pass, without a branch per byte that depends on the data (hex
-      // ids mix digits and letters at random: a branch per byte mispredicts
-      // half the time): it stops only at a byte where the checks below have
-      // something to do (a trigger other than a digit, a digit run that the
-      // fast reject below would not reject), and the checks then run from
-      // the start of that digit run to the byte. A digit run they handled
-      // ends before where the fast pass resumes.
-      let prev = i > 0 ? fast[buf[i - 1]!]! & F_UPPER : 0;
-      let run = 0;
+      // Fast pass, in two stages. A skips, one test per byte, what cannot
+      // begin a check: any byte but a digit or a trigger (text, spaces,
+      // lower-case words; in a long stretch, whole 4-byte words). B runs
+      // from a digit or trigger over the letters and digits that follow,
+      // without a branch per byte that depends on the data (hex ids mix
+      // digits and letters at random: a branch per byte mispredicts half the
+      // time), and returns to A at the first other byte. It stops only at a byte where the checks below have something
+      // to do (a trigger other than a digit, a digit run that the fast reject
+      // below would not reject), and the checks then run from the start of
+      // that digit run to the byte. A digit run they handled ends before
+      // where the fast pass resumes; a separator is flagged only after a
+      // digit B saw, a digit after a capital only where B started or saw it.
       let from = -1;
       let to = -1;
-      for (; i < len; i++) {
-        if ((i & 3) === 0 && words !== undefined && run === 0) {
-          let w = i >> 2;
-          while (w < nWords) {
-            const x = words[w]!;
-            const y = x & 0x7f7f7f7f;
-            if (((high - y) & ~x & (y + low) & 0x80808080) !== 0) break;
-            w++;
-          }
-          if (w > i >> 2) {
-            i = w << 2;
-            if (i >= len) break;
-            prev = fast[buf[i - 1]!]!;
+      pass: while (i < len) {
+        // A: 8 bytes one by one, then, in a longer stretch, whole words.
+        const lim = i + 8 < len ? i + 8 : len;
+        while (i < lim && (fast[buf[i]!]! & (F_DIGIT | F_TRIGGER | F_DASH)) === 0) i++;
+        if (i === lim && words !== undefined) {
+          while (i < len && ((off + i) & 3) !== 0 && (fast[buf[i]!]! & (F_DIGIT | F_TRIGGER | F_DASH)) === 0) i++;
+          let w = (off + i) >> 2;
+          if (((off + i) & 3) === 0) {
+            while (w < nWords) {
+              const x = words[w]!;
+              const y = x & 0x7f7f7f7f;
+              if (((high - y) & ~x & (y + low) & 0x80808080) !== 0) break;
+              w++;
+            }
+            i = (w << 2) - off;
           }
         }
-        const f = fast[buf[i]!]!;
-        const before = run;
-        run = (run + 1) * (f & F_DIGIT);
-        // A trigger; a separator after a digit; a digit after a capital; a 13th digit in a row.
-        const flag = (f & F_TRIGGER) | ((prev << 1) & f & F_SEP) | ((prev >> 2) & f & F_DIGIT) | ((12 - run) >>> 31);
-        prev = f;
-        if (flag !== 0) {
-          from = i - before;
-          to = i;
-          break;
+        while (i < len && (fast[buf[i]!]! & (F_DIGIT | F_TRIGGER | F_DASH)) === 0) i++;
+        let prev = i > 0 ? fast[buf[i - 1]!]! & (F_UPPER | F_DASH_PREV) : 0;
+        let run = 0;
+        for (; i < len; i++) {
+          const f = fast[buf[i]!]!;
+          const before = run;
+          run = (run + 1) * (f & F_DIGIT);
+          // A trigger; a dash after a letter a token ends in or another dash; a digit after a capital; a 13th digit in a row.
+          const flag = (f & F_TRIGGER) | ((prev >> 1) & f & F_DASH) | ((prev >> 2) & f & F_DIGIT) | ((12 - run) >>> 31);
+          if (flag !== 0 || ((f & F_SEP) !== 0 && before > 0 && sepGoesOn(buf, i, f, before))) {
+            from = i - before;
+            to = i;
+            break pass;
+          }
+          if ((f & (F_DIGIT | F_UPPER | F_LOWER)) === 0) break;
+          prev = f;
         }
+        i++;
       }
       if (to < 0) break;
       for (i = from; i <= to && i < len; i++) {
@@ -654,7 +703,8 @@ export class CandidateScanner {
         hit = this.assignment(buf, i);
         if (this.ipv6 && i >= ipv6Until && (bits & B_IPV6) === 0) {
           // One decision for the whole run of hex digits and colons around it.
-          const r = this.colonRun(buf, i);
+          // A lone colon (the common case: JSON, "key: value") holds no address: the run is the colon alone.
+          const r = HEX_OR_COLON[buf[i - 1]!] === 1 || HEX_OR_COLON[buf[i + 1]!] === 1 ? this.colonRun(buf, i) : i + 1;
           if (r < 0) hit |= B_IPV6;
           else ipv6Until = r;
         }
@@ -670,6 +720,26 @@ export class CandidateScanner {
       }
     }
     if (hints && bits !== 0) hints[v] = bits;
+  }
+
+  /**
+   * 32-bit words over buf's memory: a view of its whole ArrayBuffer, kept
+   * for the next value (ownWords: values are mostly views of one buffer, a
+   * socket read, a batch or Node's 8 KiB allocation pool, and making a view
+   * costs about what scanning a short value does); a view of buf alone,
+   * when 4-aligned, if its buffer is large (not to keep it alive) or
+   * resizable (a kept view could fall out of bounds: its reads would be
+   * undefined, taken for no trigger); else undefined (byte by byte).
+   */
+  private wordsOver(buf: Uint8Array): Int32Array | undefined {
+    const ab = buf.buffer;
+    if (ab === this.ownBuffer) return this.ownWords;
+    if (ab.byteLength <= WORDS_KEEP_MAX && (ab as { resizable?: boolean }).resizable !== true) {
+      this.ownBuffer = ab;
+      this.ownWords = new Int32Array(ab, 0, ab.byteLength >> 2);
+      return this.ownWords;
+    }
+    return (buf.byteOffset & 3) === 0 ? new Int32Array(ab, buf.byteOffset, buf.length >> 2) : undefined;
   }
 
   /** True when the value may hold a match of an enabled detector. */
@@ -701,7 +771,8 @@ export class CandidateScanner {
         return (
           (this.gitlab && at(buf, i - 5, 'glpat') ? B_GITLAB : 0) |
           (this.slack && at(buf, i - 4, 'xox') && SLACK_KIND[buf[i - 1]!] === 1 ? B_SLACK : 0) |
-          (this.pem && at(buf, i, '-----BEGIN') ? B_PEM : 0)
+          // The fast pass flags a dash after a dash: the second one of '-----BEGIN'.
+          (this.pem && (at(buf, i, '-----BEGIN') || at(buf, i - 1, '-----BEGIN')) ? B_PEM : 0)
         );
       case T_UNDERSCORE:
         return (
@@ -752,12 +823,14 @@ export class CandidateScanner {
    */
   private colonRun(buf: Uint8Array, i: number): number {
     let s = i;
-    while (s > 0 && (buf[s - 1] === 0x3a || is(buf, s - 1, C_HEX))) s--;
+    while (s > 0 && HEX_OR_COLON[buf[s - 1]!] === 1) s--;
+    const len = buf.length;
     let e = i + 1;
     let colons = 1;
-    while (e < buf.length && (buf[e] === 0x3a || is(buf, e, C_HEX))) {
-      if (buf[e] === 0x3a) colons++;
-      e++;
+    for (; e < len; e++) {
+      const b = buf[e]!;
+      if (HEX_OR_COLON[b] === 0) break;
+      colons += b === 0x3a ? 1 : 0;
     }
     if (colons >= 2 && !is(buf, s - 1, C_WORD) && buf[s - 1] !== 0x2e) return -1;
     return e;
@@ -774,30 +847,46 @@ export class CandidateScanner {
   private keywordBefore(buf: Uint8Array, i: number): boolean {
     let j = i - 1;
     for (let n = 0; n < 5 && j >= 0; n++, j--) {
-      if (buf[j]! >= 0x80) return true; // possibly a Unicode space (\s): let the regex decide
-      if ((CLASS[buf[j]!]! & C_SPACE) === 0) break;
+      const b = buf[j]!;
+      if (b >= 0x80) return true; // possibly a Unicode space (\s): let the regex decide
+      if ((CLASS[b]! & C_SPACE) === 0) break;
     }
-    if (buf[j] === 0x22 || buf[j] === 0x27) j--;
-    if (j >= 2) {
+    if (j >= 0 && (buf[j] === 0x22 || buf[j] === 0x27)) j--;
+    // Every keyword ends in one of the tails below, hence in one of these letters.
+    if (j >= 2 && TAIL_END[buf[j]!] === 1) {
       // Every keyword ends in one of these (case-insensitive): pASS, passWD, passwORD, passphrASE, PWD, secRET, KEY, toKEN.
       const tail = ((buf[j - 2]! | 0x20) << 16) | ((buf[j - 1]! | 0x20) << 8) | (buf[j]! | 0x20);
-      if (KEYWORD_TAILS.includes(tail)) return true;
+      for (let t = 0; t < KEYWORD_TAILS.length; t++) if (KEYWORD_TAILS[t] === tail) return true;
     }
     return false;
   }
 
   private secretAfter(buf: Uint8Array, i: number): boolean {
+    const len = buf.length;
     let j = i + 1;
-    if (buf[i] === 0x3d && buf[j] === 0x3e) j++; // '=>'
-    for (let n = 0; n < 5 && j < buf.length && (buf[j]! >= 0x80 || is(buf, j, C_SPACE)); n++, j++) if (buf[j]! >= 0x80) return true;
-    if (buf[j] === 0x22 || buf[j] === 0x27) j++;
-    let n = 0;
-    while (n < 40 && is(buf, j + n, C_B64)) n++;
-    return n >= 40;
+    if (j < len && buf[i] === 0x3d && buf[j] === 0x3e) j++; // '=>'
+    for (let n = 0; n < 5 && j < len; n++, j++) {
+      const b = buf[j]!;
+      if (b >= 0x80) return true; // possibly a Unicode space (\s): let the regex decide
+      if ((CLASS[b]! & C_SPACE) === 0) break;
+    }
+    if (j < len && (buf[j] === 0x22 || buf[j] === 0x27)) j++;
+    // 40 base64 characters from j: the last one first (a cheap no for most colons).
+    if (j + 40 > len || (CLASS[buf[j + 39]!]! & C_B64) === 0) return false;
+    for (let n = 0; n < 39; n++) if ((CLASS[buf[j + n]!]! & C_B64) === 0) return false;
+    return true;
   }
 }
 
-const KEYWORD_TAILS = ['ass', 'swd', 'ord', 'ase', 'pwd', 'ret', 'key', 'ken'].map((w) => (w.charCodeAt(0) << 16) | (w.charCodeAt(1) << 8) | w.charCodeAt(2));
+/** wordsOver keeps a view (hence its buffer) only over buffers up to this size. */
+const WORDS_KEEP_MAX = 1024 * 1024;
+const KEYWORD_TAILS = Int32Array.from(['ass', 'swd', 'ord', 'ase', 'pwd', 'ret', 'key', 'ken'], (w) => (w.charCodeAt(0) << 16) | (w.charCodeAt(1) << 8) | w.charCodeAt(2));
+/** The last letters of KEYWORD_TAILS, either case. */
+const TAIL_END = new Uint8Array(256);
+for (const c of 'sdetynSDETYN') TAIL_END[c.charCodeAt(0)] = 1;
+/** [0-9A-Fa-f:] by byte (undefined, past either end, reads as 0). */
+const HEX_OR_COLON = new Uint8Array(256);
+for (const c of '0123456789abcdefABCDEF:') HEX_OR_COLON[c.charCodeAt(0)] = 1;
 const ONE_START = new Int32Array(1);
 const ONE_MARK = new Uint8Array(1); // scratch: the scan is synchronous
 const ONE_HINT = new Int32Array(1);
@@ -805,5 +894,6 @@ const SLACK_KIND = new Uint8Array(256);
 for (const c of 'abposr') SLACK_KIND[c.charCodeAt(0)] = 1;
 const GITHUB_KIND = new Uint8Array(256);
 for (const c of 'pousr') GITHUB_KIND[c.charCodeAt(0)] = 1;
+/** Bytes after which a '-' may be a token's (gitlab 'glpat-', slack 'xox?-') or in a PEM line's '-----'. */
 const DASH_PREV = new Uint8Array(256);
-for (const c of 'tabposr') DASH_PREV[c.charCodeAt(0)] = 1;
+for (const c of 'tabposr-') DASH_PREV[c.charCodeAt(0)] = 1;

@@ -67,24 +67,38 @@ export class MaskingPool {
     if (values.length === 0) return { values: [], counts: {} };
     let task: BatchTask;
     let transfer: ArrayBuffer[];
+    const where = new Int32Array(3 * values.length);
     if (transferList) {
-      task = { values };
-      transfer = [...new Set(transferList)];
+      const buffers: ArrayBuffer[] = [];
+      const index = new Map<ArrayBufferLike, number>();
+      for (let i = 0; i < values.length; i++) {
+        const v = values[i]!;
+        let b = index.get(v.buffer);
+        if (b === undefined) {
+          b = buffers.push(v.buffer as ArrayBuffer) - 1;
+          index.set(v.buffer, b);
+        }
+        where[3 * i] = b;
+        where[3 * i + 1] = v.byteOffset;
+        where[3 * i + 2] = v.length;
+      }
+      task = { buffers, where };
+      transfer = [...new Set(transferList), where.buffer];
     } else {
       let total = 0;
       for (const v of values) total += v.length;
       const packed = new ArrayBuffer(total);
       const bytes = new Uint8Array(packed);
-      const views: Uint8Array[] = new Array(values.length);
       let off = 0;
       for (let i = 0; i < values.length; i++) {
         const v = values[i]!;
         bytes.set(v, off);
-        views[i] = new Uint8Array(packed, off, v.length);
+        where[3 * i + 1] = off;
+        where[3 * i + 2] = v.length;
         off += v.length;
       }
-      task = { values: views };
-      transfer = [packed];
+      task = { buffers: [packed], where };
+      transfer = [packed, where.buffer];
     }
     let result: BatchResult;
     try {
