@@ -41,6 +41,12 @@ const ALLOW: Judgement = Object.freeze({ action: 'allow' });
 const ARG_PREVIEW = 200;
 const AGGREGATE_EVERY_MS = 1_000;
 
+interface KindEntry {
+  allowed: boolean;
+  /** Allowed commands of this kind not yet in an aggregate row. */
+  pending: number;
+}
+
 /**
  * Rule criteria that look at no more of a Redis command than its kind: the
  * PostgreSQL ones (a Redis command never matches them) and `commands`.
@@ -70,7 +76,8 @@ export class RedisCommandGate {
   #flushTimer: NodeJS.Timeout | undefined;
   #pending: PendingApproval | undefined;
   /** Verdicts by kind (true: allowed whatever the keys); absent when `allows` cannot decide (see KIND_CRITERIA). */
-  readonly #byKind: Map<CommandKind, boolean> | undefined;
+  /** Per command kind: whether its kind alone allows it, and how many went by since the last aggregate row. */
+  readonly #byKind: Map<CommandKind, KindEntry> | undefined;
 
   constructor(private readonly ctx: RedisGateContext) {
     const kindDecides = ctx.policy.config.rules.every((rule) => Object.keys(rule.match).every((k) => KIND_CRITERIA.has(k)));
@@ -86,15 +93,21 @@ export class RedisCommandGate {
   allows(kind: CommandKind): boolean {
     const byKind = this.#byKind;
     if (byKind === undefined) return false;
-    let allowed = byKind.get(kind);
-    if (allowed === undefined) {
+    let entry = byKind.get(kind);
+    if (entry === undefined) {
       const facts: RedisCommandFacts = { protocol: 'redis', command: kind.command, categories: kind.categories, keys: [] };
       if (kind.subcommand !== undefined) facts.subcommand = kind.subcommand;
-      allowed = this.ctx.policy.evaluate(facts).action === 'allow';
-      byKind.set(kind, allowed);
+      entry = { allowed: this.ctx.policy.evaluate(facts).action === 'allow', pending: 0 };
+      byKind.set(kind, entry);
     }
-    if (allowed) this.#countAllowed(kind.kind);
-    return allowed;
+    if (!entry.allowed) return false;
+    // Counted on the entry (no lookup by name per command); folded into the aggregate rows at the flush.
+    this.ctx.onVerdict?.('allowed');
+    if (this.ctx.audit) {
+      entry.pending++;
+      this.#armFlush();
+    }
+    return true;
   }
 
   judge(args: Buffer[]): Judgement {
@@ -182,6 +195,11 @@ export class RedisCommandGate {
     this.ctx.onVerdict?.('allowed');
     if (!this.ctx.audit) return;
     this.#counts.set(kind, (this.#counts.get(kind) ?? 0) + 1);
+    this.#armFlush();
+  }
+
+  /** The aggregate rows of this second are written in a second, once. */
+  #armFlush(): void {
     if (!this.#flushTimer) {
       this.#flushTimer = setTimeout(() => {
         this.#flushTimer = undefined;
@@ -192,6 +210,13 @@ export class RedisCommandGate {
   }
 
   #flushCounts(): void {
+    if (this.#byKind) {
+      for (const [kind, entry] of this.#byKind) {
+        if (entry.pending === 0) continue;
+        this.#counts.set(kind.kind, (this.#counts.get(kind.kind) ?? 0) + entry.pending);
+        entry.pending = 0;
+      }
+    }
     for (const [kind, n] of this.#counts) {
       this.#write({
         time: new Date().toISOString(),

@@ -208,14 +208,25 @@ export class Metrics {
 
   /** Series of statementsTotal by target, then verdict: counted per statement or command, so looked up without building a key. */
   readonly #statementSeries = new Map<string, Map<string, { value: number }>>();
+  #lastTarget: string | undefined;
+  #lastVerdict: string | undefined;
+  #lastSeries: { value: number } | undefined;
 
   /** verdict: the audit verdict (`allowed`, `denied`, `approved`, ...). */
   statement(target: string, verdict: string): void {
+    // A session reports the same (target, verdict) over and over: the last series is kept at hand.
+    if (target === this.#lastTarget && verdict === this.#lastVerdict) {
+      this.#lastSeries!.value += 1;
+      return;
+    }
     let byVerdict = this.#statementSeries.get(target);
     if (!byVerdict) this.#statementSeries.set(target, (byVerdict = new Map()));
     let series = byVerdict.get(verdict);
     if (!series) byVerdict.set(verdict, (series = this.statementsTotal.seriesOf([target, verdict])));
     series.value += 1;
+    this.#lastTarget = target;
+    this.#lastVerdict = verdict;
+    this.#lastSeries = series;
   }
 
   bytes(target: string, direction: Direction, n: number): void {
