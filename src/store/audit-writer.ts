@@ -1,4 +1,6 @@
 import type { Logger } from '../log.js';
+import { encodeBatch, TimeParser } from './audit-batches.js';
+import { AuditCommitThread, type CommitOutcome } from './audit-commit-thread.js';
 import type { AuditEvent, Store } from './types.js';
 
 export interface AuditWriterStats {
@@ -24,15 +26,17 @@ export interface AuditWriterStats {
  * one batch per turn, interleaved with socket I/O instead of in one long
  * stall.
  *
- * Cost: better-sqlite3 is synchronous, so a batch runs on the event loop.
- * The store keeps a batch as one row (store/audit-batches.ts). Measured on
- * the dev container (2 cores, WAL, synchronous=NORMAL, pgbench-like events
- * from 8 sessions, on top of 200k events): about 2-2.5 µs of CPU per event,
- * so a full 500-event batch stalls the relay for roughly 1-1.5 ms, once per
- * 500 statements (a row per event cost 6-7 µs an event, 3-3.5 ms a batch).
- * If that is too much for a latency target, lower `maxBatch` (the per-batch
- * overhead is one row and a few key rows) or move the writer to a worker
- * thread. `stats.maxBatchMs` reports the real figure in production.
+ * Where the commit runs: a store with an `auditFile` (the SQLite store)
+ * gets its batches committed by a worker thread with its own connection
+ * (audit-commit-thread.ts): the event loop only encodes the batch (about
+ * 1 µs an event) and hands over one string; SQLite's CPU and its disk waits
+ * (WAL writes, checkpoints) happen beside the relay instead of stalling it
+ * (1-2 ms a 500-event batch, 10+ ms on a busy disk, when it ran on the
+ * loop). One batch is in flight at a time, so batches keep their order. If
+ * the thread cannot start or dies, its batch fails like any other and
+ * batches are committed on the event loop from then on. Any other store
+ * gets `insertAuditEvents` on the event loop. `stats.maxBatchMs` reports
+ * the event-loop time of the slowest batch.
  *
  * Overload: beyond `maxQueue` queued events, new events are dropped, counted
  * in `stats.dropped` and logged (at most every 10 s). Audit does not fail
@@ -62,6 +66,11 @@ export class AuditWriter {
   private immediate: NodeJS.Immediate | undefined;
   private failing = false;
   private closed = false;
+
+  /** Encodes batches for the commit thread (caches the second of the last time parsed). */
+  private readonly times = new TimeParser();
+  private thread: AuditCommitThread | undefined;
+  private threadFailureLogged = false;
 
   private written = 0;
   private dropped = 0;
@@ -110,6 +119,8 @@ export class AuditWriter {
   /** Write everything queued now, batch by batch. Stops at the first failing batch (it stays queued). */
   flush(): void {
     this.cancelScheduled();
+    // The batch in flight is answered first (a blocking wait), so batches stay in order.
+    this.thread?.wait();
     while (this.queued > 0 && this.writeBatch()) {
       /* next batch */
     }
@@ -123,6 +134,7 @@ export class AuditWriter {
     this.flush();
     this.closed = true;
     this.cancelScheduled();
+    await this.thread?.close();
     this.logDrops();
     if (this.queued > 0) {
       this.logger?.error(
@@ -133,7 +145,8 @@ export class AuditWriter {
   }
 
   private schedule(): void {
-    if (this.closed) return;
+    // A batch in flight schedules the next one when it is answered.
+    if (this.closed || this.thread?.busy) return;
     if (this.queued >= this.maxBatch && !this.failing) {
       if (!this.immediate) this.immediate = setImmediate(this.tick);
       return;
@@ -156,12 +169,50 @@ export class AuditWriter {
   private readonly tick = (): void => {
     this.timer = undefined;
     this.immediate = undefined;
-    if (this.queued > 0) this.writeBatch();
+    if (this.queued > 0) {
+      const thread = this.commitThread();
+      if (thread === undefined) this.writeBatch();
+      else if (!thread.busy) this.sendBatch(thread);
+    }
     this.logDrops();
     if (this.queued > 0) this.schedule();
   };
 
-  /** Commit one batch from the head of the queue; false if the store refused it. */
+  /** The commit thread, started on the first batch; undefined for a store without a file, or once the thread failed. */
+  private commitThread(): AuditCommitThread | undefined {
+    const file = this.store.auditFile;
+    if (file === undefined || this.closed) return undefined;
+    this.thread ??= new AuditCommitThread(file);
+    if (this.thread.alive) return this.thread;
+    if (!this.threadFailureLogged) {
+      this.threadFailureLogged = true;
+      this.logger?.error({}, 'audit commit thread unavailable; committing audit batches on the event loop');
+    }
+    return undefined;
+  }
+
+  /** Encode one batch from the head of the queue and hand it to the commit thread; its answer advances the queue. */
+  private sendBatch(thread: AuditCommitThread): void {
+    const count = Math.min(this.queue.length, this.head + this.maxBatch) - this.head;
+    const started = performance.now();
+    let encoded;
+    try {
+      encoded = encodeBatch(this.queue.slice(this.head, this.head + count), this.times);
+    } catch (err) {
+      this.batchFailed(err);
+      return;
+    }
+    thread.commit(encoded, (outcome) => this.answered(count, outcome));
+    this.noteBatchMs(performance.now() - started);
+  }
+
+  private answered(count: number, outcome: CommitOutcome): void {
+    if (outcome.ok) this.committed(count);
+    else this.batchFailed(new Error(outcome.error));
+    if (this.queued > 0 && !this.closed) this.schedule();
+  }
+
+  /** Commit one batch from the head of the queue on this thread; false if the store refused it. */
   private writeBatch(): boolean {
     const end = Math.min(this.queue.length, this.head + this.maxBatch);
     const batch = this.queue.slice(this.head, end);
@@ -169,19 +220,32 @@ export class AuditWriter {
     try {
       this.store.insertAuditEvents(batch);
     } catch (err) {
-      this.failedBatches++;
-      if (!this.failing) {
-        this.logger?.error({ err, queued: this.queued }, 'audit batch could not be written; retrying');
-      }
-      this.failing = true;
+      this.batchFailed(err);
       return false;
     }
-    const ms = performance.now() - started;
+    this.noteBatchMs(performance.now() - started);
+    this.committed(batch.length);
+    return true;
+  }
+
+  private noteBatchMs(ms: number): void {
     if (ms > this.maxBatchMs) this.maxBatchMs = ms;
+  }
+
+  private batchFailed(err: unknown): void {
+    this.failedBatches++;
+    if (!this.failing) {
+      this.logger?.error({ err, queued: this.queued }, 'audit batch could not be written; retrying');
+    }
+    this.failing = true;
+  }
+
+  /** The `count` events at the head of the queue are in the store. */
+  private committed(count: number): void {
     if (this.failing) this.logger?.info({ queued: this.queued }, 'audit store writable again');
     this.failing = false;
-    this.written += batch.length;
-    this.head = end;
+    this.written += count;
+    this.head += count;
     if (this.head === this.queue.length) {
       this.queue = [];
       this.head = 0;
@@ -189,7 +253,6 @@ export class AuditWriter {
       this.queue = this.queue.slice(this.head);
       this.head = 0;
     }
-    return true;
   }
 
   private logDrops(): void {

@@ -133,6 +133,12 @@ export interface SessionStore {
 
 export interface Store {
   insertAuditEvents(events: readonly AuditEvent[]): void;
+  /**
+   * The SQLite file behind the store, when audit batches may be committed
+   * to it from another thread (the audit writer's commit thread). A store
+   * without it gets every batch through `insertAuditEvents`.
+   */
+  readonly auditFile?: string;
   queryAuditEvents(query: AuditQuery): AuditEvent[];
   saveApproval(record: ApprovalRecord): void;
   getApproval(id: string): ApprovalRecord | undefined;
