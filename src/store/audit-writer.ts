@@ -1,5 +1,5 @@
 import type { Logger } from '../log.js';
-import { encodeBatch, TimeParser } from './audit-batches.js';
+import { encodeBatch, TimeParser, type EncodedBatch } from './audit-batches.js';
 import { AuditCommitThread, type CommitOutcome } from './audit-commit-thread.js';
 import type { AuditEvent, Store } from './types.js';
 
@@ -32,7 +32,10 @@ export interface AuditWriterStats {
  * 1 µs an event) and hands over one string; SQLite's CPU and its disk waits
  * (WAL writes, checkpoints) happen beside the relay instead of stalling it
  * (1-2 ms a 500-event batch, 10+ ms on a busy disk, when it ran on the
- * loop). One batch is in flight at a time, so batches keep their order. If
+ * loop). The events of a batch are released once it is encoded (only the
+ * encoded batch is kept until the thread answers, for a retry), so they do
+ * not outlive a commit's round trip in the young generation. One batch is
+ * in flight at a time, so batches keep their order. If
  * the thread cannot start or dies, its batch fails like any other and
  * batches are committed on the event loop from then on. Any other store
  * gets `insertAuditEvents` on the event loop. `stats.maxBatchMs` reports
@@ -70,6 +73,14 @@ export class AuditWriter {
   /** Encodes batches for the commit thread (caches the second of the last time parsed). */
   private readonly times = new TimeParser();
   private thread: AuditCommitThread | undefined;
+  /**
+   * A batch taken off the queue and encoded, not yet known to be committed
+   * (in flight, or failed and waiting for a retry). Its events are released
+   * as soon as it is encoded: they would otherwise stay alive for the
+   * commit's round trip, and every live object costs the young-generation
+   * collector a copy.
+   */
+  private pending: { batch: EncodedBatch; count: number } | undefined;
   private threadFailureLogged = false;
 
   private written = 0;
@@ -100,7 +111,7 @@ export class AuditWriter {
   }
 
   private get queued(): number {
-    return this.queue.length - this.head;
+    return this.queue.length - this.head + (this.pending?.count ?? 0);
   }
 
   /** Queue one event. O(1); never throws, never does I/O. */
@@ -121,7 +132,7 @@ export class AuditWriter {
     this.cancelScheduled();
     // The batch in flight is answered first (a blocking wait), so batches stay in order.
     this.thread?.wait();
-    while (this.queued > 0 && this.writeBatch()) {
+    while (this.queued > 0 && (this.pending ? this.writePending() : this.writeBatch())) {
       /* next batch */
     }
     this.logDrops();
@@ -171,8 +182,10 @@ export class AuditWriter {
     this.immediate = undefined;
     if (this.queued > 0) {
       const thread = this.commitThread();
-      if (thread === undefined) this.writeBatch();
-      else if (!thread.busy) this.sendBatch(thread);
+      if (thread !== undefined) {
+        if (!thread.busy) this.sendBatch(thread);
+      } else if (this.pending) this.writePending();
+      else this.writeBatch();
     }
     this.logDrops();
     if (this.queued > 0) this.schedule();
@@ -181,7 +194,7 @@ export class AuditWriter {
   /** The commit thread, started on the first batch; undefined for a store without a file, or once the thread failed. */
   private commitThread(): AuditCommitThread | undefined {
     const file = this.store.auditFile;
-    if (file === undefined || this.closed) return undefined;
+    if (file === undefined || this.store.insertEncodedAuditBatch === undefined || this.closed) return undefined;
     this.thread ??= new AuditCommitThread(file);
     if (this.thread.alive) return this.thread;
     if (!this.threadFailureLogged) {
@@ -191,25 +204,55 @@ export class AuditWriter {
     return undefined;
   }
 
-  /** Encode one batch from the head of the queue and hand it to the commit thread; its answer advances the queue. */
+  /** Hand the pending batch (or else one encoded from the head of the queue) to the commit thread. */
   private sendBatch(thread: AuditCommitThread): void {
-    const count = Math.min(this.queue.length, this.head + this.maxBatch) - this.head;
-    const started = performance.now();
-    let encoded;
-    try {
-      encoded = encodeBatch(this.queue.slice(this.head, this.head + count), this.times);
-    } catch (err) {
-      this.batchFailed(err);
-      return;
-    }
-    thread.commit(encoded, (outcome) => this.answered(count, outcome));
-    this.noteBatchMs(performance.now() - started);
+    const pending = this.pending ?? this.takePending();
+    if (pending === undefined) return;
+    thread.commit(pending.batch, (outcome) => this.answered(outcome));
   }
 
-  private answered(count: number, outcome: CommitOutcome): void {
-    if (outcome.ok) this.committed(count);
+  /** Encodes the batch at the head of the queue into `pending` and releases its events. */
+  private takePending(): { batch: EncodedBatch; count: number } | undefined {
+    const count = Math.min(this.queue.length, this.head + this.maxBatch) - this.head;
+    const started = performance.now();
+    let batch: EncodedBatch;
+    try {
+      batch = encodeBatch(this.queue.slice(this.head, this.head + count), this.times);
+    } catch (err) {
+      this.batchFailed(err);
+      return undefined;
+    }
+    this.noteBatchMs(performance.now() - started);
+    this.pending = { batch, count };
+    this.advance(count);
+    return this.pending;
+  }
+
+  private answered(outcome: CommitOutcome): void {
+    if (outcome.ok) this.pendingCommitted();
     else this.batchFailed(new Error(outcome.error));
     if (this.queued > 0 && !this.closed) this.schedule();
+  }
+
+  /** Commit the pending batch on this thread (the commit thread failed, or flush()); false if the store refused it. */
+  private writePending(): boolean {
+    const started = performance.now();
+    try {
+      this.store.insertEncodedAuditBatch!(this.pending!.batch);
+    } catch (err) {
+      this.batchFailed(err);
+      return false;
+    }
+    this.noteBatchMs(performance.now() - started);
+    this.pendingCommitted();
+    return true;
+  }
+
+  private pendingCommitted(): void {
+    const count = this.pending!.count;
+    this.pending = undefined;
+    this.storeWritable();
+    this.written += count;
   }
 
   /** Commit one batch from the head of the queue on this thread; false if the store refused it. */
@@ -224,7 +267,9 @@ export class AuditWriter {
       return false;
     }
     this.noteBatchMs(performance.now() - started);
-    this.committed(batch.length);
+    this.storeWritable();
+    this.written += batch.length;
+    this.advance(batch.length);
     return true;
   }
 
@@ -240,11 +285,13 @@ export class AuditWriter {
     this.failing = true;
   }
 
-  /** The `count` events at the head of the queue are in the store. */
-  private committed(count: number): void {
+  private storeWritable(): void {
     if (this.failing) this.logger?.info({ queued: this.queued }, 'audit store writable again');
     this.failing = false;
-    this.written += count;
+  }
+
+  /** Drops the `count` events at the head of the queue (committed, or encoded into `pending`). */
+  private advance(count: number): void {
     this.head += count;
     if (this.head === this.queue.length) {
       this.queue = [];

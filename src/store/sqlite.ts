@@ -140,6 +140,7 @@ export function batchInserter(db: Database.Database): (b: EncodedBatch) => void 
 class SqliteStore implements Store, SessionStore {
   private readonly selectBatch: Database.Statement;
   private readonly insertMany: (events: readonly AuditEvent[]) => void;
+  private readonly insertEncoded: (batch: EncodedBatch) => void;
   private readonly times = new TimeParser();
   private readonly upsertApproval: Database.Statement;
   private readonly selectApproval: Database.Statement;
@@ -158,6 +159,7 @@ class SqliteStore implements Store, SessionStore {
     readonly auditFile: string,
   ) {
     const insertEncoded = batchInserter(db);
+    this.insertEncoded = insertEncoded;
     this.selectBatch = db.prepare('SELECT events FROM audit_batches WHERE id = ?').pluck();
     this.insertMany = (events: readonly AuditEvent[]) => insertEncoded(encodeBatch(events, this.times));
     this.upsertApproval = db.prepare(`
@@ -254,6 +256,10 @@ class SqliteStore implements Store, SessionStore {
   deleteSessionsBefore(iso: string): number {
     const ms = filterTime('before', iso);
     return this.deleteSessionsStmt.run(ms, ms).changes;
+  }
+
+  insertEncodedAuditBatch(batch: EncodedBatch): void {
+    this.insertEncoded(batch);
   }
 
   /** All events in one transaction: one fsync-equivalent per batch, not per row. */

@@ -1,3 +1,4 @@
+import type { EncodedBatch } from './audit-batches.js';
 /**
  * The store behind the audit trail and approvals. The embedded default is
  * SQLite in the state dir (store/sqlite.ts); a shared PostgreSQL store for
@@ -139,6 +140,8 @@ export interface Store {
    * without it gets every batch through `insertAuditEvents`.
    */
   readonly auditFile?: string;
+  /** Commits a batch already encoded for the commit thread, on the calling thread (when the thread failed, or on flush). */
+  insertEncodedAuditBatch?(batch: EncodedBatch): void;
   queryAuditEvents(query: AuditQuery): AuditEvent[];
   saveApproval(record: ApprovalRecord): void;
   getApproval(id: string): ApprovalRecord | undefined;

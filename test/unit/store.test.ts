@@ -466,6 +466,10 @@ function threadStore(inner: Store, auditFile: string) {
       loopBatches++;
       inner.insertAuditEvents(events);
     },
+    insertEncodedAuditBatch(batch) {
+      loopBatches++;
+      inner.insertEncodedAuditBatch!(batch);
+    },
     queryAuditEvents: (q) => inner.queryAuditEvents(q),
     saveApproval: (r) => inner.saveApproval(r),
     getApproval: (id) => inner.getApproval(id),
