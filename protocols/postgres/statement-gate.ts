@@ -55,9 +55,22 @@ interface Held {
   bytes: Buffer;
 }
 
-/** Pending audit rows waiting for the server's answer (CommandComplete or ErrorResponse). */
+/**
+ * A forwarded statement waiting for the server's answer (CommandComplete or
+ * ErrorResponse). Its audit event is built once the answer is in, as one
+ * object literal with every common field: an event grown field by field
+ * after construction gets a second (out-of-object) property store, and the
+ * audit queue keeps every event alive for a batch, through young-generation
+ * collections that copy each live object.
+ */
 interface OpenStatement {
-  event: AuditEvent;
+  text: string;
+  kind: string;
+  verdict: AuditVerdict;
+  extra: Partial<AuditEvent> | undefined;
+  /** Epoch ms of the event's `time`. */
+  at: number;
+  /** Epoch ms its duration counts from. */
   started: number;
 }
 
@@ -215,7 +228,8 @@ export class PgStatementGate implements RelayGate {
     this.#owed.push(SERVER_REPLY);
     const verdict: AuditVerdict = extra?.approvalId ? 'approved' : 'allowed';
     if (this.ctx.audit) {
-      for (const f of facts) this.#open.push({ event: this.#event(auditText(f), f.kinds.join(','), verdict, extra), started });
+      const at = Date.now();
+      for (const f of facts) this.#open.push({ text: auditText(f), kind: f.kinds.join(','), verdict, extra, at, started });
     }
     this.#record(verdict, facts.length);
     this.#io.toUpstream(bytes);
@@ -488,7 +502,7 @@ export class PgStatementGate implements RelayGate {
     const params = statement?.role ? ['[redacted]'] : bound?.params ?? [];
     const text = statement ? (params.length ? `${statement.text} -- params: ${paramsJson(params)}` : statement.text) : `(portal "${portal}")`;
     const now = Date.now();
-    this.#open.push({ event: this.#event(text, statement?.kind ?? 'execute', 'allowed', undefined, now), started: now });
+    this.#open.push({ text, kind: statement?.kind ?? 'execute', verdict: 'allowed', extra: undefined, at: now, started: now });
     this.#record('allowed', 1);
   }
 
@@ -513,9 +527,20 @@ export class PgStatementGate implements RelayGate {
 
   #closeOpen(sqlState: string | undefined, rows?: number): void {
     const open = this.#open.shift()!;
-    const event = open.event;
-    event.durationMs = Date.now() - open.started;
-    if (rows !== undefined) event.rows = rows;
+    const durationMs = Date.now() - open.started;
+    const ctx = this.ctx;
+    // The two common shapes as literals (see OpenStatement); the rare fields are added after.
+    const event: AuditEvent =
+      rows === undefined
+        ? {
+            time: isoTime(open.at), sessionId: ctx.sessionId, subject: ctx.subject, target: ctx.target, protocol: 'postgres',
+            kind: open.kind, text: open.text, verdict: open.verdict, policy: ctx.policy.name, durationMs,
+          }
+        : {
+            time: isoTime(open.at), sessionId: ctx.sessionId, subject: ctx.subject, target: ctx.target, protocol: 'postgres',
+            kind: open.kind, text: open.text, verdict: open.verdict, policy: ctx.policy.name, durationMs, rows,
+          };
+    if (open.extra) Object.assign(event, open.extra);
     if (sqlState) event.sqlstate = sqlState;
     if (this.#masked && Object.keys(this.#masked).length > 0) event.masking = this.#masked;
     this.#masked = undefined;
@@ -525,8 +550,9 @@ export class PgStatementGate implements RelayGate {
   #finishOpen(reason: string): void {
     while (this.#open.length > 0) {
       const open = this.#open.shift()!;
-      open.event.error = reason;
-      this.ctx.audit?.write(open.event);
+      const event = this.#event(open.text, open.kind, open.verdict, open.extra, open.at);
+      event.error = reason;
+      this.ctx.audit?.write(event);
     }
   }
 }

@@ -1,4 +1,6 @@
 import type { Logger } from '../log.js';
+import { encodeBatch, TimeParser, type EncodedBatch } from './audit-batches.js';
+import { AuditCommitThread, type CommitOutcome } from './audit-commit-thread.js';
 import type { AuditEvent, Store } from './types.js';
 
 export interface AuditWriterStats {
@@ -24,15 +26,20 @@ export interface AuditWriterStats {
  * one batch per turn, interleaved with socket I/O instead of in one long
  * stall.
  *
- * Cost: better-sqlite3 is synchronous, so a batch runs on the event loop.
- * The store keeps a batch as one row (store/audit-batches.ts). Measured on
- * the dev container (2 cores, WAL, synchronous=NORMAL, pgbench-like events
- * from 8 sessions, on top of 200k events): about 2-2.5 µs of CPU per event,
- * so a full 500-event batch stalls the relay for roughly 1-1.5 ms, once per
- * 500 statements (a row per event cost 6-7 µs an event, 3-3.5 ms a batch).
- * If that is too much for a latency target, lower `maxBatch` (the per-batch
- * overhead is one row and a few key rows) or move the writer to a worker
- * thread. `stats.maxBatchMs` reports the real figure in production.
+ * Where the commit runs: a store with an `auditFile` (the SQLite store)
+ * gets its batches committed by a worker thread with its own connection
+ * (audit-commit-thread.ts): the event loop only encodes the batch (about
+ * 1 µs an event) and hands over one string; SQLite's CPU and its disk waits
+ * (WAL writes, checkpoints) happen beside the relay instead of stalling it
+ * (1-2 ms a 500-event batch, 10+ ms on a busy disk, when it ran on the
+ * loop). The events of a batch are released once it is encoded (only the
+ * encoded batch is kept until the thread answers, for a retry), so they do
+ * not outlive a commit's round trip in the young generation. One batch is
+ * in flight at a time, so batches keep their order. If
+ * the thread cannot start or dies, its batch fails like any other and
+ * batches are committed on the event loop from then on. Any other store
+ * gets `insertAuditEvents` on the event loop. `stats.maxBatchMs` reports
+ * the event-loop time of the slowest batch.
  *
  * Overload: beyond `maxQueue` queued events, new events are dropped, counted
  * in `stats.dropped` and logged (at most every 10 s). Audit does not fail
@@ -63,6 +70,19 @@ export class AuditWriter {
   private failing = false;
   private closed = false;
 
+  /** Encodes batches for the commit thread (caches the second of the last time parsed). */
+  private readonly times = new TimeParser();
+  private thread: AuditCommitThread | undefined;
+  /**
+   * A batch taken off the queue and encoded, not yet known to be committed
+   * (in flight, or failed and waiting for a retry). Its events are released
+   * as soon as it is encoded: they would otherwise stay alive for the
+   * commit's round trip, and every live object costs the young-generation
+   * collector a copy.
+   */
+  private pending: { batch: EncodedBatch; count: number } | undefined;
+  private threadFailureLogged = false;
+
   private written = 0;
   private dropped = 0;
   private failedBatches = 0;
@@ -91,7 +111,7 @@ export class AuditWriter {
   }
 
   private get queued(): number {
-    return this.queue.length - this.head;
+    return this.queue.length - this.head + (this.pending?.count ?? 0);
   }
 
   /** Queue one event. O(1); never throws, never does I/O. */
@@ -110,7 +130,9 @@ export class AuditWriter {
   /** Write everything queued now, batch by batch. Stops at the first failing batch (it stays queued). */
   flush(): void {
     this.cancelScheduled();
-    while (this.queued > 0 && this.writeBatch()) {
+    // The batch in flight is answered first (a blocking wait), so batches stay in order.
+    this.thread?.wait();
+    while (this.queued > 0 && (this.pending ? this.writePending() : this.writeBatch())) {
       /* next batch */
     }
     this.logDrops();
@@ -123,6 +145,7 @@ export class AuditWriter {
     this.flush();
     this.closed = true;
     this.cancelScheduled();
+    await this.thread?.close();
     this.logDrops();
     if (this.queued > 0) {
       this.logger?.error(
@@ -133,7 +156,8 @@ export class AuditWriter {
   }
 
   private schedule(): void {
-    if (this.closed) return;
+    // A batch in flight schedules the next one when it is answered.
+    if (this.closed || this.thread?.busy) return;
     if (this.queued >= this.maxBatch && !this.failing) {
       if (!this.immediate) this.immediate = setImmediate(this.tick);
       return;
@@ -156,12 +180,82 @@ export class AuditWriter {
   private readonly tick = (): void => {
     this.timer = undefined;
     this.immediate = undefined;
-    if (this.queued > 0) this.writeBatch();
+    if (this.queued > 0) {
+      const thread = this.commitThread();
+      if (thread !== undefined) {
+        if (!thread.busy) this.sendBatch(thread);
+      } else if (this.pending) this.writePending();
+      else this.writeBatch();
+    }
     this.logDrops();
     if (this.queued > 0) this.schedule();
   };
 
-  /** Commit one batch from the head of the queue; false if the store refused it. */
+  /** The commit thread, started on the first batch; undefined for a store without a file, or once the thread failed. */
+  private commitThread(): AuditCommitThread | undefined {
+    const file = this.store.auditFile;
+    if (file === undefined || this.store.insertEncodedAuditBatch === undefined || this.closed) return undefined;
+    this.thread ??= new AuditCommitThread(file);
+    if (this.thread.alive) return this.thread;
+    if (!this.threadFailureLogged) {
+      this.threadFailureLogged = true;
+      this.logger?.error({}, 'audit commit thread unavailable; committing audit batches on the event loop');
+    }
+    return undefined;
+  }
+
+  /** Hand the pending batch (or else one encoded from the head of the queue) to the commit thread. */
+  private sendBatch(thread: AuditCommitThread): void {
+    const pending = this.pending ?? this.takePending();
+    if (pending === undefined) return;
+    thread.commit(pending.batch, (outcome) => this.answered(outcome));
+  }
+
+  /** Encodes the batch at the head of the queue into `pending` and releases its events. */
+  private takePending(): { batch: EncodedBatch; count: number } | undefined {
+    const count = Math.min(this.queue.length, this.head + this.maxBatch) - this.head;
+    const started = performance.now();
+    let batch: EncodedBatch;
+    try {
+      batch = encodeBatch(this.queue.slice(this.head, this.head + count), this.times);
+    } catch (err) {
+      this.batchFailed(err);
+      return undefined;
+    }
+    this.noteBatchMs(performance.now() - started);
+    this.pending = { batch, count };
+    this.advance(count);
+    return this.pending;
+  }
+
+  private answered(outcome: CommitOutcome): void {
+    if (outcome.ok) this.pendingCommitted();
+    else this.batchFailed(new Error(outcome.error));
+    if (this.queued > 0 && !this.closed) this.schedule();
+  }
+
+  /** Commit the pending batch on this thread (the commit thread failed, or flush()); false if the store refused it. */
+  private writePending(): boolean {
+    const started = performance.now();
+    try {
+      this.store.insertEncodedAuditBatch!(this.pending!.batch);
+    } catch (err) {
+      this.batchFailed(err);
+      return false;
+    }
+    this.noteBatchMs(performance.now() - started);
+    this.pendingCommitted();
+    return true;
+  }
+
+  private pendingCommitted(): void {
+    const count = this.pending!.count;
+    this.pending = undefined;
+    this.storeWritable();
+    this.written += count;
+  }
+
+  /** Commit one batch from the head of the queue on this thread; false if the store refused it. */
   private writeBatch(): boolean {
     const end = Math.min(this.queue.length, this.head + this.maxBatch);
     const batch = this.queue.slice(this.head, end);
@@ -169,19 +263,36 @@ export class AuditWriter {
     try {
       this.store.insertAuditEvents(batch);
     } catch (err) {
-      this.failedBatches++;
-      if (!this.failing) {
-        this.logger?.error({ err, queued: this.queued }, 'audit batch could not be written; retrying');
-      }
-      this.failing = true;
+      this.batchFailed(err);
       return false;
     }
-    const ms = performance.now() - started;
+    this.noteBatchMs(performance.now() - started);
+    this.storeWritable();
+    this.written += batch.length;
+    this.advance(batch.length);
+    return true;
+  }
+
+  private noteBatchMs(ms: number): void {
     if (ms > this.maxBatchMs) this.maxBatchMs = ms;
+  }
+
+  private batchFailed(err: unknown): void {
+    this.failedBatches++;
+    if (!this.failing) {
+      this.logger?.error({ err, queued: this.queued }, 'audit batch could not be written; retrying');
+    }
+    this.failing = true;
+  }
+
+  private storeWritable(): void {
     if (this.failing) this.logger?.info({ queued: this.queued }, 'audit store writable again');
     this.failing = false;
-    this.written += batch.length;
-    this.head = end;
+  }
+
+  /** Drops the `count` events at the head of the queue (committed, or encoded into `pending`). */
+  private advance(count: number): void {
+    this.head += count;
     if (this.head === this.queue.length) {
       this.queue = [];
       this.head = 0;
@@ -189,7 +300,6 @@ export class AuditWriter {
       this.queue = this.queue.slice(this.head);
       this.head = 0;
     }
-    return true;
   }
 
   private logDrops(): void {

@@ -8,8 +8,12 @@
 let cachedSecond = Number.NaN;
 /** `YYYY-MM-DDTHH:MM:SS.` of `cachedSecond`. */
 let cachedPrefix = '';
+/** The last instant formatted and its text: events of the same millisecond share one string. */
+let lastMs = Number.NaN;
+let lastText = '';
 
 export function isoTime(ms: number): string {
+  if (ms === lastMs) return lastText;
   const millis = ((ms % 1000) + 1000) % 1000;
   const second = ms - millis;
   if (second !== cachedSecond) {
@@ -18,5 +22,7 @@ export function isoTime(ms: number): string {
     cachedPrefix = iso.slice(0, -4);
     cachedSecond = second;
   }
-  return cachedPrefix + (millis < 10 ? '00' : millis < 100 ? '0' : '') + millis + 'Z';
+  lastMs = ms;
+  lastText = cachedPrefix + (millis < 10 ? '00' : millis < 100 ? '0' : '') + millis + 'Z';
+  return lastText;
 }

@@ -2,7 +2,7 @@ import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Logger } from '../log.js';
-import { decodeBatch, encodeBatch, newestFirst, TimeParser, type EventFilter, type KeyField, type StoredEvent } from './audit-batches.js';
+import { decodeBatch, encodeBatch, newestFirst, TimeParser, type EncodedBatch, type EventFilter, type KeyField, type StoredEvent } from './audit-batches.js';
 import { migrate } from './migrations.js';
 import type {
   ApprovalQuery,
@@ -44,11 +44,10 @@ export function openSqliteStore(stateDir: string, opts: { logger?: Logger; file?
   const db = new Database(file);
   try {
     db.pragma('journal_mode = WAL');
-    db.pragma('synchronous = NORMAL');
-    db.pragma('busy_timeout = 5000');
+    writerPragmas(db);
     const m = migrate(db);
     if (m.applied.length) opts.logger?.info({ file, from: m.from, to: m.to }, 'state database migrated');
-    return new SqliteStore(db);
+    return new SqliteStore(db, file);
   } catch (err) {
     db.close();
     throw err;
@@ -122,11 +121,26 @@ const SESSION_COLUMNS = [
 ] as const;
 const MAX_SESSION_LIMIT = 10_000;
 
+/** The state database's pragmas, for every connection that writes to it (the store's and the audit commit thread's). */
+export function writerPragmas(db: Database.Database): void {
+  db.pragma('synchronous = NORMAL');
+  db.pragma('busy_timeout = 5000');
+}
+
+/** Commits one encoded audit batch (its row and its key rows) in one transaction. */
+export function batchInserter(db: Database.Database): (b: EncodedBatch) => void {
+  const insertBatch = db.prepare('INSERT INTO audit_batches (min_ms, max_ms, count, events) VALUES (?, ?, ?, ?)');
+  const insertKey = db.prepare('INSERT OR IGNORE INTO audit_batch_keys (field, value, batch) VALUES (?, ?, ?)');
+  return db.transaction((b: EncodedBatch) => {
+    const id = insertBatch.run(b.minMs, b.maxMs, b.count, b.json).lastInsertRowid;
+    for (const [field, value] of b.keys) insertKey.run(field, value, id);
+  });
+}
+
 class SqliteStore implements Store, SessionStore {
-  private readonly insertBatch: Database.Statement;
-  private readonly insertKey: Database.Statement;
   private readonly selectBatch: Database.Statement;
   private readonly insertMany: (events: readonly AuditEvent[]) => void;
+  private readonly insertEncoded: (batch: EncodedBatch) => void;
   private readonly times = new TimeParser();
   private readonly upsertApproval: Database.Statement;
   private readonly selectApproval: Database.Statement;
@@ -139,15 +153,15 @@ class SqliteStore implements Store, SessionStore {
   private readonly deleteSessionsStmt: Database.Statement;
   private closed = false;
 
-  constructor(private readonly db: Database.Database) {
-    this.insertBatch = db.prepare('INSERT INTO audit_batches (min_ms, max_ms, count, events) VALUES (?, ?, ?, ?)');
-    this.insertKey = db.prepare('INSERT OR IGNORE INTO audit_batch_keys (field, value, batch) VALUES (?, ?, ?)');
+  constructor(
+    private readonly db: Database.Database,
+    /** The database file: the audit writer commits batches to it from its own thread (audit-commit-thread.ts). */
+    readonly auditFile: string,
+  ) {
+    const insertEncoded = batchInserter(db);
+    this.insertEncoded = insertEncoded;
     this.selectBatch = db.prepare('SELECT events FROM audit_batches WHERE id = ?').pluck();
-    this.insertMany = db.transaction((events: readonly AuditEvent[]) => {
-      const b = encodeBatch(events, this.times);
-      const id = this.insertBatch.run(b.minMs, b.maxMs, b.count, b.json).lastInsertRowid;
-      for (const [field, value] of b.keys) this.insertKey.run(field, value, id);
-    });
+    this.insertMany = (events: readonly AuditEvent[]) => insertEncoded(encodeBatch(events, this.times));
     this.upsertApproval = db.prepare(`
       INSERT INTO approvals (id, status, session_id, subject, target, protocol, policy, rule, text,
         statement_hash, fingerprint, created_at, expires_at, decided_at, decided_by, reason, window_until)
@@ -242,6 +256,10 @@ class SqliteStore implements Store, SessionStore {
   deleteSessionsBefore(iso: string): number {
     const ms = filterTime('before', iso);
     return this.deleteSessionsStmt.run(ms, ms).changes;
+  }
+
+  insertEncodedAuditBatch(batch: EncodedBatch): void {
+    this.insertEncoded(batch);
   }
 
   /** All events in one transaction: one fsync-equivalent per batch, not per row. */

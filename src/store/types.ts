@@ -1,3 +1,4 @@
+import type { EncodedBatch } from './audit-batches.js';
 /**
  * The store behind the audit trail and approvals. The embedded default is
  * SQLite in the state dir (store/sqlite.ts); a shared PostgreSQL store for
@@ -133,6 +134,14 @@ export interface SessionStore {
 
 export interface Store {
   insertAuditEvents(events: readonly AuditEvent[]): void;
+  /**
+   * The SQLite file behind the store, when audit batches may be committed
+   * to it from another thread (the audit writer's commit thread). A store
+   * without it gets every batch through `insertAuditEvents`.
+   */
+  readonly auditFile?: string;
+  /** Commits a batch already encoded for the commit thread, on the calling thread (when the thread failed, or on flush). */
+  insertEncodedAuditBatch?(batch: EncodedBatch): void;
   queryAuditEvents(query: AuditQuery): AuditEvent[];
   saveApproval(record: ApprovalRecord): void;
   getApproval(id: string): ApprovalRecord | undefined;

@@ -457,6 +457,74 @@ t.test('audit writer: close with a store that still fails logs what is lost', as
   t.match(lines, [{ msg: 'audit batch could not be written; retrying' }, { level: 50, lost: 1 }]);
 });
 
+/** The store's methods, with `auditFile` set as given and a count of the batches committed on the event loop. */
+function threadStore(inner: Store, auditFile: string) {
+  let loopBatches = 0;
+  const store: Store = {
+    auditFile,
+    insertAuditEvents(events) {
+      loopBatches++;
+      inner.insertAuditEvents(events);
+    },
+    insertEncodedAuditBatch(batch) {
+      loopBatches++;
+      inner.insertEncodedAuditBatch!(batch);
+    },
+    queryAuditEvents: (q) => inner.queryAuditEvents(q),
+    saveApproval: (r) => inner.saveApproval(r),
+    getApproval: (id) => inner.getApproval(id),
+    listApprovals: (q) => inner.listApprovals(q),
+    close: () => inner.close(),
+  };
+  return { store, loopBatches: () => loopBatches };
+}
+
+t.test('audit writer: the commit thread writes batches in order; flush() waits for the one in flight', async (t) => {
+  const dir = t.testdir();
+  const inner = openSqliteStore(dir);
+  t.teardown(() => inner.close());
+  t.ok(inner.auditFile, 'the SQLite store names its file');
+  const { store, loopBatches } = threadStore(inner, inner.auditFile!);
+  const { logger, lines } = captureLogger();
+  const writer = new AuditWriter(store, { maxBatch: 100, logger });
+  for (let i = 0; i < 1000; i++) writer.write(event({ sessionId: `s${i % 3}`, text: `q${i}` }));
+  while (writer.stats.written < 300) await new Promise((r) => setImmediate(r));
+  t.equal(loopBatches(), 0, 'batches committed while the loop ran went through the thread');
+  for (let i = 1000; i < 1050; i++) writer.write(event({ sessionId: `s${i % 3}`, text: `q${i}` }));
+  writer.flush();
+  t.match(writer.stats, { written: 1050, queued: 0, failedBatches: 0 }, 'flush() writes everything now');
+  // Same instant for all: newest first is insertion order reversed, across batches from both threads.
+  t.same(
+    inner.queryAuditEvents({ limit: 1000 }).map((e) => e.text),
+    Array.from({ length: 1000 }, (_, i) => `q${1049 - i}`),
+  );
+  t.same(inner.queryAuditEvents({ sessionId: 's1', limit: 1000 }).length, 350);
+  await writer.close();
+  t.equal(countRows(dir), 1050);
+  t.notOk(lines.some((l) => l.level === 50), 'no errors logged');
+});
+
+t.test('audit writer: a commit thread that cannot open the database fails its batch; the event loop commits it', async (t) => {
+  const dir = t.testdir();
+  const inner = openSqliteStore(dir);
+  t.teardown(() => inner.close());
+  const { store, loopBatches } = threadStore(inner, join(dir, 'no-such-dir', 'sluice.db'));
+  const { logger, lines } = captureLogger();
+  const writer = new AuditWriter(store, { maxBatch: 4, flushIntervalMs: 2, logger });
+  for (let i = 0; i < 10; i++) writer.write(event({ text: `q${i}` }));
+  while (writer.stats.written < 10) await new Promise((r) => setTimeout(r, 2));
+  t.ok(writer.stats.failedBatches >= 1, 'the batch sent to the thread failed');
+  t.ok(loopBatches() >= 3, 'then every batch was committed on the event loop');
+  t.same(
+    inner.queryAuditEvents({}).map((e) => e.text),
+    Array.from({ length: 10 }, (_, i) => `q${9 - i}`),
+    'nothing lost, order kept',
+  );
+  t.match(lines, [{ msg: 'audit batch could not be written; retrying' }]);
+  t.ok(lines.some((l) => l.msg === 'audit commit thread unavailable; committing audit batches on the event loop'));
+  await writer.close();
+});
+
 t.test('audit batches: every filter and the order match a plain in-memory filter, across overlapping batches', async (t) => {
   const store = openSqliteStore(t.testdir());
   t.teardown(() => store.close());
