@@ -36,6 +36,12 @@ import { Socket, type NetConnectOpts } from 'node:net';
 /** The one buffer libuv reads into; each read is copied out before the next can happen. */
 const scratch = Buffer.allocUnsafe(64 * 1024);
 
+/** Sockets that read directly (adopted here): only they can have a read observer. */
+const direct = new WeakSet<Socket>();
+/** Read observers (the session recording's tap), by socket; `observed` counts them so most reads skip the lookup. */
+const observers = new WeakMap<Socket, (chunk: Buffer) => void>();
+let observed = 0;
+
 /**
  * The onread callback: `this` is the socket (Node calls it as a method of
  * the socket). Returning nothing keeps the handle reading.
@@ -43,7 +49,28 @@ const scratch = Buffer.allocUnsafe(64 * 1024);
 function onDirectRead(this: Socket, nread: number): void {
   const chunk = Buffer.allocUnsafe(nread);
   scratch.copy(chunk, 0, 0, nread);
+  if (observed !== 0) observers.get(this)?.(chunk);
   this.emit('data', chunk);
+}
+
+/**
+ * Has `observe` see every chunk `socket` reads before any 'data' listener
+ * does, as a prepended listener would, without making every read an emit
+ * to two listeners. False when the socket does not read directly (a
+ * TLSSocket): the caller then prepends a 'data' listener instead.
+ */
+export function observeReads(socket: Socket, observe: (chunk: Buffer) => void): boolean {
+  if (!direct.has(socket)) return false;
+  if (!observers.has(socket)) observed++;
+  observers.set(socket, observe);
+  return true;
+}
+
+/** Removes the socket's read observer; false when it had none. */
+export function unobserveReads(socket: Socket): boolean {
+  if (!observers.delete(socket)) return false;
+  observed--;
+  return true;
 }
 
 const ONREAD = { buffer: scratch, callback: onDirectRead };
@@ -80,7 +107,7 @@ export function adoptWithDirectReads(accepted: Socket, allowHalfOpen: boolean): 
   internals._handle = null;
   // The empty shell closes at once: the server counts it out of its connections.
   accepted.destroy();
-  return new Socket({
+  const socket = new Socket({
     handle,
     allowHalfOpen,
     readable: true,
@@ -88,4 +115,6 @@ export function adoptWithDirectReads(accepted: Socket, allowHalfOpen: boolean): 
     pauseOnCreate: true,
     onread: ONREAD,
   } as unknown as ConstructorParameters<typeof Socket>[0]);
+  direct.add(socket);
+  return socket;
 }

@@ -3,8 +3,9 @@
  *
  * RecordingTap sits on the client socket itself, not inside a relay:
  *
- * - client -> gateway: a `data` listener prepended to the socket's, so it
- *   sees every chunk before the session or the relay does;
+ * - client -> gateway: a read observer on a socket that reads directly
+ *   (src/gateway/direct-reads.ts), else a `data` listener prepended to the
+ *   socket's, so it sees every chunk before the session or the relay does;
  * - gateway -> client: `write` and `end(data)` wrapped on that socket
  *   instance, so whatever any code hands the socket (handshake replies,
  *   relayed rows after masking, Sluice's own errors) is recorded exactly as
@@ -31,6 +32,7 @@
  * half-received credential is never recorded.
  */
 import type { Socket } from 'node:net';
+import { observeReads, unobserveReads } from '../gateway/direct-reads.js';
 import type { Logger } from '../log.js';
 import { ErrorCodes, SluiceError } from '../errors.js';
 import type { Identity } from '../identity/types.js';
@@ -141,7 +143,8 @@ export class RecordingTap {
       }
       return (origEnd as (c?: unknown, e?: unknown, cb?: unknown) => Socket).call(this, chunk, encoding, cb as WriteCallback | undefined);
     } as Socket['end'];
-    socket.prependListener('data', onData);
+    // Before the session's own reader sees the chunk: a read observer on a socket that reads directly, else a prepended listener.
+    if (!observeReads(socket, onData)) socket.prependListener('data', onData);
     this.#sockets.set(socket, { onData, write: origWrite, end: origEnd });
   }
 
@@ -150,7 +153,7 @@ export class RecordingTap {
     const a = this.#sockets.get(socket);
     if (!a) return;
     this.#sockets.delete(socket);
-    socket.off('data', a.onData);
+    if (!unobserveReads(socket)) socket.off('data', a.onData);
     // The wrappers are own properties; deleting them uncovers the prototype's methods again.
     const own = socket as unknown as Record<string, unknown>;
     if (own.write !== a.write) delete own.write;
@@ -258,8 +261,8 @@ export class RecordingTap {
   /**
    * Client bytes before absolute offset `upTo` are framed: record them.
    *
-   * The relay calls this from its own `data` listener, right after the tap's
-   * (prepended) one saw the same chunk, so the chunk is still the socket's
+   * The relay calls this from its own `data` listener, right after the tap
+   * (its read observer or prepended listener) saw the same chunk, so the chunk is still the socket's
    * and can be recorded straight from it: the writer copies it into its
    * slab. Whatever stays pending (a command that straddles chunks) is copied
    * here, before the chunk goes back to the socket's reader.

@@ -2,8 +2,9 @@
  * Direct reads (src/gateway/direct-reads.ts) on real loopback sockets: every
  * chunk handed out keeps its bytes after later reads reuse the scratch
  * buffer, pause() holds the bytes back in the kernel until resume(), EOF and
- * half-close arrive as 'end', TLS can still wrap an adopted socket, and a
- * socket that is already reading is left as it is.
+ * half-close arrive as 'end', a read observer sees each chunk first, TLS can
+ * still wrap an adopted socket, and a socket that is already reading is
+ * left as it is.
  */
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
@@ -13,7 +14,7 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
-import { adoptWithDirectReads, withDirectReadOption } from '../../src/gateway/direct-reads.js';
+import { adoptWithDirectReads, observeReads, unobserveReads, withDirectReadOption } from '../../src/gateway/direct-reads.js';
 import { createServerSecureContext, loadServerTls } from '../../src/gateway/tls.js';
 
 /** A loopback server whose accepted sockets are adopted; resolves its port and a queue of adopted sockets. */
@@ -108,6 +109,27 @@ t.test('half-close: the server sees end and can still answer', async (t) => {
   server.end('answered after your FIN');
   await clientEnded;
   t.equal(Buffer.concat(reply).toString(), 'answered after your FIN');
+});
+
+t.test('a read observer sees each chunk before any data listener, and only on sockets that read directly', async (t) => {
+  const srv = await adoptingServer(t);
+  const client = await dial(srv.port);
+  const server = await srv.next();
+  const order: string[] = [];
+  server.prependListener('data', (c: Buffer) => void order.push(`listener:${c.toString()}`));
+  t.ok(observeReads(server, (c) => void order.push(`observer:${c.toString()}`)));
+  server.resume();
+  client.write('one');
+  while (order.length < 2) await new Promise((resolve) => setImmediate(resolve));
+  t.same(order, ['observer:one', 'listener:one']);
+  t.ok(unobserveReads(server), 'removed');
+  t.notOk(unobserveReads(server), 'nothing left to remove');
+  client.write('two');
+  while (order.length < 3) await new Promise((resolve) => setImmediate(resolve));
+  t.same(order.slice(2), ['listener:two'], 'no observer after removal');
+  t.notOk(observeReads(client, () => {}), 'a socket that does not read directly takes no observer');
+  client.destroy();
+  server.destroy();
 });
 
 t.test('TLS wraps an adopted socket after plaintext was read from it (PostgreSQL SSLRequest)', async (t) => {
