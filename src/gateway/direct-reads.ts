@@ -1,7 +1,8 @@
 /**
- * Socket reads without the Readable stream machinery, for the plain-TCP
- * sockets of a session (the client's when its target has no TLS, the
- * upstream's when `tls: disable`).
+ * Socket reads without the Readable stream machinery, for the TCP sockets
+ * of a session: the client's as accepted, the upstream's as connected. A
+ * TLS session wraps such a socket (TLSSocket reads the TCP handle itself);
+ * the TLSSocket's own reads take Node's usual path.
  *
  * A net.Socket normally hands each read to Readable.push: libuv reads into a
  * fresh 64 KiB ArrayBuffer, Node shrinks it to the bytes read, and the chunk
@@ -92,7 +93,7 @@ interface SocketInternals {
  * socket is paused too, until the first `resume()` or 'data' listener.
  * Call it before anything else holds or listens to the accepted socket.
  */
-export function adoptWithDirectReads(accepted: Socket, allowHalfOpen: boolean): Socket {
+export function adoptWithDirectReads(accepted: Socket): Socket {
   const internals = accepted as unknown as SocketInternals;
   const handle = internals._handle;
   if (
@@ -109,7 +110,8 @@ export function adoptWithDirectReads(accepted: Socket, allowHalfOpen: boolean): 
   accepted.destroy();
   const socket = new Socket({
     handle,
-    allowHalfOpen,
+    // As the server made the accepted socket.
+    allowHalfOpen: accepted.allowHalfOpen,
     readable: true,
     writable: true,
     pauseOnCreate: true,

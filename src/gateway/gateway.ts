@@ -236,7 +236,7 @@ export class Gateway {
 
   #accept(listener: Listener, accepted: Socket): void {
     // Reads go to the session without the stream machinery (direct-reads.ts).
-    const socket = adoptWithDirectReads(accepted, true);
+    const socket = adoptWithDirectReads(accepted);
     // A socket error before a session owns the socket must not become an uncaught exception.
     socket.on('error', () => socket.destroy());
     this.#sockets.add(socket);

@@ -17,23 +17,28 @@ import tls from 'node:tls';
 import { adoptWithDirectReads, observeReads, unobserveReads, withDirectReadOption } from '../../src/gateway/direct-reads.js';
 import { createServerSecureContext, loadServerTls } from '../../src/gateway/tls.js';
 
-/** A loopback server whose accepted sockets are adopted; resolves its port and a queue of adopted sockets. */
-async function adoptingServer(t: { teardown(fn: () => unknown): void }): Promise<{ port: number; next(): Promise<Socket> }> {
-  const waiting: Array<(s: Socket) => void> = [];
-  const ready: Socket[] = [];
-  const server: Server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (raw) => {
-    const s = adoptWithDirectReads(raw, true);
-    const w = waiting.shift();
-    if (w) w(s);
-    else ready.push(s);
-  });
+/** Listens on a loopback port, closed with the test; resolves the port. */
+async function listen(t: { teardown(fn: () => unknown): void }, server: Server): Promise<number> {
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   t.teardown(() => server.close());
   const address = server.address();
   if (address === null || typeof address === 'string') throw new Error('no port');
+  return address.port;
+}
+
+/** A loopback server whose accepted sockets are adopted; resolves its port and a queue of adopted sockets. */
+async function adoptingServer(t: { teardown(fn: () => unknown): void }): Promise<{ port: number; next(): Promise<Socket> }> {
+  const waiting: Array<(s: Socket) => void> = [];
+  const ready: Socket[] = [];
+  const server: Server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (raw) => {
+    const s = adoptWithDirectReads(raw);
+    const w = waiting.shift();
+    if (w) w(s);
+    else ready.push(s);
+  });
   return {
-    port: address.port,
+    port: await listen(t, server),
     next: () => new Promise<Socket>((resolve) => (ready.length > 0 ? resolve(ready.shift()!) : waiting.push(resolve))),
   };
 }
@@ -163,13 +168,8 @@ t.test('TLS wraps an adopted socket after plaintext was read from it (PostgreSQL
 
 t.test('an upstream connection made with the option reads the same way', async (t) => {
   const payload = randomBytes(300_000);
-  const server = createServer((s) => s.end(payload));
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  t.teardown(() => server.close());
-  const address = server.address();
-  if (address === null || typeof address === 'string') throw new Error('no port');
-  const socket = connect(withDirectReadOption({ host: '127.0.0.1', port: address.port }));
+  const port = await listen(t, createServer((s) => s.end(payload)));
+  const socket = connect(withDirectReadOption({ host: '127.0.0.1', port }));
   const kept: Buffer[] = [];
   socket.on('data', (chunk: Buffer) => kept.push(chunk));
   await once(socket, 'end');
@@ -179,17 +179,11 @@ t.test('an upstream connection made with the option reads the same way', async (
 
 t.test('a socket that is already reading is returned unchanged', async (t) => {
   const accepted: Socket[] = [];
-  const server = createServer((s) => accepted.push(s));
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  t.teardown(() => server.close());
-  const address = server.address();
-  if (address === null || typeof address === 'string') throw new Error('no port');
-  const client = await dial(address.port);
+  const client = await dial(await listen(t, createServer((s) => accepted.push(s))));
   while (accepted.length === 0) await new Promise((resolve) => setImmediate(resolve));
   const s = accepted[0]!;
   s.on('data', () => {}); // flowing
-  t.equal(adoptWithDirectReads(s, true), s);
+  t.equal(adoptWithDirectReads(s), s);
   client.destroy();
   s.destroy();
 });
