@@ -67,6 +67,11 @@ export interface RelayGate {
   fromServer(type: number, bytes: Buffer): void;
   /** Called after each server chunk has been framed: a chance to emit what waited for a boundary. */
   serverChunkDone(): void;
+  /**
+   * Called once what a chunk (either side's) produced has been handed to the
+   * sockets: for bookkeeping (the audit trail) that must not delay the bytes.
+   */
+  afterWrite(): void;
   close(): void;
 }
 
@@ -279,6 +284,7 @@ export class PgRelay {
         from.pause();
         to.once('drain', () => from.resume());
       }
+      gate?.afterWrite();
     };
     from.on('data', (chunk: Buffer) => {
       this.#lastActivity = Date.now();
@@ -345,6 +351,7 @@ export class PgRelay {
         return;
       }
       const flowing = this.#flush(side === 'client' ? 'upstream' : 'client');
+      gate?.afterWrite();
       if (!flowing && !this.#closed) {
         if (side === 'client') this.#clientBackpressure = true;
         from.pause();

@@ -57,13 +57,19 @@ interface Held {
 
 /**
  * A forwarded statement waiting for the server's answer (CommandComplete or
- * ErrorResponse). Its audit event is built once the answer is in, as one
- * object literal with every common field: an event grown field by field
- * after construction gets a second (out-of-object) property store, and the
- * audit queue keeps every event alive for a batch, through young-generation
- * collections that copy each live object.
+ * ErrorResponse), then for its audit event to be built.
+ *
+ * The event is built after the relay has written the bytes of the chunk
+ * that answered it (`afterWrite`), not while that chunk is framed: building
+ * it, and decoding an Execute's bound parameters for its text, is audit
+ * bookkeeping that need not delay the reply the client waits for. It is
+ * built as one object literal with every common field: an event grown field
+ * by field after construction gets a second (out-of-object) property store,
+ * and the audit queue keeps every event alive for a batch, through
+ * young-generation collections that copy each live object.
  */
 interface OpenStatement {
+  /** The audit text; for an Execute, the statement's, with `bind`'s parameters appended when the event is built. */
   text: string;
   kind: string;
   verdict: AuditVerdict;
@@ -72,6 +78,23 @@ interface OpenStatement {
   at: number;
   /** Epoch ms its duration counts from. */
   started: number;
+  /** Execute: the Bind message of its portal (a view of the client's bytes, read-only) and where its parameters start; `null` when they are not audited. */
+  bind: Buffer | null;
+  paramsAt: number;
+  /** Filled in from the server's answer. */
+  durationMs: number;
+  rows: number | undefined;
+  sqlstate: string | undefined;
+  error: string | undefined;
+  masking: Record<string, number> | undefined;
+}
+
+/** The last Bind of a portal, for the audit text of its Executes. */
+interface Bound {
+  statement: Prepared | undefined;
+  /** Null for a role statement: its parameters may be a password. */
+  bind: Buffer | null;
+  paramsAt: number;
 }
 
 /** Most replies owed are a plain ReadyForQuery: one shared entry instead of an object per Query or Sync. */
@@ -117,9 +140,15 @@ export class PgStatementGate implements RelayGate {
   #pending: PendingApproval | undefined;
   /** Prepared statements by name (extended protocol), for audit text. */
   readonly #statements = new Map<string, Prepared>();
-  /** The last Bind per portal name: the statement and its parameters, for audit. */
-  readonly #portals = new Map<string, { statement: string; params: string[] }>();
+  /** The last Bind per named portal; the unnamed portal (almost every Bind) in its own field. */
+  readonly #portals = new Map<string, Bound>();
+  #unnamedPortal: Bound | undefined;
+  /** The statement name of the last Bind, as bytes and text: drivers bind the same few names again and again. */
+  #lastName = '';
+  #lastNameBytes: Buffer = Buffer.alloc(0);
   readonly #open: OpenStatement[] = [];
+  /** Answered statements whose events wait for `afterWrite`, in order. */
+  #answered: OpenStatement[] = [];
   /**
    * Masked values per rule of the statement the server is answering. The
    * masker sits before the gate on the server stream, so it reports a
@@ -146,6 +175,17 @@ export class PgStatementGate implements RelayGate {
     this.#closed = true;
     this.#pending?.cancel();
     this.#finishOpen('session ended before the server answered');
+    this.afterWrite();
+  }
+
+  /** The relay has written what the last chunk produced: build the audit events of the statements answered in it. */
+  afterWrite(): void {
+    const answered = this.#answered;
+    if (answered.length === 0) return;
+    this.#answered = [];
+    const audit = this.ctx.audit;
+    if (audit === undefined) return;
+    for (let i = 0; i < answered.length; i++) audit.write(this.#answerEvent(answered[i]!));
   }
 
   // --- client -> server ----------------------------------------------------
@@ -229,7 +269,7 @@ export class PgStatementGate implements RelayGate {
     const verdict: AuditVerdict = extra?.approvalId ? 'approved' : 'allowed';
     if (this.ctx.audit) {
       const at = Date.now();
-      for (const f of facts) this.#open.push({ text: auditText(f), kind: f.kinds.join(','), verdict, extra, at, started });
+      for (const f of facts) this.#open.push(openStatement(auditText(f), kindLabel(f.kinds), verdict, extra, at, started, null, 0));
     }
     this.#record(verdict, facts.length);
     this.#io.toUpstream(bytes);
@@ -258,7 +298,7 @@ export class PgStatementGate implements RelayGate {
       this.#hold(Frontend.Parse, bytes, verdict, [facts], query.value);
       return;
     }
-    this.#statements.set(name.value, prepared(auditText(facts), facts.kinds.join(',')));
+    this.#statements.set(name.value, prepared(auditText(facts), kindLabel(facts.kinds)));
     this.#io.toUpstream(bytes);
   }
 
@@ -488,21 +528,61 @@ export class PgStatementGate implements RelayGate {
 
   // --- audit -------------------------------------------------------------------
 
+  /**
+   * Bind: which statement the portal runs, resolved now (a later Parse in
+   * the same batch may replace the unnamed statement). Its parameters stay
+   * bytes in the Bind message until the audit event is built.
+   */
   #bind(bytes: Buffer): void {
-    const portal = cstring(bytes, 5);
-    const statement = cstring(bytes, portal.end);
-    this.#portals.set(portal.value, { statement: statement.value, params: bindParameters(bytes, statement.end) });
+    let at = 5;
+    let portal = '';
+    if (bytes[5] !== 0) {
+      const p = cstring(bytes, 5);
+      portal = p.value;
+      at = p.end - 1;
+    }
+    const nameEnd = bytes.indexOf(0, at + 1);
+    if (nameEnd < 0) return; // malformed: the server refuses it; nothing to audit
+    const name = this.#statementName(bytes, at + 1, nameEnd);
+    const statement = this.#statements.get(name);
+    // Parameters of a role statement may be its password: never kept.
+    const bind = statement?.role ? null : bytes;
+    const bound: Bound = { statement, bind, paramsAt: nameEnd + 1 };
+    if (portal === '') this.#unnamedPortal = bound;
+    else this.#portals.set(portal, bound);
+  }
+
+  /** The statement name in bytes[start, end), reusing the last one's string when the bytes are the same. */
+  #statementName(bytes: Buffer, start: number, end: number): string {
+    if (end === start) return '';
+    const last = this.#lastNameBytes;
+    if (last.length === end - start) {
+      let same = true;
+      for (let i = 0; i < last.length; i++) {
+        if (last[i] !== bytes[start + i]) {
+          same = false;
+          break;
+        }
+      }
+      if (same) return this.#lastName;
+    }
+    this.#lastName = bytes.toString('utf8', start, end);
+    this.#lastNameBytes = Buffer.from(bytes.subarray(start, end));
+    return this.#lastName;
   }
 
   #execute(bytes: Buffer): void {
-    const portal = cstring(bytes, 5).value;
-    const bound = this.#portals.get(portal);
-    const statement = bound ? this.#statements.get(bound.statement) : undefined;
-    // Parameters of a role statement may be its password.
-    const params = statement?.role ? ['[redacted]'] : bound?.params ?? [];
-    const text = statement ? (params.length ? `${statement.text} -- params: ${paramsJson(params)}` : statement.text) : `(portal "${portal}")`;
+    const portal = bytes[5] === 0 ? '' : cstring(bytes, 5).value;
+    const bound = portal === '' ? this.#unnamedPortal : this.#portals.get(portal);
+    const statement = bound?.statement;
     const now = Date.now();
-    this.#open.push({ text, kind: statement?.kind ?? 'execute', verdict: 'allowed', extra: undefined, at: now, started: now });
+    if (statement === undefined) {
+      this.#open.push(openStatement(`(portal "${portal}")`, 'execute', 'allowed', undefined, now, now, null, 0));
+    } else if (statement.role) {
+      this.#open.push(openStatement(`${statement.text} -- params: ["[redacted]"]`, statement.kind, 'allowed', undefined, now, now, null, 0));
+    } else {
+      this.#open.push(openStatement(statement.text, statement.kind, 'allowed', undefined, now, now, bound!.bind, bound!.paramsAt));
+    }
     this.#record('allowed', 1);
   }
 
@@ -525,36 +605,77 @@ export class PgStatementGate implements RelayGate {
     if (this.ctx.onVerdict) for (let i = 0; i < n; i++) this.ctx.onVerdict(verdict);
   }
 
+  /** The server answered the oldest open statement: its event is built at `afterWrite`. */
   #closeOpen(sqlState: string | undefined, rows?: number): void {
     const open = this.#open.shift()!;
-    const durationMs = Date.now() - open.started;
+    open.durationMs = Date.now() - open.started;
+    open.rows = rows;
+    open.sqlstate = sqlState;
+    if (this.#masked !== undefined && hasKeys(this.#masked)) open.masking = this.#masked;
+    this.#masked = undefined;
+    this.#answered.push(open);
+  }
+
+  /** Statements the server will never answer (an earlier one of the message failed, the session ended). */
+  #finishOpen(reason: string): void {
+    while (this.#open.length > 0) {
+      const open = this.#open.shift()!;
+      open.error = reason;
+      open.durationMs = -1;
+      this.#answered.push(open);
+    }
+  }
+
+  #answerEvent(open: OpenStatement): AuditEvent {
     const ctx = this.ctx;
+    const text = open.bind === null ? open.text : withParams(open.text, open.bind, open.paramsAt);
+    if (open.durationMs < 0) {
+      const event = this.#event(text, open.kind, open.verdict, open.extra, open.at);
+      event.error = open.error;
+      return event;
+    }
+    const durationMs = open.durationMs;
+    const rows = open.rows;
     // The two common shapes as literals (see OpenStatement); the rare fields are added after.
     const event: AuditEvent =
       rows === undefined
         ? {
             time: isoTime(open.at), sessionId: ctx.sessionId, subject: ctx.subject, target: ctx.target, protocol: 'postgres',
-            kind: open.kind, text: open.text, verdict: open.verdict, policy: ctx.policy.name, durationMs,
+            kind: open.kind, text, verdict: open.verdict, policy: ctx.policy.name, durationMs,
           }
         : {
             time: isoTime(open.at), sessionId: ctx.sessionId, subject: ctx.subject, target: ctx.target, protocol: 'postgres',
-            kind: open.kind, text: open.text, verdict: open.verdict, policy: ctx.policy.name, durationMs, rows,
+            kind: open.kind, text, verdict: open.verdict, policy: ctx.policy.name, durationMs, rows,
           };
     if (open.extra) Object.assign(event, open.extra);
-    if (sqlState) event.sqlstate = sqlState;
-    if (this.#masked && Object.keys(this.#masked).length > 0) event.masking = this.#masked;
-    this.#masked = undefined;
-    this.ctx.audit?.write(event);
+    if (open.sqlstate) event.sqlstate = open.sqlstate;
+    if (open.masking !== undefined) event.masking = open.masking;
+    return event;
   }
+}
 
-  #finishOpen(reason: string): void {
-    while (this.#open.length > 0) {
-      const open = this.#open.shift()!;
-      const event = this.#event(open.text, open.kind, open.verdict, open.extra, open.at);
-      event.error = reason;
-      this.ctx.audit?.write(event);
-    }
-  }
+function openStatement(
+  text: string,
+  kind: string,
+  verdict: AuditVerdict,
+  extra: Partial<AuditEvent> | undefined,
+  at: number,
+  started: number,
+  bind: Buffer | null,
+  paramsAt: number,
+): OpenStatement {
+  return { text, kind, verdict, extra, at, started, bind, paramsAt, durationMs: 0, rows: undefined, sqlstate: undefined, error: undefined, masking: undefined };
+}
+
+function hasKeys(o: object): boolean {
+  for (const _ in o) return true;
+  return false;
+}
+
+/** A statement's audit text with the parameters of its Bind: `<text> -- params: [...]`, or the text alone when there are none. */
+function withParams(text: string, bind: Buffer, at: number): string {
+  const params = bindParameters(bind, at);
+  return params.length > 0 ? `${text} -- params: ${paramsJson(params)}` : text;
 }
 
 // --- wire helpers ---------------------------------------------------------------
@@ -672,9 +793,29 @@ function abortedError(): Buffer {
  * or not): everything after the keyword is replaced.
  */
 function auditText(facts: SqlStatementFacts): string {
-  if (!facts.kinds.includes('role')) return facts.text;
+  if (facts.kinds !== lastKinds) kindLabel(facts.kinds);
+  if (!lastKindsRole) return facts.text;
   const at = facts.text.search(/\bpassword\b/i);
   return at < 0 ? facts.text : `${facts.text.slice(0, at + 'password'.length)} [redacted]`;
+}
+
+/**
+ * A statement's kinds as the audit trail writes them (`select`,
+ * `explain_analyze,delete`), and whether one is `role`. Repeated statements
+ * share their (frozen, cached) kinds array, so the last one is remembered:
+ * one comparison instead of a join and a search per statement.
+ */
+let lastKinds: readonly string[] | undefined;
+let lastKindsLabel = '';
+let lastKindsRole = false;
+
+function kindLabel(kinds: readonly string[]): string {
+  if (kinds !== lastKinds) {
+    lastKindsLabel = kinds.join(',');
+    lastKindsRole = kinds.includes('role');
+    lastKinds = kinds;
+  }
+  return lastKindsLabel;
 }
 
 function truncate(text: string): string {

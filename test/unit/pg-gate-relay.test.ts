@@ -93,6 +93,30 @@ t.test('messages split across chunks are forwarded whole and in order', async (t
   t.same(events.map((e) => e.text), ['SELECT 1', 'SELECT 2']);
 });
 
+t.test('audit events are built once the answer is written to the client, and an Execute is audited with the Bind it ran', async (t) => {
+  const client = new FakeSocket();
+  const upstream = new FakeSocket();
+  const seen: Array<{ text: string; clientWrites: number }> = [];
+  const policy = new SessionPolicy({ name: 'p', subjects: { groups: ['g'] }, targets: ['db'], default: 'allow', rules: [] });
+  const gate = new PgStatementGate({
+    sessionId: 's1', subject: 'alice', target: 'db', policy, logger,
+    audit: { write: (e) => void seen.push({ text: e.text, clientWrites: client.writes.length }) },
+  });
+  new PgRelay(client as never, upstream as never, new PgFramer({ maxMessageBytes: 1 << 20 }), new PgFramer({ maxMessageBytes: 1 << 20 }), {
+    logger, idleTimeoutMs: 0, onClose: () => undefined, gate,
+  }).start([], []);
+  // Two unnamed statements in one batch: each Execute keeps the statement of its own Bind.
+  const parse = (sql: string): Buffer => new PgBytes().cstring('').cstring(sql).int16(0).typed('P');
+  client.emit('data', Buffer.concat([parse('SELECT $1::int'), bind('', '1'), execute(), parse('SELECT $1::text'), bind('', 'two'), execute(), sync()]));
+  t.equal(seen.length, 0, 'nothing audited before the server answered');
+  upstream.emit('data', Buffer.concat([new PgBytes().typed('1'), new PgBytes().typed('2'), dataRow(), commandComplete('SELECT 1'),
+    new PgBytes().typed('1'), new PgBytes().typed('2'), dataRow(), commandComplete('SELECT 1'), readyForQuery()]));
+  t.same(seen, [
+    { text: 'SELECT $1::int -- params: ["1"]', clientWrites: 1 },
+    { text: 'SELECT $1::text -- params: ["two"]', clientWrites: 1 },
+  ], 'built after the one write of the answer, in order');
+});
+
 t.test('role statements never have their parameters audited', async (t) => {
   const { client, upstream, events } = audited();
   client.emit('data', Buffer.concat([new PgBytes().cstring('r').cstring('ALTER ROLE bob PASSWORD $1').int16(0).typed('P'), bind('r', 'hunter2'), execute(), sync()]));
