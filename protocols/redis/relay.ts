@@ -273,9 +273,11 @@ export class RedisRelay {
     } catch (err) {
       failure = err;
     }
+    const flowing = this.#sendUpstream();
+    // Recorded once the commands are on their way upstream: recording need not delay them.
     const rec = this.options.recordClient;
     if (rec) rec.framed(rec.base + this.stats.bytesFromClient - this.clientFramer.bufferedBytes);
-    if (!this.#sendUpstream() && !this.#clientFailed) {
+    if (!flowing && !this.#clientFailed) {
       this.client.pause();
       this.upstream.once('drain', () => {
         if (!this.#clientFailed && !this.#held) this.client.resume();

@@ -40,7 +40,11 @@ const scratch = Buffer.allocUnsafe(64 * 1024);
 /** Sockets that read directly (adopted here): only they can have a read observer. */
 const direct = new WeakSet<Socket>();
 /** Read observers (the session recording's tap), by socket; `observed` counts them so most reads skip the lookup. */
-const observers = new WeakMap<Socket, (chunk: Buffer) => void>();
+interface ReadObserver {
+  before(chunk: Buffer): void;
+  after: (() => void) | undefined;
+}
+const observers = new WeakMap<Socket, ReadObserver>();
 let observed = 0;
 
 /**
@@ -50,20 +54,24 @@ let observed = 0;
 function onDirectRead(this: Socket, nread: number): void {
   const chunk = Buffer.allocUnsafe(nread);
   scratch.copy(chunk, 0, 0, nread);
-  if (observed !== 0) observers.get(this)?.(chunk);
+  const observer = observed !== 0 ? observers.get(this) : undefined;
+  if (observer !== undefined) observer.before(chunk);
   this.emit('data', chunk);
+  if (observer !== undefined && observer.after !== undefined) observer.after();
 }
 
 /**
  * Has `observe` see every chunk `socket` reads before any 'data' listener
  * does, as a prepended listener would, without making every read an emit
- * to two listeners. False when the socket does not read directly (a
- * TLSSocket): the caller then prepends a 'data' listener instead.
+ * to two listeners; and `afterward`, when given, called once the 'data'
+ * listeners have returned (the relay has handled and forwarded the chunk).
+ * False when the socket does not read directly (a TLSSocket): the caller
+ * then prepends a 'data' listener instead.
  */
-export function observeReads(socket: Socket, observe: (chunk: Buffer) => void): boolean {
+export function observeReads(socket: Socket, observe: (chunk: Buffer) => void, afterward?: () => void): boolean {
   if (!direct.has(socket)) return false;
   if (!observers.has(socket)) observed++;
-  observers.set(socket, observe);
+  observers.set(socket, { before: observe, after: afterward });
   return true;
 }
 

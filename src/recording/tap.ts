@@ -130,11 +130,15 @@ export class RecordingTap {
     // Own property on the instance: the prototype and every other socket are untouched; detach deletes it.
     const tapped = this;
     socket.write = function (this: Socket, chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
-      if (socket.writable) {
+      const writable = socket.writable;
+      // Handed to the socket first (its bytes reach the kernel now), recorded right after, in the same
+      // synchronous call: nothing can be written or recorded in between, so the order is the same.
+      const flowing = (origWrite as (c: unknown, e?: unknown, cb?: unknown) => boolean).call(this, chunk, encoding, cb);
+      if (writable) {
         const bytes = chunkBytes(chunk, typeof encoding === 'function' ? undefined : encoding);
         if (bytes && bytes.length > 0) tapped.#take('server', bytes, 0);
       }
-      return (origWrite as (c: unknown, e?: unknown, cb?: unknown) => boolean).call(this, chunk, encoding, cb);
+      return flowing;
     } as Socket['write'];
     socket.end = function (this: Socket, chunk?: unknown, encoding?: unknown, cb?: unknown): Socket {
       if (typeof chunk !== 'function' && socket.writable) {
@@ -144,7 +148,13 @@ export class RecordingTap {
       return (origEnd as (c?: unknown, e?: unknown, cb?: unknown) => Socket).call(this, chunk, encoding, cb as WriteCallback | undefined);
     } as Socket['end'];
     // Before the session's own reader sees the chunk: a read observer on a socket that reads directly, else a prepended listener.
-    if (!observeReads(socket, onData)) socket.prependListener('data', onData);
+    // On a socket that reads directly, a live client chunk is recorded once the relay has handled it (see #deferred).
+    const onDirectData = (chunk: Buffer): void => {
+      const start = this.#clientOffset;
+      this.#clientOffset += chunk.length;
+      this.#take('client', chunk, start, true);
+    };
+    if (!observeReads(socket, onDirectData, this.#recordDeferred)) socket.prependListener('data', onData);
     this.#sockets.set(socket, { onData, write: origWrite, end: origEnd });
   }
 
@@ -152,6 +162,7 @@ export class RecordingTap {
   detach(socket: Socket): void {
     const a = this.#sockets.get(socket);
     if (!a) return;
+    this.#recordDeferred();
     this.#sockets.delete(socket);
     if (!unobserveReads(socket)) socket.off('data', a.onData);
     // The wrappers are own properties; deleting them uncovers the prototype's methods again.
@@ -217,6 +228,7 @@ export class RecordingTap {
 
   /** Stops recording and restores every socket; held bytes are dropped. */
   finish(): void {
+    this.#recordDeferred();
     // Bytes the relay never framed (the session ended mid-command) are kept: they are what the client sent.
     if (this.#afterFraming && this.#pendingClient.length > 0) {
       for (const b of this.#pendingClient) this.#writer?.record('client', b);
@@ -241,6 +253,7 @@ export class RecordingTap {
    * bytes are still recorded as they are written.
    */
   recordClientAfterFraming(): void {
+    this.#recordDeferred();
     this.#afterFraming = true;
     this.#pendingStart = this.#clientOffset;
   }
@@ -306,9 +319,30 @@ export class RecordingTap {
     if (last >= 0) pieces[last] = Buffer.from(pieces[last]!);
   }
 
-  #take(direction: Direction, bytes: Buffer, start: number): void {
+  /**
+   * A live client chunk read directly, not yet recorded: the read observer
+   * holds it until the socket's 'data' listeners (the relay) have handled
+   * it, so recording does not delay the bytes on their way upstream. It is
+   * recorded before anything else is (a reply written while the relay
+   * handled the chunk is recorded after it), so the order is as received.
+   */
+  #deferred: Buffer | undefined;
+
+  readonly #recordDeferred = (): void => {
+    const bytes = this.#deferred;
+    if (bytes === undefined) return;
+    this.#deferred = undefined;
+    this.#writer?.record('client', bytes);
+  };
+
+  #take(direction: Direction, bytes: Buffer, start: number, deferrable = false): void {
     if (this.#finished) return;
+    if (this.#deferred !== undefined) this.#recordDeferred();
     if (!this.#holding) {
+      if (direction === 'client' && deferrable && !this.#afterFraming && this.#writer !== undefined) {
+        this.#deferred = bytes;
+        return;
+      }
       if (direction === 'client' && this.#afterFraming) {
         // Borrowed until the relay's framed() for this chunk, which records it or copies what it leaves pending.
         this.#keepPending();

@@ -137,6 +137,24 @@ t.test('a read observer sees each chunk before any data listener, and only on so
   server.destroy();
 });
 
+t.test('an observer called afterward runs once per read, after every data listener returned', async (t) => {
+  const srv = await adoptingServer(t);
+  const client = await dial(srv.port);
+  const server = await srv.next();
+  const order: string[] = [];
+  server.on('data', (c: Buffer) => void order.push(`listener:${c.toString()}`));
+  t.ok(observeReads(server, (c) => void order.push(`observer:${c.toString()}`), () => void order.push('afterward')));
+  server.resume();
+  client.write('one');
+  while (order.length < 3) await new Promise((resolve) => setImmediate(resolve));
+  client.write('two');
+  while (order.length < 6) await new Promise((resolve) => setImmediate(resolve));
+  t.same(order, ['observer:one', 'listener:one', 'afterward', 'observer:two', 'listener:two', 'afterward']);
+  unobserveReads(server);
+  client.destroy();
+  server.destroy();
+});
+
 t.test('TLS wraps an adopted socket after plaintext was read from it (PostgreSQL SSLRequest)', async (t) => {
   const stateDir = mkdtempSync(join(tmpdir(), 'sluice-direct-reads-'));
   t.teardown(() => rmSync(stateDir, { recursive: true, force: true }));

@@ -4,15 +4,18 @@
  *   socket's buffer and copies only what stays pending, so a buffer reused
  *   after its `data` event never alters the recording;
  * - full slabs whose records are on disk are handed to the next writer, and
- *   neither writer's file is disturbed by that.
+ *   neither writer's file is disturbed by that;
+ * - a client chunk read directly is recorded after the relay handled it,
+ *   yet before any reply written meanwhile: the order stays as received.
  */
 import { randomBytes } from 'node:crypto';
-import { EventEmitter } from 'node:events';
+import { EventEmitter, once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
-import type { Socket } from 'node:net';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
+import { adoptWithDirectReads } from '../../src/gateway/direct-reads.js';
 import type { RecordingMeta } from '../../src/recording/format.js';
 import { loadRecordingPublicKeys, openRecordingKey } from '../../src/recording/keys.js';
 import { readRecording } from '../../src/recording/reader.js';
@@ -133,4 +136,38 @@ t.test('slabs handed from one writer to the next: both recordings byte-exact and
     t.ok(v.ok && v.complete, 'verifies');
   }
   t.ok((await readRecording(a.path).bytesOf('client')).equals(Buffer.concat(bSent.map((s) => s.subarray(0, 100)))), "a's later records intact");
+});
+
+t.test('a client chunk read directly is recorded once the relay handled it, and before the reply it wrote meanwhile', async (t) => {
+  const stateDir = tempDir(t);
+  const key = await openRecordingKey(stateDir);
+  const writer = await RecordingWriter.open({ stateDir, meta: meta(), key, onFailure: (e) => t.fail(e.message) });
+  const server = createServer({ pauseOnConnect: true });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.teardown(() => server.close());
+  const accepted = once(server, 'connection');
+  const client = connect({ port: (server.address() as AddressInfo).port, host: '127.0.0.1' });
+  const socket = adoptWithDirectReads(((await accepted) as [Socket])[0]);
+  const tap = new RecordingTap();
+  tap.attach(socket);
+  tap.release(writer);
+  const stagedWhileHandled: number[] = [];
+  // The relay's part: look at the chunk, answer on the same socket.
+  socket.on('data', (chunk: Buffer) => {
+    stagedWhileHandled.push(writer.backlogBytes);
+    socket.write(Buffer.concat([Buffer.from('re:'), chunk]));
+  });
+  socket.resume();
+  client.write('ping');
+  const [reply] = (await once(client, 'data')) as [Buffer];
+  t.equal(reply.toString(), 're:ping');
+  t.same(stagedWhileHandled, [0], 'nothing recorded yet while the relay handled the chunk');
+  tap.finish();
+  client.destroy();
+  socket.destroy();
+  await writer.close({ closeReason: 'test' });
+  const records: Array<[string, string]> = [];
+  for await (const r of readRecording(writer.path)) if (r.type === 'data') records.push([r.direction, r.bytes.toString()]);
+  t.same(records, [['client', 'ping'], ['server', 're:ping']], 'request first, then the reply');
 });
