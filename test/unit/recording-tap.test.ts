@@ -6,7 +6,9 @@
  * - full slabs whose records are on disk are handed to the next writer, and
  *   neither writer's file is disturbed by that;
  * - a client chunk read directly is recorded after the relay handled it,
- *   yet before any reply written meanwhile: the order stays as received.
+ *   yet before any reply written meanwhile: the order stays as received;
+ * - one spare slab per open writer is kept for reuse, and no more than the
+ *   floor once they closed.
  */
 import { randomBytes } from 'node:crypto';
 import { EventEmitter, once } from 'node:events';
@@ -21,7 +23,7 @@ import { loadRecordingPublicKeys, openRecordingKey } from '../../src/recording/k
 import { readRecording } from '../../src/recording/reader.js';
 import { RecordingTap } from '../../src/recording/tap.js';
 import { verifyRecording } from '../../src/recording/verify.js';
-import { RecordingWriter } from '../../src/recording/writer.js';
+import { RecordingWriter, spareSlabStats } from '../../src/recording/writer.js';
 
 function tempDir(t: Test): string {
   const d = mkdtempSync(join(tmpdir(), 'sluice-rectap-'));
@@ -170,4 +172,24 @@ t.test('a client chunk read directly is recorded once the relay handled it, and 
   const records: Array<[string, string]> = [];
   for await (const r of readRecording(writer.path)) if (r.type === 'data') records.push([r.direction, r.bytes.toString()]);
   t.same(records, [['client', 'ping'], ['server', 're:ping']], 'request first, then the reply');
+});
+
+t.test('spare slabs: one per open writer is kept, and the extra ones are let go when writers close', async (t) => {
+  const stateDir = tempDir(t);
+  const key = await openRecordingKey(stateDir);
+  const writers = await Promise.all(
+    Array.from({ length: 40 }, () => RecordingWriter.open({ stateDir, meta: meta(), key, flushIntervalMs: 5, onFailure: (e) => t.fail(e.message) })),
+  );
+  t.equal(spareSlabStats().limit, 40, 'the limit follows the open writers');
+  // Past the growth slabs (16+32+64+128 KiB) into full ones, so each writer retires at least one full slab.
+  const chunk = randomBytes(8000);
+  for (let i = 0; i < 80; i++) {
+    for (const w of writers) w.record('server', chunk);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  await new Promise((r) => setTimeout(r, 50));
+  t.ok(spareSlabStats().spares > 16, `more than the old fixed 16 are kept for reuse (${spareSlabStats().spares})`);
+  for (const w of writers) await w.close({ closeReason: 'test' });
+  t.equal(spareSlabStats().limit, 16, 'no writer open: the floor');
+  t.ok(spareSlabStats().spares <= 16, 'back to at most 16 once the writers closed');
 });
