@@ -5,8 +5,8 @@
  *   npm run bench:audit   (or, after a build: node dist/bench/audit-store.js)
  *
  * Events look like `pgbench -S` traffic (8 sessions, a short SELECT with an
- * integer literal, or with `-- params: [...]` as the extended protocol
- * writes them), committed in batches of 500 on top of 200k events already
+ * integer literal, or a prepared statement's text with its bound
+ * parameters apart, as the PostgreSQL gate writes them), committed in batches of 500 on top of 200k events already
  * in the database. Prints CPU (user + system of this process), disk bytes
  * and write() calls per event from /proc/self/io, and the time of two API
  * queries. Env: AUDIT_BENCH_EVENTS (100000), AUDIT_BENCH_PREFILL (200000),
@@ -49,9 +49,8 @@ async function run(extended: boolean): Promise<void> {
         target: 'bench',
         protocol: 'postgres',
         kind: 'select',
-        text: extended
-          ? `SELECT abalance FROM pgbench_accounts WHERE aid = $1; -- params: ${JSON.stringify([String(aid)])}`
-          : `SELECT abalance FROM pgbench_accounts WHERE aid = ${aid};`,
+        text: extended ? 'SELECT abalance FROM pgbench_accounts WHERE aid = $1;' : `SELECT abalance FROM pgbench_accounts WHERE aid = ${aid};`,
+        ...(extended ? { params: JSON.stringify([String(aid)]) } : {}),
         verdict: 'allowed',
         policy: 'bench',
         durationMs: 1,

@@ -69,7 +69,7 @@ interface Held {
  * young-generation collections that copy each live object.
  */
 interface OpenStatement {
-  /** The audit text; for an Execute, the statement's, with `bind`'s parameters appended when the event is built. */
+  /** The audit text; for an Execute, the statement's (its parameters go in the event's `params`). */
   text: string;
   kind: string;
   verdict: AuditVerdict;
@@ -78,9 +78,11 @@ interface OpenStatement {
   at: number;
   /** Epoch ms its duration counts from. */
   started: number;
-  /** Execute: the Bind message of its portal (a view of the client's bytes, read-only) and where its parameters start; `null` when they are not audited. */
+  /** Execute: the Bind message of its portal (a view of the client's bytes, read-only) and where its parameters start; decoded when the event is built. */
   bind: Buffer | null;
   paramsAt: number;
+  /** Execute of a role statement: its parameters as audited (never the values: one may be a password). */
+  params: string | undefined;
   /** Filled in from the server's answer. */
   durationMs: number;
   rows: number | undefined;
@@ -547,9 +549,15 @@ export class PgStatementGate implements RelayGate {
     const statement = this.#statements.get(name);
     // Parameters of a role statement may be its password: never kept.
     const bind = statement?.role ? null : bytes;
-    const bound: Bound = { statement, bind, paramsAt: nameEnd + 1 };
-    if (portal === '') this.#unnamedPortal = bound;
-    else this.#portals.set(portal, bound);
+    if (portal !== '') {
+      this.#portals.set(portal, { statement, bind, paramsAt: nameEnd + 1 });
+      return;
+    }
+    // The unnamed portal is rebound by almost every Bind: one object, updated in place (Execute copies what it needs).
+    const unnamed = (this.#unnamedPortal ??= { statement: undefined, bind: null, paramsAt: 0 });
+    unnamed.statement = statement;
+    unnamed.bind = bind;
+    unnamed.paramsAt = nameEnd + 1;
   }
 
   /** The statement name in bytes[start, end), reusing the last one's string when the bytes are the same. */
@@ -579,7 +587,9 @@ export class PgStatementGate implements RelayGate {
     if (statement === undefined) {
       this.#open.push(openStatement(`(portal "${portal}")`, 'execute', 'allowed', undefined, now, now, null, 0));
     } else if (statement.role) {
-      this.#open.push(openStatement(`${statement.text} -- params: ["[redacted]"]`, statement.kind, 'allowed', undefined, now, now, null, 0));
+      const open = openStatement(statement.text, statement.kind, 'allowed', undefined, now, now, null, 0);
+      open.params = '["[redacted]"]';
+      this.#open.push(open);
     } else {
       this.#open.push(openStatement(statement.text, statement.kind, 'allowed', undefined, now, now, bound!.bind, bound!.paramsAt));
     }
@@ -628,9 +638,11 @@ export class PgStatementGate implements RelayGate {
 
   #answerEvent(open: OpenStatement): AuditEvent {
     const ctx = this.ctx;
-    const text = open.bind === null ? open.text : withParams(open.text, open.bind, open.paramsAt);
+    const text = open.text;
+    const params = open.bind === null ? open.params : boundParams(open.bind, open.paramsAt);
     if (open.durationMs < 0) {
       const event = this.#event(text, open.kind, open.verdict, open.extra, open.at);
+      if (params !== undefined) event.params = params;
       event.error = open.error;
       return event;
     }
@@ -641,11 +653,11 @@ export class PgStatementGate implements RelayGate {
       rows === undefined
         ? {
             time: isoTime(open.at), sessionId: ctx.sessionId, subject: ctx.subject, target: ctx.target, protocol: 'postgres',
-            kind: open.kind, text, verdict: open.verdict, policy: ctx.policy.name, durationMs,
+            kind: open.kind, text, params, verdict: open.verdict, policy: ctx.policy.name, durationMs,
           }
         : {
             time: isoTime(open.at), sessionId: ctx.sessionId, subject: ctx.subject, target: ctx.target, protocol: 'postgres',
-            kind: open.kind, text, verdict: open.verdict, policy: ctx.policy.name, durationMs, rows,
+            kind: open.kind, text, params, verdict: open.verdict, policy: ctx.policy.name, durationMs, rows,
           };
     if (open.extra) Object.assign(event, open.extra);
     if (open.sqlstate) event.sqlstate = open.sqlstate;
@@ -664,7 +676,7 @@ function openStatement(
   bind: Buffer | null,
   paramsAt: number,
 ): OpenStatement {
-  return { text, kind, verdict, extra, at, started, bind, paramsAt, durationMs: 0, rows: undefined, sqlstate: undefined, error: undefined, masking: undefined };
+  return { text, kind, verdict, extra, at, started, bind, paramsAt, params: undefined, durationMs: 0, rows: undefined, sqlstate: undefined, error: undefined, masking: undefined };
 }
 
 function hasKeys(o: object): boolean {
@@ -672,10 +684,10 @@ function hasKeys(o: object): boolean {
   return false;
 }
 
-/** A statement's audit text with the parameters of its Bind: `<text> -- params: [...]`, or the text alone when there are none. */
-function withParams(text: string, bind: Buffer, at: number): string {
+/** The parameters of a Bind as the audit event's `params` (a JSON array), or undefined when there are none. */
+function boundParams(bind: Buffer, at: number): string | undefined {
   const params = bindParameters(bind, at);
-  return params.length > 0 ? `${text} -- params: ${paramsJson(params)}` : text;
+  return params.length > 0 ? paramsJson(params) : undefined;
 }
 
 // --- wire helpers ---------------------------------------------------------------

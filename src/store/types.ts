@@ -18,8 +18,18 @@ export interface AuditEvent {
   protocol: 'postgres' | 'redis';
   /** Kinds joined by ',' (PostgreSQL) or `command` / `command|subcommand` (Redis). */
   kind: string;
-  /** Statement text; for the extended protocol with bound parameters appended as `-- params: [...]`. */
+  /**
+   * Statement text. For the extended protocol, read back from the store (API,
+   * CLI) with the bound parameters appended as `-- params: [...]`.
+   */
   text: string;
+  /**
+   * Extended protocol, as written by the gateway: the bound parameters as a
+   * JSON array, kept apart from `text` so that a batch stores a prepared
+   * statement's text once. The store appends them to `text` when read back
+   * (`<text> -- params: <params>`), so readers never see this field.
+   */
+  params?: string;
   verdict: AuditVerdict;
   policy?: string;
   rule?: string;

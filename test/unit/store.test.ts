@@ -638,3 +638,47 @@ t.test('audit batches: one row per batch, keys per distinct value, canonical tim
   t.same(again.queryAuditEvents({}).map((e) => e.time), ['2025-01-01T00:00:01.500Z', '2025-01-01T00:00:00.250Z', '2025-01-01T01:00:00.000+01:00', '2025-13-01T00:00:00.000Z'], 'by instant, the unparsed last, each time text as written');
   again.close();
 });
+
+t.test('audit batches: a prepared statement is stored once per batch and read back with its parameters', async (t) => {
+  const dir = t.testdir();
+  const store = openSqliteStore(dir);
+  const text = 'SELECT abalance FROM pgbench_accounts WHERE aid = $1';
+  store.insertAuditEvents([
+    event({ text, params: '["1"]', rows: 1 }),
+    event({ text: 'SELECT 2' }),
+    event({ text, params: '["2"]', rows: 1 }),
+    event({ text: 'UPDATE t SET a = $1', params: '["x \\"y\\""]' }),
+  ]);
+  store.close();
+  const raw = new Database(join(dir, 'sluice.db'), { readonly: true });
+  t.teardown(() => raw.close());
+  const json = (raw.prepare('SELECT events FROM audit_batches').get() as { events: string }).events;
+  t.equal(json.split(text).length - 1, 1, 'the statement text is written once');
+  const doc = JSON.parse(json) as { v: number; s: string[]; e: unknown[][] };
+  t.equal(doc.v, 2);
+  t.same(doc.s, [text, 'UPDATE t SET a = $1']);
+  t.same(doc.e.map((e) => e[4]), [[0, '["1"]'], 'SELECT 2', [0, '["2"]'], [1, '["x \\"y\\""]']]);
+  const again = openSqliteStore(dir);
+  t.teardown(() => again.close());
+  const read = again.queryAuditEvents({}).reverse();
+  t.same(read.map((e) => e.text), [`${text} -- params: ["1"]`, 'SELECT 2', `${text} -- params: ["2"]`, 'UPDATE t SET a = $1 -- params: ["x \\"y\\""]']);
+  t.notOk(read.some((e) => 'params' in e), 'readers see the parameters in the text only');
+});
+
+t.test('audit batches: version 1 batches written by earlier releases are still read', async (t) => {
+  const dir = t.testdir();
+  openSqliteStore(dir).close();
+  const db = new Database(join(dir, 'sluice.db'));
+  const t0 = Date.parse('2025-01-01T00:00:00.000Z');
+  const v1 = { v: 1, t0, h: [['s1', 'alice', 'app-db', 'postgres', 'p']], e: [[0, 0, null, 'select', 'SELECT $1 -- params: ["7"]', 'allowed', 3, 1]] };
+  const id = db.prepare('INSERT INTO audit_batches (min_ms, max_ms, count, events) VALUES (?, ?, 1, ?)').run(t0, t0, JSON.stringify(v1)).lastInsertRowid;
+  for (const [field, value] of [['session', 's1'], ['subject', 'alice'], ['target', 'app-db'], ['verdict', 'allowed']]) {
+    db.prepare('INSERT INTO audit_batch_keys (field, value, batch) VALUES (?, ?, ?)').run(field, value, id);
+  }
+  db.close();
+  const store = openSqliteStore(dir);
+  t.teardown(() => store.close());
+  t.match(store.queryAuditEvents({ subject: 'alice' }), [
+    { time: '2025-01-01T00:00:00.000Z', sessionId: 's1', policy: 'p', kind: 'select', text: 'SELECT $1 -- params: ["7"]', durationMs: 3, rows: 1 },
+  ]);
+});
