@@ -37,15 +37,51 @@ import { Socket, type NetConnectOpts } from 'node:net';
 /** The one buffer libuv reads into; each read is copied out before the next can happen. */
 const scratch = Buffer.allocUnsafe(64 * 1024);
 
-/** Sockets that read directly (adopted here): only they can have a read observer. */
-const direct = new WeakSet<Socket>();
-/** Read observers (the session recording's tap), by socket; `observed` counts them so most reads skip the lookup. */
 interface ReadObserver {
   before(chunk: Buffer): void;
   after: (() => void) | undefined;
 }
-const observers = new WeakMap<Socket, ReadObserver>();
-let observed = 0;
+
+/** Sees a chunk handed to `write` or `end`, with the encoding given for a string. */
+export type WriteObserver = (chunk: unknown, encoding: BufferEncoding | undefined) => void;
+
+/**
+ * An accepted socket that reads directly. Its observers (the session
+ * recording's tap) are fields of the socket, not own properties added when a
+ * session is recorded: every session socket has the same hidden class
+ * whether it is recorded or not, so Node's stream code, shared by all of
+ * them, keeps its property caches as they are without a recording.
+ */
+class DirectSocket extends Socket {
+  readObserver: ReadObserver | undefined = undefined;
+  writeObserver: WriteObserver | undefined = undefined;
+}
+
+const socketWrite = Socket.prototype.write as (this: Socket, chunk: unknown, encoding?: unknown, cb?: unknown) => boolean;
+const socketEnd = Socket.prototype.end as (this: Socket, chunk?: unknown, encoding?: unknown, cb?: unknown) => Socket;
+
+/**
+ * `write` hands the chunk on first (its bytes reach the kernel now) and
+ * shows it to the observer right after, in the same synchronous call:
+ * nothing can be written in between, so the order is the same.
+ */
+DirectSocket.prototype.write = function (this: DirectSocket, chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
+  const observe = this.writeObserver;
+  if (observe === undefined) return socketWrite.call(this, chunk, encoding, cb);
+  const writable = this.writable;
+  const flowing = socketWrite.call(this, chunk, encoding, cb);
+  if (writable) observe(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : undefined);
+  return flowing;
+} as Socket['write'];
+
+/** `end(data)`: the observer sees the data first (ending may close the socket and its session at once). */
+DirectSocket.prototype.end = function (this: DirectSocket, chunk?: unknown, encoding?: unknown, cb?: unknown): DirectSocket {
+  const observe = this.writeObserver;
+  if (observe !== undefined && typeof chunk !== 'function' && this.writable) {
+    observe(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : undefined);
+  }
+  return socketEnd.call(this, chunk, encoding, cb) as DirectSocket;
+} as DirectSocket['end'];
 
 /**
  * The onread callback: `this` is the socket (Node calls it as a method of
@@ -54,7 +90,8 @@ let observed = 0;
 function onDirectRead(this: Socket, nread: number): void {
   const chunk = Buffer.allocUnsafe(nread);
   scratch.copy(chunk, 0, 0, nread);
-  const observer = observed !== 0 ? observers.get(this) : undefined;
+  // Upstream sockets read directly too, but are plain Sockets: no observer field.
+  const observer = this instanceof DirectSocket ? this.readObserver : undefined;
   if (observer !== undefined) observer.before(chunk);
   this.emit('data', chunk);
   if (observer !== undefined && observer.after !== undefined) observer.after();
@@ -69,16 +106,34 @@ function onDirectRead(this: Socket, nread: number): void {
  * then prepends a 'data' listener instead.
  */
 export function observeReads(socket: Socket, observe: (chunk: Buffer) => void, afterward?: () => void): boolean {
-  if (!direct.has(socket)) return false;
-  if (!observers.has(socket)) observed++;
-  observers.set(socket, { before: observe, after: afterward });
+  if (!(socket instanceof DirectSocket)) return false;
+  socket.readObserver = { before: observe, after: afterward };
   return true;
 }
 
 /** Removes the socket's read observer; false when it had none. */
 export function unobserveReads(socket: Socket): boolean {
-  if (!observers.delete(socket)) return false;
-  observed--;
+  if (!(socket instanceof DirectSocket) || socket.readObserver === undefined) return false;
+  socket.readObserver = undefined;
+  return true;
+}
+
+/**
+ * Has `observe` see every chunk handed to `socket.write` (right after the
+ * socket took it) and `socket.end(data)` (before). False when the socket
+ * is not one adopted here (a TLSSocket): the caller then wraps the
+ * socket's methods itself.
+ */
+export function observeWrites(socket: Socket, observe: WriteObserver): boolean {
+  if (!(socket instanceof DirectSocket)) return false;
+  socket.writeObserver = observe;
+  return true;
+}
+
+/** Removes the socket's write observer; false when it had none. */
+export function unobserveWrites(socket: Socket): boolean {
+  if (!(socket instanceof DirectSocket) || socket.writeObserver === undefined) return false;
+  socket.writeObserver = undefined;
   return true;
 }
 
@@ -116,7 +171,7 @@ export function adoptWithDirectReads(accepted: Socket): Socket {
   internals._handle = null;
   // The empty shell closes at once: the server counts it out of its connections.
   accepted.destroy();
-  const socket = new Socket({
+  const socket = new DirectSocket({
     handle,
     // As the server made the accepted socket.
     allowHalfOpen: accepted.allowHalfOpen,
@@ -125,6 +180,5 @@ export function adoptWithDirectReads(accepted: Socket): Socket {
     pauseOnCreate: true,
     onread: ONREAD,
   } as unknown as ConstructorParameters<typeof Socket>[0]);
-  direct.add(socket);
   return socket;
 }

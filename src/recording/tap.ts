@@ -5,12 +5,16 @@
  *
  * - client -> gateway: a read observer on a socket that reads directly
  *   (src/gateway/direct-reads.ts), else a `data` listener prepended to the
- *   socket's, so it sees every chunk before the session or the relay does;
- * - gateway -> client: `write` and `end(data)` wrapped on that socket
- *   instance, so whatever any code hands the socket (handshake replies,
- *   relayed rows after masking, Sluice's own errors) is recorded exactly as
- *   handed over. A string chunk is encoded as Node encodes it (utf8 unless an
- *   encoding is given).
+ *   socket's, so it sees every chunk before the session or the relay does
+ *   (live chunks read directly are recorded once the relay has handled
+ *   them, see #deferred);
+ * - gateway -> client: everything handed to `write` and `end(data)`: a
+ *   write observer on a socket adopted by direct-reads (part of its class,
+ *   so recording adds no own property to the socket), else the two methods
+ *   wrapped on that socket instance. Whatever any code hands the socket
+ *   (handshake replies, relayed rows after masking, Sluice's own errors) is
+ *   recorded exactly as handed over. A string chunk is encoded as Node
+ *   encodes it (utf8 unless an encoding is given).
  *
  * Byte exactness is therefore by construction, not by each relay remembering
  * to call the recorder. What "received" means: handed to the socket; bytes
@@ -32,7 +36,7 @@
  * half-received credential is never recorded.
  */
 import type { Socket } from 'node:net';
-import { observeReads, unobserveReads } from '../gateway/direct-reads.js';
+import { observeReads, observeWrites, unobserveReads, unobserveWrites } from '../gateway/direct-reads.js';
 import type { Logger } from '../log.js';
 import { ErrorCodes, SluiceError } from '../errors.js';
 import type { Identity } from '../identity/types.js';
@@ -78,7 +82,8 @@ function chunkBytes(chunk: unknown, encoding: unknown): Buffer | undefined {
 export class RecordingTap {
   readonly #maxHeldBytes: number;
   readonly #onOverflow: () => void;
-  readonly #sockets = new Map<Socket, Attached>();
+  /** Tapped sockets: undefined for one observed through direct-reads, else what detach restores. */
+  readonly #sockets = new Map<Socket, Attached | undefined>();
   #writer: RecordingWriter | undefined;
   #holding = true;
   #finished = false;
@@ -119,52 +124,61 @@ export class RecordingTap {
 
   attach(socket: Socket): void {
     if (this.#sockets.has(socket) || this.#finished) return;
-    const origWrite = socket.write;
-    const origEnd = socket.end;
     const onData = (chunk: Buffer | string): void => {
       const bytes = typeof chunk === 'string' ? Buffer.from(chunk, 'utf8') : chunk;
       const start = this.#clientOffset;
       this.#clientOffset += bytes.length;
       this.#take('client', bytes, start);
     };
-    // Own property on the instance: the prototype and every other socket are untouched; detach deletes it.
-    const tapped = this;
-    socket.write = function (this: Socket, chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
-      const writable = socket.writable;
-      // Handed to the socket first (its bytes reach the kernel now), recorded right after, in the same
-      // synchronous call: nothing can be written or recorded in between, so the order is the same.
-      const flowing = (origWrite as (c: unknown, e?: unknown, cb?: unknown) => boolean).call(this, chunk, encoding, cb);
-      if (writable) {
-        const bytes = chunkBytes(chunk, typeof encoding === 'function' ? undefined : encoding);
-        if (bytes && bytes.length > 0) tapped.#take('server', bytes, 0);
-      }
-      return flowing;
-    } as Socket['write'];
-    socket.end = function (this: Socket, chunk?: unknown, encoding?: unknown, cb?: unknown): Socket {
-      if (typeof chunk !== 'function' && socket.writable) {
-        const bytes = chunkBytes(chunk, typeof encoding === 'function' ? undefined : encoding);
-        if (bytes && bytes.length > 0) tapped.#take('server', bytes, 0);
-      }
-      return (origEnd as (c?: unknown, e?: unknown, cb?: unknown) => Socket).call(this, chunk, encoding, cb as WriteCallback | undefined);
-    } as Socket['end'];
-    // Before the session's own reader sees the chunk: a read observer on a socket that reads directly, else a prepended listener.
+    // Everything handed to write / end(data): the bytes as the socket sends them.
+    const onWrite = (chunk: unknown, encoding: BufferEncoding | undefined): void => {
+      const bytes = chunkBytes(chunk, encoding);
+      if (bytes && bytes.length > 0) this.#take('server', bytes, 0);
+    };
     // On a socket that reads directly, a live client chunk is recorded once the relay has handled it (see #deferred).
     const onDirectData = (chunk: Buffer): void => {
       const start = this.#clientOffset;
       this.#clientOffset += chunk.length;
       this.#take('client', chunk, start, true);
     };
-    if (!observeReads(socket, onDirectData, this.#recordDeferred)) socket.prependListener('data', onData);
+    // A session socket adopted by direct-reads takes observers in its own fields (its hidden class stays
+    // what it is without a recording); any other socket (a TLSSocket) gets a prepended 'data' listener and
+    // write / end wrapped as own properties of the instance, which detach deletes.
+    if (observeWrites(socket, onWrite)) {
+      observeReads(socket, onDirectData, this.#recordDeferred); // the same sockets take both
+      this.#sockets.set(socket, undefined);
+      return;
+    }
+    const origWrite = socket.write;
+    const origEnd = socket.end;
+    socket.write = function (this: Socket, chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
+      const writable = socket.writable;
+      // Handed to the socket first (its bytes reach the kernel now), recorded right after, in the same
+      // synchronous call: nothing can be written or recorded in between, so the order is the same.
+      const flowing = (origWrite as (c: unknown, e?: unknown, cb?: unknown) => boolean).call(this, chunk, encoding, cb);
+      if (writable) onWrite(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : undefined);
+      return flowing;
+    } as Socket['write'];
+    socket.end = function (this: Socket, chunk?: unknown, encoding?: unknown, cb?: unknown): Socket {
+      if (typeof chunk !== 'function' && socket.writable) onWrite(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : undefined);
+      return (origEnd as (c?: unknown, e?: unknown, cb?: unknown) => Socket).call(this, chunk, encoding, cb as WriteCallback | undefined);
+    } as Socket['end'];
+    socket.prependListener('data', onData);
     this.#sockets.set(socket, { onData, write: origWrite, end: origEnd });
   }
 
   /** Restores the socket's methods and stops listening (the plain socket before a TLS upgrade; every socket at the end). */
   detach(socket: Socket): void {
+    if (!this.#sockets.has(socket)) return;
     const a = this.#sockets.get(socket);
-    if (!a) return;
     this.#recordDeferred();
     this.#sockets.delete(socket);
-    if (!unobserveReads(socket)) socket.off('data', a.onData);
+    if (a === undefined) {
+      unobserveReads(socket);
+      unobserveWrites(socket);
+      return;
+    }
+    socket.off('data', a.onData);
     // The wrappers are own properties; deleting them uncovers the prototype's methods again.
     const own = socket as unknown as Record<string, unknown>;
     if (own.write !== a.write) delete own.write;

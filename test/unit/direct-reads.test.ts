@@ -2,7 +2,8 @@
  * Direct reads (src/gateway/direct-reads.ts) on real loopback sockets: every
  * chunk handed out keeps its bytes after later reads reuse the scratch
  * buffer, pause() holds the bytes back in the kernel until resume(), EOF and
- * half-close arrive as 'end', a read observer sees each chunk first, TLS can
+ * half-close arrive as 'end', a read observer sees each chunk first, a write
+ * observer sees what write and end(data) are handed, TLS can
  * still wrap an adopted socket, and a socket that is already reading is
  * left as it is.
  */
@@ -14,7 +15,7 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
-import { adoptWithDirectReads, observeReads, unobserveReads, withDirectReadOption } from '../../src/gateway/direct-reads.js';
+import { adoptWithDirectReads, observeReads, observeWrites, unobserveReads, unobserveWrites, withDirectReadOption } from '../../src/gateway/direct-reads.js';
 import { createServerSecureContext, loadServerTls } from '../../src/gateway/tls.js';
 
 /** Listens on a loopback port, closed with the test; resolves the port. */
@@ -153,6 +154,29 @@ t.test('an observer called afterward runs once per read, after every data listen
   unobserveReads(server);
   client.destroy();
   server.destroy();
+});
+
+t.test('a write observer sees what write and end(data) are handed, and adds no property to the socket', async (t) => {
+  const srv = await adoptingServer(t);
+  const client = await dial(srv.port);
+  const server = await srv.next();
+  const ownBefore = Object.getOwnPropertyNames(server).sort();
+  const seen: string[] = [];
+  t.ok(observeWrites(server, (chunk, encoding) => void seen.push(`${String(chunk)}/${encoding ?? '-'}`)));
+  t.same(Object.getOwnPropertyNames(server).sort(), ownBefore, 'same own properties: the observer is a field of the class');
+  const received: Buffer[] = [];
+  client.on('data', (c: Buffer) => void received.push(c));
+  const ended = once(client, 'end');
+  server.write(Buffer.from('one'));
+  server.write('two', 'latin1');
+  server.end('three');
+  await ended;
+  t.equal(Buffer.concat(received).toString(), 'onetwothree');
+  t.same(seen, ['one/-', 'two/latin1', 'three/-']);
+  t.ok(unobserveWrites(server), 'removed');
+  t.notOk(unobserveWrites(server), 'nothing left to remove');
+  t.notOk(observeWrites(client, () => {}), 'a socket not adopted here takes no observer');
+  client.destroy();
 });
 
 t.test('TLS wraps an adopted socket after plaintext was read from it (PostgreSQL SSLRequest)', async (t) => {
