@@ -496,6 +496,9 @@ export class PgStatementGate implements RelayGate {
     this.#serverErrored = false;
     this.#finishOpen('not run: an earlier statement of the same message failed');
     this.#status = status;
+    // Outside a transaction block no portal survives (PostgreSQL drops them at transaction end):
+    // let go of their Bind messages, which would otherwise keep a client chunk alive while the session idles.
+    if (status === 'I') this.#forgetPortals();
     this.#io.toClient(status === String.fromCharCode(bytes[5]!) ? bytes : readyForQuery(status));
     this.#drainLocal();
   }
@@ -558,6 +561,15 @@ export class PgStatementGate implements RelayGate {
     unnamed.statement = statement;
     unnamed.bind = bind;
     unnamed.paramsAt = nameEnd + 1;
+  }
+
+  #forgetPortals(): void {
+    if (this.#portals.size > 0) this.#portals.clear();
+    const unnamed = this.#unnamedPortal;
+    if (unnamed !== undefined) {
+      unnamed.statement = undefined;
+      unnamed.bind = null;
+    }
   }
 
   /** The statement name in bytes[start, end), reusing the last one's string when the bytes are the same. */

@@ -117,6 +117,22 @@ t.test('audit events are built once the answer is written to the client, and an 
   ], 'built after the one write of the answer, in order');
 });
 
+t.test('a portal is known across Syncs inside a transaction block, and forgotten once the session is idle', async (t) => {
+  const { client, upstream, events } = audited();
+  const parse = new PgBytes().cstring('').cstring('SELECT $1::int').int16(0).typed('P');
+  const inBlock = new PgBytes().char('T').typed('Z');
+  // Bind in one batch, Execute in the next: the portal outlives the first Sync because a transaction is open.
+  client.emit('data', Buffer.concat([parse, bind('', '5'), sync()]));
+  upstream.emit('data', Buffer.concat([new PgBytes().typed('1'), new PgBytes().typed('2'), inBlock]));
+  client.emit('data', Buffer.concat([execute(), sync()]));
+  upstream.emit('data', Buffer.concat([dataRow(), commandComplete('SELECT 1'), readyForQuery()]));
+  t.match(events[events.length - 1], { text: 'SELECT $1::int', params: '["5"]' });
+  // Idle now: PostgreSQL has dropped the portal, and so has the gate (with the Bind it kept).
+  client.emit('data', Buffer.concat([execute(), sync()]));
+  upstream.emit('data', Buffer.concat([new PgBytes().cstring('SERROR').cstring('C34000').cstring('Mportal "" does not exist').bytes([0]).typed('E'), readyForQuery()]));
+  t.match(events[events.length - 1], { text: '(portal "")', kind: 'execute', sqlstate: '34000' });
+});
+
 t.test('role statements never have their parameters audited', async (t) => {
   const { client, upstream, events } = audited();
   client.emit('data', Buffer.concat([new PgBytes().cstring('r').cstring('ALTER ROLE bob PASSWORD $1').int16(0).typed('P'), bind('r', 'hunter2'), execute(), sync()]));
