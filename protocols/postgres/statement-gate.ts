@@ -83,7 +83,7 @@ interface OpenStatement {
   paramsAt: number;
   /** Execute of a role statement: its parameters as audited (never the values: one may be a password). */
   params: string | undefined;
-  /** Filled in from the server's answer. */
+  /** Filled in from the server's answer; `error` instead when it will never come. */
   durationMs: number;
   rows: number | undefined;
   sqlstate: string | undefined;
@@ -643,7 +643,6 @@ export class PgStatementGate implements RelayGate {
     while (this.#open.length > 0) {
       const open = this.#open.shift()!;
       open.error = reason;
-      open.durationMs = -1;
       this.#answered.push(open);
     }
   }
@@ -652,7 +651,8 @@ export class PgStatementGate implements RelayGate {
     const ctx = this.ctx;
     const text = open.text;
     const params = open.bind === null ? open.params : boundParams(open.bind, open.paramsAt);
-    if (open.durationMs < 0) {
+    if (open.error !== undefined) {
+      // Never answered: no duration, no rows.
       const event = this.#event(text, open.kind, open.verdict, open.extra, open.at);
       if (params !== undefined) event.params = params;
       event.error = open.error;
