@@ -51,10 +51,15 @@ function dial(port: number): Promise<Socket> {
   });
 }
 
-t.test('chunks kept from many reads hold exactly the bytes sent', async (t) => {
+/** A client connected to an adopting server, and the server's adopted socket for it. */
+async function connectedPair(t: { teardown(fn: () => unknown): void }): Promise<{ client: Socket; server: Socket }> {
   const srv = await adoptingServer(t);
   const client = await dial(srv.port);
-  const server = await srv.next();
+  return { client, server: await srv.next() };
+}
+
+t.test('chunks kept from many reads hold exactly the bytes sent', async (t) => {
+  const { client, server } = await connectedPair(t);
   const kept: Buffer[] = [];
   server.on('data', (chunk: Buffer) => kept.push(chunk));
   server.resume();
@@ -71,9 +76,7 @@ t.test('chunks kept from many reads hold exactly the bytes sent', async (t) => {
 });
 
 t.test('pause() keeps further bytes in the kernel until resume()', async (t) => {
-  const srv = await adoptingServer(t);
-  const client = await dial(srv.port);
-  const server = await srv.next();
+  const { client, server } = await connectedPair(t);
   const seen: Buffer[] = [];
   let pausedAt = -1;
   server.on('data', (chunk: Buffer) => {
@@ -102,9 +105,7 @@ t.test('pause() keeps further bytes in the kernel until resume()', async (t) => 
 });
 
 t.test('half-close: the server sees end and can still answer', async (t) => {
-  const srv = await adoptingServer(t);
-  const client = await dial(srv.port);
-  const server = await srv.next();
+  const { client, server } = await connectedPair(t);
   server.on('data', () => {});
   server.resume();
   const reply: Buffer[] = [];
@@ -118,9 +119,7 @@ t.test('half-close: the server sees end and can still answer', async (t) => {
 });
 
 t.test('a read observer sees each chunk before any data listener, and only on sockets that read directly', async (t) => {
-  const srv = await adoptingServer(t);
-  const client = await dial(srv.port);
-  const server = await srv.next();
+  const { client, server } = await connectedPair(t);
   const order: string[] = [];
   server.prependListener('data', (c: Buffer) => void order.push(`listener:${c.toString()}`));
   t.ok(observeReads(server, (c) => void order.push(`observer:${c.toString()}`)));
@@ -139,9 +138,7 @@ t.test('a read observer sees each chunk before any data listener, and only on so
 });
 
 t.test('an observer called afterward runs once per read, after every data listener returned', async (t) => {
-  const srv = await adoptingServer(t);
-  const client = await dial(srv.port);
-  const server = await srv.next();
+  const { client, server } = await connectedPair(t);
   const order: string[] = [];
   server.on('data', (c: Buffer) => void order.push(`listener:${c.toString()}`));
   t.ok(observeReads(server, (c) => void order.push(`observer:${c.toString()}`), () => void order.push('afterward')));
@@ -157,9 +154,7 @@ t.test('an observer called afterward runs once per read, after every data listen
 });
 
 t.test('a write observer sees what write and end(data) are handed, and adds no property to the socket', async (t) => {
-  const srv = await adoptingServer(t);
-  const client = await dial(srv.port);
-  const server = await srv.next();
+  const { client, server } = await connectedPair(t);
   const ownBefore = Object.getOwnPropertyNames(server).sort();
   const seen: string[] = [];
   t.ok(observeWrites(server, (chunk, encoding) => void seen.push(`${String(chunk)}/${encoding ?? '-'}`)));
@@ -183,9 +178,7 @@ t.test('TLS wraps an adopted socket after plaintext was read from it (PostgreSQL
   const stateDir = mkdtempSync(join(tmpdir(), 'sluice-direct-reads-'));
   t.teardown(() => rmSync(stateDir, { recursive: true, force: true }));
   const secureContext = createServerSecureContext(await loadServerTls({ stateDir }));
-  const srv = await adoptingServer(t);
-  const client = await dial(srv.port);
-  const server = await srv.next();
+  const { client, server } = await connectedPair(t);
   server.once('data', (first: Buffer) => {
     t.equal(first.toString(), 'upgrade?');
     server.pause();
