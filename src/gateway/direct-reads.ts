@@ -57,30 +57,40 @@ class DirectSocket extends Socket {
   writeObserver: WriteObserver | undefined = undefined;
 }
 
-const socketWrite = Socket.prototype.write as (this: Socket, chunk: unknown, encoding?: unknown, cb?: unknown) => boolean;
-const socketEnd = Socket.prototype.end as (this: Socket, chunk?: unknown, encoding?: unknown, cb?: unknown) => Socket;
+/** Socket.prototype.write / end with their overloads flattened, as the wrappers call them. */
+export type PlainWrite = (this: Socket, chunk: unknown, encoding?: unknown, cb?: unknown) => boolean;
+export type PlainEnd = (this: Socket, chunk?: unknown, encoding?: unknown, cb?: unknown) => Socket;
+
+const socketWrite = Socket.prototype.write as PlainWrite;
+const socketEnd = Socket.prototype.end as PlainEnd;
 
 /**
- * `write` hands the chunk on first (its bytes reach the kernel now) and
- * shows it to the observer right after, in the same synchronous call:
- * nothing can be written in between, so the order is the same.
+ * `write` with an observer: the chunk is handed on first (its bytes reach
+ * the kernel now) and shown to the observer right after, in the same
+ * synchronous call: nothing can be written in between, so the order is the
+ * same. Used by DirectSocket and by the tap's wrapper on other sockets.
  */
-DirectSocket.prototype.write = function (this: DirectSocket, chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
-  const observe = this.writeObserver;
-  if (observe === undefined) return socketWrite.call(this, chunk, encoding, cb);
-  const writable = this.writable;
-  const flowing = socketWrite.call(this, chunk, encoding, cb);
+export function writeObserved(socket: Socket, write: PlainWrite, observe: WriteObserver, chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
+  const writable = socket.writable;
+  const flowing = write.call(socket, chunk, encoding, cb);
   if (writable) observe(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : undefined);
   return flowing;
+}
+
+/** `end(data)` with an observer: the observer sees the data first (ending may close the socket and its session at once). */
+export function endObserved(socket: Socket, end: PlainEnd, observe: WriteObserver, chunk?: unknown, encoding?: unknown, cb?: unknown): Socket {
+  if (typeof chunk !== 'function' && socket.writable) observe(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : undefined);
+  return end.call(socket, chunk, encoding, cb);
+}
+
+DirectSocket.prototype.write = function (this: DirectSocket, chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
+  const observe = this.writeObserver;
+  return observe === undefined ? socketWrite.call(this, chunk, encoding, cb) : writeObserved(this, socketWrite, observe, chunk, encoding, cb);
 } as Socket['write'];
 
-/** `end(data)`: the observer sees the data first (ending may close the socket and its session at once). */
 DirectSocket.prototype.end = function (this: DirectSocket, chunk?: unknown, encoding?: unknown, cb?: unknown): DirectSocket {
   const observe = this.writeObserver;
-  if (observe !== undefined && typeof chunk !== 'function' && this.writable) {
-    observe(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : undefined);
-  }
-  return socketEnd.call(this, chunk, encoding, cb) as DirectSocket;
+  return (observe === undefined ? socketEnd.call(this, chunk, encoding, cb) : endObserved(this, socketEnd, observe, chunk, encoding, cb)) as DirectSocket;
 } as DirectSocket['end'];
 
 /**

@@ -36,7 +36,16 @@
  * half-received credential is never recorded.
  */
 import type { Socket } from 'node:net';
-import { observeReads, observeWrites, unobserveReads, unobserveWrites } from '../gateway/direct-reads.js';
+import {
+  endObserved,
+  observeReads,
+  observeWrites,
+  unobserveReads,
+  unobserveWrites,
+  writeObserved,
+  type PlainEnd,
+  type PlainWrite,
+} from '../gateway/direct-reads.js';
 import type { Logger } from '../log.js';
 import { ErrorCodes, SluiceError } from '../errors.js';
 import type { Identity } from '../identity/types.js';
@@ -67,8 +76,6 @@ interface Attached {
   write: Socket['write'];
   end: Socket['end'];
 }
-
-type WriteCallback = (err?: Error | null) => void;
 
 /** Bytes of a write/end chunk as the socket will send them. */
 function chunkBytes(chunk: unknown, encoding: unknown): Buffer | undefined {
@@ -152,16 +159,10 @@ export class RecordingTap {
     const origWrite = socket.write;
     const origEnd = socket.end;
     socket.write = function (this: Socket, chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
-      const writable = socket.writable;
-      // Handed to the socket first (its bytes reach the kernel now), recorded right after, in the same
-      // synchronous call: nothing can be written or recorded in between, so the order is the same.
-      const flowing = (origWrite as (c: unknown, e?: unknown, cb?: unknown) => boolean).call(this, chunk, encoding, cb);
-      if (writable) onWrite(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : undefined);
-      return flowing;
+      return writeObserved(this, origWrite as PlainWrite, onWrite, chunk, encoding, cb);
     } as Socket['write'];
     socket.end = function (this: Socket, chunk?: unknown, encoding?: unknown, cb?: unknown): Socket {
-      if (typeof chunk !== 'function' && socket.writable) onWrite(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : undefined);
-      return (origEnd as (c?: unknown, e?: unknown, cb?: unknown) => Socket).call(this, chunk, encoding, cb as WriteCallback | undefined);
+      return endObserved(this, origEnd as PlainEnd, onWrite, chunk, encoding, cb);
     } as Socket['end'];
     socket.prependListener('data', onData);
     this.#sockets.set(socket, { onData, write: origWrite, end: origEnd });
