@@ -178,8 +178,11 @@ export class AuditWriter {
   }
 
   private readonly tick = (): void => {
-    this.timer = undefined;
-    this.immediate = undefined;
+    // Whichever of the two fired, the other is now stale: a flush timer left
+    // armed after a full batch went out on setImmediate would later send a
+    // batch of the few events queued since, one more transaction for the
+    // commit thread (under steady load, half the batches were such runts).
+    this.cancelScheduled();
     if (this.queued > 0) {
       const thread = this.commitThread();
       if (thread !== undefined) {

@@ -413,6 +413,29 @@ t.test('audit writer: timer flush, close flushes the rest, writes after close ar
   t.notOk(lines.some((l) => l.level === 50), 'no errors logged');
 });
 
+t.test('audit writer: a full batch sent early cancels the flush timer, so the next events wait their own interval', async (t) => {
+  const dir = t.testdir();
+  const inner = openSqliteStore(dir);
+  const spy = spyStore(inner);
+  const writer = new AuditWriter(spy.store, { flushIntervalMs: 100, maxBatch: 10 });
+  // The first event arms the flush timer (due at t0 + 100); the batch fills
+  // at once and goes out on the next turn instead.
+  for (let i = 0; i < 10; i++) writer.write(event({ text: `q${i}` }));
+  await new Promise((r) => setImmediate(r));
+  t.same(spy.batches, [10], 'the full batch went out on the next turn');
+  await new Promise((r) => setTimeout(r, 50));
+  // Written at t1 >= t0 + 50: its own timer is due at t1 + 100. The check
+  // below is due at t1 + 60, after t0 + 100 and before t1 + 100; timers run
+  // in the order they are due, however late the process is.
+  writer.write(event({ text: 'next' }));
+  await new Promise((r) => setTimeout(r, 60));
+  t.same(spy.batches, [10], 'the first timer did not send a batch of one');
+  while (writer.stats.written < 11) await new Promise((r) => setTimeout(r, 10));
+  t.same(spy.batches, [10, 1], 'the next event went out on its own timer');
+  await writer.close();
+  inner.close();
+});
+
 t.test('audit writer: a full queue drops, counts and logs; never throws', async (t) => {
   const inner = openSqliteStore(t.testdir());
   t.teardown(() => inner.close());
