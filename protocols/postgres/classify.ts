@@ -155,9 +155,65 @@ export const classifierCache = new ClassifierCache();
  * parser's message when the text does not parse. The returned facts are frozen.
  */
 export function classifySql(sql: string): SqlStatementFacts[] {
-  const entry = lookup(sql);
+  return classifyQuery(sql).facts();
+}
+
+/**
+ * A simple Query, classified: the cached facts of its literal shape, and the
+ * real text of each of its statements.
+ *
+ * `shared` is what a verdict is computed from. It is the cache's own frozen
+ * array, the same objects for every query of one shape (`... aid = 17` and
+ * `... aid = 42`), and every field but `text` holds for this query: so a
+ * policy can remember its verdict per facts object. `text` there is the
+ * shape's; the query's own texts come from `text(i)`, and `facts()` builds
+ * (once) facts carrying them, for what needs whole facts with the real text
+ * (a refusal, a held statement, a fingerprint). An allowed query needs
+ * neither copy: that is most of them.
+ */
+export class ClassifiedQuery {
+  #facts: SqlStatementFacts[] | undefined;
+
+  constructor(
+    readonly sql: string,
+    readonly shared: readonly SqlStatementFacts[],
+    /** Where each statement starts in `sql`; undefined when `shared` came from `sql` itself. */
+    private readonly offsets: readonly number[] | undefined,
+  ) {}
+
+  get length(): number {
+    return this.shared.length;
+  }
+
+  /** The i-th statement's text as the client sent it. */
+  text(i: number): string {
+    const f = this.shared[i]!;
+    if (this.offsets === undefined) return f.text;
+    const at = this.offsets[i]!;
+    const end = at + f.text.length;
+    return at === 0 && end === this.sql.length ? this.sql : this.sql.slice(at, end);
+  }
+
+  /** The facts with this query's texts (frozen; built on first call). */
+  facts(): SqlStatementFacts[] {
+    if (this.#facts !== undefined) return this.#facts;
+    const shared = this.shared;
+    if (this.offsets === undefined) return (this.#facts = shared as SqlStatementFacts[]);
+    const facts: SqlStatementFacts[] = new Array(shared.length);
+    for (let i = 0; i < shared.length; i++) facts[i] = withText(shared[i]!, this.text(i));
+    return (this.#facts = Object.freeze(facts) as SqlStatementFacts[]);
+  }
+}
+
+/** Classifies a simple-Query string (see ClassifiedQuery); throws SqlParseError as classifySql does. */
+export function classifyQuery(sql: string): ClassifiedQuery {
+  const shape = literalShape(sql);
+  const entry = lookupExact(shape);
   if ('error' in entry) throw entry.error;
-  return entry.facts as SqlStatementFacts[];
+  if (shape === sql) return new ClassifiedQuery(sql, entry.facts, undefined);
+  // Same length, same characters but for the digits of bare numbers: each
+  // statement's text is found at the same offsets in the real query.
+  return new ClassifiedQuery(sql, entry.facts, (entry.offsets ??= statementOffsets(shape, entry.facts)));
 }
 
 /**
@@ -166,12 +222,11 @@ export function classifySql(sql: string): SqlStatementFacts[] {
  * (legal in Parse; the server answers EmptyQueryResponse) has kind `empty`.
  */
 export function classifyPrepared(sql: string): SqlStatementFacts {
-  const entry = lookup(sql);
-  if ('error' in entry) throw entry.error;
-  if (entry.facts.length > 1) {
+  const query = classifyQuery(sql);
+  if (query.length > 1) {
     throw new SqlParseError('cannot insert multiple commands into a prepared statement');
   }
-  return entry.facts[0] ?? emptyFacts(sql);
+  return query.facts()[0] ?? emptyFacts(sql);
 }
 
 /**
@@ -223,24 +278,6 @@ function ensureLoaded(): void {
   if (!loaded) throw new Error('classifier used before initClassifier() resolved');
 }
 
-function lookup(sql: string): CacheEntry {
-  const shape = literalShape(sql);
-  const entry = lookupExact(shape);
-  if (shape === sql || 'error' in entry) return entry;
-  // Same length, same characters but for the digits of bare numbers: each
-  // statement's text is found at the same offsets in the real query.
-  const cached = entry.facts;
-  const offsets = (entry.offsets ??= statementOffsets(shape, cached));
-  const facts: SqlStatementFacts[] = new Array(cached.length);
-  for (let i = 0; i < cached.length; i++) {
-    const f = cached[i]!;
-    const at = offsets[i]!;
-    const end = at + f.text.length;
-    facts[i] = withText(f, at === 0 && end === sql.length ? sql : sql.slice(at, end));
-  }
-  return { facts: Object.freeze(facts) };
-}
-
 function statementOffsets(shape: string, facts: readonly SqlStatementFacts[]): number[] {
   const offsets: number[] = [];
   let from = 0;
@@ -253,14 +290,8 @@ function statementOffsets(shape: string, facts: readonly SqlStatementFacts[]): n
 }
 
 /**
- * `f` with another text, everything else shared (the arrays are frozen).
- * Written out field by field: an object spread of a frozen object took
- * several times longer, and this runs for every simple Query whose
- * literals differ from the cached shape's (every pgbench -M simple one).
- */
-/**
  * The fields withText copies one by one (an object spread of the frozen
- * cached facts was the largest cost of a cache hit). Typed as every key of
+ * cached facts took several times longer). Typed as every key of
  * SqlStatementFacts, optional ones included: a field added to the type
  * does not compile here until it is listed, and copied below.
  */
@@ -276,6 +307,7 @@ const COPIED_FIELDS: Record<keyof SqlStatementFacts, true> = {
 };
 void COPIED_FIELDS;
 
+/** `f` with another text, everything else shared (the arrays are frozen). */
 function withText(f: SqlStatementFacts, text: string): SqlStatementFacts {
   return Object.freeze({
     protocol: f.protocol,

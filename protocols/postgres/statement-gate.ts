@@ -2,7 +2,7 @@ import type { GateContextBase, SqlStatementFacts, Verdict } from '../../src/poli
 import type { AuditEvent, AuditVerdict } from '../../src/store/types.js';
 import { isoTime } from '../../src/store/iso-time.js';
 import type { PendingApproval } from '../../src/policy/approvals.js';
-import { classifyPrepared, classifySql, fingerprint, SqlParseError } from './classify.js';
+import { ClassifiedQuery, classifyPrepared, classifyQuery, fingerprint, SqlParseError } from './classify.js';
 import { Backend, Frontend, errorResponse, noticeResponse, readyForQuery, sqlstate, type TransactionStatus } from './messages.js';
 import type { RelayGate, RelayIO } from './relay.js';
 import type { SqlDecoder } from './encoding.js';
@@ -247,33 +247,38 @@ export class PgStatementGate implements RelayGate {
       this.#queryInAbortedTransaction(bytes, text);
       return;
     }
-    let facts: SqlStatementFacts[];
+    let query: ClassifiedQuery;
     try {
-      facts = classifySql(text);
+      query = classifyQuery(text);
     } catch (err) {
       this.#refuseUnparseable(err, text, false);
       return;
     }
-    const verdict = this.#judge(facts);
+    // Judged on the shape's shared facts (a verdict remembered per shape);
+    // facts with the real text are built only for a refusal or a hold.
+    const verdict = this.#judge(query.shared, query);
     if (verdict.action === 'deny') {
-      this.#deny(verdict, facts, text, false);
+      this.#deny(verdict, query.facts(), text, false);
       return;
     }
     if (verdict.action === 'approve') {
-      this.#hold(Frontend.Query, bytes, verdict, facts, text);
+      this.#hold(Frontend.Query, bytes, verdict, query.facts(), text);
       return;
     }
-    this.#forwardQuery(bytes, facts, started);
+    this.#forwardQuery(bytes, query, started);
   }
 
-  #forwardQuery(bytes: Buffer, facts: SqlStatementFacts[], started: number, extra?: Partial<AuditEvent>): void {
+  #forwardQuery(bytes: Buffer, query: ClassifiedQuery, started: number, extra?: Partial<AuditEvent>): void {
     this.#owed.push(SERVER_REPLY);
     const verdict: AuditVerdict = extra?.approvalId ? 'approved' : 'allowed';
     if (this.ctx.audit) {
       const at = Date.now();
-      for (const f of facts) this.#open.push(openStatement(auditText(f), kindLabel(f.kinds), verdict, extra, at, started, null, 0));
+      for (let i = 0; i < query.length; i++) {
+        const kinds = query.shared[i]!.kinds;
+        this.#open.push(openStatement(auditText(query.text(i), kinds), kindLabel(kinds), verdict, extra, at, started, null, 0));
+      }
     }
-    this.#record(verdict, facts.length);
+    this.#record(verdict, query.length);
     this.#io.toUpstream(bytes);
   }
 
@@ -300,15 +305,20 @@ export class PgStatementGate implements RelayGate {
       this.#hold(Frontend.Parse, bytes, verdict, [facts], query.value);
       return;
     }
-    this.#statements.set(name.value, prepared(auditText(facts), kindLabel(facts.kinds)));
+    this.#statements.set(name.value, prepared(auditText(facts.text, facts.kinds), kindLabel(facts.kinds)));
     this.#io.toUpstream(bytes);
   }
 
-  /** Policy verdict, with an approver's time window turning `approve` into `allow`. */
-  #judge(facts: SqlStatementFacts[]): Verdict & { windowApproval?: string } {
-    const verdict = this.ctx.policy.evaluateAll(facts);
+  /**
+   * Policy verdict, with an approver's time window turning `approve` into
+   * `allow`. `query`: `facts` are its shared facts (the verdict is remembered
+   * per shape); a window is looked up by the fingerprint of the real text.
+   */
+  #judge(facts: readonly SqlStatementFacts[], query?: ClassifiedQuery): Verdict & { windowApproval?: string } {
+    const verdict = this.ctx.policy.evaluateAll(facts, query !== undefined);
     if (verdict.action !== 'approve' || !this.ctx.approvals) return verdict;
-    const windows = facts.map((f) => this.ctx.approvals!.windowAllows(this.ctx.subject, this.ctx.target, fingerprint(f)));
+    const real = query ? query.facts() : facts;
+    const windows = real.map((f) => this.ctx.approvals!.windowAllows(this.ctx.subject, this.ctx.target, fingerprint(f)));
     if (windows.every((w) => w !== undefined)) {
       return { ...verdict, action: 'allow', reason: `approved for a window by ${windows[0]!.decidedBy}`, windowApproval: windows[0]!.id };
     }
@@ -316,7 +326,7 @@ export class PgStatementGate implements RelayGate {
   }
 
   #deny(verdict: Verdict, facts: SqlStatementFacts[], sent: string, extended: boolean, approvalId?: string, auditVerdict: AuditVerdict = 'denied'): void {
-    const text = facts.length > 0 ? facts.map(auditText).join('; ') : sent;
+    const text = facts.length > 0 ? facts.map((f) => auditText(f.text, f.kinds)).join('; ') : sent;
     const message = approvalId
       ? `sluice: approval ${approvalId} ${auditVerdict === 'approval_expired' ? 'expired' : auditVerdict === 'approval_cancelled' ? 'was cancelled' : 'was denied'}; the statement was not run`
       : `sluice: denied by rule "${verdict.rule ?? `default of policy ${verdict.policy}`}": ${verdict.reason}`;
@@ -374,7 +384,7 @@ export class PgStatementGate implements RelayGate {
       protocol: 'postgres',
       policy: verdict.policy,
       rule: verdict.rule ?? '',
-      text: facts.map(auditText).join('; '),
+      text: facts.map((f) => auditText(f.text, f.kinds)).join('; '),
       heldBytes: held,
       fingerprint: facts.length === 1 ? fingerprint(facts[0]!) : facts.map((f) => fingerprint(f)).join(':'),
     });
@@ -399,10 +409,10 @@ export class PgStatementGate implements RelayGate {
       this.#pending = undefined;
       if (outcome.status === 'approved') {
         this.ctx.approvals?.markUsed(id);
-        if (type === Frontend.Query) this.#forwardQuery(held, facts, started, { approvalId: id, ...(verdict.rule ? { rule: verdict.rule } : {}) });
+        if (type === Frontend.Query) this.#forwardQuery(held, new ClassifiedQuery(text, facts, undefined), started, { approvalId: id, ...(verdict.rule ? { rule: verdict.rule } : {}) });
         else {
           const name = cstring(held, 5).value;
-          this.#statements.set(name, prepared(auditText(facts[0]!), facts[0]!.kinds.join(',')));
+          this.#statements.set(name, prepared(auditText(facts[0]!.text, facts[0]!.kinds), facts[0]!.kinds.join(',')));
           this.#io.toUpstream(held);
         }
       } else {
@@ -816,11 +826,11 @@ function abortedError(): Buffer {
  * ROLE ... PASSWORD carries a credential (psql's \\password sends one, hashed
  * or not): everything after the keyword is replaced.
  */
-function auditText(facts: SqlStatementFacts): string {
-  if (facts.kinds !== lastKinds) kindLabel(facts.kinds);
-  if (!lastKindsRole) return facts.text;
-  const at = facts.text.search(/\bpassword\b/i);
-  return at < 0 ? facts.text : `${facts.text.slice(0, at + 'password'.length)} [redacted]`;
+function auditText(text: string, kinds: readonly string[]): string {
+  if (kinds !== lastKinds) kindLabel(kinds);
+  if (!lastKindsRole) return text;
+  const at = text.search(/\bpassword\b/i);
+  return at < 0 ? text : `${text.slice(0, at + 'password'.length)} [redacted]`;
 }
 
 /**

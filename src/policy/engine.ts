@@ -36,6 +36,8 @@ const SEVERITY: Record<Action, number> = { allow: 0, approve: 1, deny: 2 };
 export class SessionPolicy {
   /** The verdict when no rule matches: the same for every statement, so built once (frozen: callers share it). */
   readonly #defaultVerdict: Verdict;
+  /** Verdicts of shared facts objects (see #sharedVerdict); weak: the classifier cache may drop a shape. */
+  readonly #verdicts = new WeakMap<Facts, Verdict>();
 
   constructor(readonly config: PolicyConfig) {
     this.#defaultVerdict = Object.freeze({
@@ -75,14 +77,32 @@ export class SessionPolicy {
   }
 
   /**
+   * The verdict of a shared facts object, remembered for the session. With
+   * `shared`, evaluateAll takes facts that are frozen and shared by every
+   * statement of one shape (the classifier cache's, see ClassifiedQuery):
+   * a verdict reads every field of the facts but `text` (rules match kinds,
+   * tables, functions, settings and WHERE-less writes; the reasons name
+   * them), so `... aid = 17` and `... aid = 42` get the same verdict, and a
+   * pgbench -M simple session judges its statement once, not per query.
+   */
+  #sharedVerdict(facts: Facts): Verdict {
+    let verdict = this.#verdicts.get(facts);
+    if (verdict === undefined) {
+      verdict = Object.freeze(this.evaluate(facts));
+      this.#verdicts.set(facts, verdict);
+    }
+    return verdict;
+  }
+
+  /**
    * The verdict on several statements that travel together (a simple Query
    * with many statements): the most severe one, since nothing of the
    * message may run unless all of it may.
    */
-  evaluateAll(facts: readonly Facts[]): Verdict {
+  evaluateAll(facts: readonly Facts[], shared = false): Verdict {
     let worst: Verdict | undefined;
     for (const f of facts) {
-      const v = this.evaluate(f);
+      const v = shared ? this.#sharedVerdict(f) : this.evaluate(f);
       if (!worst || SEVERITY[v.action] > SEVERITY[worst.action]) worst = v;
       if (v.action === 'deny') break;
     }

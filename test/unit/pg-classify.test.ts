@@ -6,6 +6,7 @@ import {
   SqlParseError,
   classifierCache,
   classifyPrepared,
+  classifyQuery,
   classifySql,
   fingerprint,
   initClassifier,
@@ -446,4 +447,24 @@ t.test('numeric literals share one parse without changing what is classified', a
   t.same(classifySql('  SELECT 5 ;DELETE FROM t WHERE id = 31').map((f) => f.text), ['SELECT 5', 'DELETE FROM t WHERE id = 31']);
   t.same(classifySql('  SELECT 6 ;DELETE FROM t WHERE id = 84').map((f) => f.text), ['SELECT 6', 'DELETE FROM t WHERE id = 84']);
   t.ok(Object.isFrozen(classifySql('SELECT 8; DELETE FROM t WHERE id = 13')[1]), 'facts with the real text are frozen too');
+});
+
+t.test('classifyQuery: the shape\'s shared facts, the real texts, and facts with them built only on demand', async (t) => {
+  classifierCache.clear();
+  const a = classifyQuery('SELECT abalance FROM pgbench_accounts WHERE aid = 17; DELETE FROM t WHERE id = 5');
+  const b = classifyQuery('SELECT abalance FROM pgbench_accounts WHERE aid = 42; DELETE FROM t WHERE id = 6');
+  t.equal(a.shared, b.shared, 'queries of one shape share one facts array');
+  t.ok(Object.isFrozen(a.shared) && a.shared.every((f) => Object.isFrozen(f)), 'shared facts are frozen');
+  t.equal(a.length, 2);
+  t.same([b.text(0), b.text(1)], ['SELECT abalance FROM pgbench_accounts WHERE aid = 42', 'DELETE FROM t WHERE id = 6']);
+  const facts = b.facts();
+  t.same(facts.map((f) => f.text), [b.text(0), b.text(1)], 'facts() carry the real texts');
+  t.same(facts.map((f) => f.kinds), b.shared.map((f) => f.kinds), 'and everything else of the shape');
+  t.equal(b.facts(), facts, 'built once');
+  t.not(facts, b.shared);
+  // A query that is its own shape: its facts are the cached ones.
+  const own = classifyQuery('SELECT name FROM users');
+  t.equal(own.facts(), own.shared);
+  t.equal(own.text(0), 'SELECT name FROM users');
+  t.throws(() => classifyQuery('SELECT * FORM t'), SqlParseError);
 });

@@ -82,6 +82,20 @@ t.test('a multi-statement message takes its most severe verdict', async (t) => {
   t.match(policy.evaluateAll([]), { action: 'allow' });
 });
 
+t.test('shared facts: a verdict is remembered per facts object, and is the verdict of the same facts with any text', async (t) => {
+  const session = bindPolicy(agent, 'app-db', policies)!;
+  const drop = Object.freeze(sql({ text: 'DROP TABLE t10', kinds: ['drop', 'drop:table'] }));
+  const select = Object.freeze(sql({ text: 'SELECT 10' }));
+  const first = session.evaluateAll([select, drop], true);
+  t.match(first, { action: 'deny', rule: 'no-destruction' });
+  t.equal(session.evaluateAll([drop], true), first, 'the same verdict object: judged once');
+  t.ok(Object.isFrozen(first), 'a remembered verdict is frozen (callers share it)');
+  for (const text of ['DROP TABLE t42', 'drop table t7']) {
+    t.same(session.evaluate({ ...drop, text }), first, `text does not change the verdict: ${text}`);
+  }
+  t.match(session.evaluateAll([select], true), { action: 'allow' });
+});
+
 t.test('reasons say what matched', async (t) => {
   t.match(policy.evaluate(sql({ kinds: ['drop', 'drop:table'] })).reason, 'statement kind drop');
   t.match(policy.evaluate(sql({ kinds: ['update'], withoutWhere: true })).reason, /update.*without a WHERE/);
