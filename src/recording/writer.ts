@@ -211,14 +211,53 @@ async function createFile(dir: string, path: string): Promise<FileHandle> {
  * dropped and as many allocated anew, and a major GC ran every half second
  * (about 5% of the gateway's CPU); with one spare per writer, slabs are
  * reused.
+ *
+ * Spares outlive the writers that returned them by SPARE_KEEP_MS: the
+ * limit follows the most writers open at once since the last trim, not
+ * the writers open now. Sessions come and go in waves (a CI job's
+ * connections, a benchmark's runs); when the spares were cut back to 16
+ * as each wave closed, the next wave of 50 sessions allocated about 16 MiB
+ * of slabs anew, and that set off 3-4 full GCs in its first second (every
+ * redis-benchmark run, measured with a GC observer). A new writer also
+ * takes a spare for its first slab, instead of growing from 16 KiB: the
+ * slab is already allocated, held by the pool or by the session.
  */
 const spareSlabs: Buffer[] = [];
 const MIN_SPARE_SLABS = 16;
 const MAX_SPARE_SLABS = 256;
+const SPARE_KEEP_MS = 30_000;
 let openWriters = 0;
+/** The most writers open at once since the last trim. */
+let peakWriters = 0;
+let spareTrim: NodeJS.Timeout | undefined;
 
 function spareLimit(): number {
-  return Math.min(MAX_SPARE_SLABS, Math.max(MIN_SPARE_SLABS, openWriters));
+  return Math.min(MAX_SPARE_SLABS, Math.max(MIN_SPARE_SLABS, peakWriters));
+}
+
+function writerOpened(): void {
+  openWriters++;
+  if (openWriters > peakWriters) peakWriters = openWriters;
+}
+
+function writerClosed(): void {
+  openWriters--;
+  if (spareTrim === undefined) {
+    spareTrim = setTimeout(trimSpareSlabs, SPARE_KEEP_MS);
+    spareTrim.unref();
+  }
+}
+
+/**
+ * Keeps as many spares as writers are open now (at least 16); the rest is
+ * left to the GC. Runs SPARE_KEEP_MS after a writer closed; exported so
+ * tests need not wait for it.
+ */
+export function trimSpareSlabs(): void {
+  if (spareTrim !== undefined) clearTimeout(spareTrim);
+  spareTrim = undefined;
+  peakWriters = openWriters;
+  spareSlabs.length = Math.min(spareSlabs.length, spareLimit());
 }
 
 /** Spare slabs held now, and how many may be: for tests. */
@@ -268,8 +307,8 @@ export class RecordingWriter {
    */
   private staged: Buffer[] = [];
   private stagedBytes = 0;
-  /** Starts small (most sessions are small) and doubles up to SLAB_SIZE. */
-  private slab: Buffer = Buffer.allocUnsafeSlow(FIRST_SLAB_SIZE);
+  /** A spare when there is one; else starts small (most sessions are small) and doubles up to SLAB_SIZE. */
+  private slab: Buffer = spareSlabs.pop() ?? Buffer.allocUnsafeSlow(FIRST_SLAB_SIZE);
   private slabPos = 0;
   private runStart = 0;
   /**
@@ -310,7 +349,7 @@ export class RecordingWriter {
     this.digest = recordDigest(FORMAT_VERSION, header);
     this.accounted = this.written = header.length;
     this.unsubscribe = onFlushTick(opts.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS, () => this.flush());
-    openWriters++;
+    writerOpened();
   }
 
   /** Creates `<stateDir>/recordings/YYYY/MM/DD/<sessionId>.sluicerec` (0600, exclusive) and writes its header. */
@@ -575,11 +614,7 @@ export class RecordingWriter {
    * closes. After a failure it only closes (the file stays incomplete).
    */
   async close(info: { closeReason: string; endedAt?: string }): Promise<RecordingResult> {
-    if (!this.closing) {
-      openWriters--;
-      // Fewer writers keep fewer spares: the rest is left to the GC.
-      spareSlabs.length = Math.min(spareSlabs.length, spareLimit());
-    }
+    if (!this.closing) writerClosed();
     this.stopped = true;
     this.closing = true;
     this.unsubscribe();

@@ -23,7 +23,7 @@ import { loadRecordingPublicKeys, openRecordingKey } from '../../src/recording/k
 import { readRecording } from '../../src/recording/reader.js';
 import { RecordingTap } from '../../src/recording/tap.js';
 import { verifyRecording } from '../../src/recording/verify.js';
-import { RecordingWriter, spareSlabStats } from '../../src/recording/writer.js';
+import { RecordingWriter, spareSlabStats, trimSpareSlabs } from '../../src/recording/writer.js';
 
 function tempDir(t: Test): string {
   const d = mkdtempSync(join(tmpdir(), 'sluice-rectap-'));
@@ -174,7 +174,7 @@ t.test('a client chunk read directly is recorded once the relay handled it, and 
   t.same(records, [['client', 'ping'], ['server', 're:ping']], 'request first, then the reply');
 });
 
-t.test('spare slabs: one per open writer is kept, and the extra ones are let go when writers close', async (t) => {
+t.test('spare slabs: one per writer open at the peak is kept, handed to the next sessions, and trimmed later', async (t) => {
   const stateDir = tempDir(t);
   const key = await openRecordingKey(stateDir);
   const writers = await Promise.all(
@@ -190,6 +190,24 @@ t.test('spare slabs: one per open writer is kept, and the extra ones are let go 
   await new Promise((r) => setTimeout(r, 50));
   t.ok(spareSlabStats().spares > 16, `more than the old fixed 16 are kept for reuse (${spareSlabStats().spares})`);
   for (const w of writers) await w.close({ closeReason: 'test' });
-  t.equal(spareSlabStats().limit, 16, 'no writer open: the floor');
-  t.ok(spareSlabStats().spares <= 16, 'back to at most 16 once the writers closed');
+  const kept = spareSlabStats().spares;
+  t.equal(spareSlabStats().limit, 40, 'closing writers does not lower the limit at once');
+  t.ok(kept > 16, `the spares wait for the next sessions (${kept})`);
+
+  // The next session's first slab is a spare, not a fresh 16 KiB one; the
+  // bytes a slab held before never reach the new file.
+  const next = await RecordingWriter.open({ stateDir, meta: meta(), key, flushIntervalMs: 5, onFailure: (e) => t.fail(e.message) });
+  t.equal(spareSlabStats().spares, kept - 1, 'a new writer took a spare for its first slab');
+  next.record('client', Buffer.from('PING\r\n'));
+  next.record('server', Buffer.from('+PONG\r\n'));
+  await next.close({ closeReason: 'test' });
+  const records: string[] = [];
+  for await (const r of readRecording(next.path)) if (r.type === 'data') records.push(`${r.direction} ${r.bytes.toString()}`);
+  t.same(records, ['client PING\r\n', 'server +PONG\r\n'], 'a reused slab records exactly what was recorded');
+  const v = await verifyRecording(next.path, await loadRecordingPublicKeys(stateDir));
+  t.ok(v.ok && v.complete, 'and verifies');
+
+  trimSpareSlabs();
+  t.equal(spareSlabStats().limit, 16, 'trimmed with no writer open: the floor');
+  t.ok(spareSlabStats().spares <= 16, 'back to at most 16');
 });
