@@ -217,10 +217,10 @@ async function createFile(dir: string, path: string): Promise<FileHandle> {
  * the writers open now. Sessions come and go in waves (a CI job's
  * connections, a benchmark's runs); when the spares were cut back to 16
  * as each wave closed, the next wave of 50 sessions allocated about 16 MiB
- * of slabs anew, and that set off 3-4 full GCs in its first second (every
- * redis-benchmark run, measured with a GC observer). A new writer also
- * takes a spare for its first slab, instead of growing from 16 KiB: the
- * slab is already allocated, held by the pool or by the session.
+ * of slabs anew (fresh memory and external memory again, as above). A new
+ * writer also takes a spare for its first slab, instead of growing from
+ * 16 KiB: the slab is already allocated, held by the pool or by the
+ * session.
  */
 const spareSlabs: Buffer[] = [];
 const MIN_SPARE_SLABS = 16;
