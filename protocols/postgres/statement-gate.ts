@@ -167,9 +167,11 @@ export class PgStatementGate implements RelayGate {
 
   /** Per-rule counts of masked values, from the result masker at the statement's CommandComplete: they go into its audit event. */
   noteMasked(counts: Record<string, number>): void {
-    const masked = (this.#masked ??= {});
     for (const [rule, n] of Object.entries(counts)) {
-      if (n > 0) masked[rule] = (masked[rule] ?? 0) + n;
+      if (n <= 0) continue;
+      // Created with the first count: a statement with nothing masked carries no object.
+      const masked = (this.#masked ??= {});
+      masked[rule] = (masked[rule] ?? 0) + n;
     }
   }
 
@@ -254,9 +256,8 @@ export class PgStatementGate implements RelayGate {
       this.#refuseUnparseable(err, text, false);
       return;
     }
-    // Judged on the shape's shared facts (a verdict remembered per shape);
-    // facts with the real text are built only for a refusal or a hold.
-    const verdict = this.#judge(query.shared, query);
+    // Facts with the real text are built only for a refusal or a hold.
+    const verdict = this.#judge(query);
     if (verdict.action === 'deny') {
       this.#deny(verdict, query.facts(), text, false);
       return;
@@ -311,13 +312,15 @@ export class PgStatementGate implements RelayGate {
 
   /**
    * Policy verdict, with an approver's time window turning `approve` into
-   * `allow`. `query`: `facts` are its shared facts (the verdict is remembered
-   * per shape); a window is looked up by the fingerprint of the real text.
+   * `allow`. A simple Query is judged on its shape's shared facts (the
+   * verdict is remembered per shape); a window is looked up by the
+   * fingerprint of the real text.
    */
-  #judge(facts: readonly SqlStatementFacts[], query?: ClassifiedQuery): Verdict & { windowApproval?: string } {
-    const verdict = this.ctx.policy.evaluateAll(facts, query !== undefined);
+  #judge(statements: ClassifiedQuery | readonly SqlStatementFacts[]): Verdict & { windowApproval?: string } {
+    const query = statements instanceof ClassifiedQuery ? statements : undefined;
+    const verdict = this.ctx.policy.evaluateAll(query ? query.shared : (statements as readonly SqlStatementFacts[]), query !== undefined);
     if (verdict.action !== 'approve' || !this.ctx.approvals) return verdict;
-    const real = query ? query.facts() : facts;
+    const real = query ? query.facts() : (statements as readonly SqlStatementFacts[]);
     const windows = real.map((f) => this.ctx.approvals!.windowAllows(this.ctx.subject, this.ctx.target, fingerprint(f)));
     if (windows.every((w) => w !== undefined)) {
       return { ...verdict, action: 'allow', reason: `approved for a window by ${windows[0]!.decidedBy}`, windowApproval: windows[0]!.id };
@@ -412,7 +415,7 @@ export class PgStatementGate implements RelayGate {
         if (type === Frontend.Query) this.#forwardQuery(held, new ClassifiedQuery(text, facts, undefined), started, { approvalId: id, ...(verdict.rule ? { rule: verdict.rule } : {}) });
         else {
           const name = cstring(held, 5).value;
-          this.#statements.set(name, prepared(auditText(facts[0]!.text, facts[0]!.kinds), facts[0]!.kinds.join(',')));
+          this.#statements.set(name, prepared(auditText(facts[0]!.text, facts[0]!.kinds), kindLabel(facts[0]!.kinds)));
           this.#io.toUpstream(held);
         }
       } else {
@@ -643,7 +646,7 @@ export class PgStatementGate implements RelayGate {
     open.durationMs = Date.now() - open.started;
     open.rows = rows;
     open.sqlstate = sqlState;
-    if (this.#masked !== undefined && hasKeys(this.#masked)) open.masking = this.#masked;
+    open.masking = this.#masked;
     this.#masked = undefined;
     this.#answered.push(open);
   }
@@ -699,11 +702,6 @@ function openStatement(
   paramsAt: number,
 ): OpenStatement {
   return { text, kind, verdict, extra, at, started, bind, paramsAt, params: undefined, durationMs: 0, rows: undefined, sqlstate: undefined, error: undefined, masking: undefined };
-}
-
-function hasKeys(o: object): boolean {
-  for (const _ in o) return true;
-  return false;
 }
 
 /** The parameters of a Bind as the audit event's `params` (a JSON array), or undefined when there are none. */
