@@ -263,6 +263,27 @@ export function writeRecord(
   micros: number,
   payload: Uint8Array,
 ): number {
+  const end = stageRecord(out, at, type, direction, seq, micros, payload);
+  sealRecord(out, at, end - CRC_SIZE, payload);
+  return end;
+}
+
+/**
+ * Writes one record into `out` at `at` without its CRC: the prefix and the
+ * payload, with the CRC's four bytes left for sealRecords to fill. Returns
+ * the offset after the record (its CRC included). The recording writer
+ * stages records this way on the event loop; the seal thread computes the
+ * CRCs (seal-thread.ts).
+ */
+export function stageRecord(
+  out: Uint8Array,
+  at: number,
+  type: number,
+  direction: number,
+  seq: number,
+  micros: number,
+  payload: Uint8Array,
+): number {
   if (at + RECORD_OVERHEAD + payload.length > out.length) throw new RangeError('record does not fit in its buffer');
   out[at] = type;
   out[at + 1] = direction;
@@ -272,13 +293,40 @@ export function writeRecord(
   putU32(out, micros >>> 0, at + 10);
   putU32(out, payload.length, at + 14);
   out.set(payload, at + RECORD_PREFIX);
-  const end = at + RECORD_PREFIX + payload.length;
-  // CRC of prefix || payload: a short record in one pass over `out`, where
-  // the two lie back to back; a long payload from the caller's buffer (same
-  // bytes) by zlib, with no view of `out` to allocate per record.
-  const n = payload.length;
-  putU32(out, n <= TABLE_CRC_MAX ? crc32Range(out, at, end, 0) : crc32(payload, crc32Range(out, at, at + RECORD_PREFIX, 0)), end);
-  return end + CRC_SIZE;
+  return at + RECORD_OVERHEAD + payload.length;
+}
+
+/**
+ * Puts the CRC of the record out[at, end) (prefix and payload) at `end`.
+ * A short record in one pass over `out`; a long payload by zlib, from
+ * `payload` when the caller has it at hand (the same bytes), else from a
+ * view of `out`.
+ */
+function sealRecord(out: Uint8Array, at: number, end: number, payload?: Uint8Array): void {
+  const n = end - at - RECORD_PREFIX;
+  const crc =
+    n <= TABLE_CRC_MAX
+      ? crc32Range(out, at, end, 0)
+      : crc32(payload ?? out.subarray(at + RECORD_PREFIX, end), crc32Range(out, at, at + RECORD_PREFIX, 0));
+  putU32(out, crc, end);
+}
+
+/**
+ * Fills in the CRC of every record staged (stageRecord) in buf[start, end),
+ * which must hold whole records back to back. Returns the number of records.
+ */
+export function sealRecords(buf: Uint8Array, start: number, end: number): number {
+  let at = start;
+  let n = 0;
+  while (at < end) {
+    const length = ((buf[at + 14]! << 24) | (buf[at + 15]! << 16) | (buf[at + 16]! << 8) | buf[at + 17]!) >>> 0;
+    const payloadEnd = at + RECORD_PREFIX + length;
+    if (payloadEnd + CRC_SIZE > end) throw new RangeError('sealRecords: a record runs past the end of the run');
+    sealRecord(buf, at, payloadEnd);
+    at = payloadEnd + CRC_SIZE;
+    n++;
+  }
+  return n;
 }
 
 export function encodeRecord(type: number, direction: number, seq: number, micros: number, payload: Uint8Array): Buffer {

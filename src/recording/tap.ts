@@ -53,6 +53,7 @@ import type { AuditVerdict, SessionRecord, SessionStore } from '../store/types.j
 import type { Direction } from './format.js';
 import type { RecordingKey } from './keys.js';
 import { purgeRecordings } from './retention.js';
+import { sealThread } from './seal-thread.js';
 import { RecordingWriter, recorderHealth, type RecordingResult } from './writer.js';
 
 /** Pre-auth bytes held by default: the handshake cap (64 KiB) + the largest token (64 KiB) + room for pipelined chunks. */
@@ -428,6 +429,8 @@ export class SessionRecorder {
     this.store = opts.store;
     this.logger = opts.logger;
     this.maxHeldBytes = opts.maxHeldBytes ?? DEFAULT_MAX_HELD_BYTES;
+    // Started now, not by the first session: a worker thread takes some 50 ms to boot.
+    if (this.settings.enabled) sealThread();
   }
 
   health(): { ok: boolean; lastError?: string } {

@@ -3,14 +3,15 @@
  *
  * The relay calls record() for every chunk in both directions, so record()
  * does no I/O, no hashing and no allocation of its own: it frames the chunk
- * (seq, micros, length, CRC) into an in-memory slab, right after the record
+ * (seq, micros, length) into an in-memory slab, right after the record
  * before it, and returns. A process-wide tick (every flushIntervalMs,
  * default 200 ms, shared by every writer with that interval), or a
- * full staging area (128 KiB), flushes: the staged records, one contiguous run
- * of the slab in the common case, are fed to the running digest in one
- * update, a signed checkpoint is added when due, and the batch is appended
- * with one write. One write is in flight at a time; the file is opened
- * O_APPEND|O_EXCL and never rewritten.
+ * full staging area (128 KiB), flushes: the staged records, one contiguous
+ * run of the slab in the common case, go to the seal thread as a batch
+ * (seal-thread.ts), which fills in their CRCs, feeds them to the running
+ * digest, adds a signed checkpoint when this writer says one is due, and
+ * appends the batch with one write. One batch is in flight at a time; the
+ * file is opened O_APPEND|O_EXCL and never rewritten.
  *
  * What a crash loses is bounded by the flush interval: the file always ends
  * at a record boundary of some earlier flush (or, after a power loss, a
@@ -27,29 +28,22 @@ import { mkdir, open, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ErrorCodes, SluiceError } from '../errors.js';
 import {
-  CHECKPOINT_SIG_DOMAIN,
   DIRECTION_CODE,
   FILE_EXTENSION,
-  FOOTER_SIG_DOMAIN,
   FORMAT_VERSION,
   RECORD_OVERHEAD,
   RecordType,
   SESSION_ID_PATTERN,
   datePath,
   encodeHeader,
-  encodeRecord,
-  encodeTrailer,
   recordDigest,
-  signedPayload,
-  writeRecord,
-  type CheckpointBody,
+  stageRecord,
   type Direction,
-  type FooterBody,
-  type RecordDigest,
   type RecordingHeader,
   type RecordingMeta,
 } from './format.js';
 import type { RecordingKey } from './keys.js';
+import { sealThread, type SealJob, type SealOutcome, type SealPiece, type SealThread } from './seal-thread.js';
 
 export const DEFAULT_FLUSH_INTERVAL_MS = 200;
 export const DEFAULT_MAX_BYTES = 1024 * 1024 * 1024;
@@ -69,6 +63,14 @@ const FIRST_SLAB_SIZE = 16 * 1024;
 const EMPTY_SLAB = Buffer.alloc(0);
 /** Room kept under the cap for the truncated marker, a checkpoint, the footer and the trailer. */
 const CAP_RESERVE = 8 * 1024;
+/**
+ * What a checkpoint, and a footer with its trailer, are counted as until the
+ * seal thread, which makes them, says their size (a few hundred bytes; the
+ * JSON's numbers and the close reason vary). Only the size cap reads the
+ * count in between, and CAP_RESERVE has room for either.
+ */
+const CHECKPOINT_ESTIMATE = 512;
+const FOOTER_ESTIMATE = 1024;
 
 export interface RecordingWriterOptions {
   stateDir: string;
@@ -265,13 +267,24 @@ export function spareSlabStats(): { spares: number; limit: number } {
   return { spares: spareSlabs.length, limit: spareLimit() };
 }
 
+/** Staging memory: shared, so the seal thread can read a batch and fill in its CRCs where it lies. */
+function sharedBuffer(size: number): Buffer {
+  return Buffer.from(new SharedArrayBuffer(size));
+}
+
 function takeSlab(size: number): Buffer {
   if (size <= SLAB_SIZE) {
     const spare = spareSlabs.pop();
     if (spare) return spare;
   }
-  return Buffer.allocUnsafeSlow(size);
+  return sharedBuffer(size);
 }
+
+function piece(b: Buffer): SealPiece {
+  return { buffer: b.buffer as SharedArrayBuffer, start: b.byteOffset, end: b.byteOffset + b.length };
+}
+
+let nextWriterId = 1;
 
 function giveBackSlabs(slabs: Buffer[]): void {
   for (const slab of slabs) {
@@ -285,7 +298,10 @@ export class RecordingWriter {
   readonly path: string;
   readonly sessionId: string;
   private readonly fh: FileHandle;
-  private readonly key: RecordingKey;
+  private readonly id = nextWriterId++;
+  private readonly seal: SealThread;
+  private jobs = 0;
+  private released = false;
   private readonly maxBytes: number;
   private readonly checkpointRecords: number;
   private readonly checkpointMs: number;
@@ -293,8 +309,8 @@ export class RecordingWriter {
   private readonly t0: number;
   private readonly unsubscribe: () => void;
 
-  /** Over the header and every record taken into a batch (what checkpoints and the footer sign). */
-  private readonly digest: RecordDigest;
+  /** The digest over the header and every record appended so far, as the seal thread last reported it. */
+  private chain: string;
   private nextSeq = 0;
   /** Bytes on disk plus bytes staged: what the file will be after the next flush. */
   private accounted: number;
@@ -308,7 +324,7 @@ export class RecordingWriter {
   private staged: Buffer[] = [];
   private stagedBytes = 0;
   /** A spare when there is one; else starts small (most sessions are small) and doubles up to SLAB_SIZE. */
-  private slab: Buffer = spareSlabs.pop() ?? Buffer.allocUnsafeSlow(FIRST_SLAB_SIZE);
+  private slab: Buffer = spareSlabs.pop() ?? sharedBuffer(FIRST_SLAB_SIZE);
   private slabPos = 0;
   private runStart = 0;
   /**
@@ -318,7 +334,7 @@ export class RecordingWriter {
    */
   private retired: Buffer[] = [];
 
-  /** Records numbered below this have been taken into a batch (and fed to the digest). */
+  /** Records numbered below this have been taken into a batch. */
   private takenSeq = 0;
   private recordsSinceCheckpoint = 0;
   /** The footer's finalChain, once written. */
@@ -335,19 +351,20 @@ export class RecordingWriter {
   private isTruncated = false;
   private failureReported = false;
 
-  private constructor(opts: RecordingWriterOptions, path: string, fh: FileHandle, header: Buffer) {
+  private constructor(opts: RecordingWriterOptions, path: string, fh: FileHandle, header: Buffer, seal: SealThread) {
     this.path = path;
     this.sessionId = opts.meta.sessionId;
     this.fh = fh;
-    this.key = opts.key;
+    this.seal = seal;
     this.maxBytes = opts.maxBytes ?? DEFAULT_MAX_BYTES;
     this.checkpointRecords = opts.checkpointEveryRecords ?? DEFAULT_CHECKPOINT_RECORDS;
     this.checkpointMs = opts.checkpointEveryMs ?? DEFAULT_CHECKPOINT_MS;
     this.onFailure = opts.onFailure;
     this.t0 = performance.now();
     this.lastCheckpointAt = this.t0;
-    this.digest = recordDigest(FORMAT_VERSION, header);
+    this.chain = recordDigest(FORMAT_VERSION, header).value();
     this.accounted = this.written = header.length;
+    seal.open({ writer: this.id, fd: fh.fd, header, sessionId: this.sessionId, keyId: opts.key.keyId, privateKey: opts.key.privateKey });
     this.unsubscribe = onFlushTick(opts.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS, () => this.flush());
     writerOpened();
   }
@@ -379,16 +396,20 @@ export class RecordingWriter {
       throw new SluiceError(ErrorCodes.RECORDING_SIZE_LIMIT, 'session recording: the size cap is smaller than a header and footer');
     }
     let fh: FileHandle | undefined;
+    let seal: SealThread;
     try {
       fh = await createFile(dir, path);
       await writeAll(fh, [headerBytes]);
+      seal = sealThread();
+      // Once per process: the first batch should not wait for the thread to boot.
+      await seal.ready;
     } catch (err) {
       await fh?.close().catch(() => undefined);
       markUnhealthy(err);
       throw writeFailed(`cannot create ${path}`, err);
     }
     markHealthy();
-    return new RecordingWriter(opts, path, fh, headerBytes);
+    return new RecordingWriter(opts, path, fh, headerBytes, seal);
   }
 
   /** True while the recorder is healthy (no failed write since the last successful one). */
@@ -472,18 +493,18 @@ export class RecordingWriter {
     const frame = RECORD_OVERHEAD + payload.length;
     if (frame > SLAB_SIZE / 4) {
       this.closeRun();
-      const own = Buffer.allocUnsafeSlow(frame);
-      writeRecord(own, 0, type, direction, this.nextSeq++, this.micros(), payload);
+      const own = sharedBuffer(frame);
+      stageRecord(own, 0, type, direction, this.nextSeq++, this.micros(), payload);
       this.staged.push(own);
     } else {
       if (this.slabPos + frame > this.slab.length) {
         this.closeRun();
         this.retired.push(this.slab);
         // A spare full-size slab when there is one, else the next size up.
-        this.slab = spareSlabs.length > 0 ? takeSlab(SLAB_SIZE) : Buffer.allocUnsafeSlow(Math.max(frame, Math.min(SLAB_SIZE, this.slab.length * 2)));
+        this.slab = spareSlabs.length > 0 ? takeSlab(SLAB_SIZE) : sharedBuffer(Math.max(frame, Math.min(SLAB_SIZE, this.slab.length * 2)));
         this.slabPos = this.runStart = 0;
       }
-      this.slabPos = writeRecord(this.slab, this.slabPos, type, direction, this.nextSeq++, this.micros(), payload);
+      this.slabPos = stageRecord(this.slab, this.slabPos, type, direction, this.nextSeq++, this.micros(), payload);
     }
     this.stagedBytes += frame;
     this.accounted += frame;
@@ -518,17 +539,16 @@ export class RecordingWriter {
   }
 
   /**
-   * Takes the staged records into a batch, feeds them to the digest, and
-   * adds a checkpoint when due (and the footer and trailer when closing).
-   * Synchronous, so no record() can interleave with the sequence numbers it
-   * assigns.
+   * Takes the staged records into a batch for the seal thread, with a
+   * checkpoint when due (its seq reserved here) or, when closing, the
+   * footer. Synchronous, so no record() can interleave with the sequence
+   * numbers it assigns.
    */
-  private takeBatch(final: FooterInfo | undefined): Buffer[] {
+  private takeBatch(final: FooterInfo | undefined): SealJob {
     this.closeRun();
-    const batch = this.staged;
+    const job: SealJob = { writer: this.id, job: ++this.jobs, pieces: this.staged.map(piece) };
     this.staged = [];
     this.stagedBytes = 0;
-    for (const piece of batch) this.digest.update(piece);
     this.recordsSinceCheckpoint += this.nextSeq - this.takenSeq;
     this.takenSeq = this.nextSeq;
     const now = performance.now();
@@ -537,64 +557,62 @@ export class RecordingWriter {
       this.recordsSinceCheckpoint > 0 &&
       (this.recordsSinceCheckpoint >= this.checkpointRecords || now - this.lastCheckpointAt >= this.checkpointMs)
     ) {
-      const body: CheckpointBody = {
-        sessionId: this.sessionId,
-        seq: this.nextSeq,
-        chain: this.digest.value(),
-        micros: this.micros(),
-      };
-      const cp = encodeRecord(RecordType.checkpoint, 0, this.nextSeq++, body.micros, signedPayload(CHECKPOINT_SIG_DOMAIN, body, this.key.privateKey));
+      job.checkpoint = { seq: this.nextSeq++, micros: this.micros() };
       this.takenSeq = this.nextSeq;
-      this.digest.update(cp);
-      this.accounted += cp.length;
-      batch.push(cp);
+      this.accounted += CHECKPOINT_ESTIMATE;
       this.recordsSinceCheckpoint = 0;
       this.lastCheckpointAt = now;
     }
     if (final) {
-      const body: FooterBody = {
-        sessionId: this.sessionId,
-        keyId: this.key.keyId,
+      job.footer = {
         recordCount: this.nextSeq,
-        finalChain: this.finalHash = this.digest.value(),
+        micros: this.micros(),
         endedAt: final.endedAt,
         closeReason: final.closeReason,
         bytesClientToGateway: this.bytesIn,
         bytesGatewayToClient: this.bytesOut,
         truncated: this.isTruncated,
       };
-      const footer = encodeRecord(RecordType.footer, 0, this.nextSeq, this.micros(), signedPayload(FOOTER_SIG_DOMAIN, body, this.key.privateKey));
-      batch.push(footer, encodeTrailer(footer.length));
-      this.accounted += footer.length + 12;
+      this.accounted += FOOTER_ESTIMATE;
     }
-    // The slab is not reset: the batch holds views of its used part, new
+    // The slab is not reset: the batch holds offsets into its used part, new
     // records go after them, and a full slab is replaced, never overwritten.
-    return batch;
+    return job;
   }
 
   /** Starts a write of what is staged, unless one is in flight (it chains another when done). */
   private flush(): void {
     if (this.isFailed || this.writing || this.closing) return;
     if (this.stagedBytes === 0 && !(this.recordsSinceCheckpoint > 0 && performance.now() - this.lastCheckpointAt >= this.checkpointMs)) return;
-    const batch = this.takeBatch(undefined);
-    if (!batch.length) return;
+    const job = this.takeBatch(undefined);
+    if (job.pieces.length === 0 && job.checkpoint === undefined) return;
     const done = this.retired;
     this.retired = [];
-    this.writing = this.write(batch, done).finally(() => {
+    this.writing = this.write(job, done).finally(() => {
       this.writing = undefined;
       if (this.stagedBytes >= FLUSH_AT_BYTES) this.flush();
     });
   }
 
-  /** Appends a batch; `done` = slabs with no record outside this batch or earlier ones, reusable once it is written. */
-  private async write(batch: Buffer[], done: Buffer[]): Promise<void> {
-    try {
-      this.written += await writeAll(this.fh, batch);
-      markHealthy();
-      if (done.length > 0) giveBackSlabs(done);
-    } catch (err) {
-      this.fail(err);
+  /** Has the seal thread append a batch; `done` = slabs with no record outside this batch or earlier ones, reusable once it is written. */
+  private async write(job: SealJob, done: Buffer[]): Promise<void> {
+    const estimated = (job.checkpoint ? CHECKPOINT_ESTIMATE : 0) + (job.footer ? FOOTER_ESTIMATE : 0);
+    const o: SealOutcome = await this.seal.seal(job);
+    this.accounted += o.added - estimated;
+    this.written += o.written;
+    if (o.error !== undefined) {
+      this.fail(Object.assign(new Error(o.error.message), o.error.code !== undefined ? { code: o.error.code } : {}));
+      return;
     }
+    this.chain = o.chain;
+    markHealthy();
+    if (done.length > 0) giveBackSlabs(done);
+  }
+
+  private release(drop: boolean): void {
+    if (this.released) return;
+    this.released = true;
+    this.seal.release(this.id, drop);
   }
 
   private fail(err: unknown): void {
@@ -605,6 +623,7 @@ export class RecordingWriter {
     this.stagedBytes = 0;
     this.retired = [];
     this.runStart = this.slabPos;
+    this.release(true);
     markUnhealthy(err);
     this.reportFailure(writeFailed(`cannot append to ${this.path}`, err));
   }
@@ -621,27 +640,26 @@ export class RecordingWriter {
     while (this.writing) await this.writing;
     let complete = false;
     if (!this.isFailed) {
-      const batch = this.takeBatch({ closeReason: info.closeReason, endedAt: info.endedAt ?? new Date().toISOString() });
+      const job = this.takeBatch({ closeReason: info.closeReason, endedAt: info.endedAt ?? new Date().toISOString() });
       // Nothing is recorded after the footer: the current slab goes back too.
       const done = [...this.retired, this.slab];
       this.retired = [];
       this.slab = EMPTY_SLAB;
       this.slabPos = this.runStart = 0;
-      await this.write(batch, done);
+      // The seal thread appends the footer and trailer and fsyncs the file.
+      await this.write(job, done);
       if (!this.isFailed) {
-        try {
-          await this.fh.sync();
-          complete = true;
-        } catch (err) {
-          this.fail(err);
-        }
+        complete = true;
+        this.finalHash = this.chain;
+        this.release(false);
       }
     }
+    this.release(true);
     await this.fh.close().catch(() => undefined);
     return {
       path: this.path,
       size: this.written,
-      finalHash: this.finalHash ?? this.digest.value(),
+      finalHash: this.finalHash ?? this.chain,
       recordCount: this.nextSeq,
       complete,
       truncated: this.isTruncated,

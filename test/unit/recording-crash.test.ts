@@ -39,7 +39,9 @@ t.test('kill -9 mid-stream: the prefix verifies, the recording is incomplete', a
   const stateDir = mkdtempSync(join(tmpdir(), 'sluice-crash-'));
   t.teardown(() => rmSync(stateDir, { recursive: true, force: true }));
   const child = spawn(process.execPath, ['--input-type=module', '-e', CHILD, stateDir], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let gone = false;
   const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on('exit', (_code, sig) => resolve(sig)));
+  void exited.then(() => (gone = true));
   const path = await new Promise<string>((resolve, reject) => {
     createInterface({ input: child.stdout! }).once('line', resolve);
     child.once('exit', () => reject(new Error('the child exited early')));
@@ -47,6 +49,7 @@ t.test('kill -9 mid-stream: the prefix verifies, the recording is incomplete', a
   // Let it write at least 24 MB, then kill it without warning.
   for (;;) {
     await new Promise((r) => setTimeout(r, 20));
+    if (gone) throw new Error('the recording child exited before it was killed (its error is above)');
     let size = 0;
     try {
       size = statSync(path).size;

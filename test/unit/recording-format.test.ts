@@ -8,9 +8,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as zlib from 'node:zlib';
 import t, { type Test } from 'tap';
-import { MAGIC, RECORD_OVERHEAD, crc32, crc32Table, type RecordingMeta } from '../../src/recording/format.js';
+import { MAGIC, RECORD_OVERHEAD, RecordType, crc32, crc32Table, sealRecords, stageRecord, writeRecord, type RecordingMeta } from '../../src/recording/format.js';
 import { keyIdOf, loadRecordingPublicKeys, openRecordingKey } from '../../src/recording/keys.js';
 import { readRecording } from '../../src/recording/reader.js';
+import { sealThread } from '../../src/recording/seal-thread.js';
 import { REDACTED, encodeRespCommand, scrubPgPasswordMessage, scrubRedisAuth } from '../../src/recording/scrub.js';
 import { verifyRecording } from '../../src/recording/verify.js';
 import { RecordingWriter } from '../../src/recording/writer.js';
@@ -19,6 +20,15 @@ function tempDir(t: Test): string {
   const d = mkdtempSync(join(tmpdir(), 'sluice-rec-'));
   t.teardown(() => rmSync(d, { recursive: true, force: true }));
   return d;
+}
+
+/** Waits until the file at `path` has grown: a flush reached the disk (the seal thread appends asynchronously). */
+async function flushed(path: string): Promise<void> {
+  const before = statSync(path).size;
+  for (let waited = 0; statSync(path).size === before; waited += 5) {
+    if (waited > 5000) throw new Error(`no flush reached ${path} within 5 s`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
 }
 
 function meta(over: Partial<RecordingMeta> = {}): RecordingMeta {
@@ -64,7 +74,7 @@ t.test('round trip: every chunk, in order, byte-exact per direction', async (t) 
     const reused = Buffer.from(bytes);
     w.record(dir, reused);
     reused.fill(0); // the writer copied: the caller may reuse its buffer
-    if (i % 50 === 0) await new Promise((r) => setTimeout(r, 10)); // let timer flushes happen mid-stream
+    if (i % 50 === 0) await flushed(w.path); // let timer flushes happen mid-stream
   }
   const res = await w.close({ closeReason: 'client closed' });
   t.same(failures, []);
@@ -182,6 +192,55 @@ t.test('scrubRedisAuth: the password becomes [redacted], the shape stays', async
 
 t.test('record overhead is what the format says', async (t) => {
   t.equal(RECORD_OVERHEAD, 22, 'u8 type, u8 dir, u32 seq, u64 micros, u32 length, u32 crc');
+});
+
+t.test('records staged without their CRC and sealed later are the records writeRecord makes', async (t) => {
+  // Both CRC paths: the table loop (payloads up to 128 bytes) and zlib beyond.
+  const payloads = [0, 1, 5, 127, 128, 129, 5000].map((n) => randomBytes(n));
+  const size = payloads.reduce((sum, p) => sum + RECORD_OVERHEAD + p.length, 0);
+  const direct = Buffer.alloc(size);
+  const staged = Buffer.alloc(size + 8, 0xaa);
+  let a = 0;
+  let b = 4; // not at the start of its buffer, like a run in the middle of a slab
+  payloads.forEach((p, i) => {
+    a = writeRecord(direct, a, RecordType.data, i % 2, i, 1000 * i, p);
+    b = stageRecord(staged, b, RecordType.data, i % 2, i, 1000 * i, p);
+  });
+  t.equal(b - 4, a, 'the same length');
+  t.not(staged.subarray(4, b).toString('hex'), direct.toString('hex'), 'the CRCs are not there before sealing');
+  t.equal(sealRecords(staged, 4, b), payloads.length, 'every record sealed');
+  t.equal(staged.subarray(4, b).toString('hex'), direct.toString('hex'), 'byte for byte the same records');
+  t.equal(staged.readUInt32BE(0), 0xaaaaaaaa, 'nothing before the run is touched');
+  t.equal(staged.readUInt32BE(b), 0xaaaaaaaa, 'nothing after the run is touched');
+  t.throws(() => sealRecords(staged, 4, b - 1), RangeError, 'a run that ends inside a record is refused');
+});
+
+t.test('the seal thread dies mid-session: the recording fails closed, and the next one starts a new thread', async (t) => {
+  const stateDir = tempDir(t);
+  const key = await openRecordingKey(stateDir);
+  const failures: Error[] = [];
+  const w = await RecordingWriter.open({ stateDir, meta: meta(), key, flushIntervalMs: 5, onFailure: (e) => failures.push(e) });
+  w.record('client', Buffer.from('before the thread died'));
+  await flushed(w.path);
+  await sealThread().terminate();
+  w.record('server', Buffer.from('after the thread died'));
+  for (let i = 0; i < 200 && failures.length === 0; i++) await new Promise((r) => setTimeout(r, 5));
+  t.equal(failures.length, 1, 'the session is told to end');
+  t.match(String((failures[0] as { code?: string }).code), 'SLUICE_RECORDING_WRITE_FAILED');
+  t.match(failures[0]!.message, /seal thread/);
+  t.equal(w.failed, true);
+  const res = await w.close({ closeReason: 'ended' });
+  t.equal(res.complete, false, 'no footer: the recording is incomplete');
+  const v = await verifyRecording(w.path, await loadRecordingPublicKeys(stateDir));
+  t.equal(v.ok, true, 'what was written before still verifies');
+  t.equal(v.complete, false);
+  t.equal((await readRecording(w.path).bytesOf('client')).toString(), 'before the thread died');
+
+  const next = await RecordingWriter.open({ stateDir, meta: meta(), key, onFailure: () => t.fail('no failure') });
+  next.record('client', Buffer.from('a new session'));
+  const res2 = await next.close({ closeReason: 'done' });
+  t.equal(res2.complete, true, 'a new thread serves the next recording');
+  t.equal((await verifyRecording(next.path, await loadRecordingPublicKeys(stateDir))).ok, true);
 });
 
 t.test('writers share one flush tick per interval: each is flushed, and closing one leaves the others flushing', async (t) => {

@@ -1,0 +1,206 @@
+/**
+ * The seal thread: one worker thread per process that finishes what the
+ * recording writers stage on the event loop (seal-worker.ts does the work).
+ *
+ * A writer's record() only frames a chunk into its slab: the prefix and a
+ * copy of the bytes, with the four bytes of the record's CRC left blank.
+ * The rest of a record's cost is taken off the event loop that relays
+ * every session:
+ * - the CRC of every record,
+ * - the running SHA-256 over the file,
+ * - the Ed25519 signature of each checkpoint and of the footer,
+ * - the append itself (writev), and the fsync at the close.
+ * Measured on the event loop before this thread existed (redis-benchmark
+ * SET, 50 clients, one request per round trip, bench/RESULTS.md): these
+ * were about a third of the ~1.5 µs that recording added per request,
+ * while the event loop, not the machine, set the pace.
+ *
+ * Slabs are SharedArrayBuffers: the thread reads a batch and writes its
+ * CRCs in place while the writer goes on staging after it in the same
+ * slab, never inside it (a slab is reused only once its batches are
+ * answered). A batch is described by offsets, so nothing is copied to
+ * pass it.
+ *
+ * Every writer's batch taken in one flush tick travels in one message, and
+ * the answers come back in one message, so the messages cost the event
+ * loop a few microseconds per tick, not per session.
+ *
+ * Fail closed: if the thread dies, every batch in flight and every later
+ * one is answered with an error, so each recording fails and its session is
+ * ended (writer.ts); the next recording starts a new thread.
+ */
+import type { KeyObject } from 'node:crypto';
+import { Worker } from 'node:worker_threads';
+
+/** Whole staged records, buffer[start, end). */
+export interface SealPiece {
+  buffer: SharedArrayBuffer;
+  start: number;
+  end: number;
+}
+
+export interface SealFooter {
+  recordCount: number;
+  micros: number;
+  endedAt: string;
+  closeReason: string;
+  bytesClientToGateway: number;
+  bytesGatewayToClient: number;
+  truncated: boolean;
+}
+
+/** One writer's batch: its staged records, then a checkpoint (seq reserved by the writer) or the footer. */
+export interface SealJob {
+  writer: number;
+  job: number;
+  pieces: SealPiece[];
+  checkpoint?: { seq: number; micros: number };
+  /** The last batch: footer and trailer are appended and the file is fsynced. */
+  footer?: SealFooter;
+}
+
+export interface SealOpen {
+  op: 'open';
+  writer: number;
+  fd: number;
+  /** The header as written to the file: it seeds the running digest. */
+  header: Uint8Array;
+  sessionId: string;
+  keyId: string;
+  privateKey: KeyObject;
+}
+
+export type SealRequest = SealOpen | { op: 'drop'; writer: number } | { op: 'seal'; jobs: SealJob[] };
+
+export interface SealOutcome {
+  writer: number;
+  job: number;
+  /** Bytes appended to the file. */
+  written: number;
+  /** Of those, the bytes of the checkpoint, footer and trailer the thread added. */
+  added: number;
+  /** Hex digest over the header and every record appended so far (the footer's finalChain after the last batch). */
+  chain: string;
+  error?: { message: string; code?: string };
+}
+
+export interface SealAnswer {
+  outcomes: SealOutcome[];
+}
+
+export class SealThread {
+  readonly #worker: Worker;
+  /** Batches taken in this turn of the event loop, posted together. */
+  #queued: SealJob[] = [];
+  #postScheduled = false;
+  /** One batch in flight per writer (the writer waits for its answer before it takes the next). */
+  readonly #waiting = new Map<number, (o: SealOutcome) => void>();
+  /** Writers opened and not yet released: while any is, the thread keeps the process alive. */
+  #users = 0;
+  #dead: string | undefined;
+  /** Resolves once the thread listens (a worker takes some 50 ms to boot), or has died. */
+  readonly ready: Promise<void>;
+
+  constructor() {
+    // The process's own flags, less one a worker refuses (`node --input-type=module -e`, as tests run scripts).
+    const execArgv = process.execArgv.filter((a) => !a.startsWith('--input-type'));
+    this.#worker = new Worker(new URL('./seal-worker.js', import.meta.url), { execArgv });
+    this.#worker.unref();
+    let ready!: () => void;
+    this.ready = new Promise((resolve) => (ready = resolve));
+    this.#worker.once('exit', () => ready());
+    this.#worker.on('message', (m: SealAnswer | 'ready') => {
+      // 'ready': the worker has loaded its modules and listens (later than its 'online' event).
+      if (m === 'ready') ready();
+      else for (const o of m.outcomes) this.#answer(o);
+    });
+    this.#worker.on('error', (err) => this.#die(`the recording seal thread failed: ${err.message}`));
+    this.#worker.on('exit', (code) => this.#die(`the recording seal thread exited (${code})`));
+  }
+
+  get alive(): boolean {
+    return this.#dead === undefined;
+  }
+
+  /** Registers a writer's file with the thread; its batches follow. */
+  open(m: Omit<SealOpen, 'op'>): void {
+    if (this.#dead !== undefined) return;
+    if (this.#users++ === 0) this.#worker.ref();
+    this.#worker.postMessage({ op: 'open', ...m } satisfies SealOpen);
+  }
+
+  /** Seals and appends a batch; resolves with its outcome (an error outcome if the thread is gone). */
+  seal(job: SealJob): Promise<SealOutcome> {
+    return new Promise((resolve) => {
+      if (this.#dead !== undefined) {
+        resolve(failed(job, this.#dead));
+        return;
+      }
+      this.#waiting.set(job.writer, resolve);
+      this.#queued.push(job);
+      if (!this.#postScheduled) {
+        this.#postScheduled = true;
+        // Every writer flushed by the same tick queues its batch before this runs.
+        queueMicrotask(this.#post);
+      }
+    });
+  }
+
+  /**
+   * The writer is done with the thread: after its last batch was answered
+   * (the thread forgot it then), or after a failure (`drop`: the thread
+   * forgets it now, appending nothing more to its file).
+   */
+  release(writer: number, drop: boolean): void {
+    if (drop && this.#dead === undefined) this.#worker.postMessage({ op: 'drop', writer });
+    if (--this.#users === 0 && this.#dead === undefined) this.#worker.unref();
+  }
+
+  /** Stops the thread as a crash would: open recordings fail and their sessions end. For tests and shutdown. */
+  async terminate(): Promise<void> {
+    await this.#worker.terminate();
+    this.#die('the recording seal thread was stopped');
+  }
+
+  readonly #post = (): void => {
+    this.#postScheduled = false;
+    const jobs = this.#queued;
+    this.#queued = [];
+    if (jobs.length === 0) return;
+    if (this.#dead !== undefined) {
+      for (const job of jobs) this.#answer(failed(job, this.#dead));
+      return;
+    }
+    this.#worker.postMessage({ op: 'seal', jobs } satisfies SealRequest);
+  };
+
+  #answer(o: SealOutcome): void {
+    const resolve = this.#waiting.get(o.writer);
+    if (resolve === undefined) return;
+    this.#waiting.delete(o.writer);
+    resolve(o);
+  }
+
+  #die(reason: string): void {
+    if (this.#dead !== undefined) return;
+    this.#dead = reason;
+    if (current === this) current = undefined;
+    for (const [writer, resolve] of [...this.#waiting]) {
+      this.#waiting.delete(writer);
+      resolve({ writer, job: 0, written: 0, added: 0, chain: '', error: { message: reason } });
+    }
+    void this.#worker.terminate();
+  }
+}
+
+function failed(job: SealJob, reason: string): SealOutcome {
+  return { writer: job.writer, job: job.job, written: 0, added: 0, chain: '', error: { message: reason } };
+}
+
+let current: SealThread | undefined;
+
+/** The process's seal thread, started on first use (and again after one died). */
+export function sealThread(): SealThread {
+  current ??= new SealThread();
+  return current;
+}

@@ -1,0 +1,139 @@
+/**
+ * The seal thread (see seal-thread.ts): for every recording open in the
+ * process, fills in the CRCs of the records the event loop staged, feeds
+ * them to the recording's running digest, adds the signed checkpoints and
+ * the footer, and appends each batch to the file with one writev. Writes
+ * are synchronous here: this thread has nothing else to do while the disk
+ * works, and the event loop never waits for it.
+ *
+ * One message from the event loop carries every batch taken in one flush
+ * tick; one answer carries every outcome, in the same order.
+ */
+import { fsyncSync, writevSync } from 'node:fs';
+import { parentPort } from 'node:worker_threads';
+import {
+  CHECKPOINT_SIG_DOMAIN,
+  FOOTER_SIG_DOMAIN,
+  FORMAT_VERSION,
+  RecordType,
+  encodeRecord,
+  encodeTrailer,
+  recordDigest,
+  sealRecords,
+  signedPayload,
+  type CheckpointBody,
+  type FooterBody,
+  type RecordDigest,
+} from './format.js';
+import type { SealJob, SealOutcome, SealRequest, SealAnswer, SealOpen } from './seal-thread.js';
+
+interface Recording {
+  fd: number;
+  digest: RecordDigest;
+  open: SealOpen;
+}
+
+const recordings = new Map<number, Recording>();
+
+function seal(job: SealJob): SealOutcome {
+  const r = recordings.get(job.writer);
+  if (r === undefined) return { writer: job.writer, job: job.job, written: 0, added: 0, chain: '', error: { message: 'the seal thread has no such recording open' } };
+  const views: Uint8Array[] = [];
+  let added = 0;
+  let written = 0;
+  try {
+    for (const p of job.pieces) {
+      const view = new Uint8Array(p.buffer, p.start, p.end - p.start);
+      sealRecords(view, 0, view.length);
+      r.digest.update(view);
+      views.push(view);
+    }
+    if (job.checkpoint !== undefined) {
+      const body: CheckpointBody = { sessionId: r.open.sessionId, seq: job.checkpoint.seq, chain: r.digest.value(), micros: job.checkpoint.micros };
+      const cp = encodeRecord(RecordType.checkpoint, 0, body.seq, body.micros, signedPayload(CHECKPOINT_SIG_DOMAIN, body, r.open.privateKey));
+      r.digest.update(cp);
+      views.push(cp);
+      added += cp.length;
+    }
+    let finalChain: string | undefined;
+    if (job.footer !== undefined) {
+      const f = job.footer;
+      const body: FooterBody = {
+        sessionId: r.open.sessionId,
+        keyId: r.open.keyId,
+        recordCount: f.recordCount,
+        finalChain: (finalChain = r.digest.value()),
+        endedAt: f.endedAt,
+        closeReason: f.closeReason,
+        bytesClientToGateway: f.bytesClientToGateway,
+        bytesGatewayToClient: f.bytesGatewayToClient,
+        truncated: f.truncated,
+      };
+      const footer = encodeRecord(RecordType.footer, 0, f.recordCount, f.micros, signedPayload(FOOTER_SIG_DOMAIN, body, r.open.privateKey));
+      const trailer = encodeTrailer(footer.length);
+      views.push(footer, trailer);
+      added += footer.length + trailer.length;
+    }
+    written = writeAll(r.fd, views);
+    if (job.footer !== undefined) fsyncSync(r.fd);
+    return { writer: job.writer, job: job.job, written, added, chain: finalChain ?? r.digest.value() };
+  } catch (err) {
+    // Nothing more is appended to this file: the event loop fails the session.
+    recordings.delete(job.writer);
+    const e = err as NodeJS.ErrnoException;
+    return {
+      writer: job.writer,
+      job: job.job,
+      written,
+      added,
+      chain: '',
+      error: { message: e instanceof Error ? e.message : String(err), ...(typeof e?.code === 'string' ? { code: e.code } : {}) },
+    };
+  }
+}
+
+/** writev until every byte is down; a short write that makes no progress is an error. */
+function writeAll(fd: number, views: Uint8Array[]): number {
+  let total = 0;
+  for (const v of views) total += v.length;
+  let done = 0;
+  let rest = views;
+  while (done < total) {
+    const n = writevSync(fd, rest);
+    if (n <= 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
+    done += n;
+    if (done < total) {
+      // Drop what was written, keep the remainder.
+      let skip = n;
+      const next: Uint8Array[] = [];
+      for (const v of rest) {
+        if (skip >= v.length) {
+          skip -= v.length;
+          continue;
+        }
+        next.push(skip ? v.subarray(skip) : v);
+        skip = 0;
+      }
+      rest = next;
+    }
+  }
+  return total;
+}
+
+parentPort!.on('message', (m: SealRequest) => {
+  if (m.op === 'open') {
+    recordings.set(m.writer, { fd: m.fd, digest: recordDigest(FORMAT_VERSION, m.header), open: m });
+    return;
+  }
+  if (m.op === 'drop') {
+    recordings.delete(m.writer);
+    return;
+  }
+  const outcomes: SealOutcome[] = [];
+  for (const job of m.jobs) {
+    outcomes.push(seal(job));
+    if (job.footer !== undefined) recordings.delete(job.writer);
+  }
+  parentPort!.postMessage({ outcomes } satisfies SealAnswer);
+});
+parentPort!.postMessage('ready');
