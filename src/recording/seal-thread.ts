@@ -102,9 +102,7 @@ export class SealThread {
   readonly ready: Promise<void>;
 
   constructor() {
-    // The process's own flags, less one a worker refuses (`node --input-type=module -e`, as tests run scripts).
-    const execArgv = process.execArgv.filter((a) => !a.startsWith('--input-type'));
-    this.#worker = new Worker(new URL('./seal-worker.js', import.meta.url), { execArgv });
+    this.#worker = startWorker(new URL('./seal-worker.js', import.meta.url));
     this.#worker.unref();
     let ready!: () => void;
     this.ready = new Promise((resolve) => (ready = resolve));
@@ -190,6 +188,29 @@ export class SealThread {
       resolve({ writer, job: 0, written: 0, added: 0, chain: '', error: { message: reason } });
     }
     void this.#worker.terminate();
+  }
+}
+
+/**
+ * A worker inherits the process's node flags. Those of a script given on
+ * the command line (`node --input-type=module -e SCRIPT`, how tests run
+ * scripts) make it fail to start: they are left out. Flags given
+ * explicitly are checked, and V8's own (`--log-ic`, say) are refused there:
+ * then the worker starts with none.
+ */
+function startWorker(url: URL): Worker {
+  const execArgv: string[] = [];
+  const own = process.execArgv;
+  for (let i = 0; i < own.length; i++) {
+    const a = own[i]!;
+    if (a === '-e' || a === '--eval' || a === '-p' || a === '--print') i++; // and the script after it
+    else if (!a.startsWith('--input-type') && !a.startsWith('--eval=') && !a.startsWith('--print=')) execArgv.push(a);
+  }
+  if (execArgv.length === own.length) return new Worker(url);
+  try {
+    return new Worker(url, { execArgv });
+  } catch {
+    return new Worker(url, { execArgv: [] });
   }
 }
 

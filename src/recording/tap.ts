@@ -430,7 +430,14 @@ export class SessionRecorder {
     this.logger = opts.logger;
     this.maxHeldBytes = opts.maxHeldBytes ?? DEFAULT_MAX_HELD_BYTES;
     // Started now, not by the first session: a worker thread takes some 50 ms to boot.
-    if (this.settings.enabled) sealThread();
+    // Should it fail to start, the first recorded session tries again and is refused with the reason.
+    if (this.settings.enabled) {
+      try {
+        sealThread();
+      } catch {
+        // see above
+      }
+    }
   }
 
   health(): { ok: boolean; lastError?: string } {

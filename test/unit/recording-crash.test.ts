@@ -82,3 +82,34 @@ t.test('kill -9 mid-stream: the prefix verifies, the recording is incomplete', a
   t.equal(reader.complete, false, 'the reader reports it incomplete');
   t.ok(j * 16384 > 20 * 1024 * 1024, 'most of the stream survived (loss bounded by the flush interval)');
 });
+
+/** Records a short session and prints its result as JSON. */
+const SHORT = `
+import { RecordingWriter } from ${JSON.stringify(writerUrl)};
+import { openRecordingKey } from ${JSON.stringify(keysUrl)};
+const stateDir = process.argv[1];
+const key = await openRecordingKey(stateDir);
+const w = await RecordingWriter.open({
+  stateDir, key,
+  meta: { sessionId: 'flags1', target: 't', protocol: 'redis', subject: 's', groups: [], issuer: 'i', startedAt: new Date().toISOString() },
+  onFailure: (e) => { console.error(e); process.exit(3); },
+});
+w.record('client', Buffer.from('PING'));
+w.record('server', Buffer.from('+PONG'));
+process.stdout.write(JSON.stringify(await w.close({ closeReason: 'done' })) + '\\n');
+`;
+
+t.test('the seal thread starts under node flags a worker refuses (a V8 flag with a script given by -e)', async (t) => {
+  const stateDir = mkdtempSync(join(tmpdir(), 'sluice-flags-'));
+  t.teardown(() => rmSync(stateDir, { recursive: true, force: true }));
+  // Passed on to a worker explicitly, --max-semi-space-size is refused ("invalid execArgv flags").
+  const child = spawn(process.execPath, ['--max-semi-space-size=16', '--input-type=module', '-e', SHORT, stateDir], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  t.equal(code, 0, 'the child recorded and exited cleanly');
+  const res = JSON.parse(out) as { path: string; complete: boolean };
+  t.equal(res.complete, true, 'the recording is complete');
+  const v = await verifyRecording(res.path, await loadRecordingPublicKeys(stateDir));
+  t.equal(v.ok && v.complete, true, 'and verifies');
+});
