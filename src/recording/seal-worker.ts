@@ -25,6 +25,7 @@ import {
   type FooterBody,
   type RecordDigest,
 } from './format.js';
+import { unwritten } from './unwritten.js';
 import type { SealJob, SealOutcome, SealRequest, SealAnswer, SealOpen } from './seal-thread.js';
 
 interface Recording {
@@ -102,20 +103,7 @@ function writeAll(fd: number, views: Uint8Array[]): number {
     const n = writevSync(fd, rest);
     if (n <= 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
     done += n;
-    if (done < total) {
-      // Drop what was written, keep the remainder.
-      let skip = n;
-      const next: Uint8Array[] = [];
-      for (const v of rest) {
-        if (skip >= v.length) {
-          skip -= v.length;
-          continue;
-        }
-        next.push(skip ? v.subarray(skip) : v);
-        skip = 0;
-      }
-      rest = next;
-    }
+    if (done < total) rest = unwritten(rest, n);
   }
   return total;
 }

@@ -43,6 +43,7 @@ import {
   type RecordingMeta,
 } from './format.js';
 import type { RecordingKey } from './keys.js';
+import { unwritten } from './unwritten.js';
 import { sealThread, type SealJob, type SealOutcome, type SealPiece, type SealThread } from './seal-thread.js';
 
 export const DEFAULT_FLUSH_INTERVAL_MS = 200;
@@ -695,20 +696,7 @@ async function writeAll(fh: FileHandle, bufs: Buffer[]): Promise<number> {
     const bytesWritten = await appendv(fh, rest);
     if (bytesWritten <= 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
     done += bytesWritten;
-    if (done < total) {
-      // Drop what was written, keep the remainder.
-      let skip = bytesWritten;
-      const next: Buffer[] = [];
-      for (const b of rest) {
-        if (skip >= b.length) {
-          skip -= b.length;
-          continue;
-        }
-        next.push(skip ? b.subarray(skip) : b);
-        skip = 0;
-      }
-      rest = next;
-    }
+    if (done < total) rest = unwritten(rest, bytesWritten);
   }
   return total;
 }

@@ -12,6 +12,7 @@ import { MAGIC, RECORD_OVERHEAD, RecordType, crc32, crc32Table, sealRecords, sta
 import { keyIdOf, loadRecordingPublicKeys, openRecordingKey } from '../../src/recording/keys.js';
 import { readRecording } from '../../src/recording/reader.js';
 import { sealThread } from '../../src/recording/seal-thread.js';
+import { unwritten } from '../../src/recording/unwritten.js';
 import { REDACTED, encodeRespCommand, scrubPgPasswordMessage, scrubRedisAuth } from '../../src/recording/scrub.js';
 import { verifyRecording } from '../../src/recording/verify.js';
 import { RecordingWriter } from '../../src/recording/writer.js';
@@ -213,6 +214,17 @@ t.test('records staged without their CRC and sealed later are the records writeR
   t.equal(staged.readUInt32BE(0), 0xaaaaaaaa, 'nothing before the run is touched');
   t.equal(staged.readUInt32BE(b), 0xaaaaaaaa, 'nothing after the run is touched');
   t.throws(() => sealRecords(staged, 4, b - 1), RangeError, 'a run that ends inside a record is refused');
+});
+
+t.test('after a short writev, what is left to append is exactly the unwritten bytes', async (t) => {
+  const bufs = [Buffer.from('abc'), Buffer.from('defg'), Buffer.from('h')];
+  const left = (n: number) => Buffer.concat(unwritten(bufs, n)).toString();
+  t.equal(left(0), 'abcdefgh');
+  t.equal(left(2), 'cdefgh', 'inside the first buffer');
+  t.equal(left(3), 'defgh', 'at a buffer boundary');
+  t.equal(left(5), 'fgh', 'inside the second');
+  t.equal(left(8), '', 'all written');
+  t.equal(unwritten(bufs, 3)[0], bufs[1], 'a buffer not begun is passed on as it is, not copied');
 });
 
 t.test('the seal thread dies mid-session: the recording fails closed, and the next one starts a new thread', async (t) => {
