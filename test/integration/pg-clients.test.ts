@@ -5,7 +5,7 @@
  */
 import t from 'tap';
 import { connect } from 'node:net';
-import { writeFileSync, readFileSync, mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -67,6 +67,7 @@ t.test('psql', async (t) => {
 
   t.test('\\copy both ways', async (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'sluice-copy-'));
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
     const rows = Array.from({ length: 5000 }, (_, i) => `${i},"name ${i}, with comma",${i % 7 === 0 ? '' : `note ${i}`}`);
     writeFileSync(join(dir, 'in.csv'), rows.join('\n') + '\n');
     let r = await psql(['-c', 'create table copied(id int primary key, name text, note text)']);
