@@ -21,6 +21,11 @@
  * answered). A batch is described by offsets, so nothing is copied to
  * pass it.
  *
+ * The thread works through batches one at a time, so a slow disk (or a
+ * close's fsync) delays other recordings' appends, never the relay: their
+ * records wait in their slabs, and a relay that wants backpressure reads
+ * the writer's backlog.
+ *
  * Every writer's batch taken in one flush tick travels in one message, and
  * the answers come back in one message, so the messages cost the event
  * loop a few microseconds per tick, not per session.
@@ -52,7 +57,6 @@ export interface SealFooter {
 /** One writer's batch: its staged records, then a checkpoint (seq reserved by the writer) or the footer. */
 export interface SealJob {
   writer: number;
-  job: number;
   pieces: SealPiece[];
   checkpoint?: { seq: number; micros: number };
   /** The last batch: footer and trailer are appended and the file is fsynced. */
@@ -74,7 +78,6 @@ export type SealRequest = SealOpen | { op: 'drop'; writer: number } | { op: 'sea
 
 export interface SealOutcome {
   writer: number;
-  job: number;
   /** Bytes appended to the file. */
   written: number;
   /** Of those, the bytes of the checkpoint, footer and trailer the thread added. */
@@ -185,7 +188,7 @@ export class SealThread {
     if (current === this) current = undefined;
     for (const [writer, resolve] of [...this.#waiting]) {
       this.#waiting.delete(writer);
-      resolve({ writer, job: 0, written: 0, added: 0, chain: '', error: { message: reason } });
+      resolve({ writer, written: 0, added: 0, chain: '', error: { message: reason } });
     }
     void this.#worker.terminate();
   }
@@ -215,7 +218,7 @@ function startWorker(url: URL): Worker {
 }
 
 function failed(job: SealJob, reason: string): SealOutcome {
-  return { writer: job.writer, job: job.job, written: 0, added: 0, chain: '', error: { message: reason } };
+  return { writer: job.writer, written: 0, added: 0, chain: '', error: { message: reason } };
 }
 
 let current: SealThread | undefined;

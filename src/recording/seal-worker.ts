@@ -38,7 +38,7 @@ const recordings = new Map<number, Recording>();
 
 function seal(job: SealJob): SealOutcome {
   const r = recordings.get(job.writer);
-  if (r === undefined) return { writer: job.writer, job: job.job, written: 0, added: 0, chain: '', error: { message: 'the seal thread has no such recording open' } };
+  if (r === undefined) return { writer: job.writer, written: 0, added: 0, chain: '', error: { message: 'the seal thread has no such recording open' } };
   const views: Uint8Array[] = [];
   let added = 0;
   let written = 0;
@@ -77,14 +77,13 @@ function seal(job: SealJob): SealOutcome {
     }
     written = writeAll(r.fd, views);
     if (job.footer !== undefined) fsyncSync(r.fd);
-    return { writer: job.writer, job: job.job, written, added, chain: finalChain ?? r.digest.value() };
+    return { writer: job.writer, written, added, chain: finalChain ?? r.digest.value() };
   } catch (err) {
     // Nothing more is appended to this file: the event loop fails the session.
     recordings.delete(job.writer);
     const e = err as NodeJS.ErrnoException;
     return {
       writer: job.writer,
-      job: job.job,
       written,
       added,
       chain: '',

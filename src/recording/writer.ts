@@ -301,7 +301,6 @@ export class RecordingWriter {
   private readonly fh: FileHandle;
   private readonly id = nextWriterId++;
   private readonly seal: SealThread;
-  private jobs = 0;
   private released = false;
   private readonly maxBytes: number;
   private readonly checkpointRecords: number;
@@ -547,7 +546,7 @@ export class RecordingWriter {
    */
   private takeBatch(final: FooterInfo | undefined): SealJob {
     this.closeRun();
-    const job: SealJob = { writer: this.id, job: ++this.jobs, pieces: this.staged.map(piece) };
+    const job: SealJob = { writer: this.id, pieces: this.staged.map(piece) };
     this.staged = [];
     this.stagedBytes = 0;
     this.recordsSinceCheckpoint += this.nextSeq - this.takenSeq;
