@@ -29,7 +29,7 @@ import { PG_BIN, run } from '../test/helpers/process.js';
 import { backgroundBusy, envInt, runRounds, timestamp, writeWorkFile, type Absent, type Contender } from './lib/harness.js';
 import { describeMachine, machineText } from './lib/machine.js';
 import { buildTables, tablesMarkdown, tablesText, type ReportInput } from './lib/report.js';
-import { startSluice } from './lib/sluice.js';
+import { baselineCli, startSluice } from './lib/sluice.js';
 import { freePort, startDaemon, startRelay, userIds, which, type Daemon } from './lib/spawn.js';
 
 const SECONDS = envInt('BENCH_SECONDS', 10);
@@ -164,6 +164,7 @@ async function main(): Promise<void> {
 
     const direct: Contender = { name: 'direct', port: pg.port, pid: undefined, secret: pg.password, user: pg.user };
     // Each contender is started independently: one that fails is reported, not fatal.
+    const baseline = baselineCli();
     const candidates: Array<[string, () => Promise<Contender>]> = [
       ['direct', async () => direct],
       ['relay', async () => {
@@ -193,6 +194,18 @@ async function main(): Promise<void> {
         cleanups.push(() => s.stop());
         return { name: 'sluice+recording', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
       }],
+      ...(baseline === undefined ? [] : ([
+        ['baseline', async () => {
+          const s = await startSluice({ protocol: 'postgres', upstreamPort: pg.port, database: pg.database, user: pg.user, password: pg.password }, { cli: baseline });
+          cleanups.push(() => s.stop());
+          return { name: 'baseline', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
+        }],
+        ['baseline+recording', async () => {
+          const s = await startSluice({ protocol: 'postgres', upstreamPort: pg.port, database: pg.database, user: pg.user, password: pg.password }, { cli: baseline, recording: true });
+          cleanups.push(() => s.stop());
+          return { name: 'baseline+recording', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
+        }],
+      ] as Array<[string, () => Promise<Contender>]>)),
     ];
     for (const [name, start] of candidates) {
       if (!wanted(name)) continue;
@@ -217,7 +230,7 @@ async function main(): Promise<void> {
       contenders: contenders.map((c) => c.name),
       absent,
       cells,
-      ratios: [['sluice', 'relay'], ['sluice+policy', 'relay'], ['sluice+recording', 'relay'], ['sluice+policy', 'sluice'], ['sluice+recording', 'sluice'], ['sluice', 'direct'], ['sluice', 'pgbouncer'], ['relay', 'direct'], ['pgbouncer', 'direct']],
+      ratios: [['sluice', 'relay'], ['sluice+policy', 'relay'], ['sluice+recording', 'relay'], ['sluice+policy', 'sluice'], ['sluice+recording', 'sluice'], ['sluice', 'baseline'], ['sluice+recording', 'baseline+recording'], ['sluice', 'direct'], ['sluice', 'pgbouncer'], ['relay', 'direct'], ['pgbouncer', 'direct']],
       rounds: ROUNDS,
     };
     const tables = buildTables(report);

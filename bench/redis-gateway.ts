@@ -32,7 +32,7 @@ import { startRedis, type RedisServer } from '../test/helpers/redis.js';
 import { backgroundBusy, envInt, runRounds, timestamp, writeWorkFile, type Absent, type Contender } from './lib/harness.js';
 import { describeMachine, machineText } from './lib/machine.js';
 import { buildTables, tablesMarkdown, tablesText, type ReportInput } from './lib/report.js';
-import { startSluice } from './lib/sluice.js';
+import { baselineCli, startSluice } from './lib/sluice.js';
 import { freePort, startDaemon, startRelay, which, type Daemon } from './lib/spawn.js';
 
 const ROUNDS = envInt('BENCH_ROUNDS', 2);
@@ -174,6 +174,7 @@ async function main(): Promise<void> {
     process.stderr.write(`redis-server on 127.0.0.1:${redis.port}\n`);
 
     const direct: Contender = { name: 'direct', port: redis.port, pid: undefined, secret: redis.password, user: 'default' };
+    const baseline = baselineCli();
     const candidates: Array<[string, () => Promise<Contender>]> = [
       ['direct', async () => direct],
       ['relay', async () => {
@@ -201,6 +202,18 @@ async function main(): Promise<void> {
         cleanups.push(() => s.stop());
         return { name: 'sluice+recording', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
       }],
+      ...(baseline === undefined ? [] : ([
+        ['baseline', async () => {
+          const s = await startSluice({ protocol: 'redis', upstreamPort: redis.port, user: 'default', password: redis.password }, { cli: baseline });
+          cleanups.push(() => s.stop());
+          return { name: 'baseline', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
+        }],
+        ['baseline+recording', async () => {
+          const s = await startSluice({ protocol: 'redis', upstreamPort: redis.port, user: 'default', password: redis.password }, { cli: baseline, recording: true });
+          cleanups.push(() => s.stop());
+          return { name: 'baseline+recording', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
+        }],
+      ] as Array<[string, () => Promise<Contender>]>)),
     ];
     for (const [name, start] of candidates) {
       if (!wanted(name)) continue;
@@ -225,7 +238,7 @@ async function main(): Promise<void> {
       contenders: contenders.map((c) => c.name),
       absent,
       cells,
-      ratios: [['sluice', 'relay'], ['sluice+policy', 'relay'], ['sluice+recording', 'relay'], ['sluice+policy', 'sluice'], ['sluice+recording', 'sluice'], ['sluice', 'twemproxy'], ['sluice', 'direct'], ['relay', 'direct'], ['twemproxy', 'direct']],
+      ratios: [['sluice', 'relay'], ['sluice+policy', 'relay'], ['sluice+recording', 'relay'], ['sluice+policy', 'sluice'], ['sluice+recording', 'sluice'], ['sluice', 'baseline'], ['sluice+recording', 'baseline+recording'], ['sluice', 'twemproxy'], ['sluice', 'direct'], ['relay', 'direct'], ['twemproxy', 'direct']],
       rounds: ROUNDS,
     };
     const tables = buildTables(report);

@@ -5,6 +5,7 @@
  * so the CPU read from /proc/<pid>/stat is the gateway's alone.
  */
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -64,6 +65,8 @@ export interface SluiceOptions {
   recording?: boolean;
   /** Mask `emails` and `cards` (docs/masking.md) in everything the upstream sends back. */
   masking?: boolean;
+  /** The CLI to run: another build's, for a baseline contender (see baselineCli); this checkout's by default. */
+  cli?: string;
   /**
    * Write the audit trail (on by default in Sluice). Off for the plain
    * contender, which measures the identity gateway itself; on with `policy`,
@@ -100,6 +103,22 @@ ${options.masking ? MASKING_RULES : ''}policies:
 ${options.masking ? '    masking: [emails, cards]\n' : ''}${options.policy ? EXAMPLE_RULES : ''}`;
 }
 
+/**
+ * BENCH_BASELINE: another checkout of Sluice, built (`npm ci` there, or
+ * `node_modules` linked to this one's, then `npx tsc`). The gateway benches
+ * then add `baseline` and `baseline+recording`, that build's Sluice with
+ * the same configuration, run in the same rounds as this build's: the way
+ * to tell a change's effect from the drift of a shared machine, which
+ * moved whole runs by 20-40% on the hosts of bench/RESULTS.md.
+ */
+export function baselineCli(): string | undefined {
+  const dir = process.env.BENCH_BASELINE;
+  if (!dir) return undefined;
+  const cli = join(dir, 'dist', 'src', 'cli', 'main.js');
+  if (!existsSync(cli)) throw new Error(`BENCH_BASELINE=${dir}: no ${cli} (build that checkout first)`);
+  return cli;
+}
+
 export async function startSluice(target: SluiceTarget, options: SluiceOptions = {}): Promise<SluiceContender> {
   const dir = await mkdtemp(join(tmpdir(), 'sluice-bench-'));
   const configFile = join(dir, 'sluice.yaml');
@@ -108,9 +127,10 @@ export async function startSluice(target: SluiceTarget, options: SluiceOptions =
   const env = { ...process.env, [PASSWORD_ENV]: target.password };
   let daemon: Daemon | undefined;
   try {
-    daemon = await startDaemon('sluice', process.execPath, [SLUICE_CLI, 'serve', '--config', configFile], port, { env });
+    const cli = options.cli ?? SLUICE_CLI;
+    daemon = await startDaemon('sluice', process.execPath, [cli, 'serve', '--config', configFile], port, { env });
     const { stdout } = await execFileP(process.execPath, [
-      SLUICE_CLI, 'token', '--sub', 'bench', '--group', 'bench', '--ttl', '1h', '--config', configFile,
+      cli, 'token', '--sub', 'bench', '--group', 'bench', '--ttl', '1h', '--config', configFile,
     ], { env });
     const token = stdout.trim();
     if (token.split('.').length !== 3) throw new Error('sluice token printed no JWT');
