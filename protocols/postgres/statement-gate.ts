@@ -318,9 +318,10 @@ export class PgStatementGate implements RelayGate {
    */
   #judge(statements: ClassifiedQuery | readonly SqlStatementFacts[]): Verdict & { windowApproval?: string } {
     const query = statements instanceof ClassifiedQuery ? statements : undefined;
-    const verdict = this.ctx.policy.evaluateAll(query ? query.shared : (statements as readonly SqlStatementFacts[]), query !== undefined);
+    const facts = query ? query.shared : (statements as readonly SqlStatementFacts[]);
+    const verdict = this.ctx.policy.evaluateAll(facts, query !== undefined);
     if (verdict.action !== 'approve' || !this.ctx.approvals) return verdict;
-    const real = query ? query.facts() : (statements as readonly SqlStatementFacts[]);
+    const real = query ? query.facts() : facts;
     const windows = real.map((f) => this.ctx.approvals!.windowAllows(this.ctx.subject, this.ctx.target, fingerprint(f)));
     if (windows.every((w) => w !== undefined)) {
       return { ...verdict, action: 'allow', reason: `approved for a window by ${windows[0]!.decidedBy}`, windowApproval: windows[0]!.id };

@@ -253,21 +253,6 @@ function putU32(out: Uint8Array, value: number, at: number): void {
  */
 const TABLE_CRC_MAX = 128;
 
-/** Writes one framed record into `out` at `at`; returns the offset after it. */
-export function writeRecord(
-  out: Buffer,
-  at: number,
-  type: number,
-  direction: number,
-  seq: number,
-  micros: number,
-  payload: Uint8Array,
-): number {
-  const end = stageRecord(out, at, type, direction, seq, micros, payload);
-  sealRecord(out, at, end - CRC_SIZE, payload);
-  return end;
-}
-
 /**
  * Writes one record into `out` at `at` without its CRC: the prefix and the
  * payload, with the CRC's four bytes left for sealRecords to fill. Returns
@@ -297,17 +282,14 @@ export function stageRecord(
 }
 
 /**
- * Puts the CRC of the record out[at, end) (prefix and payload) at `end`.
- * A short record in one pass over `out`; a long payload by zlib, from
- * `payload` when the caller has it at hand (the same bytes), else from a
- * view of `out`.
+ * Puts the CRC of the record out[at, end) (prefix and payload) at `end`:
+ * a short record in one pass of the table loop, a long payload by zlib.
  */
-function sealRecord(out: Uint8Array, at: number, end: number, payload?: Uint8Array): void {
-  const n = end - at - RECORD_PREFIX;
+function sealRecord(out: Uint8Array, at: number, end: number): void {
   const crc =
-    n <= TABLE_CRC_MAX
+    end - at - RECORD_PREFIX <= TABLE_CRC_MAX
       ? crc32Range(out, at, end, 0)
-      : crc32(payload ?? out.subarray(at + RECORD_PREFIX, end), crc32Range(out, at, at + RECORD_PREFIX, 0));
+      : crc32(out.subarray(at + RECORD_PREFIX, end), crc32Range(out, at, at + RECORD_PREFIX, 0));
   putU32(out, crc, end);
 }
 
@@ -331,7 +313,7 @@ export function sealRecords(buf: Uint8Array, start: number, end: number): number
 
 export function encodeRecord(type: number, direction: number, seq: number, micros: number, payload: Uint8Array): Buffer {
   const buf = Buffer.allocUnsafe(RECORD_OVERHEAD + payload.length);
-  writeRecord(buf, 0, type, direction, seq, micros, payload);
+  sealRecord(buf, 0, stageRecord(buf, 0, type, direction, seq, micros, payload) - CRC_SIZE);
   return buf;
 }
 

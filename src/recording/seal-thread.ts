@@ -119,10 +119,6 @@ export class SealThread {
     this.#worker.on('exit', (code) => this.#die(`the recording seal thread exited (${code})`));
   }
 
-  get alive(): boolean {
-    return this.#dead === undefined;
-  }
-
   /** Registers a writer's file with the thread; its batches follow. */
   open(m: Omit<SealOpen, 'op'>): void {
     if (this.#dead !== undefined) return;
@@ -134,7 +130,7 @@ export class SealThread {
   seal(job: SealJob): Promise<SealOutcome> {
     return new Promise((resolve) => {
       if (this.#dead !== undefined) {
-        resolve(failed(job, this.#dead));
+        resolve(failed(job.writer, this.#dead));
         return;
       }
       this.#waiting.set(job.writer, resolve);
@@ -167,11 +163,8 @@ export class SealThread {
     this.#postScheduled = false;
     const jobs = this.#queued;
     this.#queued = [];
-    if (jobs.length === 0) return;
-    if (this.#dead !== undefined) {
-      for (const job of jobs) this.#answer(failed(job, this.#dead));
-      return;
-    }
+    // After a death the queued batches were answered already (#die answers everyone waiting).
+    if (jobs.length === 0 || this.#dead !== undefined) return;
     this.#worker.postMessage({ op: 'seal', jobs } satisfies SealRequest);
   };
 
@@ -186,10 +179,9 @@ export class SealThread {
     if (this.#dead !== undefined) return;
     this.#dead = reason;
     if (current === this) current = undefined;
-    for (const [writer, resolve] of [...this.#waiting]) {
-      this.#waiting.delete(writer);
-      resolve({ writer, written: 0, added: 0, chain: '', error: { message: reason } });
-    }
+    const waiting = [...this.#waiting];
+    this.#waiting.clear();
+    for (const [writer, resolve] of waiting) resolve(failed(writer, reason));
     void this.#worker.terminate();
   }
 }
@@ -217,8 +209,8 @@ function startWorker(url: URL): Worker {
   }
 }
 
-function failed(job: SealJob, reason: string): SealOutcome {
-  return { writer: job.writer, written: 0, added: 0, chain: '', error: { message: reason } };
+function failed(writer: number, reason: string): SealOutcome {
+  return { writer, written: 0, added: 0, chain: '', error: { message: reason } };
 }
 
 let current: SealThread | undefined;

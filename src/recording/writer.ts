@@ -337,8 +337,6 @@ export class RecordingWriter {
   /** Records numbered below this have been taken into a batch. */
   private takenSeq = 0;
   private recordsSinceCheckpoint = 0;
-  /** The footer's finalChain, once written. */
-  private finalHash: string | undefined;
   private lastCheckpointAt: number;
   private bytesIn = 0;
   private bytesOut = 0;
@@ -650,7 +648,6 @@ export class RecordingWriter {
       await this.write(job, done);
       if (!this.isFailed) {
         complete = true;
-        this.finalHash = this.chain;
         this.release(false);
       }
     }
@@ -659,7 +656,8 @@ export class RecordingWriter {
     return {
       path: this.path,
       size: this.written,
-      finalHash: this.finalHash ?? this.chain,
+      // The footer's finalChain when complete, else the digest over what reached the file.
+      finalHash: this.chain,
       recordCount: this.nextSeq,
       complete,
       truncated: this.isTruncated,

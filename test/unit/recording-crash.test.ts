@@ -40,8 +40,8 @@ t.test('kill -9 mid-stream: the prefix verifies, the recording is incomplete', a
   t.teardown(() => rmSync(stateDir, { recursive: true, force: true }));
   const child = spawn(process.execPath, ['--input-type=module', '-e', CHILD, stateDir], { stdio: ['ignore', 'pipe', 'inherit'] });
   let gone = false;
+  child.once('exit', () => (gone = true));
   const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on('exit', (_code, sig) => resolve(sig)));
-  void exited.then(() => (gone = true));
   const path = await new Promise<string>((resolve, reject) => {
     createInterface({ input: child.stdout! }).once('line', resolve);
     child.once('exit', () => reject(new Error('the child exited early')));
