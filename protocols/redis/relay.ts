@@ -71,7 +71,19 @@ export interface RedisRelayOptions {
    * again after login is refused, and must not reach the recording either.
    * `base` is the absolute client offset of the relay's first byte.
    */
-  recordClient?: { base: number; scrub(raw: Buffer, args: Buffer[]): void; framed(upTo: number): void };
+  recordClient?: RelayRecording;
+}
+
+/** What the relay tells the session recording about the client's bytes (src/recording/tap.ts). */
+export interface RelayRecording {
+  /** Absolute client offset of the relay's first byte (the first byte after the login command). */
+  base: number;
+  /** A chunk read from the client, handed over before it is framed (not called for bytes given to `start`). */
+  received(chunk: Buffer): void;
+  /** A credential command among the bytes not yet recorded: record its scrubbed form. */
+  scrub(raw: Buffer, args: Buffer[]): void;
+  /** Client bytes before absolute offset `upTo` are framed. */
+  framed(upTo: number): void;
 }
 
 export interface RelayStats {
@@ -196,7 +208,9 @@ export class RedisRelay {
   /** Starts relaying: `toClient` first (the login reply), then bytes the client already sent after its AUTH/HELLO. */
   start(toClient: Buffer[], fromClient: Buffer[], fromUpstream: Buffer): void {
     for (const b of toClient) this.client.write(b);
-    this.client.on('data', (chunk: Buffer) => this.#onClientData(chunk));
+    const rec = this.options.recordClient;
+    // The recording sees every chunk read, even one the relay then ignores (after a protocol violation).
+    this.client.on('data', rec ? (chunk: Buffer) => (rec.received(chunk), this.#onClientData(chunk)) : (chunk: Buffer) => this.#onClientData(chunk));
     const transform = this.options.serverTransform;
     if (transform) {
       this.upstream.on('data', (chunk: Buffer) => {

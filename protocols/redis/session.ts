@@ -10,7 +10,7 @@ import { NOAUTH, parsePreAuth, type PreAuthCommand } from './commands.js';
 import { OK, error, type RespVersion } from './replies.js';
 import { RedisCommandGate } from './command-gate.js';
 import type { AuditVerdict } from '../../src/store/types.js';
-import { RedisRelay } from './relay.js';
+import { RedisRelay, type RelayRecording } from './relay.js';
 import { RedisReplyMasker } from './reply-masker.js';
 import { RespProtocolError, RespRequestFramer, UNAUTHENTICATED_REQUEST_LIMITS, type RequestSink } from './resp.js';
 import type { SessionRecording } from '../../src/recording/tap.js';
@@ -126,6 +126,9 @@ export class RedisSession implements SessionHandle {
       clientAddress: `${this.#socket.remoteAddress}:${this.#socket.remotePort}`,
     });
     this.#recording?.onFailure((err) => this.#recordingFailed(err));
+    // Bytes after the login command are recorded once the relay has framed them (a credential among them is scrubbed).
+    const maxBytes = this.target.limits.maxMessageBytes;
+    this.#recording?.tap.framesClientAfterLogin((unframed) => scrubUnframed(unframed, maxBytes));
     this.#socket.on('data', this.#onData);
     this.#socket.resume();
   }
@@ -337,12 +340,13 @@ export class RedisSession implements SessionHandle {
     // From here on, client bytes reach the recording once the relay has framed
     // them, so a credential sent again after login can be scrubbed first.
     const tap = recording?.tap;
-    let recordClient: { base: number; scrub(raw: Buffer, args: Buffer[]): void; framed(upTo: number): void } | undefined;
+    let recordClient: RelayRecording | undefined;
     if (tap) {
       const stashed = this.#stash.reduce((n, b) => n + b.length, 0);
       tap.recordClientAfterFraming();
       recordClient = {
         base: tap.clientOffset - stashed,
+        received: (chunk) => tap.received(chunk),
         scrub: (raw, args) => tap.scrubPending(raw, scrubRedisAuth(args)),
         framed: (upTo) => tap.framed(upTo),
       };
@@ -442,4 +446,28 @@ export class RedisSession implements SessionHandle {
       this.preAuth.release();
     }
   }
+}
+
+/**
+ * What a recording keeps of client bytes the relay never framed (the
+ * session ended before its relay started, or in the middle of a command):
+ * the complete commands among them, AUTH and HELLO scrubbed; not the
+ * incomplete one at the end, which may be a credential cut short, nor
+ * anything after bytes that are not RESP. None of these bytes reached the
+ * upstream: the relay forwards only complete commands.
+ */
+export function scrubUnframed(bytes: Buffer, maxMessageBytes: number): Buffer {
+  const kept: Buffer[] = [];
+  const framer = new RespRequestFramer({ maxBulkBytes: maxMessageBytes, maxCommandBytes: maxMessageBytes + 64 * 1024 });
+  try {
+    framer.push(bytes, {
+      command: (raw, args) => {
+        const name = args[0]?.toString('latin1').toUpperCase();
+        kept.push(name === 'AUTH' || name === 'HELLO' ? scrubRedisAuth(args) : raw);
+      },
+    });
+  } catch {
+    // Not RESP from here on: what was framed before is kept.
+  }
+  return Buffer.concat(kept);
 }

@@ -17,7 +17,10 @@
  *   encodes it (utf8 unless an encoding is given).
  *
  * Byte exactness is therefore by construction, not by each relay remembering
- * to call the recorder. What "received" means: handed to the socket; bytes
+ * to call the recorder. The one exception is the Redis relay after login
+ * (`recordClientAfterFraming`): it records client bytes only once it has
+ * framed them, so it hands the tap each chunk it reads (`received`) and the
+ * read observer is removed. What "received" means: handed to the socket; bytes
  * lost to a reset after that are still in the recording.
  *
  * TLS: the plain socket is tapped for the SSLRequest and the one-byte 'S'
@@ -110,6 +113,15 @@ export class RecordingTap {
   #afterFraming = false;
   #pendingClient: Buffer[] = [];
   #pendingStart = 0;
+  /**
+   * Set by `framesClientAfterLogin`: at admission, client bytes past what
+   * the session parsed wait for the relay's framing too (see release).
+   */
+  #frameAfterLogin = false;
+  /** What of the never-framed client bytes may be recorded when the session ends (see finish); nothing without it. */
+  #scrubUnframed: ((bytes: Buffer) => Buffer) | undefined;
+  /** After `recordClientAfterFraming`, the relay hands over each client chunk (`received`): no read observer. */
+  #readsHandedOver = false;
 
   constructor(opts: { maxHeldBytes?: number; onOverflow?: () => void } = {}) {
     this.#maxHeldBytes = opts.maxHeldBytes ?? DEFAULT_MAX_HELD_BYTES;
@@ -153,7 +165,8 @@ export class RecordingTap {
     // what it is without a recording); any other socket (a TLSSocket) gets a prepended 'data' listener and
     // write / end wrapped as own properties of the instance, which detach deletes.
     if (observeWrites(socket, onWrite)) {
-      observeReads(socket, onDirectData, this.#recordDeferred); // the same sockets take both
+      // The same sockets take both; once the relay hands over its chunks (`received`), reads are not observed.
+      if (!this.#readsHandedOver) observeReads(socket, onDirectData, this.#recordDeferred);
       this.#sockets.set(socket, undefined);
       return;
     }
@@ -165,7 +178,7 @@ export class RecordingTap {
     socket.end = function (this: Socket, chunk?: unknown, encoding?: unknown, cb?: unknown): Socket {
       return endObserved(this, origEnd as PlainEnd, onWrite, chunk, encoding, cb);
     } as Socket['end'];
-    socket.prependListener('data', onData);
+    if (!this.#readsHandedOver) socket.prependListener('data', onData);
     this.#sockets.set(socket, { onData, write: origWrite, end: origEnd });
   }
 
@@ -211,7 +224,14 @@ export class RecordingTap {
     if (!this.#holding || this.#finished) return;
     this.#holding = false;
     this.#writer = writer;
-    const limit = opts.upTo ?? Infinity;
+    // A Redis session admitted: bytes past the login command have not been parsed yet. They wait for
+    // the relay's framing like every later byte, so a credential among them is scrubbed first.
+    const framing = this.#frameAfterLogin && opts.upTo === undefined;
+    const limit = framing ? this.#committed : (opts.upTo ?? Infinity);
+    if (framing) {
+      this.#afterFraming = true;
+      this.#pendingStart = limit;
+    }
     let skipTo = 0;
     let r = 0;
     const redactions = this.#redactions;
@@ -237,6 +257,8 @@ export class RecordingTap {
       if (pos < end) parts.push(h.bytes.subarray(pos - start, end - start));
       const out = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
       if (out.length > 0) writer.record('client', out);
+      // Held bytes are copies already: what is past the limit can wait as it is.
+      if (framing && start + h.bytes.length > limit) this.#pendingClient.push(h.bytes.subarray(Math.max(0, limit - start)));
     }
     this.#held = [];
     this.#heldBytes = 0;
@@ -245,9 +267,12 @@ export class RecordingTap {
   /** Stops recording and restores every socket; held bytes are dropped. */
   finish(): void {
     this.#recordDeferred();
-    // Bytes the relay never framed (the session ended mid-command) are kept: they are what the client sent.
+    // Bytes the relay never framed (the session ended mid-command, or before its relay started) were
+    // never parsed: they may hold a credential. Only what the session's scrubber makes of them is recorded.
     if (this.#afterFraming && this.#pendingClient.length > 0) {
-      for (const b of this.#pendingClient) this.#writer?.record('client', b);
+      const pending = Buffer.concat(this.#pendingClient);
+      const kept = this.#scrubUnframed?.(pending);
+      if (kept !== undefined && kept.length > 0) this.#writer?.record('client', kept);
       this.#pendingClient = [];
     }
     this.#finished = true;
@@ -270,8 +295,37 @@ export class RecordingTap {
    */
   recordClientAfterFraming(): void {
     this.#recordDeferred();
-    this.#afterFraming = true;
-    this.#pendingStart = this.#clientOffset;
+    if (!this.#afterFraming) {
+      this.#afterFraming = true;
+      this.#pendingStart = this.#clientOffset;
+    }
+    // The relay hands over every chunk it reads (`received`), so the tap need not observe the reads:
+    // a read observer keeps Node from inlining the socket's read callback (bench/RESULTS.md).
+    this.#readsHandedOver = true;
+    for (const [socket, a] of this.#sockets) {
+      if (a === undefined) unobserveReads(socket);
+      else socket.off('data', a.onData);
+    }
+  }
+
+  /**
+   * A session that will call `recordClientAfterFraming` (Redis) says so
+   * before admission: `release` then records the client bytes only up to
+   * what the session parsed (the login command), and the rest waits for the
+   * relay's framing. `scrubUnframed` gets the client bytes still unframed
+   * when the session ends and returns what may be recorded of them.
+   */
+  framesClientAfterLogin(scrubUnframed: (bytes: Buffer) => Buffer): void {
+    this.#frameAfterLogin = true;
+    this.#scrubUnframed = scrubUnframed;
+  }
+
+  /** After `recordClientAfterFraming`: a client chunk the relay read, before it frames it. */
+  received(chunk: Buffer): void {
+    if (!this.#readsHandedOver) return;
+    const start = this.#clientOffset;
+    this.#clientOffset += chunk.length;
+    this.#take('client', chunk, start);
   }
 
   /** The relay found a credential command among the client bytes not yet recorded: record `replacement` instead of it. */

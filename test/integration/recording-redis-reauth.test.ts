@@ -70,3 +70,30 @@ t.test('AUTH after login: refused, and scrubbed in the recording', async (t) => 
   t.equal((client.match(/\[redacted\]/g) ?? []).length, 3, 'the login AUTH and both later ones carry the marker');
   t.match(client, /GET\r\n\$1\r\nk/);
 });
+
+t.test('a second AUTH pipelined in the same write as the login: scrubbed too', async (t) => {
+  // The login AUTH is decided before the bytes after it are framed; those
+  // bytes wait for the relay, which must still find the credential in them.
+  const token = await gw.token('ci-pipelined', ['ci']);
+  const socket = connect(gw.port('cache'), '127.0.0.1');
+  let received = '';
+  socket.on('data', (c: Buffer) => (received += c.toString('latin1')));
+  await new Promise((r) => socket.once('connect', r));
+  socket.write(Buffer.concat([resp('AUTH', token), resp('AUTH', 'label', token), resp('SET', 'p', 'w'), resp('GET', 'p')]));
+  for (let i = 0; i < 200 && !received.includes('$1\r\nw\r\n'); i++) await new Promise((r) => setTimeout(r, 10));
+  socket.end();
+  await new Promise((r) => socket.once('close', r));
+  t.match(received, /^\+OK\r\n-ERR[^\r]*identity cannot change[^\r]*\r\n\+OK\r\n\$1\r\nw\r\n$/, 'login, refusal, SET, GET answered in order');
+  let session;
+  for (let i = 0; i < 200; i++) {
+    session = (gw.gateway.services.store as unknown as SessionStore).listSessions({ subject: 'ci-pipelined' })[0];
+    if (session?.complete) break;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  t.ok(session?.recordingPath, 'the session was recorded');
+  const file = readFileSync(session!.recordingPath!);
+  t.equal(file.indexOf(Buffer.from(token)), -1, 'the token is nowhere in the recording file');
+  const client = (await readRecording(session!.recordingPath!).bytesOf('client')).toString('latin1');
+  t.equal((client.match(/\[redacted\]/g) ?? []).length, 2, 'both AUTHs carry the marker');
+  t.match(client, /SET\r\n\$1\r\np\r\n\$1\r\nw[^]*GET\r\n\$1\r\np/, 'the commands after them are recorded as sent');
+});

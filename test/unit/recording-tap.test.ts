@@ -63,14 +63,19 @@ t.test('after framing: chunks recorded from the socket buffer; a pending remaind
   const w = await RecordingWriter.open({ stateDir, meta: meta(), key, flushIntervalMs: 5, onFailure: (e) => t.fail(e.message) });
   const socket = new FakeSocket();
   const tap = new RecordingTap();
+  const unframed: string[] = [];
+  // The session's scrubber for bytes never framed: here it keeps them, so the test sees they reach it.
+  tap.framesClientAfterLogin((b) => (unframed.push(b.toString()), b));
   tap.attach(socket as unknown as Socket);
   tap.release(w);
   tap.recordClientAfterFraming();
+  t.equal(socket.listenerCount('data'), 0, 'the tap no longer listens: the relay hands it each chunk');
 
-  // A relay stand-in: frames whole "commands" (lines ending in \n), tells the tap, then reuses the chunk's memory.
+  // A relay stand-in: hands the chunk over, frames whole "commands" (lines ending in \n), tells the tap, then reuses the chunk's memory.
   let received = 0;
   let pendingLine = 0;
   socket.on('data', (chunk: Buffer) => {
+    tap.received(chunk);
     received += chunk.length;
     const lastNl = chunk.lastIndexOf(0x0a);
     const unframed = lastNl < 0 ? pendingLine + chunk.length : chunk.length - lastNl - 1;
@@ -91,7 +96,7 @@ t.test('after framing: chunks recorded from the socket buffer; a pending remaind
   feed('ECHO lon'); // no command ends in this chunk
   feed('g\n');
   socket.write(Buffer.from('+OK\r\n'));
-  feed('QUIT'); // never framed: recorded when the tap finishes
+  feed('QUIT'); // never framed: the session's scrubber decides, when the tap finishes
 
   tap.finish();
   await w.close({ closeReason: 'test' });
@@ -102,6 +107,7 @@ t.test('after framing: chunks recorded from the socket buffer; a pending remaind
   const records: string[] = [];
   for await (const e of readRecording(w.path)) if (e.type === 'data' && e.direction === 'client') records.push(e.bytes.toString());
   t.same(records, ['SET a 1\nGET a\n', 'SET b 2\n', 'GET b\nPING\n', 'ECHO long\n', 'QUIT'], 'records follow the framing');
+  t.same(unframed, ['QUIT'], 'only the unframed bytes went to the scrubber');
   t.equal((await readRecording(w.path).bytesOf('server')).toString(), '+OK\r\n');
 });
 
