@@ -322,10 +322,13 @@ export class RecordingTap {
 
   /** After `recordClientAfterFraming`: a client chunk the relay read, before it frames it. */
   received(chunk: Buffer): void {
-    if (!this.#readsHandedOver) return;
-    const start = this.#clientOffset;
+    if (!this.#readsHandedOver || this.#finished) return;
     this.#clientOffset += chunk.length;
-    this.#take('client', chunk, start);
+    // As #take does for a client chunk after framing, without its checks for the other modes (per chunk).
+    if (this.#deferred !== undefined) this.#recordDeferred();
+    if (this.#borrowed) this.#keepPending();
+    this.#pendingClient.push(chunk);
+    this.#borrowed = true;
   }
 
   /** The relay found a credential command among the client bytes not yet recorded: record `replacement` instead of it. */
@@ -362,7 +365,7 @@ export class RecordingTap {
     if (take >= pending.length) {
       // The common case: everything received is framed, recorded as it came.
       this.#writer?.record('client', pending);
-      this.#pendingClient = [];
+      pieces.length = 0;
       this.#borrowed = false;
     } else {
       this.#writer?.record('client', pending.subarray(0, take));
