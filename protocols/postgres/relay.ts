@@ -34,6 +34,12 @@ export interface RelayOptions {
    * is sent).
    */
   serverTransform?: ServerTransform;
+  /**
+   * The session recording (src/recording/tap.ts): handed each chunk read
+   * from the client before the relay handles it, and told when it has
+   * (the chunk is recorded then, ahead of any reply written meanwhile).
+   */
+  recordClient?: { received(chunk: Buffer): void; handled(): void };
 }
 
 export interface ServerTransform {
@@ -338,7 +344,7 @@ export class PgRelay {
             },
           }
         : { passthrough: (b) => direct.push(b), message: (_t, m) => direct.push(m) };
-    from.on('data', (chunk: Buffer) => {
+    const onData = (chunk: Buffer): void => {
       this.#lastActivity = Date.now();
       if (side === 'client') this.stats.bytesFromClient += chunk.length;
       else this.stats.bytesFromUpstream += chunk.length;
@@ -363,7 +369,9 @@ export class PgRelay {
           from.resume();
         });
       }
-    });
+    };
+    const rec = side === 'client' ? this.options.recordClient : undefined;
+    from.on('data', rec ? (chunk: Buffer) => (rec.received(chunk), onData(chunk), rec.handled()) : onData);
     this.#wireEnds(from, to, side);
   }
 

@@ -348,6 +348,7 @@ export class PostgresSession implements SessionHandle {
     const clientFramer = this.#reader.framer;
     clientFramer.setMaxMessageBytes(this.target.limits.maxMessageBytes);
     metrics?.sessionStarted(this.target.name, 'postgres');
+    const tap = this.#recording?.tap;
     relay = new PgRelay(
       this.#socket,
       upstream.socket,
@@ -361,8 +362,11 @@ export class PostgresSession implements SessionHandle {
         // no inspecting: the relay frames and forwards, nothing more.
         ...(policy.config.rules.length > 0 || this.ctx.audit ? { gate } : {}),
         ...(masker ? { serverTransform: masker } : {}),
+        // The relay hands the recording every client chunk it reads: no read observer on the socket.
+        ...(tap ? { recordClient: { received: (chunk: Buffer) => tap.received(chunk), handled: () => tap.handled() } } : {}),
       },
     );
+    if (tap) tap.handOverReads();
     this.#relay = relay;
     log.info(
       {

@@ -17,10 +17,10 @@
  *   encodes it (utf8 unless an encoding is given).
  *
  * Byte exactness is therefore by construction, not by each relay remembering
- * to call the recorder. The one exception is the Redis relay after login
- * (`recordClientAfterFraming`): it records client bytes only once it has
- * framed them, so it hands the tap each chunk it reads (`received`) and the
- * read observer is removed. What "received" means: handed to the socket; bytes
+ * to call the recorder. The one exception is the client's reads once a
+ * relay runs (`handOverReads`): the relay hands the tap each chunk it reads
+ * (`received`), which saves an observer on every read, and the Redis relay
+ * also says what it has framed (`recordClientAfterFraming`). What "received" means: handed to the socket; bytes
  * lost to a reset after that are still in the recording.
  *
  * TLS: the plain socket is tapped for the SSLRequest and the one-byte 'S'
@@ -299,8 +299,17 @@ export class RecordingTap {
       this.#afterFraming = true;
       this.#pendingStart = this.#clientOffset;
     }
-    // The relay hands over every chunk it reads (`received`), so the tap need not observe the reads:
-    // a read observer keeps Node from inlining the socket's read callback (bench/RESULTS.md).
+    this.handOverReads();
+  }
+
+  /**
+   * From now on the relay hands over every chunk it reads from the client
+   * (`received`, then `handled` once it has dealt with it), so the tap stops
+   * observing the reads: a read observer keeps Node from inlining the
+   * socket's read callback, about 0.5 µs per read (bench/RESULTS.md). Only
+   * live chunks are handed over; bytes read before this were seen already.
+   */
+  handOverReads(): void {
     this.#readsHandedOver = true;
     for (const [socket, a] of this.#sockets) {
       if (a === undefined) unobserveReads(socket);
@@ -320,15 +329,30 @@ export class RecordingTap {
     this.#scrubUnframed = scrubUnframed;
   }
 
-  /** After `recordClientAfterFraming`: a client chunk the relay read, before it frames it. */
+  /**
+   * After `handOverReads`: a chunk the relay read from the client, before
+   * it handles it. After framing (Redis) it waits for `framed`; otherwise
+   * it is recorded at `handled` (or before anything else is recorded).
+   */
   received(chunk: Buffer): void {
     if (!this.#readsHandedOver || this.#finished) return;
+    if (!this.#afterFraming) {
+      const start = this.#clientOffset;
+      this.#clientOffset += chunk.length;
+      this.#take('client', chunk, start, true);
+      return;
+    }
     this.#clientOffset += chunk.length;
     // As #take does for a client chunk after framing, without its checks for the other modes (per chunk).
     if (this.#deferred !== undefined) this.#recordDeferred();
     if (this.#borrowed) this.#keepPending();
     this.#pendingClient.push(chunk);
     this.#borrowed = true;
+  }
+
+  /** The relay has handled the chunk last `received`: record it now if it still waits. */
+  handled(): void {
+    if (this.#deferred !== undefined) this.#recordDeferred();
   }
 
   /** The relay found a credential command among the client bytes not yet recorded: record `replacement` instead of it. */

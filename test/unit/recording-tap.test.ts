@@ -6,7 +6,8 @@
  * - full slabs whose records are on disk are handed to the next writer, and
  *   neither writer's file is disturbed by that;
  * - a client chunk read directly is recorded after the relay handled it,
- *   yet before any reply written meanwhile: the order stays as received;
+ *   yet before any reply written meanwhile: the order stays as received,
+ *   whether the tap observes the reads or the relay hands them over;
  * - one spare slab per open writer is kept for reuse, and no more than the
  *   floor once they closed.
  */
@@ -178,6 +179,43 @@ t.test('a client chunk read directly is recorded once the relay handled it, and 
   const records: Array<[string, string]> = [];
   for await (const r of readRecording(writer.path)) if (r.type === 'data') records.push([r.direction, r.bytes.toString()]);
   t.same(records, [['client', 'ping'], ['server', 're:ping']], 'request first, then the reply');
+});
+
+t.test('reads handed over by the relay: recorded once handled, before the reply written meanwhile, and only once', async (t) => {
+  const stateDir = tempDir(t);
+  const key = await openRecordingKey(stateDir);
+  const writer = await RecordingWriter.open({ stateDir, meta: meta(), key, onFailure: (e) => t.fail(e.message) });
+  const server = createServer({ pauseOnConnect: true });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.teardown(() => server.close());
+  const accepted = once(server, 'connection');
+  const client = connect({ port: (server.address() as AddressInfo).port, host: '127.0.0.1' });
+  const socket = adoptWithDirectReads(((await accepted) as [Socket])[0]);
+  const tap = new RecordingTap();
+  tap.attach(socket);
+  tap.release(writer);
+  // What a PostgreSQL session does when its relay starts.
+  tap.handOverReads();
+  const stagedWhileHandled: number[] = [];
+  socket.on('data', (chunk: Buffer) => {
+    tap.received(chunk);
+    stagedWhileHandled.push(writer.backlogBytes);
+    socket.write(Buffer.concat([Buffer.from('re:'), chunk]));
+    tap.handled();
+  });
+  socket.resume();
+  client.write('ping');
+  const [reply] = (await once(client, 'data')) as [Buffer];
+  t.equal(reply.toString(), 're:ping');
+  t.same(stagedWhileHandled, [0], 'nothing recorded yet while the relay handled the chunk');
+  tap.finish();
+  client.destroy();
+  socket.destroy();
+  await writer.close({ closeReason: 'test' });
+  const records: Array<[string, string]> = [];
+  for await (const r of readRecording(writer.path)) if (r.type === 'data') records.push([r.direction, r.bytes.toString()]);
+  t.same(records, [['client', 'ping'], ['server', 're:ping']], 'request first, then the reply, each once');
 });
 
 t.test('spare slabs: one per writer open at the peak is kept, handed to the next sessions, and trimmed later', async (t) => {
