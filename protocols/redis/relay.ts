@@ -195,6 +195,15 @@ export class RedisRelay {
     replyEnd: (info) => this.#onReplyEnd(info),
   };
 
+  /**
+   * Read per chunk or per command, so kept in fields of their own: the
+   * options objects the sessions build differ in shape (optional parts are
+   * spread in), and a load from them in the relay's hot path was
+   * megamorphic in profiles.
+   */
+  readonly #recording: RelayRecording | undefined;
+  readonly #gate: RedisCommandGate | undefined;
+
   constructor(
     private readonly client: Socket,
     private readonly upstream: Socket,
@@ -203,12 +212,14 @@ export class RedisRelay {
     this.proto = options.proto;
     this.clientFramer = new RespRequestFramer(options.requestLimits);
     this.#classifier = new CommandClassifier(options.db);
+    this.#recording = options.recordClient;
+    this.#gate = options.gate;
   }
 
   /** Starts relaying: `toClient` first (the login reply), then bytes the client already sent after its AUTH/HELLO. */
   start(toClient: Buffer[], fromClient: Buffer[], fromUpstream: Buffer): void {
     for (const b of toClient) this.client.write(b);
-    const rec = this.options.recordClient;
+    const rec = this.#recording;
     // The recording sees every chunk read, even one the relay then ignores (after a protocol violation).
     this.client.on('data', rec ? (chunk: Buffer) => (rec.received(chunk), this.#onClientData(chunk)) : (chunk: Buffer) => this.#onClientData(chunk));
     const transform = this.options.serverTransform;
@@ -289,7 +300,7 @@ export class RedisRelay {
     }
     const flowing = this.#sendUpstream();
     // Recorded once the commands are on their way upstream: recording need not delay them.
-    const rec = this.options.recordClient;
+    const rec = this.#recording;
     if (rec) rec.framed(rec.base + this.stats.bytesFromClient - this.clientFramer.bufferedBytes);
     if (!flowing && !this.#clientFailed) {
       this.client.pause();
@@ -306,7 +317,7 @@ export class RedisRelay {
     const nameAt = start + framer.argStart(0);
     const nameEnd = start + framer.argEnd(0);
     if (!this.#held && this.#paired && this.#classifier.byName(buf, nameAt, nameEnd - nameAt)?.verdict === Verdict.Forward) {
-      const gate = this.options.gate;
+      const gate = this.#gate;
       // Nothing to track, and no judging, or a verdict that needs no more than the command's kind:
       // forwarded without building its argument list.
       if (gate === undefined || this.#allowedByKind(gate, buf, start, nameAt, nameEnd)) {
@@ -348,8 +359,9 @@ export class RedisRelay {
     }
     this.stats.commands++;
     const c = this.#classifier.classify(args);
-    if ((c.verdict === Verdict.Forward || c.verdict === Verdict.Subscribe || c.verdict === Verdict.Quit) && this.options.gate) {
-      const judged = this.options.gate.judge(args);
+    const gate = this.#gate;
+    if ((c.verdict === Verdict.Forward || c.verdict === Verdict.Subscribe || c.verdict === Verdict.Quit) && gate) {
+      const judged = gate.judge(args);
       if (judged.action === 'deny') {
         this.#refuse(judged.reply);
         return;
@@ -365,7 +377,7 @@ export class RedisRelay {
         return;
       case Verdict.Refuse:
         this.options.logger.info({ command: args[0]!.toString('latin1').slice(0, 32).toUpperCase() }, 'command refused');
-        if (c.reply === IDENTITY_FIXED) this.options.recordClient?.scrub(buf.subarray(start, end), args);
+        if (c.reply === IDENTITY_FIXED) this.#recording?.scrub(buf.subarray(start, end), args);
         this.#refuse(c.reply!);
         return;
       case Verdict.Hello:
