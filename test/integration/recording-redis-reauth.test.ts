@@ -4,7 +4,7 @@
  * recording gets the scrubbed form of that command too, even when the
  * command arrives split across TCP writes.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { connect } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { startRedis } from '../helpers/redis.js';
@@ -33,6 +33,20 @@ function resp(...args: string[]): Buffer {
   return Buffer.from(`*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`);
 }
 
+/** The client side of `subject`'s completed recording, once it holds no trace of `token`. */
+async function recordedClientBytes(t: Test, subject: string, token: string): Promise<string> {
+  let session;
+  for (let i = 0; i < 200; i++) {
+    session = (gw.gateway.services.store as unknown as SessionStore).listSessions({ subject })[0];
+    if (session?.complete) break;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  t.ok(session?.recordingPath, 'the session was recorded');
+  const file = readFileSync(session!.recordingPath!);
+  t.equal(file.indexOf(Buffer.from(token)), -1, 'the token is nowhere in the recording file');
+  return (await readRecording(session!.recordingPath!).bytesOf('client')).toString('latin1');
+}
+
 t.test('AUTH after login: refused, and scrubbed in the recording', async (t) => {
   const token = await gw.token('ci-job', ['ci']);
   const socket = connect(gw.port('cache'), '127.0.0.1');
@@ -56,16 +70,7 @@ t.test('AUTH after login: refused, and scrubbed in the recording', async (t) => 
   await new Promise((r) => socket.once('close', r));
   t.equal((received.match(/identity cannot change/g) ?? []).length, 2, 'both re-authentications refused');
 
-  let session;
-  for (let i = 0; i < 200; i++) {
-    session = (gw.gateway.services.store as unknown as SessionStore).listSessions({ subject: 'ci-job' })[0];
-    if (session?.complete) break;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  t.ok(session?.recordingPath, 'the session was recorded');
-  const file = readFileSync(session!.recordingPath!);
-  t.equal(file.indexOf(Buffer.from(token)), -1, 'the token is nowhere in the recording file');
-  const client = (await readRecording(session!.recordingPath!).bytesOf('client')).toString('latin1');
+  const client = await recordedClientBytes(t, 'ci-job', token);
   t.match(client, /SET\r\n\$1\r\nk\r\n\$1\r\nv/, 'the other commands are recorded as sent');
   t.equal((client.match(/\[redacted\]/g) ?? []).length, 3, 'the login AUTH and both later ones carry the marker');
   t.match(client, /GET\r\n\$1\r\nk/);
@@ -84,16 +89,7 @@ t.test('a second AUTH pipelined in the same write as the login: scrubbed too', a
   socket.end();
   await new Promise((r) => socket.once('close', r));
   t.match(received, /^\+OK\r\n-ERR[^\r]*identity cannot change[^\r]*\r\n\+OK\r\n\$1\r\nw\r\n$/, 'login, refusal, SET, GET answered in order');
-  let session;
-  for (let i = 0; i < 200; i++) {
-    session = (gw.gateway.services.store as unknown as SessionStore).listSessions({ subject: 'ci-pipelined' })[0];
-    if (session?.complete) break;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  t.ok(session?.recordingPath, 'the session was recorded');
-  const file = readFileSync(session!.recordingPath!);
-  t.equal(file.indexOf(Buffer.from(token)), -1, 'the token is nowhere in the recording file');
-  const client = (await readRecording(session!.recordingPath!).bytesOf('client')).toString('latin1');
+  const client = await recordedClientBytes(t, 'ci-pipelined', token);
   t.equal((client.match(/\[redacted\]/g) ?? []).length, 2, 'both AUTHs carry the marker');
   t.match(client, /SET\r\n\$1\r\np\r\n\$1\r\nw[^]*GET\r\n\$1\r\np/, 'the commands after them are recorded as sent');
 });

@@ -147,41 +147,15 @@ t.test('slabs handed from one writer to the next: both recordings byte-exact and
   t.ok((await readRecording(a.path).bytesOf('client')).equals(Buffer.concat(bSent.map((s) => s.subarray(0, 100)))), "a's later records intact");
 });
 
-t.test('a client chunk read directly is recorded once the relay handled it, and before the reply it wrote meanwhile', async (t) => {
-  const stateDir = tempDir(t);
-  const key = await openRecordingKey(stateDir);
-  const writer = await RecordingWriter.open({ stateDir, meta: meta(), key, onFailure: (e) => t.fail(e.message) });
-  const server = createServer({ pauseOnConnect: true });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  t.teardown(() => server.close());
-  const accepted = once(server, 'connection');
-  const client = connect({ port: (server.address() as AddressInfo).port, host: '127.0.0.1' });
-  const socket = adoptWithDirectReads(((await accepted) as [Socket])[0]);
-  const tap = new RecordingTap();
-  tap.attach(socket);
-  tap.release(writer);
-  const stagedWhileHandled: number[] = [];
-  // The relay's part: look at the chunk, answer on the same socket.
-  socket.on('data', (chunk: Buffer) => {
-    stagedWhileHandled.push(writer.backlogBytes);
-    socket.write(Buffer.concat([Buffer.from('re:'), chunk]));
-  });
-  socket.resume();
-  client.write('ping');
-  const [reply] = (await once(client, 'data')) as [Buffer];
-  t.equal(reply.toString(), 're:ping');
-  t.same(stagedWhileHandled, [0], 'nothing recorded yet while the relay handled the chunk');
-  tap.finish();
-  client.destroy();
-  socket.destroy();
-  await writer.close({ closeReason: 'test' });
-  const records: Array<[string, string]> = [];
-  for await (const r of readRecording(writer.path)) if (r.type === 'data') records.push([r.direction, r.bytes.toString()]);
-  t.same(records, [['client', 'ping'], ['server', 're:ping']], 'request first, then the reply');
-});
-
-t.test('reads handed over by the relay: recorded once handled, before the reply written meanwhile, and only once', async (t) => {
+/**
+ * A relay stand-in on a socket that reads directly: it looks at the chunk
+ * and answers on the same socket. The tap either observes the reads
+ * (before a relay runs) or, with `handOver`, is handed each chunk as a
+ * relay does (received, then handled). Either way the chunk must be
+ * recorded once the stand-in has handled it (nothing staged while it
+ * runs), yet before the answer it wrote meanwhile, and only once.
+ */
+async function requestThenReply(t: Test, handOver: boolean): Promise<void> {
   const stateDir = tempDir(t);
   const key = await openRecordingKey(stateDir);
   const writer = await RecordingWriter.open({ stateDir, meta: meta(), key, onFailure: (e) => t.fail(e.message) });
@@ -196,13 +170,13 @@ t.test('reads handed over by the relay: recorded once handled, before the reply 
   tap.attach(socket);
   tap.release(writer);
   // What a PostgreSQL session does when its relay starts.
-  tap.handOverReads();
+  if (handOver) tap.handOverReads();
   const stagedWhileHandled: number[] = [];
   socket.on('data', (chunk: Buffer) => {
-    tap.received(chunk);
+    if (handOver) tap.received(chunk);
     stagedWhileHandled.push(writer.backlogBytes);
     socket.write(Buffer.concat([Buffer.from('re:'), chunk]));
-    tap.handled();
+    if (handOver) tap.handled();
   });
   socket.resume();
   client.write('ping');
@@ -216,7 +190,13 @@ t.test('reads handed over by the relay: recorded once handled, before the reply 
   const records: Array<[string, string]> = [];
   for await (const r of readRecording(writer.path)) if (r.type === 'data') records.push([r.direction, r.bytes.toString()]);
   t.same(records, [['client', 'ping'], ['server', 're:ping']], 'request first, then the reply, each once');
-});
+}
+
+t.test('a client chunk read directly is recorded once the relay handled it, and before the reply it wrote meanwhile', (t) =>
+  requestThenReply(t, false),
+);
+
+t.test('reads handed over by the relay: the same order, each chunk recorded once', (t) => requestThenReply(t, true));
 
 t.test('spare slabs: one per writer open at the peak is kept, handed to the next sessions, and trimmed later', async (t) => {
   const stateDir = tempDir(t);
