@@ -20,8 +20,10 @@
  * to call the recorder. The one exception is the client's reads once a
  * relay runs (`handOverReads`): the relay hands the tap each chunk it reads
  * (`received`), which saves an observer on every read, and the Redis relay
- * also says what it has framed (`recordClientAfterFraming`). What "received" means: handed to the socket; bytes
- * lost to a reset after that are still in the recording.
+ * also says what it has framed (`recordClientAfterFraming`).
+ *
+ * What "received" means: handed to the socket; bytes lost to a reset after
+ * that are still in the recording.
  *
  * TLS: the plain socket is tapped for the SSLRequest and the one-byte 'S'
  * answer, then detached; the TLSSocket is attached after the handshake, so
@@ -120,7 +122,7 @@ export class RecordingTap {
   #frameAfterLogin = false;
   /** What of the never-framed client bytes may be recorded when the session ends (see finish); nothing without it. */
   #scrubUnframed: ((bytes: Buffer) => Buffer) | undefined;
-  /** After `recordClientAfterFraming`, the relay hands over each client chunk (`received`): no read observer. */
+  /** After `handOverReads`, the relay hands over each client chunk (`received`): no read observer. */
   #readsHandedOver = false;
 
   constructor(opts: { maxHeldBytes?: number; onOverflow?: () => void } = {}) {

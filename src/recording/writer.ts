@@ -309,7 +309,6 @@ export class RecordingWriter {
   /** process.hrtime() at the start: seconds and nanoseconds, as two numbers (see micros). */
   private readonly t0s: number;
   private readonly t0ns: number;
-  private readonly t0: number;
   private readonly unsubscribe: () => void;
 
   /** The digest over the header and every record appended so far, as the seal thread last reported it. */
@@ -364,8 +363,7 @@ export class RecordingWriter {
     const [t0s, t0ns] = process.hrtime();
     this.t0s = t0s;
     this.t0ns = t0ns;
-    this.t0 = performance.now();
-    this.lastCheckpointAt = this.t0;
+    this.lastCheckpointAt = performance.now();
     this.chain = recordDigest(FORMAT_VERSION, header).value();
     this.accounted = this.written = header.length;
     seal.open({ writer: this.id, fd: fh.fd, header, sessionId: this.sessionId, keyId: opts.key.keyId, privateKey: opts.key.privateKey });
