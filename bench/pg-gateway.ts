@@ -29,7 +29,7 @@ import { PG_BIN, run } from '../test/helpers/process.js';
 import { backgroundBusy, envInt, runRounds, timestamp, writeWorkFile, type Absent, type Contender } from './lib/harness.js';
 import { describeMachine, machineText } from './lib/machine.js';
 import { buildTables, tablesMarkdown, tablesText, type ReportInput } from './lib/report.js';
-import { baselineCli, startSluice } from './lib/sluice.js';
+import { baselineCandidates, startSluice } from './lib/sluice.js';
 import { freePort, startDaemon, startRelay, userIds, which, type Daemon } from './lib/spawn.js';
 
 const SECONDS = envInt('BENCH_SECONDS', 10);
@@ -164,7 +164,6 @@ async function main(): Promise<void> {
 
     const direct: Contender = { name: 'direct', port: pg.port, pid: undefined, secret: pg.password, user: pg.user };
     // Each contender is started independently: one that fails is reported, not fatal.
-    const baseline = baselineCli();
     const candidates: Array<[string, () => Promise<Contender>]> = [
       ['direct', async () => direct],
       ['relay', async () => {
@@ -194,18 +193,7 @@ async function main(): Promise<void> {
         cleanups.push(() => s.stop());
         return { name: 'sluice+recording', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
       }],
-      ...(baseline === undefined ? [] : ([
-        ['baseline', async () => {
-          const s = await startSluice({ protocol: 'postgres', upstreamPort: pg.port, database: pg.database, user: pg.user, password: pg.password }, { cli: baseline });
-          cleanups.push(() => s.stop());
-          return { name: 'baseline', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
-        }],
-        ['baseline+recording', async () => {
-          const s = await startSluice({ protocol: 'postgres', upstreamPort: pg.port, database: pg.database, user: pg.user, password: pg.password }, { cli: baseline, recording: true });
-          cleanups.push(() => s.stop());
-          return { name: 'baseline+recording', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
-        }],
-      ] as Array<[string, () => Promise<Contender>]>)),
+      ...baselineCandidates({ protocol: 'postgres', upstreamPort: pg.port, database: pg.database, user: pg.user, password: pg.password }, cleanups),
     ];
     for (const [name, start] of candidates) {
       if (!wanted(name)) continue;

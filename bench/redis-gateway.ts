@@ -32,7 +32,7 @@ import { startRedis, type RedisServer } from '../test/helpers/redis.js';
 import { backgroundBusy, envInt, runRounds, timestamp, writeWorkFile, type Absent, type Contender } from './lib/harness.js';
 import { describeMachine, machineText } from './lib/machine.js';
 import { buildTables, tablesMarkdown, tablesText, type ReportInput } from './lib/report.js';
-import { baselineCli, startSluice } from './lib/sluice.js';
+import { baselineCandidates, startSluice } from './lib/sluice.js';
 import { freePort, startDaemon, startRelay, which, type Daemon } from './lib/spawn.js';
 
 const ROUNDS = envInt('BENCH_ROUNDS', 2);
@@ -174,7 +174,6 @@ async function main(): Promise<void> {
     process.stderr.write(`redis-server on 127.0.0.1:${redis.port}\n`);
 
     const direct: Contender = { name: 'direct', port: redis.port, pid: undefined, secret: redis.password, user: 'default' };
-    const baseline = baselineCli();
     const candidates: Array<[string, () => Promise<Contender>]> = [
       ['direct', async () => direct],
       ['relay', async () => {
@@ -202,18 +201,7 @@ async function main(): Promise<void> {
         cleanups.push(() => s.stop());
         return { name: 'sluice+recording', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
       }],
-      ...(baseline === undefined ? [] : ([
-        ['baseline', async () => {
-          const s = await startSluice({ protocol: 'redis', upstreamPort: redis.port, user: 'default', password: redis.password }, { cli: baseline });
-          cleanups.push(() => s.stop());
-          return { name: 'baseline', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
-        }],
-        ['baseline+recording', async () => {
-          const s = await startSluice({ protocol: 'redis', upstreamPort: redis.port, user: 'default', password: redis.password }, { cli: baseline, recording: true });
-          cleanups.push(() => s.stop());
-          return { name: 'baseline+recording', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
-        }],
-      ] as Array<[string, () => Promise<Contender>]>)),
+      ...baselineCandidates({ protocol: 'redis', upstreamPort: redis.port, user: 'default', password: redis.password }, cleanups),
     ];
     for (const [name, start] of candidates) {
       if (!wanted(name)) continue;

@@ -10,6 +10,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import type { Contender } from './harness.js';
 import { SLUICE_CLI, freePort, startDaemon, type Daemon } from './spawn.js';
 
 const execFileP = promisify(execFile);
@@ -111,12 +112,31 @@ ${options.masking ? '    masking: [emails, cards]\n' : ''}${options.policy ? EXA
  * to tell a change's effect from the drift of a shared machine, which
  * moved whole runs by 20-40% on the hosts of bench/RESULTS.md.
  */
-export function baselineCli(): string | undefined {
+function baselineCli(): string | undefined {
   const dir = process.env.BENCH_BASELINE;
   if (!dir) return undefined;
   const cli = join(dir, 'dist', 'src', 'cli', 'main.js');
   if (!existsSync(cli)) throw new Error(`BENCH_BASELINE=${dir}: no ${cli} (build that checkout first)`);
   return cli;
+}
+
+/**
+ * A bench's `baseline` and `baseline+recording` candidates (none without
+ * BENCH_BASELINE): the other build's Sluice against `target`, stopped by
+ * `cleanups` like the bench's own contenders.
+ */
+export function baselineCandidates(target: SluiceTarget, cleanups: Array<() => Promise<void>>): Array<[string, () => Promise<Contender>]> {
+  const cli = baselineCli();
+  if (cli === undefined) return [];
+  const start = (name: string, recording: boolean) => async (): Promise<Contender> => {
+    const s = await startSluice(target, { cli, recording });
+    cleanups.push(() => s.stop());
+    return { name, port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
+  };
+  return [
+    ['baseline', start('baseline', false)],
+    ['baseline+recording', start('baseline+recording', true)],
+  ];
 }
 
 export async function startSluice(target: SluiceTarget, options: SluiceOptions = {}): Promise<SluiceContender> {

@@ -363,7 +363,7 @@ export class PostgresSession implements SessionHandle {
         ...(policy.config.rules.length > 0 || this.ctx.audit ? { gate } : {}),
         ...(masker ? { serverTransform: masker } : {}),
         // The relay hands the recording every client chunk it reads: no read observer on the socket.
-        ...(tap ? { recordClient: { received: (chunk: Buffer) => tap.received(chunk), handled: () => tap.handled() } } : {}),
+        ...(tap ? { recordClient: tap } : {}),
       },
     );
     if (tap) tap.handOverReads();

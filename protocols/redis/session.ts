@@ -337,8 +337,9 @@ export class RedisSession implements SessionHandle {
       leftover = masker.maskSync(leftover);
     }
     metrics?.sessionStarted(this.target.name, 'redis');
-    // From here on, client bytes reach the recording once the relay has framed
-    // them, so a credential sent again after login can be scrubbed first.
+    // Client bytes after the login command reach the recording once the relay
+    // has framed them (framesClientAfterLogin), so a credential sent again can
+    // be scrubbed first; from here the relay hands the tap each chunk it reads.
     const tap = recording?.tap;
     let recordClient: RelayRecording | undefined;
     if (tap) {

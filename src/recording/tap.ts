@@ -117,10 +117,10 @@ export class RecordingTap {
   #pendingStart = 0;
   /**
    * Set by `framesClientAfterLogin`: at admission, client bytes past what
-   * the session parsed wait for the relay's framing too (see release).
+   * the session parsed wait for the relay's framing too (see release), and
+   * this says what of the never-framed ones may be recorded when the
+   * session ends (see finish). Without it, nothing of them is.
    */
-  #frameAfterLogin = false;
-  /** What of the never-framed client bytes may be recorded when the session ends (see finish); nothing without it. */
   #scrubUnframed: ((bytes: Buffer) => Buffer) | undefined;
   /** After `handOverReads`, the relay hands over each client chunk (`received`): no read observer. */
   #readsHandedOver = false;
@@ -228,7 +228,7 @@ export class RecordingTap {
     this.#writer = writer;
     // A Redis session admitted: bytes past the login command have not been parsed yet. They wait for
     // the relay's framing like every later byte, so a credential among them is scrubbed first.
-    const framing = this.#frameAfterLogin && opts.upTo === undefined;
+    const framing = this.#scrubUnframed !== undefined && opts.upTo === undefined;
     const limit = framing ? this.#committed : (opts.upTo ?? Infinity);
     if (framing) {
       this.#afterFraming = true;
@@ -327,7 +327,6 @@ export class RecordingTap {
    * when the session ends and returns what may be recorded of them.
    */
   framesClientAfterLogin(scrubUnframed: (bytes: Buffer) => Buffer): void {
-    this.#frameAfterLogin = true;
     this.#scrubUnframed = scrubUnframed;
   }
 

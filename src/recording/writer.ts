@@ -490,8 +490,8 @@ export class RecordingWriter {
   private micros(): number {
     // Read for every record: process.hrtime(), not performance.now(), whose brand check (a symbol
     // lookup on the performance object) cost more than the clock read itself in profiles of the relay.
-    const [s, ns] = process.hrtime();
-    return Math.max(0, (s - this.t0s) * 1_000_000 + Math.floor((ns - this.t0ns) / 1000));
+    const t = process.hrtime();
+    return Math.max(0, (t[0] - this.t0s) * 1_000_000 + Math.floor((t[1] - this.t0ns) / 1000));
   }
 
   private stage(type: number, direction: number, payload: Uint8Array): void {
