@@ -5,7 +5,7 @@
  * command arrives split across TCP writes.
  */
 import t, { type Test } from 'tap';
-import { connect } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { startRedis } from '../helpers/redis.js';
 import { startGateway } from '../helpers/gateway.js';
@@ -33,6 +33,25 @@ function resp(...args: string[]): Buffer {
   return Buffer.from(`*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`);
 }
 
+/** A raw client of the gateway: `until` waits (2 s at most) for text in what it received, `close` ends it and returns all of that. */
+async function openClient(): Promise<{ socket: Socket; until(text: string): Promise<void>; close(): Promise<string> }> {
+  const socket = connect(gw.port('cache'), '127.0.0.1');
+  let received = '';
+  socket.on('data', (c: Buffer) => (received += c.toString('latin1')));
+  await new Promise((r) => socket.once('connect', r));
+  return {
+    socket,
+    until: async (text) => {
+      for (let i = 0; i < 200 && !received.includes(text); i++) await new Promise((r) => setTimeout(r, 10));
+    },
+    close: async () => {
+      socket.end();
+      await new Promise((r) => socket.once('close', r));
+      return received;
+    },
+  };
+}
+
 /** The client side of `subject`'s completed recording, once it holds no trace of `token`. */
 async function recordedClientBytes(t: Test, subject: string, token: string): Promise<string> {
   let session;
@@ -49,13 +68,7 @@ async function recordedClientBytes(t: Test, subject: string, token: string): Pro
 
 t.test('AUTH after login: refused, and scrubbed in the recording', async (t) => {
   const token = await gw.token('ci-job', ['ci']);
-  const socket = connect(gw.port('cache'), '127.0.0.1');
-  let received = '';
-  socket.on('data', (c: Buffer) => (received += c.toString('latin1')));
-  await new Promise((r) => socket.once('connect', r));
-  const until = async (text: string): Promise<void> => {
-    for (let i = 0; i < 200 && !received.includes(text); i++) await new Promise((r) => setTimeout(r, 10));
-  };
+  const { socket, until, close } = await openClient();
   socket.write(resp('AUTH', token));
   await until('+OK');
   socket.write(Buffer.concat([resp('SET', 'k', 'v'), resp('AUTH', token)]));
@@ -66,8 +79,7 @@ t.test('AUTH after login: refused, and scrubbed in the recording', async (t) => 
   await new Promise((r) => setTimeout(r, 50));
   socket.write(Buffer.concat([split.subarray(40), resp('GET', 'k')]));
   await until('$1\r\nv\r\n');
-  socket.end();
-  await new Promise((r) => socket.once('close', r));
+  const received = await close();
   t.equal((received.match(/identity cannot change/g) ?? []).length, 2, 'both re-authentications refused');
 
   const client = await recordedClientBytes(t, 'ci-job', token);
@@ -80,14 +92,10 @@ t.test('a second AUTH pipelined in the same write as the login: scrubbed too', a
   // The login AUTH is decided before the bytes after it are framed; those
   // bytes wait for the relay, which must still find the credential in them.
   const token = await gw.token('ci-pipelined', ['ci']);
-  const socket = connect(gw.port('cache'), '127.0.0.1');
-  let received = '';
-  socket.on('data', (c: Buffer) => (received += c.toString('latin1')));
-  await new Promise((r) => socket.once('connect', r));
+  const { socket, until, close } = await openClient();
   socket.write(Buffer.concat([resp('AUTH', token), resp('AUTH', 'label', token), resp('SET', 'p', 'w'), resp('GET', 'p')]));
-  for (let i = 0; i < 200 && !received.includes('$1\r\nw\r\n'); i++) await new Promise((r) => setTimeout(r, 10));
-  socket.end();
-  await new Promise((r) => socket.once('close', r));
+  await until('$1\r\nw\r\n');
+  const received = await close();
   t.match(received, /^\+OK\r\n-ERR[^\r]*identity cannot change[^\r]*\r\n\+OK\r\n\$1\r\nw\r\n$/, 'login, refusal, SET, GET answered in order');
   const client = await recordedClientBytes(t, 'ci-pipelined', token);
   t.equal((client.match(/\[redacted\]/g) ?? []).length, 2, 'both AUTHs carry the marker');
