@@ -41,6 +41,15 @@ const EXIT_USAGE = 2;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  // A one-shot command's reader may stop early (`sluice sessions --json | head -1`): that
+  // ends the command quietly, as it does other command-line tools, instead of an EPIPE
+  // stack trace. Not for `serve`, whose stdout is the log and must not stop the gateway.
+  if (command !== 'serve') {
+    process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EPIPE') process.exit(0);
+      throw err;
+    });
+  }
   switch (command) {
     case 'serve':
       return serve(rest);

@@ -6,7 +6,7 @@
  */
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -121,6 +121,16 @@ t.test('usage errors and version', async (t) => {
   const v = await sluice(['version'], dir);
   t.equal(v.code, 0);
   t.match(v.stdout.trim(), /^\d+\.\d+\.\d+/);
+});
+
+t.test('a reader that stops early (| head) ends a command quietly, not with an EPIPE trace', async (t) => {
+  const dir = tempDir();
+  // `head -c 0` exits at once, closing the pipe; sluice starts writing after it has.
+  const script = `{ sleep 0.5; "$0" "$1" help 2>"$2/stderr.txt"; echo "exit=$?" >"$2/code.txt"; } | head -c 0`;
+  const r = await run('bash', ['-c', script, process.execPath, CLI, dir], { cwd: dir, timeoutMs: 60_000 });
+  t.equal(r.code, 0);
+  t.equal(readFileSync(join(dir, 'code.txt'), 'utf8').trim(), 'exit=0', 'sluice exits 0');
+  t.equal(readFileSync(join(dir, 'stderr.txt'), 'utf8'), '', 'and prints nothing on stderr');
 });
 
 t.test('serve prints a psql command that works as printed, and stops on SIGTERM', async (t) => {
