@@ -47,7 +47,7 @@ export function openSqliteStore(stateDir: string, opts: { logger?: Logger; file?
     writerPragmas(db);
     const m = migrate(db);
     if (m.applied.length) opts.logger?.info({ file, from: m.from, to: m.to }, 'state database migrated');
-    return new SqliteStore(db, file);
+    return new SqliteStore(db, file, opts.logger);
   } catch (err) {
     db.close();
     throw err;
@@ -120,6 +120,44 @@ const SESSION_COLUMNS = [
   'recording_size', 'final_hash', 'complete',
 ] as const;
 const MAX_SESSION_LIMIT = 10_000;
+/** How long a session row may wait to be written with others (see upsertSession). */
+export const SESSION_INDEX_DELAY_MS = 100;
+/** After a failed write of the session index, the next attempt. */
+const SESSION_INDEX_RETRY_MS = 1000;
+
+/** A session as a row of the `sessions` table (SESSION_COLUMNS). */
+function sessionRow(rec: SessionRecord): Record<(typeof SESSION_COLUMNS)[number], string | number | null> {
+  const ms = (iso: string | undefined): number | null => {
+    if (iso === undefined) return null;
+    const v = Date.parse(iso);
+    return Number.isNaN(v) ? null : v;
+  };
+  return {
+    id: rec.id,
+    subject: rec.subject,
+    groups: JSON.stringify(rec.groups ?? []),
+    issuer: rec.issuer,
+    token_id_hash: rec.tokenIdHash ?? null,
+    target: rec.target,
+    protocol: rec.protocol,
+    client_address: rec.clientAddress ?? null,
+    started_at: rec.startedAt,
+    started_ms: ms(rec.startedAt),
+    ended_at: rec.endedAt ?? null,
+    ended_ms: ms(rec.endedAt),
+    close_reason: rec.closeReason ?? null,
+    bytes_in: rec.bytesIn,
+    bytes_out: rec.bytesOut,
+    statements_allowed: rec.statementsAllowed,
+    statements_denied: rec.statementsDenied,
+    approvals: rec.approvals,
+    masking_counts: JSON.stringify(rec.maskingCounts ?? {}),
+    recording_path: rec.recordingPath ?? null,
+    recording_size: rec.recordingSize ?? null,
+    final_hash: rec.finalHash ?? null,
+    complete: rec.complete ? 1 : 0,
+  };
+}
 
 /** The state database's pragmas, for every connection that writes to it (the store's and the audit commit thread's). */
 export function writerPragmas(db: Database.Database): void {
@@ -150,6 +188,12 @@ class SqliteStore implements Store, SessionStore {
   private readonly sessionQueries = new Map<string, Database.Statement>();
   private readonly upsertSessionStmt: Database.Statement;
   private readonly selectSession: Database.Statement;
+  /** Upserts rows in one transaction. */
+  private readonly writeSessions: (rows: SessionRecord[]) => void;
+  /** Session rows not yet written, by id (see upsertSession). */
+  private readonly queuedSessions = new Map<string, SessionRecord>();
+  private sessionTimer: NodeJS.Timeout | undefined;
+  private sessionWriteFailing = false;
   private readonly deleteSessionsStmt: Database.Statement;
   private closed = false;
 
@@ -157,6 +201,8 @@ class SqliteStore implements Store, SessionStore {
     private readonly db: Database.Database,
     /** The database file: the audit writer commits batches to it from its own thread (audit-commit-thread.ts). */
     readonly auditFile: string,
+    /** Where a failing write of the session index is reported. */
+    private readonly logger?: Logger,
   ) {
     const insertEncoded = batchInserter(db);
     this.insertEncoded = insertEncoded;
@@ -176,52 +222,77 @@ class SqliteStore implements Store, SessionStore {
       VALUES (${SESSION_COLUMNS.map((c) => `@${c}`).join(', ')})
       ON CONFLICT (id) DO UPDATE SET
         ${SESSION_COLUMNS.filter((c) => c !== 'id').map((c) => `${c} = excluded.${c}`).join(', ')}`);
+    const upsertSession = this.upsertSessionStmt;
+    this.writeSessions = db.transaction((rows: SessionRecord[]) => {
+      for (const rec of rows) upsertSession.run(sessionRow(rec));
+    });
     this.selectSession = db.prepare('SELECT * FROM sessions WHERE id = ?');
     this.deleteSessionsStmt = db.prepare(
       'DELETE FROM sessions WHERE (ended_ms IS NOT NULL AND ended_ms < ?) OR (ended_ms IS NULL AND started_ms < ?)',
     );
   }
 
+  /**
+   * Queues the row; it is written within SESSION_INDEX_DELAY_MS, with every
+   * other row queued by then, in one transaction. A session's later row
+   * replaces its earlier one in the queue (each row is whole), so a short
+   * session (a pgbench -C connection, a CI job's probe) costs one row write,
+   * not two, and a burst of sessions one commit: the two autocommits per
+   * session were about 6% of the gateway's CPU under pgbench -C with
+   * recording on. Reads through this store (the API, retention) write the
+   * queue first, so they never miss a row; another process (the CLI) sees a
+   * row at most SESSION_INDEX_DELAY_MS late. After close() a row is written
+   * at once (and fails, the database being closed).
+   */
   upsertSession(rec: SessionRecord): void {
-    const ms = (iso: string | undefined): number | null => {
-      if (iso === undefined) return null;
-      const v = Date.parse(iso);
-      return Number.isNaN(v) ? null : v;
-    };
-    this.upsertSessionStmt.run({
-      id: rec.id,
-      subject: rec.subject,
-      groups: JSON.stringify(rec.groups ?? []),
-      issuer: rec.issuer,
-      token_id_hash: rec.tokenIdHash ?? null,
-      target: rec.target,
-      protocol: rec.protocol,
-      client_address: rec.clientAddress ?? null,
-      started_at: rec.startedAt,
-      started_ms: ms(rec.startedAt),
-      ended_at: rec.endedAt ?? null,
-      ended_ms: ms(rec.endedAt),
-      close_reason: rec.closeReason ?? null,
-      bytes_in: rec.bytesIn,
-      bytes_out: rec.bytesOut,
-      statements_allowed: rec.statementsAllowed,
-      statements_denied: rec.statementsDenied,
-      approvals: rec.approvals,
-      masking_counts: JSON.stringify(rec.maskingCounts ?? {}),
-      recording_path: rec.recordingPath ?? null,
-      recording_size: rec.recordingSize ?? null,
-      final_hash: rec.finalHash ?? null,
-      complete: rec.complete ? 1 : 0,
-    });
+    if (this.closed) {
+      this.writeSessions([rec]);
+      return;
+    }
+    this.queuedSessions.set(rec.id, rec);
+    if (this.sessionTimer === undefined) {
+      this.sessionTimer = setTimeout(this.flushSessions, SESSION_INDEX_DELAY_MS);
+      // A clean shutdown writes the queue in close(); the timer must not hold the process open.
+      this.sessionTimer.unref();
+    }
   }
 
+  /**
+   * Writes the queued rows in one transaction. A failure (a locked or full
+   * disk) leaves them queued for the next attempt, unless a newer row of
+   * the same session came in meanwhile, and is logged once until a write
+   * succeeds again. Never throws: it runs from a timer.
+   */
+  private readonly flushSessions = (): void => {
+    if (this.sessionTimer !== undefined) clearTimeout(this.sessionTimer);
+    this.sessionTimer = undefined;
+    if (this.queuedSessions.size === 0 || this.closed) return;
+    const rows = [...this.queuedSessions.values()];
+    this.queuedSessions.clear();
+    try {
+      this.writeSessions(rows);
+      if (this.sessionWriteFailing) this.logger?.info({ rows: rows.length }, 'session index writable again');
+      this.sessionWriteFailing = false;
+    } catch (err) {
+      for (const r of rows) if (!this.queuedSessions.has(r.id)) this.queuedSessions.set(r.id, r);
+      if (!this.sessionWriteFailing) {
+        this.logger?.error({ rows: rows.length, reason: err instanceof Error ? err.message : String(err) }, 'session index rows could not be written; retrying');
+      }
+      this.sessionWriteFailing = true;
+      this.sessionTimer = setTimeout(this.flushSessions, SESSION_INDEX_RETRY_MS);
+      this.sessionTimer.unref();
+    }
+  };
+
   getSession(id: string): SessionRecord | undefined {
+    this.flushSessions();
     const row = this.selectSession.get(id) as SessionRow | undefined;
     return row ? toSessionRecord(row) : undefined;
   }
 
   /** Newest first (by start); default 100, at most 10000. */
   listSessions(query: SessionQuery): SessionRecord[] {
+    this.flushSessions();
     const where: string[] = [];
     const params: (string | number)[] = [];
     const key: string[] = [];
@@ -255,6 +326,7 @@ class SqliteStore implements Store, SessionStore {
 
   deleteSessionsBefore(iso: string): number {
     const ms = filterTime('before', iso);
+    this.flushSessions();
     return this.deleteSessionsStmt.run(ms, ms).changes;
   }
 
@@ -406,6 +478,7 @@ class SqliteStore implements Store, SessionStore {
 
   close(): void {
     if (this.closed) return;
+    this.flushSessions();
     this.closed = true;
     this.db.close();
   }

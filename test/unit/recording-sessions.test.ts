@@ -14,6 +14,7 @@ import { RecordingWriter } from '../../src/recording/writer.js';
 import { MIGRATIONS, migrate } from '../../src/store/migrations.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
 import type { SessionRecord } from '../../src/store/types.js';
+import type { Logger } from '../../src/log.js';
 
 function tempDir(t: Test): string {
   const d = mkdtempSync(join(tmpdir(), 'sluice-sessions-'));
@@ -99,6 +100,71 @@ function capture(env: NodeJS.ProcessEnv = {}, isTTY = false) {
   };
   return { io, out: () => out.join(''), err: () => err.join('') };
 }
+
+t.test('session rows are written together, a session\'s later row replacing its earlier one', async (t) => {
+  const dir = tempDir(t);
+  const store = openSqliteStore(dir);
+  // Count the row writes the index takes, through a second connection's triggers.
+  const db = new Database(join(dir, 'sluice.db'));
+  t.teardown(() => db.close());
+  db.exec(`CREATE TABLE row_writes (id TEXT);
+    CREATE TRIGGER count_insert AFTER INSERT ON sessions BEGIN INSERT INTO row_writes VALUES (new.id); END;
+    CREATE TRIGGER count_update AFTER UPDATE ON sessions BEGIN INSERT INTO row_writes VALUES (new.id); END;`);
+  const ids = (): string[] => (db.prepare('SELECT id FROM row_writes ORDER BY rowid').pluck().all() as string[]);
+  store.upsertSession(session({ id: 'short' }));
+  store.upsertSession(session({ id: 'other' }));
+  store.upsertSession(session({ id: 'short', endedAt: '2025-01-01T00:00:01.000Z', closeReason: 'client closed', complete: true }));
+  t.same(ids(), [], 'nothing is written while the rows wait');
+  store.close();
+  t.same(ids(), ['short', 'other'], 'close writes what waited, one row write per session');
+  const row = db.prepare('SELECT ended_at, close_reason, complete FROM sessions WHERE id = ?').get('short');
+  t.same(row, { ended_at: '2025-01-01T00:00:01.000Z', close_reason: 'client closed', complete: 1 }, 'the later row is the one written');
+});
+
+t.test('session rows reach the database on their own, and reads through the store never miss one', async (t) => {
+  const dir = tempDir(t);
+  const store = openSqliteStore(dir);
+  t.teardown(() => store.close());
+  const db = new Database(join(dir, 'sluice.db'), { readonly: true });
+  t.teardown(() => db.close());
+  store.upsertSession(session({ id: 'read-through' }));
+  t.equal(store.getSession('read-through')?.id, 'read-through', 'a read through the store writes the queue first');
+  store.upsertSession(session({ id: 'timer' }));
+  const seen = async (): Promise<boolean> => {
+    for (let i = 0; i < 100; i++) {
+      if (db.prepare('SELECT 1 FROM sessions WHERE id = ?').get('timer')) return true;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return false;
+  };
+  t.ok(await seen(), 'another process (the CLI) sees the row without a read or a close through this store');
+});
+
+t.test('a session row that cannot be written waits and is written once the database takes it', async (t) => {
+  const dir = tempDir(t);
+  const logged: Array<{ level: string; msg: string }> = [];
+  const logger = {
+    error: (_o: unknown, msg: string) => logged.push({ level: 'error', msg }),
+    info: (_o: unknown, msg: string) => logged.push({ level: 'info', msg }),
+  };
+  const store = openSqliteStore(dir, { logger: logger as unknown as Logger });
+  logged.length = 0; // the migration's line
+  t.teardown(() => store.close());
+  const db = new Database(join(dir, 'sluice.db'));
+  t.teardown(() => db.close());
+  db.exec(`CREATE TABLE refuse (x);
+    CREATE TRIGGER refuse_rows BEFORE INSERT ON sessions WHEN (SELECT count(*) FROM refuse) > 0
+      BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;
+    INSERT INTO refuse VALUES (1);`);
+  store.upsertSession(session({ id: 'late' }));
+  store.upsertSession(session({ id: 'later' }));
+  t.same(store.listSessions({}), [], 'the write failed: nothing is in the index yet');
+  t.same(store.listSessions({}), [], 'and fails again');
+  t.same(logged, [{ level: 'error', msg: 'session index rows could not be written; retrying' }], 'the failure is logged once, not per attempt');
+  db.exec('DELETE FROM refuse');
+  t.same(store.listSessions({}).map((s) => s.id).sort(), ['late', 'later'], 'both rows are written once the database takes them');
+  t.same(logged.map((l) => l.msg).slice(1), ['session index writable again'], 'and the recovery is logged');
+});
 
 t.test('CLI: sessions and verify over a state dir', async (t) => {
   const dir = tempDir(t);
