@@ -57,6 +57,8 @@ export interface SealFooter {
 /** One writer's batch: its staged records, then a checkpoint (seq reserved by the writer) or the footer. */
 export interface SealJob {
   writer: number;
+  /** On the writer's first batch: its file, to register before the records (set by SealThread.seal). */
+  open?: SealOpen;
   pieces: SealPiece[];
   checkpoint?: { seq: number; micros: number };
   /** The last batch: footer and trailer are appended and the file is fsynced. */
@@ -64,17 +66,22 @@ export interface SealJob {
 }
 
 export interface SealOpen {
-  op: 'open';
-  writer: number;
   fd: number;
   /** The header as written to the file: it seeds the running digest. */
   header: Uint8Array;
   sessionId: string;
+  /** The recording key's id (derived from its public key, so one id is one key). */
   keyId: string;
-  privateKey: KeyObject;
+  /**
+   * The key itself travels once per thread, with the first file signed by
+   * it; later files name it by keyId. Cloning a KeyObject into the thread
+   * re-parses the key (a few percent of the thread's work per session under
+   * pgbench -C).
+   */
+  privateKey?: KeyObject;
 }
 
-export type SealRequest = SealOpen | { op: 'drop'; writer: number } | { op: 'seal'; jobs: SealJob[] };
+export type SealRequest = { op: 'drop'; writer: number } | { op: 'seal'; jobs: SealJob[] };
 
 export interface SealOutcome {
   writer: number;
@@ -100,6 +107,15 @@ export class SealThread {
   readonly #waiting = new Map<number, (o: SealOutcome) => void>();
   /** Writers opened and not yet released: while any is, the thread keeps the process alive. */
   #users = 0;
+  /**
+   * Files opened whose first batch has not been posted yet. A file is
+   * registered with the thread in its writer's first batch, not in a
+   * message of its own: a short session (one batch, at its close) then
+   * costs one message each way, not two.
+   */
+  readonly #unposted = new Map<number, SealOpen>();
+  /** Key ids whose private key this thread has been sent. */
+  readonly #keysSent = new Set<string>();
   #dead: string | undefined;
   /** Resolves once the thread listens (a worker takes some 50 ms to boot), or has died. */
   readonly ready: Promise<void>;
@@ -119,11 +135,11 @@ export class SealThread {
     this.#worker.on('exit', (code) => this.#die(`the recording seal thread exited (${code})`));
   }
 
-  /** Registers a writer's file with the thread; its batches follow. */
-  open(m: Omit<SealOpen, 'op'>): void {
+  /** Registers a writer's file (it travels with the writer's first batch); its batches follow. */
+  open(writer: number, m: SealOpen & { privateKey: KeyObject }): void {
     if (this.#dead !== undefined) return;
     if (this.#users++ === 0) this.#worker.ref();
-    this.#worker.postMessage({ op: 'open', ...m } satisfies SealOpen);
+    this.#unposted.set(writer, m);
   }
 
   /** Seals and appends a batch; resolves with its outcome (an error outcome if the thread is gone). */
@@ -132,6 +148,17 @@ export class SealThread {
       if (this.#dead !== undefined) {
         resolve(failed(job.writer, this.#dead));
         return;
+      }
+      const open = this.#unposted.get(job.writer);
+      if (open !== undefined) {
+        this.#unposted.delete(job.writer);
+        if (this.#keysSent.has(open.keyId)) {
+          const { privateKey: _sent, ...rest } = open;
+          job.open = rest;
+        } else {
+          this.#keysSent.add(open.keyId);
+          job.open = open;
+        }
       }
       this.#waiting.set(job.writer, resolve);
       this.#queued.push(job);
@@ -149,6 +176,8 @@ export class SealThread {
    * forgets it now, appending nothing more to its file).
    */
   release(writer: number, drop: boolean): void {
+    // A file never posted is unknown to the thread: nothing to tell it.
+    if (this.#unposted.delete(writer)) drop = false;
     if (drop && this.#dead === undefined) this.#worker.postMessage({ op: 'drop', writer });
     if (--this.#users === 0 && this.#dead === undefined) this.#worker.unref();
   }

@@ -9,6 +9,7 @@
  * One message from the event loop carries every batch taken in one flush
  * tick; one answer carries every outcome, in the same order.
  */
+import type { KeyObject } from 'node:crypto';
 import { fsyncSync, writevSync } from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import {
@@ -31,12 +32,25 @@ import type { SealJob, SealOutcome, SealRequest, SealAnswer, SealOpen } from './
 interface Recording {
   fd: number;
   digest: RecordDigest;
-  open: SealOpen;
+  sessionId: string;
+  keyId: string;
+  privateKey: KeyObject;
 }
 
 const recordings = new Map<number, Recording>();
+/** Private keys by key id, as sent with the first file each signs. */
+const keys = new Map<string, KeyObject>();
+
+function register(writer: number, open: SealOpen): void {
+  if (open.privateKey !== undefined) keys.set(open.keyId, open.privateKey);
+  const privateKey = keys.get(open.keyId);
+  // Not reached: SealThread sends each key before any file that names it.
+  if (privateKey === undefined) return;
+  recordings.set(writer, { fd: open.fd, digest: recordDigest(FORMAT_VERSION, open.header), sessionId: open.sessionId, keyId: open.keyId, privateKey });
+}
 
 function seal(job: SealJob): SealOutcome {
+  if (job.open !== undefined) register(job.writer, job.open);
   const r = recordings.get(job.writer);
   if (r === undefined) return { writer: job.writer, written: 0, added: 0, chain: '', error: { message: 'the seal thread has no such recording open' } };
   const views: Uint8Array[] = [];
@@ -50,8 +64,8 @@ function seal(job: SealJob): SealOutcome {
       views.push(view);
     }
     if (job.checkpoint !== undefined) {
-      const body: CheckpointBody = { sessionId: r.open.sessionId, seq: job.checkpoint.seq, chain: r.digest.value(), micros: job.checkpoint.micros };
-      const cp = encodeRecord(RecordType.checkpoint, 0, body.seq, body.micros, signedPayload(CHECKPOINT_SIG_DOMAIN, body, r.open.privateKey));
+      const body: CheckpointBody = { sessionId: r.sessionId, seq: job.checkpoint.seq, chain: r.digest.value(), micros: job.checkpoint.micros };
+      const cp = encodeRecord(RecordType.checkpoint, 0, body.seq, body.micros, signedPayload(CHECKPOINT_SIG_DOMAIN, body, r.privateKey));
       r.digest.update(cp);
       views.push(cp);
       added += cp.length;
@@ -60,8 +74,8 @@ function seal(job: SealJob): SealOutcome {
     if (job.footer !== undefined) {
       const f = job.footer;
       const body: FooterBody = {
-        sessionId: r.open.sessionId,
-        keyId: r.open.keyId,
+        sessionId: r.sessionId,
+        keyId: r.keyId,
         recordCount: f.recordCount,
         finalChain: (finalChain = r.digest.value()),
         endedAt: f.endedAt,
@@ -70,7 +84,7 @@ function seal(job: SealJob): SealOutcome {
         bytesGatewayToClient: f.bytesGatewayToClient,
         truncated: f.truncated,
       };
-      const footer = encodeRecord(RecordType.footer, 0, f.recordCount, f.micros, signedPayload(FOOTER_SIG_DOMAIN, body, r.open.privateKey));
+      const footer = encodeRecord(RecordType.footer, 0, f.recordCount, f.micros, signedPayload(FOOTER_SIG_DOMAIN, body, r.privateKey));
       const trailer = encodeTrailer(footer.length);
       views.push(footer, trailer);
       added += footer.length + trailer.length;
@@ -108,10 +122,6 @@ function writeAll(fd: number, views: Uint8Array[]): number {
 }
 
 parentPort!.on('message', (m: SealRequest) => {
-  if (m.op === 'open') {
-    recordings.set(m.writer, { fd: m.fd, digest: recordDigest(FORMAT_VERSION, m.header), open: m });
-    return;
-  }
   if (m.op === 'drop') {
     recordings.delete(m.writer);
     return;

@@ -311,8 +311,14 @@ export class RecordingWriter {
   private readonly t0ns: number;
   private readonly unsubscribe: () => void;
 
-  /** The digest over the header and every record appended so far, as the seal thread last reported it. */
-  private chain: string;
+  /**
+   * The digest over the header and every record appended so far, as the
+   * seal thread last reported it; undefined until its first answer (then
+   * it is the header's digest, computed only if a result needs it).
+   */
+  private chain: string | undefined;
+  /** The header as written, for that digest. */
+  private readonly header: Buffer;
   private nextSeq = 0;
   /** Bytes on disk plus bytes staged: what the file will be after the next flush. */
   private accounted: number;
@@ -364,9 +370,9 @@ export class RecordingWriter {
     this.t0s = t0s;
     this.t0ns = t0ns;
     this.lastCheckpointAt = performance.now();
-    this.chain = recordDigest(FORMAT_VERSION, header).value();
+    this.header = header;
     this.accounted = this.written = header.length;
-    seal.open({ writer: this.id, fd: fh.fd, header, sessionId: this.sessionId, keyId: opts.key.keyId, privateKey: opts.key.privateKey });
+    seal.open(this.id, { fd: fh.fd, header, sessionId: this.sessionId, keyId: opts.key.keyId, privateKey: opts.key.privateKey });
     this.unsubscribe = onFlushTick(opts.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS, () => this.flush());
     writerOpened();
   }
@@ -664,7 +670,7 @@ export class RecordingWriter {
       path: this.path,
       size: this.written,
       // The footer's finalChain when complete, else the digest over what reached the file.
-      finalHash: this.chain,
+      finalHash: this.chain ?? recordDigest(FORMAT_VERSION, this.header).value(),
       recordCount: this.nextSeq,
       complete,
       truncated: this.isTruncated,
