@@ -32,6 +32,8 @@
  * Node's own net.Server uses the same way. It is checked and, where the
  * running Node does not have it, the socket is left as it is.
  */
+// Imported: the global `Buffer` is a getter (Node's deprecation path for ES modules), called on every read.
+import { Buffer } from 'node:buffer';
 import { Socket, type NetConnectOpts } from 'node:net';
 
 /** The one buffer libuv reads into; each read is copied out before the next can happen. */
