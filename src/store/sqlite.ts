@@ -121,7 +121,7 @@ const SESSION_COLUMNS = [
 ] as const;
 const MAX_SESSION_LIMIT = 10_000;
 /** How long a session row may wait to be written with others (see upsertSession). */
-export const SESSION_INDEX_DELAY_MS = 100;
+const SESSION_INDEX_DELAY_MS = 100;
 /** After a failed write of the session index, the next attempt. */
 const SESSION_INDEX_RETRY_MS = 1000;
 
