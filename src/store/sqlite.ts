@@ -259,22 +259,21 @@ class SqliteStore implements Store, SessionStore {
 
   /**
    * Writes the queued rows in one transaction. A failure (a locked or full
-   * disk) leaves them queued for the next attempt, unless a newer row of
-   * the same session came in meanwhile, and is logged once until a write
-   * succeeds again. Never throws: it runs from a timer.
+   * disk) rolls the transaction back and leaves the rows queued for the
+   * next attempt; it is logged once until a write succeeds again. Never
+   * throws: it runs from a timer.
    */
   private readonly flushSessions = (): void => {
     if (this.sessionTimer !== undefined) clearTimeout(this.sessionTimer);
     this.sessionTimer = undefined;
     if (this.queuedSessions.size === 0 || this.closed) return;
     const rows = [...this.queuedSessions.values()];
-    this.queuedSessions.clear();
     try {
       this.writeSessions(rows);
+      this.queuedSessions.clear();
       if (this.sessionWriteFailing) this.logger?.info({ rows: rows.length }, 'session index writable again');
       this.sessionWriteFailing = false;
     } catch (err) {
-      for (const r of rows) if (!this.queuedSessions.has(r.id)) this.queuedSessions.set(r.id, r);
       if (!this.sessionWriteFailing) {
         this.logger?.error({ rows: rows.length, reason: err instanceof Error ? err.message : String(err) }, 'session index rows could not be written; retrying');
       }
@@ -479,6 +478,10 @@ class SqliteStore implements Store, SessionStore {
   close(): void {
     if (this.closed) return;
     this.flushSessions();
+    if (this.queuedSessions.size > 0) {
+      // Their recordings are on disk; only the index rows are lost.
+      this.logger?.error({ rows: this.queuedSessions.size }, 'state database closed with session index rows it could not write');
+    }
     this.closed = true;
     this.db.close();
   }

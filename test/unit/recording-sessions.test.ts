@@ -164,6 +164,15 @@ t.test('a session row that cannot be written waits and is written once the datab
   db.exec('DELETE FROM refuse');
   t.same(store.listSessions({}).map((s) => s.id).sort(), ['late', 'later'], 'both rows are written once the database takes them');
   t.same(logged.map((l) => l.msg).slice(1), ['session index writable again'], 'and the recovery is logged');
+  db.exec('INSERT INTO refuse VALUES (1)');
+  store.upsertSession(session({ id: 'at-shutdown' }));
+  logged.length = 0;
+  store.close();
+  t.same(
+    logged.map((l) => l.msg),
+    ['session index rows could not be written; retrying', 'state database closed with session index rows it could not write'],
+    'a row still refused at shutdown is reported lost, not dropped silently',
+  );
 });
 
 t.test('CLI: sessions and verify over a state dir', async (t) => {
