@@ -5,8 +5,8 @@
  * succeeds again), and retention.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { getPriority, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import t, { type Test } from 'tap';
 import type { SluiceError } from '../../src/errors.js';
@@ -32,6 +32,33 @@ const meta = (sessionId: string, startedAt = new Date().toISOString()): Recordin
   groups: ['agents'],
   issuer: 'https://issuer.example',
   startedAt,
+});
+
+/** Nice value of each thread of this process, by thread id (Linux: /proc/self/task/<tid>/stat, field 19). */
+function threadNices(): Map<number, number> {
+  const nices = new Map<number, number>();
+  for (const tid of readdirSync('/proc/self/task')) {
+    const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+    // Fields after the command name, which is in parentheses and may hold spaces: state is field 3.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    nices.set(Number(tid), Number(fields[19 - 3]));
+  }
+  return nices;
+}
+
+t.test('the seal thread runs at nice 19; the event loop keeps the priority it had', async (t) => {
+  const stateDir = tempDir(t);
+  const key = await openRecordingKey(stateDir);
+  const mainBefore = getPriority();
+  const w = await RecordingWriter.open({ stateDir, meta: meta('niced'), key, onFailure: () => undefined });
+  w.record('client', Buffer.from('PING\r\n'));
+  const res = await w.close({ closeReason: 'client closed' });
+  t.equal(res.complete, true, 'the recording was sealed by the thread');
+  const nices = threadNices();
+  t.equal(nices.get(process.pid), mainBefore, 'the main thread (tid = pid) is not reniced');
+  t.equal(getPriority(), mainBefore);
+  const niced = [...nices].filter(([tid, nice]) => tid !== process.pid && nice === 19);
+  t.equal(niced.length, 1, `one thread at nice 19 (threads: ${JSON.stringify([...nices])})`);
 });
 
 t.test('size cap: truncated marker, signed footer, onFailure once, nothing recorded after', async (t) => {
