@@ -437,13 +437,17 @@ policies:
     stdio: ['ignore', 'ignore', 'ignore'],
   });
   const psqlDone = new Promise<void>((r) => psql.once('exit', () => r()));
-  // Wait until the recording is well under way, then kill the gateway outright.
+  // Wait until the recording is well under way and the session's index row
+  // is written (rows wait up to 100 ms, docs/configuration.md: a crash
+  // before then loses the row, not the recording), then kill the gateway outright.
   let path: string | undefined;
+  const index = openSqliteStore(join(dir, 'state'));
   for (let i = 0; i < 400; i++) {
     path = recordingFiles(join(dir, 'state'))[0];
-    if (path && statSync(path).size > 8 * 1024 * 1024) break;
+    if (path && statSync(path).size > 8 * 1024 * 1024 && index.listSessions({ subject: 'ci-big' }).length > 0) break;
     await new Promise((r) => setTimeout(r, 25));
   }
+  index.close();
   t.ok(path, 'a recording exists');
   child.kill('SIGKILL');
   await exited;
