@@ -1,5 +1,6 @@
 import type { Socket } from 'node:net';
 import type { Logger } from '../../src/log.js';
+import { ReadHold, SocketReads } from '../../src/gateway/socket-reads.js';
 import { PgFramer, PgProtocolError, type FramerSink } from './framer.js';
 import { Frontend, errorResponse, sqlstate, terminate } from './messages.js';
 
@@ -163,9 +164,9 @@ export class PgRelay {
   /** Bytes waiting for the next write to each side. */
   readonly #toUpstream = new Outbox();
   readonly #toClient = new Outbox();
-  /** Reasons the client socket is paused: upstream backpressure, a held statement. */
-  #clientBackpressure = false;
-  #clientHeld = false;
+  /** Why each socket is not being read (backpressure, a held statement, masking, the recording). */
+  readonly #clientReads: SocketReads;
+  readonly #upstreamReads: SocketReads;
   /**
    * The client sent Terminate: the session ends because the client asked,
    * whichever socket reports its end first (the server closes as soon as it
@@ -180,6 +181,8 @@ export class PgRelay {
     private readonly upstreamFramer: PgFramer,
     private readonly options: RelayOptions,
   ) {
+    this.#clientReads = new SocketReads(client);
+    this.#upstreamReads = new SocketReads(upstream);
     const gate = options.gate;
     if (gate) {
       clientFramer.setInspect([...gate.clientTypes, Frontend.Terminate]);
@@ -188,13 +191,9 @@ export class PgRelay {
         toUpstream: (b) => this.#toUpstream.add(b),
         toClient: (b) => this.#toClient.add(b),
         flush: () => this.#flush(),
-        holdClient: () => {
-          this.#clientHeld = true;
-          this.client.pause();
-        },
+        holdClient: () => this.#clientReads.hold(ReadHold.approval),
         releaseClient: () => {
-          this.#clientHeld = false;
-          if (!this.#clientBackpressure && !this.#closed) this.client.resume();
+          if (!this.#closed) this.#clientReads.release(ReadHold.approval);
         },
         clientAtBoundary: () => this.upstreamFramer.atMessageBoundary,
         shutdown: (reason, error) => this.shutdown(reason, error),
@@ -231,8 +230,23 @@ export class PgRelay {
       this.#idleTimer = setInterval(() => this.#checkIdle(), every);
       this.#idleTimer.unref();
     }
-    if (!this.#clientHeld) this.client.resume();
-    this.upstream.resume();
+    this.#clientReads.release(ReadHold.start);
+    this.#upstreamReads.release(ReadHold.start);
+  }
+
+  /**
+   * The session's recording has fallen behind (`behind`), or caught up:
+   * nothing is read from either side meanwhile, so the bytes the recording
+   * has yet to write stay bounded (src/recording/writer.ts, backlog).
+   */
+  holdForRecording(behind: boolean): void {
+    if (behind) {
+      this.#clientReads.hold(ReadHold.recording);
+      this.#upstreamReads.hold(ReadHold.recording);
+    } else if (!this.#closed) {
+      this.#clientReads.release(ReadHold.recording);
+      this.#upstreamReads.release(ReadHold.recording);
+    }
   }
 
   /**
@@ -285,10 +299,11 @@ export class PgRelay {
         this.#violation(err, 'upstream');
       }
     };
+    const reads = this.#upstreamReads;
     const afterChunk = (): void => {
       if (!this.#flush('client') && !this.#closed) {
-        from.pause();
-        to.once('drain', () => from.resume());
+        reads.hold(ReadHold.drain);
+        to.once('drain', () => reads.release(ReadHold.drain));
       }
       gate?.afterWrite();
     };
@@ -306,11 +321,11 @@ export class PgRelay {
         afterChunk();
         return;
       }
-      from.pause();
+      reads.hold(ReadHold.transform);
       pending.then(
         () => {
           afterChunk();
-          if (!this.#closed && to.writableNeedDrain !== true) from.resume();
+          if (!this.#closed) reads.release(ReadHold.transform);
         },
         (err: unknown) => this.#transformFailed(err),
       );
@@ -331,6 +346,7 @@ export class PgRelay {
     const gate = this.options.gate;
     // Without a gate, bytes go straight to the other side's queue.
     const direct = side === 'client' ? this.#toUpstream : this.#toClient;
+    const reads = side === 'client' ? this.#clientReads : this.#upstreamReads;
     const sink: FramerSink = gate
       ? side === 'client'
         ? this.#clientSink()
@@ -359,15 +375,8 @@ export class PgRelay {
       const flowing = this.#flush(side === 'client' ? 'upstream' : 'client');
       gate?.afterWrite();
       if (!flowing && !this.#closed) {
-        if (side === 'client') this.#clientBackpressure = true;
-        from.pause();
-        to.once('drain', () => {
-          if (side === 'client') {
-            this.#clientBackpressure = false;
-            if (this.#clientHeld) return;
-          }
-          from.resume();
-        });
+        reads.hold(ReadHold.drain);
+        to.once('drain', () => reads.release(ReadHold.drain));
       }
     };
     const rec = side === 'client' ? this.options.recordClient : undefined;

@@ -35,6 +35,7 @@
  */
 import type { Socket } from 'node:net';
 import type { Logger } from '../../src/log.js';
+import { ReadHold, SocketReads } from '../../src/gateway/socket-reads.js';
 import { CommandClassifier, EXECABORT, IDENTITY_FIXED, Verdict, tokenIs } from './commands.js';
 import { error, type RespVersion } from './replies.js';
 import { RespProtocolError, RespReplyFramer, RespRequestFramer, type ReplyEndInfo, type ReplySink, type RequestSpanSink, type RespRequestLimits } from './resp.js';
@@ -203,6 +204,9 @@ export class RedisRelay {
    */
   readonly #recording: RelayRecording | undefined;
   readonly #gate: RedisCommandGate | undefined;
+  /** Why each socket is not being read (backpressure, a held command, masking, the recording). */
+  readonly #clientReads: SocketReads;
+  readonly #upstreamReads: SocketReads;
 
   constructor(
     private readonly client: Socket,
@@ -214,6 +218,8 @@ export class RedisRelay {
     this.#classifier = new CommandClassifier(options.db);
     this.#recording = options.recordClient;
     this.#gate = options.gate;
+    this.#clientReads = new SocketReads(client);
+    this.#upstreamReads = new SocketReads(upstream);
   }
 
   /** Starts relaying: `toClient` first (the login reply), then bytes the client already sent after its AUTH/HELLO. */
@@ -236,10 +242,10 @@ export class RedisRelay {
           return;
         }
         if (!pending) return;
-        this.upstream.pause();
+        this.#upstreamReads.hold(ReadHold.transform);
         pending.then(
           () => {
-            if (!this.#closed && this.client.writableNeedDrain !== true) this.upstream.resume();
+            if (!this.#closed) this.#upstreamReads.release(ReadHold.transform);
           },
           (err: unknown) => this.#transformFailed(err),
         );
@@ -262,8 +268,23 @@ export class RedisRelay {
     }
     if (fromUpstream.length > 0) this.#onUpstreamData(fromUpstream);
     for (const b of fromClient) if (b.length > 0 && !this.#clientFailed) this.#onClientData(b);
-    if (!this.#clientFailed) this.client.resume();
-    this.upstream.resume();
+    this.#clientReads.release(ReadHold.start);
+    this.#upstreamReads.release(ReadHold.start);
+  }
+
+  /**
+   * The session's recording has fallen behind (`behind`), or caught up:
+   * nothing is read from either side meanwhile, so the bytes the recording
+   * has yet to write stay bounded (src/recording/writer.ts, backlog).
+   */
+  holdForRecording(behind: boolean): void {
+    if (behind) {
+      this.#clientReads.hold(ReadHold.recording);
+      this.#upstreamReads.hold(ReadHold.recording);
+    } else if (!this.#closed) {
+      this.#clientReads.release(ReadHold.recording);
+      this.#upstreamReads.release(ReadHold.recording);
+    }
   }
 
   /** Ends the session from the gateway's side; the client gets `-ERR sluice: <reason>` when that cannot cut a reply in two. */
@@ -303,10 +324,9 @@ export class RedisRelay {
     const rec = this.#recording;
     if (rec) rec.framed(rec.base + this.stats.bytesFromClient - this.clientFramer.bufferedBytes);
     if (!flowing && !this.#clientFailed) {
-      this.client.pause();
-      this.upstream.once('drain', () => {
-        if (!this.#clientFailed && !this.#held) this.client.resume();
-      });
+      const reads = this.#clientReads;
+      reads.hold(ReadHold.drain);
+      this.upstream.once('drain', () => reads.release(ReadHold.drain));
     }
     if (failure !== undefined) this.#clientViolation(failure);
   }
@@ -431,7 +451,7 @@ export class RedisRelay {
   #hold(raw: Buffer, args: Buffer[], judged: Extract<Judgement, { action: 'approve' }>): void {
     this.#flushSpan();
     this.#held = true;
-    this.client.pause();
+    this.#clientReads.hold(ReadHold.approval);
     const own = ownCopy(raw, args);
     void this.options.gate!.hold(own.raw, own.args, judged.verdict, judged.facts).then(
       (reply) => {
@@ -450,7 +470,7 @@ export class RedisRelay {
           }
         }
         this.#sendUpstream();
-        if (!this.#held && !this.#clientFailed) this.client.resume();
+        if (!this.#held) this.#clientReads.release(ReadHold.approval);
       },
       (err: unknown) => {
         this.options.logger.error({ err: err instanceof Error ? err.message : String(err) }, 'approval failed');
@@ -560,7 +580,7 @@ export class RedisRelay {
 
   #clientViolation(err: unknown): void {
     this.#clientFailed = true;
-    this.client.pause();
+    this.#clientReads.hold(ReadHold.failed);
     const message = err instanceof RespProtocolError ? err.message : 'Protocol error: internal error while framing';
     if (!(err instanceof RespProtocolError)) this.options.logger.error({ err }, 'unexpected framing failure');
     this.options.logger.warn(
@@ -615,8 +635,9 @@ export class RedisRelay {
       if (out.length > 0) flowing = this.#writeClient(out);
     }
     if (!flowing) {
-      this.upstream.pause();
-      this.client.once('drain', () => this.upstream.resume());
+      const reads = this.#upstreamReads;
+      reads.hold(ReadHold.drain);
+      this.client.once('drain', () => reads.release(ReadHold.drain));
     }
     if (final) this.#endAfterViolation();
     if (failure !== undefined) this.#upstreamViolation(failure);

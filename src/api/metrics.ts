@@ -187,6 +187,12 @@ export class Metrics {
     APPROVAL_LATENCY_BUCKETS,
   );
 
+  readonly recordingBackpressureTotal = new Counter(
+    'sluice_recording_backpressure_total',
+    'Times a session stopped reading because its recording fell behind (recording.max_backlog).',
+    ['target'],
+  );
+
   private readonly all: readonly Metric[] = [
     this.sessionsActive,
     this.sessionsTotal,
@@ -194,6 +200,7 @@ export class Metrics {
     this.bytesTotal,
     this.approvalsTotal,
     this.approvalLatencySeconds,
+    this.recordingBackpressureTotal,
   ];
 
   sessionStarted(target: string, protocol: string): void {
@@ -231,6 +238,11 @@ export class Metrics {
 
   bytes(target: string, direction: Direction, n: number): void {
     this.bytesTotal.inc([target, direction], n);
+  }
+
+  /** A session's reads paused until its recording catches up. */
+  recordingBackpressure(target: string): void {
+    this.recordingBackpressureTotal.inc([target]);
   }
 
   /** An approver decided (through the API): latency and outcome. */

@@ -62,6 +62,11 @@ import type {
 
 /** Smallest `recording.max_bytes`: room for a header, a footer and some records. */
 const MIN_RECORDING_BYTES = 64 * 1024;
+/**
+ * Smallest `recording.max_backlog`: several batches (a batch is flushed at
+ * 128 KiB), so reads do not pause while the seal thread keeps up.
+ */
+const MIN_RECORDING_BACKLOG = 1024 * 1024;
 
 /** The file `loadConfig(undefined)` looks for in the working directory. */
 export const DEFAULT_CONFIG_FILE = 'sluice.yaml';
@@ -865,6 +870,11 @@ class Normaliser {
       const ms = parseDuration(raw.flush_interval as string | number);
       if (ms === 0) this.#problem('recording.flush_interval', 'expected a duration above 0 such as 200ms, found 0');
       else if (ms !== undefined) out.flushIntervalMs = ms;
+    }
+    if (raw.max_backlog !== undefined) {
+      const n = parseSize(raw.max_backlog as string | number);
+      if (n !== undefined && n < MIN_RECORDING_BACKLOG) this.#problem('recording.max_backlog', `expected at least 1MiB, found ${render(raw.max_backlog)}`);
+      else if (n !== undefined) out.maxBacklogBytes = n;
     }
     if (raw.retention !== undefined) {
       const v = raw.retention as string | number;

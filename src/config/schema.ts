@@ -367,11 +367,12 @@ export const configSchema = {
     recording: {
       type: 'object',
       additionalProperties: false,
-      expected: 'a mapping with enabled, max_bytes, flush_interval and/or retention',
+      expected: 'a mapping with enabled, max_bytes, flush_interval, max_backlog and/or retention',
       properties: {
         enabled: { type: 'boolean', expected: 'true or false' },
         max_bytes: size,
         flush_interval: duration,
+        max_backlog: size,
         retention: {
           type: ['integer', 'string'],
           minimum: 0,

@@ -161,6 +161,8 @@ export interface RecordingConfig {
   maxBytes: number;
   /** Records are appended at least this often, ms (default 200): bounds what a crash loses. */
   flushIntervalMs: number;
+  /** Bytes a session may have recorded and not yet written before its reads pause (default 8 MiB). */
+  maxBacklogBytes: number;
   /** Recordings and their index rows are purged after this long, ms (default 30 days); 0 = keep forever. */
   retentionMs: number;
 }

@@ -23,8 +23,9 @@
  *
  * The thread works through batches one at a time, so a slow disk (or a
  * close's fsync) delays other recordings' appends, never the relay: their
- * records wait in their slabs, and a relay that wants backpressure reads
- * the writer's backlog.
+ * records wait in their slabs, up to each writer's backlog bound, past
+ * which its session stops reading until the thread catches up (writer.ts,
+ * maxBacklogBytes). The thread runs at nice 19 (seal-worker.ts).
  *
  * Every writer's batch taken in one flush tick travels in one message, and
  * the answers come back in one message, so the messages cost the event
@@ -81,7 +82,11 @@ export interface SealOpen {
   privateKey?: KeyObject;
 }
 
-export type SealRequest = { op: 'drop'; writer: number } | { op: 'seal'; jobs: SealJob[] };
+export type SealRequest =
+  | { op: 'drop'; writer: number }
+  | { op: 'seal'; jobs: SealJob[] }
+  /** Blocks the thread until gate[0] is set (see SealThread.stall). */
+  | { op: 'stall'; gate: SharedArrayBuffer };
 
 export interface SealOutcome {
   writer: number;
@@ -180,6 +185,22 @@ export class SealThread {
     if (this.#unposted.delete(writer)) drop = false;
     if (drop && this.#dead === undefined) this.#worker.postMessage({ op: 'drop', writer });
     if (--this.#users === 0 && this.#dead === undefined) this.#worker.unref();
+  }
+
+  /**
+   * Holds the thread, as a disk that stops answering would, until the
+   * returned function is called: batches queue behind it and every
+   * recording's backlog grows. For tests of what a stalled recorder does
+   * to sessions (the backlog bound, writer.ts).
+   */
+  stall(): () => void {
+    const gate = new SharedArrayBuffer(4);
+    this.#worker.postMessage({ op: 'stall', gate } satisfies SealRequest);
+    return () => {
+      const flag = new Int32Array(gate);
+      Atomics.store(flag, 0, 1);
+      Atomics.notify(flag, 0);
+    };
   }
 
   /** Stops the thread as a crash would: open recordings fail and their sessions end. For tests and shutdown. */

@@ -127,6 +127,10 @@ parentPort!.on('message', (m: SealRequest) => {
     recordings.delete(m.writer);
     return;
   }
+  if (m.op === 'stall') {
+    Atomics.wait(new Int32Array(m.gate), 0, 0);
+    return;
+  }
   const outcomes: SealOutcome[] = [];
   for (const job of m.jobs) {
     outcomes.push(seal(job));

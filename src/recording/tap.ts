@@ -479,6 +479,8 @@ export interface RecordingSettings {
   flushIntervalMs: number;
   /** Recordings and index rows older than this are purged; 0 = keep forever. */
   retentionMs: number;
+  /** Unwritten bytes per session before its reads pause (RecordingWriterOptions.maxBacklogBytes). */
+  maxBacklogBytes?: number;
 }
 
 /** While unhealthy, a probe write is tried at most this often. */
@@ -594,6 +596,7 @@ export class SessionRecording {
   #ending: Promise<void> | undefined;
   #failure: ((err: SluiceError) => void) | undefined;
   #pendingFailure: SluiceError | undefined;
+  #backlog: ((behind: boolean) => void) | undefined;
   readonly #verdicts = { allowed: 0, denied: 0, approvals: 0 };
 
   constructor(recorder: SessionRecorder, info: SessionInfo, done: () => void) {
@@ -613,6 +616,14 @@ export class SessionRecording {
     const pending = this.#pendingFailure;
     this.#pendingFailure = undefined;
     if (pending) handler(pending);
+  }
+
+  /**
+   * Where the recording's backlog signal goes (see RecordingWriter,
+   * onBacklog): the session stops reading from both sides while `behind`.
+   */
+  onBacklog(handler: (behind: boolean) => void): void {
+    this.#backlog = handler;
   }
 
   #fail(err: SluiceError): void {
@@ -676,6 +687,8 @@ export class SessionRecording {
         key: recorder.key,
         maxBytes: recorder.settings.maxBytes,
         flushIntervalMs: recorder.settings.flushIntervalMs,
+        ...(recorder.settings.maxBacklogBytes !== undefined ? { maxBacklogBytes: recorder.settings.maxBacklogBytes } : {}),
+        onBacklog: (behind) => this.#backlog?.(behind),
         meta: {
           sessionId: info.sessionId,
           target: info.target,

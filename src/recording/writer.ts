@@ -13,9 +13,11 @@
  * appends the batch with one write. One batch is in flight at a time; the
  * file is opened O_APPEND|O_EXCL and never rewritten.
  *
- * What a crash loses is bounded by the flush interval: the file always ends
- * at a record boundary of some earlier flush (or, after a power loss, a
- * partial record the reader reports and stops before).
+ * What a crash loses is bounded by the flush interval while the seal
+ * thread keeps up, and by maxBacklogBytes when it does not (the session
+ * stops reading at that point, see onBacklog): the file always ends at a
+ * record boundary of some earlier flush (or, after a power loss, a partial
+ * record the reader reports and stops before).
  *
  * Fail closed: a write error or the size cap calls onFailure once with a
  * SluiceError; the gateway ends the session. A write error also marks the
@@ -53,6 +55,12 @@ export const DEFAULT_MAX_BYTES = 1024 * 1024 * 1024;
 export const DEFAULT_CHECKPOINT_RECORDS = 1000;
 export const DEFAULT_CHECKPOINT_MS = 10_000;
 /**
+ * Bytes a session may have recorded but not yet written (staged, or in the
+ * batch the seal thread is writing) before its relay stops reading; see
+ * RecordingWriterOptions.maxBacklogBytes.
+ */
+export const DEFAULT_MAX_BACKLOG_BYTES = 8 * 1024 * 1024;
+/**
  * Staged bytes that trigger a flush before the timer. Small on purpose: a
  * fast session's records are then hashed and handed to the kernel while
  * still in the CPU caches, instead of streaming megabytes per session
@@ -86,6 +94,17 @@ export interface RecordingWriterOptions {
   checkpointEveryRecords?: number;
   /** ... or when this long has passed since the last one, at a flush (default 10 s). */
   checkpointEveryMs?: number;
+  /**
+   * Backlog bound, bytes (default 8 MiB). The seal thread runs at the
+   * lowest CPU priority and one slow disk delays every recording: when a
+   * session's unwritten records reach this, `onBacklog(true)` tells the
+   * session to stop reading from both sides, and `onBacklog(false)` once a
+   * batch is written and less than a quarter of it is left. So a recording
+   * never falls further behind its session than this, in memory or in
+   * what a crash loses.
+   */
+  maxBacklogBytes?: number;
+  onBacklog?(behind: boolean): void;
   /** Called once, when the recording can no longer follow the session: end the session. */
   onFailure(err: SluiceError): void;
 }
@@ -308,6 +327,12 @@ export class RecordingWriter {
   private readonly checkpointRecords: number;
   private readonly checkpointMs: number;
   private readonly onFailure: (err: SluiceError) => void;
+  private readonly maxBacklog: number;
+  private readonly onBacklog: ((behind: boolean) => void) | undefined;
+  /** onBacklog(true) was called, and onBacklog(false) not since. */
+  private behind = false;
+  /** Bytes of the batch the seal thread is writing (0 when none is in flight). */
+  private inFlightBytes = 0;
   /** hrtime() at the start: seconds and nanoseconds, as two numbers (see micros). */
   private readonly t0s: number;
   private readonly t0ns: number;
@@ -368,6 +393,8 @@ export class RecordingWriter {
     this.checkpointRecords = opts.checkpointEveryRecords ?? DEFAULT_CHECKPOINT_RECORDS;
     this.checkpointMs = opts.checkpointEveryMs ?? DEFAULT_CHECKPOINT_MS;
     this.onFailure = opts.onFailure;
+    this.maxBacklog = opts.maxBacklogBytes ?? DEFAULT_MAX_BACKLOG_BYTES;
+    this.onBacklog = opts.onBacklog;
     const [t0s, t0ns] = hrtime();
     this.t0s = t0s;
     this.t0ns = t0ns;
@@ -458,12 +485,13 @@ export class RecordingWriter {
   }
 
   /**
-   * Bytes staged but not yet written. record() never waits for the disk, so
-   * a disk slower than the session grows this; a relay that wants
-   * backpressure pauses its reads while it is above a few MiB.
+   * Bytes recorded but not yet written: staged, or in the batch being
+   * written. record() never waits for the disk or the seal thread, so
+   * either being slower than the session grows this, up to maxBacklogBytes
+   * (see onBacklog).
    */
   get backlogBytes(): number {
-    return this.stagedBytes;
+    return this.stagedBytes + this.inFlightBytes;
   }
 
   /** True once the size cap was reached. */
@@ -492,12 +520,30 @@ export class RecordingWriter {
       this.stage(RecordType.data, DIRECTION_CODE.server, bytes);
       this.bytesOut += bytes.length;
     }
-    if (this.stagedBytes >= FLUSH_AT_BYTES && !this.flushSoon) {
+    if (this.stagedBytes >= FLUSH_AT_BYTES) this.staging();
+  }
+
+  /** Enough is staged for a batch: flush soon, and tell the session when the backlog reaches its bound. */
+  private staging(): void {
+    if (!this.flushSoon) {
       this.flushSoon = true;
       setImmediate(() => {
         this.flushSoon = false;
         this.flush();
       });
+    }
+    if (!this.behind && this.stagedBytes + this.inFlightBytes >= this.maxBacklog && this.onBacklog !== undefined) {
+      this.behind = true;
+      // Not from inside the relay's own record() call: the session pauses the relay's reads.
+      process.nextTick(this.onBacklog, true);
+    }
+  }
+
+  /** After a batch is written: the session may read again once most of the backlog is down. */
+  private caughtUp(): void {
+    if (this.behind && this.stagedBytes < this.maxBacklog / 4) {
+      this.behind = false;
+      this.onBacklog!(false);
     }
   }
 
@@ -611,6 +657,7 @@ export class RecordingWriter {
     this.retired = [];
     this.writing = this.write(job, done).finally(() => {
       this.writing = undefined;
+      if (!this.isFailed) this.caughtUp();
       if (this.stagedBytes >= FLUSH_AT_BYTES) this.flush();
     });
   }
@@ -618,7 +665,8 @@ export class RecordingWriter {
   /** Has the seal thread append a batch; `done` = slabs with no record outside this batch or earlier ones, reusable once it is written. */
   private async write(job: SealJob, done: Buffer[]): Promise<void> {
     const estimated = (job.checkpoint ? CHECKPOINT_ESTIMATE : 0) + (job.footer ? FOOTER_ESTIMATE : 0);
-    const o: SealOutcome = await this.seal.seal(job);
+    for (const p of job.pieces) this.inFlightBytes += p.end - p.start;
+    const o: SealOutcome = await this.seal.seal(job).finally(() => (this.inFlightBytes = 0));
     this.accounted += o.added - estimated;
     this.written += o.written;
     if (o.error !== undefined) {

@@ -233,6 +233,11 @@ t.test('secrets come from password_file and the environment', async (t) => {
   t.equal((noPw.targets[0] as PostgresTarget).upstream.password, undefined, 'neither key = no password (trust)');
 });
 
+t.test('recording: max_backlog as a size, the others kept at their defaults', async (t) => {
+  const config = parseConfig(`${MINIMAL}recording: { max_backlog: 32MiB }\n`, { baseDir: '/x', env: {} });
+  t.strictSame(config.recording, { enabled: true, maxBytes: 1024 ** 3, flushIntervalMs: 200, maxBacklogBytes: 32 * 1024 * 1024, retentionMs: 30 * 24 * 3_600_000 });
+});
+
 t.test('each problem is one line naming the key, what was expected and what was found', async (t) => {
   const dir = t.testdir({ 'empty-pw': '', 'ca.pem': 'x', 'bad.jwks': 'not json', 'ok.jwks': '{"keys": []}' });
   const cases: [string, string, string][] = [
@@ -328,6 +333,8 @@ t.test('each problem is one line naming the key, what was expected and what was 
       'limits.max_message_size: expected a size such as 65536, 512KiB, 64MiB or 1GiB, found "64MB"'],
     ['per-target limit', MINIMAL.replace('    upstream:', '    limits: { max_message_size: 2GiB }\n    upstream:'),
       'targets.app-db.limits.max_message_size: expected a size from 1KiB to 1GiB, found "2GiB"'],
+    ['recording backlog below its floor', `${MINIMAL}recording: { max_backlog: 64KiB }\n`,
+      'recording.max_backlog: expected at least 1MiB, found "64KiB"'],
     ['log level', `${MINIMAL}log: { level: loud }\n`,
       'log.level: expected one of fatal, error, warn, info, debug, trace, silent, found "loud"'],
     ['top level not a mapping', '- a\n- b\n',

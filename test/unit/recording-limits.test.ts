@@ -15,6 +15,7 @@ import { loadRecordingPublicKeys, openRecordingKey } from '../../src/recording/k
 import { readRecording } from '../../src/recording/reader.js';
 import { purgeRecordings } from '../../src/recording/retention.js';
 import { verifyRecording } from '../../src/recording/verify.js';
+import { sealThread } from '../../src/recording/seal-thread.js';
 import { RecordingWriter, recorderHealth } from '../../src/recording/writer.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
 
@@ -89,6 +90,44 @@ t.test('size cap: truncated marker, signed footer, onFailure once, nothing recor
   t.ok(dataBytes > 50 * 1024 && dataBytes < maxBytes, `recorded ${dataBytes} bytes up to the cap`);
   const v = await verifyRecording(res.path, await loadRecordingPublicKeys(stateDir));
   t.same({ ok: v.ok, complete: v.complete, truncated: v.footer?.truncated }, { ok: true, complete: true, truncated: true });
+});
+
+t.test('backlog: past maxBacklogBytes the session is told to stop reading, and to read again once the thread caught up', async (t) => {
+  const stateDir = tempDir(t);
+  const key = await openRecordingKey(stateDir);
+  const events: boolean[] = [];
+  const maxBacklogBytes = 1024 * 1024;
+  const w = await RecordingWriter.open({ stateDir, meta: meta('backlog'), key, maxBacklogBytes, onBacklog: (behind) => events.push(behind), onFailure: () => undefined });
+  const chunk = Buffer.alloc(32 * 1024, 7);
+  const until = async (ready: () => boolean): Promise<void> => {
+    for (let i = 0; i < 500 && !ready(); i++) await new Promise((r) => setTimeout(r, 10));
+  };
+
+  // Half the bound, written while the thread keeps up: no signal.
+  for (let i = 0; i < 16; i++) w.record('server', chunk);
+  await until(() => w.backlogBytes === 0);
+  t.equal(w.backlogBytes, 0, 'written');
+  t.same(events, [], 'below the bound nothing is signalled');
+
+  const release = sealThread().stall();
+  for (let i = 0; i < 48; i++) w.record('server', chunk);
+  t.ok(w.backlogBytes >= maxBacklogBytes, `${w.backlogBytes} bytes unwritten`);
+  t.same(events, [], 'not from inside record()');
+  await new Promise((r) => process.nextTick(r));
+  t.same(events, [true], 'behind: the session stops reading');
+  // Two flush intervals with the thread stalled: still behind.
+  await new Promise((r) => setTimeout(r, 400));
+  t.same(events, [true], 'no release while nothing is written');
+  t.ok(w.backlogBytes >= maxBacklogBytes, 'the backlog is all still there');
+
+  release();
+  await until(() => events.length === 2);
+  t.same(events, [true, false], 'caught up once the thread wrote the backlog');
+  t.ok(w.backlogBytes < maxBacklogBytes / 4, `${w.backlogBytes} bytes left`);
+  const res = await w.close({ closeReason: 'client closed' });
+  t.equal(res.complete, true);
+  t.equal(res.bytesGatewayToClient, 64 * chunk.length);
+  t.equal((await readRecording(res.path).bytesOf('server')).length, 64 * chunk.length, 'every byte recorded');
 });
 
 t.test('cannot create the recording: open fails typed, health not ok, recovers on the next good write', async (t) => {

@@ -1,0 +1,51 @@
+/**
+ * Who holds a relayed socket's reads. A relay stops reading from a socket
+ * for several independent reasons, and each ends on its own event:
+ *
+ * - `start`: the relay has not started yet (sockets come to it paused);
+ * - `drain`: the other side's socket buffers too much (until its 'drain');
+ * - `transform`: the masking workers are busy with an upstream chunk;
+ * - `approval`: a statement or command waits for a human's decision;
+ * - `recording`: the session's recording has fallen behind (see
+ *   RecordingWriter, backlog), until the seal thread catches up;
+ * - `failed`: the client broke the protocol; nothing more is read.
+ *
+ * Reads resume only when the last reason lets go. Before this, each resume
+ * checked the other reasons it knew of by hand, and each new reason would
+ * have had to be added at every one of them.
+ */
+import type { Socket } from 'node:net';
+
+export const ReadHold = {
+  start: 1,
+  drain: 2,
+  transform: 4,
+  approval: 8,
+  recording: 16,
+  failed: 32,
+} as const;
+
+export class SocketReads {
+  #holds: number = ReadHold.start;
+
+  /** The socket is paused when given (as a relay receives it), held for `start`. */
+  constructor(private readonly socket: Socket) {}
+
+  /** Stops reading for `reason` (a ReadHold value); a no-op if that reason holds already. */
+  hold(reason: number): void {
+    if (this.#holds === 0) this.socket.pause();
+    this.#holds |= reason;
+  }
+
+  /** `reason` lets go; reads resume when no other reason holds. */
+  release(reason: number): void {
+    if ((this.#holds & reason) === 0) return;
+    this.#holds &= ~reason;
+    if (this.#holds === 0) this.socket.resume();
+  }
+
+  /** True while `reason` holds the reads. */
+  holds(reason: number): boolean {
+    return (this.#holds & reason) !== 0;
+  }
+}
