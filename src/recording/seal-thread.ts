@@ -127,13 +127,19 @@ export class SealThread {
 
   constructor() {
     this.#worker = startWorker(new URL('./seal-worker.js', import.meta.url));
-    this.#worker.unref();
     let ready!: () => void;
     this.ready = new Promise((resolve) => (ready = resolve));
     this.#worker.once('exit', () => ready());
     this.#worker.on('message', (m: SealAnswer | 'ready') => {
       // 'ready': the worker has loaded its modules and listens (later than its 'online' event).
-      if (m === 'ready') ready();
+      if (m === 'ready') {
+        // Kept alive while it boots (a writer waits for `ready`); after that only while a
+        // recording is open. Unref'd here, after the listeners: adding a 'message' listener
+        // refs the worker's port again, and a port left ref'd with no recording open kept
+        // `sluice serve` from exiting after SIGTERM (it closed everything, then hung).
+        if (this.#users === 0) this.#worker.unref();
+        ready();
+      }
       else for (const o of m.outcomes) this.#answer(o);
     });
     this.#worker.on('error', (err) => this.#die(`the recording seal thread failed: ${err.message}`));
