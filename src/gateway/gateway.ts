@@ -23,6 +23,7 @@ import { errorResponse, sqlstate } from '../../protocols/postgres/messages.js';
 import { DEFAULT_RECORDING } from '../config/defaults.js';
 import { openRecordingKey } from '../recording/keys.js';
 import { SessionRecorder, DEFAULT_MAX_HELD_BYTES } from '../recording/tap.js';
+import { recoverSessionIndex } from '../recording/recover.js';
 import { MaskingRegistry } from '../../masking/session-masker.js';
 import { pinTickObjectShape } from './tick-shape.js';
 
@@ -150,6 +151,12 @@ export class Gateway {
           maxHeldBytes: DEFAULT_MAX_HELD_BYTES + config.identity.maxTokenBytes,
         });
         ctx.recording.startRetention();
+      }
+      // Before any listener opens, so no session is live: rows a crash left unwritten or unended.
+      try {
+        await recoverSessionIndex(config.stateDir, store, await loadRecordingPublicKeys(config.stateDir), logger);
+      } catch (err) {
+        logger.error({ reason: err instanceof Error ? err.message : String(err) }, 'sessions index could not be finished after an abrupt stop');
       }
       for (const target of config.targets) await gateway.#listen(target);
       if (config.api) {

@@ -309,6 +309,10 @@ class SqliteStore implements Store, SessionStore {
       params.push(filterTime('since', query.since));
       key.push('since');
     }
+    if (query.open === true) {
+      where.push('ended_ms IS NULL');
+      key.push('open');
+    }
     const k = key.join(',');
     let stmt = this.sessionQueries.get(k);
     if (!stmt) {

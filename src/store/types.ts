@@ -127,6 +127,8 @@ export interface SessionQuery {
   target?: string;
   /** ISO time: sessions started at or after it. */
   since?: string;
+  /** true: only sessions with no end recorded (live ones, or ones a crash interrupted). */
+  open?: boolean;
   /** Default 100, at most 10000. */
   limit?: number;
 }

@@ -384,6 +384,21 @@ policies:
   await gw.close();
 });
 
+/** Waits (10 s at most) until something accepts connections on the port: a gateway started as a child process. */
+async function untilListening(port: number): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    const up = await new Promise<boolean>((r) => {
+      const s = connect(port, '127.0.0.1', () => {
+        s.destroy();
+        r(true);
+      });
+      s.on('error', () => r(false));
+    });
+    if (up) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 t.test('kill -9 during a 100 MB result leaves a verifiable, incomplete recording', { timeout: 60_000 }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'sluice-kill-'));
   t.teardown(() => removeDir(dir));
@@ -419,17 +434,7 @@ policies:
   t.teardown(() => {
     child.kill('SIGKILL');
   });
-  for (let i = 0; i < 100; i++) {
-    const ok = await new Promise<boolean>((r) => {
-      const s = connect(port, '127.0.0.1', () => {
-        s.destroy();
-        r(true);
-      });
-      s.on('error', () => r(false));
-    });
-    if (ok) break;
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  await untilListening(port);
   const tok = (await run(process.execPath, [cli, 'token', '--sub', 'ci-big', '--group', 'ci', '--config', configFile], { env })).stdout.trim();
   t.ok(tok.length > 20, 'a token from the dev issuer');
   const psql = spawn('psql', ['-X', '-At', '-c', "select repeat('x', 1000) from generate_series(1, 100000)"], {
@@ -470,4 +475,23 @@ policies:
   t.notOk(raw.includes(Buffer.from(pgServer.password)), 'the upstream password is not in the recording');
   const logText = Buffer.concat(logs).toString();
   t.notOk(logText.includes(tok) || logText.includes(pgServer.password), 'nor in the gateway output');
+
+  // The next start finishes the index: the interrupted session is closed, as of its recording's last write.
+  const again = spawn(process.execPath, [cli, 'serve', '--config', configFile], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const againOut: Buffer[] = [];
+  again.stdout.on('data', (c: Buffer) => againOut.push(c));
+  again.stderr.on('data', (c: Buffer) => againOut.push(c));
+  const againExited = new Promise<void>((r) => again.once('exit', () => r()));
+  t.teardown(() => {
+    again.kill('SIGKILL');
+  });
+  // Listeners open after the index is finished: once the port answers, it is.
+  await untilListening(port);
+  again.kill('SIGTERM');
+  await againExited;
+  t.match(Buffer.concat(againOut).toString(), /sessions index finished after an abrupt stop/, 'the restart says what it finished');
+  const after = await run(process.execPath, [cli, 'sessions', '--json', '--config', configFile], { env });
+  const recovered = after.stdout.trim().split('\n').map((l) => JSON.parse(l) as { subject: string; complete: boolean; ended_at: string | null; close_reason: string | null }).find((r) => r.subject === 'ci-big');
+  t.match(recovered, { complete: false, close_reason: 'gateway stopped before the session ended' }, 'closed as interrupted, still incomplete');
+  t.ok(recovered?.ended_at, 'with the time its recording was last written');
 });

@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import t, { type Test } from 'tap';
 import { sessionsCommand, verifyCommand, type SessionsIo } from '../../src/cli/sessions.js';
-import { openRecordingKey } from '../../src/recording/keys.js';
+import { loadRecordingPublicKeys, openRecordingKey } from '../../src/recording/keys.js';
+import { CRASH_CLOSE_REASON, recoverSessionIndex } from '../../src/recording/recover.js';
 import { RecordingWriter } from '../../src/recording/writer.js';
 import { MIGRATIONS, migrate } from '../../src/store/migrations.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
@@ -273,4 +274,51 @@ policies:
     t.equal(await verifyCommand(['--config', config], capture().io), 2, 'neither an ID nor --all');
     t.equal(await verifyCommand(['../x', '--config', config], capture().io), 2, 'not a session id');
   });
+});
+
+t.test('after an abrupt stop, the next start finishes the index from the recordings', async (t) => {
+  const stateDir = tempDir(t);
+  const key = await openRecordingKey(stateDir);
+  const store = openSqliteStore(stateDir);
+  t.teardown(() => store.close());
+  const logged: unknown[] = [];
+  const logger = { warn: (...args: unknown[]) => logged.push(args), error: () => undefined } as unknown as Logger;
+  const startedAt = new Date().toISOString();
+  const record = async (id: string, subject: string): Promise<string> => {
+    const w = await RecordingWriter.open({ stateDir, key, onFailure: () => undefined, meta: { sessionId: id, subject, target: 'cache', protocol: 'redis', groups: ['ci'], issuer: 'i', startedAt } });
+    w.record('client', Buffer.from('*1\r\n$4\r\nPING\r\n'));
+    w.record('server', Buffer.from('+PONG\r\n'));
+    return (await w.close({ closeReason: 'client closed the connection' })).path;
+  };
+  // Ended, but its row was still waiting when the process died: no row at all.
+  const ended = await record('ended', 'ci-job');
+  // Admitted (its admission row was written), then the process died mid-session: no footer.
+  const cut = await record('cut', 'ci-job');
+  writeFileSync(cut, readFileSync(cut).subarray(0, 200));
+  store.upsertSession(session({ id: 'cut', subject: 'ci-job', target: 'cache', protocol: 'redis', startedAt, recordingPath: cut }));
+  // A failed login whose token did not verify: a recording, never a row.
+  await record('nobody', '');
+  // A session from before, ended cleanly: left as it is.
+  store.upsertSession(session({ id: 'old', startedAt: '2025-01-01T00:00:00.000Z', endedAt: '2025-01-01T00:01:00.000Z', closeReason: 'client closed the connection', complete: true }));
+
+  const keys = await loadRecordingPublicKeys(stateDir);
+  t.same(await recoverSessionIndex(stateDir, store, keys, logger), { indexed: 1, closed: 1 });
+  t.equal(logged.length, 1, 'logged once');
+
+  const e = store.getSession('ended');
+  t.match(e, { subject: 'ci-job', groups: ['ci'], target: 'cache', protocol: 'redis', startedAt, closeReason: 'client closed the connection', complete: true, recordingPath: ended });
+  t.equal(e?.bytesIn, 14, 'bytes from the footer');
+  t.equal(e?.bytesOut, 7);
+  t.match(e?.finalHash, /^[0-9a-f]{64}$/);
+  t.ok(e?.endedAt, 'ended when its footer says');
+
+  const c = store.getSession('cut');
+  t.match(c, { closeReason: CRASH_CLOSE_REASON, complete: false, recordingSize: 200 });
+  t.ok(c?.endedAt && Date.parse(c.endedAt) >= Date.parse(startedAt) - 1000, 'ended when its recording was last written');
+  t.equal(store.getSession('nobody'), undefined, 'no row for a login that never verified');
+  t.equal(store.getSession('old')?.endedAt, '2025-01-01T00:01:00.000Z');
+  t.same(store.listSessions({ open: true }), [], 'no session is left open');
+
+  t.same(await recoverSessionIndex(stateDir, store, keys, logger), { indexed: 0, closed: 0 }, 'a second start finds nothing to do');
+  t.equal(logged.length, 1, 'and logs nothing');
 });
