@@ -10,7 +10,7 @@
  * tick; one answer carries every outcome, in the same order.
  */
 import type { KeyObject } from 'node:crypto';
-import { fsyncSync, writevSync } from 'node:fs';
+import { fsyncSync } from 'node:fs';
 import { setPriority } from 'node:os';
 import { parentPort } from 'node:worker_threads';
 import {
@@ -27,7 +27,7 @@ import {
   type FooterBody,
   type RecordDigest,
 } from './format.js';
-import { unwritten } from './unwritten.js';
+import { appendAllSync } from './append.js';
 import type { SealJob, SealOutcome, SealRequest, SealAnswer, SealOpen } from './seal-thread.js';
 
 interface Recording {
@@ -90,7 +90,7 @@ function seal(job: SealJob): SealOutcome {
       views.push(footer, trailer);
       added += footer.length + trailer.length;
     }
-    written = writeAll(r.fd, views);
+    written = appendAllSync(r.fd, views);
     if (job.footer !== undefined) fsyncSync(r.fd);
     return { writer: job.writer, written, added, chain: finalChain ?? r.digest.value() };
   } catch (err) {
@@ -105,21 +105,6 @@ function seal(job: SealJob): SealOutcome {
       error: { message: e instanceof Error ? e.message : String(err), ...(typeof e?.code === 'string' ? { code: e.code } : {}) },
     };
   }
-}
-
-/** writev until every byte is down; a short write that makes no progress is an error. */
-function writeAll(fd: number, views: Uint8Array[]): number {
-  let total = 0;
-  for (const v of views) total += v.length;
-  let done = 0;
-  let rest = views;
-  while (done < total) {
-    const n = writevSync(fd, rest);
-    if (n <= 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
-    done += n;
-    if (done < total) rest = unwritten(rest, n);
-  }
-  return total;
 }
 
 parentPort!.on('message', (m: SealRequest) => {

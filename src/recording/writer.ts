@@ -27,7 +27,7 @@
 import { Buffer } from 'node:buffer';
 import { performance } from 'node:perf_hooks';
 import { hrtime } from 'node:process';
-import { writev } from 'node:fs';
+import { closeSync, openSync } from 'node:fs';
 import { mkdir, open, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ErrorCodes, SluiceError } from '../errors.js';
@@ -47,7 +47,7 @@ import {
   type RecordingMeta,
 } from './format.js';
 import type { RecordingKey } from './keys.js';
-import { unwritten } from './unwritten.js';
+import { appendAllSync } from './append.js';
 import { sealThread, type SealJob, type SealOutcome, type SealPiece, type SealThread } from './seal-thread.js';
 
 export const DEFAULT_FLUSH_INTERVAL_MS = 200;
@@ -206,17 +206,38 @@ async function makeDir(dir: string): Promise<void> {
   knownDirs.add(dir);
 }
 
-/** Creates `path` (0600, exclusive) in `dir`, making the directory (0700) when it is not known to exist. */
-async function createFile(dir: string, path: string): Promise<FileHandle> {
+/**
+ * Creates `path` (0600, exclusive, append-only) in `dir`, making the
+ * directory (0700) when it is not known to exist, and writes the header;
+ * returns the descriptor.
+ *
+ * The create and the header's write are synchronous calls on the event
+ * loop: a file create and a small write on the local disk the state
+ * directory must be on, as the session index's SQLite commits are. Through
+ * the thread pool they were two round trips per session (a pool thread
+ * woken, then the loop), queued behind the pool's other work: the SCRAM
+ * key derivation of upstream logins and the token signature checks. Under
+ * connection churn (pgbench -C) that cost about 4% of the connection rate
+ * (bench/RESULTS.md).
+ */
+async function createFile(dir: string, path: string, header: Buffer): Promise<number> {
   if (!knownDirs.has(dir)) await makeDir(dir);
+  let fd: number;
   try {
-    return await open(path, 'ax', 0o600);
+    fd = openSync(path, 'ax', 0o600);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     knownDirs.delete(dir);
     await makeDir(dir);
-    return await open(path, 'ax', 0o600);
+    fd = openSync(path, 'ax', 0o600);
   }
+  try {
+    appendAllSync(fd, [header]);
+  } catch (err) {
+    closeSync(fd);
+    throw err;
+  }
+  return fd;
 }
 
 // --- slabs (process-wide) -----------------------------------------------------
@@ -319,7 +340,8 @@ function giveBackSlabs(slabs: Buffer[]): void {
 export class RecordingWriter {
   readonly path: string;
   readonly sessionId: string;
-  private readonly fh: FileHandle;
+  /** The file, opened append-only; closed by close(). */
+  private readonly fd: number;
   private readonly id = nextWriterId++;
   private readonly seal: SealThread;
   private released = false;
@@ -384,10 +406,10 @@ export class RecordingWriter {
   private isTruncated = false;
   private failureReported = false;
 
-  private constructor(opts: RecordingWriterOptions, path: string, fh: FileHandle, header: Buffer, seal: SealThread) {
+  private constructor(opts: RecordingWriterOptions, path: string, fd: number, header: Buffer, seal: SealThread) {
     this.path = path;
     this.sessionId = opts.meta.sessionId;
-    this.fh = fh;
+    this.fd = fd;
     this.seal = seal;
     this.maxBytes = opts.maxBytes ?? DEFAULT_MAX_BYTES;
     this.checkpointRecords = opts.checkpointEveryRecords ?? DEFAULT_CHECKPOINT_RECORDS;
@@ -401,7 +423,7 @@ export class RecordingWriter {
     this.lastCheckpointAt = performance.now();
     this.header = header;
     this.accounted = this.written = header.length;
-    seal.open(this.id, { fd: fh.fd, header, sessionId: this.sessionId, keyId: opts.key.keyId, privateKey: opts.key.privateKey });
+    seal.open(this.id, { fd, header, sessionId: this.sessionId, keyId: opts.key.keyId, privateKey: opts.key.privateKey });
     this.unsubscribe = onFlushTick(opts.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS, () => this.flush());
     writerOpened();
   }
@@ -432,21 +454,20 @@ export class RecordingWriter {
     if (headerBytes.length + CAP_RESERVE > (opts.maxBytes ?? DEFAULT_MAX_BYTES)) {
       throw new SluiceError(ErrorCodes.RECORDING_SIZE_LIMIT, 'session recording: the size cap is smaller than a header and footer');
     }
-    let fh: FileHandle | undefined;
+    let fd: number | undefined;
     let seal: SealThread;
     try {
-      fh = await createFile(dir, path);
-      await writeAll(fh, [headerBytes]);
+      fd = await createFile(dir, path, headerBytes);
       seal = sealThread();
       // Once per process: the first batch should not wait for the thread to boot.
       await seal.ready;
     } catch (err) {
-      await fh?.close().catch(() => undefined);
+      if (fd !== undefined) closeSync(fd);
       markUnhealthy(err);
       throw writeFailed(`cannot create ${path}`, err);
     }
     markHealthy();
-    return new RecordingWriter(opts, path, fh, headerBytes, seal);
+    return new RecordingWriter(opts, path, fd, headerBytes, seal);
   }
 
   /** True while the recorder is healthy (no failed write since the last successful one). */
@@ -466,7 +487,7 @@ export class RecordingWriter {
     try {
       await mkdir(dir, { recursive: true, mode: 0o700 });
       fh = await open(file, 'wx', 0o600);
-      await writeAll(fh, [Buffer.alloc(4096)]);
+      await fh.writeFile(Buffer.alloc(4096));
       await fh.sync();
       markHealthy();
       return true;
@@ -723,7 +744,13 @@ export class RecordingWriter {
       }
     }
     this.release(true);
-    await this.fh.close().catch(() => undefined);
+    // Synchronous, like the create: the data is down (fsynced) or the recording has failed, so a
+    // close has nothing to flush, and through the thread pool it was one more round trip per session.
+    try {
+      closeSync(this.fd);
+    } catch {
+      // EBADF or EIO: nothing of the file depends on it any more.
+    }
     return {
       path: this.path,
       size: this.written,
@@ -741,30 +768,4 @@ export class RecordingWriter {
 interface FooterInfo {
   closeReason: string;
   endedAt: string;
-}
-
-/**
- * One writev on the file's descriptor. The callback API, not
- * FileHandle.writev: the promise API allocates a promise request with its
- * own stats arrays for every call, which showed in profiles at one append
- * per session per flush interval. The FileHandle still owns the descriptor
- * (open, fsync, close), and close() waits for the write in flight.
- */
-function appendv(fh: FileHandle, bufs: Buffer[]): Promise<number> {
-  return new Promise((resolve, reject) => writev(fh.fd, bufs, (err, n) => (err ? reject(err) : resolve(n))));
-}
-
-/** writev until every byte is down; a short write that makes no progress is an error. */
-async function writeAll(fh: FileHandle, bufs: Buffer[]): Promise<number> {
-  let total = 0;
-  for (const b of bufs) total += b.length;
-  let done = 0;
-  let rest = bufs;
-  while (done < total) {
-    const bytesWritten = await appendv(fh, rest);
-    if (bytesWritten <= 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
-    done += bytesWritten;
-    if (done < total) rest = unwritten(rest, bytesWritten);
-  }
-  return total;
 }

@@ -12,7 +12,7 @@ import { MAGIC, RECORD_OVERHEAD, RecordType, crc32, crc32Table, encodeRecord, se
 import { keyIdOf, loadRecordingPublicKeys, openRecordingKey } from '../../src/recording/keys.js';
 import { readRecording } from '../../src/recording/reader.js';
 import { sealThread } from '../../src/recording/seal-thread.js';
-import { unwritten } from '../../src/recording/unwritten.js';
+import { unwritten } from '../../src/recording/append.js';
 import { REDACTED, encodeRespCommand, scrubPgPasswordMessage, scrubRedisAuth } from '../../src/recording/scrub.js';
 import { verifyRecording } from '../../src/recording/verify.js';
 import { RecordingWriter } from '../../src/recording/writer.js';
