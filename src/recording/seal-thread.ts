@@ -103,11 +103,22 @@ export interface SealAnswer {
   outcomes: SealOutcome[];
 }
 
+/**
+ * How long a session's last batch (footer, fsync) waits for other
+ * sessions' last batches, to travel in one message each way with them.
+ * Under connection churn (a CI suite's connections, pgbench -C), each
+ * closing session otherwise cost the event loop a message and an answer
+ * of its own, and the wake-ups that go with them. Nothing waits for a
+ * footer on the data path: the client has gone.
+ */
+const LAST_BATCH_DELAY_MS = 25;
+
 export class SealThread {
   readonly #worker: Worker;
-  /** Batches taken in this turn of the event loop, posted together. */
+  /** Batches taken in this turn of the event loop (and last batches of the last few ms), posted together. */
   #queued: SealJob[] = [];
   #postScheduled = false;
+  #lastBatchTimer: NodeJS.Timeout | undefined;
   /** One batch in flight per writer (the writer waits for its answer before it takes the next). */
   readonly #waiting = new Map<number, (o: SealOutcome) => void>();
   /** Writers opened and not yet released: while any is, the thread keeps the process alive. */
@@ -173,7 +184,10 @@ export class SealThread {
       }
       this.#waiting.set(job.writer, resolve);
       this.#queued.push(job);
-      if (!this.#postScheduled) {
+      if (job.footer !== undefined) {
+        // Goes with the next message, or after LAST_BATCH_DELAY_MS with the other sessions' last batches.
+        if (!this.#postScheduled) this.#lastBatchTimer ??= setTimeout(this.#post, LAST_BATCH_DELAY_MS);
+      } else if (!this.#postScheduled) {
         this.#postScheduled = true;
         // Every writer flushed by the same tick queues its batch before this runs.
         queueMicrotask(this.#post);
@@ -217,6 +231,10 @@ export class SealThread {
 
   readonly #post = (): void => {
     this.#postScheduled = false;
+    if (this.#lastBatchTimer !== undefined) {
+      clearTimeout(this.#lastBatchTimer);
+      this.#lastBatchTimer = undefined;
+    }
     const jobs = this.#queued;
     this.#queued = [];
     // After a death the queued batches were answered already (#die answers everyone waiting).
@@ -235,6 +253,8 @@ export class SealThread {
     if (this.#dead !== undefined) return;
     this.#dead = reason;
     if (current === this) current = undefined;
+    if (this.#lastBatchTimer !== undefined) clearTimeout(this.#lastBatchTimer);
+    this.#lastBatchTimer = undefined;
     const waiting = [...this.#waiting];
     this.#waiting.clear();
     for (const [writer, resolve] of waiting) resolve(failed(writer, reason));
