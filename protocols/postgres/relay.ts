@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net';
 import type { Logger } from '../../src/log.js';
-import { ReadHold, SocketReads } from '../../src/gateway/socket-reads.js';
+import { ReadHold, RelayReads } from '../../src/gateway/socket-reads.js';
 import { PgFramer, PgProtocolError, type FramerSink } from './framer.js';
 import { Frontend, errorResponse, sqlstate, terminate } from './messages.js';
 
@@ -165,8 +165,7 @@ export class PgRelay {
   readonly #toUpstream = new Outbox();
   readonly #toClient = new Outbox();
   /** Why each socket is not being read (backpressure, a held statement, masking, the recording). */
-  readonly #clientReads: SocketReads;
-  readonly #upstreamReads: SocketReads;
+  readonly #reads: RelayReads;
   /**
    * The client sent Terminate: the session ends because the client asked,
    * whichever socket reports its end first (the server closes as soon as it
@@ -181,8 +180,7 @@ export class PgRelay {
     private readonly upstreamFramer: PgFramer,
     private readonly options: RelayOptions,
   ) {
-    this.#clientReads = new SocketReads(client);
-    this.#upstreamReads = new SocketReads(upstream);
+    this.#reads = new RelayReads(client, upstream);
     const gate = options.gate;
     if (gate) {
       clientFramer.setInspect([...gate.clientTypes, Frontend.Terminate]);
@@ -191,9 +189,9 @@ export class PgRelay {
         toUpstream: (b) => this.#toUpstream.add(b),
         toClient: (b) => this.#toClient.add(b),
         flush: () => this.#flush(),
-        holdClient: () => this.#clientReads.hold(ReadHold.approval),
+        holdClient: () => this.#reads.client.hold(ReadHold.approval),
         releaseClient: () => {
-          if (!this.#closed) this.#clientReads.release(ReadHold.approval);
+          if (!this.#closed) this.#reads.client.release(ReadHold.approval);
         },
         clientAtBoundary: () => this.upstreamFramer.atMessageBoundary,
         shutdown: (reason, error) => this.shutdown(reason, error),
@@ -230,23 +228,12 @@ export class PgRelay {
       this.#idleTimer = setInterval(() => this.#checkIdle(), every);
       this.#idleTimer.unref();
     }
-    this.#clientReads.release(ReadHold.start);
-    this.#upstreamReads.release(ReadHold.start);
+    this.#reads.start();
   }
 
-  /**
-   * The session's recording has fallen behind (`behind`), or caught up:
-   * nothing is read from either side meanwhile, so the bytes the recording
-   * has yet to write stay bounded (src/recording/writer.ts, backlog).
-   */
+  /** The session's recording has fallen behind, or caught up (RelayReads.recording). */
   holdForRecording(behind: boolean): void {
-    if (behind) {
-      this.#clientReads.hold(ReadHold.recording);
-      this.#upstreamReads.hold(ReadHold.recording);
-    } else if (!this.#closed) {
-      this.#clientReads.release(ReadHold.recording);
-      this.#upstreamReads.release(ReadHold.recording);
-    }
+    if (behind || !this.#closed) this.#reads.recording(behind);
   }
 
   /**
@@ -299,7 +286,7 @@ export class PgRelay {
         this.#violation(err, 'upstream');
       }
     };
-    const reads = this.#upstreamReads;
+    const reads = this.#reads.upstream;
     const afterChunk = (): void => {
       if (!this.#flush('client') && !this.#closed) {
         reads.hold(ReadHold.drain);
@@ -346,7 +333,7 @@ export class PgRelay {
     const gate = this.options.gate;
     // Without a gate, bytes go straight to the other side's queue.
     const direct = side === 'client' ? this.#toUpstream : this.#toClient;
-    const reads = side === 'client' ? this.#clientReads : this.#upstreamReads;
+    const reads = side === 'client' ? this.#reads.client : this.#reads.upstream;
     const sink: FramerSink = gate
       ? side === 'client'
         ? this.#clientSink()

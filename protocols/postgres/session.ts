@@ -76,9 +76,8 @@ export class PostgresSession implements SessionHandle {
   #preAuthReleased = false;
   /** The client-edge recording (src/recording/tap.ts); absent when recording is off. */
   #recording: SessionRecording | undefined;
-  /** The recording signalled it is behind (see #recordingBacklog). */
+  /** The recording is behind: the relay, once started, holds its reads (SessionRecording.onBacklog). */
   #recordingBehind = false;
-  #recordingHolds = 0;
   /** Client bytes of every handshake message read so far: the next message's absolute offset. */
   #consumed = 0;
 
@@ -111,7 +110,10 @@ export class PostgresSession implements SessionHandle {
       clientAddress: `${this.#socket.remoteAddress}:${this.#socket.remotePort}`,
     });
     this.#recording?.onFailure((err) => this.#recordingFailed(err));
-    this.#recording?.onBacklog((behind) => this.#recordingBacklog(behind));
+    this.#recording?.onBacklog((behind) => {
+      this.#recordingBehind = behind;
+      this.#relay?.holdForRecording(behind);
+    });
     this.#reader.attach(this.#socket);
     try {
       await this.#handshake();
@@ -514,17 +516,6 @@ export class PostgresSession implements SessionHandle {
     if (message.type === Frontend.PasswordMessage) this.#recording?.redact(start, this.#consumed, scrubPgPasswordMessage(message.bytes));
     else this.#recording?.commit(this.#consumed);
     return message;
-  }
-
-  /** The recording has fallen behind (or caught up): the relay stops (or resumes) reading from both sides. */
-  #recordingBacklog(behind: boolean): void {
-    this.#recordingBehind = behind;
-    if (behind) {
-      this.ctx.metrics?.recordingBackpressure(this.target.name);
-      // Once per session: with a slow disk it may happen at every batch (the metric counts them all).
-      if (this.#recordingHolds++ === 0) this.#log.warn('session recording fell behind; reads pause until it catches up');
-    }
-    this.#relay?.holdForRecording(behind);
   }
 
   /** The recording cannot follow the session (write failure, size cap, pre-auth flood): end it, fail closed. */

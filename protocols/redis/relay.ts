@@ -35,7 +35,7 @@
  */
 import type { Socket } from 'node:net';
 import type { Logger } from '../../src/log.js';
-import { ReadHold, SocketReads } from '../../src/gateway/socket-reads.js';
+import { ReadHold, RelayReads } from '../../src/gateway/socket-reads.js';
 import { CommandClassifier, EXECABORT, IDENTITY_FIXED, Verdict, tokenIs } from './commands.js';
 import { error, type RespVersion } from './replies.js';
 import { RespProtocolError, RespReplyFramer, RespRequestFramer, type ReplyEndInfo, type ReplySink, type RequestSpanSink, type RespRequestLimits } from './resp.js';
@@ -205,8 +205,7 @@ export class RedisRelay {
   readonly #recording: RelayRecording | undefined;
   readonly #gate: RedisCommandGate | undefined;
   /** Why each socket is not being read (backpressure, a held command, masking, the recording). */
-  readonly #clientReads: SocketReads;
-  readonly #upstreamReads: SocketReads;
+  readonly #reads: RelayReads;
 
   constructor(
     private readonly client: Socket,
@@ -218,8 +217,7 @@ export class RedisRelay {
     this.#classifier = new CommandClassifier(options.db);
     this.#recording = options.recordClient;
     this.#gate = options.gate;
-    this.#clientReads = new SocketReads(client);
-    this.#upstreamReads = new SocketReads(upstream);
+    this.#reads = new RelayReads(client, upstream);
   }
 
   /** Starts relaying: `toClient` first (the login reply), then bytes the client already sent after its AUTH/HELLO. */
@@ -242,10 +240,10 @@ export class RedisRelay {
           return;
         }
         if (!pending) return;
-        this.#upstreamReads.hold(ReadHold.transform);
+        this.#reads.upstream.hold(ReadHold.transform);
         pending.then(
           () => {
-            if (!this.#closed) this.#upstreamReads.release(ReadHold.transform);
+            if (!this.#closed) this.#reads.upstream.release(ReadHold.transform);
           },
           (err: unknown) => this.#transformFailed(err),
         );
@@ -268,23 +266,12 @@ export class RedisRelay {
     }
     if (fromUpstream.length > 0) this.#onUpstreamData(fromUpstream);
     for (const b of fromClient) if (b.length > 0 && !this.#clientFailed) this.#onClientData(b);
-    this.#clientReads.release(ReadHold.start);
-    this.#upstreamReads.release(ReadHold.start);
+    this.#reads.start();
   }
 
-  /**
-   * The session's recording has fallen behind (`behind`), or caught up:
-   * nothing is read from either side meanwhile, so the bytes the recording
-   * has yet to write stay bounded (src/recording/writer.ts, backlog).
-   */
+  /** The session's recording has fallen behind, or caught up (RelayReads.recording). */
   holdForRecording(behind: boolean): void {
-    if (behind) {
-      this.#clientReads.hold(ReadHold.recording);
-      this.#upstreamReads.hold(ReadHold.recording);
-    } else if (!this.#closed) {
-      this.#clientReads.release(ReadHold.recording);
-      this.#upstreamReads.release(ReadHold.recording);
-    }
+    if (behind || !this.#closed) this.#reads.recording(behind);
   }
 
   /** Ends the session from the gateway's side; the client gets `-ERR sluice: <reason>` when that cannot cut a reply in two. */
@@ -324,7 +311,7 @@ export class RedisRelay {
     const rec = this.#recording;
     if (rec) rec.framed(rec.base + this.stats.bytesFromClient - this.clientFramer.bufferedBytes);
     if (!flowing && !this.#clientFailed) {
-      const reads = this.#clientReads;
+      const reads = this.#reads.client;
       reads.hold(ReadHold.drain);
       this.upstream.once('drain', () => reads.release(ReadHold.drain));
     }
@@ -451,7 +438,7 @@ export class RedisRelay {
   #hold(raw: Buffer, args: Buffer[], judged: Extract<Judgement, { action: 'approve' }>): void {
     this.#flushSpan();
     this.#held = true;
-    this.#clientReads.hold(ReadHold.approval);
+    this.#reads.client.hold(ReadHold.approval);
     const own = ownCopy(raw, args);
     void this.options.gate!.hold(own.raw, own.args, judged.verdict, judged.facts).then(
       (reply) => {
@@ -470,7 +457,7 @@ export class RedisRelay {
           }
         }
         this.#sendUpstream();
-        if (!this.#held) this.#clientReads.release(ReadHold.approval);
+        if (!this.#held) this.#reads.client.release(ReadHold.approval);
       },
       (err: unknown) => {
         this.options.logger.error({ err: err instanceof Error ? err.message : String(err) }, 'approval failed');
@@ -580,7 +567,7 @@ export class RedisRelay {
 
   #clientViolation(err: unknown): void {
     this.#clientFailed = true;
-    this.#clientReads.hold(ReadHold.failed);
+    this.#reads.client.hold(ReadHold.failed);
     const message = err instanceof RespProtocolError ? err.message : 'Protocol error: internal error while framing';
     if (!(err instanceof RespProtocolError)) this.options.logger.error({ err }, 'unexpected framing failure');
     this.options.logger.warn(
@@ -635,7 +622,7 @@ export class RedisRelay {
       if (out.length > 0) flowing = this.#writeClient(out);
     }
     if (!flowing) {
-      const reads = this.#upstreamReads;
+      const reads = this.#reads.upstream;
       reads.hold(ReadHold.drain);
       this.client.once('drain', () => reads.release(ReadHold.drain));
     }

@@ -75,9 +75,8 @@ export class RedisSession implements SessionHandle {
   #framerBase = 0;
   /** The client-edge recording (src/recording/tap.ts); absent when recording is off. */
   #recording: SessionRecording | undefined;
-  /** The recording signalled it is behind (see #recordingBacklog). */
+  /** The recording is behind: the relay, once started, holds its reads (SessionRecording.onBacklog). */
   #recordingBehind = false;
-  #recordingHolds = 0;
   readonly #onData = (chunk: Buffer): void => this.#receive(chunk);
 
   constructor(
@@ -129,7 +128,10 @@ export class RedisSession implements SessionHandle {
       clientAddress: `${this.#socket.remoteAddress}:${this.#socket.remotePort}`,
     });
     this.#recording?.onFailure((err) => this.#recordingFailed(err));
-    this.#recording?.onBacklog((behind) => this.#recordingBacklog(behind));
+    this.#recording?.onBacklog((behind) => {
+      this.#recordingBehind = behind;
+      this.#relay?.holdForRecording(behind);
+    });
     // Bytes after the login command are recorded once the relay has framed them (a credential among them is scrubbed).
     const maxBytes = this.target.limits.maxMessageBytes;
     this.#recording?.tap.framesClientAfterLogin((unframed) => scrubUnframed(unframed, maxBytes));
@@ -426,17 +428,6 @@ export class RedisSession implements SessionHandle {
     setTimeout(() => this.#socket.destroy(), 2_000).unref();
     // After the last reply was written, so the recording ends with it.
     void this.#recording?.end(reason);
-  }
-
-  /** The recording has fallen behind (or caught up): the relay stops (or resumes) reading from both sides. */
-  #recordingBacklog(behind: boolean): void {
-    this.#recordingBehind = behind;
-    if (behind) {
-      this.ctx.metrics?.recordingBackpressure(this.target.name);
-      // Once per session: with a slow disk it may happen at every batch (the metric counts them all).
-      if (this.#recordingHolds++ === 0) this.#log.warn('session recording fell behind; reads pause until it catches up');
-    }
-    this.#relay?.holdForRecording(behind);
   }
 
   /** The recording cannot follow the session (write failure, size cap, pre-auth flood): end it, fail closed. */

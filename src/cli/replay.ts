@@ -21,7 +21,7 @@ import { readRecording } from '../recording/reader.js';
 import { buildReplayScript, startReplayServer } from '../recording/replay-server.js';
 import { printable, progressPrinter, renderEvent, renderHeader, renderSummary, streamTranscript } from '../recording/transcript.js';
 import { openSqliteStore } from '../store/sqlite.js';
-import { listRecordingFiles } from './sessions.js';
+import { listRecordingFiles } from '../recording/files.js';
 
 export interface ReplayIo {
   stdout: { write(s: string | Uint8Array): unknown };

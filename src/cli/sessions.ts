@@ -10,13 +10,12 @@
  * Values that came from clients (subject, target, close reason) are shown
  * with control characters escaped.
  */
-import { readdir } from 'node:fs/promises';
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../config/load.js';
 import { isSluiceError } from '../errors.js';
 import { parseDuration } from '../identity/dev-issuer.js';
 import { FILE_EXTENSION, SESSION_ID_PATTERN } from '../recording/format.js';
+import { listRecordingFiles } from '../recording/files.js';
 import { loadRecordingPublicKeys } from '../recording/keys.js';
 import { describeVerify, verifyRecording, type VerifyResult } from '../recording/verify.js';
 import { openSqliteStore } from '../store/sqlite.js';
@@ -174,26 +173,6 @@ export async function sessionsCommand(args: string[], io: SessionsIo = defaultIo
   } finally {
     opened.store.close();
   }
-}
-
-/** Every `*.sluicerec` under `<stateDir>/recordings/YYYY/MM/DD`, sorted by path (= by day). */
-export async function listRecordingFiles(stateDir: string): Promise<string[]> {
-  const out: string[] = [];
-  const walk = async (dir: string, depth: number): Promise<void> => {
-    let names: string[];
-    try {
-      names = (await readdir(dir)).sort();
-    } catch {
-      return;
-    }
-    for (const name of names) {
-      if (depth < 3) {
-        if (/^\d+$/.test(name)) await walk(join(dir, name), depth + 1);
-      } else if (name.endsWith(FILE_EXTENSION)) out.push(join(dir, name));
-    }
-  };
-  await walk(join(stateDir, 'recordings'), 0);
-  return out;
 }
 
 export async function verifyCommand(args: string[], io: SessionsIo = defaultIo()): Promise<number> {

@@ -52,8 +52,6 @@ export interface GatewayMetrics {
   sessionEnded(target: string, protocol: string): void;
   statement(target: string, verdict: AuditVerdict): void;
   bytes(target: string, direction: 'client_to_upstream' | 'upstream_to_client', n: number): void;
-  /** A session's reads paused until its recording catches up. */
-  recordingBackpressure(target: string): void;
 }
 
 /** The part of a session the gateway itself needs: a way to end it. */

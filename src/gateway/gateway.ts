@@ -149,6 +149,7 @@ export class Gateway {
           logger,
           // The PostgreSQL handshake cap (64 KiB) + the largest token + pipelined chunks.
           maxHeldBytes: DEFAULT_MAX_HELD_BYTES + config.identity.maxTokenBytes,
+          metrics,
         });
         ctx.recording.startRetention();
       }

@@ -49,3 +49,35 @@ export class SocketReads {
     return (this.#holds & reason) !== 0;
   }
 }
+
+/** A relay's two sockets' reads, with what the relay does to both at once. */
+export class RelayReads {
+  readonly client: SocketReads;
+  readonly upstream: SocketReads;
+
+  constructor(client: Socket, upstream: Socket) {
+    this.client = new SocketReads(client);
+    this.upstream = new SocketReads(upstream);
+  }
+
+  /** The relay has started: both sides may be read (unless another reason holds one). */
+  start(): void {
+    this.client.release(ReadHold.start);
+    this.upstream.release(ReadHold.start);
+  }
+
+  /**
+   * The session's recording has fallen behind (`behind`), or caught up:
+   * nothing is read from either side meanwhile, so the bytes the recording
+   * has yet to write stay bounded (src/recording/writer.ts, backlog).
+   */
+  recording(behind: boolean): void {
+    if (behind) {
+      this.client.hold(ReadHold.recording);
+      this.upstream.hold(ReadHold.recording);
+    } else {
+      this.client.release(ReadHold.recording);
+      this.upstream.release(ReadHold.recording);
+    }
+  }
+}

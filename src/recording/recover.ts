@@ -16,10 +16,10 @@
  * nothing after a clean stop. Recordings of failed logins whose token did
  * not verify (empty subject) never get a row, as in a running gateway.
  */
-import { readdir, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { stat } from 'node:fs/promises';
 import type { Logger } from '../log.js';
 import type { SessionRecord, SessionStore } from '../store/types.js';
+import { listRecordingFiles } from './files.js';
 import { FILE_EXTENSION, datePath } from './format.js';
 import { verifyRecording, type PublicKeys, type VerifyResult } from './verify.js';
 
@@ -48,7 +48,7 @@ export async function recoverSessionIndex(stateDir: string, store: SessionStore,
   // the index is empty.
   const newest = store.listSessions({ limit: 1 })[0];
   const fromDay = newest ? datePath(new Date(Date.parse(newest.startedAt) - 24 * 3_600_000).toISOString()).join('/') : '';
-  for (const path of await recordingsFrom(join(stateDir, 'recordings'), fromDay)) {
+  for (const path of await listRecordingFiles(stateDir, fromDay)) {
     const id = path.slice(path.lastIndexOf('/') + 1, -FILE_EXTENSION.length);
     if (store.getSession(id) !== undefined) continue;
     const checked = await verifyRecording(path, keys);
@@ -113,28 +113,4 @@ async function closedRow(row: SessionRecord, checked: VerifyResult | undefined):
     ...(size ? { recordingSize: size.size } : {}),
     complete: false,
   };
-}
-
-/** Recording files under `<root>/YYYY/MM/DD` with a day at or after `fromDay` ('' = all). */
-async function recordingsFrom(root: string, fromDay: string): Promise<string[]> {
-  const out: string[] = [];
-  const walk = async (dir: string, prefix: string, depth: number): Promise<void> => {
-    let names: string[];
-    try {
-      names = (await readdir(dir)).sort();
-    } catch {
-      return;
-    }
-    for (const name of names) {
-      if (depth < 3) {
-        if (!/^\d+$/.test(name)) continue;
-        const day = prefix === '' ? name : `${prefix}/${name}`;
-        // Skip a directory whose whole range is before fromDay: compare on the parts it has.
-        if (fromDay !== '' && day < fromDay.slice(0, day.length)) continue;
-        await walk(join(dir, name), day, depth + 1);
-      } else if (name.endsWith(FILE_EXTENSION)) out.push(join(dir, name));
-    }
-  };
-  await walk(root, '', 0);
-  return out;
 }

@@ -505,18 +505,29 @@ export class SessionRecorder {
   readonly store: SessionStore | undefined;
   readonly logger: Logger;
   readonly maxHeldBytes: number;
+  readonly metrics: { recordingBackpressure(target: string): void } | undefined;
   readonly #live = new Set<SessionRecording>();
   #lastProbe = 0;
   #probe: Promise<boolean> | undefined;
   #retentionTimer: NodeJS.Timeout | undefined;
 
-  constructor(opts: { stateDir: string; settings: RecordingSettings; key: RecordingKey; store?: SessionStore; logger: Logger; maxHeldBytes?: number }) {
+  constructor(opts: {
+    stateDir: string;
+    settings: RecordingSettings;
+    key: RecordingKey;
+    store?: SessionStore;
+    logger: Logger;
+    maxHeldBytes?: number;
+    /** Counts the sessions' pauses for their recordings (sluice_recording_backpressure_total). */
+    metrics?: { recordingBackpressure(target: string): void };
+  }) {
     this.stateDir = opts.stateDir;
     this.settings = opts.settings;
     this.key = opts.key;
     this.store = opts.store;
     this.logger = opts.logger;
     this.maxHeldBytes = opts.maxHeldBytes ?? DEFAULT_MAX_HELD_BYTES;
+    this.metrics = opts.metrics;
     // Started now, not by the first session: a worker thread takes some 50 ms to boot.
     // Should it fail to start, the first recorded session tries again and is refused with the reason.
     if (this.settings.enabled) {
@@ -597,6 +608,7 @@ export class SessionRecording {
   #failure: ((err: SluiceError) => void) | undefined;
   #pendingFailure: SluiceError | undefined;
   #backlog: ((behind: boolean) => void) | undefined;
+  #backlogPauses = 0;
   readonly #verdicts = { allowed: 0, denied: 0, approvals: 0 };
 
   constructor(recorder: SessionRecorder, info: SessionInfo, done: () => void) {
@@ -621,9 +633,21 @@ export class SessionRecording {
   /**
    * Where the recording's backlog signal goes (see RecordingWriter,
    * onBacklog): the session stops reading from both sides while `behind`.
+   * Each pause is counted (sluice_recording_backpressure_total); the first
+   * of a session is logged, as a slow disk may cause one at every batch.
    */
   onBacklog(handler: (behind: boolean) => void): void {
     this.#backlog = handler;
+  }
+
+  #backlogChanged(behind: boolean): void {
+    if (behind) {
+      this.#recorder.metrics?.recordingBackpressure(this.#info.target);
+      if (this.#backlogPauses++ === 0) {
+        this.#recorder.logger.warn({ session: this.#info.sessionId, target: this.#info.target }, 'session recording fell behind; reads pause until it catches up');
+      }
+    }
+    this.#backlog?.(behind);
   }
 
   #fail(err: SluiceError): void {
@@ -688,7 +712,7 @@ export class SessionRecording {
         maxBytes: recorder.settings.maxBytes,
         flushIntervalMs: recorder.settings.flushIntervalMs,
         ...(recorder.settings.maxBacklogBytes !== undefined ? { maxBacklogBytes: recorder.settings.maxBacklogBytes } : {}),
-        onBacklog: (behind) => this.#backlog?.(behind),
+        onBacklog: (behind) => this.#backlogChanged(behind),
         meta: {
           sessionId: info.sessionId,
           target: info.target,

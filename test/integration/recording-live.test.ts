@@ -12,7 +12,7 @@
 import t, { type Test } from 'tap';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -384,6 +384,19 @@ policies:
   await gw.close();
 });
 
+/** `sluice serve` as a child process (killed at teardown), its stdout and stderr kept. */
+function serve(t: Test, cli: string, configFile: string, env: NodeJS.ProcessEnv): { child: ChildProcess; output(): string; exited: Promise<void> } {
+  const child = spawn(process.execPath, [cli, 'serve', '--config', configFile], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const chunks: Buffer[] = [];
+  child.stdout!.on('data', (c: Buffer) => chunks.push(c));
+  child.stderr!.on('data', (c: Buffer) => chunks.push(c));
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  t.teardown(() => {
+    child.kill('SIGKILL');
+  });
+  return { child, output: () => Buffer.concat(chunks).toString(), exited };
+}
+
 /** Waits (10 s at most) until something accepts connections on the port: a gateway started as a child process. */
 async function untilListening(port: number): Promise<void> {
   for (let i = 0; i < 100; i++) {
@@ -426,14 +439,7 @@ policies:
   );
   const cli = join(process.cwd(), 'dist', 'src', 'cli', 'main.js');
   const env = { ...process.env, TEST_PG_PASSWORD: pgServer.password };
-  const child = spawn(process.execPath, [cli, 'serve', '--config', configFile], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  const logs: Buffer[] = [];
-  child.stdout.on('data', (c: Buffer) => logs.push(c));
-  child.stderr.on('data', (c: Buffer) => logs.push(c));
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  t.teardown(() => {
-    child.kill('SIGKILL');
-  });
+  const { child, output, exited } = serve(t, cli, configFile, env);
   await untilListening(port);
   const tok = (await run(process.execPath, [cli, 'token', '--sub', 'ci-big', '--group', 'ci', '--config', configFile], { env })).stdout.trim();
   t.ok(tok.length > 20, 'a token from the dev issuer');
@@ -473,23 +479,16 @@ policies:
   const raw = readFileSync(path!);
   t.notOk(raw.includes(Buffer.from(tok)), 'the token is not in the recording');
   t.notOk(raw.includes(Buffer.from(pgServer.password)), 'the upstream password is not in the recording');
-  const logText = Buffer.concat(logs).toString();
+  const logText = output();
   t.notOk(logText.includes(tok) || logText.includes(pgServer.password), 'nor in the gateway output');
 
   // The next start finishes the index: the interrupted session is closed, as of its recording's last write.
-  const again = spawn(process.execPath, [cli, 'serve', '--config', configFile], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  const againOut: Buffer[] = [];
-  again.stdout.on('data', (c: Buffer) => againOut.push(c));
-  again.stderr.on('data', (c: Buffer) => againOut.push(c));
-  const againExited = new Promise<void>((r) => again.once('exit', () => r()));
-  t.teardown(() => {
-    again.kill('SIGKILL');
-  });
+  const again = serve(t, cli, configFile, env);
   // Listeners open after the index is finished: once the port answers, it is.
   await untilListening(port);
-  again.kill('SIGTERM');
-  await againExited;
-  t.match(Buffer.concat(againOut).toString(), /sessions index finished after an abrupt stop/, 'the restart says what it finished');
+  again.child.kill('SIGTERM');
+  await again.exited;
+  t.match(again.output(), /sessions index finished after an abrupt stop/, 'the restart says what it finished');
   const after = await run(process.execPath, [cli, 'sessions', '--json', '--config', configFile], { env });
   const recovered = after.stdout.trim().split('\n').map((l) => JSON.parse(l) as { subject: string; complete: boolean; ended_at: string | null; close_reason: string | null }).find((r) => r.subject === 'ci-big');
   t.match(recovered, { complete: false, close_reason: 'gateway stopped before the session ended' }, 'closed as interrupted, still incomplete');
