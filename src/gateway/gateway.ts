@@ -23,7 +23,7 @@ import { errorResponse, sqlstate } from '../../protocols/postgres/messages.js';
 import { DEFAULT_RECORDING } from '../config/defaults.js';
 import { openRecordingKey } from '../recording/keys.js';
 import { SessionRecorder, DEFAULT_MAX_HELD_BYTES } from '../recording/tap.js';
-import { recoverSessionIndex } from '../recording/recover.js';
+import { markCleanStop, recoverAfterAbruptStop } from '../recording/recover.js';
 import { MaskingRegistry } from '../../masking/session-masker.js';
 import { pinTickObjectShape } from './tick-shape.js';
 
@@ -62,6 +62,8 @@ export class Gateway {
   readonly devIssuer: DevIssuer | undefined;
   /** identity.maxTokenBytes: Redis sessions size their pre-auth limits to fit a token. */
   readonly #maxTokenBytes: number;
+  /** Set once this gateway has marked the state directory as in use (recover.ts); a clean close unmarks it. */
+  #markedStateDir: string | undefined;
 
   /** The audit and approval machinery, shared with the HTTP API. */
   readonly services: GatewayServices;
@@ -155,7 +157,8 @@ export class Gateway {
       }
       // Before any listener opens, so no session is live: rows a crash left unwritten or unended.
       try {
-        await recoverSessionIndex(config.stateDir, store, await loadRecordingPublicKeys(config.stateDir), logger);
+        await recoverAfterAbruptStop(config.stateDir, store, await loadRecordingPublicKeys(config.stateDir), logger);
+        gateway.#markedStateDir = config.stateDir;
       } catch (err) {
         logger.error({ reason: err instanceof Error ? err.message : String(err) }, 'sessions index could not be finished after an abrupt stop');
       }
@@ -221,6 +224,8 @@ export class Gateway {
     await this.#ctx.masking?.close();
     await this.services.audit.close();
     this.services.store.close();
+    // Everything is down: the next start has nothing to finish.
+    if (this.#markedStateDir !== undefined) await markCleanStop(this.#markedStateDir);
   }
 
   async #listen(target: TargetConfig): Promise<void> {

@@ -9,91 +9,202 @@
  * - rows of sessions that never ended: admitted, then the process died,
  *   so no end row came.
  *
- * At start, before any listener opens (so no session is live), the gateway
- * fills both from the recordings themselves: each is verified once, and
- * its row is written from its header and, where a footer made it to disk,
- * its footer. Only the sessions a crash interrupted are read, so this costs
- * nothing after a clean stop. Recordings of failed logins whose token did
- * not verify (empty subject) never get a row, as in a running gateway.
+ * A running gateway keeps a marker file in the state directory with its
+ * process id (`gateway.running`), removed when it stops cleanly. At start,
+ * before any listener opens, a marker left by a process that is gone means
+ * that process stopped abruptly: the gateway then fills both gaps from the
+ * recordings. After a clean stop there is no marker and nothing is read; a
+ * marker whose process still runs (a second gateway on the same state
+ * directory) is left alone, as are that gateway's sessions.
+ *
+ * Each recording is read at its two ends only: the header (who, which
+ * target, when) and, when its last bytes are a trailer, the footer it
+ * points at, whose signature is checked with the recording keys. A footer
+ * that verifies gives the session's end (time, close reason, bytes, final
+ * hash) and `complete: true`, which in the index means exactly that: the
+ * recording has a signed footer. `sluice verify` checks everything in
+ * between. Recordings of failed logins whose token did not verify (empty
+ * subject) get no row, as in a running gateway.
  */
-import { stat } from 'node:fs/promises';
+import { open, readFile, unlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Logger } from '../log.js';
 import type { SessionRecord, SessionStore } from '../store/types.js';
 import { listRecordingFiles } from './files.js';
-import { FILE_EXTENSION, datePath } from './format.js';
-import { verifyRecording, type PublicKeys, type VerifyResult } from './verify.js';
+import {
+  FILE_EXTENSION,
+  FOOTER_SIG_DOMAIN,
+  RecordType,
+  TRAILER_MAGIC,
+  TRAILER_SIZE,
+  datePath,
+  parseSignedPayload,
+  verifySigned,
+  type FooterBody,
+  type RecordingHeader,
+} from './format.js';
+import { ByteSource, parseHeader, scanFrames } from './reader.js';
+import type { PublicKeys } from './verify.js';
 
-/** What a recovered row says of why its session ended, when its recording has no footer. */
+/** What a recovered row says of why its session ended, when its recording has no signed footer. */
 export const CRASH_CLOSE_REASON = 'gateway stopped before the session ended';
+
+/** In the state directory while a gateway runs on it: that process's id. */
+const RUNNING_MARKER = 'gateway.running';
 
 export interface RecoveryResult {
   /** Recordings that had no row and got one. */
   indexed: number;
   /** Rows of sessions that never ended, closed. */
   closed: number;
+  /** Recordings that could not be read (logged each). */
+  unreadable: number;
 }
 
+/**
+ * At start, before the listeners open: finishes the index if the last
+ * gateway on this state directory stopped abruptly, then marks the
+ * directory as in use by this process. Undefined when there was nothing to
+ * recover (a clean stop, a first start, or another gateway still running).
+ */
+export async function recoverAfterAbruptStop(stateDir: string, store: SessionStore, keys: PublicKeys, logger: Logger): Promise<RecoveryResult | undefined> {
+  const marker = join(stateDir, RUNNING_MARKER);
+  const previous = Number((await readFile(marker, 'utf8').catch(() => '')).trim());
+  if (previous > 0 && previous !== process.pid && isRunning(previous)) {
+    logger.warn({ pid: previous }, 'another gateway runs on this state directory; its sessions are not checked');
+    return undefined;
+  }
+  let result: RecoveryResult | undefined;
+  if (previous > 0) result = await recoverSessionIndex(stateDir, store, keys, logger);
+  await writeFile(marker, `${process.pid}\n`, { mode: 0o600 });
+  return result;
+}
+
+/** After a clean stop: the next start has nothing to recover. */
+export async function markCleanStop(stateDir: string): Promise<void> {
+  const marker = join(stateDir, RUNNING_MARKER);
+  const owner = Number((await readFile(marker, 'utf8').catch(() => '')).trim());
+  if (owner === process.pid) await unlink(marker).catch(() => undefined);
+}
+
+function isRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: it runs, as another user.
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Fills the index's gaps from the recordings (see the top of this file). */
 export async function recoverSessionIndex(stateDir: string, store: SessionStore, keys: PublicKeys, logger: Logger): Promise<RecoveryResult> {
-  const result: RecoveryResult = { indexed: 0, closed: 0 };
+  const result: RecoveryResult = { indexed: 0, closed: 0, unreadable: 0 };
+  const unreadable = (path: string, err: unknown): void => {
+    result.unreadable++;
+    logger.error({ path, reason: err instanceof Error ? err.message : String(err) }, 'recording could not be read to finish the sessions index');
+  };
 
   // Rows of sessions that never ended: none is live before the listeners open.
-  for (const row of store.listSessions({ open: true, limit: 10_000 })) {
-    const checked = row.recordingPath ? await verifyRecording(row.recordingPath, keys) : undefined;
-    store.upsertSession(await closedRow(row, checked));
-    result.closed++;
+  for (;;) {
+    const open = store.listSessions({ open: true, limit: 10_000 });
+    for (const row of open) {
+      let ends: RecordingEnds | undefined;
+      if (row.recordingPath) ends = await readEnds(row.recordingPath, keys).catch((err: unknown) => void unreadable(row.recordingPath!, err));
+      store.upsertSession(closedRow(row, ends));
+      result.closed++;
+    }
+    if (open.length < 10_000) break;
   }
 
   // Recordings with no row, in the day directories a crash could have left one in: from the day
-  // before the newest row's start (a session may cross midnight; dates are UTC), or all of them when
+  // before the newest row's start (a session may cross midnight; days are UTC), or all of them when
   // the index is empty.
   const newest = store.listSessions({ limit: 1 })[0];
   const fromDay = newest ? datePath(new Date(Date.parse(newest.startedAt) - 24 * 3_600_000).toISOString()).join('/') : '';
   for (const path of await listRecordingFiles(stateDir, fromDay)) {
     const id = path.slice(path.lastIndexOf('/') + 1, -FILE_EXTENSION.length);
     if (store.getSession(id) !== undefined) continue;
-    const checked = await verifyRecording(path, keys);
-    const h = checked.header;
-    if (h === undefined || h.subject === '') continue;
-    store.upsertSession(
-      await closedRow(
-        {
-          id,
-          subject: h.subject,
-          groups: h.groups,
-          issuer: h.issuer,
-          ...(h.tokenIdHash !== undefined ? { tokenIdHash: h.tokenIdHash } : {}),
-          target: h.target,
-          protocol: h.protocol,
-          ...(h.clientAddress !== undefined ? { clientAddress: h.clientAddress } : {}),
-          startedAt: h.startedAt,
-          bytesIn: 0,
-          bytesOut: 0,
-          statementsAllowed: 0,
-          statementsDenied: 0,
-          approvals: 0,
-          maskingCounts: {},
-          recordingPath: path,
-          complete: false,
-        },
-        checked,
-      ),
-    );
+    let ends: RecordingEnds;
+    try {
+      ends = await readEnds(path, keys);
+    } catch (err) {
+      unreadable(path, err);
+      continue;
+    }
+    const h = ends.header;
+    // A file named for another session's id is not this session's recording.
+    if (h === undefined || h.subject === '' || h.sessionId !== id) continue;
+    const row: SessionRecord = {
+      id,
+      subject: h.subject,
+      groups: h.groups,
+      issuer: h.issuer,
+      ...(h.tokenIdHash !== undefined ? { tokenIdHash: h.tokenIdHash } : {}),
+      target: h.target,
+      protocol: h.protocol,
+      ...(h.clientAddress !== undefined ? { clientAddress: h.clientAddress } : {}),
+      startedAt: h.startedAt,
+      bytesIn: 0,
+      bytesOut: 0,
+      statementsAllowed: 0,
+      statementsDenied: 0,
+      approvals: 0,
+      maskingCounts: {},
+      recordingPath: path,
+      complete: false,
+    };
+    store.upsertSession(closedRow(row, ends));
     result.indexed++;
   }
-  if (result.indexed > 0 || result.closed > 0) {
-    logger.warn({ indexed: result.indexed, closed: result.closed }, 'sessions index finished after an abrupt stop');
+  if (result.indexed > 0 || result.closed > 0 || result.unreadable > 0) {
+    logger.warn({ indexed: result.indexed, closed: result.closed, unreadable: result.unreadable }, 'sessions index finished after an abrupt stop');
   }
   return result;
 }
 
+interface RecordingEnds {
+  header: RecordingHeader | undefined;
+  /** The footer, when the file ends with one whose signature verifies. */
+  footer: FooterBody | undefined;
+  size: number;
+  mtime: Date;
+}
+
+/** The header and, if the file ends with a trailer, the footer it points at (signature checked). */
+async function readEnds(path: string, keys: PublicKeys): Promise<RecordingEnds> {
+  const fh = await open(path, 'r');
+  try {
+    const st = await fh.stat();
+    const src = new ByteSource(fh, st.size);
+    const parsed = await parseHeader(src);
+    const header = parsed.ok ? parsed.header : undefined;
+    let footer: FooterBody | undefined;
+    const trailer = header ? await src.get(st.size - TRAILER_SIZE, TRAILER_SIZE) : undefined;
+    if (header && trailer && trailer.subarray(0, TRAILER_MAGIC.length).equals(TRAILER_MAGIC)) {
+      const at = st.size - TRAILER_SIZE - trailer.readUInt32BE(TRAILER_MAGIC.length);
+      const first = at > 0 ? (await scanFrames(src, at).next()).value : undefined;
+      const frame = first?.kind === 'frame' ? first.frame : undefined;
+      const signed = frame?.type === RecordType.footer && frame.crcOk ? parseSignedPayload(frame.payload) : undefined;
+      const key = keys.get(header.keyId);
+      if (signed && key && verifySigned(FOOTER_SIG_DOMAIN, signed, key)) {
+        const body = signed.body as FooterBody;
+        if (body.sessionId === header.sessionId) footer = body;
+      }
+    }
+    return { header, footer, size: st.size, mtime: st.mtime };
+  } finally {
+    await fh.close();
+  }
+}
+
 /**
- * The row of a session a crash ended: what its footer says when it has one
- * (the session had ended; only its end row was lost), else ended when its
- * recording was last written, incomplete.
+ * The row of a session a crash ended: what its signed footer says when it
+ * has one (the session had ended; only its end row was lost), else ended
+ * when its recording was last written, incomplete.
  */
-async function closedRow(row: SessionRecord, checked: VerifyResult | undefined): Promise<SessionRecord> {
-  const size = row.recordingPath ? await stat(row.recordingPath).catch(() => undefined) : undefined;
-  const footer = checked?.ok && checked.complete ? checked.footer : undefined;
+function closedRow(row: SessionRecord, ends: RecordingEnds | undefined): SessionRecord {
+  const footer = ends?.footer;
   if (footer) {
     return {
       ...row,
@@ -101,16 +212,16 @@ async function closedRow(row: SessionRecord, checked: VerifyResult | undefined):
       closeReason: footer.closeReason,
       bytesIn: footer.bytesClientToGateway,
       bytesOut: footer.bytesGatewayToClient,
-      ...(size ? { recordingSize: size.size } : {}),
+      recordingSize: ends!.size,
       finalHash: footer.finalChain,
       complete: true,
     };
   }
   return {
     ...row,
-    endedAt: (size?.mtime ?? new Date(row.startedAt)).toISOString(),
+    endedAt: (ends?.mtime ?? new Date(row.startedAt)).toISOString(),
     closeReason: CRASH_CLOSE_REASON,
-    ...(size ? { recordingSize: size.size } : {}),
+    ...(ends ? { recordingSize: ends.size } : {}),
     complete: false,
   };
 }

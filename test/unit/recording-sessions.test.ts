@@ -10,7 +10,7 @@ import Database from 'better-sqlite3';
 import t, { type Test } from 'tap';
 import { sessionsCommand, verifyCommand, type SessionsIo } from '../../src/cli/sessions.js';
 import { loadRecordingPublicKeys, openRecordingKey } from '../../src/recording/keys.js';
-import { CRASH_CLOSE_REASON, recoverSessionIndex } from '../../src/recording/recover.js';
+import { CRASH_CLOSE_REASON, markCleanStop, recoverAfterAbruptStop, recoverSessionIndex } from '../../src/recording/recover.js';
 import { RecordingWriter } from '../../src/recording/writer.js';
 import { MIGRATIONS, migrate } from '../../src/store/migrations.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
@@ -302,7 +302,7 @@ t.test('after an abrupt stop, the next start finishes the index from the recordi
   store.upsertSession(session({ id: 'old', startedAt: '2025-01-01T00:00:00.000Z', endedAt: '2025-01-01T00:01:00.000Z', closeReason: 'client closed the connection', complete: true }));
 
   const keys = await loadRecordingPublicKeys(stateDir);
-  t.same(await recoverSessionIndex(stateDir, store, keys, logger), { indexed: 1, closed: 1 });
+  t.same(await recoverSessionIndex(stateDir, store, keys, logger), { indexed: 1, closed: 1, unreadable: 0 });
   t.equal(logged.length, 1, 'logged once');
 
   const e = store.getSession('ended');
@@ -319,6 +319,39 @@ t.test('after an abrupt stop, the next start finishes the index from the recordi
   t.equal(store.getSession('old')?.endedAt, '2025-01-01T00:01:00.000Z');
   t.same(store.listSessions({ open: true }), [], 'no session is left open');
 
-  t.same(await recoverSessionIndex(stateDir, store, keys, logger), { indexed: 0, closed: 0 }, 'a second start finds nothing to do');
+  t.same(await recoverSessionIndex(stateDir, store, keys, logger), { indexed: 0, closed: 0, unreadable: 0 }, 'a second pass finds nothing to do');
   t.equal(logged.length, 1, 'and logs nothing');
+});
+
+t.test('the index is finished only after an abrupt stop, and never under a gateway still running', async (t) => {
+  const stateDir = tempDir(t);
+  const store = openSqliteStore(stateDir);
+  t.teardown(() => store.close());
+  const warned: string[] = [];
+  const logger = { warn: (_o: unknown, msg: string) => warned.push(msg), error: () => undefined } as unknown as Logger;
+  const marker = join(stateDir, 'gateway.running');
+  const keys = new Map();
+  const open = session({ id: 'live', startedAt: new Date().toISOString() });
+
+  t.equal(await recoverAfterAbruptStop(stateDir, store, keys, logger), undefined, 'a first start has nothing to finish');
+  t.equal(readFileSync(marker, 'utf8').trim(), String(process.pid), 'the state directory is marked as in use');
+  await markCleanStop(stateDir);
+  t.throws(() => readFileSync(marker), 'a clean stop removes the mark');
+
+  store.upsertSession(open);
+  t.equal(await recoverAfterAbruptStop(stateDir, store, keys, logger), undefined, 'after a clean stop nothing is read');
+  t.equal(store.getSession('live')?.endedAt, undefined, 'an open row is left as it is');
+
+  // A gateway still running on the directory (here: this test's parent process).
+  writeFileSync(marker, `${process.ppid}\n`);
+  t.equal(await recoverAfterAbruptStop(stateDir, store, keys, logger), undefined);
+  t.equal(store.getSession('live')?.endedAt, undefined, "another gateway's live session is not closed");
+  t.equal(readFileSync(marker, 'utf8').trim(), String(process.ppid), 'nor its mark taken');
+  t.match(warned, ['another gateway runs on this state directory; its sessions are not checked']);
+
+  // A mark left by a process that is gone: it stopped abruptly.
+  writeFileSync(marker, '2147483646\n');
+  t.match(await recoverAfterAbruptStop(stateDir, store, keys, logger), { closed: 1 });
+  t.match(store.getSession('live'), { closeReason: CRASH_CLOSE_REASON, complete: false });
+  t.equal(readFileSync(marker, 'utf8').trim(), String(process.pid), 'then marked as this process\'s');
 });
