@@ -231,9 +231,13 @@ export class PgRelay {
     this.#reads.start();
   }
 
-  /** The session's recording has fallen behind, or caught up (RelayReads.recording). */
+  /**
+   * The session's recording has fallen behind, or caught up
+   * (RelayReads.recording). Not once the session is shutting down: then the
+   * sockets must be read to see their ends (see shutdown).
+   */
   holdForRecording(behind: boolean): void {
-    if (behind || !this.#closed) this.#reads.recording(behind);
+    if (!this.#closed) this.#reads.recording(behind);
   }
 
   /**
@@ -247,6 +251,9 @@ export class PgRelay {
     if (this.#closed) return;
     this.#closeReason = reason;
     this.#closed = true;
+    // A session held for its recording is read again, as any other is while it closes: a socket
+    // never read would not see its peer's end, and would wait for the grace timer to be destroyed.
+    this.#reads.recording(false);
     if (error && this.upstreamFramer.atMessageBoundary && this.client.writable) this.client.end(error);
     else this.client.end();
     if (this.clientFramer.atMessageBoundary && this.upstream.writable) this.upstream.end(TERMINATE);
@@ -289,8 +296,10 @@ export class PgRelay {
     const reads = this.#reads.upstream;
     const afterChunk = (): void => {
       if (!this.#flush('client') && !this.#closed) {
-        reads.hold(ReadHold.drain);
-        to.once('drain', () => reads.release(ReadHold.drain));
+        if (!reads.holds(ReadHold.drain)) {
+          reads.hold(ReadHold.drain);
+          to.once('drain', () => reads.release(ReadHold.drain));
+        }
       }
       gate?.afterWrite();
     };
@@ -362,8 +371,10 @@ export class PgRelay {
       const flowing = this.#flush(side === 'client' ? 'upstream' : 'client');
       gate?.afterWrite();
       if (!flowing && !this.#closed) {
-        reads.hold(ReadHold.drain);
-        to.once('drain', () => reads.release(ReadHold.drain));
+        if (!reads.holds(ReadHold.drain)) {
+          reads.hold(ReadHold.drain);
+          to.once('drain', () => reads.release(ReadHold.drain));
+        }
       }
     };
     const rec = side === 'client' ? this.options.recordClient : undefined;

@@ -269,9 +269,13 @@ export class RedisRelay {
     this.#reads.start();
   }
 
-  /** The session's recording has fallen behind, or caught up (RelayReads.recording). */
+  /**
+   * The session's recording has fallen behind, or caught up
+   * (RelayReads.recording). Not once the session is shutting down: then the
+   * sockets must be read to see their ends (see shutdown).
+   */
   holdForRecording(behind: boolean): void {
-    if (behind || !this.#closed) this.#reads.recording(behind);
+    if (!this.#closed) this.#reads.recording(behind);
   }
 
   /** Ends the session from the gateway's side; the client gets `-ERR sluice: <reason>` when that cannot cut a reply in two. */
@@ -279,6 +283,9 @@ export class RedisRelay {
     if (this.#closed) return;
     this.#closeReason = reason;
     this.#closed = true;
+    // A session held for its recording is read again, as any other is while it closes: a socket
+    // never read would not see its peer's end, and would wait for the grace timer to be destroyed.
+    this.#reads.recording(false);
     // The reason goes to the client only as the reply to a command that is
     // still owed one: an error nobody asked for breaks clients' reply queues
     // (ioredis throws "Command queue state error"), so with nothing owed the
@@ -312,8 +319,10 @@ export class RedisRelay {
     if (rec) rec.framed(rec.base + this.stats.bytesFromClient - this.clientFramer.bufferedBytes);
     if (!flowing && !this.#clientFailed) {
       const reads = this.#reads.client;
-      reads.hold(ReadHold.drain);
-      this.upstream.once('drain', () => reads.release(ReadHold.drain));
+      if (!reads.holds(ReadHold.drain)) {
+        reads.hold(ReadHold.drain);
+        this.upstream.once('drain', () => reads.release(ReadHold.drain));
+      }
     }
     if (failure !== undefined) this.#clientViolation(failure);
   }
@@ -623,8 +632,10 @@ export class RedisRelay {
     }
     if (!flowing) {
       const reads = this.#reads.upstream;
-      reads.hold(ReadHold.drain);
-      this.client.once('drain', () => reads.release(ReadHold.drain));
+      if (!reads.holds(ReadHold.drain)) {
+        reads.hold(ReadHold.drain);
+        this.client.once('drain', () => reads.release(ReadHold.drain));
+      }
     }
     if (final) this.#endAfterViolation();
     if (failure !== undefined) this.#upstreamViolation(failure);

@@ -124,7 +124,7 @@ parentPort!.on('message', (m: SealRequest) => {
   parentPort!.postMessage({ outcomes } satisfies SealAnswer);
 });
 /**
- * This thread runs at the lowest CPU priority (nice 19). Nothing waits for
+ * On Linux this thread runs at the lowest CPU priority (nice 19). Nothing waits for
  * it on the data path: the event loop stages records and goes on, and only
  * the crash-loss bound and the staged memory depend on how soon a batch is
  * appended. At normal priority, its bursts (every writer's batch at each
@@ -135,15 +135,19 @@ parentPort!.on('message', (m: SealRequest) => {
  * (bench/RESULTS.md). Under a sustained CPU shortage it gets less than its
  * share and its backlog grows (docs/recording-format.md, Limits).
  *
- * On Linux the nice value is per thread: who = 0 is this thread alone, not
- * the process. Raising one's own nice value needs no privilege; where the
- * system refuses anyway (a seccomp profile, say), the thread keeps the
- * process's priority and works as before.
+ * Linux only: there the nice value is per thread, and who = 0 is this
+ * thread alone. Elsewhere it is the process's (macOS) or its priority
+ * class (Windows), which would lower the event loop too. Raising one's own
+ * nice value needs no privilege; where the system refuses anyway (a
+ * seccomp profile, say), the thread keeps the process's priority and works
+ * as before.
  */
 const SEAL_THREAD_NICE = 19;
-try {
-  setPriority(SEAL_THREAD_NICE);
-} catch {
-  // Kept at the process's priority: slower under contention, never wrong.
+if (process.platform === 'linux') {
+  try {
+    setPriority(SEAL_THREAD_NICE);
+  } catch {
+    // Kept at the process's priority: slower under contention, never wrong.
+  }
 }
 parentPort!.postMessage('ready');

@@ -462,7 +462,13 @@ export class RecordingWriter {
       // Once per process: the first batch should not wait for the thread to boot.
       await seal.ready;
     } catch (err) {
-      if (fd !== undefined) closeSync(fd);
+      if (fd !== undefined) {
+        try {
+          closeSync(fd);
+        } catch {
+          // The error that matters is the one that brought us here.
+        }
+      }
       markUnhealthy(err);
       throw writeFailed(`cannot create ${path}`, err);
     }
@@ -564,7 +570,8 @@ export class RecordingWriter {
   private caughtUp(): void {
     if (this.behind && this.stagedBytes < this.maxBacklog / 4) {
       this.behind = false;
-      this.onBacklog!(false);
+      // On the next tick like `true`, so the two always reach the session in the order they happened.
+      process.nextTick(this.onBacklog!, false);
     }
   }
 
