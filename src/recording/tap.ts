@@ -759,11 +759,13 @@ export class SessionRecording {
       tap.release(this.#writer, { upTo: tap.committedOffset });
     }
     tap.finish();
-    const result = await this.#writer.close({ closeReason });
-    this.#upsert({ closeReason, result });
+    // One end time for the footer and the index row (the footer is written up to 25 ms later).
+    const endedAt = new Date().toISOString();
+    const result = await this.#writer.close({ closeReason, endedAt });
+    this.#upsert({ closeReason, endedAt, result });
   }
 
-  #upsert(end: { closeReason: string; result: RecordingResult } | undefined): void {
+  #upsert(end: { closeReason: string; endedAt: string; result: RecordingResult } | undefined): void {
     const store = this.#recorder.store;
     const identity = this.#identity;
     if (!store || !identity) return;
@@ -779,7 +781,7 @@ export class SessionRecording {
       protocol: info.protocol,
       ...(info.clientAddress !== undefined ? { clientAddress: info.clientAddress } : {}),
       startedAt: this.#startedAt,
-      ...(end ? { endedAt: new Date().toISOString(), closeReason: end.closeReason } : {}),
+      ...(end ? { endedAt: end.endedAt, closeReason: end.closeReason } : {}),
       bytesIn: result?.bytesClientToGateway ?? 0,
       bytesOut: result?.bytesGatewayToClient ?? 0,
       statementsAllowed: this.#verdicts.allowed,

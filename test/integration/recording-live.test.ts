@@ -367,7 +367,7 @@ policies:
   const rows = list.stdout
     .trim()
     .split('\n')
-    .map((l) => JSON.parse(l) as { subject: string; complete: boolean; recording_path: string | null; target: string; statements_allowed: number });
+    .map((l) => JSON.parse(l) as { subject: string; complete: boolean; recording_path: string | null; target: string; statements_allowed: number; ended_at: string | null; final_hash: string | null });
   const mine = rows.filter((r) => r.subject === 'ci-job-7');
   t.ok(mine.length >= 7, `${mine.length} sessions of ci-job-7 indexed`);
   // The gates' verdicts reach the index: sessions that ran statements / commands count them.
@@ -376,6 +376,8 @@ policies:
   for (const r of mine) {
     t.equal(r.complete, true, `${r.target} session complete`);
     t.ok(r.recording_path && files.includes(r.recording_path), 'with its recording path');
+    const footer = (await verifyRecording(r.recording_path!, keys)).footer;
+    t.same([r.ended_at, r.final_hash], [footer?.endedAt, footer?.finalChain], 'its end time and final hash are the footer\'s');
   }
   const store = openSqliteStore(gw.stateDir);
   t.equal(store.listSessions({}).length, rows.length, 'the CLI lists every row of the index');
