@@ -76,8 +76,6 @@ export class PostgresSession implements SessionHandle {
   #preAuthReleased = false;
   /** The client-edge recording (src/recording/tap.ts); absent when recording is off. */
   #recording: SessionRecording | undefined;
-  /** The recording is behind: the relay, once started, holds its reads (SessionRecording.onBacklog). */
-  #recordingBehind = false;
   /** Client bytes of every handshake message read so far: the next message's absolute offset. */
   #consumed = 0;
 
@@ -110,10 +108,7 @@ export class PostgresSession implements SessionHandle {
       clientAddress: `${this.#socket.remoteAddress}:${this.#socket.remotePort}`,
     });
     this.#recording?.onFailure((err) => this.#recordingFailed(err));
-    this.#recording?.onBacklog((behind) => {
-      this.#recordingBehind = behind;
-      this.#relay?.holdForRecording(behind);
-    });
+    this.#recording?.onBacklog((behind) => this.#relay?.holdForRecording(behind));
     this.#reader.attach(this.#socket);
     try {
       await this.#handshake();
@@ -374,7 +369,7 @@ export class PostgresSession implements SessionHandle {
     );
     if (tap) tap.handOverReads();
     this.#relay = relay;
-    if (this.#recordingBehind) relay.holdForRecording(true);
+    if (this.#recording?.behind) relay.holdForRecording(true);
     log.info(
       {
         groups: this.#identity?.groups,

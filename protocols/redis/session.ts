@@ -75,8 +75,6 @@ export class RedisSession implements SessionHandle {
   #framerBase = 0;
   /** The client-edge recording (src/recording/tap.ts); absent when recording is off. */
   #recording: SessionRecording | undefined;
-  /** The recording is behind: the relay, once started, holds its reads (SessionRecording.onBacklog). */
-  #recordingBehind = false;
   readonly #onData = (chunk: Buffer): void => this.#receive(chunk);
 
   constructor(
@@ -128,10 +126,7 @@ export class RedisSession implements SessionHandle {
       clientAddress: `${this.#socket.remoteAddress}:${this.#socket.remotePort}`,
     });
     this.#recording?.onFailure((err) => this.#recordingFailed(err));
-    this.#recording?.onBacklog((behind) => {
-      this.#recordingBehind = behind;
-      this.#relay?.holdForRecording(behind);
-    });
+    this.#recording?.onBacklog((behind) => this.#relay?.holdForRecording(behind));
     // Bytes after the login command are recorded once the relay has framed them (a credential among them is scrubbed).
     const maxBytes = this.target.limits.maxMessageBytes;
     this.#recording?.tap.framesClientAfterLogin((unframed) => scrubUnframed(unframed, maxBytes));
@@ -372,7 +367,7 @@ export class RedisSession implements SessionHandle {
         onClose: (reason) => this.#ended(reason),
     });
     this.#relay = relay;
-    if (this.#recordingBehind) relay.holdForRecording(true);
+    if (this.#recording?.behind) relay.holdForRecording(true);
     log.info(
       {
         groups: this.#identity?.groups,

@@ -487,6 +487,12 @@ export interface RecordingSettings {
 const PROBE_INTERVAL_MS = 3_000;
 const RETENTION_INTERVAL_MS = 60 * 60_000;
 
+/** What the recorder counts in the gateway's metrics. */
+export interface RecordingMetrics {
+  /** A session paused for its recording (sluice_recording_backpressure_total). */
+  recordingBackpressure(target: string): void;
+}
+
 export interface SessionInfo {
   sessionId: string;
   target: string;
@@ -505,7 +511,7 @@ export class SessionRecorder {
   readonly store: SessionStore | undefined;
   readonly logger: Logger;
   readonly maxHeldBytes: number;
-  readonly metrics: { recordingBackpressure(target: string): void } | undefined;
+  readonly metrics: RecordingMetrics | undefined;
   readonly #live = new Set<SessionRecording>();
   #lastProbe = 0;
   #probe: Promise<boolean> | undefined;
@@ -518,8 +524,7 @@ export class SessionRecorder {
     store?: SessionStore;
     logger: Logger;
     maxHeldBytes?: number;
-    /** Counts the sessions' pauses for their recordings (sluice_recording_backpressure_total). */
-    metrics?: { recordingBackpressure(target: string): void };
+    metrics?: RecordingMetrics;
   }) {
     this.stateDir = opts.stateDir;
     this.settings = opts.settings;
@@ -609,6 +614,7 @@ export class SessionRecording {
   #pendingFailure: SluiceError | undefined;
   #backlog: ((behind: boolean) => void) | undefined;
   #backlogPauses = 0;
+  #behind = false;
   readonly #verdicts = { allowed: 0, denied: 0, approvals: 0 };
 
   constructor(recorder: SessionRecorder, info: SessionInfo, done: () => void) {
@@ -640,7 +646,13 @@ export class SessionRecording {
     this.#backlog = handler;
   }
 
+  /** The recording is behind now: a relay started meanwhile must start held. */
+  get behind(): boolean {
+    return this.#behind;
+  }
+
   #backlogChanged(behind: boolean): void {
+    this.#behind = behind;
     if (behind) {
       this.#recorder.metrics?.recordingBackpressure(this.#info.target);
       if (this.#backlogPauses++ === 0) {

@@ -234,10 +234,19 @@ async function createFile(dir: string, path: string, header: Buffer): Promise<nu
   try {
     appendAllSync(fd, [header]);
   } catch (err) {
-    closeSync(fd);
+    closeQuietly(fd);
     throw err;
   }
   return fd;
+}
+
+/** Closes a recording's descriptor; an error (EBADF, EIO) has nothing left to tell: the data is down or the recording has failed. */
+function closeQuietly(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    // See above.
+  }
 }
 
 // --- slabs (process-wide) -----------------------------------------------------
@@ -353,7 +362,7 @@ export class RecordingWriter {
   private readonly onBacklog: ((behind: boolean) => void) | undefined;
   /** onBacklog(true) was called, and onBacklog(false) not since. */
   private behind = false;
-  /** Bytes of the batch the seal thread is writing (0 when none is in flight). */
+  /** Bytes of the batch taken last, while the seal thread writes it (0 when none is in flight). */
   private inFlightBytes = 0;
   /** hrtime() at the start: seconds and nanoseconds, as two numbers (see micros). */
   private readonly t0s: number;
@@ -462,13 +471,7 @@ export class RecordingWriter {
       // Once per process: the first batch should not wait for the thread to boot.
       await seal.ready;
     } catch (err) {
-      if (fd !== undefined) {
-        try {
-          closeSync(fd);
-        } catch {
-          // The error that matters is the one that brought us here.
-        }
-      }
+      if (fd !== undefined) closeQuietly(fd);
       markUnhealthy(err);
       throw writeFailed(`cannot create ${path}`, err);
     }
@@ -643,6 +646,7 @@ export class RecordingWriter {
     this.closeRun();
     const job: SealJob = { writer: this.id, pieces: this.staged.map(piece) };
     this.staged = [];
+    this.inFlightBytes = this.stagedBytes;
     this.stagedBytes = 0;
     this.recordsSinceCheckpoint += this.nextSeq - this.takenSeq;
     this.takenSeq = this.nextSeq;
@@ -693,8 +697,8 @@ export class RecordingWriter {
   /** Has the seal thread append a batch; `done` = slabs with no record outside this batch or earlier ones, reusable once it is written. */
   private async write(job: SealJob, done: Buffer[]): Promise<void> {
     const estimated = (job.checkpoint ? CHECKPOINT_ESTIMATE : 0) + (job.footer ? FOOTER_ESTIMATE : 0);
-    for (const p of job.pieces) this.inFlightBytes += p.end - p.start;
-    const o: SealOutcome = await this.seal.seal(job).finally(() => (this.inFlightBytes = 0));
+    const o: SealOutcome = await this.seal.seal(job);
+    this.inFlightBytes = 0;
     this.accounted += o.added - estimated;
     this.written += o.written;
     if (o.error !== undefined) {
@@ -753,11 +757,7 @@ export class RecordingWriter {
     this.release(true);
     // Synchronous, like the create: the data is down (fsynced) or the recording has failed, so a
     // close has nothing to flush, and through the thread pool it was one more round trip per session.
-    try {
-      closeSync(this.fd);
-    } catch {
-      // EBADF or EIO: nothing of the file depends on it any more.
-    }
+    closeQuietly(this.fd);
     return {
       path: this.path,
       size: this.written,
