@@ -254,6 +254,20 @@ function putU32(out: Uint8Array, value: number, at: number): void {
 const TABLE_CRC_MAX = 128;
 
 /**
+ * Payloads from this size are copied into the record with Buffer#fill, not
+ * TypedArray#set. The writer's slabs are SharedArrayBuffers (seal-thread.ts),
+ * and V8 copies into one with relaxed atomic stores, a word at a time only
+ * when source and destination have the same alignment mod 8, else a byte at
+ * a time; a payload lands 18 bytes after a record of any length, so mostly
+ * the latter. Measured on this project's host (Node 20): set 3.3 GB/s into
+ * a SharedArrayBuffer against 45 GB/s into ordinary memory; fill, whose
+ * C++ side is one memcpy when the range is the value's length, costs a
+ * fixed ~65 ns and then runs at memcpy speed. The two cross at about 180
+ * bytes: below, set; a 64 KiB chunk, 20 µs with set, takes 1.5 µs with fill.
+ */
+const FILL_COPY_MIN = 192;
+
+/**
  * Writes one record into `out` at `at` without its CRC: the prefix and the
  * payload, with the CRC's four bytes left for sealRecords to fill. Returns
  * the offset after the record (its CRC included). The recording writer
@@ -261,7 +275,7 @@ const TABLE_CRC_MAX = 128;
  * CRCs (seal-thread.ts).
  */
 export function stageRecord(
-  out: Uint8Array,
+  out: Buffer,
   at: number,
   type: number,
   direction: number,
@@ -277,7 +291,9 @@ export function stageRecord(
   putU32(out, Math.floor(micros / 0x1_0000_0000), at + 6);
   putU32(out, micros >>> 0, at + 10);
   putU32(out, payload.length, at + 14);
-  out.set(payload, at + RECORD_PREFIX);
+  const from = at + RECORD_PREFIX;
+  if (payload.length >= FILL_COPY_MIN) out.fill(payload, from, from + payload.length);
+  else out.set(payload, from);
   return at + RECORD_OVERHEAD + payload.length;
 }
 

@@ -196,22 +196,28 @@ t.test('record overhead is what the format says', async (t) => {
 });
 
 t.test('records staged without their CRC and sealed later are the records encodeRecord makes', async (t) => {
-  // Both CRC paths: the table loop (payloads up to 128 bytes) and zlib beyond.
-  const payloads = [0, 1, 5, 127, 128, 129, 5000].map((n) => randomBytes(n));
+  // Both CRC paths: the table loop (payloads up to 128 bytes) and zlib beyond; both copy paths
+  // (TypedArray#set below 192 bytes, Buffer#fill from there), into ordinary memory and into a
+  // SharedArrayBuffer as the writer's slabs are.
+  const payloads = [0, 1, 5, 127, 128, 129, 191, 192, 193, 5000, 70_000].map((n) => randomBytes(n));
   const size = payloads.reduce((sum, p) => sum + RECORD_OVERHEAD + p.length, 0);
   const direct = Buffer.concat(payloads.map((p, i) => encodeRecord(RecordType.data, i % 2, i, 1000 * i, p)));
-  const staged = Buffer.alloc(size + 8, 0xaa);
-  let b = 4; // not at the start of its buffer, like a run in the middle of a slab
-  payloads.forEach((p, i) => {
-    b = stageRecord(staged, b, RecordType.data, i % 2, i, 1000 * i, p);
-  });
-  t.equal(b - 4, direct.length, 'the same length');
-  t.not(staged.subarray(4, b).toString('hex'), direct.toString('hex'), 'the CRCs are not there before sealing');
-  t.equal(sealRecords(staged, 4, b), payloads.length, 'every record sealed');
-  t.equal(staged.subarray(4, b).toString('hex'), direct.toString('hex'), 'byte for byte the same records');
-  t.equal(staged.readUInt32BE(0), 0xaaaaaaaa, 'nothing before the run is touched');
-  t.equal(staged.readUInt32BE(b), 0xaaaaaaaa, 'nothing after the run is touched');
-  t.throws(() => sealRecords(staged, 4, b - 1), RangeError, 'a run that ends inside a record is refused');
+  for (const [memory, staged] of [
+    ['ordinary memory', Buffer.alloc(size + 8, 0xaa)],
+    ['a SharedArrayBuffer', Buffer.from(new SharedArrayBuffer(size + 8)).fill(0xaa)],
+  ] as const) {
+    let b = 4; // not at the start of its buffer, like a run in the middle of a slab
+    payloads.forEach((p, i) => {
+      b = stageRecord(staged, b, RecordType.data, i % 2, i, 1000 * i, p);
+    });
+    t.equal(b - 4, direct.length, `${memory}: the same length`);
+    t.not(staged.subarray(4, b).toString('hex'), direct.toString('hex'), `${memory}: the CRCs are not there before sealing`);
+    t.equal(sealRecords(staged, 4, b), payloads.length, `${memory}: every record sealed`);
+    t.equal(staged.subarray(4, b).toString('hex'), direct.toString('hex'), `${memory}: byte for byte the same records`);
+    t.equal(staged.readUInt32BE(0), 0xaaaaaaaa, `${memory}: nothing before the run is touched`);
+    t.equal(staged.readUInt32BE(b), 0xaaaaaaaa, `${memory}: nothing after the run is touched`);
+    t.throws(() => sealRecords(staged, 4, b - 1), RangeError, `${memory}: a run that ends inside a record is refused`);
+  }
 });
 
 t.test('after a short writev, what is left to append is exactly the unwritten bytes', async (t) => {
