@@ -5,6 +5,8 @@
  *   relay           client -> zero-parse Node relay (bench/lib/relay.ts) -> PostgreSQL
  *   sluice          client -> `sluice serve`, masking off, recording off
  *   sluice+masking  client -> `sluice serve`, policy masking [emails, cards], recording off
+ *   sluice+recording client -> `sluice serve`, masking off, every byte recorded (issue 6)
+ *   baseline, baseline+recording  with BENCH_BASELINE: another build's Sluice (bench/lib/sluice.ts)
  *
  * 1. Throughput: one simple Query whose result is 100 MB+ of DataRows
  *    (400k rows by default), streamed to a minimal wire client that only
@@ -27,7 +29,7 @@ import { PG_BIN } from '../test/helpers/process.js';
 import { backgroundBusy, envInt, runRounds, timestamp, writeWorkFile, type Absent, type Contender } from './lib/harness.js';
 import { describeMachine, machineText } from './lib/machine.js';
 import { buildTables, tablesMarkdown, tablesText, type ReportInput } from './lib/report.js';
-import { startSluice } from './lib/sluice.js';
+import { baselineCandidates, startSluice } from './lib/sluice.js';
 import { startRelay } from './lib/spawn.js';
 import { fmtFixed, renderMarkdown, renderText, type Table } from './lib/table.js';
 
@@ -292,6 +294,14 @@ async function main(): Promise<void> {
         cleanups.push(() => s.stop());
         return { name: 'sluice+masking', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
       }],
+      // A large result is where recording moves the most bytes per unit of relay work: every
+      // DataRow is staged, checksummed, hashed and written (docs/recording-format.md).
+      ['sluice+recording', false, async () => {
+        const s = await startSluice(target, { recording: true });
+        cleanups.push(() => s.stop());
+        return { name: 'sluice+recording', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
+      }],
+      ...baselineCandidates(target, cleanups).map(([name, start]) => [name, false, start] as [string, boolean, () => Promise<Contender>]),
     ];
     for (const [name, masked, start] of candidates) {
       if (!wanted(name)) continue;
@@ -321,7 +331,7 @@ async function main(): Promise<void> {
       contenders: contenders.map((c) => c.name),
       absent,
       cells,
-      ratios: [['sluice+masking', 'relay'], ['sluice', 'relay'], ['sluice+masking', 'sluice'], ['relay', 'direct']],
+      ratios: [['sluice+masking', 'relay'], ['sluice', 'relay'], ['sluice+masking', 'sluice'], ['sluice+recording', 'sluice'], ['sluice+recording', 'baseline+recording'], ['relay', 'direct']],
       rounds: ROUNDS,
     };
     const tables = buildTables(report);
