@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import type { Logger } from '../../src/log.js';
 import { ReadHold, RelayReads } from '../../src/gateway/socket-reads.js';
+import { endSocket } from '../../src/gateway/net.js';
 import { PgFramer, PgProtocolError, type FramerSink } from './framer.js';
 import { Frontend, errorResponse, sqlstate, terminate } from './messages.js';
 
@@ -220,7 +221,7 @@ export class PgRelay {
     for (const socket of [this.client, this.upstream]) {
       socket.once('close', () => {
         if (--this.#open === 0) this.#finish();
-        else this.#peer(socket).end();
+        else endSocket(this.#peer(socket));
       });
     }
     if (this.options.idleTimeoutMs > 0) {
@@ -390,13 +391,13 @@ export class PgRelay {
         this.#closeReason = this.#clientTerminated ? 'client ended the connection' : `${side} ended the connection`;
       }
       this.#flush();
-      to.end();
+      endSocket(to);
     });
     from.on('error', (err) => {
       this.options.logger.debug({ side, err: err.message }, 'socket error');
       if (!this.#closed && this.#closeReason === 'closed') this.#closeReason = `${side} socket error: ${err.message}`;
       from.destroy();
-      to.end();
+      endSocket(to);
     });
   }
 

@@ -36,6 +36,7 @@
 import type { Socket } from 'node:net';
 import type { Logger } from '../../src/log.js';
 import { ReadHold, RelayReads } from '../../src/gateway/socket-reads.js';
+import { endSocket } from '../../src/gateway/net.js';
 import { CommandClassifier, EXECABORT, IDENTITY_FIXED, Verdict, tokenIs } from './commands.js';
 import { error, type RespVersion } from './replies.js';
 import { RespProtocolError, RespReplyFramer, RespRequestFramer, type ReplyEndInfo, type ReplySink, type RequestSpanSink, type RespRequestLimits } from './resp.js';
@@ -256,7 +257,7 @@ export class RedisRelay {
     for (const socket of [this.client, this.upstream]) {
       socket.once('close', () => {
         if (--this.#open === 0) this.#finish();
-        else this.#peer(socket).end();
+        else endSocket(this.#peer(socket));
       });
     }
     if (this.options.idleTimeoutMs > 0) {
@@ -781,13 +782,13 @@ export class RedisRelay {
       if (!this.#closed && this.#closeReason === 'closed') {
         this.#closeReason = this.#clientQuit ? 'client ended the connection' : `${side} ended the connection`;
       }
-      to.end();
+      endSocket(to);
     });
     from.on('error', (err) => {
       this.options.logger.debug({ side, err: err.message }, 'socket error');
       if (!this.#closed && this.#closeReason === 'closed') this.#closeReason = `${side} socket error: ${err.message}`;
       from.destroy();
-      to.end();
+      endSocket(to);
     });
   }
 
