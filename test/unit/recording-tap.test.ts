@@ -198,6 +198,29 @@ t.test('a client chunk read directly is recorded once the relay handled it, and 
 
 t.test('reads handed over by the relay: the same order, each chunk recorded once', (t) => requestThenReply(t, true));
 
+t.test('short sessions hand their first slab to the next ones', async (t) => {
+  const stateDir = tempDir(t);
+  const key = await openRecordingKey(stateDir);
+  const open = () => RecordingWriter.open({ stateDir, meta: meta(), key, flushIntervalMs: 5, onFailure: (e) => t.fail(e.message) });
+  trimSpareSlabs();
+  // Any full-size spare left by earlier tests would be taken first: use them up.
+  const holders = await Promise.all(Array.from({ length: spareSlabStats().spares }, open));
+  t.equal(spareSlabStats().spares, 0, 'no full-size spare left');
+  const first = await open();
+  const before = spareSlabStats().firstSpares;
+  first.record('client', Buffer.from('SELECT 1'));
+  await first.close({ closeReason: 'test' });
+  t.equal(spareSlabStats().firstSpares, before + 1, 'a session that never outgrew its first slab gives it back');
+  const next = await open();
+  t.equal(spareSlabStats().firstSpares, before, 'the next session takes it instead of a new one');
+  next.record('client', Buffer.from('PING'));
+  await next.close({ closeReason: 'test' });
+  const records: string[] = [];
+  for await (const r of readRecording(next.path)) if (r.type === 'data') records.push(`${r.direction} ${r.bytes.toString()}`);
+  t.same(records, ['client PING'], 'a reused first slab records exactly what was recorded');
+  for (const h of holders) await h.close({ closeReason: 'test' });
+});
+
 t.test('spare slabs: one per writer open at the peak is kept, handed to the next sessions, and trimmed later', async (t) => {
   const stateDir = tempDir(t);
   const key = await openRecordingKey(stateDir);
