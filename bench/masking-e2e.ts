@@ -331,7 +331,7 @@ async function main(): Promise<void> {
       contenders: contenders.map((c) => c.name),
       absent,
       cells,
-      ratios: [['sluice+masking', 'relay'], ['sluice', 'relay'], ['sluice+masking', 'sluice'], ['sluice+recording', 'sluice'], ['sluice+recording', 'baseline+recording'], ['relay', 'direct']],
+      ratios: [['sluice+masking', 'relay'], ['sluice', 'relay'], ['sluice+masking', 'sluice'], ['sluice+recording', 'sluice'], ['sluice', 'baseline'], ['sluice+recording', 'baseline+recording'], ['relay', 'direct']],
       rounds: ROUNDS,
     };
     const tables = buildTables(report);

@@ -278,10 +278,10 @@ function closeQuietly(fd: number): void {
  */
 const spareSlabs: Buffer[] = [];
 /**
- * First slabs (FIRST_SLAB_SIZE) of writers that never outgrew them, for the
- * next writer when no full-size spare is left: the common case under
- * connection churn (a CI suite's connections, pgbench -C), where every
- * session is short. A SharedArrayBuffer is zero-filled and registered with
+ * First slabs (FIRST_SLAB_SIZE) whose records are on disk, whether their
+ * writer closed or outgrew them, for the next writer when no full-size
+ * spare is left: what short sessions use under connection churn (a CI
+ * suite's connections, pgbench -C). A SharedArrayBuffer is zero-filled and registered with
  * V8's backing store table when made, and finalized by the GC: about 7 µs
  * for 16 KiB here, against a pop. Bounded like the full-size spares.
  */

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as zlib from 'node:zlib';
 import t, { type Test } from 'tap';
-import { MAGIC, RECORD_OVERHEAD, RecordType, crc32, crc32Table, encodeRecord, sealRecords, stageRecord, type RecordingMeta } from '../../src/recording/format.js';
+import { MAGIC, RECORD_OVERHEAD, RECORD_PREFIX, RecordType, crc32, crc32Table, encodeRecord, sealRecords, stageRecord, type RecordingMeta } from '../../src/recording/format.js';
 import { keyIdOf, loadRecordingPublicKeys, openRecordingKey } from '../../src/recording/keys.js';
 import { readRecording } from '../../src/recording/reader.js';
 import { sealThread } from '../../src/recording/seal-thread.js';
@@ -212,6 +212,13 @@ t.test('records staged without their CRC and sealed later are the records encode
     });
     t.equal(b - 4, direct.length, `${memory}: the same length`);
     t.not(staged.subarray(4, b).toString('hex'), direct.toString('hex'), `${memory}: the CRCs are not there before sealing`);
+    let at = 4;
+    const copied = payloads.every((p) => {
+      const ok = staged.subarray(at + RECORD_PREFIX, at + RECORD_PREFIX + p.length).equals(p);
+      at += RECORD_OVERHEAD + p.length;
+      return ok;
+    });
+    t.ok(copied, `${memory}: every payload copied as it was`);
     t.equal(sealRecords(staged, 4, b), payloads.length, `${memory}: every record sealed`);
     t.equal(staged.subarray(4, b).toString('hex'), direct.toString('hex'), `${memory}: byte for byte the same records`);
     t.equal(staged.readUInt32BE(0), 0xaaaaaaaa, `${memory}: nothing before the run is touched`);

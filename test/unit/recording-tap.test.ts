@@ -9,7 +9,9 @@
  *   yet before any reply written meanwhile: the order stays as received,
  *   whether the tap observes the reads or the relay hands them over;
  * - one spare slab per open writer is kept for reuse, and no more than the
- *   floor once they closed.
+ *   floor once they closed;
+ * - a short session's first slab goes to the next session, only once the
+ *   seal thread has written its records.
  */
 import { randomBytes } from 'node:crypto';
 import { EventEmitter, once } from 'node:events';
@@ -22,6 +24,7 @@ import { adoptWithDirectReads } from '../../src/gateway/direct-reads.js';
 import type { RecordingMeta } from '../../src/recording/format.js';
 import { loadRecordingPublicKeys, openRecordingKey } from '../../src/recording/keys.js';
 import { readRecording } from '../../src/recording/reader.js';
+import { sealThread } from '../../src/recording/seal-thread.js';
 import { RecordingTap } from '../../src/recording/tap.js';
 import { verifyRecording } from '../../src/recording/verify.js';
 import { RecordingWriter, spareSlabStats, trimSpareSlabs } from '../../src/recording/writer.js';
@@ -198,7 +201,7 @@ t.test('a client chunk read directly is recorded once the relay handled it, and 
 
 t.test('reads handed over by the relay: the same order, each chunk recorded once', (t) => requestThenReply(t, true));
 
-t.test('short sessions hand their first slab to the next ones', async (t) => {
+t.test('short sessions hand their first slab to the next ones, once its records are on disk', async (t) => {
   const stateDir = tempDir(t);
   const key = await openRecordingKey(stateDir);
   const open = () => RecordingWriter.open({ stateDir, meta: meta(), key, flushIntervalMs: 5, onFailure: (e) => t.fail(e.message) });
@@ -208,9 +211,15 @@ t.test('short sessions hand their first slab to the next ones', async (t) => {
   t.equal(spareSlabStats().spares, 0, 'no full-size spare left');
   const first = await open();
   const before = spareSlabStats().firstSpares;
-  first.record('client', Buffer.from('SELECT 1'));
-  await first.close({ closeReason: 'test' });
-  t.equal(spareSlabStats().firstSpares, before + 1, 'a session that never outgrew its first slab gives it back');
+  first.record('client', Buffer.from('SELECT 1; -- a longer command than the next session sends'));
+  // The seal thread held, as a slow disk would: the slab must not go back while its last batch waits.
+  const release = sealThread().stall();
+  const closing = first.close({ closeReason: 'test' });
+  await new Promise((r) => setTimeout(r, 100));
+  t.equal(spareSlabStats().firstSpares, before, 'not handed back while its records are not written');
+  release();
+  await closing;
+  t.equal(spareSlabStats().firstSpares, before + 1, 'handed back once they are');
   const next = await open();
   t.equal(spareSlabStats().firstSpares, before, 'the next session takes it instead of a new one');
   next.record('client', Buffer.from('PING'));
@@ -218,7 +227,10 @@ t.test('short sessions hand their first slab to the next ones', async (t) => {
   const records: string[] = [];
   for await (const r of readRecording(next.path)) if (r.type === 'data') records.push(`${r.direction} ${r.bytes.toString()}`);
   t.same(records, ['client PING'], 'a reused first slab records exactly what was recorded');
+  const v = await verifyRecording(next.path, await loadRecordingPublicKeys(stateDir));
+  t.ok(v.ok && v.complete, 'and verifies');
   for (const h of holders) await h.close({ closeReason: 'test' });
+  trimSpareSlabs();
 });
 
 t.test('spare slabs: one per writer open at the peak is kept, handed to the next sessions, and trimmed later', async (t) => {
