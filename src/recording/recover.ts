@@ -31,6 +31,7 @@ import { join } from 'node:path';
 import type { Logger } from '../log.js';
 import type { SessionRecord, SessionStore } from '../store/types.js';
 import { listRecordingFiles } from './files.js';
+import { indexRow } from './index-row.js';
 import {
   FILE_EXTENSION,
   FOOTER_SIG_DOMAIN,
@@ -135,26 +136,7 @@ export async function recoverSessionIndex(stateDir: string, store: SessionStore,
     const h = ends.header;
     // A file named for another session's id is not this session's recording.
     if (h === undefined || h.subject === '' || h.sessionId !== id) continue;
-    const row: SessionRecord = {
-      id,
-      subject: h.subject,
-      groups: h.groups,
-      issuer: h.issuer,
-      ...(h.tokenIdHash !== undefined ? { tokenIdHash: h.tokenIdHash } : {}),
-      target: h.target,
-      protocol: h.protocol,
-      ...(h.clientAddress !== undefined ? { clientAddress: h.clientAddress } : {}),
-      startedAt: h.startedAt,
-      bytesIn: 0,
-      bytesOut: 0,
-      statementsAllowed: 0,
-      statementsDenied: 0,
-      approvals: 0,
-      maskingCounts: {},
-      recordingPath: path,
-      complete: false,
-    };
-    store.upsertSession(closedRow(row, ends));
+    store.upsertSession(closedRow({ ...indexRow(h), recordingPath: path }, ends));
     result.indexed++;
   }
   if (result.indexed > 0 || result.closed > 0 || result.unreadable > 0) {

@@ -56,7 +56,8 @@ import type { Logger } from '../log.js';
 import { ErrorCodes, SluiceError } from '../errors.js';
 import type { Identity } from '../identity/types.js';
 import type { AuditVerdict, SessionRecord, SessionStore } from '../store/types.js';
-import type { Direction } from './format.js';
+import type { Direction, RecordingMeta } from './format.js';
+import { indexRow } from './index-row.js';
 import type { RecordingKey } from './keys.js';
 import { purgeRecordings } from './retention.js';
 import { sealThread } from './seal-thread.js';
@@ -725,23 +726,29 @@ export class SessionRecording {
         flushIntervalMs: recorder.settings.flushIntervalMs,
         ...(recorder.settings.maxBacklogBytes !== undefined ? { maxBacklogBytes: recorder.settings.maxBacklogBytes } : {}),
         onBacklog: (behind) => this.#backlogChanged(behind),
-        meta: {
-          sessionId: info.sessionId,
-          target: info.target,
-          protocol: info.protocol,
-          subject: identity?.subject ?? '',
-          groups: identity?.groups ?? [],
-          issuer: identity?.issuer ?? '',
-          ...(identity ? { tokenIdHash: identity.tokenId } : {}),
-          ...(info.clientAddress !== undefined ? { clientAddress: info.clientAddress } : {}),
-          startedAt: this.#startedAt,
-        },
+        meta: this.#meta(identity),
         onFailure: (err) => this.#fail(err),
       });
     } catch (err) {
       recorder.logger.error({ session: info.sessionId, reason: err instanceof Error ? err.message : String(err) }, 'session recording could not be opened');
       throw new SluiceError(ErrorCodes.RECORDING_WRITE_FAILED, 'session recording is unavailable; new sessions are refused until it recovers', { cause: err });
     }
+  }
+
+  /** What the recording's header says of the session; a failed login's recording has no subject. */
+  #meta(identity: Identity | undefined): RecordingMeta {
+    const info = this.#info;
+    return {
+      sessionId: info.sessionId,
+      target: info.target,
+      protocol: info.protocol,
+      subject: identity?.subject ?? '',
+      groups: identity?.groups ?? [],
+      issuer: identity?.issuer ?? '',
+      ...(identity ? { tokenIdHash: identity.tokenId } : {}),
+      ...(info.clientAddress !== undefined ? { clientAddress: info.clientAddress } : {}),
+      startedAt: this.#startedAt,
+    };
   }
 
   /** Closes the recording (footer, fsync) and completes the index row. Idempotent; never rejects. */
@@ -781,25 +788,15 @@ export class SessionRecording {
     const store = this.#recorder.store;
     const identity = this.#identity;
     if (!store || !identity) return;
-    const info = this.#info;
     const result = end?.result;
     const row: SessionRecord = {
-      id: info.sessionId,
-      subject: identity.subject,
-      groups: identity.groups,
-      issuer: identity.issuer,
-      tokenIdHash: identity.tokenId,
-      target: info.target,
-      protocol: info.protocol,
-      ...(info.clientAddress !== undefined ? { clientAddress: info.clientAddress } : {}),
-      startedAt: this.#startedAt,
+      ...indexRow(this.#meta(identity)),
       ...(end ? { endedAt: end.endedAt, closeReason: end.closeReason } : {}),
       bytesIn: result?.bytesClientToGateway ?? 0,
       bytesOut: result?.bytesGatewayToClient ?? 0,
       statementsAllowed: this.#verdicts.allowed,
       statementsDenied: this.#verdicts.denied,
       approvals: this.#verdicts.approvals,
-      maskingCounts: {},
       ...(this.#writer ? { recordingPath: this.#writer.path } : {}),
       ...(result ? { recordingSize: result.size, finalHash: result.finalHash } : {}),
       complete: result?.complete ?? false,
@@ -807,7 +804,7 @@ export class SessionRecording {
     try {
       store.upsertSession(row);
     } catch (err) {
-      this.#recorder.logger.error({ session: info.sessionId, reason: err instanceof Error ? err.message : String(err) }, 'session index row could not be written');
+      this.#recorder.logger.error({ session: this.#info.sessionId, reason: err instanceof Error ? err.message : String(err) }, 'session index row could not be written');
     }
   }
 }
