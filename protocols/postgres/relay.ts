@@ -296,12 +296,7 @@ export class PgRelay {
     };
     const reads = this.#reads.upstream;
     const afterChunk = (): void => {
-      if (!this.#flush('client') && !this.#closed) {
-        if (!reads.holds(ReadHold.drain)) {
-          reads.hold(ReadHold.drain);
-          to.once('drain', () => reads.release(ReadHold.drain));
-        }
-      }
+      if (!this.#flush('client') && !this.#closed) reads.holdUntilDrained(to);
       gate?.afterWrite();
     };
     from.on('data', (chunk: Buffer) => {
@@ -371,12 +366,7 @@ export class PgRelay {
       }
       const flowing = this.#flush(side === 'client' ? 'upstream' : 'client');
       gate?.afterWrite();
-      if (!flowing && !this.#closed) {
-        if (!reads.holds(ReadHold.drain)) {
-          reads.hold(ReadHold.drain);
-          to.once('drain', () => reads.release(ReadHold.drain));
-        }
-      }
+      if (!flowing && !this.#closed) reads.holdUntilDrained(to);
     };
     const rec = side === 'client' ? this.options.recordClient : undefined;
     from.on('data', rec ? (chunk: Buffer) => (rec.received(chunk), onData(chunk), rec.handled()) : onData);

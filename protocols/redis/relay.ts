@@ -318,13 +318,7 @@ export class RedisRelay {
     // Recorded once the commands are on their way upstream: recording need not delay them.
     const rec = this.#recording;
     if (rec) rec.framed(rec.base + this.stats.bytesFromClient - this.clientFramer.bufferedBytes);
-    if (!flowing && !this.#clientFailed) {
-      const reads = this.#reads.client;
-      if (!reads.holds(ReadHold.drain)) {
-        reads.hold(ReadHold.drain);
-        this.upstream.once('drain', () => reads.release(ReadHold.drain));
-      }
-    }
+    if (!flowing && !this.#clientFailed) this.#reads.client.holdUntilDrained(this.upstream);
     if (failure !== undefined) this.#clientViolation(failure);
   }
 
@@ -631,13 +625,7 @@ export class RedisRelay {
       if (final) out = out.filter((o) => o !== FINAL_MARK);
       if (out.length > 0) flowing = this.#writeClient(out);
     }
-    if (!flowing) {
-      const reads = this.#reads.upstream;
-      if (!reads.holds(ReadHold.drain)) {
-        reads.hold(ReadHold.drain);
-        this.client.once('drain', () => reads.release(ReadHold.drain));
-      }
-    }
+    if (!flowing) this.#reads.upstream.holdUntilDrained(this.client);
     if (final) this.#endAfterViolation();
     if (failure !== undefined) this.#upstreamViolation(failure);
   }

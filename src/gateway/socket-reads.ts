@@ -48,6 +48,19 @@ export class SocketReads {
   holds(reason: number): boolean {
     return (this.#holds & reason) !== 0;
   }
+
+  /**
+   * `other`, which this socket's bytes are written to, buffers too much:
+   * hold for `drain` until it drains. One 'drain' listener however often
+   * the relay asks before then.
+   */
+  holdUntilDrained(other: Socket): void {
+    if (this.holds(ReadHold.drain)) return;
+    this.hold(ReadHold.drain);
+    other.once('drain', this.#drained);
+  }
+
+  readonly #drained = (): void => this.release(ReadHold.drain);
 }
 
 /** A relay's two sockets' reads, with what the relay does to both at once. */

@@ -5,27 +5,9 @@
  */
 import t from 'tap';
 import { once } from 'node:events';
-import { connect, createServer, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { endSocket } from '../../src/gateway/net.js';
-
-/** A connected pair: `ours` (client side) and `theirs` (accepted), both closed with the test. */
-async function pair(t: { teardown(fn: () => unknown): void }): Promise<{ ours: Socket; theirs: Socket }> {
-  const server = createServer({ allowHalfOpen: true });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  if (address === null || typeof address === 'string') throw new Error('no port');
-  const accepted = once(server, 'connection') as Promise<[Socket]>;
-  const ours = connect({ port: address.port, host: '127.0.0.1', allowHalfOpen: true });
-  await once(ours, 'connect');
-  const [theirs] = await accepted;
-  t.teardown(() => {
-    ours.destroy();
-    theirs.destroy();
-    server.close();
-  });
-  return { ours, theirs };
-}
+import { socketPair } from '../helpers/socket-pair.js';
 
 /** Counts the socket's end() calls, still ending it. */
 function countEnds(socket: Socket): { readonly calls: number } {
@@ -39,7 +21,7 @@ function countEnds(socket: Socket): { readonly calls: number } {
 }
 
 t.test('ends a live socket: the peer sees the end of the stream', async (t) => {
-  const { ours, theirs } = await pair(t);
+  const { ours, theirs } = await socketPair(t, { allowHalfOpen: true });
   const ends = countEnds(ours);
   theirs.resume();
   const ended = once(theirs, 'end');
@@ -50,7 +32,7 @@ t.test('ends a live socket: the peer sees the end of the stream', async (t) => {
 });
 
 t.test('a socket already ended is not ended again', async (t) => {
-  const { ours, theirs } = await pair(t);
+  const { ours, theirs } = await socketPair(t, { allowHalfOpen: true });
   theirs.resume();
   const ended = once(theirs, 'end');
   endSocket(ours);
@@ -61,7 +43,7 @@ t.test('a socket already ended is not ended again', async (t) => {
 });
 
 t.test('a destroyed socket is left alone, without an error', async (t) => {
-  const { ours } = await pair(t);
+  const { ours } = await socketPair(t, { allowHalfOpen: true });
   const errors: Error[] = [];
   ours.on('error', (err) => errors.push(err));
   ours.destroy();
