@@ -9,7 +9,8 @@
  * Sluice runs three times, one feature per process, so each feature's cost
  * is its own column: `sluice` (recording off, no rules), `sluice+policy`
  * (the example policy, recording off) and `sluice+recording` (recording on,
- * no rules).
+ * no rules). Named in BENCH_CONTENDERS, `sluice+recording-nofsync` adds
+ * recording with `recording.fsync: off`: what the fsync at each close costs.
  *
  * Workloads: `pgbench -S` (one indexed SELECT per transaction) in the simple
  * and prepared query modes, and the same with -C (a new connection per
@@ -49,8 +50,11 @@ const WORKLOADS: Record<string, string[]> = {
   'connect -C simple': ['-S', '-C', '-M', 'simple'],
 };
 
+/** Run only when BENCH_CONTENDERS names them: variants for a question of their own, not every run's. */
+const OPT_IN = new Set(['sluice+recording-nofsync']);
+
 function wanted(name: string): boolean {
-  return name === 'direct' || ONLY === undefined || ONLY.has(name);
+  return name === 'direct' || (ONLY === undefined ? !OPT_IN.has(name) : ONLY.has(name));
 }
 
 function clientEnv(c: Contender): NodeJS.ProcessEnv {
@@ -193,6 +197,12 @@ async function main(): Promise<void> {
         cleanups.push(() => s.stop());
         return { name: 'sluice+recording', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
       }],
+      // What the fsync at each recording's close costs (recording.fsync: off), mostly under -C.
+      ['sluice+recording-nofsync', async () => {
+        const s = await startSluice({ protocol: 'postgres', upstreamPort: pg.port, database: pg.database, user: pg.user, password: pg.password }, { recording: true, recordingFsync: 'off' });
+        cleanups.push(() => s.stop());
+        return { name: 'sluice+recording-nofsync', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
+      }],
       ...baselineCandidates({ protocol: 'postgres', upstreamPort: pg.port, database: pg.database, user: pg.user, password: pg.password }, cleanups),
     ];
     for (const [name, start] of candidates) {
@@ -218,7 +228,7 @@ async function main(): Promise<void> {
       contenders: contenders.map((c) => c.name),
       absent,
       cells,
-      ratios: [['sluice', 'relay'], ['sluice+policy', 'relay'], ['sluice+recording', 'relay'], ['sluice+policy', 'sluice'], ['sluice+recording', 'sluice'], ['sluice', 'baseline'], ['sluice+recording', 'baseline+recording'], ['sluice', 'direct'], ['sluice', 'pgbouncer'], ['relay', 'direct'], ['pgbouncer', 'direct']],
+      ratios: [['sluice', 'relay'], ['sluice+policy', 'relay'], ['sluice+recording', 'relay'], ['sluice+policy', 'sluice'], ['sluice+recording', 'sluice'], ['sluice+recording-nofsync', 'sluice'], ['sluice', 'baseline'], ['sluice+recording', 'baseline+recording'], ['sluice', 'direct'], ['sluice', 'pgbouncer'], ['relay', 'direct'], ['pgbouncer', 'direct']],
       rounds: ROUNDS,
     };
     const tables = buildTables(report);

@@ -64,6 +64,8 @@ export interface SluiceOptions {
    * cost shows in its own column.
    */
   recording?: boolean;
+  /** With `recording`: `recording.fsync` (docs/configuration.md); Sluice's default, `close`, when omitted. */
+  recordingFsync?: 'close' | 'off';
   /** Mask `emails` and `cards` (docs/masking.md) in everything the upstream sends back. */
   masking?: boolean;
   /** The CLI to run: another build's, for a baseline contender (see baselineCli); this checkout's by default. */
@@ -95,7 +97,7 @@ targets:
     upstream: ${upstream}
 recording:
   enabled: ${options.recording === true}
-audit:
+${options.recordingFsync ? `  fsync: ${options.recordingFsync}\n` : ''}audit:
   enabled: ${options.audit ?? options.policy === true}
 ${options.masking ? MASKING_RULES : ''}policies:
   - name: bench

@@ -33,13 +33,14 @@ export const MAX_MESSAGE_BYTES = 1024 * 1024 * 1024;
 /** How long a statement held for approval waits for a decision. */
 export const DEFAULT_APPROVAL_TIMEOUT_MS = 5 * 60_000;
 
-/** `recording:` defaults: on, 1 GiB per session, 200 ms flush, 8 MiB backlog, 30 days retention. */
+/** `recording:` defaults: on, 1 GiB per session, 200 ms flush, 8 MiB backlog, 30 days retention, fsync at close. */
 export const DEFAULT_RECORDING: Readonly<RecordingConfig> = Object.freeze({
   enabled: true,
   maxBytes: 1024 * 1024 * 1024,
   flushIntervalMs: 200,
   maxBacklogBytes: 8 * 1024 * 1024,
   retentionMs: 30 * 24 * 3_600_000,
+  fsync: 'close',
 });
 
 export const DEFAULT_LIMITS: Readonly<SessionLimits> = Object.freeze({

@@ -882,6 +882,7 @@ class Normaliser {
       const ms = days ? Number(days[1]) * 24 * 3_600_000 : parseDuration(v);
       if (ms !== undefined) out.retentionMs = ms;
     }
+    if (raw.fsync === 'close' || raw.fsync === 'off') out.fsync = raw.fsync;
     return out;
   }
 

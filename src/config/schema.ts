@@ -367,7 +367,7 @@ export const configSchema = {
     recording: {
       type: 'object',
       additionalProperties: false,
-      expected: 'a mapping with enabled, max_bytes, flush_interval, max_backlog and/or retention',
+      expected: 'a mapping with enabled, max_bytes, flush_interval, max_backlog, retention and/or fsync',
       properties: {
         enabled: { type: 'boolean', expected: 'true or false' },
         max_bytes: size,
@@ -379,6 +379,7 @@ export const configSchema = {
           pattern: RETENTION_PATTERN,
           expected: 'a duration such as 30d, 12h or 0 (keep forever)',
         },
+        fsync: { enum: ['close', 'off'], expected: 'close or off' },
       },
     },
     api: {

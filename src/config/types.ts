@@ -165,6 +165,13 @@ export interface RecordingConfig {
   maxBacklogBytes: number;
   /** Recordings and their index rows are purged after this long, ms (default 30 days); 0 = keep forever. */
   retentionMs: number;
+  /**
+   * `close` (default): each recording is fsynced once its footer is written,
+   * so a finished session's recording survives a power loss. `off`: the
+   * operating system writes it back in its own time (Linux: within about
+   * 30 s); a process crash loses nothing more either way.
+   */
+  fsync: 'close' | 'off';
 }
 
 /** `audit:`. Absent from Config = enabled, Redis allowed commands counted per second. */

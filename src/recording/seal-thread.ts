@@ -9,7 +9,7 @@
  * - the CRC of every record,
  * - the running SHA-256 over the file,
  * - the Ed25519 signature of each checkpoint and of the footer,
- * - the append itself (writev), and the fsync at the close.
+ * - the append itself (writev), and the fsync at the close (recording.fsync).
  * Measured on the event loop before this thread existed (redis-benchmark
  * SET, 50 clients, one request per round trip, bench/RESULTS.md): these
  * were about a third of the ~1.5 µs that recording added per request,
@@ -62,7 +62,7 @@ export interface SealJob {
   open?: SealOpen;
   pieces: SealPiece[];
   checkpoint?: { seq: number; micros: number };
-  /** The last batch: footer and trailer are appended and the file is fsynced. */
+  /** The last batch: footer and trailer are appended and the file is fsynced (SealOpen.fsyncAtClose). */
   footer?: SealFooter;
 }
 
@@ -80,6 +80,8 @@ export interface SealOpen {
    * pgbench -C).
    */
   privateKey?: KeyObject;
+  /** Fsync the file after its footer (recording.fsync: close). */
+  fsyncAtClose: boolean;
 }
 
 export type SealRequest =
@@ -96,6 +98,8 @@ export interface SealOutcome {
   added: number;
   /** Hex digest over the header and every record appended so far (the footer's finalChain after the last batch). */
   chain: string;
+  /** The footer's batch: the file was fsynced after it. */
+  synced?: boolean;
   error?: { message: string; code?: string };
 }
 

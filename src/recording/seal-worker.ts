@@ -36,6 +36,7 @@ interface Recording {
   sessionId: string;
   keyId: string;
   privateKey: KeyObject;
+  fsyncAtClose: boolean;
 }
 
 const recordings = new Map<number, Recording>();
@@ -47,7 +48,7 @@ function register(writer: number, open: SealOpen): void {
   const privateKey = keys.get(open.keyId);
   // Not reached: SealThread sends each key before any file that names it.
   if (privateKey === undefined) return;
-  recordings.set(writer, { fd: open.fd, digest: recordDigest(FORMAT_VERSION, open.header), sessionId: open.sessionId, keyId: open.keyId, privateKey });
+  recordings.set(writer, { fd: open.fd, digest: recordDigest(FORMAT_VERSION, open.header), sessionId: open.sessionId, keyId: open.keyId, privateKey, fsyncAtClose: open.fsyncAtClose });
 }
 
 function seal(job: SealJob): SealOutcome {
@@ -91,8 +92,9 @@ function seal(job: SealJob): SealOutcome {
       added += footer.length + trailer.length;
     }
     written = appendAllSync(r.fd, views);
-    if (job.footer !== undefined) fsyncSync(r.fd);
-    return { writer: job.writer, written, added, chain: finalChain ?? r.digest.value() };
+    const synced = job.footer !== undefined && r.fsyncAtClose;
+    if (synced) fsyncSync(r.fd);
+    return { writer: job.writer, written, added, chain: finalChain ?? r.digest.value(), ...(synced ? { synced } : {}) };
   } catch (err) {
     // Nothing more is appended to this file: the event loop fails the session.
     recordings.delete(job.writer);

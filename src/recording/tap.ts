@@ -482,6 +482,8 @@ export interface RecordingSettings {
   retentionMs: number;
   /** Unwritten bytes per session before its reads pause (RecordingWriterOptions.maxBacklogBytes). */
   maxBacklogBytes?: number;
+  /** `off`: a recording is not fsynced at its close (RecordingWriterOptions.fsyncAtClose). Default `close`. */
+  fsync?: 'close' | 'off';
 }
 
 /** While unhealthy, a probe write is tried at most this often. */
@@ -725,6 +727,7 @@ export class SessionRecording {
         maxBytes: recorder.settings.maxBytes,
         flushIntervalMs: recorder.settings.flushIntervalMs,
         ...(recorder.settings.maxBacklogBytes !== undefined ? { maxBacklogBytes: recorder.settings.maxBacklogBytes } : {}),
+        fsyncAtClose: recorder.settings.fsync !== 'off',
         onBacklog: (behind) => this.#backlogChanged(behind),
         meta: this.#meta(identity),
         onFailure: (err) => this.#fail(err),

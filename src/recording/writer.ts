@@ -104,6 +104,13 @@ export interface RecordingWriterOptions {
    * what a crash loses.
    */
   maxBacklogBytes?: number;
+  /**
+   * Fsync the file once its footer is written (default true): a finished
+   * session's recording then survives a power loss. False leaves the
+   * write-back to the operating system; a process crash loses nothing
+   * more either way, the file being written at every flush.
+   */
+  fsyncAtClose?: boolean;
   onBacklog?(behind: boolean): void;
   /** Called once, when the recording can no longer follow the session: end the session. */
   onFailure(err: SluiceError): void;
@@ -118,6 +125,8 @@ export interface RecordingResult {
   recordCount: number;
   /** A signed footer was written. */
   complete: boolean;
+  /** The file was fsynced after its footer (fsyncAtClose). */
+  synced: boolean;
   truncated: boolean;
   bytesClientToGateway: number;
   bytesGatewayToClient: number;
@@ -428,6 +437,8 @@ export class RecordingWriter {
   private isFailed = false;
   private isTruncated = false;
   private failureReported = false;
+  /** The seal thread fsynced the file after the footer. */
+  private synced = false;
 
   private constructor(opts: RecordingWriterOptions, path: string, fd: number, header: Buffer, seal: SealThread) {
     this.path = path;
@@ -446,7 +457,14 @@ export class RecordingWriter {
     this.lastCheckpointAt = performance.now();
     this.header = header;
     this.accounted = this.written = header.length;
-    seal.open(this.id, { fd, header, sessionId: this.sessionId, keyId: opts.key.keyId, privateKey: opts.key.privateKey });
+    seal.open(this.id, {
+      fd,
+      header,
+      sessionId: this.sessionId,
+      keyId: opts.key.keyId,
+      privateKey: opts.key.privateKey,
+      fsyncAtClose: opts.fsyncAtClose ?? true,
+    });
     this.unsubscribe = onFlushTick(opts.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS, () => this.flush());
     writerOpened();
   }
@@ -720,6 +738,7 @@ export class RecordingWriter {
       return;
     }
     this.chain = o.chain;
+    this.synced = o.synced === true;
     markHealthy();
     if (done.length > 0) giveBackSlabs(done);
   }
@@ -744,8 +763,9 @@ export class RecordingWriter {
   }
 
   /**
-   * Writes what is staged, the signed footer and the trailer, fsyncs and
-   * closes. After a failure it only closes (the file stays incomplete).
+   * Writes what is staged, the signed footer and the trailer, fsyncs
+   * (unless fsyncAtClose is false) and closes. After a failure it only
+   * closes (the file stays incomplete).
    */
   async close(info: { closeReason: string; endedAt?: string }): Promise<RecordingResult> {
     if (!this.closing) writerClosed();
@@ -761,7 +781,7 @@ export class RecordingWriter {
       this.retired = [];
       this.slab = EMPTY_SLAB;
       this.slabPos = this.runStart = 0;
-      // The seal thread appends the footer and trailer and fsyncs the file.
+      // The seal thread appends the footer and trailer and fsyncs the file (unless fsyncAtClose is false).
       await this.write(job, done);
       if (!this.isFailed) {
         complete = true;
@@ -769,8 +789,9 @@ export class RecordingWriter {
       }
     }
     this.release(true);
-    // Synchronous, like the create: the data is down (fsynced) or the recording has failed, so a
-    // close has nothing to flush, and through the thread pool it was one more round trip per session.
+    // Synchronous, like the create: the data is written (and fsynced, by default) or the recording
+    // has failed, so a close has nothing to flush, and through the thread pool it was one more
+    // round trip per session.
     closeQuietly(this.fd);
     return {
       path: this.path,
@@ -779,6 +800,7 @@ export class RecordingWriter {
       finalHash: this.chain ?? recordDigest(FORMAT_VERSION, this.header).value(),
       recordCount: this.nextSeq,
       complete,
+      synced: this.synced,
       truncated: this.isTruncated,
       bytesClientToGateway: this.bytesIn,
       bytesGatewayToClient: this.bytesOut,

@@ -235,7 +235,13 @@ t.test('secrets come from password_file and the environment', async (t) => {
 
 t.test('recording: max_backlog as a size, the others kept at their defaults', async (t) => {
   const config = parseConfig(`${MINIMAL}recording: { max_backlog: 32MiB }\n`, { baseDir: '/x', env: {} });
-  t.strictSame(config.recording, { enabled: true, maxBytes: 1024 ** 3, flushIntervalMs: 200, maxBacklogBytes: 32 * 1024 * 1024, retentionMs: 30 * 24 * 3_600_000 });
+  t.strictSame(config.recording, { enabled: true, maxBytes: 1024 ** 3, flushIntervalMs: 200, maxBacklogBytes: 32 * 1024 * 1024, retentionMs: 30 * 24 * 3_600_000, fsync: 'close' });
+});
+
+t.test('recording: fsync close (the default) or off', async (t) => {
+  t.equal(parseConfig(`${MINIMAL}recording: { enabled: true }\n`, { baseDir: '/x', env: {} }).recording?.fsync, 'close', 'omitted: close');
+  t.equal(parseConfig(`${MINIMAL}recording: { fsync: off }\n`, { baseDir: '/x', env: {} }).recording?.fsync, 'off');
+  t.equal(parseConfig(`${MINIMAL}recording: { fsync: close }\n`, { baseDir: '/x', env: {} }).recording?.fsync, 'close');
 });
 
 t.test('each problem is one line naming the key, what was expected and what was found', async (t) => {
@@ -335,6 +341,8 @@ t.test('each problem is one line naming the key, what was expected and what was 
       'targets.app-db.limits.max_message_size: expected a size from 1KiB to 1GiB, found "2GiB"'],
     ['recording backlog below its floor', `${MINIMAL}recording: { max_backlog: 64KiB }\n`,
       'recording.max_backlog: expected at least 1MiB, found "64KiB"'],
+    ['recording fsync neither close nor off', `${MINIMAL}recording: { fsync: always }\n`,
+      'recording.fsync: expected close or off, found "always"'],
     ['log level', `${MINIMAL}log: { level: loud }\n`,
       'log.level: expected one of fatal, error, warn, info, debug, trace, silent, found "loud"'],
     ['top level not a mapping', '- a\n- b\n',

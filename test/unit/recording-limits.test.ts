@@ -62,6 +62,21 @@ t.test('the seal thread runs at nice 19; the event loop keeps the priority it ha
   t.equal(niced.length, 1, `one thread at nice 19 (threads: ${JSON.stringify([...nices])})`);
 });
 
+t.test('fsync at close: on by default; with fsyncAtClose false the OS writes back, and the recording is as complete', async (t) => {
+  const stateDir = tempDir(t);
+  const key = await openRecordingKey(stateDir);
+  const keys = await loadRecordingPublicKeys(stateDir);
+  for (const [id, fsyncAtClose, synced] of [['synced', undefined, true], ['unsynced', false, false]] as const) {
+    const w = await RecordingWriter.open({ stateDir, meta: meta(id), key, onFailure: () => undefined, ...(fsyncAtClose === undefined ? {} : { fsyncAtClose }) });
+    w.record('client', Buffer.from('SET k v\r\n'));
+    w.record('server', Buffer.from('+OK\r\n'));
+    const res = await w.close({ closeReason: 'client closed' });
+    t.equal(res.synced, synced, `${id}: fsynced after the footer: ${synced}`);
+    const v = await verifyRecording(res.path, keys);
+    t.same({ ok: v.ok, complete: v.complete, records: v.footer?.recordCount }, { ok: true, complete: true, records: 2 }, `${id}: verifies complete`);
+  }
+});
+
 t.test('size cap: truncated marker, signed footer, onFailure once, nothing recorded after', async (t) => {
   const stateDir = tempDir(t);
   const key = await openRecordingKey(stateDir);
