@@ -1,5 +1,5 @@
 /**
- * The session recording file format, version 2 (docs/recording-format.md is
+ * The session recording file format, version 3 (docs/recording-format.md is
  * the normative description; keep the two in step).
  *
  *   file    = header record* footer trailer
@@ -12,30 +12,30 @@
  * header or record.
  *
  * What checkpoints and the footer sign (their `chain`/`finalChain`):
- * - version 2: the running digest SHA-256(CHAIN_DOMAIN_V2 || header ||
- *   every record before the signed one), one hash over the file's bytes in
- *   order, so the writer hashes a whole flush in one update;
+ * - versions 2 and 3: the running digest SHA-256(CHAIN_DOMAIN_V2 || header
+ *   || every record before the signed one), one hash over the file's bytes
+ *   in order, so the writer hashes a whole flush in one update;
  * - version 1 (still read and verified): a chain, chain0 = SHA-256(
  *   CHAIN_DOMAIN || header), chain_n = SHA-256(chain_{n-1} || record n-1),
  *   one SHA-256 per record.
- * Either binds the signature to every byte before it, in order.
+ * Either binds the signature to every byte before it, in order. How the
+ * signature is laid out (one per record up to version 2, one per batch of
+ * records across recordings from version 3) is signed-records.ts's.
  */
-import { createHash, sign, verify, type Hash, type KeyObject } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import * as zlib from 'node:zlib';
 
 export const MAGIC = Buffer.from('SLUICEREC\n', 'latin1');
 export const TRAILER_MAGIC = Buffer.from('SLUICEND', 'latin1');
 /** The version the writer writes. */
-export const FORMAT_VERSION = 2;
+export const FORMAT_VERSION = 3;
 /** Versions readers and verify accept. */
-export const READABLE_VERSIONS: readonly number[] = [1, 2];
+export const READABLE_VERSIONS: readonly number[] = [1, 2, 3];
 export const FILE_EXTENSION = '.sluicerec';
 
 /** Domain separation: a recording hash or signature can never be taken for another Sluice hash or signature. */
 export const CHAIN_DOMAIN = Buffer.from('sluice-recording-v1', 'latin1');
 export const CHAIN_DOMAIN_V2 = Buffer.from('sluice-recording-v2', 'latin1');
-export const CHECKPOINT_SIG_DOMAIN = Buffer.from('sluice-recording-checkpoint-v1\0', 'latin1');
-export const FOOTER_SIG_DOMAIN = Buffer.from('sluice-recording-footer-v1\0', 'latin1');
 
 /** magic(10) version(2) jsonLength(4); then json, then crc(4). */
 export const HEADER_PREFIX = MAGIC.length + 2 + 4;
@@ -44,7 +44,6 @@ export const RECORD_PREFIX = 18;
 export const CRC_SIZE = 4;
 export const RECORD_OVERHEAD = RECORD_PREFIX + CRC_SIZE;
 export const TRAILER_SIZE = TRAILER_MAGIC.length + 4;
-export const SIGNATURE_SIZE = 64;
 /** A header's JSON larger than this is refused by readers (it is metadata, not data). */
 export const MAX_HEADER_JSON = 1 << 20;
 
@@ -198,12 +197,12 @@ export function encodeHeader(header: RecordingHeader): Buffer {
  * file order; `value()` is the hex digest over everything fed so far.
  */
 export interface RecordDigest {
-  /** Feeds bytes that follow what was fed before; any split of the same bytes gives the same values (version 2). */
+  /** Feeds bytes that follow what was fed before; any split of the same bytes gives the same values (versions 2 and 3). */
   update(bytes: Uint8Array): void;
   value(): string;
 }
 
-/** Version 2: one running SHA-256 over the domain, the header and the records. */
+/** Versions 2 and 3: one running SHA-256 over the domain, the header and the records. */
 class RunningDigest implements RecordDigest {
   readonly #hash: Hash;
   constructor(headerBytes: Uint8Array) {
@@ -331,46 +330,6 @@ export function encodeRecord(type: number, direction: number, seq: number, micro
   const buf = Buffer.allocUnsafe(RECORD_OVERHEAD + payload.length);
   sealRecord(buf, 0, stageRecord(buf, 0, type, direction, seq, micros, payload) - CRC_SIZE);
   return buf;
-}
-
-/** Payload of checkpoint and footer records: u32 jsonLength, json, 64-byte Ed25519 signature over domain || json. */
-export function signedPayload(domain: Buffer, body: object, privateKey: KeyObject): Buffer {
-  const json = Buffer.from(JSON.stringify(body), 'utf8');
-  const sig = sign(null, Buffer.concat([domain, json]), privateKey);
-  const out = Buffer.allocUnsafe(4 + json.length + sig.length);
-  out.writeUInt32BE(json.length, 0);
-  json.copy(out, 4);
-  sig.copy(out, 4 + json.length);
-  return out;
-}
-
-export interface SignedPayload {
-  json: Buffer;
-  body: unknown;
-  signature: Buffer;
-}
-
-/** Splits a signed payload; undefined when its shape is wrong. */
-export function parseSignedPayload(payload: Buffer): SignedPayload | undefined {
-  if (payload.length < 4 + SIGNATURE_SIZE) return undefined;
-  const n = payload.readUInt32BE(0);
-  if (4 + n + SIGNATURE_SIZE !== payload.length) return undefined;
-  const json = payload.subarray(4, 4 + n);
-  let body: unknown;
-  try {
-    body = JSON.parse(json.toString('utf8'));
-  } catch {
-    return undefined;
-  }
-  return { json, body, signature: payload.subarray(4 + n) };
-}
-
-export function verifySigned(domain: Buffer, p: SignedPayload, publicKey: KeyObject): boolean {
-  try {
-    return verify(null, Buffer.concat([domain, p.json]), publicKey, p.signature);
-  } catch {
-    return false;
-  }
 }
 
 export function encodeTrailer(footerFrameLength: number): Buffer {

@@ -3,7 +3,7 @@
  * readRecording(), which yields the records in order and stops at the last
  * complete one (a partial trailing record after a crash, or the first record
  * whose CRC or sequence number is wrong). It checks framing only; signatures
- * and the signed digest are verify.ts's job. Reads format versions 1 and 2
+ * and the signed digest are verify.ts's job. Reads format versions 1 to 3
  * (they frame records alike).
  */
 import { open, type FileHandle } from 'node:fs/promises';
@@ -20,13 +20,13 @@ import {
   TRAILER_MAGIC,
   TRAILER_SIZE,
   crc32,
-  parseSignedPayload,
   type CheckpointBody,
   type Direction,
   type FooterBody,
   type RecordTypeName,
   type RecordingHeader,
 } from './format.js';
+import { parseSignedPayload } from './signed-records.js';
 
 /** A record longer than this is not believed (the writer's chunks are far smaller). */
 export const MAX_RECORD_PAYLOAD = 256 * 1024 * 1024;
@@ -226,7 +226,7 @@ export class RecordingReader implements AsyncIterable<RecordEntry> {
           offset: f.offset,
         };
         if (type === 'checkpoint' || type === 'footer') {
-          const p = parseSignedPayload(f.payload);
+          const p = parseSignedPayload(h.version, f.payload);
           if (p) entry.body = p.body as CheckpointBody | FooterBody;
         } else if (type === 'truncated') {
           try {

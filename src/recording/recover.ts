@@ -34,17 +34,15 @@ import { listRecordingFiles } from './files.js';
 import { indexRow } from './index-row.js';
 import {
   FILE_EXTENSION,
-  FOOTER_SIG_DOMAIN,
   RecordType,
   TRAILER_MAGIC,
   TRAILER_SIZE,
   datePath,
-  parseSignedPayload,
-  verifySigned,
   type FooterBody,
   type RecordingHeader,
 } from './format.js';
 import { ByteSource, parseHeader, scanFrames } from './reader.js';
+import { FOOTER_SIG_DOMAIN, parseSignedPayload, verifySignedPayload } from './signed-records.js';
 import type { PublicKeys } from './verify.js';
 
 /** What a recovered row says of why its session ended, when its recording has no signed footer. */
@@ -167,9 +165,9 @@ async function readEnds(path: string, keys: PublicKeys): Promise<RecordingEnds> 
       const at = st.size - TRAILER_SIZE - trailer.readUInt32BE(TRAILER_MAGIC.length);
       const first = at > 0 ? (await scanFrames(src, at).next()).value : undefined;
       const frame = first?.kind === 'frame' ? first.frame : undefined;
-      const signed = frame?.type === RecordType.footer && frame.crcOk ? parseSignedPayload(frame.payload) : undefined;
+      const signed = parsed.ok && frame?.type === RecordType.footer && frame.crcOk ? parseSignedPayload(parsed.version, frame.payload) : undefined;
       const key = keys.get(header.keyId);
-      if (signed && key && verifySigned(FOOTER_SIG_DOMAIN, signed, key)) {
+      if (signed && key && verifySignedPayload(FOOTER_SIG_DOMAIN, signed, key)) {
         const body = signed.body as FooterBody;
         if (body.sessionId === header.sessionId) footer = body;
       }

@@ -8,7 +8,8 @@
  * every session:
  * - the CRC of every record,
  * - the running SHA-256 over the file,
- * - the Ed25519 signature of each checkpoint and of the footer,
+ * - the Ed25519 signatures of the checkpoints and footers (one per batch:
+ *   signed-records.ts),
  * - the append itself (writev), and the fsync at the close (recording.fsync).
  * Measured on the event loop before this thread existed (redis-benchmark
  * SET, 50 clients, one request per round trip, bench/RESULTS.md): these

@@ -7,27 +7,29 @@
  * works, and the event loop never waits for it.
  *
  * One message from the event loop carries every batch taken in one flush
- * tick; one answer carries every outcome, in the same order.
+ * tick; one answer carries every outcome, in the same order. A message is
+ * sealed in three passes: every batch's records, with the body of the
+ * checkpoint or footer that ends it; then those bodies signed together,
+ * one signature per key over a Merkle tree of them (signed-records.ts,
+ * format version 3); then each batch appended.
  */
 import type { KeyObject } from 'node:crypto';
 import { fsyncSync } from 'node:fs';
 import { setPriority } from 'node:os';
 import { parentPort } from 'node:worker_threads';
 import {
-  CHECKPOINT_SIG_DOMAIN,
-  FOOTER_SIG_DOMAIN,
   FORMAT_VERSION,
   RecordType,
   encodeRecord,
   encodeTrailer,
   recordDigest,
   sealRecords,
-  signedPayload,
   type CheckpointBody,
   type FooterBody,
   type RecordDigest,
 } from './format.js';
 import { appendAllSync } from './append.js';
+import { CHECKPOINT_SIG_DOMAIN, FOOTER_SIG_DOMAIN, batchSignedPayloads, type SignedItem } from './signed-records.js';
 import type { SealJob, SealOutcome, SealRequest, SealAnswer, SealOpen } from './seal-thread.js';
 
 interface Recording {
@@ -51,61 +53,117 @@ function register(writer: number, open: SealOpen): void {
   recordings.set(writer, { fd: open.fd, digest: recordDigest(FORMAT_VERSION, open.header), sessionId: open.sessionId, keyId: open.keyId, privateKey, fsyncAtClose: open.fsyncAtClose });
 }
 
-function seal(job: SealJob): SealOutcome {
+/** A batch sealed as far as it can be before the signature: its records, and the body of the signed record that ends it. */
+interface Sealed {
+  job: SealJob;
+  r: Recording;
+  views: Uint8Array[];
+  signed?: { type: number; seq: number; micros: number; item: SignedItem };
+  /** The signed record's payload, from the signing pass. */
+  payload?: Buffer;
+  finalChain?: string;
+}
+
+/** The outcome of a batch that failed: nothing more is appended to its file, and the event loop fails the session. */
+function failure(job: SealJob, err: unknown, written = 0, added = 0): SealOutcome {
+  recordings.delete(job.writer);
+  const e = err as NodeJS.ErrnoException;
+  return {
+    writer: job.writer,
+    written,
+    added,
+    chain: '',
+    error: { message: e instanceof Error ? e.message : String(err), ...(typeof e?.code === 'string' ? { code: e.code } : {}) },
+  };
+}
+
+/** First pass: the records' CRCs and digest, then the body of the checkpoint or footer, which holds the digest so far. */
+function seal(job: SealJob): Sealed | SealOutcome {
   if (job.open !== undefined) register(job.writer, job.open);
   const r = recordings.get(job.writer);
   if (r === undefined) return { writer: job.writer, written: 0, added: 0, chain: '', error: { message: 'the seal thread has no such recording open' } };
-  const views: Uint8Array[] = [];
-  let added = 0;
-  let written = 0;
   try {
+    const views: Uint8Array[] = [];
     for (const p of job.pieces) {
       const view = new Uint8Array(p.buffer, p.start, p.end - p.start);
       sealRecords(view, 0, view.length);
       r.digest.update(view);
       views.push(view);
     }
+    const sealed: Sealed = { job, r, views };
     if (job.checkpoint !== undefined) {
       const body: CheckpointBody = { sessionId: r.sessionId, seq: job.checkpoint.seq, chain: r.digest.value(), micros: job.checkpoint.micros };
-      const cp = encodeRecord(RecordType.checkpoint, 0, body.seq, body.micros, signedPayload(CHECKPOINT_SIG_DOMAIN, body, r.privateKey));
-      r.digest.update(cp);
-      views.push(cp);
-      added += cp.length;
-    }
-    let finalChain: string | undefined;
-    if (job.footer !== undefined) {
+      sealed.signed = { type: RecordType.checkpoint, seq: body.seq, micros: body.micros, item: { domain: CHECKPOINT_SIG_DOMAIN, body } };
+    } else if (job.footer !== undefined) {
       const f = job.footer;
       const body: FooterBody = {
         sessionId: r.sessionId,
         keyId: r.keyId,
         recordCount: f.recordCount,
-        finalChain: (finalChain = r.digest.value()),
+        finalChain: (sealed.finalChain = r.digest.value()),
         endedAt: f.endedAt,
         closeReason: f.closeReason,
         bytesClientToGateway: f.bytesClientToGateway,
         bytesGatewayToClient: f.bytesGatewayToClient,
         truncated: f.truncated,
       };
-      const footer = encodeRecord(RecordType.footer, 0, f.recordCount, f.micros, signedPayload(FOOTER_SIG_DOMAIN, body, r.privateKey));
-      const trailer = encodeTrailer(footer.length);
-      views.push(footer, trailer);
-      added += footer.length + trailer.length;
+      sealed.signed = { type: RecordType.footer, seq: f.recordCount, micros: f.micros, item: { domain: FOOTER_SIG_DOMAIN, body } };
+    }
+    return sealed;
+  } catch (err) {
+    return failure(job, err);
+  }
+}
+
+/**
+ * Second pass: one signature per key over every checkpoint and footer of
+ * the message. If signing fails, the batches it was for fail (their
+ * recordings end); the others go on.
+ */
+function signAll(sealed: Array<Sealed | SealOutcome>): void {
+  const byKey = new Map<KeyObject, number[]>();
+  sealed.forEach((s, i) => {
+    if (!('job' in s) || s.signed === undefined) return;
+    const group = byKey.get(s.r.privateKey);
+    if (group) group.push(i);
+    else byKey.set(s.r.privateKey, [i]);
+  });
+  for (const [key, group] of byKey) {
+    const members = group.map((i) => sealed[i] as Sealed);
+    try {
+      const payloads = batchSignedPayloads(members.map((s) => s.signed!.item), key);
+      members.forEach((s, k) => (s.payload = payloads[k]));
+    } catch (err) {
+      for (const i of group) sealed[i] = failure((sealed[i] as Sealed).job, err);
+    }
+  }
+}
+
+/** Third pass: the signed record (and a footer's trailer) after the records, one writev, and a close's fsync. */
+function append(s: Sealed): SealOutcome {
+  const { job, r, views } = s;
+  let added = 0;
+  let written = 0;
+  try {
+    if (s.signed !== undefined) {
+      const rec = encodeRecord(s.signed.type, 0, s.signed.seq, s.signed.micros, s.payload!);
+      views.push(rec);
+      added += rec.length;
+      if (s.signed.type === RecordType.checkpoint) {
+        // A checkpoint is one of the file's records: the digest goes on over it.
+        r.digest.update(rec);
+      } else {
+        const trailer = encodeTrailer(rec.length);
+        views.push(trailer);
+        added += trailer.length;
+      }
     }
     written = appendAllSync(r.fd, views);
     const synced = job.footer !== undefined && r.fsyncAtClose;
     if (synced) fsyncSync(r.fd);
-    return { writer: job.writer, written, added, chain: finalChain ?? r.digest.value(), ...(synced ? { synced } : {}) };
+    return { writer: job.writer, written, added, chain: s.finalChain ?? r.digest.value(), ...(synced ? { synced } : {}) };
   } catch (err) {
-    // Nothing more is appended to this file: the event loop fails the session.
-    recordings.delete(job.writer);
-    const e = err as NodeJS.ErrnoException;
-    return {
-      writer: job.writer,
-      written,
-      added,
-      chain: '',
-      error: { message: e instanceof Error ? e.message : String(err), ...(typeof e?.code === 'string' ? { code: e.code } : {}) },
-    };
+    return failure(job, err, written, added);
   }
 }
 
@@ -118,11 +176,10 @@ parentPort!.on('message', (m: SealRequest) => {
     Atomics.wait(new Int32Array(m.gate), 0, 0);
     return;
   }
-  const outcomes: SealOutcome[] = [];
-  for (const job of m.jobs) {
-    outcomes.push(seal(job));
-    if (job.footer !== undefined) recordings.delete(job.writer);
-  }
+  const sealed = m.jobs.map(seal);
+  signAll(sealed);
+  const outcomes = sealed.map((s) => ('job' in s ? append(s) : s));
+  for (const job of m.jobs) if (job.footer !== undefined) recordings.delete(job.writer);
   parentPort!.postMessage({ outcomes } satisfies SealAnswer);
 });
 /**

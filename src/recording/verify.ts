@@ -1,8 +1,10 @@
 /**
  * Verifies a recording: header CRC, every record's CRC, sequence numbers
  * (0, 1, 2, ... without gap or repeat), the digest over the header and the
- * records (format.ts: a running hash in version 2, a chain in version 1) at
- * every signed checkpoint and at the footer, the signatures, the footer's record count
+ * records (format.ts: a running hash from version 2, a chain in version 1) at
+ * every signed checkpoint and at the footer, the signatures (from version 3
+ * with the inclusion proof each signed record carries, signed-records.ts),
+ * the footer's record count
  * and session id, and the trailer. Names the first bad record.
  *
  * `ok` means nothing was found altered. `complete` means a signed footer
@@ -13,19 +15,16 @@
 import type { KeyObject } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import {
-  CHECKPOINT_SIG_DOMAIN,
-  FOOTER_SIG_DOMAIN,
   RecordType,
   TRAILER_MAGIC,
   TRAILER_SIZE,
-  parseSignedPayload,
   recordDigest,
-  verifySigned,
   type CheckpointBody,
   type FooterBody,
   type RecordingHeader,
 } from './format.js';
 import { ByteSource, parseHeader, scanFrames } from './reader.js';
+import { CHECKPOINT_SIG_DOMAIN, FOOTER_SIG_DOMAIN, parseSignedPayload, verifySignedPayload } from './signed-records.js';
 
 export interface VerifyResult {
   ok: boolean;
@@ -84,10 +83,10 @@ async function verifyOpen(src: ByteSource, keys: PublicKeys): Promise<VerifyResu
   let truncatedSeen = false;
 
   const checkSigned = (domain: Buffer, payload: Buffer, offset: number, seq: number, what: string) => {
-    const p = parseSignedPayload(payload);
+    const p = parseSignedPayload(h.version, payload);
     if (!p) return { err: bad(offset, `${what} payload is malformed`, seq) };
     if (!key) return { err: bad(offset, `${what} is signed with key ${header.keyId}, which is not among the known recording keys`, seq) };
-    if (!verifySigned(domain, p, key)) return { err: bad(offset, `${what} signature does not verify`, seq) };
+    if (!verifySignedPayload(domain, p, key)) return { err: bad(offset, `${what} signature does not verify`, seq) };
     return { body: p.body };
   };
 

@@ -77,11 +77,12 @@ const CAP_RESERVE = 8 * 1024;
 /**
  * What a checkpoint, and a footer with its trailer, are counted as until the
  * seal thread, which makes them, says their size (a few hundred bytes; the
- * JSON's numbers and the close reason vary). Only the size cap reads the
- * count in between, and CAP_RESERVE has room for either.
+ * JSON's numbers, the close reason and the batch's inclusion proof, up to
+ * 265 bytes, vary). Only the size cap reads the count in between, and
+ * CAP_RESERVE has room for either.
  */
-const CHECKPOINT_ESTIMATE = 512;
-const FOOTER_ESTIMATE = 1024;
+const CHECKPOINT_ESTIMATE = 1024;
+const FOOTER_ESTIMATE = 1536;
 
 export interface RecordingWriterOptions {
   stateDir: string;

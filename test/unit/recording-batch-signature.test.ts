@@ -1,0 +1,176 @@
+/**
+ * Format version 3 signs the checkpoints and footers the seal thread makes
+ * together with one signature over a Merkle tree (merkle.ts, RFC 9162),
+ * each record carrying its inclusion proof (signed-records.ts). The tree
+ * is checked against a direct transcription of RFC 9162's MTH; the proofs
+ * against every leaf of trees of 1 to 40 leaves; and recordings closed
+ * together are shown to share one signature, to verify each on its own,
+ * and to refuse a proof or a footer taken from a sibling.
+ */
+import { createHash, generateKeyPairSync } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { RECORD_PREFIX, crc32, type RecordingMeta } from '../../src/recording/format.js';
+import { loadRecordingPublicKeys, openRecordingKey } from '../../src/recording/keys.js';
+import { leafHash, merkleTree, rootFromPath } from '../../src/recording/merkle.js';
+import { readRecording } from '../../src/recording/reader.js';
+import {
+  CHECKPOINT_SIG_DOMAIN,
+  FOOTER_SIG_DOMAIN,
+  MAX_BATCH_LEAVES,
+  batchSignedPayloads,
+  parseSignedPayload,
+  verifySignedPayload,
+} from '../../src/recording/signed-records.js';
+import { verifyRecording } from '../../src/recording/verify.js';
+import { RecordingWriter } from '../../src/recording/writer.js';
+
+/** RFC 9162 section 2.1.1, as written there: MTH of a list of leaf hashes. */
+function referenceRoot(leaves: Buffer[]): Buffer {
+  if (leaves.length === 1) return leaves[0]!;
+  let k = 1;
+  while (k * 2 < leaves.length) k *= 2;
+  return createHash('sha256')
+    .update(Buffer.from([0x01]))
+    .update(referenceRoot(leaves.slice(0, k)))
+    .update(referenceRoot(leaves.slice(k)))
+    .digest();
+}
+
+const leavesOf = (n: number): Buffer[] => Array.from({ length: n }, (_, i) => leafHash(Buffer.from(`leaf ${i}`)));
+
+t.test('the tree: the root is RFC 9162 MTH, and every leaf of every size leads to it by its path', async (t) => {
+  t.not(leafHash(Buffer.from('x')).toString('hex'), createHash('sha256').update('x').digest('hex'), 'a leaf hash is prefixed (0x00)');
+  let checked = 0;
+  for (let n = 1; n <= 40; n++) {
+    const leaves = leavesOf(n);
+    const tree = merkleTree(leaves);
+    t.ok(tree.root.equals(referenceRoot(leaves)), `n=${n}: root`);
+    for (let i = 0; i < n; i++) {
+      const path = tree.paths[i]!;
+      const root = rootFromPath(leaves[i]!, i, n, path);
+      if (!root?.equals(tree.root)) t.fail(`n=${n} i=${i}: the path does not lead to the root`);
+      else checked++;
+      // The path has exactly the length the tree's shape gives: one hash shorter or longer is refused.
+      if (path.length > 0) t.not(rootFromPath(leaves[i]!, i, n, path.slice(0, -1))?.toString('hex') ?? 'none', tree.root.toString('hex'));
+      t.equal(rootFromPath(leaves[i]!, i, n, [...path, leaves[0]!]), undefined);
+    }
+  }
+  t.equal(checked, (40 * 41) / 2, 'every leaf of every tree');
+});
+
+t.test('the tree: a proof for another index, another size or another leaf does not lead to the root', async (t) => {
+  const leaves = leavesOf(11);
+  const tree = merkleTree(leaves);
+  const root = tree.root.toString('hex');
+  const at = (leaf: Buffer, i: number, n: number, path: Buffer[]) => rootFromPath(leaf, i, n, path)?.toString('hex');
+  t.not(at(leaves[5]!, 4, 11, tree.paths[5]!), root, 'the index of a sibling');
+  t.not(at(leaves[10]!, 10, 12, tree.paths[10]!), root, 'a larger tree, where it changes the shape of the path');
+  // Where it does not (leaf 5 sits in the full left half of any tree of 9 to 16 leaves), the
+  // signature covers the size with the root, so a size edited in a payload still fails (below).
+  t.equal(at(leaves[5]!, 5, 12, tree.paths[5]!), root);
+  t.not(at(leaves[4]!, 5, 11, tree.paths[5]!), root, 'another leaf on the same path');
+  t.equal(at(leaves[5]!, 11, 11, tree.paths[5]!), undefined, 'an index past the end');
+  t.equal(at(leaves[5]!, -1, 11, tree.paths[5]!), undefined, 'a negative index');
+  t.throws(() => merkleTree([]), /at least one leaf/);
+});
+
+t.test('batch payloads: one signature, each payload verifies alone, and only as what it is', async (t) => {
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  const items = [
+    { domain: CHECKPOINT_SIG_DOMAIN, body: { sessionId: 'a', seq: 4, chain: '00', micros: 1 } },
+    { domain: FOOTER_SIG_DOMAIN, body: { sessionId: 'b', recordCount: 2 } },
+    { domain: FOOTER_SIG_DOMAIN, body: { sessionId: 'c', recordCount: 9 } },
+  ];
+  const payloads = batchSignedPayloads(items, privateKey);
+  const parsed = payloads.map((p) => parseSignedPayload(3, p)!);
+  t.same(parsed.map((p) => p.body), items.map((i) => i.body), 'the bodies read back');
+  t.same(parsed.map((p) => [p.proof?.index, p.proof?.size]), [[0, 3], [1, 3], [2, 3]]);
+  t.ok(parsed.every((p) => p.signature.equals(parsed[0]!.signature)), 'one signature for the batch');
+  parsed.forEach((p, i) => t.equal(verifySignedPayload(items[i]!.domain, p, publicKey), true, `payload ${i} verifies`));
+  t.equal(verifySignedPayload(FOOTER_SIG_DOMAIN, parsed[0]!, publicKey), false, 'a checkpoint does not pass for a footer');
+  t.equal(verifySignedPayload(CHECKPOINT_SIG_DOMAIN, parsed[1]!, publicKey), false, 'nor a footer for a checkpoint');
+  t.equal(verifySignedPayload(FOOTER_SIG_DOMAIN, parsed[1]!, generateKeyPairSync('ed25519').publicKey), false, 'another key');
+  const resized = Buffer.from(payloads[0]!);
+  resized.writeUInt32BE(4, resized.readUInt32BE(0) + 8);
+  const r = parseSignedPayload(3, resized)!;
+  t.same([r.proof?.index, r.proof?.size], [0, 4]);
+  t.equal(verifySignedPayload(CHECKPOINT_SIG_DOMAIN, r, publicKey), false, 'the tree size is signed with the root');
+  t.equal(parseSignedPayload(2, payloads[1]!), undefined, 'a version 3 payload is malformed to a version 2 reader');
+  t.equal(parseSignedPayload(3, payloads[1]!.subarray(0, payloads[1]!.length - 1)), undefined, 'a payload one byte short');
+
+  const many = Array.from({ length: MAX_BATCH_LEAVES + 3 }, (_, i) => ({ domain: FOOTER_SIG_DOMAIN, body: { n: i } }));
+  const big = batchSignedPayloads(many, privateKey).map((p) => parseSignedPayload(3, p)!);
+  t.equal(new Set(big.map((p) => p.signature.toString('hex'))).size, 2, `${many.length} items: two trees, two signatures`);
+  t.same([big[MAX_BATCH_LEAVES - 1]!.proof?.size, big[MAX_BATCH_LEAVES]!.proof?.size], [MAX_BATCH_LEAVES, 3]);
+  t.ok(big.every((p) => verifySignedPayload(FOOTER_SIG_DOMAIN, p, publicKey)), 'each verifies');
+});
+
+t.test('recordings that close together share a signature, verify alone, and refuse a sibling\'s proof or footer', async (t) => {
+  const stateDir = mkdtempSync(join(tmpdir(), 'sluice-batchsig-'));
+  t.teardown(() => rmSync(stateDir, { recursive: true, force: true }));
+  const key = await openRecordingKey(stateDir);
+  const keys = await loadRecordingPublicKeys(stateDir);
+  const meta = (sessionId: string): RecordingMeta => ({
+    sessionId, target: 'cache', protocol: 'redis', subject: 'ci', groups: [], issuer: 'i', startedAt: new Date().toISOString(),
+  });
+  const writers = await Promise.all(['s0', 's1', 's2'].map((id) => RecordingWriter.open({ stateDir, meta: meta(id), key, onFailure: () => t.fail('no failure') })));
+  writers.forEach((w, i) => {
+    w.record('client', Buffer.from(`*1\r\n$4\r\nPING\r\n${i}`));
+    w.record('server', Buffer.from('+PONG\r\n'));
+  });
+  // Closed in one turn of the event loop: their last batches travel, and are signed, together.
+  const results = await Promise.all(writers.map((w) => w.close({ closeReason: 'client closed' })));
+
+  const footers: { bytes: Buffer; start: number; end: number; payload: Buffer }[] = [];
+  for (const r of results) {
+    const bytes = readFileSync(r.path);
+    let last: { offset: number; bytes: Buffer } | undefined;
+    for await (const e of readRecording(r.path)) last = e;
+    footers.push({ bytes, start: last!.offset, end: last!.offset + 22 + last!.bytes.length, payload: last!.bytes });
+  }
+  const proofs = footers.map((f) => parseSignedPayload(3, f.payload)!);
+  t.same(proofs.map((p) => p.proof?.size), [3, 3, 3], 'one tree of three footers');
+  t.ok(proofs.every((p) => p.signature.equals(proofs[0]!.signature)), 'one signature');
+
+  // Each file verifies with nothing but itself and the public key.
+  for (const r of results) {
+    const alone = join(stateDir, `alone-${r.recordCount}-${Math.random()}.sluicerec`);
+    writeFileSync(alone, readFileSync(r.path));
+    const v = await verifyRecording(alone, keys);
+    t.same({ ok: v.ok, complete: v.complete }, { ok: true, complete: true }, `${r.path} verifies alone`);
+  }
+
+  const reframe = (buf: Buffer, start: number, end: number) => buf.writeUInt32BE(crc32(buf.subarray(start, end - 4)), end - 4);
+  const check = async (bytes: Buffer) => {
+    const p = join(stateDir, `t-${Math.random()}.sluicerec`);
+    writeFileSync(p, bytes);
+    return verifyRecording(p, keys);
+  };
+
+  // A path hash altered, the CRC recomputed: the proof leads to another root, which is not signed.
+  const f0 = footers[0]!;
+  const jsonLength = f0.payload.readUInt32BE(0);
+  const pathAt = f0.start + RECORD_PREFIX + 4 + jsonLength + 9;
+  const altered = Buffer.from(f0.bytes);
+  altered[pathAt]! ^= 0x01;
+  reframe(altered, f0.start, f0.end);
+  const v1 = await check(altered);
+  t.equal(v1.ok, false, 'an altered proof is caught');
+  t.match(v1.firstBad?.reason, /footer signature does not verify/);
+
+  // The leaf index changed to a sibling's: the same hashes, put together in another order.
+  const moved = Buffer.from(f0.bytes);
+  moved.writeUInt32BE(1, f0.start + RECORD_PREFIX + 4 + jsonLength);
+  reframe(moved, f0.start, f0.end);
+  t.match((await check(moved)).firstBad?.reason, /footer signature does not verify/, 'another leaf index is caught');
+
+  // A sibling's whole footer (its own valid proof, the shared signature) put in place of this one.
+  const f1 = footers[1]!;
+  const spliced = Buffer.concat([f0.bytes.subarray(0, f0.start), f1.bytes.subarray(f1.start)]);
+  const v3 = await check(spliced);
+  t.equal(v3.ok, false, 'a sibling\'s footer is caught');
+  t.match(v3.firstBad?.reason, /footer belongs to session s1, the header to s0: spliced or swapped/);
+});
