@@ -105,6 +105,11 @@ export interface FooterBody {
   keyId: string;
   /** Records before the footer (= the footer's own seq). */
   recordCount: number;
+  /**
+   * The footer record's own micros (from version 3): the footer is not fed
+   * to the digest it signs, so its record header is covered this way.
+   */
+  micros?: number;
   /** Hex chain hash over the header and every record before the footer. */
   finalChain: string;
   endedAt: string;

@@ -29,7 +29,7 @@ import {
   type RecordDigest,
 } from './format.js';
 import { appendAllSync } from './append.js';
-import { CHECKPOINT_SIG_DOMAIN, FOOTER_SIG_DOMAIN, batchSignedPayloads, type SignedItem } from './signed-records.js';
+import { CHECKPOINT_SIG_DOMAIN, FOOTER_SIG_DOMAIN, batchSignedPayloads, signedItem, type SignedItem } from './signed-records.js';
 import type { SealJob, SealOutcome, SealRequest, SealAnswer, SealOpen } from './seal-thread.js';
 
 interface Recording {
@@ -77,11 +77,21 @@ function failure(job: SealJob, err: unknown, written = 0, added = 0): SealOutcom
   };
 }
 
-/** First pass: the records' CRCs and digest, then the body of the checkpoint or footer, which holds the digest so far. */
-function seal(job: SealJob): Sealed | SealOutcome {
+/**
+ * First pass: the records' CRCs and digest, then the body of the checkpoint
+ * or footer, which holds the digest so far. A batch ends in one of them at
+ * most (the writer takes a checkpoint only in a batch that is not its last),
+ * and a writer has one batch in a message (it waits for each batch's
+ * answer before it takes the next): the passes rely on both, so a batch
+ * that breaks either fails rather than be sealed out of order.
+ */
+function seal(job: SealJob, seen: Set<number>): Sealed | SealOutcome {
+  if (seen.has(job.writer)) return failure(job, new Error('a second batch of one recording in one message'));
+  seen.add(job.writer);
   if (job.open !== undefined) register(job.writer, job.open);
   const r = recordings.get(job.writer);
   if (r === undefined) return { writer: job.writer, written: 0, added: 0, chain: '', error: { message: 'the seal thread has no such recording open' } };
+  if (job.checkpoint !== undefined && job.footer !== undefined) return failure(job, new Error('a batch with both a checkpoint and the footer'));
   try {
     const views: Uint8Array[] = [];
     for (const p of job.pieces) {
@@ -93,13 +103,14 @@ function seal(job: SealJob): Sealed | SealOutcome {
     const sealed: Sealed = { job, r, views };
     if (job.checkpoint !== undefined) {
       const body: CheckpointBody = { sessionId: r.sessionId, seq: job.checkpoint.seq, chain: r.digest.value(), micros: job.checkpoint.micros };
-      sealed.signed = { type: RecordType.checkpoint, seq: body.seq, micros: body.micros, item: { domain: CHECKPOINT_SIG_DOMAIN, body } };
+      sealed.signed = { type: RecordType.checkpoint, seq: body.seq, micros: body.micros, item: signedItem(CHECKPOINT_SIG_DOMAIN, body) };
     } else if (job.footer !== undefined) {
       const f = job.footer;
       const body: FooterBody = {
         sessionId: r.sessionId,
         keyId: r.keyId,
         recordCount: f.recordCount,
+        micros: f.micros,
         finalChain: (sealed.finalChain = r.digest.value()),
         endedAt: f.endedAt,
         closeReason: f.closeReason,
@@ -107,7 +118,7 @@ function seal(job: SealJob): Sealed | SealOutcome {
         bytesGatewayToClient: f.bytesGatewayToClient,
         truncated: f.truncated,
       };
-      sealed.signed = { type: RecordType.footer, seq: f.recordCount, micros: f.micros, item: { domain: FOOTER_SIG_DOMAIN, body } };
+      sealed.signed = { type: RecordType.footer, seq: f.recordCount, micros: f.micros, item: signedItem(FOOTER_SIG_DOMAIN, body) };
     }
     return sealed;
   } catch (err) {
@@ -117,8 +128,9 @@ function seal(job: SealJob): Sealed | SealOutcome {
 
 /**
  * Second pass: one signature per key over every checkpoint and footer of
- * the message. If signing fails, the batches it was for fail (their
- * recordings end); the others go on.
+ * the message (their JSON was made in the first pass, per batch). If a
+ * signature fails, the batches it was for fail (their recordings end);
+ * the others go on.
  */
 function signAll(sealed: Array<Sealed | SealOutcome>): void {
   const byKey = new Map<KeyObject, number[]>();
@@ -176,7 +188,8 @@ parentPort!.on('message', (m: SealRequest) => {
     Atomics.wait(new Int32Array(m.gate), 0, 0);
     return;
   }
-  const sealed = m.jobs.map(seal);
+  const seen = new Set<number>();
+  const sealed = m.jobs.map((job) => seal(job, seen));
   signAll(sealed);
   const outcomes = sealed.map((s) => ('job' in s ? append(s) : s));
   for (const job of m.jobs) if (job.footer !== undefined) recordings.delete(job.writer);

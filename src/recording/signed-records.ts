@@ -64,7 +64,13 @@ export interface SignedPayload {
 export interface SignedItem {
   /** CHECKPOINT_SIG_DOMAIN or FOOTER_SIG_DOMAIN. */
   domain: Buffer;
-  body: object;
+  /** The body, as JSON (UTF-8). */
+  json: Buffer;
+}
+
+/** A body as the JSON a signed record carries. */
+export function signedItem(domain: Buffer, body: object): SignedItem {
+  return { domain, json: Buffer.from(JSON.stringify(body), 'utf8') };
 }
 
 // --- version 3: a signature per batch -----------------------------------------
@@ -83,11 +89,10 @@ export function batchSignedPayloads(items: readonly SignedItem[], privateKey: Ke
   const out: Buffer[] = [];
   for (let from = 0; from < items.length; from += MAX_BATCH_LEAVES) {
     const batch = items.slice(from, from + MAX_BATCH_LEAVES);
-    const jsons = batch.map((i) => Buffer.from(JSON.stringify(i.body), 'utf8'));
-    const tree = merkleTree(batch.map((i, k) => leafHash(i.domain, jsons[k]!)));
+    const tree = merkleTree(batch.map((i) => leafHash(i.domain, i.json)));
     const sig = sign(null, treeSigned(batch.length, tree.root), privateKey);
     for (let k = 0; k < batch.length; k++) {
-      const json = jsons[k]!;
+      const json = batch[k]!.json;
       const path = tree.paths[k]!;
       const p = Buffer.allocUnsafe(4 + json.length + 9 + path.length * HASH_SIZE + SIGNATURE_SIZE);
       let at = p.writeUInt32BE(json.length, 0);
@@ -113,9 +118,12 @@ function parseJson(json: Buffer): { ok: true; body: unknown } | { ok: false } {
   }
 }
 
-/** Splits a checkpoint's or footer's payload as a file of `version` lays it out; undefined when its shape is wrong. */
+/**
+ * Splits a checkpoint's or footer's payload as a file of `version` (1 to 3)
+ * lays it out; undefined when its shape is wrong or the version unknown.
+ */
 export function parseSignedPayload(version: number, payload: Buffer): SignedPayload | undefined {
-  if (payload.length < 4 + SIGNATURE_SIZE) return undefined;
+  if (version < 1 || version > BATCH_SIGNED_VERSION || payload.length < 4 + SIGNATURE_SIZE) return undefined;
   const n = payload.readUInt32BE(0);
   const json = payload.subarray(4, Math.min(payload.length, 4 + n));
   if (version < BATCH_SIGNED_VERSION) {

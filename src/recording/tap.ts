@@ -61,7 +61,7 @@ import { indexRow } from './index-row.js';
 import type { RecordingKey } from './keys.js';
 import { purgeRecordings } from './retention.js';
 import { sealThread } from './seal-thread.js';
-import { RecordingWriter, recorderHealth, type RecordingResult } from './writer.js';
+import { RecordingWriter, recorderHealth, type RecordingResult, type RecordingWriterOptions } from './writer.js';
 
 /** Pre-auth bytes held by default: the handshake cap (64 KiB) + the largest token (64 KiB) + room for pipelined chunks. */
 export const DEFAULT_MAX_HELD_BYTES = 512 * 1024;
@@ -486,6 +486,16 @@ export interface RecordingSettings {
   fsync?: 'close' | 'off';
 }
 
+/** What a session's writer takes from the recorder's settings. */
+export function writerSettings(s: RecordingSettings): Pick<RecordingWriterOptions, 'maxBytes' | 'flushIntervalMs' | 'maxBacklogBytes' | 'fsyncAtClose'> {
+  return {
+    maxBytes: s.maxBytes,
+    flushIntervalMs: s.flushIntervalMs,
+    ...(s.maxBacklogBytes !== undefined ? { maxBacklogBytes: s.maxBacklogBytes } : {}),
+    fsyncAtClose: s.fsync !== 'off',
+  };
+}
+
 /** While unhealthy, a probe write is tried at most this often. */
 const PROBE_INTERVAL_MS = 3_000;
 const RETENTION_INTERVAL_MS = 60 * 60_000;
@@ -724,10 +734,7 @@ export class SessionRecording {
       return await RecordingWriter.open({
         stateDir: recorder.stateDir,
         key: recorder.key,
-        maxBytes: recorder.settings.maxBytes,
-        flushIntervalMs: recorder.settings.flushIntervalMs,
-        ...(recorder.settings.maxBacklogBytes !== undefined ? { maxBacklogBytes: recorder.settings.maxBacklogBytes } : {}),
-        fsyncAtClose: recorder.settings.fsync !== 'off',
+        ...writerSettings(recorder.settings),
         onBacklog: (behind) => this.#backlogChanged(behind),
         meta: this.#meta(identity),
         onFailure: (err) => this.#fail(err),

@@ -132,6 +132,7 @@ async function verifyOpen(src: ByteSource, keys: PublicKeys): Promise<VerifyResu
         return bad(f.offset, `checkpoint belongs to session ${body.sessionId}, the header to ${header.sessionId}: spliced or swapped`, f.seq);
       }
       if (body.seq !== f.seq) return bad(f.offset, `checkpoint claims seq ${body.seq}`, f.seq);
+      if (body.micros !== f.micros) return bad(f.offset, `checkpoint claims ${body.micros} µs, its record ${f.micros}`, f.seq);
       if (body.chain !== digest.value()) {
         return bad(f.offset, `chain mismatch at checkpoint: the header or a record after seq ${lastSigned} was altered, removed or inserted`, f.seq);
       }
@@ -145,6 +146,8 @@ async function verifyOpen(src: ByteSource, keys: PublicKeys): Promise<VerifyResu
       }
       if (body.keyId !== header.keyId) return bad(f.offset, `footer key ${body.keyId} differs from the header's ${header.keyId}`, f.seq);
       if (body.recordCount !== f.seq) return bad(f.offset, `footer counts ${body.recordCount} records, the file has ${f.seq}`, f.seq);
+      // From version 3 the body holds the footer record's time; before, the footer's record header was unsigned.
+      if (h.version >= 3 && body.micros !== f.micros) return bad(f.offset, `footer claims ${String(body.micros)} µs, its record ${f.micros}`, f.seq);
       if (body.finalChain !== digest.value()) {
         return bad(f.offset, `chain mismatch at footer: the header or a record after seq ${lastSigned} was altered, removed or inserted`, f.seq);
       }

@@ -8,7 +8,7 @@
  * and to refuse a proof or a footer taken from a sibling.
  */
 import { createHash, generateKeyPairSync } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -22,6 +22,7 @@ import {
   MAX_BATCH_LEAVES,
   batchSignedPayloads,
   parseSignedPayload,
+  signedItem,
   verifySignedPayload,
 } from '../../src/recording/signed-records.js';
 import { verifyRecording } from '../../src/recording/verify.js';
@@ -79,14 +80,11 @@ t.test('the tree: a proof for another index, another size or another leaf does n
 
 t.test('batch payloads: one signature, each payload verifies alone, and only as what it is', async (t) => {
   const { privateKey, publicKey } = generateKeyPairSync('ed25519');
-  const items = [
-    { domain: CHECKPOINT_SIG_DOMAIN, body: { sessionId: 'a', seq: 4, chain: '00', micros: 1 } },
-    { domain: FOOTER_SIG_DOMAIN, body: { sessionId: 'b', recordCount: 2 } },
-    { domain: FOOTER_SIG_DOMAIN, body: { sessionId: 'c', recordCount: 9 } },
-  ];
+  const bodies = [{ sessionId: 'a', seq: 4, chain: '00', micros: 1 }, { sessionId: 'b', recordCount: 2 }, { sessionId: 'c', recordCount: 9 }];
+  const items = [signedItem(CHECKPOINT_SIG_DOMAIN, bodies[0]!), signedItem(FOOTER_SIG_DOMAIN, bodies[1]!), signedItem(FOOTER_SIG_DOMAIN, bodies[2]!)];
   const payloads = batchSignedPayloads(items, privateKey);
   const parsed = payloads.map((p) => parseSignedPayload(3, p)!);
-  t.same(parsed.map((p) => p.body), items.map((i) => i.body), 'the bodies read back');
+  t.same(parsed.map((p) => p.body), bodies, 'the bodies read back');
   t.same(parsed.map((p) => [p.proof?.index, p.proof?.size]), [[0, 3], [1, 3], [2, 3]]);
   t.ok(parsed.every((p) => p.signature.equals(parsed[0]!.signature)), 'one signature for the batch');
   parsed.forEach((p, i) => t.equal(verifySignedPayload(items[i]!.domain, p, publicKey), true, `payload ${i} verifies`));
@@ -101,7 +99,7 @@ t.test('batch payloads: one signature, each payload verifies alone, and only as 
   t.equal(parseSignedPayload(2, payloads[1]!), undefined, 'a version 3 payload is malformed to a version 2 reader');
   t.equal(parseSignedPayload(3, payloads[1]!.subarray(0, payloads[1]!.length - 1)), undefined, 'a payload one byte short');
 
-  const many = Array.from({ length: MAX_BATCH_LEAVES + 3 }, (_, i) => ({ domain: FOOTER_SIG_DOMAIN, body: { n: i } }));
+  const many = Array.from({ length: MAX_BATCH_LEAVES + 3 }, (_, i) => signedItem(FOOTER_SIG_DOMAIN, { n: i }));
   const big = batchSignedPayloads(many, privateKey).map((p) => parseSignedPayload(3, p)!);
   t.equal(new Set(big.map((p) => p.signature.toString('hex'))).size, 2, `${many.length} items: two trees, two signatures`);
   t.same([big[MAX_BATCH_LEAVES - 1]!.proof?.size, big[MAX_BATCH_LEAVES]!.proof?.size], [MAX_BATCH_LEAVES, 3]);
@@ -173,4 +171,46 @@ t.test('recordings that close together share a signature, verify alone, and refu
   const v3 = await check(spliced);
   t.equal(v3.ok, false, 'a sibling\'s footer is caught');
   t.match(v3.firstBad?.reason, /footer belongs to session s1, the header to s0: spliced or swapped/);
+});
+
+t.test('one batch failing, and two keys in one message: each key gets its tree, the failure stays with its recording', async (t) => {
+  const dirs = [mkdtempSync(join(tmpdir(), 'sluice-batchsig-a-')), mkdtempSync(join(tmpdir(), 'sluice-batchsig-b-'))];
+  t.teardown(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
+  const [keyA, keyB] = await Promise.all(dirs.map((d) => openRecordingKey(d)));
+  const keys = new Map([...(await loadRecordingPublicKeys(dirs[0]!)), ...(await loadRecordingPublicKeys(dirs[1]!))]);
+  const specs = [['a0', 0], ['a1', 0], ['b0', 1], ['a2', 0], ['b1', 1]] as const;
+  const failures: string[] = [];
+  const writers = await Promise.all(
+    specs.map(([id, k]) =>
+      RecordingWriter.open({
+        stateDir: dirs[k]!,
+        key: k === 0 ? keyA : keyB,
+        meta: { sessionId: id, target: 'cache', protocol: 'redis', subject: 'ci', groups: [], issuer: 'i', startedAt: new Date().toISOString() },
+        onFailure: (e) => failures.push(`${id}: ${e.message}`),
+      }),
+    ),
+  );
+  writers.forEach((w) => {
+    w.record('client', Buffer.from('*1\r\n$4\r\nPING\r\n'));
+    w.record('server', Buffer.from('+PONG\r\n'));
+  });
+  // a1's file descriptor is closed under it: its append fails (EBADF) in the message that signs the others.
+  closeSync((writers[1] as unknown as { fd: number }).fd);
+  const results = await Promise.all(writers.map((w) => w.close({ closeReason: 'client closed' })));
+
+  t.same(results.map((r) => r.complete), [true, false, true, true, true], 'only a1 is incomplete');
+  t.same(failures, [], 'a failure while closing ends nothing more: the session is over');
+  const a1 = await verifyRecording(results[1]!.path, keys);
+  t.same({ ok: a1.ok, complete: a1.complete }, { ok: true, complete: false }, 'a1: intact as far as it goes, incomplete');
+  const trees = new Map<string, number>();
+  for (const [i, r] of results.entries()) {
+    if (i === 1) continue;
+    const v = await verifyRecording(r.path, keys);
+    t.same({ ok: v.ok, complete: v.complete }, { ok: true, complete: true }, `${specs[i]![0]} verifies`);
+    let last: { bytes: Buffer } | undefined;
+    for await (const e of readRecording(r.path)) last = e;
+    const p = parseSignedPayload(3, last!.bytes)!;
+    trees.set(p.signature.toString('hex'), p.proof!.size);
+  }
+  t.same([...trees.values()].sort(), [2, 3], 'one tree per key: three footers signed with A (a1 included), two with B');
 });

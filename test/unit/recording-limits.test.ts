@@ -16,6 +16,7 @@ import { readRecording } from '../../src/recording/reader.js';
 import { purgeRecordings } from '../../src/recording/retention.js';
 import { verifyRecording } from '../../src/recording/verify.js';
 import { sealThread } from '../../src/recording/seal-thread.js';
+import { writerSettings } from '../../src/recording/tap.js';
 import { RecordingWriter, recorderHealth } from '../../src/recording/writer.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
 
@@ -60,6 +61,13 @@ t.test('the seal thread runs at nice 19; the event loop keeps the priority it ha
   t.equal(getPriority(), mainBefore);
   const niced = [...nices].filter(([tid, nice]) => tid !== process.pid && nice === 19);
   t.equal(niced.length, 1, `one thread at nice 19 (threads: ${JSON.stringify([...nices])})`);
+});
+
+t.test('recording.fsync reaches the writer: close (and no setting) fsyncs, off does not', async (t) => {
+  const base = { enabled: true, maxBytes: 1 << 20, flushIntervalMs: 200, retentionMs: 0 };
+  t.equal(writerSettings(base).fsyncAtClose, true, 'no setting: close');
+  t.equal(writerSettings({ ...base, fsync: 'close' }).fsyncAtClose, true);
+  t.equal(writerSettings({ ...base, fsync: 'off' }).fsyncAtClose, false);
 });
 
 t.test('fsync at close: on by default; with fsyncAtClose false the OS writes back, and the recording is as complete', async (t) => {

@@ -2,7 +2,8 @@
  * verify detects every kind of tampering and names where: a flipped byte
  * anywhere, a deleted, reordered or duplicated record, a truncated tail, two
  * sessions spliced, a swapped header, a record altered with its CRC
- * recomputed, and a recording signed by a key the gateway does not know.
+ * recomputed (its content, or the time of a signed record), and a
+ * recording signed by a key the gateway does not know.
  */
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -218,6 +219,21 @@ t.test('tampering', async (t) => {
     t.equal(v.ok, false);
     t.equal(v.firstBad?.seq, f.seq);
     t.match(v.firstBad?.reason, /footer signature does not verify/);
+  });
+
+  t.test('the time of the footer or of a checkpoint changed with the CRC recomputed', async (t) => {
+    const cp = a.spans.find((s) => s.type === 'checkpoint')!;
+    const f = a.spans[a.spans.length - 1]!;
+    for (const [span, what] of [[f, 'footer'], [cp, 'checkpoint']] as const) {
+      const copy = Buffer.from(a.bytes);
+      // micros is the u64 at bytes 6-13 of a record; its low word at 10.
+      copy.writeUInt32BE(copy.readUInt32BE(span.start + 10) + 1, span.start + 10);
+      recrc(copy, span.start, span.end);
+      const v = await check(copy, keys);
+      t.equal(v.ok, false, `${what}: caught`);
+      t.equal(v.firstBad?.seq, span.seq);
+      t.match(v.firstBad?.reason, new RegExp(`${what} claims \\d+ µs, its record \\d+`));
+    }
   });
 
   t.test('a recording signed by an unknown key', async (t) => {
