@@ -9,7 +9,7 @@
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { machineCpu, measureCpu } from './cpu.js';
+import { machineCpu, measureCpu, type ThreadCpu } from './cpu.js';
 import { mean, median } from './table.js';
 
 /** A contender that started and answered a real request. */
@@ -41,6 +41,8 @@ export interface Measurement {
   wallSeconds: number;
   /** Gateway CPU seconds during the run; undefined for direct. */
   gatewayCpuSeconds: number | undefined;
+  /** The same by thread group (bench/lib/cpu.ts); undefined for direct. */
+  gatewayThreads: ThreadCpu | undefined;
   /** Fraction of all cores busy during the run. */
   machineBusy: number;
 }
@@ -59,6 +61,8 @@ export interface Summary {
   cpuMicrosPerOp: number | undefined;
   /** Gateway CPU as a share of one core, over all rounds. */
   gatewayCores: number | undefined;
+  /** Gateway CPU per operation by thread group, microseconds, over all rounds. */
+  threadMicrosPerOp: ThreadCpu | undefined;
   machineBusy: number | undefined;
 }
 
@@ -106,9 +110,14 @@ export function summarize(cell: CellResult | undefined): Summary {
   const cpu = withCpu.reduce((a, m) => a + (m.gatewayCpuSeconds ?? 0), 0);
   const ops = withCpu.reduce((a, m) => a + m.ops, 0);
   const wall = withCpu.reduce((a, m) => a + m.wallSeconds, 0);
+  const perOp = (pick: (t: ThreadCpu) => number): number => (withCpu.reduce((a, m) => a + (m.gatewayThreads ? pick(m.gatewayThreads) : 0), 0) / ops) * 1e6;
   return {
     rate: median(r.map((m) => m.rate)),
     cpuMicrosPerOp: withCpu.length && ops > 0 ? (cpu / ops) * 1e6 : undefined,
+    threadMicrosPerOp:
+      withCpu.length && ops > 0 && withCpu.every((m) => m.gatewayThreads !== undefined)
+        ? { eventLoop: perOp((t) => t.eventLoop), lowPriority: perOp((t) => t.lowPriority), other: perOp((t) => t.other) }
+        : undefined,
     gatewayCores: withCpu.length && wall > 0 ? cpu / wall : undefined,
     machineBusy: mean(r.map((m) => m.machineBusy)),
   };

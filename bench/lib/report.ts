@@ -78,13 +78,28 @@ export function buildTables(r: ReportInput): Table[] {
     notes: ['user+system CPU of the gateway process from /proc/<pid>/stat over each run, divided by the operations the client counted'],
   };
 
+  const threads: Table = {
+    title: `${r.title}: gateway CPU per ${r.opName} by thread, µs: event loop / recording thread / other`,
+    header: ['gateway', ...r.workloads],
+    rows: gateways.map((c) => [
+      c,
+      ...r.workloads.map((w) => {
+        const t = summarize(findCell(r.cells, w, c)).threadMicrosPerOp;
+        return t === undefined ? undefined : `${fmtFixed(t.eventLoop)} / ${fmtFixed(t.lowPriority)} / ${fmtFixed(t.other)}`;
+      }),
+    ]),
+    notes: [
+      'from /proc/<pid>/task/*/stat: the main thread; the threads below its priority (the recording seal thread, nice 19); the rest (libuv pool, GC, compiler)',
+    ],
+  };
+
   const busy: Table = {
     title: `${r.title}: whole machine busy during the runs (all cores)`,
     header: ['contender', ...r.workloads],
     rows: r.contenders.map((c) => [c, ...r.workloads.map((w) => fmtPercent(summarize(findCell(r.cells, w, c)).machineBusy))]),
     notes: ['from /proc/stat; the database, the benchmark client and the gateway all share these cores'],
   };
-  return [throughput, ratios, cpu, busy];
+  return [throughput, ratios, cpu, threads, busy];
 }
 
 export function tablesText(tables: Table[]): string {
