@@ -10,7 +10,7 @@
  *   main thread, tid = pid), the threads running below the process's
  *   priority (Sluice's recording seal thread runs at nice 19; nothing else
  *   in it does), and the rest (libuv's pool, V8's GC and compiler threads,
- *   other workers). Throughput ratios on two shared cores move by ±15% from
+ *   other workers, and threads that ended during the run). Throughput ratios on two shared cores move by ±15% from
  *   round to round; the CPU a feature's own thread spends per operation
  *   moves far less, and tells a change's effect apart from that noise.
  * - Whole machine: the aggregate `cpu` line of /proc/stat, giving how busy
@@ -42,46 +42,55 @@ function cpuSecondsOf(fields: string[]): number {
   return (Number(fields[14 - 3]) + Number(fields[15 - 3])) / CLK_TCK;
 }
 
-/** CPU seconds (user + system) a process has used so far. */
-export function processCpuSeconds(pid: number): number {
-  return cpuSecondsOf(statFields(`/proc/${pid}/stat`));
-}
-
-/** CPU seconds so far of a process's threads, by group (see the top of this file). */
+/** CPU of a process's threads during an interval, by group (see the top of this file), seconds. */
 export interface ThreadCpu {
   eventLoop: number;
   /** Threads at a nice value above the main thread's: the recording seal thread in Sluice. */
   lowPriority: number;
+  /** The rest, with whatever threads that ended during the interval spent in it. */
   other: number;
 }
 
-/**
- * A thread that ended between two readings takes its CPU out of the sums
- * (the process total keeps it): the groups are for threads that live
- * through a run, as the event loop and the seal thread do.
- */
-export function threadCpuSeconds(pid: number): ThreadCpu {
-  const out: ThreadCpu = { eventLoop: 0, lowPriority: 0, other: 0 };
-  const mainNice = Number(statFields(`/proc/${pid}/stat`)[19 - 3]);
-  let tids: string[] = [];
-  try {
-    tids = readdirSync(`/proc/${pid}/task`);
-  } catch {
-    return out;
-  }
-  for (const tid of tids) {
+/** One reading of a process: its total, and each live thread's CPU and nice value. */
+export interface ThreadReading {
+  total: number;
+  mainNice: number;
+  threads: Map<number, { cpu: number; nice: number }>;
+}
+
+/** Reads the process `pid` and every thread of it; throws when the process is gone (the round is then reported failed). */
+export function readThreads(pid: number): ThreadReading {
+  const main = statFields(`/proc/${pid}/stat`);
+  const threads = new Map<number, { cpu: number; nice: number }>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
     let f: string[];
     try {
       f = statFields(`/proc/${pid}/task/${tid}/stat`);
     } catch {
-      continue; // the thread ended
+      continue; // ended between the listing and the read: counted in `other` (threadCpuBetween)
     }
-    const s = cpuSecondsOf(f);
-    if (Number(tid) === pid) out.eventLoop += s;
-    else if (Number(f[19 - 3]) > mainNice) out.lowPriority += s;
-    else out.other += s;
+    threads.set(Number(tid), { cpu: cpuSecondsOf(f), nice: Number(f[19 - 3]) });
   }
-  return out;
+  if (!threads.has(pid)) throw new Error(`process ${pid}: its main thread could not be read`);
+  return { total: cpuSecondsOf(main), mainNice: Number(main[19 - 3]), threads };
+}
+
+/**
+ * What each group spent between two readings: per thread, its CPU at the
+ * end less its CPU at the start (a thread started in between counts from
+ * zero), grouped by its nice value at the end; `other` is the process's
+ * total less the two named groups, so threads that ended in between are
+ * in it too.
+ */
+export function threadCpuBetween(pid: number, a: ThreadReading, b: ThreadReading): ThreadCpu {
+  let eventLoop = 0;
+  let lowPriority = 0;
+  for (const [tid, t] of b.threads) {
+    const spent = t.cpu - (a.threads.get(tid)?.cpu ?? 0);
+    if (tid === pid) eventLoop += spent;
+    else if (t.nice > b.mainNice) lowPriority += spent;
+  }
+  return { eventLoop, lowPriority, other: Math.max(0, b.total - a.total - eventLoop - lowPriority) };
 }
 
 export interface MachineCpu {
@@ -116,22 +125,17 @@ export interface CpuSample {
  * during the run.
  */
 export async function measureCpu<T>(pid: number | undefined, work: () => Promise<T>): Promise<{ result: T; cpu: CpuSample }> {
-  const gw0 = pid === undefined ? 0 : processCpuSeconds(pid);
-  const t0 = pid === undefined ? undefined : threadCpuSeconds(pid);
+  const t0 = pid === undefined ? undefined : readThreads(pid);
   const m0 = machineCpu();
   const result = await work();
-  const gw1 = pid === undefined ? 0 : processCpuSeconds(pid);
-  const t1 = pid === undefined ? undefined : threadCpuSeconds(pid);
+  const t1 = pid === undefined ? undefined : readThreads(pid);
   const m1 = machineCpu();
   const total = m1.total - m0.total;
   return {
     result,
     cpu: {
-      gatewayCpuSeconds: pid === undefined ? undefined : gw1 - gw0,
-      gatewayThreads:
-        t0 === undefined || t1 === undefined
-          ? undefined
-          : { eventLoop: t1.eventLoop - t0.eventLoop, lowPriority: t1.lowPriority - t0.lowPriority, other: t1.other - t0.other },
+      gatewayCpuSeconds: t0 === undefined || t1 === undefined ? undefined : t1.total - t0.total,
+      gatewayThreads: t0 === undefined || t1 === undefined || pid === undefined ? undefined : threadCpuBetween(pid, t0, t1),
       machineBusy: total > 0 ? (m1.busy - m0.busy) / total : 0,
     },
   };

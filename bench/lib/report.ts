@@ -89,7 +89,7 @@ export function buildTables(r: ReportInput): Table[] {
       }),
     ]),
     notes: [
-      'from /proc/<pid>/task/*/stat: the main thread; the threads below its priority (the recording seal thread, nice 19); the rest (libuv pool, GC, compiler)',
+      'from /proc/<pid>/task/*/stat: the main thread; the threads below its priority (the recording seal thread, nice 19); the rest (libuv pool, GC, compiler, threads that ended)',
     ],
   };
 

@@ -176,6 +176,11 @@ export class SealThread {
         resolve(failed(job.writer, this.#dead));
         return;
       }
+      // One batch in flight per writer (writer.ts waits for each answer): answers are routed by writer.
+      if (this.#waiting.has(job.writer)) {
+        resolve(failed(job.writer, 'a batch was sealed while the previous one of its recording was in flight'));
+        return;
+      }
       const open = this.#unposted.get(job.writer);
       if (open !== undefined) {
         this.#unposted.delete(job.writer);

@@ -124,6 +124,11 @@ async function verifyOpen(src: ByteSource, keys: PublicKeys): Promise<VerifyResu
     }
     if (truncatedSeen && f.type !== RecordType.footer) return bad(f.offset, 'record after the truncated marker', f.seq);
 
+    // Control records carry direction 0 (every writer wrote it so); the signed ones are checked
+    // here, since the footer is not part of the digest that would catch an edit.
+    if ((f.type === RecordType.checkpoint || f.type === RecordType.footer) && f.direction !== 0) {
+      return bad(f.offset, `${f.type === RecordType.footer ? 'footer' : 'checkpoint'} record has direction ${f.direction}, control records 0`, f.seq);
+    }
     if (f.type === RecordType.checkpoint) {
       const r = checkSigned(CHECKPOINT_SIG_DOMAIN, f.payload, f.offset, f.seq, 'checkpoint');
       if (r.err) return r.err;

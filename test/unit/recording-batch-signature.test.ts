@@ -194,7 +194,9 @@ t.test('one batch failing, and two keys in one message: each key gets its tree, 
     w.record('client', Buffer.from('*1\r\n$4\r\nPING\r\n'));
     w.record('server', Buffer.from('+PONG\r\n'));
   });
-  // a1's file descriptor is closed under it: its append fails (EBADF) in the message that signs the others.
+  // a1's file descriptor is closed under it: its append fails (EBADF) in the message that signs the
+  // others. Nothing opens a file between here and a1's close (the other files are open already, and
+  // the seal thread only writes), so the number is not taken by another file meanwhile.
   closeSync((writers[1] as unknown as { fd: number }).fd);
   const results = await Promise.all(writers.map((w) => w.close({ closeReason: 'client closed' })));
 

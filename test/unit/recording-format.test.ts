@@ -238,6 +238,19 @@ t.test('after a short writev, what is left to append is exactly the unwritten by
   t.equal(unwritten(bufs, 3)[0], bufs[1], 'a buffer not begun is passed on as it is, not copied');
 });
 
+t.test('a second batch of one recording while its first is in flight is refused, and the first answered as usual', async (t) => {
+  const stateDir = tempDir(t);
+  const key = await openRecordingKey(stateDir);
+  // An open writer keeps the thread, and this process, alive while the batches below are answered.
+  const w = await RecordingWriter.open({ stateDir, meta: meta(), key, onFailure: () => t.fail('no failure') });
+  const seal = sealThread();
+  const writer = 2_000_000_000; // no writer has this id: the thread answers the first batch with its own error
+  const [first, second] = await Promise.all([seal.seal({ writer, pieces: [] }), seal.seal({ writer, pieces: [] })]);
+  t.match(first.error?.message, /no such recording open/, 'the first batch gets its own answer');
+  t.match(second.error?.message, /while the previous one of its recording was in flight/, 'the second is refused at once');
+  t.equal((await w.close({ closeReason: 'done' })).complete, true, 'other recordings are not disturbed');
+});
+
 t.test('the seal thread dies mid-session: the recording fails closed, and the next one starts a new thread', async (t) => {
   const stateDir = tempDir(t);
   const key = await openRecordingKey(stateDir);

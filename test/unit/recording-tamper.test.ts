@@ -40,8 +40,10 @@ async function make(sessionId: string, key: RecordingKey, records = 12, seed = 1
   const w = await RecordingWriter.open({ stateDir, meta, key, checkpointEveryRecords: 4, flushIntervalMs: 1, onFailure: () => undefined });
   for (let i = 0; i < records; i++) {
     w.record(i % 2 ? 'server' : 'client', Buffer.from(`${seed}:record ${i} ${'x'.repeat(i)}`));
-    // One flush per record, so checkpoints fall every 4 records.
-    await new Promise((r) => setTimeout(r, 3));
+    // One flush per record, so checkpoints fall every 4 records: on a loaded machine a 3 ms wait
+    // alone let records share a flush, and the fixture came out with fewer checkpoints.
+    do await new Promise((r) => setTimeout(r, 3));
+    while (w.backlogBytes > 0);
   }
   await w.close({ closeReason: 'done' });
   const bytes = readFileSync(w.path);
@@ -233,6 +235,19 @@ t.test('tampering', async (t) => {
       t.equal(v.ok, false, `${what}: caught`);
       t.equal(v.firstBad?.seq, span.seq);
       t.match(v.firstBad?.reason, new RegExp(`${what} claims \\d+ µs, its record \\d+`));
+    }
+  });
+
+  t.test('the direction byte of the footer or of a checkpoint changed with the CRC recomputed', async (t) => {
+    const cp = a.spans.find((s) => s.type === 'checkpoint')!;
+    const f = a.spans[a.spans.length - 1]!;
+    for (const [span, what] of [[f, 'footer'], [cp, 'checkpoint']] as const) {
+      const copy = Buffer.from(a.bytes);
+      copy[span.start + 1] = 1;
+      recrc(copy, span.start, span.end);
+      const v = await check(copy, keys);
+      t.equal(v.firstBad?.seq, span.seq, `${what}: caught at its record`);
+      t.match(v.firstBad?.reason, new RegExp(`${what} record has direction 1, control records 0`));
     }
   });
 
