@@ -1,6 +1,6 @@
 import type { Logger } from '../log.js';
 import { encodeBatch, TimeParser, type EncodedBatch } from './audit-batches.js';
-import { AuditCommitThread, type CommitOutcome } from './audit-commit-thread.js';
+import { CommitThread, type CommitOutcome } from './commit-thread.js';
 import type { AuditEvent, Store } from './types.js';
 
 export interface AuditWriterStats {
@@ -28,7 +28,7 @@ export interface AuditWriterStats {
  *
  * Where the commit runs: a store with an `auditFile` (the SQLite store)
  * gets its batches committed by a worker thread with its own connection
- * (audit-commit-thread.ts): the event loop only encodes the batch (about
+ * (commit-thread.ts): the event loop only encodes the batch (about
  * 1 µs an event) and hands over one string; SQLite's CPU and its disk waits
  * (WAL writes, checkpoints) happen beside the relay instead of stalling it
  * (1-2 ms a 500-event batch, 10+ ms on a busy disk, when it ran on the
@@ -72,7 +72,7 @@ export class AuditWriter {
 
   /** Encodes batches for the commit thread (caches the second of the last time parsed). */
   private readonly times = new TimeParser();
-  private thread: AuditCommitThread | undefined;
+  private thread: CommitThread<'audit'> | undefined;
   /**
    * A batch taken off the queue and encoded, not yet known to be committed
    * (in flight, or failed and waiting for a retry). Its events are released
@@ -195,10 +195,10 @@ export class AuditWriter {
   };
 
   /** The commit thread, started on the first batch; undefined for a store without a file, or once the thread failed. */
-  private commitThread(): AuditCommitThread | undefined {
+  private commitThread(): CommitThread<'audit'> | undefined {
     const file = this.store.auditFile;
     if (file === undefined || this.store.insertEncodedAuditBatch === undefined || this.closed) return undefined;
-    this.thread ??= new AuditCommitThread(file);
+    this.thread ??= new CommitThread(file, 'audit');
     if (this.thread.alive) return this.thread;
     if (!this.threadFailureLogged) {
       this.threadFailureLogged = true;
@@ -208,7 +208,7 @@ export class AuditWriter {
   }
 
   /** Hand the pending batch (or else one encoded from the head of the queue) to the commit thread. */
-  private sendBatch(thread: AuditCommitThread): void {
+  private sendBatch(thread: CommitThread<'audit'>): void {
     const pending = this.pending ?? this.takePending();
     if (pending === undefined) return;
     thread.commit(pending.batch, (outcome) => this.answered(outcome));

@@ -4,6 +4,7 @@ import Database from 'better-sqlite3';
 import type { Logger } from '../log.js';
 import { decodeBatch, encodeBatch, newestFirst, TimeParser, type EncodedBatch, type EventFilter, type KeyField, type StoredEvent } from './audit-batches.js';
 import { migrate } from './migrations.js';
+import { CommitThread, type CommitOutcome } from './commit-thread.js';
 import type {
   ApprovalQuery,
   ApprovalRecord,
@@ -159,10 +160,22 @@ function sessionRow(rec: SessionRecord): Record<(typeof SESSION_COLUMNS)[number]
   };
 }
 
-/** The state database's pragmas, for every connection that writes to it (the store's and the audit commit thread's). */
+/** The state database's pragmas, for every connection that writes to it (the store's and the commit threads'). */
 export function writerPragmas(db: Database.Database): void {
   db.pragma('synchronous = NORMAL');
   db.pragma('busy_timeout = 5000');
+}
+
+/** Upserts session rows in one transaction (the store's own writes, and the sessions commit thread's). */
+export function sessionUpserter(db: Database.Database): (rows: SessionRecord[]) => void {
+  const upsert = db.prepare(`
+    INSERT INTO sessions (${SESSION_COLUMNS.join(', ')})
+    VALUES (${SESSION_COLUMNS.map((c) => `@${c}`).join(', ')})
+    ON CONFLICT (id) DO UPDATE SET
+      ${SESSION_COLUMNS.filter((c) => c !== 'id').map((c) => `${c} = excluded.${c}`).join(', ')}`);
+  return db.transaction((rows: SessionRecord[]) => {
+    for (const rec of rows) upsert.run(sessionRow(rec));
+  });
 }
 
 /** Commits one encoded audit batch (its row and its key rows) in one transaction. */
@@ -186,7 +199,6 @@ class SqliteStore implements Store, SessionStore {
   private readonly auditQueries = new Map<string, Database.Statement>();
   private readonly approvalQueries = new Map<string, Database.Statement>();
   private readonly sessionQueries = new Map<string, Database.Statement>();
-  private readonly upsertSessionStmt: Database.Statement;
   private readonly selectSession: Database.Statement;
   /** Upserts rows in one transaction. */
   private readonly writeSessions: (rows: SessionRecord[]) => void;
@@ -194,12 +206,15 @@ class SqliteStore implements Store, SessionStore {
   private readonly queuedSessions = new Map<string, SessionRecord>();
   private sessionTimer: NodeJS.Timeout | undefined;
   private sessionWriteFailing = false;
+  /** Commits the queued rows off the event loop (commit-thread.ts); started on the first timed write. */
+  private sessionThread: CommitThread<'sessions'> | undefined;
+  private sessionThreadFailureLogged = false;
   private readonly deleteSessionsStmt: Database.Statement;
   private closed = false;
 
   constructor(
     private readonly db: Database.Database,
-    /** The database file: the audit writer commits batches to it from its own thread (audit-commit-thread.ts). */
+    /** The database file: the audit writer and the sessions index commit to it from threads of their own (commit-thread.ts). */
     readonly auditFile: string,
     /** Where a failing write of the session index is reported. */
     private readonly logger?: Logger,
@@ -217,15 +232,7 @@ class SqliteStore implements Store, SessionStore {
         status = excluded.status, decided_at = excluded.decided_at, decided_by = excluded.decided_by,
         reason = excluded.reason, window_until = excluded.window_until, expires_at = excluded.expires_at`);
     this.selectApproval = db.prepare('SELECT * FROM approvals WHERE id = ?');
-    this.upsertSessionStmt = db.prepare(`
-      INSERT INTO sessions (${SESSION_COLUMNS.join(', ')})
-      VALUES (${SESSION_COLUMNS.map((c) => `@${c}`).join(', ')})
-      ON CONFLICT (id) DO UPDATE SET
-        ${SESSION_COLUMNS.filter((c) => c !== 'id').map((c) => `${c} = excluded.${c}`).join(', ')}`);
-    const upsertSession = this.upsertSessionStmt;
-    this.writeSessions = db.transaction((rows: SessionRecord[]) => {
-      for (const rec of rows) upsertSession.run(sessionRow(rec));
-    });
+    this.writeSessions = sessionUpserter(db);
     this.selectSession = db.prepare('SELECT * FROM sessions WHERE id = ?');
     this.deleteSessionsStmt = db.prepare(
       'DELETE FROM sessions WHERE (ended_ms IS NOT NULL AND ended_ms < ?) OR (ended_ms IS NULL AND started_ms < ?)',
@@ -239,10 +246,14 @@ class SqliteStore implements Store, SessionStore {
    * session (a pgbench -C connection, a CI job's probe) costs one row write,
    * not two, and a burst of sessions one commit: the two autocommits per
    * session were about 6% of the gateway's CPU under pgbench -C with
-   * recording on. Reads through this store (the API, retention) write the
-   * queue first, so they never miss a row; another process (the CLI) sees a
-   * row at most SESSION_INDEX_DELAY_MS late. After close() a row is written
-   * at once (and fails, the database being closed).
+   * recording on. The timed write goes through the sessions commit thread,
+   * so neither SQLite's work (about 15 µs a row) nor its disk waits (a WAL
+   * checkpoint's fsync) fall on the event loop. Reads through this store
+   * (the API, retention) wait for that thread and write the rest of the
+   * queue themselves first, so they never miss a row; another process (the
+   * CLI) sees a row at most SESSION_INDEX_DELAY_MS late, plus the commit.
+   * After close() a row is written at once (and fails, the database being
+   * closed).
    */
   upsertSession(rec: SessionRecord): void {
     if (this.closed) {
@@ -250,11 +261,56 @@ class SqliteStore implements Store, SessionStore {
       return;
     }
     this.queuedSessions.set(rec.id, rec);
-    if (this.sessionTimer === undefined) {
-      this.sessionTimer = setTimeout(this.flushSessions, SESSION_INDEX_DELAY_MS);
-      // A clean shutdown writes the queue in close(); the timer must not hold the process open.
-      this.sessionTimer.unref();
+    this.scheduleSessions(SESSION_INDEX_DELAY_MS);
+  }
+
+  private scheduleSessions(ms: number): void {
+    if (this.sessionTimer !== undefined) return;
+    this.sessionTimer = setTimeout(this.sessionTick, ms);
+    // A clean shutdown writes the queue in close(); the timer must not hold the process open.
+    this.sessionTimer.unref();
+  }
+
+  /** The timed write: the queue to the commit thread, unless a job is in flight there (its answer schedules the next). */
+  private readonly sessionTick = (): void => {
+    this.sessionTimer = undefined;
+    if (this.queuedSessions.size === 0 || this.closed) return;
+    const thread = this.sessionCommitThread();
+    if (thread === undefined) {
+      this.flushSessions();
+      return;
     }
+    if (thread.busy) return;
+    const rows = [...this.queuedSessions.values()];
+    this.queuedSessions.clear();
+    thread.commit({ rows }, (outcome) => this.sessionsAnswered(rows, outcome));
+  };
+
+  /** A commit thread's answer (on the event loop, or inside wait()). A failed job's rows wait again, unless a newer row replaced one. */
+  private sessionsAnswered(rows: SessionRecord[], outcome: CommitOutcome): void {
+    if (outcome.ok) {
+      if (this.sessionWriteFailing) this.logger?.info({ rows: rows.length }, 'session index writable again');
+      this.sessionWriteFailing = false;
+      if (this.queuedSessions.size > 0) this.scheduleSessions(SESSION_INDEX_DELAY_MS);
+      return;
+    }
+    for (const row of rows) if (!this.queuedSessions.has(row.id)) this.queuedSessions.set(row.id, row);
+    if (!this.sessionWriteFailing) {
+      this.logger?.error({ rows: rows.length, reason: outcome.error }, 'session index rows could not be written; retrying');
+    }
+    this.sessionWriteFailing = true;
+    if (!this.closed) this.scheduleSessions(SESSION_INDEX_RETRY_MS);
+  }
+
+  /** The sessions commit thread; undefined once it failed (rows are then written on the event loop, as before it existed). */
+  private sessionCommitThread(): CommitThread<'sessions'> | undefined {
+    this.sessionThread ??= new CommitThread(this.auditFile, 'sessions');
+    if (this.sessionThread.alive) return this.sessionThread;
+    if (!this.sessionThreadFailureLogged) {
+      this.sessionThreadFailureLogged = true;
+      this.logger?.error({}, 'sessions index commit thread unavailable; writing session rows on the event loop');
+    }
+    return undefined;
   }
 
   /**
@@ -264,6 +320,8 @@ class SqliteStore implements Store, SessionStore {
    * throws: it runs from a timer.
    */
   private readonly flushSessions = (): void => {
+    // The thread's job first: its rows are older than any still queued.
+    this.sessionThread?.wait();
     if (this.sessionTimer !== undefined) clearTimeout(this.sessionTimer);
     this.sessionTimer = undefined;
     if (this.queuedSessions.size === 0 || this.closed) return;
@@ -278,8 +336,7 @@ class SqliteStore implements Store, SessionStore {
         this.logger?.error({ rows: rows.length, reason: err instanceof Error ? err.message : String(err) }, 'session index rows could not be written; retrying');
       }
       this.sessionWriteFailing = true;
-      this.sessionTimer = setTimeout(this.flushSessions, SESSION_INDEX_RETRY_MS);
-      this.sessionTimer.unref();
+      this.scheduleSessions(SESSION_INDEX_RETRY_MS);
     }
   };
 
@@ -487,6 +544,7 @@ class SqliteStore implements Store, SessionStore {
       this.logger?.error({ rows: this.queuedSessions.size }, 'state database closed with session index rows it could not write');
     }
     this.closed = true;
+    void this.sessionThread?.close();
     this.db.close();
   }
 }

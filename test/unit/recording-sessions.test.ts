@@ -176,6 +176,36 @@ t.test('a session row that cannot be written waits and is written once the datab
   );
 });
 
+t.test('a timed write of the index waits for a locked database in the commit thread, not on the event loop', async (t) => {
+  const dir = tempDir(t);
+  const logged: string[] = [];
+  const logger = { error: (_o: unknown, msg: string) => logged.push(msg), info: (_o: unknown, msg: string) => logged.push(msg) };
+  const store = openSqliteStore(dir, { logger: logger as unknown as Logger });
+  t.teardown(() => store.close());
+  logged.length = 0; // the migration's line
+  const db = new Database(join(dir, 'sluice.db'));
+  t.teardown(() => db.close());
+  const written = async (id: string): Promise<boolean> => {
+    for (let i = 0; i < 200; i++) {
+      if (db.prepare('SELECT 1 FROM sessions WHERE id = ?').get(id)) return true;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    return false;
+  };
+  store.upsertSession(session({ id: 'first' }));
+  t.ok(await written('first'), 'the first timed write starts the thread and lands');
+
+  // This thread (the event loop) holds the write lock. A timed write made here would wait for it
+  // in SQLite's busy handler, which cannot end while this thread waits: SQLITE_BUSY after 5 s.
+  db.exec('BEGIN IMMEDIATE');
+  store.upsertSession(session({ id: 'while-locked' }));
+  await new Promise((r) => setTimeout(r, 400)); // the timed write is due after 100 ms
+  t.equal(db.prepare('SELECT 1 FROM sessions WHERE id = ?').get('while-locked'), undefined, 'not written while the lock is held');
+  db.exec('COMMIT');
+  t.ok(await written('while-locked'), 'written once the lock is released');
+  t.same(logged, [], 'nothing failed: the commit thread waited for the lock');
+});
+
 t.test('CLI: sessions and verify over a state dir', async (t) => {
   const dir = tempDir(t);
   const stateDir = join(dir, 'state');
