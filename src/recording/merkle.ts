@@ -77,11 +77,9 @@ export function rootFromPath(leaf: Buffer, index: number, size: number, path: re
     if (fn % 2 === 1 || fn === sn) {
       r = nodeHash(p, r);
       // A right edge with no sibling at this level: climb until this node is a right child.
-      if (fn % 2 === 0) {
-        while (fn % 2 === 0 && fn !== 0) {
-          fn = Math.floor(fn / 2);
-          sn = Math.floor(sn / 2);
-        }
+      while (fn % 2 === 0 && fn !== 0) {
+        fn = Math.floor(fn / 2);
+        sn = Math.floor(sn / 2);
       }
     } else {
       r = nodeHash(r, p);

@@ -80,14 +80,12 @@ function failure(job: SealJob, err: unknown, written = 0, added = 0): SealOutcom
 /**
  * First pass: the records' CRCs and digest, then the body of the checkpoint
  * or footer, which holds the digest so far. A batch ends in one of them at
- * most (the writer takes a checkpoint only in a batch that is not its last),
- * and a writer has one batch in a message (it waits for each batch's
- * answer before it takes the next): the passes rely on both, so a batch
- * that breaks either fails rather than be sealed out of order.
+ * most (the writer takes a checkpoint only in a batch that is not its last;
+ * one with both fails here rather than be sealed out of order), and a
+ * writer has one batch in a message (SealThread.seal refuses a second
+ * while the first is in flight): the passes rely on both.
  */
-function seal(job: SealJob, seen: Set<number>): Sealed | SealOutcome {
-  if (seen.has(job.writer)) return failure(job, new Error('a second batch of one recording in one message'));
-  seen.add(job.writer);
+function seal(job: SealJob): Sealed | SealOutcome {
   if (job.open !== undefined) register(job.writer, job.open);
   const r = recordings.get(job.writer);
   if (r === undefined) return { writer: job.writer, written: 0, added: 0, chain: '', error: { message: 'the seal thread has no such recording open' } };
@@ -188,8 +186,7 @@ parentPort!.on('message', (m: SealRequest) => {
     Atomics.wait(new Int32Array(m.gate), 0, 0);
     return;
   }
-  const seen = new Set<number>();
-  const sealed = m.jobs.map((job) => seal(job, seen));
+  const sealed = m.jobs.map(seal);
   signAll(sealed);
   const outcomes = sealed.map((s) => ('job' in s ? append(s) : s));
   for (const job of m.jobs) if (job.footer !== undefined) recordings.delete(job.writer);

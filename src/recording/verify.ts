@@ -24,7 +24,7 @@ import {
   type RecordingHeader,
 } from './format.js';
 import { ByteSource, parseHeader, scanFrames } from './reader.js';
-import { CHECKPOINT_SIG_DOMAIN, FOOTER_SIG_DOMAIN, parseSignedPayload, verifySignedPayload } from './signed-records.js';
+import { BATCH_SIGNED_VERSION, CHECKPOINT_SIG_DOMAIN, FOOTER_SIG_DOMAIN, parseSignedPayload, verifySignedPayload } from './signed-records.js';
 
 export interface VerifyResult {
   ok: boolean;
@@ -152,7 +152,7 @@ async function verifyOpen(src: ByteSource, keys: PublicKeys): Promise<VerifyResu
       if (body.keyId !== header.keyId) return bad(f.offset, `footer key ${body.keyId} differs from the header's ${header.keyId}`, f.seq);
       if (body.recordCount !== f.seq) return bad(f.offset, `footer counts ${body.recordCount} records, the file has ${f.seq}`, f.seq);
       // From version 3 the body holds the footer record's time; before, the footer's record header was unsigned.
-      if (h.version >= 3 && body.micros !== f.micros) return bad(f.offset, `footer claims ${String(body.micros)} µs, its record ${f.micros}`, f.seq);
+      if (h.version >= BATCH_SIGNED_VERSION && body.micros !== f.micros) return bad(f.offset, `footer claims ${String(body.micros)} µs, its record ${f.micros}`, f.seq);
       if (body.finalChain !== digest.value()) {
         return bad(f.offset, `chain mismatch at footer: the header or a record after seq ${lastSigned} was altered, removed or inserted`, f.seq);
       }
