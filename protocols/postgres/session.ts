@@ -151,15 +151,20 @@ export class PostgresSession implements SessionHandle {
     if (!policy) {
       throw new SluiceError(ErrorCodes.NOT_AUTHORIZED, `not authorized for target "${this.target.name}"`);
     }
-    // No recording, no session: refused here (57P03) while the recorder is unhealthy.
-    await this.#recording?.admit(identity);
-    this.#clearPreAuth();
-    if (this.#closed) return;
-
-    const upstream = await connectUpstream(this.target.upstream, vetted.forward, {
-      connectTimeoutMs: this.target.limits.upstreamConnectTimeoutMs,
-      logger: log,
-    });
+    const login = (): Promise<UpstreamSession> =>
+      connectUpstream(this.target.upstream, vetted.forward, {
+        connectTimeoutMs: this.target.limits.upstreamConnectTimeoutMs,
+        logger: log,
+      });
+    // No recording, no session: refused (57P03) if its file cannot be created, or while the
+    // recorder is unhealthy. The file is created while the upstream login runs.
+    let upstream: UpstreamSession;
+    if (this.#recording) {
+      upstream = await this.#recording.admitAlongside(identity, () => this.#clearPreAuth(), login, (u) => u.socket.destroy());
+    } else {
+      this.#clearPreAuth();
+      upstream = await login();
+    }
     if (this.#closed) {
       upstream.socket.destroy();
       return;

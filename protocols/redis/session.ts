@@ -15,7 +15,7 @@ import { RedisReplyMasker } from './reply-masker.js';
 import { RespProtocolError, RespRequestFramer, UNAUTHENTICATED_REQUEST_LIMITS, type RequestSink } from './resp.js';
 import type { SessionRecording } from '../../src/recording/tap.js';
 import { scrubRedisAuth } from '../../src/recording/scrub.js';
-import { connectRedisUpstream, reauthCommands } from './upstream.js';
+import { connectRedisUpstream, reauthCommands, type RedisUpstreamSession } from './upstream.js';
 
 /**
  * The client side of one Redis connection, from accept to relay.
@@ -231,25 +231,29 @@ export class RedisSession implements SessionHandle {
       return;
     }
     if (this.#closed) return;
-    // No recording, no session: refused while the recorder is unhealthy.
-    try {
-      await this.#recording?.admit(identity);
-    } catch {
-      this.#close(error('sluice: session recording is unavailable; new sessions are refused until it recovers'), 'session recording unavailable');
-      return;
-    }
-    if (this.#closed) return;
     const policies = [this.ctx.admit(identity, this.target.name)!.name];
-    this.#clearPreAuth();
     const log = this.#log.child({ subject: identity.subject, tokenId: identity.tokenId });
     const proto: RespVersion = login.kind === 'hello' ? login.proto : 2;
-    let upstream;
-    try {
-      upstream = await connectRedisUpstream(this.target.upstream, {
+    const upstreamLogin = (): Promise<RedisUpstreamSession> =>
+      connectRedisUpstream(this.target.upstream, {
         connectTimeoutMs: this.target.limits.upstreamConnectTimeoutMs,
         ...(login.kind === 'hello' ? { hello: login.proto, ...(login.setName ? { setName: login.setName } : {}) } : {}),
       });
+    let upstream: RedisUpstreamSession;
+    try {
+      if (this.#recording) {
+        // No recording, no session: refused if its file cannot be created, or while the recorder
+        // is unhealthy. The file is created while the upstream login runs.
+        upstream = await this.#recording.admitAlongside(identity, () => this.#clearPreAuth(), upstreamLogin, (u) => u.socket.destroy());
+      } else {
+        this.#clearPreAuth();
+        upstream = await upstreamLogin();
+      }
     } catch (err) {
+      if (isSluiceError(err, ErrorCodes.RECORDING_WRITE_FAILED)) {
+        this.#close(error('sluice: session recording is unavailable; new sessions are refused until it recovers'), 'session recording unavailable');
+        return;
+      }
       const code = isSluiceError(err) ? err.code : undefined;
       // The detail names the service account and the server: log only.
       log.error({ code, reason: err instanceof Error ? err.message : String(err) }, 'upstream connection failed');

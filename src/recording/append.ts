@@ -1,7 +1,7 @@
 /**
  * Appends buffers to a file descriptor with writev, synchronously, until
- * every byte is down: the writer's header (on the event loop, at a
- * session's admission) and the seal thread's batches.
+ * every byte is down: what the seal thread writes, a recording's header
+ * and its batches.
  */
 import { writevSync } from 'node:fs';
 

@@ -32,6 +32,16 @@
  * the answers come back in one message, so the messages cost the event
  * loop a few microseconds per tick, not per session.
  *
+ * The thread also creates each recording's file and writes its header
+ * (`create`), so the event loop never waits for the disk. A file create
+ * is a directory update and an inode allocation, whose time depends on the
+ * file system and on what else it is doing: about 50 µs here, but on ext4
+ * without a journal, right after a purge or a test run deleted many files,
+ * it scanned past every recently deleted inode (up to a millisecond per
+ * session, bench/RESULTS.md), and on the event loop that stalled every
+ * session at once. The session waits for its file while its upstream login
+ * runs (tap.ts, SessionRecording.admit).
+ *
  * Fail closed: if the thread dies, every batch in flight and every later
  * one is answered with an error, so each recording fails and its session is
  * ended (writer.ts); the next recording starts a new thread.
@@ -59,17 +69,18 @@ export interface SealFooter {
 /** One writer's batch: its staged records, then a checkpoint (seq reserved by the writer) or the footer. */
 export interface SealJob {
   writer: number;
-  /** On the writer's first batch: its file, to register before the records (set by SealThread.seal). */
-  open?: SealOpen;
   pieces: SealPiece[];
   checkpoint?: { seq: number; micros: number };
   /** The last batch: footer and trailer are appended and the file is fsynced (SealOpen.fsyncAtClose). */
   footer?: SealFooter;
 }
 
+/** A recording's file, for the thread to create (0600, exclusive, append-only) with its header. */
 export interface SealOpen {
-  fd: number;
-  /** The header as written to the file: it seeds the running digest. */
+  path: string;
+  /** The day directory `path` is in, made (0700) when missing. */
+  dir: string;
+  /** The header, the file's first bytes: it seeds the running digest too. */
   header: Uint8Array;
   sessionId: string;
   /** The recording key's id (derived from its public key, so one id is one key). */
@@ -87,7 +98,8 @@ export interface SealOpen {
 
 export type SealRequest =
   | { op: 'drop'; writer: number }
-  | { op: 'seal'; jobs: SealJob[] }
+  /** Files to create, then batches to seal (a writer's create always travels before its first batch). */
+  | { op: 'seal'; creates: Array<{ writer: number; open: SealOpen }>; jobs: SealJob[] }
   /** Blocks the thread until gate[0] is set (see SealThread.stall). */
   | { op: 'stall'; gate: SharedArrayBuffer };
 
@@ -104,7 +116,15 @@ export interface SealOutcome {
   error?: { message: string; code?: string };
 }
 
+/** A create's outcome: the file's descriptor, which the writer closes once done with it, or why there is none. */
+export interface SealCreated {
+  writer: number;
+  fd?: number;
+  error?: { message: string; code?: string };
+}
+
 export interface SealAnswer {
+  created: SealCreated[];
   outcomes: SealOutcome[];
 }
 
@@ -122,19 +142,16 @@ export class SealThread {
   readonly #worker: Worker;
   /** Batches taken in this turn of the event loop (and last batches of the last few ms), posted together. */
   #queued: SealJob[] = [];
+  /** Files to create, posted with the next message (before its batches). */
+  #creates: Array<{ writer: number; open: SealOpen }> = [];
+  /** Creates posted and not yet answered. */
+  readonly #creating = new Map<number, { resolve: (fd: number) => void; reject: (err: Error) => void }>();
   #postScheduled = false;
   #lastBatchTimer: NodeJS.Timeout | undefined;
   /** One batch in flight per writer (the writer waits for its answer before it takes the next). */
   readonly #waiting = new Map<number, (o: SealOutcome) => void>();
-  /** Writers opened and not yet released: while any is, the thread keeps the process alive. */
+  /** Writers created (or being created) and not yet released: while any is, the thread keeps the process alive. */
   #users = 0;
-  /**
-   * Files opened whose first batch has not been posted yet. A file is
-   * registered with the thread in its writer's first batch, not in a
-   * message of its own: a short session (one batch, at its close) then
-   * costs one message each way, not two.
-   */
-  readonly #unposted = new Map<number, SealOpen>();
   /** Key ids whose private key this thread has been sent. */
   readonly #keysSent = new Set<string>();
   #dead: string | undefined;
@@ -156,17 +173,40 @@ export class SealThread {
         if (this.#users === 0) this.#worker.unref();
         ready();
       }
-      else for (const o of m.outcomes) this.#answer(o);
+      else {
+        for (const c of m.created) this.#createdAnswer(c);
+        for (const o of m.outcomes) this.#answer(o);
+      }
     });
     this.#worker.on('error', (err) => this.#die(`the recording seal thread failed: ${err.message}`));
     this.#worker.on('exit', (code) => this.#die(`the recording seal thread exited (${code})`));
   }
 
-  /** Registers a writer's file (it travels with the writer's first batch); its batches follow. */
-  open(writer: number, m: SealOpen & { privateKey: KeyObject }): void {
-    if (this.#dead !== undefined) return;
-    if (this.#users++ === 0) this.#worker.ref();
-    this.#unposted.set(writer, m);
+  /**
+   * Creates a writer's file and writes its header; resolves with the
+   * file's descriptor, or rejects (with the errno code) when the thread
+   * could not create it. The writer's batches may follow once it resolves.
+   * Travels in the next message, with whatever batches this turn of the
+   * event loop takes.
+   */
+  create(writer: number, m: SealOpen & { privateKey: KeyObject }): Promise<number> {
+    return new Promise((resolve, reject) => {
+      if (this.#dead !== undefined) {
+        reject(new Error(this.#dead));
+        return;
+      }
+      if (this.#users++ === 0) this.#worker.ref();
+      let open: SealOpen = m;
+      if (this.#keysSent.has(m.keyId)) {
+        const { privateKey: _sent, ...rest } = m;
+        open = rest;
+      } else {
+        this.#keysSent.add(m.keyId);
+      }
+      this.#creating.set(writer, { resolve, reject });
+      this.#creates.push({ writer, open });
+      this.#schedulePost();
+    });
   }
 
   /** Seals and appends a batch; resolves with its outcome (an error outcome if the thread is gone). */
@@ -181,28 +221,22 @@ export class SealThread {
         resolve(failed(job.writer, 'a batch was sealed while the previous one of its recording was in flight'));
         return;
       }
-      const open = this.#unposted.get(job.writer);
-      if (open !== undefined) {
-        this.#unposted.delete(job.writer);
-        if (this.#keysSent.has(open.keyId)) {
-          const { privateKey: _sent, ...rest } = open;
-          job.open = rest;
-        } else {
-          this.#keysSent.add(open.keyId);
-          job.open = open;
-        }
-      }
       this.#waiting.set(job.writer, resolve);
       this.#queued.push(job);
       if (job.footer !== undefined) {
         // Goes with the next message, or after LAST_BATCH_DELAY_MS with the other sessions' last batches.
         if (!this.#postScheduled) this.#lastBatchTimer ??= setTimeout(this.#post, LAST_BATCH_DELAY_MS);
-      } else if (!this.#postScheduled) {
-        this.#postScheduled = true;
-        // Every writer flushed by the same tick queues its batch before this runs.
-        queueMicrotask(this.#post);
+      } else {
+        this.#schedulePost();
       }
     });
+  }
+
+  #schedulePost(): void {
+    if (this.#postScheduled) return;
+    this.#postScheduled = true;
+    // Every writer flushed by the same tick queues its batch before this runs.
+    queueMicrotask(this.#post);
   }
 
   /**
@@ -211,8 +245,6 @@ export class SealThread {
    * forgets it now, appending nothing more to its file).
    */
   release(writer: number, drop: boolean): void {
-    // A file never posted is unknown to the thread: nothing to tell it.
-    if (this.#unposted.delete(writer)) drop = false;
     if (drop && this.#dead === undefined) this.#worker.postMessage({ op: 'drop', writer });
     if (--this.#users === 0 && this.#dead === undefined) this.#worker.unref();
   }
@@ -246,11 +278,26 @@ export class SealThread {
       this.#lastBatchTimer = undefined;
     }
     const jobs = this.#queued;
+    const creates = this.#creates;
     this.#queued = [];
-    // After a death the queued batches were answered already (#die answers everyone waiting).
-    if (jobs.length === 0 || this.#dead !== undefined) return;
-    this.#worker.postMessage({ op: 'seal', jobs } satisfies SealRequest);
+    this.#creates = [];
+    // After a death the queued batches and creates were answered already (#die answers everyone waiting).
+    if ((jobs.length === 0 && creates.length === 0) || this.#dead !== undefined) return;
+    this.#worker.postMessage({ op: 'seal', creates, jobs } satisfies SealRequest);
   };
+
+  #createdAnswer(c: SealCreated): void {
+    const waiting = this.#creating.get(c.writer);
+    if (waiting === undefined) return;
+    this.#creating.delete(c.writer);
+    if (c.fd !== undefined) {
+      waiting.resolve(c.fd);
+      return;
+    }
+    // Nothing of this writer is left in the thread: it is released here, not by the writer.
+    if (--this.#users === 0 && this.#dead === undefined) this.#worker.unref();
+    waiting.reject(Object.assign(new Error(c.error?.message ?? 'the file was not created'), c.error?.code !== undefined ? { code: c.error.code } : {}));
+  }
 
   #answer(o: SealOutcome): void {
     const resolve = this.#waiting.get(o.writer);
@@ -268,6 +315,9 @@ export class SealThread {
     const waiting = [...this.#waiting];
     this.#waiting.clear();
     for (const [writer, resolve] of waiting) resolve(failed(writer, reason));
+    const creating = [...this.#creating.values()];
+    this.#creating.clear();
+    for (const { reject } of creating) reject(new Error(reason));
     void this.#worker.terminate();
   }
 }

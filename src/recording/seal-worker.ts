@@ -1,20 +1,22 @@
 /**
- * The seal thread (see seal-thread.ts): for every recording open in the
- * process, fills in the CRCs of the records the event loop staged, feeds
- * them to the recording's running digest, adds the signed checkpoints and
- * the footer, and appends each batch to the file with one writev. Writes
- * are synchronous here: this thread has nothing else to do while the disk
- * works, and the event loop never waits for it.
+ * The seal thread (see seal-thread.ts): creates each recording's file with
+ * its header, and for every recording open in the process fills in the
+ * CRCs of the records the event loop staged, feeds them to the recording's
+ * running digest, adds the signed checkpoints and the footer, and appends
+ * each batch to the file with one writev. File calls are synchronous here:
+ * this thread has nothing else to do while the disk works, and the event
+ * loop never waits for it, except a new session for its file.
  *
- * One message from the event loop carries every batch taken in one flush
- * tick; one answer carries every outcome, in the same order. A message is
- * sealed in three passes: every batch's records, with the body of the
+ * One message from the event loop carries the files to create and every
+ * batch taken in one flush tick; one answer carries every outcome, in the
+ * same order. The files are created first (a writer's first batch follows
+ * its create). A message is sealed in three passes: every batch's records, with the body of the
  * checkpoint or footer that ends it; then those bodies signed together,
  * one signature per key over a Merkle tree of them (signed-records.ts,
  * format version 3); then each batch appended.
  */
 import type { KeyObject } from 'node:crypto';
-import { fsyncSync } from 'node:fs';
+import { closeSync, fsyncSync, mkdirSync, openSync } from 'node:fs';
 import { setPriority } from 'node:os';
 import { parentPort } from 'node:worker_threads';
 import {
@@ -30,7 +32,7 @@ import {
 } from './format.js';
 import { appendAllSync } from './append.js';
 import { CHECKPOINT_SIG_DOMAIN, FOOTER_SIG_DOMAIN, batchSignedPayloads, signedItem, type SignedItem } from './signed-records.js';
-import type { SealJob, SealOutcome, SealRequest, SealAnswer, SealOpen } from './seal-thread.js';
+import type { SealJob, SealOutcome, SealRequest, SealAnswer, SealOpen, SealCreated } from './seal-thread.js';
 
 interface Recording {
   fd: number;
@@ -45,12 +47,57 @@ const recordings = new Map<number, Recording>();
 /** Private keys by key id, as sent with the first file each signs. */
 const keys = new Map<string, KeyObject>();
 
-function register(writer: number, open: SealOpen): void {
+/**
+ * Day directories this thread has made or found. Every session of a day
+ * goes into the same one, so a create skips the recursive mkdir (a failing
+ * mkdir and a stat) once the directory is known; one removed since
+ * (retention deletes emptied day directories) shows as ENOENT from the
+ * open, and is made again.
+ */
+const knownDirs = new Set<string>();
+const MAX_KNOWN_DIRS = 64;
+
+function makeDir(dir: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  if (knownDirs.size >= MAX_KNOWN_DIRS) knownDirs.clear();
+  knownDirs.add(dir);
+}
+
+/** Creates the file (0600, exclusive, append-only), making its day directory when needed, and writes the header. */
+function createFile(open: SealOpen): number {
+  if (!knownDirs.has(open.dir)) makeDir(open.dir);
+  let fd: number;
+  try {
+    fd = openSync(open.path, 'ax', 0o600);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    knownDirs.delete(open.dir);
+    makeDir(open.dir);
+    fd = openSync(open.path, 'ax', 0o600);
+  }
+  try {
+    appendAllSync(fd, [open.header]);
+  } catch (err) {
+    closeSync(fd);
+    throw err;
+  }
+  return fd;
+}
+
+function create(writer: number, open: SealOpen): SealCreated {
   if (open.privateKey !== undefined) keys.set(open.keyId, open.privateKey);
   const privateKey = keys.get(open.keyId);
-  // Not reached: SealThread sends each key before any file that names it.
-  if (privateKey === undefined) return;
-  recordings.set(writer, { fd: open.fd, digest: recordDigest(FORMAT_VERSION, open.header), sessionId: open.sessionId, keyId: open.keyId, privateKey, fsyncAtClose: open.fsyncAtClose });
+  // Not reached: SealThread sends each key with the first file that names it.
+  if (privateKey === undefined) return { writer, error: { message: `the seal thread has no key ${open.keyId}` } };
+  let fd: number;
+  try {
+    fd = createFile(open);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    return { writer, error: { message: e instanceof Error ? e.message : String(err), ...(typeof e?.code === 'string' ? { code: e.code } : {}) } };
+  }
+  recordings.set(writer, { fd, digest: recordDigest(FORMAT_VERSION, open.header), sessionId: open.sessionId, keyId: open.keyId, privateKey, fsyncAtClose: open.fsyncAtClose });
+  return { writer, fd };
 }
 
 /** A batch sealed as far as it can be before the signature: its records, and the body of the signed record that ends it. */
@@ -86,7 +133,6 @@ function failure(job: SealJob, err: unknown, written = 0, added = 0): SealOutcom
  * while the first is in flight): the passes rely on both.
  */
 function seal(job: SealJob): Sealed | SealOutcome {
-  if (job.open !== undefined) register(job.writer, job.open);
   const r = recordings.get(job.writer);
   if (r === undefined) return { writer: job.writer, written: 0, added: 0, chain: '', error: { message: 'the seal thread has no such recording open' } };
   if (job.checkpoint !== undefined && job.footer !== undefined) return failure(job, new Error('a batch with both a checkpoint and the footer'));
@@ -186,11 +232,12 @@ parentPort!.on('message', (m: SealRequest) => {
     Atomics.wait(new Int32Array(m.gate), 0, 0);
     return;
   }
+  const created = m.creates.map((c) => create(c.writer, c.open));
   const sealed = m.jobs.map(seal);
   signAll(sealed);
   const outcomes = sealed.map((s) => ('job' in s ? append(s) : s));
   for (const job of m.jobs) if (job.footer !== undefined) recordings.delete(job.writer);
-  parentPort!.postMessage({ outcomes } satisfies SealAnswer);
+  parentPort!.postMessage({ created, outcomes } satisfies SealAnswer);
 });
 /**
  * On Linux this thread runs at the lowest CPU priority (nice 19). Nothing waits for

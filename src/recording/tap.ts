@@ -714,6 +714,32 @@ export class SessionRecording {
     return this.#admitting;
   }
 
+  /**
+   * Admission (see admit) while the session's upstream login runs: the seal
+   * thread creates the file meanwhile, so a new session waits for the
+   * slower of the two, not for both in turn. `admitted` is called once the
+   * recording is open. Resolves with the login's result once both are
+   * done. When admission fails, its error is thrown and a login that
+   * succeeded is handed to `discard`: nothing of the client's has reached
+   * the upstream, whose relay starts only after this. While the recorder is
+   * failing, admission (a probe, then most likely a refusal) runs first, so
+   * a session about to be refused costs the upstream no login.
+   */
+  async admitAlongside<T>(identity: Identity, admitted: () => void, login: () => Promise<T>, discard: (upstream: T) => void): Promise<T> {
+    const admission = this.admit(identity).then(admitted);
+    if (!recorderHealth().ok) {
+      await admission;
+      return login();
+    }
+    const [a, l] = await Promise.allSettled([admission, login()]);
+    if (a.status === 'rejected') {
+      if (l.status === 'fulfilled') discard(l.value);
+      throw a.reason;
+    }
+    if (l.status === 'rejected') throw l.reason;
+    return l.value;
+  }
+
   async #admit(identity: Identity): Promise<void> {
     const recorder = this.#recorder;
     if (!(await recorder.available())) {

@@ -27,7 +27,7 @@
 import { Buffer } from 'node:buffer';
 import { performance } from 'node:perf_hooks';
 import { hrtime } from 'node:process';
-import { closeSync, openSync } from 'node:fs';
+import { closeSync } from 'node:fs';
 import { mkdir, open, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ErrorCodes, SluiceError } from '../errors.js';
@@ -47,7 +47,6 @@ import {
   type RecordingMeta,
 } from './format.js';
 import type { RecordingKey } from './keys.js';
-import { appendAllSync } from './append.js';
 import { sealThread, type SealJob, type SealOutcome, type SealPiece, type SealThread } from './seal-thread.js';
 
 export const DEFAULT_FLUSH_INTERVAL_MS = 200;
@@ -198,58 +197,6 @@ function onFlushTick(intervalMs: number, flush: () => void): () => void {
   };
 }
 
-// --- day directories (process-wide) -------------------------------------------
-
-/**
- * Day directories this process has made or found. Every session of a day
- * goes into the same one, so a session's open skips the recursive mkdir (a
- * thread-pool round trip, a failing mkdir and a stat) once the directory is
- * known; one removed since (retention deletes emptied day directories) shows
- * as ENOENT from the open, and is made again.
- */
-const knownDirs = new Set<string>();
-const MAX_KNOWN_DIRS = 64;
-
-async function makeDir(dir: string): Promise<void> {
-  await mkdir(dir, { recursive: true, mode: 0o700 });
-  if (knownDirs.size >= MAX_KNOWN_DIRS) knownDirs.clear();
-  knownDirs.add(dir);
-}
-
-/**
- * Creates `path` (0600, exclusive, append-only) in `dir`, making the
- * directory (0700) when it is not known to exist, and writes the header;
- * returns the descriptor.
- *
- * The create and the header's write are synchronous calls on the event
- * loop: a file create and a small write on the local disk the state
- * directory must be on, as the session index's SQLite commits are. Through
- * the thread pool they were two round trips per session (a pool thread
- * woken, then the loop), queued behind the pool's other work: the SCRAM
- * key derivation of upstream logins and the token signature checks. Under
- * connection churn (pgbench -C) that cost about 4% of the connection rate
- * (bench/RESULTS.md).
- */
-async function createFile(dir: string, path: string, header: Buffer): Promise<number> {
-  if (!knownDirs.has(dir)) await makeDir(dir);
-  let fd: number;
-  try {
-    fd = openSync(path, 'ax', 0o600);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    knownDirs.delete(dir);
-    await makeDir(dir);
-    fd = openSync(path, 'ax', 0o600);
-  }
-  try {
-    appendAllSync(fd, [header]);
-  } catch (err) {
-    closeQuietly(fd);
-    throw err;
-  }
-  return fd;
-}
-
 /** Closes a recording's descriptor; an error (EBADF, EIO) has nothing left to tell: the data is down or the recording has failed. */
 function closeQuietly(fd: number): void {
   try {
@@ -375,7 +322,7 @@ export class RecordingWriter {
   readonly sessionId: string;
   /** The file, opened append-only; closed by close(). */
   private readonly fd: number;
-  private readonly id = nextWriterId++;
+  private readonly id: number;
   private readonly seal: SealThread;
   private released = false;
   private readonly maxBytes: number;
@@ -441,7 +388,8 @@ export class RecordingWriter {
   /** The seal thread fsynced the file after the footer. */
   private synced = false;
 
-  private constructor(opts: RecordingWriterOptions, path: string, fd: number, header: Buffer, seal: SealThread) {
+  private constructor(opts: RecordingWriterOptions, id: number, path: string, fd: number, header: Buffer, seal: SealThread) {
+    this.id = id;
     this.path = path;
     this.sessionId = opts.meta.sessionId;
     this.fd = fd;
@@ -458,19 +406,14 @@ export class RecordingWriter {
     this.lastCheckpointAt = performance.now();
     this.header = header;
     this.accounted = this.written = header.length;
-    seal.open(this.id, {
-      fd,
-      header,
-      sessionId: this.sessionId,
-      keyId: opts.key.keyId,
-      privateKey: opts.key.privateKey,
-      fsyncAtClose: opts.fsyncAtClose ?? true,
-    });
     this.unsubscribe = onFlushTick(opts.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS, () => this.flush());
     writerOpened();
   }
 
-  /** Creates `<stateDir>/recordings/YYYY/MM/DD/<sessionId>.sluicerec` (0600, exclusive) and writes its header. */
+  /**
+   * Has the seal thread create `<stateDir>/recordings/YYYY/MM/DD/<sessionId>.sluicerec`
+   * (0600, exclusive) and write its header; resolves once it has.
+   */
   static async open(opts: RecordingWriterOptions): Promise<RecordingWriter> {
     const { meta } = opts;
     if (!SESSION_ID_PATTERN.test(meta.sessionId)) {
@@ -496,20 +439,26 @@ export class RecordingWriter {
     if (headerBytes.length + CAP_RESERVE > (opts.maxBytes ?? DEFAULT_MAX_BYTES)) {
       throw new SluiceError(ErrorCodes.RECORDING_SIZE_LIMIT, 'session recording: the size cap is smaller than a header and footer');
     }
-    let fd: number | undefined;
+    const id = nextWriterId++;
+    let fd: number;
     let seal: SealThread;
     try {
-      fd = await createFile(dir, path, headerBytes);
       seal = sealThread();
-      // Once per process: the first batch should not wait for the thread to boot.
-      await seal.ready;
+      fd = await seal.create(id, {
+        path,
+        dir,
+        header: headerBytes,
+        sessionId: meta.sessionId,
+        keyId: opts.key.keyId,
+        privateKey: opts.key.privateKey,
+        fsyncAtClose: opts.fsyncAtClose ?? true,
+      });
     } catch (err) {
-      if (fd !== undefined) closeQuietly(fd);
       markUnhealthy(err);
       throw writeFailed(`cannot create ${path}`, err);
     }
     markHealthy();
-    return new RecordingWriter(opts, path, fd, headerBytes, seal);
+    return new RecordingWriter(opts, id, path, fd, headerBytes, seal);
   }
 
   /** True while the recorder is healthy (no failed write since the last successful one). */
@@ -790,9 +739,8 @@ export class RecordingWriter {
       }
     }
     this.release(true);
-    // Synchronous, like the create: the data is written (and fsynced, by default) or the recording
-    // has failed, so a close has nothing to flush, and through the thread pool it was one more
-    // round trip per session.
+    // Synchronous: the data is written (and fsynced, by default) or the recording has failed, so a
+    // close has nothing to flush, and through the thread pool it was one more round trip per session.
     closeQuietly(this.fd);
     return {
       path: this.path,

@@ -1,0 +1,239 @@
+/**
+ * A session's recording file is created by the seal thread, not the event
+ * loop, while the session's upstream login runs (SessionRecording.
+ * admitAlongside). What must hold:
+ *
+ * - the client is admitted only once its file exists: with the seal thread
+ *   held (as a disk that stops answering would hold it), the upstream login
+ *   runs but the client gets no AuthenticationOk; released, the session
+ *   goes on and is recorded whole;
+ * - fail closed: when the file cannot be created, the client gets the
+ *   native refusal and the upstream login made alongside is closed, before
+ *   any byte of the client's reached it;
+ * - while the recorder is failing, a new session is refused before any
+ *   upstream login, so a client retrying in a loop costs the upstream
+ *   nothing; once the file system is usable again, sessions go through.
+ *
+ * Upstream logins are counted by a TCP relay between Sluice and each server.
+ */
+import t from 'tap';
+import { connect, createServer, type Socket } from 'node:net';
+import { renameSync, rmSync, writeFileSync, existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import pg from 'pg';
+import { startPostgres } from '../helpers/postgres.js';
+import { startRedis } from '../helpers/redis.js';
+import { startGateway } from '../helpers/gateway.js';
+import { datePath } from '../../src/recording/format.js';
+import { sealThread } from '../../src/recording/seal-thread.js';
+import type { SessionStore } from '../../src/store/types.js';
+
+interface CountingRelay {
+  port: number;
+  /** Connections made to the upstream through the relay so far. */
+  opened: number;
+  /** Of those, still open. */
+  open: number;
+  close(): Promise<void>;
+}
+
+async function countingRelay(upstreamPort: number): Promise<CountingRelay> {
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = connect(upstreamPort, '127.0.0.1');
+    relay.opened++;
+    relay.open++;
+    sockets.add(client).add(upstream);
+    let closed = false;
+    const done = (): void => {
+      if (!closed) relay.open--;
+      closed = true;
+      client.destroy();
+      upstream.destroy();
+      sockets.delete(client);
+      sockets.delete(upstream);
+    };
+    for (const s of [client, upstream]) {
+      s.on('error', done);
+      s.on('close', done);
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const relay: CountingRelay = {
+    port: (server.address() as { port: number }).port,
+    opened: 0,
+    open: 0,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+  return relay;
+}
+
+const postgres = await startPostgres();
+t.teardown(() => postgres.stop());
+const redis = await startRedis();
+t.teardown(() => redis.stop());
+const pgRelay = await countingRelay(postgres.port);
+t.teardown(() => pgRelay.close());
+const redisRelay = await countingRelay(redis.port);
+t.teardown(() => redisRelay.close());
+
+const gw = await startGateway(
+  `identity: { dev_issuer: true }
+targets:
+  app-db:
+    protocol: postgres
+    listen: 127.0.0.1:0
+    allow_insecure_loopback: true
+    upstream: { host: 127.0.0.1, port: ${pgRelay.port}, database: ${postgres.database}, user: ${postgres.user}, password_env: TEST_PG_PASSWORD, tls: disable }
+  cache:
+    protocol: redis
+    listen: 127.0.0.1:0
+    allow_insecure_loopback: true
+    upstream: { host: 127.0.0.1, port: ${redisRelay.port}, user: app, password_env: REDIS_PW, db: 0, tls: disable }
+policies:
+  - { name: ci, subjects: { groups: [ci] }, targets: [app-db, cache] }
+`,
+  { TEST_PG_PASSWORD: postgres.password, REDIS_PW: redis.aclPassword },
+);
+t.teardown(() => gw.close());
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+async function until(what: string, ready: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await ready())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+async function pgClient(subject: string): Promise<pg.Client> {
+  return new pg.Client({ host: '127.0.0.1', port: gw.port('app-db'), user: subject, database: 'app', password: await gw.token(subject, ['ci']) });
+}
+
+/** A PostgreSQL login through the gateway that must be refused: its error. */
+async function pgRefused(subject: string): Promise<Error & { code?: string }> {
+  const client = await pgClient(subject);
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+  } catch (err) {
+    return err as Error & { code?: string };
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+  throw new Error(`${subject} was admitted`);
+}
+
+/** AUTH with a token over a raw socket; the first reply line. */
+async function redisLogin(subject: string): Promise<string> {
+  const token = await gw.token(subject, ['ci']);
+  const socket = connect(gw.port('cache'), '127.0.0.1');
+  let received = '';
+  socket.on('data', (c: Buffer) => (received += c.toString('latin1')));
+  socket.on('error', () => undefined);
+  socket.write(`*2\r\n$4\r\nAUTH\r\n$${Buffer.byteLength(token)}\r\n${token}\r\n`);
+  await until(`${subject}'s AUTH reply`, () => received.includes('\r\n'));
+  socket.destroy();
+  return received.split('\r\n')[0]!;
+}
+
+const store = gw.gateway.services.store as unknown as SessionStore;
+
+/**
+ * Makes today's recordings directory unusable (a file where the directory
+ * goes, so a create fails with ENOTDIR, as on a disk that refuses it), for
+ * the duration of `fn`. The recordings root stays writable, so the
+ * recorder's health probe succeeds and only the create fails.
+ */
+async function withUnusableDayDir(fn: () => Promise<void>): Promise<void> {
+  const day = join(gw.stateDir, 'recordings', ...datePath(new Date().toISOString()));
+  const aside = `${day}.aside`;
+  if (existsSync(day)) renameSync(day, aside);
+  else mkdirSync(aside, { recursive: true });
+  writeFileSync(day, 'not a directory');
+  try {
+    await fn();
+  } finally {
+    rmSync(day, { force: true });
+    renameSync(aside, day);
+  }
+}
+
+t.test('a new session waits for its file, while its upstream login runs alongside', async (t) => {
+  const client = await pgClient('held');
+  const before = pgRelay.opened;
+  const release = sealThread().stall();
+  let released = false;
+  t.teardown(() => {
+    if (!released) release();
+  });
+  let admitted = false;
+  const connecting = client.connect().then(() => (admitted = true));
+  await until('the upstream login to start', () => pgRelay.opened > before);
+  await sleep(300);
+  t.equal(admitted, false, 'no AuthenticationOk while the file is not created');
+
+  released = true;
+  release();
+  await connecting;
+  t.equal((await client.query('SELECT 41 + 1 AS answer')).rows[0].answer, 42, 'the session goes on once it is');
+  await client.end();
+  t.equal(pgRelay.opened, before + 1, 'one upstream login, made while the file was being created');
+  await until('the recording to complete', () => store.listSessions({ subject: 'held' })[0]?.complete === true);
+});
+
+t.test('redis: the file cannot be created: refused natively, and the upstream login made alongside is closed', async (t) => {
+  await withUnusableDayDir(async () => {
+    const before = redisRelay.opened;
+    const reply = await redisLogin('no-file-redis');
+    t.equal(reply, '-ERR sluice: session recording is unavailable; new sessions are refused until it recovers');
+    t.equal(redisRelay.opened, before + 1, 'the upstream login ran alongside the create');
+    await until('the discarded upstream connection to close', () => redisRelay.open === 0);
+    t.match(gw.gateway.health().checks.recording, /^failing, new sessions refused \(.*ENOTDIR/, '/healthz says why');
+
+    // Failing now: the next session is refused before any upstream login.
+    const pgBefore = pgRelay.opened;
+    const err = await pgRefused('while-failing');
+    t.equal(err.code, '57P03', 'cannot_connect_now');
+    t.match(err.message, /session recording is unavailable/);
+    t.equal(pgRelay.opened, pgBefore, 'no upstream login for a session refused while the recorder fails');
+  });
+
+  // The directory is usable again: sessions go through once the recorder's probe (every 3 s) passes.
+  await until(
+    'a session to be admitted again',
+    async () => {
+      const client = await pgClient('recovered');
+      client.on('error', () => undefined);
+      try {
+        await client.connect();
+        await client.end();
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    15_000,
+  );
+  t.equal(gw.gateway.health().checks.recording, 'ok', 'healthy again');
+});
+
+t.test('postgres: the file cannot be created: 57P03, and the upstream login made alongside is closed', async (t) => {
+  t.equal(gw.gateway.health().checks.recording, 'ok', 'the recorder is healthy when the session starts');
+  await withUnusableDayDir(async () => {
+    const before = pgRelay.opened;
+    const err = await pgRefused('no-file-pg');
+    t.equal(err.code, '57P03', 'cannot_connect_now');
+    t.equal(err.message, 'sluice: session recording is unavailable; new sessions are refused until it recovers');
+    t.equal(pgRelay.opened, before + 1, 'the upstream login ran alongside the create');
+    await until('the discarded upstream connection to close', () => pgRelay.open === 0);
+  });
+  const rows = store.listSessions({ subject: 'no-file-pg' });
+  t.same(rows.map((r) => r.recordingPath), [], 'a refused session has no recording');
+});
