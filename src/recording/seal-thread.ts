@@ -116,10 +116,9 @@ export interface SealOutcome {
   error?: { message: string; code?: string };
 }
 
-/** A create's outcome: the file's descriptor, which the writer closes once done with it, or why there is none. */
+/** A create's outcome: without an error, the file exists with its header, open in the thread until the footer (or a drop). */
 export interface SealCreated {
   writer: number;
-  fd?: number;
   error?: { message: string; code?: string };
 }
 
@@ -145,7 +144,7 @@ export class SealThread {
   /** Files to create, posted with the next message (before its batches). */
   #creates: Array<{ writer: number; open: SealOpen }> = [];
   /** Creates posted and not yet answered. */
-  readonly #creating = new Map<number, { resolve: (fd: number) => void; reject: (err: Error) => void }>();
+  readonly #creating = new Map<number, { resolve: () => void; reject: (err: Error) => void }>();
   #postScheduled = false;
   #lastBatchTimer: NodeJS.Timeout | undefined;
   /** One batch in flight per writer (the writer waits for its answer before it takes the next). */
@@ -183,13 +182,14 @@ export class SealThread {
   }
 
   /**
-   * Creates a writer's file and writes its header; resolves with the
-   * file's descriptor, or rejects (with the errno code) when the thread
-   * could not create it. The writer's batches may follow once it resolves.
-   * Travels in the next message, with whatever batches this turn of the
-   * event loop takes.
+   * Creates a writer's file and writes its header; resolves once it has,
+   * or rejects (with the errno code) when the thread could not. The file
+   * stays open in the thread, which closes it after the footer or a
+   * `release(writer, true)`. The writer's batches may follow once this
+   * resolves. Travels in the next message, with whatever batches this
+   * turn of the event loop takes.
    */
-  create(writer: number, m: SealOpen & { privateKey: KeyObject }): Promise<number> {
+  create(writer: number, m: SealOpen & { privateKey: KeyObject }): Promise<void> {
     return new Promise((resolve, reject) => {
       if (this.#dead !== undefined) {
         reject(new Error(this.#dead));
@@ -242,7 +242,7 @@ export class SealThread {
   /**
    * The writer is done with the thread: after its last batch was answered
    * (the thread forgot it then), or after a failure (`drop`: the thread
-   * forgets it now, appending nothing more to its file).
+   * forgets it now and closes its file, appending nothing more to it).
    */
   release(writer: number, drop: boolean): void {
     if (drop && this.#dead === undefined) this.#worker.postMessage({ op: 'drop', writer });
@@ -290,8 +290,8 @@ export class SealThread {
     const waiting = this.#creating.get(c.writer);
     if (waiting === undefined) return;
     this.#creating.delete(c.writer);
-    if (c.fd !== undefined) {
-      waiting.resolve(c.fd);
+    if (c.error === undefined) {
+      waiting.resolve();
       return;
     }
     // Nothing of this writer is left in the thread: it is released here, not by the writer.

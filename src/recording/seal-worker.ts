@@ -84,6 +84,25 @@ function createFile(open: SealOpen): number {
   return fd;
 }
 
+/**
+ * The thread is done with a recording: after its footer, a failure, or the
+ * event loop's `drop`. Its file is closed here, by the thread that opened
+ * it: Node tracks the descriptors a worker opens and closes them when the
+ * worker exits, so one closed on another thread stays tracked, and the
+ * next file given the same number was reported as "opened in unmanaged
+ * mode twice" (a process warning, with its stack trace, per session).
+ */
+function forget(writer: number): void {
+  const r = recordings.get(writer);
+  if (r === undefined) return;
+  recordings.delete(writer);
+  try {
+    closeSync(r.fd);
+  } catch {
+    // EIO/EBADF at close: the data is down (footer, fsync) or the recording has failed already.
+  }
+}
+
 function create(writer: number, open: SealOpen): SealCreated {
   if (open.privateKey !== undefined) keys.set(open.keyId, open.privateKey);
   const privateKey = keys.get(open.keyId);
@@ -97,7 +116,7 @@ function create(writer: number, open: SealOpen): SealCreated {
     return { writer, error: { message: e instanceof Error ? e.message : String(err), ...(typeof e?.code === 'string' ? { code: e.code } : {}) } };
   }
   recordings.set(writer, { fd, digest: recordDigest(FORMAT_VERSION, open.header), sessionId: open.sessionId, keyId: open.keyId, privateKey, fsyncAtClose: open.fsyncAtClose });
-  return { writer, fd };
+  return { writer };
 }
 
 /** A batch sealed as far as it can be before the signature: its records, and the body of the signed record that ends it. */
@@ -113,7 +132,7 @@ interface Sealed {
 
 /** The outcome of a batch that failed: nothing more is appended to its file, and the event loop fails the session. */
 function failure(job: SealJob, err: unknown, written = 0, added = 0): SealOutcome {
-  recordings.delete(job.writer);
+  forget(job.writer);
   const e = err as NodeJS.ErrnoException;
   return {
     writer: job.writer,
@@ -225,7 +244,7 @@ function append(s: Sealed): SealOutcome {
 
 parentPort!.on('message', (m: SealRequest) => {
   if (m.op === 'drop') {
-    recordings.delete(m.writer);
+    forget(m.writer);
     return;
   }
   if (m.op === 'stall') {
@@ -236,7 +255,7 @@ parentPort!.on('message', (m: SealRequest) => {
   const sealed = m.jobs.map(seal);
   signAll(sealed);
   const outcomes = sealed.map((s) => ('job' in s ? append(s) : s));
-  for (const job of m.jobs) if (job.footer !== undefined) recordings.delete(job.writer);
+  for (const job of m.jobs) if (job.footer !== undefined) forget(job.writer);
   parentPort!.postMessage({ created, outcomes } satisfies SealAnswer);
 });
 /**

@@ -27,7 +27,6 @@
 import { Buffer } from 'node:buffer';
 import { performance } from 'node:perf_hooks';
 import { hrtime } from 'node:process';
-import { closeSync } from 'node:fs';
 import { mkdir, open, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ErrorCodes, SluiceError } from '../errors.js';
@@ -197,15 +196,6 @@ function onFlushTick(intervalMs: number, flush: () => void): () => void {
   };
 }
 
-/** Closes a recording's descriptor; an error (EBADF, EIO) has nothing left to tell: the data is down or the recording has failed. */
-function closeQuietly(fd: number): void {
-  try {
-    closeSync(fd);
-  } catch {
-    // See above.
-  }
-}
-
 // --- slabs (process-wide) -----------------------------------------------------
 
 /**
@@ -320,8 +310,6 @@ function giveBackSlabs(slabs: Buffer[]): void {
 export class RecordingWriter {
   readonly path: string;
   readonly sessionId: string;
-  /** The file, opened append-only; closed by close(). */
-  private readonly fd: number;
   private readonly id: number;
   private readonly seal: SealThread;
   private released = false;
@@ -388,11 +376,10 @@ export class RecordingWriter {
   /** The seal thread fsynced the file after the footer. */
   private synced = false;
 
-  private constructor(opts: RecordingWriterOptions, id: number, path: string, fd: number, header: Buffer, seal: SealThread) {
+  private constructor(opts: RecordingWriterOptions, id: number, path: string, header: Buffer, seal: SealThread) {
     this.id = id;
     this.path = path;
     this.sessionId = opts.meta.sessionId;
-    this.fd = fd;
     this.seal = seal;
     this.maxBytes = opts.maxBytes ?? DEFAULT_MAX_BYTES;
     this.checkpointRecords = opts.checkpointEveryRecords ?? DEFAULT_CHECKPOINT_RECORDS;
@@ -440,11 +427,10 @@ export class RecordingWriter {
       throw new SluiceError(ErrorCodes.RECORDING_SIZE_LIMIT, 'session recording: the size cap is smaller than a header and footer');
     }
     const id = nextWriterId++;
-    let fd: number;
     let seal: SealThread;
     try {
       seal = sealThread();
-      fd = await seal.create(id, {
+      await seal.create(id, {
         path,
         dir,
         header: headerBytes,
@@ -458,7 +444,7 @@ export class RecordingWriter {
       throw writeFailed(`cannot create ${path}`, err);
     }
     markHealthy();
-    return new RecordingWriter(opts, id, path, fd, headerBytes, seal);
+    return new RecordingWriter(opts, id, path, headerBytes, seal);
   }
 
   /** True while the recorder is healthy (no failed write since the last successful one). */
@@ -738,10 +724,8 @@ export class RecordingWriter {
         this.release(false);
       }
     }
+    // The seal thread closes the file: after the footer, or when dropped here.
     this.release(true);
-    // Synchronous: the data is written (and fsynced, by default) or the recording has failed, so a
-    // close has nothing to flush, and through the thread pool it was one more round trip per session.
-    closeQuietly(this.fd);
     return {
       path: this.path,
       size: this.written,

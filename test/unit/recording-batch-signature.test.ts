@@ -8,7 +8,7 @@
  * and to refuse a proof or a footer taken from a sibling.
  */
 import { createHash, generateKeyPairSync } from 'node:crypto';
-import { closeSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -194,10 +194,19 @@ t.test('one batch failing, and two keys in one message: each key gets its tree, 
     w.record('client', Buffer.from('*1\r\n$4\r\nPING\r\n'));
     w.record('server', Buffer.from('+PONG\r\n'));
   });
-  // a1's file descriptor is closed under it: its append fails (EBADF) in the message that signs the
-  // others. Nothing opens a file between here and a1's close (the other files are open already, and
-  // the seal thread only writes), so the number is not taken by another file meanwhile.
-  closeSync((writers[1] as unknown as { fd: number }).fd);
+  // a1's file descriptor (the seal thread's, found by its path) is closed under it: its append fails
+  // (EBADF) in the message that signs the others. Nothing opens a file between here and a1's close
+  // (the other files are open already, and the seal thread only writes), so the number is not taken
+  // by another file meanwhile.
+  const a1fd = readdirSync('/proc/self/fd').find((fd) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${fd}`) === writers[1]!.path;
+    } catch {
+      return false;
+    }
+  });
+  t.ok(a1fd, "a1's file is open");
+  closeSync(Number(a1fd));
   const results = await Promise.all(writers.map((w) => w.close({ closeReason: 'client closed' })));
 
   t.same(results.map((r) => r.complete), [true, false, true, true, true], 'only a1 is incomplete');

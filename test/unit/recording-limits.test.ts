@@ -186,6 +186,51 @@ const writerUrl = new URL('../../src/recording/writer.js', import.meta.url).href
 const keysUrl = new URL('../../src/recording/keys.js', import.meta.url).href;
 
 /**
+ * The seal thread creates each file and closes it (after the footer, or
+ * when a failed writer drops it). Sessions one after another reuse
+ * descriptor numbers; a file closed by another thread than the one that
+ * opened it stayed on the opener's list, and Node warned on stderr
+ * ("opened in unmanaged mode twice") for every later file given that number.
+ */
+const SEQUENTIAL = `
+import { RecordingWriter } from ${JSON.stringify(writerUrl)};
+import { openRecordingKey } from ${JSON.stringify(keysUrl)};
+import { readdirSync } from 'node:fs';
+const stateDir = process.argv[1];
+const key = await openRecordingKey(stateDir);
+const meta = (id) => ({ sessionId: id, target: 't', protocol: 'postgres', subject: 's', groups: [], issuer: 'i', startedAt: new Date().toISOString() });
+const fds = () => readdirSync('/proc/self/fd').length;
+const first = await RecordingWriter.open({ stateDir, meta: meta('warm'), key, onFailure: () => {} });
+await first.close({ closeReason: 'done' });
+const before = fds();
+const complete = [];
+for (let i = 0; i < 12; i++) {
+  const w = await RecordingWriter.open({ stateDir, meta: meta('s' + i), key, onFailure: () => {} });
+  w.record('client', Buffer.from('SELECT ' + i));
+  complete.push((await w.close({ closeReason: 'done' })).complete);
+}
+process.stdout.write(JSON.stringify({ before, after: fds(), complete }));
+`;
+
+t.test('sessions one after another: each file is closed, and no process warning is written', async (t) => {
+  const stateDir = tempDir(t);
+  const child = spawn(process.execPath, ['--input-type=module', '-e', SEQUENTIAL, stateDir], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, NODE_OPTIONS: '' },
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  t.equal(code, 0, 'the child ran to the end', { stderr });
+  t.equal(stderr, '', 'nothing on stderr');
+  const out = JSON.parse(stdout) as { before: number; after: number; complete: boolean[] };
+  t.equal(out.after, out.before, 'as many descriptors open after twelve sessions as before');
+  t.same(out.complete, Array(12).fill(true), 'every recording complete');
+});
+
+/**
  * A write failing mid-session, for real: the child runs under `ulimit -f`
  * (RLIMIT_FSIZE), so its appends past 256 KiB fail with EFBIG, as they
  * would on a full disk. The child handles SIGXFSZ, so the limit surfaces as
