@@ -10,6 +10,8 @@
  * - fail closed: when the file cannot be created, the client gets the
  *   native refusal and the upstream login made alongside is closed, before
  *   any byte of the client's reached it;
+ * - a session whose file is not created within the pre-auth timeout is
+ *   refused, and its upstream login closed;
  * - while the recorder is failing, a new session is refused before any
  *   upstream login, so a client retrying in a loop costs the upstream
  *   nothing; once the file system is usable again, sessions go through.
@@ -90,13 +92,19 @@ targets:
     listen: 127.0.0.1:0
     allow_insecure_loopback: true
     upstream: { host: 127.0.0.1, port: ${pgRelay.port}, database: ${postgres.database}, user: ${postgres.user}, password_env: TEST_PG_PASSWORD, tls: disable }
+  slow-db:
+    protocol: postgres
+    listen: 127.0.0.1:0
+    allow_insecure_loopback: true
+    limits: { pre_auth_timeout: 1s }
+    upstream: { host: 127.0.0.1, port: ${pgRelay.port}, database: ${postgres.database}, user: ${postgres.user}, password_env: TEST_PG_PASSWORD, tls: disable }
   cache:
     protocol: redis
     listen: 127.0.0.1:0
     allow_insecure_loopback: true
     upstream: { host: 127.0.0.1, port: ${redisRelay.port}, user: app, password_env: REDIS_PW, db: 0, tls: disable }
 policies:
-  - { name: ci, subjects: { groups: [ci] }, targets: [app-db, cache] }
+  - { name: ci, subjects: { groups: [ci] }, targets: [app-db, slow-db, cache] }
 `,
   { TEST_PG_PASSWORD: postgres.password, REDIS_PW: redis.aclPassword },
 );
@@ -186,6 +194,28 @@ t.test('a new session waits for its file, while its upstream login runs alongsid
   await client.end();
   t.equal(pgRelay.opened, before + 1, 'one upstream login, made while the file was being created');
   await until('the recording to complete', () => store.listSessions({ subject: 'held' })[0]?.complete === true);
+});
+
+t.test('held past the pre-auth timeout: refused, and the upstream login made alongside is closed', async (t) => {
+  const client = new pg.Client({ host: '127.0.0.1', port: gw.port('slow-db'), user: 'held-long', database: 'app', password: await gw.token('held-long', ['ci']) });
+  client.on('error', () => undefined);
+  const release = sealThread().stall();
+  let released = false;
+  t.teardown(() => {
+    if (!released) release();
+  });
+  const err = await client.connect().then(
+    () => undefined,
+    (e: Error & { code?: string }) => e,
+  );
+  t.equal(err?.code, '57014', 'the pre-auth timeout (1 s) refuses the session');
+  t.match(err?.message, /canceling authentication due to timeout/);
+  released = true;
+  release();
+  await until('the upstream login to be closed', () => pgRelay.open === 0);
+  // Its file was created once the thread went on: the recording holds the refusal the client got.
+  await until('the refused session\'s recording to complete', () => store.listSessions({ subject: 'held-long' })[0]?.complete === true);
+  t.match(store.listSessions({ subject: 'held-long' })[0]?.closeReason, /SLUICE_PRE_AUTH_TIMEOUT/);
 });
 
 t.test('redis: the file cannot be created: refused natively, and the upstream login made alongside is closed', async (t) => {
