@@ -629,6 +629,8 @@ export class SessionRecording {
   #backlogPauses = 0;
   #behind = false;
   readonly #verdicts = { allowed: 0, denied: 0, approvals: 0 };
+  /** #meta's last answer: asked for at the open and for each index row, always with the same identity. */
+  #metaOf: { identity: Identity | undefined; meta: RecordingMeta } | undefined;
 
   constructor(recorder: SessionRecorder, info: SessionInfo, done: () => void) {
     this.#recorder = recorder;
@@ -773,18 +775,22 @@ export class SessionRecording {
 
   /** What the recording's header says of the session; a failed login's recording has no subject. */
   #meta(identity: Identity | undefined): RecordingMeta {
+    const known = this.#metaOf;
+    if (known !== undefined && known.identity === identity) return known.meta;
     const info = this.#info;
-    return {
+    const meta: RecordingMeta = {
       sessionId: info.sessionId,
       target: info.target,
       protocol: info.protocol,
       subject: identity?.subject ?? '',
       groups: identity?.groups ?? [],
       issuer: identity?.issuer ?? '',
-      ...(identity ? { tokenIdHash: identity.tokenId } : {}),
-      ...(info.clientAddress !== undefined ? { clientAddress: info.clientAddress } : {}),
+      tokenIdHash: identity?.tokenId,
+      clientAddress: info.clientAddress,
       startedAt: this.#startedAt,
     };
+    this.#metaOf = { identity, meta };
+    return meta;
   }
 
   /** Closes the recording (footer, fsync) and completes the index row. Idempotent; never rejects. */
@@ -825,18 +831,18 @@ export class SessionRecording {
     const identity = this.#identity;
     if (!store || !identity) return;
     const result = end?.result;
-    const row: SessionRecord = {
-      ...indexRow(this.#meta(identity)),
-      ...(end ? { endedAt: end.endedAt, closeReason: end.closeReason } : {}),
-      bytesIn: result?.bytesClientToGateway ?? 0,
-      bytesOut: result?.bytesGatewayToClient ?? 0,
-      statementsAllowed: this.#verdicts.allowed,
-      statementsDenied: this.#verdicts.denied,
-      approvals: this.#verdicts.approvals,
-      ...(this.#writer ? { recordingPath: this.#writer.path } : {}),
-      ...(result ? { recordingSize: result.size, finalHash: result.finalHash } : {}),
-      complete: result?.complete ?? false,
-    };
+    const row: SessionRecord = indexRow(this.#meta(identity));
+    row.endedAt = end?.endedAt;
+    row.closeReason = end?.closeReason;
+    row.bytesIn = result?.bytesClientToGateway ?? 0;
+    row.bytesOut = result?.bytesGatewayToClient ?? 0;
+    row.statementsAllowed = this.#verdicts.allowed;
+    row.statementsDenied = this.#verdicts.denied;
+    row.approvals = this.#verdicts.approvals;
+    row.recordingPath = this.#writer?.path;
+    row.recordingSize = result?.size;
+    row.finalHash = result?.finalHash;
+    row.complete = result?.complete ?? false;
     try {
       store.upsertSession(row);
     } catch (err) {

@@ -416,8 +416,9 @@ export class RecordingWriter {
       subject: meta.subject,
       groups: meta.groups,
       issuer: meta.issuer,
-      ...(meta.tokenIdHash !== undefined ? { tokenIdHash: meta.tokenIdHash } : {}),
-      ...(meta.clientAddress !== undefined ? { clientAddress: meta.clientAddress } : {}),
+      // Left out of the JSON when undefined, in the same place when not.
+      tokenIdHash: meta.tokenIdHash,
+      clientAddress: meta.clientAddress,
       startedAt: meta.startedAt,
       keyId: opts.key.keyId,
       monotonicStart: process.hrtime.bigint().toString(),
