@@ -212,17 +212,23 @@ for (let i = 0; i < 12; i++) {
 process.stdout.write(JSON.stringify({ before, after: fds(), complete }));
 `;
 
-t.test('sessions one after another: each file is closed, and no process warning is written', async (t) => {
-  const stateDir = tempDir(t);
-  const child = spawn(process.execPath, ['--input-type=module', '-e', SEQUENTIAL, stateDir], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, NODE_OPTIONS: '' },
-  });
+/**
+ * Runs a child to its end: what it printed and how it exited. The child is plain Node: tap's
+ * per-process hooks (NODE_OPTIONS) would write files of their own, and print to stderr.
+ */
+async function runChild(cmd: string, args: string[]): Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }> {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_OPTIONS: '' } });
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  const [code, signal] = await new Promise<[number | null, string | null]>((resolve) => child.on('exit', (c, sig) => resolve([c, sig])));
+  return { code, signal, stdout, stderr };
+}
+
+t.test('sessions one after another: each file is closed, and no process warning is written', async (t) => {
+  const stateDir = tempDir(t);
+  const { code, stdout, stderr } = await runChild(process.execPath, ['--input-type=module', '-e', SEQUENTIAL, stateDir]);
   t.equal(code, 0, 'the child ran to the end', { stderr });
   t.equal(stderr, '', 'nothing on stderr');
   const out = JSON.parse(stdout) as { before: number; after: number; complete: boolean[] };
@@ -265,16 +271,7 @@ process.stdout.write(JSON.stringify(out));
 
 t.test('a write fails mid-session (EFBIG): onFailure, failed, health not ok; a later write recovers it', async (t) => {
   const stateDir = tempDir(t);
-  const child = spawn('/bin/sh', ['-c', 'ulimit -f 256 && exec "$0" --input-type=module -e "$1" "$2"', process.execPath, CHILD, stateDir], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    // The child is plain Node: tap's per-process hooks (NODE_OPTIONS) would write files under the limit too.
-    env: { ...process.env, NODE_OPTIONS: '' },
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const [code, signal] = await new Promise<[number | null, string | null]>((resolve) => child.on('exit', (c, sig) => resolve([c, sig])));
+  const { code, signal, stdout, stderr } = await runChild('/bin/sh', ['-c', 'ulimit -f 256 && exec "$0" --input-type=module -e "$1" "$2"', process.execPath, CHILD, stateDir]);
   t.same({ code, signal }, { code: 0, signal: null }, 'the child ran to the end', { stderr });
   const out = JSON.parse(stdout) as Record<string, { ok?: boolean; lastError?: string; complete?: boolean } & Record<string, unknown>> & {
     code: string;
