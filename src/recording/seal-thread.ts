@@ -154,25 +154,18 @@ export class SealThread {
   /** Key ids whose private key this thread has been sent. */
   readonly #keysSent = new Set<string>();
   #dead: string | undefined;
-  /** Resolves once the thread listens (a worker takes some 50 ms to boot), or has died. */
-  readonly ready: Promise<void>;
 
   constructor() {
     this.#worker = startWorker(new URL('./seal-worker.js', import.meta.url));
-    let ready!: () => void;
-    this.ready = new Promise((resolve) => (ready = resolve));
-    this.#worker.once('exit', () => ready());
     this.#worker.on('message', (m: SealAnswer | 'ready') => {
       // 'ready': the worker has loaded its modules and listens (later than its 'online' event).
       if (m === 'ready') {
-        // Kept alive while it boots (a writer waits for `ready`); after that only while a
-        // recording is open. Unref'd here, after the listeners: adding a 'message' listener
+        // Kept alive while it boots (the messages posted meanwhile wait for it); after that only
+        // while a recording is open. Unref'd here, after the listeners: adding a 'message' listener
         // refs the worker's port again, and a port left ref'd with no recording open kept
         // `sluice serve` from exiting after SIGTERM (it closed everything, then hung).
         if (this.#users === 0) this.#worker.unref();
-        ready();
-      }
-      else {
+      } else {
         for (const c of m.created) this.#createdAnswer(c);
         for (const o of m.outcomes) this.#answer(o);
       }

@@ -10,10 +10,11 @@
  * One message from the event loop carries the files to create and every
  * batch taken in one flush tick; one answer carries every outcome, in the
  * same order. The files are created first (a writer's first batch follows
- * its create). A message is sealed in three passes: every batch's records, with the body of the
- * checkpoint or footer that ends it; then those bodies signed together,
- * one signature per key over a Merkle tree of them (signed-records.ts,
- * format version 3); then each batch appended.
+ * its create). The batches are sealed in three passes: every batch's
+ * records, with the body of the checkpoint or footer that ends it; then
+ * those bodies signed together, one signature per key over a Merkle tree
+ * of them (signed-records.ts, format version 3); then each batch appended.
+ * The thread closes each file it opened (see forget).
  */
 import type { KeyObject } from 'node:crypto';
 import { closeSync, fsyncSync, mkdirSync, openSync } from 'node:fs';
