@@ -86,9 +86,11 @@ t.test('the writer writes version 3; relabelling a file as another version fails
   const key = await openRecordingKey(dir);
   const meta: RecordingMeta = { sessionId: 'v3', target: 'cache', protocol: 'redis', subject: 's', groups: [], issuer: 'i', startedAt: new Date().toISOString() };
   const w = await RecordingWriter.open({ stateDir: dir, meta, key, checkpointEveryRecords: 2, flushIntervalMs: 1, onFailure: () => t.fail('no failure') });
+  // Each record written before the next (not only a few ms later: under load the timer may fire
+  // late), so the batches, and the checkpoints every two records, are the same on every run.
   for (let i = 0; i < 6; i++) {
     w.record(i % 2 ? 'server' : 'client', Buffer.from(`chunk ${i}`));
-    await new Promise((r) => setTimeout(r, 3));
+    for (let k = 0; k < 1000 && w.backlogBytes > 0; k++) await new Promise((r) => setTimeout(r, 2));
   }
   await w.close({ closeReason: 'done' });
   const v3 = readFileSync(w.path);
