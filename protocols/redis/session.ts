@@ -250,6 +250,8 @@ export class RedisSession implements SessionHandle {
         upstream = await upstreamLogin();
       }
     } catch (err) {
+      // Closed meanwhile (the pre-auth timeout, the client gone): the login was discarded.
+      if (this.#closed) return;
       if (isSluiceError(err, ErrorCodes.RECORDING_WRITE_FAILED)) {
         this.#close(error('sluice: session recording is unavailable; new sessions are refused until it recovers'), 'session recording unavailable');
         return;

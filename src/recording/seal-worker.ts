@@ -8,9 +8,9 @@
  * loop never waits for it, except a new session for its file.
  *
  * One message from the event loop carries the files to create and every
- * batch taken in one flush tick; one answer carries every outcome, in the
- * same order. The files are created first (a writer's first batch follows
- * its create). The batches are sealed in three passes: every batch's
+ * batch taken in one flush tick. The files are created first (a writer's
+ * first batch follows its create) and answered at once; one answer then
+ * carries every batch's outcome, in the same order. The batches are sealed in three passes: every batch's
  * records, with the body of the checkpoint or footer that ends it; then
  * those bodies signed together, one signature per key over a Merkle tree
  * of them (signed-records.ts, format version 3); then each batch appended.
@@ -252,12 +252,17 @@ parentPort!.on('message', (m: SealRequest) => {
     Atomics.wait(new Int32Array(m.gate), 0, 0);
     return;
   }
-  const created = m.creates.map((c) => create(c.writer, c.open));
+  // Answered at once: a new session waits for its file, and the batches after it may hold
+  // footers whose fsyncs take the disk's time.
+  if (m.creates.length > 0) {
+    parentPort!.postMessage({ created: m.creates.map((c) => create(c.writer, c.open)), outcomes: [] } satisfies SealAnswer);
+  }
+  if (m.jobs.length === 0) return;
   const sealed = m.jobs.map(seal);
   signAll(sealed);
   const outcomes = sealed.map((s) => ('job' in s ? append(s) : s));
   for (const job of m.jobs) if (job.footer !== undefined) forget(job.writer);
-  parentPort!.postMessage({ created, outcomes } satisfies SealAnswer);
+  parentPort!.postMessage({ created: [], outcomes } satisfies SealAnswer);
 });
 /**
  * On Linux this thread runs at the lowest CPU priority (nice 19). Nothing waits for

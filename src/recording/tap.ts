@@ -61,7 +61,7 @@ import { indexRow } from './index-row.js';
 import type { RecordingKey } from './keys.js';
 import { purgeRecordings } from './retention.js';
 import { sealThread } from './seal-thread.js';
-import { RecordingWriter, recorderHealth, type RecordingResult, type RecordingWriterOptions } from './writer.js';
+import { RecordingWriter, createsFailing, recorderHealth, type RecordingResult, type RecordingWriterOptions } from './writer.js';
 
 /** Pre-auth bytes held by default: the handshake cap (64 KiB) + the largest token (64 KiB) + room for pipelined chunks. */
 export const DEFAULT_MAX_HELD_BYTES = 512 * 1024;
@@ -496,6 +496,11 @@ export function writerSettings(s: RecordingSettings): Pick<RecordingWriterOption
   };
 }
 
+/** What admitAlongside throws when the session ended before it was admitted; the session is closed already. */
+function sessionEnded(): SluiceError {
+  return new SluiceError(ErrorCodes.PROTOCOL_VIOLATION, 'the session ended before it was admitted');
+}
+
 /** While unhealthy, a probe write is tried at most this often. */
 const PROBE_INTERVAL_MS = 3_000;
 const RETENTION_INTERVAL_MS = 60 * 60_000;
@@ -629,6 +634,9 @@ export class SessionRecording {
   #backlogPauses = 0;
   #behind = false;
   readonly #verdicts = { allowed: 0, denied: 0, approvals: 0 };
+  /** Resolves when end() is first called (see admitAlongside). */
+  readonly #endRequested: Promise<void>;
+  #requestEnd!: () => void;
   /** #meta's last answer: asked for at the open and for each index row, always with the same identity. */
   #metaOf: { identity: Identity | undefined; meta: RecordingMeta } | undefined;
 
@@ -636,6 +644,7 @@ export class SessionRecording {
     this.#recorder = recorder;
     this.#info = info;
     this.#done = done;
+    this.#endRequested = new Promise((resolve) => (this.#requestEnd = resolve));
     this.tap = new RecordingTap({
       maxHeldBytes: recorder.maxHeldBytes,
       onOverflow: () =>
@@ -721,25 +730,50 @@ export class SessionRecording {
    * thread creates the file meanwhile, so a new session waits for the
    * slower of the two, not for both in turn. `admitted` is called once the
    * recording is open. Resolves with the login's result once both are
-   * done. When admission fails, its error is thrown and a login that
-   * succeeded is handed to `discard`: nothing of the client's has reached
-   * the upstream, whose relay starts only after this. While the recorder is
-   * failing, admission (a probe, then most likely a refusal) runs first, so
-   * a session about to be refused costs the upstream no login.
+   * done, and the session's relay starts only then: no statement or
+   * command of the client's reaches the upstream before its recording
+   * exists. The login itself carries only what any login carries: the
+   * client's vetted startup parameters (PostgreSQL) or the name given with
+   * its HELLO (Redis).
+   *
+   * Throws, and closes the login (`discard`) whenever it completes, as soon
+   * as admission fails or the session ends (end(): the pre-auth timeout, the
+   * client gone): a seal thread held by a hung disk must not hold upstream
+   * connections too. While the recorder is failing, or its last create
+   * failed, admission (a probe, then most likely a refusal) runs first, so a
+   * session about to be refused costs the upstream no login.
    */
   async admitAlongside<T>(identity: Identity, admitted: () => void, login: () => Promise<T>, discard: (upstream: T) => void): Promise<T> {
     const admission = this.admit(identity).then(admitted);
-    if (!recorderHealth().ok) {
-      await admission;
+    if (!recorderHealth().ok || createsFailing()) {
+      await this.#orEnded(admission);
+      if (this.#ending !== undefined) throw sessionEnded();
       return login();
     }
-    const [a, l] = await Promise.allSettled([admission, login()]);
-    if (a.status === 'rejected') {
-      if (l.status === 'fulfilled') discard(l.value);
-      throw a.reason;
+    let abandoned = false;
+    let upstream: T | undefined;
+    const loggedIn = Promise.resolve()
+      .then(login)
+      .then((u) => {
+        if (abandoned) discard(u);
+        else upstream = u;
+        return u;
+      });
+    // Its failure is thrown below, or, once abandoned, of no interest.
+    loggedIn.catch(() => undefined);
+    try {
+      await this.#orEnded(admission);
+      return await this.#orEnded(loggedIn);
+    } catch (err) {
+      abandoned = true;
+      if (upstream !== undefined) discard(upstream);
+      throw err;
     }
-    if (l.status === 'rejected') throw l.reason;
-    return l.value;
+  }
+
+  /** `p`, or a rejection as soon as the session ends (end() is called), whichever comes first. */
+  #orEnded<V>(p: Promise<V>): Promise<V> {
+    return Promise.race([p, this.#endRequested.then((): never => { throw sessionEnded(); })]);
   }
 
   async #admit(identity: Identity): Promise<void> {
@@ -795,6 +829,7 @@ export class SessionRecording {
 
   /** Closes the recording (footer, fsync) and completes the index row. Idempotent; never rejects. */
   end(closeReason: string): Promise<void> {
+    this.#requestEnd();
     this.#ending ??= this.#end(closeReason).catch((err: unknown) => {
       this.#recorder.logger.error({ session: this.#info.sessionId, reason: err instanceof Error ? err.message : String(err) }, 'session recording could not be finished');
     }).finally(this.#done);

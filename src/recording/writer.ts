@@ -146,6 +146,17 @@ function markUnhealthy(err: unknown): void {
   healthError = describe(err);
 }
 
+/**
+ * The last file create failed (and none has succeeded since). Appends of
+ * live sessions may still succeed and mark the recorder healthy meanwhile;
+ * admission reads this too, to try the create before an upstream login.
+ */
+let createFailing = false;
+
+export function createsFailing(): boolean {
+  return createFailing;
+}
+
 /** For /healthz and admission: not ok after a recording write failed, until one succeeds again. */
 export function recorderHealth(): { ok: boolean; lastError?: string } {
   return healthOk ? { ok: true } : { ok: false, lastError: healthError! };
@@ -441,9 +452,11 @@ export class RecordingWriter {
         fsyncAtClose: opts.fsyncAtClose ?? true,
       });
     } catch (err) {
+      createFailing = true;
       markUnhealthy(err);
       throw writeFailed(`cannot create ${path}`, err);
     }
+    createFailing = false;
     markHealthy();
     return new RecordingWriter(opts, id, path, headerBytes, seal);
   }

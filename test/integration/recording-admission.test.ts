@@ -8,10 +8,11 @@
  *   runs but the client gets no AuthenticationOk; released, the session
  *   goes on and is recorded whole;
  * - fail closed: when the file cannot be created, the client gets the
- *   native refusal and the upstream login made alongside is closed, before
- *   any byte of the client's reached it;
+ *   native refusal and the upstream login made alongside is closed unused
+ *   (the relay, which carries the client's statements, never started);
  * - a session whose file is not created within the pre-auth timeout is
- *   refused, and its upstream login closed;
+ *   refused, and its upstream login closed at once, not when the thread
+ *   goes on;
  * - while the recorder is failing, a new session is refused before any
  *   upstream login, so a client retrying in a loop costs the upstream
  *   nothing; once the file system is usable again, sessions go through.
@@ -154,22 +155,28 @@ async function redisLogin(subject: string): Promise<string> {
 const store = gw.gateway.services.store as unknown as SessionStore;
 
 /**
- * Makes today's recordings directory unusable (a file where the directory
- * goes, so a create fails with ENOTDIR, as on a disk that refuses it), for
- * the duration of `fn`. The recordings root stays writable, so the
- * recorder's health probe succeeds and only the create fails.
+ * Makes the recordings directories of today and tomorrow (a test may run
+ * across midnight, UTC) unusable: a file where each directory goes, so a
+ * create fails (ENOTDIR, or EEXIST from making the directory), as on a
+ * disk that refuses it, for the duration of `fn`. The recordings root
+ * stays writable, so the recorder's health probe succeeds and only the
+ * create fails.
  */
 async function withUnusableDayDir(fn: () => Promise<void>): Promise<void> {
-  const day = join(gw.stateDir, 'recordings', ...datePath(new Date().toISOString()));
-  const aside = `${day}.aside`;
-  if (existsSync(day)) renameSync(day, aside);
-  else mkdirSync(aside, { recursive: true });
-  writeFileSync(day, 'not a directory');
+  const days = [Date.now(), Date.now() + 86_400_000].map((ms) => join(gw.stateDir, 'recordings', ...datePath(new Date(ms).toISOString())));
+  for (const day of days) {
+    const aside = `${day}.aside`;
+    if (existsSync(day)) renameSync(day, aside);
+    else mkdirSync(aside, { recursive: true });
+    writeFileSync(day, 'not a directory');
+  }
   try {
     await fn();
   } finally {
-    rmSync(day, { force: true });
-    renameSync(aside, day);
+    for (const day of days) {
+      rmSync(day, { force: true });
+      renameSync(`${day}.aside`, day);
+    }
   }
 }
 
@@ -204,15 +211,18 @@ t.test('held past the pre-auth timeout: refused, and the upstream login made alo
   t.teardown(() => {
     if (!released) release();
   });
+  const before = pgRelay.opened;
   const err = await client.connect().then(
     () => undefined,
     (e: Error & { code?: string }) => e,
   );
   t.equal(err?.code, '57014', 'the pre-auth timeout (1 s) refuses the session');
   t.match(err?.message, /canceling authentication due to timeout/);
+  t.equal(pgRelay.opened, before + 1, 'its upstream login ran alongside');
+  // Closed with the session, not when the thread goes on: a hung disk must not hold upstream connections.
+  await until('the upstream login to be closed while the thread is still held', () => pgRelay.open === 0);
   released = true;
   release();
-  await until('the upstream login to be closed', () => pgRelay.open === 0);
   // Its file was created once the thread went on: the recording holds the refusal the client got.
   await until('the refused session\'s recording to complete', () => store.listSessions({ subject: 'held-long' })[0]?.complete === true);
   t.match(store.listSessions({ subject: 'held-long' })[0]?.closeReason, /SLUICE_PRE_AUTH_TIMEOUT/);
@@ -225,7 +235,7 @@ t.test('redis: the file cannot be created: refused natively, and the upstream lo
     t.equal(reply, '-ERR sluice: session recording is unavailable; new sessions are refused until it recovers');
     t.equal(redisRelay.opened, before + 1, 'the upstream login ran alongside the create');
     await until('the discarded upstream connection to close', () => redisRelay.open === 0);
-    t.match(gw.gateway.health().checks.recording, /^failing, new sessions refused \(.*ENOTDIR/, '/healthz says why');
+    t.match(gw.gateway.health().checks.recording, /^failing, new sessions refused \(.*(ENOTDIR|EEXIST)/, '/healthz says why');
 
     // Failing now: the next session is refused before any upstream login.
     const pgBefore = pgRelay.opened;
@@ -264,6 +274,5 @@ t.test('postgres: the file cannot be created: 57P03, and the upstream login made
     t.equal(pgRelay.opened, before + 1, 'the upstream login ran alongside the create');
     await until('the discarded upstream connection to close', () => pgRelay.open === 0);
   });
-  const rows = store.listSessions({ subject: 'no-file-pg' });
-  t.same(rows.map((r) => r.recordingPath), [], 'a refused session has no recording');
+  t.equal(store.listSessions({ subject: 'no-file-pg' }).length, 0, 'never admitted: no index row, no recording');
 });
