@@ -445,7 +445,9 @@ export class RecordingWriter {
       await seal.create(id, {
         path,
         dir,
-        header: headerBytes,
+        // A copy of its own: the header may sit in Node's 8 KiB buffer pool, and a posted
+        // view carries its whole backing buffer.
+        header: new Uint8Array(headerBytes),
         sessionId: meta.sessionId,
         keyId: opts.key.keyId,
         privateKey: opts.key.privateKey,
