@@ -8,7 +8,7 @@ import { isLoopbackConnection, newSessionId } from '../../src/gateway/net.js';
 import type { Logger } from '../../src/log.js';
 import { PgFramer, PgProtocolError } from './framer.js';
 import { HandshakeReader, PeerClosed, type WireMessage } from './handshake-reader.js';
-import type { SessionRecording } from '../../src/recording/tap.js';
+import { loginRecorded, type SessionRecording } from '../../src/recording/tap.js';
 import { scrubPgPasswordMessage } from '../../src/recording/scrub.js';
 import {
   Frontend,
@@ -158,13 +158,7 @@ export class PostgresSession implements SessionHandle {
       });
     // No recording, no session: refused (57P03) if its file cannot be created, or while the
     // recorder is unhealthy. The file is created while the upstream login runs.
-    let upstream: UpstreamSession;
-    if (this.#recording) {
-      upstream = await this.#recording.admitAlongside(identity, () => this.#clearPreAuth(), login, (u) => u.socket.destroy());
-    } else {
-      this.#clearPreAuth();
-      upstream = await login();
-    }
+    const upstream = await loginRecorded(this.#recording, identity, () => this.#clearPreAuth(), login, (u) => u.socket.destroy());
     if (this.#closed) {
       upstream.socket.destroy();
       return;

@@ -13,7 +13,7 @@ import type { AuditVerdict } from '../../src/store/types.js';
 import { RedisRelay, type RelayRecording } from './relay.js';
 import { RedisReplyMasker } from './reply-masker.js';
 import { RespProtocolError, RespRequestFramer, UNAUTHENTICATED_REQUEST_LIMITS, type RequestSink } from './resp.js';
-import type { SessionRecording } from '../../src/recording/tap.js';
+import { loginRecorded, type SessionRecording } from '../../src/recording/tap.js';
 import { scrubRedisAuth } from '../../src/recording/scrub.js';
 import { connectRedisUpstream, reauthCommands, type RedisUpstreamSession } from './upstream.js';
 
@@ -241,14 +241,9 @@ export class RedisSession implements SessionHandle {
       });
     let upstream: RedisUpstreamSession;
     try {
-      if (this.#recording) {
-        // No recording, no session: refused if its file cannot be created, or while the recorder
-        // is unhealthy. The file is created while the upstream login runs.
-        upstream = await this.#recording.admitAlongside(identity, () => this.#clearPreAuth(), upstreamLogin, (u) => u.socket.destroy());
-      } else {
-        this.#clearPreAuth();
-        upstream = await upstreamLogin();
-      }
+      // No recording, no session: refused if its file cannot be created, or while the recorder
+      // is unhealthy. The file is created while the upstream login runs.
+      upstream = await loginRecorded(this.#recording, identity, () => this.#clearPreAuth(), upstreamLogin, (u) => u.socket.destroy());
     } catch (err) {
       // Closed meanwhile (the pre-auth timeout, the client gone): the login was discarded.
       if (this.#closed) return;

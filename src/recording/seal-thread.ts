@@ -30,7 +30,8 @@
  *
  * Every writer's batch taken in one flush tick travels in one message, and
  * the answers come back in one message, so the messages cost the event
- * loop a few microseconds per tick, not per session.
+ * loop a few microseconds per tick, not per session (files to create ride
+ * in the same message, and are answered first, in a message of their own).
  *
  * The thread also creates each recording's file and writes its header
  * (`create`), so the event loop never waits for the disk. A file create
@@ -40,7 +41,7 @@
  * it scanned past every recently deleted inode (up to a millisecond per
  * session, bench/RESULTS.md), and on the event loop that stalled every
  * session at once. The session waits for its file while its upstream login
- * runs (tap.ts, SessionRecording.admit).
+ * runs (tap.ts, SessionRecording.admitAlongside).
  *
  * Fail closed: if the thread dies, every batch in flight and every later
  * one is answered with an error, so each recording fails and its session is
@@ -103,6 +104,17 @@ export type SealRequest =
   /** Blocks the thread until gate[0] is set (see SealThread.stall). */
   | { op: 'stall'; gate: SharedArrayBuffer };
 
+/** A failure as it crosses between the threads: the message, and the errno code when there is one. */
+export interface SealError {
+  message: string;
+  code?: string;
+}
+
+/** The Error a SealError stands for, with its errno code (describe() in writer.ts reports it). */
+export function errorFrom(e: SealError): Error {
+  return Object.assign(new Error(e.message), e.code !== undefined ? { code: e.code } : {});
+}
+
 export interface SealOutcome {
   writer: number;
   /** Bytes appended to the file. */
@@ -113,13 +125,13 @@ export interface SealOutcome {
   chain: string;
   /** The footer's batch: the file was fsynced after it. */
   synced?: boolean;
-  error?: { message: string; code?: string };
+  error?: SealError;
 }
 
 /** A create's outcome: without an error, the file exists with its header, open in the thread until the footer (or a drop). */
 export interface SealCreated {
   writer: number;
-  error?: { message: string; code?: string };
+  error?: SealError;
 }
 
 export interface SealAnswer {
@@ -289,7 +301,7 @@ export class SealThread {
     }
     // Nothing of this writer is left in the thread: it is released here, not by the writer.
     if (--this.#users === 0 && this.#dead === undefined) this.#worker.unref();
-    waiting.reject(Object.assign(new Error(c.error?.message ?? 'the file was not created'), c.error?.code !== undefined ? { code: c.error.code } : {}));
+    waiting.reject(errorFrom(c.error));
   }
 
   #answer(o: SealOutcome): void {

@@ -10,10 +10,11 @@
  * One message from the event loop carries the files to create and every
  * batch taken in one flush tick. The files are created first (a writer's
  * first batch follows its create) and answered at once; one answer then
- * carries every batch's outcome, in the same order. The batches are sealed in three passes: every batch's
- * records, with the body of the checkpoint or footer that ends it; then
- * those bodies signed together, one signature per key over a Merkle tree
- * of them (signed-records.ts, format version 3); then each batch appended.
+ * carries every batch's outcome, in the same order. The batches are sealed
+ * in three passes: every batch's records, with the body of the checkpoint
+ * or footer that ends it; then those bodies signed together, one signature
+ * per key over a Merkle tree of them (signed-records.ts, format version
+ * 3); then each batch appended.
  * The thread closes each file it opened (see forget).
  */
 import type { KeyObject } from 'node:crypto';
@@ -33,7 +34,7 @@ import {
 } from './format.js';
 import { appendAllSync } from './append.js';
 import { CHECKPOINT_SIG_DOMAIN, FOOTER_SIG_DOMAIN, batchSignedPayloads, signedItem, type SignedItem } from './signed-records.js';
-import type { SealJob, SealOutcome, SealRequest, SealAnswer, SealOpen, SealCreated } from './seal-thread.js';
+import type { SealJob, SealOutcome, SealRequest, SealAnswer, SealOpen, SealCreated, SealError } from './seal-thread.js';
 
 interface Recording {
   fd: number;
@@ -113,8 +114,7 @@ function create(writer: number, open: SealOpen): SealCreated {
   try {
     fd = createFile(open);
   } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    return { writer, error: { message: e instanceof Error ? e.message : String(err), ...(typeof e?.code === 'string' ? { code: e.code } : {}) } };
+    return { writer, error: sealError(err) };
   }
   recordings.set(writer, { fd, digest: recordDigest(FORMAT_VERSION, open.header), sessionId: open.sessionId, keyId: open.keyId, privateKey, fsyncAtClose: open.fsyncAtClose });
   return { writer };
@@ -134,14 +134,13 @@ interface Sealed {
 /** The outcome of a batch that failed: nothing more is appended to its file, and the event loop fails the session. */
 function failure(job: SealJob, err: unknown, written = 0, added = 0): SealOutcome {
   forget(job.writer);
+  return { writer: job.writer, written, added, chain: '', error: sealError(err) };
+}
+
+/** An error as the event loop is told of it: its message and errno code. */
+function sealError(err: unknown): SealError {
   const e = err as NodeJS.ErrnoException;
-  return {
-    writer: job.writer,
-    written,
-    added,
-    chain: '',
-    error: { message: e instanceof Error ? e.message : String(err), ...(typeof e?.code === 'string' ? { code: e.code } : {}) },
-  };
+  return { message: e instanceof Error ? e.message : String(err), ...(typeof e?.code === 'string' ? { code: e.code } : {}) };
 }
 
 /**

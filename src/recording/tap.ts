@@ -488,12 +488,26 @@ export interface RecordingSettings {
 
 /** What a session's writer takes from the recorder's settings. */
 export function writerSettings(s: RecordingSettings): Pick<RecordingWriterOptions, 'maxBytes' | 'flushIntervalMs' | 'maxBacklogBytes' | 'fsyncAtClose'> {
-  return {
-    maxBytes: s.maxBytes,
-    flushIntervalMs: s.flushIntervalMs,
-    ...(s.maxBacklogBytes !== undefined ? { maxBacklogBytes: s.maxBacklogBytes } : {}),
-    fsyncAtClose: s.fsync !== 'off',
-  };
+  // maxBacklogBytes undefined: the writer's default.
+  return { maxBytes: s.maxBytes, flushIntervalMs: s.flushIntervalMs, maxBacklogBytes: s.maxBacklogBytes, fsyncAtClose: s.fsync !== 'off' };
+}
+
+/**
+ * A session's upstream login; when the session is recorded, with its
+ * recording's admission alongside (SessionRecording.admitAlongside).
+ * `admitted` is called once the session may leave the pre-auth state:
+ * right away when it is not recorded.
+ */
+export function loginRecorded<T>(
+  recording: SessionRecording | undefined,
+  identity: Identity,
+  admitted: () => void,
+  login: () => Promise<T>,
+  discard: (upstream: T) => void,
+): Promise<T> {
+  if (recording) return recording.admitAlongside(identity, admitted, login, discard);
+  admitted();
+  return login();
 }
 
 /** What admitAlongside throws when the session ended before it was admitted; the session is closed already. */

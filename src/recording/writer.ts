@@ -46,7 +46,7 @@ import {
   type RecordingMeta,
 } from './format.js';
 import type { RecordingKey } from './keys.js';
-import { sealThread, type SealJob, type SealOutcome, type SealPiece, type SealThread } from './seal-thread.js';
+import { errorFrom, sealThread, type SealJob, type SealOutcome, type SealPiece, type SealThread } from './seal-thread.js';
 
 export const DEFAULT_FLUSH_INTERVAL_MS = 200;
 export const DEFAULT_MAX_BYTES = 1024 * 1024 * 1024;
@@ -686,7 +686,7 @@ export class RecordingWriter {
     this.accounted += o.added - estimated;
     this.written += o.written;
     if (o.error !== undefined) {
-      this.fail(Object.assign(new Error(o.error.message), o.error.code !== undefined ? { code: o.error.code } : {}));
+      this.fail(errorFrom(o.error));
       return;
     }
     this.chain = o.chain;
