@@ -12,7 +12,8 @@
  * a gateway session handles a client's: the tap attached at accept, a
  * handshake chunk each way held, the credential redacted, admission (the
  * seal thread creates the file, the index row is queued), a query and its
- * reply recorded live, then the end (footer, fsync, the final index row).
+ * reply recorded live, then the end (footer, fsync, the final index row),
+ * which the next session does not wait for, as in the gateway.
  * Eight sessions run at a time. Each round runs SESSIONS sessions three
  * ways, one after the other: `plain` (the same sockets, nothing recorded),
  * `sluice` (this build) and, with BENCH_BASELINE set, `baseline` (that
@@ -139,8 +140,15 @@ class Sockets {
 
 let sessionNumber = 0;
 
-/** One session, shaped like a PostgreSQL login and one query (sizes of pgbench -S's messages). */
-async function session(sockets: Sockets, recorder: Recorder | undefined): Promise<void> {
+/**
+ * One session, shaped like a PostgreSQL login and one query (sizes of
+ * pgbench -S's messages). Resolves when the client has gone, with the
+ * recording's end still running, as in the gateway: a client's next
+ * connection does not wait for the last one's footer (which waits up to
+ * 25 ms for other sessions' footers, seal-thread.ts). Its end goes into
+ * `ending`.
+ */
+async function session(sockets: Sockets, recorder: Recorder | undefined, ending: Array<Promise<unknown>>): Promise<void> {
   const { ours, theirs } = await sockets.pair();
   const sessionId = `bench${process.pid}s${String(sessionNumber++).padStart(10, '0')}`;
   const rec = recorder?.begin(ours, { sessionId, target: 'bench', protocol: 'postgres', clientAddress: '127.0.0.1:5432' });
@@ -159,7 +167,7 @@ async function session(sockets: Sockets, recorder: Recorder | undefined): Promis
   theirs.end();
   ours.destroy();
   theirs.destroy();
-  await rec?.end('client closed');
+  if (rec) ending.push(rec.end('client closed'));
 }
 
 interface PerSession {
@@ -171,11 +179,13 @@ interface PerSession {
 async function run(sockets: Sockets, c: Contender, count: number): Promise<PerSession> {
   const a = readThreads(process.pid);
   let started = 0;
+  const ending: Array<Promise<unknown>> = [];
   await Promise.all(
     Array.from({ length: CONCURRENCY }, async () => {
-      while (started++ < count) await session(sockets, c.recorder);
+      while (started++ < count) await session(sockets, c.recorder, ending);
     }),
   );
+  await Promise.all(ending);
   const cpu = threadCpuBetween(process.pid, a, readThreads(process.pid));
   const us = (seconds: number): number => (seconds * 1e6) / count;
   return { eventLoop: us(cpu.eventLoop), recordingThread: us(cpu.lowPriority), other: us(cpu.other) };
