@@ -97,10 +97,16 @@ export interface SealOpen {
   fsyncAtClose: boolean;
 }
 
+/** A file to create, for a writer. */
+export interface SealCreate {
+  writer: number;
+  open: SealOpen;
+}
+
 export type SealRequest =
   | { op: 'drop'; writer: number }
   /** Files to create, then batches to seal (a writer's create always travels before its first batch). */
-  | { op: 'seal'; creates: Array<{ writer: number; open: SealOpen }>; jobs: SealJob[] }
+  | { op: 'seal'; creates: SealCreate[]; jobs: SealJob[] }
   /** Blocks the thread until gate[0] is set (see SealThread.stall). */
   | { op: 'stall'; gate: SharedArrayBuffer };
 
@@ -141,20 +147,31 @@ export interface SealAnswer {
 
 /**
  * How long a session's last batch (footer, fsync) waits for other
- * sessions' last batches, to travel in one message each way with them.
- * Under connection churn (a CI suite's connections, pgbench -C), each
- * closing session otherwise cost the event loop a message and an answer
- * of its own, and the wake-ups that go with them. Nothing waits for a
- * footer on the data path: the client has gone.
+ * sessions' last batches, to travel in one message each way with them and
+ * share one signature. Under connection churn (a CI suite's connections,
+ * pgbench -C), each closing session otherwise cost the event loop a
+ * message and an answer of its own, and the recording thread an Ed25519
+ * signature. Nothing waits for a footer on the data path: the client has
+ * gone.
+ *
+ * Last batches keep to this timer even when another message goes first
+ * (a new session's create, a live recording's batch): swept along with
+ * those, they were signed one or two at a time under churn, where every
+ * new connection posts a create, and the signatures were a fifth of the
+ * recording thread's work (bench:recording, bench/RESULTS.md).
  */
 const LAST_BATCH_DELAY_MS = 25;
+/** Last batches that make a message of their own at once: a full signing tree (signed-records.ts). */
+const LAST_BATCHES_AT_ONCE = 256;
 
 export class SealThread {
   readonly #worker: Worker;
-  /** Batches taken in this turn of the event loop (and last batches of the last few ms), posted together. */
+  /** Batches taken in this turn of the event loop, posted together. */
   #queued: SealJob[] = [];
+  /** Last batches (footers) of the last LAST_BATCH_DELAY_MS, posted together when the timer fires. */
+  #lastBatches: SealJob[] = [];
   /** Files to create, posted with the next message (before its batches). */
-  #creates: Array<{ writer: number; open: SealOpen }> = [];
+  #creates: SealCreate[] = [];
   /** Creates posted and not yet answered. */
   readonly #creating = new Map<number, { resolve: () => void; reject: (err: Error) => void }>();
   #postScheduled = false;
@@ -227,12 +244,13 @@ export class SealThread {
         return;
       }
       this.#waiting.set(job.writer, resolve);
-      this.#queued.push(job);
-      if (job.footer !== undefined) {
-        // Goes with the next message, or after LAST_BATCH_DELAY_MS with the other sessions' last batches.
-        if (!this.#postScheduled) this.#lastBatchTimer ??= setTimeout(this.#post, LAST_BATCH_DELAY_MS);
-      } else {
+      if (job.footer === undefined) {
+        this.#queued.push(job);
         this.#schedulePost();
+      } else if (this.#lastBatches.push(job) >= LAST_BATCHES_AT_ONCE) {
+        this.#postLast();
+      } else {
+        this.#lastBatchTimer ??= setTimeout(this.#postLast, LAST_BATCH_DELAY_MS);
       }
     });
   }
@@ -276,20 +294,32 @@ export class SealThread {
     this.#die('the recording seal thread was stopped');
   }
 
+  /** Posts the creates and batches of this turn of the event loop. */
   readonly #post = (): void => {
     this.#postScheduled = false;
-    if (this.#lastBatchTimer !== undefined) {
-      clearTimeout(this.#lastBatchTimer);
-      this.#lastBatchTimer = undefined;
-    }
     const jobs = this.#queued;
     const creates = this.#creates;
     this.#queued = [];
     this.#creates = [];
+    this.#send(creates, jobs);
+  };
+
+  /** Posts the last batches queued, in a message of their own. */
+  readonly #postLast = (): void => {
+    if (this.#lastBatchTimer !== undefined) {
+      clearTimeout(this.#lastBatchTimer);
+      this.#lastBatchTimer = undefined;
+    }
+    const jobs = this.#lastBatches;
+    this.#lastBatches = [];
+    this.#send([], jobs);
+  };
+
+  #send(creates: SealCreate[], jobs: SealJob[]): void {
     // After a death the queued batches and creates were answered already (#die answers everyone waiting).
     if ((jobs.length === 0 && creates.length === 0) || this.#dead !== undefined) return;
     this.#worker.postMessage({ op: 'seal', creates, jobs } satisfies SealRequest);
-  };
+  }
 
   #createdAnswer(c: SealCreated): void {
     const waiting = this.#creating.get(c.writer);

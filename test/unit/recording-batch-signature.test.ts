@@ -173,6 +173,34 @@ t.test('recordings that close together share a signature, verify alone, and refu
   t.match(v3.firstBad?.reason, /footer belongs to session s1, the header to s0: spliced or swapped/);
 });
 
+t.test('a new recording\'s create does not take the footers waiting for others along: they are still signed together', async (t) => {
+  const stateDir = mkdtempSync(join(tmpdir(), 'sluice-batchsig-'));
+  t.teardown(() => rmSync(stateDir, { recursive: true, force: true }));
+  const key = await openRecordingKey(stateDir);
+  const open = (sessionId: string) =>
+    RecordingWriter.open({
+      stateDir,
+      meta: { sessionId, target: 'cache', protocol: 'redis', subject: 'ci', groups: [], issuer: 'i', startedAt: new Date().toISOString() },
+      key,
+      onFailure: () => t.fail('no failure'),
+    });
+  const [w0, w1] = await Promise.all([open('c0'), open('c1')]);
+  // Connection churn: a session ends, the next one's file is created, another session ends.
+  // The create's message goes at once; the first footer keeps waiting for the second.
+  const closed0 = w0.close({ closeReason: 'client closed' });
+  const w2 = await open('c2');
+  const closed1 = w1.close({ closeReason: 'client closed' });
+  const results = await Promise.all([closed0, closed1]);
+  const sizes: Array<number | undefined> = [];
+  for (const r of results) {
+    let last: { bytes: Buffer } | undefined;
+    for await (const e of readRecording(r.path)) last = e;
+    sizes.push(parseSignedPayload(3, last!.bytes)?.proof?.size);
+  }
+  t.same(sizes, [2, 2], 'the two footers share one tree');
+  await w2.close({ closeReason: 'client closed' });
+});
+
 t.test('one batch failing, and two keys in one message: each key gets its tree, the failure stays with its recording', async (t) => {
   const dirs = [mkdtempSync(join(tmpdir(), 'sluice-batchsig-a-')), mkdtempSync(join(tmpdir(), 'sluice-batchsig-b-'))];
   t.teardown(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
