@@ -148,19 +148,25 @@ export interface SealAnswer {
 /**
  * How long a session's last batch (footer, fsync) waits for other
  * sessions' last batches, to travel in one message each way with them and
- * share one signature. Under connection churn (a CI suite's connections,
- * pgbench -C), each closing session otherwise cost the event loop a
- * message and an answer of its own, and the recording thread an Ed25519
- * signature. Nothing waits for a footer on the data path: the client has
- * gone.
+ * share one signature, unless a flush tick's message takes it sooner.
+ * Under connection churn (a CI suite's connections, pgbench -C), each
+ * closing session otherwise cost the event loop a message and an answer
+ * of its own, and the recording thread an Ed25519 signature and the
+ * wake-ups that go with a message. Nothing waits for a footer on the data
+ * path: the client has gone. What it costs: a crash loses the last
+ * records and footer of a session closed less than this long ago (the
+ * file reads as incomplete), as it loses any session's records of the
+ * last flush interval.
  *
- * Last batches keep to this timer even when another message goes first
- * (a new session's create, a live recording's batch): swept along with
- * those, they were signed one or two at a time under churn, where every
- * new connection posts a create, and the signatures were a fifth of the
- * recording thread's work (bench:recording, bench/RESULTS.md).
+ * Last batches do not go with a message of creates alone: every new
+ * connection posts a create, and swept along with those, they were signed
+ * one or two at a time; the signatures were a fifth of the recording
+ * thread's work in bench:recording. At 25 ms, a `pgbench -C` with one
+ * client (about 30 connections a second) still had a signature per
+ * session; at 100 ms the recording thread did 1,027 µs per connection
+ * against 1,456 (bench/RESULTS.md).
  */
-const LAST_BATCH_DELAY_MS = 25;
+const LAST_BATCH_DELAY_MS = 100;
 /** Last batches that make a message of their own at once: a full signing tree (signed-records.ts). */
 const LAST_BATCHES_AT_ONCE = 256;
 
@@ -294,26 +300,38 @@ export class SealThread {
     this.#die('the recording seal thread was stopped');
   }
 
-  /** Posts the creates and batches of this turn of the event loop. */
+  /**
+   * Posts the creates and batches of this turn of the event loop. A
+   * message with batches (a flush tick's) takes the waiting last batches
+   * along, to be signed with its checkpoints; one with creates alone does
+   * not.
+   */
   readonly #post = (): void => {
     this.#postScheduled = false;
-    const jobs = this.#queued;
     const creates = this.#creates;
-    this.#queued = [];
     this.#creates = [];
+    let jobs = this.#queued;
+    this.#queued = [];
+    if (jobs.length > 0 && this.#lastBatches.length > 0) {
+      jobs = jobs.concat(this.#takeLast());
+    }
     this.#send(creates, jobs);
   };
 
   /** Posts the last batches queued, in a message of their own. */
   readonly #postLast = (): void => {
+    this.#send([], this.#takeLast());
+  };
+
+  #takeLast(): SealJob[] {
     if (this.#lastBatchTimer !== undefined) {
       clearTimeout(this.#lastBatchTimer);
       this.#lastBatchTimer = undefined;
     }
     const jobs = this.#lastBatches;
     this.#lastBatches = [];
-    this.#send([], jobs);
-  };
+    return jobs;
+  }
 
   #send(creates: SealCreate[], jobs: SealJob[]): void {
     // After a death the queued batches and creates were answered already (#die answers everyone waiting).

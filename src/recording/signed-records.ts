@@ -11,7 +11,7 @@
  * Version 3: one signature per batch. The seal thread makes the
  * checkpoints and footers of every recording it serves in one message
  * together (a flush tick's, or the closes of sessions that ended within
- * 25 ms of each other), hashes each body into a leaf of a Merkle tree
+ * 100 ms of each other), hashes each body into a leaf of a Merkle tree
  * (merkle.ts) and signs the tree's root once. Each record carries its
  * leaf's index, the tree's size and its inclusion path, so it verifies
  * alone, without the other recordings of its batch.

@@ -869,7 +869,7 @@ export class SessionRecording {
       tap.release(this.#writer, { upTo: tap.committedOffset });
     }
     tap.finish();
-    // One end time for the footer and the index row (the footer is written up to 25 ms later).
+    // One end time for the footer and the index row (the footer is written up to 100 ms later).
     const endedAt = new Date().toISOString();
     const result = await this.#writer.close({ closeReason, endedAt });
     this.#upsert({ closeReason, endedAt, result });

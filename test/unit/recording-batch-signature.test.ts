@@ -201,6 +201,30 @@ t.test('a new recording\'s create does not take the footers waiting for others a
   await w2.close({ closeReason: 'client closed' });
 });
 
+t.test('a footer waiting for others goes with the next flush tick, signed with that tick\'s checkpoints', async (t) => {
+  const stateDir = mkdtempSync(join(tmpdir(), 'sluice-batchsig-'));
+  t.teardown(() => rmSync(stateDir, { recursive: true, force: true }));
+  const key = await openRecordingKey(stateDir);
+  const open = (sessionId: string) =>
+    RecordingWriter.open({
+      stateDir,
+      meta: { sessionId, target: 'cache', protocol: 'redis', subject: 'ci', groups: [], issuer: 'i', startedAt: new Date().toISOString() },
+      key,
+      // A tick every 10 ms, each with a checkpoint: the tick comes well before the footers' 100 ms.
+      flushIntervalMs: 10,
+      checkpointEveryRecords: 1,
+      onFailure: () => t.fail('no failure'),
+    });
+  const [live, closing] = await Promise.all([open('live'), open('closing')]);
+  const closed = closing.close({ closeReason: 'client closed' });
+  live.record('client', Buffer.from('*1\r\n$4\r\nPING\r\n'));
+  const result = await closed;
+  let last: { bytes: Buffer } | undefined;
+  for await (const e of readRecording(result.path)) last = e;
+  t.equal(parseSignedPayload(3, last!.bytes)?.proof?.size, 2, 'the footer and the live recording\'s checkpoint share one tree');
+  await live.close({ closeReason: 'client closed' });
+});
+
 t.test('one batch failing, and two keys in one message: each key gets its tree, the failure stays with its recording', async (t) => {
   const dirs = [mkdtempSync(join(tmpdir(), 'sluice-batchsig-a-')), mkdtempSync(join(tmpdir(), 'sluice-batchsig-b-'))];
   t.teardown(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
