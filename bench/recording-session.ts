@@ -145,7 +145,7 @@ let sessionNumber = 0;
  * pgbench -S's messages). Resolves when the client has gone, with the
  * recording's end still running, as in the gateway: a client's next
  * connection does not wait for the last one's footer (which waits up to
- * 25 ms for other sessions' footers, seal-thread.ts). Its end goes into
+ * 100 ms for other sessions' footers, seal-thread.ts). Its end goes into
  * `ending`.
  */
 async function session(sockets: Sockets, recorder: Recorder | undefined, ending: Array<Promise<unknown>>): Promise<void> {

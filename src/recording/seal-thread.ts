@@ -302,9 +302,10 @@ export class SealThread {
 
   /**
    * Posts the creates and batches of this turn of the event loop. A
-   * message with batches (a flush tick's) takes the waiting last batches
-   * along, to be signed with its checkpoints; one with creates alone does
-   * not.
+   * message with other batches (a flush tick's, or one busy writer's)
+   * takes the waiting last batches along, to be signed with them; one
+   * with creates alone does not. The thread answers the other batches
+   * before it fsyncs the footers' files (seal-worker.ts).
    */
   readonly #post = (): void => {
     this.#postScheduled = false;

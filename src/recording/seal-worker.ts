@@ -9,12 +9,13 @@
  *
  * One message from the event loop carries the files to create and every
  * batch taken in one flush tick. The files are created first (a writer's
- * first batch follows its create) and answered at once; one answer then
- * carries every batch's outcome, in the same order. The batches are sealed
- * in three passes: every batch's records, with the body of the checkpoint
- * or footer that ends it; then those bodies signed together, one signature
- * per key over a Merkle tree of them (signed-records.ts, format version
- * 3); then each batch appended.
+ * first batch follows its create) and answered at once. The batches are
+ * sealed in three passes: every batch's records, with the body of the
+ * checkpoint or footer that ends it; then those bodies signed together,
+ * one signature per key over a Merkle tree of them (signed-records.ts,
+ * format version 3); then each batch appended. The live recordings'
+ * batches are appended and answered first, the last batches (footer,
+ * fsync) after them, in a second answer.
  * The thread closes each file it opened (see forget).
  */
 import type { KeyObject } from 'node:crypto';
@@ -259,7 +260,20 @@ parentPort!.on('message', (m: SealRequest) => {
   if (m.jobs.length === 0) return;
   const sealed = m.jobs.map(seal);
   signAll(sealed);
-  const outcomes = sealed.map((s) => ('job' in s ? append(s) : s));
+  // Live recordings' batches first, answered before the footers' appends and fsyncs: a flush
+  // tick's message takes the footers waiting at that moment along (seal-thread.ts), and their
+  // fsyncs, up to one per footer, take the disk's time while those writers wait for their answers.
+  const outcomes: SealOutcome[] = [];
+  const last: Sealed[] = [];
+  for (const s of sealed) {
+    if (!('job' in s)) outcomes.push(s);
+    else if (s.job.footer === undefined) outcomes.push(append(s));
+    else last.push(s);
+  }
+  if (outcomes.length > 0 && last.length > 0) {
+    parentPort!.postMessage({ created: [], outcomes: outcomes.splice(0) } satisfies SealAnswer);
+  }
+  for (const s of last) outcomes.push(append(s));
   for (const job of m.jobs) if (job.footer !== undefined) forget(job.writer);
   parentPort!.postMessage({ created: [], outcomes } satisfies SealAnswer);
 });

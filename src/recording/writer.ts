@@ -14,7 +14,9 @@
  * file is opened O_APPEND|O_EXCL and never rewritten.
  *
  * What a crash loses is bounded by the flush interval while the seal
- * thread keeps up, and by maxBacklogBytes when it does not (the session
+ * thread keeps up (for a session that has just closed, its last batch
+ * waits up to 100 ms for other sessions', seal-thread.ts), and by
+ * maxBacklogBytes when it does not (the session
  * stops reading at that point, see onBacklog): the file always ends at a
  * record boundary of some earlier flush (or, after a power loss, a partial
  * record the reader reports and stops before).

@@ -188,8 +188,10 @@ t.test('a new recording\'s create does not take the footers waiting for others a
   // Connection churn: a session ends, the next one's file is created, another session ends.
   // The create's message goes at once; the first footer keeps waiting for the second.
   const closed0 = w0.close({ closeReason: 'client closed' });
-  const w2 = await open('c2');
+  const opening = open('c2');
+  await new Promise((resolve) => setImmediate(resolve)); // the create's message has gone
   const closed1 = w1.close({ closeReason: 'client closed' });
+  const w2 = await opening;
   const results = await Promise.all([closed0, closed1]);
   const sizes: Array<number | undefined> = [];
   for (const r of results) {
@@ -210,8 +212,9 @@ t.test('a footer waiting for others goes with the next flush tick, signed with t
       stateDir,
       meta: { sessionId, target: 'cache', protocol: 'redis', subject: 'ci', groups: [], issuer: 'i', startedAt: new Date().toISOString() },
       key,
-      // A tick every 10 ms, each with a checkpoint: the tick comes well before the footers' 100 ms.
-      flushIntervalMs: 10,
+      // A tick every 50 ms, each with a checkpoint: before the footers' 100 ms, after the 25 ms
+      // they waited before they went with ticks.
+      flushIntervalMs: 50,
       checkpointEveryRecords: 1,
       onFailure: () => t.fail('no failure'),
     });
