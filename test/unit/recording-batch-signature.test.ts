@@ -11,7 +11,7 @@ import { createHash, generateKeyPairSync } from 'node:crypto';
 import { closeSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { RECORD_PREFIX, crc32, type RecordingMeta } from '../../src/recording/format.js';
 import { loadRecordingPublicKeys, openRecordingKey } from '../../src/recording/keys.js';
 import { leafHash, merkleTree, rootFromPath } from '../../src/recording/merkle.js';
@@ -173,17 +173,30 @@ t.test('recordings that close together share a signature, verify alone, and refu
   t.match(v3.firstBad?.reason, /footer belongs to session s1, the header to s0: spliced or swapped/);
 });
 
-t.test('a new recording\'s create does not take the footers waiting for others along: they are still signed together', async (t) => {
+/** Opens writers in a fresh state directory (removed after the test); `footerTreeSize` reads a closed recording's footer proof. */
+async function churn(t: Test, settings: { flushIntervalMs?: number; checkpointEveryRecords?: number } = {}) {
   const stateDir = mkdtempSync(join(tmpdir(), 'sluice-batchsig-'));
   t.teardown(() => rmSync(stateDir, { recursive: true, force: true }));
   const key = await openRecordingKey(stateDir);
-  const open = (sessionId: string) =>
-    RecordingWriter.open({
-      stateDir,
-      meta: { sessionId, target: 'cache', protocol: 'redis', subject: 'ci', groups: [], issuer: 'i', startedAt: new Date().toISOString() },
-      key,
-      onFailure: () => t.fail('no failure'),
-    });
+  return {
+    open: (sessionId: string) =>
+      RecordingWriter.open({
+        stateDir,
+        meta: { sessionId, target: 'cache', protocol: 'redis', subject: 'ci', groups: [], issuer: 'i', startedAt: new Date().toISOString() },
+        key,
+        ...settings,
+        onFailure: () => t.fail('no failure'),
+      }),
+    footerTreeSize: async (path: string) => {
+      let last: { bytes: Buffer } | undefined;
+      for await (const e of readRecording(path)) last = e;
+      return parseSignedPayload(3, last!.bytes)?.proof?.size;
+    },
+  };
+}
+
+t.test('a new recording\'s create does not take the footers waiting for others along: they are still signed together', async (t) => {
+  const { open, footerTreeSize } = await churn(t);
   const [w0, w1] = await Promise.all([open('c0'), open('c1')]);
   // Connection churn: a session ends, the next one's file is created, another session ends.
   // The create's message goes at once; the first footer keeps waiting for the second.
@@ -193,38 +206,18 @@ t.test('a new recording\'s create does not take the footers waiting for others a
   const closed1 = w1.close({ closeReason: 'client closed' });
   const w2 = await opening;
   const results = await Promise.all([closed0, closed1]);
-  const sizes: Array<number | undefined> = [];
-  for (const r of results) {
-    let last: { bytes: Buffer } | undefined;
-    for await (const e of readRecording(r.path)) last = e;
-    sizes.push(parseSignedPayload(3, last!.bytes)?.proof?.size);
-  }
-  t.same(sizes, [2, 2], 'the two footers share one tree');
+  t.same(await Promise.all(results.map((r) => footerTreeSize(r.path))), [2, 2], 'the two footers share one tree');
   await w2.close({ closeReason: 'client closed' });
 });
 
 t.test('a footer waiting for others goes with the next flush tick, signed with that tick\'s checkpoints', async (t) => {
-  const stateDir = mkdtempSync(join(tmpdir(), 'sluice-batchsig-'));
-  t.teardown(() => rmSync(stateDir, { recursive: true, force: true }));
-  const key = await openRecordingKey(stateDir);
-  const open = (sessionId: string) =>
-    RecordingWriter.open({
-      stateDir,
-      meta: { sessionId, target: 'cache', protocol: 'redis', subject: 'ci', groups: [], issuer: 'i', startedAt: new Date().toISOString() },
-      key,
-      // A tick every 50 ms, each with a checkpoint: before the footers' 100 ms, after the 25 ms
-      // they waited before they went with ticks.
-      flushIntervalMs: 50,
-      checkpointEveryRecords: 1,
-      onFailure: () => t.fail('no failure'),
-    });
+  // A tick every 50 ms, each with a checkpoint: before the footers' 100 ms, after the 25 ms
+  // they waited before they went with ticks.
+  const { open, footerTreeSize } = await churn(t, { flushIntervalMs: 50, checkpointEveryRecords: 1 });
   const [live, closing] = await Promise.all([open('live'), open('closing')]);
   const closed = closing.close({ closeReason: 'client closed' });
   live.record('client', Buffer.from('*1\r\n$4\r\nPING\r\n'));
-  const result = await closed;
-  let last: { bytes: Buffer } | undefined;
-  for await (const e of readRecording(result.path)) last = e;
-  t.equal(parseSignedPayload(3, last!.bytes)?.proof?.size, 2, 'the footer and the live recording\'s checkpoint share one tree');
+  t.equal(await footerTreeSize((await closed).path), 2, 'the footer and the live recording\'s checkpoint share one tree');
   await live.close({ closeReason: 'client closed' });
 });
 
