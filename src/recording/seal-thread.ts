@@ -29,9 +29,11 @@
  * maxBacklogBytes). The thread runs at nice 19 (seal-worker.ts).
  *
  * Every writer's batch taken in one flush tick travels in one message, and
- * the answers come back in one message, so the messages cost the event
- * loop a few microseconds per tick, not per session (files to create ride
- * in the same message, and are answered first, in a message of their own).
+ * the answers come back in one message (two when footers went with it:
+ * the live batches are answered before the footers' fsyncs), so the
+ * messages cost the event loop a few microseconds per tick, not per
+ * session (files to create ride in the same message, and are answered
+ * first, in a message of their own).
  *
  * The thread also creates each recording's file and writes its header
  * (`create`), so the event loop never waits for the disk. A file create
@@ -174,7 +176,7 @@ export class SealThread {
   readonly #worker: Worker;
   /** Batches taken in this turn of the event loop, posted together. */
   #queued: SealJob[] = [];
-  /** Last batches (footers) of the last LAST_BATCH_DELAY_MS, posted together when the timer fires. */
+  /** Last batches (footers) of the last LAST_BATCH_DELAY_MS: posted when the timer fires, or with the next message of other batches. */
   #lastBatches: SealJob[] = [];
   /** Files to create, posted with the next message (before its batches). */
   #creates: SealCreate[] = [];
