@@ -21,7 +21,7 @@
  * Env: BENCH_ROUNDS (2), BENCH_REDIS_N (requests per -P 1 run, 200000),
  * BENCH_REDIS_N_PIPELINED (requests per -P 16 run, 2000000),
  * BENCH_REDIS_CLIENTS (50), BENCH_REDIS_TIMEOUT (seconds per client run, 300), BENCH_CONTENDERS (comma list to run a subset;
- * direct is always included).
+ * direct is always included), BENCH_REDIS_WORKLOADS (comma list of workload names, e.g. `SET -P 16,GET -P 16`).
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
@@ -55,6 +55,17 @@ const WORKLOADS: Record<string, Workload> = {
   'SET -P 16': { command: 'set', pipeline: 16, requests: N_PIPELINED },
   'GET -P 16': { command: 'get', pipeline: 16, requests: N_PIPELINED },
 };
+
+/** BENCH_REDIS_WORKLOADS: a subset of WORKLOADS by name, in the table's order; an unknown name is an error, not a silently shorter run. */
+function chosenWorkloads(): string[] {
+  const all = Object.keys(WORKLOADS);
+  const list = process.env.BENCH_REDIS_WORKLOADS;
+  if (list === undefined || list.trim() === '') return all;
+  const names = list.split(',').map((s) => s.trim());
+  const unknown = names.filter((n) => !(n in WORKLOADS));
+  if (unknown.length > 0) throw new Error(`BENCH_REDIS_WORKLOADS: unknown workload ${unknown.join(', ')}; known: ${all.join(', ')}`);
+  return all.filter((n) => names.includes(n));
+}
 
 function wanted(name: string): boolean {
   return name === 'direct' || ONLY === undefined || ONLY.has(name);
@@ -155,6 +166,7 @@ async function main(): Promise<void> {
     process.exitCode = 1;
     return;
   }
+  const workloads = chosenWorkloads();
   const machine = await describeMachine({
     'redis-server': ['redis-server', ['--version']],
     'redis-benchmark': ['redis-benchmark', ['--version']],
@@ -216,7 +228,6 @@ async function main(): Promise<void> {
       }
     }
 
-    const workloads = Object.keys(WORKLOADS);
     const cells = await runRounds(workloads, contenders, ROUNDS, redisBenchmark);
     const report: ReportInput = {
       title: `redis-benchmark, ${CLIENTS} clients`,
