@@ -3,7 +3,7 @@
  * contender and workload, the ratios that matter, and where the CPU went.
  */
 import { findCell, summarize, type Absent, type CellResult } from './harness.js';
-import { fmtFixed, fmtInt, fmtPercent, fmtRatio, renderMarkdown, renderText, type Cell, type Table } from './table.js';
+import { fmtFixed, fmtInt, fmtPercent, fmtRatio, median, renderMarkdown, renderText, type Cell, type Table } from './table.js';
 
 export interface ReportInput {
   /** e.g. "pgbench -S, 8 clients" */
@@ -30,9 +30,14 @@ function rateCell(cells: CellResult[], w: string, c: string): Cell {
 }
 
 /**
- * Ratio of the medians, plus the spread of the per-round ratios: within one
- * round the two contenders ran minutes apart at most, so the per-round ratio
- * is less exposed to drift than either number alone.
+ * Ratio of the medians, plus the median and spread of the per-round ratios:
+ * within one round the two contenders ran minutes apart at most, so the
+ * per-round ratio is less exposed to drift than either number alone. On the
+ * shared 2-vCPU hosts the benches run on, the machine's own speed moved by
+ * up to 1.7x within one run (direct redis-benchmark SET -P 16: 600k
+ * requests/s in the first rounds, 1.05M in the last), and the two medians
+ * can then come from rounds of different speeds; the median of the
+ * per-round ratios pairs each round with itself.
  */
 function ratioCell(cells: CellResult[], w: string, a: string, b: string): Cell {
   const ca = findCell(cells, w, a);
@@ -41,7 +46,7 @@ function ratioCell(cells: CellResult[], w: string, a: string, b: string): Cell {
   if (overall === undefined || !ca || !cb || ca.errors.length || cb.errors.length || ca.rounds.length < 2) return overall;
   const perRound = ca.rounds.map((m, i) => m.rate / (cb.rounds[i]?.rate ?? NaN)).filter((x) => Number.isFinite(x));
   if (perRound.length < 2) return overall;
-  return `${overall} (${Math.min(...perRound).toFixed(2)}-${Math.max(...perRound).toFixed(2)})`;
+  return `${overall} (${fmtRatio(median(perRound), 1)}; ${Math.min(...perRound).toFixed(2)}-${Math.max(...perRound).toFixed(2)})`;
 }
 
 export function buildTables(r: ReportInput): Table[] {
@@ -61,7 +66,7 @@ export function buildTables(r: ReportInput): Table[] {
     rows: r.ratios
       .filter(([a, b]) => r.contenders.includes(a) && r.contenders.includes(b))
       .map(([a, b]) => [`${a}/${b}`, ...r.workloads.map((w) => ratioCell(r.cells, w, a, b))]),
-    notes: r.rounds > 1 ? ['ratio of the medians; in parentheses the lowest and highest ratio within one round'] : [],
+    notes: r.rounds > 1 ? ['ratio of the medians; in parentheses the median of the per-round ratios, then the lowest and highest ratio within one round'] : [],
   };
 
   const gateways = r.contenders.filter((c) => c !== 'direct');
