@@ -56,6 +56,26 @@ t.test('CRC-32: the table fallback agrees with zlib', async (t) => {
   t.equal(typeof (zlib as { crc32?: unknown }).crc32, 'function', 'this Node has zlib.crc32 (the native path is used)');
 });
 
+t.test('CRC-32 of sealed records: zlib\'s value at every payload length around the table steps and the native cut-over', async (t) => {
+  // Lengths 0 to 300 cover every remainder of the 16-byte table step and both sides of the
+  // switch to zlib.crc32; the offsets put records at every alignment, as in a slab.
+  let wrong = 0;
+  let checked = 0;
+  for (let len = 0; len <= 300; len++) {
+    const payload = randomBytes(len);
+    for (const offset of [0, 1, 2, 3, 5]) {
+      const buf = Buffer.alloc(offset + RECORD_OVERHEAD + len);
+      const end = stageRecord(buf, offset, RecordType.data, 1, len, 1234567, payload);
+      sealRecords(buf, offset, end);
+      const crcAt = end - RECORD_OVERHEAD + RECORD_PREFIX;
+      if (buf.readUInt32BE(crcAt) !== crc32(buf.subarray(offset, crcAt))) wrong++;
+      checked++;
+    }
+  }
+  t.equal(checked, 301 * 5);
+  t.equal(wrong, 0, 'every record\'s CRC is zlib\'s CRC-32 of its prefix and payload');
+});
+
 t.test('round trip: every chunk, in order, byte-exact per direction', async (t) => {
   const stateDir = tempDir(t);
   const key = await openRecordingKey(stateDir);
