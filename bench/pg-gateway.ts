@@ -20,14 +20,15 @@
  *
  * Env: BENCH_SECONDS (10), BENCH_ROUNDS (2), BENCH_PG_SCALE (10),
  * BENCH_PG_CLIENTS (8), BENCH_PG_JOBS (2), BENCH_CONTENDERS (comma list to
- * run a subset, e.g. "relay,sluice"; direct is always included).
+ * run a subset, e.g. "relay,sluice"; direct is always included),
+ * BENCH_PG_WORKLOADS (comma list of workload names, e.g. `connect -C simple`).
  */
 import { chown, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { postgresAvailable, startPostgres, type PgServer } from '../test/helpers/postgres.js';
 import { PG_BIN, run } from '../test/helpers/process.js';
-import { backgroundBusy, envInt, runRounds, timestamp, writeWorkFile, type Absent, type Contender } from './lib/harness.js';
+import { backgroundBusy, envInt, envWorkloads, runRounds, timestamp, writeWorkFile, type Absent, type Contender } from './lib/harness.js';
 import { describeMachine, machineText } from './lib/machine.js';
 import { buildTables, tablesMarkdown, tablesText, type ReportInput } from './lib/report.js';
 import { baselineCandidates, startSluice } from './lib/sluice.js';
@@ -143,6 +144,7 @@ async function main(): Promise<void> {
     process.exitCode = 1;
     return;
   }
+  const workloads = envWorkloads('BENCH_PG_WORKLOADS', Object.keys(WORKLOADS));
   const machine = await describeMachine({
     postgresql: [`${PG_BIN}/postgres`],
     pgbench: [PGBENCH],
@@ -218,7 +220,6 @@ async function main(): Promise<void> {
       }
     }
 
-    const workloads = Object.keys(WORKLOADS);
     const cells = await runRounds(workloads, contenders, ROUNDS, pgbench);
     const report: ReportInput = {
       title: `pgbench -S, ${CLIENTS} clients`,

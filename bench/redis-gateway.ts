@@ -29,7 +29,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run } from '../test/helpers/process.js';
 import { startRedis, type RedisServer } from '../test/helpers/redis.js';
-import { backgroundBusy, envInt, runRounds, timestamp, writeWorkFile, type Absent, type Contender } from './lib/harness.js';
+import { backgroundBusy, envInt, envWorkloads, runRounds, timestamp, writeWorkFile, type Absent, type Contender } from './lib/harness.js';
 import { describeMachine, machineText } from './lib/machine.js';
 import { buildTables, tablesMarkdown, tablesText, type ReportInput } from './lib/report.js';
 import { baselineCandidates, startSluice } from './lib/sluice.js';
@@ -55,17 +55,6 @@ const WORKLOADS: Record<string, Workload> = {
   'SET -P 16': { command: 'set', pipeline: 16, requests: N_PIPELINED },
   'GET -P 16': { command: 'get', pipeline: 16, requests: N_PIPELINED },
 };
-
-/** BENCH_REDIS_WORKLOADS: a subset of WORKLOADS by name, in the table's order; an unknown name is an error, not a silently shorter run. */
-function chosenWorkloads(): string[] {
-  const all = Object.keys(WORKLOADS);
-  const list = process.env.BENCH_REDIS_WORKLOADS;
-  if (list === undefined || list.trim() === '') return all;
-  const names = list.split(',').map((s) => s.trim());
-  const unknown = names.filter((n) => !(n in WORKLOADS));
-  if (unknown.length > 0) throw new Error(`BENCH_REDIS_WORKLOADS: unknown workload ${unknown.join(', ')}; known: ${all.join(', ')}`);
-  return all.filter((n) => names.includes(n));
-}
 
 function wanted(name: string): boolean {
   return name === 'direct' || ONLY === undefined || ONLY.has(name);
@@ -166,7 +155,7 @@ async function main(): Promise<void> {
     process.exitCode = 1;
     return;
   }
-  const workloads = chosenWorkloads();
+  const workloads = envWorkloads('BENCH_REDIS_WORKLOADS', Object.keys(WORKLOADS));
   const machine = await describeMachine({
     'redis-server': ['redis-server', ['--version']],
     'redis-benchmark': ['redis-benchmark', ['--version']],

@@ -136,6 +136,20 @@ export function envInt(name: string, fallback: number): number {
   return n;
 }
 
+/**
+ * The workloads named in the comma list of environment variable `name`
+ * (all of them when it is unset), in the table's order. An unknown name is
+ * an error, not a silently shorter run.
+ */
+export function envWorkloads(name: string, all: string[]): string[] {
+  const list = process.env[name];
+  if (list === undefined || list.trim() === '') return all;
+  const names = list.split(',').map((s) => s.trim());
+  const unknown = names.filter((n) => !all.includes(n));
+  if (unknown.length > 0) throw new Error(`${name}: unknown workload ${unknown.join(', ')}; known: ${all.join(', ')}`);
+  return all.filter((n) => names.includes(n));
+}
+
 /** A fresh path bench/.work/<name>-<timestamp>.<ext> (the directory is gitignored) for raw results. */
 export function workFile(name: string, ext: string, stamp: string): string {
   // dist/bench/lib -> repository root
