@@ -125,25 +125,6 @@ export interface FooterBody {
 
 type Crc32 = (data: Uint8Array, value?: number) => number;
 
-/** Table-driven CRC-32 (IEEE 802.3, reflected 0xEDB88320), zlib-compatible: for Node < 20.15 without zlib.crc32. */
-function makeTableCrc32(): Crc32 {
-  const table = new Uint32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    table[n] = c >>> 0;
-  }
-  return (data, value = 0) => {
-    let c = (value ^ 0xffffffff) >>> 0;
-    for (let i = 0; i < data.length; i++) c = table[(c ^ data[i]!) & 0xff]! ^ (c >>> 8);
-    return (c ^ 0xffffffff) >>> 0;
-  };
-}
-
-const nativeCrc32 = (zlib as { crc32?: Crc32 }).crc32;
-export const crc32: Crc32 = typeof nativeCrc32 === 'function' ? nativeCrc32 : makeTableCrc32();
-export const crc32Table: Crc32 = makeTableCrc32();
-
 /**
  * Slicing-by-16 tables: CRC_T[0] is the byte-wise table, CRC_T[k][n] the
  * CRC of byte n followed by k zero bytes, so sixteen bytes cost one 32-bit
@@ -197,6 +178,11 @@ function crc32Range(buf: Uint8Array, start: number, end: number, value: number):
   for (; i < end; i++) c = T0[(c ^ buf[i]!) & 0xff]! ^ (c >>> 8);
   return ~c >>> 0;
 }
+
+/** CRC-32 (IEEE 802.3, reflected 0xEDB88320), zlib-compatible, by the table loop: for Node < 20.15 without zlib.crc32. */
+export const crc32Table: Crc32 = (data, value = 0) => crc32Range(data, 0, data.length, value);
+const nativeCrc32 = (zlib as { crc32?: Crc32 }).crc32;
+export const crc32: Crc32 = typeof nativeCrc32 === 'function' ? nativeCrc32 : crc32Table;
 
 // --- header -----------------------------------------------------------------
 

@@ -263,18 +263,19 @@ parentPort!.on('message', (m: SealRequest) => {
   // Live recordings' batches first, answered before the footers' appends and fsyncs: a flush
   // tick's message takes the footers waiting at that moment along (seal-thread.ts), and their
   // fsyncs, up to one per footer, take the disk's time while those writers wait for their answers.
-  const outcomes: SealOutcome[] = [];
+  // A batch that failed in the first two passes is answered with the live ones (failure() has
+  // forgotten its recording already).
+  const live: SealOutcome[] = [];
   const last: Sealed[] = [];
   for (const s of sealed) {
-    if (!('job' in s)) outcomes.push(s);
-    else if (s.job.footer === undefined) outcomes.push(append(s));
+    if (!('job' in s)) live.push(s);
+    else if (s.job.footer === undefined) live.push(append(s));
     else last.push(s);
   }
-  if (outcomes.length > 0 && last.length > 0) {
-    parentPort!.postMessage({ created: [], outcomes: outcomes.splice(0) } satisfies SealAnswer);
-  }
-  for (const s of last) outcomes.push(append(s));
-  for (const job of m.jobs) if (job.footer !== undefined) forget(job.writer);
+  if (live.length > 0) parentPort!.postMessage({ created: [], outcomes: live } satisfies SealAnswer);
+  if (last.length === 0) return;
+  const outcomes = last.map(append);
+  for (const s of last) forget(s.job.writer);
   parentPort!.postMessage({ created: [], outcomes } satisfies SealAnswer);
 });
 /**

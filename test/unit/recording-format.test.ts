@@ -53,6 +53,8 @@ t.test('CRC-32: the table fallback agrees with zlib', async (t) => {
     t.equal(crc32Table(b), crc32(b), `length ${len}`);
   }
   t.equal(crc32Table(Buffer.from('123456789')), 0xcbf43926, 'the standard check value');
+  const [a, b] = [randomBytes(37), randomBytes(300)];
+  t.equal(crc32Table(b, crc32Table(a)), crc32(Buffer.concat([a, b])), 'continued from an earlier value, as zlib continues');
   t.equal(typeof (zlib as { crc32?: unknown }).crc32, 'function', 'this Node has zlib.crc32 (the native path is used)');
 });
 
