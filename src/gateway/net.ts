@@ -15,9 +15,18 @@ export function isLoopbackConnection(socket: Socket): boolean {
   return isLoopbackAddress(socket.localAddress) && isLoopbackAddress(socket.remoteAddress);
 }
 
-/** A short random session id, also used as the correlation id in client-facing errors. */
+/**
+ * A short random session id (72 bits, 12 base64url characters), also used
+ * as the correlation id in client-facing errors. Never one that starts with
+ * '-': an operator passes it to `sluice replay ID` and `sluice verify ID`,
+ * and there a leading '-' read as an option (1 id in 64). Such a draw is
+ * drawn again, so every id allowed stays equally likely.
+ */
 export function newSessionId(): string {
-  return randomBytes(9).toString('base64url');
+  for (;;) {
+    const id = randomBytes(9).toString('base64url');
+    if (id[0] !== '-') return id;
+  }
 }
 
 /**
