@@ -11,7 +11,7 @@
  * Each session is a loopback TCP connection, its accepted socket handled as
  * a gateway session handles a client's: the tap attached at accept, a
  * handshake chunk each way held, the credential redacted, admission (the
- * seal thread creates the file, the index row is queued), a query and its
+ * file is created, the index row is queued), a query and its
  * reply recorded live, then the end (footer, fsync, the final index row),
  * which the next session does not wait for, as in the gateway.
  * Eight sessions run at a time. Each round runs SESSIONS sessions three
@@ -21,8 +21,9 @@
  * store).
  *
  * Printed: CPU per session from /proc/self/task, by thread: the event loop,
- * the recording thread (the nice 19 one) and the rest (the sessions index's
- * commit thread, V8's garbage collector and compiler threads); and what
+ * the recording thread (the nice 19 one) and the rest (libuv's pool, which
+ * creates and closes the files, the sessions index's commit thread, V8's
+ * garbage collector and compiler threads); and what
  * recording adds over `plain`. The medians of ROUNDS rounds.
  *
  * The state directories are made under TMPDIR: on a tmpfs

@@ -32,18 +32,19 @@
  * the answers come back in one message (two when footers went with it:
  * the live batches are answered before the footers' fsyncs), so the
  * messages cost the event loop a few microseconds per tick, not per
- * session (files to create ride in the same message, and are answered
- * first, in a message of their own).
+ * session.
  *
- * The thread also creates each recording's file and writes its header
- * (`create`), so the event loop never waits for the disk. A file create
- * is a directory update and an inode allocation, whose time depends on the
- * file system and on what else it is doing: about 50 µs here, but on ext4
- * without a journal, right after a purge or a test run deleted many files,
- * it scanned past every recently deleted inode (up to a millisecond per
- * session, bench/RESULTS.md), and on the event loop that stalled every
- * session at once. The session waits for its file while its upstream login
- * runs (tap.ts, SessionRecording.admitAlongside).
+ * The thread does not create the files. The writer creates each file with
+ * its header on libuv's thread pool (files.ts, createRecordingFile) and
+ * closes it once the thread is done with it; the thread learns of it with
+ * `register` (its descriptor, and the header that seeds its digest), which
+ * rides in the next message, before the writer's first batch, and needs
+ * no answer. A new session waits for its file while its upstream login
+ * runs (tap.ts, SessionRecording.admitAlongside). When the thread made
+ * the files, a create queued behind the batch being written and the
+ * footers' fsyncs, and behind the nice-19 thread's turn for a core: under
+ * `pgbench -C`, one session in six was still waiting for its file when its
+ * login was done, 0.7-2.2 ms on average over all sessions (bench/RESULTS.md).
  *
  * Fail closed: if the thread dies, every batch in flight and every later
  * one is answered with an error, so each recording fails and its session is
@@ -74,16 +75,15 @@ export interface SealJob {
   writer: number;
   pieces: SealPiece[];
   checkpoint?: { seq: number; micros: number };
-  /** The last batch: footer and trailer are appended and the file is fsynced (SealOpen.fsyncAtClose). */
+  /** The last batch: footer and trailer are appended and the file is fsynced (SealRegistration.fsyncAtClose). */
   footer?: SealFooter;
 }
 
-/** A recording's file, for the thread to create (0600, exclusive, append-only) with its header. */
-export interface SealOpen {
-  path: string;
-  /** The day directory `path` is in, made (0700) when missing. */
-  dir: string;
-  /** The header, the file's first bytes: it seeds the running digest too. */
+/** A recording's file, created with its header (files.ts), for the thread to append to. */
+export interface SealRegistration {
+  /** Open (O_APPEND) until the writer is released; the writer closes it, never the thread. */
+  fd: number;
+  /** The header, the file's first bytes: it seeds the running digest. */
   header: Uint8Array;
   sessionId: string;
   /** The recording key's id (derived from its public key, so one id is one key). */
@@ -99,16 +99,16 @@ export interface SealOpen {
   fsyncAtClose: boolean;
 }
 
-/** A file to create, for a writer. */
-export interface SealCreate {
+/** A writer's file, for the thread to take up. */
+export interface SealRegister {
   writer: number;
-  open: SealOpen;
+  file: SealRegistration;
 }
 
 export type SealRequest =
   | { op: 'drop'; writer: number }
-  /** Files to create, then batches to seal (a writer's create always travels before its first batch). */
-  | { op: 'seal'; creates: SealCreate[]; jobs: SealJob[] }
+  /** Files to take up, then batches to seal (a writer's registration always travels before its first batch). */
+  | { op: 'seal'; registers: SealRegister[]; jobs: SealJob[] }
   /** Blocks the thread until gate[0] is set (see SealThread.stall). */
   | { op: 'stall'; gate: SharedArrayBuffer };
 
@@ -136,14 +136,7 @@ export interface SealOutcome {
   error?: SealError;
 }
 
-/** A create's outcome: without an error, the file exists with its header, open in the thread until the footer (or a drop). */
-export interface SealCreated {
-  writer: number;
-  error?: SealError;
-}
-
 export interface SealAnswer {
-  created: SealCreated[];
   outcomes: SealOutcome[];
 }
 
@@ -160,13 +153,13 @@ export interface SealAnswer {
  * file reads as incomplete), as it loses any session's records of the
  * last flush interval.
  *
- * Last batches do not go with a message of creates alone: every new
- * connection posts a create, and swept along with those, they were signed
- * one or two at a time; the signatures were a fifth of the recording
- * thread's work in bench:recording. At 25 ms, a `pgbench -C` with one
- * client (about 30 connections a second) still had a signature per
- * session; at 100 ms the recording thread did 1,027 µs per connection
- * against 1,456 (bench/RESULTS.md).
+ * When the thread still made the files, last batches swept along with
+ * every new connection's create message were signed one or two at a time;
+ * the signatures were a fifth of the recording thread's work in
+ * bench:recording. At 25 ms, a `pgbench -C` with one client (about 30
+ * connections a second) still had a signature per session; at 100 ms the
+ * recording thread did 1,027 µs per connection against 1,456
+ * (bench/RESULTS.md).
  */
 const LAST_BATCH_DELAY_MS = 100;
 /** Last batches that make a message of their own at once: a full signing tree (signed-records.ts). */
@@ -178,21 +171,34 @@ export class SealThread {
   #queued: SealJob[] = [];
   /** Last batches (footers) of the last LAST_BATCH_DELAY_MS: posted when the timer fires, or with the next message of other batches. */
   #lastBatches: SealJob[] = [];
-  /** Files to create, posted with the next message (before its batches). */
-  #creates: SealCreate[] = [];
-  /** Creates posted and not yet answered. */
-  readonly #creating = new Map<number, { resolve: () => void; reject: (err: Error) => void }>();
+  /** Files to take up, posted with the next message of batches (before them). */
+  #registers: SealRegister[] = [];
   #postScheduled = false;
   #lastBatchTimer: NodeJS.Timeout | undefined;
   /** One batch in flight per writer (the writer waits for its answer before it takes the next). */
   readonly #waiting = new Map<number, (o: SealOutcome) => void>();
-  /** Writers created (or being created) and not yet released: while any is, the thread keeps the process alive. */
+  /** Writers registered and not yet released: while any is, the thread keeps the process alive. */
   #users = 0;
   /** Key ids whose private key this thread has been sent. */
   readonly #keysSent = new Set<string>();
   #dead: string | undefined;
+  /**
+   * Settles once the thread has booted (its modules loaded, about 50 ms),
+   * or rejects when it died first. A writer waits for it before its session
+   * is admitted: no session is admitted before its recording's thread has
+   * started, and a first session's records do not pile up behind the boot.
+   */
+  readonly ready: Promise<void>;
+  #booted!: () => void;
+  #bootFailed!: (err: Error) => void;
 
   constructor() {
+    this.ready = new Promise<void>((resolve, reject) => {
+      this.#booted = resolve;
+      this.#bootFailed = reject;
+    });
+    // Rejected with no writer waiting, when the thread dies before any session: nobody is told but #die's callers.
+    this.ready.catch(() => undefined);
     this.#worker = startWorker(new URL('./seal-worker.js', import.meta.url));
     this.#worker.on('message', (m: SealAnswer | 'ready') => {
       // 'ready': the worker has loaded its modules and listens (later than its 'online' event).
@@ -202,8 +208,8 @@ export class SealThread {
         // refs the worker's port again, and a port left ref'd with no recording open kept
         // `sluice serve` from exiting after SIGTERM (it closed everything, then hung).
         if (this.#users === 0) this.#worker.unref();
+        this.#booted();
       } else {
-        for (const c of m.created) this.#createdAnswer(c);
         for (const o of m.outcomes) this.#answer(o);
       }
     });
@@ -212,31 +218,23 @@ export class SealThread {
   }
 
   /**
-   * Creates a writer's file and writes its header; resolves once it has,
-   * or rejects (with the errno code) when the thread could not. The file
-   * stays open in the thread, which closes it after the footer or a
-   * `release(writer, true)`. The writer's batches may follow once this
-   * resolves. Travels in the next message, with whatever batches this
-   * turn of the event loop takes.
+   * Hands the thread a writer's file, created with its header; its batches
+   * may follow at once. Travels with the next message of batches (the
+   * writer's own first batch at the latest), so a short session costs one
+   * message each way. Throws when the thread is gone: the session is
+   * refused, as when its file cannot be created.
    */
-  create(writer: number, m: SealOpen & { privateKey: KeyObject }): Promise<void> {
-    return new Promise((resolve, reject) => {
-      if (this.#dead !== undefined) {
-        reject(new Error(this.#dead));
-        return;
-      }
-      if (this.#users++ === 0) this.#worker.ref();
-      let open: SealOpen = m;
-      if (this.#keysSent.has(m.keyId)) {
-        const { privateKey: _sent, ...rest } = m;
-        open = rest;
-      } else {
-        this.#keysSent.add(m.keyId);
-      }
-      this.#creating.set(writer, { resolve, reject });
-      this.#creates.push({ writer, open });
-      this.#schedulePost();
-    });
+  register(writer: number, file: SealRegistration & { privateKey: KeyObject }): void {
+    if (this.#dead !== undefined) throw new Error(this.#dead);
+    if (this.#users++ === 0) this.#worker.ref();
+    let sent: SealRegistration = file;
+    if (this.#keysSent.has(file.keyId)) {
+      const { privateKey: _sent, ...rest } = file;
+      sent = rest;
+    } else {
+      this.#keysSent.add(file.keyId);
+    }
+    this.#registers.push({ writer, file: sent });
   }
 
   /** Seals and appends a batch; resolves with its outcome (an error outcome if the thread is gone). */
@@ -271,12 +269,22 @@ export class SealThread {
   }
 
   /**
-   * The writer is done with the thread: after its last batch was answered
-   * (the thread forgot it then), or after a failure (`drop`: the thread
-   * forgets it now and closes its file, appending nothing more to it).
+   * The writer is done with the thread, with no batch in flight: after its
+   * last batch was answered (the thread forgot it then), or after a failure
+   * (`drop`: the thread forgets it now, appending nothing more). The writer
+   * closes the file after this.
    */
   release(writer: number, drop: boolean): void {
-    if (drop && this.#dead === undefined) this.#worker.postMessage({ op: 'drop', writer });
+    if (drop && this.#dead === undefined) {
+      const pending = this.#registers.findIndex((r) => r.writer === writer);
+      if (pending < 0) {
+        this.#worker.postMessage({ op: 'drop', writer });
+      } else {
+        // Never sent: the thread need not hear of it, but the key it carried must go with the next file.
+        const [dropped] = this.#registers.splice(pending, 1);
+        if (dropped!.file.privateKey !== undefined) this.#keysSent.delete(dropped!.file.keyId);
+      }
+    }
     if (--this.#users === 0 && this.#dead === undefined) this.#worker.unref();
   }
 
@@ -303,27 +311,23 @@ export class SealThread {
   }
 
   /**
-   * Posts the creates and batches of this turn of the event loop. A
-   * message with other batches (a flush tick's, or one busy writer's)
-   * takes the waiting last batches along, to be signed with them; one
-   * with creates alone does not. The thread answers the other batches
-   * before it fsyncs the footers' files (seal-worker.ts).
+   * Posts the batches of this turn of the event loop, and takes the waiting
+   * last batches along, to be signed with them. The thread answers the
+   * other batches before it fsyncs the footers' files (seal-worker.ts).
    */
   readonly #post = (): void => {
     this.#postScheduled = false;
-    const creates = this.#creates;
-    this.#creates = [];
     let jobs = this.#queued;
     this.#queued = [];
     if (jobs.length > 0 && this.#lastBatches.length > 0) {
       jobs = jobs.concat(this.#takeLast());
     }
-    this.#send(creates, jobs);
+    this.#send(jobs);
   };
 
   /** Posts the last batches queued, in a message of their own. */
   readonly #postLast = (): void => {
-    this.#send([], this.#takeLast());
+    this.#send(this.#takeLast());
   };
 
   #takeLast(): SealJob[] {
@@ -336,23 +340,13 @@ export class SealThread {
     return jobs;
   }
 
-  #send(creates: SealCreate[], jobs: SealJob[]): void {
-    // After a death the queued batches and creates were answered already (#die answers everyone waiting).
-    if ((jobs.length === 0 && creates.length === 0) || this.#dead !== undefined) return;
-    this.#worker.postMessage({ op: 'seal', creates, jobs } satisfies SealRequest);
-  }
-
-  #createdAnswer(c: SealCreated): void {
-    const waiting = this.#creating.get(c.writer);
-    if (waiting === undefined) return;
-    this.#creating.delete(c.writer);
-    if (c.error === undefined) {
-      waiting.resolve();
-      return;
-    }
-    // Nothing of this writer is left in the thread: it is released here, not by the writer.
-    if (--this.#users === 0 && this.#dead === undefined) this.#worker.unref();
-    waiting.reject(errorFrom(c.error));
+  /** Posts batches, with every registration not yet sent: each goes before its writer's first batch. */
+  #send(jobs: SealJob[]): void {
+    // After a death the queued batches were answered already (#die answers everyone waiting).
+    if (jobs.length === 0 || this.#dead !== undefined) return;
+    const registers = this.#registers;
+    this.#registers = [];
+    this.#worker.postMessage({ op: 'seal', registers, jobs } satisfies SealRequest);
   }
 
   #answer(o: SealOutcome): void {
@@ -365,15 +359,13 @@ export class SealThread {
   #die(reason: string): void {
     if (this.#dead !== undefined) return;
     this.#dead = reason;
+    this.#bootFailed(new Error(reason));
     if (current === this) current = undefined;
     if (this.#lastBatchTimer !== undefined) clearTimeout(this.#lastBatchTimer);
     this.#lastBatchTimer = undefined;
     const waiting = [...this.#waiting];
     this.#waiting.clear();
     for (const [writer, resolve] of waiting) resolve(failed(writer, reason));
-    const creating = [...this.#creating.values()];
-    this.#creating.clear();
-    for (const { reject } of creating) reject(new Error(reason));
     void this.#worker.terminate();
   }
 }

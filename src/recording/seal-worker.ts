@@ -1,25 +1,28 @@
 /**
- * The seal thread (see seal-thread.ts): creates each recording's file with
- * its header, and for every recording open in the process fills in the
- * CRCs of the records the event loop staged, feeds them to the recording's
- * running digest, adds the signed checkpoints and the footer, and appends
- * each batch to the file with one writev. File calls are synchronous here:
- * this thread has nothing else to do while the disk works, and the event
- * loop never waits for it, except a new session for its file.
+ * The seal thread (see seal-thread.ts): for every recording open in the
+ * process, fills in the CRCs of the records the event loop staged, feeds
+ * them to the recording's running digest, adds the signed checkpoints and
+ * the footer, and appends each batch to the file with one writev. File
+ * calls are synchronous here: this thread has nothing else to do while the
+ * disk works, and nothing on the event loop waits for it.
  *
- * One message from the event loop carries the files to create and every
- * batch taken in one flush tick. The files are created first (a writer's
- * first batch follows its create) and answered at once. The batches are
+ * One message from the event loop carries the files registered since the
+ * last one (created with their headers by the writers, files.ts) and every
+ * batch taken in one flush tick. The files are taken up first (a writer's
+ * first batch follows its registration). The batches are
  * sealed in three passes: every batch's records, with the body of the
  * checkpoint or footer that ends it; then those bodies signed together,
  * one signature per key over a Merkle tree of them (signed-records.ts,
  * format version 3); then each batch appended. The live recordings'
  * batches are appended and answered first, the last batches (footer,
  * fsync) after them, in a second answer.
- * The thread closes each file it opened (see forget).
+ * The thread neither opens nor closes a file: the writer does both, and
+ * closes it only once the thread has answered its last batch or been told
+ * to drop it (so no descriptor is closed under a write, nor reused by
+ * another file while this thread still holds its number).
  */
 import type { KeyObject } from 'node:crypto';
-import { closeSync, fsyncSync, mkdirSync, openSync } from 'node:fs';
+import { fsyncSync } from 'node:fs';
 import { setPriority } from 'node:os';
 import { parentPort } from 'node:worker_threads';
 import {
@@ -35,7 +38,7 @@ import {
 } from './format.js';
 import { appendAllSync } from './append.js';
 import { CHECKPOINT_SIG_DOMAIN, FOOTER_SIG_DOMAIN, batchSignedPayloads, signedItem, type SignedItem } from './signed-records.js';
-import type { SealJob, SealOutcome, SealRequest, SealAnswer, SealOpen, SealCreated, SealError } from './seal-thread.js';
+import type { SealJob, SealOutcome, SealRequest, SealAnswer, SealRegister, SealError } from './seal-thread.js';
 
 interface Recording {
   fd: number;
@@ -51,74 +54,21 @@ const recordings = new Map<number, Recording>();
 const keys = new Map<string, KeyObject>();
 
 /**
- * Day directories this thread has made or found. Every session of a day
- * goes into the same one, so a create skips the recursive mkdir (a failing
- * mkdir and a stat) once the directory is known; one removed since
- * (retention deletes emptied day directories) shows as ENOENT from the
- * open, and is made again.
- */
-const knownDirs = new Set<string>();
-const MAX_KNOWN_DIRS = 64;
-
-function makeDir(dir: string): void {
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  if (knownDirs.size >= MAX_KNOWN_DIRS) knownDirs.clear();
-  knownDirs.add(dir);
-}
-
-/** Creates the file (0600, exclusive, append-only), making its day directory when needed, and writes the header. */
-function createFile(open: SealOpen): number {
-  if (!knownDirs.has(open.dir)) makeDir(open.dir);
-  let fd: number;
-  try {
-    fd = openSync(open.path, 'ax', 0o600);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    knownDirs.delete(open.dir);
-    makeDir(open.dir);
-    fd = openSync(open.path, 'ax', 0o600);
-  }
-  try {
-    appendAllSync(fd, [open.header]);
-  } catch (err) {
-    closeSync(fd);
-    throw err;
-  }
-  return fd;
-}
-
-/**
  * The thread is done with a recording: after its footer, a failure, or the
- * event loop's `drop`. Its file is closed here, by the thread that opened
- * it: Node tracks the descriptors a worker opens and closes them when the
- * worker exits, so one closed on another thread stays tracked, and the
- * next file given the same number was reported as "opened in unmanaged
- * mode twice" (a process warning, with its stack trace, per session).
+ * event loop's `drop`. The writer closes the file once it has the answer.
  */
 function forget(writer: number): void {
-  const r = recordings.get(writer);
-  if (r === undefined) return;
   recordings.delete(writer);
-  try {
-    closeSync(r.fd);
-  } catch {
-    // EIO/EBADF at close: the data is down (footer, fsync) or the recording has failed already.
-  }
 }
 
-function create(writer: number, open: SealOpen): SealCreated {
-  if (open.privateKey !== undefined) keys.set(open.keyId, open.privateKey);
-  const privateKey = keys.get(open.keyId);
-  // Not reached: SealThread sends each key with the first file that names it.
-  if (privateKey === undefined) return { writer, error: { message: `the seal thread has no key ${open.keyId}` } };
-  let fd: number;
-  try {
-    fd = createFile(open);
-  } catch (err) {
-    return { writer, error: sealError(err) };
-  }
-  recordings.set(writer, { fd, digest: recordDigest(FORMAT_VERSION, open.header), sessionId: open.sessionId, keyId: open.keyId, privateKey, fsyncAtClose: open.fsyncAtClose });
-  return { writer };
+function register(r: SealRegister): void {
+  const f = r.file;
+  if (f.privateKey !== undefined) keys.set(f.keyId, f.privateKey);
+  const privateKey = keys.get(f.keyId);
+  // Not reached: SealThread sends each key with the first file that names it. Were it reached, the
+  // writer's first batch would fail ("no such recording open") and its session end.
+  if (privateKey === undefined) return;
+  recordings.set(r.writer, { fd: f.fd, digest: recordDigest(FORMAT_VERSION, f.header), sessionId: f.sessionId, keyId: f.keyId, privateKey, fsyncAtClose: f.fsyncAtClose });
 }
 
 /** A batch sealed as far as it can be before the signature: its records, and the body of the signed record that ends it. */
@@ -252,11 +202,7 @@ parentPort!.on('message', (m: SealRequest) => {
     Atomics.wait(new Int32Array(m.gate), 0, 0);
     return;
   }
-  // Answered at once: a new session waits for its file, and the batches after it may hold
-  // footers whose fsyncs take the disk's time.
-  if (m.creates.length > 0) {
-    parentPort!.postMessage({ created: m.creates.map((c) => create(c.writer, c.open)), outcomes: [] } satisfies SealAnswer);
-  }
+  for (const r of m.registers) register(r);
   if (m.jobs.length === 0) return;
   const sealed = m.jobs.map(seal);
   signAll(sealed);
@@ -272,11 +218,11 @@ parentPort!.on('message', (m: SealRequest) => {
     else if (s.job.footer === undefined) live.push(append(s));
     else last.push(s);
   }
-  if (live.length > 0) parentPort!.postMessage({ created: [], outcomes: live } satisfies SealAnswer);
+  if (live.length > 0) parentPort!.postMessage({ outcomes: live } satisfies SealAnswer);
   if (last.length === 0) return;
   const outcomes = last.map(append);
   for (const s of last) forget(s.job.writer);
-  parentPort!.postMessage({ created: [], outcomes } satisfies SealAnswer);
+  parentPort!.postMessage({ outcomes } satisfies SealAnswer);
 });
 /**
  * On Linux this thread runs at the lowest CPU priority (nice 19). Nothing waits for

@@ -743,8 +743,8 @@ export class SessionRecording {
   }
 
   /**
-   * Admission (see admit) while the session's upstream login runs: the seal
-   * thread creates the file meanwhile, so a new session waits for the
+   * Admission (see admit) while the session's upstream login runs: the file
+   * is created meanwhile (files.ts), so a new session waits for the
    * slower of the two, not for both in turn. `admitted` is called once the
    * recording is open. Resolves with the login's result once both are
    * done, and the session's relay starts only then: no statement or
@@ -755,7 +755,7 @@ export class SessionRecording {
    *
    * Throws, and closes the login (`discard`) whenever it completes, as soon
    * as admission fails or the session ends (end(): the pre-auth timeout, the
-   * client gone): a seal thread held by a hung disk must not hold upstream
+   * client gone): a create held by a hung disk must not hold upstream
    * connections too. While the recorder is failing, or its last create
    * failed, admission (a probe, then most likely a refusal) runs first, so a
    * session about to be refused costs the upstream no login.

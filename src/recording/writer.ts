@@ -47,6 +47,7 @@ import {
   type RecordingHeader,
   type RecordingMeta,
 } from './format.js';
+import { closeRecordingFile, createRecordingFile } from './files.js';
 import type { RecordingKey } from './keys.js';
 import { errorFrom, sealThread, type SealJob, type SealOutcome, type SealPiece, type SealThread } from './seal-thread.js';
 
@@ -324,6 +325,8 @@ export class RecordingWriter {
   readonly path: string;
   readonly sessionId: string;
   private readonly id: number;
+  /** The file, open until release (the seal thread appends to it by this number). */
+  private readonly fd: number;
   private readonly seal: SealThread;
   private released = false;
   private readonly maxBytes: number;
@@ -389,9 +392,10 @@ export class RecordingWriter {
   /** The seal thread fsynced the file after the footer. */
   private synced = false;
 
-  private constructor(opts: RecordingWriterOptions, id: number, path: string, header: Buffer, seal: SealThread) {
+  private constructor(opts: RecordingWriterOptions, id: number, path: string, fd: number, header: Buffer, seal: SealThread) {
     this.id = id;
     this.path = path;
+    this.fd = fd;
     this.sessionId = opts.meta.sessionId;
     this.seal = seal;
     this.maxBytes = opts.maxBytes ?? DEFAULT_MAX_BYTES;
@@ -411,8 +415,9 @@ export class RecordingWriter {
   }
 
   /**
-   * Has the seal thread create `<stateDir>/recordings/YYYY/MM/DD/<sessionId>.sluicerec`
-   * (0600, exclusive) and write its header; resolves once it has.
+   * Creates `<stateDir>/recordings/YYYY/MM/DD/<sessionId>.sluicerec` (0600,
+   * exclusive) with its header, off the event loop (files.ts), and hands it
+   * to the seal thread; resolves once the header is written.
    */
   static async open(opts: RecordingWriterOptions): Promise<RecordingWriter> {
     const { meta } = opts;
@@ -442,11 +447,18 @@ export class RecordingWriter {
     }
     const id = nextWriterId++;
     let seal: SealThread;
+    let fd: number | undefined;
     try {
       seal = sealThread();
-      await seal.create(id, {
-        path,
-        dir,
+      const created = createRecordingFile(dir, path, headerBytes);
+      // Settled at once but for a process's first sessions; the file is created meanwhile.
+      await seal.ready.catch((err: unknown) => {
+        created.then(closeRecordingFile, () => undefined);
+        throw err;
+      });
+      fd = await created;
+      seal.register(id, {
+        fd,
         // A copy of its own: the header may sit in Node's 8 KiB buffer pool, and a posted
         // view carries its whole backing buffer.
         header: new Uint8Array(headerBytes),
@@ -456,13 +468,15 @@ export class RecordingWriter {
         fsyncAtClose: opts.fsyncAtClose ?? true,
       });
     } catch (err) {
+      // The thread died during the create: the file, with its header alone, reads as incomplete.
+      if (fd !== undefined) closeRecordingFile(fd);
       createFailing = true;
       markUnhealthy(err);
       throw writeFailed(`cannot create ${path}`, err);
     }
     createFailing = false;
     markHealthy();
-    return new RecordingWriter(opts, id, path, headerBytes, seal);
+    return new RecordingWriter(opts, id, path, fd, headerBytes, seal);
   }
 
   /** True while the recorder is healthy (no failed write since the last successful one). */
@@ -697,10 +711,12 @@ export class RecordingWriter {
     if (done.length > 0) giveBackSlabs(done);
   }
 
+  /** Done with the seal thread (no batch in flight): the file is closed. */
   private release(drop: boolean): void {
     if (this.released) return;
     this.released = true;
     this.seal.release(this.id, drop);
+    closeRecordingFile(this.fd);
   }
 
   private fail(err: unknown): void {
@@ -742,7 +758,7 @@ export class RecordingWriter {
         this.release(false);
       }
     }
-    // The seal thread closes the file: after the footer, or when dropped here.
+    // After a failure: the seal thread forgets the recording, and the file is closed.
     this.release(true);
     return {
       path: this.path,

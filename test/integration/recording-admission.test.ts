@@ -1,12 +1,15 @@
 /**
- * A session's recording file is created by the seal thread, not the event
- * loop, while the session's upstream login runs (SessionRecording.
- * admitAlongside). What must hold:
+ * A session's recording file is created off the event loop, on libuv's
+ * thread pool (files.ts), while the session's upstream login runs
+ * (SessionRecording.admitAlongside). What must hold:
  *
- * - the client is admitted only once its file exists: with the seal thread
- *   held (as a disk that stops answering would hold it), the upstream login
- *   runs but the client gets no AuthenticationOk; released, the session
- *   goes on and is recorded whole;
+ * - the client is admitted only once its file exists: with file creates
+ *   held (as a disk that stops answering would hold them), the upstream
+ *   login runs but the client gets no AuthenticationOk; released, the
+ *   session goes on and is recorded whole;
+ * - the create does not wait for the recording thread: with that thread
+ *   held, a new session is admitted and runs, and its records are written
+ *   once the thread goes on;
  * - fail closed: when the file cannot be created, the client gets the
  *   native refusal and the upstream login made alongside is closed unused
  *   (the relay, which carries the client's statements, never started);
@@ -28,6 +31,10 @@ import { startPostgres } from '../helpers/postgres.js';
 import { startRedis } from '../helpers/redis.js';
 import { startGateway } from '../helpers/gateway.js';
 import { datePath } from '../../src/recording/format.js';
+import { holdRecordingCreates } from '../../src/recording/files.js';
+import { loadRecordingPublicKeys } from '../../src/recording/keys.js';
+import { readRecording } from '../../src/recording/reader.js';
+import { verifyRecording } from '../../src/recording/verify.js';
 import { sealThread } from '../../src/recording/seal-thread.js';
 import type { SessionStore } from '../../src/store/types.js';
 
@@ -183,7 +190,7 @@ async function withUnusableDayDir(fn: () => Promise<void>): Promise<void> {
 t.test('a new session waits for its file, while its upstream login runs alongside', async (t) => {
   const client = await pgClient('held');
   const before = pgRelay.opened;
-  const release = sealThread().stall();
+  const release = holdRecordingCreates();
   let released = false;
   t.teardown(() => {
     if (!released) release();
@@ -203,10 +210,33 @@ t.test('a new session waits for its file, while its upstream login runs alongsid
   await until('the recording to complete', () => store.listSessions({ subject: 'held' })[0]?.complete === true);
 });
 
+t.test('a new session does not wait for the recording thread: held, its records wait instead', async (t) => {
+  const release = sealThread().stall();
+  let released = false;
+  t.teardown(() => {
+    if (!released) release();
+  });
+  const client = await pgClient('thread-held');
+  await client.connect();
+  t.equal((await client.query('SELECT 40 + 2 AS answer')).rows[0].answer, 42, 'admitted, and its statements run');
+  await client.end();
+  await sleep(300);
+  t.notOk(store.listSessions({ subject: 'thread-held' })[0]?.complete, 'its recording is not finished while the thread is held');
+
+  released = true;
+  release();
+  await until('the recording to complete', () => store.listSessions({ subject: 'thread-held' })[0]?.complete === true);
+  const row = store.listSessions({ subject: 'thread-held' })[0]!;
+  const v = await verifyRecording(row.recordingPath!, await loadRecordingPublicKeys(gw.stateDir));
+  t.ok(v.ok && v.complete, 'and it verifies once the thread went on');
+  const sent = (await readRecording(row.recordingPath!).bytesOf('client')).toString('latin1');
+  t.match(sent, /SELECT 40 \+ 2 AS answer/, 'with the statement in it');
+});
+
 t.test('held past the pre-auth timeout: refused, and the upstream login made alongside is closed', async (t) => {
   const client = new pg.Client({ host: '127.0.0.1', port: gw.port('slow-db'), user: 'held-long', database: 'app', password: await gw.token('held-long', ['ci']) });
   client.on('error', () => undefined);
-  const release = sealThread().stall();
+  const release = holdRecordingCreates();
   let released = false;
   t.teardown(() => {
     if (!released) release();
@@ -220,10 +250,10 @@ t.test('held past the pre-auth timeout: refused, and the upstream login made alo
   t.match(err?.message, /canceling authentication due to timeout/);
   t.equal(pgRelay.opened, before + 1, 'its upstream login ran alongside');
   // Closed with the session, not when the thread goes on: a hung disk must not hold upstream connections.
-  await until('the upstream login to be closed while the thread is still held', () => pgRelay.open === 0);
+  await until('the upstream login to be closed while the create is still held', () => pgRelay.open === 0);
   released = true;
   release();
-  // Its file was created once the thread went on: the recording holds the refusal the client got.
+  // Its file was created once the create went on: the recording holds the refusal the client got.
   await until('the refused session\'s recording to complete', () => store.listSessions({ subject: 'held-long' })[0]?.complete === true);
   t.match(store.listSessions({ subject: 'held-long' })[0]?.closeReason, /SLUICE_PRE_AUTH_TIMEOUT/);
 });

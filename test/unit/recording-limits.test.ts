@@ -186,30 +186,37 @@ const writerUrl = new URL('../../src/recording/writer.js', import.meta.url).href
 const keysUrl = new URL('../../src/recording/keys.js', import.meta.url).href;
 
 /**
- * The seal thread creates each file and closes it (after the footer, or
- * when a failed writer drops it). Sessions one after another reuse
- * descriptor numbers; a file closed by another thread than the one that
- * opened it stayed on the opener's list, and Node warned on stderr
- * ("opened in unmanaged mode twice") for every later file given that number.
+ * The writer creates each file and closes it (after the seal thread has
+ * answered its footer, or when a failed writer drops it), both on the
+ * event loop's side; the seal thread only appends. Sessions one after
+ * another reuse descriptor numbers; when the seal thread opened the files
+ * and another thread closed one, it stayed on the opener's list, and Node
+ * warned on stderr ("opened in unmanaged mode twice") for every later file
+ * given that number.
  */
 const SEQUENTIAL = `
 import { RecordingWriter } from ${JSON.stringify(writerUrl)};
 import { openRecordingKey } from ${JSON.stringify(keysUrl)};
-import { readdirSync } from 'node:fs';
+import { readdirSync, readlinkSync } from 'node:fs';
 const stateDir = process.argv[1];
 const key = await openRecordingKey(stateDir);
 const meta = (id) => ({ sessionId: id, target: 't', protocol: 'postgres', subject: 's', groups: [], issuer: 'i', startedAt: new Date().toISOString() });
-const fds = () => readdirSync('/proc/self/fd').length;
+const fds = () => readdirSync('/proc/self/fd');
+const recordingFds = () => fds().filter((fd) => { try { return readlinkSync('/proc/self/fd/' + fd).endsWith('.sluicerec'); } catch { return false; } }).length;
+// A writer's close of its file runs on libuv's pool, after close() resolved: give it a moment (a leak stays whatever the wait).
+const closesDone = async () => { for (let i = 0; i < 100 && recordingFds() > 0; i++) await new Promise((r) => setTimeout(r, 10)); };
 const first = await RecordingWriter.open({ stateDir, meta: meta('warm'), key, onFailure: () => {} });
 await first.close({ closeReason: 'done' });
-const before = fds();
+await closesDone();
+const before = fds().length;
 const complete = [];
 for (let i = 0; i < 12; i++) {
   const w = await RecordingWriter.open({ stateDir, meta: meta('s' + i), key, onFailure: () => {} });
   w.record('client', Buffer.from('SELECT ' + i));
   complete.push((await w.close({ closeReason: 'done' })).complete);
 }
-process.stdout.write(JSON.stringify({ before, after: fds(), complete }));
+await closesDone();
+process.stdout.write(JSON.stringify({ before, after: fds().length, open: recordingFds(), complete }));
 `;
 
 /**
@@ -231,7 +238,8 @@ t.test('sessions one after another: each file is closed, and no process warning 
   const { code, stdout, stderr } = await runChild(process.execPath, ['--input-type=module', '-e', SEQUENTIAL, stateDir]);
   t.equal(code, 0, 'the child ran to the end', { stderr });
   t.equal(stderr, '', 'nothing on stderr');
-  const out = JSON.parse(stdout) as { before: number; after: number; complete: boolean[] };
+  const out = JSON.parse(stdout) as { before: number; after: number; open: number; complete: boolean[] };
+  t.equal(out.open, 0, 'no recording file is left open');
   t.equal(out.after, out.before, 'as many descriptors open after twelve sessions as before');
   t.same(out.complete, Array(12).fill(true), 'every recording complete');
 });
