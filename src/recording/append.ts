@@ -1,7 +1,7 @@
 /**
  * Appends buffers to a file descriptor with writev, synchronously, until
- * every byte is down: what the seal thread writes, a recording's header
- * and its batches.
+ * every byte is down: how the seal thread writes a recording's batches
+ * (the header is written when the file is created, files.ts).
  */
 import { writevSync } from 'node:fs';
 

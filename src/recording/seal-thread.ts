@@ -227,14 +227,7 @@ export class SealThread {
   register(writer: number, file: SealRegistration & { privateKey: KeyObject }): void {
     if (this.#dead !== undefined) throw new Error(this.#dead);
     if (this.#users++ === 0) this.#worker.ref();
-    let sent: SealRegistration = file;
-    if (this.#keysSent.has(file.keyId)) {
-      const { privateKey: _sent, ...rest } = file;
-      sent = rest;
-    } else {
-      this.#keysSent.add(file.keyId);
-    }
-    this.#registers.push({ writer, file: sent });
+    this.#registers.push({ writer, file });
   }
 
   /** Seals and appends a batch; resolves with its outcome (an error outcome if the thread is gone). */
@@ -277,13 +270,9 @@ export class SealThread {
   release(writer: number, drop: boolean): void {
     if (drop && this.#dead === undefined) {
       const pending = this.#registers.findIndex((r) => r.writer === writer);
-      if (pending < 0) {
-        this.#worker.postMessage({ op: 'drop', writer });
-      } else {
-        // Never sent: the thread need not hear of it, but the key it carried must go with the next file.
-        const [dropped] = this.#registers.splice(pending, 1);
-        if (dropped!.file.privateKey !== undefined) this.#keysSent.delete(dropped!.file.keyId);
-      }
+      // A registration not yet sent is taken back: the thread never hears of it.
+      if (pending >= 0) this.#registers.splice(pending, 1);
+      else this.#worker.postMessage({ op: 'drop', writer });
     }
     if (--this.#users === 0 && this.#dead === undefined) this.#worker.unref();
   }
@@ -340,12 +329,24 @@ export class SealThread {
     return jobs;
   }
 
-  /** Posts batches, with every registration not yet sent: each goes before its writer's first batch. */
+  /**
+   * Posts batches, with every registration not yet sent: each goes before
+   * its writer's first batch. The private key goes with the first file sent
+   * that names it, and is left out of the rest.
+   */
   #send(jobs: SealJob[]): void {
     // After a death the queued batches were answered already (#die answers everyone waiting).
     if (jobs.length === 0 || this.#dead !== undefined) return;
     const registers = this.#registers;
     this.#registers = [];
+    for (const r of registers) {
+      if (!this.#keysSent.has(r.file.keyId)) {
+        this.#keysSent.add(r.file.keyId);
+      } else if (r.file.privateKey !== undefined) {
+        const { privateKey: _sent, ...rest } = r.file;
+        r.file = rest;
+      }
+    }
     this.#worker.postMessage({ op: 'seal', registers, jobs } satisfies SealRequest);
   }
 

@@ -17,9 +17,10 @@
  * batches are appended and answered first, the last batches (footer,
  * fsync) after them, in a second answer.
  * The thread neither opens nor closes a file: the writer does both, and
- * closes it only once the thread has answered its last batch or been told
- * to drop it (so no descriptor is closed under a write, nor reused by
- * another file while this thread still holds its number).
+ * closes it only once the thread has answered its last batch, or after a
+ * failure, when it also tells the thread to drop it. So no descriptor is
+ * closed under a write; a number reused by a later file is written for
+ * that file's writer only, the released writer's entry never again.
  */
 import type { KeyObject } from 'node:crypto';
 import { fsyncSync } from 'node:fs';

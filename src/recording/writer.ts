@@ -450,13 +450,16 @@ export class RecordingWriter {
     let fd: number | undefined;
     try {
       seal = sealThread();
-      const created = createRecordingFile(dir, path, headerBytes);
-      // Settled at once but for a process's first sessions; the file is created meanwhile.
-      await seal.ready.catch((err: unknown) => {
-        created.then(closeRecordingFile, () => undefined);
-        throw err;
-      });
-      fd = await created;
+      // The file is created while the thread boots (settled at once but for a process's first
+      // sessions). Both are awaited together: a create failing during the boot is this session's
+      // refusal, not an unhandled rejection that ends the process.
+      const [file, boot] = await Promise.allSettled([createRecordingFile(dir, path, headerBytes), seal.ready]);
+      if (boot.status === 'rejected') {
+        if (file.status === 'fulfilled') closeRecordingFile(file.value);
+        throw boot.reason;
+      }
+      if (file.status === 'rejected') throw file.reason;
+      fd = file.value;
       seal.register(id, {
         fd,
         // A copy of its own: the header may sit in Node's 8 KiB buffer pool, and a posted

@@ -121,8 +121,6 @@ t.test('recordings that close together share a signature, verify alone, and refu
   });
   // Closed in one turn of the event loop: their last batches travel, and are signed, together.
   const results = await Promise.all(writers.map((w) => w.close({ closeReason: 'client closed' })));
-  // That close runs on libuv's pool: let it pass before the reads below open files (and take numbers).
-  await new Promise((r) => setTimeout(r, 50));
 
   const footers: { bytes: Buffer; start: number; end: number; payload: Buffer }[] = [];
   for (const r of results) {
@@ -258,7 +256,8 @@ t.test('one batch failing, and two keys in one message: each key gets its tree, 
   t.ok(a1fd, "a1's file is open");
   closeSync(Number(a1fd));
   const results = await Promise.all(writers.map((w) => w.close({ closeReason: 'client closed' })));
-  // That close runs on libuv's pool: let it pass before the reads below open files (and take numbers).
+  // That second close of a1's number runs on libuv's pool: let it pass before the reads below open
+  // files and take numbers, one of which it could otherwise close.
   await new Promise((r) => setTimeout(r, 50));
 
   t.same(results.map((r) => r.complete), [true, false, true, true, true], 'only a1 is incomplete');

@@ -277,6 +277,42 @@ out.healthAfterRecovery = recorderHealth();
 process.stdout.write(JSON.stringify(out));
 `;
 
+/**
+ * A process's first recording is opened while its seal thread still boots
+ * (about 50 ms), and its file is created meanwhile. A create failing in
+ * that time (here at once, ENOTDIR: `recordings` is a file) refuses that
+ * recording, typed; it must not end the process as an unhandled rejection.
+ */
+const FIRST_OPEN_FAILS = `
+import { RecordingWriter } from ${JSON.stringify(writerUrl)};
+import { openRecordingKey } from ${JSON.stringify(keysUrl)};
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+const stateDir = process.argv[1];
+const key = await openRecordingKey(stateDir);
+writeFileSync(join(stateDir, 'recordings'), 'a file where the directory should be');
+const meta = { sessionId: 'first', target: 't', protocol: 'postgres', subject: 's', groups: [], issuer: 'i', startedAt: new Date().toISOString() };
+const out = {};
+try {
+  await RecordingWriter.open({ stateDir, meta, key, onFailure: () => {} });
+  out.opened = true;
+} catch (err) {
+  out.code = err.code;
+  out.message = err.message;
+}
+process.stdout.write(JSON.stringify(out));
+`;
+
+t.test('the first create of a process fails while its seal thread boots: refused, typed, and the process goes on', async (t) => {
+  const stateDir = tempDir(t);
+  const { code, stdout, stderr } = await runChild(process.execPath, ['--input-type=module', '-e', FIRST_OPEN_FAILS, stateDir]);
+  t.equal(code, 0, 'the child ran to the end', { stderr });
+  const out = JSON.parse(stdout) as { opened?: boolean; code?: string; message?: string };
+  t.notOk(out.opened, 'no recording opened');
+  t.equal(out.code, 'SLUICE_RECORDING_WRITE_FAILED');
+  t.match(out.message, /ENOTDIR|EEXIST/);
+});
+
 t.test('a write fails mid-session (EFBIG): onFailure, failed, health not ok; a later write recovers it', async (t) => {
   const stateDir = tempDir(t);
   const { code, signal, stdout, stderr } = await runChild('/bin/sh', ['-c', 'ulimit -f 256 && exec "$0" --input-type=module -e "$1" "$2"', process.execPath, CHILD, stateDir]);
