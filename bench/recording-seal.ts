@@ -81,6 +81,7 @@ function varied(length: number, seed: number): Buffer {
 /** The first record in run[0, end) whose CRC is not zlib's CRC-32 of its prefix and payload, or -1. */
 function firstWrongCrc(run: Buffer, end: number): number {
   for (let at = 0, n = 0; at < end; n++) {
+    // The prefix: type (1), direction (1), seq (8), micros (4), then the payload's length (4) at 14.
     const crcAt = at + RECORD_PREFIX + run.readUInt32BE(at + 14);
     if (run.readUInt32BE(crcAt) !== crc32(run.subarray(at, crcAt))) return n;
     at = crcAt + RECORD_OVERHEAD - RECORD_PREFIX;

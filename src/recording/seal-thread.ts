@@ -264,16 +264,13 @@ export class SealThread {
   /**
    * The writer is done with the thread, with no batch in flight: after its
    * last batch was answered (the thread forgot it then), or after a failure
-   * (`drop`: the thread forgets it now, appending nothing more). The writer
-   * closes the file after this.
+   * (`drop`: the thread forgets it now, appending nothing more). Either way
+   * an answer came first, so its registration, which went with its first
+   * batch, was sent and the `drop` follows it. The writer closes the file
+   * after this.
    */
   release(writer: number, drop: boolean): void {
-    if (drop && this.#dead === undefined) {
-      const pending = this.#registers.findIndex((r) => r.writer === writer);
-      // A registration not yet sent is taken back: the thread never hears of it.
-      if (pending >= 0) this.#registers.splice(pending, 1);
-      else this.#worker.postMessage({ op: 'drop', writer });
-    }
+    if (drop && this.#dead === undefined) this.#worker.postMessage({ op: 'drop', writer });
     if (--this.#users === 0 && this.#dead === undefined) this.#worker.unref();
   }
 
@@ -338,7 +335,8 @@ export class SealThread {
     // After a death the queued batches were answered already (#die answers everyone waiting).
     if (jobs.length === 0 || this.#dead !== undefined) return;
     const registers = this.#registers;
-    this.#registers = [];
+    // Most messages (every flush tick's) carry none: the empty list is posted and kept.
+    if (registers.length > 0) this.#registers = [];
     for (const r of registers) {
       if (!this.#keysSent.has(r.file.keyId)) {
         this.#keysSent.add(r.file.keyId);
