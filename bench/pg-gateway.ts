@@ -18,7 +18,9 @@
  * the upstream login). Contenders alternate within every round; every
  * gateway runs in its own process and its CPU is read from /proc.
  *
- * Env: BENCH_SECONDS (10), BENCH_ROUNDS (2), BENCH_PG_SCALE (10),
+ * Env: BENCH_SECONDS (10), BENCH_ROUNDS (2), BENCH_WARMUP_SECONDS (3: an
+ * unmeasured run of each workload through each contender before the
+ * rounds; 0 for none), BENCH_PG_SCALE (10),
  * BENCH_PG_CLIENTS (8), BENCH_PG_JOBS (2), BENCH_CONTENDERS (comma list to
  * run a subset, e.g. "relay,sluice"; direct is always included),
  * BENCH_PG_WORKLOADS (comma list of workload names, e.g. `connect -C simple`).
@@ -28,7 +30,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { postgresAvailable, startPostgres, type PgServer } from '../test/helpers/postgres.js';
 import { PG_BIN, run } from '../test/helpers/process.js';
-import { backgroundBusy, envInt, envWorkloads, runRounds, timestamp, writeWorkFile, type Absent, type Contender } from './lib/harness.js';
+import { backgroundBusy, envCount, envInt, envWorkloads, runRounds, timestamp, writeWorkFile, type Absent, type Contender } from './lib/harness.js';
 import { describeMachine, machineText } from './lib/machine.js';
 import { buildTables, tablesMarkdown, tablesText, type ReportInput } from './lib/report.js';
 import { baselineCandidates, startSluice } from './lib/sluice.js';
@@ -36,6 +38,7 @@ import { freePort, startDaemon, startRelay, userIds, which, type Daemon } from '
 
 const SECONDS = envInt('BENCH_SECONDS', 10);
 const ROUNDS = envInt('BENCH_ROUNDS', 2);
+const WARMUP_SECONDS = envCount('BENCH_WARMUP_SECONDS', 3);
 const SCALE = envInt('BENCH_PG_SCALE', 10);
 const CLIENTS = envInt('BENCH_PG_CLIENTS', 8);
 const JOBS = envInt('BENCH_PG_JOBS', 2);
@@ -74,11 +77,11 @@ async function preflight(c: Contender): Promise<void> {
   }
 }
 
-async function pgbench(workload: string, c: Contender): Promise<{ rate: number; ops: number }> {
+async function pgbench(workload: string, c: Contender, seconds = SECONDS): Promise<{ rate: number; ops: number }> {
   const flags = WORKLOADS[workload];
   if (!flags) throw new Error(`unknown workload ${workload}`);
-  const args = ['-h', '127.0.0.1', '-p', String(c.port), '-U', c.user, '-n', ...flags, '-c', String(CLIENTS), '-j', String(JOBS), '-T', String(SECONDS), 'app'];
-  const r = await run(PGBENCH, args, { env: clientEnv(c), timeoutMs: (SECONDS + 120) * 1000 });
+  const args = ['-h', '127.0.0.1', '-p', String(c.port), '-U', c.user, '-n', ...flags, '-c', String(CLIENTS), '-j', String(JOBS), '-T', String(seconds), 'app'];
+  const r = await run(PGBENCH, args, { env: clientEnv(c), timeoutMs: (seconds + 120) * 1000 });
   const tps = /^tps = ([\d.]+)/m.exec(r.stdout);
   const processed = /number of transactions actually processed: (\d+)/.exec(r.stdout);
   const failed = /number of failed transactions: (\d+)/.exec(r.stdout);
@@ -152,7 +155,7 @@ async function main(): Promise<void> {
   });
   const idleBefore = await backgroundBusy();
   process.stdout.write(`bench:pg\n${machineText(machine)}\n`);
-  process.stdout.write(`settings: ${SECONDS}s per run, ${ROUNDS} rounds, scale ${SCALE}, ${CLIENTS} clients, ${JOBS} threads\n`);
+  process.stdout.write(`settings: ${SECONDS}s per run, ${ROUNDS} rounds after a ${WARMUP_SECONDS}s warm-up, scale ${SCALE}, ${CLIENTS} clients, ${JOBS} threads\n`);
   process.stdout.write(`background: machine ${Math.round(idleBefore * 100)}% busy before the bench started (other processes)\n\n`);
 
   const cleanups: Array<() => Promise<void>> = [];
@@ -220,7 +223,8 @@ async function main(): Promise<void> {
       }
     }
 
-    const cells = await runRounds(workloads, contenders, ROUNDS, pgbench);
+    const warmUp = WARMUP_SECONDS > 0 ? (w: string, c: Contender) => pgbench(w, c, WARMUP_SECONDS) : undefined;
+    const cells = await runRounds(workloads, contenders, ROUNDS, pgbench, warmUp);
     const report: ReportInput = {
       title: `pgbench -S, ${CLIENTS} clients`,
       rateUnit: 'TPS',
@@ -237,7 +241,7 @@ async function main(): Promise<void> {
     process.stdout.write(`\n${tablesText(tables)}`);
     process.stdout.write(`background: machine ${Math.round(idleAfter * 100)}% busy after the bench (contenders idle)\n`);
     const stamp = timestamp();
-    const settings = { seconds: SECONDS, rounds: ROUNDS, scale: SCALE, clients: CLIENTS, jobs: JOBS };
+    const settings = { seconds: SECONDS, rounds: ROUNDS, warmUpSeconds: WARMUP_SECONDS, scale: SCALE, clients: CLIENTS, jobs: JOBS };
     const background = { before: idleBefore, after: idleAfter };
     const json = writeWorkFile('pg', 'json', stamp, `${JSON.stringify({ machine, settings, background, report }, null, 2)}\n`);
     const md = writeWorkFile('pg', 'md', stamp, `${machineText(machine)}\n\n${tablesMarkdown(tables)}`);

@@ -20,6 +20,8 @@
  *
  * Env: BENCH_ROUNDS (2), BENCH_REDIS_N (requests per -P 1 run, 200000),
  * BENCH_REDIS_N_PIPELINED (requests per -P 16 run, 2000000),
+ * BENCH_REDIS_WARMUP_PERCENT (10: an unmeasured run of that share of each
+ * workload's requests through each contender before the rounds; 0 for none),
  * BENCH_REDIS_CLIENTS (50), BENCH_REDIS_TIMEOUT (seconds per client run, 300), BENCH_CONTENDERS (comma list to run a subset;
  * direct is always included), BENCH_REDIS_WORKLOADS (comma list of workload names, e.g. `SET -P 16,GET -P 16`).
  */
@@ -29,7 +31,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run } from '../test/helpers/process.js';
 import { startRedis, type RedisServer } from '../test/helpers/redis.js';
-import { backgroundBusy, envInt, envWorkloads, runRounds, timestamp, writeWorkFile, type Absent, type Contender } from './lib/harness.js';
+import { backgroundBusy, envCount, envInt, envWorkloads, runRounds, timestamp, writeWorkFile, type Absent, type Contender } from './lib/harness.js';
 import { describeMachine, machineText } from './lib/machine.js';
 import { buildTables, tablesMarkdown, tablesText, type ReportInput } from './lib/report.js';
 import { baselineCandidates, startSluice } from './lib/sluice.js';
@@ -38,6 +40,7 @@ import { freePort, startDaemon, startRelay, which, type Daemon } from './lib/spa
 const ROUNDS = envInt('BENCH_ROUNDS', 2);
 const N = envInt('BENCH_REDIS_N', 200_000);
 const N_PIPELINED = envInt('BENCH_REDIS_N_PIPELINED', 2_000_000);
+const WARMUP_PERCENT = envCount('BENCH_REDIS_WARMUP_PERCENT', 10);
 const CLIENTS = envInt('BENCH_REDIS_CLIENTS', 50);
 /** A client run that takes longer than this is killed and reported as failed (a stalled gateway must not stall the bench). */
 const RUN_TIMEOUT_SECONDS = envInt('BENCH_REDIS_TIMEOUT', 300);
@@ -94,9 +97,10 @@ function preflight(c: Contender): Promise<void> {
   });
 }
 
-async function redisBenchmark(workload: string, c: Contender): Promise<{ rate: number; ops: number }> {
-  const w = WORKLOADS[workload];
-  if (!w) throw new Error(`unknown workload ${workload}`);
+async function redisBenchmark(workload: string, c: Contender, percent = 100): Promise<{ rate: number; ops: number }> {
+  const known = WORKLOADS[workload];
+  if (!known) throw new Error(`unknown workload ${workload}`);
+  const w = { ...known, requests: Math.max(CLIENTS, Math.round((known.requests * percent) / 100)) };
   // -a sends AUTH <secret> on every connection: the password for direct,
   // relay and twemproxy, the token for Sluice. --csv: one parsable line per test.
   const args = ['-h', '127.0.0.1', '-p', String(c.port), '-a', c.secret, '-c', String(CLIENTS), '-n', String(w.requests),
@@ -163,7 +167,7 @@ async function main(): Promise<void> {
   });
   const idleBefore = await backgroundBusy();
   process.stdout.write(`bench:redis\n${machineText(machine)}\n`);
-  process.stdout.write(`settings: ${ROUNDS} rounds, ${CLIENTS} clients, ${N} requests per -P 1 run, ${N_PIPELINED} per -P 16 run\n`);
+  process.stdout.write(`settings: ${ROUNDS} rounds after a ${WARMUP_PERCENT}% warm-up, ${CLIENTS} clients, ${N} requests per -P 1 run, ${N_PIPELINED} per -P 16 run\n`);
   process.stdout.write(`background: machine ${Math.round(idleBefore * 100)}% busy before the bench started (other processes)\n\n`);
 
   const cleanups: Array<() => Promise<void>> = [];
@@ -217,7 +221,8 @@ async function main(): Promise<void> {
       }
     }
 
-    const cells = await runRounds(workloads, contenders, ROUNDS, redisBenchmark);
+    const warmUp = WARMUP_PERCENT > 0 ? (w: string, c: Contender) => redisBenchmark(w, c, WARMUP_PERCENT) : undefined;
+    const cells = await runRounds(workloads, contenders, ROUNDS, redisBenchmark, warmUp);
     const report: ReportInput = {
       title: `redis-benchmark, ${CLIENTS} clients`,
       rateUnit: 'requests/s',
@@ -234,7 +239,7 @@ async function main(): Promise<void> {
     process.stdout.write(`\n${tablesText(tables)}`);
     process.stdout.write(`background: machine ${Math.round(idleAfter * 100)}% busy after the bench (contenders idle)\n`);
     const stamp = timestamp();
-    const settings = { rounds: ROUNDS, clients: CLIENTS, requests: N, requestsPipelined: N_PIPELINED };
+    const settings = { rounds: ROUNDS, warmUpPercent: WARMUP_PERCENT, clients: CLIENTS, requests: N, requestsPipelined: N_PIPELINED };
     const background = { before: idleBefore, after: idleAfter };
     const json = writeWorkFile('redis', 'json', stamp, `${JSON.stringify({ machine, settings, background, report }, null, 2)}\n`);
     const md = writeWorkFile('redis', 'md', stamp, `${machineText(machine)}\n\n${tablesMarkdown(tables)}`);

@@ -73,10 +73,29 @@ export async function runRounds(
   contenders: Contender[],
   rounds: number,
   runOne: RunOne,
+  warmUp?: RunOne,
 ): Promise<CellResult[]> {
   const cells = new Map<string, CellResult>();
   for (const w of workloads) {
     for (const c of contenders) cells.set(`${w}\0${c.name}`, { workload: w, contender: c.name, rounds: [], errors: [] });
+  }
+  // A short unmeasured run of every workload through every contender first:
+  // a gateway's first seconds include V8 compiling its hot paths (more code
+  // for a contender with more features on), which a gateway that runs for
+  // days pays once. Without it the first round and the CPU tables, which sum
+  // all rounds, carry that start-up cost.
+  if (warmUp) {
+    for (const w of workloads) {
+      for (const c of contenders) {
+        try {
+          await warmUp(w, c);
+          process.stderr.write(`  warm-up      ${w.padEnd(18)} ${c.name}\n`);
+        } catch (err) {
+          // Not fatal: the measured rounds report a contender that cannot run.
+          process.stderr.write(`  warm-up      ${w.padEnd(18)} ${c.name.padEnd(16)} FAILED: ${(err as Error).message.split('\n')[0]}\n`);
+        }
+      }
+    }
   }
   for (let round = 0; round < rounds; round++) {
     const order = round % 2 === 0 ? contenders : [...contenders].reverse();
@@ -129,10 +148,19 @@ export function findCell(cells: CellResult[], workload: string, contender: strin
 
 /** Positive integer from the environment, or the default. */
 export function envInt(name: string, fallback: number): number {
+  return envInteger(name, fallback, 1);
+}
+
+/** Integer >= 0 from the environment (0 turns the thing off), or the default. */
+export function envCount(name: string, fallback: number): number {
+  return envInteger(name, fallback, 0);
+}
+
+function envInteger(name: string, fallback: number, min: number): number {
   const raw = process.env[name];
   if (raw === undefined || raw === '') return fallback;
   const n = Number(raw);
-  if (!Number.isInteger(n) || n <= 0) throw new Error(`${name} must be a positive integer, got "${raw}"`);
+  if (!Number.isInteger(n) || n < min) throw new Error(`${name} must be an integer >= ${min}, got "${raw}"`);
   return n;
 }
 
