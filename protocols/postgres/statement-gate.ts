@@ -440,8 +440,18 @@ export class PgStatementGate implements RelayGate {
 
   // --- aborted transactions --------------------------------------------------
 
+  /**
+   * A Query while the transaction is aborted by a refusal the server never
+   * saw (its transaction is still open and well). Only a Query that is one
+   * COMMIT / END / ROLLBACK / ABORT ends it; anything else gets the error
+   * PostgreSQL gives in a failed transaction. A multi-statement Query is
+   * refused whole even when it starts with ROLLBACK: forwarded, the server
+   * would roll back and then run the rest, unjudged, outside any transaction.
+   */
   #queryInAbortedTransaction(bytes: Buffer, text: string): void {
-    if (TRANSACTION_END.test(text)) {
+    if (!this.#singleStatement(text)) {
+      this.#answerLocally(abortedError('sluice: send ROLLBACK as a query of its own to end the transaction'));
+    } else if (TRANSACTION_END.test(text)) {
       // PostgreSQL turns COMMIT of a failed transaction into ROLLBACK.
       this.#owed.push({ kind: 'server', endsAbortedTransaction: true });
       this.#io.toUpstream(queryMessage('ROLLBACK'));
@@ -450,6 +460,14 @@ export class PgStatementGate implements RelayGate {
       this.#io.toUpstream(bytes);
     } else {
       this.#answerLocally(abortedError());
+    }
+  }
+
+  #singleStatement(text: string): boolean {
+    try {
+      return classifyQuery(text).length === 1;
+    } catch {
+      return false;
     }
   }
 
@@ -812,11 +830,12 @@ function parseMessage(name: string, text: string): Buffer {
   return out;
 }
 
-function abortedError(): Buffer {
+function abortedError(hint?: string): Buffer {
   return errorResponse({
     severity: 'ERROR',
     code: sqlstate.IN_FAILED_SQL_TRANSACTION,
     message: 'current transaction is aborted, commands ignored until end of transaction block',
+    ...(hint !== undefined ? { hint } : {}),
   });
 }
 

@@ -139,6 +139,10 @@ t.test('a denial inside a transaction aborts it, as a server error would', async
   await client.query("INSERT INTO items VALUES (10, 'ten')");
   await t.rejects(client.query('DROP TABLE victim'), { code: '42501' });
   await t.rejects(client.query('select 1'), { code: '25P02' }, 'later statements are ignored until the transaction ends');
+  // Forwarded whole, the server would roll back, then run the DROP unjudged in autocommit.
+  await t.rejects(client.query('ROLLBACK; DROP TABLE victim'), { code: '25P02', hint: /ROLLBACK as a query of its own/ }, 'a ROLLBACK does not carry other statements past the policy');
+  await t.rejects(client.query('COMMIT; DROP TABLE victim'), { code: '25P02' });
+  t.equal(await rows("select count(*) from pg_tables where tablename = 'victim'"), '1', 'the table is still there');
   const commit = await client.query('COMMIT');
   t.equal(commit.command, 'ROLLBACK', 'COMMIT of a failed transaction rolls back, as in PostgreSQL');
   t.equal(await rows('select count(*) from items where id = 10'), '0', 'the insert before the denial was not committed');
