@@ -358,9 +358,9 @@ export class PostgresSession implements SessionHandle {
         logger: log,
         idleTimeoutMs: this.target.limits.idleTimeoutMs,
         onClose: (reason) => this.#ended(reason),
-        // With no rules to judge and no audit trail to write, statements need
-        // no inspecting: the relay frames and forwards, nothing more.
-        ...(policy.config.rules.length > 0 || this.ctx.audit ? { gate } : {}),
+        // When the policy allows everything and no audit trail is written,
+        // statements need no inspecting: the relay frames and forwards.
+        ...(policy.judges || this.ctx.audit ? { gate } : {}),
         ...(masker ? { serverTransform: masker } : {}),
         // The relay hands the recording every client chunk it reads: no read observer on the socket.
         ...(tap ? { recordClient: tap } : {}),

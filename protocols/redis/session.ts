@@ -356,8 +356,8 @@ export class RedisSession implements SessionHandle {
     }
     const relay = new RedisRelay(this.#socket, upstream, {
         ...(recordClient ? { recordClient } : {}),
-        // With no rules to judge and no audit trail to write, commands need no judging.
-        ...(policy.config.rules.length > 0 || this.ctx.audit ? { gate } : {}),
+        // When the policy allows everything and no audit trail is written, commands need no judging.
+        ...(policy.judges || this.ctx.audit ? { gate } : {}),
         ...(masker ? { serverTransform: masker } : {}),
         requestLimits: { maxBulkBytes: limits.maxMessageBytes, maxCommandBytes: limits.maxMessageBytes + 64 * 1024 },
         logger: log,

@@ -51,6 +51,15 @@ export class SessionPolicy {
     return this.config.name;
   }
 
+  /**
+   * Whether statements need judging at all: false only when every one is
+   * allowed (no rules, default allow). A policy with no rules and `default:
+   * deny` refuses everything, and must still be asked.
+   */
+  get judges(): boolean {
+    return this.config.rules.length > 0 || this.config.default !== 'allow';
+  }
+
   /** Names of the masking rules applied to this session's results (config `policies[].masking`). */
   get masking(): readonly string[] {
     return this.config.masking ?? [];
