@@ -163,9 +163,14 @@ export class CommandClassifier {
     }
   }
 
-  /** HELLO [protover [AUTH username password] [SETNAME clientname]] after login. */
+  /**
+   * HELLO [protover [AUTH username password] [SETNAME clientname]] after
+   * login. AUTH anywhere, even where Redis would refuse it as the protocol
+   * version, is an attempt to change identity: refused here, and scrubbed
+   * from the recording with the refusal.
+   */
   #hello(args: Buffer[]): Classified {
-    for (let i = 2; i < args.length; i++) if (tokenIs(args[i]!, 'auth')) return REFUSE_IDENTITY;
+    for (let i = 1; i < args.length; i++) if (tokenIs(args[i]!, 'auth')) return REFUSE_IDENTITY;
     if (args.length < 2) return HELLO_SAME;
     const v = decimal(args[1]!);
     // Anything but 2 or 3 gets the upstream's own -NOPROTO.
@@ -186,6 +191,16 @@ const HELLO_NEEDS_AUTH = error(
   'HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time',
   'NOAUTH',
 );
+
+/**
+ * Redis's `Syntax error in HELLO option '<option>'`, the option shown only
+ * when it reads as a mistyped keyword: a misplaced token would otherwise be
+ * echoed back, and recorded on the way.
+ */
+function helloSyntaxError(option: Buffer): Buffer {
+  const word = option.toString('latin1');
+  return error(/^[A-Za-z]{1,16}$/.test(word) ? `Syntax error in HELLO option '${word}'` : 'Syntax error in HELLO option');
+}
 
 /** Parses a command received before authentication (AUTH, HELLO, QUIT; anything else is NOAUTH). */
 export function parsePreAuth(args: Buffer[]): PreAuthCommand {
@@ -213,7 +228,7 @@ export function parsePreAuth(args: Buffer[]): PreAuthCommand {
       setName = args[i + 1]!;
       i += 1;
     } else {
-      return { kind: 'error', reply: error(`Syntax error in HELLO option '${args[i]!.toString('latin1').slice(0, 64)}'`) };
+      return { kind: 'error', reply: helloSyntaxError(args[i]!) };
     }
   }
   if (!auth) return { kind: 'error', reply: HELLO_NEEDS_AUTH };

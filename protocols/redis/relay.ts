@@ -364,7 +364,9 @@ export class RedisRelay {
   /** A command, bytes [start, end) of `buf`, with its arguments (subarrays of those bytes). */
   #onCommand(buf: Buffer, start: number, end: number, args: Buffer[]): void {
     if (this.#held) {
-      // A command is waiting for approval: everything after it waits too, in order.
+      // A command is waiting for approval: everything after it waits too, in order. Its chunk is
+      // recorded now, though: a credential in it is scrubbed now, not when the backlog is judged.
+      if (this.#classifier.classify(args).reply === IDENTITY_FIXED) this.#recording?.scrub(buf.subarray(start, end), args);
       this.#backlog.push(ownCopy(buf.subarray(start, end), args));
       return;
     }

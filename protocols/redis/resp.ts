@@ -366,6 +366,15 @@ export class RespRequestFramer {
     }
   }
 
+  /**
+   * During `command` or `span`: the absolute stream offset of the command's
+   * first byte. Not the end of the previous command: empty lines and `*0`
+   * between commands are consumed without a command of their own.
+   */
+  get commandStart(): number {
+    return this.cmdStart;
+  }
+
   /** During `span`: how many arguments the command has (the name included). */
   get argCount(): number {
     return this.argc;

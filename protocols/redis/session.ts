@@ -6,7 +6,7 @@ import type { Identity } from '../../src/identity/types.js';
 import { ErrorCodes, SluiceError, isSluiceError } from '../../src/errors.js';
 import { isLoopbackConnection, newSessionId } from '../../src/gateway/net.js';
 import type { Logger } from '../../src/log.js';
-import { NOAUTH, parsePreAuth, type PreAuthCommand } from './commands.js';
+import { NOAUTH, parsePreAuth, tokenIs, type PreAuthCommand } from './commands.js';
 import { OK, error, type RespVersion } from './replies.js';
 import { RedisCommandGate } from './command-gate.js';
 import type { AuditVerdict } from '../../src/store/types.js';
@@ -165,13 +165,12 @@ export class RedisSession implements SessionHandle {
     const sink: RequestSink = {
       command: (raw, args) => {
         if (login || this.#closed) return; // framed again after the login is decided
-        const pos = raw.byteOffset - chunk.byteOffset;
-        const inChunk = raw.buffer === chunk.buffer && pos >= 0 && pos < chunk.length;
-        const end = inChunk ? base + pos + raw.length : this.#lastEnd + raw.length;
+        const end = this.#framer.commandStart + raw.length;
         this.#lastEnd = end;
         const cmd = parsePreAuth(args);
-        // The recording gets AUTH / HELLO ... AUTH with the token replaced; everything else framed so far may be recorded.
-        if (cmd.kind === 'auth' || cmd.kind === 'hello') {
+        // The recording gets every AUTH and HELLO with its credentials replaced, refused ones too (a
+        // malformed login may still carry the token); everything else framed so far may be recorded.
+        if (tokenIs(args[0]!, 'auth') || tokenIs(args[0]!, 'hello')) {
           this.#recording?.redact(this.#framerBase + end - raw.length, this.#framerBase + end, scrubRedisAuth(args));
         } else this.#recording?.commit(this.#framerBase + end);
         switch (cmd.kind) {

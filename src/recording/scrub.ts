@@ -58,27 +58,51 @@ export function encodeRespCommand(args: readonly Buffer[]): Buffer {
 }
 
 /**
- * A Redis command re-encoded as a RESP array with its credential replaced:
+ * Which arguments of a Redis command may hold a credential, by index:
  *
- * - `AUTH password` and `AUTH username password`: the password.
- * - `HELLO protover AUTH username password [SETNAME name]`: the password.
+ * - `AUTH password`: the password; `AUTH username password`: the password;
+ *   AUTH with any other count (refused, but still recorded): every argument.
+ * - `HELLO [protover [AUTH username password] [SETNAME name]]`: walked as
+ *   Redis reads it, so a client name that happens to be "auth" is not taken
+ *   for the keyword; the password, and from the first argument that does
+ *   not fit the grammar (a refused HELLO) every argument to the end.
  *
- * Other commands are re-encoded unchanged. The username is kept: it is who,
- * not the secret.
+ * The AUTH username and the SETNAME name are kept: they say who, not the
+ * secret. Other commands have none. The recording taps and the transcript
+ * both go by this, whatever verdict the command got.
  */
-export function scrubRedisAuth(args: readonly Buffer[]): Buffer {
-  const out = args.map((a) => a);
+export function redisCredentialArgs(args: readonly Buffer[]): number[] {
   const name = args[0]?.toString('latin1').toUpperCase();
+  const secret: number[] = [];
   if (name === 'AUTH') {
-    if (args.length === 2) out[1] = REDACTED_BYTES;
-    else if (args.length >= 3) for (let i = 2; i < args.length; i++) out[i] = REDACTED_BYTES;
+    for (let i = args.length === 3 ? 2 : 1; i < args.length; i++) secret.push(i);
   } else if (name === 'HELLO') {
-    for (let i = 1; i < args.length; i++) {
-      if (args[i]!.toString('latin1').toUpperCase() === 'AUTH' && i + 2 < args.length) {
-        out[i + 2] = REDACTED_BYTES;
+    // The protocol version comes first; a HELLO without a number there is refused whole.
+    let i = args.length > 1 && /^\d+$/.test(args[1]!.toString('latin1')) ? 2 : 1;
+    while (i < args.length) {
+      const option = args[i]!.toString('latin1').toUpperCase();
+      const more = args.length - i - 1;
+      if (option === 'AUTH' && more >= 2) {
+        secret.push(i + 2);
+        i += 3;
+      } else if (option === 'SETNAME' && more >= 1) {
         i += 2;
+      } else {
+        break;
       }
     }
+    for (; i < args.length; i++) secret.push(i);
   }
+  return secret;
+}
+
+/**
+ * A Redis command re-encoded as a RESP array with its credentials
+ * (redisCredentialArgs) replaced by `[redacted]`. Other commands are
+ * re-encoded unchanged.
+ */
+export function scrubRedisAuth(args: readonly Buffer[]): Buffer {
+  const out = args.slice();
+  for (const i of redisCredentialArgs(args)) out[i] = REDACTED_BYTES;
   return encodeRespCommand(out);
 }

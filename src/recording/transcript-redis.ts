@@ -13,6 +13,7 @@
 import type { Direction } from './format.js';
 import { RespReplyFramer, RespRequestFramer } from '../../protocols/redis/resp.js';
 import { ByteQueue, type EmitFn, type ProtocolDecoder, type Stamp, preview, printable } from './transcript.js';
+import { redisCredentialArgs } from './scrub.js';
 
 export interface RespValue {
   /** The type byte as a character: + - : $ * _ , # ! = ( % ~ | > (or 'inline'). */
@@ -133,17 +134,7 @@ const REDACTED = '[redacted]';
 /** A command for a person: name, then each argument quoted and cut short; credentials never shown. */
 export function renderCommand(args: readonly Buffer[]): string {
   if (!args.length) return '(empty command)';
-  const name = args[0]!.toString('latin1').toUpperCase();
-  const secret = new Set<number>();
-  if (name === 'AUTH') for (let i = 1; i < args.length; i++) if (i === args.length - 1 || args.length === 2) secret.add(i);
-  if (name === 'HELLO') {
-    for (let i = 1; i + 2 < args.length; i++) {
-      if (args[i]!.toString('latin1').toUpperCase() === 'AUTH') {
-        secret.add(i + 2);
-        i += 2;
-      }
-    }
-  }
+  const secret = new Set(redisCredentialArgs(args));
   const parts = args.map((a, i) => {
     if (i === 0) return printable(a.toString('utf8'));
     if (secret.has(i)) return a.toString('latin1') === REDACTED ? REDACTED : '[withheld]';

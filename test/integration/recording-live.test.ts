@@ -13,7 +13,7 @@ import t, { type Test } from 'tap';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -24,6 +24,8 @@ import { startRedis } from '../helpers/redis.js';
 import { startGateway, pgTargetYaml, removeDir } from '../helpers/gateway.js';
 import { run } from '../helpers/process.js';
 import { SSL_REQUEST, startupPacket, typed } from '../helpers/raw-pg.js';
+import { recordingFiles, recordingFor } from '../helpers/recordings.js';
+import { Raw } from '../helpers/raw-redis.js';
 import { readRecording } from '../../src/recording/reader.js';
 import { verifyRecording } from '../../src/recording/verify.js';
 import { loadRecordingPublicKeys } from '../../src/recording/keys.js';
@@ -103,48 +105,6 @@ async function tappingRelay(target: number): Promise<{ server: Server; port: num
   return { server, port: (server.address() as { port: number }).port, conns };
 }
 
-function recordingFiles(stateDir: string): string[] {
-  const out: string[] = [];
-  const walk = (d: string): void => {
-    let names: string[] = [];
-    try {
-      names = readdirSync(d);
-    } catch {
-      return;
-    }
-    for (const n of names) {
-      const p = join(d, n);
-      if (statSync(p).isDirectory()) walk(p);
-      else if (n.endsWith('.sluicerec')) out.push(p);
-    }
-  };
-  walk(join(stateDir, 'recordings'));
-  return out;
-}
-
-/** The recording whose header names this client port (polled: the footer is written just after the close). */
-async function recordingFor(
-  stateDir: string,
-  clientPort: number,
-): Promise<{ client: Buffer; server: Buffer; complete: boolean; path: string; closeReason?: string }> {
-  for (let i = 0; i < 200; i++) {
-    for (const path of recordingFiles(stateDir)) {
-      const r = readRecording(path);
-      const client: Buffer[] = [];
-      const server: Buffer[] = [];
-      let closeReason: string | undefined;
-      for await (const e of r) {
-        if (e.type === 'data') (e.direction === 'client' ? client : server).push(e.bytes);
-        else if (e.type === 'footer') closeReason = (e.body as { closeReason?: string } | undefined)?.closeReason;
-      }
-      if (r.header?.clientAddress !== `127.0.0.1:${clientPort}`) continue;
-      if (r.complete) return { client: Buffer.concat(client), server: Buffer.concat(server), complete: true, path, ...(closeReason ? { closeReason } : {}) };
-    }
-    await new Promise((res) => setTimeout(res, 50));
-  }
-  throw new Error(`no complete recording for client port ${clientPort}`);
-}
-
 /** The client stream as the recording must hold it: the PasswordMessage carrying the token scrubbed. */
 function pgExpected(fromClient: Buffer): Buffer {
   const at = fromClient.indexOf(Buffer.from(token, 'latin1'));
@@ -158,17 +118,8 @@ function redisExpected(fromClient: Buffer): Buffer {
   const at = fromClient.indexOf(Buffer.from(token, 'latin1'));
   if (at < 0) throw new Error('no token in the client stream');
   const start = fromClient.lastIndexOf('*', at);
-  const text = fromClient.toString('latin1', start);
-  const n = Number(/^\*(\d+)\r\n/.exec(text)![1]);
-  let pos = text.indexOf('\r\n') + 2;
-  const args: Buffer[] = [];
-  for (let i = 0; i < n; i++) {
-    const m = /^\$(\d+)\r\n/.exec(text.slice(pos))!;
-    pos += m[0].length;
-    args.push(Buffer.from(text.slice(pos, pos + Number(m[1])), 'latin1'));
-    pos += Number(m[1]) + 2;
-  }
-  return Buffer.concat([fromClient.subarray(0, start), scrubRedisAuth(args), fromClient.subarray(start + pos)]);
+  const args = parseCommand(fromClient.subarray(start));
+  return Buffer.concat([fromClient.subarray(0, start), scrubRedisAuth(args), fromClient.subarray(start + encodeRespCommand(args).length)]);
 }
 
 async function checkTapped(t: Test, conns: Tapped[], expected: (b: Buffer) => Buffer, what: string): Promise<void> {
@@ -316,6 +267,74 @@ t.test('ioredis pub/sub', async (t) => {
   await pubc.quit();
   await checkTapped(t, relay.conns, redisExpected, 'ioredis');
 });
+
+t.test('Redis: a token in a refused, malformed or split login never reaches the recording', async (t) => {
+  const cmd = (...a: string[]): Buffer => encodeRespCommand(a.map((x) => Buffer.from(x)));
+  const [, claims, signature] = token.split('.') as [string, string, string];
+  const check = async (clientPort: number, sent: Buffer[], what: string): Promise<void> => {
+    const rec = await recordingFor(gw.stateDir, clientPort);
+    const expected = Buffer.concat(sent.map((c) => (/^\*\d+\r\n\$\d+\r\n(AUTH|HELLO)\r\n/i.test(c.toString('latin1')) ? scrubRedisAuth(parseCommand(c)) : c)));
+    t.ok(rec.client.equals(expected), `${what}: the client stream as sent, every AUTH and HELLO scrubbed`);
+    for (const part of [token, claims, signature]) {
+      t.notOk(rec.client.includes(Buffer.from(part)), `${what}: no part of the token in what the client sent`);
+      t.notOk(rec.server.includes(Buffer.from(part.slice(0, 24))), `${what}: nor echoed in what it received`);
+    }
+  };
+
+  // Logins Sluice refuses, each carrying the token; one that works, whose client name is
+  // "auth"; after it, a HELLO ... AUTH with no version (refused).
+  const a = await Raw.open(gw.port('cache'));
+  const aPort = a.socket.localPort!;
+  const aSent = [
+    cmd('AUTH', 'u', token, 'x'),
+    cmd('HELLO', '4', 'AUTH', 'u', token),
+    cmd('HELLO', '3', token),
+    cmd('HELLO', '3', 'SETNAME', 'auth', 'AUTH', 'lbl', token),
+    cmd('HELLO', 'AUTH', 'u', token),
+    cmd('PING'),
+    cmd('QUIT'),
+  ];
+  a.socket.write(Buffer.concat(aSent.slice(0, 3)));
+  const refused = await a.replies(3);
+  t.match(refused[0], /^-ERR wrong number of arguments for 'auth' command/);
+  t.match(refused[1], /^-NOPROTO/);
+  t.equal(refused[2], '-ERR Syntax error in HELLO option\r\n', 'a misplaced token is not echoed');
+  a.socket.write(Buffer.concat(aSent.slice(3)));
+  const after = await a.replies(4);
+  t.match(after[0], /^%/, 'HELLO 3 ... AUTH logs in (a RESP3 map)');
+  t.match(after[1], /^-ERR sluice: identity cannot change/);
+  t.same(after.slice(2), ['+PONG\r\n', '+OK\r\n']);
+  t.ok(await a.closedWithin());
+  await check(aPort, aSent, 'refused and odd logins');
+
+  // Empty arrays before an AUTH split across two reads: the scrubbed range must still be the AUTH's.
+  const b = await Raw.open(gw.port('cache'));
+  const bPort = b.socket.localPort!;
+  const auth = cmd('AUTH', token);
+  const half = Math.floor(auth.length / 2);
+  const bSent = [Buffer.from('*0\r\n'.repeat(50)), auth, cmd('PING'), cmd('QUIT')];
+  b.socket.write(Buffer.concat([bSent[0]!, auth.subarray(0, half)]));
+  await new Promise((r) => setTimeout(r, 100));
+  b.socket.write(Buffer.concat([auth.subarray(half), bSent[2]!, bSent[3]!]));
+  t.same(await b.replies(3), ['+OK\r\n', '+PONG\r\n', '+OK\r\n']);
+  t.ok(await b.closedWithin());
+  await check(bPort, bSent, 'an AUTH split after empty arrays');
+});
+
+/** The arguments of one RESP array of bulk strings. */
+function parseCommand(c: Buffer): Buffer[] {
+  const text = c.toString('latin1');
+  const n = Number(/^\*(\d+)\r\n/.exec(text)![1]);
+  let pos = text.indexOf('\r\n') + 2;
+  const args: Buffer[] = [];
+  for (let i = 0; i < n; i++) {
+    const m = /^\$(\d+)\r\n/.exec(text.slice(pos))!;
+    pos += m[0].length;
+    args.push(c.subarray(pos, pos + Number(m[1])));
+    pos += Number(m[1]) + 2;
+  }
+  return args;
+}
 
 t.test('a failed login is recorded without its token; the sessions index and CLI', async (t) => {
   const bad = await run('psql', ['-X', '-At', '-c', 'select 1'], { env: { ...pgEnv(gw.port('app-db')), PGPASSWORD: `${token}x` } });

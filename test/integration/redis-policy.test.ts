@@ -8,6 +8,9 @@ import t from 'tap';
 import { Redis } from 'ioredis';
 import { startRedis } from '../helpers/redis.js';
 import { startGateway } from '../helpers/gateway.js';
+import { Raw } from '../helpers/raw-redis.js';
+import { recordingFor } from '../helpers/recordings.js';
+import { scrubRedisAuth } from '../../src/recording/scrub.js';
 import type { AuditEvent } from '../../src/store/types.js';
 
 const redis = await startRedis();
@@ -109,6 +112,24 @@ t.test('a held command waits for approval; the pipeline behind it waits too', as
   await c.set('old:2', 'y');
   await t.rejects(c.unlink('old:2'), /NOPERM sluice: approval apr_[a-z2-7]+ expired/);
   t.equal(await c.get('old:2'), 'y', 'a timed-out command did not run, and the session goes on');
+});
+
+t.test('an AUTH pipelined behind a held command is refused, and scrubbed from the recording', async (t) => {
+  const raw = await Raw.open(port);
+  const clientPort = raw.socket.localPort!;
+  t.teardown(() => raw.end());
+  raw.send(['AUTH', agentToken]);
+  t.same(await raw.replies(1), ['+OK\r\n']);
+  // One write: the UNLINK is held for approval, and the AUTH waits behind it in the backlog
+  // while the chunk that carried both is recorded.
+  raw.send(['UNLINK', 'old:3'], ['AUTH', 'agent-9', agentToken], ['PING'], ['QUIT']);
+  const r = await raw.replies(4, 10_000);
+  t.match(r[0], /^-NOPERM sluice: approval apr_[a-z2-7]+ expired/);
+  t.match(r[1], /^-ERR sluice: identity cannot change/);
+  t.same(r.slice(2), ['+PONG\r\n', '+OK\r\n']);
+  const rec = await recordingFor(gw.stateDir, clientPort);
+  t.ok(rec.client.includes(scrubRedisAuth([Buffer.from('AUTH'), Buffer.from('agent-9'), Buffer.from(agentToken)])), 'the AUTH is recorded in its scrubbed form');
+  t.notOk(rec.client.includes(Buffer.from(agentToken)), 'and the token is not');
 });
 
 t.test('audit rows: refusals one by one, allowed commands counted', async (t) => {

@@ -214,6 +214,24 @@ t.test('scrubRedisAuth: the password becomes [redacted], the shape stays', async
   t.equal(scrubRedisAuth([b('GET'), b('k')]).toString(), '*2\r\n$3\r\nGET\r\n$1\r\nk\r\n', 'other commands unchanged');
 });
 
+t.test('scrubRedisAuth: HELLO walked as Redis reads it, refused forms scrubbed whole', async (t) => {
+  const b = (s: string) => Buffer.from(s);
+  const scrubbed = (...args: string[]) => scrubRedisAuth(args.map(b));
+  const expect = (...args: string[]) => encodeRespCommand(args.map(b));
+  const cases: Array<[string[], string[], string]> = [
+    [['HELLO', '3', 'SETNAME', 'auth', 'AUTH', 'lbl', 'tok-secret'], ['HELLO', '3', 'SETNAME', 'auth', 'AUTH', 'lbl', REDACTED], 'a client named "auth" is not the keyword'],
+    [['HELLO', '3', 'SETNAME', 'AUTH', 'AUTH', 'lbl', 'tok-secret'], ['HELLO', '3', 'SETNAME', 'AUTH', 'AUTH', 'lbl', REDACTED], 'nor one named "AUTH"'],
+    [['HELLO', '4', 'AUTH', 'u', 'tok-secret'], ['HELLO', '4', 'AUTH', 'u', REDACTED], 'an unsupported version (refused)'],
+    [['HELLO', 'AUTH', 'u', 'tok-secret'], ['HELLO', 'AUTH', 'u', REDACTED], 'no version (refused)'],
+    [['HELLO', '3', 'AUTH', 'u', 'tok-secret', 'SETNAME'], ['HELLO', '3', 'AUTH', 'u', REDACTED, REDACTED], 'a trailing option without its value'],
+    [['HELLO', '3', 'tok-secret'], ['HELLO', '3', REDACTED], 'an argument that is no option'],
+    [['HELLO', '3', 'AUTH', 'tok-secret'], ['HELLO', '3', REDACTED, REDACTED], 'AUTH short of its password'],
+    [['AUTH', 'u', 'tok-secret', 'x'], ['AUTH', REDACTED, REDACTED, REDACTED], 'AUTH with too many arguments (refused)'],
+    [['HELLO', '3'], ['HELLO', '3'], 'nothing to scrub'],
+  ];
+  for (const [args, want, what] of cases) t.equal(scrubbed(...args).toString(), expect(...want).toString(), what);
+});
+
 t.test('record overhead is what the format says', async (t) => {
   t.equal(RECORD_OVERHEAD, 22, 'u8 type, u8 dir, u32 seq, u64 micros, u32 length, u32 crc');
 });
