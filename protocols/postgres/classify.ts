@@ -378,8 +378,11 @@ export function literalShape(sql: string): string {
       i += 2;
       while (i < n && isDigit(sql.charCodeAt(i))) i++;
     } else if (c === 0x2d /* - */ && sql.charCodeAt(i + 1) === 0x2d) {
-      const eol = sql.indexOf('\n', i);
-      i = eol < 0 ? n : eol + 1;
+      // PostgreSQL's lexer ends a -- comment at CR as well as LF (scan.l: non_newline is [^\n\r]).
+      // Ended only at LF here, a CR would make the shaper read the server's quoted text as code,
+      // and rewrite digits the server reads inside quotes (a U&"!0073..." table name, say).
+      i += 2;
+      while (i < n && sql.charCodeAt(i) !== 0x0a && sql.charCodeAt(i) !== 0x0d) i++;
     } else if (c === 0x2f /* / */ && sql.charCodeAt(i + 1) === 0x2a /* * */) {
       i = skipBlockComment(sql, i);
       if (i < 0) return sql;
@@ -666,21 +669,31 @@ function sval(v: Json | undefined): string | undefined {
   return typeof s === 'string' ? s : undefined;
 }
 
-/** A `List` of `String` (or a bare array of them) -> 'a.b.c'. */
+/**
+ * A `List` of `String` (or a bare array of them) -> 'schema.name' or 'name'.
+ * A third, leading part is the database: PostgreSQL accepts only the current
+ * one there (anything else is "cross-database references are not
+ * implemented"), so `app.public.secrets` is `public.secrets`, and is named so
+ * for the rules.
+ */
 function dottedName(v: Json | undefined): string | undefined {
   const items = Array.isArray(v) ? v : isObject(v) && isObject(v.List) ? v.List.items : undefined;
   if (!Array.isArray(items)) return undefined;
   const parts = items.map(sval);
-  return parts.every((p): p is string => p !== undefined) && parts.length > 0 ? parts.join('.') : undefined;
+  return parts.every((p): p is string => p !== undefined) && parts.length > 0 ? withoutCatalog(parts).join('.') : undefined;
+}
+
+function withoutCatalog(parts: string[]): string[] {
+  return parts.length === 3 ? parts.slice(1) : parts;
 }
 
 function addTable(acc: Acc, ctx: Ctx, rv: JsonObject): void {
   const relname = rv.relname;
   if (typeof relname !== 'string') return;
   const schema = typeof rv.schemaname === 'string' ? rv.schemaname : undefined;
-  const catalog = typeof rv.catalogname === 'string' ? rv.catalogname : undefined;
   if (schema === undefined && ctx.ctes.some((scope) => scope.has(relname))) return;
-  acc.tables.add([catalog, schema, relname].filter((p) => p !== undefined).join('.'));
+  // catalogname, the database of db.schema.table, is left out as dottedName leaves it out.
+  acc.tables.add(schema === undefined ? relname : `${schema}.${relname}`);
 }
 
 /** The target of INSERT/UPDATE/DELETE/MERGE is always a table, never a CTE of the same name. */

@@ -82,6 +82,11 @@ t.test('simple protocol: decisions follow the parse tree, not the text', async (
     ["SELECT pg_catalog.pg_read_file('/etc/passwd')", 'no-file-access'],
     ["SELECT set_config('role', 'postgres', false)", 'no-file-access'],
     ['SELECT * FROM "secrets"', 'no-secrets'],
+    // The database part of a three-part name is the current database: the table is public.secrets.
+    ['SELECT * FROM app.public.secrets', 'no-secrets'],
+    ['DROP TABLE app.public.victim', 'no-destruction'],
+    // A -- comment the server ends at CR: what follows is code, and the table is secrets.
+    ['SELECT 1 --\r, \'\n"\' AS a FROM U&"!0073ecrets" UESCAPE \'!\' -- "', 'no-secrets'],
   ];
   for (const [sql, rule] of denied) {
     const r = await run('psql', ['-X', '-At', '-c', sql], { env });

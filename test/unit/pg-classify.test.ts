@@ -141,12 +141,16 @@ t.test('exact facts for the well-known bypass families', async (t) => {
     ['EXPLAIN ANALYZE DELETE FROM t', { kinds: ['explain_analyze', 'delete'], tables: ['t'], withoutWhere: true }],
     ['EXPLAIN DELETE FROM t', { kinds: ['explain'], tables: ['t'], withoutWhere: false }],
     ['DROP TABLE "Users"', { tables: ['Users'] }],
+    // db.schema.table: the database part (only the current one is allowed) is not part of the name.
+    ['SELECT * FROM app.public.secrets', { tables: ['public.secrets'] }],
+    ['DROP TABLE app.public.t, app.s.u', { tables: ['public.t', 's.u'] }],
+    ["SELECT app.pg_catalog.pg_read_file('/etc/passwd')", { functions: ['pg_catalog.pg_read_file'], dangerousFunctions: ['pg_catalog.pg_read_file'] }],
     ['DROP TABLE U&"d\\0061ta"', { tables: ['data'] }],
     ['SELECT * FROM U&"!0075sers" UESCAPE \'!\'', { tables: ['users'] }],
     ['SELECT * FROM public.users', { tables: ['public.users'] }],
     ['SELECT * FROM "Public"."Users"', { tables: ['Public.Users'] }],
     ['SELECT * FROM PUBLIC.USERS', { tables: ['public.users'] }],
-    ['SELECT * FROM db.s.t', { tables: ['db.s.t'] }],
+    ['SELECT * FROM db.s.t', { tables: ['s.t'] }],
     ['COPY (SELECT * FROM t) TO STDOUT', { kinds: ['copy_to', 'select'], tables: ['t'] }],
     ["COPY t TO PROGRAM 'x'", { kinds: ['copy_to', 'copy_program'], tables: ['t'] }],
     ['GRANT admin TO bob', { kinds: ['role', 'grant'] }],
@@ -436,6 +440,12 @@ t.test('numeric literals share one parse without changing what is classified', a
   t.equal(literalShape('select 12 from t1 where "c3" = $2 and x = \'a5\' -- 7'), 'select 10 from t1 where "c3" = $2 and x = \'a5\' -- 7');
   t.same(classifySql('select * from "9"')[0]!.tables, ['9']);
   t.same(classifySql('select * from "8"')[0]!.tables, ['8']);
+  // A -- comment ends at CR as the server's lexer ends it: what follows the CR is code, so the
+  // quoted identifier after it is left alone and the shape names the table the server reads.
+  const crComment = 'SELECT 1 --\r, \'\n"\' AS a FROM U&"!0073ecrets" UESCAPE \'!\' -- "';
+  t.equal(literalShape(crComment), crComment, 'no digit inside the quoted name is rewritten');
+  t.same(classifyQuery(crComment).facts()[0]!.tables, ['secrets'], 'the table the server reads');
+  t.same(classifySql('SELECT 1 --\r, 2')[0]!.kinds, ['select']);
   // Where the lexer is not sure of its footing, the text is its own key.
   for (const sql of ["select e'\\'' , 1", 'select $$ " $$, 1', "select b'1' , 2", 'select 1 /* unterminated']) {
     t.equal(literalShape(sql), sql, sql);
