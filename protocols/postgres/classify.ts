@@ -18,7 +18,7 @@
 import { createHash } from 'node:crypto';
 import { loadModule, parseSync } from 'libpg-query';
 import { ErrorCodes, SluiceError } from '../../src/errors.js';
-import type { SqlStatementFacts } from '../../src/policy/types.js';
+import { UNKNOWN_SETTING, type SqlStatementFacts } from '../../src/policy/types.js';
 import { DANGEROUS_SET_CONFIG_SETTINGS, isDangerousFunction } from './dangerous-functions.js';
 
 export const SQL_UNPARSEABLE = ErrorCodes.SQL_UNPARSEABLE;
@@ -728,6 +728,7 @@ function visitFuncCall(body: JsonObject, acc: Acc, ctx: Ctx): void {
     const constant = constString(setting);
     if (constant === undefined) {
       acc.dangerous.add(name);
+      if (!ctx.planOnly) acc.settings.add(UNKNOWN_SETTING);
     } else {
       const lower = constant.toLowerCase();
       if (!ctx.planOnly) acc.settings.add(lower);
@@ -833,7 +834,8 @@ const HANDLERS: Record<string, Handler> = {
     if (isObject(rel) && rel.relname === 'pg_settings' && (rel.schemaname ?? 'pg_catalog') === 'pg_catalog') {
       acc.functions.add('set_config');
       acc.dangerous.add('set_config');
-      if (!ctx.planOnly) acc.settings.add('*');
+      // Which setting is for the WHERE clause to say, at run time.
+      if (!ctx.planOnly) acc.settings.add(UNKNOWN_SETTING);
     }
   },
   DeleteStmt: (b, acc, ctx) => {

@@ -310,13 +310,15 @@ export class PostgresSession implements SessionHandle {
     const identity = this.#identity!;
     const metrics = this.ctx.metrics;
     const recording = this.#recording;
+    const clientEncoding = parameterStatusValue(upstream.startupReply, 'client_encoding');
     const gate = new PgStatementGate({
       sessionId: this.id,
       subject: identity.subject,
       target: this.target.name,
       policy,
       logger: log,
-      decode: sqlDecoder(parameterStatusValue(upstream.startupReply, 'client_encoding')),
+      decode: sqlDecoder(clientEncoding),
+      ...(clientEncoding !== undefined ? { clientEncoding } : {}),
       ...(this.ctx.audit ? { audit: this.ctx.audit } : {}),
       ...(this.ctx.approvals ? { approvals: this.ctx.approvals } : {}),
       // Each verdict feeds the metrics and the session's row in the sessions index.

@@ -5,7 +5,7 @@ import type { PendingApproval } from '../../src/policy/approvals.js';
 import { ClassifiedQuery, classifyPrepared, classifyQuery, fingerprint, SqlParseError } from './classify.js';
 import { Backend, Frontend, errorResponse, noticeResponse, readyForQuery, sqlstate, type TransactionStatus } from './messages.js';
 import type { RelayGate, RelayIO } from './relay.js';
-import type { SqlDecoder } from './encoding.js';
+import { parameterStatusValue, type SqlDecoder } from './encoding.js';
 
 /**
  * Policy and audit on a live PostgreSQL session: every statement is
@@ -41,6 +41,8 @@ import type { SqlDecoder } from './encoding.js';
 export interface GateContext extends GateContextBase {
   /** Turns SQL bytes into text in the session's client_encoding (default UTF-8). */
   decode?: SqlDecoder;
+  /** The client_encoding the server reported at login, which `decode` reads. */
+  clientEncoding?: string;
 }
 
 /** A reply owed to the client, in order. */
@@ -125,6 +127,7 @@ export class PgStatementGate implements RelayGate {
     Backend.ErrorResponse,
     Backend.EmptyQueryResponse,
     Backend.PortalSuspended,
+    Backend.ParameterStatus,
   ];
 
   #io!: RelayIO;
@@ -487,6 +490,9 @@ export class PgStatementGate implements RelayGate {
 
   fromServer(type: number, bytes: Buffer): void {
     switch (type) {
+      case Backend.ParameterStatus:
+        if (this.#readingChanged(bytes)) return;
+        break;
       case Backend.ReadyForQuery:
         this.#readyForQuery(bytes);
         return;
@@ -505,6 +511,39 @@ export class PgStatementGate implements RelayGate {
       this.#masked = undefined;
     }
     this.#io.toClient(bytes);
+  }
+
+  /**
+   * The server reports (ParameterStatus) that a setting deciding how it
+   * reads SQL changed. Every statement that names one is refused
+   * (sluice-parser-settings), but a function or a DO block can change them
+   * unseen; from then on this gate and the server would read the same text
+   * differently (with standard_conforming_strings off, a backslash ends a
+   * string here and not there). So the session ends here, before the reply
+   * of the statement that did it reaches the client: fail closed. Whatever
+   * the client pipelined behind that statement has reached the server
+   * already; docs/policy.md says so.
+   */
+  #readingChanged(bytes: Buffer): boolean {
+    const strings = parameterStatusValue(bytes, 'standard_conforming_strings');
+    const encoding = parameterStatusValue(bytes, 'client_encoding');
+    const changed =
+      strings !== undefined && strings !== 'on'
+        ? `standard_conforming_strings=${strings}`
+        : encoding !== undefined && this.ctx.clientEncoding !== undefined && encoding !== this.ctx.clientEncoding
+          ? `client_encoding=${encoding}`
+          : undefined;
+    if (changed === undefined) return false;
+    this.ctx.logger.warn({ setting: changed }, 'the server reported a change to how it reads SQL; session closed');
+    this.#io.shutdown(
+      `the server reported ${changed}`,
+      errorResponse({
+        severity: 'FATAL',
+        code: sqlstate.INSUFFICIENT_PRIVILEGE,
+        message: `sluice: the session changed ${changed.split('=')[0]} (in a function or DO block?); sluice must read SQL as the server does, so the session is closed`,
+      }),
+    );
+    return true;
   }
 
   serverChunkDone(): void {

@@ -2,7 +2,7 @@ import type { Identity } from '../identity/types.js';
 import type { PolicyConfig } from '../config/types.js';
 import { globMatch, subjectMatches } from './subjects.js';
 import { DANGEROUS_FUNCTIONS_SET } from './kinds.js';
-import type { Action, Facts, RedisCommandFacts, RuleConfig, RuleMatch, SqlStatementFacts, Verdict } from './types.js';
+import { UNKNOWN_SETTING, type Action, type Facts, type RedisCommandFacts, type RuleConfig, type RuleMatch, type SqlStatementFacts, type Verdict } from './types.js';
 
 /**
  * The one place where Sluice decides what a statement or command may do.
@@ -67,13 +67,16 @@ export class SessionPolicy {
 
   evaluate(facts: Facts): Verdict {
     if (facts.protocol === 'postgres') {
-      const changed = facts.settings.find((s) => PARSER_SETTINGS.has(s));
+      const changed = facts.settings.find((s) => PARSER_SETTINGS.has(s) || s === UNKNOWN_SETTING);
       if (changed) {
         return {
           action: 'deny',
           policy: this.config.name,
           rule: 'sluice-parser-settings',
-          reason: `${changed} cannot be changed through sluice: the gateway and the server must read SQL the same way`,
+          reason:
+            changed === UNKNOWN_SETTING
+              ? 'a setting named at run time cannot be changed through sluice: it could be one that changes how the server reads SQL'
+              : `${changed} cannot be changed through sluice: the gateway and the server must read SQL the same way`,
         };
       }
     }

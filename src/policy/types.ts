@@ -35,7 +35,12 @@ export interface SqlStatementFacts {
   dangerousFunctions: string[];
   /** An UPDATE or DELETE somewhere in the tree has no WHERE clause. */
   withoutWhere: boolean;
-  /** Settings changed anywhere: SET / RESET (`*` for RESET ALL) / set_config / ALTER ROLE|DATABASE ... SET; lowercased names. */
+  /**
+   * Settings changed anywhere: SET / RESET (`*` for RESET ALL) / set_config /
+   * ALTER ROLE|DATABASE ... SET; lowercased names. `?` (UNKNOWN_SETTING) when
+   * a statement changes a setting whose name it computes (set_config with a
+   * non-constant name, UPDATE pg_settings): it may be any of them.
+   */
   settings: string[];
 }
 
@@ -103,3 +108,6 @@ export interface GateContextBase {
   /** Each verdict, for metrics and the session's row in the sessions index. */
   onVerdict?(verdict: AuditVerdict): void;
 }
+
+/** In SqlStatementFacts.settings: a setting is changed whose name the statement computes. */
+export const UNKNOWN_SETTING = '?';

@@ -120,9 +120,32 @@ t.test('parser settings cannot be changed, and unparseable SQL is refused', asyn
   t.teardown(() => client.end());
   await t.rejects(client.query("SET client_encoding = 'SJIS'"), { code: '42501', message: /client_encoding cannot be changed/ });
   await t.rejects(client.query('SET standard_conforming_strings = off'), { code: '42501' });
+  // A setting named at run time could be either of them: refused whatever the rules say.
+  for (const sql of [
+    "SELECT set_config(n, 'off', false) FROM (VALUES ('standard_conforming_strings')) v(n)",
+    "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
+  ]) {
+    await t.rejects(client.query(sql), { code: '42501', message: /a setting named at run time cannot be changed/ }, sql);
+  }
   await t.rejects(client.query('SELEC 1'), { code: '42601', message: /sluice: statement refused: it does not parse/ });
   const ok = await client.query('select 1 as one');
   t.equal(ok.rows[0].one, 1, 'the session stays usable');
+});
+
+t.test('a DO block that changes how the server reads SQL ends the session', async (t) => {
+  const client = await connect();
+  client.on('error', () => {});
+  const pid = (await client.query('select pg_backend_pid() as pid')).rows[0].pid as number;
+  await t.rejects(client.query("DO $$ BEGIN PERFORM set_config('standard_conforming_strings', 'off', false); END $$"), {
+    code: '42501',
+    message: /sluice: the session changed standard_conforming_strings/,
+  });
+  await t.rejects(client.query('select 1'), 'the session is closed');
+  for (let i = 0; i < 100 && (await rows(`select count(*) from pg_stat_activity where pid = ${pid}`)) !== '0'; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  t.equal(await rows(`select count(*) from pg_stat_activity where pid = ${pid}`), '0', 'and its server connection with it');
+  await client.end().catch(() => undefined);
 });
 
 t.test('extended protocol: a denied Parse is answered like a failed Parse, and the session stays in sync', async (t) => {

@@ -12,7 +12,7 @@ import {
   initClassifier,
 } from '../../protocols/postgres/classify.js';
 import { DANGEROUS_FUNCTIONS, isDangerousFunction } from '../../protocols/postgres/dangerous-functions.js';
-import type { SqlStatementFacts } from '../../src/policy/types.js';
+import { UNKNOWN_SETTING, type SqlStatementFacts } from '../../src/policy/types.js';
 
 await initClassifier();
 await initClassifier(); // idempotent
@@ -250,11 +250,11 @@ t.test('set_config: dangerous for role/session settings or a non-constant name',
   for (const sql of ["SELECT set_config('ro' || 'le', 'x', false)", "SELECT set_config($1, 'x', false)", "SELECT set_config(name, 'x', false) FROM t", 'SELECT set_config()']) {
     f = one(sql);
     t.same(f.dangerousFunctions, ['set_config'], `${sql}: non-constant name is dangerous`);
-    t.same(f.settings, []);
+    t.same(f.settings, [UNKNOWN_SETTING], `${sql}: changes a setting it names at run time`);
   }
   f = one("UPDATE pg_settings SET setting = 'x' WHERE name = 'role'");
   t.same(f.dangerousFunctions, ['set_config'], 'UPDATE pg_settings runs set_config through its rule');
-  t.same(f.settings, ['*']);
+  t.same(f.settings, [UNKNOWN_SETTING], 'which setting, the WHERE clause says at run time');
 });
 
 t.test('settings', async (t) => {
