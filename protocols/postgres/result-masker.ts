@@ -25,9 +25,14 @@
  * on its name where the origin is unknown. When in doubt, mask.
  *
  * What cannot be masked is refused, not passed: a column rule on a binary
- * field of a non-text type, rows with no RowDescription to map them while
- * column rules are active, binary COPY. The client gets a FATAL
- * ErrorResponse (0A000) naming the reason and the session ends.
+ * field of a non-text type, a content hit inside the binary form of a type
+ * that frames text itself (an array, a record), a binary field of a
+ * fixed-size type that is not its size (rows that are not the described
+ * ones), rows with no RowDescription to map them while column rules are
+ * active, binary COPY. The client gets a FATAL ErrorResponse (0A000) naming
+ * the reason and the session ends. A description applies only to the rows
+ * right after it: a BindComplete (another portal) or a second description
+ * ends it.
  *
  * Rows of one chunk are masked together, in three steps (docs/masking.md,
  * "Performance", has the numbers):
@@ -86,6 +91,21 @@ const XML = 142;
 const BYTEA = 17;
 const TEXT_LIKE_BINARY = new Set([TEXT, VARCHAR, BPCHAR, NAME, JSON_OID, JSONB, XML, BYTEA]);
 
+/**
+ * Built-in types whose binary form holds no text, by OID, with their size
+ * where it is fixed: bool, "char", int2, int4, int8, oid, tid, xid, cid,
+ * float4, float8, money, date, time, timetz, timestamp, timestamptz,
+ * interval, uuid, macaddr, point. A binary field of one of these that is
+ * not that size belongs to other rows than the RowDescription describes.
+ */
+const FIXED_BINARY_SIZE = new Map<number, number>([
+  [16, 1], [18, 1], [21, 2], [23, 4], [20, 8], [26, 4], [27, 6], [28, 4], [29, 4],
+  [700, 4], [701, 8], [790, 8], [1082, 4], [1083, 8], [1266, 12], [1114, 8], [1184, 8],
+  [1186, 16], [2950, 16], [829, 6], [600, 16],
+]);
+/** ... and of variable size: numeric, inet, cidr, bit, varbit. */
+const NO_TEXT_BINARY = new Set([1700, 869, 650, 1560, 1562]);
+
 /** ErrorResponse / NoticeResponse fields that carry data: message, detail, hint, where, internal query. */
 const MASKED_FIELDS = new Set(['M', 'D', 'H', 'W', 'q'].map((c) => c.charCodeAt(0)));
 
@@ -104,6 +124,7 @@ for (const t of [
   Backend.CopyData,
   Backend.CopyDone,
   Backend.FunctionCallResponse,
+  Backend.BindComplete,
 ]) INSPECT[t] = 1;
 
 interface Column {
@@ -118,6 +139,13 @@ const PLAIN = 0;
 const JSONB_BINARY = 1; // 1-byte version prefix
 const BYTEA_HEX = 2; // text format `\x` + hex digits
 const JSON_VALUE = 4; // flag: a json/jsonb value (a whole-value replacement must stay JSON)
+/**
+ * Flag: the binary form of a type that may hold text inside its own framing
+ * (an array, a record, an enum, an extension's type). Its raw bytes are
+ * scanned; a hit cannot be rewritten without breaking that framing, so it
+ * ends the session instead of passing.
+ */
+const OPAQUE_BINARY = 8;
 
 /** What an output item of a chunk is. */
 const PASS = 0; // bytes [start, end) of its buffer, sent as they are
@@ -436,7 +464,7 @@ export class PgResultMasker {
       const sink = plan.sink;
       for (let k = 0; k < n; k++) {
         if (plan.marks[k] === 0) continue;
-        if ((plan.cEncoding[k]! & 3) === PLAIN) {
+        if ((plan.cEncoding[k]! & 3) === PLAIN && !(plan.cEncoding[k]! & OPAQUE_BINARY)) {
           // Masked straight into the sink: no Buffer per value.
           const off = sink.len;
           if (engine.maskCandidateInto(plan.cBuf[k]!, plan.cStart[k]!, plan.cEnd[k]!, plan.hints[k]!, sink, plan.counts))
@@ -444,7 +472,7 @@ export class PgResultMasker {
           continue;
         }
         const out = engine.maskCandidate(plan.value(k), plan.counts, plan.hints[k]);
-        if (out) this.#replaceCandidate(k, out);
+        if (out && !this.#replaced(k, out)) return;
       }
       this.#count(plan.counts);
       return this.#emit(emit);
@@ -463,7 +491,7 @@ export class PgResultMasker {
         if (this.#dead) return;
         for (let j = 0; j < ks.length; j++) {
           const out = result.values[j];
-          if (out) this.#replaceCandidate(ks[j]!, out);
+          if (out && !this.#replaced(ks[j]!, out)) return;
         }
         this.#count(plan.counts);
         this.#count(result.counts);
@@ -495,8 +523,26 @@ export class PgResultMasker {
     }
   }
 
+  /** #replaceCandidate, false when it refused the session instead (nothing of the chunk goes out). */
+  #replaced(k: number, masked: Buffer): boolean {
+    try {
+      this.#replaceCandidate(k, masked);
+      return true;
+    } catch (err) {
+      if (err instanceof Refusal) return false;
+      throw err;
+    }
+  }
+
   #replaceCandidate(k: number, masked: Buffer): void {
     const plan = this.#plan;
+    if (plan.cEncoding[k]! & OPAQUE_BINARY) {
+      this.#refuse(
+        'a masked value in an opaque binary field',
+        `sluice: a value to mask was found in a binary field (column ${plan.cField[k]! + 1}) of a type whose binary form sluice cannot rewrite; request text format`,
+        sqlstate.FEATURE_NOT_SUPPORTED,
+      );
+    }
     plan.replace(plan.cItem[k]!, plan.cField[k]!, plan.cLenPos[k]!, plan.cWire[k]!, encodeBack(plan.cEncoding[k]!, masked, false));
   }
 
@@ -600,8 +646,21 @@ export class PgResultMasker {
       else plan.item(PASS, out, 0, out.length);
     };
     switch (buf[start]) {
+      case Backend.BindComplete:
+        // A new portal. A description still in force belongs to another one (Bind B after
+        // Describe A): rows after this are B's unless B is described, so it no longer applies.
+        this.#columns = undefined;
+        plan.item(PASS, buf, start, end);
+        return;
       case Backend.RowDescription: {
         const msg = buf.subarray(start, end);
+        if (this.#columns !== undefined) {
+          // A second description before the first one's rows ended (Describe A, Describe B, then
+          // Execute A): which rows each belongs to is not known here, so neither is used.
+          this.#columns = undefined;
+          plan.item(PASS, buf, start, end);
+          return;
+        }
         this.#columns = parseRowDescription(msg).map((c) => ({
           name: c.name,
           typeOid: c.typeOid,
@@ -726,7 +785,19 @@ export class PgResultMasker {
             sqlstate.FEATURE_NOT_SUPPORTED,
           );
         }
-        continue; // numbers, timestamps, uuids...: no text inside to find
+        const size = FIXED_BINARY_SIZE.get(typeOid);
+        if (size !== undefined && len !== size) {
+          this.#refuse(
+            'rows do not match their RowDescription',
+            `sluice: a ${len}-byte value arrived in binary column "${col.name}", whose type (OID ${typeOid}) is ${size} bytes: these rows are not the ones described; Describe each portal right before its Execute`,
+            sqlstate.FEATURE_NOT_SUPPORTED,
+          );
+        }
+        // Numbers, timestamps, uuids...: no text inside to find. Anything else is scanned raw.
+        if (size === undefined && !NO_TEXT_BINARY.has(typeOid) && content && len > 0) {
+          plan.candidate(item, i, at - 4, buf, at, pos, len, PLAIN | OPAQUE_BINARY);
+        }
+        continue;
       }
       const encoding =
         (format !== 0 && typeOid === JSONB ? JSONB_BINARY : format === 0 && typeOid === BYTEA && buf[at] === 0x5c && buf[at + 1] === 0x78 ? BYTEA_HEX : PLAIN) |

@@ -157,6 +157,15 @@ t.test('extended protocol, text and binary formats', async (t) => {
     ),
   );
   t.match(err?.message, /column "ssn" is masked but was requested in binary format/);
+  // An array in binary holds its elements' text inside its own framing: a hit there cannot be
+  // rewritten in place, so the session ends rather than pass it (before, it passed unscanned).
+  const arrayErr = await withClient(client('db', ciToken, { binary: true } as Partial<pg.ClientConfig>), (c) =>
+    c.query({ text: 'select array_agg(email) as emails from users where id > $1', values: [0] }).then(
+      (r) => (noCanary(t, 'binary array', r.rows), undefined),
+      (e: Error) => e,
+    ),
+  );
+  t.match(arrayErr?.message, /a value to mask was found in a binary field .* request text format/);
 });
 
 t.test('cursors and RETURNING', async (t) => {

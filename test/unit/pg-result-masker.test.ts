@@ -178,3 +178,59 @@ t.test('markRanges judges each value as if alone', async (t) => {
   t.same([...bigMarks], [1, 0], 'a huge value with a hit, then a cut card');
   t.throws(() => engine.markRanges(buf, Int32Array.from([0, 5]), Int32Array.from([5, 9]), 2, marks), /a byte between them/);
 });
+
+/** A RowDescription of one column of this type OID and format (no table: matched by content only). */
+function typedDescription(typeOid: number, format: number): Buffer {
+  return new PgBytes().int16(1).cstring('c').int32(0).int16(0).int32(typeOid).int16(-1).int32(-1).int16(format).typed('T');
+}
+
+/** Pushes `wire` through a fresh masker; what the client got, and the refusal's message if any. */
+async function through(wire: Buffer): Promise<{ out: Buffer; refused?: string }> {
+  let refused: string | undefined;
+  const masker = new PgResultMasker({ masking, maxMessageBytes: 1 << 20, onRefuse: (_reason, error) => (refused = error.toString('latin1')) });
+  const out = await transformAll(masker, [wire]);
+  return { out, ...(refused !== undefined ? { refused } : {}) };
+}
+
+const BIND_COMPLETE = new PgBytes().typed('2');
+const NUMERIC = 1700;
+const INT4 = 23;
+const TEXT_ARRAY = 1009;
+
+t.test('rows are masked by the description of their own portal, never a stale one', async (t) => {
+  const email = Buffer.from('alice@example.com');
+  const masked = engine.maskBytes(email, new Map())!;
+  t.ok(masked && !masked.equals(email));
+  // Describe A (a binary numeric column: no text inside), then Bind B and Execute B without a
+  // Describe: B's rows must not be read as A's binary numerics and skipped.
+  let r = await through(Buffer.concat([typedDescription(NUMERIC, 1), BIND_COMPLETE, dataRow([email])]));
+  t.notOk(r.out.includes(email), 'after a Bind, the rows are scanned as text, not skipped as binary');
+  t.ok(r.out.includes(masked));
+  // Describe A, Describe B, then rows: whose they are is not known; not skipped either.
+  r = await through(Buffer.concat([typedDescription(NUMERIC, 1), typedDescription(NUMERIC, 1), dataRow([email])]));
+  t.notOk(r.out.includes(email), 'two descriptions before any rows: neither is used');
+  // The usual order, Bind then Describe then rows, keeps the description.
+  r = await through(Buffer.concat([BIND_COMPLETE, typedDescription(NUMERIC, 1), dataRow([Buffer.from([0, 1, 0, 0, 0, 0, 0, 7])])]));
+  t.equal(r.refused, undefined);
+  t.ok(r.out.includes(Buffer.from([0, 1, 0, 0, 0, 0, 0, 7])), 'a binary numeric passes as it is');
+});
+
+t.test('binary fields: fixed sizes are checked, and text inside other types is found or refused', async (t) => {
+  // A binary int4 column whose field is not 4 bytes: these are other rows than described.
+  let r = await through(Buffer.concat([typedDescription(INT4, 1), dataRow([Buffer.from('alice@example.com')])]));
+  t.match(r.refused, /these rows are not the ones described/);
+  t.notOk(r.out.includes(Buffer.from('alice@example.com')));
+  r = await through(Buffer.concat([typedDescription(INT4, 1), dataRow([Buffer.from([0, 0, 0, 42])])]));
+  t.equal(r.refused, undefined, 'a 4-byte int4 passes');
+  // A binary text[] holds its elements' text inside its own framing: scanned, and a hit refused
+  // (rewriting it would break the array's length words).
+  // ndim 1, no NULLs, element type text, one element, lower bound 1, then the element.
+  const array = (s: string): Buffer =>
+    new PgBytes().int32(1).int32(0).int32(25).int32(1).int32(1).int32(Buffer.byteLength(s)).string(s).raw();
+  r = await through(Buffer.concat([typedDescription(TEXT_ARRAY, 1), dataRow([array('alice@example.com')])]));
+  t.match(r.refused, /binary form sluice cannot rewrite/);
+  t.notOk(r.out.includes(Buffer.from('alice@example.com')), 'nothing of the row went out');
+  r = await through(Buffer.concat([typedDescription(TEXT_ARRAY, 1), dataRow([array('no secrets here')])]));
+  t.equal(r.refused, undefined, 'an array without a hit passes');
+  t.ok(r.out.includes(array('no secrets here')));
+});
