@@ -562,7 +562,9 @@ export class PgStatementGate implements RelayGate {
         this.#aborted = true;
       }
     }
-    if (owed?.endsAbortedTransaction) this.#aborted = false;
+    // Idle: no transaction block is open, so none is aborted, however it ended (a ROLLBACK
+    // through the extended protocol ends it as well as a Query does).
+    if (owed?.endsAbortedTransaction || status === 'I') this.#aborted = false;
     if (this.#aborted && status === 'T') status = 'E';
     this.#serverErrored = false;
     this.#finishOpen('not run: an earlier statement of the same message failed');

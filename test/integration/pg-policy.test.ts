@@ -180,7 +180,10 @@ t.test('a denial inside a transaction aborts it, as a server error would', async
   await client.query('INSERT INTO items VALUES ($1, $2)', [11, 'eleven']);
   await t.rejects(client.query('DELETE FROM items', []), { code: '42501' });
   await t.rejects(client.query('select $1::int', [1]), { code: '25P02' });
-  await client.query('ROLLBACK');
+  // ROLLBACK through the extended protocol (a named statement: Parse, Bind, Execute, Sync).
+  await client.query({ name: 'end-it', text: 'ROLLBACK' });
+  const next = await client.query('select 1 as one');
+  t.equal(next.rows[0].one, 1, 'the session works again after it');
   const after = await client.query('select count(*)::int as n from items');
   t.equal(after.rows[0].n, 2, 'nothing of either transaction remains');
 });
