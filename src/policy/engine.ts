@@ -81,7 +81,7 @@ export class SessionPolicy {
       }
     }
     for (const rule of this.config.rules) {
-      if (ruleMatches(rule.match, facts)) {
+      if (ruleMatches(rule.match, facts, rule.action === 'allow')) {
         return { action: rule.action, policy: this.config.name, rule: rule.name, reason: describe(rule, facts) };
       }
     }
@@ -122,23 +122,49 @@ export class SessionPolicy {
   }
 }
 
-export function ruleMatches(match: RuleMatch, facts: Facts): boolean {
-  return facts.protocol === 'postgres' ? sqlRuleMatches(match, facts) : redisRuleMatches(match, facts);
+/**
+ * Whether a rule's criteria hold for a statement or command. A list
+ * criterion (kinds, tables, functions, keys) holds for a `deny` or `approve`
+ * rule when any one of the statement's kinds (tables, ...) is listed; for an
+ * `allow` rule (`all`) only when every one of them is, and there is at
+ * least one: `allow kinds: [select]` must not let through a SELECT whose CTE
+ * deletes, nor `allow tables: [public.*]` a join with private.secrets, nor
+ * a rule about tables a statement that touches none.
+ */
+export function ruleMatches(match: RuleMatch, facts: Facts, all = false): boolean {
+  return facts.protocol === 'postgres' ? sqlRuleMatches(match, facts, all) : redisRuleMatches(match, facts, all);
 }
 
-function sqlRuleMatches(m: RuleMatch, f: SqlStatementFacts): boolean {
+/** `any` or, with `all`, every one (and at least one) of `items` satisfies `matches`. */
+function holds<T>(items: readonly T[], matches: (item: T) => boolean, all: boolean): boolean {
+  return all ? items.length > 0 && items.every(matches) : items.some(matches);
+}
+
+function sqlRuleMatches(m: RuleMatch, f: SqlStatementFacts, all: boolean): boolean {
   if (m.kinds === undefined && m.tables === undefined && m.functions === undefined && m.withoutWhere === undefined) return false;
-  if (m.kinds && !m.kinds.some((k) => f.kinds.includes(k))) return false;
-  if (m.tables && !m.tables.some((glob) => f.tables.some((table) => tableMatches(glob, table)))) return false;
-  if (m.functions && !m.functions.some((name) => functionMatches(name, f))) return false;
+  if (m.kinds && !holds(all ? specificKinds(f.kinds) : f.kinds, (k) => kindListed(m.kinds!, k, all), all)) return false;
+  if (m.tables && !holds(f.tables, (table) => m.tables!.some((glob) => tableMatches(glob, table)), all)) return false;
+  if (m.functions && !holds(f.functions, (called) => m.functions!.some((name) => functionMatches(name, called, f)), all)) return false;
   if (m.withoutWhere !== undefined && m.withoutWhere !== f.withoutWhere) return false;
   return true;
 }
 
-function redisRuleMatches(m: RuleMatch, f: RedisCommandFacts): boolean {
+/** A statement's kinds without the bare form of a qualified one (`drop` beside `drop:table`). */
+function specificKinds(kinds: readonly string[]): string[] {
+  return kinds.filter((k) => k.includes(':') || !kinds.some((q) => q.startsWith(`${k}:`)));
+}
+
+/** Listed as such, or (for `allow`, which sees only specific kinds) `drop:table` by a listed `drop`. */
+function kindListed(listed: readonly string[], kind: string, all: boolean): boolean {
+  if (listed.includes(kind)) return true;
+  const colon = kind.indexOf(':');
+  return all && colon > 0 && listed.includes(kind.slice(0, colon));
+}
+
+function redisRuleMatches(m: RuleMatch, f: RedisCommandFacts, all: boolean): boolean {
   if (m.commands === undefined && m.keys === undefined) return false;
   if (m.commands && !m.commands.some((c) => commandMatches(c, f))) return false;
-  if (m.keys && !m.keys.some((glob) => f.keys.some((key) => globMatch(glob, key)))) return false;
+  if (m.keys && !holds(f.keys, (key) => m.keys!.some((glob) => globMatch(glob, key)), all)) return false;
   return true;
 }
 
@@ -156,11 +182,11 @@ function tableMatches(glob: string, table: string): boolean {
   return false;
 }
 
-function functionMatches(name: string, f: SqlStatementFacts): boolean {
-  if (name === DANGEROUS_FUNCTIONS_SET) return f.dangerousFunctions.length > 0;
+/** Whether the listed `name` (or `@dangerous`) names the function `called`. */
+function functionMatches(name: string, called: string, f: SqlStatementFacts): boolean {
+  if (name === DANGEROUS_FUNCTIONS_SET) return f.dangerousFunctions.includes(called);
   // pg_catalog.pg_read_file and pg_read_file are the same function to a rule.
-  const bare = (n: string): string => n.slice(n.lastIndexOf('.') + 1);
-  return f.functions.some((called) => called === name || (!name.includes('.') && bare(called) === name));
+  return called === name || (!name.includes('.') && called.slice(called.lastIndexOf('.') + 1) === name);
 }
 
 function commandMatches(spec: string, f: RedisCommandFacts): boolean {

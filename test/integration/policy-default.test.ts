@@ -32,6 +32,13 @@ policies:
   - name: open
     subjects: { groups: [open] }
     targets: [app-db, cache]
+  - name: readers
+    subjects: { groups: [reader] }
+    targets: [app-db, cache]
+    default: deny
+    rules:
+      - { name: reads, action: allow, match: { kinds: [select] } }
+      - { name: cache-writes, action: allow, match: { commands: [mset, get], keys: ['cache:*'] } }
 `,
   { TEST_PG_PASSWORD: pgServer.password, REDIS_PW: redis.aclPassword },
 );
@@ -39,6 +46,7 @@ t.teardown(() => gw.close());
 
 const locked = await gw.token('locked-1', ['locked']);
 const open = await gw.token('open-1', ['open']);
+const reader = await gw.token('reader-1', ['reader']);
 
 function psql(token: string, sql: string) {
   return run('psql', ['-X', '-At', '-c', sql], {
@@ -73,3 +81,22 @@ t.test('Redis: default deny with no rules refuses, default allow runs', async (t
   t.equal(await o.set('k', 'v'), 'OK');
   t.equal(await o.get('k'), 'v');
 });
+
+t.test('an allow rule covers a statement only when it covers all it does', async (t) => {
+  await pgServer.psqlDirect('create table kept(id int); insert into kept values (1); alter table kept owner to app_user;', 'app');
+  const read = await psql(reader, 'select count(*) from kept');
+  t.equal(read.code, 0, read.stderr);
+  t.equal(read.stdout.trim(), '1');
+  // kinds select and delete: "allow kinds: [select]" does not cover it, and the default denies.
+  const cte = await psql(reader, 'with d as (delete from kept returning *) select * from d');
+  t.not(cte.code, 0);
+  t.match(cte.stderr, /its default is deny/);
+  t.equal((await pgServer.psqlDirect('select count(*) from kept', 'app')).trim(), '1', 'nothing was deleted');
+
+  const r = await redisClient(reader);
+  t.teardown(() => r.disconnect());
+  t.equal(await r.mset('cache:a', '1', 'cache:b', '2'), 'OK');
+  await t.rejects(r.mset('cache:c', '3', 'secret:d', '4'), /NOPERM sluice: .*default is deny/, 'one key outside cache:*');
+  t.equal(await r.get('cache:c'), null, 'so none of it was written');
+});
+

@@ -53,6 +53,35 @@ t.test('first matching rule wins; the default applies otherwise', async (t) => {
   t.match(fallback.evaluate(sql({})), { action: 'deny', rule: undefined });
 });
 
+t.test('an allow rule holds only when it covers everything the statement does; deny needs one thing', async (t) => {
+  const readOnly: PolicyConfig = {
+    name: 'readers',
+    subjects: { groups: ['agent'] },
+    targets: ['app-db', 'cache'],
+    default: 'deny',
+    rules: [
+      { name: 'reads', action: 'allow', match: { kinds: ['select'] } },
+      { name: 'public-tables', action: 'allow', match: { kinds: ['insert'], tables: ['public.*'] } },
+      { name: 'drops', action: 'allow', match: { kinds: ['drop'], tables: ['scratch.*'] } },
+      { name: 'sleep', action: 'allow', match: { kinds: ['call'], functions: ['pg_sleep'] } },
+      { name: 'cache-keys', action: 'allow', match: { commands: ['mset', 'get'], keys: ['cache:*'] } },
+    ],
+  };
+  const p = bindPolicy(agent, 'app-db', [readOnly])!;
+  t.match(p.evaluate(sql({ kinds: ['select'], tables: ['t'] })), { action: 'allow', rule: 'reads' });
+  t.match(p.evaluate(sql({ kinds: ['select', 'delete'], tables: ['t'], withoutWhere: true })), { action: 'deny', rule: undefined }, 'a SELECT whose CTE deletes is not a read');
+  t.match(p.evaluate(sql({ kinds: ['insert'], tables: ['public.a', 'public.b'] })), { action: 'allow', rule: 'public-tables' });
+  t.match(p.evaluate(sql({ kinds: ['insert'], tables: ['public.a', 'private.secrets'] })), { action: 'deny' }, 'one table outside the glob');
+  t.match(p.evaluate(sql({ kinds: ['insert'], tables: [] })), { action: 'deny' }, 'a rule about tables does not allow a statement that names none');
+  t.match(p.evaluate(sql({ kinds: ['drop', 'drop:table'], tables: ['scratch.t'] })), { action: 'allow', rule: 'drops' }, 'drop:table is covered by drop');
+  t.match(p.evaluate(sql({ kinds: ['call'], functions: ['pg_sleep'] })), { action: 'allow', rule: 'sleep' });
+  t.match(p.evaluate(sql({ kinds: ['call'], functions: ['pg_sleep', 'pg_read_file'], dangerousFunctions: ['pg_read_file'] })), { action: 'deny' });
+  t.match(p.evaluate(redis({ command: 'mset', keys: ['cache:a', 'cache:b'] })), { action: 'allow', rule: 'cache-keys' });
+  t.match(p.evaluate(redis({ command: 'mset', keys: ['cache:a', 'secret:b'] })), { action: 'deny' }, 'one key outside the glob');
+  // Deny rules still need only one: the agents policy above stops a join that touches the secrets table.
+  t.match(policy.evaluate(sql({ tables: ['public.items', 'public.secrets'] })), { action: 'deny', rule: 'secrets-table' });
+});
+
 t.test('tables: qualified rules also stop unqualified references', async (t) => {
   t.match(policy.evaluate(sql({ tables: ['secrets'] })), { action: 'deny', rule: 'secrets-table' });
   t.match(policy.evaluate(sql({ tables: ['public.secrets'] })), { action: 'deny', rule: 'secrets-table' });
