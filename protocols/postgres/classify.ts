@@ -1061,8 +1061,18 @@ const HANDLERS: Record<string, Handler> = {
 // fingerprint normalisation
 
 /**
+ * Nodes whose constants say what the statement does, not which row it
+ * touches: SET / RESET and ALTER ROLE|DATABASE ... SET (`SET ROLE
+ * reporting` is not `SET ROLE postgres`), ALTER SYSTEM (`archive_command`
+ * runs a shell command), and CREATE / ALTER ROLE options (PASSWORD, VALID
+ * UNTIL, CONNECTION LIMIT).
+ */
+const CONSTANTS_KEPT = new Set(['VariableSetStmt', 'AlterSystemStmt', 'AlterRoleSetStmt', 'AlterDatabaseSetStmt', 'CreateRoleStmt', 'AlterRoleStmt']);
+
+/**
  * Copy of a parse tree without locations and, unless `keepConstants`, without
- * constant values. Arguments of dangerous functions and set_config keep theirs.
+ * constant values. Arguments of dangerous functions and set_config keep
+ * theirs, as do the nodes in CONSTANTS_KEPT.
  */
 function normalise(v: Json | undefined, keepConstants: boolean): Json {
   if (Array.isArray(v)) return v.map((x) => normalise(x, keepConstants));
@@ -1077,6 +1087,8 @@ function normalise(v: Json | undefined, keepConstants: boolean): Json {
       const name = dottedName(child.funcname) ?? '';
       const last = name.slice(name.lastIndexOf('.') + 1);
       out[key] = normalise(child, keepConstants || last === 'set_config' || isDangerousFunction(last));
+    } else if (CONSTANTS_KEPT.has(key)) {
+      out[key] = normalise(child, true);
     } else {
       out[key] = normalise(child, keepConstants);
     }

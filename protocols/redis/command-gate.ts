@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { GateContextBase, RedisCommandFacts, Verdict } from '../../src/policy/types.js';
 import type { AuditEvent, AuditVerdict } from '../../src/store/types.js';
 import type { PendingApproval } from '../../src/policy/approvals.js';
@@ -121,7 +122,7 @@ export class RedisCommandGate {
       if (!this.ctx.approvals) {
         return this.#deny(verdict, facts, args, `${verdict.reason} (needs approval, but approvals are not configured)`);
       }
-      const window = this.ctx.approvals.windowAllows(this.ctx.subject, this.ctx.target, fingerprintOf(facts));
+      const window = this.ctx.approvals.windowAllows(this.ctx.subject, this.ctx.target, fingerprintOf(facts, args));
       if (window) {
         this.#allowed(facts, args);
         return ALLOW;
@@ -144,7 +145,7 @@ export class RedisCommandGate {
       rule: verdict.rule ?? '',
       text,
       heldBytes: raw,
-      fingerprint: fingerprintOf(facts),
+      fingerprint: fingerprintOf(facts, args),
     });
     this.#pending = pending;
     const id = pending.record.id;
@@ -258,8 +259,49 @@ function kindOf(facts: RedisCommandFacts): string {
   return facts.subcommand ? `${facts.command}|${facts.subcommand}` : facts.command;
 }
 
-function fingerprintOf(facts: RedisCommandFacts): string {
-  return `redis:${kindOf(facts)}:${facts.keys.join('\u0000')}`;
+/**
+ * What an approval window for a command covers: its kind and keys, so a
+ * window for `UNLINK old:1` covers that again with other values. For
+ * scripting and administration the other arguments are what the command
+ * does (the script of EVAL, the parameter and value of CONFIG SET): those
+ * are part of it too, as a digest, credentials left out.
+ */
+export function fingerprintOf(facts: RedisCommandFacts, args: readonly Buffer[]): string {
+  const base = `redis:${kindOf(facts)}:${facts.keys.join('\u0000')}`;
+  if (!facts.categories.some((c) => c === '@scripting' || c === '@admin' || c === '@dangerous')) return base;
+  const digest = createHash('sha256');
+  const secret = secretPositions(facts, args);
+  for (let i = 1; i < args.length; i++) {
+    const a = secret.has(i) ? SECRET_MARK : args[i]!;
+    digest.update(`${a.length}:`).update(a);
+  }
+  return `${base}:${digest.digest('hex')}`;
+}
+
+const SECRET_MARK = Buffer.from('[secret]');
+const SECRET_CONFIG = new Set(['requirepass', 'masterauth']);
+
+/**
+ * Arguments that are credentials, for the window digest: ACL SETUSER's
+ * password rules (`>pw`, `<pw`, `#hash`, `!hash`), the value of CONFIG SET
+ * requirepass / masterauth, and what follows MIGRATE's AUTH / AUTH2. An
+ * approver decided on the command with them shown as [redacted]; a window
+ * covers the same command whatever they are.
+ */
+function secretPositions(facts: RedisCommandFacts, args: readonly Buffer[]): Set<number> {
+  const out = new Set<number>();
+  const lower = (i: number): string => args[i]!.toString('latin1').toLowerCase();
+  if (facts.command === 'acl' && facts.subcommand === 'setuser') {
+    for (let i = 3; i < args.length; i++) if ('><#!'.includes(args[i]!.toString('latin1', 0, 1) || ' ')) out.add(i);
+  } else if (facts.command === 'config' && facts.subcommand === 'set') {
+    for (let i = 2; i + 1 < args.length; i += 2) if (SECRET_CONFIG.has(lower(i))) out.add(i + 1);
+  } else if (facts.command === 'migrate') {
+    for (let i = 1; i < args.length; i++) {
+      if (lower(i) === 'auth') out.add(i + 1);
+      else if (lower(i) === 'auth2') out.add(i + 1).add(i + 2);
+    }
+  }
+  return out;
 }
 
 /** The command as an approver or auditor reads it: arguments quoted and cut, credentials replaced. */

