@@ -45,7 +45,8 @@
 import type { RedisCommandFacts } from '../../src/policy/types.js';
 import { REDIS_COMMANDS, type CommandSpec, type KeySpec } from './command-table.js';
 
-type KeyFinder = (args: Buffer[], keys: string[]) => void;
+/** Pushes the keys of `args` it finds; returns true when the command may touch keys it cannot name. */
+type KeyFinder = (args: Buffer[], keys: string[]) => boolean | void;
 
 /**
  * A command as the policy sees it before its keys: its name, subcommand and
@@ -236,15 +237,22 @@ const AUTH2 = Buffer.from('AUTH2');
 /** SORT key [BY pattern] [LIMIT offset count] [GET pattern ...] [ASC|DESC] [ALPHA] [STORE destination] */
 function sortKeys(withStore: boolean): KeyFinder {
   return (args, keys) => {
+    let patterns = false;
     for (let i = 2; i < args.length; i++) {
       const a = args[i]!;
       if (isKeyword(a, LIMIT)) i += 2;
       else if ((isKeyword(a, BY) || isKeyword(a, GET)) && i + 1 < args.length) {
         const pattern = args[++i]!;
         // `#` is the element itself; a pattern without `*` reads no key (Redis' lookupKeyByPattern).
-        if (pattern.includes(0x2a /* * */)) keys.push(pattern.toString('utf8'));
+        // One with `*` reads the keys made by putting each element in its place: any key at all,
+        // for a list the client filled (`SORT l BY nosort GET *`). Named for the audit; judged as any.
+        if (pattern.includes(0x2a /* * */)) {
+          keys.push(pattern.toString('utf8'));
+          patterns = true;
+        }
       } else if (withStore && isKeyword(a, STORE) && i + 1 < args.length) keys.push(args[++i]!.toString('utf8'));
     }
+    return patterns;
   };
 }
 
@@ -329,18 +337,28 @@ function asciiLower(s: string): string {
   return s.replace(/[A-Z]+/g, (m) => m.toLowerCase());
 }
 
-function keysOf(c: Compiled, args: Buffer[]): string[] {
+/** The facts of a known command (or subcommand) `c`: its keys, and whether it may touch others. */
+function known(c: Compiled, args: Buffer[], command: string, subcommand?: string): RedisCommandFacts {
   const keys: string[] = [];
-  for (const f of c.keyFinders) f(args, keys);
-  return keys;
+  let anyKey = false;
+  for (const f of c.keyFinders) if (f(args, keys) === true) anyKey = true;
+  return {
+    protocol: 'redis',
+    command,
+    ...(subcommand !== undefined ? { subcommand } : {}),
+    categories: c.categories,
+    keys,
+    ...(anyKey ? { anyKey: true } : {}),
+  };
 }
 
 /** What a command does, from its argv (args[0] = command name, any case). Never throws. */
 export function classifyCommand(args: Buffer[]): RedisCommandFacts {
   if (args.length === 0) return { protocol: 'redis', command: '', categories: UNKNOWN, keys: [] };
   const c = TABLE.get(args[0]!);
-  if (!c) return { protocol: 'redis', command: asciiLower(args[0]!.toString('utf8')), categories: UNKNOWN, keys: [] };
-  if (!c.subs) return { protocol: 'redis', command: c.name, categories: c.categories, keys: keysOf(c, args) };
+  // Unknown to Sluice (a module's command, a newer server's): which keys it touches is not known.
+  if (!c) return { protocol: 'redis', command: asciiLower(args[0]!.toString('utf8')), categories: UNKNOWN, keys: [], anyKey: true };
+  if (!c.subs) return known(c, args, c.name);
 
   if (args.length < 2) {
     // A bare container: valid only where the arity allows it (COMMAND), else an arity error.
@@ -357,7 +375,7 @@ export function classifyCommand(args: Buffer[]): RedisCommandFacts {
       keys: [],
     };
   }
-  return { protocol: 'redis', command: c.name, subcommand: sub.name, categories: sub.categories, keys: keysOf(sub, args) };
+  return known(sub, args, c.name, sub.name);
 }
 
 /**

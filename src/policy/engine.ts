@@ -164,7 +164,9 @@ function kindListed(listed: readonly string[], kind: string, all: boolean): bool
 function redisRuleMatches(m: RuleMatch, f: RedisCommandFacts, all: boolean): boolean {
   if (m.commands === undefined && m.keys === undefined) return false;
   if (m.commands && !m.commands.some((c) => commandMatches(c, f))) return false;
-  if (m.keys && !holds(f.keys, (key) => m.keys!.some((glob) => globMatch(glob, key)), all)) return false;
+  // A command that may touch keys it does not name (RedisCommandFacts.anyKey) may touch a denied one, and
+  // is not known to stay within an allowed glob.
+  if (m.keys && !(f.anyKey === true ? !all : holds(f.keys, (key) => m.keys!.some((glob) => globMatch(glob, key)), all))) return false;
   return true;
 }
 

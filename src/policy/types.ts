@@ -55,6 +55,13 @@ export interface RedisCommandFacts {
   categories: string[];
   /** Key names the command touches (decoded as UTF-8, invalid bytes replaced). */
   keys: string[];
+  /**
+   * The command may touch keys `keys` does not name: a command Sluice does
+   * not know (a module's, a newer server's), or SORT's BY / GET patterns,
+   * which read keys made from the list's elements. A `keys` criterion holds
+   * for it in a deny or approve rule, and never in an allow rule.
+   */
+  anyKey?: boolean;
 }
 
 export type Facts = SqlStatementFacts | RedisCommandFacts;

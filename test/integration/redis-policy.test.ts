@@ -132,6 +132,16 @@ t.test('an AUTH pipelined behind a held command is refused, and scrubbed from th
   t.notOk(rec.client.includes(Buffer.from(agentToken)), 'and the token is not');
 });
 
+t.test('a command Sluice does not know may touch any key: a key rule stops it', async (t) => {
+  const c = client();
+  t.teardown(() => c.disconnect());
+  await c.connect();
+  // A module's command (none is loaded here): its keys cannot be named, so "sessions-are-private" holds.
+  await t.rejects(c.call('JSON.GET', 'session:1'), /NOPERM sluice: denied by rule "sessions-are-private": command json\.get/);
+  await t.rejects(c.call('JSON.GET', 'cache:1'), /NOPERM sluice: denied by rule "sessions-are-private"/, 'whatever key it names');
+  t.equal(await c.set('cache:1', 'x'), 'OK', 'known commands are judged by their keys');
+});
+
 t.test('audit rows: refusals one by one, allowed commands counted', async (t) => {
   await new Promise((r) => setTimeout(r, 1_200));
   gw.gateway.services.audit.flush();

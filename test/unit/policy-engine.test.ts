@@ -78,6 +78,9 @@ t.test('an allow rule holds only when it covers everything the statement does; d
   t.match(p.evaluate(sql({ kinds: ['call'], functions: ['pg_sleep', 'pg_read_file'], dangerousFunctions: ['pg_read_file'] })), { action: 'deny' });
   t.match(p.evaluate(redis({ command: 'mset', keys: ['cache:a', 'cache:b'] })), { action: 'allow', rule: 'cache-keys' });
   t.match(p.evaluate(redis({ command: 'mset', keys: ['cache:a', 'secret:b'] })), { action: 'deny' }, 'one key outside the glob');
+  // A command that may touch keys it does not name: caught by a deny rule on keys, never allowed by one.
+  t.match(p.evaluate(redis({ command: 'json.get', categories: ['@unknown'], keys: [], anyKey: true })), { action: 'deny', rule: undefined });
+  t.match(policy.evaluate(redis({ command: 'del', categories: ['@keyspace', '@write', '@slow'], keys: [], anyKey: true })), { action: 'deny', rule: 'no-session-keys' });
   // Deny rules still need only one: the agents policy above stops a join that touches the secrets table.
   t.match(policy.evaluate(sql({ tables: ['public.items', 'public.secrets'] })), { action: 'deny', rule: 'secrets-table' });
 });

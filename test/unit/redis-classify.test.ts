@@ -44,6 +44,9 @@ t.test('movable keys from key-specs', async (t) => {
   t.same(classify('SORT', 'src', 'LIMIT', '0', '10', 'STORE', 'dst').keys, ['src', 'dst'], 'SORT ... STORE');
   t.same(classify('SORT', 'src', 'BY', 'w_*', 'GET', '#', 'GET', 'o_*->f').keys, ['src', 'w_*', 'o_*->f'], 'SORT BY/GET patterns');
   t.same(classify('SORT_RO', 'src', 'BY', 'nosort').keys, ['src'], 'a BY pattern without * reads no key');
+  t.equal(classify('SORT', 'l', 'BY', 'nosort', 'GET', '*').anyKey, true, 'a pattern with * reads keys made of the elements: any key');
+  t.equal(classify('SORT', 'l', 'BY', 'nosort', 'GET', '#').anyKey, undefined, 'GET # reads the element itself');
+  t.equal(classify('GET', 'k').anyKey, undefined);
   t.same(classify('MIGRATE', 'h', '6379', 'k', '0', '1000').keys, ['k']);
   t.same(classify('MIGRATE', 'h', '6379', '', '0', '1000', 'COPY', 'AUTH2', 'u', 'p', 'KEYS', 'a', 'b').keys, ['a', 'b']);
   t.same(classify('OBJECT', 'ENCODING', 'k').keys, ['k'], 'subcommand key-specs count from argv[0]');
@@ -106,7 +109,7 @@ t.test('transactions and pub/sub', async (t) => {
 });
 
 t.test('unknown commands and subcommands', async (t) => {
-  t.same(classify('NOSUCHCMD', 'x'), { protocol: 'redis', command: 'nosuchcmd', categories: ['@unknown'], keys: [] });
+  t.same(classify('NOSUCHCMD', 'x'), { protocol: 'redis', command: 'nosuchcmd', categories: ['@unknown'], keys: [], anyKey: true }, 'its keys are not known');
   t.same(classify('JSON.SET', 'k', '$', '1').categories, ['@unknown'], 'module commands are unknown');
   t.notOk(isKnownCommand('nosuchcmd'));
   t.notOk(isKnownCommand('client|nosuch'));
