@@ -837,7 +837,13 @@ class Normaliser {
       });
       if (kinds) match.kinds = kinds;
       const tables = list(m.tables);
-      if (tables) match.tables = tables;
+      if (tables) {
+        match.tables = tables.map((g, j) => {
+          const glob = tableGlob(g);
+          if (glob === undefined) this.#problem(`${rat}.match.tables[${j}]`, `expected a table glob such as public.users, app.* or "MixedCase", found ${render(g)}`);
+          return glob ?? g;
+        });
+      }
       if (functions) match.functions = functions.map((f) => f.toLowerCase());
       if (typeof m.without_where === 'boolean') match.withoutWhere = m.without_where;
       if (commands) match.commands = commands.map((c) => c.toLowerCase());
@@ -983,3 +989,42 @@ function list(v: unknown): string[] | undefined {
   if (Array.isArray(v)) return v.filter((x): x is string => typeof x === 'string');
   return undefined;
 }
+
+/**
+ * A `tables` glob as SQL reads the same name: unquoted parts are folded to
+ * lower case, as PostgreSQL folds unquoted identifiers (`public.Users` is
+ * the table `SELECT * FROM public.Users` reads, public.users), and a part in
+ * double quotes is kept exactly (`'"Users"'`, `'app."Orders"'`), with `""`
+ * for a quote inside. Undefined for a glob with an unclosed quote.
+ */
+export function tableGlob(raw: string): string | undefined {
+  const parts: string[] = [];
+  let i = 0;
+  for (;;) {
+    let part = '';
+    if (raw[i] === '"') {
+      i++;
+      for (;;) {
+        if (i >= raw.length) return undefined;
+        if (raw[i] === '"') {
+          if (raw[i + 1] !== '"') break;
+          i++;
+        }
+        part += raw[i++];
+      }
+      i++;
+      if (i < raw.length && raw[i] !== '.') return undefined;
+    } else {
+      const dot = raw.indexOf('.', i);
+      const end = dot < 0 ? raw.length : dot;
+      part = raw.slice(i, end);
+      if (part.includes('"')) return undefined;
+      part = part.toLowerCase();
+      i = end;
+    }
+    parts.push(part);
+    if (i >= raw.length) return parts.join('.');
+    i++; // the dot
+  }
+}
+

@@ -88,6 +88,24 @@ t.test('typos and gaps are caught at load time', async (t) => {
   t.match(problems(rule('{ kinds: [drop] }').replace('action: deny', 'action: block'))[0], /action: expected allow, deny or approve/);
 });
 
+t.test('table globs read as SQL reads the names: unquoted folded to lower case, quoted kept', async (t) => {
+  const config = parse(`policies:
+  - name: p
+    subjects: { groups: [g] }
+    targets: [app-db]
+    default: allow
+    rules: [{ name: r, action: deny, match: { tables: [public.Secrets, '"Mixed"', 'App."Orders"', 'Audit.*'] } }]
+`);
+  t.same(config.policies[0]!.rules[0]!.match.tables, ['public.secrets', 'Mixed', 'app.Orders', 'audit.*']);
+  t.match(problems(`policies:
+  - name: p
+    subjects: { groups: [g] }
+    targets: [app-db]
+    default: allow
+    rules: [{ name: r, action: deny, match: { tables: ['"unclosed'] } }]
+`)[0], /match\.tables\[0\]: expected a table glob/);
+});
+
 t.test('audit settings', async (t) => {
   const policies = `policies: [{ name: ci, subjects: { groups: [ci] }, targets: [app-db] }]\n`;
   t.equal(parse(policies).audit, undefined, 'absent: enabled with the defaults');
