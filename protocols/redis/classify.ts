@@ -340,7 +340,8 @@ function asciiLower(s: string): string {
 /** The facts of a known command (or subcommand) `c`: its keys, and whether it may touch others. */
 function known(c: Compiled, args: Buffer[], command: string, subcommand?: string): RedisCommandFacts {
   const keys: string[] = [];
-  let anyKey = false;
+  // A script (EVAL, FCALL) may reach keys it does not declare: a standalone server lets it.
+  let anyKey = c.categories.includes('@scripting') && (command.startsWith('eval') || command.startsWith('fcall'));
   for (const f of c.keyFinders) if (f(args, keys) === true) anyKey = true;
   return {
     protocol: 'redis',

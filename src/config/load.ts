@@ -995,7 +995,9 @@ function list(v: unknown): string[] | undefined {
  * lower case, as PostgreSQL folds unquoted identifiers (`public.Users` is
  * the table `SELECT * FROM public.Users` reads, public.users), and a part in
  * double quotes is kept exactly (`'"Users"'`, `'app."Orders"'`), with `""`
- * for a quote inside. Undefined for a glob with an unclosed quote.
+ * for a quote inside; a leading database part (`app.public.users`) is
+ * dropped, as it is from statements. Undefined for a glob with an unclosed
+ * quote.
  */
 export function tableGlob(raw: string): string | undefined {
   const parts: string[] = [];
@@ -1019,11 +1021,13 @@ export function tableGlob(raw: string): string | undefined {
       const end = dot < 0 ? raw.length : dot;
       part = raw.slice(i, end);
       if (part.includes('"')) return undefined;
-      part = part.toLowerCase();
+      // As PostgreSQL folds an unquoted name in UTF-8: A-Z only (downcase_identifier).
+      part = part.replace(/[A-Z]+/g, (m) => m.toLowerCase());
       i = end;
     }
     parts.push(part);
-    if (i >= raw.length) return parts.join('.');
+    // db.schema.table: statements are named without the database part (classify.ts), so is the glob.
+    if (i >= raw.length) return (parts.length === 3 ? parts.slice(1) : parts).join('.');
     i++; // the dot
   }
 }

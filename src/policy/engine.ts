@@ -143,7 +143,7 @@ function holds<T>(items: readonly T[], matches: (item: T) => boolean, all: boole
 function sqlRuleMatches(m: RuleMatch, f: SqlStatementFacts, all: boolean): boolean {
   if (m.kinds === undefined && m.tables === undefined && m.functions === undefined && m.withoutWhere === undefined) return false;
   if (m.kinds && !holds(all ? specificKinds(f.kinds) : f.kinds, (k) => kindListed(m.kinds!, k, all), all)) return false;
-  if (m.tables && !holds(f.tables, (table) => m.tables!.some((glob) => tableMatches(glob, table)), all)) return false;
+  if (m.tables && !holds(f.tables, (table) => m.tables!.some((glob) => (all ? tableCovered(glob, table) : tableMatches(glob, table))), all)) return false;
   if (m.functions && !holds(f.functions, (called) => m.functions!.some((name) => functionMatches(name, called, f)), all)) return false;
   if (m.withoutWhere !== undefined && m.withoutWhere !== f.withoutWhere) return false;
   return true;
@@ -185,6 +185,19 @@ function tableMatches(glob: string, table: string): boolean {
 }
 
 /** Whether the listed `name` (or `@dangerous`) names the function `called`. */
+/**
+ * For an allow rule: an unqualified table in the statement resolves through
+ * the search_path, which the client may set (at login, or by SET), so only
+ * a glob without a schema part, or with `*` for it, covers it: `public.*`
+ * does not cover `secrets`, which may be private.secrets.
+ */
+function tableCovered(glob: string, table: string): boolean {
+  if (table.includes('.')) return globMatch(glob, table);
+  const dot = glob.lastIndexOf('.');
+  if (dot < 0) return globMatch(glob, table);
+  return glob.slice(0, dot) === '*' && globMatch(glob.slice(dot + 1), table);
+}
+
 function functionMatches(name: string, called: string, f: SqlStatementFacts): boolean {
   if (name === DANGEROUS_FUNCTIONS_SET) return f.dangerousFunctions.includes(called);
   // pg_catalog.pg_read_file and pg_read_file are the same function to a rule.

@@ -94,9 +94,9 @@ t.test('table globs read as SQL reads the names: unquoted folded to lower case, 
     subjects: { groups: [g] }
     targets: [app-db]
     default: allow
-    rules: [{ name: r, action: deny, match: { tables: [public.Secrets, '"Mixed"', 'App."Orders"', 'Audit.*'] } }]
+    rules: [{ name: r, action: deny, match: { tables: [public.Secrets, '"Mixed"', 'App."Orders"', 'Audit.*', app.Public.Users, ÄRZTE] } }]
 `);
-  t.same(config.policies[0]!.rules[0]!.match.tables, ['public.secrets', 'Mixed', 'app.Orders', 'audit.*']);
+  t.same(config.policies[0]!.rules[0]!.match.tables, ['public.secrets', 'Mixed', 'app.Orders', 'audit.*', 'public.users', 'Ärzte'], 'A-Z folded as PostgreSQL folds them; a database part dropped');
   t.match(problems(`policies:
   - name: p
     subjects: { groups: [g] }

@@ -73,11 +73,14 @@ t.test('an allow rule holds only when it covers everything the statement does; d
   t.match(p.evaluate(sql({ kinds: ['insert'], tables: ['public.a', 'public.b'] })), { action: 'allow', rule: 'public-tables' });
   t.match(p.evaluate(sql({ kinds: ['insert'], tables: ['public.a', 'private.secrets'] })), { action: 'deny' }, 'one table outside the glob');
   t.match(p.evaluate(sql({ kinds: ['insert'], tables: [] })), { action: 'deny' }, 'a rule about tables does not allow a statement that names none');
+  t.match(p.evaluate(sql({ kinds: ['insert'], tables: ['secrets'] })), { action: 'deny' }, 'an unqualified name may resolve outside public (search_path)');
   t.match(p.evaluate(sql({ kinds: ['drop', 'drop:table'], tables: ['scratch.t'] })), { action: 'allow', rule: 'drops' }, 'drop:table is covered by drop');
   t.match(p.evaluate(sql({ kinds: ['call'], functions: ['pg_sleep'] })), { action: 'allow', rule: 'sleep' });
   t.match(p.evaluate(sql({ kinds: ['call'], functions: ['pg_sleep', 'pg_read_file'], dangerousFunctions: ['pg_read_file'] })), { action: 'deny' });
   t.match(p.evaluate(redis({ command: 'mset', keys: ['cache:a', 'cache:b'] })), { action: 'allow', rule: 'cache-keys' });
   t.match(p.evaluate(redis({ command: 'mset', keys: ['cache:a', 'secret:b'] })), { action: 'deny' }, 'one key outside the glob');
+  const anySchema = bindPolicy(agent, 'app-db', [{ ...readOnly, rules: [{ name: 'any-schema', action: 'allow', match: { kinds: ['insert'], tables: ['*.audit_log'] } }] }])!;
+  t.match(anySchema.evaluate(sql({ kinds: ['insert'], tables: ['audit_log'] })), { action: 'allow' }, 'a glob with * for the schema covers an unqualified name');
   // A command that may touch keys it does not name: caught by a deny rule on keys, never allowed by one.
   t.match(p.evaluate(redis({ command: 'json.get', categories: ['@unknown'], keys: [], anyKey: true })), { action: 'deny', rule: undefined });
   t.match(policy.evaluate(redis({ command: 'del', categories: ['@keyspace', '@write', '@slow'], keys: [], anyKey: true })), { action: 'deny', rule: 'no-session-keys' });

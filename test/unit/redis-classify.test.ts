@@ -47,6 +47,9 @@ t.test('movable keys from key-specs', async (t) => {
   t.equal(classify('SORT', 'l', 'BY', 'nosort', 'GET', '*').anyKey, true, 'a pattern with * reads keys made of the elements: any key');
   t.equal(classify('SORT', 'l', 'BY', 'nosort', 'GET', '#').anyKey, undefined, 'GET # reads the element itself');
   t.equal(classify('GET', 'k').anyKey, undefined);
+  t.equal(classify('EVAL', "return redis.call('GET', 'secret:x')", '1', 'cache:a').anyKey, true, 'a script may reach keys it does not declare');
+  t.equal(classify('FCALL_RO', 'f', '0').anyKey, true);
+  t.equal(classify('SCRIPT', 'FLUSH').anyKey, undefined, 'SCRIPT itself runs nothing');
   t.same(classify('MIGRATE', 'h', '6379', 'k', '0', '1000').keys, ['k']);
   t.same(classify('MIGRATE', 'h', '6379', '', '0', '1000', 'COPY', 'AUTH2', 'u', 'p', 'KEYS', 'a', 'b').keys, ['a', 'b']);
   t.same(classify('OBJECT', 'ENCODING', 'k').keys, ['k'], 'subcommand key-specs count from argv[0]');
