@@ -145,6 +145,8 @@ export class PgStatementGate implements RelayGate {
   #pending: PendingApproval | undefined;
   /** Prepared statements by name (extended protocol), for audit text. */
   readonly #statements = new Map<string, Prepared>();
+  /** Portals bound to a ROLLBACK while the transaction is aborted (see #bindsRollback). */
+  readonly #rollbackPortals = new Set<string>();
   /** The last Bind per named portal; the unnamed portal (almost every Bind) in its own field. */
   readonly #portals = new Map<string, Bound>();
   #unnamedPortal: Bound | undefined;
@@ -219,10 +221,18 @@ export class PgStatementGate implements RelayGate {
         this.#parse(bytes);
         return;
       case Frontend.Bind:
+        if (this.#aborted && !this.#bindsRollback(bytes)) {
+          this.#discardUntilSync = abortedError();
+          return;
+        }
         if (this.ctx.audit) this.#bind(bytes);
         this.#io.toUpstream(bytes);
         return;
       case Frontend.Execute:
+        if (this.#aborted && !this.#rollbackPortals.has(portalOf(bytes))) {
+          this.#discardUntilSync = abortedError();
+          return;
+        }
         if (this.ctx.audit) this.#execute(bytes);
         this.#io.toUpstream(bytes);
         return;
@@ -474,6 +484,22 @@ export class PgStatementGate implements RelayGate {
     }
   }
 
+  /**
+   * In an aborted transaction (the server's is still open and well): a Bind
+   * passes only for a statement that rolls back, and its portal is the only
+   * one an Execute may run then. A statement prepared earlier (a named
+   * COMMIT, say) or a portal bound before the refusal would otherwise run on
+   * the healthy transaction and commit what came before the refusal.
+   */
+  #bindsRollback(bytes: Buffer): boolean {
+    const portal = cstring(bytes, 5);
+    const name = cstring(bytes, portal.end);
+    const text = this.#statements.get(name.value)?.text;
+    if (text === undefined || !TRANSACTION_ROLLBACK.test(text)) return false;
+    this.#rollbackPortals.add(portal.value);
+    return true;
+  }
+
   #parseInAbortedTransaction(bytes: Buffer, name: string, query: string): void {
     if (TRANSACTION_END.test(query)) {
       this.#statements.set(name, prepared('ROLLBACK', 'transaction'));
@@ -564,7 +590,10 @@ export class PgStatementGate implements RelayGate {
     }
     // Idle: no transaction block is open, so none is aborted, however it ended (a ROLLBACK
     // through the extended protocol ends it as well as a Query does).
-    if (owed?.endsAbortedTransaction || status === 'I') this.#aborted = false;
+    if (owed?.endsAbortedTransaction || status === 'I') {
+      this.#aborted = false;
+      this.#rollbackPortals.clear();
+    }
     if (this.#aborted && status === 'T') status = 'E';
     this.#serverErrored = false;
     this.#finishOpen('not run: an earlier statement of the same message failed');
@@ -914,3 +943,9 @@ function kindLabel(kinds: readonly string[]): string {
 function truncate(text: string): string {
   return text.length > 500 ? `${text.slice(0, 500)}…` : text;
 }
+
+/** The portal an Execute names (Execute: portal name, then the row limit). */
+function portalOf(execute: Buffer): string {
+  return execute[5] === 0 ? '' : cstring(execute, 5).value;
+}
+

@@ -188,6 +188,40 @@ t.test('a denial inside a transaction aborts it, as a server error would', async
   t.equal(after.rows[0].n, 2, 'nothing of either transaction remains');
 });
 
+t.test('in an aborted transaction, a statement prepared earlier cannot commit it', async (t) => {
+  const raw = await rawLogin(port, agentToken);
+  const query = (sql: string) => typed('Q', `${sql}\0`);
+  const untilReady = async (): Promise<Array<{ type: string; body: Buffer }>> => {
+    const got: Array<{ type: string; body: Buffer }> = [];
+    for (let m = await raw.read(); m; m = await raw.read()) {
+      got.push(m);
+      if (m.type === 'Z') return got;
+    }
+    return got;
+  };
+  raw.send(query('BEGIN'));
+  await untilReady();
+  // A named COMMIT, parsed (not run) while the transaction is healthy.
+  raw.send(Buffer.concat([typed('P', 'fin\0COMMIT\0\0\0'), typed('S', '')]));
+  t.same((await untilReady()).map((m) => m.type), ['1', 'Z']);
+  raw.send(query("INSERT INTO items VALUES (20, 'twenty')"));
+  await untilReady();
+  raw.send(query('DROP TABLE victim'));
+  const denied = await untilReady();
+  t.equal(errorFields(denied.find((m) => m.type === 'E')!.body).C, '42501');
+  t.equal(denied.at(-1)!.body.toString('latin1'), 'E', 'the transaction is aborted');
+  // Bind + Execute of the prepared COMMIT: refused, as any statement but ROLLBACK is now.
+  raw.send(Buffer.concat([typed('B', '\0fin\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0'), typed('S', '')]));
+  const refused = await untilReady();
+  t.equal(errorFields(refused.find((m) => m.type === 'E')!.body).C, '25P02');
+  t.equal(refused.at(-1)!.body.toString('latin1'), 'E');
+  raw.send(query('ROLLBACK'));
+  t.equal((await untilReady()).at(-1)!.body.toString('latin1'), 'I');
+  t.equal(await rows('select count(*) from items where id = 20'), '0', 'the insert before the refusal was not committed');
+  raw.send(typed('X', Buffer.alloc(0)));
+  await raw.waitClosed();
+});
+
 t.test('FunctionCall is refused', async (t) => {
   const raw = await rawLogin(port, agentToken);
   // FunctionCall: oid, 0 arg formats, 0 args, result format 0.
