@@ -30,9 +30,9 @@
  * fixed-size type that is not its size (rows that are not the described
  * ones), rows with no RowDescription to map them while column rules are
  * active, binary COPY. The client gets a FATAL ErrorResponse (0A000) naming
- * the reason and the session ends. A description applies only to the rows
- * right after it: a BindComplete (another portal) or a second description
- * ends it.
+ * the reason and the session ends. Which description applies to which rows
+ * follows from what was sent upstream (tracksPortals): an Execute's rows
+ * are read by the description of the portal it names.
  *
  * Rows of one chunk are masked together, in three steps (docs/masking.md,
  * "Performance", has the numbers):
@@ -56,7 +56,7 @@ import { ByteSink } from '../../masking/byte-sink.js';
 import type { CompiledRule } from '../../masking/engine.js';
 import { MaskingFailedError } from '../../masking/types.js';
 import { ChunkSequencer, MaskCounts, type PolicyMasking } from '../../masking/session-masker.js';
-import { Backend, errorResponse, sqlstate } from './messages.js';
+import { Backend, Frontend, errorResponse, sqlstate } from './messages.js';
 import { PgProtocolError } from './framer.js';
 import { NAME_ONLY, type ColumnOrigins } from './column-origins.js';
 
@@ -74,6 +74,15 @@ export interface PgResultMaskerOptions {
   onStatementCounts?(counts: Record<string, number>): void;
   /** Resolves RowDescription columns to their table columns for column rules; default: by name only, any table. */
   origins?: Pick<ColumnOrigins, 'ruleFor'>;
+  /**
+   * The session tells the masker, through `forwarded`, every message sent
+   * upstream (the statement gate's onForward): rows are then masked by the
+   * description of the portal their Execute names, paired in order with the
+   * server's replies. Without it the last RowDescription applies to the
+   * rows after it, which a client that binds or describes several portals
+   * before executing can steer (unit tests only; the gateway tracks).
+   */
+  tracksPortals?: boolean;
   /** A chunk with more values marked by the candidate scan than this goes to the pool. Default 4096. */
   batchRows?: number;
   /** ... or more bytes of them. Default 256 KiB. */
@@ -125,7 +134,26 @@ for (const t of [
   Backend.CopyDone,
   Backend.FunctionCallResponse,
   Backend.BindComplete,
+  Backend.NoData,
+  Backend.PortalSuspended,
 ]) INSPECT[t] = 1;
+
+/**
+ * A message sent upstream that the server answers with something the
+ * masker must pair: a Query (descriptions and rows inline), a Bind (a new
+ * portal: BindComplete), a Describe (RowDescription or NoData; of a portal,
+ * or of a statement when `portal` is undefined), an Execute (the portal's
+ * rows), a Sync (ReadyForQuery; after an error the server skips to it).
+ */
+interface Sent {
+  k: number;
+  portal?: string;
+}
+const SENT_QUERY: Sent = Object.freeze({ k: Frontend.Query });
+const SENT_SYNC: Sent = Object.freeze({ k: Frontend.Sync });
+const BIND_UNNAMED: Sent = Object.freeze({ k: Frontend.Bind, portal: '' });
+const EXECUTE_UNNAMED: Sent = Object.freeze({ k: Frontend.Execute, portal: '' });
+const DESCRIBE_UNNAMED: Sent = Object.freeze({ k: Frontend.Describe, portal: '' });
 
 interface Column {
   name: string;
@@ -400,7 +428,15 @@ export class PgResultMasker {
   #accLen = 0;
 
   // --- protocol state ---
+  /** The description of the rows now arriving (see tracksPortals for where it comes from). */
   #columns: Column[] | undefined;
+  /** tracksPortals: what the server owes, in order, from #sentHead on. */
+  #sent: Sent[] = [];
+  #sentHead = 0;
+  /** tracksPortals: each portal's description, from its Describe (null: NoData). */
+  readonly #portals = new Map<string, Column[] | null>();
+  /** tracksPortals: a reply did not fit what was sent; no description is trusted from then on. */
+  #lost = false;
   #copyOut = false;
   #dead = false;
   readonly #sequence = new ChunkSequencer();
@@ -411,6 +447,38 @@ export class PgResultMasker {
     this.#opts = opts;
     this.#batchRows = opts.batchRows ?? DEFAULT_BATCH_ROWS;
     this.#batchBytes = opts.batchBytes ?? DEFAULT_BATCH_BYTES;
+  }
+
+  /**
+   * A message as the gate sends it upstream (type -1: pass-through bytes).
+   * Only what the server answers in a way that moves descriptions and rows
+   * is kept: Query, Bind, Describe, Execute, Sync.
+   */
+  forwarded(type: number, bytes: Buffer): void {
+    let sent: Sent;
+    switch (type) {
+      case Frontend.Query:
+        sent = SENT_QUERY;
+        break;
+      case Frontend.Sync:
+        sent = SENT_SYNC;
+        break;
+      case Frontend.Bind:
+        sent = bytes[5] === 0 ? BIND_UNNAMED : { k: type, portal: cstringAt(bytes, 5) };
+        break;
+      case Frontend.Execute:
+        sent = bytes[5] === 0 ? EXECUTE_UNNAMED : { k: type, portal: cstringAt(bytes, 5) };
+        break;
+      case Frontend.Describe:
+        if (bytes[5] !== 0x50 /* 'P' */) sent = { k: type };
+        else sent = bytes[6] === 0 ? DESCRIBE_UNNAMED : { k: type, portal: cstringAt(bytes, 6) };
+        break;
+      default:
+        return;
+    }
+    this.#sent.push(sent);
+    // Nothing else owed: this Execute's rows come next (a portal described in an earlier batch).
+    if (this.#sent.length - this.#sentHead === 1) this.#atHead();
   }
 
   /** Hits per rule since the session started. */
@@ -647,41 +715,83 @@ export class PgResultMasker {
     };
     switch (buf[start]) {
       case Backend.BindComplete:
-        // A new portal. A description still in force belongs to another one (Bind B after
-        // Describe A): rows after this are B's unless B is described, so it no longer applies.
-        this.#columns = undefined;
+        if (this.#opts.tracksPortals) {
+          const head = this.#expect(Frontend.Bind);
+          if (head !== undefined) this.#portals.delete(head.portal!);
+          this.#shift();
+        } else {
+          // A new portal. A description still in force belongs to another one (Bind B after
+          // Describe A): rows after this are B's unless B is described, so it no longer applies.
+          this.#columns = undefined;
+        }
+        plan.item(PASS, buf, start, end);
+        return;
+      case Backend.NoData:
+        if (this.#opts.tracksPortals) {
+          const head = this.#expect(Frontend.Describe);
+          if (head?.portal !== undefined) this.#portals.set(head.portal, null);
+          this.#shift();
+        }
         plan.item(PASS, buf, start, end);
         return;
       case Backend.RowDescription: {
         const msg = buf.subarray(start, end);
-        if (this.#columns !== undefined) {
+        const columns = (): Column[] =>
+          parseRowDescription(msg).map((c) => ({
+            name: c.name,
+            typeOid: c.typeOid,
+            format: c.format,
+            rule: engine.hasColumnRules ? this.#origins.ruleFor(engine, c.name, c.tableOid, c.attnum) : undefined,
+          }));
+        if (this.#opts.tracksPortals) {
+          const head = this.#head();
+          if (head?.k === Frontend.Query) {
+            if (!this.#lost) this.#columns = columns();
+          } else {
+            // A Describe's answer: kept for the portal (a statement's is not used for rows: its formats are not known yet).
+            if (this.#expect(Frontend.Describe)?.portal !== undefined) this.#portals.set(head!.portal!, columns());
+            this.#shift();
+          }
+        } else if (this.#columns !== undefined) {
           // A second description before the first one's rows ended (Describe A, Describe B, then
           // Execute A): which rows each belongs to is not known here, so neither is used.
           this.#columns = undefined;
-          plan.item(PASS, buf, start, end);
-          return;
+        } else {
+          this.#columns = columns();
         }
-        this.#columns = parseRowDescription(msg).map((c) => ({
-          name: c.name,
-          typeOid: c.typeOid,
-          format: c.format,
-          rule: engine.hasColumnRules ? this.#origins.ruleFor(engine, c.name, c.tableOid, c.attnum) : undefined,
-        }));
         plan.item(PASS, buf, start, end);
         return;
       }
       case Backend.CommandComplete:
       case Backend.EmptyQueryResponse:
+      case Backend.PortalSuspended:
       case Backend.ReadyForQuery:
-        // The next statement brings its own RowDescription (a Describe of a portal, or the simple protocol's).
-        // Between Execute calls of one portal (PortalSuspended) the last one stays.
-        this.#columns = undefined;
-        this.#copyOut = false;
+        if (this.#opts.tracksPortals) {
+          const head = this.#head();
+          if (buf[start] === Backend.ReadyForQuery) {
+            // Answers a Sync or a Query (and nothing when the queue is empty: the startup reply's).
+            if (head !== undefined && head.k !== Frontend.Sync && head.k !== Frontend.Query) this.#desynced();
+            if (head !== undefined) this.#shift();
+            this.#columns = undefined;
+          } else if (head?.k === Frontend.Query) {
+            // One statement of a simple Query ended; the next brings its own RowDescription.
+            this.#columns = undefined;
+          } else {
+            this.#expect(Frontend.Execute);
+            this.#shift();
+          }
+        } else if (buf[start] !== Backend.PortalSuspended) {
+          // The next statement brings its own RowDescription (a Describe of a portal, or the simple protocol's).
+          // Between Execute calls of one portal (PortalSuspended) the last one stays.
+          this.#columns = undefined;
+        }
+        if (buf[start] !== Backend.PortalSuspended) this.#copyOut = false;
         plan.item(PASS, buf, start, end);
         if (buf[start] === Backend.CommandComplete) plan.item(STATEMENT_END, EMPTY, 0, 0);
         return;
       case Backend.ErrorResponse:
       case Backend.NoticeResponse: {
+        if (buf[start] === Backend.ErrorResponse && this.#opts.tracksPortals) this.#failed();
         const msg = buf.subarray(start, end);
         pass(this.#fields(msg), msg);
         return;
@@ -736,6 +846,52 @@ export class PgResultMasker {
       default:
         plan.item(PASS, buf, start, end);
     }
+  }
+
+  // --- pairing replies with what was sent (tracksPortals) ---------------------
+
+  #head(): Sent | undefined {
+    return this.#sent[this.#sentHead];
+  }
+
+  /** The head, when it is of kind `k`; else the pairing is lost (and undefined). */
+  #expect(k: number): Sent | undefined {
+    const head = this.#head();
+    if (head?.k === k) return head;
+    this.#desynced();
+    return undefined;
+  }
+
+  /** Drops the head; the rows that follow are the next Execute's, described as its portal was. */
+  #shift(): void {
+    if (this.#sentHead < this.#sent.length) this.#sentHead++;
+    if (this.#sentHead === this.#sent.length) {
+      this.#sent.length = 0;
+      this.#sentHead = 0;
+    } else if (this.#sentHead > 1024 && this.#sentHead * 2 > this.#sent.length) {
+      this.#sent.splice(0, this.#sentHead);
+      this.#sentHead = 0;
+    }
+    this.#atHead();
+  }
+
+  /** The rows that follow now are the head Execute's, described as its portal was; no others are. */
+  #atHead(): void {
+    const head = this.#head();
+    this.#columns = head?.k === Frontend.Execute && !this.#lost ? (this.#portals.get(head.portal!) ?? undefined) : undefined;
+  }
+
+  /** An ErrorResponse: in a simple Query, the statement ended; else the server skips to the next Sync. */
+  #failed(): void {
+    this.#columns = undefined;
+    const head = this.#head();
+    if (head === undefined || head.k === Frontend.Query || head.k === Frontend.Sync) return;
+    while (this.#sentHead < this.#sent.length && this.#sent[this.#sentHead]!.k !== Frontend.Sync) this.#sentHead++;
+  }
+
+  #desynced(): void {
+    this.#lost = true;
+    this.#columns = undefined;
   }
 
   /**
@@ -1185,3 +1341,10 @@ function parseRowDescription(msg: Buffer): FieldDescription[] {
   }
   return out;
 }
+
+/** The NUL-terminated string at `offset` (a portal or statement name). */
+function cstringAt(bytes: Buffer, offset: number): string {
+  const nul = bytes.indexOf(0, offset);
+  return bytes.toString('utf8', offset, nul < 0 ? bytes.length : nul);
+}
+

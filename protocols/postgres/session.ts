@@ -319,6 +319,8 @@ export class PostgresSession implements SessionHandle {
       logger: log,
       decode: sqlDecoder(clientEncoding),
       ...(clientEncoding !== undefined ? { clientEncoding } : {}),
+      // The result masker pairs the server's replies with the Describe and Execute they answer.
+      onForward: (type: number, bytes: Buffer) => masker?.forwarded(type, bytes),
       ...(this.ctx.audit ? { audit: this.ctx.audit } : {}),
       ...(this.ctx.approvals ? { approvals: this.ctx.approvals } : {}),
       // Each verdict feeds the metrics and the session's row in the sessions index.
@@ -336,6 +338,8 @@ export class PostgresSession implements SessionHandle {
           maxMessageBytes: this.target.limits.maxMessageBytes,
           onRefuse: (reason, error) => relay?.shutdown(reason, error),
           onStatementCounts: (counts) => gate.noteMasked(counts),
+          // The gate, always in front of a masker, says what it sends upstream (onForward above).
+          tracksPortals: true,
           ...(origins ? { origins } : {}),
         })
       : undefined;
@@ -360,9 +364,10 @@ export class PostgresSession implements SessionHandle {
         logger: log,
         idleTimeoutMs: this.target.limits.idleTimeoutMs,
         onClose: (reason) => this.#ended(reason),
-        // When the policy allows everything and no audit trail is written,
-        // statements need no inspecting: the relay frames and forwards.
-        ...(policy.judges || this.ctx.audit ? { gate } : {}),
+        // When the policy allows everything, no audit trail is written and
+        // nothing is masked, statements need no inspecting: the relay frames
+        // and forwards. (A masker needs the gate to say what went upstream.)
+        ...(policy.judges || this.ctx.audit || masker ? { gate } : {}),
         ...(masker ? { serverTransform: masker } : {}),
         // The relay hands the recording every client chunk it reads: no read observer on the socket.
         ...(tap ? { recordClient: tap } : {}),

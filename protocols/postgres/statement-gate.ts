@@ -43,6 +43,8 @@ export interface GateContext extends GateContextBase {
   decode?: SqlDecoder;
   /** The client_encoding the server reported at login, which `decode` reads. */
   clientEncoding?: string;
+  /** Each message (its type, or -1 for pass-through bytes) as it is sent upstream, in order. */
+  onForward?(type: number, bytes: Buffer): void;
 }
 
 /** A reply owed to the client, in order. */
@@ -120,7 +122,7 @@ const TRANSACTION_END = /^\s*(commit|end|prepare\s+transaction)\b/i;
 const TRANSACTION_ROLLBACK = /^\s*(rollback|abort)\b/i;
 
 export class PgStatementGate implements RelayGate {
-  readonly clientTypes = [Frontend.Query, Frontend.Parse, Frontend.Bind, Frontend.Execute, Frontend.Sync, Frontend.FunctionCall];
+  readonly clientTypes = [Frontend.Query, Frontend.Parse, Frontend.Bind, Frontend.Describe, Frontend.Execute, Frontend.Sync, Frontend.FunctionCall];
   readonly serverTypes = [
     Backend.ReadyForQuery,
     Backend.CommandComplete,
@@ -209,7 +211,7 @@ export class PgStatementGate implements RelayGate {
       if (type === Frontend.Sync) {
         this.#owed.push({ kind: 'server', denial: this.#discardUntilSync });
         this.#discardUntilSync = undefined;
-        this.#io.toUpstream(bytes);
+        this.#up(bytes);
       }
       return;
     }
@@ -226,7 +228,7 @@ export class PgStatementGate implements RelayGate {
           return;
         }
         if (this.ctx.audit) this.#bind(bytes);
-        this.#io.toUpstream(bytes);
+        this.#up(bytes);
         return;
       case Frontend.Execute:
         if (this.#aborted && !this.#rollbackPortals.has(portalOf(bytes))) {
@@ -234,11 +236,11 @@ export class PgStatementGate implements RelayGate {
           return;
         }
         if (this.ctx.audit) this.#execute(bytes);
-        this.#io.toUpstream(bytes);
+        this.#up(bytes);
         return;
       case Frontend.Sync:
         this.#owed.push(SERVER_REPLY);
-        this.#io.toUpstream(bytes);
+        this.#up(bytes);
         return;
       case Frontend.FunctionCall:
         // A fast-path function call bypasses SQL entirely: nothing to classify.
@@ -251,8 +253,19 @@ export class PgStatementGate implements RelayGate {
         );
         return;
       default:
-        this.#io.toUpstream(bytes);
+        this.#up(bytes, type);
     }
+  }
+
+  /**
+   * Everything the gate sends upstream goes through here, in the order the
+   * server will answer it: the result masker pairs the server's replies
+   * with the Describe and Execute they answer (ctx.onForward). `type` is
+   * -1 for pass-through bytes, which are no whole message.
+   */
+  #up(bytes: Buffer, type: number = bytes[0]!): void {
+    this.ctx.onForward?.(type, bytes);
+    this.#io.toUpstream(bytes);
   }
 
   #query(bytes: Buffer): void {
@@ -293,7 +306,7 @@ export class PgStatementGate implements RelayGate {
       }
     }
     this.#record(verdict, query.length);
-    this.#io.toUpstream(bytes);
+    this.#up(bytes);
   }
 
   #parse(bytes: Buffer): void {
@@ -320,7 +333,7 @@ export class PgStatementGate implements RelayGate {
       return;
     }
     this.#statements.set(name.value, prepared(auditText(facts.text, facts.kinds), kindLabel(facts.kinds)));
-    this.#io.toUpstream(bytes);
+    this.#up(bytes);
   }
 
   /**
@@ -430,7 +443,7 @@ export class PgStatementGate implements RelayGate {
         else {
           const name = cstring(held, 5).value;
           this.#statements.set(name, prepared(auditText(facts[0]!.text, facts[0]!.kinds), kindLabel(facts[0]!.kinds)));
-          this.#io.toUpstream(held);
+          this.#up(held);
         }
       } else {
         const auditVerdict: AuditVerdict = outcome.status === 'expired' ? 'approval_expired' : outcome.status === 'cancelled' ? 'approval_cancelled' : 'approval_denied';
@@ -467,10 +480,10 @@ export class PgStatementGate implements RelayGate {
     } else if (TRANSACTION_END.test(text)) {
       // PostgreSQL turns COMMIT of a failed transaction into ROLLBACK.
       this.#owed.push({ kind: 'server', endsAbortedTransaction: true });
-      this.#io.toUpstream(queryMessage('ROLLBACK'));
+      this.#up(queryMessage('ROLLBACK'));
     } else if (TRANSACTION_ROLLBACK.test(text)) {
       this.#owed.push({ kind: 'server', endsAbortedTransaction: true });
-      this.#io.toUpstream(bytes);
+      this.#up(bytes);
     } else {
       this.#answerLocally(abortedError());
     }
@@ -503,10 +516,10 @@ export class PgStatementGate implements RelayGate {
   #parseInAbortedTransaction(bytes: Buffer, name: string, query: string): void {
     if (TRANSACTION_END.test(query)) {
       this.#statements.set(name, prepared('ROLLBACK', 'transaction'));
-      this.#io.toUpstream(parseMessage(name, 'ROLLBACK'));
+      this.#up(parseMessage(name, 'ROLLBACK'));
     } else if (TRANSACTION_ROLLBACK.test(query)) {
       this.#statements.set(name, prepared(query, 'transaction'));
-      this.#io.toUpstream(bytes);
+      this.#up(bytes);
     } else {
       this.#discardUntilSync = abortedError();
     }

@@ -10,6 +10,7 @@ import t from 'tap';
 import pg from 'pg';
 import { startPostgres } from '../helpers/postgres.js';
 import { startGateway, pgTargetYaml } from '../helpers/gateway.js';
+import { errorFields, rawLogin, typed } from '../helpers/raw-pg.js';
 
 const SECRET = 'pbkdf2$column-origin-canary';
 const TOKEN = 'vault-token-canary';
@@ -135,3 +136,35 @@ t.test('a catalogue the gateway cannot read: the session is refused, not matched
     'the log says what the server refused and what to grant',
   );
 });
+
+t.test("rows are masked by their own portal's description, however the client orders Bind and Describe", async (t) => {
+  const raw = await rawLogin(gw.port('db'), await gw.token('ci-job', ['ci']));
+  const cstr = (s: string) => `${s}\0`;
+  const parse = (name: string, sql: string) => typed('P', `${cstr(name)}${cstr(sql)}\0\0`);
+  const bind = (portal: string, statement: string) => typed('B', `${cstr(portal)}${cstr(statement)}\0\0\0\0\0\0`);
+  // Bind B (the password hash), Bind A (two harmless texts), Describe A, Execute B: the server
+  // describes A and sends B's rows. Read by A's description they would pass unmasked.
+  raw.send(
+    Buffer.concat([
+      parse('sb', 'select password_hash from users where id = 1'),
+      parse('sa', "select 'x'::text as harmless"),
+      bind('b', 'sb'),
+      bind('a', 'sa'),
+      typed('D', `P${cstr('a')}`),
+      typed('E', `${cstr('b')}\0\0\0\0`),
+      typed('S', ''),
+    ]),
+  );
+  const got: Buffer[] = [];
+  let fatal: Record<string, string> | undefined;
+  for (let m = await raw.read(); m; m = await raw.read()) {
+    got.push(m.body);
+    if (m.type === 'E') fatal = errorFields(m.body);
+    if (m.type === 'Z') break;
+  }
+  raw.socket.destroy();
+  t.notOk(Buffer.concat(got).includes(Buffer.from(SECRET)), 'the hash never reaches the client');
+  t.equal(fatal?.C, '0A000', 'rows with no description of their own, under column rules: refused');
+  t.match(fatal?.M, /without a matching RowDescription/);
+});
+

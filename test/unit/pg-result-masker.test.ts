@@ -234,3 +234,44 @@ t.test('binary fields: fixed sizes are checked, and text inside other types is f
   t.equal(r.refused, undefined, 'an array without a hit passes');
   t.ok(r.out.includes(array('no secrets here')));
 });
+
+t.test('tracking what was sent: rows get the description of the portal their Execute names', async (t) => {
+  const email = Buffer.from('alice@example.com');
+  const bind = (portal: string, statement: string) => new PgBytes().cstring(portal).cstring(statement).int16(0).int16(0).int16(0).typed('B');
+  const describe = (portal: string) => new PgBytes().char('P').cstring(portal).typed('D');
+  const execute = (portal: string) => new PgBytes().cstring(portal).int32(0).typed('E');
+  const sync = new PgBytes().typed('S');
+  const commandComplete = new PgBytes().cstring('SELECT 1').typed('C');
+  const ready = new PgBytes().char('T').typed('Z');
+  const run = async (sent: Buffer[], replies: Buffer[]): Promise<{ out: Buffer; refused?: string }> => {
+    let refused: string | undefined;
+    const masker = new PgResultMasker({ masking, maxMessageBytes: 1 << 20, tracksPortals: true, onRefuse: (_r, e) => (refused = e.toString('latin1')) });
+    for (const m of sent) masker.forwarded(m[0]!, m);
+    const out = await transformAll(masker, [Buffer.concat(replies)]);
+    return { out, ...(refused !== undefined ? { refused } : {}) };
+  };
+  // Bind B, Bind A, Describe A, Execute B: the one description is A's (binary numerics), the rows are B's.
+  let r = await run(
+    [bind('b', 'sb'), bind('a', 'sa'), describe('a'), execute('b'), sync],
+    [BIND_COMPLETE, BIND_COMPLETE, typedDescription(NUMERIC, 1), dataRow([email]), commandComplete, ready],
+  );
+  t.notOk(r.out.includes(email), "B's rows are not read by A's description");
+  // Bind P, Describe P, Execute P: the usual order; the description applies.
+  const numeric = Buffer.from([0, 1, 0, 0, 0, 0, 0, 7]);
+  r = await run([bind('', 's'), describe(''), execute(''), sync], [BIND_COMPLETE, typedDescription(NUMERIC, 1), dataRow([numeric]), commandComplete, ready]);
+  t.equal(r.refused, undefined);
+  t.ok(r.out.includes(numeric), 'a binary numeric of the described portal passes as it is');
+  // A portal described in an earlier batch, executed alone in a later one.
+  const masker = new PgResultMasker({ masking, maxMessageBytes: 1 << 20, tracksPortals: true });
+  for (const m of [bind('p', 's'), describe('p'), sync]) masker.forwarded(m[0]!, m);
+  await transformAll(masker, [Buffer.concat([BIND_COMPLETE, typedDescription(INT4, 1), ready])]);
+  for (const m of [execute('p'), sync]) masker.forwarded(m[0]!, m);
+  const later = await transformAll(masker, [Buffer.concat([dataRow([Buffer.from([0, 0, 0, 9])]), commandComplete, ready])]);
+  t.ok(later.includes(Buffer.from([0, 0, 0, 9])), 'its rows are read by its own description');
+  // An error skips the rest of the batch: what the server skipped is not waited for.
+  const error = new PgBytes().char('S').cstring('ERROR').char('C').cstring('42P01').char('M').cstring('no such table').byte(0).typed('E');
+  const m2 = new PgResultMasker({ masking, maxMessageBytes: 1 << 20, tracksPortals: true });
+  for (const m of [bind('', 's'), describe(''), execute(''), sync, bind('', 's2'), execute(''), sync]) m2.forwarded(m[0]!, m);
+  const out = await transformAll(m2, [Buffer.concat([error, ready, BIND_COMPLETE, dataRow([email]), commandComplete, ready])]);
+  t.notOk(out.includes(email), 'the next batch is paired as sent (no description: scanned as text)');
+});
