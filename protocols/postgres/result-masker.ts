@@ -160,6 +160,14 @@ interface Column {
   typeOid: number;
   format: number;
   rule: CompiledRule | undefined;
+  /** Binary, of a type without text inside: its fixed size, 0 when variable; -1 when it may hold text (or is text, or not binary). */
+  noTextSize: number;
+}
+
+/** Column.noTextSize of a column of this type and format. */
+function noTextSize(typeOid: number, format: number): number {
+  if (format === 0 || TEXT_LIKE_BINARY.has(typeOid)) return -1;
+  return FIXED_BINARY_SIZE.get(typeOid) ?? (NO_TEXT_BINARY.has(typeOid) ? 0 : -1);
 }
 
 /** How a field's wire bytes map to the text the engine sees. */
@@ -742,6 +750,7 @@ export class PgResultMasker {
             typeOid: c.typeOid,
             format: c.format,
             rule: engine.hasColumnRules ? this.#origins.ruleFor(engine, c.name, c.tableOid, c.attnum) : undefined,
+            noTextSize: noTextSize(c.typeOid, c.format),
           }));
         if (this.#opts.tracksPortals) {
           const head = this.#head();
@@ -941,16 +950,16 @@ export class PgResultMasker {
             sqlstate.FEATURE_NOT_SUPPORTED,
           );
         }
-        const size = FIXED_BINARY_SIZE.get(typeOid);
-        if (size !== undefined && len !== size) {
+        const size = col.noTextSize;
+        if (size > 0 && len !== size) {
           this.#refuse(
             'rows do not match their RowDescription',
-            `sluice: a ${len}-byte value arrived in binary column "${col.name}", whose type (OID ${typeOid}) is ${size} bytes: these rows are not the ones described; Describe each portal right before its Execute`,
+            `sluice: a ${len}-byte value arrived in binary column "${col.name}", whose type (OID ${typeOid}) is ${size} bytes: these rows are not the ones described`,
             sqlstate.FEATURE_NOT_SUPPORTED,
           );
         }
         // Numbers, timestamps, uuids...: no text inside to find. Anything else is scanned raw.
-        if (size === undefined && !NO_TEXT_BINARY.has(typeOid) && content && len > 0) {
+        if (size < 0 && content && len > 0) {
           plan.candidate(item, i, at - 4, buf, at, pos, len, PLAIN | OPAQUE_BINARY);
         }
         continue;

@@ -343,14 +343,10 @@ function known(c: Compiled, args: Buffer[], command: string, subcommand?: string
   // A script (EVAL, FCALL) may reach keys it does not declare: a standalone server lets it.
   let anyKey = c.categories.includes('@scripting') && (command.startsWith('eval') || command.startsWith('fcall'));
   for (const f of c.keyFinders) if (f(args, keys) === true) anyKey = true;
-  return {
-    protocol: 'redis',
-    command,
-    ...(subcommand !== undefined ? { subcommand } : {}),
-    categories: c.categories,
-    keys,
-    ...(anyKey ? { anyKey: true } : {}),
-  };
+  const facts: RedisCommandFacts = { protocol: 'redis', command, categories: c.categories, keys };
+  if (subcommand !== undefined) facts.subcommand = subcommand;
+  if (anyKey) facts.anyKey = true;
+  return facts;
 }
 
 /** What a command does, from its argv (args[0] = command name, any case). Never throws. */

@@ -150,8 +150,10 @@ function sqlRuleMatches(m: RuleMatch, f: SqlStatementFacts, all: boolean): boole
 }
 
 /** A statement's kinds without the bare form of a qualified one (`drop` beside `drop:table`). */
-function specificKinds(kinds: readonly string[]): string[] {
-  return kinds.filter((k) => k.includes(':') || !kinds.some((q) => q.startsWith(`${k}:`)));
+function specificKinds(kinds: readonly string[]): readonly string[] {
+  // Most statements have one kind, or none qualified: nothing to drop.
+  if (!kinds.some((k) => k.includes(':'))) return kinds;
+  return kinds.filter((k) => k.includes(':') || !kinds.some((q) => q.length > k.length && q[k.length] === ':' && q.startsWith(k)));
 }
 
 /** Listed as such, or (for `allow`, which sees only specific kinds) `drop:table` by a listed `drop`. */
