@@ -320,7 +320,7 @@ export class PostgresSession implements SessionHandle {
       decode: sqlDecoder(clientEncoding),
       ...(clientEncoding !== undefined ? { clientEncoding } : {}),
       // The result masker pairs the server's replies with the Describe and Execute they answer.
-      onForward: (type: number, bytes: Buffer) => masker?.forwarded(type, bytes),
+      ...(masking ? { onForward: (type: number, bytes: Buffer) => masker!.forwarded(type, bytes) } : {}),
       ...(this.ctx.audit ? { audit: this.ctx.audit } : {}),
       ...(this.ctx.approvals ? { approvals: this.ctx.approvals } : {}),
       // Each verdict feeds the metrics and the session's row in the sessions index.
