@@ -136,14 +136,20 @@ for (const t of [
   Backend.BindComplete,
   Backend.NoData,
   Backend.PortalSuspended,
+  Backend.ParseComplete,
+  Backend.CloseComplete,
+  Backend.CopyInResponse,
 ]) INSPECT[t] = 1;
 
 /**
- * A message sent upstream that the server answers with something the
- * masker must pair: a Query (descriptions and rows inline), a Bind (a new
+ * A message sent upstream that the server answers, in order: a Query
+ * (descriptions and rows inline), a Parse (ParseComplete), a Bind (a new
  * portal: BindComplete), a Describe (RowDescription or NoData; of a portal,
  * or of a statement when `portal` is undefined), an Execute (the portal's
- * rows), a Sync (ReadyForQuery; after an error the server skips to it).
+ * rows), a Close (CloseComplete; of a portal, or of a statement), a Sync
+ * (ReadyForQuery; after an error the server skips to it). Every message the
+ * server can skip after an error is here, so an error always finds what it
+ * skips at the head.
  */
 interface Sent {
   k: number;
@@ -154,6 +160,9 @@ const SENT_SYNC: Sent = Object.freeze({ k: Frontend.Sync });
 const BIND_UNNAMED: Sent = Object.freeze({ k: Frontend.Bind, portal: '' });
 const EXECUTE_UNNAMED: Sent = Object.freeze({ k: Frontend.Execute, portal: '' });
 const DESCRIBE_UNNAMED: Sent = Object.freeze({ k: Frontend.Describe, portal: '' });
+const DESCRIBE_STATEMENT: Sent = Object.freeze({ k: Frontend.Describe });
+const SENT_PARSE: Sent = Object.freeze({ k: Frontend.Parse });
+const CLOSE_STATEMENT: Sent = Object.freeze({ k: Frontend.Close });
 
 interface Column {
   name: string;
@@ -478,8 +487,14 @@ export class PgResultMasker {
         sent = bytes[5] === 0 ? EXECUTE_UNNAMED : { k: type, portal: cstringAt(bytes, 5) };
         break;
       case Frontend.Describe:
-        if (bytes[5] !== 0x50 /* 'P' */) sent = { k: type };
+        if (bytes[5] !== 0x50 /* 'P' */) sent = DESCRIBE_STATEMENT;
         else sent = bytes[6] === 0 ? DESCRIBE_UNNAMED : { k: type, portal: cstringAt(bytes, 6) };
+        break;
+      case Frontend.Parse:
+        sent = SENT_PARSE;
+        break;
+      case Frontend.Close:
+        sent = bytes[5] !== 0x50 /* 'P' */ ? CLOSE_STATEMENT : { k: type, portal: cstringAt(bytes, 6) };
         break;
       default:
         return;
@@ -734,6 +749,28 @@ export class PgResultMasker {
         }
         plan.item(PASS, buf, start, end);
         return;
+      case Backend.ParseComplete:
+        if (this.#opts.tracksPortals) {
+          this.#expect(Frontend.Parse);
+          this.#shift();
+        }
+        plan.item(PASS, buf, start, end);
+        return;
+      case Backend.CloseComplete:
+        if (this.#opts.tracksPortals) {
+          const head = this.#expect(Frontend.Close);
+          if (head?.portal !== undefined) this.#portals.delete(head.portal);
+          this.#shift();
+        }
+        plan.item(PASS, buf, start, end);
+        return;
+      case Backend.CopyInResponse:
+        // COPY FROM STDIN through Execute: the server ignores the Syncs the client sends until
+        // CopyDone (libpq sends one right after the Execute), so which ReadyForQuery answers
+        // which Sync is no longer known. Rare (drivers send COPY as a simple Query): fail closed.
+        if (this.#opts.tracksPortals && this.#head()?.k !== Frontend.Query) this.#desynced();
+        plan.item(PASS, buf, start, end);
+        return;
       case Backend.NoData:
         if (this.#opts.tracksPortals) {
           const head = this.#expect(Frontend.Describe);
@@ -778,15 +815,20 @@ export class PgResultMasker {
         if (this.#opts.tracksPortals) {
           const head = this.#head();
           if (buf[start] === Backend.ReadyForQuery) {
-            // Answers a Sync or a Query (and nothing when the queue is empty: the startup reply's).
-            if (head !== undefined && head.k !== Frontend.Sync && head.k !== Frontend.Query) this.#desynced();
+            // Answers a Sync or a Query (the startup reply's is made by the session, not relayed).
+            if (head === undefined || (head.k !== Frontend.Sync && head.k !== Frontend.Query)) this.#desynced();
+            // SQL run by a Query can close and open portals (CLOSE, DECLARE); the end of a
+            // transaction drops them all. Either way no named portal's description still holds.
+            if (head?.k === Frontend.Query || (end - start === 6 && buf[start + 5] === 0x49 /* 'I' */)) this.#forgetNamedPortals();
             if (head !== undefined) this.#shift();
             this.#columns = undefined;
           } else if (head?.k === Frontend.Query) {
             // One statement of a simple Query ended; the next brings its own RowDescription.
             this.#columns = undefined;
           } else {
-            this.#expect(Frontend.Execute);
+            // What the portal ran may have closed or opened other portals (CLOSE, DECLARE, a function's OPEN).
+            const ran = this.#expect(Frontend.Execute)?.portal;
+            this.#forgetNamedPortals(ran);
             this.#shift();
           }
         } else if (buf[start] !== Backend.PortalSuspended) {
@@ -896,6 +938,12 @@ export class PgResultMasker {
     const head = this.#head();
     if (head === undefined || head.k === Frontend.Query || head.k === Frontend.Sync) return;
     while (this.#sentHead < this.#sent.length && this.#sent[this.#sentHead]!.k !== Frontend.Sync) this.#sentHead++;
+  }
+
+  /** Forgets every named portal's description but `keep`'s (the unnamed portal cannot be made by SQL). */
+  #forgetNamedPortals(keep?: string): void {
+    if (this.#portals.size === 0 || (this.#portals.size === 1 && this.#portals.has(keep ?? ''))) return;
+    for (const name of this.#portals.keys()) if (name !== '' && name !== keep) this.#portals.delete(name);
   }
 
   #desynced(): void {
@@ -1354,6 +1402,8 @@ function parseRowDescription(msg: Buffer): FieldDescription[] {
 /** The NUL-terminated string at `offset` (a portal or statement name). */
 function cstringAt(bytes: Buffer, offset: number): string {
   const nul = bytes.indexOf(0, offset);
-  return bytes.toString('utf8', offset, nul < 0 ? bytes.length : nul);
+  // latin1: one character per byte, so two names are one key only when they are the same bytes
+  // (in UTF-8, invalid bytes would all become U+FFFD).
+  return bytes.toString('latin1', offset, nul < 0 ? bytes.length : nul);
 }
 

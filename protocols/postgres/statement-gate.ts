@@ -122,7 +122,7 @@ const TRANSACTION_END = /^\s*(commit|end|prepare\s+transaction)\b/i;
 const TRANSACTION_ROLLBACK = /^\s*(rollback|abort)\b/i;
 
 export class PgStatementGate implements RelayGate {
-  readonly clientTypes = [Frontend.Query, Frontend.Parse, Frontend.Bind, Frontend.Describe, Frontend.Execute, Frontend.Sync, Frontend.FunctionCall];
+  readonly clientTypes = [Frontend.Query, Frontend.Parse, Frontend.Bind, Frontend.Describe, Frontend.Execute, Frontend.Close, Frontend.Sync, Frontend.FunctionCall];
   readonly serverTypes = [
     Backend.ReadyForQuery,
     Backend.CommandComplete,

@@ -275,3 +275,55 @@ t.test('tracking what was sent: rows get the description of the portal their Exe
   const out = await transformAll(m2, [Buffer.concat([error, ready, BIND_COMPLETE, dataRow([email]), commandComplete, ready])]);
   t.notOk(out.includes(email), 'the next batch is paired as sent (no description: scanned as text)');
 });
+
+t.test('tracking what was sent: errors, ended portals, odd names and COPY do not pair rows with a stale description', async (t) => {
+  const email = Buffer.from('alice@example.com');
+  const m = (type: string, body: PgBytes) => body.typed(type);
+  const name = (n: Buffer | string): Buffer => Buffer.concat([typeof n === 'string' ? Buffer.from(n, 'latin1') : n, Buffer.from([0])]);
+  const parse = (name: string) => m('P', new PgBytes().cstring(name).cstring('select 1').int16(0));
+  const bind = (portal: Buffer | string, statement: string) => m('B', new PgBytes().bytes(name(portal)).cstring(statement).int16(0).int16(0).int16(0));
+  const describe = (portal: Buffer | string) => m('D', new PgBytes().char('P').bytes(name(portal)));
+  const execute = (portal: Buffer | string) => m('E', new PgBytes().bytes(name(portal)).int32(0));
+  const query = (sql: string) => m('Q', new PgBytes().cstring(sql));
+  const sync = new PgBytes().typed('S');
+  const parseComplete = new PgBytes().typed('1');
+  const cc = new PgBytes().cstring('SELECT 1').typed('C');
+  const ready = (status: string) => new PgBytes().char(status).typed('Z');
+  const error = new PgBytes().char('S').cstring('ERROR').char('C').cstring('42P01').char('M').cstring('no such table').byte(0).typed('E');
+  const masker = () => new PgResultMasker({ masking, maxMessageBytes: 1 << 20, tracksPortals: true, onRefuse: () => undefined });
+  const send = (mk: PgResultMasker, ...msgs: Buffer[]) => msgs.forEach((b) => mk.forwarded(b[0]!, b));
+
+  // An error on a Parse: the server skips the rest of the batch, the Query in it included.
+  let mk = masker();
+  send(mk, parse('sa'), bind('a', 'sa'), describe('a'), sync);
+  await transformAll(mk, [Buffer.concat([parseComplete, BIND_COMPLETE, typedDescription(NUMERIC, 1), ready('T')])]);
+  send(mk, parse(''), query('select 1'), bind('p', 'sa'), execute('a'), sync);
+  await transformAll(mk, [Buffer.concat([error, ready('T')])]);
+  send(mk, parse('sb'), bind('', 'sb'), execute(''), sync);
+  let out = await transformAll(mk, [Buffer.concat([parseComplete, BIND_COMPLETE, dataRow([email]), cc, ready('T')])]);
+  t.notOk(out.includes(email), "after the error the next batch's rows are not read as portal a's");
+
+  // A portal's description ends with its transaction; SQL may make a portal of the same name.
+  mk = masker();
+  send(mk, bind('c', 's'), describe('c'), sync);
+  await transformAll(mk, [Buffer.concat([BIND_COMPLETE, typedDescription(NUMERIC, 1), ready('I')])]);
+  send(mk, query('BEGIN; DECLARE c CURSOR FOR SELECT email FROM users'));
+  await transformAll(mk, [Buffer.concat([new PgBytes().cstring('BEGIN').typed('C'), new PgBytes().cstring('DECLARE CURSOR').typed('C'), ready('T')])]);
+  send(mk, execute('c'), sync);
+  out = await transformAll(mk, [Buffer.concat([dataRow([email]), cc, ready('T')])]);
+  t.notOk(out.includes(email), 'the cursor made by SQL is not read by the old portal c description');
+
+  // Names that are not UTF-8 stay apart.
+  mk = masker();
+  send(mk, bind(Buffer.from([0xff]), 'sb'), bind(Buffer.from([0xfe]), 'sa'), describe(Buffer.from([0xfe])), execute(Buffer.from([0xff])), sync);
+  out = await transformAll(mk, [Buffer.concat([BIND_COMPLETE, BIND_COMPLETE, typedDescription(NUMERIC, 1), dataRow([email]), cc, ready('T')])]);
+  t.notOk(out.includes(email), 'portal \\xff is not portal \\xfe');
+
+  // COPY FROM STDIN through Execute: the server swallows Syncs; no description is trusted after it.
+  mk = masker();
+  send(mk, bind('', 's'), execute(''), sync);
+  await transformAll(mk, [Buffer.concat([BIND_COMPLETE, new PgBytes().byte(0).int16(0).typed('G')])]);
+  send(mk, new PgBytes().typed('c'), sync, bind('', 's'), describe(''), execute(''), sync);
+  out = await transformAll(mk, [Buffer.concat([new PgBytes().cstring('COPY 0').typed('C'), ready('T'), BIND_COMPLETE, typedDescription(NUMERIC, 1), dataRow([email]), cc, ready('T')])]);
+  t.notOk(out.includes(email), 'lost after an extended COPY FROM STDIN: rows are scanned as text');
+});
