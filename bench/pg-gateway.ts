@@ -233,7 +233,7 @@ async function main(): Promise<void> {
       contenders: contenders.map((c) => c.name),
       absent,
       cells,
-      ratios: [['sluice', 'relay'], ['sluice+policy', 'relay'], ['sluice+recording', 'relay'], ['sluice+policy', 'sluice'], ['sluice+recording', 'sluice'], ['sluice+recording-nofsync', 'sluice'], ['sluice', 'baseline'], ['sluice+recording', 'baseline+recording'], ['sluice', 'direct'], ['sluice', 'pgbouncer'], ['relay', 'direct'], ['pgbouncer', 'direct']],
+      ratios: [['sluice', 'relay'], ['sluice+policy', 'relay'], ['sluice+recording', 'relay'], ['sluice+policy', 'sluice'], ['sluice+recording', 'sluice'], ['sluice+recording-nofsync', 'sluice'], ['sluice', 'baseline'], ['sluice+recording', 'baseline+recording'], ['sluice+policy', 'baseline+policy'], ['sluice', 'direct'], ['sluice', 'pgbouncer'], ['relay', 'direct'], ['pgbouncer', 'direct']],
       rounds: ROUNDS,
     };
     const tables = buildTables(report);

@@ -231,7 +231,7 @@ async function main(): Promise<void> {
       contenders: contenders.map((c) => c.name),
       absent,
       cells,
-      ratios: [['sluice', 'relay'], ['sluice+policy', 'relay'], ['sluice+recording', 'relay'], ['sluice+policy', 'sluice'], ['sluice+recording', 'sluice'], ['sluice', 'baseline'], ['sluice+recording', 'baseline+recording'], ['sluice', 'twemproxy'], ['sluice', 'direct'], ['relay', 'direct'], ['twemproxy', 'direct']],
+      ratios: [['sluice', 'relay'], ['sluice+policy', 'relay'], ['sluice+recording', 'relay'], ['sluice+policy', 'sluice'], ['sluice+recording', 'sluice'], ['sluice', 'baseline'], ['sluice+recording', 'baseline+recording'], ['sluice+policy', 'baseline+policy'], ['sluice', 'twemproxy'], ['sluice', 'direct'], ['relay', 'direct'], ['twemproxy', 'direct']],
       rounds: ROUNDS,
     };
     const tables = buildTables(report);

@@ -130,14 +130,15 @@ function baselineCli(): string | undefined {
 export function baselineCandidates(target: SluiceTarget, cleanups: Array<() => Promise<void>>): Array<[string, () => Promise<Contender>]> {
   const cli = baselineCli();
   if (cli === undefined) return [];
-  const start = (name: string, recording: boolean) => async (): Promise<Contender> => {
-    const s = await startSluice(target, { cli, recording });
+  const start = (name: string, options: SluiceOptions) => async (): Promise<Contender> => {
+    const s = await startSluice(target, { ...options, cli });
     cleanups.push(() => s.stop());
     return { name, port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
   };
   return [
-    ['baseline', start('baseline', false)],
-    ['baseline+recording', start('baseline+recording', true)],
+    ['baseline', start('baseline', {})],
+    ['baseline+recording', start('baseline+recording', { recording: true })],
+    ['baseline+policy', start('baseline+policy', { policy: true })],
   ];
 }
 
