@@ -244,6 +244,7 @@ function latencyTable(ls: Latency[]): Table {
     rows.push([`${a} minus ${b}`, '', fmtFixed(x.median - y.median), fmtFixed((x.p90 ?? 0) - (y.p90 ?? 0)), fmtFixed(x.mean - y.mean)]);
   };
   diff('sluice+masking', 'sluice');
+  diff('sluice+masking', 'baseline+masking');
   diff('sluice', 'relay');
   diff('relay', 'direct');
   return {
@@ -301,7 +302,7 @@ async function main(): Promise<void> {
         cleanups.push(() => s.stop());
         return { name: 'sluice+recording', port: s.daemon.port, pid: s.daemon.pid, secret: s.token, user: 'bench' };
       }],
-      ...baselineCandidates(target, cleanups).map(([name, start]) => [name, false, start] as [string, boolean, () => Promise<Contender>]),
+      ...baselineCandidates(target, cleanups, { masking: true }).map(([name, start]) => [name, name === 'baseline+masking', start] as [string, boolean, () => Promise<Contender>]),
     ];
     for (const [name, masked, start] of candidates) {
       if (!wanted(name)) continue;
@@ -331,7 +332,7 @@ async function main(): Promise<void> {
       contenders: contenders.map((c) => c.name),
       absent,
       cells,
-      ratios: [['sluice+masking', 'relay'], ['sluice', 'relay'], ['sluice+masking', 'sluice'], ['sluice+recording', 'sluice'], ['sluice', 'baseline'], ['sluice+recording', 'baseline+recording'], ['relay', 'direct']],
+      ratios: [['sluice+masking', 'relay'], ['sluice', 'relay'], ['sluice+masking', 'sluice'], ['sluice+recording', 'sluice'], ['sluice', 'baseline'], ['sluice+recording', 'baseline+recording'], ['sluice+masking', 'baseline+masking'], ['relay', 'direct']],
       rounds: ROUNDS,
     };
     const tables = buildTables(report);

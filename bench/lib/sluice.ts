@@ -123,11 +123,16 @@ function baselineCli(): string | undefined {
 }
 
 /**
- * A bench's `baseline` and `baseline+recording` candidates (none without
+ * A bench's `baseline`, `baseline+recording` and `baseline+policy`
+ * candidates, and with `masking` `baseline+masking` (none without
  * BENCH_BASELINE): the other build's Sluice against `target`, stopped by
  * `cleanups` like the bench's own contenders.
  */
-export function baselineCandidates(target: SluiceTarget, cleanups: Array<() => Promise<void>>): Array<[string, () => Promise<Contender>]> {
+export function baselineCandidates(
+  target: SluiceTarget,
+  cleanups: Array<() => Promise<void>>,
+  opts: { masking?: boolean } = {},
+): Array<[string, () => Promise<Contender>]> {
   const cli = baselineCli();
   if (cli === undefined) return [];
   const start = (name: string, options: SluiceOptions) => async (): Promise<Contender> => {
@@ -139,6 +144,7 @@ export function baselineCandidates(target: SluiceTarget, cleanups: Array<() => P
     ['baseline', start('baseline', {})],
     ['baseline+recording', start('baseline+recording', { recording: true })],
     ['baseline+policy', start('baseline+policy', { policy: true })],
+    ...(opts.masking ? [['baseline+masking', start('baseline+masking', { masking: true })] as [string, () => Promise<Contender>]] : []),
   ];
 }
 
