@@ -42,7 +42,17 @@ export interface RelayOptions {
    * (the chunk is recorded then, ahead of any reply written meanwhile).
    */
   recordClient?: { received(chunk: Buffer): void; handled(): void };
+  /**
+   * Without a gate: told each client message the result masker pairs the
+   * server's replies with (Query, Parse, Bind, Describe, Execute, Close,
+   * Sync), whole and in the order it goes upstream. With a gate, the gate
+   * tells it (GateContext.onForward).
+   */
+  clientMessages?(type: number, bytes: Buffer): void;
 }
+
+/** The client messages `clientMessages` is told of. */
+const PAIRED_CLIENT_TYPES = [Frontend.Query, Frontend.Parse, Frontend.Bind, Frontend.Describe, Frontend.Execute, Frontend.Close, Frontend.Sync];
 
 export interface ServerTransform {
   push(chunk: Buffer, emit: (bytes: Buffer) => void): void | Promise<void>;
@@ -198,8 +208,8 @@ export class PgRelay {
         shutdown: (reason, error) => this.shutdown(reason, error),
       });
     } else {
-      // Terminate only (one tiny message per session): see #clientTerminated.
-      clientFramer.setInspect([Frontend.Terminate]);
+      // Terminate (one tiny message per session: see #clientTerminated), and what a masker pairs.
+      clientFramer.setInspect(options.clientMessages ? [...PAIRED_CLIENT_TYPES, Frontend.Terminate] : [Frontend.Terminate]);
       upstreamFramer.setInspect(undefined);
     }
   }
@@ -209,9 +219,11 @@ export class PgRelay {
     for (const b of toClient) this.#toClient.add(b);
     this.#flush();
     const gate = this.options.gate;
-    // Messages the client pipelined behind its password go through the gate like any others.
+    // Messages the client pipelined behind its password go through the gate like any others
+    // (or are told to the masker, as any others are).
     for (const b of toUpstream) {
       if (gate) this.clientFramer.push(b, this.#clientSink());
+      else if (this.options.clientMessages) this.clientFramer.push(b, this.#directClientSink());
       else this.#toUpstream.add(b);
     }
     this.#flush();
@@ -272,6 +284,20 @@ export class PgRelay {
         if (t !== Frontend.Terminate) return gate.fromClient(t, m);
         this.#clientTerminated = true;
         gate.fromClient(-1, m); // not a statement: forwarded in order, like any message the gate does not judge
+      },
+    };
+  }
+
+  /** The client's bytes straight to the upstream's queue (no gate), the masker told of the messages it pairs. */
+  #directClientSink(): FramerSink {
+    const direct = this.#toUpstream;
+    const told = this.options.clientMessages;
+    return {
+      passthrough: (b) => direct.push(b),
+      message: (t, m) => {
+        if (t === Frontend.Terminate) this.#clientTerminated = true;
+        else told?.(t, m);
+        direct.push(m);
       },
     };
   }
@@ -344,13 +370,7 @@ export class PgRelay {
         ? this.#clientSink()
         : { passthrough: (b) => gate.fromServer(-1, b), message: (t, m) => gate.fromServer(t, m) }
       : side === 'client'
-        ? {
-            passthrough: (b) => direct.push(b),
-            message: (t, m) => {
-              if (t === Frontend.Terminate) this.#clientTerminated = true;
-              direct.push(m);
-            },
-          }
+        ? this.#directClientSink()
         : { passthrough: (b) => direct.push(b), message: (_t, m) => direct.push(m) };
     const onData = (chunk: Buffer): void => {
       this.#lastActivity = Date.now();

@@ -311,6 +311,8 @@ export class PostgresSession implements SessionHandle {
     const metrics = this.ctx.metrics;
     const recording = this.#recording;
     const clientEncoding = parameterStatusValue(upstream.startupReply, 'client_encoding');
+    // Statements are judged (and the gate is in front) unless the policy allows everything and nothing is audited.
+    const judging = policy.judges || Boolean(this.ctx.audit);
     const gate = new PgStatementGate({
       sessionId: this.id,
       subject: identity.subject,
@@ -338,7 +340,7 @@ export class PostgresSession implements SessionHandle {
           maxMessageBytes: this.target.limits.maxMessageBytes,
           onRefuse: (reason, error) => relay?.shutdown(reason, error),
           onStatementCounts: (counts) => gate.noteMasked(counts),
-          // The gate, always in front of a masker, says what it sends upstream (onForward above).
+          // What goes upstream is told to it by the gate (onForward above) or, with no gate, the relay.
           tracksPortals: true,
           ...(origins ? { origins } : {}),
         })
@@ -364,10 +366,11 @@ export class PostgresSession implements SessionHandle {
         logger: log,
         idleTimeoutMs: this.target.limits.idleTimeoutMs,
         onClose: (reason) => this.#ended(reason),
-        // When the policy allows everything, no audit trail is written and
-        // nothing is masked, statements need no inspecting: the relay frames
-        // and forwards. (A masker needs the gate to say what went upstream.)
-        ...(policy.judges || this.ctx.audit || masker ? { gate } : {}),
+        // When the policy allows everything and no audit trail is written,
+        // statements need no inspecting: the relay frames and forwards.
+        ...(judging ? { gate } : {}),
+        // With no gate, the relay tells the masker what goes upstream instead.
+        ...(masker && !judging ? { clientMessages: (type: number, bytes: Buffer) => masker.forwarded(type, bytes) } : {}),
         ...(masker ? { serverTransform: masker } : {}),
         // The relay hands the recording every client chunk it reads: no read observer on the socket.
         ...(tap ? { recordClient: tap } : {}),

@@ -137,8 +137,28 @@ t.test('a catalogue the gateway cannot read: the session is refused, not matched
   );
 });
 
-t.test("rows are masked by their own portal's description, however the client orders Bind and Describe", async (t) => {
-  const raw = await rawLogin(gw.port('db'), await gw.token('ci-job', ['ci']));
+// The same masking with the audit trail off and no rules: no statement gate in front, the relay
+// itself tells the masker what goes upstream.
+const ungated = await startGateway(
+  `identity: { dev_issuer: true }
+audit: { enabled: false }
+targets:${pgTargetYaml('db', pgServer)}
+masking:
+  rules:
+    - { name: pw, columns: ['users.password_hash'], strategy: redact }
+policies:
+  - name: by-column
+    subjects: { groups: [ci] }
+    targets: [db]
+    masking: [pw]
+`,
+  { TEST_PG_PASSWORD: pgServer.password },
+);
+t.teardown(() => ungated.close());
+
+for (const [label, gateway] of [['with the statement gate', gw], ['without a gate (audit off, no rules)', ungated]] as const) {
+t.test(`rows are masked by their own portal's description, however the client orders Bind and Describe (${label})`, async (t) => {
+  const raw = await rawLogin(gateway.port('db'), await gateway.token('ci-job', ['ci']));
   const cstr = (s: string) => `${s}\0`;
   const parse = (name: string, sql: string) => typed('P', `${cstr(name)}${cstr(sql)}\0\0`);
   const bind = (portal: string, statement: string) => typed('B', `${cstr(portal)}${cstr(statement)}\0\0\0\0\0\0`);
@@ -166,5 +186,18 @@ t.test("rows are masked by their own portal's description, however the client or
   t.notOk(Buffer.concat(got).includes(Buffer.from(SECRET)), 'the hash never reaches the client');
   t.equal(fatal?.C, '0A000', 'rows with no description of their own, under column rules: refused');
   t.match(fatal?.M, /without a matching RowDescription/);
+});
+}
+
+t.test('without a gate, the usual extended-protocol flow is masked by its description', async (t) => {
+  const token = await ungated.token('ci-job', ['ci']);
+  const c = new pg.Client({ host: '127.0.0.1', port: ungated.port('db'), user: 'job', database: 'app', password: token });
+  await c.connect();
+  try {
+    const r = await c.query({ text: 'select password_hash, bio from users where id = $1', values: [1] });
+    t.same(r.rows, [{ password_hash: '[redacted]', bio: 'likes tea' }]);
+  } finally {
+    await c.end();
+  }
 });
 
