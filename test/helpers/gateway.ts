@@ -70,6 +70,19 @@ export function pgTargetYaml(
     upstream: { host: 127.0.0.1, port: ${pg.port}, database: ${pg.database}, user: ${pg.user}, password_env: TEST_PG_PASSWORD, tls: ${extra.tls ?? 'disable'} }`;
 }
 
+/**
+ * A Redis target's YAML (under `targets:`), reaching the test server as its
+ * ACL user `app`, whose password the gateway reads from `passwordEnv`.
+ */
+export function redisTargetYaml(name: string, redis: { port: number }, passwordEnv = 'REDIS_PW'): string {
+  return `
+  ${name}:
+    protocol: redis
+    listen: 127.0.0.1:0
+    allow_insecure_loopback: true
+    upstream: { host: 127.0.0.1, port: ${redis.port}, user: app, password_env: ${passwordEnv}, db: 0, tls: disable }`;
+}
+
 /** Deletes a directory made by a test, quietly. */
 export function removeDir(dir: string): void {
   rmSync(dir, { recursive: true, force: true });

@@ -4,6 +4,7 @@
  * the replies as they came.
  */
 import { connect, type Socket } from 'node:net';
+import { encodeRespCommand } from '../../src/recording/scrub.js';
 
 /** A raw RESP connection: write commands, read until a predicate on the accumulated bytes holds. */
 export class Raw {
@@ -71,17 +72,12 @@ export class Raw {
   }
 }
 
+/** A command as a RESP array of bulk strings, as client libraries send it. */
 export function encode(args: Array<string | Buffer>): Buffer {
-  const parts: Buffer[] = [Buffer.from(`*${args.length}\r\n`)];
-  for (const a of args) {
-    const b = typeof a === 'string' ? Buffer.from(a) : a;
-    parts.push(Buffer.from(`$${b.length}\r\n`), b, Buffer.from('\r\n'));
-  }
-  return Buffer.concat(parts);
+  return encodeRespCommand(args.map((a) => (typeof a === 'string' ? Buffer.from(a) : a)));
 }
 
 /** Splits latin1 text into complete top-level RESP2/RESP3 replies (test helper, not the framer under test). */
-/** Top-level RESP2/RESP3 replies at the start of `s`, each whole; an incomplete tail is left out. */
 export function splitReplies(s: string): string[] {
   const out: string[] = [];
   let pos = 0;

@@ -8,7 +8,7 @@ import t from 'tap';
 import { Redis } from 'ioredis';
 import { startPostgres } from '../helpers/postgres.js';
 import { startRedis } from '../helpers/redis.js';
-import { startGateway, pgTargetYaml } from '../helpers/gateway.js';
+import { startGateway, pgTargetYaml, redisTargetYaml } from '../helpers/gateway.js';
 import { run } from '../helpers/process.js';
 
 const pgServer = await startPostgres();
@@ -18,12 +18,7 @@ t.teardown(() => redis.stop());
 const gw = await startGateway(
   `identity: { dev_issuer: true }
 audit: { enabled: false }
-targets:${pgTargetYaml('app-db', pgServer)}
-  cache:
-    protocol: redis
-    listen: 127.0.0.1:0
-    allow_insecure_loopback: true
-    upstream: { host: 127.0.0.1, port: ${redis.port}, user: app, password_env: REDIS_PW, db: 0, tls: disable }
+targets:${pgTargetYaml('app-db', pgServer)}${redisTargetYaml('cache', redis)}
 policies:
   - name: locked
     subjects: { groups: [locked] }

@@ -7,7 +7,7 @@
 import t from 'tap';
 import { Redis } from 'ioredis';
 import { startRedis } from '../helpers/redis.js';
-import { startGateway } from '../helpers/gateway.js';
+import { startGateway, redisTargetYaml } from '../helpers/gateway.js';
 import { Raw } from '../helpers/raw-redis.js';
 import { recordingFor } from '../helpers/recordings.js';
 import { scrubRedisAuth } from '../../src/recording/scrub.js';
@@ -17,12 +17,7 @@ const redis = await startRedis();
 t.teardown(() => redis.stop());
 const gw = await startGateway(
   `identity: { dev_issuer: true }
-targets:
-  cache:
-    protocol: redis
-    listen: 127.0.0.1:0
-    allow_insecure_loopback: true
-    upstream: { host: 127.0.0.1, port: ${redis.port}, user: app, password_env: REDIS_PW, db: 0, tls: disable }
+targets:${redisTargetYaml('cache', redis)}
 policies:
   - name: agents
     subjects: { groups: [agent] }
