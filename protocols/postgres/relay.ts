@@ -45,14 +45,14 @@ export interface RelayOptions {
   /**
    * Without a gate: told each client message the result masker pairs the
    * server's replies with (Query, Parse, Bind, Describe, Execute, Close,
-   * Sync), whole and in the order it goes upstream. With a gate, the gate
+   * Sync, FunctionCall), whole and in the order it goes upstream. With a gate, the gate
    * tells it (GateContext.onForward).
    */
   clientMessages?(type: number, bytes: Buffer): void;
 }
 
 /** The client messages `clientMessages` is told of. */
-const PAIRED_CLIENT_TYPES = [Frontend.Query, Frontend.Parse, Frontend.Bind, Frontend.Describe, Frontend.Execute, Frontend.Close, Frontend.Sync];
+const PAIRED_CLIENT_TYPES = [Frontend.Query, Frontend.Parse, Frontend.Bind, Frontend.Describe, Frontend.Execute, Frontend.Close, Frontend.Sync, Frontend.FunctionCall];
 
 export interface ServerTransform {
   push(chunk: Buffer, emit: (bytes: Buffer) => void): void | Promise<void>;
@@ -220,11 +220,17 @@ export class PgRelay {
     this.#flush();
     const gate = this.options.gate;
     // Messages the client pipelined behind its password go through the gate like any others
-    // (or are told to the masker, as any others are).
-    for (const b of toUpstream) {
-      if (gate) this.clientFramer.push(b, this.#clientSink());
-      else if (this.options.clientMessages) this.clientFramer.push(b, this.#directClientSink());
-      else this.#toUpstream.add(b);
+    // (or are told to the masker, as any others are). They are whole messages, framed already by
+    // the handshake's reader, whose framer (this one) may hold the start of a later message: they
+    // go to the sink as they are, not through the framer again.
+    const sink = gate ? this.#clientSink() : this.options.clientMessages ? this.#directClientSink() : undefined;
+    try {
+      for (const b of toUpstream) {
+        if (sink) sink.message(b[0]!, b);
+        else this.#toUpstream.add(b);
+      }
+    } catch (err) {
+      this.#violation(err, 'client');
     }
     this.#flush();
     this.#pump(this.client, this.upstream, this.clientFramer, 'client');

@@ -475,6 +475,7 @@ export class PgResultMasker {
     let sent: Sent;
     switch (type) {
       case Frontend.Query:
+      case Frontend.FunctionCall: // answered like a Query: its result, then ReadyForQuery (no gate refused it)
         sent = SENT_QUERY;
         break;
       case Frontend.Sync:

@@ -10,7 +10,7 @@ import t from 'tap';
 import pg from 'pg';
 import { startPostgres } from '../helpers/postgres.js';
 import { startGateway, pgTargetYaml } from '../helpers/gateway.js';
-import { errorFields, rawLogin, typed } from '../helpers/raw-pg.js';
+import { RawPg, errorFields, rawLogin, startupPacket, typed } from '../helpers/raw-pg.js';
 
 const SECRET = 'pbkdf2$column-origin-canary';
 const TOKEN = 'vault-token-canary';
@@ -188,6 +188,49 @@ t.test(`rows are masked by their own portal's description, however the client or
   t.match(fatal?.M, /without a matching RowDescription/);
 });
 }
+
+for (const [label, gateway] of [['with the statement gate', gw], ['without a gate', ungated]] as const) {
+  t.test(`queries pipelined behind the password, the last split across writes, are all answered (${label})`, async (t) => {
+    const raw = await RawPg.connect(gateway.port('db'));
+    raw.send(startupPacket({ user: 'job', database: 'app' }));
+    t.equal((await raw.read())?.type, 'R');
+    const q1 = typed('Q', 'select password_hash from users where id = 1\0');
+    const q2 = typed('Q', "select 'second' as s\0");
+    raw.send(Buffer.concat([typed('p', `${await gateway.token('ci-job', ['ci'])}\0`), q1, q2.subarray(0, 3)]));
+    await new Promise((r) => setTimeout(r, 300));
+    raw.send(q2.subarray(3));
+    const seen: string[] = [];
+    let ready = 0;
+    for (let m = await raw.read(); m && ready < 3; m = await raw.read()) {
+      if (m.type === 'D') seen.push(m.body.subarray(6).toString('utf8'));
+      if (m.type === 'E') t.fail(`error: ${JSON.stringify(errorFields(m.body))}`);
+      if (m.type === 'Z' && ++ready === 3) break;
+    }
+    t.same(seen, ['[redacted]', 'second'], 'both answered, the hash masked');
+    raw.socket.destroy();
+  });
+}
+
+t.test('without a gate, a FunctionCall does not cost the session its descriptions', async (t) => {
+  const raw = await rawLogin(ungated.port('db'), await ungated.token('ci-job', ['ci']));
+  // FunctionCall of pg_backend_pid() (OID 2026): no argument formats, no arguments, text result.
+  raw.send(typed('F', Buffer.from([0, 0, 0x07, 0xea, 0, 0, 0, 0, 0, 0])));
+  const reply: string[] = [];
+  for (let m = await raw.read(); m; m = await raw.read()) {
+    reply.push(m.type);
+    if (m.type === 'Z') break;
+  }
+  t.same(reply, ['V', 'Z']);
+  raw.send(typed('Q', 'select password_hash from users where id = 1\0'));
+  const rows: string[] = [];
+  for (let m = await raw.read(); m; m = await raw.read()) {
+    if (m.type === 'D') rows.push(m.body.subarray(6).toString('utf8'));
+    if (m.type === 'E') t.fail(`error: ${JSON.stringify(errorFields(m.body))}`);
+    if (m.type === 'Z') break;
+  }
+  t.same(rows, ['[redacted]'], 'the next query is masked by its own description, not refused');
+  raw.socket.destroy();
+});
 
 t.test('without a gate, the usual extended-protocol flow is masked by its description', async (t) => {
   const token = await ungated.token('ci-job', ['ci']);
