@@ -31,7 +31,7 @@
  * ones), rows with no RowDescription to map them while column rules are
  * active, binary COPY. The client gets a FATAL ErrorResponse (0A000) naming
  * the reason and the session ends. Which description applies to which rows
- * follows from what was sent upstream (tracksPortals): an Execute's rows
+ * follows from what was sent upstream (`forwarded`): an Execute's rows
  * are read by the description of the portal it names.
  *
  * Rows of one chunk are masked together, in three steps (docs/masking.md,
@@ -74,15 +74,6 @@ export interface PgResultMaskerOptions {
   onStatementCounts?(counts: Record<string, number>): void;
   /** Resolves RowDescription columns to their table columns for column rules; default: by name only, any table. */
   origins?: Pick<ColumnOrigins, 'ruleFor'>;
-  /**
-   * The session tells the masker, through `forwarded`, every message sent
-   * upstream (the statement gate's onForward): rows are then masked by the
-   * description of the portal their Execute names, paired in order with the
-   * server's replies. Without it the last RowDescription applies to the
-   * rows after it, which a client that binds or describes several portals
-   * before executing can steer (unit tests only; the gateway tracks).
-   */
-  tracksPortals?: boolean;
   /** A chunk with more values marked by the candidate scan than this goes to the pool. Default 4096. */
   batchRows?: number;
   /** ... or more bytes of them. Default 256 KiB. */
@@ -445,14 +436,14 @@ export class PgResultMasker {
   #accLen = 0;
 
   // --- protocol state ---
-  /** The description of the rows now arriving (see tracksPortals for where it comes from). */
+  /** The description of the rows now arriving (see `forwarded`). */
   #columns: Column[] | undefined;
-  /** tracksPortals: what the server owes, in order, from #sentHead on. */
+  /** What the server owes, in order, from #sentHead on. */
   #sent: Sent[] = [];
   #sentHead = 0;
-  /** tracksPortals: each portal's description, from its Describe (null: NoData). */
+  /** Each portal's description, from its Describe (null: NoData). */
   readonly #portals = new Map<string, Column[] | null>();
-  /** tracksPortals: a reply did not fit what was sent; no description is trusted from then on. */
+  /** A reply did not fit what was sent; no description is trusted from then on. */
   #lost = false;
   #copyOut = false;
   #dead = false;
@@ -467,9 +458,11 @@ export class PgResultMasker {
   }
 
   /**
-   * A message as the gate sends it upstream (type -1: pass-through bytes).
-   * Only what the server answers in a way that moves descriptions and rows
-   * is kept: Query, Bind, Describe, Execute, Sync.
+   * A message as it goes upstream (type -1: pass-through bytes), told by the
+   * statement gate or, without one, the relay. Rows are read by the
+   * description of the portal their Execute names, paired in order with the
+   * server's replies; a masker told nothing trusts no description. Only what
+   * the server answers is kept (see Sent).
    */
   forwarded(type: number, bytes: Buffer): void {
     let sent: Sent;
@@ -738,48 +731,40 @@ export class PgResultMasker {
       else plan.item(PASS, out, 0, out.length);
     };
     switch (buf[start]) {
-      case Backend.BindComplete:
-        if (this.#opts.tracksPortals) {
-          const head = this.#expect(Frontend.Bind);
-          if (head !== undefined) this.#portals.delete(head.portal!);
-          this.#shift();
-        } else {
-          // A new portal. A description still in force belongs to another one (Bind B after
-          // Describe A): rows after this are B's unless B is described, so it no longer applies.
-          this.#columns = undefined;
-        }
+      case Backend.BindComplete: {
+        // A new portal: a description it had belongs to the one bound before.
+        const head = this.#expect(Frontend.Bind);
+        if (head !== undefined) this.#portals.delete(head.portal!);
+        this.#shift();
         plan.item(PASS, buf, start, end);
         return;
+      }
       case Backend.ParseComplete:
-        if (this.#opts.tracksPortals) {
-          this.#expect(Frontend.Parse);
-          this.#shift();
-        }
+        this.#expect(Frontend.Parse);
+        this.#shift();
         plan.item(PASS, buf, start, end);
         return;
-      case Backend.CloseComplete:
-        if (this.#opts.tracksPortals) {
-          const head = this.#expect(Frontend.Close);
-          if (head?.portal !== undefined) this.#portals.delete(head.portal);
-          this.#shift();
-        }
+      case Backend.CloseComplete: {
+        const head = this.#expect(Frontend.Close);
+        if (head?.portal !== undefined) this.#portals.delete(head.portal);
+        this.#shift();
         plan.item(PASS, buf, start, end);
         return;
+      }
       case Backend.CopyInResponse:
         // COPY FROM STDIN through Execute: the server ignores the Syncs the client sends until
         // CopyDone (libpq sends one right after the Execute), so which ReadyForQuery answers
         // which Sync is no longer known. Rare (drivers send COPY as a simple Query): fail closed.
-        if (this.#opts.tracksPortals && this.#head()?.k !== Frontend.Query) this.#desynced();
+        if (this.#head()?.k !== Frontend.Query) this.#desynced();
         plan.item(PASS, buf, start, end);
         return;
-      case Backend.NoData:
-        if (this.#opts.tracksPortals) {
-          const head = this.#expect(Frontend.Describe);
-          if (head?.portal !== undefined) this.#portals.set(head.portal, null);
-          this.#shift();
-        }
+      case Backend.NoData: {
+        const head = this.#expect(Frontend.Describe);
+        if (head?.portal !== undefined) this.#portals.set(head.portal, null);
+        this.#shift();
         plan.item(PASS, buf, start, end);
         return;
+      }
       case Backend.RowDescription: {
         const msg = buf.subarray(start, end);
         const columns = (): Column[] =>
@@ -790,21 +775,13 @@ export class PgResultMasker {
             rule: engine.hasColumnRules ? this.#origins.ruleFor(engine, c.name, c.tableOid, c.attnum) : undefined,
             noTextSize: noTextSize(c.typeOid, c.format),
           }));
-        if (this.#opts.tracksPortals) {
-          const head = this.#head();
-          if (head?.k === Frontend.Query) {
-            if (!this.#lost) this.#columns = columns();
-          } else {
-            // A Describe's answer: kept for the portal (a statement's is not used for rows: its formats are not known yet).
-            if (this.#expect(Frontend.Describe)?.portal !== undefined) this.#portals.set(head!.portal!, columns());
-            this.#shift();
-          }
-        } else if (this.#columns !== undefined) {
-          // A second description before the first one's rows ended (Describe A, Describe B, then
-          // Execute A): which rows each belongs to is not known here, so neither is used.
-          this.#columns = undefined;
+        const head = this.#head();
+        if (head?.k === Frontend.Query) {
+          if (!this.#lost) this.#columns = columns();
         } else {
-          this.#columns = columns();
+          // A Describe's answer: kept for the portal (a statement's is not used for rows: its formats are not known yet).
+          if (this.#expect(Frontend.Describe)?.portal !== undefined) this.#portals.set(head!.portal!, columns());
+          this.#shift();
         }
         plan.item(PASS, buf, start, end);
         return;
@@ -813,7 +790,7 @@ export class PgResultMasker {
       case Backend.EmptyQueryResponse:
       case Backend.PortalSuspended:
       case Backend.ReadyForQuery:
-        if (this.#opts.tracksPortals) {
+        {
           const head = this.#head();
           if (buf[start] === Backend.ReadyForQuery) {
             // Answers a Sync or a Query (the startup reply's is made by the session, not relayed).
@@ -832,10 +809,6 @@ export class PgResultMasker {
             this.#forgetNamedPortals(ran);
             this.#shift();
           }
-        } else if (buf[start] !== Backend.PortalSuspended) {
-          // The next statement brings its own RowDescription (a Describe of a portal, or the simple protocol's).
-          // Between Execute calls of one portal (PortalSuspended) the last one stays.
-          this.#columns = undefined;
         }
         if (buf[start] !== Backend.PortalSuspended) this.#copyOut = false;
         plan.item(PASS, buf, start, end);
@@ -843,7 +816,7 @@ export class PgResultMasker {
         return;
       case Backend.ErrorResponse:
       case Backend.NoticeResponse: {
-        if (buf[start] === Backend.ErrorResponse && this.#opts.tracksPortals) this.#failed();
+        if (buf[start] === Backend.ErrorResponse) this.#failed();
         const msg = buf.subarray(start, end);
         pass(this.#fields(msg), msg);
         return;
@@ -900,7 +873,7 @@ export class PgResultMasker {
     }
   }
 
-  // --- pairing replies with what was sent (tracksPortals) ---------------------
+  // --- pairing replies with what was sent (forwarded) ---------------------------
 
   #head(): Sent | undefined {
     return this.#sent[this.#sentHead];

@@ -340,8 +340,6 @@ export class PostgresSession implements SessionHandle {
           maxMessageBytes: this.target.limits.maxMessageBytes,
           onRefuse: (reason, error) => relay?.shutdown(reason, error),
           onStatementCounts: (counts) => gate.noteMasked(counts),
-          // What goes upstream is told to it by the gate (onForward above) or, with no gate, the relay.
-          tracksPortals: true,
           ...(origins ? { origins } : {}),
         })
       : undefined;

@@ -147,3 +147,14 @@ export async function transformAll(
   }
   return Buffer.concat(out);
 }
+
+/**
+ * Tells a PostgreSQL result masker that a simple Query went upstream, as the
+ * gateway does before that query's results arrive (PgResultMasker.forwarded).
+ */
+export function queried<T extends { forwarded(type: number, bytes: Buffer): void }>(masker: T): T {
+  const query = new PgBytes().cstring('select').typed('Q');
+  masker.forwarded(query[0]!, query);
+  return masker;
+}
+

@@ -20,7 +20,7 @@ import { MaskingEngine } from '../../masking/engine.js';
 import type { PolicyMasking } from '../../masking/session-masker.js';
 import type { MaskingRuleConfig } from '../../masking/types.js';
 import { PgResultMasker } from '../../protocols/postgres/result-masker.js';
-import { PgBytes, prng, randomChunks, dataRow, transformAll } from '../helpers/pg-bytes.js';
+import { PgBytes, prng, queried, randomChunks, dataRow, transformAll } from '../helpers/pg-bytes.js';
 
 const hashKey = Buffer.alloc(32, 9);
 
@@ -224,7 +224,7 @@ t.test('PgResultMasker: a hit in every row, column rules mixed in, whatever the 
     ['tiny chunks', randomChunks(all, prng(3), 7)],
   ] as Array<[string, Iterable<Buffer>]>) {
     // Inline whatever the chunk size: the fast paths are what this checks.
-    const masker = new PgResultMasker({ masking, maxMessageBytes: 1 << 20, batchRows: 1e9, batchBytes: 1e12 });
+    const masker = queried(new PgResultMasker({ masking, maxMessageBytes: 1 << 20, batchRows: 1e9, batchBytes: 1e12 }));
     t.ok((await transformAll(masker, chunks)).equals(want), `${how}: every field as the engine masks it alone`);
   }
 });
@@ -269,7 +269,7 @@ t.test('PgResultMasker: COPY TO STDOUT rows with a hit in every row, whatever th
     ['64 KiB chunks', randomChunks(all, prng(4), 65536)],
     ['random small chunks', randomChunks(all, prng(5), 500)],
   ] as Array<[string, Iterable<Buffer>]>) {
-    const masker = new PgResultMasker({ masking, maxMessageBytes: 1 << 20, batchRows: 1e9, batchBytes: 1e12 });
+    const masker = queried(new PgResultMasker({ masking, maxMessageBytes: 1 << 20, batchRows: 1e9, batchBytes: 1e12 }));
     t.ok((await transformAll(masker, chunks)).equals(want), `${how}: every row as the engine masks it alone`);
   }
 });
