@@ -707,7 +707,7 @@ export class PgStatementGate implements RelayGate {
   }
 
   #execute(bytes: Buffer): void {
-    const portal = bytes[5] === 0 ? '' : cstring(bytes, 5).value;
+    const portal = portalOf(bytes);
     const bound = portal === '' ? this.#unnamedPortal : this.#portals.get(portal);
     const statement = bound?.statement;
     const now = Date.now();
