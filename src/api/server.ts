@@ -234,7 +234,7 @@ export async function startApi(deps: ApiDeps): Promise<RunningApi> {
     }
     let record: ApprovalRecord;
     try {
-      record = approvals.approve(req.params.id, { subject: who.identity.subject }, opts);
+      record = approvals.approve(req.params.id, { subject: who.identity.subject, issuer: who.identity.issuer }, opts);
     } catch (err) {
       throw approvalError(err);
     }
@@ -347,7 +347,7 @@ export async function startApi(deps: ApiDeps): Promise<RunningApi> {
     const rec = sessionFor(req.params.id);
     const path = await recordingOf(rec);
     const keys = deps.recordingKeys ? await deps.recordingKeys() : new Map<string, KeyObject>();
-    const r = await verifyRecording(path, keys);
+    const r = await verifyRecording(path, keys, { sessionId: rec.id });
     return {
       id: rec.id,
       ok: r.ok,

@@ -218,9 +218,9 @@ export async function verifyCommand(args: string[], io: SessionsIo = defaultIo()
         seen.add(fid);
         targets.push({ id: fid, path: f });
       }
-      // Indexed sessions whose recording is gone are failures too.
-      for (const s of store.listSessions({ limit: 10_000 })) {
-        if (s.recordingPath && !seen.has(s.id)) targets.push({ id: s.id, path: s.recordingPath });
+      // Indexed sessions whose recording is gone are failures too: every row, not the newest page.
+      for (const s of store.sessionRecordings()) {
+        if (!seen.has(s.id)) targets.push({ id: s.id, path: s.recordingPath });
       }
     }
     const tty = values.all === true && io.stderr.isTTY === true;
@@ -233,7 +233,8 @@ export async function verifyCommand(args: string[], io: SessionsIo = defaultIo()
       if (!t.path) {
         r = { ok: false, complete: false, records: 0, verifiedThroughSeq: -1, firstBad: { offset: 0, reason: 'no recording found for this session' } };
       } else {
-        r = await verifyRecording(t.path, keys);
+        // Verified as the session it is listed under: another session's file in its place fails.
+        r = await verifyRecording(t.path, keys, { sessionId: t.id });
       }
       if (!r.ok || !r.complete) failures++;
       if (tty) io.stderr.write('\r\u001b[K');

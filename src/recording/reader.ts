@@ -6,6 +6,7 @@
  * and the signed digest are verify.ts's job. Reads format versions 1 to 3
  * (they frame records alike).
  */
+import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { ErrorCodes, SluiceError } from '../errors.js';
 import {
@@ -180,6 +181,23 @@ export interface RecordEntry {
  * `complete` is true when a footer was read; `stopped` says where and why
  * reading stopped early (partial trailing record, bad CRC, sequence gap).
  */
+/**
+ * Opens a recording to read, and its size. Non-blocking, so a FIFO put in a
+ * file's place cannot hang a reader (verify --all, the start-up recovery);
+ * anything but a regular file is refused with ENOTREG.
+ */
+export async function openRecordingFile(path: string): Promise<{ fh: FileHandle; size: number }> {
+  const fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw Object.assign(new Error(`${path} is not a regular file`), { code: 'ENOTREG' });
+    return { fh, size: st.size };
+  } catch (err) {
+    await fh.close();
+    throw err;
+  }
+}
+
 export class RecordingReader implements AsyncIterable<RecordEntry> {
   header: RecordingHeader | undefined;
   complete = false;
@@ -189,13 +207,14 @@ export class RecordingReader implements AsyncIterable<RecordEntry> {
 
   async *[Symbol.asyncIterator](): AsyncIterator<RecordEntry> {
     let fh: FileHandle;
+    let size: number;
     try {
-      fh = await open(this.path, 'r');
+      ({ fh, size } = await openRecordingFile(this.path));
     } catch (err) {
       throw new SluiceError(ErrorCodes.RECORDING_UNREADABLE, `cannot open recording ${this.path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, { cause: err });
     }
     try {
-      const src = new ByteSource(fh, (await fh.stat()).size);
+      const src = new ByteSource(fh, size);
       const h = await parseHeader(src);
       if (!h.ok) throw new SluiceError(ErrorCodes.RECORDING_UNREADABLE, `recording ${this.path}: ${h.reason} at offset ${h.offset}`);
       this.header = h.header;

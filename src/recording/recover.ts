@@ -26,7 +26,7 @@
  * between. Recordings of failed logins whose token did not verify (empty
  * subject) get no row, as in a running gateway.
  */
-import { open, readFile, unlink, writeFile } from 'node:fs/promises';
+import { readFile, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../log.js';
 import type { SessionRecord, SessionStore } from '../store/types.js';
@@ -41,7 +41,7 @@ import {
   type FooterBody,
   type RecordingHeader,
 } from './format.js';
-import { ByteSource, parseHeader, scanFrames } from './reader.js';
+import { ByteSource, openRecordingFile, parseHeader, scanFrames } from './reader.js';
 import { FOOTER_SIG_DOMAIN, parseSignedPayload, verifySignedPayload } from './signed-records.js';
 import type { PublicKeys } from './verify.js';
 
@@ -110,6 +110,11 @@ export async function recoverSessionIndex(stateDir: string, store: SessionStore,
     for (const row of open) {
       let ends: RecordingEnds | undefined;
       if (row.recordingPath) ends = await readEnds(row.recordingPath, keys).catch((err: unknown) => void unreadable(row.recordingPath!, err));
+      // A file holding another session's recording says nothing about this one's end.
+      if (ends?.header !== undefined && ends.header.sessionId !== row.id) {
+        unreadable(row.recordingPath!, new Error(`the file holds session ${ends.header.sessionId}'s recording, not ${row.id}'s`));
+        ends = undefined;
+      }
       store.upsertSession(closedRow(row, ends));
       result.closed++;
     }
@@ -153,7 +158,7 @@ interface RecordingEnds {
 
 /** The header and, if the file ends with a trailer, the footer it points at (signature checked). */
 async function readEnds(path: string, keys: PublicKeys): Promise<RecordingEnds> {
-  const fh = await open(path, 'r');
+  const { fh } = await openRecordingFile(path);
   try {
     const st = await fh.stat();
     const src = new ByteSource(fh, st.size);

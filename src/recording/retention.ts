@@ -1,13 +1,20 @@
 /**
  * Retention (`recording.retention`, e.g. 30d): deletes recording files whose
  * last write is older than the cutoff, the day directories left empty, and
- * the index rows of sessions that ended (or, never ended, started) before it.
+ * the index rows of sessions that ended before it.
  *
  * Files are judged by mtime, not by the index, so a recording whose session
  * never reached the index (a crash before the first upsert) is purged too.
- * A recording still being written has a recent mtime and is kept.
+ * The files of live sessions are kept however old (`live`): a session idle
+ * for longer than the retention writes nothing, and its file's mtime stays
+ * where it was. Rows that never ended are kept too: at start-up the
+ * recovery (recover.ts) closes those a crash left, so any left are live.
+ *
+ * Only regular files are deleted, and only directories are walked: a
+ * symlink under recordings/ is left alone, never followed.
  */
-import { readdir, rmdir, stat, unlink } from 'node:fs/promises';
+import type { Dirent } from 'node:fs';
+import { lstat, readdir, rmdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { SessionStore } from '../store/types.js';
 import { FILE_EXTENSION } from './format.js';
@@ -25,6 +32,7 @@ export async function purgeRecordings(
   store: SessionStore,
   olderThanMs: number,
   now: number = Date.now(),
+  live: ReadonlySet<string> = new Set(),
 ): Promise<PurgeResult> {
   const cutoff = now - olderThanMs;
   const res: PurgeResult = { files: 0, bytes: 0, rows: 0, errors: [] };
@@ -32,21 +40,22 @@ export async function purgeRecordings(
 
   // recordings/YYYY/MM/DD/<id>.sluicerec; removes a directory it emptied.
   const walk = async (dir: string, depth: number): Promise<void> => {
-    let names: string[];
+    let entries: Dirent[];
     try {
-      names = await readdir(dir);
+      entries = await readdir(dir, { withFileTypes: true });
     } catch {
       return;
     }
-    for (const name of names) {
+    for (const e of entries) {
+      const name = e.name;
       const p = join(dir, name);
       if (depth < 3) {
-        if (/^\d+$/.test(name)) await walk(p, depth + 1);
+        if (e.isDirectory() && /^\d+$/.test(name)) await walk(p, depth + 1);
         continue;
       }
-      if (!name.endsWith(FILE_EXTENSION)) continue;
+      if (!e.isFile() || !name.endsWith(FILE_EXTENSION) || live.has(p)) continue;
       try {
-        const st = await stat(p);
+        const st = await lstat(p);
         if (!st.isFile() || st.mtimeMs >= cutoff) continue;
         await unlink(p);
         res.files++;

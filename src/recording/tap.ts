@@ -606,7 +606,10 @@ export class SessionRecorder {
   startRetention(): void {
     if (this.settings.retentionMs <= 0 || !this.store || this.#retentionTimer) return;
     const run = (): void => {
-      purgeRecordings(this.stateDir, this.store!, this.settings.retentionMs)
+      // The files of live sessions are kept whatever their age: an idle session writes nothing.
+      const live = new Set<string>();
+      for (const r of this.#live) if (r.path !== undefined) live.add(r.path);
+      purgeRecordings(this.stateDir, this.store!, this.settings.retentionMs, Date.now(), live)
         .then((r) => {
           if (r.files || r.rows || r.errors.length) this.logger.info({ files: r.files, bytes: r.bytes, rows: r.rows, errors: r.errors.length }, 'recordings purged');
         })
@@ -642,6 +645,11 @@ export class SessionRecording {
   readonly #done: () => void;
   #writer: RecordingWriter | undefined;
   #identity: Identity | undefined;
+
+  /** The recording's file once admitted (retention keeps it while the session lives). */
+  get path(): string | undefined {
+    return this.#writer?.path;
+  }
   #credentialSeen = false;
   #admitting: Promise<void> | undefined;
   #ending: Promise<void> | undefined;

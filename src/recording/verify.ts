@@ -13,7 +13,6 @@
  * proven; records after it are only CRC- and sequence-checked.
  */
 import type { KeyObject } from 'node:crypto';
-import { open } from 'node:fs/promises';
 import {
   RecordType,
   TRAILER_MAGIC,
@@ -23,7 +22,7 @@ import {
   type FooterBody,
   type RecordingHeader,
 } from './format.js';
-import { ByteSource, parseHeader, scanFrames } from './reader.js';
+import { ByteSource, openRecordingFile, parseHeader, scanFrames } from './reader.js';
 import { BATCH_SIGNED_VERSION, CHECKPOINT_SIG_DOMAIN, FOOTER_SIG_DOMAIN, parseSignedPayload, verifySignedPayload } from './signed-records.js';
 
 export interface VerifyResult {
@@ -38,31 +37,45 @@ export interface VerifyResult {
   verifiedThroughSeq: number;
   /** A crash left part of a record at the end (offset, bytes). */
   partialTail?: { offset: number; bytes: number };
+  /** The header's key id, when no known recording key has it (only reached without a signed record). */
+  unknownKey?: string;
 }
 
 export type PublicKeys = ReadonlyMap<string, KeyObject>;
 
-export async function verifyRecording(path: string, publicKeys: PublicKeys): Promise<VerifyResult> {
+export interface VerifyOptions {
+  /**
+   * The session this file is verified as (`sluice verify ID`, the API, the
+   * index's row): a file whose header names another session fails, even
+   * when it is a whole, signed recording of that other session. Without
+   * this, a complete recording copied over a deleted one's path would pass
+   * under the deleted session's id.
+   */
+  sessionId?: string;
+}
+
+export async function verifyRecording(path: string, publicKeys: PublicKeys, opts: VerifyOptions = {}): Promise<VerifyResult> {
   let fh;
+  let size: number;
   try {
-    fh = await open(path, 'r');
+    ({ fh, size } = await openRecordingFile(path));
   } catch (err) {
     return {
       ok: false,
       complete: false,
       records: 0,
       verifiedThroughSeq: -1,
-      firstBad: { offset: 0, reason: `cannot open: ${(err as NodeJS.ErrnoException).code ?? String(err)}` },
+      firstBad: { offset: 0, reason: (err as NodeJS.ErrnoException).code === 'ENOTREG' ? 'not a regular file' : `cannot open: ${(err as NodeJS.ErrnoException).code ?? String(err)}` },
     };
   }
   try {
-    return await verifyOpen(new ByteSource(fh, (await fh.stat()).size), publicKeys);
+    return await verifyOpen(new ByteSource(fh, size), publicKeys, opts.sessionId);
   } finally {
     await fh.close();
   }
 }
 
-async function verifyOpen(src: ByteSource, keys: PublicKeys): Promise<VerifyResult> {
+async function verifyOpen(src: ByteSource, keys: PublicKeys, sessionId: string | undefined): Promise<VerifyResult> {
   const res: VerifyResult = { ok: true, complete: false, records: 0, verifiedThroughSeq: -1 };
   const bad = (offset: number, reason: string, seq?: number): VerifyResult => {
     res.ok = false;
@@ -75,6 +88,9 @@ async function verifyOpen(src: ByteSource, keys: PublicKeys): Promise<VerifyResu
   if (!h.ok) return bad(h.offset, h.reason);
   const header = h.header;
   res.header = header;
+  if (sessionId !== undefined && header.sessionId !== sessionId) {
+    return bad(0, `the file is the recording of session ${header.sessionId}, not of ${sessionId}: swapped`);
+  }
   const key = keys.get(header.keyId);
   const digest = recordDigest(h.version, h.bytes);
   let expect = 0;
@@ -171,6 +187,9 @@ async function verifyOpen(src: ByteSource, keys: PublicKeys): Promise<VerifyResu
   }
   if (footerFrame && !res.complete) return bad(footerFrame.offset + footerFrame.length, 'footer without its trailer');
   res.verifiedThroughSeq = lastSigned;
+  // Nothing signed to check, so nothing says who wrote the file: an unknown key is named (a
+  // file made up whole, or one written under a key this state dir does not hold).
+  if (!key) res.unknownKey = header.keyId;
   return res;
 }
 
@@ -182,7 +201,13 @@ export function describeVerify(r: VerifyResult): string {
   }
   if (!r.complete) {
     const tail = r.partialTail ? `, partial trailing record at offset ${r.partialTail.offset} (${r.partialTail.bytes} bytes)` : '';
-    return `INCOMPLETE: no footer (the gateway stopped before closing the recording); ${r.records} records intact, signed through record ${r.verifiedThroughSeq}${tail}`;
+    const signed =
+      r.verifiedThroughSeq >= 0
+        ? `signed through record ${r.verifiedThroughSeq}`
+        : r.unknownKey !== undefined
+          ? `none signed, and its key ${r.unknownKey} is not among the known recording keys`
+          : 'none signed yet';
+    return `INCOMPLETE: no footer (the gateway stopped before closing the recording); ${r.records} records pass their CRCs, ${signed}${tail}`;
   }
   return `OK: ${r.records} records, complete${r.footer?.truncated ? ' (truncated at the size cap)' : ''}`;
 }

@@ -654,8 +654,11 @@ export class RecordingWriter {
     this.recordsSinceCheckpoint += this.nextSeq - this.takenSeq;
     this.takenSeq = this.nextSeq;
     const now = performance.now();
+    // Nothing but the footer follows the truncated marker (verify refuses anything else): no
+    // checkpoint once the cap is reached, even one due at that moment.
     if (
       !final &&
+      !this.isTruncated &&
       this.recordsSinceCheckpoint > 0 &&
       (this.recordsSinceCheckpoint >= this.checkpointRecords || now - this.lastCheckpointAt >= this.checkpointMs)
     ) {
@@ -685,7 +688,7 @@ export class RecordingWriter {
   /** Starts a write of what is staged, unless one is in flight (it chains another when done). */
   private flush(): void {
     if (this.isFailed || this.writing || this.closing) return;
-    if (this.stagedBytes === 0 && !(this.recordsSinceCheckpoint > 0 && performance.now() - this.lastCheckpointAt >= this.checkpointMs)) return;
+    if (this.stagedBytes === 0 && (this.isTruncated || !(this.recordsSinceCheckpoint > 0 && performance.now() - this.lastCheckpointAt >= this.checkpointMs))) return;
     const job = this.takeBatch(undefined);
     if (job.pieces.length === 0 && job.checkpoint === undefined) return;
     const done = this.retired;

@@ -164,6 +164,13 @@ export const MIGRATIONS: readonly Migration[] = [
       DROP TABLE audit_events;
     `,
   },
+  {
+    version: 6,
+    name: 'the issuer of an approval request',
+    // Self-approval and time windows compare issuer and subject: one name
+    // from two trusted issuers is two principals. NULL in earlier rows.
+    sql: `ALTER TABLE approvals ADD COLUMN issuer TEXT;`,
+  },
 ];
 
 /**

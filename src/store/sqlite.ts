@@ -60,6 +60,7 @@ interface ApprovalRow {
   status: string;
   session_id: string;
   subject: string;
+  issuer: string | null;
   target: string;
   protocol: string;
   policy: string;
@@ -210,6 +211,7 @@ class SqliteStore implements Store, SessionStore {
   private sessionThread: CommitThread<'sessions'> | undefined;
   private sessionThreadFailureLogged = false;
   private readonly deleteSessionsStmt: Database.Statement;
+  private readonly selectRecordingPaths: Database.Statement;
   private closed = false;
 
   constructor(
@@ -224,9 +226,9 @@ class SqliteStore implements Store, SessionStore {
     this.selectBatch = db.prepare('SELECT events FROM audit_batches WHERE id = ?').pluck();
     this.insertMany = (events: readonly AuditEvent[]) => insertEncoded(encodeBatch(events, this.times));
     this.upsertApproval = db.prepare(`
-      INSERT INTO approvals (id, status, session_id, subject, target, protocol, policy, rule, text,
+      INSERT INTO approvals (id, status, session_id, subject, issuer, target, protocol, policy, rule, text,
         statement_hash, fingerprint, created_at, expires_at, decided_at, decided_by, reason, window_until)
-      VALUES (@id, @status, @session_id, @subject, @target, @protocol, @policy, @rule, @text,
+      VALUES (@id, @status, @session_id, @subject, @issuer, @target, @protocol, @policy, @rule, @text,
         @statement_hash, @fingerprint, @created_at, @expires_at, @decided_at, @decided_by, @reason, @window_until)
       ON CONFLICT (id) DO UPDATE SET
         status = excluded.status, decided_at = excluded.decided_at, decided_by = excluded.decided_by,
@@ -234,8 +236,12 @@ class SqliteStore implements Store, SessionStore {
     this.selectApproval = db.prepare('SELECT * FROM approvals WHERE id = ?');
     this.writeSessions = sessionUpserter(db);
     this.selectSession = db.prepare('SELECT * FROM sessions WHERE id = ?');
+    this.selectRecordingPaths = db.prepare(
+      'SELECT id, recording_path FROM sessions WHERE recording_path IS NOT NULL ORDER BY started_ms DESC, id DESC',
+    );
     this.deleteSessionsStmt = db.prepare(
-      'DELETE FROM sessions WHERE (ended_ms IS NOT NULL AND ended_ms < ?) OR (ended_ms IS NULL AND started_ms < ?)',
+      // Rows that never ended are live sessions (start-up recovery closes the ones a crash left).
+      'DELETE FROM sessions WHERE ended_ms IS NOT NULL AND ended_ms < ?',
     );
   }
 
@@ -384,10 +390,18 @@ class SqliteStore implements Store, SessionStore {
     return (stmt.all(...params, limit) as SessionRow[]).map(toSessionRecord);
   }
 
+  /** Every session with a recording path, newest first, read row by row (no limit). */
+  *sessionRecordings(): Iterable<{ id: string; recordingPath: string }> {
+    this.flushSessions();
+    for (const r of this.selectRecordingPaths.iterate() as IterableIterator<{ id: string; recording_path: string }>) {
+      yield { id: r.id, recordingPath: r.recording_path };
+    }
+  }
+
   deleteSessionsBefore(iso: string): number {
     const ms = filterTime('before', iso);
     this.flushSessions();
-    return this.deleteSessionsStmt.run(ms, ms).changes;
+    return this.deleteSessionsStmt.run(ms).changes;
   }
 
   insertEncodedAuditBatch(batch: EncodedBatch): void {
@@ -490,6 +504,7 @@ class SqliteStore implements Store, SessionStore {
       status: record.status,
       session_id: record.sessionId,
       subject: record.subject,
+      issuer: record.issuer ?? null,
       target: record.target,
       protocol: record.protocol,
       policy: record.policy,
@@ -600,6 +615,7 @@ function toApprovalRecord(r: ApprovalRow): ApprovalRecord {
     createdAt: r.created_at,
     expiresAt: r.expires_at,
   };
+  if (r.issuer !== null) a.issuer = r.issuer;
   if (r.decided_at !== null) a.decidedAt = r.decided_at;
   if (r.decided_by !== null) a.decidedBy = r.decided_by;
   if (r.reason !== null) a.reason = r.reason;

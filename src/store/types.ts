@@ -65,6 +65,8 @@ export interface ApprovalRecord {
   status: ApprovalStatus;
   sessionId: string;
   subject: string;
+  /** The requester's issuer (absent in records made before it was kept). */
+  issuer?: string;
   target: string;
   protocol: 'postgres' | 'redis';
   policy: string;
@@ -140,7 +142,9 @@ export interface SessionStore {
   getSession(id: string): SessionRecord | undefined;
   /** Newest first. */
   listSessions(query: SessionQuery): SessionRecord[];
-  /** Deletes sessions that ended (or, never ended, started) before `iso`; returns the number of rows. */
+  /** Every session with a recording path, id and path only, newest first (no page limit: `sluice verify --all`). */
+  sessionRecordings(): Iterable<{ id: string; recordingPath: string }>;
+  /** Deletes sessions that ended before `iso` (never one still open); returns the number of rows. */
   deleteSessionsBefore(iso: string): number;
 }
 

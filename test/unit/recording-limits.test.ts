@@ -5,7 +5,7 @@
  * succeeds again), and retention.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { getPriority, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import t, { type Test } from 'tap';
@@ -113,6 +113,20 @@ t.test('size cap: truncated marker, signed footer, onFailure once, nothing recor
   t.ok(dataBytes > 50 * 1024 && dataBytes < maxBytes, `recorded ${dataBytes} bytes up to the cap`);
   const v = await verifyRecording(res.path, await loadRecordingPublicKeys(stateDir));
   t.same({ ok: v.ok, complete: v.complete, truncated: v.footer?.truncated }, { ok: true, complete: true, truncated: true });
+});
+
+t.test('size cap reached when a checkpoint is due: the marker is followed by the footer alone, and verifies', async (t) => {
+  const stateDir = tempDir(t);
+  const key = await openRecordingKey(stateDir);
+  // A checkpoint due after every record: the batch that holds the marker would have taken one.
+  const w = await RecordingWriter.open({ stateDir, meta: meta('capped-cp'), key, maxBytes: 64 * 1024, checkpointEveryRecords: 1, onFailure: () => undefined });
+  for (let i = 0; i < 100; i++) w.record(i % 2 ? 'server' : 'client', Buffer.alloc(1024, i));
+  const res = await w.close({ closeReason: 'recording size cap' });
+  const types: string[] = [];
+  for await (const e of readRecording(res.path)) types.push(e.type);
+  t.same(types.slice(-2), ['truncated', 'footer'], 'nothing between the marker and the footer');
+  const v = await verifyRecording(res.path, await loadRecordingPublicKeys(stateDir));
+  t.same({ ok: v.ok, complete: v.complete, truncated: v.footer?.truncated, bad: v.firstBad }, { ok: true, complete: true, truncated: true, bad: undefined });
 });
 
 t.test('backlog: past maxBacklogBytes the session is told to stop reading, and to read again once the thread caught up', async (t) => {
@@ -384,4 +398,41 @@ t.test('retention: old files and rows go, recent ones and active files stay', as
   t.equal(dirname(lateRes.path), dirname(paths.old!), 'the session goes into the removed day directory, made again');
   t.equal(statSync(dirname(lateRes.path)).mode & 0o777, 0o700, 'made owner-only, like the first time');
   t.equal((await verifyRecording(lateRes.path, await loadRecordingPublicKeys(stateDir))).ok, true, 'and is recorded whole');
+});
+
+t.test('retention keeps what is live however old, and follows no symlink', async (t) => {
+  const stateDir = tempDir(t);
+  const key = await openRecordingKey(stateDir);
+  const store = openSqliteStore(stateDir);
+  t.teardown(() => store.close());
+  const day = 86_400_000;
+  const now = Date.now();
+  const old = new Date(now - 40 * day);
+  // A session idle for 40 days: its file was last written then, its row has no end.
+  const idle = await RecordingWriter.open({ stateDir, meta: meta('idle', old.toISOString()), key, onFailure: () => undefined });
+  utimesSync(idle.path, old, old);
+  store.upsertSession({
+    id: 'idle', subject: 'agent-7', groups: [], issuer: 'i', target: 'cache', protocol: 'redis', startedAt: old.toISOString(),
+    bytesIn: 0, bytesOut: 0, statementsAllowed: 0, statementsDenied: 0, approvals: 0, maskingCounts: {}, recordingPath: idle.path, complete: false,
+  });
+  // Old files outside recordings/, reached through symlinks inside it: a file link, and a day directory link.
+  const outside = tempDir(t);
+  const victim = join(outside, 'victim.sluicerec');
+  writeFileSync(victim, 'not a recording');
+  mkdirSync(join(outside, '01'), { recursive: true });
+  const victimInDir = join(outside, '01', 'other.sluicerec');
+  writeFileSync(victimInDir, 'not a recording');
+  utimesSync(victim, old, old);
+  utimesSync(victimInDir, old, old);
+  symlinkSync(victim, join(dirname(idle.path), 'link.sluicerec'));
+  symlinkSync(join(outside, '01'), join(dirname(dirname(idle.path)), '99'));
+
+  const res = await purgeRecordings(stateDir, store, 30 * day, now, new Set([idle.path]));
+  t.same({ files: res.files, rows: res.rows, errors: res.errors }, { files: 0, rows: 0, errors: [] }, 'nothing deleted');
+  t.ok(existsSync(idle.path), "the live session's file is kept");
+  t.same(store.listSessions({}).map((s) => s.id), ['idle'], 'and its row');
+  t.ok(existsSync(victim) && existsSync(victimInDir), 'files behind symlinks are left alone');
+  idle.record('client', Buffer.from('PING\r\n'));
+  const r = await idle.close({ closeReason: 'done' });
+  t.equal((await verifyRecording(r.path, await loadRecordingPublicKeys(stateDir))).complete, true, 'the idle session goes on recording into its file');
 });

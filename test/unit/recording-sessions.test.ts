@@ -3,6 +3,7 @@
  * offline CLI: `sluice sessions` (table and --json) and `sluice verify`
  * (exit 0 when intact and complete, 1 otherwise, 2 on usage).
  */
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -85,10 +86,12 @@ t.test('upsert, get, list with filters, delete before', async (t) => {
   t.same(store.listSessions({ since: '2025-01-02T00:00:00Z' }).map((s) => s.id), ['c', 'b']);
   t.same(store.listSessions({ limit: 1 }).map((s) => s.id), ['c']);
   t.throws(() => store.listSessions({ since: 'yesterday' }), RangeError, 'a bad time filter is refused, not ignored');
+  t.same([...store.sessionRecordings()], [{ id: 'a', recordingPath: '/x/a.sluicerec' }], 'sessionRecordings: the rows with a recording, unpaged');
 
-  // a ended 2025-01-01T00:10; b never ended, started 01-02; c started 01-03 (00:00Z).
-  t.equal(store.deleteSessionsBefore('2025-01-02T12:00:00Z'), 2);
-  t.same(store.listSessions({}).map((s) => s.id), ['c']);
+  // a ended 2025-01-01T00:10; b never ended (a live session: start-up recovery closes those a
+  // crash left), started 01-02; c started 01-03 (00:00Z).
+  t.equal(store.deleteSessionsBefore('2025-01-02T12:00:00Z'), 1);
+  t.same(store.listSessions({}).map((s) => s.id), ['c', 'b'], 'a session still open is kept, however old');
 });
 
 function capture(env: NodeJS.ProcessEnv = {}, isTTY = false) {
@@ -297,6 +300,22 @@ policies:
     c = capture();
     t.equal(await verifyCommand(['good2', '--config', config], c.io), 1, 'incomplete is not "all good"');
     t.match(c.out(), /INCOMPLETE/);
+
+    // good1's whole, signed recording copied over good2's: each file is sound, but not good2's.
+    writeFileSync(paths.good2!, readFileSync(paths.good1!));
+    c = capture();
+    t.equal(await verifyCommand(['good2', '--config', config], c.io), 1, "another session's recording in its place fails");
+    t.match(c.out(), /good2: TAMPERED: offset 0: the file is the recording of session good1, not of good2: swapped/);
+    c = capture();
+    t.equal(await verifyCommand(['--all', '--json', '--config', config], c.io), 1, 'and fails --all');
+
+    // A FIFO in a recording's place does not hang verify.
+    rmSync(paths.good2!);
+    execFileSync('mkfifo', [paths.good2!]);
+    c = capture();
+    t.equal(await verifyCommand(['good2', '--config', config], c.io), 1);
+    t.match(c.out(), /good2: TAMPERED: offset 0: not a regular file/);
+    rmSync(paths.good2!);
 
     c = capture();
     t.equal(await verifyCommand(['missing', '--config', config], c.io), 1);

@@ -13,7 +13,7 @@ import t from 'tap';
 import { RECORD_PREFIX, crc32, type RecordingMeta } from '../../src/recording/format.js';
 import { keyIdOf, loadRecordingPublicKeys, openRecordingKey, type RecordingKey } from '../../src/recording/keys.js';
 import { readRecording } from '../../src/recording/reader.js';
-import { verifyRecording, type PublicKeys } from '../../src/recording/verify.js';
+import { describeVerify, verifyRecording, type PublicKeys } from '../../src/recording/verify.js';
 import { RecordingWriter } from '../../src/recording/writer.js';
 
 const stateDir = mkdtempSync(join(tmpdir(), 'sluice-tamper-'));
@@ -52,11 +52,11 @@ async function make(sessionId: string, key: RecordingKey, records = 12, seed = 1
   return { path: w.path, bytes, spans, headerEnd: spans[0]!.start };
 }
 
-async function check(bytes: Buffer, keys: PublicKeys) {
+async function check(bytes: Buffer, keys: PublicKeys, sessionId?: string) {
   const p = join(stateDir, `t-${randomBytes(6).toString('hex')}.sluicerec`);
   writeFileSync(p, bytes);
   try {
-    return await verifyRecording(p, keys);
+    return await verifyRecording(p, keys, sessionId === undefined ? {} : { sessionId });
   } finally {
     rmSync(p);
   }
@@ -249,6 +249,23 @@ t.test('tampering', async (t) => {
       t.equal(v.firstBad?.seq, span.seq, `${what}: caught at its record`);
       t.match(v.firstBad?.reason, new RegExp(`${what} record has direction 1, control records 0`));
     }
+  });
+
+  t.test("another session's whole recording in this session's place: caught when verified as this session", async (t) => {
+    const v = await check(b.bytes, keys, 'sessA');
+    t.same({ ok: v.ok, complete: v.complete }, { ok: false, complete: false });
+    t.match(v.firstBad?.reason, /the file is the recording of session sessB, not of sessA: swapped/);
+    t.equal((await check(b.bytes, keys, 'sessB')).ok, true, 'and passes as its own session');
+  });
+
+  t.test('a made-up file with no signed record names its unknown key', async (t) => {
+    const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+    const other: RecordingKey = { keyId: keyIdOf(publicKey), privateKey, publicKey };
+    const c = await make('sessD', other, 3);
+    const firstSigned = c.spans.find((s) => s.type !== 'data')!;
+    const v = await check(c.bytes.subarray(0, firstSigned.start), keys);
+    t.same({ ok: v.ok, complete: v.complete, unknownKey: v.unknownKey }, { ok: true, complete: false, unknownKey: other.keyId });
+    t.match(describeVerify(v), new RegExp(`none signed, and its key ${other.keyId} is not among the known recording keys`));
   });
 
   t.test('a recording signed by an unknown key', async (t) => {
