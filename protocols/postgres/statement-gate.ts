@@ -348,7 +348,7 @@ export class PgStatementGate implements RelayGate {
     const verdict = this.ctx.policy.evaluateAll(facts, query !== undefined);
     if (verdict.action !== 'approve' || !this.ctx.approvals) return verdict;
     const real = query ? query.facts() : facts;
-    const windows = real.map((f) => this.ctx.approvals!.windowAllows(this.ctx.subject, this.ctx.target, fingerprint(f)));
+    const windows = real.map((f) => this.ctx.approvals!.windowAllows(this.ctx.subject, this.ctx.target, fingerprint(f), this.ctx.issuer));
     if (windows.every((w) => w !== undefined)) {
       return { ...verdict, action: 'allow', reason: `approved for a window by ${windows[0]!.decidedBy}`, windowApproval: windows[0]!.id };
     }
@@ -410,6 +410,7 @@ export class PgStatementGate implements RelayGate {
     const pending = approvals.request({
       sessionId: this.ctx.sessionId,
       subject: this.ctx.subject,
+      ...(this.ctx.issuer !== undefined ? { issuer: this.ctx.issuer } : {}),
       target: this.ctx.target,
       protocol: 'postgres',
       policy: verdict.policy,
@@ -929,7 +930,11 @@ function abortedError(hint?: string): Buffer {
  */
 function auditText(text: string, kinds: readonly string[]): string {
   if (kinds !== lastKinds) kindLabel(kinds);
-  if (!lastKindsRole) return text;
+  return lastKindsRole ? withoutPassword(text) : text;
+}
+
+/** A role statement's text with everything after its PASSWORD keyword replaced (the transcript shows it so too). */
+export function withoutPassword(text: string): string {
   const at = text.search(/\bpassword\b/i);
   return at < 0 ? text : `${text.slice(0, at + 'password'.length)} [redacted]`;
 }

@@ -122,7 +122,7 @@ export class RedisCommandGate {
       if (!this.ctx.approvals) {
         return this.#deny(verdict, facts, args, `${verdict.reason} (needs approval, but approvals are not configured)`);
       }
-      const window = this.ctx.approvals.windowAllows(this.ctx.subject, this.ctx.target, fingerprintOf(facts, args));
+      const window = this.ctx.approvals.windowAllows(this.ctx.subject, this.ctx.target, fingerprintOf(facts, args), this.ctx.issuer);
       if (window) {
         this.#allowed(facts, args);
         return ALLOW;
@@ -139,6 +139,7 @@ export class RedisCommandGate {
     const pending = approvals.request({
       sessionId: this.ctx.sessionId,
       subject: this.ctx.subject,
+      ...(this.ctx.issuer !== undefined ? { issuer: this.ctx.issuer } : {}),
       target: this.ctx.target,
       protocol: 'redis',
       policy: verdict.policy,
@@ -289,13 +290,18 @@ const SECRET_CONFIG = new Set(['requirepass', 'masterauth']);
  * covers the same command whatever they are.
  */
 function secretPositions(facts: RedisCommandFacts, args: readonly Buffer[]): Set<number> {
+  return secretArguments(facts.command, facts.subcommand, args);
+}
+
+/** secretPositions by the command's name and subcommand, lowercase (the transcript has no facts). */
+export function secretArguments(command: string, subcommand: string | undefined, args: readonly Buffer[]): Set<number> {
   const out = new Set<number>();
   const lower = (i: number): string => args[i]!.toString('latin1').toLowerCase();
-  if (facts.command === 'acl' && facts.subcommand === 'setuser') {
+  if (command === 'acl' && subcommand === 'setuser') {
     for (let i = 3; i < args.length; i++) if ('><#!'.includes(args[i]!.toString('latin1', 0, 1) || ' ')) out.add(i);
-  } else if (facts.command === 'config' && facts.subcommand === 'set') {
+  } else if (command === 'config' && subcommand === 'set') {
     for (let i = 2; i + 1 < args.length; i += 2) if (SECRET_CONFIG.has(lower(i))) out.add(i + 1);
-  } else if (facts.command === 'migrate') {
+  } else if (command === 'migrate') {
     for (let i = 1; i < args.length; i++) {
       if (lower(i) === 'auth') out.add(i + 1);
       else if (lower(i) === 'auth2') out.add(i + 1).add(i + 2);

@@ -17,6 +17,8 @@
  * the first few of a result, and CopyData, are counted and skipped without
  * being buffered, so a 1 GB result costs no memory.
  */
+import { classifySql } from '../../protocols/postgres/classify.js';
+import { withoutPassword } from '../../protocols/postgres/statement-gate.js';
 import type { Direction } from './format.js';
 import { ByteQueue, type EmitFn, type ProtocolDecoder, type Stamp, preview, printable } from './transcript.js';
 
@@ -166,6 +168,23 @@ export class PgSplitter {
   }
 }
 
+/**
+ * SQL as the transcript shows it: a statement that sets a role's password
+ * (CREATE/ALTER ROLE|USER ... PASSWORD, psql's \\password) has everything
+ * after the keyword replaced, as in the audit trail. Text the parser
+ * cannot read is redacted so too when it names a role or user and a
+ * password: a transcript may withhold too much, never a credential.
+ */
+function shownSql(text: string): { text: string; role: boolean } {
+  let role: boolean;
+  try {
+    role = classifySql(text).some((f) => f.kinds.includes('role'));
+  } catch {
+    role = /\b(role|user)\b/i.test(text);
+  }
+  return role ? { text: withoutPassword(text), role: /\bpassword\b/i.test(text) } : { text, role: false };
+}
+
 export class PostgresDecoder implements ProtocolDecoder {
   private readonly client = new PgSplitter(true);
   private readonly server = new PgSplitter(false);
@@ -177,6 +196,8 @@ export class PostgresDecoder implements ProtocolDecoder {
   private copy: Partial<Record<Direction, { n: number; bytes: number; at: Stamp }>> = {};
   /** Result column formats by the last Bind's result-format codes (for binary results). */
   private resultFormats: number[] = [];
+  /** Prepared statements (by name) that set a role's password: their Bind parameters are withheld. */
+  private readonly roleStatements = new Set<string>();
 
   push(direction: Direction, bytes: Buffer, at: Stamp, emit: EmitFn): void {
     if (this.dead[direction]) return;
@@ -276,12 +297,15 @@ export class PostgresDecoder implements ProtocolDecoder {
         return ev('startup', `StartupMessage protocol ${code >>> 16}.${code & 0xffff} ${shown.join(' ')}`, { params });
       }
       case 0x51 /* Q */: {
-        const text = c.cstring();
+        const text = shownSql(c.cstring()).text;
         return ev('query', `Query ${printable(text)}`, { query: text });
       }
       case 0x50 /* P */: {
         const name = c.cstring();
-        const text = c.cstring();
+        const sql = shownSql(c.cstring());
+        const text = sql.text;
+        if (sql.role) this.roleStatements.add(name);
+        else this.roleStatements.delete(name);
         const n = c.pos < body.length ? c.int16() : 0;
         const oids: number[] = [];
         for (let i = 0; i < n; i++) oids.push(c.int32() >>> 0);
@@ -301,6 +325,8 @@ export class PostgresDecoder implements ProtocolDecoder {
           const fmt = nf === 0 ? 0 : nf === 1 ? formats[0]! : (formats[i] ?? 0);
           params.push(value(len === -1 ? null : c.bytes(len), fmt === 1, 200, true));
         }
+        // `ALTER ROLE x PASSWORD $1`: the parameter is the password.
+        if (this.roleStatements.has(stmt)) params.fill('[redacted]');
         const nr = c.pos < body.length ? c.int16() : 0;
         this.resultFormats = [];
         for (let i = 0; i < nr; i++) this.resultFormats.push(c.int16());

@@ -14,6 +14,7 @@ import type { Direction } from './format.js';
 import { RespReplyFramer, RespRequestFramer } from '../../protocols/redis/resp.js';
 import { ByteQueue, type EmitFn, type ProtocolDecoder, type Stamp, preview, printable } from './transcript.js';
 import { redisCredentialArgs } from './scrub.js';
+import { secretArguments } from '../../protocols/redis/command-gate.js';
 
 export interface RespValue {
   /** The type byte as a character: + - : $ * _ , # ! = ( % ~ | > (or 'inline'). */
@@ -135,6 +136,10 @@ const REDACTED = '[redacted]';
 export function renderCommand(args: readonly Buffer[]): string {
   if (!args.length) return '(empty command)';
   const secret = new Set(redisCredentialArgs(args));
+  // The credentials a command carries past login (CONFIG SET requirepass, ACL SETUSER >pw, MIGRATE
+  // AUTH): recorded as sent, shown as approvers and the audit trail see them.
+  const name = args[0]!.toString('latin1').toLowerCase();
+  for (const i of secretArguments(name, args[1]?.toString('latin1').toLowerCase(), args)) if (i < args.length) secret.add(i);
   const parts = args.map((a, i) => {
     if (i === 0) return printable(a.toString('utf8'));
     if (secret.has(i)) return a.toString('latin1') === REDACTED ? REDACTED : '[withheld]';

@@ -73,7 +73,8 @@ export function preview(bytes: Buffer, max: number, text: boolean, quote = true)
   if (s !== undefined) {
     const cut = s.length > max;
     const shown = cut ? s.slice(0, max) : s;
-    const q = quote ? JSON.stringify(shown) : printable(shown);
+    // JSON.stringify escapes C0 controls only: C1 controls (U+009B is a one-character CSI) and bidi overrides too.
+    const q = quote ? printable(JSON.stringify(shown)) : printable(shown);
     return cut ? `${q}...${size}` : q;
   }
   const hex = bytes.subarray(0, max / 2).toString('hex');
@@ -157,7 +158,11 @@ export class ByteQueue {
  * helpers above, and a static import both ways would make a module cycle.
  */
 export async function decoderFor(protocol: string): Promise<ProtocolDecoder | undefined> {
-  if (protocol === 'postgres') return new (await import('./transcript-postgres.js')).PostgresDecoder();
+  if (protocol === 'postgres') {
+    // The SQL parser, to withhold role passwords (transcript-postgres.ts).
+    await (await import('../../protocols/postgres/classify.js')).initClassifier();
+    return new (await import('./transcript-postgres.js')).PostgresDecoder();
+  }
   if (protocol === 'redis') return new (await import('./transcript-redis.js')).RedisDecoder();
   return undefined;
 }
@@ -249,16 +254,27 @@ export async function streamTranscript(
 
 const ARROW: Readonly<Record<TranscriptEvent['dir'], string>> = { client: '->', server: '<-', control: '==' };
 
+/**
+ * One event's line. The decoders escape what they quote, and the whole line
+ * is escaped once more here, at the edge: a line goes to an investigator's
+ * terminal, and one value a decoder printed as it came (a status word, an
+ * SQLSTATE, a SASL mechanism name, a C1 control or bidi override that
+ * JSON.stringify leaves as it is) must not be able to move the cursor,
+ * write the clipboard, or reorder what is shown.
+ */
 export function renderEvent(e: TranscriptEvent): string {
-  return `${e.t.toFixed(3).padStart(12)}  ${ARROW[e.dir]}  ${e.text}`;
+  return `${e.t.toFixed(3).padStart(12)}  ${ARROW[e.dir]}  ${printable(e.text)}`;
 }
 
 export function renderHeader(h: RecordingHeader): string {
+  // The header as read from the file: any field may be of any JSON type in a crafted one.
+  const text = (v: unknown): string => printable(String(v ?? ''));
+  const groups = Array.isArray(h.groups) ? h.groups : [];
   const lines = [
-    `session ${printable(h.sessionId)} (${printable(String(h.protocol))})`,
-    `  subject  ${printable(h.subject)}${h.groups?.length ? ` groups ${h.groups.map(printable).join(',')}` : ''} issuer ${printable(h.issuer ?? '')}`,
-    `  target   ${printable(h.target)}${h.clientAddress ? ` from ${printable(h.clientAddress)}` : ''}`,
-    `  started  ${printable(h.startedAt)}  recording key ${printable(h.keyId)}`,
+    `session ${text(h.sessionId)} (${text(h.protocol)})`,
+    `  subject  ${text(h.subject)}${groups.length ? ` groups ${groups.map(text).join(',')}` : ''} issuer ${text(h.issuer)}`,
+    `  target   ${text(h.target)}${h.clientAddress ? ` from ${text(h.clientAddress)}` : ''}`,
+    `  started  ${text(h.startedAt)}  recording key ${text(h.keyId)}`,
     `  time (ms since start)  -> client sent  <- client received`,
   ];
   return lines.join('\n') + '\n';
@@ -267,8 +283,9 @@ export function renderHeader(h: RecordingHeader): string {
 export function renderSummary(s: TranscriptSummary): string {
   const parts: string[] = [];
   if (s.footer) {
+    // The footer as read, its signature unchecked (that is verify's work): every field is shown as text.
     parts.push(
-      `end: ${printable(s.footer.endedAt)} (${printable(s.footer.closeReason)}); ${s.footer.bytesClientToGateway} bytes sent, ${s.footer.bytesGatewayToClient} bytes received; ${s.records} records`,
+      `end: ${printable(String(s.footer.endedAt))} (${printable(String(s.footer.closeReason))}); ${printable(String(s.footer.bytesClientToGateway))} bytes sent, ${printable(String(s.footer.bytesGatewayToClient))} bytes received; ${s.records} records`,
     );
   }
   if (s.truncated) parts.push('recording truncated at the size cap');

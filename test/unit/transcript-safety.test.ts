@@ -1,0 +1,134 @@
+/**
+ * What a transcript may show. It goes to an investigator's terminal:
+ * nothing a client or a server put in a recording may reach it as a
+ * control character. C1 controls (U+009B is a one-character CSI), bidi
+ * overrides and ESC are shown escaped wherever they come from: a command
+ * argument, a server's error, a PostgreSQL ErrorResponse's severity and
+ * SQLSTATE fields, a footer's fields as read from a crafted file. And the
+ * credentials a session sets after its login (a role's password, Redis's
+ * requirepass, an ACL user's password) are withheld, as the audit trail
+ * and approvers see them.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import type { FooterBody, RecordingMeta } from '../../src/recording/format.js';
+import { openRecordingKey } from '../../src/recording/keys.js';
+import { renderSummary, transcriptText } from '../../src/recording/transcript.js';
+import { RecordingWriter } from '../../src/recording/writer.js';
+
+const stateDir = mkdtempSync(join(tmpdir(), 'sluice-transcript-escapes-'));
+t.teardown(() => rmSync(stateDir, { recursive: true, force: true }));
+
+/** Any control character but the newline that ends each line, C1 controls, bidi overrides and isolates. */
+// eslint-disable-next-line no-control-regex
+const UNSAFE = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/u;
+const HOSTILE = '\u009b31m\u001b]52;c;ZXZpbA==\u0007\u202eevil';
+
+let n = 0;
+
+async function record(protocol: 'redis' | 'postgres', chunks: ['client' | 'server', Buffer][]): Promise<string> {
+  const meta: RecordingMeta = {
+    sessionId: `esc-${protocol}-${n++}`,
+    target: 'app',
+    protocol,
+    subject: 'agent-7',
+    groups: [],
+    issuer: 'https://issuer.example',
+    startedAt: new Date().toISOString(),
+  };
+  const w = await RecordingWriter.open({ stateDir, meta, key: await openRecordingKey(stateDir), onFailure: () => undefined });
+  for (const [dir, bytes] of chunks) w.record(dir, bytes);
+  return (await w.close({ closeReason: 'client closed' })).path;
+}
+
+function pgMessage(type: string, body: Buffer): Buffer {
+  const head = Buffer.alloc(5);
+  head.write(type, 0, 'latin1');
+  head.writeInt32BE(body.length + 4, 1);
+  return Buffer.concat([head, body]);
+}
+
+t.test('Redis: a hostile argument and a hostile error reply', async (t) => {
+  const arg = Buffer.from(HOSTILE, 'utf8');
+  const cmd = Buffer.concat([Buffer.from(`*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$${arg.length}\r\n`), arg, Buffer.from('\r\n')]);
+  const path = await record('redis', [
+    ['client', cmd],
+    ['server', Buffer.concat([Buffer.from('-ERR '), arg, Buffer.from('\r\n')])],
+  ]);
+  const text = await transcriptText(path);
+  t.match(text, /SET/, 'the command is in the transcript');
+  t.match(text, /\\u009b31m/, 'the CSI is shown escaped');
+  t.match(text, /\\u202eevil/, 'the bidi override is shown escaped');
+  t.notMatch(text, UNSAFE, 'no control character reaches the terminal');
+});
+
+t.test('PostgreSQL: an ErrorResponse whose severity and code are hostile', async (t) => {
+  const field = (code: string, value: string): Buffer => Buffer.concat([Buffer.from(code), Buffer.from(value, 'utf8'), Buffer.alloc(1)]);
+  const error = pgMessage('E', Buffer.concat([field('S', HOSTILE), field('V', 'ERROR'), field('C', `\u001b[2J${HOSTILE}`), field('M', HOSTILE), Buffer.alloc(1)]));
+  const query = pgMessage('Q', Buffer.from(`SELECT '${HOSTILE}'\0`, 'utf8'));
+  const path = await record('postgres', [
+    ['client', query],
+    ['server', error],
+  ]);
+  const text = await transcriptText(path);
+  t.match(text, /ErrorResponse/, 'the error is in the transcript');
+  t.notMatch(text, UNSAFE, 'no control character reaches the terminal');
+});
+
+t.test("a crafted footer's fields are shown as text", async (t) => {
+  const footer = {
+    endedAt: HOSTILE,
+    closeReason: HOSTILE,
+    bytesClientToGateway: HOSTILE,
+    bytesGatewayToClient: { toString: () => HOSTILE },
+  } as unknown as FooterBody;
+  const text = renderSummary({ header: {} as never, footer, complete: true, truncated: false, records: 1, events: 0 });
+  t.match(text, /^end: /);
+  t.notMatch(text, UNSAFE);
+});
+
+function redisCommand(...args: string[]): Buffer {
+  return Buffer.concat([Buffer.from(`*${args.length}\r\n`), ...args.map((a) => Buffer.from(`$${Buffer.byteLength(a)}\r\n${a}\r\n`))]);
+}
+
+t.test('Redis: credentials set after login are withheld; other arguments shown', async (t) => {
+  const path = await record('redis', [
+    ['client', redisCommand('CONFIG', 'SET', 'requirepass', 'hunter-config')],
+    ['client', redisCommand('ACL', 'SETUSER', 'ci', 'on', '>hunter-acl', '~*')],
+    ['client', redisCommand('MIGRATE', 'h', '6379', '', '0', '5000', 'AUTH', 'hunter-migrate', 'KEYS', 'k')],
+    ['client', redisCommand('SET', 'password', 'shown-value')],
+  ]);
+  const text = await transcriptText(path);
+  t.notMatch(text, /hunter-/, 'no credential is shown');
+  t.match(text, /CONFIG "SET" "requirepass" \[withheld\]/);
+  t.match(text, /"on" \[withheld\] "~\*"/);
+  t.match(text, /"AUTH" \[withheld\] "KEYS"/);
+  t.match(text, /"password" "shown-value"/, 'a key named password is just a key');
+});
+
+t.test('PostgreSQL: a role password is withheld, in a Query and as a bound parameter', async (t) => {
+  const cstr = (s: string): Buffer => Buffer.from(`${s}\0`, 'utf8');
+  const int16 = (v: number): Buffer => Buffer.from([v >> 8, v & 255]);
+  const int32 = (v: number): Buffer => {
+    const b = Buffer.alloc(4);
+    b.writeInt32BE(v);
+    return b;
+  };
+  const param = Buffer.from('hunter-bound');
+  const path = await record('postgres', [
+    ['client', pgMessage('Q', cstr("ALTER ROLE app PASSWORD 'hunter-query'"))],
+    ['client', pgMessage('Q', cstr('SELECT password FROM users'))],
+    ['client', pgMessage('P', Buffer.concat([cstr('setpw'), cstr('ALTER ROLE app PASSWORD $1'), int16(0)]))],
+    ['client', pgMessage('B', Buffer.concat([cstr(''), cstr('setpw'), int16(0), int16(1), int32(param.length), param, int16(0)]))],
+    ['client', pgMessage('P', Buffer.concat([cstr('setpw'), cstr('SELECT $1::text'), int16(0)]))],
+    ['client', pgMessage('B', Buffer.concat([cstr(''), cstr('setpw'), int16(0), int16(1), int32(5), Buffer.from('plain'), int16(0)]))],
+  ]);
+  const text = await transcriptText(path);
+  t.notMatch(text, /hunter-/, 'no password is shown');
+  t.match(text, /Query ALTER ROLE app PASSWORD \[redacted\]/);
+  t.match(text, /Query SELECT password FROM users/, 'a query that reads a password column is shown whole');
+  t.match(text, /params \[\[redacted\]\]/, "the role statement's parameter");
+  t.match(text, /params \["plain"\]/, 'a statement of that name parsed again is shown again');
+});
