@@ -98,7 +98,9 @@ export class Gateway {
       listeners: listening ? 'ok' : 'not listening',
       audit: audit.failedBatches > 0 && audit.queued > 0 ? `failing (${audit.queued} events queued)` : 'ok',
       // Unhealthy = new sessions are refused until a recording write succeeds again.
-      recording: !recorder ? 'disabled' : recorder.ok ? 'ok' : `failing, new sessions refused (${recorder.lastError ?? 'write failed'})`,
+      // The errno code only (ENOSPC, EACCES): the message names paths under the state dir, and
+      // /healthz answers anyone. The gateway log has the whole error.
+      recording: !recorder ? 'disabled' : recorder.ok ? 'ok' : `failing, new sessions refused (${/^E[A-Z0-9]+\b/.exec(recorder.lastError ?? '')?.[0] ?? 'write failed'})`,
       sessions: String(this.#ctx.sessions.size),
     };
     return { ok: listening && checks.audit === 'ok' && recorder?.ok !== false, checks };

@@ -45,6 +45,12 @@ export const ApprovalErrorCodes = {
 export interface ApprovalRequest {
   sessionId: string;
   subject: string;
+  /**
+   * The requester's issuer: with several trusted issuers, one subject name
+   * may be two principals (the dev issuer's `deploy` and GitHub's). Self-
+   * approval and time windows compare the pair, not the name alone.
+   */
+  issuer?: string;
   target: string;
   protocol: 'postgres' | 'redis';
   policy: string;
@@ -182,6 +188,7 @@ export class ApprovalManager {
       status: 'pending',
       sessionId: req.sessionId,
       subject: req.subject,
+      ...(req.issuer !== undefined ? { issuer: req.issuer } : {}),
       target: req.target,
       protocol: req.protocol,
       policy: req.policy,
@@ -226,9 +233,12 @@ export class ApprovalManager {
     };
   }
 
-  approve(id: string, approver: { subject: string }, opts: { windowSeconds?: number } = {}): ApprovalRecord {
+  approve(id: string, approver: { subject: string; issuer?: string }, opts: { windowSeconds?: number } = {}): ApprovalRecord {
     const p = this.decidable(id);
-    if (approver.subject === p.record.subject) {
+    // The same name from another issuer is another principal; a record or an approver without an
+    // issuer is compared by name alone (the stricter reading).
+    const sameIssuer = p.record.issuer === undefined || approver.issuer === undefined || p.record.issuer === approver.issuer;
+    if (approver.subject === p.record.subject && sameIssuer) {
       throw new SluiceError(
         ApprovalErrorCodes.APPROVAL_SELF,
         `approval ${id}: an approver may not approve their own request`,
@@ -276,13 +286,16 @@ export class ApprovalManager {
     if (!r || r.status !== 'approved') return;
     const used: ApprovalRecord = { ...r, status: 'used' };
     this.store.saveApproval(used);
-    const key = windowKey(r.subject, r.target, r.fingerprint);
+    const key = windowKey(r.issuer, r.subject, r.target, r.fingerprint);
     if (this.windows.get(key)?.id === id) this.windows.set(key, used);
   }
 
-  /** A window granted earlier for this subject + target + fingerprint that is still open; the caller may forward without holding. */
-  windowAllows(subject: string, target: string, fingerprint: string): ApprovalRecord | undefined {
-    const key = windowKey(subject, target, fingerprint);
+  /**
+   * A window granted earlier for this subject (of this issuer) + target +
+   * fingerprint that is still open; the caller may forward without holding.
+   */
+  windowAllows(subject: string, target: string, fingerprint: string, issuer?: string): ApprovalRecord | undefined {
+    const key = windowKey(issuer, subject, target, fingerprint);
     const r = this.windows.get(key);
     if (!r) return undefined;
     if (!r.windowUntil || Date.parse(r.windowUntil) <= this.now()) {
@@ -363,7 +376,7 @@ export class ApprovalManager {
   }
 
   private addWindow(r: ApprovalRecord): void {
-    const key = windowKey(r.subject, r.target, r.fingerprint);
+    const key = windowKey(r.issuer, r.subject, r.target, r.fingerprint);
     const cur = this.windows.get(key);
     if (!cur || Date.parse(cur.windowUntil!) < Date.parse(r.windowUntil!)) this.windows.set(key, { ...r });
   }
@@ -376,6 +389,7 @@ export class ApprovalManager {
   }
 }
 
-function windowKey(subject: string, target: string, fingerprint: string): string {
-  return `${subject}\0${target}\0${fingerprint}`;
+/** A window is the requester's: its issuer and subject, the target, the fingerprint (no issuer: '', matching none of a session's). */
+function windowKey(issuer: string | undefined, subject: string, target: string, fingerprint: string): string {
+  return `${issuer ?? ''}\0${subject}\0${target}\0${fingerprint}`;
 }

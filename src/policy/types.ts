@@ -105,6 +105,8 @@ export interface Verdict {
 export interface GateContextBase {
   sessionId: string;
   subject: string;
+  /** The subject's issuer: approvals and their windows belong to the pair (approvals.ts). */
+  issuer?: string;
   target: string;
   policy: SessionPolicy;
   logger: Logger;

@@ -138,6 +138,24 @@ t.test('self-approval is refused; self-denial is allowed', async (t) => {
   t.equal((await p.outcome).status, 'denied');
 });
 
+t.test('one subject name from two issuers is two principals: approval and windows compare the pair', async (t) => {
+  const { mgr, store } = setup(t);
+  const p = mgr.request({ ...req(), issuer: 'https://token.actions.githubusercontent.com' });
+  t.equal(store.getApproval(p.record.id)!.issuer, 'https://token.actions.githubusercontent.com', 'the issuer is kept with the request');
+  t.throws(
+    () => mgr.approve(p.record.id, { subject: 'agent-7', issuer: 'https://token.actions.githubusercontent.com' }),
+    { code: 'SLUICE_APPROVAL_SELF' },
+    'the same pair may not approve',
+  );
+  t.throws(() => mgr.approve(p.record.id, { subject: 'agent-7' }), { code: 'SLUICE_APPROVAL_SELF' }, 'nor the name with no issuer given');
+  const rec = mgr.approve(p.record.id, { subject: 'agent-7', issuer: 'https://sluice.invalid/dev-issuer' }, { windowSeconds: 600 });
+  t.equal(rec.status, 'approved', "another issuer's agent-7 is another principal");
+  const fp = rec.fingerprint;
+  t.equal(mgr.windowAllows('agent-7', 'app-db', fp, 'https://token.actions.githubusercontent.com')?.id, rec.id, 'the window is the requester\'s');
+  t.equal(mgr.windowAllows('agent-7', 'app-db', fp, 'https://sluice.invalid/dev-issuer'), undefined, "not the same name's from another issuer");
+  t.equal(mgr.windowAllows('agent-7', 'app-db', fp), undefined, 'nor one with no issuer');
+});
+
 t.test('expiry with a short timeout; approving after it throws', async (t) => {
   const { mgr, store } = setup(t, { timeoutMs: 30 });
   const p = mgr.request(req());
