@@ -5,6 +5,7 @@ import type { GatewayContext, SessionHandle } from '../../src/gateway/context.js
 import type { Identity } from '../../src/identity/types.js';
 import { ErrorCodes, SluiceError, isSluiceError } from '../../src/errors.js';
 import { isLoopbackConnection, newSessionId } from '../../src/gateway/net.js';
+import { endAtTokenExpiry, tokenExpiredMessage } from '../../src/gateway/token-expiry.js';
 import type { Logger } from '../../src/log.js';
 import { PgFramer, PgProtocolError } from './framer.js';
 import { HandshakeReader, PeerClosed, type WireMessage } from './handshake-reader.js';
@@ -68,6 +69,8 @@ export class PostgresSession implements SessionHandle {
   #socket: Socket;
   #reader: HandshakeReader;
   #relay: PgRelay | undefined;
+  /** Cancels the end at the token's expiry (limits.end_at_token_expiry). */
+  #expiry: (() => void) | undefined;
   #upstream: UpstreamSession | undefined;
   #identity: Identity | undefined;
   #cancelKey: { processId: number; secretKey: number } | undefined;
@@ -316,6 +319,7 @@ export class PostgresSession implements SessionHandle {
     const gate = new PgStatementGate({
       sessionId: this.id,
       subject: identity.subject,
+      issuer: identity.issuer,
       target: this.target.name,
       policy,
       logger: log,
@@ -390,9 +394,19 @@ export class PostgresSession implements SessionHandle {
       'session started',
     );
     relay.start(this.#reader.takeQueued(), [Buffer.concat(toClient)]);
+    const expiresAt = this.#identity?.expiresAt;
+    if (this.target.limits.endAtTokenExpiry && expiresAt !== undefined) {
+      this.#expiry = endAtTokenExpiry(expiresAt, () =>
+        relay.shutdown(
+          'token expired',
+          errorResponse({ severity: 'FATAL', code: sqlstate.INVALID_AUTHORIZATION_SPECIFICATION, message: `sluice: ${tokenExpiredMessage(expiresAt)}` }),
+        ),
+      );
+    }
   }
 
   #ended(reason: string): void {
+    this.#expiry?.();
     if (this.#cancelKey) this.ctx.pgCancels.unregister(this.#cancelKey);
     this.ctx.sessions.delete(this);
     const stats = this.#relay?.stats;

@@ -5,6 +5,7 @@ import type { GatewayContext, SessionHandle } from '../../src/gateway/context.js
 import type { Identity } from '../../src/identity/types.js';
 import { ErrorCodes, SluiceError, isSluiceError } from '../../src/errors.js';
 import { isLoopbackConnection, newSessionId } from '../../src/gateway/net.js';
+import { endAtTokenExpiry, tokenExpiredMessage } from '../../src/gateway/token-expiry.js';
 import type { Logger } from '../../src/log.js';
 import { NOAUTH, parsePreAuth, tokenIs, type PreAuthCommand } from './commands.js';
 import { OK, error, type RespVersion } from './replies.js';
@@ -65,6 +66,8 @@ export class RedisSession implements SessionHandle {
   #busy = false;
   #failures = 0;
   #relay: RedisRelay | undefined;
+  /** Cancels the end at the token's expiry (limits.end_at_token_expiry). */
+  #expiry: (() => void) | undefined;
   #identity: Identity | undefined;
   #closed = false;
   #preAuthTimer: NodeJS.Timeout | undefined;
@@ -318,6 +321,7 @@ export class RedisSession implements SessionHandle {
     const gate = new RedisCommandGate({
       sessionId: this.id,
       subject: identity.subject,
+      issuer: identity.issuer,
       target: this.target.name,
       policy,
       logger: log,
@@ -383,9 +387,12 @@ export class RedisSession implements SessionHandle {
     this.#stash = [];
     relay.start([reply], stash, leftover);
     this.#log = log;
+    const expiresAt = identity.expiresAt;
+    if (limits.endAtTokenExpiry) this.#expiry = endAtTokenExpiry(expiresAt, () => relay.shutdown(tokenExpiredMessage(expiresAt)));
   }
 
   #ended(reason: string): void {
+    this.#expiry?.();
     this.ctx.sessions.delete(this);
     const stats = this.#relay?.stats;
     const metrics = this.ctx.metrics;

@@ -49,6 +49,7 @@ export const DEFAULT_LIMITS: Readonly<SessionLimits> = Object.freeze({
   idleTimeoutMs: 0,
   maxMessageBytes: 64 * 1024 * 1024,
   upstreamConnectTimeoutMs: 10_000,
+  endAtTokenExpiry: true,
 });
 
 /**

@@ -539,6 +539,7 @@ class Normaliser {
     timer('pre_auth_timeout', 'preAuthTimeoutMs', false);
     timer('idle_timeout', 'idleTimeoutMs', true);
     timer('upstream_connect_timeout', 'upstreamConnectTimeoutMs', false);
+    if (typeof raw.end_at_token_expiry === 'boolean') out.endAtTokenExpiry = raw.end_at_token_expiry;
     const maxPre = int(raw.max_pre_auth_connections);
     if (maxPre !== undefined) out.maxPreAuthConnections = maxPre;
     const size = raw.max_message_size;

@@ -88,6 +88,7 @@ const limits = {
     idle_timeout: duration,
     max_message_size: size,
     upstream_connect_timeout: duration,
+    end_at_token_expiry: bool,
   },
 };
 

@@ -59,6 +59,8 @@ export interface SessionLimits {
   maxMessageBytes: number;
   /** Time allowed to connect and authenticate upstream, ms. */
   upstreamConnectTimeoutMs: number;
+  /** End a session when the token it logged in with expires (src/gateway/token-expiry.ts). Default true. */
+  endAtTokenExpiry: boolean;
 }
 
 interface TargetBase {

@@ -14,7 +14,11 @@ export interface Identity {
   claims: Readonly<Record<string, unknown>>;
   /** SHA-256 (hex, first 32 chars) of the `jti`, or of the whole token when it has none: logs and audit refer to a token by this, never by its text. */
   tokenId: string;
-  /** When the token stops being valid. */
+  /**
+   * When the gateway stops accepting the token: its `exp` plus
+   * `identity.clock_tolerance`. A session logged in with it ends then
+   * (`limits.end_at_token_expiry`).
+   */
   expiresAt: Date;
 }
 

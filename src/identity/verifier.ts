@@ -202,7 +202,8 @@ function buildIssuers(config: IdentityConfig, opts: TokenVerifierOptions): Map<s
         ...(opts.logger ? { logger: opts.logger } : {}),
         ...(opts.jwksFileCheckMs !== undefined ? { checkIntervalMs: opts.jwksFileCheckMs } : {}),
       });
-      keySource = ic.jwksFile;
+      // A file's path is the operator's (the log names it); a client is told there is a key file.
+      keySource = 'its jwks_file';
     } else {
       throw refuse(ErrorCodes.CONFIG_INVALID, `issuer ${echo(ic.issuer)} needs exactly one of jwks_uri and jwks_file`);
     }
@@ -233,7 +234,6 @@ function buildIssuers(config: IdentityConfig, opts: TokenVerifierOptions): Map<s
 
 export function createTokenVerifier(config: IdentityConfig, opts: TokenVerifierOptions = {}): TokenVerifier {
   const issuers = buildIssuers(config, opts);
-  const configured = [...issuers.keys()];
   const maxBytes = config.maxTokenBytes;
 
   async function verify(token: string): Promise<Identity> {
@@ -259,8 +259,8 @@ export function createTokenVerifier(config: IdentityConfig, opts: TokenVerifierO
     const iss = typeof issValue === 'string' ? issuers.get(issValue) : undefined;
     if (!iss) {
       const which = issValue === undefined ? 'has no iss claim' : `issuer ${echo(issValue)} is not trusted`;
-      const list = configured.length ? configured.map((i) => JSON.stringify(i)).join(', ') : 'none';
-      throw refuse(ErrorCodes.TOKEN_UNKNOWN_ISSUER, `token ${which}; configured issuers: ${list}`);
+      // The issuers this gateway trusts are its operator's business, not every caller's.
+      throw refuse(ErrorCodes.TOKEN_UNKNOWN_ISSUER, `token ${which} by this gateway; check the issuer the token was minted by`);
     }
 
     const alg = Object.hasOwn(header, 'alg') ? header.alg : undefined;
@@ -292,6 +292,13 @@ export function createTokenVerifier(config: IdentityConfig, opts: TokenVerifierO
       throw refusal;
     }
 
+    // jose checks iat only against a maximum token age, which Sluice does not set: a token minted
+    // in the future (a clock ahead at the issuer, or a token made to outlive a lifetime rule) is refused here.
+    const iat = claims.iat;
+    if (typeof iat === 'number' && iat > Date.now() / 1000 + config.clockToleranceSeconds) {
+      const inS = Math.max(0, Math.round(iat - Date.now() / 1000));
+      throw refuse(ErrorCodes.TOKEN_NOT_YET_VALID, `token was issued at ${isoOf(iat)} (${inS}s from now); check the clock where it was minted`);
+    }
     if (typeof claims.sub !== 'string' || claims.sub.length === 0) {
       throw refuse(ErrorCodes.TOKEN_BAD_CLAIMS, 'token sub claim must be a non-empty string');
     }
@@ -319,7 +326,8 @@ export function createTokenVerifier(config: IdentityConfig, opts: TokenVerifierO
       groups,
       claims: Object.freeze({ ...claims }),
       tokenId,
-      expiresAt: new Date((claims.exp as number) * 1000),
+      // The moment a new login with this token would be refused (jose allows the tolerance past exp).
+      expiresAt: new Date(((claims.exp as number) + config.clockToleranceSeconds) * 1000),
     };
   }
 

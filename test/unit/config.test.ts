@@ -118,7 +118,7 @@ t.test('the full example parses to the normalised shape', async (t) => {
         protocol: 'postgres',
         listen: { host: '127.0.0.1', port: 6432 },
         allowInsecureLoopback: true,
-        limits: { preAuthTimeoutMs: 10_000, maxPreAuthConnections: 64, idleTimeoutMs: 0, maxMessageBytes: 64 * 1024 * 1024, upstreamConnectTimeoutMs: 10_000 },
+        limits: { preAuthTimeoutMs: 10_000, maxPreAuthConnections: 64, idleTimeoutMs: 0, maxMessageBytes: 64 * 1024 * 1024, upstreamConnectTimeoutMs: 10_000, endAtTokenExpiry: true },
         upstream: { host: '127.0.0.1', port: 5432, database: 'app', user: 'app_ci', tls: 'disable' },
       },
       {
@@ -127,7 +127,7 @@ t.test('the full example parses to the normalised shape', async (t) => {
         listen: { host: '127.0.0.1', port: 6380 },
         allowInsecureLoopback: true,
         tls: false,
-        limits: { preAuthTimeoutMs: 10_000, maxPreAuthConnections: 64, idleTimeoutMs: 0, maxMessageBytes: 64 * 1024 * 1024, upstreamConnectTimeoutMs: 10_000 },
+        limits: { preAuthTimeoutMs: 10_000, maxPreAuthConnections: 64, idleTimeoutMs: 0, maxMessageBytes: 64 * 1024 * 1024, upstreamConnectTimeoutMs: 10_000, endAtTokenExpiry: true },
         upstream: { host: '127.0.0.1', port: 6379, user: 'default', db: 0, tls: 'disable' },
       },
     ],
@@ -193,16 +193,18 @@ targets:
   b:
     protocol: redis
     listen: 127.0.0.1:6380
-    limits: { idle_timeout: 1h, max_message_size: 1GiB }
+    limits: { idle_timeout: 1h, max_message_size: 1GiB, end_at_token_expiry: false }
     upstream: { host: 127.0.0.1, db: 3 }
 `, { baseDir: '/x', env: {} });
   t.equal(config.identity.clockToleranceSeconds, 1.5, 'a bare number is milliseconds');
   t.equal(config.identity.maxTokenBytes, 8192);
   t.strictSame(config.targets[0]?.limits, {
     preAuthTimeoutMs: 5000, maxPreAuthConnections: 8, idleTimeoutMs: 300_000, maxMessageBytes: 512 * 1024, upstreamConnectTimeoutMs: 250,
+    endAtTokenExpiry: true,
   });
   t.strictSame(config.targets[1]?.limits, {
     preAuthTimeoutMs: 5000, maxPreAuthConnections: 8, idleTimeoutMs: 3_600_000, maxMessageBytes: 1024 ** 3, upstreamConnectTimeoutMs: 250,
+    endAtTokenExpiry: false,
   }, 'the target overrides only what it names');
 });
 
