@@ -5,13 +5,15 @@
  *   sluice replay ID --json                    the same events, one JSON object per line
  *   sluice replay ID --raw client|server       the exact bytes of one direction (stdout)
  *   sluice replay ID --serve PORT [--once]     a stand-in server on 127.0.0.1:PORT that
- *                                              replays the recorded server side
+ *                                              replays the recorded server side to a client
+ *                                              logging in with the password it prints
  *   --file PATH instead of ID reads a recording file directly (no config needed).
  *
  * The recording is found through the session index (sluice.db in the state
  * dir), or by its file name under <state_dir>/recordings. Exit codes: 0 ok,
  * 1 recording missing or unreadable, 2 usage or configuration.
  */
+import { randomBytes } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../config/load.js';
@@ -39,7 +41,8 @@ const USAGE = `Usage: sluice replay ID|--file PATH [--config FILE] [--json | --r
   --json           the transcript as one JSON object per line (a session line, events, a summary line)
   --raw DIR        the exact bytes of one direction: client (what the client sent) or server (what it received)
   --serve PORT     replay the recorded server side on 127.0.0.1:PORT for the same client to connect to
-                   (PostgreSQL: use sslmode=disable or prefer; each connection is replayed from the start)
+                   with the password it prints, made for this run (PostgreSQL: use sslmode=disable or
+                   prefer; each connection is replayed from the start)
   --once           with --serve: stop after one connection
 Exit codes: 0 ok, 1 recording missing or unreadable, 2 usage.`;
 
@@ -188,13 +191,17 @@ async function serve(
 ): Promise<number> {
   const script = await buildReplayScript(path, progress ? { onProgress: progress.update, size } : {});
   progress?.clear();
-  const replay = await startReplayServer({ script, port, once, onEvent: (line) => io.stderr.write(`sluice replay: ${line}\n`) });
+  // The stand-in's own password, new each run: any local user could otherwise connect and be served
+  // what the recording holds. Printed here, for the one who started the replay.
+  const password = randomBytes(18).toString('base64url');
+  const replay = await startReplayServer({ script, port, once, password, onEvent: (line) => io.stderr.write(`sluice replay: ${line}\n`) });
   const hint =
     script.protocol === 'postgres'
-      ? `psql "host=${replay.host} port=${replay.port} sslmode=disable user=... dbname=..." (any password)`
-      : `redis-cli -h ${replay.host} -p ${replay.port}`;
+      ? `PGPASSWORD=${password} psql "host=${replay.host} port=${replay.port} sslmode=disable user=... dbname=..."`
+      : `redis-cli -h ${replay.host} -p ${replay.port} -a ${password}`;
   io.stdout.write(
     `replaying session ${printable(script.sessionId)} (${script.protocol}, ${script.steps.length} steps, ${script.serverBytes} bytes) on ${replay.host}:${replay.port}\n` +
+      `  password: ${password}\n` +
       `  connect the same client: ${hint}\n`,
   );
   const stop = (): void => void replay.close();

@@ -19,27 +19,38 @@
  * one-byte answer from the script, so a client with sslmode=prefer (or
  * disable) continues in cleartext; sslmode=require cannot be replayed.
  *
- * Authentication is replayed like everything else: whatever password, AUTH
- * or HELLO the client sends counts as the recorded message. A SCRAM
- * exchange recorded straight from a server cannot be replayed to a client
- * that checks the server's signature; sessions through Sluice use a
- * cleartext password exchange (the token) and replay fine.
+ * Authentication: a replay serves recorded data (what a session received,
+ * after masking) that its file keeps owner-only, so the stand-in has a
+ * password of its own, made for each run (the CLI prints it). Where the
+ * recording has the client's login (the PasswordMessage; AUTH, or HELLO
+ * with AUTH), the new client must send one with that password, and any
+ * login it sends must carry it: else it gets the protocol's own refusal
+ * (FATAL 28P01, -WRONGPASS) and the connection closes before any recorded
+ * byte past the login is sent. A recording with no login (a session
+ * refused before it) replays to anyone: it holds nothing past the refusal.
+ * A SCRAM exchange recorded straight from a server cannot be replayed to a
+ * client that checks the server's signature; sessions through Sluice use
+ * a cleartext password exchange (the token) and replay fine.
  *
  * When the script is exhausted (the last step's bytes are written and the
  * client has sent what the last step expects), the connection is closed.
  * Every connection gets its own replay from the start; `once` stops the
  * server after the first.
  */
+import { timingSafeEqual } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Direction } from './format.js';
 import { readRecording } from './reader.js';
 import { PG_REQUEST_CODES, PgClientMessages, pgMessageName } from './transcript-postgres.js';
 import { RespQueue, commandArgs } from './transcript-redis.js';
+import { redisCredentialArgs } from './scrub.js';
 import { printable } from './transcript.js';
 
 export interface ReplayStep {
   /** Names of the client messages that precede the server bytes ('Q', StartupMessage, SET, ...). */
   expect: string[];
+  /** For each of them: the recorded message is a login (its credential scrubbed), where the replay's password is due. */
+  login: boolean[];
   server: Buffer[];
 }
 
@@ -51,9 +62,13 @@ export interface ReplayScript {
   serverBytes: number;
 }
 
-/** Splits a client stream into named messages; SSL/GSSENC requests and CancelRequests are flagged. */
+/**
+ * Splits a client stream into named messages; SSL/GSSENC requests and
+ * CancelRequests are flagged, and a login carries its `credential` (the
+ * password it presents; empty when it is malformed).
+ */
 interface ClientSplitter {
-  push(bytes: Buffer): { name: string; tls?: boolean; cancel?: boolean }[];
+  push(bytes: Buffer): { name: string; tls?: boolean; cancel?: boolean; credential?: Buffer }[];
 }
 
 function splitterFor(protocol: string): ClientSplitter {
@@ -65,19 +80,27 @@ function splitterFor(protocol: string): ClientSplitter {
           name: pgMessageName(m),
           ...(m.type === 0 && (m.code === PG_REQUEST_CODES.ssl || m.code === PG_REQUEST_CODES.gssenc) ? { tls: true } : {}),
           ...(m.type === 0 && m.code === PG_REQUEST_CODES.cancel ? { cancel: true } : {}),
+          ...(m.password !== undefined ? { credential: m.password } : {}),
         })),
     };
   }
   const q = new RespQueue();
   return {
-    push: (bytes) => q.push(bytes).map((v) => ({ name: (commandArgs(v)[0]?.toString('utf8') ?? '?').toUpperCase() })),
+    push: (bytes) =>
+      q.push(bytes).map((v) => {
+        const args = commandArgs(v);
+        const secret = redisCredentialArgs(args);
+        // AUTH pw, AUTH user pw, HELLO 3 AUTH user pw: one password; anything else is malformed.
+        const credential = secret.length === 0 ? undefined : secret.length === 1 ? args[secret[0]!]! : Buffer.alloc(0);
+        return { name: (args[0]?.toString('utf8') ?? '?').toUpperCase(), ...(credential !== undefined ? { credential } : {}) };
+      }),
   };
 }
 
 /** Reads a recording into a replay script. */
 export async function buildReplayScript(path: string, opts: { onProgress?: (done: number, total: number) => void; size?: number } = {}): Promise<ReplayScript> {
   const reader = readRecording(path);
-  const steps: ReplayStep[] = [{ expect: [], server: [] }];
+  const steps: ReplayStep[] = [{ expect: [], login: [], server: [] }];
   let split: ClientSplitter | undefined;
   /** Bytes of recorded SSL/GSSENC answers still to drop from the server side. */
   let dropServer = 0;
@@ -93,11 +116,15 @@ export async function buildReplayScript(path: string, opts: { onProgress?: (done
     const dir: Direction = rec.direction;
     if (dir === 'client') {
       const names: string[] = [];
+      const login: boolean[] = [];
       for (const m of split.push(rec.bytes)) {
         if (m.tls) dropServer++;
-        else names.push(m.name);
+        else {
+          names.push(m.name);
+          login.push(m.credential !== undefined);
+        }
       }
-      if (names.length) steps.push({ expect: names, server: [] });
+      if (names.length) steps.push({ expect: names, login, server: [] });
     } else {
       let bytes = rec.bytes;
       if (dropServer > 0) {
@@ -120,6 +147,8 @@ export async function buildReplayScript(path: string, opts: { onProgress?: (done
 
 export interface ReplayServerOptions {
   script: ReplayScript;
+  /** The password a client must log in with (the CLI makes one per run and prints it). */
+  password: string;
   /** Default 127.0.0.1: a replay serves recorded data and has no authentication of its own. */
   host?: string;
   port: number;
@@ -157,7 +186,7 @@ export async function startReplayServer(opts: ReplayServerOptions): Promise<Runn
       sockets.delete(socket);
       if (opts.once) void close();
     });
-    replayConnection(socket, script, (line) => say(`connection ${n}: ${line}`));
+    replayConnection(socket, script, Buffer.from(opts.password, 'utf8'), (line) => say(`connection ${n}: ${line}`));
   });
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
@@ -179,7 +208,22 @@ export async function startReplayServer(opts: ReplayServerOptions): Promise<Runn
   return { host, port, done, close };
 }
 
-function replayConnection(socket: Socket, script: ReplayScript, say: (line: string) => void): void {
+/** The protocol's own refusal of a login, as a client shows it. */
+function loginRefusal(protocol: ReplayScript['protocol']): Buffer {
+  const text = 'password authentication failed: log in with the password sluice replay printed';
+  if (protocol === 'redis') return Buffer.from(`-WRONGPASS ${text}\r\n`);
+  const fields = Buffer.from(`SFATAL\0VFATAL\0C28P01\0M${text}\0\0`, 'utf8');
+  const head = Buffer.alloc(5);
+  head.write('E', 0, 'latin1');
+  head.writeInt32BE(fields.length + 4, 1);
+  return Buffer.concat([head, fields]);
+}
+
+function samePassword(given: Buffer, password: Buffer): boolean {
+  return given.length === password.length && timingSafeEqual(given, password);
+}
+
+function replayConnection(socket: Socket, script: ReplayScript, password: Buffer, say: (line: string) => void): void {
   const split = splitterFor(script.protocol);
   let step = 0;
   let got = 0;
@@ -233,6 +277,12 @@ function replayConnection(socket: Socket, script: ReplayScript, say: (line: stri
       const s = script.steps[step];
       if (!s) {
         finish(`the client sent message ${received} (${printable(m.name)}) after the end of the recording; closing`);
+        return;
+      }
+      // The replay's own login: where the recording has one, and wherever the client sends one.
+      if ((s.login[got] || m.credential !== undefined) && !(m.credential !== undefined && samePassword(m.credential, password))) {
+        socket.write(loginRefusal(script.protocol));
+        finish(`message ${received} (${printable(m.name)}): ${m.credential === undefined ? 'the recording logs in here, the client did not' : 'wrong password'}; refused, closing`);
         return;
       }
       const want = s.expect[got]!;

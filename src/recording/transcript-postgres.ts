@@ -546,14 +546,18 @@ export class PostgresDecoder implements ProtocolDecoder {
 export class PgClientMessages {
   private readonly s = new PgSplitter(true);
 
-  push(bytes: Buffer): { type: number; code?: number; size: number }[] {
+  /** `password`: a PasswordMessage's text (up to its NUL), for the replay server's login check. */
+  push(bytes: Buffer): { type: number; code?: number; size: number; password?: Buffer }[] {
     this.s.q.push(bytes);
-    const out: { type: number; code?: number; size: number }[] = [];
+    const out: { type: number; code?: number; size: number; password?: Buffer }[] = [];
     for (;;) {
       const m = this.s.next((type) => type !== 0x64);
       if (!m) break;
       if (m.type === 0) out.push({ type: 0, code: m.body.readInt32BE(0), size: m.size });
-      else out.push({ type: m.type, size: m.size });
+      else if (m.type === 0x70 /* p */) {
+        const nul = m.body.indexOf(0);
+        out.push({ type: m.type, size: m.size, password: m.body.subarray(0, nul < 0 ? m.body.length : nul) });
+      } else out.push({ type: m.type, size: m.size });
     }
     return out;
   }

@@ -140,8 +140,8 @@ async function serveReplay(path: string) {
   const io = captureIo();
   const exit = replayCommand(['--file', path, '--serve', '0', '--once'], io);
   for (let i = 0; i < 200; i++) {
-    const m = /on 127\.0\.0\.1:(\d+)/.exec(io.out().toString());
-    if (m) return { port: Number(m[1]), exit, io };
+    const m = /on 127\.0\.0\.1:(\d+)\n  password: (\S+)\n/.exec(io.out().toString());
+    if (m) return { port: Number(m[1]), password: m[2]!, exit, io };
     await new Promise((r) => setTimeout(r, 10));
   }
   throw new Error(`replay server did not start: ${io.err()}`);
@@ -246,13 +246,23 @@ t.test('PostgreSQL: transcript, --raw, and --serve to the same psql', async (t) 
 
   await t.test('--serve: the same psql gets the same output', async (t) => {
     const r = await serveReplay(rec.path);
-    const replayed = await run('psql', psqlArgs(r.port), { env: { ...env, PGPASSWORD: 'not-the-password' } });
+    const replayed = await run('psql', psqlArgs(r.port), { env: { ...env, PGPASSWORD: r.password } });
     t.equal(await r.exit, 0, r.io.err());
     t.equal(replayed.stdout, original.stdout, 'stdout identical');
     t.equal(replayed.stderr, original.stderr, 'stderr identical');
     t.equal(replayed.code, original.code, 'exit code identical');
     t.match(r.io.err(), /replay complete|the client closed/);
     t.notMatch(r.io.err(), /warning/, 'the same client sends the same message types');
+  });
+
+  await t.test('--serve: a client without the replay\'s password gets the login refusal and nothing recorded', async (t) => {
+    const r = await serveReplay(rec.path);
+    const other = await run('psql', psqlArgs(r.port), { env: { ...env, PGPASSWORD: server.password } });
+    t.equal(await r.exit, 0, r.io.err());
+    t.not(other.code, 0);
+    t.match(other.stderr, /FATAL: {2}password authentication failed: log in with the password sluice replay printed/);
+    t.equal(other.stdout, '', 'no recorded row reaches it');
+    t.match(r.io.err(), /wrong password; refused, closing/);
   });
 
   await t.test('extended protocol (node-postgres): Parse, Bind with parameters, Execute, Sync', async (t) => {
@@ -321,9 +331,9 @@ t.test('Redis: transcript, --raw, and --serve to the same redis-cli', async (t) 
     t.ok(raw.out().equals(rec.server), `--raw server equals the ${rec.server.length} bytes the client received`);
   });
 
-  await t.test('--serve: the same redis-cli gets the same output (any password)', async (t) => {
+  await t.test("--serve: the same redis-cli gets the same output, logging in with the replay's password", async (t) => {
     const r = await serveReplay(rec.path);
-    const replayed = await cli(r.port, 'some-other-password');
+    const replayed = await cli(r.port, r.password);
     t.equal(await r.exit, 0, r.io.err());
     t.equal(replayed.stdout, original.stdout, 'stdout identical');
     t.equal(replayed.stderr, original.stderr, 'stderr identical');
@@ -331,9 +341,24 @@ t.test('Redis: transcript, --raw, and --serve to the same redis-cli', async (t) 
     t.notMatch(r.io.err(), /warning/);
   });
 
+  await t.test('--serve: a wrong password, or none where the recording logs in, is refused', async (t) => {
+    for (const [args, why] of [
+      [['-a', 'not-the-replay-password'], /message 1 \(AUTH\): wrong password; refused, closing/],
+      // Without -a, redis-cli's first command is COMMAND DOCS, where the recording has its AUTH.
+      [[], /message 1 \(COMMAND\): the recording logs in here, the client did not; refused, closing/],
+    ] as const) {
+      const r = await serveReplay(rec.path);
+      const other = await run('redis-cli', ['-h', '127.0.0.1', '-p', String(r.port), ...args, '--no-auth-warning'], { input });
+      t.equal(await r.exit, 0, r.io.err());
+      if (args.length > 0) t.match(other.stdout + other.stderr, /WRONGPASS password authentication failed: log in with the password sluice replay printed/);
+      t.notMatch(other.stdout, /hello/, 'no recorded reply reaches it');
+      t.match(r.io.err(), why);
+    }
+  });
+
   await t.test('--serve warns when the client diverges', async (t) => {
     const r = await serveReplay(rec.path);
-    const other = await run('redis-cli', ['-h', '127.0.0.1', '-p', String(r.port), '-a', 'x', '--no-auth-warning'], { input: 'PING\n' });
+    const other = await run('redis-cli', ['-h', '127.0.0.1', '-p', String(r.port), '-a', r.password, '--no-auth-warning'], { input: 'PING\n' });
     t.equal(other.code, 0);
     r.io.controller.abort();
     t.equal(await r.exit, 0);
