@@ -29,6 +29,8 @@ export const ApiErrorCodes = {
   API_BAD_REQUEST: ErrorCodes.API_BAD_REQUEST,
   API_NOT_FOUND: ErrorCodes.API_NOT_FOUND,
   API_INTERNAL: ErrorCodes.API_INTERNAL,
+  API_BUSY: ErrorCodes.API_BUSY,
+  API_TOO_LARGE: ErrorCodes.API_TOO_LARGE,
 } as const;
 
 /** A refusal with the HTTP status it is answered with. */

@@ -48,6 +48,8 @@ export interface ApiDeps {
   sessions?: SessionStore;
   /** Public recording keys by key id, for /api/sessions/:id/verify (e.g. () => loadRecordingPublicKeys(stateDir)). */
   recordingKeys?: () => Promise<Map<string, KeyObject>>;
+  /** Transcripts and verifications at once (default 2), and the largest recording the API makes a transcript of (default 256 MiB). */
+  recordingReads?: { concurrent?: number; transcriptMaxBytes?: number };
 }
 
 export interface RunningApi {
@@ -134,6 +136,11 @@ function approvalError(err: unknown): unknown {
   if (code === ApprovalErrorCodes.APPROVAL_WINDOW_INVALID) return new ApiError(400, err.code, err.message);
   return err;
 }
+
+/** Transcripts and verifications at once (see readingRecording in startApi). */
+const MAX_RECORDING_READS = 2;
+/** The largest recording the API makes a transcript of (in memory); `sluice replay --file` streams any. */
+const TRANSCRIPT_MAX_BYTES = 256 * 1024 * 1024;
 
 function sendError(reply: FastifyReply, status: number, code: string, message: string): FastifyReply {
   if (status === 401) reply.header('www-authenticate', 'Bearer realm="sluice", error="invalid_token"');
@@ -322,14 +329,44 @@ export async function startApi(deps: ApiDeps): Promise<RunningApi> {
     return sessionJson(sessionFor(req.params.id));
   });
 
+  /**
+   * Transcripts and verifications read whole recordings inside the gateway,
+   * next to its live sessions: a few at a time, and a transcript (built in
+   * memory) only of a recording up to TRANSCRIPT_MAX_BYTES. Larger ones are
+   * for `sluice replay --file` on a downloaded copy, which streams.
+   */
+  let reading = 0;
+  const maxReads = deps.recordingReads?.concurrent ?? MAX_RECORDING_READS;
+  const transcriptMax = deps.recordingReads?.transcriptMaxBytes ?? TRANSCRIPT_MAX_BYTES;
+  const readingRecording = async <T>(work: () => Promise<T>): Promise<T> => {
+    if (reading >= maxReads) {
+      throw new ApiError(503, ApiErrorCodes.API_BUSY, `${maxReads} transcripts or verifications are being made; try again shortly`);
+    }
+    reading++;
+    try {
+      return await work();
+    } finally {
+      reading--;
+    }
+  };
+
   app.get<{ Params: { id: string } }>('/api/sessions/:id/transcript', async (req, reply) => {
     await authorize(req, ['auditor']);
-    const path = await recordingOf(sessionFor(req.params.id));
+    const rec = sessionFor(req.params.id);
+    const path = await recordingOf(rec);
     const format = queryString(req.query, 'format');
     if (format !== undefined && format !== 'json' && format !== 'text') throw badRequest('format must be json or text');
+    const size = (await stat(path)).size;
+    if (size > transcriptMax) {
+      throw new ApiError(
+        413,
+        ApiErrorCodes.API_TOO_LARGE,
+        `the recording of session ${rec.id} is ${size} bytes, more than the ${transcriptMax} the API makes a transcript of; download /api/sessions/${rec.id}/recording and run sluice replay --file`,
+      );
+    }
     const wantsJson = format === 'json' || (format === undefined && /application\/json/.test(String(req.headers.accept ?? '')));
-    if (wantsJson) return reply.type('application/json; charset=utf-8').send(await transcriptJson(path));
-    return reply.type('text/plain; charset=utf-8').send(await transcriptText(path));
+    if (wantsJson) return reply.type('application/json; charset=utf-8').send(await readingRecording(() => transcriptJson(path)));
+    return reply.type('text/plain; charset=utf-8').send(await readingRecording(() => transcriptText(path)));
   });
 
   app.get<{ Params: { id: string } }>('/api/sessions/:id/recording', async (req, reply) => {
@@ -347,7 +384,7 @@ export async function startApi(deps: ApiDeps): Promise<RunningApi> {
     const rec = sessionFor(req.params.id);
     const path = await recordingOf(rec);
     const keys = deps.recordingKeys ? await deps.recordingKeys() : new Map<string, KeyObject>();
-    const r = await verifyRecording(path, keys, { sessionId: rec.id });
+    const r = await readingRecording(() => verifyRecording(path, keys, { sessionId: rec.id }));
     return {
       id: rec.id,
       ok: r.ok,

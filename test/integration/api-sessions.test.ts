@@ -29,7 +29,7 @@ function pgMessage(type: string, body: Buffer): Buffer {
 }
 const cstr = (s: string) => Buffer.from(`${s}\0`, 'utf8');
 
-async function setup(t: Test) {
+async function setup(t: Test, recordingReads?: { concurrent?: number; transcriptMaxBytes?: number }) {
   const dir = t.testdir();
   const stateDir = join(dir, 'state');
   const logs: string[] = [];
@@ -75,6 +75,7 @@ async function setup(t: Test) {
     health: () => ({ ok: true, checks: {} }),
     sessions: store,
     recordingKeys: () => loadRecordingPublicKeys(stateDir),
+    ...(recordingReads ? { recordingReads } : {}),
   });
   t.teardown(async () => {
     await api.close();
@@ -167,4 +168,25 @@ t.test('transcript as text and JSON, recording download, verify', async (t) => {
   t.match(bad.first_bad.reason, /CRC/);
 
   for (const token of Object.values(s.tokens)) t.notOk(s.logs.join('').includes(token), 'no token in the API log');
+
+  // s-ci's whole, signed recording in s-agent's place: sound as a file, but not s-agent's.
+  writeFileSync(path, readFileSync(s.sessions['s-ci']!.path));
+  const swapped = JSON.parse((await s.call('/api/sessions/s-agent/verify', s.tokens.auditor)).text) as { ok: boolean; first_bad: { reason: string } };
+  t.equal(swapped.ok, false);
+  t.match(swapped.first_bad.reason, /the file is the recording of session s-ci, not of s-agent: swapped/);
+});
+
+t.test('transcripts and verifications: a size cap on transcripts, a few at a time', async (t) => {
+  const small = await setup(t, { transcriptMaxBytes: 100 });
+  const big = await small.call('/api/sessions/s-ci/transcript', small.tokens.auditor);
+  t.equal(big.status, 413);
+  t.match(JSON.parse(big.text), { code: 'SLUICE_API_TOO_LARGE', message: /more than the 100 the API makes a transcript of; download \/api\/sessions\/s-ci\/recording and run sluice replay --file/ });
+  t.equal((await small.call('/api/sessions/s-ci/verify', small.tokens.auditor)).status, 200, 'verify streams: no cap');
+
+  const none = await setup(t, { concurrent: 0 });
+  for (const p of ['/api/sessions/s-ci/transcript', '/api/sessions/s-ci/verify']) {
+    const busy = await none.call(p, none.tokens.auditor);
+    t.equal(busy.status, 503, p);
+    t.match(JSON.parse(busy.text), { code: 'SLUICE_API_BUSY', message: /try again shortly/ });
+  }
 });
