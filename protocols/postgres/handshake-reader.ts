@@ -2,6 +2,14 @@ import type { Socket } from 'node:net';
 import { ErrorCodes } from '../../src/errors.js';
 import { PgFramer, PgProtocolError } from './framer.js';
 
+/**
+ * Bytes a client may have sent and Sluice not yet consumed during the
+ * handshake: the StartupMessage and the password (the token) are capped at
+ * 64 KiB each by the framer; a client that pipelines more before its login
+ * has finished is refused.
+ */
+export const MAX_QUEUED_BYTES = 256 * 1024;
+
 /** One whole message read during a handshake: its type byte (0 for startup-phase messages) and its complete wire bytes. */
 export interface WireMessage {
   type: number;
@@ -19,6 +27,8 @@ export class HandshakeReader {
   readonly framer: PgFramer;
   #socket: Socket | undefined;
   readonly #queue: WireMessage[] = [];
+  /** Bytes in #queue: bounded (MAX_QUEUED_BYTES), so a client streaming during the login cannot grow it. */
+  #queuedBytes = 0;
   #failure: Error | undefined;
   #ended = false;
   #wake: (() => void) | undefined;
@@ -39,8 +49,8 @@ export class HandshakeReader {
     }
     try {
       this.framer.push(chunk, {
-        passthrough: (bytes) => this.#queue.push({ type: -1, bytes }),
-        message: (type, bytes) => this.#queue.push({ type, bytes }),
+        passthrough: (bytes) => this.#enqueue(-1, bytes),
+        message: (type, bytes) => this.#enqueue(type, bytes),
       });
     } catch (err) {
       this.#failure = err as Error;
@@ -61,6 +71,20 @@ export class HandshakeReader {
 
   constructor(framer: PgFramer) {
     this.framer = framer;
+  }
+
+  #enqueue(type: number, bytes: Buffer): void {
+    this.#queue.push({ type, bytes });
+    this.#queuedBytes += bytes.length;
+    if (this.#queuedBytes > MAX_QUEUED_BYTES) {
+      // Each message is capped by the framer; this caps them together while the session waits
+      // (for the token's check, the upstream login): a client has nothing to send that long.
+      throw new PgProtocolError(
+        ErrorCodes.PROTOCOL_VIOLATION,
+        `more than ${MAX_QUEUED_BYTES} bytes sent before the login finished`,
+        this.framer.streamOffset,
+      );
+    }
   }
 
   attach(socket: Socket): void {
@@ -93,6 +117,11 @@ export class HandshakeReader {
     if (this.#queue.length === 0 && this.framer.atMessageBoundary && !this.framer.expectingStartup) this.#expect = { type, what };
   }
 
+  /** What ended the reading (a protocol violation, the queue's cap, a socket error), whether or not next() has reached it. */
+  get failure(): Error | undefined {
+    return this.#failure;
+  }
+
   /** Messages received but not yet consumed: nonzero right after an SSLRequest means bytes were injected before the TLS handshake. */
   get queued(): number {
     return this.#queue.length;
@@ -102,7 +131,10 @@ export class HandshakeReader {
   async next(): Promise<WireMessage> {
     for (;;) {
       const message = this.#queue.shift();
-      if (message) return message;
+      if (message) {
+        this.#queuedBytes -= message.bytes.length;
+        return message;
+      }
       if (this.#failure) throw this.#failure;
       if (this.#ended) throw new PeerClosed();
       await new Promise<void>((resolve) => (this.#wake = resolve));
@@ -113,6 +145,7 @@ export class HandshakeReader {
   takeQueued(): Buffer[] {
     const out = this.#queue.map((m) => m.bytes);
     this.#queue.length = 0;
+    this.#queuedBytes = 0;
     return out;
   }
 

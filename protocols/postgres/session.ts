@@ -167,6 +167,9 @@ export class PostgresSession implements SessionHandle {
       return;
     }
     this.#upstream = upstream;
+    // The relay attaches its own; until then (the catalogue query's wait, the checks below) an
+    // error on this socket must not be an unhandled 'error' event, which ends the process.
+    upstream.socket.on('error', () => undefined);
     // Sluice parses SQL as PostgreSQL does by default; a server that reads
     // backslashes in '...' as escapes would see different statements.
     if (parameterStatusValue(upstream.startupReply, 'standard_conforming_strings') === 'off') {
@@ -290,7 +293,10 @@ export class PostgresSession implements SessionHandle {
     }
     this.#closed = true;
     this.#clearPreAuth();
-    this.#socket.end();
+    // Closed for good, as PostgreSQL closes a cancel connection: it no longer counts against the
+    // pre-auth limits, so nothing it sends after may be read, held or wait for its FIN.
+    this.#reader.detach();
+    this.#socket.destroy();
     this.ctx.sessions.delete(this);
     void this.#recording?.end('cancel request');
   }
@@ -303,6 +309,9 @@ export class PostgresSession implements SessionHandle {
     masking: PolicyMasking | undefined,
     origins: ColumnOrigins | undefined,
   ): void {
+    // The reader stopped (its queue's cap, a violation) while the login ran: what it queued is not
+    // the whole stream, so no relay may start on it.
+    if (this.#reader.failure) throw this.#reader.failure;
     const key = this.ctx.pgCancels.register(this.target.name, {
       upstream: this.target.upstream,
       key: upstream.backendKey,
@@ -444,6 +453,9 @@ export class PostgresSession implements SessionHandle {
       return;
     }
     const refusal = override ?? this.#errorFor(err);
+    // Nothing more is read: the slot is free already, and bytes the client streams in the grace
+    // period before the destroy would otherwise queue up unbounded.
+    this.#reader.detach();
     if (this.#socket.writable) this.#socket.end(refusal);
     // After the refusal was written, so the recording ends with it. The code, not the message: messages may name upstream details.
     void this.#recording?.end(`refused (${isSluiceError(err) ? err.code : err instanceof PgProtocolError ? 'protocol violation' : 'internal error'})`);

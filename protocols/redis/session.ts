@@ -55,6 +55,9 @@ const MAX_AUTH_FAILURES = 3;
 
 type Login = Extract<PreAuthCommand, { kind: 'auth' } | { kind: 'hello' }>;
 
+/** Bytes of replies to unauthenticated commands that may wait in the write queue before reading stops (see #holdWhileRepliesPile). */
+const PRE_AUTH_WRITE_MAX = 64 * 1024;
+
 export class RedisSession implements SessionHandle {
   readonly id = newSessionId();
   #log: Logger;
@@ -203,11 +206,30 @@ export class RedisSession implements SessionHandle {
         return;
       }
     }
-    if (!login || this.#closed) return;
+    if (!login || this.#closed) {
+      if (!this.#closed) this.#holdWhileRepliesPile();
+      return;
+    }
     if (cut < chunk.length) this.#stash.unshift(chunk.subarray(cut));
     this.#busy = true;
     this.#socket.pause();
     void this.#login(login);
+  }
+
+  /**
+   * Before login every command gets a reply from Sluice (-NOAUTH, a syntax
+   * error): a client that sends and never reads would grow what waits in the
+   * socket's write queue, each reply longer than its command, for the whole
+   * pre-auth timeout. Past PRE_AUTH_WRITE_MAX, reading stops until the
+   * client has read its replies.
+   */
+  #holdWhileRepliesPile(): void {
+    const socket = this.#socket;
+    if (socket.writableLength <= PRE_AUTH_WRITE_MAX) return;
+    socket.pause();
+    socket.once('drain', () => {
+      if (!this.#busy && !this.#closed && !this.#relay) socket.resume();
+    });
   }
 
   #protocolError(err: unknown): void {
@@ -264,7 +286,15 @@ export class RedisSession implements SessionHandle {
       return;
     }
     upstream.socket.on('error', () => {}); // the relay attaches its own; this covers the gap
-    this.#startRelay(upstream.socket, login.kind === 'auth' ? OK : upstream.helloReply!, upstream.leftover, proto, log, policies, label);
+    try {
+      this.#startRelay(upstream.socket, login.kind === 'auth' ? OK : upstream.helloReply!, upstream.leftover, proto, log, policies, label);
+    } catch (err) {
+      // This runs in a promise nobody awaits (#receive starts the login): a throw here must end
+      // this session, not go unhandled and end the process.
+      upstream.socket.destroy();
+      log.error({ err }, 'the session could not start');
+      this.#close(error(`sluice: internal error (correlation id ${this.id})`), 'internal error');
+    }
   }
 
   #loginFailed(err: unknown): void {

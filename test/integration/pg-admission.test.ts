@@ -6,7 +6,9 @@
  */
 import t from 'tap';
 import { createHmac, createPublicKey, generateKeyPairSync } from 'node:crypto';
+import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import pg from 'pg';
 import { SignJWT, importJWK, type JWK } from 'jose';
@@ -264,6 +266,29 @@ t.test('pre-auth deadline and the cap on unauthenticated connections', async (t)
   const idle = await ok.readUntil('E', 5_000);
   t.equal(idle && errorFields(idle.body).C, '57P05', 'an idle session is ended with idle-session timeout');
   await ok.waitClosed();
+});
+
+t.test('a CancelRequest connection is closed for good, whatever the client sends after it', async (t) => {
+  // A client that never sends its FIN: a half-open socket the gateway only end()ed stayed open,
+  // read on, and queued what came, outside the pre-auth limits.
+  const s = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+  s.on('error', () => {});
+  await once(s, 'connect');
+  const cancel = Buffer.alloc(16);
+  cancel.writeInt32BE(16, 0);
+  cancel.writeInt32BE(80877102, 4);
+  cancel.writeInt32BE(12345, 8);
+  cancel.writeInt32BE(67890, 12);
+  s.write(cancel);
+  // Keep sending: once the gateway has closed its end, a write is answered with a reset.
+  const closed = new Promise((r) => s.once('close', () => r('closed')));
+  let outcome: unknown = 'still open';
+  for (let i = 0; i < 30 && outcome === 'still open'; i++) {
+    if (!s.destroyed) s.write(typed('Q', 'SELECT 1\0'));
+    outcome = await Promise.race([closed, new Promise((r) => setTimeout(() => r('still open'), 100))]);
+  }
+  t.equal(outcome, 'closed', 'the gateway closed the connection itself');
+  s.destroy();
 });
 
 t.test('garbage as the first packet ends that connection with 08P01', async (t) => {
