@@ -7,7 +7,7 @@
  * PostgreSQL ignores the SCRAM user name (it already has the startup
  * packet's `user`), so the client-first-message carries `n=` empty.
  */
-import { createHash, createHmac, pbkdf2Sync, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, pbkdf2, randomBytes, timingSafeEqual } from 'node:crypto';
 import { SluiceError, ErrorCodes } from '../../src/errors.js';
 
 const GS2_HEADER = 'n,,';
@@ -97,8 +97,13 @@ export class ScramClient {
     return GS2_HEADER + this.#clientFirstBare;
   }
 
-  /** Takes the server-first-message (AuthenticationSASLContinue), returns the client-final-message. */
-  handleServerFirst(msg: string): string {
+  /**
+   * Takes the server-first-message (AuthenticationSASLContinue), returns the
+   * client-final-message. Async: PBKDF2 runs on libuv's pool, not on the
+   * event loop, which every other session shares (up to MAX_ITERATIONS, a
+   * server's count could hold it for most of a second).
+   */
+  async handleServerFirst(msg: string): Promise<string> {
     if (this.#state !== 'first-sent') throw protocolError('server-first-message out of order');
     const attrs = parseAttributes(msg);
     if (attrs.has('m')) throw protocolError('server requires an unsupported SCRAM extension');
@@ -120,7 +125,7 @@ export class ScramClient {
 
     const salt = Buffer.from(saltB64, 'base64');
     // SaltedPassword := Hi(Normalize(password), salt, i); Hi is PBKDF2 with HMAC-SHA-256.
-    const saltedPassword = saltedPasswordFor(this.#password, salt, iterations);
+    const saltedPassword = await saltedPasswordFor(this.#password, salt, iterations);
     const clientKey = hmac(saltedPassword, 'Client Key');
     const storedKey = sha256(clientKey);
     const clientFinalWithoutProof = `c=${Buffer.from(GS2_HEADER).toString('base64')},r=${nonce}`;
@@ -176,11 +181,13 @@ export class ScramClient {
 const SALTED_CACHE_MAX = 32;
 const saltedCache = new Map<string, Buffer>();
 
-function saltedPasswordFor(password: string, salt: Buffer, iterations: number): Buffer {
+async function saltedPasswordFor(password: string, salt: Buffer, iterations: number): Promise<Buffer> {
   const key = createHash('sha256').update(password).update('\0').update(salt).update(`\0${iterations}`).digest('base64');
   const known = saltedCache.get(key);
   if (known) return known;
-  const derived = pbkdf2Sync(password, salt, iterations, 32, 'sha256');
+  const derived = await new Promise<Buffer>((resolve, reject) =>
+    pbkdf2(password, salt, iterations, 32, 'sha256', (err, out) => (err ? reject(err) : resolve(out))),
+  );
   if (saltedCache.size >= SALTED_CACHE_MAX) saltedCache.delete(saltedCache.keys().next().value as string);
   saltedCache.set(key, derived);
   return derived;

@@ -464,9 +464,13 @@ async function handshake(
             authenticated = true;
             break;
           case AUTH_CLEARTEXT_PASSWORD:
+            // A server that started SCRAM never asks again another way: what does is an impostor
+            // (a man in the middle) after the stored password itself.
+            if (scram) throw protocol('cleartext password requested after SCRAM started');
             write(socket, serialize.password(needPassword('cleartext password')));
             break;
           case AUTH_MD5_PASSWORD: {
+            if (scram) throw protocol('MD5 password requested after SCRAM started');
             const msg = decode(frame) as AuthenticationMD5Password;
             if (msg.name !== 'authenticationMD5Password') throw protocol('malformed AuthenticationMD5Password');
             write(socket, serialize.password(md5Password(upstream.user, needPassword('MD5'), msg.salt)));
@@ -491,7 +495,7 @@ async function handshake(
           case AUTH_SASL_CONTINUE: {
             if (!scram) throw protocol('AuthenticationSASLContinue without SASL');
             const msg = decode(frame) as BackendMessage & { data: string };
-            write(socket, serialize.sendSCRAMClientFinalMessage(scram.handleServerFirst(msg.data)));
+            write(socket, serialize.sendSCRAMClientFinalMessage(await scram.handleServerFirst(msg.data)));
             break;
           }
           case AUTH_SASL_FINAL: {

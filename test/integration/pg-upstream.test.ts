@@ -289,6 +289,35 @@ t.test('hostile or broken servers', async (t) => {
     await rejectsWith(t, connectUpstream(fakeTarget(port, 'disable'), {}, TIMEOUT), ErrorCodes.UPSTREAM_PROTOCOL);
   });
 
+  t.test('a cleartext or MD5 request after SCRAM started is refused, and the password never sent', async (t) => {
+    const sasl = Buffer.from('R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0\0', 'latin1');
+    for (const [what, request] of [
+      ['cleartext', Buffer.from('R\0\0\0\x08\0\0\0\x03', 'latin1')],
+      ['md5', Buffer.from('R\0\0\0\x0c\0\0\0\x05salt', 'latin1')],
+    ] as const) {
+      const after: Buffer[] = [];
+      const sockets = new Set<net.Socket>();
+      const srv = net.createServer((s) => {
+        sockets.add(s);
+        s.on('error', () => {});
+        let n = 0;
+        s.on('data', (chunk) => {
+          if (n === 2) after.push(chunk);
+          if (n < 2) s.write(n === 0 ? sasl : request);
+          n++;
+        });
+      });
+      await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
+      const port = (srv.address() as net.AddressInfo).port;
+      const err = await rejectsWith(t, connectUpstream(fakeTarget(port, 'disable'), {}, TIMEOUT), ErrorCodes.UPSTREAM_PROTOCOL);
+      t.match(err.message, new RegExp(`${what === 'md5' ? 'MD5' : 'cleartext'} password requested after SCRAM started`));
+      await new Promise((r) => setTimeout(r, 50));
+      t.notOk(Buffer.concat(after).includes(Buffer.from('pw')), `${what}: nothing carrying the password was sent`);
+      for (const s of sockets) s.destroy();
+      srv.close();
+    }
+  });
+
   t.test('a NUL in a startup parameter cannot smuggle another parameter', async (t) => {
     const port = await scriptedServer(t, undefined);
     await rejectsWith(

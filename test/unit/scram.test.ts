@@ -16,7 +16,7 @@ function vectorClient(): ScramClient {
 t.test('RFC 7677 test vector', async (t) => {
   const c = vectorClient();
   t.equal(c.clientFirstMessage(), 'n,,n=user,r=rOprNGfwEbeRWgbNEkqO');
-  t.equal(c.handleServerFirst(SERVER_FIRST), CLIENT_FINAL);
+  t.equal(await c.handleServerFirst(SERVER_FIRST), CLIENT_FINAL);
   t.doesNotThrow(() => c.verifyServerFinal(SERVER_FINAL));
   t.equal(c.serverVerified, true);
 });
@@ -31,21 +31,21 @@ t.test('PostgreSQL form: empty user name, random nonce', async (t) => {
 t.test('server signature mismatch throws UPSTREAM_AUTH_FAILED', async (t) => {
   const c = vectorClient();
   c.clientFirstMessage();
-  c.handleServerFirst(SERVER_FIRST);
+  await c.handleServerFirst(SERVER_FIRST);
   const wrong = 'v=' + Buffer.alloc(32, 1).toString('base64');
   t.throws(() => c.verifyServerFinal(wrong), { name: 'SluiceError', code: ErrorCodes.UPSTREAM_AUTH_FAILED });
   t.equal(c.serverVerified, false);
   // A truncated signature is a mismatch too, not a crash in timingSafeEqual.
   const c2 = vectorClient();
   c2.clientFirstMessage();
-  c2.handleServerFirst(SERVER_FIRST);
+  await c2.handleServerFirst(SERVER_FIRST);
   t.throws(() => c2.verifyServerFinal('v=AAAA'), { name: 'SluiceError', code: ErrorCodes.UPSTREAM_AUTH_FAILED });
 });
 
 t.test('server error attribute throws', async (t) => {
   const c = vectorClient();
   c.clientFirstMessage();
-  c.handleServerFirst(SERVER_FIRST);
+  await c.handleServerFirst(SERVER_FIRST);
   t.throws(() => c.verifyServerFinal('e=invalid-proof'), {
     name: 'SluiceError',
     code: ErrorCodes.UPSTREAM_AUTH_FAILED,
@@ -56,7 +56,7 @@ t.test('server error attribute throws', async (t) => {
 t.test('wrong password yields a different proof', async (t) => {
   const c = new ScramClient('pencil2', { nonce: CLIENT_NONCE, username: 'user' });
   c.clientFirstMessage();
-  t.not(c.handleServerFirst(SERVER_FIRST), CLIENT_FINAL);
+  t.not(await c.handleServerFirst(SERVER_FIRST), CLIENT_FINAL);
   t.throws(() => c.verifyServerFinal(SERVER_FINAL));
 });
 
@@ -75,13 +75,13 @@ t.test('malformed server-first-message is refused', async (t) => {
   for (const [name, msg] of cases) {
     const c = vectorClient();
     c.clientFirstMessage();
-    t.throws(() => c.handleServerFirst(msg), { name: 'SluiceError', code: ErrorCodes.UPSTREAM_PROTOCOL }, name);
+    await t.rejects(c.handleServerFirst(msg), { name: 'SluiceError', code: ErrorCodes.UPSTREAM_PROTOCOL }, name);
   }
 });
 
 t.test('out-of-order calls are refused', async (t) => {
   const c = vectorClient();
-  t.throws(() => c.handleServerFirst(SERVER_FIRST), { name: 'SluiceError', code: ErrorCodes.UPSTREAM_PROTOCOL });
+  await t.rejects(c.handleServerFirst(SERVER_FIRST), { name: 'SluiceError', code: ErrorCodes.UPSTREAM_PROTOCOL });
   t.throws(() => c.verifyServerFinal(SERVER_FINAL), { name: 'SluiceError', code: ErrorCodes.UPSTREAM_PROTOCOL });
 });
 
@@ -91,5 +91,5 @@ t.test('password is NFKC-normalised (SASLprep approximation)', async (t) => {
   const b = new ScramClient('IV', { nonce: CLIENT_NONCE, username: 'user' });
   a.clientFirstMessage();
   b.clientFirstMessage();
-  t.equal(a.handleServerFirst(SERVER_FIRST), b.handleServerFirst(SERVER_FIRST));
+  t.equal(await a.handleServerFirst(SERVER_FIRST), await b.handleServerFirst(SERVER_FIRST));
 });
