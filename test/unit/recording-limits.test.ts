@@ -350,13 +350,19 @@ t.test('a write fails mid-session (EFBIG): onFailure, failed, health not ok; a l
   t.equal(v.complete, false);
 });
 
-t.test('retention: old files and rows go, recent ones and active files stay', async (t) => {
+const DAY = 86_400_000;
+
+/** A state dir with its recording key and its index, for the retention tests. */
+async function retentionFixture(t: Test) {
   const stateDir = tempDir(t);
   const key = await openRecordingKey(stateDir);
   const store = openSqliteStore(stateDir);
   t.teardown(() => store.close());
-  const day = 86_400_000;
-  const now = Date.now();
+  return { stateDir, key, store, day: DAY, now: Date.now() };
+}
+
+t.test('retention: old files and rows go, recent ones and active files stay', async (t) => {
+  const { stateDir, key, store, day, now } = await retentionFixture(t);
   const paths: Record<string, string> = {};
   for (const [id, age] of [
     ['old', 40 * day],
@@ -401,12 +407,7 @@ t.test('retention: old files and rows go, recent ones and active files stay', as
 });
 
 t.test('retention keeps what is live however old, and follows no symlink', async (t) => {
-  const stateDir = tempDir(t);
-  const key = await openRecordingKey(stateDir);
-  const store = openSqliteStore(stateDir);
-  t.teardown(() => store.close());
-  const day = 86_400_000;
-  const now = Date.now();
+  const { stateDir, key, store, day, now } = await retentionFixture(t);
   const old = new Date(now - 40 * day);
   // A session idle for 40 days: its file was last written then, its row has no end.
   const idle = await RecordingWriter.open({ stateDir, meta: meta('idle', old.toISOString()), key, onFailure: () => undefined });
