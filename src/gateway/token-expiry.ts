@@ -11,10 +11,10 @@
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** Calls `end` once `expiresAt` has passed (unref'd: it never keeps the process up). Returns the cancel. */
-export function endAtTokenExpiry(expiresAt: Date, end: () => void, now: () => number = Date.now): () => void {
+export function endAtTokenExpiry(expiresAt: Date, end: () => void): () => void {
   let timer: NodeJS.Timeout | undefined;
   const arm = (): void => {
-    const left = expiresAt.getTime() - now();
+    const left = expiresAt.getTime() - Date.now();
     if (!(left > 0)) {
       timer = undefined;
       end();
