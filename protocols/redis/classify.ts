@@ -270,6 +270,50 @@ const migrateKeys: KeyFinder = (args, keys) => {
   }
 };
 
+const STREAMS = Buffer.from('STREAMS');
+const BLOCK = Buffer.from('BLOCK');
+const COUNT = Buffer.from('COUNT');
+const GROUP = Buffer.from('GROUP');
+const NOACK = Buffer.from('NOACK');
+const STOREDIST = Buffer.from('STOREDIST');
+
+/**
+ * XREAD / XREADGROUP: Redis's xreadCommand takes BLOCK n, COUNT n, GROUP g c
+ * and NOACK in any order, then STREAMS key... id...; its key-spec only
+ * searches for STREAMS from a fixed index, so a consumer named "STREAMS"
+ * after an option (`XREADGROUP COUNT 1 GROUP g STREAMS STREAMS secret >`)
+ * took the place of the keyword. Parsed here as Redis parses it; what
+ * Redis would refuse as a syntax error counts as touching any key.
+ */
+const xreadKeys: KeyFinder = (args, keys) => {
+  for (let i = 1; i < args.length; i++) {
+    const a = args[i]!;
+    const more = args.length - i - 1;
+    if ((isKeyword(a, BLOCK) || isKeyword(a, COUNT)) && more >= 1) i += 1;
+    else if (isKeyword(a, GROUP) && more >= 2) i += 2;
+    else if (isKeyword(a, NOACK)) continue;
+    else if (isKeyword(a, STREAMS) && more >= 1) {
+      if (more % 2 !== 0) return true;
+      for (let k = i + 1; k < i + 1 + more / 2; k++) keys.push(args[k]!.toString('utf8'));
+      return;
+    } else return true;
+  }
+  return true;
+};
+
+/**
+ * GEORADIUS / GEORADIUSBYMEMBER: the source key, and the operand of every
+ * STORE and STOREDIST. Redis keeps the last one it reads; the key-spec
+ * finds the first, so `STORE tmp STORE secret` wrote a key no rule saw.
+ * Every one is reported: one Redis ignores is still named (fails closed).
+ */
+const georadiusKeys: KeyFinder = (args, keys) => {
+  if (args.length > 1) keys.push(args[1]!.toString('utf8'));
+  for (let i = 2; i + 1 < args.length; i++) {
+    if (isKeyword(args[i]!, STORE) || isKeyword(args[i]!, STOREDIST)) keys.push(args[++i]!.toString('utf8'));
+  }
+};
+
 /** Replaces the key-specs of commands whose keys Redis finds with a getkeys procedure. */
 const SPECIAL: Record<string, (spec: CommandSpec) => KeyFinder[]> = {
   // SORT's own key is a plain index-1 key-spec; BY/GET and STORE are "unknown".
@@ -277,6 +321,11 @@ const SPECIAL: Record<string, (spec: CommandSpec) => KeyFinder[]> = {
   sort_ro: (spec) => [...fromSpecs(spec), sortKeys(false)],
   // Its KEYS key-spec is flagged incomplete (a key may be named "keys"); Redis uses migrateGetKeys().
   migrate: () => [migrateKeys],
+  // Key-specs that search from a fixed index where Redis's parser takes its options in any order.
+  xread: () => [xreadKeys],
+  xreadgroup: () => [xreadKeys],
+  georadius: () => [georadiusKeys],
+  georadiusbymember: () => [georadiusKeys],
 };
 
 function fromSpecs(spec: CommandSpec): KeyFinder[] {

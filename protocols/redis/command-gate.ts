@@ -40,6 +40,8 @@ export type Judgement =
 const ALLOW: Judgement = Object.freeze({ action: 'allow' });
 /** Longest argument shown in audit text and to approvers. */
 const ARG_PREVIEW = 200;
+/** Characters of a command's description (audit text, approvals), past which the rest is counted, not shown. */
+const DESCRIPTION_MAX = 4096;
 const AGGREGATE_EVERY_MS = 1_000;
 
 interface KindEntry {
@@ -310,15 +312,31 @@ export function secretArguments(command: string, subcommand: string | undefined,
   return out;
 }
 
-/** The command as an approver or auditor reads it: arguments quoted and cut, credentials replaced. */
+/**
+ * The command as an approver or auditor reads it: arguments quoted and cut,
+ * credentials replaced, and the whole cut at DESCRIPTION_MAX characters. A
+ * command may carry hundreds of thousands of arguments up to
+ * max_message_size, and JSON.stringify writes a control byte as six
+ * characters: uncut, one refused command became a string of hundreds of
+ * millions of characters in the audit queue.
+ */
 export function describeCommand(args: Buffer[], facts: RedisCommandFacts): string {
   const secretFrom = secretArgumentsFrom(facts);
-  return args
-    .map((a, i) => {
-      if (i >= secretFrom) return '[redacted]';
+  let out = '';
+  for (let i = 0; i < args.length; i++) {
+    if (out.length >= DESCRIPTION_MAX) {
+      const bytes = args.slice(i).reduce((n, a) => n + a.length, 0);
+      return `${out} ...(${args.length - i} more arguments, ${bytes} bytes)`;
+    }
+    const a = args[i]!;
+    let shown: string;
+    if (i >= secretFrom) shown = '[redacted]';
+    else {
       const s = a.toString('utf8', 0, Math.min(a.length, ARG_PREVIEW));
-      const shown = /^[\x21-\x7e]+$/.test(s) ? s : JSON.stringify(s);
-      return a.length > ARG_PREVIEW ? `${shown}...(${a.length} bytes)` : shown;
-    })
-    .join(' ');
+      const quoted = /^[\x21-\x7e]+$/.test(s) ? s : JSON.stringify(s);
+      shown = a.length > ARG_PREVIEW ? `${quoted}...(${a.length} bytes)` : quoted;
+    }
+    out = i === 0 ? shown : `${out} ${shown}`;
+  }
+  return out;
 }

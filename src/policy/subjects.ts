@@ -22,6 +22,8 @@ interface CompiledGlob {
 const GLOB_CACHE_MAX = 4096;
 const globCache = new Map<string, CompiledGlob>();
 
+const SURROGATE = /[\uD800-\uDFFF]/;
+
 function compile(glob: string): CompiledGlob {
   let compiled = globCache.get(glob);
   if (!compiled) {
@@ -43,7 +45,10 @@ function compile(glob: string): CompiledGlob {
 export function globMatch(glob: string, value: string): boolean {
   const { chars: pat, hasWildcard } = compile(glob);
   if (!hasWildcard) return glob === value;
-  const val = Array.from(value);
+  // Characters, not UTF-16 units, so `?` matches one character. A value with no surrogate pair
+  // (nearly every key) is indexed as it is: a Redis key may be megabytes long, and Array.from
+  // made an array of that many strings for every glob it was matched against.
+  const val: ArrayLike<string> = SURROGATE.test(value) ? Array.from(value) : value;
   let p = 0;
   let v = 0;
   let star = -1;

@@ -41,6 +41,20 @@ t.test('movable keys from key-specs', async (t) => {
   t.same(classify('LMPOP', '2', 'l1', 'l2', 'LEFT').keys, ['l1', 'l2']);
   t.same(classify('BLMPOP', '0', '1', 'l1', 'LEFT').keys, ['l1']);
   t.same(classify('GEORADIUS', 'g', '0', '0', '1', 'km', 'STORE', 'dst').keys, ['g', 'dst']);
+  t.same(
+    classify('GEORADIUS', 'nosuch', '0', '0', '1', 'm', 'STORE', 'tmp:x', 'STORE', 'secret:important').keys,
+    ['nosuch', 'tmp:x', 'secret:important'],
+    'every STORE operand: Redis writes the last one',
+  );
+  t.same(classify('GEORADIUSBYMEMBER', 'g', 'm1', '1', 'km', 'STOREDIST', 'd1', 'STORE', 'd2').keys, ['g', 'd1', 'd2']);
+  t.same(
+    classify('XREADGROUP', 'COUNT', '1', 'GROUP', 'g', 'STREAMS', 'STREAMS', 'secret:s', '>').keys,
+    ['secret:s'],
+    'options in any order: a consumer named STREAMS is not the keyword',
+  );
+  t.same(classify('XREADGROUP', 'NOACK', 'GROUP', 'g', 'c', 'STREAMS', 'a', 'b', '>', '>').keys, ['a', 'b']);
+  t.equal(classify('XREAD', 'STREAMS', 'a', 'b', '0').anyKey, true, 'what Redis refuses (odd count after STREAMS) counts as any key');
+  t.equal(classify('XREAD', 'BOGUS', 'STREAMS', 'a', '0').anyKey, true);
   t.same(classify('SORT', 'src', 'LIMIT', '0', '10', 'STORE', 'dst').keys, ['src', 'dst'], 'SORT ... STORE');
   t.same(classify('SORT', 'src', 'BY', 'w_*', 'GET', '#', 'GET', 'o_*->f').keys, ['src', 'w_*', 'o_*->f'], 'SORT BY/GET patterns');
   t.same(classify('SORT_RO', 'src', 'BY', 'nosort').keys, ['src'], 'a BY pattern without * reads no key');

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { RedisCommandGate, fingerprintOf } from '../../protocols/redis/command-gate.js';
+import { RedisCommandGate, describeCommand, fingerprintOf } from '../../protocols/redis/command-gate.js';
 import { classifyCommand, commandKind, type CommandKind } from '../../protocols/redis/classify.js';
 import { SessionPolicy } from '../../src/policy/engine.js';
 import { createLogger } from '../../src/log.js';
@@ -81,4 +81,15 @@ t.test('approval windows: scripts and administration are told apart by what they
   t.equal(fp('CONFIG', 'SET', 'requirepass', 'a'), fp('CONFIG', 'SET', 'requirepass', 'b'), 'a password is not part of it');
   t.equal(fp('ACL', 'SETUSER', 'bob', 'on', '>pw1', '+@read'), fp('ACL', 'SETUSER', 'bob', 'on', '>pw2', '+@read'));
   t.not(fp('ACL', 'SETUSER', 'bob', 'on', '>pw1', '+@read'), fp('ACL', 'SETUSER', 'bob', 'on', '>pw1', '+@all'), 'other permissions');
+});
+
+t.test('a description is cut as a whole, however many arguments the command carries', async (t) => {
+  const short = [Buffer.from('SET'), Buffer.from('k'), Buffer.from('two words')];
+  t.equal(describeCommand(short, classifyCommand(short)), 'SET k "two words"', 'a short command is shown whole');
+  // About 60 MB of arguments, each a run of control bytes that JSON.stringify writes six times over.
+  const arg = Buffer.alloc(200, 1);
+  const huge = [Buffer.from('FLUSHALL'), ...Array.from({ length: 300_000 }, () => arg)];
+  const text = describeCommand(huge, classifyCommand(huge));
+  t.ok(text.length < 6_000, `cut: ${text.length} characters`);
+  t.match(text, /\.\.\.\(\d+ more arguments, \d+ bytes\)$/);
 });

@@ -30,6 +30,9 @@ t.test('globMatch', async (t) => {
   t.notOk(globMatch('bc', 'abc'), 'anchored at the start');
   t.ok(globMatch('*', ''));
   t.ok(globMatch('*', 'a/b/c'), '* crosses /');
+  t.ok(globMatch('k?y', 'k\u{1F511}y'), '? is one character, a surrogate pair included');
+  t.notOk(globMatch('k??y', 'k\u{1F511}y'));
+  t.ok(globMatch('cache:*:end', `cache:${'x'.repeat(8 * 1024 * 1024)}:end`), 'a key of megabytes is matched as it is');
   t.ok(globMatch('repo:acme/*', 'repo:acme/app:ref:refs/heads/main'));
   t.notOk(globMatch('repo:acme/*', 'repo:acme-evil/app'));
   t.ok(globMatch('a?c', 'abc'));
