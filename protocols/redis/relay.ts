@@ -106,6 +106,8 @@ const DISCARD_CMD = encodeCommand(['DISCARD']);
 const PLUS_OK = Buffer.from('+OK\r\n');
 const PLUS_RESET = Buffer.from('+RESET\r\n');
 
+/** Bytes of Sluice's own replies a client may leave unread, or waiting behind a reply still due, before it is not read (see #holdForOwnReplies). */
+const OWN_REPLIES_MAX = 64 * 1024;
 const INJECT = 0;
 const DROP = 1;
 interface Action {
@@ -157,6 +159,8 @@ export class RedisRelay {
   /** An unpaired RESET was sent: replies are counted again after the upstream's `+RESET`. */
   #awaitingReset = false;
   #actions: Action[] = [];
+  /** Bytes of Sluice's own replies waiting in #actions (INJECT), bounded by OWN_REPLIES_MAX (see #holdForOwnReplies). */
+  #queuedReplyBytes = 0;
   /** A command is held for approval; commands behind it wait in `#backlog`. */
   #held = false;
   #backlog: Array<{ raw: Buffer; args: Buffer[] }> = [];
@@ -287,6 +291,7 @@ export class RedisRelay {
     // A session held for its recording is read again, as any other is while it closes: a socket
     // never read would not see its peer's end, and would wait for the grace timer to be destroyed.
     this.#reads.recording(false);
+    this.#reads.client.release(ReadHold.replies);
     // The reason goes to the client only as the reply to a command that is
     // still owed one: an error nobody asked for breaks clients' reply queues
     // (ioredis throws "Command queue state error"), so with nothing owed the
@@ -319,6 +324,7 @@ export class RedisRelay {
     const rec = this.#recording;
     if (rec) rec.framed(rec.base + this.stats.bytesFromClient - this.clientFramer.bufferedBytes);
     if (!flowing && !this.#clientFailed) this.#reads.client.holdUntilDrained(this.upstream);
+    this.#holdForOwnReplies();
     if (failure !== undefined) this.#clientViolation(failure);
   }
 
@@ -569,6 +575,22 @@ export class RedisRelay {
       return;
     }
     this.#actions.push({ kind: INJECT, n, bytes, final });
+    this.#queuedReplyBytes += bytes.length;
+  }
+
+  /**
+   * Sluice's own replies (refusals, answers it makes itself) send nothing
+   * upstream, so the upstream's backpressure never slows a client that sends
+   * only refused commands: not reading them, it grew the client's write
+   * queue without bound; behind a blocked command (BLPOP k 0), the queue of
+   * replies waiting their turn grew however fast it read. Past
+   * OWN_REPLIES_MAX of either, the client is not read until it has drained,
+   * or the waiting replies are down to half.
+   */
+  #holdForOwnReplies(): void {
+    if (this.#clientFailed || this.#closed) return;
+    if (this.client.writableLength > OWN_REPLIES_MAX) this.#reads.client.holdUntilDrained(this.client);
+    if (this.#queuedReplyBytes > OWN_REPLIES_MAX) this.#reads.client.hold(ReadHold.replies);
   }
 
   #clientViolation(err: unknown): void {
@@ -667,6 +689,8 @@ export class RedisRelay {
       this.#actions.shift();
       this.#edits.push({ at, bytes: head.bytes! });
       if (head.final) this.#edits.push({ at, bytes: FINAL_MARK });
+      this.#queuedReplyBytes -= head.bytes!.length;
+      if (this.#queuedReplyBytes <= OWN_REPLIES_MAX / 2) this.#reads.client.release(ReadHold.replies);
     }
   }
 
@@ -687,6 +711,7 @@ export class RedisRelay {
       this.#edits.push({ at: end, bytes: error('sluice: the upstream refused re-authentication; the session is closed') });
       this.#edits.push({ at: end, bytes: FINAL_MARK });
       this.#actions = [];
+      this.#queuedReplyBytes = 0;
     }
   }
 

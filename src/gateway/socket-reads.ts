@@ -23,6 +23,8 @@ export const ReadHold = {
   approval: 8,
   recording: 16,
   failed: 32,
+  /** Sluice's own replies (refusals) wait in too great a number behind a reply still due (Redis relay). */
+  replies: 64,
 } as const;
 
 export class SocketReads {

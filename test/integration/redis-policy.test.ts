@@ -149,3 +149,25 @@ t.test('audit rows: refusals one by one, allowed commands counted', async (t) =>
   t.ok(sets.length > 0 && sets.every((e) => (e.rows ?? 0) > 0), 'allowed SETs are counted per second');
   for (const e of events) t.notMatch(e.text, agentToken);
 });
+
+t.test("Sluice's own refusals waiting behind a blocked command are bounded: the client is not read past them", async (t) => {
+  const refusedLogged = (): number => gw.logs.filter((l) => (JSON.parse(l) as { msg?: string }).msg === 'command refused').length;
+  const a = await Raw.open(port);
+  t.teardown(() => a.end());
+  a.send(['AUTH', agentToken]);
+  t.same(await a.replies(1), ['+OK\r\n']);
+  const before = refusedLogged();
+  // Each refusal waits for the BLPOP's reply, in order: 20,000 of them are about 2 MB.
+  const n = 20_000;
+  a.send(['BLPOP', 'q:bounded', '0'], ...Array.from({ length: n }, () => ['MONITOR']));
+  await new Promise((r) => setTimeout(r, 700));
+  const read = refusedLogged() - before;
+  t.ok(read > 0 && read < n / 2, `the client is not read once 64 KiB of refusals wait (${read} of ${n} read)`);
+  const b = client();
+  await b.connect();
+  t.teardown(() => b.disconnect());
+  await b.lpush('q:bounded', 'x');
+  const replies = await a.replies(n + 1, 30_000);
+  t.equal(replies[0], '*2\r\n$9\r\nq:bounded\r\n$1\r\nx\r\n', 'the BLPOP is answered first');
+  t.equal(replies.slice(1).filter((r) => r.startsWith('-')).length, n, 'then every refusal, once reading resumes');
+});
