@@ -457,7 +457,7 @@ export class RedisRelay {
         if (this.#closed) return;
         this.#held = false;
         if (reply) this.#refuse(reply);
-        else this.#forward(own.raw, 0, own.raw.length, own.args);
+        else this.#forwardApproved(own.raw, own.args);
         const backlog = this.#backlog;
         this.#backlog = [];
         for (let i = 0; i < backlog.length; i++) {
@@ -476,6 +476,19 @@ export class RedisRelay {
         this.shutdown('the approval flow failed');
       },
     );
+  }
+
+  /**
+   * An approved command goes upstream as it would have unheld: a
+   * (P|S)SUBSCRIBE switches to pub/sub counting, a QUIT's end is the
+   * client's. Forwarded plainly, an approved SUBSCRIBE left the messages
+   * that followed counted as replies to later commands.
+   */
+  #forwardApproved(raw: Buffer, args: Buffer[]): void {
+    const verdict = this.#classifier.classify(args).verdict;
+    if (verdict === Verdict.Quit) this.#clientQuit = true;
+    this.#forward(raw, 0, raw.length, args);
+    if (verdict === Verdict.Subscribe) this.#unpair(args);
   }
 
   /** Forwards a command of the client's, bytes [start, end) of `buf`; `args` only matter unpaired (pub/sub counting). */

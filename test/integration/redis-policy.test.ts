@@ -27,6 +27,7 @@ policies:
       - { name: no-server-admin, action: deny, match: { commands: ['@dangerous', '@scripting', 'flushall'] } }
       - { name: sessions-are-private, action: deny, match: { keys: ['session:*'] } }
       - { name: bulk-delete-needs-approval, action: approve, match: { commands: [unlink] } }
+      - { name: audit-channel-needs-approval, action: approve, match: { commands: [subscribe] } }
 api:
   listen: 127.0.0.1:0
   roles: { approver: [security], auditor: [security] }
@@ -170,4 +171,30 @@ t.test("Sluice's own refusals waiting behind a blocked command are bounded: the 
   const replies = await a.replies(n + 1, 30_000);
   t.equal(replies[0], '*2\r\n$9\r\nq:bounded\r\n$1\r\nx\r\n', 'the BLPOP is answered first');
   t.equal(replies.slice(1).filter((r) => r.startsWith('-')).length, n, 'then every refusal, once reading resumes');
+});
+
+t.test('an approved SUBSCRIBE switches to pub/sub counting, as an unheld one does (RESP3)', async (t) => {
+  const a = await Raw.open(port);
+  t.teardown(() => a.end());
+  a.send(['HELLO', '3', 'AUTH', 'agent-9', agentToken]);
+  const [hello] = await a.replies(1);
+  t.match(hello, /^%/, 'RESP3');
+  a.send(['SUBSCRIBE', 'audit-feed']);
+  let id: string | undefined;
+  for (let i = 0; i < 100 && !id; i++) {
+    const list = (await (await fetch(`${api}/api/approvals?status=pending`, { headers: { authorization: `Bearer ${approverToken}` } })).json()) as {
+      approvals: Array<{ id: string; text: string; subject: string }>;
+    };
+    id = list.approvals.find((x) => x.subject === 'agent-9' && x.text.includes('audit-feed'))?.id;
+    if (!id) await new Promise((r) => setTimeout(r, 25));
+  }
+  t.ok(id, 'the SUBSCRIBE is held');
+  const res = await fetch(`${api}/api/approvals/${id}/approve`, { method: 'POST', headers: { authorization: `Bearer ${approverToken}`, 'content-type': 'application/json' }, body: '{}' });
+  t.equal(res.status, 200);
+  t.same(await a.replies(1), ['>3\r\n$9\r\nsubscribe\r\n$10\r\naudit-feed\r\n:1\r\n'], 'the confirmation, a push');
+  // Counted as a paired reply, the SUBSCRIBE owed one that never came (its confirmation is a
+  // push, which paired counting skips): every later refusal waited for it for ever.
+  a.send(['FLUSHALL']);
+  const [refused] = await a.replies(1, 3_000);
+  t.match(refused, /^-NOPERM sluice: denied by rule "no-server-admin"/, 'a refusal after it arrives');
 });
