@@ -233,6 +233,12 @@ const GET = Buffer.from('GET');
 const KEYS = Buffer.from('KEYS');
 const AUTH = Buffer.from('AUTH');
 const AUTH2 = Buffer.from('AUTH2');
+const STREAMS = Buffer.from('STREAMS');
+const BLOCK = Buffer.from('BLOCK');
+const COUNT = Buffer.from('COUNT');
+const GROUP = Buffer.from('GROUP');
+const NOACK = Buffer.from('NOACK');
+const STOREDIST = Buffer.from('STOREDIST');
 
 /** SORT key [BY pattern] [LIMIT offset count] [GET pattern ...] [ASC|DESC] [ALPHA] [STORE destination] */
 function sortKeys(withStore: boolean): KeyFinder {
@@ -269,13 +275,6 @@ const migrateKeys: KeyFinder = (args, keys) => {
     else if (isKeyword(a, AUTH2)) i += 2;
   }
 };
-
-const STREAMS = Buffer.from('STREAMS');
-const BLOCK = Buffer.from('BLOCK');
-const COUNT = Buffer.from('COUNT');
-const GROUP = Buffer.from('GROUP');
-const NOACK = Buffer.from('NOACK');
-const STOREDIST = Buffer.from('STOREDIST');
 
 /**
  * XREAD / XREADGROUP: Redis's xreadCommand takes BLOCK n, COUNT n, GROUP g c

@@ -49,6 +49,19 @@ function client(): Redis {
   return c;
 }
 
+/** The id of agent-9's pending approval whose text names `what`, once the API lists it (undefined after 2.5 s). */
+async function pendingApproval(what: string): Promise<string | undefined> {
+  for (let i = 0; i < 100; i++) {
+    const list = (await (await fetch(`${api}/api/approvals?status=pending`, { headers: { authorization: `Bearer ${approverToken}` } })).json()) as {
+      approvals: Array<{ id: string; text: string; subject: string }>;
+    };
+    const id = list.approvals.find((x) => x.subject === 'agent-9' && x.text.includes(what))?.id;
+    if (id) return id;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  return undefined;
+}
+
 t.test('a pipeline: refused commands get -NOPERM in place, the rest run in order', async (t) => {
   const c = client();
   await c.connect();
@@ -90,14 +103,7 @@ t.test('a held command waits for approval; the pipeline behind it waits too', as
   await c.set('old:1', 'x');
   const held = c.unlink('old:1');
   const after = c.get('old:1');
-  let id: string | undefined;
-  for (let i = 0; i < 100 && !id; i++) {
-    const list = (await (await fetch(`${api}/api/approvals?status=pending`, { headers: { authorization: `Bearer ${approverToken}` } })).json()) as {
-      approvals: Array<{ id: string; text: string; subject: string }>;
-    };
-    id = list.approvals.find((a) => a.subject === 'agent-9' && a.text.includes('old:1'))?.id;
-    if (!id) await new Promise((r) => setTimeout(r, 25));
-  }
+  const id = await pendingApproval('old:1');
   t.ok(id, 'the approval is listed with the command text');
   t.equal((await redis.cli(['EXISTS', 'old:1'])).trim(), '1', 'nothing ran while held');
   const res = await fetch(`${api}/api/approvals/${id}/approve`, { method: 'POST', headers: { authorization: `Bearer ${approverToken}`, 'content-type': 'application/json' }, body: '{}' });
@@ -180,14 +186,7 @@ t.test('an approved SUBSCRIBE switches to pub/sub counting, as an unheld one doe
   const [hello] = await a.replies(1);
   t.match(hello, /^%/, 'RESP3');
   a.send(['SUBSCRIBE', 'audit-feed']);
-  let id: string | undefined;
-  for (let i = 0; i < 100 && !id; i++) {
-    const list = (await (await fetch(`${api}/api/approvals?status=pending`, { headers: { authorization: `Bearer ${approverToken}` } })).json()) as {
-      approvals: Array<{ id: string; text: string; subject: string }>;
-    };
-    id = list.approvals.find((x) => x.subject === 'agent-9' && x.text.includes('audit-feed'))?.id;
-    if (!id) await new Promise((r) => setTimeout(r, 25));
-  }
+  const id = await pendingApproval('audit-feed');
   t.ok(id, 'the SUBSCRIBE is held');
   const res = await fetch(`${api}/api/approvals/${id}/approve`, { method: 'POST', headers: { authorization: `Bearer ${approverToken}`, 'content-type': 'application/json' }, body: '{}' });
   t.equal(res.status, 200);
