@@ -291,19 +291,14 @@ const SECRET_CONFIG = new Set(['requirepass', 'masterauth']);
  * approver decided on the command with them shown as [redacted]; a window
  * covers the same command whatever they are.
  */
-function secretPositions(facts: RedisCommandFacts, args: readonly Buffer[]): Set<number> {
-  return secretArguments(facts.command, facts.subcommand, args);
-}
-
-/** secretPositions by the command's name and subcommand, lowercase (the transcript has no facts). */
-export function secretArguments(command: string, subcommand: string | undefined, args: readonly Buffer[]): Set<number> {
+export function secretPositions(facts: RedisCommandFacts, args: readonly Buffer[]): Set<number> {
   const out = new Set<number>();
   const lower = (i: number): string => args[i]!.toString('latin1').toLowerCase();
-  if (command === 'acl' && subcommand === 'setuser') {
+  if (facts.command === 'acl' && facts.subcommand === 'setuser') {
     for (let i = 3; i < args.length; i++) if ('><#!'.includes(args[i]!.toString('latin1', 0, 1) || ' ')) out.add(i);
-  } else if (command === 'config' && subcommand === 'set') {
+  } else if (facts.command === 'config' && facts.subcommand === 'set') {
     for (let i = 2; i + 1 < args.length; i += 2) if (SECRET_CONFIG.has(lower(i))) out.add(i + 1);
-  } else if (command === 'migrate') {
+  } else if (facts.command === 'migrate') {
     for (let i = 1; i < args.length; i++) {
       if (lower(i) === 'auth') out.add(i + 1);
       else if (lower(i) === 'auth2') out.add(i + 1).add(i + 2);

@@ -21,7 +21,7 @@ import { isSluiceError } from '../errors.js';
 import { FILE_EXTENSION, SESSION_ID_PATTERN, type Direction } from '../recording/format.js';
 import { readRecording } from '../recording/reader.js';
 import { buildReplayScript, startReplayServer } from '../recording/replay-server.js';
-import { printable, progressPrinter, renderEvent, renderHeader, renderSummary, streamTranscript } from '../recording/transcript.js';
+import { jsonLine, printable, progressPrinter, renderEvent, renderHeader, renderSummary, streamTranscript } from '../recording/transcript.js';
 import { openSqliteStore } from '../store/sqlite.js';
 import { listRecordingFiles } from '../recording/files.js';
 
@@ -143,13 +143,13 @@ export async function replayCommand(args: string[], io: ReplayIo = defaultIo()):
     if (values.json) {
       const summary = await streamTranscript(
         path,
-        (h) => io.stdout.write(`${JSON.stringify({ session: h })}\n`),
-        (e) => io.stdout.write(`${JSON.stringify(e)}\n`),
+        (h) => io.stdout.write(jsonLine({ session: h })),
+        (e) => io.stdout.write(jsonLine(e)),
         progress ? { onProgress: progress.update } : {},
       );
       progress?.clear();
       const { header: _header, ...rest } = summary;
-      io.stdout.write(`${JSON.stringify({ summary: rest })}\n`);
+      io.stdout.write(jsonLine({ summary: rest }));
       return 0;
     }
     const summary = await streamTranscript(

@@ -14,7 +14,8 @@ import type { Direction } from './format.js';
 import { RespReplyFramer, RespRequestFramer } from '../../protocols/redis/resp.js';
 import { ByteQueue, type EmitFn, type ProtocolDecoder, type Stamp, preview, printable } from './transcript.js';
 import { redisCredentialArgs } from './scrub.js';
-import { secretArguments } from '../../protocols/redis/command-gate.js';
+import { classifyCommand } from '../../protocols/redis/classify.js';
+import { secretPositions } from '../../protocols/redis/command-gate.js';
 
 export interface RespValue {
   /** The type byte as a character: + - : $ * _ , # ! = ( % ~ | > (or 'inline'). */
@@ -138,8 +139,7 @@ export function renderCommand(args: readonly Buffer[]): string {
   const secret = new Set(redisCredentialArgs(args));
   // The credentials a command carries past login (CONFIG SET requirepass, ACL SETUSER >pw, MIGRATE
   // AUTH): recorded as sent, shown as approvers and the audit trail see them.
-  const name = args[0]!.toString('latin1').toLowerCase();
-  for (const i of secretArguments(name, args[1]?.toString('latin1').toLowerCase(), args)) if (i < args.length) secret.add(i);
+  for (const i of secretPositions(classifyCommand([...args]), args)) secret.add(i);
   const parts = args.map((a, i) => {
     if (i === 0) return printable(a.toString('utf8'));
     if (secret.has(i)) return a.toString('latin1') === REDACTED ? REDACTED : '[withheld]';

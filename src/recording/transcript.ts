@@ -206,6 +206,11 @@ export async function streamTranscript(
   let lastProgress = 0;
   const count: EmitFn = (e) => {
     events++;
+    // The decoders escape what they quote; every event's text is escaped once more here, where all
+    // pass, for the text and the JSON transcript alike: a value a decoder printed as it came (a status
+    // word, an SQLSTATE, a SASL mechanism name, a C1 control or bidi override JSON.stringify leaves
+    // as it is) must not move an investigator's cursor, write the clipboard, or reorder what is shown.
+    e.text = printable(e.text);
     emit(e);
   };
   for await (const rec of reader) {
@@ -254,16 +259,18 @@ export async function streamTranscript(
 
 const ARROW: Readonly<Record<TranscriptEvent['dir'], string>> = { client: '->', server: '<-', control: '==' };
 
-/**
- * One event's line. The decoders escape what they quote, and the whole line
- * is escaped once more here, at the edge: a line goes to an investigator's
- * terminal, and one value a decoder printed as it came (a status word, an
- * SQLSTATE, a SASL mechanism name, a C1 control or bidi override that
- * JSON.stringify leaves as it is) must not be able to move the cursor,
- * write the clipboard, or reorder what is shown.
- */
+/** One event's line (its text escaped by streamTranscript). */
 export function renderEvent(e: TranscriptEvent): string {
-  return `${e.t.toFixed(3).padStart(12)}  ${ARROW[e.dir]}  ${printable(e.text)}`;
+  return `${e.t.toFixed(3).padStart(12)}  ${ARROW[e.dir]}  ${e.text}`;
+}
+
+/**
+ * A value as one JSON line that is safe on a terminal: JSON.stringify leaves
+ * C1 controls and bidi overrides as they are, and `printable` writes them as
+ * \u escapes, which JSON reads back as the same characters.
+ */
+export function jsonLine(value: unknown): string {
+  return `${printable(JSON.stringify(value))}\n`;
 }
 
 export function renderHeader(h: RecordingHeader): string {

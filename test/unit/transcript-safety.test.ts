@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import type { FooterBody, RecordingMeta } from '../../src/recording/format.js';
 import { openRecordingKey } from '../../src/recording/keys.js';
-import { renderSummary, transcriptText } from '../../src/recording/transcript.js';
+import { jsonLine, renderSummary, transcriptJson, transcriptText } from '../../src/recording/transcript.js';
 import { RecordingWriter } from '../../src/recording/writer.js';
 
 const stateDir = mkdtempSync(join(tmpdir(), 'sluice-transcript-escapes-'));
@@ -62,6 +62,11 @@ t.test('Redis: a hostile argument and a hostile error reply', async (t) => {
   t.match(text, /\\u009b31m/, 'the CSI is shown escaped');
   t.match(text, /\\u202eevil/, 'the bidi override is shown escaped');
   t.notMatch(text, UNSAFE, 'no control character reaches the terminal');
+  const json = await transcriptJson(path);
+  for (const e of json.events) t.notMatch(e.text, UNSAFE, `JSON event ${e.kind}: its text is escaped too`);
+  const line = jsonLine({ value: HOSTILE });
+  t.notMatch(line.slice(0, -1), UNSAFE, 'a --json line is safe on a terminal');
+  t.same(JSON.parse(line), { value: HOSTILE }, 'and reads back as the same value');
 });
 
 t.test('PostgreSQL: an ErrorResponse whose severity and code are hostile', async (t) => {
