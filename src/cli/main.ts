@@ -154,11 +154,19 @@ async function token(args: string[]): Promise<number> {
     }
     claims[pair.slice(0, eq)] = pair.slice(eq + 1);
   }
+  const ttlSeconds = parseDuration(values.ttl);
+  if (ttlSeconds > config.identity.maxTokenLifetimeSeconds) {
+    // Minted, it would be refused at every login: say so now, not at the gateway.
+    process.stderr.write(
+      `sluice token: --ttl ${values.ttl} is longer than identity.max_token_lifetime (${config.identity.maxTokenLifetimeSeconds}s); the gateway would refuse the token\n`,
+    );
+    return EXIT_USAGE;
+  }
   const issuer = await DevIssuer.open(config.stateDir);
   const jwt = await issuer.mint({
     sub: values.sub,
     groups: values.group ?? [],
-    ttlSeconds: parseDuration(values.ttl),
+    ttlSeconds,
     claims,
     ...(values.audience ? { audience: values.audience } : {}),
   });

@@ -20,6 +20,16 @@ export const MAX_MAX_TOKEN_BYTES = 64 * 1024;
 export const MIN_MAX_TOKEN_BYTES = 256;
 export const DEFAULT_CLOCK_TOLERANCE_SECONDS = 30;
 export const MAX_CLOCK_TOLERANCE_SECONDS = 60;
+/**
+ * Tokens that live longer are refused (`identity.max_token_lifetime`): a
+ * token is a bearer credential, and one minted for a week is the long-lived
+ * password Sluice exists to replace. A day covers every OIDC issuer's
+ * defaults (GitHub Actions: minutes; Kubernetes projected tokens: 1 h by
+ * default, at most 48 h where an operator raises it: then so can the
+ * gateway's). Thirty days is the most the setting takes.
+ */
+export const DEFAULT_MAX_TOKEN_LIFETIME_SECONDS = 24 * 3600;
+export const MAX_MAX_TOKEN_LIFETIME_SECONDS = 30 * 24 * 3600;
 export const DEFAULT_GROUPS_CLAIM = 'groups';
 export const DEFAULT_ALGORITHMS: readonly string[] = ['RS256', 'ES256'];
 export const DEFAULT_POSTGRES_PORT = 5432;
@@ -69,6 +79,7 @@ export function embeddedDefaultConfig(env: NodeJS.ProcessEnv, cwd: string = proc
       issuers: [],
       maxTokenBytes: DEFAULT_MAX_TOKEN_BYTES,
       clockToleranceSeconds: DEFAULT_CLOCK_TOLERANCE_SECONDS,
+      maxTokenLifetimeSeconds: DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
     },
     targets: [
       {

@@ -31,7 +31,9 @@ import {
   DEFAULT_REDIS_USER,
   DEFAULT_STATE_DIR,
   DEV_ISSUER,
+  DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
   MAX_CLOCK_TOLERANCE_SECONDS,
+  MAX_MAX_TOKEN_LIFETIME_SECONDS,
   MAX_MESSAGE_BYTES,
   MIN_MESSAGE_BYTES,
   embeddedDefaultConfig,
@@ -413,6 +415,17 @@ class Normaliser {
         clockToleranceSeconds = ms / 1000;
       }
     }
+    let maxTokenLifetimeSeconds = DEFAULT_MAX_TOKEN_LIFETIME_SECONDS;
+    const lt = raw?.max_token_lifetime;
+    if (typeof lt === 'number' || typeof lt === 'string') {
+      const ms = parseDuration(lt);
+      if (ms !== undefined) {
+        if (ms < 1000 || ms > MAX_MAX_TOKEN_LIFETIME_SECONDS * 1000) {
+          this.#problem('identity.max_token_lifetime', `expected 1s to ${MAX_MAX_TOKEN_LIFETIME_SECONDS / 3600}h, found ${render(lt)}`);
+        }
+        maxTokenLifetimeSeconds = ms / 1000;
+      }
+    }
     const issuers: IssuerConfig[] = [];
     const rawIssuers = Array.isArray(raw?.issuers) ? (raw.issuers as unknown[]) : [];
     const firstIndex = new Map<string, number>();
@@ -438,7 +451,7 @@ class Normaliser {
     if (!devIssuer && rawIssuers.length === 0 && devIssuerWellFormed && issuersWellFormed) {
       this.#problem('identity', 'expected dev_issuer: true or at least one entry in issuers, found neither (no token could ever be accepted)');
     }
-    return { devIssuer, issuers, maxTokenBytes, clockToleranceSeconds };
+    return { devIssuer, issuers, maxTokenBytes, clockToleranceSeconds, maxTokenLifetimeSeconds };
   }
 
   #issuer(o: Record<string, unknown>, at: string): IssuerConfig | undefined {

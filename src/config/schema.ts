@@ -276,6 +276,7 @@ export const configSchema = {
           expected: 'an integer 256-65536',
         },
         clock_tolerance: duration,
+        max_token_lifetime: duration,
         issuers: { type: 'array', items: issuer, expected: 'a list of issuers' },
       },
     },

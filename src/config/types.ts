@@ -40,6 +40,11 @@ export interface IdentityConfig {
   maxTokenBytes: number;
   /** Clock skew tolerated on exp/nbf/iat, in seconds. At most 60. */
   clockToleranceSeconds: number;
+  /**
+   * Longest lifetime accepted, `exp` minus `iat` (minus now when the token
+   * has no `iat`), in seconds. Default 24 h, at most 30 days.
+   */
+  maxTokenLifetimeSeconds: number;
 }
 
 export interface TlsFiles {

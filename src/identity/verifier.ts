@@ -99,6 +99,18 @@ function decodeSegment(segment: string, what: string): Record<string, unknown> {
   return value as Record<string, unknown>;
 }
 
+/** A span of seconds as a person reads it, exactly: `90s` is `1m 30s`, then `45m`, `25h`, `1h 0m 1s`. */
+function spanOf(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const r = s % 60;
+  if (s === 0) return '0s';
+  if (r !== 0) return h > 0 ? `${h}h ${m}m ${r}s` : m > 0 ? `${m}m ${r}s` : `${r}s`;
+  if (m !== 0) return h > 0 ? `${h}h ${m}m` : `${m}m`;
+  return `${h}h`;
+}
+
 function isoOf(seconds: unknown): string {
   if (typeof seconds !== 'number' || !Number.isFinite(seconds)) return 'an invalid time';
   const d = new Date(seconds * 1000);
@@ -298,6 +310,18 @@ export function createTokenVerifier(config: IdentityConfig, opts: TokenVerifierO
     if (typeof iat === 'number' && iat > Date.now() / 1000 + config.clockToleranceSeconds) {
       const inS = Math.max(0, Math.round(iat - Date.now() / 1000));
       throw refuse(ErrorCodes.TOKEN_NOT_YET_VALID, `token was issued at ${isoOf(iat)} (${inS}s from now); check the clock where it was minted`);
+    }
+    // How long a leaked token is worth anything is its lifetime, whatever is left of it when it is
+    // shown: past the operator's limit it is refused outright. Measured as its issuer did (exp - iat,
+    // one clock, no skew); a token without iat from now, with the clock tolerance.
+    const exp = claims.exp as number;
+    const lifetime = typeof iat === 'number' ? exp - iat : exp - Date.now() / 1000 - config.clockToleranceSeconds;
+    if (lifetime > config.maxTokenLifetimeSeconds) {
+      const what = typeof iat === 'number' ? `lives ${spanOf(lifetime)} (issued at ${isoOf(iat)}, expires at ${isoOf(exp)})` : `has no iat and expires at ${isoOf(exp)}, in ${spanOf(exp - Date.now() / 1000)}`;
+      throw refuse(
+        ErrorCodes.TOKEN_LIFETIME_TOO_LONG,
+        `token ${what}: longer than the ${spanOf(config.maxTokenLifetimeSeconds)} this gateway accepts (identity.max_token_lifetime); mint a shorter-lived token`,
+      );
     }
     if (typeof claims.sub !== 'string' || claims.sub.length === 0) {
       throw refuse(ErrorCodes.TOKEN_BAD_CLAIMS, 'token sub claim must be a non-empty string');

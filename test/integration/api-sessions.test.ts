@@ -19,7 +19,7 @@ import { RecordingWriter } from '../../src/recording/writer.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
 import type { SessionRecord } from '../../src/store/types.js';
 
-const identity: IdentityConfig = { devIssuer: true, issuers: [], maxTokenBytes: 16384, clockToleranceSeconds: 30 };
+const identity: IdentityConfig = { devIssuer: true, issuers: [], maxTokenBytes: 16384, clockToleranceSeconds: 30, maxTokenLifetimeSeconds: 86400 };
 
 function pgMessage(type: string, body: Buffer): Buffer {
   const h = Buffer.alloc(5);

@@ -19,7 +19,7 @@ import type { ApprovalRecord, AuditEvent } from '../../src/store/types.js';
  * the `sluice approvals` CLI function.
  */
 
-const identity: IdentityConfig = { devIssuer: true, issuers: [], maxTokenBytes: 16384, clockToleranceSeconds: 30 };
+const identity: IdentityConfig = { devIssuer: true, issuers: [], maxTokenBytes: 16384, clockToleranceSeconds: 30, maxTokenLifetimeSeconds: 86400 };
 
 async function setup(t: Test) {
   const dir = t.testdir();

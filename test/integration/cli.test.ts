@@ -109,6 +109,11 @@ t.test('token', async (t) => {
   const missing = await sluice(['token', '--group', 'ci', '--config', 'sluice.yaml'], dir);
   t.equal(missing.code, 2, 'token without --sub exits 2');
   t.match(missing.stderr, /--sub/);
+
+  const tooLong = await sluice(['token', '--sub', 'ci', '--ttl', '2d', '--config', 'sluice.yaml'], dir);
+  t.equal(tooLong.code, 2, 'a --ttl past identity.max_token_lifetime exits 2');
+  t.equal(tooLong.stdout, '', 'and mints nothing');
+  t.match(tooLong.stderr, /--ttl 2d is longer than identity\.max_token_lifetime \(86400s\); the gateway would refuse the token/);
 });
 
 t.test('usage errors and version', async (t) => {

@@ -2,7 +2,9 @@
  * A session ends when the token it logged in with expires
  * (`limits.end_at_token_expiry`, on by default), with a native error where
  * the protocol has room for one; a target that turns it off keeps the
- * session. Real PostgreSQL and Redis servers, node-postgres and ioredis.
+ * session. A token that lives longer than `identity.max_token_lifetime` is
+ * refused at login, however much of it is left. Real PostgreSQL and Redis
+ * servers, node-postgres and ioredis.
  */
 import pg from 'pg';
 import t from 'tap';
@@ -10,6 +12,7 @@ import { Redis } from 'ioredis';
 import { startPostgres } from '../helpers/postgres.js';
 import { startRedis } from '../helpers/redis.js';
 import { startGateway, pgTargetYaml, redisTargetYaml } from '../helpers/gateway.js';
+import { Raw } from '../helpers/raw-redis.js';
 
 const pgServer = await startPostgres();
 t.teardown(() => pgServer.stop());
@@ -17,7 +20,7 @@ const redis = await startRedis();
 t.teardown(() => redis.stop());
 // No clock tolerance: a token's session ends at its exp, not 30 s after.
 const gw = await startGateway(
-  `identity: { dev_issuer: true, clock_tolerance: 0s }
+  `identity: { dev_issuer: true, clock_tolerance: 0s, max_token_lifetime: 1h }
 targets:${pgTargetYaml('app-db', pgServer)}${pgTargetYaml('app-db-long', pgServer, { limits: '{ end_at_token_expiry: false }' })}${redisTargetYaml('cache', redis)}
 policies:
   - name: ci
@@ -79,4 +82,25 @@ t.test('Redis: the session ends at the expiry; a command waiting for its reply g
   t.match(err?.message, /sluice: terminating connection: the token this session logged in with expired at /);
   await sleep(200);
   t.equal(c.status, 'end', 'the connection is closed');
+});
+
+t.test('a token that lives longer than identity.max_token_lifetime is refused at login, on both protocols', async (t) => {
+  const long = await gw.token('ci-long', ['ci'], { ttlSeconds: 2 * 3600 });
+  const c = pgClient('app-db', long);
+  const err = await c.connect().then(() => undefined, (e: Error & { code?: string }) => e);
+  t.match(err?.message, /token lives 2h \(issued at \S+, expires at \S+\): longer than the 1h this gateway accepts \(identity\.max_token_lifetime\); mint a shorter-lived token/);
+  t.equal(err?.code, '28P01', 'PostgreSQL: FATAL 28P01, as for every refused token');
+  await c.end().catch(() => undefined);
+
+  const r = await Raw.open(gw.port('cache'));
+  r.send(['AUTH', long]);
+  const [reply] = await r.replies(1);
+  t.match(reply, /^-WRONGPASS sluice: token refused: token lives 2h \(issued at \S+, expires at \S+\): longer than the 1h this gateway accepts/, 'Redis: -WRONGPASS says why');
+  r.end();
+
+  const ok = pgClient('app-db', await gw.token('ci-hour', ['ci'], { ttlSeconds: 3600 }));
+  await ok.connect();
+  t.equal((await ok.query('select 3 as three')).rows[0].three, 3, 'an hour-long token is accepted');
+  await ok.end();
+  t.notOk(gw.logs.some((l) => l.includes(long)), 'the refused token is in no log line');
 });

@@ -13,6 +13,7 @@ identity:
   dev_issuer: true
   max_token_bytes: 16384
   clock_tolerance: 30s
+  max_token_lifetime: 12h
   issuers:
     - issuer: https://token.actions.githubusercontent.com
       audience: sluice
@@ -110,6 +111,7 @@ t.test('the full example parses to the normalised shape', async (t) => {
       }],
       maxTokenBytes: 16384,
       clockToleranceSeconds: 30,
+      maxTokenLifetimeSeconds: 12 * 3600,
     },
     tls: { certFile: join(dir, 'server.crt'), keyFile: join(dir, 'server.key') },
     targets: [
@@ -168,6 +170,7 @@ targets:
     issuers: [{ issuer: 'https://idp.example', audience: 'sluice', jwksUri: 'https://idp.example/jwks', groupsClaim: 'groups', algorithms: ['RS256', 'ES256'] }],
     maxTokenBytes: 16384,
     clockToleranceSeconds: 30,
+    maxTokenLifetimeSeconds: 24 * 3600,
   });
   const [local, remote, cache] = config.targets as [PostgresTarget, PostgresTarget, RedisTarget];
   t.strictSame(local.listen, { host: '::1', port: 6432 }, 'IPv6 listen loses its brackets');
@@ -329,6 +332,10 @@ t.test('each problem is one line naming the key, what was expected and what was 
       'identity: expected dev_issuer: true or at least one entry in issuers, found neither (no token could ever be accepted)'],
     ['clock tolerance over 60s', MINIMAL.replace('dev_issuer: true', 'dev_issuer: true, clock_tolerance: 2m'),
       'identity.clock_tolerance: expected at most 60s, found "2m"'],
+    ['max_token_lifetime over 30 days', MINIMAL.replace('dev_issuer: true', 'dev_issuer: true, max_token_lifetime: 721h'),
+      'identity.max_token_lifetime: expected 1s to 720h, found "721h"'],
+    ['max_token_lifetime of 0', MINIMAL.replace('dev_issuer: true', 'dev_issuer: true, max_token_lifetime: 0'),
+      'identity.max_token_lifetime: expected 1s to 720h, found 0'],
     ['max_token_bytes over 64 KiB', MINIMAL.replace('dev_issuer: true', 'dev_issuer: true, max_token_bytes: 100000'),
       'identity.max_token_bytes: expected an integer 256-65536, found 100000'],
     ['bad duration', `${MINIMAL}limits: { idle_timeout: 5 minutes }\n`,
@@ -458,7 +465,7 @@ t.test('the embedded default', async (t) => {
   const bare = embeddedDefaultConfig({}, '/work/here');
   t.strictSame(bare, {
     stateDir: '/work/here/.sluice',
-    identity: { devIssuer: true, issuers: [], maxTokenBytes: 16384, clockToleranceSeconds: 30 },
+    identity: { devIssuer: true, issuers: [], maxTokenBytes: 16384, clockToleranceSeconds: 30, maxTokenLifetimeSeconds: 86400 },
     targets: [{
       name: 'pg',
       protocol: 'postgres',

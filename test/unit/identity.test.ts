@@ -59,7 +59,7 @@ async function jwksServer(keys: JWK[], behaviour: 'answer' | 'hang' = 'answer') 
 }
 
 function identityConfig(issuers: IssuerConfig[], devIssuer = false): IdentityConfig {
-  return { devIssuer, issuers, maxTokenBytes: 4096, clockToleranceSeconds: 5 };
+  return { devIssuer, issuers, maxTokenBytes: 4096, clockToleranceSeconds: 5, maxTokenLifetimeSeconds: 3600 };
 }
 
 function issuer(iss: string, source: { jwksUri: string } | { jwksFile: string }, extra: Partial<IssuerConfig> = {}): IssuerConfig {
@@ -133,6 +133,19 @@ t.test('remote JWKS issuer', async (t) => {
   t.test('iat in the future, beyond the clock tolerance', async (t) => {
     await refuses(t, verifier, await sign(rsa, { ...base, iat: now() + 120, exp: now() + 600 }), ErrorCodes.TOKEN_NOT_YET_VALID, /token was issued at \S+ \(1[12]\ds from now\)/);
     t.equal((await verifier.verify(await sign(rsa, { ...base, iat: now() + 2 }))).subject, 'svc-deploy', 'within the tolerance it is accepted');
+  });
+
+  t.test('a lifetime longer than max_token_lifetime (1h here) is refused, however much of it is left', async (t) => {
+    const iat = now();
+    t.equal((await verifier.verify(await sign(rsa, { ...base, iat, exp: iat + 3600 }))).subject, 'svc-deploy', 'exactly the limit is accepted');
+    await refuses(t, verifier, await sign(rsa, { ...base, iat, exp: iat + 3601 }), ErrorCodes.TOKEN_LIFETIME_TOO_LONG,
+      /^token lives 1h 0m 1s \(issued at \S+, expires at \S+\): longer than the 1h this gateway accepts \(identity\.max_token_lifetime\); mint a shorter-lived token$/);
+    // Issued 2 days ago for 3 days: one day left, still refused (a week-long token leaked on day 6 is as bad).
+    await refuses(t, verifier, await sign(rsa, { ...base, iat: iat - 2 * 86400, exp: iat + 86400 }), ErrorCodes.TOKEN_LIFETIME_TOO_LONG, /^token lives 72h /);
+    const { iat: _iat, ...noIat } = base;
+    t.equal((await verifier.verify(await sign(rsa, { ...noIat, exp: now() + 3600 }))).subject, 'svc-deploy', 'no iat: an hour from now is accepted');
+    await refuses(t, verifier, await sign(rsa, { ...noIat, exp: now() + 7200 }), ErrorCodes.TOKEN_LIFETIME_TOO_LONG,
+      /^token has no iat and expires at \S+, in (2h|1h 59m 5\ds): longer than the 1h /);
   });
 
 
