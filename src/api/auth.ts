@@ -3,16 +3,20 @@
  *
  * The caller presents `Authorization: Bearer <token>` (RFC 6750); the token is
  * checked by the same TokenVerifier the gateway uses on its listeners, so one
- * issuer configuration covers both. Roles come from the identity's groups and
- * `api.roles` in the config: an identity is an approver when any of its
- * groups is listed under `approver`, an auditor likewise.
+ * issuer configuration covers both. Roles come from `api.roles` in the
+ * config: an identity is an approver when any entry under `approver` grants
+ * it (a group name among its groups, or a subject match it satisfies, as a
+ * policy's subjects are matched), an auditor likewise. A bare group name
+ * holds from any trusted issuer; a subject match with `issuer` pins the role
+ * to that issuer.
  *
  * Refusals never echo the token: the messages are ours, or the verifier's,
  * which name what was wrong (issuer, audience, expiry) and not the token text.
  */
 import { ErrorCodes, isSluiceError, SluiceError, type ErrorCode } from '../errors.js';
-import type { ApiConfig } from '../config/types.js';
+import type { ApiConfig, RoleGrant } from '../config/types.js';
 import type { Identity, TokenVerifier } from '../identity/types.js';
+import { subjectMatches } from '../policy/subjects.js';
 
 export type ApiRole = 'approver' | 'auditor';
 
@@ -44,11 +48,30 @@ export class ApiError extends SluiceError {
   }
 }
 
+function grants(identity: Identity, grant: RoleGrant): boolean {
+  return typeof grant === 'string' ? identity.groups.includes(grant) : subjectMatches(identity, grant);
+}
+
+/**
+ * The `api.roles` entries that any trusted issuer can satisfy (a bare group
+ * name, or a match without `issuer`), when more than one issuer is trusted:
+ * for a warning at start-up. Empty with a single issuer.
+ */
+export function unpinnedRoles(roles: ApiConfig['roles'], trustedIssuers: number): string[] {
+  if (trustedIssuers < 2) return [];
+  const out: string[] = [];
+  for (const role of ['approver', 'auditor'] as const) {
+    roles[role].forEach((g, i) => {
+      if (typeof g === 'string' || g.issuer === undefined) out.push(`api.roles.${role}[${i}]`);
+    });
+  }
+  return out;
+}
+
 export function rolesFor(identity: Identity, roles: ApiConfig['roles']): Set<ApiRole> {
   const out = new Set<ApiRole>();
-  const groups = new Set(identity.groups);
-  if (roles.approver.some((g) => groups.has(g))) out.add('approver');
-  if (roles.auditor.some((g) => groups.has(g))) out.add('auditor');
+  if (roles.approver.some((g) => grants(identity, g))) out.add('approver');
+  if (roles.auditor.some((g) => grants(identity, g))) out.add('auditor');
   return out;
 }
 
@@ -113,6 +136,6 @@ export function requireRole(principal: Principal, needed: readonly ApiRole[]): v
   throw new ApiError(
     403,
     ErrorCodes.NOT_AUTHORIZED,
-    `subject ${JSON.stringify(principal.identity.subject)} needs ${want}; none of its groups is listed in ${where} in the gateway config`,
+    `subject ${JSON.stringify(principal.identity.subject)} needs ${want}; nothing in ${where} in the gateway config grants it (a group name among its groups, or a subject match)`,
   );
 }

@@ -55,6 +55,7 @@ import type {
   MaskingConfig,
   PolicyConfig,
   RecordingConfig,
+  RoleGrant,
   SessionLimits,
   SubjectMatch,
   TargetConfig,
@@ -357,7 +358,7 @@ class Normaliser {
     const masking = this.#masking(obj(raw.masking));
     const policies = this.#policies(raw.policies, targets.map((t) => t.name), knownIssuers, masking);
     const level = str(obj(raw.log)?.level) as LogConfig['level'] | undefined;
-    const api = this.#api(obj(raw.api));
+    const api = this.#api(obj(raw.api), knownIssuers);
     const config: Config = {
       ...(source !== undefined ? { source } : {}),
       stateDir: this.#path(str(raw.state_dir) ?? DEFAULT_STATE_DIR),
@@ -868,12 +869,28 @@ class Normaliser {
     return out;
   }
 
-  #api(raw: Record<string, unknown> | undefined): ApiConfig | undefined {
+  #api(raw: Record<string, unknown> | undefined, knownIssuers: string[]): ApiConfig | undefined {
     if (raw === undefined) return undefined;
     const listen = this.#listen(raw.listen, 'api.listen');
     if (!listen) return undefined;
     const roles = obj(raw.roles);
-    return { listen, roles: { approver: list(roles?.approver) ?? [], auditor: list(roles?.auditor) ?? [] } };
+    return { listen, roles: { approver: this.#roleGrants(roles?.approver, 'api.roles.approver', knownIssuers), auditor: this.#roleGrants(roles?.auditor, 'api.roles.auditor', knownIssuers) } };
+  }
+
+  /** A group name or a list of group names and subject matches (checked as a policy's subjects are). */
+  #roleGrants(raw: unknown, at: string, knownIssuers: string[]): RoleGrant[] {
+    if (typeof raw === 'string') return raw.length > 0 ? [raw] : [];
+    if (!Array.isArray(raw)) return [];
+    const out: RoleGrant[] = [];
+    raw.forEach((g, i) => {
+      if (typeof g === 'string') {
+        if (g.length > 0) out.push(g);
+        return;
+      }
+      const o = obj(g);
+      if (o !== undefined) out.push(this.#subjects(o, `${at}[${i}]`, knownIssuers));
+    });
+    return out;
   }
 
   /** `recording:`; every omitted key takes DEFAULT_RECORDING's value. */

@@ -245,6 +245,23 @@ const subjects = {
   },
 };
 
+/** An `api.roles` entry: a group name, or a subject match like a policy's (roles pinned to an issuer). */
+const roleGrant = {
+  type: ['string', 'object'],
+  minLength: 1,
+  additionalProperties: false,
+  properties: subjects.properties,
+  expected: 'a group name, or a mapping with groups, sub, issuer and/or claims',
+};
+
+const roleGrants = {
+  type: ['string', 'array'],
+  minLength: 1,
+  minItems: 1,
+  items: roleGrant,
+  expected: 'a group name or a non-empty list of group names and subject matches',
+};
+
 export const configSchema = {
   type: 'object',
   additionalProperties: false,
@@ -394,8 +411,8 @@ export const configSchema = {
         roles: {
           type: 'object',
           additionalProperties: false,
-          expected: 'a mapping with approver and/or auditor group lists',
-          properties: { approver: stringOrList, auditor: stringOrList },
+          expected: 'a mapping with approver and/or auditor lists',
+          properties: { approver: roleGrants, auditor: roleGrants },
         },
       },
     },

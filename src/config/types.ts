@@ -148,10 +148,18 @@ export interface MaskingConfig {
   hashKey?: Secret;
 }
 
+/**
+ * Who holds an API role: a group name (a token from any trusted issuer whose
+ * groups contain it), or a subject match as in a policy (`{ groups, sub,
+ * issuer, claims }`, every criterion present must match), which can pin the
+ * role to one issuer.
+ */
+export type RoleGrant = string | SubjectMatch;
+
 export interface ApiConfig {
   listen: ListenAddress;
-  /** Groups whose members may decide approvals / read the audit trail. */
-  roles: { approver: string[]; auditor: string[] };
+  /** Who may decide approvals / read the audit trail. */
+  roles: { approver: RoleGrant[]; auditor: RoleGrant[] };
 }
 
 export interface ApprovalsConfig {

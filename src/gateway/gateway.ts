@@ -9,6 +9,7 @@ import { ApprovalManager } from '../policy/approvals.js';
 import { openSqliteStore } from '../store/sqlite.js';
 import { AuditWriter } from '../store/audit-writer.js';
 import type { Store } from '../store/types.js';
+import { unpinnedRoles } from '../api/auth.js';
 import { Metrics } from '../api/metrics.js';
 import { startApi, type RunningApi } from '../api/server.js';
 import { loadRecordingPublicKeys } from '../recording/keys.js';
@@ -166,6 +167,13 @@ export class Gateway {
       }
       for (const target of config.targets) await gateway.#listen(target);
       if (config.api) {
+        const unpinned = unpinnedRoles(config.api.roles, (config.identity.devIssuer ? 1 : 0) + config.identity.issuers.length);
+        if (unpinned.length > 0) {
+          logger.warn(
+            { entries: unpinned },
+            'api.roles grants a role by group alone while several issuers are trusted: a token from any of them in that group holds it; pin the role with { groups: [...], issuer: ... } (docs/api.md)',
+          );
+        }
         gateway.api = await startApi({
           config: config.api,
           verifier: ctx.verifier,

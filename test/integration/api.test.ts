@@ -2,9 +2,12 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { approvalsCommand, type CliIo } from '../../src/cli/approvals.js';
+import { unpinnedRoles } from '../../src/api/auth.js';
 import { Metrics } from '../../src/api/metrics.js';
 import { startApi, type HealthReport } from '../../src/api/server.js';
+import { parseConfig } from '../../src/config/load.js';
 import type { IdentityConfig } from '../../src/config/types.js';
 import { DevIssuer } from '../../src/identity/dev-issuer.js';
 import { createTokenVerifier } from '../../src/identity/verifier.js';
@@ -402,7 +405,7 @@ t.test('the approvals CLI against the live API', async (t) => {
   t.match(again.err(), /no longer pending.*SLUICE_APPROVAL_NOT_PENDING/);
   const nobody = captureIo({ SLUICE_TOKEN: s.tokens.nobody });
   t.equal(await approvalsCommand(['list', '--api', s.base], nobody), 1);
-  t.match(nobody.err(), /needs the approver or auditor role; none of its groups is listed in api\.roles\.approver/);
+  t.match(nobody.err(), /needs the approver or auditor role; nothing in api\.roles\.approver or api\.roles\.auditor in the gateway config grants it/);
   t.notOk(nobody.err().includes(s.tokens.nobody));
 
   const empty = captureIo(env);
@@ -445,4 +448,53 @@ t.test('the CLI reads api.listen from the config', async (t) => {
   const code = await approvalsCommand(['list', '--config', file], io);
   t.equal(code, 0, io.err());
   t.match(io.out(), p.record.id);
+});
+
+t.test('roles pinned to an issuer: a group of the same name from another trusted issuer grants nothing', async (t) => {
+  // Two trusted issuers, as when the dev issuer is left on next to the real IdP: anyone who can run
+  // `sluice token` on the gateway host can mint a dev token in any group.
+  const dir = t.testdir();
+  const IDP = 'https://idp.example.test/realms/ops';
+  const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
+  const jwksFile = join(dir, 'jwks.json');
+  writeFileSync(jwksFile, JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'ops-1', alg: 'ES256', use: 'sig' }] }));
+  const idpToken = (sub: string, groups: string[]) =>
+    new SignJWT({ groups }).setProtectedHeader({ alg: 'ES256', kid: 'ops-1' }).setIssuer(IDP).setAudience('sluice').setSubject(sub)
+      .setIssuedAt().setExpirationTime('10m').sign(privateKey);
+  const logger = createLogger('silent', { write: () => undefined });
+  const store = openSqliteStore(join(dir, 'state'), { logger });
+  const approvals = new ApprovalManager({ store, logger, timeoutMs: 60_000 });
+  const dev = await DevIssuer.open(join(dir, 'state'));
+  const verifier = createTokenVerifier(
+    { ...identity, issuers: [{ issuer: IDP, audience: 'sluice', jwksFile, groupsClaim: 'groups', algorithms: ['ES256'] }] },
+    { devIssuer: dev, logger },
+  );
+  // The config as written: `approver: [{ groups: [security], issuer: IDP }]`, `auditor: [audit]`.
+  const config = parseConfig(`
+identity:
+  dev_issuer: true
+  issuers: [{ issuer: ${IDP}, audience: sluice, jwks_file: ${jwksFile}, algorithms: [ES256] }]
+targets: { db: { protocol: postgres, listen: 127.0.0.1:6432, upstream: { host: 127.0.0.1, user: app } } }
+api:
+  listen: 127.0.0.1:0
+  roles:
+    approver: [{ groups: [security], issuer: ${IDP} }]
+    auditor: audit
+`, { baseDir: dir, env: {} });
+  t.strictSame(config.api?.roles, { approver: [{ groups: ['security'], issuer: [IDP] }], auditor: ['audit'] });
+  t.strictSame(unpinnedRoles(config.api!.roles, 2), ['api.roles.auditor[0]'], 'the bare group is what the start-up warning names');
+  t.strictSame(unpinnedRoles(config.api!.roles, 1), [], 'with one issuer trusted there is nothing to pin');
+  const api = await startApi({ config: config.api!, verifier, store, approvals, metrics: new Metrics(), logger, health: () => ({ ok: true, checks: {} }) });
+  t.teardown(async () => {
+    await api.close();
+    approvals.close();
+    store.close();
+  });
+  const get = async (token: string) =>
+    (await fetch(`http://127.0.0.1:${api.address.port}/api/approvals`, { headers: { authorization: `Bearer ${token}` } })).status;
+
+  t.equal(await get(await idpToken('alice', ['security'])), 200, "the IdP's security group is an approver");
+  t.equal(await get(await dev.mint({ sub: 'alice', groups: ['security'] })), 403, "the dev issuer's security group is not");
+  t.equal(await get(await dev.mint({ sub: 'carol', groups: ['audit'] })), 200, 'a bare group name holds from any trusted issuer');
+  t.equal(await get(await idpToken('carol', ['audit'])), 200);
 });
