@@ -71,6 +71,11 @@ const REFUSE_REPLICATION: Classified = Object.freeze({
 
 /** `-EXECABORT` as Redis sends it when a command was rejected while queuing. */
 export const EXECABORT = error('Transaction discarded because of previous errors.', 'EXECABORT');
+/** EXECABORT where the transaction can only be discarded by ending the session (relay.ts, #abortUnpairedExec). */
+export const EXECABORT_CLOSING = error(
+  'Transaction discarded because of previous errors. sluice: closing the connection: a transaction cannot be discarded in place while subscribed',
+  'EXECABORT',
+);
 
 /** Case-insensitive compare of a command token with a lower-case ASCII literal. */
 export function tokenIs(buf: Buffer, lower: string): boolean {

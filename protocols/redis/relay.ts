@@ -37,7 +37,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../../src/log.js';
 import { ReadHold, RelayReads } from '../../src/gateway/socket-reads.js';
 import { endSocket } from '../../src/gateway/net.js';
-import { CommandClassifier, EXECABORT, IDENTITY_FIXED, Verdict, tokenIs } from './commands.js';
+import { CommandClassifier, EXECABORT, EXECABORT_CLOSING, IDENTITY_FIXED, Verdict, tokenIs } from './commands.js';
 import { error, type RespVersion } from './replies.js';
 import { RespProtocolError, RespReplyFramer, RespRequestFramer, type ReplyEndInfo, type ReplySink, type RequestSpanSink, type RespRequestLimits } from './resp.js';
 import { encodeCommand } from './upstream.js';
@@ -168,6 +168,12 @@ export class RedisRelay {
   #multiDirty = false;
   /** The client sent QUIT: the session ends because the client asked, whichever socket's end arrives first. */
   #clientQuit = false;
+  /**
+   * Nothing more the client sends is taken: after a protocol violation, or
+   * a transaction that had to be aborted by ending the session
+   * (#abortUnpairedExec). The session ends once the replies owed before it
+   * are out.
+   */
   #clientFailed = false;
 
   // --- client chunk being framed ---
@@ -330,6 +336,8 @@ export class RedisRelay {
 
   /** One framed command, bytes [start, end) of `buf` (the chunk, or the framer's copy of a command that straddled chunks). */
   #onSpan(buf: Buffer, start: number, end: number): void {
+    // The rest of a chunk after an EXEC that ends the session: never forwarded.
+    if (this.#clientFailed) return;
     const framer = this.clientFramer;
     const nameAt = start + framer.argStart(0);
     const nameEnd = start + framer.argEnd(0);
@@ -416,7 +424,11 @@ export class RedisRelay {
         this.#inMulti = this.#multiDirty = false;
         return;
       case Verdict.Exec:
-        if (this.#multiDirty && this.#paired) {
+        if (this.#multiDirty && !this.#paired) {
+          this.#abortUnpairedExec();
+          return;
+        }
+        if (this.#multiDirty) {
           // A command was refused while queuing: Redis would abort EXEC. Discard upstream instead.
           this.#forwardOwn(DISCARD_CMD);
           this.#reply(EXECABORT);
@@ -439,8 +451,27 @@ export class RedisRelay {
   /** Answers a command with an error instead of forwarding it; inside MULTI the EXEC will abort, as in Redis. */
   #refuse(reply: Buffer): void {
     this.stats.refused++;
-    if (this.#inMulti && this.#paired) this.#multiDirty = true;
+    if (this.#inMulti) this.#multiDirty = true;
     this.#reply(reply);
+  }
+
+  /**
+   * The EXEC of a transaction with a refused command, while the relay counts
+   * pub/sub elements (a RESP3 client that has subscribed): there DISCARD's
+   * `+OK` cannot be dropped at its exact place (a message may come before
+   * it), so nothing of the transaction may reach EXEC another way. The EXEC
+   * is not sent, the client gets EXECABORT in its place and the session
+   * ends; the upstream drops the queued commands with the connection, as
+   * Redis does for any client that leaves mid-MULTI. Before, the refusal
+   * did not mark the transaction there and the EXEC ran the rest of it.
+   */
+  #abortUnpairedExec(): void {
+    this.#clientFailed = true;
+    this.#reads.client.hold(ReadHold.failed);
+    this.#inMulti = this.#multiDirty = false;
+    this.#closeReason = 'transaction aborted while subscribed';
+    this.options.logger.info('a transaction with a refused command was aborted while subscribed; closing session');
+    this.#reply(EXECABORT_CLOSING, true);
   }
 
   /**

@@ -96,6 +96,28 @@ t.test('inside MULTI a refused command aborts the EXEC, as Redis does', async (t
   t.same(ok, [[null, 'OK'], [null, 'three']], 'the next transaction works');
 });
 
+t.test('subscribed (RESP3), a transaction with a refused command still never runs: EXECABORT, and the session ends', async (t) => {
+  const a = await Raw.open(port);
+  t.teardown(() => a.end());
+  a.send(['HELLO', '3', 'AUTH', 'agent-9', agentToken]);
+  t.match((await a.replies(1))[0], /^%/, 'RESP3');
+  a.send(['PSUBSCRIBE', 'news.*']);
+  t.same(await a.replies(1), ['>3\r\n$10\r\npsubscribe\r\n$6\r\nnews.*\r\n:1\r\n'], 'subscribed: the relay now counts pub/sub elements');
+  a.send(['MULTI'], ['SET', 'sub-tx', 'one'], ['FLUSHALL'], ['SET', 'sub-tx', 'two'], ['EXEC'], ['SET', 'sub-after', 'x']);
+  const replies = await a.replies(6, 3_000);
+  t.equal(replies.length, 5, 'five replies, then the connection closed');
+  t.same(replies.slice(0, 2), ['+OK\r\n', '+QUEUED\r\n']);
+  t.match(replies[2], /^-NOPERM sluice: denied by rule "no-server-admin"/);
+  t.equal(replies[3], '+QUEUED\r\n');
+  t.match(replies[4], /^-EXECABORT Transaction discarded because of previous errors\. sluice: closing the connection/);
+  t.ok(a.closed, 'the session ended');
+  // What the upstream holds: neither the transaction's SETs nor the command after the EXEC ran.
+  const direct = new Redis({ port: redis.port, password: redis.password, lazyConnect: true });
+  await direct.connect();
+  t.teardown(() => direct.disconnect());
+  t.same(await direct.mget('sub-tx', 'sub-after'), [null, null], 'nothing of it ran');
+});
+
 t.test('a held command waits for approval; the pipeline behind it waits too', async (t) => {
   const c = client();
   await c.connect();
