@@ -36,6 +36,14 @@
  * client has sent what the last step expects), the connection is closed.
  * Every connection gets its own replay from the start; `once` stops the
  * server after the first.
+ *
+ * Limits, so that whoever can reach the port but has not the password
+ * cannot tie the replay up: at most `maxConnections` (8) at once; until a
+ * connection has logged in, at most 64 KiB from it and `loginTimeoutMs`
+ * (30 s) to do it in. Each is refused the protocol's way (FATAL 53300, or
+ * 08P01, or 57014 on the timeout as PostgreSQL's own; -ERR) and the
+ * connection closed. A recording without a login has no password to pass,
+ * so those two limits hold for the whole of its replay.
  */
 import { timingSafeEqual } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
@@ -154,6 +162,10 @@ export interface ReplayServerOptions {
   port: number;
   /** Stop listening after the first connection has been replayed. */
   once?: boolean;
+  /** Connections replayed at once; more are refused (default 8). */
+  maxConnections?: number;
+  /** Time a connection has to log in with the password (default 30 000 ms). */
+  loginTimeoutMs?: number;
   /** What happens, for a person (connections, divergences, the end). */
   onEvent?: (line: string) => void;
 }
@@ -174,10 +186,18 @@ export async function startReplayServer(opts: ReplayServerOptions): Promise<Runn
   let connections = 0;
   let resolveDone!: () => void;
   const done = new Promise<void>((r) => (resolveDone = r));
+  const maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+  const limits = { loginTimeoutMs: opts.loginTimeoutMs ?? DEFAULT_LOGIN_TIMEOUT_MS };
   const server: Server = createServer((socket) => {
     const n = ++connections;
     if (opts.once && n > 1) {
       socket.destroy();
+      return;
+    }
+    if (sockets.size >= maxConnections) {
+      socket.on('error', () => undefined);
+      socket.end(refusal(script.protocol, '53300', `too many connections: this replay serves ${maxConnections} at once`));
+      say(`connection ${n} from ${socket.remoteAddress}:${socket.remotePort}: refused, ${maxConnections} already open`);
       return;
     }
     sockets.add(socket);
@@ -186,7 +206,7 @@ export async function startReplayServer(opts: ReplayServerOptions): Promise<Runn
       sockets.delete(socket);
       if (opts.once) void close();
     });
-    replayConnection(socket, script, Buffer.from(opts.password, 'utf8'), (line) => say(`connection ${n}: ${line}`));
+    replayConnection(socket, script, Buffer.from(opts.password, 'utf8'), limits, (line) => say(`connection ${n}: ${line}`));
   });
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
@@ -208,27 +228,48 @@ export async function startReplayServer(opts: ReplayServerOptions): Promise<Runn
   return { host, port, done, close };
 }
 
-/** The protocol's own refusal of a login, as a client shows it. */
-function loginRefusal(protocol: ReplayScript['protocol']): Buffer {
-  const text = 'password authentication failed: log in with the password sluice replay printed';
-  if (protocol === 'redis') return Buffer.from(`-WRONGPASS ${text}\r\n`);
-  const fields = Buffer.from(`SFATAL\0VFATAL\0C28P01\0M${text}\0\0`, 'utf8');
+const DEFAULT_MAX_CONNECTIONS = 8;
+const DEFAULT_LOGIN_TIMEOUT_MS = 30_000;
+/** What a connection may send before it has logged in: a startup packet and a password need a few hundred bytes. */
+const MAX_BYTES_BEFORE_LOGIN = 64 * 1024;
+
+/**
+ * The protocol's own refusal, as a client shows it: a FATAL ErrorResponse
+ * with `sqlstate`, or a Redis error (`-WRONGPASS` for a login, else `-ERR`).
+ */
+function refusal(protocol: ReplayScript['protocol'], sqlstate: string, text: string): Buffer {
+  if (protocol === 'redis') return Buffer.from(`${sqlstate === '28P01' ? '-WRONGPASS' : '-ERR'} ${text}\r\n`);
+  const fields = Buffer.from(`SFATAL\0VFATAL\0C${sqlstate}\0M${text}\0\0`, 'utf8');
   const head = Buffer.alloc(5);
   head.write('E', 0, 'latin1');
   head.writeInt32BE(fields.length + 4, 1);
   return Buffer.concat([head, fields]);
 }
 
+function loginRefusal(protocol: ReplayScript['protocol']): Buffer {
+  return refusal(protocol, '28P01', 'password authentication failed: log in with the password sluice replay printed');
+}
+
 function samePassword(given: Buffer, password: Buffer): boolean {
   return given.length === password.length && timingSafeEqual(given, password);
 }
 
-function replayConnection(socket: Socket, script: ReplayScript, password: Buffer, say: (line: string) => void): void {
+function replayConnection(socket: Socket, script: ReplayScript, password: Buffer, limits: { loginTimeoutMs: number }, say: (line: string) => void): void {
   const split = splitterFor(script.protocol);
   let step = 0;
   let got = 0;
   let received = 0;
   let finished = false;
+  /** The client has sent the replay's password; until then its input and time are bounded. */
+  let loggedIn = false;
+  let bytesBeforeLogin = 0;
+  const loginTimer = setTimeout(() => {
+    if (loggedIn || finished) return;
+    socket.write(refusal(script.protocol, '57014', `canceling authentication: no login within ${limits.loginTimeoutMs / 1000}s; closing`));
+    finish(`no login within ${limits.loginTimeoutMs / 1000}s; closing`);
+  }, limits.loginTimeoutMs);
+  loginTimer.unref();
+  socket.on('close', () => clearTimeout(loginTimer));
   const warned = { count: 0 };
   const warn = (line: string): void => {
     // A client that diverged early diverges on every later message: a few lines say it.
@@ -254,6 +295,11 @@ function replayConnection(socket: Socket, script: ReplayScript, password: Buffer
   socket.on('error', () => undefined);
   socket.on('data', (chunk: Buffer) => {
     if (finished) return;
+    if (!loggedIn && (bytesBeforeLogin += chunk.length) > MAX_BYTES_BEFORE_LOGIN) {
+      socket.write(refusal(script.protocol, '08P01', `more than ${MAX_BYTES_BEFORE_LOGIN / 1024} KiB sent before logging in; closing`));
+      finish(`more than ${MAX_BYTES_BEFORE_LOGIN / 1024} KiB before a login; refused, closing`);
+      return;
+    }
     let msgs;
     try {
       msgs = split.push(chunk);
@@ -285,6 +331,7 @@ function replayConnection(socket: Socket, script: ReplayScript, password: Buffer
         finish(`message ${received} (${printable(m.name)}): ${m.credential === undefined ? 'the recording logs in here, the client did not' : 'wrong password'}; refused, closing`);
         return;
       }
+      if (m.credential !== undefined) loggedIn = true;
       const want = s.expect[got]!;
       if (want !== m.name) warn(`message ${received}: the recording has ${printable(want)}, the client sent ${printable(m.name)}`);
       got++;

@@ -20,6 +20,7 @@ import { replayCommand, type ReplayIo } from '../../src/cli/replay.js';
 import { loadRecordingPublicKeys, openRecordingKey, type RecordingKey } from '../../src/recording/keys.js';
 import { verifyRecording } from '../../src/recording/verify.js';
 import { readRecording } from '../../src/recording/reader.js';
+import { buildReplayScript, startReplayServer } from '../../src/recording/replay-server.js';
 import { scrubPgPasswordMessage, scrubRedisAuth } from '../../src/recording/scrub.js';
 import { transcriptJson, transcriptText } from '../../src/recording/transcript.js';
 import { RecordingWriter } from '../../src/recording/writer.js';
@@ -354,6 +355,38 @@ t.test('Redis: transcript, --raw, and --serve to the same redis-cli', async (t) 
       t.notMatch(other.stdout, /hello/, 'no recorded reply reaches it');
       t.match(r.io.err(), why);
     }
+  });
+
+  await t.test('--serve limits: connections at once, and bytes and time before the login', async (t) => {
+    const events: string[] = [];
+    const script = await buildReplayScript(rec.path);
+    const server = await startReplayServer({ script, password: 'the-replay-password', port: 0, maxConnections: 2, loginTimeoutMs: 300, onEvent: (line) => events.push(line) });
+    t.teardown(() => server.close());
+    /** A raw connection and everything it is sent until the replay closes it. */
+    const open = async (port = server.port) => {
+      const s = await new Promise<Socket>((resolve) => {
+        const c = connect(port, '127.0.0.1', () => resolve(c));
+        c.on('error', () => undefined);
+      });
+      let got = '';
+      s.on('data', (d: Buffer) => (got += d.toString('latin1')));
+      return { s, closed: new Promise<string>((resolve) => s.on('close', () => resolve(got))) };
+    };
+    const a = await open();
+    const b = await open();
+    const third = await open();
+    t.equal(await third.closed, '-ERR too many connections: this replay serves 2 at once\r\n', 'a third at once is refused');
+    // Neither logs in: each is closed when its time is up.
+    t.equal(await a.closed, '-ERR canceling authentication: no login within 0.3s; closing\r\n');
+    t.equal(await b.closed, '-ERR canceling authentication: no login within 0.3s; closing\r\n');
+    t.ok(events.some((l) => /refused, 2 already open/.test(l)), 'the refusal is reported');
+    // Another replay (the first's sockets may not have closed on its side yet): a connection with no login sends too much.
+    const other = await startReplayServer({ script, password: 'the-replay-password', port: 0 });
+    t.teardown(() => other.close());
+    const flood = await open(other.port);
+    flood.s.write(`*2\r\n$4\r\nECHO\r\n$100000\r\n${'x'.repeat(70_000)}`);
+    t.equal(await flood.closed, '-ERR more than 64 KiB sent before logging in; closing\r\n', 'unauthenticated input is bounded');
+    // The recorded session itself sent 200 KB after its login (SET big): the --serve test above replays it in full.
   });
 
   await t.test('--serve warns when the client diverges', async (t) => {
