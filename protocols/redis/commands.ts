@@ -12,6 +12,8 @@
  *   MONITOR                  refused: it streams every other client's commands
  *   SYNC, PSYNC, REPLCONF    refused: the replication stream is not RESP
  *   (P|S)SUBSCRIBE           forwarded; the session enters pub/sub mode
+ *   (P|S)UNSUBSCRIBE         the same: even unsubscribed, Redis confirms each channel
+ *                            (RESP2: a reply per channel; RESP3: push messages)
  *   MULTI, EXEC, DISCARD     forwarded; tracked so a refusal inside MULTI aborts EXEC
  *
  * Everything else (QUIT and CLIENT REPLY ON included) goes to the upstream
@@ -135,7 +137,7 @@ export class CommandClassifier {
    */
   byName(buf: Buffer, at: number, n: number): Classified | undefined {
     // GET, SET, HGET, LPUSH...: the common commands fall out here or at the switch.
-    if (n < 4 || n > 10) return FORWARD;
+    if (n < 4 || n > 12) return FORWARD;
     switch (buf[at]! | 0x20) {
       case 0x61: // 'a'
         return tokenAt(buf, at, n, 'auth') ? REFUSE_IDENTITY : FORWARD;
@@ -151,16 +153,18 @@ export class CommandClassifier {
         if (tokenAt(buf, at, n, 'multi')) return MULTI;
         return tokenAt(buf, at, n, 'monitor') ? REFUSE_MONITOR : FORWARD;
       case 0x70: // 'p'
-        if (tokenAt(buf, at, n, 'psubscribe')) return SUBSCRIBE;
+        if (tokenAt(buf, at, n, 'psubscribe') || tokenAt(buf, at, n, 'punsubscribe')) return SUBSCRIBE;
         return tokenAt(buf, at, n, 'psync') ? REFUSE_REPLICATION : FORWARD;
       case 0x71: // 'q'
         return tokenAt(buf, at, n, 'quit') ? QUIT : FORWARD;
+      case 0x75: // 'u'
+        return tokenAt(buf, at, n, 'unsubscribe') ? SUBSCRIBE : FORWARD;
       case 0x72: // 'r'
         if (tokenAt(buf, at, n, 'reset')) return RESET;
         return tokenAt(buf, at, n, 'replconf') ? REFUSE_REPLICATION : FORWARD;
       case 0x73: // 's'
         if (tokenAt(buf, at, n, 'select')) return undefined;
-        if (tokenAt(buf, at, n, 'subscribe') || tokenAt(buf, at, n, 'ssubscribe')) return SUBSCRIBE;
+        if (tokenAt(buf, at, n, 'subscribe') || tokenAt(buf, at, n, 'ssubscribe') || tokenAt(buf, at, n, 'sunsubscribe')) return SUBSCRIBE;
         if (tokenAt(buf, at, n, 'swapdb')) return REFUSE_SWAPDB;
         return tokenAt(buf, at, n, 'sync') ? REFUSE_REPLICATION : FORWARD;
       default:

@@ -591,9 +591,14 @@ export class RedisRelay {
   }
 
   /**
-   * A (P|S)SUBSCRIBE was just forwarded (counted as one paired reply):
-   * switch to counting elements. Replies still due for earlier commands
-   * stay due, one element each; the subscribe itself owes one per channel.
+   * A (P|S)SUBSCRIBE or (P|S)UNSUBSCRIBE was just forwarded (counted as one
+   * paired reply): switch to counting elements. Replies still due for
+   * earlier commands stay due, one element each; the command itself owes
+   * one per channel. An UNSUBSCRIBE from a client never subscribed counts
+   * too: Redis still confirms each channel named, a RESP2 reply each (two
+   * for `UNSUBSCRIBE a b`, where paired counting expected one and put every
+   * later refusal a place too early) or, in RESP3, a push (which paired
+   * counting skips: every later refusal waited for a reply that never came).
    */
   #unpair(args: Buffer[]): void {
     if (!this.#paired) return;

@@ -118,6 +118,29 @@ t.test('subscribed (RESP3), a transaction with a refused command still never run
   t.same(await direct.mget('sub-tx', 'sub-after'), [null, null], 'nothing of it ran');
 });
 
+t.test('UNSUBSCRIBE without a subscription: refusals after it keep their places (RESP2), and arrive at all (RESP3)', async (t) => {
+  // Redis confirms every channel named, subscribed or not: two replies for `UNSUBSCRIBE a b` in RESP2.
+  const a = await Raw.open(port);
+  t.teardown(() => a.end());
+  a.send(['AUTH', agentToken]);
+  t.same(await a.replies(1), ['+OK\r\n']);
+  a.send(['UNSUBSCRIBE', 'a', 'b'], ['FLUSHALL'], ['SET', 'unsub-k', 'v']);
+  const r = await a.replies(4, 3_000);
+  t.same(r.slice(0, 2), ['*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n', '*3\r\n$11\r\nunsubscribe\r\n$1\r\nb\r\n:0\r\n'], 'one confirmation per channel');
+  t.match(r[2], /^-NOPERM sluice: denied by rule "no-server-admin"/, "the refusal in FLUSHALL's place, after both");
+  t.equal(r[3], '+OK\r\n', "and the SET's reply last");
+
+  // RESP3: the confirmation is a push, which paired counting never counted.
+  const b = await Raw.open(port);
+  t.teardown(() => b.end());
+  b.send(['HELLO', '3', 'AUTH', 'agent-9', agentToken]);
+  t.match((await b.replies(1))[0], /^%/);
+  b.send(['PUNSUBSCRIBE', 'news.*'], ['FLUSHALL']);
+  const [push, refused] = await b.replies(2, 3_000);
+  t.equal(push, '>3\r\n$12\r\npunsubscribe\r\n$6\r\nnews.*\r\n:0\r\n');
+  t.match(refused, /^-NOPERM sluice: denied by rule "no-server-admin"/, 'the refusal arrives');
+});
+
 t.test('a held command waits for approval; the pipeline behind it waits too', async (t) => {
   const c = client();
   await c.connect();
