@@ -22,7 +22,7 @@ import type {
   BackendMessage,
   DatabaseError,
 } from 'pg-protocol/dist/messages.js';
-import type { PostgresUpstream } from '../../src/config/types.js';
+import type { PostgresUpstream, UpstreamAuthMethod } from '../../src/config/types.js';
 import { SluiceError, ErrorCodes, type ErrorCode } from '../../src/errors.js';
 import type { Logger } from '../../src/log.js';
 import { withDirectReadOption } from '../../src/gateway/direct-reads.js';
@@ -445,6 +445,23 @@ async function handshake(
     return upstream.password.reveal();
   };
   const protocol = (detail: string): SluiceError => new SluiceError(ErrorCodes.UPSTREAM_PROTOCOL, `${who}: ${detail}`);
+  /**
+   * upstream.require_auth, as libpq's: a server that asks for a method not
+   * listed is refused before anything is sent. Over `tls: require` (no
+   * certificate check) a man in the middle can ask for the password in
+   * cleartext; `require_auth: scram-sha-256` leaves it nothing to learn.
+   */
+  const allowed = upstream.requireAuth;
+  const mayUse = (method: UpstreamAuthMethod, asked: string): void => {
+    if (allowed !== undefined && !allowed.includes(method)) {
+      throw new SluiceError(
+        ErrorCodes.UPSTREAM_AUTH_FAILED,
+        `${who} ${asked}, which upstream.require_auth (${allowed.join(', ')}) does not allow; nothing was sent`,
+      );
+    }
+  };
+  /** A cleartext or MD5 password was sent: the AuthenticationOk that follows is that method's. */
+  let passwordSent = false;
 
   for (;;) {
     const frame = await reader.readMessage();
@@ -461,23 +478,29 @@ async function handshake(
             // SASLFinal before it may say OK; skipping that step is how an
             // impostor that does not know the verifier would get through.
             if (scram && !scram.serverVerified) throw protocol('AuthenticationOk without a verified SCRAM server signature');
+            if (!scram && !passwordSent) mayUse('none', 'let the login in without authentication (trust)');
             authenticated = true;
             break;
           case AUTH_CLEARTEXT_PASSWORD:
             // A server that started SCRAM never asks again another way: what does is an impostor
             // (a man in the middle) after the stored password itself.
             if (scram) throw protocol('cleartext password requested after SCRAM started');
+            mayUse('password', 'asked for the password in cleartext');
             write(socket, serialize.password(needPassword('cleartext password')));
+            passwordSent = true;
             break;
           case AUTH_MD5_PASSWORD: {
             if (scram) throw protocol('MD5 password requested after SCRAM started');
+            mayUse('md5', 'asked for an MD5 password');
             const msg = decode(frame) as AuthenticationMD5Password;
             if (msg.name !== 'authenticationMD5Password') throw protocol('malformed AuthenticationMD5Password');
             write(socket, serialize.password(md5Password(upstream.user, needPassword('MD5'), msg.salt)));
+            passwordSent = true;
             break;
           }
           case AUTH_SASL: {
             if (scram) throw protocol('second AuthenticationSASL');
+            mayUse('scram-sha-256', 'asked for SASL (SCRAM-SHA-256)');
             const msg = decode(frame) as BackendMessage & { mechanisms: string[] };
             if (!msg.mechanisms.includes(SCRAM_SHA_256)) {
               const offered = msg.mechanisms.join(', ') || 'none';

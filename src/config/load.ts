@@ -60,6 +60,7 @@ import type {
   SubjectMatch,
   TargetConfig,
   TlsFiles,
+  UpstreamAuthMethod,
   UpstreamTlsMode,
 } from './types.js';
 
@@ -198,6 +199,7 @@ const OTHER_PROTOCOL_HINT: Record<string, string> = {
   tls: ' (tls: true is for redis targets; PostgreSQL clients ask for TLS themselves and get the top-level tls certificate)',
   db: ' (db is for redis targets; PostgreSQL targets name a database)',
   database: ' (redis targets select a database by number: use db)',
+  require_auth: ' (require_auth is for postgres targets: a Redis server has one way to log in, AUTH)',
 };
 
 function structuralProblems(raw: Record<string, unknown>): Problem[] {
@@ -606,10 +608,12 @@ class Normaliser {
       } else if (t.protocol === 'postgres') {
         const common = this.#upstreamCommon(u, uAt, DEFAULT_POSTGRES_PORT);
         const user = str(u.user) ?? '';
+        // The schema checked each name; what is left here is one name or a list of them.
+        const requireAuth = list(u.require_auth) as UpstreamAuthMethod[] | undefined;
         out.push({
           ...base,
           protocol: 'postgres',
-          upstream: { ...common, user, database: str(u.database) ?? user },
+          upstream: { ...common, user, database: str(u.database) ?? user, ...(requireAuth ? { requireAuth } : {}) },
         });
       }
     }

@@ -112,6 +112,8 @@ const upstreamCommon = {
   server_name: { ...nonEmptyString, expected: 'a host name' },
 };
 
+const authMethod = { enum: ['scram-sha-256', 'md5', 'password', 'none'], expected: 'one of scram-sha-256, md5, password, none' };
+
 const postgresUpstream = {
   type: 'object',
   additionalProperties: false,
@@ -120,6 +122,14 @@ const postgresUpstream = {
   properties: {
     ...upstreamCommon,
     database: nonEmptyString,
+    require_auth: {
+      type: ['string', 'array'],
+      pattern: '^(scram-sha-256|md5|password|none)$',
+      minItems: 1,
+      uniqueItems: true,
+      items: authMethod,
+      expected: 'one of scram-sha-256, md5, password, none, or a list of them',
+    },
   },
 };
 

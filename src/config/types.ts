@@ -76,12 +76,20 @@ interface TargetBase {
   limits: SessionLimits;
 }
 
+/** How a PostgreSQL server may have Sluice log in, by libpq's `require_auth` names. */
+export type UpstreamAuthMethod = 'scram-sha-256' | 'md5' | 'password' | 'none';
+
 export interface PostgresUpstream {
   host: string;
   port: number;
   database: string;
   user: string;
   password?: Secret;
+  /**
+   * The methods the server may ask for (libpq's `require_auth`); any other
+   * request ends the login before anything is sent. Undefined: any.
+   */
+  requireAuth?: UpstreamAuthMethod[];
   tls: UpstreamTlsMode;
   caFile?: string;
   /** Name checked against the certificate with verify-full; defaults to host. */

@@ -122,6 +122,34 @@ for (const auth of ['scram-sha-256', 'md5', 'password', 'trust'] as const) {
   });
 }
 
+t.test('require_auth: a server asking for a method not listed is refused before anything is sent', async (t) => {
+  const asked: Record<string, RegExp> = {
+    md5: /asked for an MD5 password, which upstream\.require_auth \(scram-sha-256\) does not allow; nothing was sent/,
+    password: /asked for the password in cleartext, which upstream\.require_auth \(scram-sha-256\) does not allow; nothing was sent/,
+    trust: /let the login in without authentication \(trust\), which upstream\.require_auth \(scram-sha-256\) does not allow/,
+  };
+  for (const auth of ['scram-sha-256', 'md5', 'password', 'trust'] as const) {
+    const pg = await server(auth, auth === 'scram-sha-256');
+    const attempt = connectUpstream(target(pg, { requireAuth: ['scram-sha-256'] }), {}, TIMEOUT);
+    if (auth === 'scram-sha-256') {
+      const session = await attempt;
+      t.ok(session.backendKey.processId > 0, 'scram-sha-256: logged in');
+      session.socket.destroy();
+      continue;
+    }
+    const err = await rejectsWith(t, attempt, ErrorCodes.UPSTREAM_AUTH_FAILED);
+    t.match(err.message, asked[auth]!, `${auth}: refused`);
+    t.notOk(err.message.includes(pg.password), 'the message has no password');
+  }
+  const scram = await server('scram-sha-256', true);
+  const err = await rejectsWith(t, connectUpstream(target(scram, { requireAuth: ['md5', 'password'] }), {}, TIMEOUT), ErrorCodes.UPSTREAM_AUTH_FAILED);
+  t.match(err.message, /asked for SASL \(SCRAM-SHA-256\), which upstream\.require_auth \(md5, password\) does not allow/);
+  const md5 = await server('md5');
+  const session = await connectUpstream(target(md5, { requireAuth: ['scram-sha-256', 'md5'] }), {}, TIMEOUT);
+  t.ok(session.backendKey.processId > 0, 'md5, listed: logged in');
+  session.socket.destroy();
+});
+
 t.test('wrong password: UPSTREAM_AUTH_FAILED without the password in the message', async (t) => {
   for (const auth of ['scram-sha-256', 'md5', 'password'] as const) {
     const pg = await server(auth, auth === 'scram-sha-256');
@@ -316,6 +344,30 @@ t.test('hostile or broken servers', async (t) => {
       for (const s of sockets) s.destroy();
       srv.close();
     }
+  });
+
+  t.test('require_auth: scram-sha-256 and an impostor asking for the password in cleartext: it never gets it', async (t) => {
+    const after: Buffer[] = [];
+    const sockets = new Set<net.Socket>();
+    const srv = net.createServer((s) => {
+      sockets.add(s);
+      s.on('error', () => {});
+      let n = 0;
+      s.on('data', (chunk) => {
+        if (n++ === 0) s.write(Buffer.from('R\0\0\0\x08\0\0\0\x03', 'latin1'));
+        else after.push(chunk);
+      });
+    });
+    await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
+    t.teardown(() => {
+      for (const s of sockets) s.destroy();
+      srv.close();
+    });
+    const port = (srv.address() as net.AddressInfo).port;
+    const err = await rejectsWith(t, connectUpstream({ ...fakeTarget(port, 'disable'), requireAuth: ['scram-sha-256'] }, {}, TIMEOUT), ErrorCodes.UPSTREAM_AUTH_FAILED);
+    t.match(err.message, /asked for the password in cleartext, which upstream\.require_auth \(scram-sha-256\) does not allow; nothing was sent/);
+    await new Promise((r) => setTimeout(r, 50));
+    t.notOk(Buffer.concat(after).includes(Buffer.from('pw')), 'nothing carrying the password was sent');
   });
 
   t.test('a NUL in a startup parameter cannot smuggle another parameter', async (t) => {

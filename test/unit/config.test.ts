@@ -140,6 +140,22 @@ t.test('the full example parses to the normalised shape', async (t) => {
   t.strictSame(config, expected);
 });
 
+t.test('require_auth: one method or a list, postgres targets only', async (t) => {
+  const config = parseConfig(`
+identity: { dev_issuer: true }
+targets:
+  one: { protocol: postgres, listen: 127.0.0.1:6432, upstream: { host: db.example.com, user: app, tls: require, require_auth: scram-sha-256 } }
+  two: { protocol: postgres, listen: 127.0.0.1:6433, upstream: { host: db.example.com, user: app, require_auth: [scram-sha-256, md5] } }
+`, { baseDir: '/x', env: {} });
+  t.strictSame((config.targets[0] as PostgresTarget).upstream.requireAuth, ['scram-sha-256']);
+  t.strictSame((config.targets[1] as PostgresTarget).upstream.requireAuth, ['scram-sha-256', 'md5']);
+  t.strictSame(problemsOf(`
+identity: { dev_issuer: true }
+targets:
+  cache: { protocol: redis, listen: 127.0.0.1:6380, upstream: { host: 127.0.0.1, require_auth: none } }
+`), ['targets.cache.upstream.require_auth: unknown key; expected one of host, port, user, password_env, password_file, tls, ca_file, server_name, db (require_auth is for postgres targets: a Redis server has one way to log in, AUTH)']);
+});
+
 t.test('omitted keys get their defaults', async (t) => {
   const config = parseConfig(`
 identity:
@@ -271,7 +287,7 @@ t.test('each problem is one line naming the key, what was expected and what was 
     ['protocol missing', `${MINIMAL}  db2: { listen: 127.0.0.1:1 }\n`,
       'targets.db2.protocol: expected postgres or redis, found nothing (the key is required)'],
     ['redis-only key in a postgres upstream', pgTarget('{ host: 127.0.0.1, user: app, db: 2 }'),
-      'targets.app-db.upstream.db: unknown key; expected one of host, port, user, password_env, password_file, tls, ca_file, server_name, database (db is for redis targets; PostgreSQL targets name a database)'],
+      'targets.app-db.upstream.db: unknown key; expected one of host, port, user, password_env, password_file, tls, ca_file, server_name, database, require_auth (db is for redis targets; PostgreSQL targets name a database)'],
     ['bad upstream tls mode', pgTarget('{ host: 127.0.0.1, user: app, tls: false }'),
       'targets.app-db.upstream.tls: expected one of disable, require, verify-full, found false'],
     ['inline password', pgTarget('{ host: 127.0.0.1, user: app, password: hunter2 }'),
@@ -358,6 +374,10 @@ t.test('each problem is one line naming the key, what was expected and what was 
       'api.roles.auditor[1].group: unknown key; expected one of groups, sub, issuer, claims'],
     ['api role match with no criterion', `${MINIMAL}api: { listen: 127.0.0.1:8080, roles: { auditor: [{}] } }\n`,
       'api.roles.auditor[0]: expected at least one criterion, found none: would match every token; say which groups/sub/issuer/claims'],
+    ['require_auth not a method', MINIMAL.replace('upstream: { host: 127.0.0.1, user: app }', 'upstream: { host: 127.0.0.1, user: app, require_auth: kerberos }'),
+      'targets.app-db.upstream.require_auth: expected one of scram-sha-256, md5, password, none, or a list of them, found "kerberos"'],
+    ['require_auth with a name not a method', MINIMAL.replace('upstream: { host: 127.0.0.1, user: app }', 'upstream: { host: 127.0.0.1, user: app, require_auth: [scram-sha-256, gss] }'),
+      'targets.app-db.upstream.require_auth[1]: expected one of scram-sha-256, md5, password, none, found "gss"'],
     ['log level', `${MINIMAL}log: { level: loud }\n`,
       'log.level: expected one of fatal, error, warn, info, debug, trace, silent, found "loud"'],
     ['top level not a mapping', '- a\n- b\n',
