@@ -113,11 +113,13 @@ export async function authenticate(
   header: string | string[] | undefined,
   verifier: TokenVerifier,
   roles: ApiConfig['roles'],
+  audience?: string,
 ): Promise<Principal> {
   const token = bearerToken(header);
   let identity: Identity;
   try {
-    identity = await verifier.verify(token);
+    // api.audience, when set, in place of each issuer's: database tokens are not API credentials.
+    identity = await verifier.verify(token, audience !== undefined ? { audience } : {});
   } catch (err) {
     if (isSluiceError(err)) {
       const status = err.code === ErrorCodes.JWKS_UNAVAILABLE ? 503 : 401;

@@ -163,7 +163,7 @@ export async function startApi(deps: ApiDeps): Promise<RunningApi> {
   });
 
   const authorize = async (req: FastifyRequest, roles: readonly ApiRole[]): Promise<Principal> => {
-    const principal = await authenticate(req.headers.authorization, verifier, config.roles);
+    const principal = await authenticate(req.headers.authorization, verifier, config.roles, config.audience);
     requireRole(principal, roles);
     return principal;
   };

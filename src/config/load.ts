@@ -878,7 +878,8 @@ class Normaliser {
     const listen = this.#listen(raw.listen, 'api.listen');
     if (!listen) return undefined;
     const roles = obj(raw.roles);
-    return { listen, roles: { approver: this.#roleGrants(roles?.approver, 'api.roles.approver', knownIssuers), auditor: this.#roleGrants(roles?.auditor, 'api.roles.auditor', knownIssuers) } };
+    const audience = str(raw.audience);
+    return { listen, ...(audience !== undefined ? { audience } : {}), roles: { approver: this.#roleGrants(roles?.approver, 'api.roles.approver', knownIssuers), auditor: this.#roleGrants(roles?.auditor, 'api.roles.auditor', knownIssuers) } };
   }
 
   /** A group name or a list of group names and subject matches (checked as a policy's subjects are). */

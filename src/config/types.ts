@@ -166,6 +166,12 @@ export type RoleGrant = string | SubjectMatch;
 
 export interface ApiConfig {
   listen: ListenAddress;
+  /**
+   * The `aud` API tokens must carry, instead of each issuer's `audience`
+   * (which the database listeners keep requiring). Unset: the same tokens
+   * serve both.
+   */
+  audience?: string;
   /** Who may decide approvals / read the audit trail. */
   roles: { approver: RoleGrant[]; auditor: RoleGrant[] };
 }

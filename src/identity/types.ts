@@ -22,8 +22,17 @@ export interface Identity {
   expiresAt: Date;
 }
 
+export interface VerifyOptions {
+  /**
+   * The `aud` the token must carry instead of its issuer's configured
+   * audience: the HTTP API's own (`api.audience`), so that a token minted
+   * for the database listeners is not an API credential, nor the other way.
+   */
+  audience?: string;
+}
+
 /** What verifies a presented token. Implemented by identity/verifier.ts. */
 export interface TokenVerifier {
   /** Resolves to the identity or rejects with a SluiceError whose code is one of the TOKEN_* / JWKS_* codes and whose message a person can act on. */
-  verify(token: string): Promise<Identity>;
+  verify(token: string, opts?: VerifyOptions): Promise<Identity>;
 }

@@ -15,7 +15,7 @@ import { ErrorCodes, SluiceError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { DEV_AUDIENCE, DEV_ISSUER, type DevIssuer } from './dev-issuer.js';
 import { fileKeySet, JwksUnavailableError, redactUrl, remoteKeySet, staticKeySet } from './jwks.js';
-import type { Identity, TokenVerifier } from './types.js';
+import type { Identity, TokenVerifier, VerifyOptions } from './types.js';
 
 export interface TokenVerifierOptions {
   devIssuer?: DevIssuer;
@@ -117,8 +117,8 @@ function isoOf(seconds: unknown): string {
   return Number.isNaN(d.getTime()) ? 'an invalid time' : d.toISOString();
 }
 
-/** Translate a jose error into a refusal a person can act on. */
-function mapJoseError(err: unknown, iss: TrustedIssuer, kid: unknown, alg: string): SluiceError {
+/** Translate a jose error into a refusal a person can act on; `audience` is the one the token was checked for. */
+function mapJoseError(err: unknown, iss: TrustedIssuer, audience: string, kid: unknown, alg: string): SluiceError {
   if (err instanceof SluiceError) return err;
   if (err instanceof JwksUnavailableError) {
     return refuse(
@@ -148,7 +148,9 @@ function mapJoseError(err: unknown, iss: TrustedIssuer, kid: unknown, alg: strin
     if (claim === 'aud') {
       return refuse(
         ErrorCodes.TOKEN_WRONG_AUDIENCE,
-        `token audience ${echo(payload.aud ?? null)} does not include ${echo(iss.audience)}, the audience issuer ${echo(iss.issuer)} must mint for`,
+        audience === iss.audience
+          ? `token audience ${echo(payload.aud ?? null)} does not include ${echo(audience)}, the audience issuer ${echo(iss.issuer)} must mint for`
+          : `token audience ${echo(payload.aud ?? null)} does not include ${echo(audience)}, the audience the API requires (api.audience); mint the token for it`,
       );
     }
     if (reason === 'missing') {
@@ -248,7 +250,7 @@ export function createTokenVerifier(config: IdentityConfig, opts: TokenVerifierO
   const issuers = buildIssuers(config, opts);
   const maxBytes = config.maxTokenBytes;
 
-  async function verify(token: string): Promise<Identity> {
+  async function verify(token: string, vopts: VerifyOptions = {}): Promise<Identity> {
     if (typeof token !== 'string' || token.length === 0) {
       throw refuse(ErrorCodes.TOKEN_MISSING, 'no token presented; send the JWT as the password');
     }
@@ -284,9 +286,10 @@ export function createTokenVerifier(config: IdentityConfig, opts: TokenVerifierO
     }
     const kid = Object.hasOwn(header, 'kid') ? header.kid : undefined;
 
+    const audience = vopts.audience ?? iss.audience;
     const options: JWTVerifyOptions = {
       issuer: iss.issuer,
-      audience: iss.audience,
+      audience,
       algorithms: iss.algorithms,
       clockTolerance: config.clockToleranceSeconds,
       requiredClaims: ['exp', 'sub'],
@@ -295,7 +298,7 @@ export function createTokenVerifier(config: IdentityConfig, opts: TokenVerifierO
     try {
       claims = await verifyWithKeys(token, iss.getKey, options);
     } catch (err) {
-      const refusal = mapJoseError(err, iss, kid, alg);
+      const refusal = mapJoseError(err, iss, audience, kid, alg);
       if (refusal.code === ErrorCodes.JWKS_UNAVAILABLE) {
         opts.logger?.warn({ issuer: iss.issuer, reason: refusal.message }, 'JWKS unavailable');
       } else if (!(err instanceof errors.JOSEError) && !(err instanceof SluiceError)) {

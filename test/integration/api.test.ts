@@ -498,3 +498,36 @@ api:
   t.equal(await get(await dev.mint({ sub: 'carol', groups: ['audit'] })), 200, 'a bare group name holds from any trusted issuer');
   t.equal(await get(await idpToken('carol', ['audit'])), 200);
 });
+
+t.test('api.audience: API tokens carry their own audience; database tokens are refused there, and API tokens at the listeners', async (t) => {
+  const dir = t.testdir();
+  const logger = createLogger('silent', { write: () => undefined });
+  const store = openSqliteStore(join(dir, 'state'), { logger });
+  const approvals = new ApprovalManager({ store, logger, timeoutMs: 60_000 });
+  const dev = await DevIssuer.open(join(dir, 'state'));
+  const verifier = createTokenVerifier(identity, { devIssuer: dev, logger });
+  const config = parseConfig(`
+identity: { dev_issuer: true }
+targets: { db: { protocol: postgres, listen: 127.0.0.1:6432, upstream: { host: 127.0.0.1, user: app } } }
+api: { listen: 127.0.0.1:0, audience: sluice-api, roles: { auditor: [audit] } }
+`, { baseDir: dir, env: {} });
+  t.equal(config.api?.audience, 'sluice-api');
+  const api = await startApi({ config: config.api!, verifier, store, approvals, metrics: new Metrics(), logger, health: () => ({ ok: true, checks: {} }) });
+  t.teardown(async () => {
+    await api.close();
+    approvals.close();
+    store.close();
+  });
+  const get = async (token: string) => {
+    const res = await fetch(`http://127.0.0.1:${api.address.port}/api/approvals`, { headers: { authorization: `Bearer ${token}` } });
+    return { status: res.status, body: (await res.json()) as { code?: string; message?: string } };
+  };
+  const apiToken = await dev.mint({ sub: 'carol', groups: ['audit'], audience: 'sluice-api' });
+  t.equal((await get(apiToken)).status, 200, 'a token minted for the API');
+  const dbToken = await dev.mint({ sub: 'carol', groups: ['audit'] });
+  const refused = await get(dbToken);
+  t.equal(refused.status, 401, "the same identity's database token is not an API credential");
+  t.equal(refused.body.code, 'SLUICE_TOKEN_WRONG_AUDIENCE');
+  t.match(refused.body.message, /the audience the API requires \(api\.audience\)/);
+  await t.rejects(verifier.verify(apiToken), { code: 'SLUICE_TOKEN_WRONG_AUDIENCE' }, 'nor is the API token a database credential');
+});

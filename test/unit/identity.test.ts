@@ -154,6 +154,20 @@ t.test('remote JWKS issuer', async (t) => {
     t.match(msg, /"sluice-test"/, 'names the expected audience');
   });
 
+  t.test("the API's own audience replaces the issuer's when asked for", async (t) => {
+    const apiToken = await sign(rsa, { ...base, aud: 'sluice-api' });
+    t.equal((await verifier.verify(apiToken, { audience: 'sluice-api' })).subject, 'svc-deploy', 'an API token at the API');
+    await refuses(t, verifier, apiToken, ErrorCodes.TOKEN_WRONG_AUDIENCE, /does not include "sluice-test", the audience issuer/);
+    const dbToken = await sign(rsa, { ...base });
+    try {
+      await verifier.verify(dbToken, { audience: 'sluice-api' });
+      t.fail('a database token was accepted at the API');
+    } catch (err) {
+      t.equal((err as { code?: string }).code, ErrorCodes.TOKEN_WRONG_AUDIENCE);
+      t.match((err as Error).message, /token audience "sluice-test" does not include "sluice-api", the audience the API requires \(api\.audience\); mint the token for it/);
+    }
+  });
+
   t.test('missing or empty sub', async (t) => {
     const { sub: _sub, ...noSub } = base;
     await refuses(t, verifier, await sign(rsa, noSub), ErrorCodes.TOKEN_BAD_CLAIMS, /sub/);
