@@ -75,7 +75,7 @@ const REFUSE_REPLICATION: Classified = Object.freeze({
 export const EXECABORT = error('Transaction discarded because of previous errors.', 'EXECABORT');
 /** EXECABORT where the transaction can only be discarded by ending the session (relay.ts, #abortUnpairedExec). */
 export const EXECABORT_CLOSING = error(
-  'Transaction discarded because of previous errors. sluice: closing the connection: a transaction cannot be discarded in place while subscribed',
+  'Transaction discarded because of previous errors. sluice: closing the connection: after a (un)subscribe a transaction cannot be discarded in place',
   'EXECABORT',
 );
 

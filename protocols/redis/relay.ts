@@ -377,6 +377,9 @@ export class RedisRelay {
 
   /** A command, bytes [start, end) of `buf`, with its arguments (subarrays of those bytes). */
   #onCommand(buf: Buffer, start: number, end: number, args: Buffer[]): void {
+    // After an EXEC that ends the session, nothing more is judged or forwarded: neither the rest of
+    // its chunk (#onSpan) nor commands that waited behind a held one (#hold replays them here).
+    if (this.#clientFailed) return;
     if (this.#held) {
       // A command is waiting for approval: everything after it waits too, in order. Its chunk is
       // recorded now, though: a credential in it is scrubbed now, not when the backlog is judged.
@@ -457,7 +460,8 @@ export class RedisRelay {
 
   /**
    * The EXEC of a transaction with a refused command, while the relay counts
-   * pub/sub elements (a RESP3 client that has subscribed): there DISCARD's
+   * pub/sub elements (after any SUBSCRIBE or UNSUBSCRIBE, until a RESET; a
+   * RESP3 client may run transactions while subscribed): there DISCARD's
    * `+OK` cannot be dropped at its exact place (a message may come before
    * it), so nothing of the transaction may reach EXEC another way. The EXEC
    * is not sent, the client gets EXECABORT in its place and the session
@@ -469,9 +473,12 @@ export class RedisRelay {
     this.#clientFailed = true;
     this.#reads.client.hold(ReadHold.failed);
     this.#inMulti = this.#multiDirty = false;
-    this.#closeReason = 'transaction aborted while subscribed';
-    this.options.logger.info('a transaction with a refused command was aborted while subscribed; closing session');
+    this.#closeReason = 'transaction aborted while counting pub/sub replies';
+    this.options.logger.info('a transaction with a refused command was aborted while pub/sub replies are counted; closing session');
     this.#reply(EXECABORT_CLOSING, true);
+    // The EXECABORT waits for the replies owed before it; one that never comes (BLPOP k 0) must not
+    // keep the session, whose client is no longer read, open for ever.
+    setTimeout(() => this.shutdown('transaction aborted while counting pub/sub replies'), PROTOCOL_ERROR_GRACE_MS).unref();
   }
 
   /**
@@ -492,6 +499,7 @@ export class RedisRelay {
         const backlog = this.#backlog;
         this.#backlog = [];
         for (let i = 0; i < backlog.length; i++) {
+          if (this.#clientFailed) break;
           const { raw: held, args: heldArgs } = backlog[i]!;
           this.#onCommand(held, 0, held.length, heldArgs);
           if (this.#held) {

@@ -118,6 +118,34 @@ t.test('subscribed (RESP3), a transaction with a refused command still never run
   t.same(await direct.mget('sub-tx', 'sub-after'), [null, null], 'nothing of it ran');
 });
 
+t.test('once an EXEC has ended the session, commands that waited behind a held one are dropped too', async (t) => {
+  const a = await Raw.open(port);
+  t.teardown(() => a.end());
+  a.send(['AUTH', agentToken]);
+  t.same(await a.replies(1), ['+OK\r\n']);
+  // RESP2, never subscribed: the UNSUBSCRIBE alone switches the relay to counting pub/sub replies.
+  a.send(['UNSUBSCRIBE', 'none']);
+  t.same(await a.replies(1), ['*3\r\n$11\r\nunsubscribe\r\n$4\r\nnone\r\n:0\r\n']);
+  // Everything behind the held UNLINK waits for its decision, then is replayed: the second EXEC
+  // must not reach the upstream, still in MULTI with the SET queued.
+  a.send(['UNLINK', 'held-k'], ['MULTI'], ['SET', 'backlog-tx', 'one'], ['FLUSHALL'], ['EXEC'], ['EXEC']);
+  const id = await pendingApproval('held-k');
+  t.ok(id, 'the UNLINK is held');
+  const res = await fetch(`${api}/api/approvals/${id}/deny`, { method: 'POST', headers: { authorization: `Bearer ${approverToken}`, 'content-type': 'application/json' }, body: '{}' });
+  t.equal(res.status, 200);
+  const replies = await a.replies(7, 5_000);
+  t.equal(replies.length, 5, 'five replies, then the connection closed');
+  t.match(replies[0], /^-/, 'the UNLINK refused');
+  t.same(replies.slice(1, 3), ['+OK\r\n', '+QUEUED\r\n']);
+  t.match(replies[3], /^-NOPERM sluice: denied by rule "no-server-admin"/);
+  t.match(replies[4], /^-EXECABORT Transaction discarded because of previous errors\. sluice: closing the connection/);
+  t.ok(a.closed, 'the session ended');
+  const direct = new Redis({ port: redis.port, password: redis.password, lazyConnect: true });
+  await direct.connect();
+  t.teardown(() => direct.disconnect());
+  t.equal(await direct.get('backlog-tx'), null, 'the second EXEC never ran the transaction');
+});
+
 t.test('UNSUBSCRIBE without a subscription: refusals after it keep their places (RESP2), and arrive at all (RESP3)', async (t) => {
   // Redis confirms every channel named, subscribed or not: two replies for `UNSUBSCRIBE a b` in RESP2.
   const a = await Raw.open(port);
