@@ -183,6 +183,8 @@ export async function startReplayServer(opts: ReplayServerOptions): Promise<Runn
   const say = opts.onEvent ?? (() => undefined);
   const host = opts.host ?? '127.0.0.1';
   const sockets = new Set<Socket>();
+  /** Connections refused (too many at once) whose peer has not closed yet. */
+  const refused = new Set<Socket>();
   let connections = 0;
   let resolveDone!: () => void;
   const done = new Promise<void>((r) => (resolveDone = r));
@@ -196,7 +198,11 @@ export async function startReplayServer(opts: ReplayServerOptions): Promise<Runn
     }
     if (sockets.size >= maxConnections) {
       socket.on('error', () => undefined);
+      // Tracked apart, not counted: destroyed if the peer does not close, and by close().
+      refused.add(socket);
+      socket.on('close', () => refused.delete(socket));
       socket.end(refusal(script.protocol, '53300', `too many connections: this replay serves ${maxConnections} at once`));
+      destroyLater(socket);
       say(`connection ${n} from ${socket.remoteAddress}:${socket.remotePort}: refused, ${maxConnections} already open`);
       return;
     }
@@ -213,6 +219,7 @@ export async function startReplayServer(opts: ReplayServerOptions): Promise<Runn
     closing ??= new Promise<void>((resolve) => {
       server.close(() => resolve());
       for (const s of sockets) s.destroy();
+      for (const s of refused) s.destroy();
     }).then(resolveDone);
     return closing;
   };
@@ -229,6 +236,13 @@ export async function startReplayServer(opts: ReplayServerOptions): Promise<Runn
 }
 
 const DEFAULT_MAX_CONNECTIONS = 8;
+/** After the replay ends a connection, how long its peer has to close before the socket is destroyed (its slot freed). */
+const CLOSE_GRACE_MS = 2_000;
+
+/** A socket ended by the replay is destroyed if its peer has not closed it in CLOSE_GRACE_MS: a half-open peer keeps no slot. */
+function destroyLater(socket: Socket): void {
+  setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
+}
 const DEFAULT_LOGIN_TIMEOUT_MS = 30_000;
 /** What a connection may send before it has logged in: a startup packet and a password need a few hundred bytes. */
 const MAX_BYTES_BEFORE_LOGIN = 64 * 1024;
@@ -281,6 +295,7 @@ function replayConnection(socket: Socket, script: ReplayScript, password: Buffer
     finished = true;
     say(why);
     socket.end();
+    destroyLater(socket);
   };
   /** Writes every step that expects nothing more; ends when the script is done. */
   const advance = (): void => {
@@ -295,11 +310,7 @@ function replayConnection(socket: Socket, script: ReplayScript, password: Buffer
   socket.on('error', () => undefined);
   socket.on('data', (chunk: Buffer) => {
     if (finished) return;
-    if (!loggedIn && (bytesBeforeLogin += chunk.length) > MAX_BYTES_BEFORE_LOGIN) {
-      socket.write(refusal(script.protocol, '08P01', `more than ${MAX_BYTES_BEFORE_LOGIN / 1024} KiB sent before logging in; closing`));
-      finish(`more than ${MAX_BYTES_BEFORE_LOGIN / 1024} KiB before a login; refused, closing`);
-      return;
-    }
+    if (!loggedIn) bytesBeforeLogin += chunk.length;
     let msgs;
     try {
       msgs = split.push(chunk);
@@ -336,6 +347,12 @@ function replayConnection(socket: Socket, script: ReplayScript, password: Buffer
       if (want !== m.name) warn(`message ${received}: the recording has ${printable(want)}, the client sent ${printable(m.name)}`);
       got++;
       advance();
+    }
+    // Checked once the chunk's messages are handled, so that a login in this same chunk counts: what
+    // follows a login is the logged-in client's. Unframed bytes held meanwhile are at most this plus one read.
+    if (!loggedIn && !finished && bytesBeforeLogin > MAX_BYTES_BEFORE_LOGIN) {
+      socket.write(refusal(script.protocol, '08P01', `more than ${MAX_BYTES_BEFORE_LOGIN / 1024} KiB sent before logging in; closing`));
+      finish(`more than ${MAX_BYTES_BEFORE_LOGIN / 1024} KiB before a login; refused, closing`);
     }
   });
   socket.on('end', () => {

@@ -386,6 +386,26 @@ t.test('Redis: transcript, --raw, and --serve to the same redis-cli', async (t) 
     const flood = await open(other.port);
     flood.s.write(`*2\r\n$4\r\nECHO\r\n$100000\r\n${'x'.repeat(70_000)}`);
     t.equal(await flood.closed, '-ERR more than 64 KiB sent before logging in; closing\r\n', 'unauthenticated input is bounded');
+
+    // A peer that never closes its side keeps no slot: the replay destroys the socket after a grace.
+    const single = await startReplayServer({ script, password: 'the-replay-password', port: 0, maxConnections: 1, loginTimeoutMs: 100 });
+    t.teardown(() => single.close());
+    const halfOpen = await new Promise<Socket>((resolve) => {
+      const c = connect({ port: single.port, host: '127.0.0.1', allowHalfOpen: true }, () => resolve(c));
+      c.on('error', () => undefined);
+    });
+    halfOpen.resume();
+    await new Promise<void>((resolve) => halfOpen.on('end', () => resolve()));
+    // The replay has ended its side; the peer never will. Until the replay gives up on it (a grace of
+    // 2 s), a new connection is refused; after, it is served. Polled, with a deadline well past that.
+    let served = '';
+    for (let i = 0; i < 40 && !served.includes('canceling authentication'); i++) {
+      const next = await open(single.port);
+      served = await next.closed;
+      if (!served.includes('canceling authentication')) await new Promise((r) => setTimeout(r, 250));
+    }
+    t.equal(served, '-ERR canceling authentication: no login within 0.1s; closing\r\n', 'the slot is free again: a new connection is served, not refused');
+    halfOpen.destroy();
     // The recorded session itself sent 200 KB after its login (SET big): the --serve test above replays it in full.
   });
 
