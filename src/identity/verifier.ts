@@ -137,6 +137,12 @@ function mapJoseError(err: unknown, iss: TrustedIssuer, audience: string, kid: u
     if (claim === 'exp' && reason === 'missing') {
       return refuse(ErrorCodes.TOKEN_MISSING_EXP, 'token has no exp claim; Sluice accepts only tokens that expire');
     }
+    if (claim === 'iat' && reason === 'missing') {
+      return refuse(
+        ErrorCodes.TOKEN_BAD_CLAIMS,
+        'token has no iat claim; Sluice needs it to check the token\'s lifetime against identity.max_token_lifetime (OIDC ID tokens and RFC 9068 access tokens always carry it)',
+      );
+    }
     if (claim === 'nbf' && reason === 'check_failed') {
       const nbf = payload.nbf;
       const inS = typeof nbf === 'number' ? Math.max(0, Math.round(nbf - Date.now() / 1000)) : 0;
@@ -292,7 +298,8 @@ export function createTokenVerifier(config: IdentityConfig, opts: TokenVerifierO
       audience,
       algorithms: iss.algorithms,
       clockTolerance: config.clockToleranceSeconds,
-      requiredClaims: ['exp', 'sub'],
+      // iat: without it a token's lifetime is unknown, and identity.max_token_lifetime cannot hold.
+      requiredClaims: ['exp', 'sub', 'iat'],
     };
     let claims: JWTPayload;
     try {
@@ -315,15 +322,14 @@ export function createTokenVerifier(config: IdentityConfig, opts: TokenVerifierO
       throw refuse(ErrorCodes.TOKEN_NOT_YET_VALID, `token was issued at ${isoOf(iat)} (${inS}s from now); check the clock where it was minted`);
     }
     // How long a leaked token is worth anything is its lifetime, whatever is left of it when it is
-    // shown: past the operator's limit it is refused outright. Measured as its issuer did (exp - iat,
-    // one clock, no skew); a token without iat from now, with the clock tolerance.
+    // shown: past the operator's limit it is refused outright, on its first day as on its last.
+    // Measured as its issuer did (exp - iat: one clock, no skew); jose made sure both are numbers.
     const exp = claims.exp as number;
-    const lifetime = typeof iat === 'number' ? exp - iat : exp - Date.now() / 1000 - config.clockToleranceSeconds;
+    const lifetime = exp - (iat as number);
     if (lifetime > config.maxTokenLifetimeSeconds) {
-      const what = typeof iat === 'number' ? `lives ${spanOf(lifetime)} (issued at ${isoOf(iat)}, expires at ${isoOf(exp)})` : `has no iat and expires at ${isoOf(exp)}, in ${spanOf(exp - Date.now() / 1000)}`;
       throw refuse(
         ErrorCodes.TOKEN_LIFETIME_TOO_LONG,
-        `token ${what}: longer than the ${spanOf(config.maxTokenLifetimeSeconds)} this gateway accepts (identity.max_token_lifetime); mint a shorter-lived token`,
+        `token lives ${spanOf(lifetime)} (issued at ${isoOf(iat)}, expires at ${isoOf(exp)}): longer than the ${spanOf(config.maxTokenLifetimeSeconds)} this gateway accepts (identity.max_token_lifetime); mint a shorter-lived token`,
       );
     }
     if (typeof claims.sub !== 'string' || claims.sub.length === 0) {

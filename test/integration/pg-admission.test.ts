@@ -118,6 +118,7 @@ t.test('bad tokens are refused with 28P01 and open no upstream backend', async (
   const cases: Array<[string, string, RegExp]> = [
     ['expired', await sign({ iss: DEV_ISSUER, aud: DEV_AUDIENCE, sub: 'ci-job', groups: ['ci'], iat: now - 900, exp: now - 300 }), /expired/],
     ['missing exp', await sign({ iss: DEV_ISSUER, aud: DEV_AUDIENCE, sub: 'ci-job', groups: ['ci'], iat: now }), /exp/],
+    ['missing iat', await sign({ iss: DEV_ISSUER, aud: DEV_AUDIENCE, sub: 'ci-job', groups: ['ci'], exp: now + 600 }), /no iat claim; Sluice needs it to check the token's lifetime/],
     ['wrong audience', await gw.token('ci-job', ['ci'], { audience: 'someone-else' }), /audience/],
     ['wrong issuer', await sign({ iss: 'https://evil.example', aud: DEV_AUDIENCE, sub: 'ci-job', groups: ['ci'], exp: now + 600 }), /issuer/],
     ['alg none', `${b64({ alg: 'none', typ: 'JWT' })}.${b64({ iss: DEV_ISSUER, aud: DEV_AUDIENCE, sub: 'x', groups: ['ci'], exp: now + 600 })}.`, /alg|algorithm/i],
