@@ -53,16 +53,17 @@ function grants(identity: Identity, grant: RoleGrant): boolean {
 }
 
 /**
- * The `api.roles` entries that any trusted issuer can satisfy (a bare group
- * name, or a match without `issuer`), when more than one issuer is trusted:
- * for a warning at start-up. Empty with a single issuer.
+ * The `api.roles` entries that more than one trusted issuer can satisfy (a
+ * bare group name, a match without `issuer`, or one naming several), when
+ * more than one issuer is trusted: for a warning at start-up. Empty with a
+ * single issuer.
  */
 export function unpinnedRoles(roles: ApiConfig['roles'], trustedIssuers: number): string[] {
   if (trustedIssuers < 2) return [];
   const out: string[] = [];
   for (const role of ['approver', 'auditor'] as const) {
     roles[role].forEach((g, i) => {
-      if (typeof g === 'string' || g.issuer === undefined) out.push(`api.roles.${role}[${i}]`);
+      if (typeof g === 'string' || g.issuer === undefined || g.issuer.length > 1) out.push(`api.roles.${role}[${i}]`);
     });
   }
   return out;

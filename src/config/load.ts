@@ -25,13 +25,14 @@ import {
   DEFAULT_GROUPS_CLAIM,
   DEFAULT_LIMITS,
   DEFAULT_MAX_TOKEN_BYTES,
+  DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
   DEFAULT_POSTGRES_PORT,
   DEFAULT_RECORDING,
   DEFAULT_REDIS_PORT,
   DEFAULT_REDIS_USER,
   DEFAULT_STATE_DIR,
+  DEV_AUDIENCE,
   DEV_ISSUER,
-  DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
   MAX_CLOCK_TOLERANCE_SECONDS,
   MAX_MAX_TOKEN_LIFETIME_SECONDS,
   MAX_MESSAGE_BYTES,
@@ -360,7 +361,7 @@ class Normaliser {
     const masking = this.#masking(obj(raw.masking));
     const policies = this.#policies(raw.policies, targets.map((t) => t.name), knownIssuers, masking);
     const level = str(obj(raw.log)?.level) as LogConfig['level'] | undefined;
-    const api = this.#api(obj(raw.api), knownIssuers);
+    const api = this.#api(obj(raw.api), knownIssuers, identity);
     const config: Config = {
       ...(source !== undefined ? { source } : {}),
       stateDir: this.#path(str(raw.state_dir) ?? DEFAULT_STATE_DIR),
@@ -873,12 +874,19 @@ class Normaliser {
     return out;
   }
 
-  #api(raw: Record<string, unknown> | undefined, knownIssuers: string[]): ApiConfig | undefined {
+  #api(raw: Record<string, unknown> | undefined, knownIssuers: string[], identity: IdentityConfig): ApiConfig | undefined {
     if (raw === undefined) return undefined;
     const listen = this.#listen(raw.listen, 'api.listen');
     if (!listen) return undefined;
     const roles = obj(raw.roles);
     const audience = str(raw.audience);
+    if (audience !== undefined) {
+      // The same audience as an issuer's would separate nothing: that issuer's database tokens would pass.
+      const same = [...(identity.devIssuer ? [{ issuer: DEV_ISSUER, audience: DEV_AUDIENCE }] : []), ...identity.issuers].find((i) => i.audience === audience);
+      if (same !== undefined) {
+        this.#problem('api.audience', `expected an audience other than the issuers' own, found ${render(audience)}, the audience of ${same.issuer}'s database tokens (they would be API tokens too)`);
+      }
+    }
     return { listen, ...(audience !== undefined ? { audience } : {}), roles: { approver: this.#roleGrants(roles?.approver, 'api.roles.approver', knownIssuers), auditor: this.#roleGrants(roles?.auditor, 'api.roles.auditor', knownIssuers) } };
   }
 

@@ -484,6 +484,8 @@ api:
   t.strictSame(config.api?.roles, { approver: [{ groups: ['security'], issuer: [IDP] }], auditor: ['audit'] });
   t.strictSame(unpinnedRoles(config.api!.roles, 2), ['api.roles.auditor[0]'], 'the bare group is what the start-up warning names');
   t.strictSame(unpinnedRoles(config.api!.roles, 1), [], 'with one issuer trusted there is nothing to pin');
+  t.strictSame(unpinnedRoles({ approver: [{ groups: ['security'], issuer: [IDP, 'https://sluice.invalid/dev-issuer'] }], auditor: [] }, 2),
+    ['api.roles.approver[0]'], 'a match naming two issuers holds from either: named too');
   const api = await startApi({ config: config.api!, verifier, store, approvals, metrics: new Metrics(), logger, health: () => ({ ok: true, checks: {} }) });
   t.teardown(async () => {
     await api.close();

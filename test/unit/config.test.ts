@@ -370,6 +370,8 @@ t.test('each problem is one line naming the key, what was expected and what was 
       'recording.fsync: expected close or off, found "always"'],
     ['api role pinned to an issuer not trusted', `${MINIMAL}api: { listen: 127.0.0.1:8080, roles: { approver: [{ groups: [security], issuer: https://nope.example }] } }\n`,
       'api.roles.approver[0].issuer: expected a configured issuer (https://sluice.invalid/dev-issuer), found "https://nope.example"'],
+    ['api audience the same as an issuer\'s', `${MINIMAL}api: { listen: 127.0.0.1:8080, audience: sluice }\n`,
+      'api.audience: expected an audience other than the issuers\' own, found "sluice", the audience of https://sluice.invalid/dev-issuer\'s database tokens (they would be API tokens too)'],
     ['api role match with an unknown key', `${MINIMAL}api: { listen: 127.0.0.1:8080, roles: { auditor: [audit, { group: [x] }] } }\n`,
       'api.roles.auditor[1].group: unknown key; expected one of groups, sub, issuer, claims'],
     ['api role match with no criterion', `${MINIMAL}api: { listen: 127.0.0.1:8080, roles: { auditor: [{}] } }\n`,
