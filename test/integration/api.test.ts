@@ -15,6 +15,7 @@ import { createLogger } from '../../src/log.js';
 import { ApprovalManager, type ApprovalRequest } from '../../src/policy/approvals.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
 import type { ApprovalRecord, AuditEvent } from '../../src/store/types.js';
+import { startGateway } from '../helpers/gateway.js';
 
 /**
  * The real API over a real SQLite store, a real ApprovalManager and the
@@ -532,4 +533,24 @@ api: { listen: 127.0.0.1:0, audience: sluice-api, roles: { auditor: [audit] } }
   t.equal(refused.body.code, 'SLUICE_TOKEN_WRONG_AUDIENCE');
   t.match(refused.body.message, /the audience the API requires \(api\.audience\)/);
   await t.rejects(verifier.verify(apiToken), { code: 'SLUICE_TOKEN_WRONG_AUDIENCE' }, 'nor is the API token a database credential');
+});
+
+t.test('the gateway warns at start-up about a role any of several issuers can grant', async (t) => {
+  const dir = t.testdir();
+  const { publicKey } = await generateKeyPair('ES256', { extractable: true });
+  const jwksFile = join(dir, 'jwks.json');
+  writeFileSync(jwksFile, JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'k', alg: 'ES256', use: 'sig' }] }));
+  const gw = await startGateway(`identity:
+  dev_issuer: true
+  issuers: [{ issuer: https://idp.example.test, audience: sluice-idp, jwks_file: ${jwksFile}, algorithms: [ES256] }]
+targets: { db: { protocol: postgres, listen: 127.0.0.1:0, upstream: { host: 127.0.0.1, user: app } } }
+api:
+  listen: 127.0.0.1:0
+  roles: { approver: [{ groups: [security], issuer: https://idp.example.test }], auditor: [audit] }
+`);
+  t.teardown(() => gw.close());
+  const warning = gw.logs.map((l) => JSON.parse(l) as { level?: number; msg?: string; entries?: string[] }).find((l) => l.msg?.startsWith('api.roles grants a role by group alone'));
+  t.ok(warning, 'logged');
+  t.equal(warning?.level, 40, 'as a warning');
+  t.strictSame(warning?.entries, ['api.roles.auditor[0]'], 'naming the bare group, not the pinned match');
 });
