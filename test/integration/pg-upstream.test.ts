@@ -249,16 +249,21 @@ for (const tls of ['disable', 'require'] as const) {
 }
 
 /**
- * Misbehaving servers, scripted: each answers the first bytes it receives
- * with `reply` (or nothing) and keeps the connection open.
+ * Misbehaving servers, scripted: each answers the n-th chunk it receives
+ * with `replies[n]`, keeps every chunk after them in `after`, and keeps the
+ * connection open.
  */
-async function scriptedServer(t: Test, reply: Buffer | undefined): Promise<number> {
+async function scriptedServer(t: Test, replies: Buffer[]): Promise<{ port: number; after: Buffer[] }> {
+  const after: Buffer[] = [];
   const sockets = new Set<net.Socket>();
   const srv = net.createServer((s) => {
     sockets.add(s);
     s.on('error', () => {});
-    s.once('data', () => {
-      if (reply) s.write(reply);
+    let n = 0;
+    s.on('data', (chunk: Buffer) => {
+      if (n < replies.length) s.write(replies[n]!);
+      else after.push(chunk);
+      n++;
     });
   });
   await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
@@ -266,7 +271,7 @@ async function scriptedServer(t: Test, reply: Buffer | undefined): Promise<numbe
     for (const s of sockets) s.destroy();
     srv.close();
   });
-  return (srv.address() as net.AddressInfo).port;
+  return { port: (srv.address() as net.AddressInfo).port, after };
 }
 
 function fakeTarget(port: number, tls: UpstreamTlsMode): PostgresUpstream {
@@ -275,12 +280,12 @@ function fakeTarget(port: number, tls: UpstreamTlsMode): PostgresUpstream {
 
 t.test('hostile or broken servers', async (t) => {
   t.test('bytes after SSLRequest S are a protocol violation (CVE-2021-23222)', async (t) => {
-    const port = await scriptedServer(t, Buffer.from('SZ\0\0\0\x05I'));
+    const { port } = await scriptedServer(t, [Buffer.from('SZ\0\0\0\x05I')]);
     await rejectsWith(t, connectUpstream(fakeTarget(port, 'require'), {}, TIMEOUT), ErrorCodes.UPSTREAM_PROTOCOL);
   });
 
   t.test('silent server: the connect timeout fires', async (t) => {
-    const port = await scriptedServer(t, undefined);
+    const { port } = await scriptedServer(t, []);
     const err = await rejectsWith(t, connectUpstream(fakeTarget(port, 'disable'), {}, { connectTimeoutMs: 200 }), ErrorCodes.UPSTREAM_CONNECT_FAILED);
     t.match(err.message, /timed out/);
   });
@@ -290,7 +295,7 @@ t.test('hostile or broken servers', async (t) => {
     const head = Buffer.alloc(5);
     head.write('R', 0, 'latin1');
     head.writeInt32BE(4 + body.length, 1);
-    const port = await scriptedServer(t, Buffer.concat([head, body]));
+    const { port } = await scriptedServer(t, [Buffer.concat([head, body])]);
     const err = await rejectsWith(t, connectUpstream(fakeTarget(port, 'disable'), {}, TIMEOUT), ErrorCodes.UPSTREAM_AUTH_FAILED);
     t.match(err.message, /SCRAM-SHA-256-PLUS/);
   });
@@ -299,21 +304,7 @@ t.test('hostile or broken servers', async (t) => {
     // Server offers SCRAM, then on our SASLInitialResponse says OK without proving itself.
     const sasl = Buffer.from('R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0\0', 'latin1');
     const ok = Buffer.from('R\0\0\0\x08\0\0\0\0', 'latin1');
-    const sockets = new Set<net.Socket>();
-    const srv = net.createServer((s) => {
-      sockets.add(s);
-      s.on('error', () => {});
-      let n = 0;
-      s.on('data', () => {
-        s.write(n++ === 0 ? sasl : ok);
-      });
-    });
-    await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-    t.teardown(() => {
-      for (const s of sockets) s.destroy();
-      srv.close();
-    });
-    const port = (srv.address() as net.AddressInfo).port;
+    const { port } = await scriptedServer(t, [sasl, ok]);
     await rejectsWith(t, connectUpstream(fakeTarget(port, 'disable'), {}, TIMEOUT), ErrorCodes.UPSTREAM_PROTOCOL);
   });
 
@@ -323,47 +314,16 @@ t.test('hostile or broken servers', async (t) => {
       ['cleartext', Buffer.from('R\0\0\0\x08\0\0\0\x03', 'latin1')],
       ['md5', Buffer.from('R\0\0\0\x0c\0\0\0\x05salt', 'latin1')],
     ] as const) {
-      const after: Buffer[] = [];
-      const sockets = new Set<net.Socket>();
-      const srv = net.createServer((s) => {
-        sockets.add(s);
-        s.on('error', () => {});
-        let n = 0;
-        s.on('data', (chunk) => {
-          if (n === 2) after.push(chunk);
-          if (n < 2) s.write(n === 0 ? sasl : request);
-          n++;
-        });
-      });
-      await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-      const port = (srv.address() as net.AddressInfo).port;
+      const { port, after } = await scriptedServer(t, [sasl, request]);
       const err = await rejectsWith(t, connectUpstream(fakeTarget(port, 'disable'), {}, TIMEOUT), ErrorCodes.UPSTREAM_PROTOCOL);
       t.match(err.message, new RegExp(`${what === 'md5' ? 'MD5' : 'cleartext'} password requested after SCRAM started`));
       await new Promise((r) => setTimeout(r, 50));
       t.notOk(Buffer.concat(after).includes(Buffer.from('pw')), `${what}: nothing carrying the password was sent`);
-      for (const s of sockets) s.destroy();
-      srv.close();
     }
   });
 
   t.test('require_auth: scram-sha-256 and an impostor asking for the password in cleartext: it never gets it', async (t) => {
-    const after: Buffer[] = [];
-    const sockets = new Set<net.Socket>();
-    const srv = net.createServer((s) => {
-      sockets.add(s);
-      s.on('error', () => {});
-      let n = 0;
-      s.on('data', (chunk) => {
-        if (n++ === 0) s.write(Buffer.from('R\0\0\0\x08\0\0\0\x03', 'latin1'));
-        else after.push(chunk);
-      });
-    });
-    await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-    t.teardown(() => {
-      for (const s of sockets) s.destroy();
-      srv.close();
-    });
-    const port = (srv.address() as net.AddressInfo).port;
+    const { port, after } = await scriptedServer(t, [Buffer.from('R\0\0\0\x08\0\0\0\x03', 'latin1')]);
     const err = await rejectsWith(t, connectUpstream({ ...fakeTarget(port, 'disable'), requireAuth: ['scram-sha-256'] }, {}, TIMEOUT), ErrorCodes.UPSTREAM_AUTH_FAILED);
     t.match(err.message, /asked for the password in cleartext, which upstream\.require_auth \(scram-sha-256\) does not allow; nothing was sent/);
     await new Promise((r) => setTimeout(r, 50));
@@ -371,7 +331,7 @@ t.test('hostile or broken servers', async (t) => {
   });
 
   t.test('a NUL in a startup parameter cannot smuggle another parameter', async (t) => {
-    const port = await scriptedServer(t, undefined);
+    const { port } = await scriptedServer(t, []);
     await rejectsWith(
       t,
       connectUpstream(fakeTarget(port, 'disable'), { application_name: 'x\0user\0postgres' }, TIMEOUT),
