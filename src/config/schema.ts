@@ -264,10 +264,9 @@ const roleGrant = {
   expected: 'a group name, or a mapping with groups, sub, issuer and/or claims',
 };
 
+/** A string or a list, as stringOrList, whose items may also be subject matches. */
 const roleGrants = {
-  type: ['string', 'array'],
-  minLength: 1,
-  minItems: 1,
+  ...stringOrList,
   items: roleGrant,
   expected: 'a group name or a non-empty list of group names and subject matches',
 };
