@@ -494,6 +494,9 @@ export class RedisRelay {
       (reply) => {
         if (this.#closed) return;
         this.#held = false;
+        // The client broke the protocol after the held command: its error holds the held command's
+        // place, the session is ending, and nothing of the client's is forwarded, approved or not.
+        if (this.#clientFailed) return;
         if (reply) this.#refuse(reply);
         else this.#forwardApproved(own.raw, own.args);
         const backlog = this.#backlog;

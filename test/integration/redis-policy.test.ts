@@ -146,6 +146,30 @@ t.test('once an EXEC has ended the session, commands that waited behind a held o
   t.equal(await direct.get('backlog-tx'), null, 'the second EXEC never ran the transaction');
 });
 
+t.test('a protocol violation behind a held command: approved afterwards, the command is not run', async (t) => {
+  const direct = new Redis({ port: redis.port, password: redis.password, lazyConnect: true });
+  await direct.connect();
+  t.teardown(() => direct.disconnect());
+  await direct.set('held-victim', 'v');
+  const a = await Raw.open(port);
+  t.teardown(() => a.end());
+  a.send(['AUTH', agentToken]);
+  t.same(await a.replies(1), ['+OK\r\n']);
+  // In one write: a BLPOP that blocks for 2 s (so the violation's error waits behind its reply and
+  // the session is still open when the approval comes), the held UNLINK, then an inline command
+  // (a protocol violation).
+  a.socket.write('*3\r\n$5\r\nBLPOP\r\n$10\r\nblock-none\r\n$1\r\n2\r\n*2\r\n$6\r\nUNLINK\r\n$11\r\nheld-victim\r\nGET x\r\n');
+  const id = await pendingApproval('held-victim');
+  t.ok(id, 'the UNLINK is held');
+  const res = await fetch(`${api}/api/approvals/${id}/approve`, { method: 'POST', headers: { authorization: `Bearer ${approverToken}`, 'content-type': 'application/json' }, body: '{}' });
+  t.equal(res.status, 200);
+  const replies = await a.replies(2, 6_000);
+  t.equal(replies[0], '*-1\r\n', "the BLPOP's reply");
+  t.match(replies[1], /^-ERR Protocol error: inline commands are not accepted/, 'then the violation, in the place of the UNLINK');
+  await new Promise((r) => setTimeout(r, 200));
+  t.equal(await direct.exists('held-victim'), 1, 'the session was ending: the approved UNLINK never ran');
+});
+
 t.test('UNSUBSCRIBE without a subscription: refusals after it keep their places (RESP2), and arrive at all (RESP3)', async (t) => {
   // Redis confirms every channel named, subscribed or not: two replies for `UNSUBSCRIBE a b` in RESP2.
   const a = await Raw.open(port);
