@@ -166,6 +166,8 @@ export interface ReplayServerOptions {
   maxConnections?: number;
   /** Time a connection has to log in with the password (default 30 000 ms). */
   loginTimeoutMs?: number;
+  /** Once a connection is ended, how long it may stay idle before it is destroyed (default 30 000 ms). */
+  closeGraceMs?: number;
   /** What happens, for a person (connections, divergences, the end). */
   onEvent?: (line: string) => void;
 }
@@ -189,7 +191,10 @@ export async function startReplayServer(opts: ReplayServerOptions): Promise<Runn
   let resolveDone!: () => void;
   const done = new Promise<void>((r) => (resolveDone = r));
   const maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
-  const limits = { loginTimeoutMs: opts.loginTimeoutMs ?? DEFAULT_LOGIN_TIMEOUT_MS };
+  const limits: ConnectionLimits = {
+    loginTimeoutMs: opts.loginTimeoutMs ?? DEFAULT_LOGIN_TIMEOUT_MS,
+    closeGraceMs: opts.closeGraceMs ?? DEFAULT_CLOSE_GRACE_MS,
+  };
   const server: Server = createServer((socket) => {
     const n = ++connections;
     if (opts.once && n > 1) {
@@ -202,7 +207,7 @@ export async function startReplayServer(opts: ReplayServerOptions): Promise<Runn
       refused.add(socket);
       socket.on('close', () => refused.delete(socket));
       socket.end(refusal(script.protocol, '53300', `too many connections: this replay serves ${maxConnections} at once`));
-      destroyLater(socket);
+      destroyWhenIdle(socket, limits.closeGraceMs);
       say(`connection ${n} from ${socket.remoteAddress}:${socket.remotePort}: refused, ${maxConnections} already open`);
       return;
     }
@@ -236,12 +241,17 @@ export async function startReplayServer(opts: ReplayServerOptions): Promise<Runn
 }
 
 const DEFAULT_MAX_CONNECTIONS = 8;
-/** After the replay ends a connection, how long its peer has to close before the socket is destroyed (its slot freed). */
-const CLOSE_GRACE_MS = 2_000;
+/** Once a connection is ended, how long it may go with nothing read or written before it is destroyed (its slot freed). */
+const DEFAULT_CLOSE_GRACE_MS = 30_000;
 
-/** A socket ended by the replay is destroyed if its peer has not closed it in CLOSE_GRACE_MS: a half-open peer keeps no slot. */
-function destroyLater(socket: Socket): void {
-  setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
+/**
+ * A socket ended by the replay (or by its peer) is destroyed once nothing has
+ * moved on it for `graceMs`: a peer that never closes, or stops reading
+ * what is still queued for it, keeps no slot, while one still reading the
+ * last step's bytes gets all of them (writes count as activity).
+ */
+function destroyWhenIdle(socket: Socket, graceMs: number): void {
+  socket.setTimeout(graceMs, () => socket.destroy());
 }
 const DEFAULT_LOGIN_TIMEOUT_MS = 30_000;
 /** What a connection may send before it has logged in: a startup packet and a password need a few hundred bytes. */
@@ -268,7 +278,12 @@ function samePassword(given: Buffer, password: Buffer): boolean {
   return given.length === password.length && timingSafeEqual(given, password);
 }
 
-function replayConnection(socket: Socket, script: ReplayScript, password: Buffer, limits: { loginTimeoutMs: number }, say: (line: string) => void): void {
+interface ConnectionLimits {
+  loginTimeoutMs: number;
+  closeGraceMs: number;
+}
+
+function replayConnection(socket: Socket, script: ReplayScript, password: Buffer, limits: ConnectionLimits, say: (line: string) => void): void {
   const split = splitterFor(script.protocol);
   let step = 0;
   let got = 0;
@@ -295,7 +310,7 @@ function replayConnection(socket: Socket, script: ReplayScript, password: Buffer
     finished = true;
     say(why);
     socket.end();
-    destroyLater(socket);
+    destroyWhenIdle(socket, limits.closeGraceMs);
   };
   /** Writes every step that expects nothing more; ends when the script is done. */
   const advance = (): void => {
@@ -360,6 +375,7 @@ function replayConnection(socket: Socket, script: ReplayScript, password: Buffer
       finished = true;
       say(`the client closed after ${received} messages (step ${step} of ${script.steps.length})`);
       socket.end();
+      destroyWhenIdle(socket, limits.closeGraceMs);
     }
   });
   advance();

@@ -388,7 +388,7 @@ t.test('Redis: transcript, --raw, and --serve to the same redis-cli', async (t) 
     t.equal(await flood.closed, '-ERR more than 64 KiB sent before logging in; closing\r\n', 'unauthenticated input is bounded');
 
     // A peer that never closes its side keeps no slot: the replay destroys the socket after a grace.
-    const single = await startReplayServer({ script, password: 'the-replay-password', port: 0, maxConnections: 1, loginTimeoutMs: 100 });
+    const single = await startReplayServer({ script, password: 'the-replay-password', port: 0, maxConnections: 1, loginTimeoutMs: 100, closeGraceMs: 300 });
     t.teardown(() => single.close());
     const halfOpen = await new Promise<Socket>((resolve) => {
       const c = connect({ port: single.port, host: '127.0.0.1', allowHalfOpen: true }, () => resolve(c));
@@ -396,8 +396,8 @@ t.test('Redis: transcript, --raw, and --serve to the same redis-cli', async (t) 
     });
     halfOpen.resume();
     await new Promise<void>((resolve) => halfOpen.on('end', () => resolve()));
-    // The replay has ended its side; the peer never will. Until the replay gives up on it (a grace of
-    // 2 s), a new connection is refused; after, it is served. Polled, with a deadline well past that.
+    // The replay has ended its side; the peer never will. Until the replay gives up on it (idle for
+    // closeGraceMs), a new connection is refused; after, it is served. Polled, with a deadline well past that.
     let served = '';
     for (let i = 0; i < 40 && !served.includes('canceling authentication'); i++) {
       const next = await open(single.port);
