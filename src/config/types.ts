@@ -41,8 +41,8 @@ export interface IdentityConfig {
   /** Clock skew tolerated on exp/nbf/iat, in seconds. At most 60. */
   clockToleranceSeconds: number;
   /**
-   * Longest lifetime accepted, `exp` minus `iat` (minus now when the token
-   * has no `iat`), in seconds. Default 24 h, at most 30 days.
+   * Longest lifetime accepted, `exp` minus `iat` (a token without `iat` is
+   * refused), in seconds. Default 24 h, at most 30 days.
    */
   maxTokenLifetimeSeconds: number;
 }

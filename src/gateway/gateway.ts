@@ -171,7 +171,7 @@ export class Gateway {
         if (unpinned.length > 0) {
           logger.warn(
             { entries: unpinned },
-            'api.roles grants a role by group alone while several issuers are trusted: a token from any of them in that group holds it; pin the role with { groups: [...], issuer: ... } (docs/api.md)',
+            'api.roles has entries more than one trusted issuer can satisfy (a bare group name, or a match without a single issuer): a token from any of them holds the role; pin each with { groups: [...], issuer: <one issuer> } (docs/api.md)',
           );
         }
         gateway.api = await startApi({

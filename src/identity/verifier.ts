@@ -137,12 +137,7 @@ function mapJoseError(err: unknown, iss: TrustedIssuer, audience: string, kid: u
     if (claim === 'exp' && reason === 'missing') {
       return refuse(ErrorCodes.TOKEN_MISSING_EXP, 'token has no exp claim; Sluice accepts only tokens that expire');
     }
-    if (claim === 'iat' && reason === 'missing') {
-      return refuse(
-        ErrorCodes.TOKEN_BAD_CLAIMS,
-        'token has no iat claim; Sluice needs it to check the token\'s lifetime against identity.max_token_lifetime (OIDC ID tokens and RFC 9068 access tokens always carry it)',
-      );
-    }
+
     if (claim === 'nbf' && reason === 'check_failed') {
       const nbf = payload.nbf;
       const inS = typeof nbf === 'number' ? Math.max(0, Math.round(nbf - Date.now() / 1000)) : 0;
@@ -298,8 +293,7 @@ export function createTokenVerifier(config: IdentityConfig, opts: TokenVerifierO
       audience,
       algorithms: iss.algorithms,
       clockTolerance: config.clockToleranceSeconds,
-      // iat: without it a token's lifetime is unknown, and identity.max_token_lifetime cannot hold.
-      requiredClaims: ['exp', 'sub', 'iat'],
+      requiredClaims: ['exp', 'sub'],
     };
     let claims: JWTPayload;
     try {
@@ -317,7 +311,16 @@ export function createTokenVerifier(config: IdentityConfig, opts: TokenVerifierO
     // jose checks iat only against a maximum token age, which Sluice does not set: a token minted
     // in the future (a clock ahead at the issuer, or a token made to outlive a lifetime rule) is refused here.
     const iat = claims.iat;
-    if (typeof iat === 'number' && iat > Date.now() / 1000 + config.clockToleranceSeconds) {
+    // Checked here, not by jose's requiredClaims, which would report it before a missing exp (jose
+    // checks its list last to first). Without iat a token's lifetime is unknown, and
+    // identity.max_token_lifetime could not hold; jose has checked it is a number when present.
+    if (typeof iat !== 'number') {
+      throw refuse(
+        ErrorCodes.TOKEN_BAD_CLAIMS,
+        "token has no iat claim; Sluice needs it to check the token's lifetime against identity.max_token_lifetime (OIDC ID tokens and RFC 9068 access tokens always carry it)",
+      );
+    }
+    if (iat > Date.now() / 1000 + config.clockToleranceSeconds) {
       const inS = Math.max(0, Math.round(iat - Date.now() / 1000));
       throw refuse(ErrorCodes.TOKEN_NOT_YET_VALID, `token was issued at ${isoOf(iat)} (${inS}s from now); check the clock where it was minted`);
     }
@@ -325,7 +328,7 @@ export function createTokenVerifier(config: IdentityConfig, opts: TokenVerifierO
     // shown: past the operator's limit it is refused outright, on its first day as on its last.
     // Measured as its issuer did (exp - iat: one clock, no skew); jose made sure both are numbers.
     const exp = claims.exp as number;
-    const lifetime = exp - (iat as number);
+    const lifetime = exp - iat;
     if (lifetime > config.maxTokenLifetimeSeconds) {
       throw refuse(
         ErrorCodes.TOKEN_LIFETIME_TOO_LONG,

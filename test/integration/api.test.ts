@@ -549,7 +549,7 @@ api:
   roles: { approver: [{ groups: [security], issuer: https://idp.example.test }], auditor: [audit] }
 `);
   t.teardown(() => gw.close());
-  const warning = gw.logs.map((l) => JSON.parse(l) as { level?: number; msg?: string; entries?: string[] }).find((l) => l.msg?.startsWith('api.roles grants a role by group alone'));
+  const warning = gw.logs.map((l) => JSON.parse(l) as { level?: number; msg?: string; entries?: string[] }).find((l) => l.msg?.startsWith('api.roles has entries more than one trusted issuer can satisfy'));
   t.ok(warning, 'logged');
   t.equal(warning?.level, 40, 'as a warning');
   t.strictSame(warning?.entries, ['api.roles.auditor[0]'], 'naming the bare group, not the pinned match');

@@ -124,6 +124,8 @@ t.test('remote JWKS issuer', async (t) => {
   t.test('missing exp', async (t) => {
     const { exp: _exp, ...noExp } = base;
     await refuses(t, verifier, await sign(rsa, noExp), ErrorCodes.TOKEN_MISSING_EXP);
+    const { iat: _iat, ...neither } = noExp;
+    await refuses(t, verifier, await sign(rsa, neither), ErrorCodes.TOKEN_MISSING_EXP, /no exp claim/);
   });
 
   t.test('nbf in the future', async (t) => {
