@@ -502,7 +502,6 @@ export class RedisRelay {
         const backlog = this.#backlog;
         this.#backlog = [];
         for (let i = 0; i < backlog.length; i++) {
-          if (this.#clientFailed) break;
           const { raw: held, args: heldArgs } = backlog[i]!;
           this.#onCommand(held, 0, held.length, heldArgs);
           if (this.#held) {

@@ -408,28 +408,17 @@ class Normaliser {
   #identity(raw: Record<string, unknown> | undefined): IdentityConfig {
     const devIssuer = bool(raw?.dev_issuer) ?? false;
     const maxTokenBytes = int(raw?.max_token_bytes) ?? DEFAULT_MAX_TOKEN_BYTES;
-    let clockToleranceSeconds = DEFAULT_CLOCK_TOLERANCE_SECONDS;
-    const ct = raw?.clock_tolerance;
-    if (typeof ct === 'number' || typeof ct === 'string') {
-      const ms = parseDuration(ct);
-      if (ms !== undefined) {
-        if (ms > MAX_CLOCK_TOLERANCE_SECONDS * 1000) {
-          this.#problem('identity.clock_tolerance', `expected at most ${MAX_CLOCK_TOLERANCE_SECONDS}s, found ${render(ct)}`);
-        }
-        clockToleranceSeconds = ms / 1000;
-      }
-    }
-    let maxTokenLifetimeSeconds = DEFAULT_MAX_TOKEN_LIFETIME_SECONDS;
-    const lt = raw?.max_token_lifetime;
-    if (typeof lt === 'number' || typeof lt === 'string') {
-      const ms = parseDuration(lt);
-      if (ms !== undefined) {
-        if (ms < 1000 || ms > MAX_MAX_TOKEN_LIFETIME_SECONDS * 1000) {
-          this.#problem('identity.max_token_lifetime', `expected 1s to ${MAX_MAX_TOKEN_LIFETIME_SECONDS / 3600}h, found ${render(lt)}`);
-        }
-        maxTokenLifetimeSeconds = ms / 1000;
-      }
-    }
+    /** A duration key in seconds, its default when absent; out of [minS, maxS] it is a problem, saying `range`. */
+    const seconds = (key: string, fallback: number, minS: number, maxS: number, range: string): number => {
+      const v = raw?.[key];
+      if (typeof v !== 'number' && typeof v !== 'string') return fallback;
+      const ms = parseDuration(v);
+      if (ms === undefined) return fallback; // the schema's pattern already said so
+      if (ms < minS * 1000 || ms > maxS * 1000) this.#problem(`identity.${key}`, `expected ${range}, found ${render(v)}`);
+      return ms / 1000;
+    };
+    const clockToleranceSeconds = seconds('clock_tolerance', DEFAULT_CLOCK_TOLERANCE_SECONDS, 0, MAX_CLOCK_TOLERANCE_SECONDS, `at most ${MAX_CLOCK_TOLERANCE_SECONDS}s`);
+    const maxTokenLifetimeSeconds = seconds('max_token_lifetime', DEFAULT_MAX_TOKEN_LIFETIME_SECONDS, 1, MAX_MAX_TOKEN_LIFETIME_SECONDS, `1s to ${MAX_MAX_TOKEN_LIFETIME_SECONDS / 3600}h`);
     const issuers: IssuerConfig[] = [];
     const rawIssuers = Array.isArray(raw?.issuers) ? (raw.issuers as unknown[]) : [];
     const firstIndex = new Map<string, number>();

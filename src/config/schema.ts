@@ -112,7 +112,9 @@ const upstreamCommon = {
   server_name: { ...nonEmptyString, expected: 'a host name' },
 };
 
-const authMethod = { enum: ['scram-sha-256', 'md5', 'password', 'none'], expected: 'one of scram-sha-256, md5, password, none' };
+/** `require_auth`'s names, libpq's (UpstreamAuthMethod). */
+const AUTH_METHODS = ['scram-sha-256', 'md5', 'password', 'none'];
+const authMethod = { enum: AUTH_METHODS, expected: `one of ${AUTH_METHODS.join(', ')}` };
 
 const postgresUpstream = {
   type: 'object',
@@ -124,11 +126,11 @@ const postgresUpstream = {
     database: nonEmptyString,
     require_auth: {
       type: ['string', 'array'],
-      pattern: '^(scram-sha-256|md5|password|none)$',
+      pattern: `^(${AUTH_METHODS.join('|')})$`,
       minItems: 1,
       uniqueItems: true,
       items: authMethod,
-      expected: 'one of scram-sha-256, md5, password, none, or a list of them',
+      expected: `${authMethod.expected}, or a list of them`,
     },
   },
 };

@@ -47,6 +47,8 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
+import { errorResponse, sqlstate as sqlstates } from '../../protocols/postgres/messages.js';
+import { error } from '../../protocols/redis/replies.js';
 import type { Direction } from './format.js';
 import { readRecording } from './reader.js';
 import { PG_REQUEST_CODES, PgClientMessages, pgMessageName } from './transcript-postgres.js';
@@ -206,7 +208,7 @@ export async function startReplayServer(opts: ReplayServerOptions): Promise<Runn
       // Tracked apart, not counted: destroyed if the peer does not close, and by close().
       refused.add(socket);
       socket.on('close', () => refused.delete(socket));
-      socket.end(refusal(script.protocol, '53300', `too many connections: this replay serves ${maxConnections} at once`));
+      socket.end(refusal(script.protocol, sqlstates.TOO_MANY_CONNECTIONS, `too many connections: this replay serves ${maxConnections} at once`));
       destroyWhenIdle(socket, limits.closeGraceMs);
       say(`connection ${n} from ${socket.remoteAddress}:${socket.remotePort}: refused, ${maxConnections} already open`);
       return;
@@ -241,8 +243,11 @@ export async function startReplayServer(opts: ReplayServerOptions): Promise<Runn
 }
 
 const DEFAULT_MAX_CONNECTIONS = 8;
+const DEFAULT_LOGIN_TIMEOUT_MS = 30_000;
 /** Once a connection is ended, how long it may go with nothing read or written before it is destroyed (its slot freed). */
 const DEFAULT_CLOSE_GRACE_MS = 30_000;
+/** What a connection may send before it has logged in: a startup packet and a password need a few hundred bytes. */
+const MAX_BYTES_BEFORE_LOGIN = 64 * 1024;
 
 /**
  * A socket ended by the replay (or by its peer) is destroyed once nothing has
@@ -253,25 +258,18 @@ const DEFAULT_CLOSE_GRACE_MS = 30_000;
 function destroyWhenIdle(socket: Socket, graceMs: number): void {
   socket.setTimeout(graceMs, () => socket.destroy());
 }
-const DEFAULT_LOGIN_TIMEOUT_MS = 30_000;
-/** What a connection may send before it has logged in: a startup packet and a password need a few hundred bytes. */
-const MAX_BYTES_BEFORE_LOGIN = 64 * 1024;
 
 /**
  * The protocol's own refusal, as a client shows it: a FATAL ErrorResponse
  * with `sqlstate`, or a Redis error (`-WRONGPASS` for a login, else `-ERR`).
  */
 function refusal(protocol: ReplayScript['protocol'], sqlstate: string, text: string): Buffer {
-  if (protocol === 'redis') return Buffer.from(`${sqlstate === '28P01' ? '-WRONGPASS' : '-ERR'} ${text}\r\n`);
-  const fields = Buffer.from(`SFATAL\0VFATAL\0C${sqlstate}\0M${text}\0\0`, 'utf8');
-  const head = Buffer.alloc(5);
-  head.write('E', 0, 'latin1');
-  head.writeInt32BE(fields.length + 4, 1);
-  return Buffer.concat([head, fields]);
+  if (protocol === 'redis') return error(text, sqlstate === sqlstates.INVALID_PASSWORD ? 'WRONGPASS' : 'ERR');
+  return errorResponse({ severity: 'FATAL', code: sqlstate, message: text });
 }
 
 function loginRefusal(protocol: ReplayScript['protocol']): Buffer {
-  return refusal(protocol, '28P01', 'password authentication failed: log in with the password sluice replay printed');
+  return refusal(protocol, sqlstates.INVALID_PASSWORD, 'password authentication failed: log in with the password sluice replay printed');
 }
 
 function samePassword(given: Buffer, password: Buffer): boolean {
@@ -294,7 +292,7 @@ function replayConnection(socket: Socket, script: ReplayScript, password: Buffer
   let bytesBeforeLogin = 0;
   const loginTimer = setTimeout(() => {
     if (loggedIn || finished) return;
-    socket.write(refusal(script.protocol, '57014', `canceling authentication: no login within ${limits.loginTimeoutMs / 1000}s; closing`));
+    socket.write(refusal(script.protocol, sqlstates.QUERY_CANCELED, `canceling authentication: no login within ${limits.loginTimeoutMs / 1000}s; closing`));
     finish(`no login within ${limits.loginTimeoutMs / 1000}s; closing`);
   }, limits.loginTimeoutMs);
   loginTimer.unref();
@@ -366,7 +364,7 @@ function replayConnection(socket: Socket, script: ReplayScript, password: Buffer
     // Checked once the chunk's messages are handled, so that a login in this same chunk counts: what
     // follows a login is the logged-in client's. Unframed bytes held meanwhile are at most this plus one read.
     if (!loggedIn && !finished && bytesBeforeLogin > MAX_BYTES_BEFORE_LOGIN) {
-      socket.write(refusal(script.protocol, '08P01', `more than ${MAX_BYTES_BEFORE_LOGIN / 1024} KiB sent before logging in; closing`));
+      socket.write(refusal(script.protocol, sqlstates.PROTOCOL_VIOLATION, `more than ${MAX_BYTES_BEFORE_LOGIN / 1024} KiB sent before logging in; closing`));
       finish(`more than ${MAX_BYTES_BEFORE_LOGIN / 1024} KiB before a login; refused, closing`);
     }
   });
