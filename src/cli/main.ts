@@ -2,10 +2,11 @@
 import { parseArgs } from 'node:util';
 import { connect } from 'node:net';
 import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, loadConfig } from '../config/load.js';
 import type { Config } from '../config/types.js';
-import { DevIssuer, parseDuration } from '../identity/dev-issuer.js';
+import { DevIssuer, parseDuration, saveDevToken } from '../identity/dev-issuer.js';
 import { Gateway } from '../gateway/gateway.js';
 import { createLogger } from '../log.js';
 import { isSluiceError } from '../errors.js';
@@ -100,11 +101,18 @@ async function serve(args: string[]): Promise<number> {
   return 0;
 }
 
-/** On start, show how to connect: a dev token is minted only when the dev issuer is on. */
+/**
+ * On start, show how to connect. With the dev issuer on, a dev token is
+ * minted and left in the state dir (saveDevToken), and the psql commands
+ * read it from there: the token itself is never written to stderr, which
+ * is often a log.
+ */
 function printQuickstart(config: Config, gateway: Gateway): void {
   const lines: string[] = [`sluice ${version()} ready (state dir ${config.stateDir})`];
   void (async () => {
-    const token = gateway.devIssuer ? await gateway.devIssuer.mint({ sub: 'dev', groups: ['dev'], ttlSeconds: 900 }) : undefined;
+    const issuer = gateway.devIssuer;
+    const tokenFile = issuer ? await saveDevToken(config.stateDir, await issuer.mint({ sub: 'dev', groups: ['dev'], ttlSeconds: 900 })) : undefined;
+    const password = tokenFile ? `PGPASSWORD="$(cat ${shellQuote(resolve(tokenFile))})"` : undefined;
     for (const target of config.targets) {
       const { host, port } = gateway.address(target.name);
       if (target.protocol !== 'postgres') {
@@ -112,16 +120,21 @@ function printQuickstart(config: Config, gateway: Gateway): void {
         continue;
       }
       lines.push(`  ${target.name} (postgres) on ${host}:${port}`);
-      if (!token) continue;
+      if (!password) continue;
       const sslmode = target.allowInsecureLoopback ? 'prefer' : 'require';
-      lines.push(`    PGPASSWORD='${token}' psql "host=${host} port=${port} user=dev sslmode=${sslmode}"`);
+      lines.push(`    ${password} psql "host=${host} port=${port} user=dev sslmode=${sslmode}"`);
       if (gateway.tls.caFile) {
-        lines.push(`    PGPASSWORD='${token}' psql "host=localhost port=${port} user=dev sslmode=verify-full sslrootcert=${gateway.tls.caFile}"`);
+        lines.push(`    ${password} psql "host=localhost port=${port} user=dev sslmode=verify-full sslrootcert=${gateway.tls.caFile}"`);
       }
     }
-    if (token) lines.push('  (a dev token for sub "dev", valid 15 minutes; mint others with: sluice token --sub NAME --group G)');
+    if (password) lines.push('  (the file holds a dev token for sub "dev", valid 15 minutes; mint others with: sluice token --sub NAME --group G)');
     process.stderr.write(`${lines.join('\n')}\n`);
   })().catch((err: unknown) => process.stderr.write(`sluice: could not mint a dev token: ${String(err)}\n`));
+}
+
+/** `path` as one word for a POSIX shell. */
+function shellQuote(path: string): string {
+  return /^[\w@%+=:,./-]+$/.test(path) ? path : `'${path.replace(/'/g, `'\\''`)}'`;
 }
 
 async function token(args: string[]): Promise<number> {

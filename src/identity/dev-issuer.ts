@@ -5,6 +5,7 @@
  *
  *   <stateDir>/dev-issuer/private.jwk        mode 0600, the signing key
  *   <stateDir>/dev-issuer/public.jwks.json   the public half, for other tools
+ *   <stateDir>/dev-issuer/token              mode 0600, the token `sluice serve` minted at start
  *
  * private.jwk is the one source of truth; the public set is derived from it.
  */
@@ -26,6 +27,8 @@ export const DEV_ISSUER = 'https://sluice.invalid/dev-issuer';
 export const DEV_AUDIENCE = 'sluice';
 
 const ALG = 'ES256';
+/** Where `sluice serve` leaves the dev token it mints at start (saveDevToken). */
+export const DEV_TOKEN_FILE = 'token';
 const DEFAULT_TTL_SECONDS = 900;
 
 export interface MintOptions {
@@ -192,3 +195,19 @@ export function parseDuration(text: string): number {
   return seconds;
 }
 
+/**
+ * Leaves `token` in `<stateDir>/dev-issuer/token` (mode 0600, replaced
+ * atomically) and returns the path. `sluice serve` prints commands that
+ * read the token from there, not the token itself: what serve writes to
+ * stderr often ends up in a log (a container's, a CI job's), and a token in
+ * a log is a credential anyone reading it may use until it expires. The
+ * directory already holds the key that signs such tokens.
+ */
+export async function saveDevToken(stateDir: string, token: string): Promise<string> {
+  const dir = join(stateDir, 'dev-issuer');
+  const path = join(dir, DEV_TOKEN_FILE);
+  const tmp = join(dir, `${DEV_TOKEN_FILE}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+  await writeFile(tmp, `${token}\n`, { mode: 0o600, flag: 'wx' });
+  await rename(tmp, path);
+  return path;
+}

@@ -1,12 +1,12 @@
 /**
  * The CLI as a user drives it: the built `dist/src/cli/main.js` run as a
  * child process, judged by exit codes and output. `serve` is started in a
- * fresh working directory, and the psql command it prints is run exactly as
- * printed (the token as PGPASSWORD, the conninfo string as is).
+ * fresh working directory, and the psql command it prints is run as printed
+ * (PGPASSWORD read from the file it names, the conninfo string as is).
  */
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -138,7 +138,7 @@ t.test('a reader that stops early (| head) ends a command quietly, not with an E
   t.equal(readFileSync(join(dir, 'stderr.txt'), 'utf8'), '', 'and prints nothing on stderr');
 });
 
-t.test('serve prints a psql command that works as printed, and stops on SIGTERM', async (t) => {
+t.test('serve prints a psql command that works as printed, never the token itself, and stops on SIGTERM', async (t) => {
   const pgServer = await startPostgres();
   t.teardown(() => pgServer.stop());
   const dir = tempDir();
@@ -177,7 +177,7 @@ policies:
     const timer = setTimeout(() => reject(new Error(`no quickstart within 20 s; stderr:\n${stderr}`)), 20_000);
     child.stderr.on('data', (c: Buffer) => {
       stderr += c.toString('utf8');
-      const m = /PGPASSWORD='([^']+)' psql "([^"]+)"/.exec(stderr);
+      const m = /PGPASSWORD="\$\(cat ([^)]+)\)" psql "([^"]+)"/.exec(stderr);
       if (m) {
         clearTimeout(timer);
         resolve(m);
@@ -185,7 +185,11 @@ policies:
     });
     child.once('exit', () => reject(new Error(`serve exited early; stderr:\n${stderr}`)));
   });
-  const [, token, conninfo] = command as unknown as [string, string, string];
+  const [, tokenFile, conninfo] = command as unknown as [string, string, string];
+  t.equal(tokenFile, join(dir, '.sluice', 'dev-issuer', 'token'), 'the token is left in the state dir');
+  t.equal(statSync(tokenFile).mode & 0o777, 0o600, 'in a file only its owner may read');
+  const token = readFileSync(tokenFile, 'utf8').trim();
+  t.match(token, /^[\w-]+\.[\w-]+\.[\w-]+$/, 'the file holds a JWT');
   const port = Number(/port=(\d+)/.exec(conninfo)?.[1]);
   t.ok(port > 0, `the printed command names the real port (${port}), not 0`);
   t.match(conninfo, /host=127\.0\.0\.1 /);
@@ -202,5 +206,6 @@ policies:
   t.pass('every stdout line is JSON');
   t.ok(logLines.some((l) => l.includes('session started')), 'the psql session was logged');
   t.notOk(stdout.includes(token), 'no log line carries the token');
+  t.notOk(stderr.includes(token), 'nor does anything serve printed on stderr');
   t.notOk(stdout.includes(pgServer.password), 'no log line carries the upstream password');
 });
