@@ -11,9 +11,9 @@
  *   SWAPDB                   refused: it moves data across the db boundary
  *   MONITOR                  refused: it streams every other client's commands
  *   SYNC, PSYNC, REPLCONF    refused: the replication stream is not RESP
- *   (P|S)SUBSCRIBE           forwarded; the session enters pub/sub mode
- *   (P|S)UNSUBSCRIBE         the same: even unsubscribed, Redis confirms each channel
- *                            (RESP2: a reply per channel; RESP3: push messages)
+ *   (P|S)SUBSCRIBE           forwarded, and its confirmations awaited (relay.ts, pubsub.ts);
+ *   (P|S)UNSUBSCRIBE         refused inside MULTI. Even unsubscribed, Redis confirms each
+ *                            channel (RESP2: a reply per channel; RESP3: push messages)
  *   MULTI, EXEC, DISCARD     forwarded; tracked so a refusal inside MULTI aborts EXEC
  *
  * Everything else (QUIT and CLIENT REPLY ON included) goes to the upstream
@@ -73,11 +73,6 @@ const REFUSE_REPLICATION: Classified = Object.freeze({
 
 /** `-EXECABORT` as Redis sends it when a command was rejected while queuing. */
 export const EXECABORT = error('Transaction discarded because of previous errors.', 'EXECABORT');
-/** EXECABORT where the transaction can only be discarded by ending the session (relay.ts, #abortUnpairedExec). */
-export const EXECABORT_CLOSING = error(
-  'Transaction discarded because of previous errors. sluice: closing the connection: after a (un)subscribe a transaction cannot be discarded in place',
-  'EXECABORT',
-);
 
 /** Case-insensitive compare of a command token with a lower-case ASCII literal. */
 export function tokenIs(buf: Buffer, lower: string): boolean {
@@ -85,7 +80,7 @@ export function tokenIs(buf: Buffer, lower: string): boolean {
 }
 
 /** `tokenIs` for the token at bytes [at, at + n) of `buf`. */
-function tokenAt(buf: Buffer, at: number, n: number, lower: string): boolean {
+export function tokenAt(buf: Buffer, at: number, n: number, lower: string): boolean {
   if (n !== lower.length) return false;
   for (let i = 0; i < n; i++) {
     let c = buf[at + i]!;

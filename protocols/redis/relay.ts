@@ -24,11 +24,16 @@
  * same counting lets it drop the replies to commands it sent on its own
  * (the re-authentication after RESET, the DISCARD that replaces EXEC).
  *
- * Pub/sub breaks the pairing (RESP2 subscribe confirmations and messages
- * are ordinary arrays, one per channel). After a (P|S)SUBSCRIBE the relay
- * stops counting; its own replies then go out at the next reply boundary.
- * RESET brings the connection back to a known state: the relay recognises
- * the upstream's `+RESET` and counts again from there.
+ * Pub/sub breaks the pairing: messages answer nothing, and a (P|S)SUBSCRIBE
+ * or (P|S)UNSUBSCRIBE is answered by one confirmation per channel
+ * (pubsub.ts). From such a command on, the relay reads every top-level
+ * element: it sets messages aside, counts a pub/sub command answered once
+ * its last confirmation (or an error) has come, and follows the upstream's
+ * subscriptions through the counts the confirmations carry. The count of
+ * commands stays exact, so Sluice's own replies keep their places there
+ * too; once the upstream has no subscription left and no pub/sub command
+ * is unanswered (the last UNSUBSCRIBE, or RESET), the relay is back on the
+ * fast path.
  *
  * Backpressure: a write that reports a full buffer pauses the other side
  * until 'drain', in both directions.
@@ -37,12 +42,13 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../../src/log.js';
 import { ReadHold, RelayReads } from '../../src/gateway/socket-reads.js';
 import { endSocket } from '../../src/gateway/net.js';
-import { CommandClassifier, EXECABORT, EXECABORT_CLOSING, IDENTITY_FIXED, Verdict, tokenIs } from './commands.js';
+import { CommandClassifier, EXECABORT, IDENTITY_FIXED, Verdict } from './commands.js';
 import { error, type RespVersion } from './replies.js';
 import { RespProtocolError, RespReplyFramer, RespRequestFramer, type ReplyEndInfo, type ReplySink, type RequestSpanSink, type RespRequestLimits } from './resp.js';
 import { encodeCommand } from './upstream.js';
 import type { Judgement, RedisCommandGate } from './command-gate.js';
 import { commandKind } from './classify.js';
+import { ELEMENT_HEAD_BYTES, ELEMENT_TAIL_BYTES, MESSAGE, PubSubKind, Subscriptions, confirmationCount, elementName, pubSubCommand } from './pubsub.js';
 
 export interface RedisRelayOptions {
   logger: Logger;
@@ -106,6 +112,13 @@ const DISCARD_CMD = encodeCommand(['DISCARD']);
 const PLUS_OK = Buffer.from('+OK\r\n');
 const PLUS_RESET = Buffer.from('+RESET\r\n');
 
+/**
+ * Redis runs a (P|S)SUBSCRIBE queued in MULTI at EXEC and nests its
+ * confirmations in EXEC's reply, where the relay cannot follow them; the
+ * messages that then come would be counted as replies.
+ */
+const PUBSUB_IN_MULTI = error('sluice: (P|S)SUBSCRIBE and (P|S)UNSUBSCRIBE are not accepted inside MULTI');
+
 /** Bytes of Sluice's own replies a client may leave unread, or waiting behind a reply still due, before it is not read (see #holdForOwnReplies). */
 const OWN_REPLIES_MAX = 64 * 1024;
 const INJECT = 0;
@@ -118,6 +131,23 @@ interface Action {
   /** INJECT: close the session once written (a client protocol error). */
   final?: boolean;
 }
+
+/** Commands whose answer the relay reads while not paired: the six pub/sub kinds (PubSubKind), and these. */
+const RESET_WAIT = 6;
+const HELLO_WAIT = 7;
+interface Awaited {
+  /** The command's number (as `sent` counted it). */
+  n: number;
+  kind: PubSubKind | typeof RESET_WAIT | typeof HELLO_WAIT;
+  /** Elements still to come: confirmations, or one reply; -1 for an unsubscribe that names nothing (counted when it comes up). */
+  left: number;
+  /** HELLO: the protocol it asks for. */
+  proto?: RespVersion;
+}
+/** What one top-level element is, while not paired. */
+const ASIDE = 0;
+const PART = 1;
+const ANSWER = 2;
 
 /** A change to one upstream chunk: insert `bytes` at absolute offset `at`, or drop [at, dropTo). */
 interface Edit {
@@ -146,18 +176,22 @@ export class RedisRelay {
   #open = 2;
 
   // --- pairing ---
+  /** Commands forwarded, and commands answered in full. */
   #sent = 0;
   #received = 0;
   /**
-   * true: `sent` counts forwarded commands and `received` non-push replies.
-   * false (pub/sub): `sent` counts the fewest elements the forwarded commands
-   * produce (one per channel for (UN)SUBSCRIBE) and `received` every element.
+   * true: every reply that is not a RESP3 push answers one command.
+   * false (pub/sub): each element is read (#answers), and `#awaited` holds
+   * the forwarded commands whose answer is more than one plain reply.
    */
   #paired = true;
-  /** false only while an unpaired RESET waits for the upstream's `+RESET`. */
-  #countReplies = true;
-  /** An unpaired RESET was sent: replies are counted again after the upstream's `+RESET`. */
-  #awaitingReset = false;
+  #awaited: Awaited[] = [];
+  readonly #subscriptions = new Subscriptions();
+  /** The protocol the upstream speaks, as of the element being read (while not paired). */
+  #upstreamProto: RespVersion = 2;
+  /** The first bytes of the element in progress at the end of the last chunk, and where it started (while not paired). */
+  #head: Buffer = Buffer.alloc(0);
+  #headAt = -1;
   #actions: Action[] = [];
   /** Bytes of Sluice's own replies waiting in #actions (INJECT), bounded by OWN_REPLIES_MAX (see #holdForOwnReplies). */
   #queuedReplyBytes = 0;
@@ -169,10 +203,8 @@ export class RedisRelay {
   /** The client sent QUIT: the session ends because the client asked, whichever socket's end arrives first. */
   #clientQuit = false;
   /**
-   * Nothing more the client sends is taken: after a protocol violation, or
-   * a transaction that had to be aborted by ending the session
-   * (#abortUnpairedExec). The session ends once the replies owed before it
-   * are out.
+   * Nothing more the client sends is taken: after a protocol violation. The
+   * session ends once the replies owed before it are out.
    */
   #clientFailed = false;
 
@@ -192,7 +224,7 @@ export class RedisRelay {
   /** Bytes of a reply to drop that began in an earlier chunk, held back. */
   #withheld: Buffer[] | null = null;
   #withheldBytes = 0;
-  /** The last bytes of the previous upstream chunk, kept while waiting for `+RESET`. */
+  /** The last bytes of the upstream chunks before this one, kept while an element is in progress (while not paired). */
   #prevTail: Buffer = Buffer.alloc(0);
   #uPassthrough: Buffer | null = null;
 
@@ -302,7 +334,7 @@ export class RedisRelay {
     // still owed one: an error nobody asked for breaks clients' reply queues
     // (ioredis throws "Command queue state error"), so with nothing owed the
     // connection simply closes, as Redis itself closes it on SHUTDOWN.
-    const owed = this.#paired && this.#countReplies && this.#sent > this.#received && this.#actions.length === 0;
+    const owed = this.#paired && this.#sent > this.#received && this.#actions.length === 0;
     if (owed && this.upstreamFramer.atReplyBoundary && this.#withheld === null && this.client.writable) {
       this.client.end(error(`sluice: ${reason}`));
     } else {
@@ -336,12 +368,12 @@ export class RedisRelay {
 
   /** One framed command, bytes [start, end) of `buf` (the chunk, or the framer's copy of a command that straddled chunks). */
   #onSpan(buf: Buffer, start: number, end: number): void {
-    // The rest of a chunk after an EXEC that ends the session: never forwarded.
+    // Nothing of the client's is forwarded once it has broken the protocol.
     if (this.#clientFailed) return;
     const framer = this.clientFramer;
     const nameAt = start + framer.argStart(0);
     const nameEnd = start + framer.argEnd(0);
-    if (!this.#held && this.#paired && this.#classifier.byName(buf, nameAt, nameEnd - nameAt)?.verdict === Verdict.Forward) {
+    if (!this.#held && this.#classifier.byName(buf, nameAt, nameEnd - nameAt)?.verdict === Verdict.Forward) {
       const gate = this.#gate;
       // Nothing to track, and no judging, or a verdict that needs no more than the command's kind:
       // forwarded without building its argument list.
@@ -377,8 +409,8 @@ export class RedisRelay {
 
   /** A command, bytes [start, end) of `buf`, with its arguments (subarrays of those bytes). */
   #onCommand(buf: Buffer, start: number, end: number, args: Buffer[]): void {
-    // After an EXEC that ends the session, nothing more is judged or forwarded: neither the rest of
-    // its chunk (#onSpan) nor commands that waited behind a held one (#hold replays them here).
+    // After a protocol violation nothing more is judged or forwarded, commands that waited behind
+    // a held one (#hold replays them here) included.
     if (this.#clientFailed) return;
     if (this.#held) {
       // A command is waiting for approval: everything after it waits too, in order. Its chunk is
@@ -389,6 +421,10 @@ export class RedisRelay {
     }
     this.stats.commands++;
     const c = this.#classifier.classify(args);
+    if (c.verdict === Verdict.Subscribe && this.#inMulti) {
+      this.#refuse(PUBSUB_IN_MULTI);
+      return;
+    }
     const gate = this.#gate;
     if ((c.verdict === Verdict.Forward || c.verdict === Verdict.Subscribe || c.verdict === Verdict.Quit) && gate) {
       const judged = gate.judge(args);
@@ -403,7 +439,7 @@ export class RedisRelay {
     }
     switch (c.verdict) {
       case Verdict.Forward:
-        this.#forward(buf, start, end, args);
+        this.#forward(buf, start, end);
         return;
       case Verdict.Refuse:
         this.options.logger.info({ command: args[0]!.toString('latin1').slice(0, 32).toUpperCase() }, 'command refused');
@@ -413,10 +449,12 @@ export class RedisRelay {
       case Verdict.Hello:
         this.#forward(buf, start, end);
         if (c.proto) this.proto = c.proto;
+        // Read while not paired: RESP2 messages are arrays, RESP3's pushes.
+        if (!this.#paired) this.#awaited.push({ n: this.#sent - 1, kind: HELLO_WAIT, left: 1, proto: this.proto });
         return;
       case Verdict.Subscribe:
-        this.#forward(buf, start, end, args);
-        this.#unpair(args);
+        this.#forward(buf, start, end);
+        this.#awaitPubSub(args);
         return;
       case Verdict.Multi:
         this.#forward(buf, start, end);
@@ -427,10 +465,6 @@ export class RedisRelay {
         this.#inMulti = this.#multiDirty = false;
         return;
       case Verdict.Exec:
-        if (this.#multiDirty && !this.#paired) {
-          this.#abortUnpairedExec();
-          return;
-        }
         if (this.#multiDirty) {
           // A command was refused while queuing: Redis would abort EXEC. Discard upstream instead.
           this.#forwardOwn(DISCARD_CMD);
@@ -456,29 +490,6 @@ export class RedisRelay {
     this.stats.refused++;
     if (this.#inMulti) this.#multiDirty = true;
     this.#reply(reply);
-  }
-
-  /**
-   * The EXEC of a transaction with a refused command, while the relay counts
-   * pub/sub elements (after any SUBSCRIBE or UNSUBSCRIBE, until a RESET; a
-   * RESP3 client may run transactions while subscribed): there DISCARD's
-   * `+OK` cannot be dropped at its exact place (a message may come before
-   * it), so nothing of the transaction may reach EXEC another way. The EXEC
-   * is not sent, the client gets EXECABORT in its place and the session
-   * ends; the upstream drops the queued commands with the connection, as
-   * Redis does for any client that leaves mid-MULTI. Before, the refusal
-   * did not mark the transaction there and the EXEC ran the rest of it.
-   */
-  #abortUnpairedExec(): void {
-    this.#clientFailed = true;
-    this.#reads.client.hold(ReadHold.failed);
-    this.#inMulti = this.#multiDirty = false;
-    this.#closeReason = 'transaction aborted while counting pub/sub replies';
-    this.options.logger.info('a transaction with a refused command was aborted while pub/sub replies are counted; closing session');
-    this.#reply(EXECABORT_CLOSING, true);
-    // The EXECABORT waits for the replies owed before it; one that never comes (BLPOP k 0) must not
-    // keep the session, whose client is no longer read, open for ever.
-    setTimeout(() => this.shutdown('transaction aborted while counting pub/sub replies'), PROTOCOL_ERROR_GRACE_MS).unref();
   }
 
   /**
@@ -521,20 +532,20 @@ export class RedisRelay {
 
   /**
    * An approved command goes upstream as it would have unheld: a
-   * (P|S)SUBSCRIBE switches to pub/sub counting, a QUIT's end is the
-   * client's. Forwarded plainly, an approved SUBSCRIBE left the messages
-   * that followed counted as replies to later commands.
+   * (P|S)SUBSCRIBE is awaited as pub/sub, a QUIT's end is the client's.
+   * Forwarded plainly, an approved SUBSCRIBE left the messages that
+   * followed counted as replies to later commands.
    */
   #forwardApproved(raw: Buffer, args: Buffer[]): void {
     const verdict = this.#classifier.classify(args).verdict;
     if (verdict === Verdict.Quit) this.#clientQuit = true;
-    this.#forward(raw, 0, raw.length, args);
-    if (verdict === Verdict.Subscribe) this.#unpair(args);
+    this.#forward(raw, 0, raw.length);
+    if (verdict === Verdict.Subscribe) this.#awaitPubSub(args);
   }
 
-  /** Forwards a command of the client's, bytes [start, end) of `buf`; `args` only matter unpaired (pub/sub counting). */
-  #forward(buf: Buffer, start: number, end: number, args?: Buffer[]): void {
-    this.#sent += this.#paired || !args ? 1 : minElements(args);
+  /** Forwards a command of the client's, bytes [start, end) of `buf`. */
+  #forward(buf: Buffer, start: number, end: number): void {
+    this.#sent++;
     this.#forwardSpan(buf, start, end);
   }
 
@@ -583,52 +594,35 @@ export class RedisRelay {
   #reset(): void {
     this.#inMulti = this.#multiDirty = false;
     this.proto = 2;
-    if (this.#paired) {
-      this.#forward(RESET_CMD, 0, RESET_CMD.length);
-      for (const c of this.options.reauth) this.#forwardOwn(c);
-      return;
-    }
-    // Unpaired (pub/sub): count again from the upstream's +RESET.
-    this.#flushSpan();
-    this.#toUpstream.push(RESET_CMD, ...this.options.reauth);
-    for (const a of this.#actions) if (a.kind === INJECT) a.n = -1;
-    this.#paired = true;
-    this.#countReplies = false;
-    this.#awaitingReset = true;
-    this.#sent = 0;
-    this.#received = 0;
-    for (let i = 0; i < this.options.reauth.length; i++) this.#actions.push({ kind: DROP, n: this.#sent++ });
+    this.#forward(RESET_CMD, 0, RESET_CMD.length);
+    // Subscribed, the upstream drops its subscriptions at RESET without confirming them.
+    if (!this.#paired) this.#awaited.push({ n: this.#sent - 1, kind: RESET_WAIT, left: 1 });
+    for (const c of this.options.reauth) this.#forwardOwn(c);
   }
 
   /**
-   * A (P|S)SUBSCRIBE or (P|S)UNSUBSCRIBE was just forwarded (counted as one
-   * paired reply): switch to counting elements. Replies still due for
-   * earlier commands stay due, one element each; the command itself owes
-   * one per channel. An UNSUBSCRIBE from a client never subscribed counts
-   * too: Redis still confirms each channel named, a RESP2 reply each (two
-   * for `UNSUBSCRIBE a b`, where paired counting expected one and put every
-   * later refusal a place too early) or, in RESP3, a push (which paired
-   * counting skips: every later refusal waited for a reply that never came).
+   * A (P|S)SUBSCRIBE or (P|S)UNSUBSCRIBE was just forwarded: it is answered
+   * once one confirmation per channel named has come (pubsub.ts), or an
+   * error. An UNSUBSCRIBE from a client never subscribed is awaited too:
+   * Redis still confirms each channel named, a RESP2 reply each (two for
+   * `UNSUBSCRIBE a b`) or, in RESP3, a push, which paired counting skips.
    */
-  #unpair(args: Buffer[]): void {
-    if (!this.#paired) return;
-    const done = this.#received;
-    this.#sent = this.#sent - 1 - done + minElements(args);
-    this.#received = 0;
-    for (const a of this.#actions) if (a.n > 0) a.n = Math.max(0, a.n - done);
-    this.#paired = false;
+  #awaitPubSub(args: Buffer[]): void {
+    const kind = pubSubCommand(args[0]!)!;
+    const named = args.length - 1;
+    const namesAll = kind === PubSubKind.unsubscribe || kind === PubSubKind.punsubscribe || kind === PubSubKind.sunsubscribe;
+    // A SUBSCRIBE that names nothing gets Redis's arity error: one element.
+    this.#awaited.push({ n: this.#sent - 1, kind, left: named > 0 ? named : namesAll ? -1 : 1 });
+    if (this.#paired) {
+      this.#paired = false;
+      this.#upstreamProto = this.proto;
+    }
   }
 
   /** A reply of Sluice's own, in order with the upstream's. */
   #reply(bytes: Buffer, final = false): void {
     const n = this.#sent;
-    if (
-      this.#actions.length === 0 &&
-      this.#withheld === null &&
-      this.upstreamFramer.atReplyBoundary &&
-      this.#countReplies &&
-      this.#received >= n
-    ) {
+    if (this.#actions.length === 0 && this.#withheld === null && this.upstreamFramer.atReplyBoundary && this.#received >= n) {
       this.#writeClient([bytes]);
       if (final) this.#endAfterViolation();
       return;
@@ -684,7 +678,7 @@ export class RedisRelay {
     this.#uPassthrough = null;
     let failure: unknown;
     // Nothing of Sluice's own to put between replies or take out: count them, no call per reply.
-    const counting = this.#actions.length === 0 && this.#withheld === null && this.#paired && this.#countReplies;
+    const counting = this.#actions.length === 0 && this.#withheld === null && this.#paired;
     try {
       if (counting) this.#received += this.upstreamFramer.pushCounting(chunk, this.#replySink);
       else this.upstreamFramer.push(chunk, this.#replySink);
@@ -693,7 +687,7 @@ export class RedisRelay {
     }
     if (counting) this.#elemStart = this.upstreamFramer.lastEnd;
     if (failure === undefined) this.#withholdTail(chunk);
-    if (this.#awaitingReset) this.#keepTail(chunk);
+    if (!this.#paired && !this.upstreamFramer.atReplyBoundary) this.#keepElement(chunk);
     // Set by the framer's passthrough callback during push (TS cannot see that).
     const forwarded = this.#uPassthrough as Buffer | null;
     let flowing = true;
@@ -717,34 +711,114 @@ export class RedisRelay {
     const start = this.#elemStart;
     this.#elemStart = info.end;
     let dropped = false;
-    if (!info.push || !this.#paired) {
-      if (this.#countReplies) {
-        const no = this.#received++;
-        const head = this.#actions[0];
-        if (head && head.kind === DROP && head.n === no) {
-          this.#actions.shift();
-          this.#drop(start, info.end);
-          dropped = true;
-        }
-      } else if (this.#awaitingReset && info.end - start === PLUS_RESET.length && this.#bytesOf(start, info.end).equals(PLUS_RESET)) {
-        this.#awaitingReset = false;
-        this.#countReplies = true;
+    if (this.#paired ? !info.push : this.#answers(start, info) === ANSWER) {
+      const no = this.#received++;
+      const head = this.#actions[0];
+      if (head && head.kind === DROP && head.n === no) {
+        this.#actions.shift();
+        this.#drop(start, info.end);
+        dropped = true;
       }
     }
     if (!dropped && this.#withheld) {
-      // Held back as the start of a reply to drop, but it was a push: release it where it began.
+      // Held back as the start of a reply to drop, but it was a push or a message: release it where it began.
       this.#edits.push({ at: this.#uBase, bytes: Buffer.concat(this.#withheld) });
       this.#withheld = null;
       this.#withheldBytes = 0;
     }
     this.#flushActions(info.end);
+    // Nothing subscribed and nothing awaited: every reply answers one command again.
+    if (!this.#paired && this.#awaited.length === 0 && !this.#subscriptions.any) this.#paired = true;
+  }
+
+  /**
+   * While not paired: what the element [start, info.end) is. ASIDE for a
+   * message, or any other push but a confirmation awaited; PART for a
+   * confirmation that leaves its command more to come; ANSWER when it
+   * completes the answer to the next command (`received`).
+   */
+  #answers(start: number, info: ReplyEndInfo): number {
+    const head = this.#elementHead(start, info.end);
+    const name = head === undefined ? undefined : elementName(head);
+    const next = this.#awaited[0];
+    const awaited = next !== undefined && next.n === this.#received ? next : undefined;
+    const confirms = name !== undefined && name !== MESSAGE;
+    if (info.push) {
+      // Out of band, but a confirmation tells the subscriptions (and may be the one awaited).
+      if (!confirms) return ASIDE;
+      const count = this.#count(start, info.end);
+      if (awaited === undefined || awaited.kind >= RESET_WAIT) {
+        this.#subscriptions.note(name, count);
+        return ASIDE;
+      }
+      return this.#confirmed(awaited, name, count);
+    }
+    // A RESP2 message: only while subscribed, when Redis runs no command that could answer with such an array.
+    if (name === MESSAGE && this.#upstreamProto === 2 && this.#subscriptions.any) return ASIDE;
+    if (awaited === undefined) return ANSWER;
+    if (awaited.kind === RESET_WAIT) {
+      if (head !== undefined && head.equals(PLUS_RESET)) {
+        this.#subscriptions.clear();
+        this.#upstreamProto = 2;
+      }
+    } else if (awaited.kind === HELLO_WAIT) {
+      if (head !== undefined && head[0] !== 0x2d && head[0] !== 0x21) this.#upstreamProto = awaited.proto!;
+    } else if (confirms) {
+      return this.#confirmed(awaited, name, this.#count(start, info.end));
+    }
+    // A HELLO's or RESET's reply, or a pub/sub command refused as a whole (an ACL, its arity): one element.
+    this.#awaited.shift();
+    return ANSWER;
+  }
+
+  /** A confirmation for the pub/sub command awaited next. */
+  #confirmed(awaited: Awaited, kind: PubSubKind, count: number): number {
+    // An unsubscribe that names nothing is confirmed once per subscription it drops, as they stand before it.
+    if (awaited.left < 0) awaited.left = this.#subscriptions.confirmationsForAll(awaited.kind as PubSubKind);
+    this.#subscriptions.note(kind, count);
+    if (--awaited.left > 0) return PART;
+    this.#awaited.shift();
+    return ANSWER;
+  }
+
+  /** A confirmation's count; one that cannot be read leaves the subscriptions unknown, and the session ends. */
+  #count(start: number, end: number): number {
+    const count = confirmationCount(this.#bytesOf(Math.max(start, end - ELEMENT_TAIL_BYTES), end));
+    if (count === undefined) throw new RespProtocolError('a pub/sub confirmation without a count', end);
+    return count;
+  }
+
+  /**
+   * The first bytes of the element [start, end): from the chunk, or kept
+   * from the chunk it began in (#keepElement). Undefined for one that began
+   * while the relay was paired: the answer to a command before the first
+   * pub/sub one, never a confirmation or a message.
+   */
+  #elementHead(start: number, end: number): Buffer | undefined {
+    const base = this.#uBase;
+    if (start >= base) return this.#uChunk.subarray(start - base, Math.min(end, start + ELEMENT_HEAD_BYTES) - base);
+    if (this.#headAt !== start) return undefined;
+    const missing = Math.min(ELEMENT_HEAD_BYTES, end - start) - this.#head.length;
+    return missing <= 0 ? this.#head : Buffer.concat([this.#head, this.#uChunk.subarray(0, missing)]);
+  }
+
+  /** An element goes on in the next chunk: keep its first bytes, and the chunk's last (its count may straddle). */
+  #keepElement(chunk: Buffer): void {
+    const start = this.#elemStart;
+    if (start >= this.#uBase) {
+      this.#head = Buffer.from(chunk.subarray(start - this.#uBase, start - this.#uBase + ELEMENT_HEAD_BYTES));
+      this.#headAt = start;
+    } else if (this.#headAt === start && this.#head.length < ELEMENT_HEAD_BYTES) {
+      this.#head = Buffer.concat([this.#head, chunk.subarray(0, ELEMENT_HEAD_BYTES - this.#head.length)]);
+    }
+    this.#keepTail(chunk);
   }
 
   #flushActions(at: number): void {
     while (this.#actions.length > 0) {
       const head = this.#actions[0]!;
       if (head.kind !== INJECT) return;
-      if (head.n !== -1 && !(this.#countReplies && this.#received >= head.n)) return;
+      if (this.#received < head.n) return;
       this.#actions.shift();
       this.#edits.push({ at, bytes: head.bytes! });
       if (head.final) this.#edits.push({ at, bytes: FINAL_MARK });
@@ -776,12 +850,14 @@ export class RedisRelay {
 
   /** A reply to drop has begun and goes on in the next chunk: hold its bytes back. */
   #withholdTail(chunk: Buffer): void {
-    if (this.upstreamFramer.atReplyBoundary || !this.#countReplies || !this.#paired) return;
+    if (this.upstreamFramer.atReplyBoundary) return;
     const head = this.#actions[0];
     if (!head || head.kind !== DROP || head.n !== this.#received) return;
     const end = this.#uBase + chunk.length;
     const from = Math.max(this.#elemStart, this.#uBase);
     if (from >= end) return;
+    // Not paired, the element in progress may be a message, of any size: only a simple string can be the `+OK`.
+    if (!this.#paired && this.#withheld === null && (this.#elemStart < this.#uBase || chunk[from - this.#uBase] !== 0x2b)) return;
     (this.#withheld ??= []).push(chunk.subarray(from - this.#uBase));
     this.#withheldBytes += end - from;
     this.#edits.push({ at: from, dropTo: end });
@@ -792,11 +868,11 @@ export class RedisRelay {
   }
 
   #keepTail(chunk: Buffer): void {
-    const keep = Math.min(chunk.length, PLUS_RESET.length);
-    this.#prevTail = Buffer.concat([this.#prevTail, chunk.subarray(chunk.length - keep)]).subarray(-PLUS_RESET.length);
+    const keep = Math.min(chunk.length, ELEMENT_TAIL_BYTES);
+    this.#prevTail = Buffer.concat([this.#prevTail, chunk.subarray(chunk.length - keep)]).subarray(-ELEMENT_TAIL_BYTES);
   }
 
-  /** Bytes [start, end) of the upstream stream; `start` may lie in the previous chunk (only while awaiting +RESET). */
+  /** Bytes [start, end) of the upstream stream; up to ELEMENT_TAIL_BYTES of them may lie in the chunks before (#keepTail). */
   #bytesOf(start: number, end: number): Buffer {
     if (start >= this.#uBase) return this.#uChunk.subarray(start - this.#uBase, end - this.#uBase);
     const before = this.#uBase - start;
@@ -889,17 +965,6 @@ export class RedisRelay {
     this.options.gate?.close();
     this.options.onClose(this.#closeReason);
   }
-}
-
-/** The fewest top-level elements a command produces: one per channel for the pub/sub commands, else one. */
-function minElements(args: Buffer[]): number {
-  const name = args[0]!;
-  if (name.length < 9 || name.length > 12) return 1;
-  // (p|s)subscribe, (p|s)unsubscribe
-  if (tokenIs(name.subarray(name.length - 9), 'subscribe')) {
-    return Math.max(1, args.length - 1);
-  }
-  return 1;
 }
 
 /** A command's bytes and arguments in a buffer of their own, to keep across an await. */
