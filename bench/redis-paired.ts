@@ -31,7 +31,7 @@
  * BENCH_PAIRED_SECONDS (window, 10), BENCH_PAIRED_WARMUP_SECONDS (load
  * before each window, 3), BENCH_REDIS_CLIENTS (50 per redis-benchmark),
  * BENCH_REDIS_WORKLOADS (`SET -P 1,GET -P 1,SET -P 16,GET -P 16`),
- * BENCH_BASELINE.
+ * BENCH_BASELINE, BENCH_PAIRS (e.g. `sluice/baseline,sluice (twin)/sluice`).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -48,6 +48,8 @@ const ROUNDS = envInt('BENCH_ROUNDS', 6);
 const WINDOW_SECONDS = envInt('BENCH_PAIRED_SECONDS', 10);
 const WARMUP_SECONDS = envInt('BENCH_PAIRED_WARMUP_SECONDS', 3);
 const CLIENTS = envInt('BENCH_REDIS_CLIENTS', 50);
+/** BENCH_PAIRS: a comma list of pairs to run, each `first/second` as in PAIRS (all by default). */
+const ONLY = process.env.BENCH_PAIRS ? new Set(process.env.BENCH_PAIRS.split(',').map((p) => p.trim())) : undefined;
 
 const WORKLOADS: Record<string, { command: 'set' | 'get'; pipeline: number }> = {
   'SET -P 1': { command: 'set', pipeline: 1 },
@@ -160,7 +162,7 @@ async function main(): Promise<void> {
     const gateways = new Map<string, Contender>();
     const pairs: Array<[Contender, Contender]> = [];
     for (const names of PAIRS) {
-      if (!names.every((n) => starters.has(n))) continue;
+      if (!names.every((n) => starters.has(n)) || (ONLY !== undefined && !ONLY.has(`${names[0]}/${names[1]}`))) continue;
       for (const n of names) if (!gateways.has(n)) gateways.set(n, await starters.get(n)!());
       pairs.push([gateways.get(names[0])!, gateways.get(names[1])!]);
     }
