@@ -42,7 +42,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../../src/log.js';
 import { ReadHold, RelayReads } from '../../src/gateway/socket-reads.js';
 import { endSocket } from '../../src/gateway/net.js';
-import { CommandClassifier, EXECABORT, IDENTITY_FIXED, Verdict } from './commands.js';
+import { CommandClassifier, EXECABORT, IDENTITY_FIXED, Verdict, tokenIs } from './commands.js';
 import { error, type RespVersion } from './replies.js';
 import { RespProtocolError, RespReplyFramer, RespRequestFramer, type ReplyEndInfo, type ReplySink, type RequestSpanSink, type RespRequestLimits } from './resp.js';
 import { encodeCommand } from './upstream.js';
@@ -118,6 +118,8 @@ const PLUS_RESET = Buffer.from('+RESET\r\n');
  * messages that then come would be counted as replies.
  */
 const PUBSUB_IN_MULTI = error('sluice: (P|S)SUBSCRIBE and (P|S)UNSUBSCRIBE are not accepted inside MULTI');
+const HELLO_IN_MULTI = error('sluice: HELLO is not accepted inside MULTI');
+const PUBLISH_IN_MULTI = error('sluice: PUBLISH and SPUBLISH are not accepted inside MULTI after a (P|S)(UN)SUBSCRIBE on this connection');
 
 /** Bytes of Sluice's own replies a client may leave unread, or waiting behind a reply still due, before it is not read (see #holdForOwnReplies). */
 const OWN_REPLIES_MAX = 64 * 1024;
@@ -141,7 +143,7 @@ interface Awaited {
   kind: PubSubKind | typeof RESET_WAIT | typeof HELLO_WAIT;
   /** Elements still to come: confirmations, or one reply; -1 for an unsubscribe that names nothing (counted when it comes up). */
   left: number;
-  /** HELLO: the protocol it asks for. */
+  /** HELLO: the protocol it asks for (none: it keeps the one in use). */
   proto?: RespVersion;
 }
 /** What one top-level element is, while not paired. */
@@ -158,6 +160,11 @@ interface Edit {
 
 export class RedisRelay {
   readonly stats: RelayStats = { bytesFromClient: 0, bytesFromUpstream: 0, commands: 0, refused: 0 };
+  /**
+   * The protocol the upstream speaks, as of the replies read so far: from
+   * the login, then the reply to each HELLO (one Redis refuses, or queues
+   * in MULTI, changes nothing) and each `+RESET`.
+   */
   proto: RespVersion;
   readonly #classifier: CommandClassifier;
   #closed = false;
@@ -187,8 +194,6 @@ export class RedisRelay {
   #paired = true;
   #awaited: Awaited[] = [];
   readonly #subscriptions = new Subscriptions();
-  /** The protocol the upstream speaks, as of the element being read (while not paired). */
-  #upstreamProto: RespVersion = 2;
   /** The first bytes of the element in progress at the end of the last chunk, and where it started (while not paired). */
   #head: Buffer = Buffer.alloc(0);
   #headAt = -1;
@@ -373,7 +378,7 @@ export class RedisRelay {
     const framer = this.clientFramer;
     const nameAt = start + framer.argStart(0);
     const nameEnd = start + framer.argEnd(0);
-    if (!this.#held && this.#classifier.byName(buf, nameAt, nameEnd - nameAt)?.verdict === Verdict.Forward) {
+    if (!this.#held && this.#paired && this.#classifier.byName(buf, nameAt, nameEnd - nameAt)?.verdict === Verdict.Forward) {
       const gate = this.#gate;
       // Nothing to track, and no judging, or a verdict that needs no more than the command's kind:
       // forwarded without building its argument list.
@@ -421,9 +426,12 @@ export class RedisRelay {
     }
     this.stats.commands++;
     const c = this.#classifier.classify(args);
-    if (c.verdict === Verdict.Subscribe && this.#inMulti) {
-      this.#refuse(PUBSUB_IN_MULTI);
-      return;
+    if (this.#inMulti) {
+      const refusal = this.#refusedInMulti(c.verdict, args);
+      if (refusal) {
+        this.#refuse(refusal);
+        return;
+      }
     }
     const gate = this.#gate;
     if ((c.verdict === Verdict.Forward || c.verdict === Verdict.Subscribe || c.verdict === Verdict.Quit) && gate) {
@@ -447,10 +455,11 @@ export class RedisRelay {
         this.#refuse(c.reply!);
         return;
       case Verdict.Hello:
+        // Awaited, paired or not: the protocol changes with its reply (RESP2 messages are arrays,
+        // RESP3's pushes), and only if Redis accepts it.
         this.#forward(buf, start, end);
-        if (c.proto) this.proto = c.proto;
-        // Read while not paired: RESP2 messages are arrays, RESP3's pushes.
-        if (!this.#paired) this.#awaited.push({ n: this.#sent - 1, kind: HELLO_WAIT, left: 1, proto: this.proto });
+        this.#awaited.push({ n: this.#sent - 1, kind: HELLO_WAIT, left: 1, proto: c.proto });
+        this.#paired = false;
         return;
       case Verdict.Subscribe:
         this.#forward(buf, start, end);
@@ -483,6 +492,21 @@ export class RedisRelay {
         this.#forward(buf, start, end);
         return;
     }
+  }
+
+  /**
+   * Commands Redis would run at EXEC in ways the relay cannot follow: a
+   * (P|S)(UN)SUBSCRIBE or a HELLO changes the connection with its answer
+   * nested in EXEC's reply; and on a subscribed RESP3 connection Redis 7.0
+   * and 7.1 deliver a (S)PUBLISH's message to the connection itself inside
+   * EXEC's array and push EXEC's last element out of it (redis#12326).
+   */
+  #refusedInMulti(verdict: Verdict, args: Buffer[]): Buffer | undefined {
+    if (verdict === Verdict.Subscribe) return PUBSUB_IN_MULTI;
+    if (verdict === Verdict.Hello) return HELLO_IN_MULTI;
+    const subscribed = !this.#paired && (this.#subscriptions.any || this.#awaited.some((w) => w.kind < RESET_WAIT));
+    if (subscribed && (tokenIs(args[0]!, 'publish') || tokenIs(args[0]!, 'spublish'))) return PUBLISH_IN_MULTI;
+    return undefined;
   }
 
   /** Answers a command with an error instead of forwarding it; inside MULTI the EXEC will abort, as in Redis. */
@@ -593,10 +617,10 @@ export class RedisRelay {
    */
   #reset(): void {
     this.#inMulti = this.#multiDirty = false;
-    this.proto = 2;
     this.#forward(RESET_CMD, 0, RESET_CMD.length);
-    // Subscribed, the upstream drops its subscriptions at RESET without confirming them.
-    if (!this.#paired) this.#awaited.push({ n: this.#sent - 1, kind: RESET_WAIT, left: 1 });
+    // Awaited, paired or not: `+RESET` puts the upstream back on RESP2 and drops its subscriptions without confirming them.
+    this.#awaited.push({ n: this.#sent - 1, kind: RESET_WAIT, left: 1 });
+    this.#paired = false;
     for (const c of this.options.reauth) this.#forwardOwn(c);
   }
 
@@ -613,10 +637,7 @@ export class RedisRelay {
     const namesAll = kind === PubSubKind.unsubscribe || kind === PubSubKind.punsubscribe || kind === PubSubKind.sunsubscribe;
     // A SUBSCRIBE that names nothing gets Redis's arity error: one element.
     this.#awaited.push({ n: this.#sent - 1, kind, left: named > 0 ? named : namesAll ? -1 : 1 });
-    if (this.#paired) {
-      this.#paired = false;
-      this.#upstreamProto = this.proto;
-    }
+    this.#paired = false;
   }
 
   /** A reply of Sluice's own, in order with the upstream's. */
@@ -741,6 +762,9 @@ export class RedisRelay {
     const head = this.#elementHead(start, info.end);
     const name = head === undefined ? undefined : elementName(head);
     const next = this.#awaited[0];
+    // Every reply owed is accounted for; should the count ever run ahead of the commands, end the
+    // session rather than put Sluice's replies in the wrong places.
+    if (next !== undefined && next.n < this.#received) throw this.#lostCount(info.end);
     const awaited = next !== undefined && next.n === this.#received ? next : undefined;
     const confirms = name !== undefined && name !== MESSAGE;
     if (info.push) {
@@ -754,15 +778,19 @@ export class RedisRelay {
       return this.#confirmed(awaited, name, count);
     }
     // A RESP2 message: only while subscribed, when Redis runs no command that could answer with such an array.
-    if (name === MESSAGE && this.#upstreamProto === 2 && this.#subscriptions.any) return ASIDE;
-    if (awaited === undefined) return ANSWER;
+    if (name === MESSAGE && this.proto === 2 && this.#subscriptions.any) return ASIDE;
+    if (awaited === undefined) {
+      if (this.#received >= this.#sent) throw this.#lostCount(info.end);
+      return ANSWER;
+    }
     if (awaited.kind === RESET_WAIT) {
       if (head !== undefined && head.equals(PLUS_RESET)) {
         this.#subscriptions.clear();
-        this.#upstreamProto = 2;
+        this.proto = 2;
       }
     } else if (awaited.kind === HELLO_WAIT) {
-      if (head !== undefined && head[0] !== 0x2d && head[0] !== 0x21) this.#upstreamProto = awaited.proto!;
+      // Accepted, HELLO is answered by the server's properties, a map (RESP3) or an array (RESP2).
+      if (awaited.proto !== undefined && head !== undefined && (head[0] === 0x25 || head[0] === 0x2a)) this.proto = awaited.proto;
     } else if (confirms) {
       return this.#confirmed(awaited, name, this.#count(start, info.end));
     }
@@ -771,14 +799,19 @@ export class RedisRelay {
     return ANSWER;
   }
 
-  /** A confirmation for the pub/sub command awaited next. */
+  /** A confirmation for the pub/sub command awaited next: of its own kind, or the count is lost. */
   #confirmed(awaited: Awaited, kind: PubSubKind, count: number): number {
+    if (kind !== awaited.kind) throw this.#lostCount(this.#elemStart);
     // An unsubscribe that names nothing is confirmed once per subscription it drops, as they stand before it.
     if (awaited.left < 0) awaited.left = this.#subscriptions.confirmationsForAll(awaited.kind as PubSubKind);
     this.#subscriptions.note(kind, count);
     if (--awaited.left > 0) return PART;
     this.#awaited.shift();
     return ANSWER;
+  }
+
+  #lostCount(offset: number): RespProtocolError {
+    return new RespProtocolError('the replies no longer match the commands sent (pub/sub)', offset);
   }
 
   /** A confirmation's count; one that cannot be read leaves the subscriptions unknown, and the session ends. */
@@ -841,7 +874,7 @@ export class RedisRelay {
         'the upstream refused a command sluice sent on the session\'s behalf (re-authentication after RESET, or DISCARD)',
       );
       // Close once this chunk is written: the upstream's state is no longer the target's.
-      this.#edits.push({ at: end, bytes: error('sluice: the upstream refused re-authentication; the session is closed') });
+      this.#edits.push({ at: end, bytes: error('sluice: the upstream refused a command sluice sent for the session (re-authentication after RESET, or the DISCARD of an aborted transaction); the session is closed') });
       this.#edits.push({ at: end, bytes: FINAL_MARK });
       this.#actions = [];
       this.#queuedReplyBytes = 0;

@@ -202,3 +202,106 @@ t.test('ioredis: a subscriber connection that unsubscribes pipelines ordinary co
   t.same(res![2], [null, '1'], "and GET's is the value");
 });
 
+
+t.test('the protocol follows HELLO replies, not HELLO commands', async (t) => {
+  // RESP2: a HELLO that Redis refuses leaves the connection on RESP2, where messages are arrays.
+  const a = await login('random', 2);
+  t.teardown(() => a.end());
+  const seen = { messages: 0 };
+  a.send(['HELLO', '3', 'FOO']);
+  t.match((await a.replies(1))[0], /^-ERR/, 'Redis refuses the HELLO');
+  a.send(['SUBSCRIBE', 'hello-feed']);
+  await answers(a, 1, seen);
+  await publisher.publish('hello-feed', 'one');
+  a.send(['PING'], ['FLUSHALL'], ['PING']);
+  const r = await answers(a, 3, seen);
+  t.same([r[0], r[2]], ['*2\r\n$4\r\npong\r\n$0\r\n\r\n', '*2\r\n$4\r\npong\r\n$0\r\n\r\n']);
+  t.match(r[1], REFUSED, 'the refusal in place: the RESP2 message was set aside');
+  t.equal(seen.messages, 1);
+
+  // RESP3, subscribed: HELLO 2 is accepted, and the messages after it are arrays.
+  const b = await login('byte', 3);
+  t.teardown(() => b.end());
+  const seenB = { messages: 0 };
+  b.send(['SUBSCRIBE', 'hello-feed'], ['HELLO', '2']);
+  const [, props] = await answers(b, 2, seenB);
+  t.match(props, /^\*14\r\n/, 'HELLO 2 answers with an array');
+  await publisher.publish('hello-feed', 'two');
+  b.send(['PING'], ['FLUSHALL'], ['PING']);
+  const rb = await answers(b, 3, seenB);
+  t.equal(rb[0], '*2\r\n$4\r\npong\r\n$0\r\n\r\n', 'RESP2 while subscribed');
+  t.match(rb[1], REFUSED);
+  t.equal(seenB.messages, 1, 'the message, an array now, set aside');
+});
+
+t.test('RESP3, subscribed: an ordinary reply shaped like a message is a reply', async (t) => {
+  await publisher.del('looks-like');
+  await publisher.rpush('looks-like', 'message', 'chan', 'payload');
+  const a = await login('random', 3);
+  t.teardown(() => a.end());
+  a.send(['SUBSCRIBE', 'shape-feed'], ['LRANGE', 'looks-like', '0', '-1'], ['FLUSHALL'], ['GET', 'nothing-here']);
+  const r = await a.replies(4);
+  t.match(r[0], /^>3\r\n\$9\r\nsubscribe/);
+  t.equal(r[1], '*3\r\n$7\r\nmessage\r\n$4\r\nchan\r\n$7\r\npayload\r\n', "LRANGE's reply");
+  t.match(r[2], REFUSED, 'the refusal after it, not before');
+  t.equal(r[3], '_\r\n');
+});
+
+t.test('HELLO inside MULTI, and PUBLISH inside MULTI on a subscribed connection, are refused', async (t) => {
+  const a = await login('direct', 3);
+  t.teardown(() => a.end());
+  a.send(['MULTI'], ['HELLO', '2'], ['EXEC']);
+  const r = await a.replies(3);
+  t.equal(r[1], '-ERR sluice: HELLO is not accepted inside MULTI\r\n');
+  t.equal(r[2], '-EXECABORT Transaction discarded because of previous errors.\r\n');
+  const seen = { messages: 0 };
+  a.send(['SUBSCRIBE', 'pub-tx'], ['MULTI'], ['PUBLISH', 'pub-tx', 'x'], ['EXEC'], ['PING']);
+  const s = await answers(a, 5, seen);
+  t.equal(s[2], '-ERR sluice: PUBLISH and SPUBLISH are not accepted inside MULTI after a (P|S)(UN)SUBSCRIBE on this connection\r\n');
+  t.equal(s[3], '-EXECABORT Transaction discarded because of previous errors.\r\n');
+  t.equal(s[4], '+PONG\r\n');
+  t.equal(seen.messages, 0, 'nothing was published');
+  a.send(['PUBLISH', 'pub-tx', 'y'], ['PING']);
+  const p = await answers(a, 2, seen);
+  t.same(p, [':1\r\n', '+PONG\r\n'], 'outside MULTI it runs');
+  t.equal(seen.messages, 1);
+});
+
+t.test('channels, patterns and shard channels together, duplicates included, then all dropped', async (t) => {
+  for (const proto of [2, 3] as const) {
+    const a = await login('random', proto);
+    t.teardown(() => a.end());
+    const seen = { messages: 0 };
+    a.send(['SUBSCRIBE', 'mix-a', 'mix-a', 'mix-b'], ['SSUBSCRIBE', 'mix-s'], ['PSUBSCRIBE', 'mix-*', 'mix-*'], ['FLUSHALL']);
+    const r = await answers(a, 7, seen);
+    t.match(r[2], /subscribe\r\n\$5\r\nmix-b\r\n:2\r\n$/, 'a duplicate leaves the count as it was');
+    t.match(r[3], /ssubscribe\r\n\$5\r\nmix-s\r\n:1\r\n$/, 'shard channels are counted apart');
+    t.match(r[5], /psubscribe\r\n\$5\r\nmix-\*\r\n:3\r\n$/);
+    t.match(r[6], REFUSED);
+    await publisher.spublish('mix-s', 's');
+    await publisher.publish('mix-a', 'a');
+    a.send(['SUNSUBSCRIBE'], ['UNSUBSCRIBE'], ['PUNSUBSCRIBE'], ['MULTI'], ['FLUSHALL'], ['EXEC'], ['PING']);
+    const d = await answers(a, 8, seen);
+    t.match(d[0], /sunsubscribe\r\n\$5\r\nmix-s\r\n:0\r\n$/);
+    t.match(d[3], /punsubscribe\r\n\$5\r\nmix-\*\r\n:0\r\n$/, 'one confirmation per subscription dropped');
+    t.match(d[5], REFUSED);
+    t.equal(d[6], '-EXECABORT Transaction discarded because of previous errors.\r\n');
+    t.equal(d[7], '+PONG\r\n', `RESP${proto}: an ordinary connection again`);
+    t.equal(seen.messages, 3, 'the shard message, and the channel message twice (channel and pattern)');
+  }
+});
+
+t.test('the replies to the re-authentication after RESET are taken out while pub/sub commands are awaited', async (t) => {
+  const a = await login('byte', 2);
+  t.teardown(() => a.end());
+  const seen = { messages: 0 };
+  a.send(['SUBSCRIBE', 'drop-feed']);
+  await answers(a, 1, seen);
+  a.send(['RESET'], ['SUBSCRIBE', 'drop-again'], ['FLUSHALL'], ['UNSUBSCRIBE'], ['ACL', 'WHOAMI']);
+  const r = await answers(a, 5, seen);
+  t.equal(r[0], '+RESET\r\n');
+  t.match(r[1], /^\*3\r\n\$9\r\nsubscribe\r\n\$10\r\ndrop-again\r\n:1\r\n$/, "no +OK of the target's AUTH or SELECT before it");
+  t.match(r[2], REFUSED);
+  t.match(r[3], /unsubscribe\r\n\$10\r\ndrop-again\r\n:0\r\n$/);
+  t.equal(r[4], '$3\r\napp\r\n');
+});
