@@ -119,7 +119,9 @@ const PLUS_RESET = Buffer.from('+RESET\r\n');
  */
 const PUBSUB_IN_MULTI = error('sluice: (P|S)SUBSCRIBE and (P|S)UNSUBSCRIBE are not accepted inside MULTI');
 const HELLO_IN_MULTI = error('sluice: HELLO is not accepted inside MULTI');
-const PUBLISH_IN_MULTI = error('sluice: PUBLISH and SPUBLISH are not accepted inside MULTI after a (P|S)(UN)SUBSCRIBE on this connection');
+const PUBLISH_IN_MULTI = error('sluice: PUBLISH, SPUBLISH and scripts are not accepted inside MULTI after a (P|S)(UN)SUBSCRIBE on this connection');
+/** Commands that publish, or may (a script can call PUBLISH). */
+const PUBLISHERS = ['publish', 'spublish', 'eval', 'evalsha', 'eval_ro', 'evalsha_ro', 'fcall', 'fcall_ro'];
 
 /** Bytes of Sluice's own replies a client may leave unread, or waiting behind a reply still due, before it is not read (see #holdForOwnReplies). */
 const OWN_REPLIES_MAX = 64 * 1024;
@@ -232,6 +234,8 @@ export class RedisRelay {
   /** The last bytes of the upstream chunks before this one, kept while an element is in progress (while not paired). */
   #prevTail: Buffer = Buffer.alloc(0);
   #uPassthrough: Buffer | null = null;
+  /** The answers stopped matching the commands (#lostCount): the session is ending. */
+  #countLost = false;
 
   private readonly clientFramer: RespRequestFramer;
   private readonly upstreamFramer = new RespReplyFramer();
@@ -497,15 +501,16 @@ export class RedisRelay {
   /**
    * Commands Redis would run at EXEC in ways the relay cannot follow: a
    * (P|S)(UN)SUBSCRIBE or a HELLO changes the connection with its answer
-   * nested in EXEC's reply; and on a subscribed RESP3 connection Redis 7.0
-   * and 7.1 deliver a (S)PUBLISH's message to the connection itself inside
-   * EXEC's array and push EXEC's last element out of it (redis#12326).
+   * nested in EXEC's reply; and on a subscribed RESP3 connection Redis
+   * before 7.2 (7.0.15 here) delivers a (S)PUBLISH's message to the
+   * connection itself inside EXEC's array and pushes EXEC's last element
+   * out of it (redis#12326), a script's PUBLISH included.
    */
   #refusedInMulti(verdict: Verdict, args: Buffer[]): Buffer | undefined {
     if (verdict === Verdict.Subscribe) return PUBSUB_IN_MULTI;
     if (verdict === Verdict.Hello) return HELLO_IN_MULTI;
     const subscribed = !this.#paired && (this.#subscriptions.any || this.#awaited.some((w) => w.kind < RESET_WAIT));
-    if (subscribed && (tokenIs(args[0]!, 'publish') || tokenIs(args[0]!, 'spublish'))) return PUBLISH_IN_MULTI;
+    if (subscribed && PUBLISHERS.some((name) => tokenIs(args[0]!, name))) return PUBLISH_IN_MULTI;
     return undefined;
   }
 
@@ -707,10 +712,14 @@ export class RedisRelay {
       failure = err;
     }
     if (counting) this.#elemStart = this.upstreamFramer.lastEnd;
+    // Paired or not, never more answers than commands sent (one comparison a chunk).
+    if (failure === undefined && this.#received > this.#sent) failure = this.#lostCount(this.#elemStart);
     if (failure === undefined) this.#withholdTail(chunk);
     if (!this.#paired && !this.upstreamFramer.atReplyBoundary) this.#keepElement(chunk);
     // Set by the framer's passthrough callback during push (TS cannot see that).
-    const forwarded = this.#uPassthrough as Buffer | null;
+    // A lost count: nothing of the chunk goes on (which of its replies answer what is unknown).
+    const forwarded = this.#countLost ? null : (this.#uPassthrough as Buffer | null);
+    if (this.#countLost) this.#edits = [];
     let flowing = true;
     let final = false;
     if (this.#edits.length === 0) {
@@ -810,8 +819,10 @@ export class RedisRelay {
     return ANSWER;
   }
 
+  /** The count of answers failed: the session ends (#upstreamViolation), and nothing more is forwarded to the client. */
   #lostCount(offset: number): RespProtocolError {
-    return new RespProtocolError('the replies no longer match the commands sent (pub/sub)', offset);
+    this.#countLost = true;
+    return new RespProtocolError('the replies no longer match the commands sent', offset);
   }
 
   /** A confirmation's count; one that cannot be read leaves the subscriptions unknown, and the session ends. */
@@ -936,8 +947,9 @@ export class RedisRelay {
       { side: 'upstream', offset: err instanceof RespProtocolError ? err.offset : undefined, reason: message },
       'protocol violation; closing session',
     );
-    // The error goes to the client only if nothing of the bad reply was forwarded.
-    const clean = this.#elemStart >= this.#uBase && this.#withheld === null;
+    // The error goes to the client only if nothing of the bad reply was forwarded, and as a reply to
+    // a command: after a lost count, which is unknown.
+    const clean = !this.#countLost && this.#elemStart >= this.#uBase && this.#withheld === null;
     this.#closeReason = 'upstream protocol violation';
     this.#closed = true;
     if (clean && this.client.writable) this.client.end(error('sluice: the upstream server sent a malformed reply; the session is closed'));

@@ -110,9 +110,16 @@ async function serve(args: string[]): Promise<number> {
 function printQuickstart(config: Config, gateway: Gateway): void {
   const lines: string[] = [`sluice ${version()} ready (state dir ${config.stateDir})`];
   void (async () => {
-    const issuer = gateway.devIssuer;
-    const tokenFile = issuer ? await saveDevToken(config.stateDir, await issuer.mint({ sub: 'dev', groups: ['dev'], ttlSeconds: 900 })) : undefined;
-    const password = tokenFile ? `PGPASSWORD="$(cat ${shellQuote(resolve(tokenFile))})"` : undefined;
+    let password: string | undefined;
+    if (gateway.devIssuer) {
+      try {
+        const token = await gateway.devIssuer.mint({ sub: 'dev', groups: ['dev'], ttlSeconds: 900 });
+        password = `PGPASSWORD="$(cat ${shellWord(resolve(await saveDevToken(config.stateDir, token)))})"`;
+      } catch (err) {
+        // The gateway runs all the same; only the ready-made commands are missing.
+        lines.push(`  (no dev token: ${String(err)}; mint one with: sluice token --sub NAME --group G)`);
+      }
+    }
     for (const target of config.targets) {
       const { host, port } = gateway.address(target.name);
       if (target.protocol !== 'postgres') {
@@ -122,19 +129,31 @@ function printQuickstart(config: Config, gateway: Gateway): void {
       lines.push(`  ${target.name} (postgres) on ${host}:${port}`);
       if (!password) continue;
       const sslmode = target.allowInsecureLoopback ? 'prefer' : 'require';
-      lines.push(`    ${password} psql "host=${host} port=${port} user=dev sslmode=${sslmode}"`);
+      lines.push(`    ${password} psql ${shellWord(`host=${host} port=${port} user=dev sslmode=${sslmode}`)}`);
       if (gateway.tls.caFile) {
-        lines.push(`    ${password} psql "host=localhost port=${port} user=dev sslmode=verify-full sslrootcert=${gateway.tls.caFile}"`);
+        const conninfo = `host=localhost port=${port} user=dev sslmode=verify-full sslrootcert=${conninfoValue(gateway.tls.caFile)}`;
+        lines.push(`    ${password} psql ${shellWord(conninfo)}`);
       }
     }
     if (password) lines.push('  (the file holds a dev token for sub "dev", valid 15 minutes; mint others with: sluice token --sub NAME --group G)');
     process.stderr.write(`${lines.join('\n')}\n`);
-  })().catch((err: unknown) => process.stderr.write(`sluice: could not mint a dev token: ${String(err)}\n`));
+  })().catch((err: unknown) => process.stderr.write(`sluice: could not print how to connect: ${String(err)}\n`));
 }
 
-/** `path` as one word for a POSIX shell. */
-function shellQuote(path: string): string {
-  return /^[\w@%+=:,./-]+$/.test(path) ? path : `'${path.replace(/'/g, `'\\''`)}'`;
+/**
+ * `s` as one word for a POSIX shell: in double quotes when nothing in it
+ * is special there (the common case, and what the README shows), else in
+ * single quotes.
+ */
+function shellWord(s: string): string {
+  if (/^[\w@%+=:,./-]+$/.test(s)) return s;
+  if (!/["$`\\!]/.test(s)) return `"${s}"`;
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/** A libpq conninfo value: quoted when it holds a space, a quote or a backslash. */
+function conninfoValue(v: string): string {
+  return /^[^\s'\\]+$/.test(v) ? v : `'${v.replace(/[\\']/g, (c) => `\\${c}`)}'`;
 }
 
 async function token(args: string[]): Promise<number> {

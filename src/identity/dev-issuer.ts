@@ -207,7 +207,13 @@ export async function saveDevToken(stateDir: string, token: string): Promise<str
   const dir = join(stateDir, 'dev-issuer');
   const path = join(dir, DEV_TOKEN_FILE);
   const tmp = join(dir, `${DEV_TOKEN_FILE}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-  await writeFile(tmp, `${token}\n`, { mode: 0o600, flag: 'wx' });
-  await rename(tmp, path);
+  try {
+    await writeFile(tmp, `${token}\n`, { mode: 0o600, flag: 'wx' });
+    await rename(tmp, path);
+  } catch (err) {
+    // Not a token left behind under another name.
+    await unlink(tmp).catch(() => undefined);
+    throw err;
+  }
   return path;
 }

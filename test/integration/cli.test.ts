@@ -6,7 +6,7 @@
  */
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, realpathSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -177,7 +177,7 @@ policies:
     const timer = setTimeout(() => reject(new Error(`no quickstart within 20 s; stderr:\n${stderr}`)), 20_000);
     child.stderr.on('data', (c: Buffer) => {
       stderr += c.toString('utf8');
-      const m = /PGPASSWORD="\$\(cat ([^)]+)\)" psql "([^"]+)"/.exec(stderr);
+      const m = /^ {4}(PGPASSWORD="\$\(cat ([^)]+)\)" psql "([^"]+)")$/m.exec(stderr);
       if (m) {
         clearTimeout(timer);
         resolve(m);
@@ -185,17 +185,18 @@ policies:
     });
     child.once('exit', () => reject(new Error(`serve exited early; stderr:\n${stderr}`)));
   });
-  const [, tokenFile, conninfo] = command as unknown as [string, string, string];
-  t.equal(tokenFile, join(dir, '.sluice', 'dev-issuer', 'token'), 'the token is left in the state dir');
-  t.equal(statSync(tokenFile).mode & 0o777, 0o600, 'in a file only its owner may read');
+  const [, line, tokenFile, conninfo] = command as unknown as [string, string, string, string];
+  t.equal(realpathSync(tokenFile), realpathSync(join(dir, '.sluice', 'dev-issuer', 'token')), 'the token is left in the state dir');
+  t.equal(statSync(tokenFile).mode & 0o077, 0, 'in a file only its owner may read');
   const token = readFileSync(tokenFile, 'utf8').trim();
   t.match(token, /^[\w-]+\.[\w-]+\.[\w-]+$/, 'the file holds a JWT');
   const port = Number(/port=(\d+)/.exec(conninfo)?.[1]);
   t.ok(port > 0, `the printed command names the real port (${port}), not 0`);
   t.match(conninfo, /host=127\.0\.0\.1 /);
 
-  const psql = await run('psql', ['-X', conninfo, '-At', '-c', 'select 1'], { env: { PGPASSWORD: token }, timeoutMs: 30_000 });
-  t.equal(psql.code, 0, `psql exits 0 (${psql.stderr.trim()})`);
+  // As a user would paste it: the shell reads the token from the file.
+  const psql = await run('sh', ['-c', `${line} -X -At -c 'select 1'`], { env: { PGPASSWORD: '' }, timeoutMs: 30_000 });
+  t.equal(psql.code, 0, `the printed line exits 0 (${psql.stderr.trim()})`);
   t.equal(psql.stdout.trim(), '1', 'psql prints 1');
 
   child.kill('SIGTERM');

@@ -9,6 +9,7 @@
  */
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
+import { createServer, type AddressInfo } from 'node:net';
 import { Redis } from 'ioredis';
 import { startRedis } from '../helpers/redis.js';
 import { startGateway, redisTargetYaml } from '../helpers/gateway.js';
@@ -257,10 +258,15 @@ t.test('HELLO inside MULTI, and PUBLISH inside MULTI on a subscribed connection,
   const seen = { messages: 0 };
   a.send(['SUBSCRIBE', 'pub-tx'], ['MULTI'], ['PUBLISH', 'pub-tx', 'x'], ['EXEC'], ['PING']);
   const s = await answers(a, 5, seen);
-  t.equal(s[2], '-ERR sluice: PUBLISH and SPUBLISH are not accepted inside MULTI after a (P|S)(UN)SUBSCRIBE on this connection\r\n');
+  t.equal(s[2], '-ERR sluice: PUBLISH, SPUBLISH and scripts are not accepted inside MULTI after a (P|S)(UN)SUBSCRIBE on this connection\r\n');
   t.equal(s[3], '-EXECABORT Transaction discarded because of previous errors.\r\n');
   t.equal(s[4], '+PONG\r\n');
   t.equal(seen.messages, 0, 'nothing was published');
+  // A script may publish too (Redis misplaces its message the same way).
+  a.send(['MULTI'], ['EVAL', "return redis.call('publish', 'pub-tx', 'z')", '0'], ['EXEC']);
+  const e = await answers(a, 3, seen);
+  t.match(e[1], /^-ERR sluice: PUBLISH, SPUBLISH and scripts are not accepted inside MULTI/);
+  t.equal(e[2], '-EXECABORT Transaction discarded because of previous errors.\r\n');
   a.send(['PUBLISH', 'pub-tx', 'y'], ['PING']);
   const p = await answers(a, 2, seen);
   t.same(p, [':1\r\n', '+PONG\r\n'], 'outside MULTI it runs');
@@ -304,4 +310,48 @@ t.test('the replies to the re-authentication after RESET are taken out while pub
   t.match(r[2], REFUSED);
   t.match(r[3], /unsubscribe\r\n\$10\r\ndrop-again\r\n:0\r\n$/);
   t.equal(r[4], '$3\r\napp\r\n');
+});
+
+/**
+ * A stand-in upstream for what Redis does not do: it accepts the gateway's
+ * login, then answers PING with two replies, and SUBSCRIBE with its
+ * confirmation and one more element.
+ */
+async function lyingUpstream(t: { teardown(fn: () => unknown): void }): Promise<number> {
+  const server = createServer((socket) => {
+    socket.on('error', () => {});
+    socket.on('data', (d: Buffer) => {
+      const text = d.toString('latin1');
+      if (/\$4\r\nAUTH\r\n/i.test(text)) socket.write('+OK\r\n');
+      else if (/\$4\r\nPING\r\n/i.test(text)) socket.write('+PONG\r\n+PONG\r\n');
+      else if (/\$9\r\nSUBSCRIBE\r\n/i.test(text)) socket.write('*3\r\n$9\r\nsubscribe\r\n$1\r\nx\r\n:1\r\n:1\r\n');
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise((resolve) => server.close(resolve)));
+  return (server.address() as AddressInfo).port;
+}
+
+t.test('an upstream that answers more than it was asked ends the session, paired or reading pub/sub', async (t) => {
+  const port = await lyingUpstream(t);
+  const liar = await startGateway(
+    `identity: { dev_issuer: true }
+targets:${redisTargetYaml('liar', { port })}
+policies:
+  - { name: agents, subjects: { groups: [agent] }, targets: [liar] }
+`,
+    { REDIS_PW: 'not-checked' },
+  );
+  t.teardown(() => liar.close());
+  const tok = await liar.token('agent-2', ['agent']);
+  for (const command of [['PING'], ['SUBSCRIBE', 'x']]) {
+    const a = await Raw.open(liar.port('liar'));
+    t.teardown(() => a.end());
+    a.send(['AUTH', tok]);
+    t.same(await a.replies(1), ['+OK\r\n']);
+    a.send(command);
+    t.ok(await a.closedWithin(3_000), `${command[0]}: the session ends`);
+    t.equal(a.buf, '', 'and nothing of the replies that no longer pair reaches the client');
+  }
+  t.ok(liar.logs.some((l) => l.includes('the replies no longer match the commands sent')), 'the log says why');
 });
