@@ -139,14 +139,17 @@ interface Action {
 /** Commands whose answer the relay reads while not paired: the six pub/sub kinds (PubSubKind), and these. */
 const RESET_WAIT = 6;
 const HELLO_WAIT = 7;
+const MULTI_WAIT = 8;
 interface Awaited {
   /** The command's number (as `sent` counted it). */
   n: number;
-  kind: PubSubKind | typeof RESET_WAIT | typeof HELLO_WAIT;
+  kind: PubSubKind | typeof RESET_WAIT | typeof HELLO_WAIT | typeof MULTI_WAIT;
   /** Elements still to come: confirmations, or one reply; -1 for an unsubscribe that names nothing (counted when it comes up). */
   left: number;
   /** HELLO: the protocol it asks for (none: it keeps the one in use). */
   proto?: RespVersion;
+  /** MULTI: which one (#multis), so a refusal of it never ends a later transaction. */
+  multi?: number;
 }
 /** What one top-level element is, while not paired. */
 const ASIDE = 0;
@@ -207,6 +210,8 @@ export class RedisRelay {
   #backlog: Array<{ raw: Buffer; args: Buffer[] }> = [];
   #inMulti = false;
   #multiDirty = false;
+  /** MULTIs sent so far. */
+  #multis = 0;
   /** The client sent QUIT: the session ends because the client asked, whichever socket's end arrives first. */
   #clientQuit = false;
   /**
@@ -472,6 +477,9 @@ export class RedisRelay {
       case Verdict.Multi:
         this.#forward(buf, start, end);
         this.#inMulti = true;
+        // A subscribed RESP2 connection is refused MULTI: read its answer, or the three kinds refused
+        // inside MULTI (#refusedInMulti), UNSUBSCRIBE among them, would stay refused.
+        if (!this.#paired) this.#awaited.push({ n: this.#sent - 1, kind: MULTI_WAIT, left: 1, multi: ++this.#multis });
         return;
       case Verdict.Discard:
         this.#forward(buf, start, end);
@@ -800,10 +808,13 @@ export class RedisRelay {
     } else if (awaited.kind === HELLO_WAIT) {
       // Accepted, HELLO is answered by the server's properties, a map (RESP3) or an array (RESP2).
       if (awaited.proto !== undefined && head !== undefined && (head[0] === 0x25 || head[0] === 0x2a)) this.proto = awaited.proto;
+    } else if (awaited.kind === MULTI_WAIT) {
+      // Refused (`-ERR Can't execute 'multi'` while subscribed): no transaction, unless a later MULTI began one.
+      if (head !== undefined && head[0] === 0x2d && awaited.multi === this.#multis) this.#inMulti = this.#multiDirty = false;
     } else if (confirms) {
       return this.#confirmed(awaited, name, this.#count(start, info.end));
     }
-    // A HELLO's or RESET's reply, or a pub/sub command refused as a whole (an ACL, its arity): one element.
+    // A HELLO's, RESET's or MULTI's reply, or a pub/sub command refused as a whole (an ACL, its arity): one element.
     this.#awaited.shift();
     return ANSWER;
   }

@@ -273,6 +273,20 @@ t.test('HELLO inside MULTI, and PUBLISH inside MULTI on a subscribed connection,
   t.equal(seen.messages, 1);
 });
 
+t.test('a MULTI that Redis refuses on a subscribed connection begins no transaction: UNSUBSCRIBE still works', async (t) => {
+  const a = await login('random', 2);
+  t.teardown(() => a.end());
+  const seen = { messages: 0 };
+  a.send(['SUBSCRIBE', 'multi-feed']);
+  await answers(a, 1, seen);
+  a.send(['MULTI']);
+  t.match((await answers(a, 1, seen))[0], /^-ERR Can't execute 'multi'/, 'Redis refuses MULTI while subscribed (RESP2)');
+  a.send(['UNSUBSCRIBE'], ['PING']);
+  const r = await answers(a, 2, seen);
+  t.match(r[0], /^\*3\r\n\$11\r\nunsubscribe\r\n\$10\r\nmulti-feed\r\n:0\r\n$/, 'the UNSUBSCRIBE is forwarded, not refused as inside MULTI');
+  t.equal(r[1], '+PONG\r\n', 'and the connection is an ordinary one');
+});
+
 t.test('channels, patterns and shard channels together, duplicates included, then all dropped', async (t) => {
   for (const proto of [2, 3] as const) {
     const a = await login('random', proto);
