@@ -2,6 +2,7 @@
 import { parseArgs } from 'node:util';
 import { connect } from 'node:net';
 import { readFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, loadConfig } from '../config/load.js';
@@ -89,11 +90,17 @@ async function serve(args: string[]): Promise<number> {
   const config = await loadConfig(values.config);
   const logger = createLogger(config.log.level);
   const gateway = await Gateway.start(config, { logger });
-  printQuickstart(config, gateway);
+  const tokenFile = printQuickstart(config, gateway);
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
       logger.info({ signal }, 'shutting down');
-      void gateway.close().then(resolve);
+      // The dev token goes with the gateway that minted it (it would be valid for up to 15 minutes more).
+      void gateway
+        .close()
+        .then(() => tokenFile)
+        .then((file) => (file ? rm(file, { force: true }) : undefined))
+        .catch(() => undefined)
+        .then(resolve);
     };
     process.once('SIGINT', () => stop('SIGINT'));
     process.once('SIGTERM', () => stop('SIGTERM'));
@@ -105,16 +112,19 @@ async function serve(args: string[]): Promise<number> {
  * On start, show how to connect. With the dev issuer on, a dev token is
  * minted and left in the state dir (saveDevToken), and the psql commands
  * read it from there: the token itself is never written to stderr, which
- * is often a log.
+ * is often a log. Resolves to the token's file, which serve removes when it
+ * stops.
  */
-function printQuickstart(config: Config, gateway: Gateway): void {
+function printQuickstart(config: Config, gateway: Gateway): Promise<string | undefined> {
   const lines: string[] = [`sluice ${version()} ready (state dir ${config.stateDir})`];
-  void (async () => {
+  return (async () => {
     let password: string | undefined;
+    let file: string | undefined;
     if (gateway.devIssuer) {
       try {
         const token = await gateway.devIssuer.mint({ sub: 'dev', groups: ['dev'], ttlSeconds: 900 });
-        password = `PGPASSWORD="$(cat ${shellWord(resolve(await saveDevToken(config.stateDir, token)))})"`;
+        file = resolve(await saveDevToken(config.stateDir, token));
+        password = `PGPASSWORD="$(cat ${shellWord(file)})"`;
       } catch (err) {
         // The gateway runs all the same; only the ready-made commands are missing.
         lines.push(`  (no dev token: ${String(err)}; mint one with: sluice token --sub NAME --group G)`);
@@ -137,7 +147,11 @@ function printQuickstart(config: Config, gateway: Gateway): void {
     }
     if (password) lines.push('  (the file holds a dev token for sub "dev", valid 15 minutes; mint others with: sluice token --sub NAME --group G)');
     process.stderr.write(`${lines.join('\n')}\n`);
-  })().catch((err: unknown) => process.stderr.write(`sluice: could not print how to connect: ${String(err)}\n`));
+    return file;
+  })().catch((err: unknown) => {
+    process.stderr.write(`sluice: could not print how to connect: ${String(err)}\n`);
+    return undefined;
+  });
 }
 
 /**

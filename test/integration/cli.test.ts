@@ -6,7 +6,7 @@
  */
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, realpathSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, realpathSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -201,6 +201,7 @@ policies:
 
   child.kill('SIGTERM');
   t.equal(await exited, 0, 'serve exits 0 on SIGTERM');
+  t.notOk(existsSync(tokenFile), 'and removes the token it minted');
   const logLines = stdout.split('\n').filter((l) => l.length > 0);
   t.ok(logLines.length > 0, 'serve logged to stdout');
   for (const line of logLines) JSON.parse(line);
