@@ -129,7 +129,7 @@ const INJECT = 0;
 const DROP = 1;
 interface Action {
   kind: typeof INJECT | typeof DROP;
-  /** INJECT: due once `received` >= n (-1: at the next reply boundary). DROP: the number of the reply to drop. */
+  /** INJECT: due once `received` >= n. DROP: the number of the command (one of Sluice's own) whose reply to drop. */
   n: number;
   bytes?: Buffer;
   /** INJECT: close the session once written (a client protocol error). */
