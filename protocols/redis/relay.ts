@@ -839,7 +839,10 @@ export class RedisRelay {
   /** A confirmation's count; one that cannot be read leaves the subscriptions unknown, and the session ends. */
   #count(start: number, end: number): number {
     const count = confirmationCount(this.#bytesOf(Math.max(start, end - ELEMENT_TAIL_BYTES), end));
-    if (count === undefined) throw new RespProtocolError('a pub/sub confirmation without a count', end);
+    if (count === undefined) {
+      this.#countLost = true;
+      throw new RespProtocolError('a pub/sub confirmation without a readable count', end);
+    }
     return count;
   }
 

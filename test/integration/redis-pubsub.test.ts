@@ -328,8 +328,9 @@ t.test('the replies to the re-authentication after RESET are taken out while pub
 
 /**
  * A stand-in upstream for what Redis does not do: it accepts the gateway's
- * login, then answers PING with two replies, and SUBSCRIBE with its
- * confirmation and one more element.
+ * login, then answers PING with two replies, SUBSCRIBE with its
+ * confirmation and one more element, and PSUBSCRIBE with a confirmation
+ * whose count is a string.
  */
 async function lyingUpstream(t: { teardown(fn: () => unknown): void }): Promise<number> {
   const server = createServer((socket) => {
@@ -339,6 +340,7 @@ async function lyingUpstream(t: { teardown(fn: () => unknown): void }): Promise<
       if (/\$4\r\nAUTH\r\n/i.test(text)) socket.write('+OK\r\n');
       else if (/\$4\r\nPING\r\n/i.test(text)) socket.write('+PONG\r\n+PONG\r\n');
       else if (/\$9\r\nSUBSCRIBE\r\n/i.test(text)) socket.write('*3\r\n$9\r\nsubscribe\r\n$1\r\nx\r\n:1\r\n:1\r\n');
+      else if (/\$10\r\nPSUBSCRIBE\r\n/i.test(text)) socket.write('*3\r\n$10\r\npsubscribe\r\n$1\r\np\r\n$1\r\n1\r\n');
     });
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -358,7 +360,7 @@ policies:
   );
   t.teardown(() => liar.close());
   const tok = await liar.token('agent-2', ['agent']);
-  for (const command of [['PING'], ['SUBSCRIBE', 'x']]) {
+  for (const command of [['PING'], ['SUBSCRIBE', 'x'], ['PSUBSCRIBE', 'p']]) {
     const a = await Raw.open(liar.port('liar'));
     t.teardown(() => a.end());
     a.send(['AUTH', tok]);
@@ -368,4 +370,5 @@ policies:
     t.equal(a.buf, '', 'and nothing of the replies that no longer pair reaches the client');
   }
   t.ok(liar.logs.some((l) => l.includes('the replies no longer match the commands sent')), 'the log says why');
+  t.ok(liar.logs.some((l) => l.includes('a pub/sub confirmation without a readable count')), 'for the unreadable count too');
 });
