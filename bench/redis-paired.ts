@@ -25,7 +25,8 @@
  * `sluice`, two identical gateways (A/A): how far they come out apart is
  * the bench's resolution, printed beside the ratios that matter. With
  * BENCH_BASELINE, also `sluice` against `baseline` and `sluice+recording`
- * against `baseline+recording` (that build, same configuration).
+ * against `baseline+recording` (that build, same configuration), and
+ * `baseline+recording` against `sluice` (what that build's recording costs).
  *
  * Env: BENCH_ROUNDS (6; even rounds take the pairs in the other order),
  * BENCH_PAIRED_SECONDS (window, 10), BENCH_PAIRED_WARMUP_SECONDS (load
@@ -64,6 +65,8 @@ const PAIRS: Array<[string, string]> = [
   ['sluice (twin)', 'sluice'],
   ['sluice', 'baseline'],
   ['sluice+recording', 'baseline+recording'],
+  // That build recording, against this one plain: what a change to the record path leaves of its cost.
+  ['baseline+recording', 'sluice'],
 ];
 
 /** Bytes `pid` has handed to write(2) and its kin so far. */
