@@ -29,9 +29,10 @@ import { chown, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { postgresAvailable, startPostgres, type PgServer } from '../test/helpers/postgres.js';
-import { PG_BIN, run } from '../test/helpers/process.js';
+import { PG_BIN } from '../test/helpers/process.js';
 import { backgroundBusy, envCount, envInt, envWorkloads, runRounds, timestamp, writeWorkFile, type Absent, type Contender } from './lib/harness.js';
 import { describeMachine, machineText } from './lib/machine.js';
+import { PGBENCH, PG_WORKLOADS, initPgbench, pgbench, preflight } from './lib/pgbench.js';
 import { buildTables, tablesMarkdown, tablesText, type ReportInput } from './lib/report.js';
 import { baselineCandidates, startSluice } from './lib/sluice.js';
 import { freePort, startDaemon, startRelay, userIds, which, type Daemon } from './lib/spawn.js';
@@ -44,16 +45,6 @@ const CLIENTS = envInt('BENCH_PG_CLIENTS', 8);
 const JOBS = envInt('BENCH_PG_JOBS', 2);
 const ONLY = process.env.BENCH_CONTENDERS ? new Set(process.env.BENCH_CONTENDERS.split(',').map((s) => s.trim())) : undefined;
 
-const PGBENCH = `${PG_BIN}/pgbench`;
-const PSQL = `${PG_BIN}/psql`;
-
-/** Workload name -> the pgbench flags that make it. */
-const WORKLOADS: Record<string, string[]> = {
-  'select simple': ['-S', '-M', 'simple'],
-  'select prepared': ['-S', '-M', 'prepared'],
-  'connect -C simple': ['-S', '-C', '-M', 'simple'],
-};
-
 /** Run only when BENCH_CONTENDERS names them: variants for a question of their own, not every run's. */
 const OPT_IN = new Set(['sluice+recording-nofsync']);
 
@@ -61,35 +52,9 @@ function wanted(name: string): boolean {
   return name === 'direct' || (ONLY === undefined ? !OPT_IN.has(name) : ONLY.has(name));
 }
 
-function clientEnv(c: Contender): NodeJS.ProcessEnv {
-  // The secret goes through the environment, never argv.
-  return { PGPASSWORD: c.secret, PGSSLMODE: 'disable', PGCONNECT_TIMEOUT: '10', PGAPPNAME: 'sluice-bench' };
-}
-
-/** One real query through the contender before it is measured: proves it works end to end. */
-async function preflight(c: Contender): Promise<void> {
-  const r = await run(PSQL, ['-X', '-At', '-h', '127.0.0.1', '-p', String(c.port), '-U', c.user, '-d', 'app', '-c', 'SELECT count(*) FROM pgbench_branches'], {
-    env: clientEnv(c),
-    timeoutMs: 20_000,
-  });
-  if (r.code !== 0 || r.stdout.trim() !== String(SCALE)) {
-    throw new Error(`preflight query failed (exit ${r.code}): ${(r.stderr || r.stdout).trim().split('\n')[0]}`);
-  }
-}
-
-async function pgbench(workload: string, c: Contender, seconds = SECONDS): Promise<{ rate: number; ops: number }> {
-  const flags = WORKLOADS[workload];
-  if (!flags) throw new Error(`unknown workload ${workload}`);
-  const args = ['-h', '127.0.0.1', '-p', String(c.port), '-U', c.user, '-n', ...flags, '-c', String(CLIENTS), '-j', String(JOBS), '-T', String(seconds), 'app'];
-  const r = await run(PGBENCH, args, { env: clientEnv(c), timeoutMs: (seconds + 120) * 1000 });
-  const tps = /^tps = ([\d.]+)/m.exec(r.stdout);
-  const processed = /number of transactions actually processed: (\d+)/.exec(r.stdout);
-  const failed = /number of failed transactions: (\d+)/.exec(r.stdout);
-  if (r.code !== 0 || !tps || !processed) {
-    throw new Error(`pgbench exit ${r.code ?? r.signal}: ${(r.stderr.trim().split('\n').find((l) => /error|fatal/i.test(l)) ?? r.stderr.trim().split('\n')[0] ?? '').slice(0, 300)}`);
-  }
-  if (failed && Number(failed[1]) > 0) throw new Error(`pgbench reported ${failed[1]} failed transactions`);
-  return { rate: Number(tps[1]), ops: Number(processed[1]) };
+/** A pgbench run of the configured size against `c`. */
+function pgbenchRun(workload: string, c: Contender, seconds = SECONDS): Promise<{ rate: number; ops: number }> {
+  return pgbench(c, { workload, seconds, clients: CLIENTS, jobs: JOBS });
 }
 
 /**
@@ -147,7 +112,7 @@ async function main(): Promise<void> {
     process.exitCode = 1;
     return;
   }
-  const workloads = envWorkloads('BENCH_PG_WORKLOADS', Object.keys(WORKLOADS));
+  const workloads = envWorkloads('BENCH_PG_WORKLOADS', Object.keys(PG_WORKLOADS));
   const machine = await describeMachine({
     postgresql: [`${PG_BIN}/postgres`],
     pgbench: [PGBENCH],
@@ -165,11 +130,7 @@ async function main(): Promise<void> {
     const pg = await startPostgres({ auth: 'scram-sha-256' });
     cleanups.push(() => pg.stop());
     process.stderr.write(`postgres on 127.0.0.1:${pg.port}; pgbench -i -s ${SCALE} ...\n`);
-    const init = await run(PGBENCH, ['-i', '-q', '-s', String(SCALE), '-h', '127.0.0.1', '-p', String(pg.port), '-U', pg.user, pg.database], {
-      env: { PGPASSWORD: pg.password },
-      timeoutMs: 600_000,
-    });
-    if (init.code !== 0) throw new Error(`pgbench -i failed: ${init.stderr}`);
+    await initPgbench(pg, SCALE);
 
     const direct: Contender = { name: 'direct', port: pg.port, pid: undefined, secret: pg.password, user: pg.user };
     // Each contender is started independently: one that fails is reported, not fatal.
@@ -214,7 +175,7 @@ async function main(): Promise<void> {
       if (!wanted(name)) continue;
       try {
         const c = await start();
-        await preflight(c);
+        await preflight(c, SCALE);
         contenders.push(c);
       } catch (err) {
         const skip = (err as { skip?: boolean }).skip === true;
@@ -223,8 +184,8 @@ async function main(): Promise<void> {
       }
     }
 
-    const warmUp = WARMUP_SECONDS > 0 ? (w: string, c: Contender) => pgbench(w, c, WARMUP_SECONDS) : undefined;
-    const cells = await runRounds(workloads, contenders, ROUNDS, pgbench, warmUp);
+    const warmUp = WARMUP_SECONDS > 0 ? (w: string, c: Contender) => pgbenchRun(w, c, WARMUP_SECONDS) : undefined;
+    const cells = await runRounds(workloads, contenders, ROUNDS, pgbenchRun, warmUp);
     const report: ReportInput = {
       title: `pgbench -S, ${CLIENTS} clients`,
       rateUnit: 'TPS',
