@@ -465,11 +465,10 @@ export class RedisSession implements SessionHandle {
   /** The recording cannot follow the session (write failure, size cap, pre-auth flood): end it, fail closed. */
   #recordingFailed(err: SluiceError): void {
     if (!this.#relay) {
-      const message =
-        err.code === ErrorCodes.PROTOCOL_VIOLATION
-          ? `sluice: ${err.message}`
-          : 'sluice: session recording is unavailable; new sessions are refused until it recovers';
-      this.#close(error(message), 'session recording failed');
+      // A protocol violation (a flood before AUTH) is the client's doing: the log says so, not that recording failed.
+      const client = err.code === ErrorCodes.PROTOCOL_VIOLATION;
+      const message = client ? `sluice: ${err.message}` : 'sluice: session recording is unavailable; new sessions are refused until it recovers';
+      this.#close(error(message), client ? err.message : 'session recording failed');
       return;
     }
     this.#log.error({ code: err.code, reason: err.message }, 'session recording failed; ending the session');

@@ -8,7 +8,7 @@
 import t from 'tap';
 import { startRedis } from '../helpers/redis.js';
 import { startGateway } from '../helpers/gateway.js';
-import { Raw, encode } from '../helpers/raw-redis.js';
+import { Raw, encode, splitReplies } from '../helpers/raw-redis.js';
 
 const redis = await startRedis();
 t.teardown(() => redis.stop());
@@ -263,6 +263,28 @@ t.test('protocol errors close that connection only', async (t) => {
   const [e] = await pre.replies(1);
   t.match(e, /^-ERR Protocol error: /);
   t.ok(await pre.closedWithin());
+  other.send(['PING']);
+  t.same(await other.replies(1), ['+PONG\r\n'], 'another session is unaffected');
+  other.end();
+});
+
+t.test('a flood before AUTH: answered until the recording can hold no more, then ended with a clear error; other sessions go on', async (t) => {
+  // Until a session is admitted its recording holds both directions in memory (the credential is
+  // redacted at admission), up to 512 KiB: a client that pours commands in before AUTH ends there.
+  const c = await Raw.open(gw.port('cache'));
+  const ping = encode(['PING']);
+  const sent = Math.ceil((2 * 1024 * 1024) / ping.length);
+  c.socket.write(Buffer.concat(Array.from({ length: sent }, () => ping)));
+  t.ok(await c.closedWithin(10_000), 'the session is closed');
+  const replies = splitReplies(c.buf);
+  const last = replies.at(-1);
+  t.equal(last, '-ERR sluice: too much data received before authentication completed\r\n', 'the last reply says why');
+  const answered = replies.slice(0, -1);
+  t.ok(answered.length > 1000 && answered.length < sent, `some commands were answered first, not all (${answered.length} of ${sent})`);
+  t.ok(answered.every((r) => r === '-NOAUTH Authentication required.\r\n'), 'each with NOAUTH, in order, nothing else');
+  for (let i = 0; i < 100 && !gw.logs.some((l) => l.includes('too much data received before authentication completed')); i++) await new Promise((r) => setTimeout(r, 20));
+  t.ok(gw.logs.some((l) => l.includes('too much data received before authentication completed')), 'the log says why');
+  const other = await loggedIn();
   other.send(['PING']);
   t.same(await other.replies(1), ['+PONG\r\n'], 'another session is unaffected');
   other.end();
