@@ -90,8 +90,12 @@ export interface RelayRecording {
   received(chunk: Buffer): void;
   /** A credential command among the bytes not yet recorded: record its scrubbed form. */
   scrub(raw: Buffer, args: Buffer[]): void;
-  /** Client bytes before absolute offset `upTo` are framed. */
-  framed(upTo: number): void;
+  /**
+   * Client bytes before absolute offset `upTo` are framed. `midChunk`: the
+   * chunk last `received` is still being framed (a reply is about to be
+   * written for a command in it), so the rest of it need not be copied yet.
+   */
+  framed(upTo: number, midChunk?: boolean): void;
 }
 
 export interface RelayStats {
@@ -224,6 +228,13 @@ export class RedisRelay {
   #cChunk: Buffer = Buffer.alloc(0);
   #spanStart = -1;
   #spanEnd = 0;
+  /**
+   * While a recorded session's chunk is being framed: the relay offset just
+   * past the command being handled (judged, refused, held), else -1. A reply
+   * Sluice writes then, a refusal say, is recorded after the client's bytes
+   * up to here (#recordHandled): the record order is the order received.
+   */
+  #handledEnd = -1;
   /** Bytes for the upstream, before the span being collected (usually empty). */
   #toUpstream: Buffer[] = [];
 
@@ -374,7 +385,10 @@ export class RedisRelay {
     const flowing = this.#sendUpstream();
     // Recorded once the commands are on their way upstream: recording need not delay them.
     const rec = this.#recording;
-    if (rec) rec.framed(rec.base + this.stats.bytesFromClient - this.clientFramer.bufferedBytes);
+    if (rec) {
+      rec.framed(rec.base + this.stats.bytesFromClient - this.clientFramer.bufferedBytes);
+      this.#handledEnd = -1;
+    }
     if (!flowing && !this.#clientFailed) this.#reads.client.holdUntilDrained(this.upstream);
     this.#holdForOwnReplies();
     if (failure !== undefined) this.#clientViolation(failure);
@@ -398,6 +412,7 @@ export class RedisRelay {
         return;
       }
     }
+    if (this.#recording !== undefined) this.#handledEnd = framer.commandStart + (end - start);
     this.#onCommand(buf, start, end, framer.args(buf.subarray(start, end)));
   }
 
@@ -657,12 +672,25 @@ export class RedisRelay {
   #reply(bytes: Buffer, final = false): void {
     const n = this.#sent;
     if (this.#actions.length === 0 && this.#withheld === null && this.upstreamFramer.atReplyBoundary && this.#received >= n) {
+      this.#recordHandled();
       this.#writeClient([bytes]);
       if (final) this.#endAfterViolation();
       return;
     }
     this.#actions.push({ kind: INJECT, n, bytes, final });
     this.#queuedReplyBytes += bytes.length;
+  }
+
+  /**
+   * A reply of Sluice's own is about to be written while the client's chunk
+   * is framed: the client's bytes up to the end of the command it answers
+   * are recorded first. Otherwise the tap, which records client bytes once
+   * the whole chunk is framed (so that a credential in it is scrubbed
+   * first), would record the answer before the command.
+   */
+  #recordHandled(): void {
+    const rec = this.#recording;
+    if (rec !== undefined && this.#handledEnd >= 0) rec.framed(rec.base + this.#handledEnd, true);
   }
 
   /**

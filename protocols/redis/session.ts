@@ -384,7 +384,7 @@ export class RedisSession implements SessionHandle {
         base: tap.clientOffset - stashed,
         received: (chunk) => tap.received(chunk),
         scrub: (raw, args) => tap.scrubPending(raw, scrubRedisAuth(args)),
-        framed: (upTo) => tap.framed(upTo),
+        framed: (upTo, midChunk) => tap.framed(upTo, midChunk),
       };
     }
     const relay = new RedisRelay(this.#socket, upstream, {

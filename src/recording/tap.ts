@@ -378,14 +378,17 @@ export class RecordingTap {
    * (its read observer or prepended listener) saw the same chunk, so the chunk is still the socket's
    * and can be recorded straight from it: the writer copies it into its
    * slab. Whatever stays pending (a command that straddles chunks) is copied
-   * here, before the chunk goes back to the socket's reader.
+   * here, before the chunk goes back to the socket's reader; with `midChunk`
+   * (the relay records the bytes up to a command it is about to answer, and
+   * goes on framing the chunk) it is not copied yet: the call at the end of
+   * the chunk records or copies it.
    */
-  framed(upTo: number): void {
+  framed(upTo: number, midChunk = false): void {
     if (!this.#afterFraming || this.#finished) return;
     const take = upTo - this.#pendingStart + this.#scrubShift;
     const pieces = this.#pendingClient;
     if (take <= 0 || pieces.length === 0) {
-      this.#keepPending();
+      if (!midChunk) this.#keepPending();
       return;
     }
     const pending = pieces.length === 1 ? pieces[0]! : Buffer.concat(pieces);
@@ -402,7 +405,7 @@ export class RecordingTap {
       this.#pendingClient = [pending.subarray(take)];
       // A concat made a copy already; a lone piece may still be the socket's chunk.
       if (pieces.length > 1) this.#borrowed = false;
-      this.#keepPending();
+      if (!midChunk) this.#keepPending();
     }
     this.#pendingStart = upTo;
     this.#scrubShift = 0;

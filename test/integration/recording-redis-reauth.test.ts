@@ -11,6 +11,7 @@ import { startRedis } from '../helpers/redis.js';
 import { startGateway } from '../helpers/gateway.js';
 import { readRecording } from '../../src/recording/reader.js';
 import type { SessionStore } from '../../src/store/types.js';
+import { IDENTITY_FIXED } from '../../protocols/redis/commands.js';
 
 const redis = await startRedis();
 t.teardown(() => redis.stop());
@@ -100,4 +101,39 @@ t.test('a second AUTH pipelined in the same write as the login: scrubbed too', a
   const client = await recordedClientBytes(t, 'ci-pipelined', token);
   t.equal((client.match(/\[redacted\]/g) ?? []).length, 2, 'both AUTHs carry the marker');
   t.match(client, /SET\r\n\$1\r\np\r\n\$1\r\nw[^]*GET\r\n\$1\r\np/, 'the commands after them are recorded as sent');
+});
+
+t.test("a refusal is recorded after the command it answers, and the rest of the command's write after it", async (t) => {
+  // The tap records a Redis client's bytes once the relay has framed them (to scrub a credential
+  // first); a reply Sluice writes while it frames them must still come after its command.
+  const token = await gw.token('ci-order', ['ci']);
+  const { socket, until, close } = await openClient();
+  socket.write(resp('AUTH', token));
+  await until('+OK');
+  // Idle: the refusal is written at once, while the write that holds the AUTH is being framed.
+  socket.write(Buffer.concat([resp('AUTH', token), resp('SET', 'o', '1')]));
+  await until('another token\r\n+OK\r\n');
+  socket.write(resp('AUTH', token));
+  await until('another token\r\n+OK\r\n-ERR');
+  t.equal(
+    await close(),
+    `+OK\r\n${IDENTITY_FIXED.toString()}+OK\r\n${IDENTITY_FIXED.toString()}`,
+    'the client got the login, the refusal, the SET, the refusal',
+  );
+  await recordedClientBytes(t, 'ci-order', token);
+  const session = (gw.gateway.services.store as unknown as SessionStore).listSessions({ subject: 'ci-order' })[0]!;
+  const records: string[] = [];
+  for await (const r of readRecording(session.recordingPath!)) {
+    if (r.type === 'data') records.push(`${r.direction} ${r.bytes.toString('latin1').replace(/\r\n/g, ' ').trim()}`);
+  }
+  const refusal = /^server -ERR sluice: identity cannot change/;
+  t.match(records[0], /^client \*2 \$4 AUTH \$10 \[redacted\]$/, 'the login');
+  t.equal(records[1], 'server +OK');
+  t.match(records[2], /^client \*2 \$4 AUTH \$10 \[redacted\]$/, 'the second AUTH, alone: the part of its write framed when it was refused');
+  t.match(records[3], refusal, 'then its refusal');
+  t.equal(records[4], 'client *3 $3 SET $1 o $1 1', 'then the rest of that write');
+  t.equal(records[5], 'server +OK', 'and its reply');
+  t.match(records[6], /^client \*2 \$4 AUTH \$10 \[redacted\]$/, 'a third AUTH');
+  t.match(records[7], refusal, 'and its refusal after it');
+  t.equal(records.length, 8, 'nothing else');
 });
