@@ -5,6 +5,8 @@
  * refusals inside MULTI), ordering of its own replies in a pipeline,
  * protocol errors, and no secret in any log line.
  */
+import { once } from 'node:events';
+import { connect } from 'node:net';
 import t from 'tap';
 import { startRedis } from '../helpers/redis.js';
 import { startGateway } from '../helpers/gateway.js';
@@ -288,6 +290,69 @@ t.test('a flood before AUTH: answered until the recording can hold no more, then
   other.send(['PING']);
   t.same(await other.replies(1), ['+PONG\r\n'], 'another session is unaffected');
   other.end();
+});
+
+t.test('without recording, a client that sends before AUTH and does not read is no longer read; once it reads, every command is answered', async (t) => {
+  // Each PING before AUTH costs Sluice a 34-byte NOAUTH: unread, those would pile up in the
+  // gateway's memory. Past 64 KiB of replies waiting, it stops reading the client.
+  const plain = await startGateway(
+    `identity: { dev_issuer: true }
+recording: { enabled: false }
+targets:${redisTarget('cache', { limits: '{ pre_auth_timeout: 60s }' })}
+policies:
+  - { name: ci, subjects: { groups: [ci] }, targets: [cache] }
+`,
+    { REDIS_APP_PASSWORD: redis.aclPassword },
+  );
+  t.teardown(() => plain.close());
+  const socket = connect(plain.port('cache'), '127.0.0.1');
+  await once(socket, 'connect');
+  socket.pause(); // the client reads nothing for now
+  const ping = encode(['PING']);
+  const batch = Buffer.concat(Array.from({ length: 4096 }, () => ping));
+  // Unread replies are 2.4 times what was sent: at 64 MiB sent without a stall, the gateway would hold 150 MiB.
+  const cap = 64 * 1024 * 1024;
+  let sent = 0;
+  let stalled = false;
+  // Write until a write stays unflushed for a second: the gateway has stopped reading.
+  while (sent < cap) {
+    sent += batch.length;
+    if (socket.write(batch)) continue;
+    const drained = await Promise.race([once(socket, 'drain').then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 1000))]);
+    if (!drained) {
+      stalled = true;
+      break;
+    }
+  }
+  t.ok(stalled, `the gateway stopped reading (${(sent / 1048576).toFixed(1)} MiB sent, the kernel's buffers included)`);
+
+  // Now read: one NOAUTH per PING, nothing lost, and the connection still logs in.
+  const commands = sent / ping.length;
+  const noauth = Buffer.from('-NOAUTH Authentication required.\r\n');
+  let received = 0;
+  let tail = '';
+  let wrong = 0;
+  const answered = new Promise<void>((resolve) => {
+    socket.on('data', (d: Buffer) => {
+      const text = tail + d.toString('latin1');
+      const whole = text.length - (text.length % noauth.length);
+      for (let i = 0; i < whole; i += noauth.length) if (!text.startsWith(noauth.toString('latin1'), i)) wrong++;
+      received += whole / noauth.length;
+      tail = text.slice(whole);
+      if (received >= commands) resolve();
+    });
+  });
+  socket.resume();
+  await answered;
+  t.equal(received, commands, 'every command was answered');
+  t.equal(wrong, 0, 'each with NOAUTH');
+  socket.removeAllListeners('data');
+  let reply = '';
+  socket.on('data', (d: Buffer) => (reply += d.toString('latin1')));
+  socket.write(encode(['AUTH', await plain.token('ci-job', ['ci'])]));
+  for (let i = 0; i < 200 && !reply.includes('\r\n'); i++) await new Promise((r) => setTimeout(r, 10));
+  t.equal(tail + reply, '+OK\r\n', 'and it logs in afterwards');
+  socket.destroy();
 });
 
 t.test('pre-auth deadline and idle timeout', async (t) => {
