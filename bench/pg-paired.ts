@@ -36,7 +36,8 @@ import { postgresAvailable, startPostgres } from '../test/helpers/postgres.js';
 import { PG_BIN } from '../test/helpers/process.js';
 import { envInt, envWorkloads, type Contender } from './lib/harness.js';
 import { describeMachine } from './lib/machine.js';
-import { cpuSince, markCpu, pairedGateways, runPaired, type Side } from './lib/paired.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { cpuSince, markCpu, pairedGateways, runPaired, type Side, type WindowResult } from './lib/paired.js';
 import { PGBENCH, PG_WORKLOADS, initPgbench, pgbench, preflight } from './lib/pgbench.js';
 
 const ROUNDS = envInt('BENCH_ROUNDS', 6);
@@ -45,25 +46,34 @@ const WARMUP_SECONDS = envInt('BENCH_PAIRED_WARMUP_SECONDS', 3);
 const SCALE = envInt('BENCH_PG_SCALE', 10);
 const CLIENTS = envInt('BENCH_PG_CLIENTS', 8);
 const JOBS = envInt('BENCH_PG_JOBS', 2);
-const RATE_SHARE = Number(process.env.BENCH_PG_RATE_SHARE ?? 0.85);
+const RATE_SHARE = process.env.BENCH_PG_RATE_SHARE ? Number(process.env.BENCH_PG_RATE_SHARE) : 0.85;
+/**
+ * Before each CPU reading: the sessions of the pgbench that just ended
+ * close (their recordings' last batches included), so that neither side is
+ * charged with the other run's teardown, or spared its own.
+ */
+const SETTLE_MS = 300;
 
 /**
  * Both gateways under the workload at once: an unthrottled run that finds
  * the rate the slower side manages, then the measured run, both sides
  * throttled to a share of it; work = transactions.
  */
-async function window(pair: [Contender, Contender], workload: string): Promise<[Side, Side]> {
+async function window(pair: [Contender, Contender], workload: string): Promise<WindowResult> {
   const run = (g: Contender, seconds: number, rate?: number) => pgbench(g, { workload, seconds, clients: CLIENTS, jobs: JOBS, rate });
   const free = await Promise.all(pair.map((g) => run(g, WARMUP_SECONDS)));
   const rate = Math.max(1, Math.floor(RATE_SHARE * Math.min(...free.map((f) => f.rate))));
+  await sleep(SETTLE_MS);
   const marks = pair.map(markCpu);
   const done = await Promise.all(pair.map((g) => run(g, WINDOW_SECONDS, rate)));
-  // Read once both have finished: the one that finished first was idle since, which costs it nothing.
-  return pair.map((g, i) => ({ work: done[i]!.ops, ...cpuSince(g, marks[i]!) })) as [Side, Side];
+  // Read once both have finished and settled: the one that finished first was idle since, which costs it nothing.
+  await sleep(SETTLE_MS);
+  const sides = pair.map((g, i) => ({ work: done[i]!.ops, ...cpuSince(g, marks[i]!) })) as [Side, Side];
+  return { sides, detail: `both at ${rate} tx/s (unthrottled ${free.map((f) => Math.round(f.rate)).join(' and ')}); ${done.map((d) => d.ops).join(' and ')} transactions` };
 }
 
 async function main(): Promise<void> {
-  if (!(RATE_SHARE > 0 && RATE_SHARE <= 1)) throw new Error('BENCH_PG_RATE_SHARE must be a number in (0, 1]');
+  if (!(RATE_SHARE >= 0.1 && RATE_SHARE <= 1)) throw new Error('BENCH_PG_RATE_SHARE must be a number from 0.1 to 1');
   if (!postgresAvailable()) {
     process.stderr.write(`bench:pg-paired: PostgreSQL server binaries not found under ${PG_BIN}; nothing to measure\n`);
     process.exitCode = 1;

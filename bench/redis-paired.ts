@@ -16,7 +16,7 @@
  * workload has the same size). Throughputs are not compared: the one
  * redis-server serves every connection that is ready once per turn of its
  * loop, so the two sides of a pair run at the same pace (measured: equal
- * to 0.1%), and the gateway that costs more shows it as CPU. Where the
+ * to 0.3% in every window), and the gateway that costs more shows it as CPU. Where the
  * gateway's event loop is what limits throughput, as in bench:redis
  * (0.8-0.9 of a core there), its event-loop CPU per request is the
  * throughput's cost; the recording thread runs on the other core.

@@ -27,6 +27,9 @@ export interface Side {
   recordingThread: number;
 }
 
+/** What `window` returns: both sides, and what else the round line should say (the rate pgbench was held to, say). */
+export type WindowResult = [Side, Side] | { sides: [Side, Side]; detail: string };
+
 /** The pairs both benches make; the first gateway of each is measured against the second. */
 export const GATEWAY_PAIRS: Array<[string, string]> = [
   ['sluice+recording', 'sluice'],
@@ -91,7 +94,7 @@ export interface PairedBench {
   /** Starts a gateway by name (pairedGateways); a pair with one missing is left out (no BENCH_BASELINE, say). */
   starters: Map<string, () => Promise<Contender>>;
   /** One window: both gateways of the pair under the workload at once. */
-  window(pair: [Contender, Contender], workload: string): Promise<[Side, Side]>;
+  window(pair: [Contender, Contender], workload: string): Promise<WindowResult>;
   /** What `work` counts, for the third table: e.g. `requests`. */
   workName: string;
   /** How `work` was counted, printed under its table. */
@@ -101,7 +104,22 @@ export interface PairedBench {
 /** BENCH_PAIRS: a comma list of pairs to run, each `first/second` as in GATEWAY_PAIRS (all by default). */
 function chosen(): Set<string> | undefined {
   const v = process.env.BENCH_PAIRS;
-  return v ? new Set(v.split(',').map((p) => p.trim())) : undefined;
+  if (!v) return undefined;
+  const names = new Set(v.split(',').map((p) => p.trim()));
+  const known = new Set(GATEWAY_PAIRS.map((p) => p.join('/')));
+  const unknown = [...names].filter((n) => !known.has(n));
+  if (unknown.length > 0) throw new Error(`BENCH_PAIRS: no such pair ${unknown.map((n) => JSON.stringify(n)).join(', ')} (the pairs: ${[...known].join(', ')})`);
+  return names;
+}
+
+/** One window of a round as measured: for the raw results. */
+interface WindowRecord {
+  round: number;
+  workload: string;
+  pair: string;
+  first: Side;
+  second: Side;
+  detail?: string;
 }
 
 export async function runPaired(b: PairedBench): Promise<PairResult[]> {
@@ -111,28 +129,43 @@ export async function runPaired(b: PairedBench): Promise<PairResult[]> {
   const gateways = new Map<string, Contender>();
   const pairs: Array<[Contender, Contender]> = [];
   for (const names of GATEWAY_PAIRS) {
-    if (!names.every((n) => b.starters.has(n)) || (only !== undefined && !only.has(`${names[0]}/${names[1]}`))) continue;
+    const name = `${names[0]}/${names[1]}`;
+    if (only !== undefined && !only.has(name)) continue;
+    if (!names.every((n) => b.starters.has(n))) {
+      // Named, but this run has no such gateway (the baseline ones without BENCH_BASELINE).
+      if (only !== undefined) process.stderr.write(`${b.name}: pair ${name} left out: it needs BENCH_BASELINE\n`);
+      continue;
+    }
     for (const n of names) if (!gateways.has(n)) gateways.set(n, await b.starters.get(n)!());
     pairs.push([gateways.get(names[0])!, gateways.get(names[1])!]);
   }
-  if (pairs.length === 0) throw new Error(`no pair to run: BENCH_PAIRS names none of ${GATEWAY_PAIRS.map((p) => p.join('/')).join(', ')}`);
+  if (pairs.length === 0) throw new Error('no pair to run (see above)');
 
   const results: PairResult[] = [];
   for (const workload of b.workloads) {
     for (const [x, y] of pairs) results.push({ label: `${x.name} / ${y.name}`, workload, work: [], eventLoop: [], total: [] });
   }
+  const windows: WindowRecord[] = [];
   for (let round = 1; round <= b.rounds; round++) {
     for (const [w, workload] of b.workloads.entries()) {
       const order = pairs.map((_, i) => (round % 2 === 1 ? i : pairs.length - 1 - i));
       for (const p of order) {
-        const [x, y] = await b.window(pairs[p]!, workload);
         const r = results[w * pairs.length + p]!;
+        let measured: WindowResult;
+        try {
+          measured = await b.window(pairs[p]!, workload);
+        } catch (err) {
+          throw new Error(`round ${round}, ${workload}, ${r.label}: ${(err as Error).message}`, { cause: err });
+        }
+        const [x, y] = Array.isArray(measured) ? measured : measured.sides;
+        const detail = Array.isArray(measured) ? undefined : measured.detail;
+        windows.push({ round, workload, pair: r.label, first: x, second: y, ...(detail !== undefined ? { detail } : {}) });
         r.work.push(x.work / y.work);
         r.eventLoop.push(x.eventLoop / x.work / (y.eventLoop / y.work));
         r.total.push((x.eventLoop + x.recordingThread) / x.work / ((y.eventLoop + y.recordingThread) / y.work));
         process.stdout.write(
           `  round ${round}/${b.rounds}  ${workload.padEnd(16)} ${r.label.padEnd(40)} CPU per operation: event loop ${r.eventLoop.at(-1)!.toFixed(3)}x, ` +
-            `with the recording thread ${r.total.at(-1)!.toFixed(3)}x; ${b.workName} ${r.work.at(-1)!.toFixed(3)}x\n`,
+            `with the recording thread ${r.total.at(-1)!.toFixed(3)}x; ${b.workName} ${r.work.at(-1)!.toFixed(3)}x${detail !== undefined ? `; ${detail}` : ''}\n`,
         );
       }
     }
@@ -159,7 +192,7 @@ export async function runPaired(b: PairedBench): Promise<PairResult[]> {
   process.stdout.write(`\n${tables.map(renderText).join('\n')}`);
   const stamp = timestamp();
   const file = b.name.replace(/^bench:/, '');
-  const json = writeWorkFile(file, 'json', stamp, `${JSON.stringify({ machine: b.machine, settings: b.settings, results }, null, 2)}\n`);
+  const json = writeWorkFile(file, 'json', stamp, `${JSON.stringify({ machine: b.machine, settings: b.settings, results, windows }, null, 2)}\n`);
   const md = writeWorkFile(file, 'md', stamp, `${machineText(b.machine)}\n\n${tables.map(renderMarkdown).join('\n')}`);
   process.stdout.write(`\nraw results: ${json}\nmarkdown:    ${md}\n`);
   return results;
