@@ -386,7 +386,13 @@ export class RedisRelay {
     // Recorded once the commands are on their way upstream: recording need not delay them.
     const rec = this.#recording;
     if (rec) {
-      rec.framed(rec.base + this.stats.bytesFromClient - this.clientFramer.bufferedBytes);
+      const framer = this.clientFramer;
+      // After a violation only the commands before the one that broke the protocol count as framed:
+      // what follows was never parsed and may hold a credential (an inline `AUTH <token>`, a token
+      // without its CRLF). The tap keeps it pending; at the end the session's scrubber decides what
+      // of it may be recorded (tap.ts, framesClientAfterLogin).
+      const framed = this.stats.bytesFromClient - framer.bufferedBytes;
+      rec.framed(rec.base + (failure === undefined ? framed : Math.min(framed, framer.commandStart)));
       this.#handledEnd = -1;
     }
     if (!flowing && !this.#clientFailed) this.#reads.client.holdUntilDrained(this.upstream);

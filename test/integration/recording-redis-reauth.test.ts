@@ -46,17 +46,19 @@ async function openClient(): Promise<{ socket: Socket; until(text: string): Prom
       for (let i = 0; i < 200 && !received.includes(text); i++) await new Promise((r) => setTimeout(r, 10));
     },
     close: async () => {
-      socket.end();
-      await new Promise((r) => socket.once('close', r));
+      if (!socket.closed) {
+        socket.end();
+        await new Promise((r) => socket.once('close', r));
+      }
       return received;
     },
   };
 }
 
 /** The client side of `subject`'s completed recording, once it holds no trace of `token`. */
-async function recordedClientBytes(t: Test, subject: string, token: string): Promise<string> {
+async function recordedClientBytes(t: Test, subject: string, token: string, waitMs = 5000): Promise<string> {
   let session;
-  for (let i = 0; i < 200; i++) {
+  for (let i = 0; i < waitMs / 25; i++) {
     session = (gw.gateway.services.store as unknown as SessionStore).listSessions({ subject })[0];
     if (session?.complete) break;
     await new Promise((r) => setTimeout(r, 25));
@@ -137,3 +139,30 @@ t.test("a refusal is recorded after the command it answers, and the rest of the 
   t.match(records[7], refusal, 'and its refusal after it');
   t.equal(records.length, 8, 'nothing else');
 });
+
+for (const [name, write] of [
+  ['an inline AUTH', (token: string) => Buffer.from(`AUTH ${token}\r\n`)],
+  ['an AUTH whose token is not followed by CRLF', (token: string) => Buffer.from(`*2\r\n$4\r\nAUTH\r\n$${token.length}\r\n${token}XX\r\n`)],
+] as const) {
+  t.test(`${name} after login breaks the protocol: the session ends, and the token reaches no recording`, async (t) => {
+    const token = await gw.token(`ci-broken-${name.length}`, ['ci']);
+    const { socket, until, close } = await openClient();
+    socket.write(resp('AUTH', token));
+    await until('+OK');
+    // A command before it in the same write: complete, so it is recorded as sent.
+    const closed = new Promise((r) => socket.once('close', r));
+    socket.write(Buffer.concat([resp('SET', 'b', '1'), write(token)]));
+    await until('-ERR');
+    // Sluice closes the connection after a protocol violation.
+    await closed;
+    const received = await close();
+    t.match(received, /^\+OK\r\n(\+OK\r\n)?-ERR /, 'the client is told, and the connection closes');
+    // The session ends once its sockets have closed: after a violation the client's is not read
+    // again, and is let go after the relay's grace period (10 s). Only then are the bytes after the
+    // violation, which the relay never parsed, put to the session's scrubber.
+    const client = await recordedClientBytes(t, `ci-broken-${name.length}`, token, 20_000);
+    const session = (gw.gateway.services.store as unknown as SessionStore).listSessions({ subject: `ci-broken-${name.length}` })[0]!;
+    t.ok(session.complete, 'the recording is complete');
+    t.ok(client.endsWith('*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$1\r\n1\r\n'), 'the complete command before it is recorded, and nothing after it');
+  });
+}
