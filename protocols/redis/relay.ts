@@ -45,7 +45,7 @@ import { endSocket } from '../../src/gateway/net.js';
 import { CommandClassifier, EXECABORT, IDENTITY_FIXED, Verdict, tokenIs } from './commands.js';
 import { error, type RespVersion } from './replies.js';
 import { RespProtocolError, RespReplyFramer, RespRequestFramer, type ReplyEndInfo, type ReplySink, type RequestSpanSink, type RespRequestLimits } from './resp.js';
-import { encodeCommand } from './upstream.js';
+import { encodeCommand, upstreamErrorText } from './upstream.js';
 import type { Judgement, RedisCommandGate } from './command-gate.js';
 import { commandKind } from './classify.js';
 import { ELEMENT_HEAD_BYTES, ELEMENT_TAIL_BYTES, MESSAGE, PubSubKind, Subscriptions, confirmationCount, elementName, pubSubCommand } from './pubsub.js';
@@ -929,7 +929,8 @@ export class RedisRelay {
     this.#edits.push({ at: from, dropTo: end });
     if (!bytes.equals(PLUS_OK)) {
       this.options.logger.error(
-        { reply: bytes.toString('utf8', 0, Math.min(bytes.length, 200)) },
+        // Not the reply as it came: refusing the re-authentication, an upstream may quote its arguments.
+        { reply: upstreamErrorText(bytes, 200) },
         'the upstream refused a command sluice sent on the session\'s behalf (re-authentication after RESET, or DISCARD)',
       );
       // Close once this chunk is written: the upstream's state is no longer the target's.

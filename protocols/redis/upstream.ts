@@ -21,6 +21,26 @@ import { withDirectReadOption } from '../../src/gateway/direct-reads.js';
 import { RespReplyFramer } from './resp.js';
 import type { RespVersion } from './replies.js';
 
+/** Where Redis starts quoting a command's arguments in an error (unknown command, and its kin). */
+const ARGS_QUOTED = ', with args beginning with:';
+
+/**
+ * An upstream's error reply (`-...` or `!...`) as Sluice may log it. Redis
+ * quotes the first arguments of a command it does not know (`-ERR unknown
+ * command 'HELLO', with args beginning with: '3' 'AUTH' 'app' '<password>'`,
+ * from a server where HELLO is renamed or missing), and the commands Sluice
+ * sends upstream carry the stored password: the text stops where the
+ * quoting starts, and any `secrets` left in it are replaced. At most `max`
+ * bytes of the reply are read.
+ */
+export function upstreamErrorText(reply: Buffer, max: number, secrets: readonly string[] = []): string {
+  let text = reply.toString('utf8', 1, Math.min(reply.length, max)).trim();
+  const quoted = text.indexOf(ARGS_QUOTED);
+  if (quoted >= 0) text = `${text.slice(0, quoted)}, with its arguments (not shown)`;
+  for (const secret of secrets) if (secret.length > 0) text = text.split(secret).join('[redacted]');
+  return text;
+}
+
 export interface RedisUpstreamSession {
   /** Authenticated, db selected, paused, no 'data' listener. The caller attaches 'error' at once. */
   socket: net.Socket | tls.TLSSocket;
@@ -150,11 +170,13 @@ export async function connectRedisUpstream(upstream: RedisUpstream, options: Con
         const r = replies[i]!;
         if (r[0] === 0x2d /* '-' */ || r[0] === 0x21 /* '!' */) {
           const what = i === setup.length - 1 && upstream.db !== 0 ? `SELECT ${upstream.db}` : options.hello !== undefined ? 'HELLO AUTH' : 'AUTH';
-          // A Redis error line names the failure (WRONGPASS, NOPERM...), never the password.
+          // Logged by the session (never sent to the client): the error as upstreamErrorText gives it,
+          // since an upstream that does not know HELLO quotes its arguments, the password among them.
+          const secrets = upstream.password ? [upstream.password.reveal()] : [];
           fail(
             new SluiceError(
               ErrorCodes.UPSTREAM_AUTH_FAILED,
-              `Redis upstream ${where} refused ${what} as user "${upstream.user}": ${r.toString('utf8', 1, Math.min(r.length, 300)).trim()}`,
+              `Redis upstream ${where} refused ${what} as user "${upstream.user}": ${upstreamErrorText(r, 300, secrets)}`,
             ),
           );
           return;

@@ -38,6 +38,8 @@ export interface RedisServer {
 
 export interface StartRedisOptions {
   tls?: boolean;
+  /** More redis.conf directives, e.g. `rename-command HELLO ""` for a server without HELLO. */
+  config?: string[];
 }
 
 // --- helpers -------------------------------------------------------------------
@@ -157,6 +159,7 @@ export async function startRedis(opts: StartRedisOptions = {}): Promise<RedisSer
             'tls-auth-clients no',
           ]
         : []),
+      ...(opts.config ?? []),
       '',
     ].join('\n');
     const configFile = join(dir, 'redis.conf');

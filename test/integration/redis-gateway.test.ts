@@ -382,6 +382,36 @@ t.test('QUIT: the session ends because the client asked, whichever FIN arrives f
   t.match(JSON.parse(line ?? '{}'), { reason: 'client ended the connection' }, 'with the client as the side that ended it');
 });
 
+t.test('an upstream that does not know HELLO: the client is told, and the log names the failure without the password Redis quoted', async (t) => {
+  // Redis quotes the first arguments of a command it does not know: for Sluice's
+  // `HELLO 3 AUTH app <password>`, the stored password.
+  const old = await startRedis({ config: ['rename-command HELLO ""'] });
+  t.teardown(() => old.stop());
+  const g = await startGateway(
+    `identity: { dev_issuer: true }
+targets:
+  cache:
+    protocol: redis
+    listen: 127.0.0.1:0
+    allow_insecure_loopback: true
+    upstream: { host: 127.0.0.1, port: ${old.port}, user: app, password_env: OLD_PASSWORD, db: 0 }
+policies:
+  - { name: ci, subjects: { groups: [ci] }, targets: [cache] }
+`,
+    { OLD_PASSWORD: old.aclPassword },
+  );
+  t.teardown(() => g.close());
+  const c = await Raw.open(g.port('cache'));
+  c.send(['HELLO', '3', 'AUTH', 'ci-job', await g.token('ci-job', ['ci'])]);
+  const [r] = await c.replies(1);
+  t.match(r, /^-ERR sluice: could not connect to the upstream \(correlation id [^)]+\)\r\n$/, 'the client gets the correlation id, nothing of the upstream');
+  c.end();
+  const line = g.logs.find((l) => l.includes('upstream connection failed'));
+  t.ok(line, 'the failure is logged');
+  t.match(line, /unknown command 'HELLO', with its arguments \(not shown\)/, 'with what the upstream said');
+  t.notOk(g.logs.some((l) => l.includes(old.aclPassword)), 'the stored password is in no log line');
+});
+
 t.test('no token or password in any log line', async (t) => {
   await new Promise((r) => setTimeout(r, 100));
   t.ok(gw.logs.length > 10);
