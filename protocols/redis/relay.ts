@@ -293,7 +293,17 @@ export class RedisRelay {
     for (const b of toClient) this.client.write(b);
     const rec = this.#recording;
     // The recording sees every chunk read, even one the relay then ignores (after a protocol violation).
-    this.client.on('data', rec ? (chunk: Buffer) => (rec.received(chunk), this.#onClientData(chunk)) : (chunk: Buffer) => this.#onClientData(chunk));
+    // The recording sees every chunk read until the client breaks the protocol. What it sends after
+    // that is read only to see its end (#endAfterViolation), and neither relayed nor recorded.
+    this.client.on(
+      'data',
+      rec
+        ? (chunk: Buffer) => {
+            if (!this.#clientFailed) rec.received(chunk);
+            this.#onClientData(chunk);
+          }
+        : (chunk: Buffer) => this.#onClientData(chunk),
+    );
     const transform = this.options.serverTransform;
     if (transform) {
       this.upstream.on('data', (chunk: Buffer) => {
@@ -732,7 +742,13 @@ export class RedisRelay {
   #endAfterViolation(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.client.end();
+    // Once the error and the FIN are out, the client is read again, as in shutdown: not to take what
+    // it sends (#onClientData drops it), but to see its end, so that the session ends when the client
+    // has closed, not after the grace period below.
+    this.client.end(() => {
+      this.#reads.recording(false);
+      this.#reads.client.release(ReadHold.failed);
+    });
     this.upstream.end();
     for (const socket of [this.client, this.upstream]) setTimeout(() => socket.destroy(), HALF_CLOSE_GRACE_MS).unref();
   }
