@@ -292,7 +292,6 @@ export class RedisRelay {
   start(toClient: Buffer[], fromClient: Buffer[], fromUpstream: Buffer): void {
     for (const b of toClient) this.client.write(b);
     const rec = this.#recording;
-    // The recording sees every chunk read, even one the relay then ignores (after a protocol violation).
     // The recording sees every chunk read until the client breaks the protocol. What it sends after
     // that is read only to see its end (#endAfterViolation), and neither relayed nor recorded.
     this.client.on(
@@ -307,6 +306,9 @@ export class RedisRelay {
     const transform = this.options.serverTransform;
     if (transform) {
       this.upstream.on('data', (chunk: Buffer) => {
+        // Closed: the client can no longer be written to, and a chunk given to the masking workers
+        // now would hold the upstream's reads again, which the close has let go to see its end.
+        if (this.#closed) return;
         this.#transformIn += chunk.length;
         let pending: void | Promise<void>;
         try {
@@ -365,6 +367,9 @@ export class RedisRelay {
     // never read would not see its peer's end, and would wait for the grace timer to be destroyed.
     this.#reads.recording(false);
     this.#reads.client.release(ReadHold.replies);
+    // After a violation (its grace ran out: a reply owed before the error never came), nothing either
+    // side sends is taken any more: read both only to see their ends.
+    if (this.#clientFailed) this.#reads.closing();
     // The reason goes to the client only as the reply to a command that is
     // still owed one: an error nobody asked for breaks clients' reply queues
     // (ioredis throws "Command queue state error"), so with nothing owed the
@@ -742,13 +747,10 @@ export class RedisRelay {
   #endAfterViolation(): void {
     if (this.#closed) return;
     this.#closed = true;
-    // Once the error and the FIN are out, the client is read again, as in shutdown: not to take what
-    // it sends (#onClientData drops it), but to see its end, so that the session ends when the client
-    // has closed, not after the grace period below.
-    this.client.end(() => {
-      this.#reads.recording(false);
-      this.#reads.client.release(ReadHold.failed);
-    });
+    // Once the error and the FIN are out, both sides are read again whatever held them: not to take
+    // what they send (#onClientData drops the client's; the client can no longer be written to), but
+    // to see their ends, so that the session ends when they close, not after the grace period below.
+    this.client.end(() => this.#reads.closing());
     this.upstream.end();
     for (const socket of [this.client, this.upstream]) setTimeout(() => socket.destroy(), HALF_CLOSE_GRACE_MS).unref();
   }

@@ -46,6 +46,13 @@ export class SocketReads {
     if (this.#holds === 0) this.socket.resume();
   }
 
+  /** Every reason lets go: the socket is read from now on (see RelayReads.closing). */
+  releaseAll(): void {
+    if (this.#holds === 0) return;
+    this.#holds = 0;
+    this.socket.resume();
+  }
+
   /** True while `reason` holds the reads. */
   holds(reason: number): boolean {
     return (this.#holds & reason) !== 0;
@@ -79,6 +86,18 @@ export class RelayReads {
   start(): void {
     this.client.release(ReadHold.start);
     this.upstream.release(ReadHold.start);
+  }
+
+  /**
+   * The relay is closing after the client broke the protocol: both sides
+   * are read whatever held them (a full socket buffer, the masking workers,
+   * an approval, the recording), so that each side's end is seen and the
+   * session ends when its peers hang up, not at a grace timer. The relay
+   * drops what either side sends from then on.
+   */
+  closing(): void {
+    this.client.releaseAll();
+    this.upstream.releaseAll();
   }
 
   /**

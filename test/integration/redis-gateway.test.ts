@@ -270,6 +270,30 @@ t.test('protocol errors close that connection only', async (t) => {
   other.end();
 });
 
+t.test('a protocol violation behind replies still owed: the session ends as soon as the client hangs up', async (t) => {
+  const setup = await loggedIn();
+  setup.send(['SET', 'violation-big', 'v'.repeat(1024 * 1024)]);
+  t.same(await setup.replies(1), ['+OK\r\n']);
+  setup.end();
+  // A reply too large for one write holds the upstream's reads until the client drains; the
+  // violation's error goes out behind it, then Sluice closes. Nothing may keep the session
+  // waiting for its 10 s grace timer after the client has gone.
+  const c = await loggedIn();
+  const client = `127.0.0.1:${c.socket.localPort}`;
+  // Not read at first: the reply fills the buffers, and the error and Sluice's FIN queue behind it.
+  c.socket.pause();
+  c.socket.write(Buffer.concat([encode(['GET', 'violation-big']), Buffer.from('GET x\r\n')]));
+  await new Promise((r) => setTimeout(r, 500));
+  c.socket.resume();
+  const [value, err] = await c.replies(2);
+  t.equal(value?.length, 1024 * 1024 + 12, 'the reply owed before the violation arrives whole');
+  t.match(err, /^-ERR Protocol error: inline commands are not accepted/, 'then the error');
+  t.ok(await c.closedWithin(), 'then the connection closes');
+  const ended = (): boolean => gw.logs.some((l) => l.includes(client) && l.includes('"session ended"'));
+  for (let i = 0; i < 150 && !ended(); i++) await new Promise((r) => setTimeout(r, 20));
+  t.ok(ended(), 'the session has ended within 3 s of the client hanging up');
+});
+
 t.test('a flood before AUTH: answered until the recording can hold no more, then ended with a clear error; other sessions go on', async (t) => {
   // Until a session is admitted its recording holds both directions in memory (the credential is
   // redacted at admission), up to 512 KiB: a client that pours commands in before AUTH ends there.
