@@ -15,14 +15,14 @@ import { Raw, encode, splitReplies } from '../helpers/raw-redis.js';
 const redis = await startRedis();
 t.teardown(() => redis.stop());
 
-function redisTarget(name: string, extra: { user?: string; passwordEnv?: string; db?: number; limits?: string; insecure?: boolean } = {}): string {
+function redisTarget(name: string, extra: { user?: string; passwordEnv?: string; db?: number; limits?: string; insecure?: boolean; port?: number } = {}): string {
   return `
   ${name}:
     protocol: redis
     listen: 127.0.0.1:0
     allow_insecure_loopback: ${extra.insecure ?? true}
     ${extra.limits ? `limits: ${extra.limits}` : ''}
-    upstream: { host: 127.0.0.1, port: ${redis.port}, user: ${extra.user ?? 'app'}, password_env: ${extra.passwordEnv ?? 'REDIS_APP_PASSWORD'}, db: ${extra.db ?? 0} }`;
+    upstream: { host: 127.0.0.1, port: ${extra.port ?? redis.port}, user: ${extra.user ?? 'app'}, password_env: ${extra.passwordEnv ?? 'REDIS_APP_PASSWORD'}, db: ${extra.db ?? 0} }`;
 }
 
 const gw = await startGateway(
@@ -413,16 +413,11 @@ t.test('an upstream that does not know HELLO: the client is told, and the log na
   t.teardown(() => old.stop());
   const g = await startGateway(
     `identity: { dev_issuer: true }
-targets:
-  cache:
-    protocol: redis
-    listen: 127.0.0.1:0
-    allow_insecure_loopback: true
-    upstream: { host: 127.0.0.1, port: ${old.port}, user: app, password_env: OLD_PASSWORD, db: 0 }
+targets:${redisTarget('cache', { port: old.port })}
 policies:
   - { name: ci, subjects: { groups: [ci] }, targets: [cache] }
 `,
-    { OLD_PASSWORD: old.aclPassword },
+    { REDIS_APP_PASSWORD: old.aclPassword },
   );
   t.teardown(() => g.close());
   const c = await Raw.open(g.port('cache'));
