@@ -306,8 +306,7 @@ export class RedisRelay {
     const transform = this.options.serverTransform;
     if (transform) {
       this.upstream.on('data', (chunk: Buffer) => {
-        // Closed: the client can no longer be written to, and a chunk given to the masking workers
-        // now would hold the upstream's reads again, which the close has let go to see its end.
+        // Closed: the client can no longer be written to; nothing is left to mask for it.
         if (this.#closed) return;
         this.#transformIn += chunk.length;
         let pending: void | Promise<void>;

@@ -29,12 +29,15 @@ export const ReadHold = {
 
 export class SocketReads {
   #holds: number = ReadHold.start;
+  /** releaseAll was called: the socket is read to its end, and no reason holds it again. */
+  #closing = false;
 
   /** The socket is paused when given (as a relay receives it), held for `start`. */
   constructor(private readonly socket: Socket) {}
 
   /** Stops reading for `reason` (a ReadHold value); a no-op if that reason holds already. */
   hold(reason: number): void {
+    if (this.#closing) return;
     if (this.#holds === 0) this.socket.pause();
     this.#holds |= reason;
   }
@@ -46,8 +49,9 @@ export class SocketReads {
     if (this.#holds === 0) this.socket.resume();
   }
 
-  /** Every reason lets go: the socket is read from now on (see RelayReads.closing). */
+  /** Every reason lets go, for good: the socket is read to its end (see RelayReads.closing). */
   releaseAll(): void {
+    this.#closing = true;
     if (this.#holds === 0) return;
     this.#holds = 0;
     this.socket.resume();
@@ -91,9 +95,9 @@ export class RelayReads {
   /**
    * The relay is closing after the client broke the protocol: both sides
    * are read whatever held them (a full socket buffer, the masking workers,
-   * an approval, the recording), so that each side's end is seen and the
-   * session ends when its peers hang up, not at a grace timer. The relay
-   * drops what either side sends from then on.
+   * an approval, the recording), and none holds them again, so that each
+   * side's end is seen and the session ends when its peers hang up, not at
+   * a grace timer. The relay drops what either side sends from then on.
    */
   closing(): void {
     this.client.releaseAll();

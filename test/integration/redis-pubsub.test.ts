@@ -7,7 +7,7 @@
  * relays that cut its bytes into single bytes or random pieces, so that
  * confirmations and their counts straddle chunks.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { randomBytes } from 'node:crypto';
 import { createServer, type AddressInfo } from 'node:net';
 import { Redis } from 'ioredis';
@@ -64,6 +64,16 @@ async function login(target: string, proto: 2 | 3): Promise<Raw> {
 /** A message of any kind, as RESP2 (an array) or RESP3 (a push) sends it. */
 function isMessage(reply: string): boolean {
   return /^[*>][34]\r\n\$[78]\r\n[ps]?message\r\n/.test(reply);
+}
+
+/** A session through `target`, subscribed to `channel`: its raw connection, ended with the test, and its message count. */
+async function subscribed(t: Test, target: string, proto: 2 | 3, channel: string): Promise<{ a: Raw; seen: { messages: number }; confirmation: string }> {
+  const a = await login(target, proto);
+  t.teardown(() => a.end());
+  const seen = { messages: 0 };
+  a.send(['SUBSCRIBE', channel]);
+  const [confirmation] = await answers(a, 1, seen);
+  return { a, seen, confirmation: confirmation! };
 }
 
 /** The next `n` replies that are not messages; the messages in between are counted in `seen`. */
@@ -124,11 +134,8 @@ for (const target of ['direct', 'byte', 'random']) {
 }
 
 t.test('subscribed (RESP3), a transaction with a refused command aborts in place: EXECABORT, the session goes on', async (t) => {
-  const a = await login('random', 3);
-  t.teardown(() => a.end());
-  const seen = { messages: 0 };
-  a.send(['SUBSCRIBE', 'tx-feed']);
-  t.match((await answers(a, 1, seen))[0], /^>3\r\n\$9\r\nsubscribe\r\n/);
+  const { a, seen, confirmation } = await subscribed(t, 'random', 3, 'tx-feed');
+  t.match(confirmation, /^>3\r\n\$9\r\nsubscribe\r\n/);
   a.send(['MULTI'], ['SET', 'sub-tx', 'one'], ['FLUSHALL'], ['SET', 'sub-tx', 'two'], ['EXEC'], ['SET', 'sub-after', 'x']);
   await publisher.publish('tx-feed', 'during');
   const replies = await answers(a, 6, seen);
@@ -274,11 +281,7 @@ t.test('HELLO inside MULTI, and PUBLISH inside MULTI on a subscribed connection,
 });
 
 t.test('a MULTI that Redis refuses on a subscribed connection begins no transaction: UNSUBSCRIBE still works', async (t) => {
-  const a = await login('random', 2);
-  t.teardown(() => a.end());
-  const seen = { messages: 0 };
-  a.send(['SUBSCRIBE', 'multi-feed']);
-  await answers(a, 1, seen);
+  const { a, seen } = await subscribed(t, 'random', 2, 'multi-feed');
   a.send(['MULTI']);
   t.match((await answers(a, 1, seen))[0], /^-ERR Can't execute 'multi'/, 'Redis refuses MULTI while subscribed (RESP2)');
   a.send(['UNSUBSCRIBE'], ['PING']);
@@ -312,11 +315,7 @@ t.test('channels, patterns and shard channels together, duplicates included, the
 });
 
 t.test('the replies to the re-authentication after RESET are taken out while pub/sub commands are awaited', async (t) => {
-  const a = await login('byte', 2);
-  t.teardown(() => a.end());
-  const seen = { messages: 0 };
-  a.send(['SUBSCRIBE', 'drop-feed']);
-  await answers(a, 1, seen);
+  const { a, seen } = await subscribed(t, 'byte', 2, 'drop-feed');
   a.send(['RESET'], ['SUBSCRIBE', 'drop-again'], ['FLUSHALL'], ['UNSUBSCRIBE'], ['ACL', 'WHOAMI']);
   const r = await answers(a, 5, seen);
   t.equal(r[0], '+RESET\r\n');

@@ -1,8 +1,9 @@
 /**
  * SocketReads (src/gateway/socket-reads.ts) on real loopback sockets: a
  * socket is read only when no reason holds it, each reason lets go on its
- * own, and a hold until the other side drains takes one 'drain' listener
- * however often it is asked for.
+ * own, a hold until the other side drains takes one 'drain' listener
+ * however often it is asked for, and once released for a close, nothing
+ * holds it again.
  */
 import t from 'tap';
 import { ReadHold, SocketReads } from '../../src/gateway/socket-reads.js';
@@ -43,4 +44,17 @@ t.test('held until the other side drains, with one listener however often asked'
   reads.holdUntilDrained(theirs);
   theirs.emit('drain');
   t.ok(ours.isPaused(), 'a drain does not release another reason');
+});
+
+t.test('closing: every reason lets go, and none holds the socket again', async (t) => {
+  const { ours, theirs } = await socketPair(t, { pauseOnConnect: true });
+  const reads = new SocketReads(ours);
+  reads.hold(ReadHold.approval);
+  reads.holdUntilDrained(theirs);
+  reads.hold(ReadHold.failed);
+  reads.releaseAll();
+  t.notOk(ours.isPaused(), 'read at once, whatever held it');
+  reads.hold(ReadHold.transform);
+  reads.holdUntilDrained(theirs);
+  t.notOk(ours.isPaused(), 'a hold asked for afterwards is not taken: the socket is read to its end');
 });
