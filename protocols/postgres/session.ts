@@ -244,13 +244,34 @@ export class PostgresSession implements SessionHandle {
     // The recording keeps the cleartext: the plain socket up to 'S', then the TLS socket's plaintext.
     this.#recording?.tap.detach(this.#socket);
     const tlsSocket = new TLSSocket(this.#socket, { isServer: true, secureContext: this.ctx.secureContext });
-    await new Promise<void>((resolve, reject) => {
-      tlsSocket.once('secure', resolve);
-      tlsSocket.once('error', reject);
-      tlsSocket.once('close', () => reject(new PeerClosed()));
+    // For the socket's whole life: the handshake reader listens only while it reads, and a write
+    // after it let go (a refusal, as the client resets the connection) fails with an 'error' that,
+    // unheard, would be an uncaught exception ending the process and every session in it.
+    tlsSocket.on('error', () => tlsSocket.destroy());
+    let settle!: (err?: Error) => void;
+    const handshake = new Promise<void>((resolve, reject) => {
+      settle = (err) => (err === undefined ? resolve() : reject(err));
     });
-    tlsSocket.removeAllListeners('error');
-    tlsSocket.removeAllListeners('close');
+    const onSecure = (): void => settle();
+    const onError = (err: Error): void => settle(err);
+    const onClose = (): void => settle(new PeerClosed());
+    tlsSocket.once('secure', onSecure);
+    tlsSocket.once('error', onError);
+    tlsSocket.once('close', onClose);
+    try {
+      await handshake;
+    } finally {
+      // Only ours: Node's own listeners on the socket (its TLS error and close handling) stay.
+      tlsSocket.off('secure', onSecure);
+      tlsSocket.off('error', onError);
+      tlsSocket.off('close', onClose);
+    }
+    if (this.#closed) {
+      // Refused while the handshake ran (the pre-auth deadline, a shutdown): the refusal went out
+      // on the plain socket; nothing more is read or answered.
+      tlsSocket.destroy();
+      throw new PeerClosed();
+    }
     tlsSocket.on('close', () => this.#closedBeforeRelay());
     this.#socket = tlsSocket;
     this.#recording?.tap.attach(tlsSocket);

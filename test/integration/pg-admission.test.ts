@@ -9,6 +9,7 @@ import { createHmac, createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { connect } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { join } from 'node:path';
 import pg from 'pg';
 import { SignJWT, importJWK, type JWK } from 'jose';
@@ -221,6 +222,29 @@ t.test('TLS', async (t) => {
     env: { ...env, PGHOST: 'localhost', PGPORT: tlsPort, PGSSLMODE: 'verify-full', PGSSLROOTCERT: '/etc/ssl/certs/ca-certificates.crt' },
   });
   t.not(wrongCa.code, 0, 'verify-full against another CA fails');
+});
+
+t.test('a TLS client that resets the connection as it is refused ends that connection only', async (t) => {
+  // The refusal is written on the TLS socket after the handshake reader has let go of it. A reset
+  // that arrived with the refused StartupMessage makes that write fail: an 'error' on a socket with
+  // no listener is an uncaught exception, which would end the gateway (this test process) and every
+  // session in it.
+  for (let i = 0; i < 10; i++) {
+    const raw = await RawPg.connect(gw.port('tls-only'));
+    raw.send(SSL_REQUEST);
+    t.equal(await raw.readByte(), 'S');
+    const secure = tlsConnect({ socket: raw.socket, rejectUnauthorized: false });
+    secure.on('error', () => {});
+    await once(secure, 'secureConnect');
+    // Protocol 4.0: refused as soon as the StartupMessage is read.
+    secure.write(startupPacket({ user: 'x', database: 'app' }, 4, 0));
+    raw.socket.resetAndDestroy();
+    await once(secure, 'close');
+  }
+  await new Promise((r) => setTimeout(r, 200));
+  const c = await connectWith(goodToken);
+  t.equal((await c.query('select 1 as one')).rows[0].one, 1, 'the gateway still serves');
+  await c.end();
 });
 
 t.test('bytes pipelined after SSLRequest are refused (CVE-2021-23214 class)', async (t) => {
