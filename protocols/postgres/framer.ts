@@ -105,6 +105,18 @@ export class PgProtocolError extends SluiceError {
   }
 }
 
+/**
+ * A message of a type the framer was told to refuse (`refuse`), stopped at
+ * its header: not one byte of its body was framed or forwarded. `offset` is
+ * where its type byte is.
+ */
+export class RefusedMessage extends PgProtocolError {
+  constructor(what: string, type: number, offset: number) {
+    super(ErrorCodes.PROTOCOL_VIOLATION, `${what} (message type ${printable(type)}) is not allowed here`, offset);
+    this.name = 'RefusedMessage';
+  }
+}
+
 const HEADER = 0;
 const BODY_PASS = 1;
 const BODY_INSPECT = 2;
@@ -139,9 +151,15 @@ function printable(type: number): string {
     : `0x${type.toString(16).padStart(2, '0')}`;
 }
 
+/** A type's entry in the framer's table: 0 passes through, 1 is inspected, REFUSE fails at its header. */
+const REFUSE = 2;
+
 export class PgFramer {
   private maxMessageBytes: number;
+  /** Per type code: 0 pass through, 1 inspect, REFUSE. */
   private table: Uint8Array;
+  /** Types refused (`refuse`), with what to call them: kept across setInspect. */
+  private readonly refused = new Map<number, string>();
   private startupNext: boolean;
 
   private state = HEADER;
@@ -195,6 +213,19 @@ export class PgFramer {
    */
   setInspect(spec: InspectSpec | undefined): void {
     this.table = inspectTable(spec);
+    for (const type of this.refused.keys()) this.table[type] = REFUSE;
+  }
+
+  /**
+   * From the next header on, a message of `type` is a protocol violation
+   * (RefusedMessage, named `what`), thrown as soon as its header is read:
+   * its body is never framed, held or passed through. For a PasswordMessage
+   * after authentication, whose body may be a credential. Kept across
+   * setInspect.
+   */
+  refuse(type: number, what: string): void {
+    this.refused.set(type & 0xff, what);
+    this.table[type & 0xff] = REFUSE;
   }
 
   /**
@@ -334,6 +365,9 @@ export class PgFramer {
         }
       }
 
+      // A refused type is refused on its type byte, whatever its length says.
+      const kind = startup ? 1 : this.table[type]!;
+      if (kind === REFUSE) this.refuseMessage(sink, chunk, runStart, start, type, base + start);
       // Validate before awaiting any body byte.
       const total = startup ? length : length + 1;
       if (startup) {
@@ -359,7 +393,7 @@ export class PgFramer {
       }
 
       const msgEnd = start + total; // index in chunk just past the message
-      if (startup || this.table[type] !== 0) {
+      if (kind !== 0) {
         // Inspected (startup-phase messages always are).
         if (start >= 0 && msgEnd <= end) {
           if (start > runStart) {
@@ -454,6 +488,17 @@ export class PgFramer {
     if (this.msgStartup) this.afterStartupPacket(message, 0);
     this.unframed = unframed;
     sink.message(type, message);
+  }
+
+  /** As fail, for a refused type: the pass-through bytes before it go out, then RefusedMessage. */
+  private refuseMessage(sink: FramerSink, chunk: Buffer, runStart: number, start: number, type: number, offset: number): never {
+    const err = new RefusedMessage(this.refused.get(type) ?? 'this message', type, offset);
+    this.failure = err;
+    if (start > runStart) {
+      this.unframed = chunk.length - start;
+      sink.passthrough(chunk.subarray(runStart, start));
+    }
+    throw err;
   }
 
   /** Flush the pass-through bytes before the bad message, then throw. */

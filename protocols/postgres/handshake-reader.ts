@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net';
 import { ErrorCodes } from '../../src/errors.js';
-import { PgFramer, PgProtocolError } from './framer.js';
+import { PgFramer, PgProtocolError, RefusedMessage } from './framer.js';
 
 /**
  * Bytes a client may have sent and Sluice not yet consumed during the
@@ -55,9 +55,17 @@ export class HandshakeReader {
     } catch (err) {
       this.#failure = err as Error;
       this.#socket?.pause();
+      if (err instanceof RefusedMessage) this.onRefused?.(err);
     }
     this.#notify();
   };
+
+  /**
+   * Told at once, inside the read, when a refused message type arrives
+   * (`refuse`): the session recording must not keep its bytes, and records
+   * the chunk only after this read's listeners have returned.
+   */
+  onRefused: ((err: RefusedMessage) => void) | undefined;
 
   readonly #onEnd = (): void => {
     this.#ended = true;
@@ -138,6 +146,28 @@ export class HandshakeReader {
       if (this.#failure) throw this.#failure;
       if (this.#ended) throw new PeerClosed();
       await new Promise<void>((resolve) => (this.#wake = resolve));
+    }
+  }
+
+  /**
+   * From now on a message of `type` ends the reading (RefusedMessage) as
+   * soon as its header arrives; one already queued does too. `queueStart`
+   * is the stream offset of the first queued message (messages are
+   * contiguous on the wire), so the failure says where it began.
+   */
+  refuse(type: number, what: string, queueStart: number): void {
+    this.framer.refuse(type, what);
+    let offset = queueStart;
+    for (const m of this.#queue) {
+      if (m.type === type) {
+        const err = new RefusedMessage(what, type, offset);
+        this.#failure ??= err;
+        this.#socket?.pause();
+        this.onRefused?.(err);
+        this.#notify();
+        return;
+      }
+      offset += m.bytes.length;
     }
   }
 

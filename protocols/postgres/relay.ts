@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../../src/log.js';
 import { ReadHold, RelayReads } from '../../src/gateway/socket-reads.js';
 import { endSocket } from '../../src/gateway/net.js';
-import { PgFramer, PgProtocolError, type FramerSink } from './framer.js';
+import { PgFramer, PgProtocolError, RefusedMessage, type FramerSink } from './framer.js';
 import { Frontend, errorResponse, sqlstate, terminate } from './messages.js';
 
 /**
@@ -41,7 +41,7 @@ export interface RelayOptions {
    * from the client before the relay handles it, and told when it has
    * (the chunk is recorded then, ahead of any reply written meanwhile).
    */
-  recordClient?: { received(chunk: Buffer): void; handled(): void };
+  recordClient?: { received(chunk: Buffer): void; handled(): void; cutClient(offset: number): void };
   /**
    * Without a gate: told each client message the result masker pairs the
    * server's replies with (Query, Parse, Bind, Describe, Execute, Close,
@@ -458,6 +458,9 @@ export class PgRelay {
   #violation(err: unknown, side: 'client' | 'upstream'): void {
     this.#toUpstream.clear();
     this.#toClient.clear();
+    // A refused message (a `p` after login) may carry a credential: the recording keeps the
+    // client's bytes only up to its first byte (the chunk is recorded once this read is handled).
+    if (side === 'client' && err instanceof RefusedMessage) this.options.recordClient?.cutClient(err.offset);
     const message = err instanceof PgProtocolError ? err.message : 'internal error while relaying';
     if (!(err instanceof PgProtocolError)) this.options.logger.error({ err }, 'unexpected relay failure');
     this.options.logger.warn({ side, offset: err instanceof PgProtocolError ? err.offset : undefined, reason: message }, 'protocol violation; closing session');

@@ -145,6 +145,13 @@ export class PostgresSession implements SessionHandle {
     if (password.type !== Frontend.PasswordMessage) {
       throw new PgProtocolError(ErrorCodes.PROTOCOL_VIOLATION, `expected a PasswordMessage carrying the token, got message type ${describeType(password.type)}`, 0);
     }
+    // No client sends another `p` message after the one carrying the token (the protocol has no
+    // place for one); PostgreSQL ends a session for it. Its body may be a credential all the same:
+    // refused on its header, neither sent upstream nor recorded (the recording stops before it).
+    this.#reader.onRefused = (err) => this.#recording?.tap.cutClient(err.offset);
+    this.#reader.refuse(Frontend.PasswordMessage, 'a PasswordMessage after the one carrying the token', this.#consumed);
+    // One pipelined behind it: refused now, before the token is even checked.
+    if (this.#reader.failure) throw this.#reader.failure;
     const token = parsePasswordMessage(password.bytes);
     const identity = await this.ctx.verifier.verify(token);
     this.#identity = identity;

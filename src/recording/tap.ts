@@ -152,7 +152,10 @@ export class RecordingTap {
       const bytes = typeof chunk === 'string' ? Buffer.from(chunk, 'utf8') : chunk;
       const start = this.#clientOffset;
       this.#clientOffset += bytes.length;
-      this.#take('client', bytes, start);
+      // Recorded once the session's own listeners have read it, as on a socket that reads directly
+      // (there, the read observer's `after`): a message they refuse is cut out first (cutClient).
+      this.#take('client', bytes, start, true);
+      if (this.#deferred !== undefined) queueMicrotask(this.#recordDeferred);
     };
     // Everything handed to write / end(data): the bytes as the socket sends them.
     const onWrite = (chunk: unknown, encoding: BufferEncoding | undefined): void => {
@@ -231,7 +234,7 @@ export class RecordingTap {
     // A Redis session admitted: bytes past the login command have not been parsed yet. They wait for
     // the relay's framing like every later byte, so a credential among them is scrubbed first.
     const framing = this.#scrubUnframed !== undefined && opts.upTo === undefined;
-    const limit = framing ? this.#committed : (opts.upTo ?? Infinity);
+    const limit = Math.min(framing ? this.#committed : (opts.upTo ?? Infinity), this.#clientCut);
     if (framing) {
       this.#afterFraming = true;
       this.#pendingStart = limit;
@@ -353,6 +356,23 @@ export class RecordingTap {
     this.#borrowed = true;
   }
 
+  /**
+   * The session refused a client message that starts at absolute client
+   * offset `offset` (a PostgreSQL `p` message after authentication: its body
+   * may be a credential): no client byte from there on is recorded. Called
+   * while the chunk that holds it waits to be recorded (after the relay or
+   * the handshake reader has handled it), or is still held.
+   */
+  cutClient(offset: number): void {
+    if (offset < 0 || offset >= this.#clientCut) return;
+    this.#clientCut = offset;
+    const d = this.#deferred;
+    if (d !== undefined) {
+      const keep = offset - this.#deferredStart;
+      this.#deferred = keep <= 0 ? undefined : keep < d.length ? d.subarray(0, keep) : d;
+    }
+  }
+
   /** The relay has handled the chunk last `received`: record it now if it still waits. */
   handled(): void {
     if (this.#deferred !== undefined) this.#recordDeferred();
@@ -433,6 +453,10 @@ export class RecordingTap {
    * handled the chunk is recorded after it), so the order is as received.
    */
   #deferred: Buffer | undefined;
+  /** Absolute client offset of #deferred[0]. */
+  #deferredStart = 0;
+  /** Client bytes at or past this absolute offset are not recorded (cutClient). */
+  #clientCut = Infinity;
 
   readonly #recordDeferred = (): void => {
     const bytes = this.#deferred;
@@ -444,9 +468,15 @@ export class RecordingTap {
   #take(direction: Direction, bytes: Buffer, start: number, deferrable = false): void {
     if (this.#finished) return;
     if (this.#deferred !== undefined) this.#recordDeferred();
+    if (direction === 'client' && start + bytes.length > this.#clientCut) {
+      // After a refused message: only what came before it.
+      if (start >= this.#clientCut) return;
+      bytes = bytes.subarray(0, this.#clientCut - start);
+    }
     if (!this.#holding) {
       if (direction === 'client' && deferrable && !this.#afterFraming && this.#writer !== undefined) {
         this.#deferred = bytes;
+        this.#deferredStart = start;
         return;
       }
       if (direction === 'client' && this.#afterFraming) {

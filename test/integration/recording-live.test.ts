@@ -23,7 +23,7 @@ import { startPostgres } from '../helpers/postgres.js';
 import { startRedis } from '../helpers/redis.js';
 import { startGateway, pgTargetYaml, removeDir } from '../helpers/gateway.js';
 import { run } from '../helpers/process.js';
-import { SSL_REQUEST, startupPacket, typed } from '../helpers/raw-pg.js';
+import { RawPg, SSL_REQUEST, errorFields, rawLogin, startupPacket, typed } from '../helpers/raw-pg.js';
 import { recordingFiles, recordingFor } from '../helpers/recordings.js';
 import { Raw } from '../helpers/raw-redis.js';
 import { readRecording } from '../../src/recording/reader.js';
@@ -242,6 +242,69 @@ t.test('TLS: the recording holds the cleartext the client sent and received', as
   t.ok(rec.server.equals(Buffer.concat(received)), "gateway -> client: 'S', then the TLS cleartext, byte for byte");
 });
 
+/** The client port of the session refused for a `p` message pipelined behind its token (not verified: no subject). */
+let pipelinedPort = 0;
+
+t.test('PostgreSQL: a PasswordMessage after the token is refused, and its bytes reach neither the upstream nor the recording', async (t) => {
+  /** A second `p` message, its body a stand-in for a credential. */
+  const second = (secret: string): Buffer => typed('p', `${secret}\0`);
+  /** What Sluice answers: its own 08P01, not PostgreSQL's "invalid frontend message type 112" (it never saw the message). */
+  const refused = async (t: Test, raw: RawPg): Promise<void> => {
+    const e = await raw.readUntil('E');
+    t.ok(e, 'an ErrorResponse');
+    const f = errorFields(e!.body);
+    t.equal(f.C, '08P01');
+    t.match(f.M, /^sluice: .*PasswordMessage after the one carrying the token \(message type 'p'\) is not allowed here/);
+    await raw.waitClosed();
+  };
+
+  await t.test('after login, behind a query in the same write', async (t) => {
+    const secret = 'second-credential-after-login-4c1d';
+    secrets.push(secret);
+    const raw = await rawLogin(gw.port('app-db'), token, { user: 'ci-job-7', database: 'app' });
+    const port = raw.socket.localPort!;
+    const query = typed('Q', 'select 1\0');
+    raw.send(Buffer.concat([query, second(secret)]));
+    await refused(t, raw);
+    const rec = await recordingFor(gw.stateDir, port);
+    t.notOk(rec.client.includes(Buffer.from(secret)), 'the secret is not recorded');
+    t.ok(rec.client.subarray(rec.client.length - query.length).equals(query), 'the client side ends with the query before it');
+    t.match(rec.closeReason ?? '', /protocol violation/);
+  });
+
+  await t.test('after login, the header split from its body', async (t) => {
+    const secret = 'second-credential-split-9e27';
+    secrets.push(secret);
+    const raw = await rawLogin(gw.port('app-db'), token, { user: 'ci-job-7', database: 'app' });
+    const port = raw.socket.localPort!;
+    const message = second(secret);
+    raw.send(message.subarray(0, 3));
+    await new Promise((r) => setTimeout(r, 150));
+    raw.send(message.subarray(3));
+    await refused(t, raw);
+    const rec = await recordingFor(gw.stateDir, port);
+    t.notOk(rec.client.includes(Buffer.from(secret)), 'the secret is not recorded');
+    t.ok(rec.client.subarray(rec.client.length - 3).equals(message.subarray(0, 3)), 'the part of the header in the first write is, as received');
+  });
+
+  await t.test('pipelined behind the token', async (t) => {
+    const secret = 'second-credential-pipelined-77b0';
+    secrets.push(secret);
+    const raw = await RawPg.connect(gw.port('app-db'));
+    pipelinedPort = raw.socket.localPort!;
+    raw.send(startupPacket({ user: 'ci-job-7', database: 'app' }));
+    t.equal((await raw.read())?.type, 'R');
+    const first = typed('p', `${token}\0`);
+    raw.send(Buffer.concat([first, second(secret)]));
+    await refused(t, raw);
+    // Refused before the token was checked: a recording with no subject, the token scrubbed.
+    const rec = await recordingFor(gw.stateDir, pipelinedPort);
+    t.ok(rec.client.equals(Buffer.concat([startupPacket({ user: 'ci-job-7', database: 'app' }), scrubPgPasswordMessage(first)])), 'the recording stops after the scrubbed token');
+    for (const f of recordingFiles(gw.stateDir)) t.notOk(readFileSync(f).includes(secret), `not in ${f.slice(-30)}`);
+  });
+  for (const line of gw.logs) if (line.includes('second-credential')) t.fail(`a secret in a log line: ${line.slice(0, 80)}`);
+});
+
 t.test('redis-cli with pipelining', async (t) => {
   const relay = await tappingRelay(gw.port('cache'));
   // --pipe sends the whole input at once; Sluice takes RESP arrays only (no inline commands).
@@ -358,7 +421,7 @@ t.test('a failed login is recorded without its token; the sessions index and CLI
     const r = readRecording(f);
     const client: Buffer[] = [];
     for await (const e of r) if (e.type === 'data' && e.direction === 'client') client.push(e.bytes);
-    if (r.header?.subject === '') failed.push(Buffer.concat(client));
+    if (r.header?.subject === '' && r.header.clientAddress !== `127.0.0.1:${pipelinedPort}`) failed.push(Buffer.concat(client));
   }
   t.equal(failed.length, 1, 'the failed login has a recording (no subject: the token did not verify)');
   t.ok(failed[0]?.includes(scrubPgPasswordMessage(typed('p', 'x\0'))), 'holding the scrubbed PasswordMessage');

@@ -1,6 +1,6 @@
 import t from 'tap';
 import { serialize } from 'pg-protocol';
-import { PgFramer, PgProtocolError, type FramerSink, type InspectSpec } from '../../protocols/postgres/framer.js';
+import { PgFramer, PgProtocolError, RefusedMessage, type FramerSink, type InspectSpec } from '../../protocols/postgres/framer.js';
 import {
   Backend,
   Frontend,
@@ -315,6 +315,37 @@ t.test('a message over maxMessageBytes is refused from its header, before the bo
     t.equal(r2.run.out.length, 0);
     // The framer stays failed.
     expectError(t, () => f2.push(empty('S'), r2.sink), ErrorCodes.MESSAGE_TOO_LARGE, 0, 'push after failure');
+  }
+});
+
+t.test('a refused type fails on its header, whatever its length, with nothing of it passed on', async (t) => {
+  for (const inspect of [[], [ch('Q')]]) {
+    const framer = new PgFramer({ maxMessageBytes: 1000, inspect });
+    framer.refuse(ch('p'), 'a second PasswordMessage');
+    // setInspect keeps the refusal.
+    framer.setInspect(inspect);
+    const { sink, run } = recorder();
+    const query = new PgBytes().cstring('select 1').typed('Q');
+    const password = new PgBytes().cstring('secret').typed('p');
+    let err: unknown;
+    try {
+      framer.push(Buffer.concat([query, password]), sink);
+    } catch (e) {
+      err = e;
+    }
+    t.type(err, RefusedMessage, `inspect ${inspect.length}`);
+    t.equal((err as RefusedMessage).offset, query.length, 'offset of its type byte');
+    t.match((err as Error).message, /a second PasswordMessage \(message type 'p'\) is not allowed here/);
+    t.equal(Buffer.concat(run.out).toString('latin1'), query.toString('latin1'), 'only the message before it went on');
+
+    // An absurd length is not looked at first, and a split header is refused once whole.
+    const f2 = new PgFramer({ maxMessageBytes: 1000, inspect });
+    f2.refuse(ch('p'), 'a second PasswordMessage');
+    const r2 = recorder();
+    const huge = new PgBytes().typed('p', 0x7fffffff);
+    f2.push(huge.subarray(0, 3), r2.sink);
+    t.equal(r2.run.out.length, 0, 'partial header held');
+    t.throws(() => f2.push(huge.subarray(3), r2.sink), RefusedMessage);
   }
 });
 
