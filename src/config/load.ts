@@ -929,6 +929,10 @@ class Normaliser {
     const timeoutMs = raw?.timeout === undefined ? DEFAULT_APPROVAL_TIMEOUT_MS : parseDuration(raw.timeout as string | number);
     const hook = obj(raw?.webhook);
     const url = str(hook?.url);
+    if (url !== undefined && hasUserInfo(url)) {
+      // fetch refuses such a URL, and its error quotes it whole: the password would reach the log.
+      this.#problem('approvals.webhook.url', 'expected a URL without a user name or password (user:password@); a secret belongs in the path, which is never logged');
+    }
     const hookTimeout = hook?.timeout === undefined ? 5_000 : parseDuration(hook.timeout as string | number);
     return {
       timeoutMs: timeoutMs ?? DEFAULT_APPROVAL_TIMEOUT_MS,
@@ -1065,3 +1069,12 @@ export function tableGlob(raw: string): string | undefined {
   }
 }
 
+/** The URL parses and carries a user name or password (`https://user:secret@host/`). */
+function hasUserInfo(url: string): boolean {
+  try {
+    const u = new URL(url);
+    return u.username !== '' || u.password !== '';
+  } catch {
+    return false;
+  }
+}

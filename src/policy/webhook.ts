@@ -93,7 +93,9 @@ export async function postApprovalWebhook(
       problem = `HTTP ${res.status}`;
     } catch (err) {
       if (signal?.aborted) return false;
-      problem = err instanceof Error ? `${err.name}: ${err.message}` : 'request failed';
+      // Error texts may quote the URL (undici does, for one it refuses): its path can be a
+      // secret (a Slack-style hook) and its user info a password. Only the origin is logged.
+      problem = err instanceof Error ? withoutUrl(`${err.name}: ${err.message}`, cfg.url, origin) : 'request failed';
     }
     const last = attempt > retries;
     logger.warn(
@@ -109,4 +111,14 @@ export async function postApprovalWebhook(
     delay *= 2;
   }
   return false;
+}
+
+/** `text` with the webhook URL, and anything of it past the host, replaced by the origin. */
+function withoutUrl(text: string, url: string, origin: string): string {
+  let out = text.split(url).join(`${origin}/[path]`);
+  const u = new URL(url);
+  for (const part of [u.username, u.password, u.pathname.length > 1 ? u.pathname : '', u.search]) {
+    if (part !== '') out = out.split(part).join('[redacted]');
+  }
+  return out;
 }

@@ -347,6 +347,14 @@ t.test('webhook: unreachable, timing out, invalid URL, aborted', async (t) => {
     'the timeout is logged',
   );
 
+  // A URL with a password (the config refuses one; fetch refuses it too, quoting it): neither its
+  // password nor its path reaches the log.
+  lines.length = 0;
+  t.equal(await postApprovalWebhook({ url: 'http://hook:pw-7d1e@127.0.0.1:9/hooks/path-4b2a', retries: 0 }, rec, logger), false);
+  t.ok(lines.some((l) => l.msg === 'approval webhook failed; giving up'), 'the failure is logged');
+  t.notOk(JSON.stringify(lines).includes('pw-7d1e'), 'not the password');
+  t.notOk(JSON.stringify(lines).includes('path-4b2a'), 'not the path');
+
   const ac = new AbortController();
   const sent = postApprovalWebhook({ url, timeoutMs: 10_000, retries: 5 }, rec, logger, ac.signal);
   ac.abort();

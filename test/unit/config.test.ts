@@ -455,12 +455,23 @@ t.test('a password value never appears in a problem', async (t) => {
     // the password pasted where a variable name goes
     pgTarget('{ host: 127.0.0.1, user: app, password_env: misplaced-secret-4 }'),
     pgTarget('{ host: 127.0.0.1, user: app, password_env: misplaced_secret_4x }'),
+    // a webhook URL with a user and password (fetch would quote it whole in its error)
+    `${MINIMAL}approvals: { webhook: { url: 'https://hook:inline-secret-1@hooks.example.com/notify' } }\n`,
   ];
   for (const yaml of yamls) {
     const problems = problemsOf(yaml, { baseDir: dir, env });
     t.ok(problems.length > 0, 'the config is refused');
     const leaked = [...secrets, 'misplaced_secret_4x'].filter((s) => problems.some((line) => line.includes(s)));
     t.strictSame(leaked, [], `no secret in: ${problems.join(' | ')}`);
+  }
+});
+
+t.test('approvals.webhook.url: a URL with a user name or password is refused', async (t) => {
+  t.strictSame(problemsOf(`${MINIMAL}approvals: { webhook: { url: 'https://hooks.example.com/T0/B0/secret-path' } }\n`), []);
+  for (const url of ['https://hook:pw@hooks.example.com/notify', 'https://hook@hooks.example.com/notify']) {
+    t.strictSame(problemsOf(`${MINIMAL}approvals: { webhook: { url: '${url}' } }\n`), [
+      'approvals.webhook.url: expected a URL without a user name or password (user:password@); a secret belongs in the path, which is never logged',
+    ]);
   }
 });
 
