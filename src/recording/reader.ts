@@ -92,7 +92,26 @@ export async function parseHeader(src: ByteSource): Promise<HeaderResult> {
   if (!header || typeof header.sessionId !== 'string' || typeof header.keyId !== 'string') {
     return { ok: false, offset: HEADER_PREFIX, reason: 'header lacks sessionId or keyId' };
   }
+  const wrong = wrongHeaderField(header);
+  if (wrong !== undefined) return { ok: false, offset: HEADER_PREFIX, reason: `header field ${wrong} is not what the gateway writes` };
   return { ok: true, header, version, bytes, end: bytes.length };
+}
+
+/**
+ * The first header field whose type is not what the writer gives it, if
+ * any. A CRC proves no more than that the header was written whole: a
+ * crafted file could carry anything, and the header's fields reach the
+ * sessions index (recover.ts), transcripts and the API.
+ */
+function wrongHeaderField(h: RecordingHeader): string | undefined {
+  const strings = ['target', 'subject', 'issuer', 'startedAt', 'monotonicStart'] as const;
+  for (const k of strings) if (typeof h[k] !== 'string') return k;
+  if (h.protocol !== 'postgres' && h.protocol !== 'redis') return 'protocol';
+  if (!Array.isArray(h.groups) || !h.groups.every((g) => typeof g === 'string')) return 'groups';
+  if (h.tokenIdHash !== undefined && typeof h.tokenIdHash !== 'string') return 'tokenIdHash';
+  if (h.clientAddress !== undefined && typeof h.clientAddress !== 'string') return 'clientAddress';
+  if (Number.isNaN(Date.parse(h.startedAt))) return 'startedAt';
+  return undefined;
 }
 
 export interface RawFrame {

@@ -125,7 +125,10 @@ export async function recoverSessionIndex(stateDir: string, store: SessionStore,
   // before the newest row's start (a session may cross midnight; days are UTC), or all of them when
   // the index is empty.
   const newest = store.listSessions({ limit: 1 })[0];
-  const fromDay = newest ? datePath(new Date(Date.parse(newest.startedAt) - 24 * 3_600_000).toISOString()).join('/') : '';
+  // Never later than now: a row dated in the future (a crafted recording indexed earlier, a clock
+  // set wrong) must not make every later recovery skip today's directory.
+  const newestAt = newest ? Math.min(Date.parse(newest.startedAt), Date.now()) : NaN;
+  const fromDay = Number.isNaN(newestAt) ? '' : datePath(new Date(newestAt - 24 * 3_600_000).toISOString()).join('/');
   for (const path of await listRecordingFiles(stateDir, fromDay)) {
     const id = path.slice(path.lastIndexOf('/') + 1, -FILE_EXTENSION.length);
     if (store.getSession(id) !== undefined) continue;

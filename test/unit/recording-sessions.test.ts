@@ -4,7 +4,7 @@
  * (exit 0 when intact and complete, 1 otherwise, 2 on usage).
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -13,6 +13,7 @@ import { sessionsCommand, verifyCommand, type SessionsIo } from '../../src/cli/s
 import { loadRecordingPublicKeys, openRecordingKey } from '../../src/recording/keys.js';
 import { CRASH_CLOSE_REASON, markCleanStop, recoverAfterAbruptStop, recoverSessionIndex } from '../../src/recording/recover.js';
 import { RecordingWriter } from '../../src/recording/writer.js';
+import { datePath, encodeHeader, type RecordingHeader } from '../../src/recording/format.js';
 import { MIGRATIONS, migrate } from '../../src/store/migrations.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
 import type { SessionRecord } from '../../src/store/types.js';
@@ -370,6 +371,40 @@ t.test('after an abrupt stop, the next start finishes the index from the recordi
 
   t.same(await recoverSessionIndex(stateDir, store, keys, logger), { indexed: 0, closed: 0, unreadable: 0 }, 'a second pass finds nothing to do');
   t.equal(logged.length, 1, 'and logs nothing');
+});
+
+t.test('after an abrupt stop, a crafted header neither stops the index nor hides later recordings', async (t) => {
+  const stateDir = tempDir(t);
+  const key = await openRecordingKey(stateDir);
+  const store = openSqliteStore(stateDir);
+  t.teardown(() => store.close());
+  const logger = { warn: () => undefined, error: () => undefined, info: () => undefined } as unknown as Logger;
+  const header = (over: Record<string, unknown>): Buffer =>
+    encodeHeader({ version: 3, sessionId: 'x', target: 'cache', protocol: 'redis', subject: 's', groups: [], issuer: 'i', startedAt: new Date().toISOString(), keyId: key.keyId, monotonicStart: '0', ...over } as RecordingHeader);
+  const place = (path: string[], bytes: Buffer): void => {
+    mkdirSync(join(stateDir, 'recordings', ...path.slice(0, -1)), { recursive: true });
+    writeFileSync(join(stateDir, 'recordings', ...path), bytes);
+  };
+  // A valid CRC over a subject that is a list: as a row, the database refused it, and every later
+  // batch of rows with it, for the rest of the process's life.
+  place([...datePath(new Date().toISOString()), 'forged.sluicerec'], header({ sessionId: 'forged', subject: ['a'] }));
+  // Well formed, dated in the year 9999: the newest row, from which the next recovery picks its first day.
+  place(['9999', '12', '31', 'future.sluicerec'], header({ sessionId: 'future', startedAt: '9999-12-31T00:00:00.000Z' }));
+  const keys = await loadRecordingPublicKeys(stateDir);
+  t.same(await recoverSessionIndex(stateDir, store, keys, logger), { indexed: 1, closed: 0, unreadable: 0 }, 'the dated one indexed, the forged one not');
+  t.equal(store.getSession('forged'), undefined);
+  store.upsertSession(session({ id: 'after', endedAt: '2025-01-01T00:01:00.000Z', closeReason: 'client closed the connection', complete: true }));
+  t.equal(store.getSession('after')?.id, 'after', 'the index still takes rows');
+
+  // A session recorded since, whose row the next abrupt stop lost: found in today's directory.
+  const w = await RecordingWriter.open({
+    stateDir, key, onFailure: () => undefined,
+    meta: { sessionId: 'later', subject: 'ci-job', target: 'cache', protocol: 'redis', groups: ['ci'], issuer: 'i', startedAt: new Date().toISOString() },
+  });
+  w.record('client', Buffer.from('*1\r\n$4\r\nPING\r\n'));
+  await w.close({ closeReason: 'client closed the connection' });
+  t.same(await recoverSessionIndex(stateDir, store, keys, logger), { indexed: 1, closed: 0, unreadable: 0 });
+  t.equal(store.getSession('later')?.subject, 'ci-job');
 });
 
 t.test('the index is finished only after an abrupt stop, and never under a gateway still running', async (t) => {
