@@ -48,8 +48,8 @@ export interface ApiDeps {
   sessions?: SessionStore;
   /** Public recording keys by key id, for /api/sessions/:id/verify (e.g. () => loadRecordingPublicKeys(stateDir)). */
   recordingKeys?: () => Promise<Map<string, KeyObject>>;
-  /** Transcripts and verifications at once (default 2), and the largest recording the API makes a transcript of (default 256 MiB). */
-  recordingReads?: { concurrent?: number; transcriptMaxBytes?: number };
+  /** Transcripts and verifications at once (default 2), the largest recording the API makes a transcript of (default 256 MiB), and the events in one (default 100,000). */
+  recordingReads?: { concurrent?: number; transcriptMaxBytes?: number; transcriptMaxEvents?: number };
 }
 
 export interface RunningApi {
@@ -141,6 +141,12 @@ function approvalError(err: unknown): unknown {
 const MAX_RECORDING_READS = 2;
 /** The largest recording the API makes a transcript of (in memory); `sluice replay --file` streams any. */
 const TRANSCRIPT_MAX_BYTES = 256 * 1024 * 1024;
+/**
+ * Events in a transcript the API builds: a recording well under
+ * TRANSCRIPT_MAX_BYTES may hold tens of millions of tiny replies, each an
+ * object in memory. Past it the transcript says where it was cut.
+ */
+const TRANSCRIPT_MAX_EVENTS = 100_000;
 
 function sendError(reply: FastifyReply, status: number, code: string, message: string): FastifyReply {
   if (status === 401) reply.header('www-authenticate', 'Bearer realm="sluice", error="invalid_token"');
@@ -338,15 +344,25 @@ export async function startApi(deps: ApiDeps): Promise<RunningApi> {
   let reading = 0;
   const maxReads = deps.recordingReads?.concurrent ?? MAX_RECORDING_READS;
   const transcriptMax = deps.recordingReads?.transcriptMaxBytes ?? TRANSCRIPT_MAX_BYTES;
-  const readingRecording = async <T>(work: () => Promise<T>): Promise<T> => {
+  const transcriptEvents = deps.recordingReads?.transcriptMaxEvents ?? TRANSCRIPT_MAX_EVENTS;
+  /** Takes one of the maxReads slots (503 when none is free); the function returned gives it back, once. */
+  const readSlot = (): (() => void) => {
     if (reading >= maxReads) {
       throw new ApiError(503, ApiErrorCodes.API_BUSY, `${maxReads} transcripts or verifications are being made; try again shortly`);
     }
     reading++;
+    let held = true;
+    return () => {
+      if (held) reading--;
+      held = false;
+    };
+  };
+  const readingRecording = async <T>(work: () => Promise<T>): Promise<T> => {
+    const release = readSlot();
     try {
       return await work();
     } finally {
-      reading--;
+      release();
     }
   };
 
@@ -365,8 +381,18 @@ export async function startApi(deps: ApiDeps): Promise<RunningApi> {
       );
     }
     const wantsJson = format === 'json' || (format === undefined && /application\/json/.test(String(req.headers.accept ?? '')));
-    if (wantsJson) return reply.type('application/json; charset=utf-8').send(await readingRecording(() => transcriptJson(path)));
-    return reply.type('text/plain; charset=utf-8').send(await readingRecording(() => transcriptText(path)));
+    // The slot is held until the response is gone, not only while it is built: a client that does
+    // not read would otherwise have any number of finished transcripts wait in memory.
+    const release = readSlot();
+    reply.raw.once('close', release);
+    try {
+      const opts = { maxEvents: transcriptEvents };
+      if (wantsJson) return reply.type('application/json; charset=utf-8').send(await transcriptJson(path, opts));
+      return reply.type('text/plain; charset=utf-8').send(await transcriptText(path, opts));
+    } catch (err) {
+      release();
+      throw err;
+    }
   });
 
   app.get<{ Params: { id: string } }>('/api/sessions/:id/recording', async (req, reply) => {

@@ -243,7 +243,16 @@ export class RedisDecoder implements ProtocolDecoder {
       const shown: string[] = [];
       let kind = 'reply';
       while (pos < whole.length) {
-        const r = parseResp(whole, pos);
+        let r: ReturnType<typeof parseResp>;
+        try {
+          r = parseResp(whole, pos);
+        } catch (err) {
+          // Framed (the framer allows deeper nesting than the display parser), but not shown: the
+          // stream goes on with the next reply.
+          shown.push(`(not shown: ${err instanceof Error ? err.message : String(err)})`);
+          kind = 'undecodable';
+          break;
+        }
         if ('need' in r) break;
         pos = r.end;
         const v = r.v;

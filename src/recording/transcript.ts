@@ -182,7 +182,20 @@ export interface TranscriptSummary {
 export interface TranscriptOptions {
   /** Called now and then with bytes of the file read so far and its size. */
   onProgress?: (done: number, total: number) => void;
+  /**
+   * Stop decoding after this many events (one `cut` event says so; the
+   * summary still covers the whole file). For transcripts built in memory
+   * (the API): a small recording may hold millions of tiny replies.
+   */
+  maxEvents?: number;
 }
+
+/**
+ * A record is handed to its decoder in slices of this size: a decoder's
+ * work and memory per call stay bounded whatever size a (crafted) record
+ * claims, and the event cap is checked between slices.
+ */
+const DECODE_SLICE = 1024 * 1024;
 
 /**
  * Streams the transcript of the recording at `path`: `onHeader` once, then
@@ -204,7 +217,23 @@ export async function streamTranscript(
   let events = 0;
   let last: Stamp = { t: 0, seq: 0 };
   let lastProgress = 0;
+  const maxEvents = opts.maxEvents ?? Infinity;
+  let cut = false;
+  let dropped = false;
+  /** After an event was dropped for the cap: one `cut` event, and no more decoding. */
+  const cutIfDropped = (at: Stamp): void => {
+    if (!dropped || cut) return;
+    cut = true;
+    decoder = undefined;
+    events++;
+    emit({ ...at, dir: 'control', kind: 'cut', text: `transcript cut after ${maxEvents} events; \`sluice replay --file\` on the downloaded recording shows all of it` });
+  };
   const count: EmitFn = (e) => {
+    // Past the cap: dropped (at most one slice's worth arrive before decoding stops).
+    if (events >= maxEvents) {
+      dropped = true;
+      return;
+    }
     events++;
     // The decoders escape what they quote; every event's text is escaped once more here, where all
     // pass, for the text and the JSON transcript alike: a value a decoder printed as it came (a status
@@ -228,10 +257,15 @@ export async function streamTranscript(
       lastProgress = rec.offset;
       opts.onProgress(rec.offset, size);
     }
-    if (rec.type === 'data') decoder?.push(rec.direction, rec.bytes, at, count);
-    else if (rec.type === 'truncated') {
+    if (rec.type === 'data') {
+      for (let i = 0; decoder !== undefined && i < rec.bytes.length; i += DECODE_SLICE) {
+        decoder.push(rec.direction, rec.bytes.length <= DECODE_SLICE ? rec.bytes : rec.bytes.subarray(i, i + DECODE_SLICE), at, count);
+        cutIfDropped(at);
+      }
+    } else if (rec.type === 'truncated') {
       truncated = true;
       count({ ...at, dir: 'control', kind: 'truncated', text: 'recording truncated: the session reached the recording size cap and was ended' });
+      cutIfDropped(at);
     } else if (rec.type === 'footer') {
       footer = rec.body as FooterBody | undefined;
     }
@@ -243,6 +277,7 @@ export async function streamTranscript(
     decoder = await decoderFor(header.protocol);
   }
   decoder?.finish(count, last);
+  cutIfDropped(last);
   if (opts.onProgress) opts.onProgress(size, size);
   return {
     header,

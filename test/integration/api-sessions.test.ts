@@ -29,7 +29,7 @@ function pgMessage(type: string, body: Buffer): Buffer {
 }
 const cstr = (s: string) => Buffer.from(`${s}\0`, 'utf8');
 
-async function setup(t: Test, recordingReads?: { concurrent?: number; transcriptMaxBytes?: number }) {
+async function setup(t: Test, recordingReads?: { concurrent?: number; transcriptMaxBytes?: number; transcriptMaxEvents?: number }) {
   const dir = t.testdir();
   const stateDir = join(dir, 'state');
   const logs: string[] = [];
@@ -182,6 +182,16 @@ t.test('transcripts and verifications: a size cap on transcripts, a few at a tim
   t.equal(big.status, 413);
   t.match(JSON.parse(big.text), { code: 'SLUICE_API_TOO_LARGE', message: /more than the 100 the API makes a transcript of; download \/api\/sessions\/s-ci\/recording and run sluice replay --file/ });
   t.equal((await small.call('/api/sessions/s-ci/verify', small.tokens.auditor)).status, 200, 'verify streams: no cap');
+
+  // The events of one transcript are capped, and the transcript says where it was cut.
+  const few = await setup(t, { transcriptMaxEvents: 2, concurrent: 1 });
+  const cut = JSON.parse((await few.call('/api/sessions/s-ci/transcript?format=json', few.tokens.auditor)).text) as { events: { kind: string; text: string }[]; summary: { records: number } };
+  t.equal(cut.events.length, 3, 'two events, then the cut');
+  t.match(cut.events[2], { kind: 'cut', text: /transcript cut after 2 events/ });
+  t.equal(cut.summary.records, 4, 'the summary still covers every record');
+  // The one slot is given back once each response is out.
+  t.equal((await few.call('/api/sessions/s-ci/transcript', few.tokens.auditor)).status, 200, 'a second transcript after the first');
+  t.equal((await few.call('/api/sessions/s-ci/verify', few.tokens.auditor)).status, 200, 'and a verification');
 
   const none = await setup(t, { concurrent: 0 });
   for (const p of ['/api/sessions/s-ci/transcript', '/api/sessions/s-ci/verify']) {

@@ -69,6 +69,31 @@ t.test('Redis: a hostile argument and a hostile error reply', async (t) => {
   t.same(JSON.parse(line), { value: HOSTILE }, 'and reads back as the same value');
 });
 
+t.test('Redis: a reply nested deeper than the display parser goes is shown as undecodable, and the stream goes on', async (t) => {
+  const deep = Buffer.from(`${'*1\r\n'.repeat(65)}:1\r\n+OK\r\n`);
+  const path = await record('redis', [
+    ['client', Buffer.from('*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPING\r\n')],
+    ['server', deep],
+  ]);
+  const { events } = await transcriptJson(path);
+  const replies = events.filter((e) => e.dir === 'server');
+  t.match(replies[0], { kind: 'undecodable', text: /not shown: RESP nesting deeper than 64/ });
+  t.match(replies[1], { kind: 'reply', text: /OK/ }, 'the next reply is decoded');
+});
+
+t.test('a transcript can be capped in events; a huge record is decoded in slices', async (t) => {
+  // 3 MiB of RESP3 nulls in one record: a million replies.
+  const nulls = Buffer.from('_\r\n'.repeat(1024 * 1024));
+  const path = await record('redis', [['server', nulls], ['server', Buffer.from('+OK\r\n')]]);
+  const capped = await transcriptJson(path, { maxEvents: 10 });
+  t.equal(capped.events.length, 11);
+  t.match(capped.events[10], { dir: 'control', kind: 'cut', text: /transcript cut after 10 events/ });
+  t.equal(capped.summary.records, 2, 'every record counted');
+  t.equal(capped.summary.complete, true);
+  const all = await transcriptJson(path);
+  t.equal(all.events.length, 1024 * 1024 + 1, 'uncapped (the CLI streams): every reply');
+});
+
 t.test('PostgreSQL: an ErrorResponse whose severity and code are hostile', async (t) => {
   const field = (code: string, value: string): Buffer => Buffer.concat([Buffer.from(code), Buffer.from(value, 'utf8'), Buffer.alloc(1)]);
   const error = pgMessage('E', Buffer.concat([field('S', HOSTILE), field('V', 'ERROR'), field('C', `\u001b[2J${HOSTILE}`), field('M', HOSTILE), Buffer.alloc(1)]));
