@@ -19,6 +19,7 @@ import { fastify, type FastifyError, type FastifyReply, type FastifyRequest } fr
 import { sessionJson } from '../cli/sessions.js';
 import { SESSION_ID_PATTERN } from '../recording/format.js';
 import { transcriptJson, transcriptText } from '../recording/transcript.js';
+import { recordingPathWithin } from '../recording/files.js';
 import { describeVerify, verifyRecording } from '../recording/verify.js';
 import type { ApiConfig } from '../config/types.js';
 import { isSluiceError } from '../errors.js';
@@ -46,6 +47,8 @@ export interface ApiDeps {
   health(): HealthReport;
   /** The session index; without it the /api/sessions routes answer 404. */
   sessions?: SessionStore;
+  /** The state directory: recordings are served only from its `recordings` directory. */
+  stateDir?: string;
   /** Public recording keys by key id, for /api/sessions/:id/verify (e.g. () => loadRecordingPublicKeys(stateDir)). */
   recordingKeys?: () => Promise<Map<string, KeyObject>>;
   /** Transcripts and verifications at once (default 2), the largest recording the API makes a transcript of (default 256 MiB), and the events in one (default 100,000). */
@@ -308,10 +311,9 @@ export async function startApi(deps: ApiDeps): Promise<RunningApi> {
     return rec;
   };
   const recordingOf = async (rec: SessionRecord): Promise<string> => {
-    const path = rec.recordingPath;
-    if (!path || !(await stat(path).then((st) => st.isFile(), () => false))) {
-      throw new ApiError(404, ApiErrorCodes.API_NOT_FOUND, `session ${rec.id} has no recording`);
-    }
+    // Only a file inside the recordings directory: the index row's path is not trusted as it is.
+    const path = deps.stateDir === undefined ? undefined : await recordingPathWithin(deps.stateDir, rec.recordingPath);
+    if (path === undefined) throw new ApiError(404, ApiErrorCodes.API_NOT_FOUND, `session ${rec.id} has no recording`);
     return path;
   };
 

@@ -23,7 +23,7 @@ import { readRecording } from '../recording/reader.js';
 import { buildReplayScript, startReplayServer } from '../recording/replay-server.js';
 import { jsonLine, printable, progressPrinter, renderEvent, renderHeader, renderSummary, streamTranscript } from '../recording/transcript.js';
 import { openSqliteStore } from '../store/sqlite.js';
-import { listRecordingFiles } from '../recording/files.js';
+import { listRecordingFiles, recordingPathWithin } from '../recording/files.js';
 
 export interface ReplayIo {
   stdout: { write(s: string | Uint8Array): unknown };
@@ -66,7 +66,8 @@ async function findRecording(id: string, config: string | undefined, io: ReplayI
   try {
     const store = openSqliteStore(stateDir);
     try {
-      indexed = store.getSession(id)?.recordingPath;
+      // Only a file inside the recordings directory (the row's path is not trusted as it is).
+      indexed = await recordingPathWithin(stateDir, store.getSession(id)?.recordingPath);
     } finally {
       store.close();
     }

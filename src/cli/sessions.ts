@@ -15,7 +15,7 @@ import { loadConfig } from '../config/load.js';
 import { isSluiceError } from '../errors.js';
 import { parseDuration } from '../identity/dev-issuer.js';
 import { FILE_EXTENSION, SESSION_ID_PATTERN } from '../recording/format.js';
-import { listRecordingFiles } from '../recording/files.js';
+import { listRecordingFiles, recordingPathWithin } from '../recording/files.js';
 import { loadRecordingPublicKeys } from '../recording/keys.js';
 import { describeVerify, verifyRecording, type VerifyResult } from '../recording/verify.js';
 import { openSqliteStore } from '../store/sqlite.js';
@@ -209,7 +209,7 @@ export async function verifyCommand(args: string[], io: SessionsIo = defaultIo()
     const files = await listRecordingFiles(stateDir);
     const targets: { id: string; path?: string }[] = [];
     if (id !== undefined) {
-      const path = store.getSession(id)?.recordingPath ?? files.find((f) => f.endsWith(`/${id}${FILE_EXTENSION}`));
+      const path = (await recordingPathWithin(stateDir, store.getSession(id)?.recordingPath)) ?? files.find((f) => f.endsWith(`/${id}${FILE_EXTENSION}`));
       targets.push(path ? { id, path } : { id });
     } else {
       const seen = new Set<string>();
@@ -220,7 +220,7 @@ export async function verifyCommand(args: string[], io: SessionsIo = defaultIo()
       }
       // Indexed sessions whose recording is gone are failures too: every row, not the newest page.
       for (const s of store.sessionRecordings()) {
-        if (!seen.has(s.id)) targets.push({ id: s.id, path: s.recordingPath });
+        if (!seen.has(s.id)) targets.push({ id: s.id, path: await recordingPathWithin(stateDir, s.recordingPath) });
       }
     }
     const tty = values.all === true && io.stderr.isTTY === true;

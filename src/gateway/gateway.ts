@@ -183,6 +183,7 @@ export class Gateway {
           logger,
           health: () => gateway.health(),
           sessions: store,
+          stateDir: config.stateDir,
           recordingKeys: () => loadRecordingPublicKeys(config.stateDir),
         });
       }

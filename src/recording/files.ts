@@ -4,7 +4,7 @@
  * each file is made.
  */
 import { close, open, write } from 'node:fs';
-import { mkdir, readdir } from 'node:fs/promises';
+import { mkdir, readdir, realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FILE_EXTENSION } from './format.js';
 
@@ -122,4 +122,23 @@ export async function listRecordingFiles(stateDir: string, fromDay = ''): Promis
   };
   await walk(join(stateDir, 'recordings'), '', 0);
   return out;
+}
+
+/**
+ * `path` (a recording path from the sessions index) when it names a regular
+ * `.sluicerec` file inside `<stateDir>/recordings`, symlinks resolved; else
+ * undefined. The index is a file on disk like any other: a row pointing
+ * elsewhere (a restored or edited database) must not make the API or the
+ * CLI serve the recording key, the dev issuer's key or any other file the
+ * gateway can read.
+ */
+export async function recordingPathWithin(stateDir: string, path: string | undefined): Promise<string | undefined> {
+  if (!path || !path.endsWith(FILE_EXTENSION)) return undefined;
+  try {
+    const [root, real] = await Promise.all([realpath(join(stateDir, 'recordings')), realpath(path)]);
+    if (!real.startsWith(`${root}/`) || !real.endsWith(FILE_EXTENSION)) return undefined;
+    return (await stat(real)).isFile() ? real : undefined;
+  } catch {
+    return undefined;
+  }
 }

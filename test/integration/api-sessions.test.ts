@@ -4,8 +4,8 @@
  * verification. A real API over a real SQLite store, recordings written
  * with the real RecordingWriter.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import t, { type Test } from 'tap';
 import { Metrics } from '../../src/api/metrics.js';
 import { startApi } from '../../src/api/server.js';
@@ -74,6 +74,7 @@ async function setup(t: Test, recordingReads?: { concurrent?: number; transcript
     logger,
     health: () => ({ ok: true, checks: {} }),
     sessions: store,
+    stateDir,
     recordingKeys: () => loadRecordingPublicKeys(stateDir),
     ...(recordingReads ? { recordingReads } : {}),
   });
@@ -92,7 +93,7 @@ async function setup(t: Test, recordingReads?: { concurrent?: number; transcript
     const body = Buffer.from(await res.arrayBuffer());
     return { status: res.status, body, text: body.toString('utf8'), type: res.headers.get('content-type') ?? '', headers: res.headers };
   };
-  return { call, tokens, sessions, logs };
+  return { call, tokens, sessions, logs, store, stateDir };
 }
 
 t.test('auditor role required', async (t) => {
@@ -127,6 +128,26 @@ t.test('list with filters, one session, 404 and 400', async (t) => {
   t.equal((await s.call('/api/sessions/nope', s.tokens.auditor)).status, 404);
   t.equal((await s.call('/api/sessions/bad!id', s.tokens.auditor)).status, 400);
   t.equal((await s.call('/api/sessions/s-norec/transcript', s.tokens.auditor)).status, 404, 'a session without a recording');
+  // Rows whose recording path leads out of the recordings directory (an edited or restored index):
+  // the dev issuer's signing key under a recording's name, and a link to it from inside.
+  const outside = join(s.stateDir, 'dev-issuer', 'private.jwk');
+  const renamed = join(s.stateDir, 'key-copy.sluicerec');
+  writeFileSync(renamed, readFileSync(outside));
+  const link = join(dirname(s.sessions['s-ci']!.path), 'link.sluicerec');
+  symlinkSync(outside, link);
+  for (const [id, recordingPath] of [['s-outside', renamed], ['s-link', link]] as const) {
+    s.store.upsertSession({
+      id, subject: 'ci-job', groups: [], issuer: 'dev', target: 'app-db', protocol: 'redis', startedAt: new Date().toISOString(),
+      bytesIn: 0, bytesOut: 0, statementsAllowed: 0, statementsDenied: 0, approvals: 0, maskingCounts: {}, complete: true, recordingPath,
+    });
+  }
+  for (const id of ['s-outside', 's-link']) {
+    for (const p of ['recording', 'transcript', 'verify']) {
+      const r = await s.call(`/api/sessions/${id}/${p}`, s.tokens.auditor);
+      t.equal(r.status, 404, `${id}/${p}: a path out of the recordings directory is not served`);
+      t.notOk(r.text.includes('"d"'), 'no key material');
+    }
+  }
 });
 
 t.test('transcript as text and JSON, recording download, verify', async (t) => {
