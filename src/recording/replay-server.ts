@@ -52,7 +52,7 @@ import { error } from '../../protocols/redis/replies.js';
 import type { Direction } from './format.js';
 import { readRecording } from './reader.js';
 import { PG_REQUEST_CODES, PgClientMessages, pgMessageName } from './transcript-postgres.js';
-import { RespQueue, commandArgs } from './transcript-redis.js';
+import { RespRequestFramer } from '../../protocols/redis/resp.js';
 import { redisCredentialArgs } from './scrub.js';
 import { printable } from './transcript.js';
 
@@ -94,16 +94,23 @@ function splitterFor(protocol: string): ClientSplitter {
         })),
     };
   }
-  const q = new RespQueue();
+  // The gateway's own request framer: incremental, so a command spread over many records is read
+  // once (re-parsing the reassembled bytes from the start at each record took time quadratic in
+  // their number: hours for a crafted 9 MB file).
+  const framer = new RespRequestFramer();
   return {
-    push: (bytes) =>
-      q.push(bytes).map((v) => {
-        const args = commandArgs(v);
-        const secret = redisCredentialArgs(args);
-        // AUTH pw, AUTH user pw, HELLO 3 AUTH user pw: one password; anything else is malformed.
-        const credential = secret.length === 0 ? undefined : secret.length === 1 ? args[secret[0]!]! : Buffer.alloc(0);
-        return { name: (args[0]?.toString('utf8') ?? '?').toUpperCase(), ...(credential !== undefined ? { credential } : {}) };
-      }),
+    push: (bytes) => {
+      const out: { name: string; credential?: Buffer }[] = [];
+      framer.push(bytes, {
+        command: (_raw, args) => {
+          const secret = redisCredentialArgs(args);
+          // AUTH pw, AUTH user pw, HELLO 3 AUTH user pw: one password; anything else is malformed.
+          const credential = secret.length === 0 ? undefined : secret.length === 1 ? args[secret[0]!]! : Buffer.alloc(0);
+          out.push({ name: (args[0]?.toString('utf8') ?? '?').toUpperCase(), ...(credential !== undefined ? { credential } : {}) });
+        },
+      });
+      return out;
+    },
   };
 }
 
@@ -127,7 +134,14 @@ export async function buildReplayScript(path: string, opts: { onProgress?: (done
     if (dir === 'client') {
       const names: string[] = [];
       const login: boolean[] = [];
-      for (const m of split.push(rec.bytes)) {
+      let messages: ReturnType<ClientSplitter['push']>;
+      try {
+        messages = split.push(rec.bytes);
+      } catch (err) {
+        // The client's stream does not parse from here: the replay could not follow it.
+        throw new Error(`record ${rec.seq} (client, at byte ${rec.offset}) cannot be replayed: ${err instanceof Error ? err.message : String(err)}`);
+      }
+      for (const m of messages) {
         if (m.tls) dropServer++;
         else {
           names.push(m.name);

@@ -91,41 +91,6 @@ export function parseResp(buf: Buffer, pos: number, depth = 0): Parsed {
   }
 }
 
-/** Reassembles one direction and yields whole values. */
-export class RespQueue {
-  private chunks: Buffer[] = [];
-  private total = 0;
-  private need = 1;
-
-  get length(): number {
-    return this.total;
-  }
-
-  push(bytes: Buffer): RespValue[] {
-    if (bytes.length) {
-      this.chunks.push(bytes);
-      this.total += bytes.length;
-    }
-    if (this.total < this.need) return [];
-    const buf = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks);
-    const out: RespValue[] = [];
-    let pos = 0;
-    for (;;) {
-      const r = parseResp(buf, pos);
-      if ('need' in r) {
-        this.need = r.need - pos;
-        break;
-      }
-      out.push(r.v);
-      pos = r.end;
-    }
-    const rest = buf.subarray(pos);
-    this.chunks = rest.length ? [rest] : [];
-    this.total = rest.length;
-    return out;
-  }
-}
-
 /** Command arguments as buffers (bulk strings; inline words). */
 export function commandArgs(v: RespValue): Buffer[] {
   return (v.items ?? []).map((i) => i.b ?? Buffer.from(i.s ?? ''));
