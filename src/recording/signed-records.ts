@@ -110,6 +110,12 @@ export function batchSignedPayloads(items: readonly SignedItem[], privateKey: Ke
 
 // --- reading ------------------------------------------------------------------
 
+/**
+ * The largest checkpoint or footer JSON a reader parses. The writer's are
+ * a few hundred bytes (ids, counts, a hash, a close reason).
+ */
+export const MAX_SIGNED_JSON = 64 * 1024;
+
 function parseJson(json: Buffer): { ok: true; body: unknown } | { ok: false } {
   try {
     return { ok: true, body: JSON.parse(json.toString('utf8')) };
@@ -125,6 +131,9 @@ function parseJson(json: Buffer): { ok: true; body: unknown } | { ok: false } {
 export function parseSignedPayload(version: number, payload: Buffer): SignedPayload | undefined {
   if (version < 1 || version > BATCH_SIGNED_VERSION || payload.length < 4 + SIGNATURE_SIZE) return undefined;
   const n = payload.readUInt32BE(0);
+  // Parsed before its signature is checked: a crafted record's
+  // 256 MiB of nested JSON would take the reader's memory, and the gateway's (the API's verify).
+  if (n > MAX_SIGNED_JSON) return undefined;
   const json = payload.subarray(4, Math.min(payload.length, 4 + n));
   if (version < BATCH_SIGNED_VERSION) {
     if (4 + n + SIGNATURE_SIZE !== payload.length) return undefined;

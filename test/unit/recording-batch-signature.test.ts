@@ -20,6 +20,7 @@ import {
   CHECKPOINT_SIG_DOMAIN,
   FOOTER_SIG_DOMAIN,
   MAX_BATCH_LEAVES,
+  MAX_SIGNED_JSON,
   batchSignedPayloads,
   parseSignedPayload,
   signedItem,
@@ -98,6 +99,11 @@ t.test('batch payloads: one signature, each payload verifies alone, and only as 
   t.equal(verifySignedPayload(CHECKPOINT_SIG_DOMAIN, r, publicKey), false, 'the tree size is signed with the root');
   t.equal(parseSignedPayload(2, payloads[1]!), undefined, 'a version 3 payload is malformed to a version 2 reader');
   t.equal(parseSignedPayload(3, payloads[1]!.subarray(0, payloads[1]!.length - 1)), undefined, 'a payload one byte short');
+  // JSON is parsed before the signature is checked: a body longer than any the writer makes is not.
+  const nested = { sessionId: 'a', pad: 'x'.repeat(MAX_SIGNED_JSON) };
+  const oversized = batchSignedPayloads([signedItem(FOOTER_SIG_DOMAIN, nested)], privateKey)[0]!;
+  t.equal(parseSignedPayload(3, oversized), undefined, `a body over ${MAX_SIGNED_JSON} bytes is malformed, not parsed`);
+  t.equal(parseSignedPayload(2, Buffer.concat([oversized.subarray(0, 4 + oversized.readUInt32BE(0)), Buffer.alloc(64)])), undefined, 'in version 2 too');
 
   const many = Array.from({ length: MAX_BATCH_LEAVES + 3 }, (_, i) => signedItem(FOOTER_SIG_DOMAIN, { n: i }));
   const big = batchSignedPayloads(many, privateKey).map((p) => parseSignedPayload(3, p)!);
