@@ -20,7 +20,7 @@ import { sessionJson } from '../cli/sessions.js';
 import { SESSION_ID_PATTERN } from '../recording/format.js';
 import { transcriptJson, transcriptText } from '../recording/transcript.js';
 import { recordingPathWithin } from '../recording/files.js';
-import { describeVerify, verifyRecording } from '../recording/verify.js';
+import { againstIndex, describeVerify, verifyRecording } from '../recording/verify.js';
 import type { ApiConfig } from '../config/types.js';
 import { isSluiceError } from '../errors.js';
 import { parseDuration } from '../identity/dev-issuer.js';
@@ -412,7 +412,7 @@ export async function startApi(deps: ApiDeps): Promise<RunningApi> {
     const rec = sessionFor(req.params.id);
     const path = await recordingOf(rec);
     const keys = deps.recordingKeys ? await deps.recordingKeys() : new Map<string, KeyObject>();
-    const r = await readingRecording(() => verifyRecording(path, keys, { sessionId: rec.id }));
+    const r = againstIndex(await readingRecording(() => verifyRecording(path, keys, { sessionId: rec.id })), rec);
     return {
       id: rec.id,
       ok: r.ok,

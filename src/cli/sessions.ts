@@ -17,7 +17,7 @@ import { parseDuration } from '../identity/dev-issuer.js';
 import { FILE_EXTENSION, SESSION_ID_PATTERN } from '../recording/format.js';
 import { listRecordingFiles, recordingPathWithin } from '../recording/files.js';
 import { loadRecordingPublicKeys } from '../recording/keys.js';
-import { describeVerify, verifyRecording, type VerifyResult } from '../recording/verify.js';
+import { againstIndex, describeVerify, verifyRecording, type VerifyResult } from '../recording/verify.js';
 import { openSqliteStore } from '../store/sqlite.js';
 import type { SessionRecord, SessionStore, Store } from '../store/types.js';
 
@@ -234,7 +234,8 @@ export async function verifyCommand(args: string[], io: SessionsIo = defaultIo()
         r = { ok: false, complete: false, records: 0, verifiedThroughSeq: -1, firstBad: { offset: 0, reason: 'no recording found for this session' } };
       } else {
         // Verified as the session it is listed under: another session's file in its place fails.
-        r = await verifyRecording(t.path, keys, { sessionId: t.id });
+        // And held against its index row: a tail cut after the close is not a crash.
+        r = againstIndex(await verifyRecording(t.path, keys, { sessionId: t.id }), store.getSession(t.id));
       }
       if (!r.ok || !r.complete) failures++;
       if (tty) io.stderr.write('\r\u001b[K');

@@ -194,6 +194,31 @@ async function verifyOpen(src: ByteSource, keys: PublicKeys, sessionId: string |
 }
 
 /** One line for a person: what verify found. */
+/**
+ * A file's verification held against its row in the sessions index. The
+ * file alone cannot tell a tail cut off after the session closed from a
+ * crash before it did (both read as INCOMPLETE); the index can: it records
+ * a recording's size and final hash once its footer is written. A file
+ * that falls short of that was cut, or replaced, afterwards.
+ */
+export function againstIndex(r: VerifyResult, row: { complete: boolean; recordingSize?: number | undefined; finalHash?: string | undefined } | undefined): VerifyResult {
+  if (!r.ok || row === undefined || !row.complete) return r;
+  if (!r.complete) {
+    return {
+      ...r,
+      ok: false,
+      firstBad: {
+        offset: r.partialTail?.offset ?? 0,
+        reason: `the sessions index records this recording closed with its footer (${row.recordingSize ?? '?'} bytes), but the file has none: cut after it was closed`,
+      },
+    };
+  }
+  if (row.finalHash !== undefined && r.footer !== undefined && r.footer.finalChain !== row.finalHash) {
+    return { ...r, ok: false, firstBad: { offset: 0, reason: 'the footer verifies, but its final hash is not the one the sessions index recorded at the close: another recording of this session' } };
+  }
+  return r;
+}
+
 export function describeVerify(r: VerifyResult): string {
   if (!r.ok) {
     const where = r.firstBad?.seq !== undefined ? `record ${r.firstBad.seq} at offset ${r.firstBad.offset}` : `offset ${r.firstBad?.offset ?? 0}`;

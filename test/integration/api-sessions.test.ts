@@ -15,6 +15,7 @@ import { createTokenVerifier } from '../../src/identity/verifier.js';
 import { createLogger } from '../../src/log.js';
 import { ApprovalManager } from '../../src/policy/approvals.js';
 import { loadRecordingPublicKeys, openRecordingKey } from '../../src/recording/keys.js';
+import { readRecording } from '../../src/recording/reader.js';
 import { RecordingWriter } from '../../src/recording/writer.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
 import type { SessionRecord } from '../../src/store/types.js';
@@ -195,6 +196,17 @@ t.test('transcript as text and JSON, recording download, verify', async (t) => {
   const swapped = JSON.parse((await s.call('/api/sessions/s-agent/verify', s.tokens.auditor)).text) as { ok: boolean; first_bad: { reason: string } };
   t.equal(swapped.ok, false);
   t.match(swapped.first_bad.reason, /the file is the recording of session s-ci, not of s-agent: swapped/);
+
+  // s-ci's footer and trailer cut off: alone, the file reads as a crash (INCOMPLETE); its index row
+  // says it was closed, so it was cut afterwards.
+  const ciPath = s.sessions['s-ci']!.path;
+  let footerAt = -1;
+  for await (const e of readRecording(ciPath)) if (e.type === 'footer') footerAt = e.offset;
+  t.ok(footerAt > 0);
+  writeFileSync(ciPath, readFileSync(ciPath).subarray(0, footerAt));
+  const cut = JSON.parse((await s.call('/api/sessions/s-ci/verify', s.tokens.auditor)).text) as { ok: boolean; complete: boolean; result: string };
+  t.match(cut, { ok: false, complete: false });
+  t.match(cut.result, /^TAMPERED: .*the sessions index records this recording closed with its footer \(\d+ bytes\), but the file has none: cut after it was closed/);
 });
 
 t.test('transcripts and verifications: a size cap on transcripts, a few at a time', async (t) => {

@@ -296,11 +296,12 @@ policies:
     const lines = c.out().trim().split('\n').map((l) => JSON.parse(l) as { id: string; ok: boolean });
     t.same(lines.map((l) => [l.id, l.ok]).sort(), [['good1', true], ['good2', false]]);
 
-    // A crash: the file ends without its footer.
+    // The footer cut off: alone, the file reads as a crash (INCOMPLETE); its index row says it
+    // was closed, so it was cut afterwards (a crash's own INCOMPLETE: recording-crash.test.ts).
     writeFileSync(paths.good2!, bytes.subarray(0, bytes.length - 150));
     c = capture();
     t.equal(await verifyCommand(['good2', '--config', config], c.io), 1, 'incomplete is not "all good"');
-    t.match(c.out(), /INCOMPLETE/);
+    t.match(c.out(), /good2: TAMPERED: offset \d+: the sessions index records this recording closed with its footer \(\d+ bytes\), but the file has none: cut after it was closed/);
 
     // good1's whole, signed recording copied over good2's: each file is sound, but not good2's.
     writeFileSync(paths.good2!, readFileSync(paths.good1!));
