@@ -243,6 +243,16 @@ export class PgFramer {
     return this.hdrLength + (this.state === BODY_INSPECT ? this.msgFilled : 0) + this.unframed;
   }
 
+  /**
+   * Between pushes: the typed message assembled across chunks, if any (its
+   * header was read, its body is not whole yet): its type and the stream
+   * offset of its first byte.
+   */
+  get partialMessage(): { type: number; offset: number } | undefined {
+    if (this.state !== BODY_INSPECT || this.msgStartup) return undefined;
+    return { type: this.msgType, offset: this.chunkBase - this.msgFilled };
+  }
+
   /** True when the framer is between two messages (no partial header or body). */
   get atMessageBoundary(): boolean {
     return this.state === HEADER && this.hdrLength === 0;

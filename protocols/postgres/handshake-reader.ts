@@ -158,17 +158,23 @@ export class HandshakeReader {
   refuse(type: number, what: string, queueStart: number): void {
     this.framer.refuse(type, what);
     let offset = queueStart;
+    let at: number | undefined;
     for (const m of this.#queue) {
       if (m.type === type) {
-        const err = new RefusedMessage(what, type, offset);
-        this.#failure ??= err;
-        this.#socket?.pause();
-        this.onRefused?.(err);
-        this.#notify();
-        return;
+        at = offset;
+        break;
       }
       offset += m.bytes.length;
     }
+    // One whose header came already, its body not yet whole: the framer's table no longer sees it.
+    const partial = this.framer.partialMessage;
+    if (at === undefined && partial?.type === type) at = partial.offset;
+    if (at === undefined) return;
+    const err = new RefusedMessage(what, type, at);
+    this.#failure ??= err;
+    this.#socket?.pause();
+    this.onRefused?.(err);
+    this.#notify();
   }
 
   /** Everything queued, in wire order, as owned bytes (the relay sends them first). */

@@ -154,6 +154,8 @@ export class PostgresSession implements SessionHandle {
     if (this.#reader.failure) throw this.#reader.failure;
     const token = parsePasswordMessage(password.bytes);
     const identity = await this.ctx.verifier.verify(token);
+    // A refused message that came while the token was checked: no upstream login for it.
+    if (this.#reader.failure) throw this.#reader.failure;
     this.#identity = identity;
     this.#recording?.identified(identity);
     const log = this.#log.child({ subject: identity.subject, tokenId: identity.tokenId });
