@@ -15,6 +15,7 @@
 import type { KeyObject } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
+import { finished } from 'node:stream';
 import { fastify, type FastifyError, type FastifyReply, type FastifyRequest } from 'fastify';
 import { sessionJson } from '../cli/sessions.js';
 import { SESSION_ID_PATTERN } from '../recording/format.js';
@@ -49,6 +50,8 @@ export interface ApiDeps {
   sessions?: SessionStore;
   /** The state directory: recordings are served only from its `recordings` directory. */
   stateDir?: string;
+  /** `recording.fsync`: with `off`, a footer lost to a power cut while its row survived is not tampering. */
+  recordingFsync?: 'close' | 'off';
   /** Public recording keys by key id, for /api/sessions/:id/verify (e.g. () => loadRecordingPublicKeys(stateDir)). */
   recordingKeys?: () => Promise<Map<string, KeyObject>>;
   /** Transcripts and verifications at once (default 2), the largest recording the API makes a transcript of (default 256 MiB), and the events in one (default 100,000). */
@@ -383,17 +386,22 @@ export async function startApi(deps: ApiDeps): Promise<RunningApi> {
       );
     }
     const wantsJson = format === 'json' || (format === undefined && /application\/json/.test(String(req.headers.accept ?? '')));
-    // The slot is held until the response is gone, not only while it is built: a client that does
-    // not read would otherwise have any number of finished transcripts wait in memory.
+    // The slot is held until the transcript is built AND its response is gone: a client that does
+    // not read would otherwise have any number of finished transcripts wait in memory, and one that
+    // hangs up mid-build (and asks again) any number being built.
     const release = readSlot();
-    reply.raw.once('close', release);
+    let holds = 2;
+    const letGo = (): void => {
+      if (--holds === 0) release();
+    };
+    // Called at once (on the next tick) for a response already closed: the client left while it waited.
+    finished(reply.raw, letGo);
     try {
       const opts = { maxEvents: transcriptEvents };
-      if (wantsJson) return reply.type('application/json; charset=utf-8').send(await transcriptJson(path, opts));
-      return reply.type('text/plain; charset=utf-8').send(await transcriptText(path, opts));
-    } catch (err) {
-      release();
-      throw err;
+      const body = wantsJson ? await transcriptJson(path, opts) : await transcriptText(path, opts);
+      return reply.type(wantsJson ? 'application/json; charset=utf-8' : 'text/plain; charset=utf-8').send(body);
+    } finally {
+      letGo();
     }
   });
 
@@ -412,7 +420,9 @@ export async function startApi(deps: ApiDeps): Promise<RunningApi> {
     const rec = sessionFor(req.params.id);
     const path = await recordingOf(rec);
     const keys = deps.recordingKeys ? await deps.recordingKeys() : new Map<string, KeyObject>();
-    const r = againstIndex(await readingRecording(() => verifyRecording(path, keys, { sessionId: rec.id })), rec);
+    const r = againstIndex(await readingRecording(() => verifyRecording(path, keys, { sessionId: rec.id })), rec, {
+      footerDurable: (deps.recordingFsync ?? 'close') === 'close',
+    });
     return {
       id: rec.id,
       ok: r.ok,

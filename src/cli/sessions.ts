@@ -40,16 +40,24 @@ function printable(s: string): string {
   return s.replace(/[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
-async function openIndex(config: string | undefined, io: SessionsIo, cmd: string): Promise<{ stateDir: string; store: Store & SessionStore } | number> {
+async function openIndex(
+  config: string | undefined,
+  io: SessionsIo,
+  cmd: string,
+): Promise<{ stateDir: string; store: Store & SessionStore; footerDurable: boolean } | number> {
   let stateDir: string;
+  let footerDurable: boolean;
   try {
-    stateDir = (await loadConfig(config, io.env)).stateDir;
+    const c = await loadConfig(config, io.env);
+    stateDir = c.stateDir;
+    // Footers fsynced before their index rows (recording.fsync: close, the default).
+    footerDurable = (c.recording?.fsync ?? 'close') === 'close';
   } catch (err) {
     io.stderr.write(`sluice ${cmd}: ${isSluiceError(err) ? err.message : String(err)}\n`);
     return 2;
   }
   try {
-    return { stateDir, store: openSqliteStore(stateDir) };
+    return { stateDir, store: openSqliteStore(stateDir), footerDurable };
   } catch (err) {
     io.stderr.write(`sluice ${cmd}: cannot open the state database in ${stateDir}: ${err instanceof Error ? err.message : String(err)}\n`);
     return 1;
@@ -203,7 +211,7 @@ export async function verifyCommand(args: string[], io: SessionsIo = defaultIo()
 
   const opened = await openIndex(values.config, io, 'verify');
   if (typeof opened === 'number') return opened;
-  const { stateDir, store } = opened;
+  const { stateDir, store, footerDurable } = opened;
   try {
     const keys = await loadRecordingPublicKeys(stateDir);
     const files = await listRecordingFiles(stateDir);
@@ -234,8 +242,10 @@ export async function verifyCommand(args: string[], io: SessionsIo = defaultIo()
         r = { ok: false, complete: false, records: 0, verifiedThroughSeq: -1, firstBad: { offset: 0, reason: 'no recording found for this session' } };
       } else {
         // Verified as the session it is listed under: another session's file in its place fails.
-        // And held against its index row: a tail cut after the close is not a crash.
-        r = againstIndex(await verifyRecording(t.path, keys, { sessionId: t.id }), store.getSession(t.id));
+        // And held against its index row, read first: a session that closes while its file is
+        // read has a complete row but may not have its footer in what was read.
+        const row = store.getSession(t.id);
+        r = againstIndex(await verifyRecording(t.path, keys, { sessionId: t.id }), row, { footerDurable });
       }
       if (!r.ok || !r.complete) failures++;
       if (tty) io.stderr.write('\r\u001b[K');

@@ -184,6 +184,7 @@ export class Gateway {
           health: () => gateway.health(),
           sessions: store,
           stateDir: config.stateDir,
+          recordingFsync: config.recording?.fsync ?? 'close',
           recordingKeys: () => loadRecordingPublicKeys(config.stateDir),
         });
       }

@@ -193,17 +193,23 @@ async function verifyOpen(src: ByteSource, keys: PublicKeys, sessionId: string |
   return res;
 }
 
-/** One line for a person: what verify found. */
 /**
  * A file's verification held against its row in the sessions index. The
  * file alone cannot tell a tail cut off after the session closed from a
  * crash before it did (both read as INCOMPLETE); the index can: it records
  * a recording's size and final hash once its footer is written. A file
- * that falls short of that was cut, or replaced, afterwards.
+ * that falls short of that was cut, or replaced, afterwards. The missing
+ * footer counts only when footers are fsynced before their rows are
+ * written (`recording.fsync: close`, the default).
  */
-export function againstIndex(r: VerifyResult, row: { complete: boolean; recordingSize?: number | undefined; finalHash?: string | undefined } | undefined): VerifyResult {
+export function againstIndex(
+  r: VerifyResult,
+  row: { complete: boolean; recordingSize?: number | undefined; finalHash?: string | undefined } | undefined,
+  opts: { footerDurable: boolean },
+): VerifyResult {
   if (!r.ok || row === undefined || !row.complete) return r;
-  if (!r.complete) {
+  // With `recording.fsync: off` a power loss may take the footer and leave the row: not tampering.
+  if (!r.complete && opts.footerDurable) {
     return {
       ...r,
       ok: false,
@@ -219,6 +225,7 @@ export function againstIndex(r: VerifyResult, row: { complete: boolean; recordin
   return r;
 }
 
+/** One line for a person: what verify found. */
 export function describeVerify(r: VerifyResult): string {
   if (!r.ok) {
     const where = r.firstBad?.seq !== undefined ? `record ${r.firstBad.seq} at offset ${r.firstBad.offset}` : `offset ${r.firstBad?.offset ?? 0}`;

@@ -30,7 +30,7 @@ function pgMessage(type: string, body: Buffer): Buffer {
 }
 const cstr = (s: string) => Buffer.from(`${s}\0`, 'utf8');
 
-async function setup(t: Test, recordingReads?: { concurrent?: number; transcriptMaxBytes?: number; transcriptMaxEvents?: number }) {
+async function setup(t: Test, recordingReads?: { concurrent?: number; transcriptMaxBytes?: number; transcriptMaxEvents?: number }, recordingFsync?: 'close' | 'off') {
   const dir = t.testdir();
   const stateDir = join(dir, 'state');
   const logs: string[] = [];
@@ -76,6 +76,7 @@ async function setup(t: Test, recordingReads?: { concurrent?: number; transcript
     health: () => ({ ok: true, checks: {} }),
     sessions: store,
     stateDir,
+    ...(recordingFsync ? { recordingFsync } : {}),
     recordingKeys: () => loadRecordingPublicKeys(stateDir),
     ...(recordingReads ? { recordingReads } : {}),
   });
@@ -94,7 +95,7 @@ async function setup(t: Test, recordingReads?: { concurrent?: number; transcript
     const body = Buffer.from(await res.arrayBuffer());
     return { status: res.status, body, text: body.toString('utf8'), type: res.headers.get('content-type') ?? '', headers: res.headers };
   };
-  return { call, tokens, sessions, logs, store, stateDir };
+  return { call, tokens, sessions, logs, store, stateDir, base };
 }
 
 t.test('auditor role required', async (t) => {
@@ -207,6 +208,13 @@ t.test('transcript as text and JSON, recording download, verify', async (t) => {
   const cut = JSON.parse((await s.call('/api/sessions/s-ci/verify', s.tokens.auditor)).text) as { ok: boolean; complete: boolean; result: string };
   t.match(cut, { ok: false, complete: false });
   t.match(cut.result, /^TAMPERED: .*the sessions index records this recording closed with its footer \(\d+ bytes\), but the file has none: cut after it was closed/);
+
+  // With recording.fsync: off a power cut may take a footer and leave its row: that reads as a crash.
+  const unsynced = await setup(t, undefined, 'off');
+  const unsyncedPath = unsynced.sessions['s-ci']!.path;
+  writeFileSync(unsyncedPath, readFileSync(unsyncedPath).subarray(0, footerAt));
+  const lost = JSON.parse((await unsynced.call('/api/sessions/s-ci/verify', unsynced.tokens.auditor)).text) as { ok: boolean; complete: boolean; result: string };
+  t.match(lost, { ok: true, complete: false, result: /^INCOMPLETE: / });
 });
 
 t.test('transcripts and verifications: a size cap on transcripts, a few at a time', async (t) => {
@@ -225,6 +233,16 @@ t.test('transcripts and verifications: a size cap on transcripts, a few at a tim
   // The one slot is given back once each response is out.
   t.equal((await few.call('/api/sessions/s-ci/transcript', few.tokens.auditor)).status, 200, 'a second transcript after the first');
   t.equal((await few.call('/api/sessions/s-ci/verify', few.tokens.auditor)).status, 200, 'and a verification');
+
+  // Clients that hang up before or while their transcript is made do not keep the slot.
+  for (let i = 0; i < 5; i++) {
+    const ac = new AbortController();
+    const gone = fetch(`${few.base}/api/sessions/s-ci/transcript`, { headers: { authorization: `Bearer ${few.tokens.auditor}` }, signal: ac.signal }).catch(() => undefined);
+    setTimeout(() => ac.abort(), i);
+    await gone;
+  }
+  await new Promise((r) => setTimeout(r, 300));
+  t.equal((await few.call('/api/sessions/s-ci/transcript', few.tokens.auditor)).status, 200, 'the slot is free after five clients hung up');
 
   const none = await setup(t, { concurrent: 0 });
   for (const p of ['/api/sessions/s-ci/transcript', '/api/sessions/s-ci/verify']) {
