@@ -4,7 +4,10 @@
  */
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import type { RecordingMeta } from '../../src/recording/format.js';
+import { openRecordingKey } from '../../src/recording/keys.js';
 import { readRecording } from '../../src/recording/reader.js';
+import { RecordingWriter } from '../../src/recording/writer.js';
 
 /** Every recording file under the state directory. */
 export function recordingFiles(stateDir: string): string[] {
@@ -47,4 +50,22 @@ export async function recordingFor(
     await new Promise((res) => setTimeout(res, 50));
   }
   throw new Error(`no complete recording for client port ${clientPort}`);
+}
+
+let written = 0;
+
+/** A closed recording, written by the real writer under `stateDir`, holding `chunks` in order; its path. */
+export async function writeRecording(stateDir: string, protocol: 'redis' | 'postgres', chunks: ['client' | 'server', Buffer][]): Promise<string> {
+  const meta: RecordingMeta = {
+    sessionId: `written-${protocol}-${written++}`,
+    target: 'app',
+    protocol,
+    subject: 'agent-7',
+    groups: [],
+    issuer: 'https://issuer.example',
+    startedAt: new Date().toISOString(),
+  };
+  const w = await RecordingWriter.open({ stateDir, meta, key: await openRecordingKey(stateDir), onFailure: () => undefined });
+  for (const [dir, bytes] of chunks) w.record(dir, bytes);
+  return (await w.close({ closeReason: 'client closed' })).path;
 }

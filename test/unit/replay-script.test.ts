@@ -9,29 +9,13 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import type { RecordingMeta } from '../../src/recording/format.js';
-import { openRecordingKey } from '../../src/recording/keys.js';
 import { buildReplayScript } from '../../src/recording/replay-server.js';
-import { RecordingWriter } from '../../src/recording/writer.js';
+import { writeRecording } from '../helpers/recordings.js';
 
 const stateDir = mkdtempSync(join(tmpdir(), 'sluice-replay-script-'));
 t.teardown(() => rmSync(stateDir, { recursive: true, force: true }));
 
-let n = 0;
-async function record(chunks: ['client' | 'server', Buffer][]): Promise<string> {
-  const meta: RecordingMeta = {
-    sessionId: `script-${n++}`,
-    target: 'cache',
-    protocol: 'redis',
-    subject: 'agent-7',
-    groups: [],
-    issuer: 'https://issuer.example',
-    startedAt: new Date().toISOString(),
-  };
-  const w = await RecordingWriter.open({ stateDir, meta, key: await openRecordingKey(stateDir), onFailure: () => undefined });
-  for (const [dir, bytes] of chunks) w.record(dir, bytes);
-  return (await w.close({ closeReason: 'client closed' })).path;
-}
+const record = (chunks: ['client' | 'server', Buffer][]): Promise<string> => writeRecording(stateDir, 'redis', chunks);
 
 t.test('a command of 50,000 arguments, one record each, is one step', async (t) => {
   const args = 50_000;

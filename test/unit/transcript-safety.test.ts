@@ -13,10 +13,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import type { FooterBody, RecordingMeta } from '../../src/recording/format.js';
-import { openRecordingKey } from '../../src/recording/keys.js';
+import type { FooterBody } from '../../src/recording/format.js';
 import { jsonLine, renderSummary, transcriptJson, transcriptText } from '../../src/recording/transcript.js';
-import { RecordingWriter } from '../../src/recording/writer.js';
+import { writeRecording } from '../helpers/recordings.js';
 
 const stateDir = mkdtempSync(join(tmpdir(), 'sluice-transcript-escapes-'));
 t.teardown(() => rmSync(stateDir, { recursive: true, force: true }));
@@ -26,22 +25,7 @@ t.teardown(() => rmSync(stateDir, { recursive: true, force: true }));
 const UNSAFE = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/u;
 const HOSTILE = '\u009b31m\u001b]52;c;ZXZpbA==\u0007\u202eevil';
 
-let n = 0;
-
-async function record(protocol: 'redis' | 'postgres', chunks: ['client' | 'server', Buffer][]): Promise<string> {
-  const meta: RecordingMeta = {
-    sessionId: `esc-${protocol}-${n++}`,
-    target: 'app',
-    protocol,
-    subject: 'agent-7',
-    groups: [],
-    issuer: 'https://issuer.example',
-    startedAt: new Date().toISOString(),
-  };
-  const w = await RecordingWriter.open({ stateDir, meta, key: await openRecordingKey(stateDir), onFailure: () => undefined });
-  for (const [dir, bytes] of chunks) w.record(dir, bytes);
-  return (await w.close({ closeReason: 'client closed' })).path;
-}
+const record = (protocol: 'redis' | 'postgres', chunks: ['client' | 'server', Buffer][]): Promise<string> => writeRecording(stateDir, protocol, chunks);
 
 function pgMessage(type: string, body: Buffer): Buffer {
   const head = Buffer.alloc(5);
