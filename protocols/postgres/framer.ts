@@ -377,7 +377,7 @@ export class PgFramer {
 
       // A refused type is refused on its type byte, whatever its length says.
       const kind = startup ? 1 : this.table[type]!;
-      if (kind === REFUSE) this.refuseMessage(sink, chunk, runStart, start, type, base + start);
+      if (kind === REFUSE) this.throwAt(sink, chunk, runStart, start, new RefusedMessage(this.refused.get(type) ?? 'this message', type, base + start));
       // Validate before awaiting any body byte.
       const total = startup ? length : length + 1;
       if (startup) {
@@ -500,18 +500,7 @@ export class PgFramer {
     sink.message(type, message);
   }
 
-  /** As fail, for a refused type: the pass-through bytes before it go out, then RefusedMessage. */
-  private refuseMessage(sink: FramerSink, chunk: Buffer, runStart: number, start: number, type: number, offset: number): never {
-    const err = new RefusedMessage(this.refused.get(type) ?? 'this message', type, offset);
-    this.failure = err;
-    if (start > runStart) {
-      this.unframed = chunk.length - start;
-      sink.passthrough(chunk.subarray(runStart, start));
-    }
-    throw err;
-  }
-
-  /** Flush the pass-through bytes before the bad message, then throw. */
+  /** A violation by the message at `start`: see throwAt. */
   private fail(
     sink: FramerSink,
     chunk: Buffer,
@@ -521,7 +510,11 @@ export class PgFramer {
     message: string,
     offset: number,
   ): never {
-    const err = new PgProtocolError(code, message, offset);
+    this.throwAt(sink, chunk, runStart, start, new PgProtocolError(code, message, offset));
+  }
+
+  /** Flush the pass-through bytes before the bad message at `start`, then throw `err`. */
+  private throwAt(sink: FramerSink, chunk: Buffer, runStart: number, start: number, err: PgProtocolError): never {
     this.failure = err;
     if (start > runStart) {
       this.unframed = chunk.length - start;

@@ -41,9 +41,7 @@ export class HandshakeReader {
       this.#expect = undefined;
       if (chunk[0] !== expect.type) {
         const got = chunk[0]! > 32 && chunk[0]! < 127 ? `'${String.fromCharCode(chunk[0]!)}'` : String(chunk[0]);
-        this.#failure ??= new PgProtocolError(ErrorCodes.PROTOCOL_VIOLATION, `expected ${expect.what}, got message type ${got}`, this.framer.streamOffset);
-        this.#socket?.pause();
-        this.#notify();
+        this.#stop(new PgProtocolError(ErrorCodes.PROTOCOL_VIOLATION, `expected ${expect.what}, got message type ${got}`, this.framer.streamOffset));
         return;
       }
     }
@@ -53,12 +51,19 @@ export class HandshakeReader {
         message: (type, bytes) => this.#enqueue(type, bytes),
       });
     } catch (err) {
-      this.#failure = err as Error;
-      this.#socket?.pause();
-      if (err instanceof RefusedMessage) this.onRefused?.(err);
+      this.#stop(err as Error);
+      return;
     }
     this.#notify();
   };
+
+  /** Reading ends with `err` (a violation, a refused message): nothing more is read; next() rejects with it. */
+  #stop(err: Error): void {
+    this.#failure ??= err;
+    this.#socket?.pause();
+    if (err instanceof RefusedMessage) this.onRefused?.(err);
+    this.#notify();
+  }
 
   /**
    * Told at once, inside the read, when a refused message type arrives
@@ -169,12 +174,7 @@ export class HandshakeReader {
     // One whose header came already, its body not yet whole: the framer's table no longer sees it.
     const partial = this.framer.partialMessage;
     if (at === undefined && partial?.type === type) at = partial.offset;
-    if (at === undefined) return;
-    const err = new RefusedMessage(what, type, at);
-    this.#failure ??= err;
-    this.#socket?.pause();
-    this.onRefused?.(err);
-    this.#notify();
+    if (at !== undefined) this.#stop(new RefusedMessage(what, type, at));
   }
 
   /** Everything queued, in wire order, as owned bytes (the relay sends them first). */
