@@ -304,6 +304,7 @@ const COPIED_FIELDS: Record<keyof SqlStatementFacts, true> = {
   dangerousFunctions: true,
   withoutWhere: true,
   settings: true,
+  statementName: true,
 };
 void COPIED_FIELDS;
 
@@ -318,6 +319,7 @@ function withText(f: SqlStatementFacts, text: string): SqlStatementFacts {
     dangerousFunctions: f.dangerousFunctions,
     withoutWhere: f.withoutWhere,
     settings: f.settings,
+    statementName: f.statementName,
   });
 }
 
@@ -489,6 +491,7 @@ function emptyFacts(text: string): SqlStatementFacts {
     dangerousFunctions: Object.freeze([]) as unknown as string[],
     withoutWhere: false,
     settings: Object.freeze([]) as unknown as string[],
+    statementName: '',
   });
 }
 
@@ -502,6 +505,8 @@ interface Acc {
   dangerous: Set<string>;
   settings: Set<string>;
   withoutWhere: boolean;
+  /** See SqlStatementFacts.statementName. */
+  statementName: string;
   /** The top statement node: a few nodes mean something else when nested. */
   top: JsonObject;
 }
@@ -522,6 +527,7 @@ function classifyStmt(stmt: JsonObject, text: string): SqlStatementFacts {
     dangerous: new Set(),
     settings: new Set(),
     withoutWhere: false,
+    statementName: '',
     top: top ?? stmt,
   };
   walk(stmt, acc, { planOnly: false, ctes: [] });
@@ -536,6 +542,7 @@ function classifyStmt(stmt: JsonObject, text: string): SqlStatementFacts {
     dangerousFunctions: list(acc.dangerous),
     withoutWhere: acc.withoutWhere,
     settings: list(acc.settings),
+    statementName: acc.statementName,
   };
 }
 
@@ -869,8 +876,15 @@ const HANDLERS: Record<string, Handler> = {
     addKind(acc, ctx, 'explain');
     return { ...ctx, planOnly: true };
   },
-  PrepareStmt: kind('prepare'),
-  ExecuteStmt: kind('execute'),
+  PrepareStmt: (b, acc, ctx) => {
+    addKind(acc, ctx, 'prepare');
+    if (typeof b.name === 'string') acc.statementName = b.name;
+  },
+  ExecuteStmt: (b, acc, ctx) => {
+    addKind(acc, ctx, 'execute');
+    // Under a plain EXPLAIN it is planned, not run (as its kind is not recorded).
+    if (typeof b.name === 'string' && !ctx.planOnly) acc.statementName = b.name;
+  },
   DeallocateStmt: kind('deallocate'),
   DeclareCursorStmt: kind('cursor'),
   FetchStmt: kind('cursor'),

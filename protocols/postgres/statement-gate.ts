@@ -101,6 +101,19 @@ interface Bound {
   /** Null for a role statement: its parameters may be a password. */
   bind: Buffer | null;
   paramsAt: number;
+  /** The approval that released this Bind (its Executes are audited as approved). */
+  approvalId: string | undefined;
+}
+
+/**
+ * A prepared statement whose Parse (or SQL PREPARE) needed an approval, or
+ * an approver's window: see PgStatementGate.#approvalBound.
+ */
+interface ApprovalBound {
+  /** The statement as judged: its verdict and fingerprint, and the text an approver is shown. */
+  facts: SqlStatementFacts;
+  /** The approval that released it, until the one Bind it covers takes it. */
+  unspent: string | undefined;
 }
 
 /** Most replies owed are a plain ReadyForQuery: one shared entry instead of an object per Query or Sync. */
@@ -147,6 +160,20 @@ export class PgStatementGate implements RelayGate {
   #pending: PendingApproval | undefined;
   /** Prepared statements by name (extended protocol), for audit text. */
   readonly #statements = new Map<string, Prepared>();
+  /**
+   * Prepared statements released by an approval or an approver's window, by
+   * name (SQL's PREPARE and the protocol's Parse share one namespace on the
+   * server). An approval releases one execution, not a statement the
+   * client may then run again and again with parameters the approver never
+   * saw: the Bind right behind an approved Parse is the one it covers; any
+   * other Bind of the name, and any EXECUTE of it, is judged again (held
+   * for a new approval, unless a window covers the statement). A name
+   * leaves only with a Close of it, or a Parse of the unnamed statement
+   * that reaches the server: a DEALLOCATE or DISCARD ALL the gate does not
+   * follow keeps it, so a later statement of that name is held at each
+   * Bind (fail closed).
+   */
+  readonly #approvalBound = new Map<string, ApprovalBound>();
   /** Portals bound to a ROLLBACK while the transaction is aborted (see #bindsRollback). */
   readonly #rollbackPortals = new Set<string>();
   /** The last Bind per named portal; the unnamed portal (almost every Bind) in its own field. */
@@ -227,6 +254,10 @@ export class PgStatementGate implements RelayGate {
           this.#discardUntilSync = abortedError();
           return;
         }
+        if (this.#approvalBound.size > 0) {
+          this.#bindApprovalBound(bytes);
+          return;
+        }
         if (this.ctx.audit) this.#bind(bytes);
         this.#up(bytes);
         return;
@@ -240,6 +271,11 @@ export class PgStatementGate implements RelayGate {
         return;
       case Frontend.Sync:
         this.#owed.push(SERVER_REPLY);
+        this.#up(bytes);
+        return;
+      case Frontend.Close:
+        // Close of a statement ('S'): the server forgets it, and so may the gate.
+        if (this.#approvalBound.size > 0 && bytes[5] === 0x53) this.#approvalBound.delete(cstring(bytes, 6).value);
         this.#up(bytes);
         return;
       case Frontend.FunctionCall:
@@ -292,7 +328,83 @@ export class PgStatementGate implements RelayGate {
       this.#hold(Frontend.Query, bytes, verdict, query.facts(), text);
       return;
     }
+    if (this.#approvalBound.size > 0 && this.#executesApprovalBound(Frontend.Query, bytes, query.shared, () => query.facts(), text)) return;
     this.#forwardQuery(bytes, query, started);
+    // Statements prepared under an approver's window: each EXECUTE is judged again (#approvalBound).
+    if (verdict.windowApproval !== undefined) this.#bindApprovals(query.facts(), undefined);
+  }
+
+  /**
+   * An allowed Query or Parse that EXECUTEs a statement released by an
+   * approval (#approvalBound): held for a new approval of that statement,
+   * unless a window covers it. The approver is shown what runs, and what
+   * the prepared statement is. True when the message was held or refused.
+   */
+  #executesApprovalBound(type: number, bytes: Buffer, shared: readonly SqlStatementFacts[], facts: () => SqlStatementFacts[], text: string): boolean {
+    for (let i = 0; i < shared.length; i++) {
+      const f = shared[i]!;
+      if (f.statementName === '' || !f.kinds.includes('execute')) continue;
+      const bound = this.#approvalBound.get(f.statementName);
+      if (bound === undefined) continue;
+      const again = this.#judge([bound.facts]);
+      if (again.action === 'allow') continue;
+      const shown = `${text} -- ${f.statementName}: ${auditText(bound.facts.text, bound.facts.kinds)}`;
+      if (again.action === 'deny') this.#deny(again, facts(), shown, type === Frontend.Parse);
+      else this.#hold(type, bytes, again, facts(), text, { facts: [bound.facts], text: shown });
+      return true;
+    }
+    return false;
+  }
+
+  /**
+   * A Parse (`name`) or SQL PREPAREs (`name` undefined: the statements'
+   * own names) released by an approval or a window: from now on each
+   * execution of the statement is judged again. `approvalId`: the approval
+   * that released a Parse covers the Bind right behind it.
+   */
+  #bindApprovals(facts: readonly SqlStatementFacts[], name: string | undefined, approvalId?: string): void {
+    if (name !== undefined) {
+      this.#approvalBound.set(name, { facts: facts[0]!, unspent: approvalId });
+      return;
+    }
+    for (const f of facts) {
+      if (f.statementName !== '' && f.kinds.includes('prepare')) this.#approvalBound.set(f.statementName, { facts: f, unspent: undefined });
+    }
+  }
+
+  /**
+   * A Bind while some statement is released by an approval (#approvalBound):
+   * forwarded when its statement is not one of them, or when it is the Bind
+   * the approval covers; otherwise the statement is judged again, and held
+   * for a new approval (the approver sees the parameters) unless a window
+   * covers it.
+   */
+  #bindApprovalBound(bytes: Buffer): void {
+    const portal = cstring(bytes, 5);
+    const name = cstring(bytes, portal.end);
+    const bound = this.#approvalBound.get(name.value);
+    let approvalId: string | undefined;
+    if (bound !== undefined) {
+      approvalId = bound.unspent;
+      bound.unspent = undefined;
+      if (approvalId === undefined) {
+        const again = this.#judge([bound.facts]);
+        const shown = auditText(bound.facts.text, bound.facts.kinds);
+        if (again.action === 'deny') {
+          this.#deny(again, [bound.facts], shown, true);
+          return;
+        }
+        if (again.action === 'approve') {
+          // A role statement's parameters may be its password: never shown (none can be bound to one anyway).
+          const params = bound.facts.kinds.includes('role') ? [] : bindParameters(bytes, name.end);
+          const withParams = params.length > 0 ? `${shown} -- params: ${paramsJson(params)}` : shown;
+          this.#hold(Frontend.Bind, bytes, again, [bound.facts], shown, { facts: [bound.facts], text: withParams });
+          return;
+        }
+      }
+    }
+    if (this.ctx.audit) this.#bind(bytes, approvalId);
+    this.#up(bytes);
   }
 
   #forwardQuery(bytes: Buffer, query: ClassifiedQuery, started: number, extra?: Partial<AuditEvent>): void {
@@ -332,7 +444,21 @@ export class PgStatementGate implements RelayGate {
       this.#hold(Frontend.Parse, bytes, verdict, [facts], query.value);
       return;
     }
-    this.#statements.set(name.value, prepared(auditText(facts.text, facts.kinds), kindLabel(facts.kinds)));
+    if (this.#approvalBound.size > 0 && this.#executesApprovalBound(Frontend.Parse, bytes, [facts], () => [facts], query.value)) return;
+    this.#parsed(name.value, bytes, [facts], verdict.windowApproval !== undefined);
+  }
+
+  /**
+   * Forwards a Parse of statement `name`. `approvalBound`: released by an
+   * approval or a window, so that each execution of it is judged again;
+   * with `approvalId`, the Bind right behind it is the one that approval covers.
+   */
+  #parsed(name: string, bytes: Buffer, facts: SqlStatementFacts[], approvalBound: boolean, approvalId?: string): void {
+    const f = facts[0]!;
+    this.#statements.set(name, prepared(auditText(f.text, f.kinds), kindLabel(f.kinds)));
+    // A Parse of the unnamed statement replaces it on the server; a named one that exists is refused there (kept).
+    if (name === '' && this.#approvalBound.size > 0) this.#approvalBound.delete('');
+    if (approvalBound) this.#bindApprovals(facts, name, approvalId);
     this.#up(bytes);
   }
 
@@ -399,13 +525,21 @@ export class PgStatementGate implements RelayGate {
 
   // --- approvals -----------------------------------------------------------
 
-  #hold(type: number, bytes: Buffer, verdict: Verdict, facts: SqlStatementFacts[], text: string): void {
+  /**
+   * Holds a Query, a Parse or a Bind for an approval. `shown`: what the
+   * approver is shown and what the approval's fingerprint (for a window)
+   * is taken from, when that is not the held message's own statements (an
+   * EXECUTE or a Bind of a statement released by an earlier approval).
+   */
+  #hold(type: number, bytes: Buffer, verdict: Verdict, facts: SqlStatementFacts[], text: string, shown?: { facts: SqlStatementFacts[]; text: string }): void {
     const approvals = this.ctx.approvals;
+    const extended = type !== Frontend.Query;
     if (!approvals) {
       // No approval flow configured: an approve rule cannot be honoured, so fail closed.
-      this.#deny({ ...verdict, reason: `${verdict.reason} (needs approval, but approvals are not configured)` }, facts, text, type === Frontend.Parse);
+      this.#deny({ ...verdict, reason: `${verdict.reason} (needs approval, but approvals are not configured)` }, facts, text, extended);
       return;
     }
+    const judged = shown?.facts ?? facts;
     const held = Buffer.from(bytes);
     const pending = approvals.request({
       sessionId: this.ctx.sessionId,
@@ -415,9 +549,9 @@ export class PgStatementGate implements RelayGate {
       protocol: 'postgres',
       policy: verdict.policy,
       rule: verdict.rule ?? '',
-      text: facts.map((f) => auditText(f.text, f.kinds)).join('; '),
+      text: shown?.text ?? facts.map((f) => auditText(f.text, f.kinds)).join('; '),
       heldBytes: held,
-      fingerprint: facts.length === 1 ? fingerprint(facts[0]!) : facts.map((f) => fingerprint(f)).join(':'),
+      fingerprint: judged.length === 1 ? fingerprint(judged[0]!) : judged.map((f) => fingerprint(f)).join(':'),
     });
     this.#pending = pending;
     const id = pending.record.id;
@@ -437,32 +571,50 @@ export class PgStatementGate implements RelayGate {
     const started = Date.now();
     void pending.outcome.then((outcome) => {
       if (this.#closed) return;
-      this.#pending = undefined;
-      if (outcome.status === 'approved') {
-        this.ctx.approvals?.markUsed(id);
-        if (type === Frontend.Query) this.#forwardQuery(held, new ClassifiedQuery(text, facts, undefined), started, { approvalId: id, ...(verdict.rule ? { rule: verdict.rule } : {}) });
-        else {
-          const name = cstring(held, 5).value;
-          this.#statements.set(name, prepared(auditText(facts[0]!.text, facts[0]!.kinds), kindLabel(facts[0]!.kinds)));
-          this.#up(held);
-        }
-      } else {
-        const auditVerdict: AuditVerdict = outcome.status === 'expired' ? 'approval_expired' : outcome.status === 'cancelled' ? 'approval_cancelled' : 'approval_denied';
-        this.#deny(verdict, facts, text, type === Frontend.Parse, id, auditVerdict);
+      try {
+        this.#decided(outcome.status, id, type, held, verdict, facts, text, started);
+      } catch (err) {
+        // Outside the relay's framing, where a throw would end the session: so it is ended here,
+        // not left as an unhandled rejection that ends the process (a failing store, say).
+        this.ctx.logger.error({ err, approvalId: id }, 'failed while carrying out an approval decision');
+        this.#closed = true;
+        // What was decided before the failure (a denial's error) still reaches the client.
+        this.#io.flush();
+        this.#io.shutdown('internal error', errorResponse({ severity: 'FATAL', code: sqlstate.INTERNAL_ERROR, message: 'sluice: internal error; the session is closed' }));
       }
-      const backlog = this.#backlog;
-      this.#backlog = [];
-      for (let i = 0; i < backlog.length; i++) {
-        this.fromClient(backlog[i]!.type, backlog[i]!.bytes);
-        if (this.#pending) {
-          // Held again: what is left waits for that decision.
-          this.#backlog.push(...backlog.slice(i + 1));
-          break;
-        }
-      }
-      this.#io.flush();
-      if (!this.#pending) this.#io.releaseClient();
     });
+  }
+
+  /** Carries out an approval's outcome for the held message, then what the client sent behind it. */
+  #decided(status: string, id: string, type: number, held: Buffer, verdict: Verdict, facts: SqlStatementFacts[], text: string, started: number): void {
+    this.#pending = undefined;
+    if (status === 'approved') {
+      this.ctx.approvals?.markUsed(id);
+      if (type === Frontend.Query) {
+        this.#forwardQuery(held, new ClassifiedQuery(text, facts, undefined), started, { approvalId: id, ...(verdict.rule ? { rule: verdict.rule } : {}) });
+        this.#bindApprovals(facts, undefined);
+      } else if (type === Frontend.Parse) {
+        this.#parsed(cstring(held, 5).value, held, facts, true, id);
+      } else {
+        if (this.ctx.audit) this.#bind(held, id);
+        this.#up(held);
+      }
+    } else {
+      const auditVerdict: AuditVerdict = status === 'expired' ? 'approval_expired' : status === 'cancelled' ? 'approval_cancelled' : 'approval_denied';
+      this.#deny(verdict, facts, text, type !== Frontend.Query, id, auditVerdict);
+    }
+    const backlog = this.#backlog;
+    this.#backlog = [];
+    for (let i = 0; i < backlog.length; i++) {
+      this.fromClient(backlog[i]!.type, backlog[i]!.bytes);
+      if (this.#pending) {
+        // Held again: what is left waits for that decision.
+        this.#backlog.push(...backlog.slice(i + 1));
+        break;
+      }
+    }
+    this.#io.flush();
+    if (!this.#pending) this.#io.releaseClient();
   }
 
   // --- aborted transactions --------------------------------------------------
@@ -654,7 +806,7 @@ export class PgStatementGate implements RelayGate {
    * the same batch may replace the unnamed statement). Its parameters stay
    * bytes in the Bind message until the audit event is built.
    */
-  #bind(bytes: Buffer): void {
+  #bind(bytes: Buffer, approvalId?: string): void {
     let at = 5;
     let portal = '';
     if (bytes[5] !== 0) {
@@ -669,14 +821,15 @@ export class PgStatementGate implements RelayGate {
     // Parameters of a role statement may be its password: never kept.
     const bind = statement?.role ? null : bytes;
     if (portal !== '') {
-      this.#portals.set(portal, { statement, bind, paramsAt: nameEnd + 1 });
+      this.#portals.set(portal, { statement, bind, paramsAt: nameEnd + 1, approvalId });
       return;
     }
     // The unnamed portal is rebound by almost every Bind: one object, updated in place (Execute copies what it needs).
-    const unnamed = (this.#unnamedPortal ??= { statement: undefined, bind: null, paramsAt: 0 });
+    const unnamed = (this.#unnamedPortal ??= { statement: undefined, bind: null, paramsAt: 0, approvalId: undefined });
     unnamed.statement = statement;
     unnamed.bind = bind;
     unnamed.paramsAt = nameEnd + 1;
+    unnamed.approvalId = approvalId;
   }
 
   #forgetPortals(): void {
@@ -685,6 +838,7 @@ export class PgStatementGate implements RelayGate {
     if (unnamed !== undefined) {
       unnamed.statement = undefined;
       unnamed.bind = null;
+      unnamed.approvalId = undefined;
     }
   }
 
@@ -712,16 +866,19 @@ export class PgStatementGate implements RelayGate {
     const bound = portal === '' ? this.#unnamedPortal : this.#portals.get(portal);
     const statement = bound?.statement;
     const now = Date.now();
+    const approvalId = bound?.approvalId;
+    const verdict: AuditVerdict = approvalId === undefined ? 'allowed' : 'approved';
+    const extra = approvalId === undefined ? undefined : { approvalId };
     if (statement === undefined) {
-      this.#open.push(openStatement(`(portal "${portal}")`, 'execute', 'allowed', undefined, now, now, null, 0));
+      this.#open.push(openStatement(`(portal "${portal}")`, 'execute', verdict, extra, now, now, null, 0));
     } else if (statement.role) {
-      const open = openStatement(statement.text, statement.kind, 'allowed', undefined, now, now, null, 0);
+      const open = openStatement(statement.text, statement.kind, verdict, extra, now, now, null, 0);
       open.params = '["[redacted]"]';
       this.#open.push(open);
     } else {
-      this.#open.push(openStatement(statement.text, statement.kind, 'allowed', undefined, now, now, bound!.bind, bound!.paramsAt));
+      this.#open.push(openStatement(statement.text, statement.kind, verdict, extra, now, now, bound!.bind, bound!.paramsAt));
     }
-    this.#record('allowed', 1);
+    this.#record(verdict, 1);
   }
 
   #event(text: string, kind: string, verdict: AuditVerdict, extra?: Partial<AuditEvent>, now = Date.now()): AuditEvent {

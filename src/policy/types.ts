@@ -42,6 +42,14 @@ export interface SqlStatementFacts {
    * non-constant name, UPDATE pg_settings): it may be any of them.
    */
   settings: string[];
+  /**
+   * The prepared statement a `PREPARE` creates or an `EXECUTE` runs (also
+   * under EXPLAIN), '' for any other statement. SQL's prepared statements
+   * and the extended protocol's named ones share one namespace: the gate
+   * follows a statement released by an approval through it (an approval
+   * releases one execution, statement-gate.ts).
+   */
+  statementName: string;
 }
 
 /** What one Redis command does. */

@@ -30,6 +30,7 @@ policies:
     rules:
       - { name: no-destruction, action: deny, match: { kinds: [drop, truncate] } }
       - { name: roles-need-approval, action: approve, match: { kinds: [role] } }
+      - { name: ledger-deletes-need-approval, action: approve, match: { kinds: [delete], tables: [ledger] } }
       - { name: no-file-access, action: deny, match: { functions: ['@dangerous'] } }
       - { name: careful-writes, action: deny, match: { kinds: [update, delete], without_where: true } }
       - { name: no-secrets, action: deny, match: { tables: [public.secrets] } }
@@ -53,6 +54,8 @@ await pgServer.psqlDirect(
   `create table items(id int primary key, name text) ; alter table items owner to app_user;
    create table secrets(id int, v text) ; alter table secrets owner to app_user;
    create table victim(id int) ; alter table victim owner to app_user;
+   create table ledger(id int primary key) ; alter table ledger owner to app_user;
+   insert into ledger select generate_series(1, 6);
    insert into items values (1, 'one'), (2, 'two');
    alter role app_user createrole;`,
   'app',
@@ -327,4 +330,61 @@ t.test('the audit trail records what happened, without passwords', async (t) => 
   for (const line of gw.logs) {
     t.notOk(line.includes('not-in-any-log-7') || line.includes(agentToken) || line.includes(approverToken), 'no secret in the logs');
   }
+});
+
+async function decide(id: string, verb: 'approve' | 'deny'): Promise<void> {
+  const res = await fetch(`${api}/api/approvals/${id}/${verb}`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${approverToken}`, 'content-type': 'application/json' },
+    body: '{}',
+  });
+  if (res.status !== 200) throw new Error(`${verb} ${id}: ${res.status}`);
+}
+
+async function approvalText(id: string): Promise<string> {
+  const res = await fetch(`${api}/api/approvals/${id}`, { headers: { authorization: `Bearer ${approverToken}` } });
+  return ((await res.json()) as { text: string }).text;
+}
+
+t.test('an approval releases one execution: a prepared statement run again is held again', async (t) => {
+  const client = await connect();
+  t.teardown(() => client.end());
+  const remaining = async (): Promise<string> => rows('select string_agg(id::text, \',\' order by id) from ledger');
+
+  // node-postgres parses a named query once per connection; later runs send only Bind and Execute.
+  const named = { name: 'drop-entry', text: 'DELETE FROM ledger WHERE id = $1' };
+  const first = client.query({ ...named, values: [1] });
+  const id1 = await noticeId(client);
+  await decide(id1, 'approve');
+  t.equal((await first).rowCount, 1, 'the approved statement ran');
+  client.notices.length = 0;
+  const second = client.query({ ...named, values: [2] }).then(() => undefined, (err: unknown) => err);
+  const id2 = await noticeId(client);
+  t.not(id2, id1, 'running it again needs an approval of its own');
+  t.equal(await approvalText(id2), 'DELETE FROM ledger WHERE id = $1 -- params: ["2"]', 'the approver sees the parameters');
+  await decide(id2, 'deny');
+  t.match(await second, { code: '42501', message: new RegExp(`approval ${id2} was denied`) });
+  client.notices.length = 0;
+  const third = client.query({ ...named, values: [3] });
+  await decide(await noticeId(client), 'approve');
+  t.equal((await third).rowCount, 1);
+  t.equal(await remaining(), '2,4,5,6', 'only the approved runs deleted anything');
+
+  // The same for SQL's PREPARE and EXECUTE: the approval of the PREPARE runs nothing.
+  client.notices.length = 0;
+  const prepare = client.query('PREPARE wipe AS DELETE FROM ledger WHERE id = $1');
+  await decide(await noticeId(client), 'approve');
+  await prepare;
+  client.notices.length = 0;
+  const run = client.query('EXECUTE wipe(4)');
+  const id4 = await noticeId(client);
+  t.equal(await approvalText(id4), 'EXECUTE wipe(4) -- wipe: PREPARE wipe AS DELETE FROM ledger WHERE id = $1', 'the approver sees what EXECUTE runs');
+  await decide(id4, 'approve');
+  t.equal((await run).rowCount, 1);
+  client.notices.length = 0;
+  const again = client.query('EXECUTE wipe(5)').then(() => undefined, (err: unknown) => err);
+  await decide(await noticeId(client), 'deny');
+  t.match(await again, { code: '42501' }, 'each EXECUTE needs its own approval');
+  t.equal(await remaining(), '2,5,6');
+  t.equal((await client.query('select 1 as one')).rows[0].one, 1, 'the session is usable afterwards');
 });

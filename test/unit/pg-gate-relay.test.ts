@@ -27,7 +27,9 @@ class FakeSocket extends EventEmitter {
   uncork(): void {}
   pause(): void {}
   resume(): void {}
-  end(): void {}
+  end(b?: unknown): void {
+    if (Buffer.isBuffer(b)) this.writes.push(b);
+  }
   destroy(): void {}
 }
 
@@ -178,4 +180,46 @@ t.test('isoTime is toISOString', async (t) => {
   const samples = [0, 1, 999, 1000, -1, -999, -1001, Date.UTC(2026, 10, 29, 6, 59, 59, 999), Date.UTC(2026, 10, 29, 7, 0, 0, 5), 8.64e15, -8.64e15, 253402300800000];
   for (let ms = Date.now() - 3000; ms < Date.now() + 3000; ms += 37) samples.push(ms);
   for (const ms of samples) t.equal(isoTime(ms), new Date(ms).toISOString(), String(ms));
+});
+
+t.test('a failure while an approval decision is carried out ends that session, not the process', async (t) => {
+  const client = new FakeSocket();
+  const upstream = new FakeSocket();
+  const policy = new SessionPolicy({
+    name: 'p',
+    subjects: { groups: ['g'] },
+    targets: ['db'],
+    default: 'allow',
+    rules: [{ name: 'deletes-need-approval', action: 'approve', match: { kinds: ['delete'] } }],
+  });
+  let requests = 0;
+  // The second request fails as ApprovalManager.request does when the store cannot save it (a full disk).
+  const approvals = {
+    windowAllows: () => undefined,
+    markUsed: () => undefined,
+    request: () => {
+      if (++requests > 1) throw new Error('SQLITE_FULL: database or disk is full');
+      return { record: { id: 'apr_first', expiresAt: '2026-12-01T00:00:00.000Z' }, outcome: Promise.resolve({ status: 'denied' }), cancel: () => undefined };
+    },
+  };
+  const gate = new PgStatementGate({ sessionId: 's1', subject: 'alice', target: 'db', policy, logger, approvals: approvals as never });
+  let closed: string | undefined;
+  const relay = new PgRelay(client as never, upstream as never, new PgFramer({ maxMessageBytes: 1 << 20 }), new PgFramer({ maxMessageBytes: 1 << 20 }), {
+    logger,
+    idleTimeoutMs: 0,
+    onClose: (reason) => (closed = reason),
+    gate,
+  });
+  relay.start([], []);
+  const query = (sql: string): Buffer => new PgBytes().cstring(sql).typed('Q');
+  // The second waits behind the first; once the first is denied, the second is held in turn, and that request fails.
+  client.emit('data', Buffer.concat([query('DELETE FROM t WHERE id = 1'), query('DELETE FROM t WHERE id = 2')]));
+  await new Promise((resolve) => setImmediate(resolve));
+  const sent = Buffer.concat(client.writes).toString('latin1');
+  t.match(sent, /approval apr_first was denied/, 'the first statement got its denial');
+  t.match(sent, /sluice: internal error; the session is closed/, 'the client is told the session ends');
+  t.same(upstream.writes.map((b) => String.fromCharCode(b[0]!)), ['X'], 'no statement reached the server, only a Terminate');
+  client.emit('close');
+  upstream.emit('close');
+  t.ok(closed !== undefined, 'the session ended');
 });

@@ -28,7 +28,7 @@ const policies: PolicyConfig[] = [
 ];
 
 function sql(partial: Partial<SqlStatementFacts>): SqlStatementFacts {
-  return { protocol: 'postgres', text: 'x', kinds: ['select'], tables: [], functions: [], dangerousFunctions: [], withoutWhere: false, settings: [], ...partial };
+  return { protocol: 'postgres', text: 'x', kinds: ['select'], tables: [], functions: [], dangerousFunctions: [], withoutWhere: false, settings: [], statementName: '', ...partial };
 }
 function redis(partial: Partial<RedisCommandFacts>): RedisCommandFacts {
   return { protocol: 'redis', command: 'get', categories: ['@read', '@string', '@fast'], keys: ['k'], ...partial };
