@@ -142,8 +142,9 @@ const UNKNOWN: string[] = Object.freeze(['@unknown']) as string[];
 
 /** ASCII case-insensitive comparison of an argument with an uppercase keyword. */
 function isKeyword(arg: Buffer, upper: Buffer): boolean {
+  // As Redis compares keywords (strcasecmp): up to a NUL byte, so `STORE\0x` is STORE (tokenAt).
   const n = upper.length;
-  if (arg.length !== n) return false;
+  if (arg.length < n || (arg.length > n && arg[n] !== 0)) return false;
   for (let i = 0; i < n; i++) {
     let c = arg[i]!;
     if (c >= 0x61 && c <= 0x7a) c -= 0x20;
@@ -385,6 +386,12 @@ function asciiLower(s: string): string {
   return s.replace(/[A-Z]+/g, (m) => m.toLowerCase());
 }
 
+/** `arg` up to its first NUL byte (all of it when it has none). */
+function beforeNul(arg: Buffer): Buffer {
+  const nul = arg.indexOf(0);
+  return nul < 0 ? arg : arg.subarray(0, nul);
+}
+
 /** The facts of a known command (or subcommand) `c`: its keys, and whether it may touch others. */
 function known(c: Compiled, args: Buffer[], command: string, subcommand?: string): RedisCommandFacts {
   const keys: string[] = [];
@@ -410,7 +417,8 @@ export function classifyCommand(args: Buffer[]): RedisCommandFacts {
     const bareOk = c.arity === 1 || c.arity === -1;
     return { protocol: 'redis', command: c.name, categories: bareOk ? c.categories : c.unknownSub!, keys: [] };
   }
-  const sub = c.subs.get(args[1]!);
+  // A subcommand is looked up as Redis compares it: up to a NUL byte (`CONFIG set\0x` may run CONFIG SET).
+  const sub = c.subs.get(beforeNul(args[1]!));
   if (!sub) {
     return {
       protocol: 'redis',

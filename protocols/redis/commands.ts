@@ -54,6 +54,19 @@ const QUIT: Classified = Object.freeze({ verdict: Verdict.Quit });
 
 export const IDENTITY_FIXED = error('sluice: identity cannot change within a session; open a new connection with another token');
 const REFUSE_IDENTITY: Classified = Object.freeze({ verdict: Verdict.Refuse, reply: IDENTITY_FIXED });
+/**
+ * Redis finds a command by a hash of the whole name but compares names with
+ * strcasecmp, which stops at a NUL byte: `FLUSHALL\0x` may run FLUSHALL
+ * (when the two hash to one bucket) while Sluice, and its policy, would see
+ * another, unknown command. No command has a NUL in its name.
+ */
+const REFUSE_NUL_NAME: Classified = Object.freeze({ verdict: Verdict.Refuse, reply: error('sluice: a command name cannot contain a NUL byte') });
+
+/** Whether bytes [at, at + n) of `buf` hold a NUL. */
+function hasNul(buf: Buffer, at: number, n: number): boolean {
+  for (let i = at; i < at + n; i++) if (buf[i] === 0) return true;
+  return false;
+}
 const REFUSE_MONITOR: Classified = Object.freeze({
   verdict: Verdict.Refuse,
   reply: error("sluice: MONITOR is not available through sluice (it would stream other clients' commands)"),
@@ -79,10 +92,18 @@ export function tokenIs(buf: Buffer, lower: string): boolean {
   return tokenAt(buf, 0, buf.length, lower);
 }
 
-/** `tokenIs` for the token at bytes [at, at + n) of `buf`. */
+/**
+ * `tokenIs` for the token at bytes [at, at + n) of `buf`.
+ *
+ * Compared as Redis compares keywords, with strcasecmp, which stops at a NUL
+ * byte: `AUTH\0anything` is the keyword AUTH to the server, so it is here
+ * too. Otherwise a client could hide an option (HELLO's AUTH, SORT's STORE)
+ * from Sluice that the server still acts on.
+ */
 export function tokenAt(buf: Buffer, at: number, n: number, lower: string): boolean {
-  if (n !== lower.length) return false;
-  for (let i = 0; i < n; i++) {
+  const k = lower.length;
+  if (n < k || (n > k && buf[at + k] !== 0)) return false;
+  for (let i = 0; i < k; i++) {
     let c = buf[at + i]!;
     if (c >= 0x41 && c <= 0x5a) c |= 0x20;
     if (c !== lower.charCodeAt(i)) return false;
@@ -131,8 +152,11 @@ export class CommandClassifier {
    * forwards a command answered FORWARD without building one.
    */
   byName(buf: Buffer, at: number, n: number): Classified | undefined {
-    // GET, SET, HGET, LPUSH...: the common commands fall out here or at the switch.
-    if (n < 4 || n > 12) return FORWARD;
+    // GET, SET, DEL: no name this short hides a command behind a NUL byte (see below).
+    if (n < 4) return FORWARD;
+    if (hasNul(buf, at, n)) return REFUSE_NUL_NAME;
+    // HGET, LPUSH...: the common commands fall out here or at the switch.
+    if (n > 12) return FORWARD;
     switch (buf[at]! | 0x20) {
       case 0x61: // 'a'
         return tokenAt(buf, at, n, 'auth') ? REFUSE_IDENTITY : FORWARD;

@@ -195,6 +195,27 @@ t.test('commands Sluice handles itself, in pipeline order', async (t) => {
   c.end();
 });
 
+t.test('a NUL byte hides no command or option from Sluice: Redis compares them only up to it', async (t) => {
+  const c = await loggedIn();
+  c.send(
+    // HELLO's AUTH\0 is AUTH to Redis: it would log the session in as another ACL user.
+    ['HELLO', '3', 'AUTH\u0000', 'default', 'anything'],
+    ['CLIENT', 'REPLY\u0000', 'OFF'],
+    ['SELECT\u0000x', '5'],
+    ['FLUSHALL\u0000abc'],
+    ['ACL', 'WHOAMI'],
+    ['PING'],
+  );
+  const r = await c.replies(6);
+  t.match(r[0], /^-ERR sluice: identity cannot change within a session/);
+  t.match(r[1], /^-ERR sluice: CLIENT REPLY OFF\|SKIP/);
+  t.equal(r[2], '-ERR sluice: a command name cannot contain a NUL byte\r\n');
+  t.equal(r[3], '-ERR sluice: a command name cannot contain a NUL byte\r\n');
+  t.equal(r[4], '$3\r\napp\r\n', 'still the target ACL user');
+  t.equal(r[5], '+PONG\r\n');
+  c.end();
+});
+
 t.test('a target bound to db 3 selects it, and RESET re-authenticates instead of dropping to default', async (t) => {
   const c = await loggedIn(gw.port('cache3'));
   c.send(['CLIENT', 'INFO'], ['SELECT', '3'], ['SELECT', '0'], ['SET', 'in3', 'yes']);

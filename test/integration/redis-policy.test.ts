@@ -219,6 +219,19 @@ t.test('a command Sluice does not know may touch any key: a key rule stops it', 
   t.equal(await c.set('cache:1', 'x'), 'OK', 'known commands are judged by their keys');
 });
 
+t.test('a key named behind a NUL-suffixed option is judged by the key rules', async (t) => {
+  const c = client();
+  await c.connect();
+  t.teardown(() => c.disconnect());
+  await c.geoadd('geo:pts', 0, 0, 'origin');
+  const stored = await c.call('GEORADIUS', 'geo:pts', '0', '0', '100', 'km', 'STORE\u0000', 'session:stolen').then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  t.match(String(stored), /NOPERM sluice: denied by rule "sessions-are-private"/);
+  t.equal(await redis.cli(['EXISTS', 'session:stolen']), '0\n', 'nothing was written');
+});
+
 t.test('audit rows: refusals one by one, allowed commands counted', async (t) => {
   await new Promise((r) => setTimeout(r, 1_200));
   gw.gateway.services.audit.flush();

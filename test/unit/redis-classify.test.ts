@@ -148,6 +148,18 @@ t.test('unknown commands and subcommands', async (t) => {
   t.notOk(isKnownCategory('@dangerus'));
 });
 
+t.test('keywords and subcommands are read as Redis compares them: up to a NUL byte', async (t) => {
+  // Redis matches options with strcasecmp, which stops at the NUL: these are STORE, BY, GET and KEYS to it.
+  t.same(classify('GEORADIUS', 'geo:pts', '0', '0', '100', 'km', 'STORE\u0000', 'secret:x').keys, ['geo:pts', 'secret:x']);
+  t.same(classify('SORT', 'l', 'STORE\u0000x', 'secret:y').keys, ['l', 'secret:y']);
+  t.ok(classify('SORT', 'l', 'BY\u0000', 'nosort', 'GET\u0000', 'secret:*').anyKey, 'a GET pattern may read any key');
+  t.same(classify('MIGRATE', 'h', '6379', '', '0', '5000', 'KEYS\u0000', 'secret:a').keys, ['secret:a']);
+  const config = classify('CONFIG', 'set\u0000x', 'dir', '/tmp');
+  t.equal(config.subcommand, 'set', 'CONFIG set\\0x may run CONFIG SET: judged as it');
+  t.ok(config.categories.includes('@dangerous'));
+  t.same(classify('GEORADIUS', 'geo:pts', '0', '0', '100', 'km', 'STORED', 'x').keys, ['geo:pts'], 'a longer word is no keyword');
+});
+
 t.test('short or malformed argument lists never throw', async (t) => {
   const cases: string[][] = [
     ['GET'],
