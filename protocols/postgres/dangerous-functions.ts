@@ -108,6 +108,15 @@ const CATEGORIES: Record<Exclude<DangerousCategory, 'set_config'>, readonly stri
     'database_to_xmlschema',
     'database_to_xml_and_xmlschema',
     'ts_stat',
+    // ts_rewrite(query, sql): its two-argument form runs the SELECT it is given (the
+    // three-argument form does not, but the name alone cannot tell the two apart).
+    'ts_rewrite',
+    // tablefunc: crosstab runs its SQL arguments, connectby reads a table named by a string.
+    'crosstab',
+    'crosstab2',
+    'crosstab3',
+    'crosstab4',
+    'connectby',
   ],
 };
 
