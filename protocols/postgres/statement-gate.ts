@@ -274,8 +274,7 @@ export class PgStatementGate implements RelayGate {
         this.#up(bytes);
         return;
       case Frontend.Close:
-        // Close of a statement ('S'): the server forgets it, and so may the gate.
-        if (this.#approvalBound.size > 0 && bytes[5] === 0x53) this.#approvalBound.delete(cstring(bytes, 6).value);
+        this.#closeNamed(bytes);
         this.#up(bytes);
         return;
       case Frontend.FunctionCall:
@@ -830,6 +829,22 @@ export class PgStatementGate implements RelayGate {
     unnamed.bind = bind;
     unnamed.paramsAt = nameEnd + 1;
     unnamed.approvalId = approvalId;
+  }
+
+  /**
+   * Close of a statement ('S') or a portal ('P'): the server forgets it, and
+   * so does the gate. Without this, a client that prepares and closes
+   * statement after statement grew the gate's maps (each with the
+   * statement's text) for as long as the session lived.
+   */
+  #closeNamed(bytes: Buffer): void {
+    const name = cstring(bytes, 6).value;
+    if (bytes[5] === 0x53 /* S */) {
+      this.#statements.delete(name);
+      if (this.#approvalBound.size > 0) this.#approvalBound.delete(name);
+    } else if (bytes[5] === 0x50 /* P */) {
+      if (name !== '') this.#portals.delete(name);
+    }
   }
 
   #forgetPortals(): void {
