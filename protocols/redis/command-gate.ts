@@ -270,7 +270,10 @@ function kindOf(facts: RedisCommandFacts): string {
  * are part of it too, as a digest, credentials left out.
  */
 export function fingerprintOf(facts: RedisCommandFacts, args: readonly Buffer[]): string {
-  const base = `redis:${kindOf(facts)}:${facts.keys.join('\u0000')}`;
+  // Each key with its length: joined with a separator, `UNLINK a b` and `UNLINK "a\0b"` would be one fingerprint.
+  let keys = '';
+  for (const k of facts.keys) keys += `${k.length}:${k}`;
+  const base = `redis:${kindOf(facts)}:${keys}`;
   if (!facts.categories.some((c) => c === '@scripting' || c === '@admin' || c === '@dangerous')) return base;
   const digest = createHash('sha256');
   const secret = secretPositions(facts, args);

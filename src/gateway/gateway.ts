@@ -117,13 +117,14 @@ export class Gateway {
     await initClassifier();
     const store = openSqliteStore(config.stateDir, { logger });
     const audit = new AuditWriter(store, { logger });
+    const metrics = new Metrics();
     const approvals = new ApprovalManager({
       store,
       timeoutMs: config.approvals.timeoutMs,
       logger,
       ...(config.approvals.webhook ? { webhook: config.approvals.webhook } : {}),
+      onUndecided: (status) => metrics.approvalEnded(status),
     });
-    const metrics = new Metrics();
     const ctx: GatewayContext = {
       logger,
       metrics,

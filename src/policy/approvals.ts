@@ -84,6 +84,8 @@ export interface ApprovalManagerOptions {
   logger: Logger;
   webhook?: ApprovalWebhookConfig;
   now?: () => number;
+  /** A request ended without a decision (for sluice_approvals_total; decisions are counted by the API). */
+  onUndecided?(status: 'expired' | 'cancelled'): void;
 }
 
 interface Pending {
@@ -93,6 +95,15 @@ interface Pending {
 }
 
 const LOG_TEXT_MAX = 500;
+/**
+ * Characters of a statement's text kept in its approval record (store, API,
+ * CLI). A statement may be as large as max_message_size (64 MiB): kept
+ * whole, a client with an `approve` rule could fill the store with a few
+ * requests and make a listing of 100 records gigabytes long. What is held
+ * is still bound to the exact bytes (statementHash); the approver is told
+ * the text was cut.
+ */
+export const APPROVAL_TEXT_MAX = 64 * 1024;
 const BASE32 = 'abcdefghijklmnopqrstuvwxyz234567';
 /** setTimeout's ceiling (a larger delay fires at once). */
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -150,6 +161,8 @@ export class ApprovalManager {
   private readonly aborter = new AbortController();
   private closed = false;
 
+  private readonly onUndecided: ((status: 'expired' | 'cancelled') => void) | undefined;
+
   constructor(opts: ApprovalManagerOptions) {
     this.store = opts.store;
     this.timeoutMs = Math.min(opts.timeoutMs ?? 5 * 60_000, MAX_TIMER_MS);
@@ -157,6 +170,7 @@ export class ApprovalManager {
     this.logger = opts.logger;
     this.webhook = opts.webhook;
     this.now = opts.now ?? Date.now;
+    this.onUndecided = opts.onUndecided;
     this.recover();
   }
 
@@ -193,7 +207,7 @@ export class ApprovalManager {
       protocol: req.protocol,
       policy: req.policy,
       rule: req.rule,
-      text: req.text,
+      text: req.text.length > APPROVAL_TEXT_MAX ? `${req.text.slice(0, APPROVAL_TEXT_MAX)} [... cut: ${req.text.length} characters in all]` : req.text,
       statementHash: statementHash(req.heldBytes),
       fingerprint: req.fingerprint,
       createdAt: new Date(created).toISOString(),
@@ -371,6 +385,7 @@ export class ApprovalManager {
       { approvalId: id, status, decidedBy, reason, windowUntil, waitedMs, subject: record.subject, target: record.target },
       `approval ${status}`,
     );
+    if (status === 'expired' || status === 'cancelled') this.onUndecided?.(status);
     p.resolve({ status, record: { ...record } } as ApprovalOutcome);
     return { ...record };
   }

@@ -75,6 +75,7 @@ t.test('approval windows: scripts and administration are told apart by what they
     return fingerprintOf(classifyCommand(args), args);
   };
   t.equal(fp('UNLINK', 'old:1'), fp('unlink', 'old:1'), 'a data command: its kind and keys');
+  t.not(fp('UNLINK', 'a', 'b'), fp('UNLINK', 'a\u0000b'), 'two keys are not one key with a NUL in it');
   t.not(fp('EVAL', 'return 1', '0'), fp('EVAL', "return redis.call('FLUSHALL')", '0'), 'another script');
   t.not(fp('CONFIG', 'SET', 'dir', '/tmp'), fp('CONFIG', 'SET', 'dir', '/root/.ssh'), 'another value');
   t.not(fp('CONFIG', 'SET', 'maxmemory', '1gb'), fp('CONFIG', 'SET', 'dir', '1gb'), 'another parameter');
