@@ -59,9 +59,16 @@ import { ChunkSequencer, MaskCounts, type PolicyMasking } from '../../masking/se
 import { Backend, Frontend, errorResponse, sqlstate } from './messages.js';
 import { PgProtocolError } from './framer.js';
 import { NAME_ONLY, type ColumnOrigins } from './column-origins.js';
+import type { SqlDecoder } from './encoding.js';
 
 export interface PgResultMaskerOptions {
   masking: PolicyMasking;
+  /**
+   * Reads a column name of a RowDescription: the server sends it in the
+   * session's client_encoding (default: UTF-8). Read in another encoding, a
+   * non-ASCII name would match no column rule.
+   */
+  decode?: SqlDecoder;
   /** Largest message assembled for masking (the target's max_message_size); a larger one is refused. */
   maxMessageBytes: number;
   /**
@@ -768,7 +775,7 @@ export class PgResultMasker {
       case Backend.RowDescription: {
         const msg = buf.subarray(start, end);
         const columns = (): Column[] =>
-          parseRowDescription(msg).map((c) => ({
+          parseRowDescription(msg, this.#opts.decode).map((c) => ({
             name: c.name,
             typeOid: c.typeOid,
             format: c.format,
@@ -1353,14 +1360,14 @@ interface FieldDescription {
   format: number;
 }
 
-function parseRowDescription(msg: Buffer): FieldDescription[] {
+function parseRowDescription(msg: Buffer, decode: SqlDecoder | undefined): FieldDescription[] {
   const n = msg.readInt16BE(5);
   const out: FieldDescription[] = [];
   let pos = 7;
   for (let i = 0; i < n; i++) {
     const end = msg.indexOf(0, pos);
     if (end < 0 || end + 19 > msg.length) throw new PgProtocolError(ErrorCodes.PROTOCOL_VIOLATION, 'malformed RowDescription');
-    const name = msg.toString('utf8', pos, end);
+    const name = decode === undefined ? msg.toString('utf8', pos, end) : decode(msg, pos, end);
     pos = end + 1;
     // Int32 table OID, Int16 attribute number, Int32 type OID, Int16 type size, Int32 type modifier, Int16 format.
     const tableOid = msg.readUInt32BE(pos);

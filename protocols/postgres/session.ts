@@ -202,7 +202,9 @@ export class PostgresSession implements SessionHandle {
    * (`SELECT password_hash AS p`) escape every column rule. Fail closed.
    */
   async #columnOrigins(upstream: UpstreamSession, engine: MaskingEngine, log: Logger): Promise<ColumnOrigins> {
-    const result = await queryUpstream(upstream, this.target.upstream, catalogQuery(engine), { timeoutMs: this.target.limits.upstreamConnectTimeoutMs });
+    // Names come back in the client's encoding: read in any other, a non-ASCII one would match no rule.
+    const decode = sqlDecoder(parameterStatusValue(upstream.startupReply, 'client_encoding'));
+    const result = await queryUpstream(upstream, this.target.upstream, catalogQuery(engine), { timeoutMs: this.target.limits.upstreamConnectTimeoutMs, decode });
     if (result.error !== undefined) {
       throw new SluiceError(
         ErrorCodes.MASKING_FAILED,
@@ -353,6 +355,8 @@ export class PostgresSession implements SessionHandle {
     const metrics = this.ctx.metrics;
     const recording = this.#recording;
     const clientEncoding = parameterStatusValue(upstream.startupReply, 'client_encoding');
+    // SQL text, and the column names of the server's RowDescriptions, are in the client's encoding.
+    const decode = sqlDecoder(clientEncoding);
     // Statements are judged (and the gate is in front) unless the policy allows everything and nothing is audited.
     const judging = policy.judges || Boolean(this.ctx.audit);
     const gate = new PgStatementGate({
@@ -362,7 +366,7 @@ export class PostgresSession implements SessionHandle {
       target: this.target.name,
       policy,
       logger: log,
-      decode: sqlDecoder(clientEncoding),
+      decode,
       ...(clientEncoding !== undefined ? { clientEncoding } : {}),
       // The result masker pairs the server's replies with the Describe and Execute they answer.
       ...(masking ? { onForward: (type: number, bytes: Buffer) => masker!.forwarded(type, bytes) } : {}),
@@ -383,6 +387,7 @@ export class PostgresSession implements SessionHandle {
           maxMessageBytes: this.target.limits.maxMessageBytes,
           onRefuse: (reason, error) => relay?.shutdown(reason, error),
           onStatementCounts: (counts) => gate.noteMasked(counts),
+          decode,
           ...(origins ? { origins } : {}),
         })
       : undefined;

@@ -27,6 +27,7 @@ import { SluiceError, ErrorCodes, type ErrorCode } from '../../src/errors.js';
 import type { Logger } from '../../src/log.js';
 import { withDirectReadOption } from '../../src/gateway/direct-reads.js';
 import { ScramClient } from './scram.js';
+import type { SqlDecoder } from './encoding.js';
 
 export interface UpstreamSession {
   /** Ready for relay: startup done, ReadyForQuery received, no 'data' listener, paused. The caller attaches 'error' at once. */
@@ -696,7 +697,8 @@ export async function queryUpstream(
   session: UpstreamSession,
   where: { host: string; port: number; user: string },
   sql: string,
-  opts: { timeoutMs: number },
+  /** `decode`: how to read the rows' text (they come in the session's client_encoding; default UTF-8). */
+  opts: { timeoutMs: number; decode?: SqlDecoder },
 ): Promise<CatalogRows> {
   const ctx: Context = { where: `${where.host}:${where.port}`, user: where.user, phase: 'catalog query' };
   const socket = session.socket;
@@ -719,7 +721,7 @@ export async function queryUpstream(
         case 0x43: // CommandComplete
           break;
         case 0x44: // DataRow
-          rows.push(dataRowText(frame, ctx));
+          rows.push(dataRowText(frame, ctx, opts.decode));
           break;
         case 0x45: {
           // ErrorResponse
@@ -747,7 +749,7 @@ export async function queryUpstream(
   }
 }
 
-function dataRowText(frame: Buffer, ctx: Context): Array<string | null> {
+function dataRowText(frame: Buffer, ctx: Context, decode: SqlDecoder | undefined): Array<string | null> {
   const bad = (): SluiceError => new SluiceError(ErrorCodes.UPSTREAM_PROTOCOL, `PostgreSQL upstream ${ctx.where} sent a malformed DataRow during the catalog query`);
   if (frame.length < 7) throw bad();
   const n = frame.readInt16BE(5);
@@ -762,7 +764,7 @@ function dataRowText(frame: Buffer, ctx: Context): Array<string | null> {
       continue;
     }
     if (pos + len > frame.length) throw bad();
-    out.push(frame.toString('utf8', pos, pos + len));
+    out.push(decode === undefined ? frame.toString('utf8', pos, pos + len) : decode(frame, pos, pos + len));
     pos += len;
   }
   return out;

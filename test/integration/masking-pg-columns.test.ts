@@ -37,6 +37,9 @@ insert into staff values ('staff-ssn-visible');
 create table cards (id int, number text);
 insert into cards values (1, '4000-canary');
 create view v_users as select password_hash from users;
+create table cyr (id int, "пароль" text);
+insert into cyr values (1, 'cyrillic-canary');
+create view cyr_v as select "пароль" from cyr;
 grant all on all tables in schema public, vault to app_user;
 grant usage on schema vault to app_user;
 grant create on schema public to app_user;
@@ -55,11 +58,12 @@ masking:
     - { name: vault-tokens, columns: ['vault.secrets.token'], strategy: redact }
     - { name: people-ssn, columns: ['people.ssn'], strategy: redact }
     - { name: all-of-cards, columns: ['cards.*'], strategy: redact }
+    - { name: cyrillic, columns: ['cyr.пароль'], strategy: redact }
 policies:
   - name: by-column
     subjects: { groups: [ci] }
     targets: [db, locked]
-    masking: [pw, vault-tokens, people-ssn]
+    masking: [pw, vault-tokens, people-ssn, cyrillic]
   - name: by-table
     subjects: { groups: [tables] }
     targets: [db]
@@ -91,6 +95,28 @@ t.test('a table column is masked whatever the query calls it', async (t) => {
   t.same(await one('db', { text: 'select password_hash as x from users where id = $1', values: [1] }), { x: '[redacted]' }, 'extended protocol');
   const binary = await one('db', { text: 'select password_hash as x from users', values: [], binary: true } as pg.QueryConfig);
   t.equal(String(binary.x), '[redacted]', 'binary format');
+});
+
+t.test('a non-ASCII column name matches its rule in any client_encoding the server converts to', async (t) => {
+  const token = await gw.token('ci-job', ['ci']);
+  for (const encoding of ['UTF8', 'WIN1251', 'KOI8R']) {
+    // The server sends column names, and the catalogue's rows, in the client's encoding: Sluice reads them in it.
+    const raw = await rawLogin(gw.port('db'), token, { user: 'raw', database: 'app', client_encoding: encoding });
+    const values = async (sql: string): Promise<string[]> => {
+      raw.send(typed('Q', `${sql}\0`));
+      const out: string[] = [];
+      for (let m = await raw.read(); m; m = await raw.read()) {
+        if (m.type === 'D') out.push(m.body.toString('latin1'));
+        if (m.type === 'Z') break;
+      }
+      return out;
+    };
+    const byOrigin = await values('select * from cyr');
+    t.ok(byOrigin.length === 1 && byOrigin[0]!.includes('[redacted]') && !byOrigin[0]!.includes('cyrillic-canary'), `${encoding}: masked by the column's table of origin`);
+    const byName = await values('select * from cyr_v');
+    t.ok(byName.length === 1 && byName[0]!.includes('[redacted]') && !byName[0]!.includes('cyrillic-canary'), `${encoding}: masked by its name, where the origin is a view`);
+    raw.send(typed('X', ''));
+  }
 });
 
 t.test('a column of the same name in another table is not masked', async (t) => {
