@@ -50,7 +50,7 @@ export interface GateContext extends GateContextBase {
 /** A reply owed to the client, in order. */
 type Owed =
   /** A Query or Sync was forwarded: the server will answer it with ReadyForQuery. */
-  | { kind: 'server'; denial?: Buffer; endsAbortedTransaction?: boolean }
+  | { kind: 'server'; denial?: Buffer; endsAbortedTransaction?: boolean; query?: true }
   /** Sluice answers itself: written once everything before it has been. */
   | { kind: 'local'; error?: Buffer; notice?: Buffer; withReadyForQuery: boolean };
 
@@ -118,6 +118,8 @@ interface ApprovalBound {
 
 /** Most replies owed are a plain ReadyForQuery: one shared entry instead of an object per Query or Sync. */
 const SERVER_REPLY: Owed = Object.freeze({ kind: 'server' });
+/** The same for a simple Query (the one kind of message a COPY FROM STDIN may come from here, see #copyIn). */
+const QUERY_REPLY: Owed = Object.freeze({ kind: 'server', query: true });
 
 /** A prepared statement as the audit trail names it. */
 interface Prepared {
@@ -138,6 +140,7 @@ export class PgStatementGate implements RelayGate {
   readonly clientTypes = [Frontend.Query, Frontend.Parse, Frontend.Bind, Frontend.Describe, Frontend.Execute, Frontend.Close, Frontend.Sync, Frontend.FunctionCall];
   readonly serverTypes = [
     Backend.ReadyForQuery,
+    Backend.CopyInResponse,
     Backend.CommandComplete,
     Backend.ErrorResponse,
     Backend.EmptyQueryResponse,
@@ -407,7 +410,7 @@ export class PgStatementGate implements RelayGate {
   }
 
   #forwardQuery(bytes: Buffer, query: ClassifiedQuery, started: number, extra?: Partial<AuditEvent>): void {
-    this.#owed.push(SERVER_REPLY);
+    this.#owed.push(QUERY_REPLY);
     const verdict: AuditVerdict = extra?.approvalId ? 'approved' : 'allowed';
     if (this.ctx.audit) {
       const at = Date.now();
@@ -687,6 +690,9 @@ export class PgStatementGate implements RelayGate {
       case Backend.ReadyForQuery:
         this.#readyForQuery(bytes);
         return;
+      case Backend.CopyInResponse:
+        if (this.#copyIn()) return;
+        break;
       case Backend.ErrorResponse:
         this.#serverErrored = true;
         if (this.#open.length > 0) this.#closeOpen(errorCode(bytes));
@@ -732,6 +738,32 @@ export class PgStatementGate implements RelayGate {
         severity: 'FATAL',
         code: sqlstate.INSUFFICIENT_PRIVILEGE,
         message: `sluice: the session changed ${changed.split('=')[0]} (in a function or DO block?); sluice must read SQL as the server does, so the session is closed`,
+      }),
+    );
+    return true;
+  }
+
+  /**
+   * COPY FROM STDIN started. From a simple Query, the replies pair as
+   * always. From an Execute (the extended protocol), the server ignores
+   * every Sync the client sends until CopyDone, and libpq sends one right
+   * behind the Execute: the gate, which owes one ReadyForQuery per Sync,
+   * would from then on put its refusals next to the wrong ReadyForQuery (a
+   * statement that ran shown as denied) or wait for one that never comes.
+   * The result masker stops trusting descriptions there too. Drivers send
+   * COPY as a simple Query; this rare case ends the session, with a FATAL
+   * that says what to do instead (fail closed).
+   */
+  #copyIn(): boolean {
+    // The first reply the server still owes (Sluice's own answers may wait ahead of it).
+    if (this.#owed.find((o) => o.kind === 'server') === QUERY_REPLY) return false;
+    this.ctx.logger.warn('COPY FROM STDIN through the extended protocol; session closed');
+    this.#io.shutdown(
+      'COPY FROM STDIN through the extended protocol',
+      errorResponse({
+        severity: 'FATAL',
+        code: sqlstate.FEATURE_NOT_SUPPORTED,
+        message: 'sluice: COPY FROM STDIN through the extended protocol (Parse/Bind/Execute) is not supported; send it as a simple query',
       }),
     );
     return true;

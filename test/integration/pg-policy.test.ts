@@ -225,6 +225,32 @@ t.test('in an aborted transaction, a statement prepared earlier cannot commit it
   await raw.waitClosed();
 });
 
+t.test('COPY FROM STDIN: as a simple query it works; through Parse/Bind/Execute the session ends with a clear error', async (t) => {
+  const raw = await rawLogin(port, agentToken);
+  const untilReady = async (): Promise<Array<{ type: string; body: Buffer }>> => {
+    const got: Array<{ type: string; body: Buffer }> = [];
+    for (let m = await raw.read(); m; m = await raw.read()) {
+      got.push(m);
+      if (m.type === 'Z') return got;
+    }
+    return got;
+  };
+  raw.send(typed('Q', 'COPY items FROM STDIN\0'));
+  t.equal((await raw.read())?.type, 'G', 'CopyInResponse');
+  raw.send(Buffer.concat([typed('d', '30\tthirty\n'), typed('c', '')]));
+  t.same((await untilReady()).map((m) => m.type), ['C', 'Z']);
+  t.equal(await rows('select name from items where id = 30'), 'thirty');
+
+  // As libpq's PQexecParams sends it: the server ignores that Sync until CopyDone, so replies
+  // would no longer pair with what Sluice owes the client.
+  raw.send(Buffer.concat([typed('P', '\0COPY items FROM STDIN\0\0\0'), typed('B', '\0\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0'), typed('S', '')]));
+  const got = await untilReady();
+  const fatal = got.find((m) => m.type === 'E');
+  t.match(errorFields(fatal!.body), { S: 'FATAL', C: '0A000', M: /COPY FROM STDIN through the extended protocol .* send it as a simple query/ });
+  await raw.waitClosed();
+  t.equal(await rows('select count(*) from items where id >= 30'), '1', 'nothing more was copied');
+});
+
 t.test('FunctionCall is refused', async (t) => {
   const raw = await rawLogin(port, agentToken);
   // FunctionCall: oid, 0 arg formats, 0 args, result format 0.
