@@ -116,6 +116,16 @@ interface ApprovalBound {
   unspent: string | undefined;
 }
 
+/** A Parse on its way: see PgStatementGate.#parsesInFlight. */
+interface ParseInFlight {
+  name: string;
+  statement: Prepared;
+  /** The batch it was sent in (#batchesSent then). */
+  batch: number;
+  /** A Close of the name was sent behind it: once created, it is closed again. */
+  closed: boolean;
+}
+
 /** Most replies owed are a plain ReadyForQuery: one shared entry instead of an object per Query or Sync. */
 const SERVER_REPLY: Owed = Object.freeze({ kind: 'server' });
 /** The same for a simple Query (the one kind of message a COPY FROM STDIN may come from here, see #copyIn). */
@@ -140,6 +150,7 @@ export class PgStatementGate implements RelayGate {
   readonly clientTypes = [Frontend.Query, Frontend.Parse, Frontend.Bind, Frontend.Describe, Frontend.Execute, Frontend.Close, Frontend.Sync, Frontend.FunctionCall];
   readonly serverTypes = [
     Backend.ReadyForQuery,
+    Backend.ParseComplete,
     Backend.CopyInResponse,
     Backend.CommandComplete,
     Backend.ErrorResponse,
@@ -161,8 +172,22 @@ export class PgStatementGate implements RelayGate {
   /** Client messages waiting behind a held statement. */
   #backlog: Held[] = [];
   #pending: PendingApproval | undefined;
-  /** Prepared statements by name (extended protocol), for audit text. */
+  /** Prepared statements by name (extended protocol) the server has created (ParseComplete): for audit text, and ROLLBACK in an aborted transaction. */
   readonly #statements = new Map<string, Prepared>();
+  /**
+   * Parses sent and not yet answered, in order. A statement counts only once
+   * the server's ParseComplete says it exists: a Parse the server refuses
+   * (a named statement that exists already, a syntax error, or one skipped
+   * after an earlier error of its batch) changes nothing there, so it must
+   * change nothing here. Taken for a COMMIT's name, a refused `Parse x
+   * 'ROLLBACK'` let a prepared COMMIT run in a transaction the gate had
+   * aborted.
+   */
+  #parsesInFlight: ParseInFlight[] = [];
+  /** Queries and Syncs sent upstream: each ends a batch the server answers with one ReadyForQuery. */
+  #batchesSent = 0;
+  /** ReadyForQuery messages received: the batch the server is answering now. */
+  #batchesAnswered = 0;
   /**
    * Prepared statements released by an approval or an approver's window, by
    * name (SQL's PREPARE and the protocol's Parse share one namespace on the
@@ -302,8 +327,25 @@ export class PgStatementGate implements RelayGate {
    * -1 for pass-through bytes, which are no whole message.
    */
   #up(bytes: Buffer, type: number = bytes[0]!): void {
+    if (type === Frontend.Sync || type === Frontend.Query) this.#batchesSent++;
     this.ctx.onForward?.(type, bytes);
     this.#io.toUpstream(bytes);
+  }
+
+  /** A Parse of `name` is sent: the statement exists once the server answers ParseComplete. */
+  #parseSent(name: string, statement: Prepared, bytes: Buffer): void {
+    this.#parsesInFlight.push({ name, statement, batch: this.#batchesSent, closed: false });
+    this.#up(bytes);
+  }
+
+  /** The statement a Bind names: the last Parse of it still on its way (a Bind behind a failed Parse fails too), else the one the server has. */
+  #statement(name: string): Prepared | undefined {
+    const inFlight = this.#parsesInFlight;
+    for (let i = inFlight.length - 1; i >= 0; i--) {
+      const p = inFlight[i]!;
+      if (p.name === name) return p.closed ? undefined : p.statement;
+    }
+    return this.#statements.get(name);
   }
 
   #query(bytes: Buffer): void {
@@ -457,11 +499,10 @@ export class PgStatementGate implements RelayGate {
    */
   #parsed(name: string, bytes: Buffer, facts: SqlStatementFacts[], approvalBound: boolean, approvalId?: string): void {
     const f = facts[0]!;
-    this.#statements.set(name, prepared(auditText(f.text, f.kinds), kindLabel(f.kinds)));
     // A Parse of the unnamed statement replaces it on the server; a named one that exists is refused there (kept).
     if (name === '' && this.#approvalBound.size > 0) this.#approvalBound.delete('');
     if (approvalBound) this.#bindApprovals(facts, name, approvalId);
-    this.#up(bytes);
+    this.#parseSent(name, prepared(auditText(f.text, f.kinds), kindLabel(f.kinds)), bytes);
   }
 
   /**
@@ -662,7 +703,7 @@ export class PgStatementGate implements RelayGate {
   #bindsRollback(bytes: Buffer): boolean {
     const portal = cstring(bytes, 5);
     const name = cstring(bytes, portal.end);
-    const text = this.#statements.get(name.value)?.text;
+    const text = this.#statement(name.value)?.text;
     if (text === undefined || !TRANSACTION_ROLLBACK.test(text)) return false;
     this.#rollbackPortals.add(portal.value);
     return true;
@@ -670,11 +711,9 @@ export class PgStatementGate implements RelayGate {
 
   #parseInAbortedTransaction(bytes: Buffer, name: string, query: string): void {
     if (TRANSACTION_END.test(query)) {
-      this.#statements.set(name, prepared('ROLLBACK', 'transaction'));
-      this.#up(parseMessage(name, 'ROLLBACK'));
+      this.#parseSent(name, prepared('ROLLBACK', 'transaction'), parseMessage(name, 'ROLLBACK'));
     } else if (TRANSACTION_ROLLBACK.test(query)) {
-      this.#statements.set(name, prepared(query, 'transaction'));
-      this.#up(bytes);
+      this.#parseSent(name, prepared(query, 'transaction'), bytes);
     } else {
       this.#discardUntilSync = abortedError();
     }
@@ -687,7 +726,16 @@ export class PgStatementGate implements RelayGate {
       case Backend.ParameterStatus:
         if (this.#readingChanged(bytes)) return;
         break;
+      case Backend.ParseComplete: {
+        // The oldest Parse on its way (replies come in order); one of a batch that failed has no ParseComplete.
+        const p = this.#parsesInFlight.shift();
+        if (p !== undefined && !p.closed) this.#statements.set(p.name, p.statement);
+        break;
+      }
       case Backend.ReadyForQuery:
+        this.#batchesAnswered++;
+        // Parses of the batch just answered that got no ParseComplete were refused, or skipped after an error.
+        while (this.#parsesInFlight.length > 0 && this.#parsesInFlight[0]!.batch < this.#batchesAnswered) this.#parsesInFlight.shift();
         this.#readyForQuery(bytes);
         return;
       case Backend.CopyInResponse:
@@ -695,6 +743,8 @@ export class PgStatementGate implements RelayGate {
         break;
       case Backend.ErrorResponse:
         this.#serverErrored = true;
+        // The server skips the rest of the batch: no Parse of it still on its way will be created.
+        while (this.#parsesInFlight.length > 0 && this.#parsesInFlight[0]!.batch === this.#batchesAnswered) this.#parsesInFlight.shift();
         if (this.#open.length > 0) this.#closeOpen(errorCode(bytes));
         break;
       case Backend.CommandComplete:
@@ -848,7 +898,7 @@ export class PgStatementGate implements RelayGate {
     const nameEnd = bytes.indexOf(0, at + 1);
     if (nameEnd < 0) return; // malformed: the server refuses it; nothing to audit
     const name = this.#statementName(bytes, at + 1, nameEnd);
-    const statement = this.#statements.get(name);
+    const statement = this.#statement(name);
     // Parameters of a role statement may be its password: never kept.
     const bind = statement?.role ? null : bytes;
     if (portal !== '') {
@@ -873,6 +923,7 @@ export class PgStatementGate implements RelayGate {
     const name = cstring(bytes, 6).value;
     if (bytes[5] === 0x53 /* S */) {
       this.#statements.delete(name);
+      for (const p of this.#parsesInFlight) if (p.name === name) p.closed = true;
       if (this.#approvalBound.size > 0) this.#approvalBound.delete(name);
     } else if (bytes[5] === 0x50 /* P */) {
       if (name !== '') this.#portals.delete(name);

@@ -225,6 +225,39 @@ t.test('in an aborted transaction, a statement prepared earlier cannot commit it
   await raw.waitClosed();
 });
 
+t.test('a Parse the server refuses changes nothing: a prepared COMMIT stays a COMMIT in an aborted transaction', async (t) => {
+  const raw = await rawLogin(port, agentToken);
+  const query = (sql: string) => typed('Q', `${sql}\0`);
+  const untilReady = async (): Promise<Array<{ type: string; body: Buffer }>> => {
+    const got: Array<{ type: string; body: Buffer }> = [];
+    for (let m = await raw.read(); m; m = await raw.read()) {
+      got.push(m);
+      if (m.type === 'Z') return got;
+    }
+    return got;
+  };
+  raw.send(Buffer.concat([typed('P', 'fin2\0COMMIT\0\0\0'), typed('S', '')]));
+  t.same((await untilReady()).map((m) => m.type), ['1', 'Z']);
+  // The name exists: the server refuses this Parse (42P05) and fin2 stays a COMMIT.
+  raw.send(Buffer.concat([typed('P', 'fin2\0ROLLBACK\0\0\0'), typed('S', '')]));
+  const dup = await untilReady();
+  t.equal(errorFields(dup.find((m) => m.type === 'E')!.body).C, '42P05');
+  raw.send(query('BEGIN'));
+  await untilReady();
+  raw.send(query("INSERT INTO items VALUES (21, 'twenty-one')"));
+  await untilReady();
+  raw.send(query('DROP TABLE victim'));
+  t.equal((await untilReady()).at(-1)!.body.toString('latin1'), 'E', 'the transaction is aborted');
+  raw.send(Buffer.concat([typed('B', '\0fin2\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0'), typed('S', '')]));
+  const refused = await untilReady();
+  t.equal(errorFields(refused.find((m) => m.type === 'E')!.body).C, '25P02', 'the COMMIT is refused, as any statement but ROLLBACK');
+  raw.send(query('ROLLBACK'));
+  t.equal((await untilReady()).at(-1)!.body.toString('latin1'), 'I');
+  t.equal(await rows('select count(*) from items where id = 21'), '0', 'nothing was committed');
+  raw.send(typed('X', Buffer.alloc(0)));
+  await raw.waitClosed();
+});
+
 t.test('COPY FROM STDIN: as a simple query it works; through Parse/Bind/Execute the session ends with a clear error', async (t) => {
   const raw = await rawLogin(port, agentToken);
   const untilReady = async (): Promise<Array<{ type: string; body: Buffer }>> => {
