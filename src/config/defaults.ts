@@ -42,6 +42,8 @@ export const MAX_MESSAGE_BYTES = 1024 * 1024 * 1024;
 
 /** How long a statement held for approval waits for a decision. */
 export const DEFAULT_APPROVAL_TIMEOUT_MS = 5 * 60_000;
+/** Approval requests one subject may have pending at once (approvals.max_pending_per_subject). */
+export const DEFAULT_MAX_PENDING_APPROVALS = 10;
 
 /** `recording:` defaults: on, 1 GiB per session, 200 ms flush, 8 MiB backlog, 30 days retention, fsync at close. */
 export const DEFAULT_RECORDING: Readonly<RecordingConfig> = Object.freeze({
@@ -99,7 +101,7 @@ export function embeddedDefaultConfig(env: NodeJS.ProcessEnv, cwd: string = proc
       },
     ],
     policies: [{ name: 'dev', subjects: { issuer: [DEV_ISSUER] }, targets: ['pg'], default: 'allow', rules: [] }],
-    approvals: { timeoutMs: DEFAULT_APPROVAL_TIMEOUT_MS },
+    approvals: { timeoutMs: DEFAULT_APPROVAL_TIMEOUT_MS, maxPendingPerSubject: DEFAULT_MAX_PENDING_APPROVALS },
     log: { level: 'info' },
   };
 }

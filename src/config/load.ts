@@ -21,6 +21,7 @@ import { ErrorCodes, SluiceError } from '../errors.js';
 import {
   DEFAULT_ALGORITHMS,
   DEFAULT_APPROVAL_TIMEOUT_MS,
+  DEFAULT_MAX_PENDING_APPROVALS,
   DEFAULT_CLOCK_TOLERANCE_SECONDS,
   DEFAULT_GROUPS_CLAIM,
   DEFAULT_LIMITS,
@@ -936,6 +937,7 @@ class Normaliser {
     const hookTimeout = hook?.timeout === undefined ? 5_000 : parseDuration(hook.timeout as string | number);
     return {
       timeoutMs: timeoutMs ?? DEFAULT_APPROVAL_TIMEOUT_MS,
+      maxPendingPerSubject: int(raw?.max_pending_per_subject) ?? DEFAULT_MAX_PENDING_APPROVALS,
       ...(url ? { webhook: { url, timeoutMs: hookTimeout ?? 5_000 } } : {}),
     };
   }

@@ -179,6 +179,8 @@ export interface ApiConfig {
 export interface ApprovalsConfig {
   /** A held statement waits at most this long for a decision, ms. Default 5 minutes. */
   timeoutMs: number;
+  /** Requests one subject (issuer and subject) may have pending at once; another is refused. Default 10. */
+  maxPendingPerSubject: number;
   webhook?: { url: string; timeoutMs: number };
 }
 

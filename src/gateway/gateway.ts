@@ -121,6 +121,7 @@ export class Gateway {
     const approvals = new ApprovalManager({
       store,
       timeoutMs: config.approvals.timeoutMs,
+      maxPendingPerSubject: config.approvals.maxPendingPerSubject,
       logger,
       ...(config.approvals.webhook ? { webhook: config.approvals.webhook } : {}),
       onUndecided: (status) => metrics.approvalEnded(status),

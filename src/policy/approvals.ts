@@ -40,6 +40,7 @@ export const ApprovalErrorCodes = {
   APPROVAL_NOT_PENDING: ErrorCodes.APPROVAL_NOT_PENDING,
   APPROVAL_SELF: ErrorCodes.APPROVAL_SELF,
   APPROVAL_WINDOW_INVALID: ErrorCodes.APPROVAL_WINDOW_INVALID,
+  APPROVAL_LIMIT: ErrorCodes.APPROVAL_LIMIT,
 } as const;
 
 export interface ApprovalRequest {
@@ -81,6 +82,8 @@ export interface ApprovalManagerOptions {
   timeoutMs?: number;
   /** Longest window an approver may grant; default 24 h. */
   maxWindowSeconds?: number;
+  /** Requests one subject may have pending at once (approvals.max_pending_per_subject); default 10. */
+  maxPendingPerSubject?: number;
   logger: Logger;
   webhook?: ApprovalWebhookConfig;
   now?: () => number;
@@ -162,6 +165,7 @@ export class ApprovalManager {
   private closed = false;
 
   private readonly onUndecided: ((status: 'expired' | 'cancelled') => void) | undefined;
+  private readonly maxPendingPerSubject: number;
 
   constructor(opts: ApprovalManagerOptions) {
     this.store = opts.store;
@@ -171,6 +175,7 @@ export class ApprovalManager {
     this.webhook = opts.webhook;
     this.now = opts.now ?? Date.now;
     this.onUndecided = opts.onUndecided;
+    this.maxPendingPerSubject = opts.maxPendingPerSubject ?? 10;
     this.recover();
   }
 
@@ -194,8 +199,24 @@ export class ApprovalManager {
     }
   }
 
+  /**
+   * Records a request and starts its timer. Throws a SluiceError
+   * (SLUICE_APPROVAL_LIMIT) when the subject already has
+   * maxPendingPerSubject requests pending: each of its sessions may hold one
+   * statement, and without a bound one token could open session after
+   * session, each posting to the approvers' channel. The caller refuses
+   * the statement with that message.
+   */
   request(req: ApprovalRequest): PendingApproval {
     if (this.closed) throw new Error('approval manager is closed');
+    let pending = 0;
+    for (const p of this.pending.values()) if (p.record.subject === req.subject && p.record.issuer === req.issuer) pending++;
+    if (pending >= this.maxPendingPerSubject) {
+      throw new SluiceError(
+        ErrorCodes.APPROVAL_LIMIT,
+        `${pending} approvals are already pending for this subject (approvals.max_pending_per_subject); wait for a decision before asking for another`,
+      );
+    }
     const created = this.now();
     const record: ApprovalRecord = {
       id: newApprovalId(),

@@ -39,6 +39,7 @@ api:
   roles: { approver: [security], auditor: [security] }
 approvals:
   timeout: 3s
+  max_pending_per_subject: 2
 `,
   { TEST_PG_PASSWORD: pgServer.password },
 );
@@ -362,6 +363,18 @@ t.test('a denied approval errors, a timeout errors, and one approval never relea
   const idT = await noticeId(b);
   t.match(await timed, { code: '42501', message: new RegExp(`approval ${idT} expired`) });
   t.equal((await b.query('select 3 as three')).rows[0].three, 3, 'usable after a timeout');
+});
+
+t.test('a subject with max_pending_per_subject statements held gets a refusal for the next, not a third hold', async (t) => {
+  const clients = [await connect(), await connect(), await connect()];
+  t.teardown(() => Promise.all(clients.map((c) => c.end())));
+  const held = clients.slice(0, 2).map((c) => c.query('CREATE ROLE limit_a').then(() => undefined, (err: unknown) => err));
+  await Promise.all(clients.slice(0, 2).map((c) => noticeId(c)));
+  const third = await clients[2]!.query('CREATE ROLE limit_b').then(() => undefined, (err: unknown) => err);
+  t.match(third, { code: '42501', message: /2 approvals are already pending for this subject \(approvals\.max_pending_per_subject\)/ });
+  t.equal(clients[2]!.notices.length, 0, 'it was never held');
+  t.equal((await clients[2]!.query('select 1 as one')).rows[0].one, 1, 'the session goes on');
+  for (const e of await Promise.all(held)) t.match(e, { code: '42501', message: /expired/ }, 'the held ones time out as usual');
 });
 
 t.test('the audit trail records what happened, without passwords', async (t) => {

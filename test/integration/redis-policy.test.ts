@@ -33,6 +33,7 @@ api:
   roles: { approver: [security], auditor: [security] }
 approvals:
   timeout: 3s
+  max_pending_per_subject: 2
 `,
   { REDIS_PW: redis.aclPassword },
 );
@@ -189,6 +190,19 @@ t.test('a held command waits for approval; the pipeline behind it waits too', as
   await c.set('old:2', 'y');
   await t.rejects(c.unlink('old:2'), /NOPERM sluice: approval apr_[a-z2-7]+ expired/);
   t.equal(await c.get('old:2'), 'y', 'a timed-out command did not run, and the session goes on');
+});
+
+t.test('a subject with max_pending_per_subject commands held gets a refusal for the next, not a third hold', async (t) => {
+  const clients = [client(), client(), client()];
+  await Promise.all(clients.map((c) => c.connect()));
+  t.teardown(() => clients.forEach((c) => c.disconnect()));
+  const held = clients.slice(0, 2).map((c, i) => c.unlink(`limit:${i}`).then(() => undefined, (err: unknown) => err));
+  t.ok(await pendingApproval('limit:0'));
+  t.ok(await pendingApproval('limit:1'));
+  await t.rejects(clients[2]!.unlink('limit:2'), /NOPERM sluice: denied by rule "bulk-delete-needs-approval": .*2 approvals are already pending for this subject/);
+  t.equal(await pendingApproval('limit:2'), undefined, 'never held');
+  t.equal(await clients[2]!.ping(), 'PONG', 'the session goes on');
+  for (const e of await Promise.all(held)) t.match(String(e), /expired/, 'the held ones time out as usual');
 });
 
 t.test('an AUTH pipelined behind a held command is refused, and scrubbed from the recording', async (t) => {

@@ -205,6 +205,17 @@ t.test('requests ended without a decision are counted; a huge statement is kept 
   t.same(ended.sort(), ['cancelled', 'expired'], 'a decision is not counted here (the API counts it)');
 });
 
+t.test('a subject may have max_pending_per_subject requests pending; another is refused until one ends', async (t) => {
+  const { mgr } = setup(t, { maxPendingPerSubject: 2 });
+  const a = mgr.request(req());
+  mgr.request(req());
+  t.throws(() => mgr.request(req()), { code: 'SLUICE_APPROVAL_LIMIT', message: /2 approvals are already pending for this subject/ });
+  t.ok(mgr.request(req({ subject: 'agent-8' })), 'another subject is not limited by it');
+  t.ok(mgr.request(req({ issuer: 'https://other.example' })), 'nor the same name from another issuer');
+  mgr.deny(a.record.id, security);
+  t.ok(mgr.request(req()), 'once one is decided, the subject may ask again');
+});
+
 t.test('close cancels every pending request', async (t) => {
   const { mgr } = setup(t);
   const a = mgr.request(req());
