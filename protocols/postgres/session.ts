@@ -163,11 +163,18 @@ export class PostgresSession implements SessionHandle {
     if (!policy) {
       throw new SluiceError(ErrorCodes.NOT_AUTHORIZED, `not authorized for target "${this.target.name}"`);
     }
-    const login = (): Promise<UpstreamSession> =>
-      connectUpstream(this.target.upstream, vetted.forward, {
+    const login = async (): Promise<UpstreamSession> => {
+      const u = await connectUpstream(this.target.upstream, vetted.forward, {
         connectTimeoutMs: this.target.limits.upstreamConnectTimeoutMs,
         logger: log,
       });
+      // Logged in, the socket has no 'error' listener of its own until the relay attaches one, and
+      // the login may finish before the recording's file exists (loginRecorded waits for both):
+      // an error then (a reset, a TLS alert) must not be an unhandled 'error' event, which ends
+      // the process. The socket is found destroyed below.
+      u.socket.on('error', () => undefined);
+      return u;
+    };
     // No recording, no session: refused (57P03) if its file cannot be created, or while the
     // recorder is unhealthy. The file is created while the upstream login runs.
     const upstream = await loginRecorded(this.#recording, identity, () => this.#clearPreAuth(), login, (u) => u.socket.destroy());
@@ -176,9 +183,9 @@ export class PostgresSession implements SessionHandle {
       return;
     }
     this.#upstream = upstream;
-    // The relay attaches its own; until then (the catalogue query's wait, the checks below) an
-    // error on this socket must not be an unhandled 'error' event, which ends the process.
-    upstream.socket.on('error', () => undefined);
+    if (upstream.socket.destroyed) {
+      throw new SluiceError(ErrorCodes.UPSTREAM_CONNECT_FAILED, 'the upstream closed the connection while the session was being admitted');
+    }
     // Sluice parses SQL as PostgreSQL does by default; a server that reads
     // backslashes in '...' as escapes would see different statements.
     if (parameterStatusValue(upstream.startupReply, 'standard_conforming_strings') === 'off') {

@@ -262,6 +262,12 @@ export class RedisSession implements SessionHandle {
       connectRedisUpstream(this.target.upstream, {
         connectTimeoutMs: this.target.limits.upstreamConnectTimeoutMs,
         ...(login.kind === 'hello' ? { hello: login.proto, ...(login.setName ? { setName: login.setName } : {}) } : {}),
+      }).then((u) => {
+        // Logged in, the socket has no 'error' listener of its own until the relay attaches one, and
+        // the login may finish before the recording's file exists (loginRecorded waits for both):
+        // an error then must not be an unhandled 'error' event, which ends the process.
+        u.socket.on('error', () => undefined);
+        return u;
       });
     let upstream: RedisUpstreamSession;
     try {
@@ -285,7 +291,11 @@ export class RedisSession implements SessionHandle {
       upstream.socket.destroy();
       return;
     }
-    upstream.socket.on('error', () => {}); // the relay attaches its own; this covers the gap
+    if (upstream.socket.destroyed) {
+      log.error({ reason: 'the upstream closed the connection while the session was being admitted' }, 'upstream connection failed');
+      this.#close(error(`sluice: could not connect to the upstream (correlation id ${this.id})`), 'upstream connection failed');
+      return;
+    }
     try {
       this.#startRelay(upstream.socket, login.kind === 'auth' ? OK : upstream.helloReply!, upstream.leftover, proto, log, policies, label);
     } catch (err) {
