@@ -154,6 +154,16 @@ const TRANSCRIPT_MAX_BYTES = 256 * 1024 * 1024;
  */
 const TRANSCRIPT_MAX_EVENTS = 100_000;
 
+/** `api.request_timeout`'s default: a request (at most BODY_LIMIT bytes of body) arrives whole within this. */
+const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
+/** Headers arrive within this (or the request timeout, when shorter). */
+const HEADERS_TIMEOUT_MS = 10_000;
+/** A connection with no bytes either way for this long is closed (a transcript is built well within it). */
+const IDLE_CONNECTION_MS = 120_000;
+const KEEP_ALIVE_MS = 5_000;
+/** Open API connections; past this, new ones are closed at once (the gateway's sessions and recordings share the process's descriptors). */
+const MAX_CONNECTIONS = 256;
+
 function sendError(reply: FastifyReply, status: number, code: string, message: string): FastifyReply {
   if (status === 401) reply.header('www-authenticate', 'Bearer realm="sluice", error="invalid_token"');
   return reply
@@ -165,6 +175,10 @@ function sendError(reply: FastifyReply, status: number, code: string, message: s
 export async function startApi(deps: ApiDeps): Promise<RunningApi> {
   const { config, verifier, approvals, metrics, store } = deps;
   const logger = deps.logger.child({ component: 'api' });
+  // fastify switches Node's request timeout off by default: a client that sent its headers and
+  // then nothing (or a body byte now and then) held its connection, and a file descriptor the
+  // database sessions and their recordings share, for ever, before any token was read.
+  const requestTimeout = config.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
   const app = fastify({
     loggerInstance: logger,
     bodyLimit: BODY_LIMIT,
@@ -172,7 +186,17 @@ export async function startApi(deps: ApiDeps): Promise<RunningApi> {
     trustProxy: false,
     // A scraper's or load balancer's idle connections must not hold close().
     forceCloseConnections: true,
+    requestTimeout,
+    // A connection with nothing moving either way (no request, no response bytes) is closed.
+    connectionTimeout: IDLE_CONNECTION_MS,
+    keepAliveTimeout: KEEP_ALIVE_MS,
+    http: {
+      headersTimeout: Math.min(requestTimeout, HEADERS_TIMEOUT_MS),
+      // How often Node looks for requests past those deadlines (its default is 30 s).
+      connectionsCheckingInterval: Math.max(100, Math.min(requestTimeout / 4, 5_000)),
+    },
   });
+  app.server.maxConnections = MAX_CONNECTIONS;
 
   const authorize = async (req: FastifyRequest, roles: readonly ApiRole[]): Promise<Principal> => {
     const principal = await authenticate(req.headers.authorization, verifier, config.roles, config.audience);

@@ -877,7 +877,13 @@ class Normaliser {
         this.#problem('api.audience', `expected an audience other than the issuers' own, found ${render(audience)}, the audience of ${same.issuer}'s database tokens (they would be API tokens too)`);
       }
     }
-    return { listen, ...(audience !== undefined ? { audience } : {}), roles: { approver: this.#roleGrants(roles?.approver, 'api.roles.approver', knownIssuers), auditor: this.#roleGrants(roles?.auditor, 'api.roles.auditor', knownIssuers) } };
+    const requestTimeoutMs = raw.request_timeout === undefined ? undefined : parseDuration(raw.request_timeout as string | number);
+    return {
+      listen,
+      ...(audience !== undefined ? { audience } : {}),
+      roles: { approver: this.#roleGrants(roles?.approver, 'api.roles.approver', knownIssuers), auditor: this.#roleGrants(roles?.auditor, 'api.roles.auditor', knownIssuers) },
+      ...(requestTimeoutMs !== undefined ? { requestTimeoutMs } : {}),
+    };
   }
 
   /** A group name or a list of group names and subject matches (checked as a policy's subjects are). */

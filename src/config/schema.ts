@@ -418,6 +418,7 @@ export const configSchema = {
       required: ['listen'],
       expected: 'a mapping with listen and roles',
       properties: {
+        request_timeout: duration,
         listen: { type: 'string', pattern: '^(\\[[^\\]]+\\]|[^:\\[\\]]+):[0-9]+$', expected: 'host:port such as 127.0.0.1:8080' },
         audience: nonEmptyString,
         roles: {

@@ -174,6 +174,8 @@ export interface ApiConfig {
   audience?: string;
   /** Who may decide approvals / read the audit trail. */
   roles: { approver: RoleGrant[]; auditor: RoleGrant[] };
+  /** A request must arrive whole (headers and body) within this, ms (`api.request_timeout`); absent: 30 s. */
+  requestTimeoutMs?: number;
 }
 
 export interface ApprovalsConfig {

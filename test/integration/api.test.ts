@@ -1,4 +1,6 @@
+import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
@@ -8,7 +10,7 @@ import { unpinnedRoles } from '../../src/api/auth.js';
 import { Metrics } from '../../src/api/metrics.js';
 import { startApi, type HealthReport } from '../../src/api/server.js';
 import { parseConfig } from '../../src/config/load.js';
-import type { IdentityConfig } from '../../src/config/types.js';
+import type { ApiConfig, IdentityConfig } from '../../src/config/types.js';
 import { DevIssuer } from '../../src/identity/dev-issuer.js';
 import { createTokenVerifier } from '../../src/identity/verifier.js';
 import { createLogger } from '../../src/log.js';
@@ -25,7 +27,7 @@ import { startGateway } from '../helpers/gateway.js';
 
 const identity: IdentityConfig = { devIssuer: true, issuers: [], maxTokenBytes: 16384, clockToleranceSeconds: 30, maxTokenLifetimeSeconds: 86400 };
 
-async function setup(t: Test) {
+async function setup(t: Test, config: Partial<ApiConfig> = {}) {
   const dir = t.testdir();
   const logs: string[] = [];
   const logger = createLogger('debug', { write: (s: string) => void logs.push(s) });
@@ -36,7 +38,7 @@ async function setup(t: Test) {
   const verifier = createTokenVerifier(identity, { devIssuer: issuer, logger });
   let health: HealthReport = { ok: true, checks: { store: 'ok', 'app-db': 'listening' } };
   const api = await startApi({
-    config: { listen: { host: '127.0.0.1', port: 0 }, roles: { approver: ['security'], auditor: ['security', 'audit'] } },
+    config: { listen: { host: '127.0.0.1', port: 0 }, roles: { approver: ['security'], auditor: ['security', 'audit'] }, ...config },
     verifier,
     store,
     approvals,
@@ -319,6 +321,19 @@ t.test('audit query with filters', async (t) => {
     t.equal(r.status, 400, bad);
     t.equal(r.json.code, 'SLUICE_API_BAD_REQUEST');
   }
+});
+
+t.test('a request that does not arrive whole within api.request_timeout is cut off, before any token is read', async (t) => {
+  const s = await setup(t, { requestTimeoutMs: 400 });
+  const socket = connect(s.api.address.port, '127.0.0.1');
+  await once(socket, 'connect');
+  let answer = '';
+  socket.on('data', (d: Buffer) => (answer += d.toString('latin1')));
+  // Headers that announce a body, and one byte of it: then nothing, as a slow client would.
+  socket.write('POST /api/approvals/x/deny HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{');
+  await once(socket, 'close');
+  t.match(answer, /^HTTP\/1\.1 408 /, 'the server answers 408 Request Timeout and closes');
+  t.equal((await s.call('GET', '/api/approvals', s.tokens.approver)).status, 200, 'the API serves others as before');
 });
 
 t.test('/healthz and /metrics need no token', async (t) => {

@@ -265,6 +265,14 @@ t.test('recording: fsync close (the default) or off', async (t) => {
   t.equal(parseConfig(`${MINIMAL}recording: { fsync: close }\n`, { baseDir: '/x', env: {} }).recording?.fsync, 'close');
 });
 
+t.test('api.request_timeout and approvals.max_pending_per_subject', async (t) => {
+  const config = parseConfig(`${MINIMAL}api: { listen: 127.0.0.1:8080, request_timeout: 2s }\napprovals: { max_pending_per_subject: 3 }\n`, { baseDir: '/x', env: {} });
+  t.equal(config.api?.requestTimeoutMs, 2000);
+  t.equal(config.approvals.maxPendingPerSubject, 3);
+  t.equal(parseConfig(`${MINIMAL}api: { listen: 127.0.0.1:8080 }\n`, { baseDir: '/x', env: {} }).api?.requestTimeoutMs, undefined, 'omitted: the API default');
+  t.throws(() => parseConfig(`${MINIMAL}approvals: { max_pending_per_subject: 0 }\n`, { baseDir: '/x', env: {} }), /approvals\.max_pending_per_subject/);
+});
+
 t.test('each problem is one line naming the key, what was expected and what was found', async (t) => {
   const dir = t.testdir({ 'empty-pw': '', 'ca.pem': 'x', 'bad.jwks': 'not json', 'ok.jwks': '{"keys": []}' });
   const cases: [string, string, string][] = [
