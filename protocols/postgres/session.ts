@@ -6,6 +6,7 @@ import type { Identity } from '../../src/identity/types.js';
 import { ErrorCodes, SluiceError, isSluiceError } from '../../src/errors.js';
 import { isLoopbackConnection, newSessionId } from '../../src/gateway/net.js';
 import { endAtTokenExpiry, tokenExpiredMessage } from '../../src/gateway/token-expiry.js';
+import { serverTlsSocket } from '../../src/gateway/tls.js';
 import type { Logger } from '../../src/log.js';
 import { PgFramer, PgProtocolError } from './framer.js';
 import { HandshakeReader, PeerClosed, type WireMessage } from './handshake-reader.js';
@@ -261,11 +262,9 @@ export class PostgresSession implements SessionHandle {
     this.#socket.write('S');
     // The recording keeps the cleartext: the plain socket up to 'S', then the TLS socket's plaintext.
     this.#recording?.tap.detach(this.#socket);
-    const tlsSocket = new TLSSocket(this.#socket, { isServer: true, secureContext: this.ctx.secureContext });
-    // For the socket's whole life: the handshake reader listens only while it reads, and a write
-    // after it let go (a refusal, as the client resets the connection) fails with an 'error' that,
-    // unheard, would be an uncaught exception ending the process and every session in it.
-    tlsSocket.on('error', () => tlsSocket.destroy());
+    // With an 'error' listener for its whole life: the handshake reader listens only while it
+    // reads, and a write after it let go (a refusal, as the client resets the connection) fails.
+    const tlsSocket = serverTlsSocket(this.#socket, this.ctx.secureContext);
     let settle!: (err?: Error) => void;
     const handshake = new Promise<void>((resolve, reject) => {
       settle = (err) => (err === undefined ? resolve() : reject(err));

@@ -6,6 +6,7 @@ import type { Identity } from '../../src/identity/types.js';
 import { ErrorCodes, SluiceError, isSluiceError } from '../../src/errors.js';
 import { isLoopbackConnection, newSessionId } from '../../src/gateway/net.js';
 import { endAtTokenExpiry, tokenExpiredMessage } from '../../src/gateway/token-expiry.js';
+import { serverTlsSocket } from '../../src/gateway/tls.js';
 import type { Logger } from '../../src/log.js';
 import { NOAUTH, parsePreAuth, tokenIs, type PreAuthCommand } from './commands.js';
 import { OK, error, type RespVersion } from './replies.js';
@@ -146,8 +147,7 @@ export class RedisSession implements SessionHandle {
   }
 
   async #startTls(): Promise<void> {
-    const tlsSocket = new TLSSocket(this.#socket, { isServer: true, secureContext: this.ctx.secureContext });
-    tlsSocket.on('error', () => tlsSocket.destroy());
+    const tlsSocket = serverTlsSocket(this.#socket, this.ctx.secureContext);
     this.#socket.resume();
     await new Promise<void>((resolve, reject) => {
       tlsSocket.once('secure', resolve);

@@ -11,7 +11,7 @@
  */
 import { X509Certificate, createPrivateKey, randomBytes, type KeyObject } from 'node:crypto';
 import { chmod, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { isIP } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import tls from 'node:tls';
@@ -347,6 +347,28 @@ async function readTlsFile(path: string): Promise<string> {
  */
 export function serverTlsOptions(material: ServerTlsMaterial): tls.TlsOptions {
   return { cert: material.cert, key: material.key, minVersion: 'TLSv1.2' };
+}
+
+/**
+ * The server side of a TLS upgrade in place (PostgreSQL's SSLRequest, a
+ * Redis listener with TLS): a TLSSocket over the accepted socket.
+ *
+ * - It has an 'error' listener for its whole life, which destroys it: an
+ *   error with none (a write as the client resets the connection) is an
+ *   uncaught exception that ends the process and every session in it.
+ * - Renegotiation (TLS 1.2) is refused by destroying the socket. Node's own
+ *   guards against it (disableRenegotiation, and its limit of 3 in 10
+ *   minutes) report through '_tlsError', which a TLSSocket built by hand,
+ *   not by a tls.Server, never turns into an 'error': unheard, a client
+ *   could have the gateway run handshake after handshake on one connection.
+ *   '_tlsError' is internal to Node, and the tests would see it change.
+ */
+export function serverTlsSocket(socket: Socket, secureContext: tls.SecureContext): tls.TLSSocket {
+  const tlsSocket = new tls.TLSSocket(socket, { isServer: true, secureContext });
+  tlsSocket.on('error', () => tlsSocket.destroy());
+  tlsSocket.on('_tlsError', () => tlsSocket.destroy());
+  tlsSocket.disableRenegotiation();
+  return tlsSocket;
 }
 
 /**

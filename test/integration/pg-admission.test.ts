@@ -247,6 +247,20 @@ t.test('a TLS client that resets the connection as it is refused ends that conne
   await c.end();
 });
 
+t.test('a TLS 1.2 client that asks to renegotiate loses its connection', async (t) => {
+  const raw = await RawPg.connect(gw.port('tls-only'));
+  raw.send(SSL_REQUEST);
+  t.equal(await raw.readByte(), 'S');
+  const secure = tlsConnect({ socket: raw.socket, rejectUnauthorized: false, maxVersion: 'TLSv1.2' });
+  secure.on('error', () => {});
+  await once(secure, 'secureConnect');
+  const closed = once(secure, 'close');
+  // Each renegotiation would cost the gateway a handshake: the connection is closed instead.
+  secure.renegotiate({ rejectUnauthorized: false }, () => undefined);
+  await closed;
+  t.pass('the connection was closed');
+});
+
 t.test('bytes pipelined after SSLRequest are refused (CVE-2021-23214 class)', async (t) => {
   const raw = await RawPg.connect(port);
   raw.send(Buffer.concat([SSL_REQUEST, startupPacket({ user: 'x', database: 'app' })]));
