@@ -157,6 +157,8 @@ export class PostgresSession implements SessionHandle {
     const identity = await this.ctx.verifier.verify(token);
     // A refused message that came while the token was checked: no upstream login for it.
     if (this.#reader.failure) throw this.#reader.failure;
+    // Closed while the token was checked (the client gone, the pre-auth deadline): no upstream login either.
+    if (this.#closed) return;
     this.#identity = identity;
     this.#recording?.identified(identity);
     const log = this.#log.child({ subject: identity.subject, tokenId: identity.tokenId });
