@@ -152,6 +152,8 @@ for (const t of [
 interface Sent {
   k: number;
   portal?: string;
+  /** A Bind that asked for a result column in binary: its result format codes (see #portalFormats). */
+  formats?: readonly number[];
 }
 const SENT_QUERY: Sent = Object.freeze({ k: Frontend.Query });
 const SENT_SYNC: Sent = Object.freeze({ k: Frontend.Sync });
@@ -450,6 +452,15 @@ export class PgResultMasker {
   #sentHead = 0;
   /** Each portal's description, from its Describe (null: NoData). */
   readonly #portals = new Map<string, Column[] | null>();
+  /**
+   * The result format codes of portals whose Bind asked for binary results,
+   * from the Bind (kept once the server's BindComplete answers it). Rows of
+   * a portal never described are read by these alone: a binary field may be
+   * an array or a record, whose inner lengths a replacement would break.
+   */
+  readonly #portalFormats = new Map<string, readonly number[]>();
+  /** The formats of the portal whose rows arrive now, when it has no description (see #atHead). */
+  #rowFormats: readonly number[] | undefined;
   /** A reply did not fit what was sent; no description is trusted from then on. */
   #lost = false;
   #copyOut = false;
@@ -481,9 +492,12 @@ export class PgResultMasker {
       case Frontend.Sync:
         sent = SENT_SYNC;
         break;
-      case Frontend.Bind:
-        sent = bytes[5] === 0 ? BIND_UNNAMED : { k: type, portal: cstringAt(bytes, 5) };
+      case Frontend.Bind: {
+        const formats = binaryResultFormats(bytes);
+        if (formats !== undefined) sent = { k: type, portal: bytes[5] === 0 ? '' : cstringAt(bytes, 5), formats };
+        else sent = bytes[5] === 0 ? BIND_UNNAMED : { k: type, portal: cstringAt(bytes, 5) };
         break;
+      }
       case Frontend.Execute:
         sent = bytes[5] === 0 ? EXECUTE_UNNAMED : { k: type, portal: cstringAt(bytes, 5) };
         break;
@@ -741,7 +755,11 @@ export class PgResultMasker {
       case Backend.BindComplete: {
         // A new portal: a description it had belongs to the one bound before.
         const head = this.#expect(Frontend.Bind);
-        if (head !== undefined) this.#portals.delete(head.portal!);
+        if (head !== undefined) {
+          this.#portals.delete(head.portal!);
+          if (head.formats !== undefined) this.#portalFormats.set(head.portal!, head.formats);
+          else if (this.#portalFormats.size > 0) this.#portalFormats.delete(head.portal!);
+        }
         this.#shift();
         plan.item(PASS, buf, start, end);
         return;
@@ -753,7 +771,10 @@ export class PgResultMasker {
         return;
       case Backend.CloseComplete: {
         const head = this.#expect(Frontend.Close);
-        if (head?.portal !== undefined) this.#portals.delete(head.portal);
+        if (head?.portal !== undefined) {
+          this.#portals.delete(head.portal);
+          this.#portalFormats.delete(head.portal);
+        }
         this.#shift();
         plan.item(PASS, buf, start, end);
         return;
@@ -807,9 +828,11 @@ export class PgResultMasker {
             if (head?.k === Frontend.Query || (end - start === 6 && buf[start + 5] === 0x49 /* 'I' */)) this.#forgetNamedPortals();
             if (head !== undefined) this.#shift();
             this.#columns = undefined;
+            this.#rowFormats = undefined;
           } else if (head?.k === Frontend.Query) {
             // One statement of a simple Query ended; the next brings its own RowDescription.
             this.#columns = undefined;
+            this.#rowFormats = undefined;
           } else {
             // What the portal ran may have closed or opened other portals (CLOSE, DECLARE, a function's OPEN).
             const ran = this.#expect(Frontend.Execute)?.portal;
@@ -910,12 +933,15 @@ export class PgResultMasker {
   /** The rows that follow now are the head Execute's, described as its portal was; no others are. */
   #atHead(): void {
     const head = this.#head();
-    this.#columns = head?.k === Frontend.Execute && !this.#lost ? (this.#portals.get(head.portal!) ?? undefined) : undefined;
+    const execute = head?.k === Frontend.Execute && !this.#lost;
+    this.#columns = execute ? (this.#portals.get(head.portal!) ?? undefined) : undefined;
+    this.#rowFormats = execute && this.#portalFormats.size > 0 ? this.#portalFormats.get(head.portal!) : undefined;
   }
 
   /** An ErrorResponse: in a simple Query, the statement ended; else the server skips to the next Sync. */
   #failed(): void {
     this.#columns = undefined;
+    this.#rowFormats = undefined;
     const head = this.#head();
     if (head === undefined || head.k === Frontend.Query || head.k === Frontend.Sync) return;
     while (this.#sentHead < this.#sent.length && this.#sent[this.#sentHead]!.k !== Frontend.Sync) this.#sentHead++;
@@ -923,13 +949,15 @@ export class PgResultMasker {
 
   /** Forgets every named portal's description but `keep`'s (the unnamed portal cannot be made by SQL). */
   #forgetNamedPortals(keep?: string): void {
-    if (this.#portals.size === 0 || (this.#portals.size === 1 && this.#portals.has(keep ?? ''))) return;
+    if (this.#portalFormats.size === 0 && (this.#portals.size === 0 || (this.#portals.size === 1 && this.#portals.has(keep ?? '')))) return;
     for (const name of this.#portals.keys()) if (name !== '' && name !== keep) this.#portals.delete(name);
+    for (const name of this.#portalFormats.keys()) if (name !== '' && name !== keep) this.#portalFormats.delete(name);
   }
 
   #desynced(): void {
     this.#lost = true;
     this.#columns = undefined;
+    this.#rowFormats = undefined;
   }
 
   /**
@@ -966,8 +994,10 @@ export class PgResultMasker {
       if (pos > end) break;
       const col = columns?.[i];
       if (col === undefined) {
-        // No RowDescription (content rules only): text format.
-        if (content && len > 0) plan.candidate(item, i, at - 4, buf, at, pos, len, PLAIN);
+        // No RowDescription (content rules only): text format, unless the Bind asked for this
+        // column in binary, which may be an array or a record: scanned raw, and a hit ends the
+        // session rather than break the value's inner lengths (as a described one does).
+        if (content && len > 0) plan.candidate(item, i, at - 4, buf, at, pos, len, binaryField(this.#rowFormats, i) ? PLAIN | OPAQUE_BINARY : PLAIN);
         continue;
       }
       const { format, typeOid } = col;
@@ -1381,6 +1411,46 @@ function parseRowDescription(msg: Buffer, decode: SqlDecoder | undefined): Field
 }
 
 /** The NUL-terminated string at `offset` (a portal or statement name). */
+/**
+ * A Bind's result format codes when one of them asks for binary (1), else
+ * undefined (all text: almost every Bind). Bind: portal, statement, Int16
+ * count and codes of the parameters' formats, Int16 count and (Int32
+ * length, bytes) of the parameters, Int16 count and codes of the results'.
+ * A malformed Bind is the server's to refuse: undefined.
+ */
+function binaryResultFormats(bind: Buffer): readonly number[] | undefined {
+  let at = bind.indexOf(0, 5) + 1;
+  if (at <= 0) return undefined;
+  at = bind.indexOf(0, at) + 1;
+  if (at <= 0 || at + 2 > bind.length) return undefined;
+  at += 2 + 2 * bind.readInt16BE(at);
+  if (at + 2 > bind.length) return undefined;
+  const params = bind.readInt16BE(at);
+  at += 2;
+  for (let p = 0; p < params; p++) {
+    if (at + 4 > bind.length) return undefined;
+    const len = bind.readInt32BE(at);
+    at += 4 + (len > 0 ? len : 0);
+  }
+  if (at + 2 > bind.length) return undefined;
+  const n = bind.readInt16BE(at);
+  at += 2;
+  if (n <= 0 || at + 2 * n > bind.length) return undefined;
+  const codes: number[] = new Array(n);
+  let binary = false;
+  for (let i = 0; i < n; i++) {
+    codes[i] = bind.readInt16BE(at + 2 * i);
+    if (codes[i] === 1) binary = true;
+  }
+  return binary ? codes : undefined;
+}
+
+/** Whether field `i` comes in binary by a Bind's result format codes (one code applies to every column). */
+function binaryField(formats: readonly number[] | undefined, i: number): boolean {
+  if (formats === undefined) return false;
+  return (formats.length === 1 ? formats[0] : formats[i]) === 1;
+}
+
 function cstringAt(bytes: Buffer, offset: number): string {
   const nul = bytes.indexOf(0, offset);
   // latin1: one character per byte, so two names are one key only when they are the same bytes

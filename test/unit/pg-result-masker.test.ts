@@ -258,6 +258,34 @@ t.test('tracking what was sent: rows get the description of the portal their Exe
   t.notOk(out.includes(email), 'the next batch is paired as sent (no description: scanned as text)');
 });
 
+t.test('rows of a portal never described: a column its Bind asked for in binary is scanned raw, and a hit refused', async (t) => {
+  // Bind with one result format code (all columns), no parameters; Execute; Sync. No Describe, as
+  // drivers send once a statement is known (asyncpg asks for binary results).
+  const bind = (format: number) => new PgBytes().cstring('').cstring('s').int16(0).int16(0).int16(1).int16(format).typed('B');
+  const execute = new PgBytes().cstring('').int32(0).typed('E');
+  const sync = new PgBytes().typed('S');
+  const commandComplete = new PgBytes().cstring('SELECT 1').typed('C');
+  const ready = new PgBytes().char('I').typed('Z');
+  const array = (s: string): Buffer =>
+    new PgBytes().int32(1).int32(0).int32(25).int32(1).int32(1).int32(Buffer.byteLength(s)).string(s).raw();
+  const run = async (format: number, field: Buffer): Promise<{ out: Buffer; refused?: string }> => {
+    let refused: string | undefined;
+    const masker = new PgResultMasker({ masking, maxMessageBytes: 1 << 20, onRefuse: (_r, e) => (refused = e.toString('latin1')) });
+    for (const m of [bind(format), execute, sync]) masker.forwarded(m[0]!, m);
+    const out = await transformAll(masker, [Buffer.concat([BIND_COMPLETE, dataRow([field]), commandComplete, ready])]);
+    return { out, ...(refused !== undefined ? { refused } : {}) };
+  };
+  let r = await run(1, array('alice@example.com'));
+  t.match(r.refused, /binary form sluice cannot rewrite/, 'a binary array with a hit: refused, not rewritten inside its length words');
+  t.notOk(r.out.includes(Buffer.from('alice@example.com')));
+  r = await run(1, array('nothing here'));
+  t.equal(r.refused, undefined, 'without a hit it passes');
+  t.ok(r.out.includes(array('nothing here')));
+  r = await run(0, Buffer.from('alice@example.com'));
+  t.equal(r.refused, undefined, 'text results are masked in place as before');
+  t.notOk(r.out.includes(Buffer.from('alice@example.com')));
+});
+
 t.test('tracking what was sent: errors, ended portals, odd names and COPY do not pair rows with a stale description', async (t) => {
   const email = Buffer.from('alice@example.com');
   const m = (type: string, body: PgBytes) => body.typed(type);
