@@ -135,6 +135,15 @@ export class RedisCommandGate {
     return this.#deny(verdict, facts, args, verdict.reason);
   }
 
+  /**
+   * A command that needs approval but cannot be held (HELLO, MULTI, EXEC,
+   * DISCARD, RESET: the relay follows what they do to the connection as
+   * they pass): refused as a denial is, and audited so.
+   */
+  refuseUnholdable(verdict: Verdict, facts: RedisCommandFacts, args: Buffer[]): Buffer {
+    return this.#deny(verdict, facts, args, `${verdict.reason} (needs approval, but ${facts.command.toUpperCase()} cannot be held for one)`).reply;
+  }
+
   /** Holds a command for a human; resolves with the reply to send instead, or undefined to forward it. */
   async hold(raw: Buffer, args: Buffer[], verdict: Verdict, facts: RedisCommandFacts): Promise<Buffer | undefined> {
     const approvals = this.ctx.approvals!;

@@ -478,14 +478,18 @@ export class RedisRelay {
       }
     }
     const gate = this.#gate;
-    if ((c.verdict === Verdict.Forward || c.verdict === Verdict.Subscribe || c.verdict === Verdict.Quit) && gate) {
+    // Every command the client sends is judged and audited, those Sluice follows itself (HELLO,
+    // MULTI, EXEC, DISCARD, RESET) included; its own refusals (above the policy) are not.
+    if (gate && c.verdict !== Verdict.Refuse) {
       const judged = gate.judge(args);
       if (judged.action === 'deny') {
-        this.#refuse(judged.reply);
+        this.#refuseJudged(c.verdict, judged.reply);
         return;
       }
       if (judged.action === 'approve') {
-        this.#hold(buf.subarray(start, end), args, judged);
+        if (c.verdict === Verdict.Forward || c.verdict === Verdict.Subscribe || c.verdict === Verdict.Quit) this.#hold(buf.subarray(start, end), args, judged);
+        // The relay follows what these do to the connection as they pass; held, they would not.
+        else this.#refuseJudged(c.verdict, gate.refuseUnholdable(judged.verdict, judged.facts, args));
         return;
       }
     }
@@ -562,6 +566,22 @@ export class RedisRelay {
     this.stats.refused++;
     if (this.#inMulti) this.#multiDirty = true;
     this.#reply(reply);
+  }
+
+  /**
+   * A refusal by the policy. An EXEC refused inside MULTI ends the
+   * transaction as Redis ends one it aborts: DISCARD upstream (its +OK
+   * dropped), the refusal to the client, and the connection out of MULTI.
+   */
+  #refuseJudged(verdict: Verdict, reply: Buffer): void {
+    if (verdict === Verdict.Exec && this.#inMulti) {
+      this.stats.refused++;
+      this.#forwardOwn(DISCARD_CMD);
+      this.#reply(reply);
+      this.#inMulti = this.#multiDirty = false;
+      return;
+    }
+    this.#refuse(reply);
   }
 
   /**

@@ -28,6 +28,13 @@ policies:
       - { name: sessions-are-private, action: deny, match: { keys: ['session:*'] } }
       - { name: bulk-delete-needs-approval, action: approve, match: { commands: [unlink] } }
       - { name: audit-channel-needs-approval, action: approve, match: { commands: [subscribe] } }
+  - name: strict
+    subjects: { groups: [strict] }
+    targets: [cache]
+    default: deny
+    rules:
+      - { name: data, action: allow, match: { commands: ['@read', '@write', auth, multi, ping] } }
+      - { name: discard-needs-approval, action: approve, match: { commands: [discard] } }
 api:
   listen: 127.0.0.1:0
   roles: { approver: [security], auditor: [security] }
@@ -244,6 +251,36 @@ t.test('a key named behind a NUL-suffixed option is judged by the key rules', as
   );
   t.match(String(stored), /NOPERM sluice: denied by rule "sessions-are-private"/);
   t.equal(await redis.cli(['EXISTS', 'session:stolen']), '0\n', 'nothing was written');
+});
+
+t.test('the commands Sluice follows itself (HELLO, MULTI, EXEC, DISCARD, RESET) are judged like any other', async (t) => {
+  const strictToken = await gw.token('strict-1', ['strict']);
+  const raw = await Raw.open(port);
+  t.teardown(() => raw.end());
+  raw.send(['AUTH', strictToken]);
+  t.same(await raw.replies(1), ['+OK\r\n']);
+  raw.send(['HELLO', '3', 'SETNAME', 'sneaky'], ['RESET'], ['SET', 'strict:a', '1']);
+  const r = await raw.replies(3);
+  t.match(r[0], /^-NOPERM sluice: denied by rule "default of policy strict"/, 'HELLO, and the name it would set, refused by the default');
+  t.match(r[1], /^-NOPERM sluice: denied by rule "default of policy strict"/, 'RESET too');
+  t.equal(r[2], '+OK\r\n');
+  // EXEC refused inside MULTI: the transaction is discarded upstream, and the connection is out of MULTI.
+  raw.send(['MULTI'], ['SET', 'strict:b', '1'], ['EXEC'], ['PING']);
+  const m = await raw.replies(4);
+  t.same(m.slice(0, 2), ['+OK\r\n', '+QUEUED\r\n']);
+  t.match(m[2], /^-NOPERM sluice: denied by rule "default of policy strict"/);
+  t.equal(m[3], '+PONG\r\n', 'no longer in MULTI');
+  t.equal(await redis.cli(['EXISTS', 'strict:b']), '0\n', 'nothing of the transaction ran');
+  // One that needs approval cannot be held (the relay follows it as it passes): refused, naming why.
+  raw.send(['MULTI'], ['DISCARD']);
+  const d = await raw.replies(2);
+  t.equal(d[0], '+OK\r\n');
+  t.match(d[1], /^-NOPERM sluice: denied by rule "discard-needs-approval": .*DISCARD cannot be held for one/);
+  gw.gateway.services.audit.flush();
+  const events = gw.gateway.services.store.queryAuditEvents({ subject: 'strict-1', limit: 100 });
+  for (const kind of ['hello', 'reset', 'exec', 'discard']) {
+    t.ok(events.some((e) => e.verdict === 'denied' && e.kind.startsWith(kind)), `${kind} refused in the audit trail`);
+  }
 });
 
 t.test('audit rows: refusals one by one, allowed commands counted', async (t) => {
