@@ -115,17 +115,25 @@ interface ApprovalBound {
   facts: SqlStatementFacts;
   /** The approval that released it, until the one Bind it covers takes it. */
   unspent: string | undefined;
+  /** #opsSent when it was bound: only a Close or Parse of the name sent after it ends it. */
+  since: number;
 }
 
-/** A Parse on its way: see PgStatementGate.#parsesInFlight. */
-interface ParseInFlight {
+/** A Parse or Close on its way: see PgStatementGate.#opsInFlight. */
+interface StatementOp {
+  /** Parse, or Close of a statement ('S') or a portal ('P'). */
+  kind: 'parse' | 'S' | 'P';
   name: string;
-  statement: Prepared;
+  /** A Parse's statement. */
+  statement: Prepared | undefined;
   /** The batch it was sent in (#batchesSent then). */
   batch: number;
-  /** A Close of the name was sent behind it: once created, it is closed again. */
-  closed: boolean;
+  /** Its place among the Parses and Closes sent (#opsSent then). */
+  seq: number;
 }
+
+/** #executesApprovalBound: the message was held for an approval, or refused. */
+const HELD: unique symbol = Symbol('held');
 
 /** Most replies owed are a plain ReadyForQuery: one shared entry instead of an object per Query or Sync. */
 const SERVER_REPLY: Owed = Object.freeze({ kind: 'server' });
@@ -152,6 +160,7 @@ export class PgStatementGate implements RelayGate {
   readonly serverTypes = [
     Backend.ReadyForQuery,
     Backend.ParseComplete,
+    Backend.CloseComplete,
     Backend.CopyInResponse,
     Backend.CommandComplete,
     Backend.ErrorResponse,
@@ -176,15 +185,17 @@ export class PgStatementGate implements RelayGate {
   /** Prepared statements by name (extended protocol) the server has created (ParseComplete): for audit text, and ROLLBACK in an aborted transaction. */
   readonly #statements = new Map<string, Prepared>();
   /**
-   * Parses sent and not yet answered, in order. A statement counts only once
-   * the server's ParseComplete says it exists: a Parse the server refuses
-   * (a named statement that exists already, a syntax error, or one skipped
-   * after an earlier error of its batch) changes nothing there, so it must
-   * change nothing here. Taken for a COMMIT's name, a refused `Parse x
-   * 'ROLLBACK'` let a prepared COMMIT run in a transaction the gate had
-   * aborted.
+   * Parses and Closes sent and not yet answered, in order. A statement
+   * counts only once the server's ParseComplete says it exists, and is gone
+   * only once its CloseComplete says so: one the server refuses (a named
+   * statement that exists already, a syntax error) or skips after an
+   * earlier error of its batch changes nothing there, so it must change
+   * nothing here. Taken for a COMMIT's name, a refused `Parse x 'ROLLBACK'`
+   * let a prepared COMMIT run in a transaction the gate had aborted; a
+   * skipped Close of an approval's statement would have let it run again.
    */
-  #parsesInFlight: ParseInFlight[] = [];
+  #opsInFlight: StatementOp[] = [];
+  #opsSent = 0;
   /** Queries and Syncs sent upstream: each ends a batch the server answers with one ReadyForQuery. */
   #batchesSent = 0;
   /** ReadyForQuery messages received: the batch the server is answering now. */
@@ -335,18 +346,32 @@ export class PgStatementGate implements RelayGate {
 
   /** A Parse of `name` is sent: the statement exists once the server answers ParseComplete. */
   #parseSent(name: string, statement: Prepared, bytes: Buffer): void {
-    this.#parsesInFlight.push({ name, statement, batch: this.#batchesSent, closed: false });
+    this.#opsInFlight.push({ kind: 'parse', name, statement, batch: this.#batchesSent, seq: this.#opsSent++ });
     this.#up(bytes);
   }
 
-  /** The statement a Bind names: the last Parse of it still on its way (a Bind behind a failed Parse fails too), else the one the server has. */
+  /** The statement a Bind names: by the last Parse or Close of it still on its way (a Bind behind a failed one fails too), else the one the server has. */
   #statement(name: string): Prepared | undefined {
-    const inFlight = this.#parsesInFlight;
+    const inFlight = this.#opsInFlight;
     for (let i = inFlight.length - 1; i >= 0; i--) {
-      const p = inFlight[i]!;
-      if (p.name === name) return p.closed ? undefined : p.statement;
+      const op = inFlight[i]!;
+      if (op.name === name && op.kind !== 'P') return op.statement;
     }
     return this.#statements.get(name);
+  }
+
+  /** The server answered the oldest Parse or Close on its way (replies come in order): now it holds. */
+  #opDone(kind: 'parse' | 'close'): void {
+    const op = this.#opsInFlight.shift();
+    if (op === undefined || (op.kind === 'parse') !== (kind === 'parse')) return;
+    if (op.kind === 'parse') this.#statements.set(op.name, op.statement!);
+    else if (op.kind === 'S') this.#statements.delete(op.name);
+    // A Parse of the unnamed statement replaces it; a Close of a name ends it: an approval's
+    // statement bound before this was sent is no longer there.
+    if (op.kind !== 'P' && (op.kind === 'S' || op.name === '') && this.#approvalBound.size > 0) {
+      const bound = this.#approvalBound.get(op.name);
+      if (bound !== undefined && bound.since < op.seq) this.#approvalBound.delete(op.name);
+    }
   }
 
   #query(bytes: Buffer): void {
@@ -373,7 +398,7 @@ export class PgStatementGate implements RelayGate {
       this.#hold(Frontend.Query, bytes, verdict, query.facts(), text);
       return;
     }
-    if (this.#approvalBound.size > 0 && this.#executesApprovalBound(Frontend.Query, bytes, query.shared, () => query.facts(), text)) return;
+    if (this.#approvalBound.size > 0 && this.#executesApprovalBound(Frontend.Query, bytes, query.shared, () => query.facts(), text) === HELD) return;
     this.#forwardQuery(bytes, query, started);
     // Statements prepared under an approver's window: each EXECUTE is judged again (#approvalBound).
     if (verdict.windowApproval !== undefined) this.#bindApprovals(query.facts(), undefined);
@@ -383,22 +408,28 @@ export class PgStatementGate implements RelayGate {
    * An allowed Query or Parse that EXECUTEs a statement released by an
    * approval (#approvalBound): held for a new approval of that statement,
    * unless a window covers it. The approver is shown what runs, and what
-   * the prepared statement is. True when the message was held or refused.
+   * the prepared statement is. HELD when the message was held or refused;
+   * else the facts of the released statement it runs (a window covers it),
+   * or undefined when it runs none.
    */
-  #executesApprovalBound(type: number, bytes: Buffer, shared: readonly SqlStatementFacts[], facts: () => SqlStatementFacts[], text: string): boolean {
+  #executesApprovalBound(type: number, bytes: Buffer, shared: readonly SqlStatementFacts[], facts: () => SqlStatementFacts[], text: string): SqlStatementFacts | typeof HELD | undefined {
+    let runs: SqlStatementFacts | undefined;
     for (let i = 0; i < shared.length; i++) {
       const f = shared[i]!;
       if (f.statementName === '' || !f.kinds.includes('execute')) continue;
       const bound = this.#approvalBound.get(f.statementName);
       if (bound === undefined) continue;
       const again = this.#judge([bound.facts]);
-      if (again.action === 'allow') continue;
+      if (again.action === 'allow') {
+        runs = bound.facts;
+        continue;
+      }
       const shown = `${text} -- ${f.statementName}: ${auditText(bound.facts.text, bound.facts.kinds)}`;
       if (again.action === 'deny') this.#deny(again, facts(), shown, type === Frontend.Parse);
       else this.#hold(type, bytes, again, facts(), text, { facts: [bound.facts], text: shown });
-      return true;
+      return HELD;
     }
-    return false;
+    return runs;
   }
 
   /**
@@ -408,12 +439,11 @@ export class PgStatementGate implements RelayGate {
    * that released a Parse covers the Bind right behind it.
    */
   #bindApprovals(facts: readonly SqlStatementFacts[], name: string | undefined, approvalId?: string): void {
-    if (name !== undefined) {
-      this.#approvalBound.set(name, { facts: facts[0]!, unspent: approvalId });
-      return;
-    }
+    const since = this.#opsSent;
+    if (name !== undefined) this.#approvalBound.set(name, { facts: facts[0]!, unspent: approvalId, since });
+    // A PREPARE among them (SQL, or in a Parse) makes a statement of its own name: each EXECUTE of it is judged again.
     for (const f of facts) {
-      if (f.statementName !== '' && f.kinds.includes('prepare')) this.#approvalBound.set(f.statementName, { facts: f, unspent: undefined });
+      if (f.statementName !== '' && f.kinds.includes('prepare')) this.#approvalBound.set(f.statementName, { facts: f, unspent: undefined, since });
     }
   }
 
@@ -489,20 +519,25 @@ export class PgStatementGate implements RelayGate {
       this.#hold(Frontend.Parse, bytes, verdict, [facts], query.value);
       return;
     }
-    if (this.#approvalBound.size > 0 && this.#executesApprovalBound(Frontend.Parse, bytes, [facts], () => [facts], query.value)) return;
-    this.#parsed(name.value, bytes, [facts], verdict.windowApproval !== undefined);
+    const runs = this.#approvalBound.size > 0 ? this.#executesApprovalBound(Frontend.Parse, bytes, [facts], () => [facts], query.value) : undefined;
+    if (runs === HELD) return;
+    // A statement that EXECUTEs a released one (a window allows it now) is bound to that one: each
+    // Bind of it runs it again, so each is judged again, as a Bind of the released one is.
+    if (runs !== undefined) this.#parsed(name.value, bytes, [facts], true, undefined, [runs]);
+    else this.#parsed(name.value, bytes, [facts], verdict.windowApproval !== undefined);
   }
 
   /**
    * Forwards a Parse of statement `name`. `approvalBound`: released by an
-   * approval or a window, so that each execution of it is judged again;
-   * with `approvalId`, the Bind right behind it is the one that approval covers.
+   * approval or a window, so that each execution of it is judged again (as
+   * `judged`, when what it runs is another statement: an EXECUTE of a
+   * released one); with `approvalId`, the Bind right behind it is the one
+   * that approval covers. A Parse of the unnamed statement ends a release
+   * of the one it replaces once the server has done it (#opDone).
    */
-  #parsed(name: string, bytes: Buffer, facts: SqlStatementFacts[], approvalBound: boolean, approvalId?: string): void {
+  #parsed(name: string, bytes: Buffer, facts: SqlStatementFacts[], approvalBound: boolean, approvalId?: string, judged: SqlStatementFacts[] = facts): void {
     const f = facts[0]!;
-    // A Parse of the unnamed statement replaces it on the server; a named one that exists is refused there (kept).
-    if (name === '' && this.#approvalBound.size > 0) this.#approvalBound.delete('');
-    if (approvalBound) this.#bindApprovals(facts, name, approvalId);
+    if (approvalBound) this.#bindApprovals(judged, name, approvalId);
     this.#parseSent(name, prepared(auditText(f.text, f.kinds), kindLabel(f.kinds)), bytes);
   }
 
@@ -624,7 +659,7 @@ export class PgStatementGate implements RelayGate {
     void pending.outcome.then((outcome) => {
       if (this.#closed) return;
       try {
-        this.#decided(outcome.status, id, type, held, verdict, facts, text, started);
+        this.#decided(outcome.status, id, type, held, verdict, facts, text, started, judged);
       } catch (err) {
         // Outside the relay's framing, where a throw would end the session: so it is ended here,
         // not left as an unhandled rejection that ends the process (a failing store, say).
@@ -638,7 +673,7 @@ export class PgStatementGate implements RelayGate {
   }
 
   /** Carries out an approval's outcome for the held message, then what the client sent behind it. */
-  #decided(status: string, id: string, type: number, held: Buffer, verdict: Verdict, facts: SqlStatementFacts[], text: string, started: number): void {
+  #decided(status: string, id: string, type: number, held: Buffer, verdict: Verdict, facts: SqlStatementFacts[], text: string, started: number, judged: SqlStatementFacts[]): void {
     this.#pending = undefined;
     if (status === 'approved') {
       this.ctx.approvals?.markUsed(id);
@@ -646,7 +681,7 @@ export class PgStatementGate implements RelayGate {
         this.#forwardQuery(held, new ClassifiedQuery(text, facts, undefined), started, { approvalId: id, ...(verdict.rule ? { rule: verdict.rule } : {}) });
         this.#bindApprovals(facts, undefined);
       } else if (type === Frontend.Parse) {
-        this.#parsed(cstring(held, 5).value, held, facts, true, id);
+        this.#parsed(cstring(held, 5).value, held, facts, true, id, judged);
       } else {
         if (this.ctx.audit) this.#bind(held, id);
         this.#up(held);
@@ -735,16 +770,16 @@ export class PgStatementGate implements RelayGate {
       case Backend.ParameterStatus:
         if (this.#readingChanged(bytes)) return;
         break;
-      case Backend.ParseComplete: {
-        // The oldest Parse on its way (replies come in order); one of a batch that failed has no ParseComplete.
-        const p = this.#parsesInFlight.shift();
-        if (p !== undefined && !p.closed) this.#statements.set(p.name, p.statement);
+      case Backend.ParseComplete:
+        this.#opDone('parse');
         break;
-      }
+      case Backend.CloseComplete:
+        this.#opDone('close');
+        break;
       case Backend.ReadyForQuery:
         this.#batchesAnswered++;
-        // Parses of the batch just answered that got no ParseComplete were refused, or skipped after an error.
-        while (this.#parsesInFlight.length > 0 && this.#parsesInFlight[0]!.batch < this.#batchesAnswered) this.#parsesInFlight.shift();
+        // Parses and Closes of the batch just answered that got no reply were refused, or skipped after an error.
+        while (this.#opsInFlight.length > 0 && this.#opsInFlight[0]!.batch < this.#batchesAnswered) this.#opsInFlight.shift();
         this.#readyForQuery(bytes);
         return;
       case Backend.CopyInResponse:
@@ -752,8 +787,8 @@ export class PgStatementGate implements RelayGate {
         break;
       case Backend.ErrorResponse:
         this.#serverErrored = true;
-        // The server skips the rest of the batch: no Parse of it still on its way will be created.
-        while (this.#parsesInFlight.length > 0 && this.#parsesInFlight[0]!.batch === this.#batchesAnswered) this.#parsesInFlight.shift();
+        // The server skips the rest of the batch: no Parse or Close of it still on its way will be done.
+        while (this.#opsInFlight.length > 0 && this.#opsInFlight[0]!.batch === this.#batchesAnswered) this.#opsInFlight.shift();
         if (this.#open.length > 0) this.#closeOpen(errorCode(bytes));
         break;
       case Backend.CommandComplete:
@@ -923,20 +958,18 @@ export class PgStatementGate implements RelayGate {
   }
 
   /**
-   * Close of a statement ('S') or a portal ('P'): the server forgets it, and
-   * so does the gate. Without this, a client that prepares and closes
-   * statement after statement grew the gate's maps (each with the
-   * statement's text) for as long as the session lived.
+   * Close of a statement ('S') or a portal ('P'): the server forgets it once
+   * it answers CloseComplete, and so does the gate then (#opDone). Without
+   * this, a client that prepares and closes statement after statement grew
+   * the gate's maps (each with the statement's text) for as long as the
+   * session lived.
    */
   #closeNamed(bytes: Buffer): void {
     const name = cstring(bytes, 6).value;
-    if (bytes[5] === 0x53 /* S */) {
-      this.#statements.delete(name);
-      for (const p of this.#parsesInFlight) if (p.name === name) p.closed = true;
-      if (this.#approvalBound.size > 0) this.#approvalBound.delete(name);
-    } else if (bytes[5] === 0x50 /* P */) {
-      if (name !== '') this.#portals.delete(name);
-    }
+    const kind = bytes[5] === 0x53 /* S */ ? 'S' : 'P';
+    // A portal's last Bind is only audit bookkeeping: forgotten now.
+    if (kind === 'P' && name !== '') this.#portals.delete(name);
+    this.#opsInFlight.push({ kind, name, statement: undefined, batch: this.#batchesSent, seq: this.#opsSent++ });
   }
 
   #forgetPortals(): void {

@@ -460,3 +460,57 @@ t.test('an approval releases one execution: a prepared statement run again is he
   t.equal(await remaining(), '2,5,6');
   t.equal((await client.query('select 1 as one')).rows[0].one, 1, 'the session is usable afterwards');
 });
+
+t.test('a released statement stays bound to its approvals: a skipped Close, an EXECUTE prepared by Parse, a PREPARE sent by Parse', async (t) => {
+  await pgServer.psqlDirect('insert into ledger values (10), (11), (12), (13), (14), (15)', 'app');
+  const raw = await rawLogin(port, agentToken);
+  t.teardown(() => raw.socket.destroy());
+  const cstr = (v: string) => `${v}\0`;
+  const parse = (name: string, sql: string) => typed('P', `${cstr(name)}${cstr(sql)}\0\0`);
+  const bind = (statement: string) => typed('B', `\0${cstr(statement)}\0\0\0\0\0\0`);
+  const execute = (portal = '') => typed('E', `${cstr(portal)}\0\0\0\0`);
+  const sync = typed('S', '');
+  const until = async (type: string): Promise<Array<{ type: string; body: Buffer }>> => {
+    const got: Array<{ type: string; body: Buffer }> = [];
+    for (let m = await raw.read(); m; m = await raw.read()) {
+      got.push(m);
+      if (m.type === type) return got;
+    }
+    throw new Error(`the connection ended before a ${type}`);
+  };
+  const heldId = async (): Promise<string> => /(apr_[a-z2-7]+)/.exec(errorFields((await until('N')).at(-1)!.body).M!)![1]!;
+  const count = async (): Promise<string> => rows('select count(*) from ledger where id >= 10');
+  const oldest = 'DELETE FROM ledger WHERE id = (SELECT min(id) FROM ledger WHERE id >= 10)';
+
+  // 1. Approved, run once; a Close of it that the server skips (an error before it in its batch) ends nothing.
+  raw.send(Buffer.concat([parse('x', oldest), bind('x'), execute(), sync]));
+  await decide(await heldId(), 'approve');
+  t.ok((await until('Z')).some((m) => m.type === 'C'), 'the approved run ran');
+  raw.send(Buffer.concat([execute('no-such-portal'), typed('C', `S${cstr('x')}`), sync]));
+  t.ok((await until('Z')).some((m) => m.type === 'E'), 'the batch failed, its Close skipped');
+  raw.send(Buffer.concat([bind('x'), execute(), sync]));
+  await decide(await heldId(), 'deny');
+  t.equal(errorFields((await until('Z')).find((m) => m.type === 'E')!.body).C, '42501', 'running x again needed an approval of its own');
+  t.equal(await count(), '5');
+
+  // 2. A statement that EXECUTEs a released one, approved once, is held at its next Bind.
+  raw.send(typed('Q', cstr('PREPARE wipe2 AS DELETE FROM ledger WHERE id = (SELECT min(id) FROM ledger WHERE id >= 10)')));
+  await decide(await heldId(), 'approve');
+  await until('Z');
+  raw.send(Buffer.concat([parse('y', 'EXECUTE wipe2'), bind('y'), execute(), sync]));
+  await decide(await heldId(), 'approve');
+  t.ok((await until('Z')).some((m) => m.type === 'C'));
+  t.equal(await count(), '4');
+  raw.send(Buffer.concat([bind('y'), execute(), sync]));
+  await decide(await heldId(), 'deny');
+  t.equal(errorFields((await until('Z')).find((m) => m.type === 'E')!.body).C, '42501', 'y runs wipe2 again: judged as wipe2');
+
+  // 3. A PREPARE sent by Parse, approved: what it prepares is bound too.
+  raw.send(Buffer.concat([parse('', 'PREPARE wipe3 AS DELETE FROM ledger WHERE id = (SELECT min(id) FROM ledger WHERE id >= 10)'), bind(''), execute(), sync]));
+  await decide(await heldId(), 'approve');
+  await until('Z');
+  raw.send(typed('Q', cstr('EXECUTE wipe3')));
+  await decide(await heldId(), 'deny');
+  t.equal(errorFields((await until('Z')).find((m) => m.type === 'E')!.body).C, '42501', 'each EXECUTE of wipe3 needs an approval');
+  t.equal(await count(), '4', 'nothing ran without one');
+});
