@@ -1423,9 +1423,12 @@ function binaryResultFormats(bind: Buffer): readonly number[] | undefined {
   if (at <= 0) return undefined;
   at = bind.indexOf(0, at) + 1;
   if (at <= 0 || at + 2 > bind.length) return undefined;
-  at += 2 + 2 * bind.readInt16BE(at);
+  const paramFormats = bind.readInt16BE(at);
+  if (paramFormats < 0) return undefined;
+  at += 2 + 2 * paramFormats;
   if (at + 2 > bind.length) return undefined;
   const params = bind.readInt16BE(at);
+  if (params < 0) return undefined;
   at += 2;
   for (let p = 0; p < params; p++) {
     if (at + 4 > bind.length) return undefined;

@@ -193,7 +193,7 @@ export async function startApi(deps: ApiDeps): Promise<RunningApi> {
     http: {
       headersTimeout: Math.min(requestTimeout, HEADERS_TIMEOUT_MS),
       // How often Node looks for requests past those deadlines (its default is 30 s).
-      connectionsCheckingInterval: Math.max(100, Math.min(requestTimeout / 4, 5_000)),
+      connectionsCheckingInterval: Math.max(100, Math.min(Math.floor(requestTimeout / 4), 5_000)),
     },
   });
   app.server.maxConnections = MAX_CONNECTIONS;
