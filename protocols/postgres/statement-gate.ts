@@ -51,7 +51,7 @@ export interface GateContext extends GateContextBase {
 /** A reply owed to the client, in order. */
 type Owed =
   /** A Query or Sync was forwarded: the server will answer it with ReadyForQuery. */
-  | { kind: 'server'; denial?: Buffer; endsAbortedTransaction?: boolean; query?: true }
+  | { kind: 'server'; denial?: Buffer; endsAbortedTransaction?: boolean; query?: true; copyIn?: true }
   /** Sluice answers itself: written once everything before it has been. */
   | { kind: 'local'; error?: Buffer; notice?: Buffer; withReadyForQuery: boolean };
 
@@ -139,6 +139,8 @@ const HELD: unique symbol = Symbol('held');
 const SERVER_REPLY: Owed = Object.freeze({ kind: 'server' });
 /** The same for a simple Query (the one kind of message a COPY FROM STDIN may come from here, see #copyIn). */
 const QUERY_REPLY: Owed = Object.freeze({ kind: 'server', query: true });
+/** A simple Query with a COPY FROM STDIN in it: see #inCopy. */
+const COPY_QUERY_REPLY: Owed = Object.freeze({ kind: 'server', query: true, copyIn: true });
 
 /** A prepared statement as the audit trail names it. */
 interface Prepared {
@@ -156,7 +158,18 @@ const TRANSACTION_END = /^\s*(commit|end|prepare\s+transaction)\b/i;
 const TRANSACTION_ROLLBACK = /^\s*(rollback|abort)\b/i;
 
 export class PgStatementGate implements RelayGate {
-  readonly clientTypes = [Frontend.Query, Frontend.Parse, Frontend.Bind, Frontend.Describe, Frontend.Execute, Frontend.Close, Frontend.Sync, Frontend.FunctionCall];
+  readonly clientTypes = [
+    Frontend.Query,
+    Frontend.Parse,
+    Frontend.Bind,
+    Frontend.Describe,
+    Frontend.Execute,
+    Frontend.Close,
+    Frontend.Sync,
+    Frontend.FunctionCall,
+    Frontend.CopyDone,
+    Frontend.CopyFail,
+  ];
   readonly serverTypes = [
     Backend.ReadyForQuery,
     Backend.ParseComplete,
@@ -198,6 +211,20 @@ export class PgStatementGate implements RelayGate {
   #opsSent = 0;
   /** Queries and Syncs sent upstream: each ends a batch the server answers with one ReadyForQuery. */
   #batchesSent = 0;
+  /**
+   * A Parse, Bind, Describe, Execute or Close went upstream since the last
+   * Sync: a Query now would be read by the server only if nothing of that
+   * batch failed (after an error it skips everything up to Sync), so which
+   * ReadyForQuery answers what could no longer be told (see #query).
+   */
+  #extendedOpen = false;
+  /**
+   * A Query with a COPY FROM STDIN in it went upstream, and the client has
+   * sent neither CopyDone nor CopyFail since, nor has the server answered
+   * it: inside a COPY the server ignores a Sync and takes a Query for an
+   * error, answering neither with a ReadyForQuery (see #query, Sync).
+   */
+  #inCopy = false;
   /** ReadyForQuery messages received: the batch the server is answering now. */
   #batchesAnswered = 0;
   /**
@@ -284,7 +311,16 @@ export class PgStatementGate implements RelayGate {
     }
     switch (type) {
       case Frontend.Query:
+        if (this.#extendedOpen || this.#inCopy) {
+          this.#unpairable(this.#inCopy ? 'a Query inside COPY FROM STDIN (before its CopyDone or CopyFail)' : 'a Query inside an extended-protocol batch (before its Sync)');
+          return;
+        }
         this.#query(bytes);
+        return;
+      case Frontend.CopyDone:
+      case Frontend.CopyFail:
+        this.#inCopy = false;
+        this.#up(bytes, type);
         return;
       case Frontend.Parse:
         this.#parse(bytes);
@@ -310,6 +346,10 @@ export class PgStatementGate implements RelayGate {
         this.#up(bytes);
         return;
       case Frontend.Sync:
+        if (this.#inCopy) {
+          this.#unpairable('a Sync inside COPY FROM STDIN (before its CopyDone or CopyFail)');
+          return;
+        }
         this.#owed.push(SERVER_REPLY);
         this.#up(bytes);
         return;
@@ -339,7 +379,12 @@ export class PgStatementGate implements RelayGate {
    * -1 for pass-through bytes, which are no whole message.
    */
   #up(bytes: Buffer, type: number = bytes[0]!): void {
-    if (type === Frontend.Sync || type === Frontend.Query) this.#batchesSent++;
+    if (type === Frontend.Sync || type === Frontend.Query) {
+      this.#batchesSent++;
+      this.#extendedOpen = false;
+    } else if (type === Frontend.Parse || type === Frontend.Bind || type === Frontend.Execute || type === Frontend.Describe || type === Frontend.Close) {
+      this.#extendedOpen = true;
+    }
     this.ctx.onForward?.(type, bytes);
     this.#io.toUpstream(bytes);
   }
@@ -483,7 +528,9 @@ export class PgStatementGate implements RelayGate {
   }
 
   #forwardQuery(bytes: Buffer, query: ClassifiedQuery, started: number, extra?: Partial<AuditEvent>): void {
-    this.#owed.push(QUERY_REPLY);
+    const copyIn = copiesFromClient(query.shared);
+    this.#owed.push(copyIn ? COPY_QUERY_REPLY : QUERY_REPLY);
+    if (copyIn) this.#inCopy = true;
     const verdict: AuditVerdict = extra?.approvalId ? 'approved' : 'allowed';
     if (this.ctx.audit) {
       const at = Date.now();
@@ -838,6 +885,20 @@ export class PgStatementGate implements RelayGate {
   }
 
   /**
+   * A message after which the server's replies could no longer be paired
+   * with what the gate owes the client (see #extendedOpen, #inCopy): no
+   * mainstream driver sends one, and the gate's own answers depend on that
+   * pairing, so the session ends here (fail closed) with a FATAL naming it.
+   */
+  #unpairable(what: string): void {
+    this.ctx.logger.warn({ reason: what }, 'a message sluice cannot pair with its replies; session closed');
+    this.#io.shutdown(
+      what,
+      errorResponse({ severity: 'FATAL', code: sqlstate.PROTOCOL_VIOLATION, message: `sluice: ${what} is not supported; the session is closed` }),
+    );
+  }
+
+  /**
    * COPY FROM STDIN started. From a simple Query, the replies pair as
    * always. From an Execute (the extended protocol), the server ignores
    * every Sync the client sends until CopyDone, and libpq sends one right
@@ -850,7 +911,8 @@ export class PgStatementGate implements RelayGate {
    */
   #copyIn(): boolean {
     // The first reply the server still owes (Sluice's own answers may wait ahead of it).
-    if (this.#owed.find((o) => o.kind === 'server') === QUERY_REPLY) return false;
+    const next = this.#owed.find((o) => o.kind === 'server');
+    if (next !== undefined && next.kind === 'server' && next.query === true) return false;
     this.ctx.logger.warn('COPY FROM STDIN through the extended protocol; session closed');
     this.#io.shutdown(
       'COPY FROM STDIN through the extended protocol',
@@ -871,6 +933,8 @@ export class PgStatementGate implements RelayGate {
     // Local replies queued before this one go first.
     this.#drainLocal();
     const owed = this.#owed[0]?.kind === 'server' ? (this.#owed.shift() as Extract<Owed, { kind: 'server' }>) : undefined;
+    // Answered: a COPY in it is over, or never started (refused before its CopyInResponse).
+    if (owed === COPY_QUERY_REPLY) this.#inCopy = false;
     let status = String.fromCharCode(bytes[5]!) as TransactionStatus;
     if (owed?.denial && !this.#serverErrored) {
       this.#io.toClient(owed.denial);
@@ -1260,6 +1324,15 @@ function truncate(text: string): string {
 }
 
 /** The portal an Execute names (Execute: portal name, then the row limit). */
+/** A COPY ... FROM STDIN among the statements: the client then sends CopyData until CopyDone or CopyFail. */
+function copiesFromClient(statements: readonly SqlStatementFacts[]): boolean {
+  for (let i = 0; i < statements.length; i++) {
+    const kinds = statements[i]!.kinds;
+    if (kinds.includes('copy_from') && !kinds.includes('copy_file') && !kinds.includes('copy_program')) return true;
+  }
+  return false;
+}
+
 function portalOf(execute: Buffer): string {
   return execute[5] === 0 ? '' : cstring(execute, 5).value;
 }

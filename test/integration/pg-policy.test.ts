@@ -285,6 +285,40 @@ t.test('COPY FROM STDIN: as a simple query it works; through Parse/Bind/Execute 
   t.equal(await rows('select count(*) from items where id >= 30'), '1', 'nothing more was copied');
 });
 
+t.test('messages whose replies could not be paired end the session: a Sync inside COPY FROM STDIN, a Query inside an extended batch', async (t) => {
+  const session = async () => {
+    const raw = await rawLogin(port, agentToken);
+    const until = async (type: string): Promise<Array<{ type: string; body: Buffer }>> => {
+      const got: Array<{ type: string; body: Buffer }> = [];
+      for (let m = await raw.read(); m; m = await raw.read()) {
+        got.push(m);
+        if (m.type === type) return got;
+      }
+      return got;
+    };
+    return { raw, until };
+  };
+  // A COPY that never starts (no such table): answered, and the session goes on as usual.
+  let { raw, until } = await session();
+  raw.send(typed('Q', 'COPY no_such_table FROM STDIN\0'));
+  t.same((await until('Z')).map((m) => m.type), ['E', 'Z']);
+  raw.send(typed('Q', 'SELECT 1\0'));
+  t.ok((await until('Z')).some((m) => m.type === 'D'), 'a refused COPY leaves nothing pending');
+  // The server ignores a Sync inside COPY IN: it owes no ReadyForQuery for it.
+  raw.send(typed('Q', 'COPY items FROM STDIN\0'));
+  t.equal((await raw.read())?.type, 'G');
+  raw.send(typed('S', ''));
+  let fatal = (await until('E')).at(-1)!;
+  t.match(errorFields(fatal.body), { S: 'FATAL', C: '08P01', M: /a Sync inside COPY FROM STDIN .* is not supported/ });
+  await raw.waitClosed();
+  // After an error in an extended batch the server skips a Query until Sync.
+  ({ raw, until } = await session());
+  raw.send(Buffer.concat([typed('P', '\0SELECT 1\0\0\0'), typed('B', '\0\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0'), typed('Q', 'SELECT 2\0')]));
+  fatal = (await until('E')).at(-1)!;
+  t.match(errorFields(fatal.body), { S: 'FATAL', C: '08P01', M: /a Query inside an extended-protocol batch .* is not supported/ });
+  await raw.waitClosed();
+});
+
 t.test('FunctionCall is refused', async (t) => {
   const raw = await rawLogin(port, agentToken);
   // FunctionCall: oid, 0 arg formats, 0 args, result format 0.
