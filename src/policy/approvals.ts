@@ -99,12 +99,12 @@ interface Pending {
 
 const LOG_TEXT_MAX = 500;
 /**
- * Characters of a statement's text kept in its approval record (store, API,
- * CLI). A statement may be as large as max_message_size (64 MiB): kept
- * whole, a client with an `approve` rule could fill the store with a few
- * requests and make a listing of 100 records gigabytes long. What is held
- * is still bound to the exact bytes (statementHash); the approver is told
- * the text was cut.
+ * The longest statement text a request may carry. A statement may be as
+ * large as max_message_size (64 MiB): kept whole, a client with an
+ * `approve` rule could fill the store with a few requests and make a
+ * listing of 100 records gigabytes long; cut, an approver would approve a
+ * statement they could not read to its end (64 KiB of padding, then what
+ * it really does). So a longer one is not held: refused (request throws).
  */
 export const APPROVAL_TEXT_MAX = 64 * 1024;
 const BASE32 = 'abcdefghijklmnopqrstuvwxyz234567';
@@ -209,6 +209,12 @@ export class ApprovalManager {
    */
   request(req: ApprovalRequest): PendingApproval {
     if (this.closed) throw new Error('approval manager is closed');
+    if (req.text.length > APPROVAL_TEXT_MAX) {
+      throw new SluiceError(
+        ErrorCodes.APPROVAL_LIMIT,
+        `the statement is ${req.text.length} characters long, more than an approver is shown (${APPROVAL_TEXT_MAX}); it cannot be held for approval`,
+      );
+    }
     let pending = 0;
     for (const p of this.pending.values()) if (p.record.subject === req.subject && p.record.issuer === req.issuer) pending++;
     if (pending >= this.maxPendingPerSubject) {
@@ -228,7 +234,7 @@ export class ApprovalManager {
       protocol: req.protocol,
       policy: req.policy,
       rule: req.rule,
-      text: req.text.length > APPROVAL_TEXT_MAX ? `${req.text.slice(0, APPROVAL_TEXT_MAX)} [... cut: ${req.text.length} characters in all]` : req.text,
+      text: req.text,
       statementHash: statementHash(req.heldBytes),
       fingerprint: req.fingerprint,
       createdAt: new Date(created).toISOString(),
