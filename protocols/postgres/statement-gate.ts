@@ -1,7 +1,6 @@
 import type { GateContextBase, SqlStatementFacts, Verdict } from '../../src/policy/types.js';
 import type { AuditEvent, AuditVerdict } from '../../src/store/types.js';
 import { isoTime } from '../../src/store/iso-time.js';
-import { ErrorCodes, SluiceError } from '../../src/errors.js';
 import type { PendingApproval } from '../../src/policy/approvals.js';
 import { ClassifiedQuery, classifyPrepared, classifyQuery, fingerprint, SqlParseError } from './classify.js';
 import { Backend, Frontend, errorResponse, noticeResponse, readyForQuery, sqlstate, type TransactionStatus } from './messages.js';
@@ -667,24 +666,17 @@ export class PgStatementGate implements RelayGate {
     }
     const judged = shown?.facts ?? facts;
     const held = Buffer.from(bytes);
-    let pending: PendingApproval;
-    try {
-      pending = approvals.request({
-        sessionId: this.ctx.sessionId,
-        subject: this.ctx.subject,
-        ...(this.ctx.issuer !== undefined ? { issuer: this.ctx.issuer } : {}),
-        target: this.ctx.target,
-        protocol: 'postgres',
-        policy: verdict.policy,
-        rule: verdict.rule ?? '',
-        text: shown?.text ?? facts.map((f) => auditText(f.text, f.kinds)).join('; '),
-        heldBytes: held,
-        fingerprint: judged.length === 1 ? fingerprint(judged[0]!) : judged.map((f) => fingerprint(f)).join(':'),
-      });
-    } catch (err) {
-      // Too many of the subject's statements wait already: refused, as a denial is.
-      if (!(err instanceof SluiceError) || err.code !== ErrorCodes.APPROVAL_LIMIT) throw err;
-      this.#deny({ ...verdict, reason: `${verdict.reason} (needs approval, but ${err.message})` }, facts, text, extended);
+    const pending = approvals.requestFor(this.ctx, {
+      protocol: 'postgres',
+      policy: verdict.policy,
+      rule: verdict.rule ?? '',
+      text: shown?.text ?? facts.map((f) => auditText(f.text, f.kinds)).join('; '),
+      heldBytes: held,
+      fingerprint: judged.length === 1 ? fingerprint(judged[0]!) : judged.map((f) => fingerprint(f)).join(':'),
+    });
+    if ('refused' in pending) {
+      // Over the approval limits (too many waiting, too long to show): refused, as a denial is.
+      this.#deny({ ...verdict, reason: `${verdict.reason} (needs approval, but ${pending.refused})` }, facts, text, extended);
       return;
     }
     this.#pending = pending;

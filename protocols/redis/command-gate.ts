@@ -4,7 +4,6 @@ import type { AuditEvent, AuditVerdict } from '../../src/store/types.js';
 import type { PendingApproval } from '../../src/policy/approvals.js';
 import { classifyCommand, type CommandKind } from './classify.js';
 import { error } from './replies.js';
-import { ErrorCodes, SluiceError } from '../../src/errors.js';
 
 /**
  * Policy and audit for one Redis session: each command the relay would
@@ -148,25 +147,16 @@ export class RedisCommandGate {
   async hold(raw: Buffer, args: Buffer[], verdict: Verdict, facts: RedisCommandFacts): Promise<Buffer | undefined> {
     const approvals = this.ctx.approvals!;
     const text = describeCommand(args, facts);
-    let pending: PendingApproval;
-    try {
-      pending = approvals.request({
-        sessionId: this.ctx.sessionId,
-        subject: this.ctx.subject,
-        ...(this.ctx.issuer !== undefined ? { issuer: this.ctx.issuer } : {}),
-        target: this.ctx.target,
-        protocol: 'redis',
-        policy: verdict.policy,
-        rule: verdict.rule ?? '',
-        text,
-        heldBytes: raw,
-        fingerprint: fingerprintOf(facts, args),
-      });
-    } catch (err) {
-      // Too many of the subject's commands wait already: refused, as a denial is.
-      if (!(err instanceof SluiceError) || err.code !== ErrorCodes.APPROVAL_LIMIT) throw err;
-      return this.#deny(verdict, facts, args, `${verdict.reason} (needs approval, but ${err.message})`).reply;
-    }
+    const pending = approvals.requestFor(this.ctx, {
+      protocol: 'redis',
+      policy: verdict.policy,
+      rule: verdict.rule ?? '',
+      text,
+      heldBytes: raw,
+      fingerprint: fingerprintOf(facts, args),
+    });
+    // Over the approval limits (too many waiting, too long to show): refused, as a denial is.
+    if ('refused' in pending) return this.#deny(verdict, facts, args, `${verdict.reason} (needs approval, but ${pending.refused})`).reply;
     this.#pending = pending;
     const id = pending.record.id;
     this.ctx.logger.info({ approvalId: id, rule: verdict.rule, command: text.slice(0, 200) }, 'command held for approval');

@@ -200,6 +200,29 @@ export class ApprovalManager {
   }
 
   /**
+   * `request` for a session's gate (the requester's fields from its
+   * context): a request over the limits comes back as the reason it is
+   * refused, which the gate answers as a denial, instead of as a throw.
+   */
+  requestFor(
+    requester: { sessionId: string; subject: string; issuer?: string; target: string },
+    req: Omit<ApprovalRequest, 'sessionId' | 'subject' | 'issuer' | 'target'>,
+  ): PendingApproval | { refused: string } {
+    try {
+      return this.request({
+        ...req,
+        sessionId: requester.sessionId,
+        subject: requester.subject,
+        ...(requester.issuer !== undefined ? { issuer: requester.issuer } : {}),
+        target: requester.target,
+      });
+    } catch (err) {
+      if (err instanceof SluiceError && err.code === ErrorCodes.APPROVAL_LIMIT) return { refused: err.message };
+      throw err;
+    }
+  }
+
+  /**
    * Records a request and starts its timer. Throws a SluiceError
    * (SLUICE_APPROVAL_LIMIT) when the subject already has
    * maxPendingPerSubject requests pending: each of its sessions may hold one

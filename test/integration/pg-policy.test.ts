@@ -8,7 +8,7 @@ import pg from 'pg';
 import { startPostgres } from '../helpers/postgres.js';
 import { startGateway, pgTargetYaml } from '../helpers/gateway.js';
 import { run } from '../helpers/process.js';
-import { errorFields, rawLogin, typed } from '../helpers/raw-pg.js';
+import { errorFields, rawLogin, typed, type RawMessage, type RawPg } from '../helpers/raw-pg.js';
 import type { AuditEvent } from '../../src/store/types.js';
 
 /** What node-postgres hands a 'notice' listener (its types do not export the shape). */
@@ -69,6 +69,16 @@ async function connect(token = agentToken): Promise<pg.Client & { notices: Notic
   client.on('error', () => {});
   await client.connect();
   return client;
+}
+
+/** The messages read up to and including the first of `type` (ReadyForQuery unless told), or up to the connection's end. */
+async function readUntil(raw: RawPg, type = 'Z'): Promise<RawMessage[]> {
+  const got: RawMessage[] = [];
+  for (let m = await raw.read(); m; m = await raw.read()) {
+    got.push(m);
+    if (m.type === type) return got;
+  }
+  return got;
 }
 
 async function rows(sql: string): Promise<string> {
@@ -195,32 +205,24 @@ t.test('a denial inside a transaction aborts it, as a server error would', async
 t.test('in an aborted transaction, a statement prepared earlier cannot commit it', async (t) => {
   const raw = await rawLogin(port, agentToken);
   const query = (sql: string) => typed('Q', `${sql}\0`);
-  const untilReady = async (): Promise<Array<{ type: string; body: Buffer }>> => {
-    const got: Array<{ type: string; body: Buffer }> = [];
-    for (let m = await raw.read(); m; m = await raw.read()) {
-      got.push(m);
-      if (m.type === 'Z') return got;
-    }
-    return got;
-  };
   raw.send(query('BEGIN'));
-  await untilReady();
+  await readUntil(raw);
   // A named COMMIT, parsed (not run) while the transaction is healthy.
   raw.send(Buffer.concat([typed('P', 'fin\0COMMIT\0\0\0'), typed('S', '')]));
-  t.same((await untilReady()).map((m) => m.type), ['1', 'Z']);
+  t.same((await readUntil(raw)).map((m) => m.type), ['1', 'Z']);
   raw.send(query("INSERT INTO items VALUES (20, 'twenty')"));
-  await untilReady();
+  await readUntil(raw);
   raw.send(query('DROP TABLE victim'));
-  const denied = await untilReady();
+  const denied = await readUntil(raw);
   t.equal(errorFields(denied.find((m) => m.type === 'E')!.body).C, '42501');
   t.equal(denied.at(-1)!.body.toString('latin1'), 'E', 'the transaction is aborted');
   // Bind + Execute of the prepared COMMIT: refused, as any statement but ROLLBACK is now.
   raw.send(Buffer.concat([typed('B', '\0fin\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0'), typed('S', '')]));
-  const refused = await untilReady();
+  const refused = await readUntil(raw);
   t.equal(errorFields(refused.find((m) => m.type === 'E')!.body).C, '25P02');
   t.equal(refused.at(-1)!.body.toString('latin1'), 'E');
   raw.send(query('ROLLBACK'));
-  t.equal((await untilReady()).at(-1)!.body.toString('latin1'), 'I');
+  t.equal((await readUntil(raw)).at(-1)!.body.toString('latin1'), 'I');
   t.equal(await rows('select count(*) from items where id = 20'), '0', 'the insert before the refusal was not committed');
   raw.send(typed('X', Buffer.alloc(0)));
   await raw.waitClosed();
@@ -229,31 +231,23 @@ t.test('in an aborted transaction, a statement prepared earlier cannot commit it
 t.test('a Parse the server refuses changes nothing: a prepared COMMIT stays a COMMIT in an aborted transaction', async (t) => {
   const raw = await rawLogin(port, agentToken);
   const query = (sql: string) => typed('Q', `${sql}\0`);
-  const untilReady = async (): Promise<Array<{ type: string; body: Buffer }>> => {
-    const got: Array<{ type: string; body: Buffer }> = [];
-    for (let m = await raw.read(); m; m = await raw.read()) {
-      got.push(m);
-      if (m.type === 'Z') return got;
-    }
-    return got;
-  };
   raw.send(Buffer.concat([typed('P', 'fin2\0COMMIT\0\0\0'), typed('S', '')]));
-  t.same((await untilReady()).map((m) => m.type), ['1', 'Z']);
+  t.same((await readUntil(raw)).map((m) => m.type), ['1', 'Z']);
   // The name exists: the server refuses this Parse (42P05) and fin2 stays a COMMIT.
   raw.send(Buffer.concat([typed('P', 'fin2\0ROLLBACK\0\0\0'), typed('S', '')]));
-  const dup = await untilReady();
+  const dup = await readUntil(raw);
   t.equal(errorFields(dup.find((m) => m.type === 'E')!.body).C, '42P05');
   raw.send(query('BEGIN'));
-  await untilReady();
+  await readUntil(raw);
   raw.send(query("INSERT INTO items VALUES (21, 'twenty-one')"));
-  await untilReady();
+  await readUntil(raw);
   raw.send(query('DROP TABLE victim'));
-  t.equal((await untilReady()).at(-1)!.body.toString('latin1'), 'E', 'the transaction is aborted');
+  t.equal((await readUntil(raw)).at(-1)!.body.toString('latin1'), 'E', 'the transaction is aborted');
   raw.send(Buffer.concat([typed('B', '\0fin2\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0'), typed('S', '')]));
-  const refused = await untilReady();
+  const refused = await readUntil(raw);
   t.equal(errorFields(refused.find((m) => m.type === 'E')!.body).C, '25P02', 'the COMMIT is refused, as any statement but ROLLBACK');
   raw.send(query('ROLLBACK'));
-  t.equal((await untilReady()).at(-1)!.body.toString('latin1'), 'I');
+  t.equal((await readUntil(raw)).at(-1)!.body.toString('latin1'), 'I');
   t.equal(await rows('select count(*) from items where id = 21'), '0', 'nothing was committed');
   raw.send(typed('X', Buffer.alloc(0)));
   await raw.waitClosed();
@@ -261,24 +255,16 @@ t.test('a Parse the server refuses changes nothing: a prepared COMMIT stays a CO
 
 t.test('COPY FROM STDIN: as a simple query it works; through Parse/Bind/Execute the session ends with a clear error', async (t) => {
   const raw = await rawLogin(port, agentToken);
-  const untilReady = async (): Promise<Array<{ type: string; body: Buffer }>> => {
-    const got: Array<{ type: string; body: Buffer }> = [];
-    for (let m = await raw.read(); m; m = await raw.read()) {
-      got.push(m);
-      if (m.type === 'Z') return got;
-    }
-    return got;
-  };
   raw.send(typed('Q', 'COPY items FROM STDIN\0'));
   t.equal((await raw.read())?.type, 'G', 'CopyInResponse');
   raw.send(Buffer.concat([typed('d', '30\tthirty\n'), typed('c', '')]));
-  t.same((await untilReady()).map((m) => m.type), ['C', 'Z']);
+  t.same((await readUntil(raw)).map((m) => m.type), ['C', 'Z']);
   t.equal(await rows('select name from items where id = 30'), 'thirty');
 
   // As libpq's PQexecParams sends it: the server ignores that Sync until CopyDone, so replies
   // would no longer pair with what Sluice owes the client.
   raw.send(Buffer.concat([typed('P', '\0COPY items FROM STDIN\0\0\0'), typed('B', '\0\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0'), typed('S', '')]));
-  const got = await untilReady();
+  const got = await readUntil(raw);
   const fatal = got.find((m) => m.type === 'E');
   t.match(errorFields(fatal!.body), { S: 'FATAL', C: '0A000', M: /COPY FROM STDIN through the extended protocol .* send it as a simple query/ });
   await raw.waitClosed();
@@ -286,35 +272,23 @@ t.test('COPY FROM STDIN: as a simple query it works; through Parse/Bind/Execute 
 });
 
 t.test('messages whose replies could not be paired end the session: a Sync inside COPY FROM STDIN, a Query inside an extended batch', async (t) => {
-  const session = async () => {
-    const raw = await rawLogin(port, agentToken);
-    const until = async (type: string): Promise<Array<{ type: string; body: Buffer }>> => {
-      const got: Array<{ type: string; body: Buffer }> = [];
-      for (let m = await raw.read(); m; m = await raw.read()) {
-        got.push(m);
-        if (m.type === type) return got;
-      }
-      return got;
-    };
-    return { raw, until };
-  };
   // A COPY that never starts (no such table): answered, and the session goes on as usual.
-  let { raw, until } = await session();
+  let raw = await rawLogin(port, agentToken);
   raw.send(typed('Q', 'COPY no_such_table FROM STDIN\0'));
-  t.same((await until('Z')).map((m) => m.type), ['E', 'Z']);
+  t.same((await readUntil(raw, 'Z')).map((m) => m.type), ['E', 'Z']);
   raw.send(typed('Q', 'SELECT 1\0'));
-  t.ok((await until('Z')).some((m) => m.type === 'D'), 'a refused COPY leaves nothing pending');
+  t.ok((await readUntil(raw, 'Z')).some((m) => m.type === 'D'), 'a refused COPY leaves nothing pending');
   // The server ignores a Sync inside COPY IN: it owes no ReadyForQuery for it.
   raw.send(typed('Q', 'COPY items FROM STDIN\0'));
   t.equal((await raw.read())?.type, 'G');
   raw.send(typed('S', ''));
-  let fatal = (await until('E')).at(-1)!;
+  let fatal = (await readUntil(raw, 'E')).at(-1)!;
   t.match(errorFields(fatal.body), { S: 'FATAL', C: '08P01', M: /a Sync inside COPY FROM STDIN .* is not supported/ });
   await raw.waitClosed();
   // After an error in an extended batch the server skips a Query until Sync.
-  ({ raw, until } = await session());
+  raw = await rawLogin(port, agentToken);
   raw.send(Buffer.concat([typed('P', '\0SELECT 1\0\0\0'), typed('B', '\0\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0'), typed('Q', 'SELECT 2\0')]));
-  fatal = (await until('E')).at(-1)!;
+  fatal = (await readUntil(raw, 'E')).at(-1)!;
   t.match(errorFields(fatal.body), { S: 'FATAL', C: '08P01', M: /a Query inside an extended-protocol batch .* is not supported/ });
   await raw.waitClosed();
 });
@@ -504,47 +478,39 @@ t.test('a released statement stays bound to its approvals: a skipped Close, an E
   const bind = (statement: string) => typed('B', `\0${cstr(statement)}\0\0\0\0\0\0`);
   const execute = (portal = '') => typed('E', `${cstr(portal)}\0\0\0\0`);
   const sync = typed('S', '');
-  const until = async (type: string): Promise<Array<{ type: string; body: Buffer }>> => {
-    const got: Array<{ type: string; body: Buffer }> = [];
-    for (let m = await raw.read(); m; m = await raw.read()) {
-      got.push(m);
-      if (m.type === type) return got;
-    }
-    throw new Error(`the connection ended before a ${type}`);
-  };
-  const heldId = async (): Promise<string> => /(apr_[a-z2-7]+)/.exec(errorFields((await until('N')).at(-1)!.body).M!)![1]!;
+  const heldId = async (): Promise<string> => /(apr_[a-z2-7]+)/.exec(errorFields((await readUntil(raw, 'N')).at(-1)!.body).M!)![1]!;
   const count = async (): Promise<string> => rows('select count(*) from ledger where id >= 10');
   const oldest = 'DELETE FROM ledger WHERE id = (SELECT min(id) FROM ledger WHERE id >= 10)';
 
   // 1. Approved, run once; a Close of it that the server skips (an error before it in its batch) ends nothing.
   raw.send(Buffer.concat([parse('x', oldest), bind('x'), execute(), sync]));
   await decide(await heldId(), 'approve');
-  t.ok((await until('Z')).some((m) => m.type === 'C'), 'the approved run ran');
+  t.ok((await readUntil(raw, 'Z')).some((m) => m.type === 'C'), 'the approved run ran');
   raw.send(Buffer.concat([execute('no-such-portal'), typed('C', `S${cstr('x')}`), sync]));
-  t.ok((await until('Z')).some((m) => m.type === 'E'), 'the batch failed, its Close skipped');
+  t.ok((await readUntil(raw, 'Z')).some((m) => m.type === 'E'), 'the batch failed, its Close skipped');
   raw.send(Buffer.concat([bind('x'), execute(), sync]));
   await decide(await heldId(), 'deny');
-  t.equal(errorFields((await until('Z')).find((m) => m.type === 'E')!.body).C, '42501', 'running x again needed an approval of its own');
+  t.equal(errorFields((await readUntil(raw, 'Z')).find((m) => m.type === 'E')!.body).C, '42501', 'running x again needed an approval of its own');
   t.equal(await count(), '5');
 
   // 2. A statement that EXECUTEs a released one, approved once, is held at its next Bind.
   raw.send(typed('Q', cstr('PREPARE wipe2 AS DELETE FROM ledger WHERE id = (SELECT min(id) FROM ledger WHERE id >= 10)')));
   await decide(await heldId(), 'approve');
-  await until('Z');
+  await readUntil(raw, 'Z');
   raw.send(Buffer.concat([parse('y', 'EXECUTE wipe2'), bind('y'), execute(), sync]));
   await decide(await heldId(), 'approve');
-  t.ok((await until('Z')).some((m) => m.type === 'C'));
+  t.ok((await readUntil(raw, 'Z')).some((m) => m.type === 'C'));
   t.equal(await count(), '4');
   raw.send(Buffer.concat([bind('y'), execute(), sync]));
   await decide(await heldId(), 'deny');
-  t.equal(errorFields((await until('Z')).find((m) => m.type === 'E')!.body).C, '42501', 'y runs wipe2 again: judged as wipe2');
+  t.equal(errorFields((await readUntil(raw, 'Z')).find((m) => m.type === 'E')!.body).C, '42501', 'y runs wipe2 again: judged as wipe2');
 
   // 3. A PREPARE sent by Parse, approved: what it prepares is bound too.
   raw.send(Buffer.concat([parse('', 'PREPARE wipe3 AS DELETE FROM ledger WHERE id = (SELECT min(id) FROM ledger WHERE id >= 10)'), bind(''), execute(), sync]));
   await decide(await heldId(), 'approve');
-  await until('Z');
+  await readUntil(raw, 'Z');
   raw.send(typed('Q', cstr('EXECUTE wipe3')));
   await decide(await heldId(), 'deny');
-  t.equal(errorFields((await until('Z')).find((m) => m.type === 'E')!.body).C, '42501', 'each EXECUTE of wipe3 needs an approval');
+  t.equal(errorFields((await readUntil(raw, 'Z')).find((m) => m.type === 'E')!.body).C, '42501', 'each EXECUTE of wipe3 needs an approval');
   t.equal(await count(), '4', 'nothing ran without one');
 });
