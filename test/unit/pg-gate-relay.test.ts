@@ -197,7 +197,8 @@ t.test('a failure while an approval decision is carried out ends that session, n
   const approvals = {
     windowAllows: () => undefined,
     markUsed: () => undefined,
-    request: () => {
+    // As ApprovalManager.requestFor passes on a failure that is not one of its limits.
+    requestFor: () => {
       if (++requests > 1) throw new Error('SQLITE_FULL: database or disk is full');
       return { record: { id: 'apr_first', expiresAt: '2026-12-01T00:00:00.000Z' }, outcome: Promise.resolve({ status: 'denied' }), cancel: () => undefined };
     },
