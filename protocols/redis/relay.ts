@@ -42,10 +42,11 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../../src/log.js';
 import { ReadHold, RelayReads } from '../../src/gateway/socket-reads.js';
 import { endSocket } from '../../src/gateway/net.js';
-import { CommandClassifier, EXECABORT, IDENTITY_FIXED, Verdict, tokenIs } from './commands.js';
+import { CommandClassifier, EXECABORT, Verdict, tokenIs } from './commands.js';
 import { error, type RespVersion } from './replies.js';
 import { RespProtocolError, RespReplyFramer, RespRequestFramer, type ReplyEndInfo, type ReplySink, type RequestSpanSink, type RespRequestLimits } from './resp.js';
 import { encodeCommand, upstreamErrorText } from './upstream.js';
+import { redisCredentialArgs, redisKeyword } from '../../src/recording/scrub.js';
 import type { Judgement, RedisCommandGate } from './command-gate.js';
 import { commandKind } from './classify.js';
 import { ELEMENT_HEAD_BYTES, ELEMENT_TAIL_BYTES, MESSAGE, PubSubKind, Subscriptions, confirmationCount, elementName, pubSubCommand } from './pubsub.js';
@@ -464,7 +465,7 @@ export class RedisRelay {
     if (this.#held) {
       // A command is waiting for approval: everything after it waits too, in order. Its chunk is
       // recorded now, though: a credential in it is scrubbed now, not when the backlog is judged.
-      if (this.#classifier.classify(args).reply === IDENTITY_FIXED) this.#recording?.scrub(buf.subarray(start, end), args);
+      if (this.#classifier.classify(args).verdict === Verdict.Refuse && redisCredentialArgs(args).length > 0) this.#recording?.scrub(buf.subarray(start, end), args);
       this.#backlog.push(ownCopy(buf.subarray(start, end), args));
       return;
     }
@@ -498,8 +499,10 @@ export class RedisRelay {
         this.#forward(buf, start, end);
         return;
       case Verdict.Refuse:
-        this.options.logger.info({ command: args[0]!.toString('latin1').slice(0, 32).toUpperCase() }, 'command refused');
-        if (c.reply === IDENTITY_FIXED) this.#recording?.scrub(buf.subarray(start, end), args);
+        // The name as Redis reads it: what follows a NUL in it is the client's, not a name.
+        this.options.logger.info({ command: redisKeyword(args[0]!).slice(0, 32) }, 'command refused');
+        // A credential in it (AUTH, HELLO ... AUTH, and their NUL-suffixed forms, refused by name) never reaches the recording.
+        if (redisCredentialArgs(args).length > 0) this.#recording?.scrub(buf.subarray(start, end), args);
         this.#refuse(c.reply!);
         return;
       case Verdict.Hello:

@@ -16,7 +16,7 @@ import { RedisRelay, type RelayRecording } from './relay.js';
 import { RedisReplyMasker } from './reply-masker.js';
 import { RespProtocolError, RespRequestFramer, UNAUTHENTICATED_REQUEST_LIMITS, type RequestSink } from './resp.js';
 import { loginRecorded, type SessionRecording } from '../../src/recording/tap.js';
-import { scrubRedisAuth } from '../../src/recording/scrub.js';
+import { redisCredentialArgs, scrubRedisAuth } from '../../src/recording/scrub.js';
 import { connectRedisUpstream, reauthCommands, type RedisUpstreamSession } from './upstream.js';
 
 /**
@@ -511,8 +511,7 @@ export function scrubUnframed(bytes: Buffer, maxMessageBytes: number): Buffer {
   try {
     framer.push(bytes, {
       command: (raw, args) => {
-        const name = args[0]?.toString('latin1').toUpperCase();
-        kept.push(name === 'AUTH' || name === 'HELLO' ? scrubRedisAuth(args) : raw);
+        kept.push(redisCredentialArgs(args).length > 0 ? scrubRedisAuth(args) : raw);
       },
     });
   } catch {

@@ -72,7 +72,7 @@ export function encodeRespCommand(args: readonly Buffer[]): Buffer {
  * both go by this, whatever verdict the command got.
  */
 export function redisCredentialArgs(args: readonly Buffer[]): number[] {
-  const name = args[0]?.toString('latin1').toUpperCase();
+  const name = args[0] === undefined ? undefined : redisKeyword(args[0]);
   const secret: number[] = [];
   if (name === 'AUTH') {
     for (let i = args.length === 3 ? 2 : 1; i < args.length; i++) secret.push(i);
@@ -80,7 +80,7 @@ export function redisCredentialArgs(args: readonly Buffer[]): number[] {
     // The protocol version comes first; a HELLO without a number there is refused whole.
     let i = args.length > 1 && /^\d+$/.test(args[1]!.toString('latin1')) ? 2 : 1;
     while (i < args.length) {
-      const option = args[i]!.toString('latin1').toUpperCase();
+      const option = redisKeyword(args[i]!);
       const more = args.length - i - 1;
       if (option === 'AUTH' && more >= 2) {
         secret.push(i + 2);
@@ -94,6 +94,16 @@ export function redisCredentialArgs(args: readonly Buffer[]): number[] {
     for (; i < args.length; i++) secret.push(i);
   }
   return secret;
+}
+
+/**
+ * A command name or option as Redis compares it (strcasecmp): up to a NUL
+ * byte, in upper case. `AUTH\0x <token>` logs in as AUTH does, so its token
+ * is scrubbed as AUTH's is.
+ */
+export function redisKeyword(arg: Buffer): string {
+  const nul = arg.indexOf(0);
+  return arg.toString('latin1', 0, nul < 0 ? arg.length : nul).toUpperCase();
 }
 
 /**

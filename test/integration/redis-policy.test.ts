@@ -212,6 +212,23 @@ t.test('a subject with max_pending_per_subject commands held gets a refusal for 
   for (const e of await Promise.all(held)) t.match(String(e), /expired/, 'the held ones time out as usual');
 });
 
+t.test('AUTH\\0 logs in as AUTH does (Redis reads names up to a NUL), and its token reaches no recording', async (t) => {
+  const raw = await Raw.open(port);
+  const clientPort = raw.socket.localPort!;
+  t.teardown(() => raw.end());
+  raw.send(['AUTH\u0000', agentToken]);
+  t.same(await raw.replies(1), ['+OK\r\n']);
+  // After login: refused, by name or as a change of identity, and scrubbed either way.
+  raw.send(['AUTH\u0000x', 'agent-9', agentToken], ['HELLO', '3', 'AUTH\u0000', 'agent-9', agentToken], ['PING'], ['QUIT']);
+  const r = await raw.replies(4);
+  t.equal(r[0], '-ERR sluice: a command name cannot contain a NUL byte\r\n');
+  t.match(r[1], /^-ERR sluice: identity cannot change/);
+  t.same(r.slice(2), ['+PONG\r\n', '+OK\r\n']);
+  const rec = await recordingFor(gw.stateDir, clientPort);
+  t.notOk(rec.client.includes(Buffer.from(agentToken)), 'the token is nowhere in the recording');
+  t.ok(rec.client.includes(Buffer.from('[redacted]')), 'it was replaced where it was sent');
+});
+
 t.test('an AUTH pipelined behind a held command is refused, and scrubbed from the recording', async (t) => {
   const raw = await Raw.open(port);
   const clientPort = raw.socket.localPort!;
