@@ -491,6 +491,12 @@ class Normaliser {
       this.#problem(at, `expected an https:// URL, found ${render(uri)}`);
       return;
     }
+    if (hasUserInfo(uri)) {
+      // fetch refuses such a URL with an error that quotes it whole, and that error reaches the
+      // client's refusal, the API and the log: the password with it. Not echoed here either.
+      this.#problem(at, 'expected a URL without a user name or password (user:password@); serve the keys without them');
+      return;
+    }
     // Keys fetched over cleartext could be swapped by anyone on the path; a loopback http JWKS is for tests.
     const ok = url.protocol === 'https:' || (url.protocol === 'http:' && isLoopbackHost(unbracket(url.hostname)));
     if (!ok) this.#problem(at, `expected an https:// URL (http:// only on a loopback host), found ${render(uri)}`);

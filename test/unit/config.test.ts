@@ -483,6 +483,11 @@ t.test('approvals.webhook.url: a URL with a user name or password is refused', a
   }
 });
 
+t.test('identity jwks_uri: a URL with a user name or password is refused, and not echoed', async (t) => {
+  const yaml = `identity:\n  issuers: [{ issuer: https://idp.example, audience: sluice, jwks_uri: 'https://keys:pw-4x9@idp.example/jwks' }]\n${MINIMAL.replace('identity: { dev_issuer: true }\n', '')}`;
+  t.strictSame(problemsOf(yaml), ['identity.issuers[0].jwks_uri: expected a URL without a user name or password (user:password@); serve the keys without them']);
+});
+
 t.test('loadConfig: file, default file, embedded default, missing file', async (t) => {
   const dir = t.testdir({ 'sluice.yaml': MINIMAL, 'empty': {} });
   const cwd = process.cwd();
