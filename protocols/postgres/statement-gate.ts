@@ -631,8 +631,11 @@ export class PgStatementGate implements RelayGate {
     // Unparsed text could be a mistyped CREATE ROLE ... PASSWORD: cut it there.
     const at = sent.search(/\bpassword\b/i);
     const text = at < 0 ? sent : `${sent.slice(0, at + 'password'.length)} [redacted]`;
-    const message = `sluice: statement refused: it does not parse (${err.message})`;
-    this.ctx.logger.info({ reason: err.message, statement: truncate(text) }, 'unparseable statement refused');
+    // The parser's message quotes the text near where it stopped (`syntax error at or near
+    // "hunter2"`): past a PASSWORD it is not repeated to the log or the audit trail.
+    const reason = at < 0 ? err.message : 'the parser\'s message is withheld: the statement names a password';
+    const message = `sluice: statement refused: it does not parse (${reason})`;
+    this.ctx.logger.info({ reason, statement: truncate(text) }, 'unparseable statement refused');
     this.ctx.audit?.write(this.#event(text, 'unparseable', 'denied', { sqlstate: err.sqlState, error: message }));
     this.#record('denied', 1);
     const error = errorResponse({ severity: 'ERROR', code: err.sqlState, message });

@@ -142,6 +142,12 @@ t.test('parser settings cannot be changed, and unparseable SQL is refused', asyn
     await t.rejects(client.query(sql), { code: '42501', message: /a setting named at run time cannot be changed/ }, sql);
   }
   await t.rejects(client.query('SELEC 1'), { code: '42601', message: /sluice: statement refused: it does not parse/ });
+  // The parser quotes where it stopped: past a PASSWORD that is the password, kept out of the error, log and audit trail.
+  await t.rejects(client.query('CREATE ROLE typo PASSWORD hunter2secret'), { code: '42601', message: /it does not parse \(the parser's message is withheld/ });
+  gw.gateway.services.audit.flush();
+  const refusal = gw.gateway.services.store.queryAuditEvents({ subject: 'agent-7', limit: 1000 }).find((e) => e.kind === 'unparseable' && e.text.startsWith('CREATE ROLE typo'));
+  t.ok(refusal && !JSON.stringify(refusal).includes('hunter2secret'), 'the audit event holds no part of it');
+  t.notOk(gw.logs.some((line) => line.includes('hunter2secret')), 'nor does the log');
   const ok = await client.query('select 1 as one');
   t.equal(ok.rows[0].one, 1, 'the session stays usable');
 });
