@@ -194,7 +194,7 @@ function getValidator(): ValidateFunction {
 }
 
 /** Keys whose value is a credential, or may be one pasted in the wrong place: never echo what they hold. */
-const SECRET_KEY = /(^|\.)(password|password_env|password_file|passwd|pass|secret|token)$/i;
+const SECRET_KEY = /(^|\.)(password|password_env|password_file|passwd|pass|secret|token|url|hash_key_file)$/i;
 
 /** Keys that exist for the other protocol only: say so instead of just "unknown". */
 const OTHER_PROTOCOL_HINT: Record<string, string> = {
@@ -690,7 +690,7 @@ class Normaliser {
       try {
         text = readFileSync(abs, 'utf8');
       } catch (err) {
-        this.#problem(`${at}.password_file`, `expected a readable file, found ${abs} (${errno(err) ?? 'unreadable'})`);
+        this.#problem(`${at}.password_file`, `expected a readable file, found ${shownPath(file, abs)} (${errno(err) ?? 'unreadable'})`);
         return undefined;
       }
       // Files written by `echo` or secret managers end in a newline that is not part of the password.
@@ -764,7 +764,7 @@ class Normaliser {
       try {
         text = readFileSync(abs, 'utf8').replace(/\r?\n$/, '');
       } catch (err) {
-        this.#problem(`${at}.hash_key_file`, `expected a readable file, found ${abs} (${errno(err) ?? 'unreadable'})`);
+        this.#problem(`${at}.hash_key_file`, `expected a readable file, found ${shownPath(file, abs)} (${errno(err) ?? 'unreadable'})`);
         return undefined;
       }
       if (text === '') {
@@ -1084,6 +1084,15 @@ export function tableGlob(raw: string): string | undefined {
 }
 
 /** The URL parses and carries a user name or password (`https://user:secret@host/`). */
+/**
+ * A secret's file path as a problem line shows it: a value with no `/` and
+ * no `.` looks more like the secret itself, pasted into the wrong key, than
+ * like a file name, and is not shown (as password_env does for names).
+ */
+function shownPath(given: string, abs: string): string {
+  return /[/.]/.test(given) ? abs : 'a path (not shown: is it the secret itself?)';
+}
+
 function hasUserInfo(url: string): boolean {
   try {
     const u = new URL(url);

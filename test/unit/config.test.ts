@@ -302,8 +302,8 @@ t.test('each problem is one line naming the key, what was expected and what was 
       'targets.app-db.upstream.password: secrets are never written in the config file; use password_env: VARIABLE_NAME or password_file: /path/to/file'],
     ['password_env unset', pgTarget('{ host: 127.0.0.1, user: app, password_env: APP_DB_PASSWORD }'),
       'targets.app-db.upstream.password_env: expected the name of a set environment variable, found APP_DB_PASSWORD, which is not set'],
-    ['password_file missing', pgTarget('{ host: 127.0.0.1, user: app, password_file: nope }'),
-      `targets.app-db.upstream.password_file: expected a readable file, found ${join(dir, 'nope')} (ENOENT)`],
+    ['password_file missing', pgTarget('{ host: 127.0.0.1, user: app, password_file: nope.txt }'),
+      `targets.app-db.upstream.password_file: expected a readable file, found ${join(dir, 'nope.txt')} (ENOENT)`],
     ['password_file empty', pgTarget('{ host: 127.0.0.1, user: app, password_file: empty-pw }'),
       `targets.app-db.upstream.password_file: expected a file holding the password, found ${join(dir, 'empty-pw')}, which is empty`],
     ['both password sources', pgTarget('{ host: 127.0.0.1, user: app, password_file: x, password_env: Y }'),
@@ -465,6 +465,9 @@ t.test('a password value never appears in a problem', async (t) => {
     pgTarget('{ host: 127.0.0.1, user: app, password_env: misplaced_secret_4x }'),
     // a webhook URL with a user and password (fetch would quote it whole in its error)
     `${MINIMAL}approvals: { webhook: { url: 'https://hook:inline-secret-1@hooks.example.com/notify' } }\n`,
+    // the password pasted where a file path goes, and a webhook URL (its path is the secret) without its scheme
+    pgTarget('{ host: 127.0.0.1, user: app, password_file: misplaced_secret_4x }'),
+    `${MINIMAL}approvals: { webhook: { url: 'hooks.example.com/services/T0/misplaced_secret_4x' } }\n`,
   ];
   for (const yaml of yamls) {
     const problems = problemsOf(yaml, { baseDir: dir, env });
