@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import { ErrorCodes, SluiceError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ApprovalQuery, ApprovalRecord, Store } from '../store/types.js';
@@ -128,8 +128,19 @@ export function newApprovalId(): string {
   return out;
 }
 
+/**
+ * The key statementHash is made with: random, and only in this process's
+ * memory. A plain SHA-256 of the held bytes, shown to approvers and
+ * auditors by the API, would let them test guesses at a password in them
+ * (CREATE ROLE ... PASSWORD, CONFIG SET requirepass) offline. Approvals
+ * never outlive the process that holds their statement (a restart cancels
+ * every pending one), so nothing needs the hash to be the same in another.
+ */
+const STATEMENT_KEY = randomBytes(32);
+
+/** What binds an approval to the exact bytes held: an HMAC-SHA256 of them (see STATEMENT_KEY). */
 export function statementHash(bytes: Buffer): string {
-  return createHash('sha256').update(bytes).digest('hex');
+  return createHmac('sha256', STATEMENT_KEY).update(bytes).digest('hex');
 }
 
 /**

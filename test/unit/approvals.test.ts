@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import t, { type Test } from 'tap';
@@ -62,6 +63,7 @@ t.test('request -> approve resolves approved exactly once, persisted, logged', a
   const pending = mgr.request(r);
   t.equal(pending.record.status, 'pending');
   t.equal(pending.record.statementHash, statementHash(r.heldBytes));
+  t.not(pending.record.statementHash, createHash('sha256').update(r.heldBytes).digest('hex'), 'keyed: no offline test of a guess at what the bytes hold');
   t.same(store.getApproval(pending.record.id), pending.record, 'the pending record is saved');
   const logged = lines.find((l) => l.msg === 'approval requested')!;
   t.match(logged, {
