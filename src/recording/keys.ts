@@ -11,7 +11,7 @@
  * a tampered one.
  */
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
-import { link, mkdir, readFile, readdir, rename, unlink, writeFile } from 'node:fs/promises';
+import { chmod, link, mkdir, readFile, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ErrorCodes, SluiceError } from '../errors.js';
 
@@ -52,6 +52,8 @@ export async function openRecordingKey(stateDir: string): Promise<RecordingKey> 
   let key: RecordingKey | undefined;
   try {
     await mkdir(dir, { recursive: true, mode: 0o700 });
+    // mkdir's mode applies only to directories it creates; this one is ours whoever made it.
+    await chmod(dir, 0o700);
   } catch (err) {
     throw fail(`cannot create ${dir}`, err);
   }
@@ -81,6 +83,11 @@ export async function openRecordingKey(stateDir: string): Promise<RecordingKey> 
     } catch (err) {
       throw fail(`cannot read ${privPath}`, err);
     }
+  }
+  // A key others can read signs anything as this gateway: refused, as the dev issuer's is.
+  const mode = (await stat(privPath)).mode & 0o777;
+  if (process.platform !== 'win32' && (mode & 0o077) !== 0) {
+    throw new SluiceError(ErrorCodes.RECORDING_KEY_FAILED, `recording key: ${privPath} is accessible by other users (mode ${mode.toString(8)}); run chmod 600 on it`);
   }
   // The public half is derived, so rewriting it is idempotent: temp + rename.
   const pubPem = key.publicKey.export({ type: 'spki', format: 'pem' }) as string;

@@ -3,7 +3,7 @@
  * the on-disk layout, the recording key, CRC-32, and the credential scrubbers.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as zlib from 'node:zlib';
@@ -140,6 +140,19 @@ t.test('round trip: every chunk, in order, byte-exact per direction', async (t) 
   const raw = readFileSync(w.path);
   t.ok(raw.subarray(0, MAGIC.length).equals(MAGIC), 'starts with the magic');
   t.equal(raw.subarray(raw.length - 12, raw.length - 4).toString('latin1'), 'SLUICEND', 'ends with the trailer');
+});
+
+t.test('the recording key: its directory is made private, and a key others can read is refused', async (t) => {
+  const stateDir = mkdtempSync(join(tmpdir(), 'sluice-key-'));
+  t.teardown(() => rmSync(stateDir, { recursive: true, force: true }));
+  const dir = join(stateDir, 'recording-key');
+  mkdirSync(dir, { mode: 0o755 });
+  chmodSync(dir, 0o755);
+  await openRecordingKey(stateDir);
+  t.equal(statSync(dir).mode & 0o777, 0o700, 'a directory made by someone else is closed to others');
+  t.equal(statSync(join(dir, 'private.pem')).mode & 0o777, 0o600);
+  chmodSync(join(dir, 'private.pem'), 0o644);
+  await t.rejects(openRecordingKey(stateDir), { code: 'SLUICE_RECORDING_KEY_FAILED', message: /accessible by other users \(mode 644\); run chmod 600/ });
 });
 
 t.test('an empty session records a header, a footer and nothing else', async (t) => {
