@@ -445,7 +445,7 @@ export class PgStatementGate implements RelayGate {
     if (this.#approvalBound.size > 0 && this.#executesApprovalBound(Frontend.Query, bytes, query.shared, () => query.facts(), text) === HELD) return;
     this.#forwardQuery(bytes, query, started);
     // Statements prepared under an approver's window: each EXECUTE is judged again (#approvalBound).
-    if (verdict.windowApproval !== undefined) this.#bindApprovals(query.facts(), undefined);
+    if (verdict.windowApproval !== undefined) this.#bindPrepared(query.facts());
   }
 
   /**
@@ -477,19 +477,19 @@ export class PgStatementGate implements RelayGate {
   }
 
   /**
-   * A Parse (`name`) or SQL PREPAREs (`name` undefined: the statements'
-   * own names) released by an approval or a window: from now on each
-   * execution of the statement is judged again. `approvalId`: the approval
-   * that released a Parse covers the Bind right behind it.
+   * A statement released by an approval or a window, prepared as `name`:
+   * from now on each execution of it is judged again. `approvalId`: the
+   * approval that released it covers the Bind right behind it.
    */
-  #bindApprovals(facts: readonly SqlStatementFacts[], name: string | undefined, approvalId?: string): void {
-    const since = this.#opsSent;
-    if (name !== undefined) this.#approvalBound.set(name, { facts: facts[0]!, unspent: approvalId, since });
-    // A PREPARE among them (SQL, or in a Parse) makes a statement of its own name: each EXECUTE of it is judged again.
-    for (const f of facts) {
-      if (f.statementName !== '' && f.kinds.includes('prepare')) this.#approvalBound.set(f.statementName, { facts: f, unspent: undefined, since });
-    }
+  #bindApproval(name: string, facts: SqlStatementFacts, approvalId?: string): void {
+    this.#approvalBound.set(name, { facts, unspent: approvalId, since: this.#opsSent });
   }
+
+  /** SQL PREPAREs among statements released by an approval or a window: each EXECUTE of what they prepare is judged again. */
+  #bindPrepared(facts: readonly SqlStatementFacts[]): void {
+    for (const f of facts) if (f.statementName !== '' && f.kinds.includes('prepare')) this.#bindApproval(f.statementName, f);
+  }
+
 
   /**
    * A Bind while some statement is released by an approval (#approvalBound):
@@ -583,7 +583,11 @@ export class PgStatementGate implements RelayGate {
    */
   #parsed(name: string, bytes: Buffer, facts: SqlStatementFacts[], approvalBound: boolean, approvalId?: string, judged: SqlStatementFacts[] = facts): void {
     const f = facts[0]!;
-    if (approvalBound) this.#bindApprovals(judged, name, approvalId);
+    if (approvalBound) {
+      this.#bindApproval(name, judged[0]!, approvalId);
+      // A PREPARE sent by Parse: what it prepares is released with it.
+      this.#bindPrepared(facts);
+    }
     this.#parseSent(name, prepared(auditText(f.text, f.kinds), kindLabel(f.kinds)), bytes);
   }
 
@@ -721,7 +725,7 @@ export class PgStatementGate implements RelayGate {
       this.ctx.approvals?.markUsed(id);
       if (type === Frontend.Query) {
         this.#forwardQuery(held, new ClassifiedQuery(text, facts, undefined), started, { approvalId: id, ...(verdict.rule ? { rule: verdict.rule } : {}) });
-        this.#bindApprovals(facts, undefined);
+        this.#bindPrepared(facts);
       } else if (type === Frontend.Parse) {
         this.#parsed(cstring(held, 5).value, held, facts, true, id, judged);
       } else {
