@@ -3,7 +3,7 @@
  * tree says (not on text), in the simple and the extended protocol, with
  * transaction semantics kept, approvals end to end, and the audit trail.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import pg from 'pg';
 import { startPostgres } from '../helpers/postgres.js';
 import { startGateway, pgTargetYaml } from '../helpers/gateway.js';
@@ -216,23 +216,33 @@ t.test('in an aborted transaction, a statement prepared earlier cannot commit it
   // A named COMMIT, parsed (not run) while the transaction is healthy.
   raw.send(Buffer.concat([typed('P', 'fin\0COMMIT\0\0\0'), typed('S', '')]));
   t.same((await readUntil(raw)).map((m) => m.type), ['1', 'Z']);
-  raw.send(query("INSERT INTO items VALUES (20, 'twenty')"));
+  await preparedCommitRefused(t, raw, 'fin', 20);
+});
+
+/**
+ * In the open transaction of `raw`: an INSERT of item `id`, then a refused
+ * statement (the gate aborts the transaction), then a Bind and Execute of
+ * the prepared COMMIT `name`: refused (25P02) as any statement but ROLLBACK
+ * is, and nothing committed. Ends the session.
+ */
+async function preparedCommitRefused(t: Test, raw: RawPg, name: string, id: number): Promise<void> {
+  const query = (sql: string) => typed('Q', `${sql}\0`);
+  raw.send(query(`INSERT INTO items VALUES (${id}, 'item ${id}')`));
   await readUntil(raw);
   raw.send(query('DROP TABLE victim'));
   const denied = await readUntil(raw);
   t.equal(errorFields(denied.find((m) => m.type === 'E')!.body).C, '42501');
   t.equal(denied.at(-1)!.body.toString('latin1'), 'E', 'the transaction is aborted');
-  // Bind + Execute of the prepared COMMIT: refused, as any statement but ROLLBACK is now.
-  raw.send(Buffer.concat([typed('B', '\0fin\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0'), typed('S', '')]));
+  raw.send(Buffer.concat([typed('B', `\0${name}\0\0\0\0\0\0\0`), typed('E', '\0\0\0\0\0'), typed('S', '')]));
   const refused = await readUntil(raw);
-  t.equal(errorFields(refused.find((m) => m.type === 'E')!.body).C, '25P02');
+  t.equal(errorFields(refused.find((m) => m.type === 'E')!.body).C, '25P02', 'the prepared COMMIT is refused');
   t.equal(refused.at(-1)!.body.toString('latin1'), 'E');
   raw.send(query('ROLLBACK'));
   t.equal((await readUntil(raw)).at(-1)!.body.toString('latin1'), 'I');
-  t.equal(await rows('select count(*) from items where id = 20'), '0', 'the insert before the refusal was not committed');
+  t.equal(await rows(`select count(*) from items where id = ${id}`), '0', 'the insert before the refusal was not committed');
   raw.send(typed('X', Buffer.alloc(0)));
   await raw.waitClosed();
-});
+}
 
 t.test('a Parse the server refuses changes nothing: a prepared COMMIT stays a COMMIT in an aborted transaction', async (t) => {
   const raw = await rawLogin(port, agentToken);
@@ -245,18 +255,7 @@ t.test('a Parse the server refuses changes nothing: a prepared COMMIT stays a CO
   t.equal(errorFields(dup.find((m) => m.type === 'E')!.body).C, '42P05');
   raw.send(query('BEGIN'));
   await readUntil(raw);
-  raw.send(query("INSERT INTO items VALUES (21, 'twenty-one')"));
-  await readUntil(raw);
-  raw.send(query('DROP TABLE victim'));
-  t.equal((await readUntil(raw)).at(-1)!.body.toString('latin1'), 'E', 'the transaction is aborted');
-  raw.send(Buffer.concat([typed('B', '\0fin2\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0'), typed('S', '')]));
-  const refused = await readUntil(raw);
-  t.equal(errorFields(refused.find((m) => m.type === 'E')!.body).C, '25P02', 'the COMMIT is refused, as any statement but ROLLBACK');
-  raw.send(query('ROLLBACK'));
-  t.equal((await readUntil(raw)).at(-1)!.body.toString('latin1'), 'I');
-  t.equal(await rows('select count(*) from items where id = 21'), '0', 'nothing was committed');
-  raw.send(typed('X', Buffer.alloc(0)));
-  await raw.waitClosed();
+  await preparedCommitRefused(t, raw, 'fin2', 21);
 });
 
 t.test('COPY FROM STDIN: as a simple query it works; through Parse/Bind/Execute the session ends with a clear error', async (t) => {

@@ -4,7 +4,7 @@
  * time), scripting and administration by ACL category, key rules, approvals,
  * and the audit trail.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { Redis } from 'ioredis';
 import { startRedis } from '../helpers/redis.js';
 import { startGateway, redisTargetYaml } from '../helpers/gateway.js';
@@ -55,6 +55,15 @@ function client(): Redis {
   const c = new Redis({ host: '127.0.0.1', port, password: agentToken, lazyConnect: true, maxRetriesPerRequest: 0, enableOfflineQueue: false });
   c.on('error', () => {});
   return c;
+}
+
+/** A raw client logged in with `login`, and its port (which names its recording). */
+async function rawSession(t: Test, login: string[]): Promise<{ raw: Raw; clientPort: number }> {
+  const raw = await Raw.open(port);
+  t.teardown(() => raw.end());
+  raw.send(login);
+  t.same(await raw.replies(1), ['+OK\r\n'], 'logged in');
+  return { raw, clientPort: raw.socket.localPort! };
 }
 
 /** The id of agent-9's pending approval whose text names `what`, once the API lists it (undefined after 2.5 s). */
@@ -213,11 +222,7 @@ t.test('a subject with max_pending_per_subject commands held gets a refusal for 
 });
 
 t.test('AUTH\\0 logs in as AUTH does (Redis reads names up to a NUL), and its token reaches no recording', async (t) => {
-  const raw = await Raw.open(port);
-  const clientPort = raw.socket.localPort!;
-  t.teardown(() => raw.end());
-  raw.send(['AUTH\u0000', agentToken]);
-  t.same(await raw.replies(1), ['+OK\r\n']);
+  const { raw, clientPort } = await rawSession(t, ['AUTH\u0000', agentToken]);
   // After login: refused, by name or as a change of identity, and scrubbed either way.
   raw.send(['AUTH\u0000x', 'agent-9', agentToken], ['HELLO', '3', 'AUTH\u0000', 'agent-9', agentToken], ['PING'], ['QUIT']);
   const r = await raw.replies(4);
@@ -230,11 +235,7 @@ t.test('AUTH\\0 logs in as AUTH does (Redis reads names up to a NUL), and its to
 });
 
 t.test('an AUTH pipelined behind a held command is refused, and scrubbed from the recording', async (t) => {
-  const raw = await Raw.open(port);
-  const clientPort = raw.socket.localPort!;
-  t.teardown(() => raw.end());
-  raw.send(['AUTH', agentToken]);
-  t.same(await raw.replies(1), ['+OK\r\n']);
+  const { raw, clientPort } = await rawSession(t, ['AUTH', agentToken]);
   // One write: the UNLINK is held for approval, and the AUTH waits behind it in the backlog
   // while the chunk that carried both is recorded.
   raw.send(['UNLINK', 'old:3'], ['AUTH', 'agent-9', agentToken], ['PING'], ['QUIT']);
