@@ -129,8 +129,14 @@ export interface SealOutcome {
   written: number;
   /** Of those, the bytes of the checkpoint, footer and trailer the thread added. */
   added: number;
-  /** Hex digest over the header and every record appended so far (the footer's finalChain after the last batch). */
-  chain: string;
+  /**
+   * The footer's batch: its finalChain (hex), the digest over the header
+   * and every record. Not given for other batches: reading a running
+   * SHA-256's value copies its state into a new Hash object, which cost the
+   * recording thread about 7% of its time at one value per batch (redis
+   * SET -P 16, 50 sessions; bench/RESULTS.md).
+   */
+  finalChain?: string;
   /** The footer's batch: the file was fsynced after it. */
   synced?: boolean;
   error?: SealError;
@@ -393,7 +399,7 @@ function startWorker(url: URL): Worker {
 }
 
 function failed(writer: number, reason: string): SealOutcome {
-  return { writer, written: 0, added: 0, chain: '', error: { message: reason } };
+  return { writer, written: 0, added: 0, error: { message: reason } };
 }
 
 let current: SealThread | undefined;

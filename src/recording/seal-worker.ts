@@ -86,7 +86,7 @@ interface Sealed {
 /** The outcome of a batch that failed: nothing more is appended to its file, and the event loop fails the session. */
 function failure(job: SealJob, err: unknown, written = 0, added = 0): SealOutcome {
   forget(job.writer);
-  return { writer: job.writer, written, added, chain: '', error: sealError(err) };
+  return { writer: job.writer, written, added, error: sealError(err) };
 }
 
 /** An error as the event loop is told of it: its message and errno code. */
@@ -105,7 +105,7 @@ function sealError(err: unknown): SealError {
  */
 function seal(job: SealJob): Sealed | SealOutcome {
   const r = recordings.get(job.writer);
-  if (r === undefined) return { writer: job.writer, written: 0, added: 0, chain: '', error: { message: 'the seal thread has no such recording open' } };
+  if (r === undefined) return { writer: job.writer, written: 0, added: 0, error: { message: 'the seal thread has no such recording open' } };
   if (job.checkpoint !== undefined && job.footer !== undefined) return failure(job, new Error('a batch with both a checkpoint and the footer'));
   try {
     const views: Uint8Array[] = [];
@@ -188,7 +188,7 @@ function append(s: Sealed): SealOutcome {
     written = appendAllSync(r.fd, views);
     const synced = job.footer !== undefined && r.fsyncAtClose;
     if (synced) fsyncSync(r.fd);
-    return { writer: job.writer, written, added, chain: s.finalChain ?? r.digest.value(), ...(synced ? { synced } : {}) };
+    return { writer: job.writer, written, added, ...(s.finalChain !== undefined ? { finalChain: s.finalChain } : {}), ...(synced ? { synced } : {}) };
   } catch (err) {
     return failure(job, err, written, added);
   }

@@ -41,7 +41,6 @@ import {
   SESSION_ID_PATTERN,
   datePath,
   encodeHeader,
-  recordDigest,
   stageRecord,
   type Direction,
   type RecordingHeader,
@@ -121,8 +120,13 @@ export interface RecordingWriterOptions {
 export interface RecordingResult {
   path: string;
   size: number;
-  /** Hex chain hash over the header and every record before the footer. */
-  finalHash: string;
+  /**
+   * The footer's final chain (hex): the digest over the header and every
+   * record before the footer. Undefined when no footer was written: the
+   * seal thread computes the digest's value only where it is signed (a
+   * checkpoint, the footer), not after every batch.
+   */
+  finalHash: string | undefined;
   /** Records before the footer. */
   recordCount: number;
   /** A signed footer was written. */
@@ -344,14 +348,8 @@ export class RecordingWriter {
   private readonly t0ns: number;
   private readonly unsubscribe: () => void;
 
-  /**
-   * The digest over the header and every record appended so far, as the
-   * seal thread last reported it; undefined until its first answer (then
-   * it is the header's digest, computed only if a result needs it).
-   */
+  /** The footer's finalChain, once the seal thread has appended the footer. */
   private chain: string | undefined;
-  /** The header as written, for that digest. */
-  private readonly header: Buffer;
   private nextSeq = 0;
   /** Bytes on disk plus bytes staged: what the file will be after the next flush. */
   private accounted: number;
@@ -408,7 +406,6 @@ export class RecordingWriter {
     this.t0s = t0s;
     this.t0ns = t0ns;
     this.lastCheckpointAt = performance.now();
-    this.header = header;
     this.accounted = this.written = header.length;
     this.unsubscribe = onFlushTick(opts.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS, () => this.flush());
     writerOpened();
@@ -711,7 +708,7 @@ export class RecordingWriter {
       this.fail(errorFrom(o.error));
       return;
     }
-    this.chain = o.chain;
+    if (o.finalChain !== undefined) this.chain = o.finalChain;
     this.synced = o.synced === true;
     markHealthy();
     if (done.length > 0) giveBackSlabs(done);
@@ -769,8 +766,7 @@ export class RecordingWriter {
     return {
       path: this.path,
       size: this.written,
-      // The footer's finalChain when complete, else the digest over what reached the file.
-      finalHash: this.chain ?? recordDigest(FORMAT_VERSION, this.header).value(),
+      finalHash: complete ? this.chain : undefined,
       recordCount: this.nextSeq,
       complete,
       synced: this.synced,

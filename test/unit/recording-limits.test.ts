@@ -341,6 +341,7 @@ t.test('a write fails mid-session (EFBIG): onFailure, failed, health not ok; a l
   t.match(out.message, /EFBIG/);
   t.equal(out.failedFlag, true, 'writer.failed is set');
   t.equal(out.closed?.complete, false, 'the recording stays incomplete');
+  t.notOk('finalHash' in out.closed! && out.closed.finalHash !== undefined, 'no final hash: the file has no footer to sign one');
   t.equal(out.healthAfterFailure?.ok, false);
   t.match(out.healthAfterFailure?.lastError, /EFBIG/);
   t.same(out.healthAfterRecovery, { ok: true }, 'recovered after a successful write');
