@@ -230,13 +230,35 @@ export function classifyPrepared(sql: string): SqlStatementFacts {
 }
 
 /**
+ * Statements whose text may hold a password: CREATE / ALTER ROLE (`PASSWORD
+ * 'x'`, psql's \\password) and CREATE / ALTER of a user mapping or a
+ * foreign server (`OPTIONS (user 'u', password 'x')`, a credential for the
+ * remote database that postgres_fdw and dblink keep). The audit trail,
+ * approvers, logs and transcripts see their text cut after the keyword
+ * PASSWORD, and their bound parameters never (statement-gate.ts).
+ */
+export function namesCredential(kinds: readonly string[]): boolean {
+  for (const k of kinds) {
+    if (k === 'role' || CREDENTIAL_OBJECT_KINDS.has(k)) return true;
+  }
+  return false;
+}
+
+const CREDENTIAL_OBJECT_KINDS = new Set(['create:user_mapping', 'alter:user_mapping', 'create:server', 'alter:server']);
+
+/**
  * A normalised fingerprint for approval windows: sha256 (hex) of the parse tree
  * with locations and constants removed, so whitespace, case of keywords,
  * comments and literal values do not matter; identifiers (tables, columns,
  * functions, settings) do. Constants passed to dangerous functions and to
  * set_config are kept: a window granted for `pg_read_file('a')` must not
  * release `pg_read_file('b')`, nor `set_config('application_name', ...)` a
- * `set_config('role', ...)`.
+ * `set_config('role', ...)`. A password option (CREATE / ALTER ROLE,
+ * OPTIONS of a user mapping) is replaced by a marker: the approvals API
+ * shows fingerprints, and an unkeyed hash of a tree whose every other part
+ * the approver reads would let anyone who can read it test guesses at the
+ * password. A window therefore covers the statement whatever its password,
+ * which the approver never sees either (as for Redis, command-gate.ts).
  */
 export function fingerprint(facts: SqlStatementFacts): string {
   const known = fingerprints.get(facts);
@@ -1083,6 +1105,14 @@ const HANDLERS: Record<string, Handler> = {
  */
 const CONSTANTS_KEPT = new Set(['VariableSetStmt', 'AlterSystemStmt', 'AlterRoleSetStmt', 'AlterDatabaseSetStmt', 'CreateRoleStmt', 'AlterRoleStmt']);
 
+/** What a fingerprint holds in place of a password option's value. */
+const PASSWORD_MARK = '[password]';
+
+/** `PASSWORD 'x'` of a role, `password 'x'` in OPTIONS (...): a DefElem with a value (`PASSWORD NULL` has none to hide). */
+function isPasswordOption(d: JsonObject): boolean {
+  return typeof d.defname === 'string' && d.defname.toLowerCase() === 'password' && d.arg !== undefined && d.arg !== null;
+}
+
 /**
  * Copy of a parse tree without locations and, unless `keepConstants`, without
  * constant values. Arguments of dangerous functions and set_config keep
@@ -1097,6 +1127,8 @@ function normalise(v: Json | undefined, keepConstants: boolean): Json {
     const child = v[key];
     if (key === 'A_Const' && !keepConstants) {
       out[key] = {};
+    } else if (key === 'DefElem' && isObject(child) && isPasswordOption(child)) {
+      out[key] = { ...(normalise({ ...child, arg: null }, keepConstants) as JsonObject), arg: PASSWORD_MARK };
     } else if (key === 'FuncCall' && isObject(child)) {
       const name = dottedName(child.funcname) ?? '';
       const last = name.slice(name.lastIndexOf('.') + 1);

@@ -2,7 +2,7 @@ import type { GateContextBase, SqlStatementFacts, Verdict } from '../../src/poli
 import type { AuditEvent, AuditVerdict } from '../../src/store/types.js';
 import { isoTime } from '../../src/store/iso-time.js';
 import type { PendingApproval } from '../../src/policy/approvals.js';
-import { ClassifiedQuery, classifyPrepared, classifyQuery, fingerprint, SqlParseError } from './classify.js';
+import { ClassifiedQuery, classifyPrepared, classifyQuery, fingerprint, namesCredential, SqlParseError } from './classify.js';
 import { Backend, Frontend, errorResponse, noticeResponse, readyForQuery, sqlstate, type TransactionStatus } from './messages.js';
 import type { RelayGate, RelayIO } from './relay.js';
 import { parameterStatusValue, type SqlDecoder } from './encoding.js';
@@ -85,7 +85,7 @@ interface OpenStatement {
   /** Execute: the Bind message of its portal (a view of the client's bytes, read-only) and where its parameters start; decoded when the event is built. */
   bind: Buffer | null;
   paramsAt: number;
-  /** Execute of a role statement: its parameters as audited (never the values: one may be a password). */
+  /** Execute of a statement that may carry a password (namesCredential): its parameters as audited (never the values: one may be a password). */
   params: string | undefined;
   /** Filled in from the server's answer; `error` instead when it will never come. */
   durationMs: number;
@@ -98,7 +98,7 @@ interface OpenStatement {
 /** The last Bind of a portal, for the audit text of its Executes. */
 interface Bound {
   statement: Prepared | undefined;
-  /** Null for a role statement: its parameters may be a password. */
+  /** Null for a statement that may carry a password (namesCredential): its parameters may be one. */
   bind: Buffer | null;
   paramsAt: number;
   /** The approval that released this Bind (its Executes are audited as approved). */
@@ -145,12 +145,12 @@ const COPY_QUERY_REPLY: Owed = Object.freeze({ kind: 'server', query: true, copy
 interface Prepared {
   text: string;
   kind: string;
-  /** A role statement: its parameters may be a password and are never audited. */
-  role: boolean;
+  /** A statement that may carry a password (namesCredential): its parameters are never audited. */
+  credential: boolean;
 }
 
 function prepared(text: string, kind: string): Prepared {
-  return { text, kind, role: kind.split(',').includes('role') };
+  return { text, kind, credential: namesCredential(kind.split(',')) };
 }
 
 const TRANSACTION_END = /^\s*(commit|end|prepare\s+transaction)\b/i;
@@ -514,8 +514,8 @@ export class PgStatementGate implements RelayGate {
           return;
         }
         if (again.action === 'approve') {
-          // A role statement's parameters may be its password: never shown (none can be bound to one anyway).
-          const params = bound.facts.kinds.includes('role') ? [] : bindParameters(bytes, name.end);
+          // A credential statement's parameters may be its password: never shown (none can be bound to one anyway).
+          const params = namesCredential(bound.facts.kinds) ? [] : bindParameters(bytes, name.end);
           const withParams = params.length > 0 ? `${shown} -- params: ${paramsJson(params)}` : shown;
           this.#hold(Frontend.Bind, bytes, again, [bound.facts], shown, { facts: [bound.facts], text: withParams });
           return;
@@ -1006,8 +1006,8 @@ export class PgStatementGate implements RelayGate {
     if (nameEnd < 0) return; // malformed: the server refuses it; nothing to audit
     const name = this.#statementName(bytes, at + 1, nameEnd);
     const statement = this.#statement(name);
-    // Parameters of a role statement may be its password: never kept.
-    const bind = statement?.role ? null : bytes;
+    // Parameters of a credential statement may be its password: never kept.
+    const bind = statement?.credential ? null : bytes;
     if (portal !== '') {
       this.#portals.set(portal, { statement, bind, paramsAt: nameEnd + 1, approvalId });
       return;
@@ -1074,7 +1074,7 @@ export class PgStatementGate implements RelayGate {
     const extra = approvalId === undefined ? undefined : { approvalId };
     if (statement === undefined) {
       this.#open.push(openStatement(`(portal "${portal}")`, 'execute', verdict, extra, now, now, null, 0));
-    } else if (statement.role) {
+    } else if (statement.credential) {
       const open = openStatement(statement.text, statement.kind, verdict, extra, now, now, null, 0);
       open.params = '["[redacted]"]';
       this.#open.push(open);
@@ -1286,14 +1286,15 @@ function abortedError(hint?: string): Buffer {
 /**
  * Statement text as the audit trail, logs and approvers see it. CREATE/ALTER
  * ROLE ... PASSWORD carries a credential (psql's \\password sends one, hashed
- * or not): everything after the keyword is replaced.
+ * or not), and so may the OPTIONS of a user mapping or a foreign server
+ * (namesCredential): everything after the keyword is replaced.
  */
 function auditText(text: string, kinds: readonly string[]): string {
   if (kinds !== lastKinds) kindLabel(kinds);
-  return lastKindsRole ? withoutPassword(text) : text;
+  return lastKindsCredential ? withoutPassword(text) : text;
 }
 
-/** A role statement's text with everything after its PASSWORD keyword replaced (the transcript shows it so too). */
+/** A credential statement's text with everything after its PASSWORD keyword replaced (the transcript shows it so too). */
 export function withoutPassword(text: string): string {
   const at = text.search(/\bpassword\b/i);
   return at < 0 ? text : `${text.slice(0, at + 'password'.length)} [redacted]`;
@@ -1301,18 +1302,19 @@ export function withoutPassword(text: string): string {
 
 /**
  * A statement's kinds as the audit trail writes them (`select`,
- * `explain_analyze,delete`), and whether one is `role`. Repeated statements
- * share their (frozen, cached) kinds array, so the last one is remembered:
- * one comparison instead of a join and a search per statement.
+ * `explain_analyze,delete`), and whether it may carry a password
+ * (namesCredential). Repeated statements share their (frozen, cached) kinds
+ * array, so the last one is remembered: one comparison instead of a join
+ * and a search per statement.
  */
 let lastKinds: readonly string[] | undefined;
 let lastKindsLabel = '';
-let lastKindsRole = false;
+let lastKindsCredential = false;
 
 function kindLabel(kinds: readonly string[]): string {
   if (kinds !== lastKinds) {
     lastKindsLabel = kinds.join(',');
-    lastKindsRole = kinds.includes('role');
+    lastKindsCredential = namesCredential(kinds);
     lastKinds = kinds;
   }
   return lastKindsLabel;

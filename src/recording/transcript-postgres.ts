@@ -17,7 +17,7 @@
  * the first few of a result, and CopyData, are counted and skipped without
  * being buffered, so a 1 GB result costs no memory.
  */
-import { classifySql } from '../../protocols/postgres/classify.js';
+import { classifySql, namesCredential } from '../../protocols/postgres/classify.js';
 import { withoutPassword } from '../../protocols/postgres/statement-gate.js';
 import type { Direction } from './format.js';
 import { ByteQueue, type EmitFn, type ProtocolDecoder, type Stamp, preview, printable } from './transcript.js';
@@ -170,17 +170,19 @@ export class PgSplitter {
 
 /**
  * SQL as the transcript shows it: a statement that sets a role's password
- * (CREATE/ALTER ROLE|USER ... PASSWORD, psql's \\password) has everything
- * after the keyword replaced, as in the audit trail. Text the parser
- * cannot read is redacted so too when it names a role or user and a
- * password: a transcript may withhold too much, never a credential.
+ * (CREATE/ALTER ROLE|USER ... PASSWORD, psql's \\password) or may hold
+ * one in its OPTIONS (a user mapping, a foreign server: namesCredential)
+ * has everything after the keyword replaced, as in the audit trail. Text
+ * the parser cannot read is redacted so too when it names a role, user or
+ * server and a password: a transcript may withhold too much, never a
+ * credential.
  */
 function shownSql(text: string): { text: string; role: boolean } {
   let role: boolean;
   try {
-    role = classifySql(text).some((f) => f.kinds.includes('role'));
+    role = classifySql(text).some((f) => namesCredential(f.kinds));
   } catch {
-    role = /\b(role|user)\b/i.test(text);
+    role = /\b(role|user|server)\b/i.test(text);
   }
   return role ? { text: withoutPassword(text), role: /\bpassword\b/i.test(text) } : { text, role: false };
 }

@@ -391,6 +391,14 @@ t.test('a subject with max_pending_per_subject statements held gets a refusal fo
 });
 
 t.test('the audit trail records what happened, without passwords', async (t) => {
+  // A user mapping's OPTIONS hold the remote database's password. The server refuses this one
+  // (there is no server "nowhere"), after the gateway allowed and audited it.
+  const client = await connect();
+  t.teardown(() => client.end());
+  const mapping = await client
+    .query("CREATE USER MAPPING FOR CURRENT_USER SERVER nowhere OPTIONS (user 'remote', password 'not-in-any-log-8')")
+    .then(() => undefined, (err: unknown) => err);
+  t.match(mapping, { code: '42704' }, 'PostgreSQL refused it: no such server');
   gw.gateway.services.audit.flush();
   const store = gw.gateway.services.store;
   const events: AuditEvent[] = store.queryAuditEvents({ subject: 'agent-7', limit: 1000 });
@@ -406,14 +414,18 @@ t.test('the audit trail records what happened, without passwords', async (t) => 
   t.match(approved?.approvalId, /^apr_/);
   t.ok(events.some((e) => e.verdict === 'approval_denied'));
   t.ok(events.some((e) => e.verdict === 'approval_expired'));
-  for (const e of events) t.notMatch(e.text, 'not-in-any-log-7', 'no password in the audit trail');
+  t.match(events.find((e) => e.text.startsWith('CREATE USER MAPPING')), { text: /password \[redacted\]$/, sqlstate: '42704' });
+  for (const e of events) {
+    t.notMatch(e.text, 'not-in-any-log-7', 'no password in the audit trail');
+    t.notMatch(e.text, 'not-in-any-log-8', "nor a user mapping's");
+  }
   const fromApi = await fetch(`${api}/api/audit?subject=agent-7&verdict=denied`, { headers: { authorization: `Bearer ${approverToken}` } });
   t.equal(fromApi.status, 200);
   const body = (await fromApi.json()) as { events: AuditEvent[] };
   t.ok(body.events.length >= 9, `the API returns the denials (${body.events.length})`);
   t.ok(body.events.every((e) => e.verdict === 'denied'), 'and only denials');
   for (const line of gw.logs) {
-    t.notOk(line.includes('not-in-any-log-7') || line.includes(agentToken) || line.includes(approverToken), 'no secret in the logs');
+    t.notOk(line.includes('not-in-any-log-') || line.includes(agentToken) || line.includes(approverToken), 'no secret in the logs');
   }
 });
 

