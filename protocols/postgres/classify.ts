@@ -231,20 +231,32 @@ export function classifyPrepared(sql: string): SqlStatementFacts {
 
 /**
  * Statements whose text may hold a password: CREATE / ALTER ROLE (`PASSWORD
- * 'x'`, psql's \\password) and CREATE / ALTER of a user mapping or a
- * foreign server (`OPTIONS (user 'u', password 'x')`, a credential for the
- * remote database that postgres_fdw and dblink keep). The audit trail,
- * approvers, logs and transcripts see their text cut after the keyword
- * PASSWORD, and their bound parameters never (statement-gate.ts).
+ * 'x'`, psql's \\password); CREATE / ALTER of a user mapping or a foreign
+ * server (`OPTIONS (user 'u', password 'x')`, the remote database's
+ * password that postgres_fdw keeps) and of a subscription (`CONNECTION
+ * 'host=h password=x'`); and calls of dblink functions, whose connection
+ * strings carry one the same way. The audit trail, approvers, logs and
+ * transcripts see their text cut at the password (withoutPassword in
+ * statement-gate.ts), and their bound parameters never.
  */
-export function namesCredential(kinds: readonly string[]): boolean {
-  for (const k of kinds) {
+export function namesCredential(facts: Pick<SqlStatementFacts, 'kinds' | 'dangerousFunctions'>): boolean {
+  for (const k of facts.kinds) {
     if (k === 'role' || CREDENTIAL_OBJECT_KINDS.has(k)) return true;
+  }
+  for (const f of facts.dangerousFunctions) {
+    if (f.startsWith('dblink', f.lastIndexOf('.') + 1)) return true;
   }
   return false;
 }
 
-const CREDENTIAL_OBJECT_KINDS = new Set(['create:user_mapping', 'alter:user_mapping', 'create:server', 'alter:server']);
+const CREDENTIAL_OBJECT_KINDS = new Set([
+  'create:user_mapping',
+  'alter:user_mapping',
+  'create:server',
+  'alter:server',
+  'create:subscription',
+  'alter:subscription',
+]);
 
 /**
  * A normalised fingerprint for approval windows: sha256 (hex) of the parse tree
@@ -1108,6 +1120,20 @@ const CONSTANTS_KEPT = new Set(['VariableSetStmt', 'AlterSystemStmt', 'AlterRole
 /** What a fingerprint holds in place of a password option's value. */
 const PASSWORD_MARK = '[password]';
 
+/**
+ * A libpq connection string with its password replaced by PASSWORD_MARK:
+ * `password=x` (quoted or not) in the keyword form, `user:x@` in the URI
+ * form (postgresql://user:x@host/db). Any other string comes back as it is.
+ */
+export function conninfoWithoutPassword(s: string): string {
+  if (!CONNINFO_HINT.test(s)) return s;
+  return s.replace(CONNINFO_PASSWORD, `$1${PASSWORD_MARK}`).replace(URI_PASSWORD, `$1${PASSWORD_MARK}@`);
+}
+
+const CONNINFO_HINT = /password|:\/\//i;
+const CONNINFO_PASSWORD = /(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)/gi;
+const URI_PASSWORD = /(:\/\/[^\s/?#@:]*:)[^\s/?#@]*@/g;
+
 /** `PASSWORD 'x'` of a role, `password 'x'` in OPTIONS (...): a DefElem with a value (`PASSWORD NULL` has none to hide). */
 function isPasswordOption(d: JsonObject): boolean {
   return typeof d.defname === 'string' && d.defname.toLowerCase() === 'password' && d.arg !== undefined && d.arg !== null;
@@ -1120,6 +1146,8 @@ function isPasswordOption(d: JsonObject): boolean {
  */
 function normalise(v: Json | undefined, keepConstants: boolean): Json {
   if (Array.isArray(v)) return v.map((x) => normalise(x, keepConstants));
+  // A connection string kept (a subscription's CONNECTION, a dblink argument) loses its password.
+  if (typeof v === 'string') return conninfoWithoutPassword(v);
   if (!isObject(v)) return v ?? null;
   const out: JsonObject = {};
   for (const key in v) {

@@ -149,8 +149,8 @@ interface Prepared {
   credential: boolean;
 }
 
-function prepared(text: string, kind: string): Prepared {
-  return { text, kind, credential: namesCredential(kind.split(',')) };
+function prepared(text: string, kind: string, credential = false): Prepared {
+  return { text, kind, credential };
 }
 
 const TRANSACTION_END = /^\s*(commit|end|prepare\s+transaction)\b/i;
@@ -468,7 +468,7 @@ export class PgStatementGate implements RelayGate {
         runs = bound.facts;
         continue;
       }
-      const shown = `${text} -- ${f.statementName}: ${auditText(bound.facts.text, bound.facts.kinds)}`;
+      const shown = `${text} -- ${f.statementName}: ${auditText(bound.facts.text, bound.facts)}`;
       if (again.action === 'deny') this.#deny(again, facts(), shown, type === Frontend.Parse);
       else this.#hold(type, bytes, again, facts(), text, { facts: [bound.facts], text: shown });
       return HELD;
@@ -508,14 +508,14 @@ export class PgStatementGate implements RelayGate {
       bound.unspent = undefined;
       if (approvalId === undefined) {
         const again = this.#judge([bound.facts]);
-        const shown = auditText(bound.facts.text, bound.facts.kinds);
+        const shown = auditText(bound.facts.text, bound.facts);
         if (again.action === 'deny') {
           this.#deny(again, [bound.facts], shown, true);
           return;
         }
         if (again.action === 'approve') {
           // A credential statement's parameters may be its password: never shown (none can be bound to one anyway).
-          const params = namesCredential(bound.facts.kinds) ? [] : bindParameters(bytes, name.end);
+          const params = namesCredential(bound.facts) ? [] : bindParameters(bytes, name.end);
           const withParams = params.length > 0 ? `${shown} -- params: ${paramsJson(params)}` : shown;
           this.#hold(Frontend.Bind, bytes, again, [bound.facts], shown, { facts: [bound.facts], text: withParams });
           return;
@@ -535,7 +535,7 @@ export class PgStatementGate implements RelayGate {
       const at = Date.now();
       for (let i = 0; i < query.length; i++) {
         const kinds = query.shared[i]!.kinds;
-        this.#open.push(openStatement(auditText(query.text(i), kinds), kindLabel(kinds), verdict, extra, at, started, null, 0));
+        this.#open.push(openStatement(auditText(query.text(i), query.shared[i]!), kindLabel(kinds), verdict, extra, at, started, null, 0));
       }
     }
     this.#record(verdict, query.length);
@@ -588,7 +588,7 @@ export class PgStatementGate implements RelayGate {
       // A PREPARE sent by Parse: what it prepares is released with it.
       this.#bindPrepared(facts);
     }
-    this.#parseSent(name, prepared(auditText(f.text, f.kinds), kindLabel(f.kinds)), bytes);
+    this.#parseSent(name, prepared(auditText(f.text, f), kindLabel(f.kinds), namesCredential(f)), bytes);
   }
 
   /**
@@ -611,7 +611,7 @@ export class PgStatementGate implements RelayGate {
   }
 
   #deny(verdict: Verdict, facts: SqlStatementFacts[], sent: string, extended: boolean, approvalId?: string, auditVerdict: AuditVerdict = 'denied'): void {
-    const text = facts.length > 0 ? facts.map((f) => auditText(f.text, f.kinds)).join('; ') : sent;
+    const text = facts.length > 0 ? facts.map((f) => auditText(f.text, f)).join('; ') : sent;
     const message = approvalId
       ? `sluice: approval ${approvalId} ${auditVerdict === 'approval_expired' ? 'expired' : auditVerdict === 'approval_cancelled' ? 'was cancelled' : 'was denied'}; the statement was not run`
       : `sluice: denied by rule "${verdict.rule ?? `default of policy ${verdict.policy}`}": ${verdict.reason}`;
@@ -632,12 +632,12 @@ export class PgStatementGate implements RelayGate {
 
   #refuseUnparseable(err: unknown, sent: string, extended: boolean): void {
     if (!(err instanceof SqlParseError)) throw err;
-    // Unparsed text could be a mistyped CREATE ROLE ... PASSWORD: cut it there.
-    const at = sent.search(/\bpassword\b/i);
-    const text = at < 0 ? sent : `${sent.slice(0, at + 'password'.length)} [redacted]`;
+    // Unparsed text could be a mistyped CREATE ROLE ... PASSWORD, or a connection string: cut it there.
+    const text = withoutPassword(sent);
+    const cut = text !== sent;
     // The parser's message quotes the text near where it stopped (`syntax error at or near
-    // "hunter2"`): past a PASSWORD it is not repeated to the log or the audit trail.
-    const reason = at < 0 ? err.message : 'the parser\'s message is withheld: the statement names a password';
+    // "hunter2"`): past a password it is not repeated to the log or the audit trail.
+    const reason = cut ? 'the parser\'s message is withheld: the statement names a password' : err.message;
     const message = `sluice: statement refused: it does not parse (${reason})`;
     this.ctx.logger.info({ reason, statement: truncate(text) }, 'unparseable statement refused');
     this.ctx.audit?.write(this.#event(text, 'unparseable', 'denied', { sqlstate: err.sqlState, error: message }));
@@ -677,7 +677,7 @@ export class PgStatementGate implements RelayGate {
       protocol: 'postgres',
       policy: verdict.policy,
       rule: verdict.rule ?? '',
-      text: shown?.text ?? facts.map((f) => auditText(f.text, f.kinds)).join('; '),
+      text: shown?.text ?? facts.map((f) => auditText(f.text, f)).join('; '),
       heldBytes: held,
       fingerprint: judged.length === 1 ? fingerprint(judged[0]!) : judged.map((f) => fingerprint(f)).join(':'),
     });
@@ -1286,35 +1286,53 @@ function abortedError(hint?: string): Buffer {
 /**
  * Statement text as the audit trail, logs and approvers see it. CREATE/ALTER
  * ROLE ... PASSWORD carries a credential (psql's \\password sends one, hashed
- * or not), and so may the OPTIONS of a user mapping or a foreign server
- * (namesCredential): everything after the keyword is replaced.
+ * or not), and so may a user mapping's OPTIONS or a connection string
+ * (namesCredential): the text is cut at the password. Repeated statements
+ * share their cached facts, so the last answer is remembered.
  */
-function auditText(text: string, kinds: readonly string[]): string {
-  if (kinds !== lastKinds) kindLabel(kinds);
-  return lastKindsCredential ? withoutPassword(text) : text;
+function auditText(text: string, facts: SqlStatementFacts): string {
+  if (facts !== lastFacts) {
+    lastFactsCredential = namesCredential(facts);
+    lastFacts = facts;
+  }
+  return lastFactsCredential ? withoutPassword(text) : text;
 }
 
-/** A credential statement's text with everything after its PASSWORD keyword replaced (the transcript shows it so too). */
+let lastFacts: SqlStatementFacts | undefined;
+let lastFactsCredential = false;
+
+/**
+ * A credential statement's text (namesCredential) cut at its password: after
+ * the first word PASSWORD (`PASSWORD 'x'`, `password 'x'` in OPTIONS,
+ * `password=x` in a connection string) or after the user of a connection
+ * URI that has a password (`postgresql://user:x@host`), whichever comes
+ * first, the rest replaced. The transcript shows it so too.
+ */
 export function withoutPassword(text: string): string {
-  const at = text.search(/\bpassword\b/i);
-  return at < 0 ? text : `${text.slice(0, at + 'password'.length)} [redacted]`;
+  let at = Infinity;
+  const word = PASSWORD_WORD.exec(text);
+  if (word !== null) at = word.index + word[0].length;
+  const uri = URI_USER.exec(text);
+  if (uri !== null) at = Math.min(at, uri.index + uri[0].length);
+  return at === Infinity ? text : `${text.slice(0, at)} [redacted]`;
 }
+
+const PASSWORD_WORD = /\bpassword\b/i;
+/** `://user:` where a password and `@` follow (postgresql://user:x@host). */
+const URI_USER = /:\/\/[^\s/?#@:]*:(?=[^\s/?#@]*@)/;
 
 /**
  * A statement's kinds as the audit trail writes them (`select`,
- * `explain_analyze,delete`), and whether it may carry a password
- * (namesCredential). Repeated statements share their (frozen, cached) kinds
- * array, so the last one is remembered: one comparison instead of a join
- * and a search per statement.
+ * `explain_analyze,delete`). Repeated statements share their (frozen,
+ * cached) kinds array, so the last one is remembered: one comparison
+ * instead of a join per statement.
  */
 let lastKinds: readonly string[] | undefined;
 let lastKindsLabel = '';
-let lastKindsCredential = false;
 
 function kindLabel(kinds: readonly string[]): string {
   if (kinds !== lastKinds) {
     lastKindsLabel = kinds.join(',');
-    lastKindsCredential = namesCredential(kinds);
     lastKinds = kinds;
   }
   return lastKindsLabel;

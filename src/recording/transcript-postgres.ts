@@ -171,20 +171,21 @@ export class PgSplitter {
 /**
  * SQL as the transcript shows it: a statement that sets a role's password
  * (CREATE/ALTER ROLE|USER ... PASSWORD, psql's \\password) or may hold
- * one in its OPTIONS (a user mapping, a foreign server: namesCredential)
- * has everything after the keyword replaced, as in the audit trail. Text
- * the parser cannot read is redacted so too when it names a role, user or
- * server and a password: a transcript may withhold too much, never a
- * credential.
+ * one otherwise (a user mapping's OPTIONS, a connection string:
+ * namesCredential) is cut at the password, as in the audit trail. Text the
+ * parser cannot read is cut so too when it names a role, user, server,
+ * subscription or dblink function, or holds a URI: a transcript may
+ * withhold too much, never a credential.
  */
-function shownSql(text: string): { text: string; role: boolean } {
-  let role: boolean;
+function shownSql(text: string): { text: string; credential: boolean } {
+  let credential: boolean;
   try {
-    role = classifySql(text).some((f) => namesCredential(f.kinds));
+    credential = classifySql(text).some(namesCredential);
   } catch {
-    role = /\b(role|user|server)\b/i.test(text);
+    credential = /\b(role|user|server|subscription|dblink\w*)\b/i.test(text) || /:\/\//.test(text);
   }
-  return role ? { text: withoutPassword(text), role: /\bpassword\b/i.test(text) } : { text, role: false };
+  // Its bound parameters are withheld too: `ALTER ROLE x PASSWORD $1`, `SELECT dblink_connect($1)`.
+  return credential ? { text: withoutPassword(text), credential: true } : { text, credential: false };
 }
 
 export class PostgresDecoder implements ProtocolDecoder {
@@ -198,8 +199,8 @@ export class PostgresDecoder implements ProtocolDecoder {
   private copy: Partial<Record<Direction, { n: number; bytes: number; at: Stamp }>> = {};
   /** Result column formats by the last Bind's result-format codes (for binary results). */
   private resultFormats: number[] = [];
-  /** Prepared statements (by name) that set a role's password: their Bind parameters are withheld. */
-  private readonly roleStatements = new Set<string>();
+  /** Prepared statements (by name) that may carry a password (shownSql): their Bind parameters are withheld. */
+  private readonly credentialStatements = new Set<string>();
 
   push(direction: Direction, bytes: Buffer, at: Stamp, emit: EmitFn): void {
     if (this.dead[direction]) return;
@@ -306,8 +307,8 @@ export class PostgresDecoder implements ProtocolDecoder {
         const name = c.cstring();
         const sql = shownSql(c.cstring());
         const text = sql.text;
-        if (sql.role) this.roleStatements.add(name);
-        else this.roleStatements.delete(name);
+        if (sql.credential) this.credentialStatements.add(name);
+        else this.credentialStatements.delete(name);
         const n = c.pos < body.length ? c.int16() : 0;
         const oids: number[] = [];
         for (let i = 0; i < n; i++) oids.push(c.int32() >>> 0);
@@ -328,7 +329,7 @@ export class PostgresDecoder implements ProtocolDecoder {
           params.push(value(len === -1 ? null : c.bytes(len), fmt === 1, 200, true));
         }
         // `ALTER ROLE x PASSWORD $1`: the parameter is the password.
-        if (this.roleStatements.has(stmt)) params.fill('[redacted]');
+        if (this.credentialStatements.has(stmt)) params.fill('[redacted]');
         const nr = c.pos < body.length ? c.int16() : 0;
         this.resultFormats = [];
         for (let i = 0; i < nr; i++) this.resultFormats.push(c.int16());

@@ -399,6 +399,14 @@ t.test('the audit trail records what happened, without passwords', async (t) => 
     .query("CREATE USER MAPPING FOR CURRENT_USER SERVER nowhere OPTIONS (user 'remote', password 'not-in-any-log-8')")
     .then(() => undefined, (err: unknown) => err);
   t.match(mapping, { code: '42704' }, 'PostgreSQL refused it: no such server');
+  // A subscription's connection string: PostgreSQL refuses it (only a superuser subscribes).
+  const subscription = await client
+    .query("CREATE SUBSCRIPTION s CONNECTION 'host=127.0.0.1 password=not-in-any-log-9' PUBLICATION p")
+    .then(() => undefined, (err: unknown) => err);
+  t.match(subscription, { code: '42501' });
+  // dblink is @dangerous: Sluice denies it, and audits the denial.
+  const link = await client.query("SELECT dblink_connect('postgresql://app:not-in-any-log-10@db.internal/app')").then(() => undefined, (err: unknown) => err);
+  t.match(link, { code: '42501', message: /no-file-access/ });
   gw.gateway.services.audit.flush();
   const store = gw.gateway.services.store;
   const events: AuditEvent[] = store.queryAuditEvents({ subject: 'agent-7', limit: 1000 });
@@ -417,7 +425,7 @@ t.test('the audit trail records what happened, without passwords', async (t) => 
   t.match(events.find((e) => e.text.startsWith('CREATE USER MAPPING')), { text: /password \[redacted\]$/, sqlstate: '42704' });
   for (const e of events) {
     t.notMatch(e.text, 'not-in-any-log-7', 'no password in the audit trail');
-    t.notMatch(e.text, 'not-in-any-log-8', "nor a user mapping's");
+    t.notMatch(e.text, /not-in-any-log-(8|9|10)/, "nor a user mapping's, a subscription's or a dblink connection string's");
   }
   const fromApi = await fetch(`${api}/api/audit?subject=agent-7&verdict=denied`, { headers: { authorization: `Bearer ${approverToken}` } });
   t.equal(fromApi.status, 200);

@@ -11,6 +11,7 @@ import {
   fingerprint,
   initClassifier,
   namesCredential,
+  conninfoWithoutPassword,
 } from '../../protocols/postgres/classify.js';
 import { DANGEROUS_FUNCTIONS, isDangerousFunction } from '../../protocols/postgres/dangerous-functions.js';
 import { UNKNOWN_SETTING, type SqlStatementFacts } from '../../src/policy/types.js';
@@ -376,12 +377,16 @@ t.test('fingerprint: constants, whitespace, case and comments do not matter; ide
     fp("CREATE USER MAPPING FOR app SERVER remote OPTIONS (user 'a', password 'y')"),
     "a user mapping's password neither",
   );
+  t.equal(fp("CREATE SUBSCRIPTION s CONNECTION 'host=h password=x' PUBLICATION p"), fp("CREATE SUBSCRIPTION s CONNECTION 'host=h password=y' PUBLICATION p"), "nor a subscription's");
+  t.not(fp("CREATE SUBSCRIPTION s CONNECTION 'host=h password=x' PUBLICATION p"), fp("CREATE SUBSCRIPTION s CONNECTION 'host=evil password=x' PUBLICATION p"), 'its host counts');
+  t.equal(fp("SELECT dblink_connect('postgresql://u:x@h/db')"), fp("SELECT dblink_connect('postgresql://u:y@h/db')"), "nor a dblink connection string's");
+  t.not(fp("SELECT dblink_connect('postgresql://u:x@h/db')"), fp("SELECT dblink_connect('postgresql://u:x@evil/db')"));
   // a multi-statement member fingerprints like the same statement sent alone
   t.equal(fingerprint(classifySql('SELECT 1; SELECT * FROM users WHERE id = 7')[1]!), a);
 });
 
 t.test('namesCredential: the statements whose text may hold a password', async (t) => {
-  const names = (sql: string) => namesCredential(one(sql).kinds);
+  const names = (sql: string) => namesCredential(one(sql));
   for (const sql of [
     "CREATE ROLE r PASSWORD 'x'",
     "ALTER USER u WITH ENCRYPTED PASSWORD 'x'",
@@ -389,12 +394,25 @@ t.test('namesCredential: the statements whose text may hold a password', async (
     "ALTER USER MAPPING FOR app SERVER remote OPTIONS (SET password 'x')",
     "CREATE SERVER remote FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host 'h')",
     "ALTER SERVER remote OPTIONS (ADD password 'x')",
+    "CREATE SUBSCRIPTION s CONNECTION 'host=h password=x' PUBLICATION p",
+    "ALTER SUBSCRIPTION s CONNECTION 'postgresql://u:x@h/db'",
+    "SELECT dblink_connect('c', 'host=h password=x')",
+    "SELECT * FROM public.dblink('host=h password=x', 'select 1') AS t(a int)",
   ]) {
     t.ok(names(sql), sql);
   }
-  for (const sql of ['SELECT password FROM users', "UPDATE users SET password = 'x'", 'DROP USER MAPPING FOR app SERVER remote', 'CREATE TABLE t (password text)']) {
+  for (const sql of ['SELECT password FROM users', "UPDATE users SET password = 'x'", 'DROP USER MAPPING FOR app SERVER remote', 'CREATE TABLE t (password text)', 'DROP SUBSCRIPTION s']) {
     t.notOk(names(sql), sql);
   }
+});
+
+t.test('conninfoWithoutPassword: the password of a connection string, keyword or URI form', async (t) => {
+  t.equal(conninfoWithoutPassword('host=h password=x dbname=d'), 'host=h password=[password] dbname=d');
+  t.equal(conninfoWithoutPassword("host=h password = 'x y\\' z' dbname=d"), 'host=h password = [password] dbname=d');
+  t.equal(conninfoWithoutPassword('postgresql://u:x@h:5432/db?sslmode=require'), 'postgresql://u:[password]@h:5432/db?sslmode=require');
+  t.equal(conninfoWithoutPassword('postgres://h/db?password=x&sslmode=require'), 'postgres://h/db?password=[password]');
+  t.equal(conninfoWithoutPassword('postgresql://u@h/db'), 'postgresql://u@h/db', 'no password: unchanged');
+  t.equal(conninfoWithoutPassword('reporting'), 'reporting');
 });
 
 t.test('cache: repeated text is a hit, results are frozen and shared', async (t) => {

@@ -134,6 +134,9 @@ t.test('PostgreSQL: a role or user mapping password is withheld, in a Query and 
   const path = await record('postgres', [
     ['client', pgMessage('Q', cstr("ALTER ROLE app PASSWORD 'hunter-query'"))],
     ['client', pgMessage('Q', cstr("CREATE USER MAPPING FOR app SERVER remote OPTIONS (user 'app', password 'hunter-mapping')"))],
+    ['client', pgMessage('Q', cstr("ALTER SUBSCRIPTION s CONNECTION 'postgresql://app:hunter-uri@db.internal/app'"))],
+    ['client', pgMessage('P', Buffer.concat([cstr('link'), cstr('SELECT dblink_connect($1)'), int16(0)]))],
+    ['client', pgMessage('B', Buffer.concat([cstr(''), cstr('link'), int16(0), int16(1), int32(27), Buffer.from('host=h password=hunter-link'), int16(0)]))],
     ['client', pgMessage('Q', cstr('SELECT password FROM users'))],
     ['client', pgMessage('P', Buffer.concat([cstr('setpw'), cstr('ALTER ROLE app PASSWORD $1'), int16(0)]))],
     ['client', pgMessage('B', Buffer.concat([cstr(''), cstr('setpw'), int16(0), int16(1), int32(param.length), param, int16(0)]))],
@@ -143,8 +146,10 @@ t.test('PostgreSQL: a role or user mapping password is withheld, in a Query and 
   const text = await transcriptText(path);
   t.notMatch(text, /hunter-/, 'no password is shown');
   t.match(text, /Query ALTER ROLE app PASSWORD \[redacted\]/);
+  t.match(text, /Query ALTER SUBSCRIPTION s CONNECTION 'postgresql:\/\/app: \[redacted\]/, 'a connection URI is cut at its password');
+  t.match(text, /Parse statement "link": SELECT dblink_connect\(\$1\)/);
   t.match(text, /Query CREATE USER MAPPING FOR app SERVER remote OPTIONS \(user 'app', password \[redacted\]/, "a user mapping's password too");
   t.match(text, /Query SELECT password FROM users/, 'a query that reads a password column is shown whole');
-  t.match(text, /params \[\[redacted\]\]/, "the role statement's parameter");
+  t.equal(text.match(/params \[\[redacted\]\]/g)?.length, 2, "the role statement's parameter, and the dblink connection string");
   t.match(text, /params \["plain"\]/, 'a statement of that name parsed again is shown again');
 });
