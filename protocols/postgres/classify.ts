@@ -15,10 +15,11 @@
  * false and empty fields are omitted.
  */
 
-import { createHash } from 'node:crypto';
 import { loadModule, parseSync } from 'libpg-query';
 import { ErrorCodes, SluiceError } from '../../src/errors.js';
+import { fingerprintHmac, fingerprintKeyGeneration } from '../../src/policy/fingerprint-key.js';
 import { UNKNOWN_SETTING, type SqlStatementFacts } from '../../src/policy/types.js';
+import { SECRET_OPTIONS } from './credentials.js';
 import { DANGEROUS_SET_CONFIG_SETTINGS, isDangerousFunction } from './dangerous-functions.js';
 
 export const SQL_UNPARSEABLE = ErrorCodes.SQL_UNPARSEABLE;
@@ -230,49 +231,26 @@ export function classifyPrepared(sql: string): SqlStatementFacts {
 }
 
 /**
- * Statements whose text may hold a password: CREATE / ALTER ROLE (`PASSWORD
- * 'x'`, psql's \\password); CREATE / ALTER of a user mapping or a foreign
- * server (`OPTIONS (user 'u', password 'x')`, the remote database's
- * password that postgres_fdw keeps) and of a subscription (`CONNECTION
- * 'host=h password=x'`); and calls of dblink functions, whose connection
- * strings carry one the same way. The audit trail, approvers, logs and
- * transcripts see their text cut at the password (withoutPassword in
- * statement-gate.ts), and their bound parameters never.
- */
-export function namesCredential(facts: Pick<SqlStatementFacts, 'kinds' | 'dangerousFunctions'>): boolean {
-  for (const k of facts.kinds) {
-    if (k === 'role' || CREDENTIAL_OBJECT_KINDS.has(k)) return true;
-  }
-  for (const f of facts.dangerousFunctions) {
-    if (f.startsWith('dblink', f.lastIndexOf('.') + 1)) return true;
-  }
-  return false;
-}
-
-const CREDENTIAL_OBJECT_KINDS = new Set([
-  'create:user_mapping',
-  'alter:user_mapping',
-  'create:server',
-  'alter:server',
-  'create:subscription',
-  'alter:subscription',
-]);
-
-/**
- * A normalised fingerprint for approval windows: sha256 (hex) of the parse tree
- * with locations and constants removed, so whitespace, case of keywords,
- * comments and literal values do not matter; identifiers (tables, columns,
- * functions, settings) do. Constants passed to dangerous functions and to
- * set_config are kept: a window granted for `pg_read_file('a')` must not
- * release `pg_read_file('b')`, nor `set_config('application_name', ...)` a
- * `set_config('role', ...)`. A password option (CREATE / ALTER ROLE,
- * OPTIONS of a user mapping) is replaced by a marker: the approvals API
- * shows fingerprints, and an unkeyed hash of a tree whose every other part
- * the approver reads would let anyone who can read it test guesses at the
- * password. A window therefore covers the statement whatever its password,
- * which the approver never sees either (as for Redis, command-gate.ts).
+ * A normalised fingerprint for approval windows: an HMAC-SHA256 (hex, keyed
+ * by src/policy/fingerprint-key.ts) of the parse tree with locations and
+ * constants removed, so whitespace, case of keywords, comments and literal
+ * values do not matter; identifiers (tables, columns, functions, settings)
+ * do. Constants passed to dangerous functions and to set_config are kept:
+ * a window granted for `pg_read_file('a')` must not release
+ * `pg_read_file('b')`, nor `set_config('application_name', ...)` a
+ * `set_config('role', ...)`. A password option (CREATE / ALTER ROLE
+ * PASSWORD, a user mapping's `password`, SECRET_OPTIONS) is a marker in
+ * the tree: a window covers the statement whatever its password, which the
+ * approver never sees either (as for Redis, command-gate.ts). Other secrets
+ * (a connection string's) stay in the tree, behind the key: the approvals
+ * API shows fingerprints, and an unkeyed hash of a tree whose every other
+ * part the reader knows would let them test guesses at what is left.
  */
 export function fingerprint(facts: SqlStatementFacts): string {
+  if (fingerprintsKeyedBy !== fingerprintKeyGeneration()) {
+    fingerprints = new WeakMap();
+    fingerprintsKeyedBy = fingerprintKeyGeneration();
+  }
   const known = fingerprints.get(facts);
   if (known !== undefined) return known;
   ensureLoaded();
@@ -283,7 +261,7 @@ export function fingerprint(facts: SqlStatementFacts): string {
     throw toParseError(err);
   }
   const tree = stmts.length === 0 ? null : normalise(stmts.length === 1 ? stmts[0]!.stmt : stmts.map((s) => s.stmt), false);
-  const digest = createHash('sha256').update(JSON.stringify(tree)).digest('hex');
+  const digest = fingerprintHmac().update(JSON.stringify(tree)).digest('hex');
   fingerprints.set(facts, digest);
   return digest;
 }
@@ -306,7 +284,9 @@ interface ParseResult {
   stmts?: RawStmt[];
 }
 
-const fingerprints = new WeakMap<SqlStatementFacts, string>();
+/** Fingerprints under the key of generation fingerprintsKeyedBy (a new key empties it). */
+let fingerprints = new WeakMap<SqlStatementFacts, string>();
+let fingerprintsKeyedBy = -1;
 
 function ensureLoaded(): void {
   if (!loaded) throw new Error('classifier used before initClassifier() resolved');
@@ -1120,23 +1100,9 @@ const CONSTANTS_KEPT = new Set(['VariableSetStmt', 'AlterSystemStmt', 'AlterRole
 /** What a fingerprint holds in place of a password option's value. */
 const PASSWORD_MARK = '[password]';
 
-/**
- * A libpq connection string with its password replaced by PASSWORD_MARK:
- * `password=x` (quoted or not) in the keyword form, `user:x@` in the URI
- * form (postgresql://user:x@host/db). Any other string comes back as it is.
- */
-export function conninfoWithoutPassword(s: string): string {
-  if (!CONNINFO_HINT.test(s)) return s;
-  return s.replace(CONNINFO_PASSWORD, `$1${PASSWORD_MARK}`).replace(URI_PASSWORD, `$1${PASSWORD_MARK}@`);
-}
-
-const CONNINFO_HINT = /password|:\/\//i;
-const CONNINFO_PASSWORD = /(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)/gi;
-const URI_PASSWORD = /(:\/\/[^\s/?#@:]*:)[^\s/?#@]*@/g;
-
 /** `PASSWORD 'x'` of a role, `password 'x'` in OPTIONS (...): a DefElem with a value (`PASSWORD NULL` has none to hide). */
 function isPasswordOption(d: JsonObject): boolean {
-  return typeof d.defname === 'string' && d.defname.toLowerCase() === 'password' && d.arg !== undefined && d.arg !== null;
+  return typeof d.defname === 'string' && SECRET_OPTIONS.has(d.defname.toLowerCase()) && d.arg !== undefined && d.arg !== null;
 }
 
 /**
@@ -1146,8 +1112,6 @@ function isPasswordOption(d: JsonObject): boolean {
  */
 function normalise(v: Json | undefined, keepConstants: boolean): Json {
   if (Array.isArray(v)) return v.map((x) => normalise(x, keepConstants));
-  // A connection string kept (a subscription's CONNECTION, a dblink argument) loses its password.
-  if (typeof v === 'string') return conninfoWithoutPassword(v);
   if (!isObject(v)) return v ?? null;
   const out: JsonObject = {};
   for (const key in v) {

@@ -2,7 +2,8 @@ import type { GateContextBase, SqlStatementFacts, Verdict } from '../../src/poli
 import type { AuditEvent, AuditVerdict } from '../../src/store/types.js';
 import { isoTime } from '../../src/store/iso-time.js';
 import type { PendingApproval } from '../../src/policy/approvals.js';
-import { ClassifiedQuery, classifyPrepared, classifyQuery, fingerprint, namesCredential, SqlParseError } from './classify.js';
+import { ClassifiedQuery, classifyPrepared, classifyQuery, fingerprint, SqlParseError } from './classify.js';
+import { namesCredential, withoutArguments, withoutPassword } from './credentials.js';
 import { Backend, Frontend, errorResponse, noticeResponse, readyForQuery, sqlstate, type TransactionStatus } from './messages.js';
 import type { RelayGate, RelayIO } from './relay.js';
 import { parameterStatusValue, type SqlDecoder } from './encoding.js';
@@ -240,6 +241,13 @@ export class PgStatementGate implements RelayGate {
    * Bind (fail closed).
    */
   readonly #approvalBound = new Map<string, ApprovalBound>();
+  /**
+   * Names SQL-PREPAREd in this session from a statement that may carry a
+   * password (`PREPARE c(text) AS SELECT dblink_connect($1)`): an EXECUTE of
+   * one is shown without its arguments (#shown). Noted when the PREPARE is
+   * seen, whatever became of it: a name kept too long only hides more.
+   */
+  readonly #credentialPrepared = new Set<string>();
   /** Portals bound to a ROLLBACK while the transaction is aborted (see #bindsRollback). */
   readonly #rollbackPortals = new Set<string>();
   /** The last Bind per named portal; the unnamed portal (almost every Bind) in its own field. */
@@ -432,6 +440,7 @@ export class PgStatementGate implements RelayGate {
       this.#refuseUnparseable(err, text, false);
       return;
     }
+    this.#notePrepares(query.shared);
     // Facts with the real text are built only for a refusal or a hold.
     const verdict = this.#judge(query);
     if (verdict.action === 'deny') {
@@ -468,7 +477,11 @@ export class PgStatementGate implements RelayGate {
         runs = bound.facts;
         continue;
       }
-      const shown = `${text} -- ${f.statementName}: ${auditText(bound.facts.text, bound.facts)}`;
+      // What the client sent is shown as each of its statements is (the Query may set a password too).
+      const sent = facts()
+        .map((g) => this.#shown(g.text, g))
+        .join('; ');
+      const shown = `${sent} -- ${f.statementName}: ${this.#shown(bound.facts.text, bound.facts)}`;
       if (again.action === 'deny') this.#deny(again, facts(), shown, type === Frontend.Parse);
       else this.#hold(type, bytes, again, facts(), text, { facts: [bound.facts], text: shown });
       return HELD;
@@ -508,14 +521,14 @@ export class PgStatementGate implements RelayGate {
       bound.unspent = undefined;
       if (approvalId === undefined) {
         const again = this.#judge([bound.facts]);
-        const shown = auditText(bound.facts.text, bound.facts);
+        const shown = this.#shown(bound.facts.text, bound.facts);
         if (again.action === 'deny') {
           this.#deny(again, [bound.facts], shown, true);
           return;
         }
         if (again.action === 'approve') {
           // A credential statement's parameters may be its password: never shown (none can be bound to one anyway).
-          const params = namesCredential(bound.facts) ? [] : bindParameters(bytes, name.end);
+          const params = this.#hidesArguments(bound.facts) ? [] : bindParameters(bytes, name.end);
           const withParams = params.length > 0 ? `${shown} -- params: ${paramsJson(params)}` : shown;
           this.#hold(Frontend.Bind, bytes, again, [bound.facts], shown, { facts: [bound.facts], text: withParams });
           return;
@@ -535,7 +548,7 @@ export class PgStatementGate implements RelayGate {
       const at = Date.now();
       for (let i = 0; i < query.length; i++) {
         const kinds = query.shared[i]!.kinds;
-        this.#open.push(openStatement(auditText(query.text(i), query.shared[i]!), kindLabel(kinds), verdict, extra, at, started, null, 0));
+        this.#open.push(openStatement(this.#shown(query.text(i), query.shared[i]!), kindLabel(kinds), verdict, extra, at, started, null, 0));
       }
     }
     this.#record(verdict, query.length);
@@ -556,6 +569,7 @@ export class PgStatementGate implements RelayGate {
       this.#refuseUnparseable(err, query.value, true);
       return;
     }
+    if (preparesCredential(facts)) this.#credentialPrepared.add(facts.statementName);
     const verdict = this.#judge([facts]);
     if (verdict.action === 'deny') {
       this.#deny(verdict, [facts], query.value, true);
@@ -588,7 +602,26 @@ export class PgStatementGate implements RelayGate {
       // A PREPARE sent by Parse: what it prepares is released with it.
       this.#bindPrepared(facts);
     }
-    this.#parseSent(name, prepared(auditText(f.text, f), kindLabel(f.kinds), namesCredential(f)), bytes);
+    this.#parseSent(name, prepared(this.#shown(f.text, f), kindLabel(f.kinds), this.#hidesArguments(f)), bytes);
+  }
+
+  /** Statement text as the audit trail, logs and approvers see it: auditText, and an EXECUTE of a credential statement without its arguments. */
+  #shown(text: string, facts: SqlStatementFacts): string {
+    if (this.#credentialPrepared.size > 0 && this.#executesCredential(facts)) return withoutArguments(withoutPassword(text));
+    return auditText(text, facts);
+  }
+
+  /** Its parameters (Bind) or arguments (SQL EXECUTE) may be a password: never shown. */
+  #hidesArguments(facts: SqlStatementFacts): boolean {
+    return namesCredential(facts) || (this.#credentialPrepared.size > 0 && this.#executesCredential(facts));
+  }
+
+  #executesCredential(facts: SqlStatementFacts): boolean {
+    return facts.statementName !== '' && facts.kinds.includes('execute') && this.#credentialPrepared.has(facts.statementName);
+  }
+
+  #notePrepares(facts: readonly SqlStatementFacts[]): void {
+    for (const f of facts) if (preparesCredential(f)) this.#credentialPrepared.add(f.statementName);
   }
 
   /**
@@ -611,7 +644,7 @@ export class PgStatementGate implements RelayGate {
   }
 
   #deny(verdict: Verdict, facts: SqlStatementFacts[], sent: string, extended: boolean, approvalId?: string, auditVerdict: AuditVerdict = 'denied'): void {
-    const text = facts.length > 0 ? facts.map((f) => auditText(f.text, f)).join('; ') : sent;
+    const text = facts.length > 0 ? facts.map((f) => this.#shown(f.text, f)).join('; ') : sent;
     const message = approvalId
       ? `sluice: approval ${approvalId} ${auditVerdict === 'approval_expired' ? 'expired' : auditVerdict === 'approval_cancelled' ? 'was cancelled' : 'was denied'}; the statement was not run`
       : `sluice: denied by rule "${verdict.rule ?? `default of policy ${verdict.policy}`}": ${verdict.reason}`;
@@ -677,7 +710,7 @@ export class PgStatementGate implements RelayGate {
       protocol: 'postgres',
       policy: verdict.policy,
       rule: verdict.rule ?? '',
-      text: shown?.text ?? facts.map((f) => auditText(f.text, f)).join('; '),
+      text: shown?.text ?? facts.map((f) => this.#shown(f.text, f)).join('; '),
       heldBytes: held,
       fingerprint: judged.length === 1 ? fingerprint(judged[0]!) : judged.map((f) => fingerprint(f)).join(':'),
     });
@@ -1284,11 +1317,12 @@ function abortedError(hint?: string): Buffer {
 }
 
 /**
- * Statement text as the audit trail, logs and approvers see it. CREATE/ALTER
- * ROLE ... PASSWORD carries a credential (psql's \\password sends one, hashed
- * or not), and so may a user mapping's OPTIONS or a connection string
- * (namesCredential): the text is cut at the password. Repeated statements
- * share their cached facts, so the last answer is remembered.
+ * Statement text as the audit trail, logs and approvers see it: a statement
+ * that may carry a password (namesCredential: CREATE/ALTER ROLE ...
+ * PASSWORD, a user mapping's OPTIONS, a connection string) is cut at the
+ * password. Repeated statements share their cached facts, so the last
+ * answer is remembered. PgStatementGate.#shown adds the session's SQL
+ * EXECUTEs of such statements.
  */
 function auditText(text: string, facts: SqlStatementFacts): string {
   if (facts !== lastFacts) {
@@ -1301,25 +1335,11 @@ function auditText(text: string, facts: SqlStatementFacts): string {
 let lastFacts: SqlStatementFacts | undefined;
 let lastFactsCredential = false;
 
-/**
- * A credential statement's text (namesCredential) cut at its password: after
- * the first word PASSWORD (`PASSWORD 'x'`, `password 'x'` in OPTIONS,
- * `password=x` in a connection string) or after the user of a connection
- * URI that has a password (`postgresql://user:x@host`), whichever comes
- * first, the rest replaced. The transcript shows it so too.
- */
-export function withoutPassword(text: string): string {
-  let at = Infinity;
-  const word = PASSWORD_WORD.exec(text);
-  if (word !== null) at = word.index + word[0].length;
-  const uri = URI_USER.exec(text);
-  if (uri !== null) at = Math.min(at, uri.index + uri[0].length);
-  return at === Infinity ? text : `${text.slice(0, at)} [redacted]`;
+/** An SQL PREPARE of a statement that may carry a password: its EXECUTEs' arguments may be one. */
+function preparesCredential(f: SqlStatementFacts): boolean {
+  return f.statementName !== '' && f.kinds.includes('prepare') && namesCredential(f);
 }
 
-const PASSWORD_WORD = /\bpassword\b/i;
-/** `://user:` where a password and `@` follow (postgresql://user:x@host). */
-const URI_USER = /:\/\/[^\s/?#@:]*:(?=[^\s/?#@]*@)/;
 
 /**
  * A statement's kinds as the audit trail writes them (`select`,

@@ -1,7 +1,7 @@
-import { createHash } from 'node:crypto';
 import type { GateContextBase, RedisCommandFacts, Verdict } from '../../src/policy/types.js';
 import type { AuditEvent, AuditVerdict } from '../../src/store/types.js';
 import type { PendingApproval } from '../../src/policy/approvals.js';
+import { fingerprintHmac } from '../../src/policy/fingerprint-key.js';
 import { classifyCommand, type CommandKind } from './classify.js';
 import { error } from './replies.js';
 
@@ -282,7 +282,7 @@ export function fingerprintOf(facts: RedisCommandFacts, args: readonly Buffer[])
   for (const k of facts.keys) keys += `${k.length}:${k}`;
   const base = `redis:${kindOf(facts)}:${keys}`;
   if (!facts.categories.some((c) => c === '@scripting' || c === '@admin' || c === '@dangerous')) return base;
-  const digest = createHash('sha256');
+  const digest = fingerprintHmac();
   const secret = secretPositions(facts, args);
   for (let i = 1; i < args.length; i++) {
     const a = secret.has(i) ? SECRET_MARK : args[i]!;

@@ -27,6 +27,7 @@ import { SessionRecorder, DEFAULT_MAX_HELD_BYTES } from '../recording/tap.js';
 import { markCleanStop, recoverAfterAbruptStop } from '../recording/recover.js';
 import { MaskingRegistry } from '../../masking/session-masker.js';
 import { pinTickObjectShape } from './tick-shape.js';
+import { openFingerprintKey, useFingerprintKey } from '../policy/fingerprint-key.js';
 
 export interface GatewayOptions {
   logger: Logger;
@@ -116,6 +117,8 @@ export class Gateway {
     // The SQL parser is WASM: load it before the first statement arrives.
     await initClassifier();
     const store = openSqliteStore(config.stateDir, { logger });
+    // Approval windows outlive the process (the store keeps them): so must the key of their fingerprints.
+    useFingerprintKey(await openFingerprintKey(config.stateDir));
     const audit = new AuditWriter(store, { logger });
     const metrics = new Metrics();
     const approvals = new ApprovalManager({

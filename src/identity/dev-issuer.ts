@@ -10,7 +10,7 @@
  * private.jwk is the one source of truth; the public set is derived from it.
  */
 import { randomBytes } from 'node:crypto';
-import { chmod, link, mkdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   calculateJwkThumbprint,
@@ -22,6 +22,7 @@ import {
   type JWK,
 } from 'jose';
 import { ErrorCodes, SluiceError } from '../errors.js';
+import { createOnce, sharedMode } from '../secret-file.js';
 
 export const DEV_ISSUER = 'https://sluice.invalid/dev-issuer';
 export const DEV_AUDIENCE = 'sluice';
@@ -75,12 +76,7 @@ export class DevIssuer {
     this.#publicJwk = publicJwk;
   }
 
-  /**
-   * Load the key pair, creating it on first use. Two processes doing this at
-   * once end up with the same key: each writes its candidate to a temp file
-   * and hard-links it into place, which fails if the other got there first;
-   * both then read whatever is in place.
-   */
+  /** Load the key pair, creating it on first use (two processes doing this at once end up with the same key: createOnce). */
   static async open(stateDir: string): Promise<DevIssuer> {
     const dir = join(stateDir, 'dev-issuer');
     await mkdir(dir, { recursive: true, mode: 0o700 });
@@ -93,16 +89,13 @@ export class DevIssuer {
       text = await readFile(privatePath, 'utf8');
     } catch (err) {
       if (!isEnoent(err)) throw err;
-      await DevIssuer.#create(dir, privatePath);
+      await DevIssuer.#create(privatePath);
       text = await readFile(privatePath, 'utf8');
     }
 
-    const mode = (await stat(privatePath)).mode & 0o777;
-    if (process.platform !== 'win32' && (mode & 0o077) !== 0) {
-      throw new SluiceError(
-        ErrorCodes.CONFIG_INVALID,
-        `dev issuer key ${privatePath} is accessible by other users (mode ${mode.toString(8)}); run chmod 600 on it`,
-      );
+    const shared = await sharedMode(privatePath);
+    if (shared !== undefined) {
+      throw new SluiceError(ErrorCodes.CONFIG_INVALID, `dev issuer key ${privatePath} is accessible by other users (mode ${shared}); run chmod 600 on it`);
     }
 
     const jwk = parsePrivateJwk(text, privatePath);
@@ -119,30 +112,9 @@ export class DevIssuer {
     return new DevIssuer(kid, privateKey, publicJwk);
   }
 
-  static async #create(dir: string, privatePath: string): Promise<void> {
+  static async #create(privatePath: string): Promise<void> {
     const { privateKey } = await generateKeyPair(ALG, { extractable: true });
-    const jwk = await exportJWK(privateKey);
-    const tmp = join(dir, `private.jwk.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-    // 'wx' with mode 0600: the file is never readable by others, not even briefly.
-    await writeFile(tmp, JSON.stringify(jwk) + '\n', { mode: 0o600, flag: 'wx' });
-    await chmod(tmp, 0o600);
-    try {
-      await link(tmp, privatePath);
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'EEXIST') {
-        // Another process created it first; use theirs.
-      } else if (code === 'EPERM' || code === 'ENOTSUP' || code === 'ENOSYS') {
-        // A filesystem without hard links: rename is still atomic, but the
-        // last writer wins, so a concurrent first use may briefly disagree.
-        await rename(tmp, privatePath);
-        return;
-      } else {
-        throw err;
-      }
-    } finally {
-      await unlink(tmp).catch(() => undefined);
-    }
+    await createOnce(privatePath, JSON.stringify(await exportJWK(privateKey)) + '\n');
   }
 
   /** The public key set (no private material). */

