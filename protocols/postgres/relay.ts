@@ -4,6 +4,7 @@ import { ReadHold, RelayReads } from '../../src/gateway/socket-reads.js';
 import { endSocket } from '../../src/gateway/net.js';
 import { PgFramer, PgProtocolError, RefusedMessage, type FramerSink } from './framer.js';
 import { Frontend, errorResponse, sqlstate, terminate } from './messages.js';
+import { ErrorCodes } from '../../src/errors.js';
 
 /**
  * The steady state of a PostgreSQL session: bytes flow between the client
@@ -476,6 +477,7 @@ export class PgRelay {
 
   #checkIdle(): void {
     if (Date.now() - this.#lastActivity < this.options.idleTimeoutMs) return;
+    this.options.logger.info({ code: ErrorCodes.IDLE_TIMEOUT, idleTimeoutMs: this.options.idleTimeoutMs }, 'idle timeout; closing session');
     this.shutdown(
       'idle timeout',
       errorResponse({

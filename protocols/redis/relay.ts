@@ -50,6 +50,7 @@ import { redisCredentialArgs, redisKeyword } from '../../src/recording/scrub.js'
 import type { Judgement, RedisCommandGate } from './command-gate.js';
 import { commandKind } from './classify.js';
 import { ELEMENT_HEAD_BYTES, ELEMENT_TAIL_BYTES, MESSAGE, PubSubKind, Subscriptions, confirmationCount, elementName, pubSubCommand } from './pubsub.js';
+import { ErrorCodes } from '../../src/errors.js';
 
 export interface RedisRelayOptions {
   logger: Logger;
@@ -1085,6 +1086,7 @@ export class RedisRelay {
       return;
     }
     if (now - this.#lastActivity < this.options.idleTimeoutMs) return;
+    this.options.logger.info({ code: ErrorCodes.IDLE_TIMEOUT, idleTimeoutMs: this.options.idleTimeoutMs }, 'idle timeout; closing session');
     this.shutdown(`terminating connection after ${this.options.idleTimeoutMs} ms without traffic (idle_timeout)`);
   }
 

@@ -20,7 +20,7 @@ const USAGE = `Usage: sluice <command> [options]
 Commands:
   serve [--config FILE]          run the gateway (default config ./sluice.yaml; without it an
                                  embedded dev default: target "pg" on 127.0.0.1:6432 -> 127.0.0.1:5432)
-  token --sub NAME [--group G]... [--ttl 15m] [--claim k=v]... [--config FILE]
+  token --sub NAME [--group G]... [--ttl 15m] [--claim k=v]... [--audience A] [--config FILE]
                                  print a token from the dev issuer
   check-config [--config FILE]   validate a config file; exit 2 with one line per problem
   approvals list [--status S] | approve ID [--for 15m] | deny ID [--reason R]
@@ -29,7 +29,7 @@ Commands:
                                  (the container healthcheck)
   sessions [--subject S] [--target T] [--since 1h] [--json] [--config FILE]
                                  list recorded sessions from the state dir's index
-  replay ID [--json | --raw client|server | --serve PORT [--once]] [--config FILE]
+  replay ID [--json | --raw client|server | --serve PORT [--once]] [--config FILE | --file PATH]
                                  transcript of a recorded session, its raw bytes, or a stand-in
                                  server replaying it to the same client
   verify ID|--all [--json] [--config FILE]
@@ -37,6 +37,8 @@ Commands:
   version                        print the version
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.`;
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 /** Exit code for a bad config or bad usage, distinct from a runtime failure. */
 const EXIT_USAGE = 2;
@@ -88,7 +90,13 @@ async function main(argv: string[]): Promise<number> {
 async function serve(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' } }, strict: true });
   const config = await loadConfig(values.config);
-  const logger = createLogger(config.log.level);
+  // SLUICE_LOG_LEVEL, when set, overrides log.level: more detail for one run without editing the file.
+  const level = process.env.SLUICE_LOG_LEVEL ?? config.log.level;
+  if (!LOG_LEVELS.includes(level)) {
+    process.stderr.write(`sluice: SLUICE_LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, not "${level}"\n`);
+    return 2;
+  }
+  const logger = createLogger(level);
   const gateway = await Gateway.start(config, { logger });
   const tokenFile = printQuickstart(config, gateway);
   await new Promise<void>((resolve) => {

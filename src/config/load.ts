@@ -533,21 +533,32 @@ class Normaliser {
     return { certFile, keyFile };
   }
 
+  /**
+   * A timer's duration, in ms: undefined when absent or not a duration
+   * (the schema reports that), or out of range (reported here). 0 only
+   * where it means "never" (`zero`); at most what Node.js can set.
+   */
+  #timer(v: unknown, at: string, zero: boolean): number | undefined {
+    if (typeof v !== 'number' && typeof v !== 'string') return undefined;
+    const ms = parseDuration(v);
+    if (ms === undefined) return undefined;
+    if (!zero && ms === 0) {
+      this.#problem(at, `expected a duration greater than 0, found ${render(v)}`);
+      return undefined;
+    }
+    if (ms > MAX_TIMER_MS) {
+      this.#problem(at, `expected at most 596h (the longest timer Node.js can set), found ${render(v)}`);
+      return undefined;
+    }
+    return ms;
+  }
+
   #limits(raw: Record<string, unknown> | undefined, at: string, base: Readonly<SessionLimits>): SessionLimits {
     const out: SessionLimits = { ...base };
     if (raw === undefined) return out;
     const timer = (key: string, field: 'preAuthTimeoutMs' | 'idleTimeoutMs' | 'upstreamConnectTimeoutMs', zero: boolean): void => {
-      const v = raw[key];
-      if (typeof v !== 'number' && typeof v !== 'string') return;
-      const ms = parseDuration(v);
-      if (ms === undefined) return;
-      if (!zero && ms === 0) {
-        this.#problem(`${at}.${key}`, `expected a duration greater than 0, found ${render(v)}`);
-      } else if (ms > MAX_TIMER_MS) {
-        this.#problem(`${at}.${key}`, `expected at most 596h (the longest timer Node.js can set), found ${render(v)}`);
-      } else {
-        out[field] = ms;
-      }
+      const ms = this.#timer(raw[key], `${at}.${key}`, zero);
+      if (ms !== undefined) out[field] = ms;
     };
     timer('pre_auth_timeout', 'preAuthTimeoutMs', false);
     timer('idle_timeout', 'idleTimeoutMs', true);
@@ -883,7 +894,8 @@ class Normaliser {
         this.#problem('api.audience', `expected an audience other than the issuers' own, found ${render(audience)}, the audience of ${same.issuer}'s database tokens (they would be API tokens too)`);
       }
     }
-    const requestTimeoutMs = raw.request_timeout === undefined ? undefined : parseDuration(raw.request_timeout as string | number);
+    // 0 would be Node's "no timeout": a slow client could hold a connection (and one of api's 256) forever.
+    const requestTimeoutMs = this.#timer(raw.request_timeout, 'api.request_timeout', false);
     return {
       listen,
       ...(audience !== undefined ? { audience } : {}),
@@ -939,14 +951,14 @@ class Normaliser {
   }
 
   #approvals(raw: Record<string, unknown> | undefined): ApprovalsConfig {
-    const timeoutMs = raw?.timeout === undefined ? DEFAULT_APPROVAL_TIMEOUT_MS : parseDuration(raw.timeout as string | number);
+    const timeoutMs = this.#timer(raw?.timeout, 'approvals.timeout', false);
     const hook = obj(raw?.webhook);
     const url = str(hook?.url);
     if (url !== undefined && hasUserInfo(url)) {
       // fetch refuses such a URL, and its error quotes it whole: the password would reach the log.
       this.#problem('approvals.webhook.url', 'expected a URL without a user name or password (user:password@); a secret belongs in the path, which is never logged');
     }
-    const hookTimeout = hook?.timeout === undefined ? 5_000 : parseDuration(hook.timeout as string | number);
+    const hookTimeout = this.#timer(hook?.timeout, 'approvals.webhook.timeout', false);
     return {
       timeoutMs: timeoutMs ?? DEFAULT_APPROVAL_TIMEOUT_MS,
       maxPendingPerSubject: int(raw?.max_pending_per_subject) ?? DEFAULT_MAX_PENDING_APPROVALS,

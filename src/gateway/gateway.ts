@@ -28,6 +28,7 @@ import { markCleanStop, recoverAfterAbruptStop } from '../recording/recover.js';
 import { MaskingRegistry } from '../../masking/session-masker.js';
 import { pinTickObjectShape } from './tick-shape.js';
 import { openFingerprintKey, useFingerprintKey } from '../policy/fingerprint-key.js';
+import { ErrorCodes } from '../errors.js';
 
 export interface GatewayOptions {
   logger: Logger;
@@ -273,7 +274,7 @@ export class Gateway {
     socket.once('close', () => this.#sockets.delete(socket));
     const { target } = listener;
     if (listener.unauthenticated >= target.limits.maxPreAuthConnections) {
-      this.#ctx.logger.warn({ target: target.name, client: socket.remoteAddress }, 'too many unauthenticated connections; refusing');
+      this.#ctx.logger.warn({ code: ErrorCodes.TOO_MANY_UNAUTHENTICATED, target: target.name, client: socket.remoteAddress }, 'too many unauthenticated connections; refusing');
       this.#refuseBusy(target, socket);
       return;
     }

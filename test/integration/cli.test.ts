@@ -46,6 +46,15 @@ policies:
     targets: [app-db]
 `;
 
+t.test('serve: SLUICE_LOG_LEVEL overrides log.level, and an unknown level is a usage error', async (t) => {
+  const dir = tempDir();
+  writeFileSync(join(dir, 'good.yaml'), VALID);
+  const r = await sluice(['serve', '--config', 'good.yaml'], dir, { SLUICE_LOG_LEVEL: 'loud' });
+  t.equal(r.code, 2);
+  t.match(r.stderr, /SLUICE_LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent, not "loud"/);
+  t.notOk(existsSync(join(dir, '.sluice', 'sluice.db')), 'refused before the gateway started');
+});
+
 t.test('check-config', async (t) => {
   const dir = tempDir();
   writeFileSync(join(dir, 'good.yaml'), VALID);

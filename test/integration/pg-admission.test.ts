@@ -297,6 +297,7 @@ t.test('pre-auth deadline and the cap on unauthenticated connections', async (t)
   const busy = await c.read();
   t.equal(busy?.type, 'E');
   t.equal(errorFields(busy!.body).C, '53300');
+  t.ok(gw.logs.some((l) => l.includes('"code":"SLUICE_TOO_MANY_UNAUTHENTICATED"')), 'the log names the catalogue code');
   a.close();
   b.close();
   await new Promise((r) => setTimeout(r, 100));
@@ -305,6 +306,7 @@ t.test('pre-auth deadline and the cap on unauthenticated connections', async (t)
   const idle = await ok.readUntil('E', 5_000);
   t.equal(idle && errorFields(idle.body).C, '57P05', 'an idle session is ended with idle-session timeout');
   await ok.waitClosed();
+  t.ok(gw.logs.some((l) => l.includes('"code":"SLUICE_IDLE_TIMEOUT"')), 'the log names the catalogue code');
 });
 
 t.test('a CancelRequest connection is closed for good, whatever the client sends after it', async (t) => {

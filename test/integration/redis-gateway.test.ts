@@ -412,6 +412,7 @@ t.test('pre-auth deadline and idle timeout', async (t) => {
   // The session's end is logged once both sockets have closed: a moment after the client sees its close.
   for (let i = 0; i < 100 && !gw.logs.some((l) => l.includes('without traffic (idle_timeout)')); i++) await new Promise((r) => setTimeout(r, 20));
   t.ok(gw.logs.some((l) => l.includes('without traffic (idle_timeout)')), 'the log says why');
+  t.ok(gw.logs.some((l) => l.includes('"code":"SLUICE_IDLE_TIMEOUT"')), 'and names the catalogue code');
 });
 
 t.test('QUIT: the session ends because the client asked, whichever FIN arrives first', async (t) => {

@@ -271,6 +271,12 @@ t.test('api.request_timeout and approvals.max_pending_per_subject', async (t) =>
   t.equal(config.approvals.maxPendingPerSubject, 3);
   t.equal(parseConfig(`${MINIMAL}api: { listen: 127.0.0.1:8080 }\n`, { baseDir: '/x', env: {} }).api?.requestTimeoutMs, undefined, 'omitted: the API default');
   t.throws(() => parseConfig(`${MINIMAL}approvals: { max_pending_per_subject: 0 }\n`, { baseDir: '/x', env: {} }), /approvals\.max_pending_per_subject/);
+  // 0 would be "no timeout" to Node and fastify, or expire every approval at once: refused, as limits' timers are.
+  t.throws(() => parseConfig(`${MINIMAL}api: { listen: 127.0.0.1:8080, request_timeout: 0 }\n`, { baseDir: '/x', env: {} }), /api\.request_timeout: expected a duration greater than 0, found 0/);
+  t.throws(() => parseConfig(`${MINIMAL}approvals: { timeout: 0s }\n`, { baseDir: '/x', env: {} }), /approvals\.timeout: expected a duration greater than 0/);
+  t.throws(() => parseConfig(`${MINIMAL}approvals: { timeout: 700h }\n`, { baseDir: '/x', env: {} }), /approvals\.timeout: expected at most 596h/);
+  t.throws(() => parseConfig(`${MINIMAL}approvals: { webhook: { url: 'https://hooks.invalid/x', timeout: 0 } }\n`, { baseDir: '/x', env: {} }), /approvals\.webhook\.timeout: expected a duration greater than 0/);
+  t.equal(parseConfig(`${MINIMAL}approvals: { timeout: 90s }\n`, { baseDir: '/x', env: {} }).approvals.timeoutMs, 90_000);
 });
 
 t.test('each problem is one line naming the key, what was expected and what was found', async (t) => {
