@@ -4,32 +4,42 @@
  * only, and the same for every process that opens them.
  */
 import { randomBytes } from 'node:crypto';
-import { chmod, link, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { copyFile, link, open, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 /**
  * Writes `contents` to `path` (mode 0600) unless the file is there already.
  * Two processes doing this at once end up with one file: each writes its
- * candidate to a temporary file and hard-links it into place, which fails
- * with EEXIST if the other got there first; both then read whatever is in
- * place. On a filesystem without hard links, rename is still atomic, but
- * the last writer wins, so a concurrent first use may briefly disagree.
+ * candidate to a temporary file, fsyncs it (a crash never leaves an empty
+ * key in place) and hard-links it into place, which fails with EEXIST if
+ * the other got there first; both then read whatever is in place. On a
+ * filesystem without hard links the candidate is copied into place with
+ * an exclusive create instead: still one winner, though a process reading
+ * at that very moment may find the file half written, and refuse to start.
  */
 export async function createOnce(path: string, contents: string | Buffer): Promise<void> {
   const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-  // 'wx' with mode 0600: the file is never readable by others, not even briefly (chmod: whatever the umask).
-  await writeFile(tmp, contents, { mode: 0o600, flag: 'wx' });
   try {
-    await chmod(tmp, 0o600);
-    await link(tmp, path);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'EPERM' || code === 'ENOTSUP' || code === 'ENOSYS') {
-      await rename(tmp, path);
-      return;
+    // 'wx' with mode 0600: the file is never readable by others, not even briefly (chmod: whatever the umask).
+    const fh = await open(tmp, 'wx', 0o600);
+    try {
+      await fh.chmod(0o600);
+      await fh.writeFile(contents);
+      await fh.sync();
+    } finally {
+      await fh.close();
     }
-    if (code !== 'EEXIST') throw err;
+    try {
+      await link(tmp, path);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EPERM' || code === 'ENOTSUP' || code === 'ENOSYS') await copyFile(tmp, path, constants.COPYFILE_EXCL);
+      else throw err;
+    }
+  } catch (err) {
     // EEXIST: another process created it first; theirs is used.
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
   } finally {
     await unlink(tmp).catch(() => undefined);
   }

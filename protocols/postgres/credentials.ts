@@ -14,8 +14,12 @@
  *   of dblink functions; in the keyword form (`password=x`,
  *   `sslpassword=x`) or as a URI (`postgresql://user:x@host`, or a
  *   percent-encoded query keyword, which libpq decodes);
+ * - a URI with a password in any ALTER SYSTEM value (archive_command) or
+ *   COPY ... PROGRAM command;
  * - the opaque bodies of DO blocks and functions, which may do any of the
- *   above.
+ *   above;
+ * - the arguments of an SQL EXECUTE of a statement prepared from one of
+ *   these (PreparedCredentials).
  */
 import type { SqlStatementFacts } from '../../src/policy/types.js';
 
@@ -30,6 +34,10 @@ const CREDENTIAL_OBJECT_KINDS = new Set([
   'alter:server',
   'create:subscription',
   'alter:subscription',
+  // ALTER SYSTEM: primary_conninfo, and URIs with a password in archive_command / restore_command.
+  'alter:system',
+  // COPY ... PROGRAM 'curl https://user:password@host/...'.
+  'copy_program',
 ]);
 
 /** Statements whose body the classifier does not see into: a credential only when their text hints at one. */
@@ -41,10 +49,9 @@ const SECRET_HINT = /password|oauth_client_secret|:\/\//i;
  * then cut by withoutPassword, and the parameters bound to it are never
  * shown (`SELECT dblink_connect($1)`).
  */
-export function namesCredential(facts: Pick<SqlStatementFacts, 'kinds' | 'dangerousFunctions' | 'settings' | 'text'>): boolean {
+export function namesCredential(facts: Pick<SqlStatementFacts, 'kinds' | 'dangerousFunctions' | 'text'>): boolean {
   for (const k of facts.kinds) {
     if (k === 'role' || CREDENTIAL_OBJECT_KINDS.has(k)) return true;
-    if (k === 'alter:system' && facts.settings.includes('primary_conninfo')) return true;
     if (OPAQUE_BODY_KINDS.has(k) && SECRET_HINT.test(facts.text)) return true;
   }
   for (const f of facts.dangerousFunctions) {
@@ -89,4 +96,67 @@ export function withoutPassword(text: string): string {
 export function withoutArguments(text: string): string {
   const at = text.indexOf('(');
   return at < 0 ? text : `${text.slice(0, at + 1)} [redacted]`;
+}
+
+/** Names a session remembers before it stops telling them apart (PreparedCredentials). */
+const MAX_REMEMBERED = 1024;
+const EXECUTE_WORD = /\bexecute\b/i;
+
+/**
+ * One session's statements prepared from a statement that may carry a
+ * password, by name: a Parse of `SELECT dblink_connect($1)` or an SQL
+ * `PREPARE c(text) AS ...` (PostgreSQL keeps both kinds under one set of
+ * names). An SQL EXECUTE of one (`EXECUTE c('host=h password=x')`) passes
+ * the password as an argument, and a Bind as a parameter: neither is shown.
+ * A name is remembered when the statement is seen, whatever the server
+ * made of it, and forgotten only when a Parse of that name is harmless: a
+ * name kept too long only hides more. Past MAX_REMEMBERED names (a client
+ * preparing without end), every EXECUTE is taken for one (fail closed).
+ * The statement gate and the transcript each keep one.
+ */
+export class PreparedCredentials {
+  readonly #names = new Set<string>();
+  #overflowed = false;
+
+  /** Whether any name is remembered (a cheap test before the others, per statement). */
+  get any(): boolean {
+    return this.#overflowed || this.#names.size > 0;
+  }
+
+  /** A statement prepared as `name` (not the unnamed one): remembered when it may carry a password, else forgotten. */
+  prepared(name: string, credential: boolean): void {
+    if (name === '' || this.#overflowed) return;
+    if (!credential) {
+      this.#names.delete(name);
+    } else if (this.#names.size >= MAX_REMEMBERED) {
+      this.#overflowed = true;
+      this.#names.clear();
+    } else {
+      this.#names.add(name);
+    }
+  }
+
+  /** The SQL PREPAREs among a message's statements. */
+  notePrepares(facts: readonly SqlStatementFacts[]): void {
+    for (const f of facts) {
+      if (f.statementName !== '' && f.kinds.includes('prepare') && namesCredential(f)) this.prepared(f.statementName, true);
+    }
+  }
+
+  /** A Bind of statement `name` (or an EXECUTE of it) may carry a password. */
+  has(name: string): boolean {
+    return this.#overflowed || this.#names.has(name);
+  }
+
+  /**
+   * The statement runs one of them: an SQL EXECUTE (also under EXPLAIN
+   * ANALYZE), or a plain EXPLAIN whose text says EXECUTE (the classifier
+   * names nothing under a plan-only EXPLAIN, and its arguments are still
+   * there). Its text is shown without them (withoutArguments).
+   */
+  executes(facts: Pick<SqlStatementFacts, 'kinds' | 'statementName' | 'text'>): boolean {
+    if (!this.any) return false;
+    if (facts.statementName !== '' && facts.kinds.includes('execute')) return this.has(facts.statementName);
+    return facts.kinds.includes('explain') && EXECUTE_WORD.test(facts.text);
+  }
 }

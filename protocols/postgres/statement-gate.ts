@@ -3,7 +3,7 @@ import type { AuditEvent, AuditVerdict } from '../../src/store/types.js';
 import { isoTime } from '../../src/store/iso-time.js';
 import type { PendingApproval } from '../../src/policy/approvals.js';
 import { ClassifiedQuery, classifyPrepared, classifyQuery, fingerprint, SqlParseError } from './classify.js';
-import { namesCredential, withoutArguments, withoutPassword } from './credentials.js';
+import { namesCredential, PreparedCredentials, withoutArguments, withoutPassword } from './credentials.js';
 import { Backend, Frontend, errorResponse, noticeResponse, readyForQuery, sqlstate, type TransactionStatus } from './messages.js';
 import type { RelayGate, RelayIO } from './relay.js';
 import { parameterStatusValue, type SqlDecoder } from './encoding.js';
@@ -241,13 +241,8 @@ export class PgStatementGate implements RelayGate {
    * Bind (fail closed).
    */
   readonly #approvalBound = new Map<string, ApprovalBound>();
-  /**
-   * Names SQL-PREPAREd in this session from a statement that may carry a
-   * password (`PREPARE c(text) AS SELECT dblink_connect($1)`): an EXECUTE of
-   * one is shown without its arguments (#shown). Noted when the PREPARE is
-   * seen, whatever became of it: a name kept too long only hides more.
-   */
-  readonly #credentialPrepared = new Set<string>();
+  /** Statements this session prepared from one that may carry a password: their EXECUTEs' arguments are not shown. */
+  readonly #credentialPrepared = new PreparedCredentials();
   /** Portals bound to a ROLLBACK while the transaction is aborted (see #bindsRollback). */
   readonly #rollbackPortals = new Set<string>();
   /** The last Bind per named portal; the unnamed portal (almost every Bind) in its own field. */
@@ -440,7 +435,7 @@ export class PgStatementGate implements RelayGate {
       this.#refuseUnparseable(err, text, false);
       return;
     }
-    this.#notePrepares(query.shared);
+    this.#credentialPrepared.notePrepares(query.shared);
     // Facts with the real text are built only for a refusal or a hold.
     const verdict = this.#judge(query);
     if (verdict.action === 'deny') {
@@ -569,7 +564,9 @@ export class PgStatementGate implements RelayGate {
       this.#refuseUnparseable(err, query.value, true);
       return;
     }
-    if (preparesCredential(facts)) this.#credentialPrepared.add(facts.statementName);
+    if (facts.statementName !== '') this.#credentialPrepared.notePrepares([facts]);
+    // Remembered before the verdict, as SQL PREPAREs are: an EXECUTE naming a refused one still shows no password.
+    if (this.#hidesArguments(facts)) this.#credentialPrepared.prepared(name.value, true);
     const verdict = this.#judge([facts]);
     if (verdict.action === 'deny') {
       this.#deny(verdict, [facts], query.value, true);
@@ -602,26 +599,21 @@ export class PgStatementGate implements RelayGate {
       // A PREPARE sent by Parse: what it prepares is released with it.
       this.#bindPrepared(facts);
     }
-    this.#parseSent(name, prepared(this.#shown(f.text, f), kindLabel(f.kinds), this.#hidesArguments(f)), bytes);
+    const credential = this.#hidesArguments(f);
+    // An SQL EXECUTE of this name runs it too (PostgreSQL keeps Parse's and PREPARE's names together).
+    this.#credentialPrepared.prepared(name, credential);
+    this.#parseSent(name, prepared(this.#shown(f.text, f), kindLabel(f.kinds), credential), bytes);
   }
 
   /** Statement text as the audit trail, logs and approvers see it: auditText, and an EXECUTE of a credential statement without its arguments. */
   #shown(text: string, facts: SqlStatementFacts): string {
-    if (this.#credentialPrepared.size > 0 && this.#executesCredential(facts)) return withoutArguments(withoutPassword(text));
+    if (this.#credentialPrepared.executes(facts)) return withoutArguments(withoutPassword(text));
     return auditText(text, facts);
   }
 
   /** Its parameters (Bind) or arguments (SQL EXECUTE) may be a password: never shown. */
   #hidesArguments(facts: SqlStatementFacts): boolean {
-    return namesCredential(facts) || (this.#credentialPrepared.size > 0 && this.#executesCredential(facts));
-  }
-
-  #executesCredential(facts: SqlStatementFacts): boolean {
-    return facts.statementName !== '' && facts.kinds.includes('execute') && this.#credentialPrepared.has(facts.statementName);
-  }
-
-  #notePrepares(facts: readonly SqlStatementFacts[]): void {
-    for (const f of facts) if (preparesCredential(f)) this.#credentialPrepared.add(f.statementName);
+    return namesCredential(facts) || this.#credentialPrepared.executes(facts);
   }
 
   /**
@@ -1334,11 +1326,6 @@ function auditText(text: string, facts: SqlStatementFacts): string {
 
 let lastFacts: SqlStatementFacts | undefined;
 let lastFactsCredential = false;
-
-/** An SQL PREPARE of a statement that may carry a password: its EXECUTEs' arguments may be one. */
-function preparesCredential(f: SqlStatementFacts): boolean {
-  return f.statementName !== '' && f.kinds.includes('prepare') && namesCredential(f);
-}
 
 
 /**

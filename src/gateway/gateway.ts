@@ -117,9 +117,10 @@ export class Gateway {
     const tls = await loadServerTls(config);
     // The SQL parser is WASM: load it before the first statement arrives.
     await initClassifier();
-    const store = openSqliteStore(config.stateDir, { logger });
     // Approval windows outlive the process (the store keeps them): so must the key of their fingerprints.
+    // Before the store opens: a key refused here leaves nothing open behind.
     useFingerprintKey(await openFingerprintKey(config.stateDir));
+    const store = openSqliteStore(config.stateDir, { logger });
     const audit = new AuditWriter(store, { logger });
     const metrics = new Metrics();
     const approvals = new ApprovalManager({

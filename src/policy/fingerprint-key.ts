@@ -15,7 +15,9 @@
  *
  * Until `useFingerprintKey` is called (tools and unit tests that never
  * start a gateway), fingerprints are keyed with a random key of the
- * process: they compare within that process only.
+ * process: they compare within that process only. The key is the
+ * process's, as the gateway is: a second gateway started in the same
+ * process (tests) on another state dir keys both with its own.
  */
 import { createHmac, randomBytes, type Hmac } from 'node:crypto';
 import { mkdir, readFile } from 'node:fs/promises';

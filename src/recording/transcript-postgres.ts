@@ -18,7 +18,7 @@
  * being buffered, so a 1 GB result costs no memory.
  */
 import { classifySql } from '../../protocols/postgres/classify.js';
-import { namesCredential, withoutArguments, withoutPassword } from '../../protocols/postgres/credentials.js';
+import { namesCredential, PreparedCredentials, withoutArguments, withoutPassword } from '../../protocols/postgres/credentials.js';
 import type { SqlStatementFacts } from '../policy/types.js';
 import type { Direction } from './format.js';
 import { ByteQueue, type EmitFn, type ProtocolDecoder, type Stamp, preview, printable } from './transcript.js';
@@ -180,10 +180,10 @@ export class PostgresDecoder implements ProtocolDecoder {
   private copy: Partial<Record<Direction, { n: number; bytes: number; at: Stamp }>> = {};
   /** Result column formats by the last Bind's result-format codes (for binary results). */
   private resultFormats: number[] = [];
-  /** SQL-PREPAREd names whose statement may carry a password: an EXECUTE of one is shown without its arguments. */
-  private readonly credentialSqlPrepared = new Set<string>();
-  /** Prepared statements (by name) that may carry a password (shownSql): their Bind parameters are withheld. */
-  private readonly credentialStatements = new Set<string>();
+  /** Statements prepared (Parse or SQL PREPARE) from one that may carry a password: their Bind parameters and EXECUTE arguments are withheld. */
+  private readonly credentialPrepared = new PreparedCredentials();
+  /** The unnamed statement, which no EXECUTE can name: its Bind parameters are withheld when this is set. */
+  private unnamedCredential = false;
 
   /**
    * SQL as the transcript shows it, as the audit trail shows it
@@ -192,22 +192,23 @@ export class PostgresDecoder implements ProtocolDecoder {
    * connection string) is cut at the password, and an SQL EXECUTE of one
    * prepared in this session loses its arguments. A Query with such a
    * statement is shown statement by statement. Text the parser cannot read
-   * is cut at anything that looks like a password. `credential`: the
-   * parameters bound to it are withheld too (`ALTER ROLE x PASSWORD $1`,
-   * `SELECT dblink_connect($1)`). A transcript may withhold too much, never
-   * a credential.
+   * is cut at anything that looks like a password, and counts as a
+   * credential statement (the gate refused it; the client may still send
+   * its Bind). `credential`: the parameters bound to it are withheld too
+   * (`ALTER ROLE x PASSWORD $1`, `SELECT dblink_connect($1)`). A transcript
+   * may withhold too much, never a credential.
    */
   private shownSql(text: string): { text: string; credential: boolean } {
     let facts: SqlStatementFacts[];
     try {
       facts = classifySql(text);
     } catch {
-      return { text: withoutPassword(text), credential: false };
+      return { text: withoutPassword(text), credential: true };
     }
+    this.credentialPrepared.notePrepares(facts);
     let hidden = false;
     const shown = facts.map((f) => {
-      if (f.statementName !== '' && f.kinds.includes('prepare') && namesCredential(f)) this.credentialSqlPrepared.add(f.statementName);
-      if (f.statementName !== '' && f.kinds.includes('execute') && this.credentialSqlPrepared.has(f.statementName)) {
+      if (this.credentialPrepared.executes(f)) {
         hidden = true;
         return withoutArguments(withoutPassword(f.text));
       }
@@ -323,8 +324,8 @@ export class PostgresDecoder implements ProtocolDecoder {
         const name = c.cstring();
         const sql = this.shownSql(c.cstring());
         const text = sql.text;
-        if (sql.credential) this.credentialStatements.add(name);
-        else this.credentialStatements.delete(name);
+        if (name === '') this.unnamedCredential = sql.credential;
+        else this.credentialPrepared.prepared(name, sql.credential);
         const n = c.pos < body.length ? c.int16() : 0;
         const oids: number[] = [];
         for (let i = 0; i < n; i++) oids.push(c.int32() >>> 0);
@@ -345,7 +346,7 @@ export class PostgresDecoder implements ProtocolDecoder {
           params.push(value(len === -1 ? null : c.bytes(len), fmt === 1, 200, true));
         }
         // `ALTER ROLE x PASSWORD $1`: the parameter is the password.
-        if (this.credentialStatements.has(stmt)) params.fill('[redacted]');
+        if (this.credentialPrepared.has(stmt) || (stmt === '' && this.unnamedCredential)) params.fill('[redacted]');
         const nr = c.pos < body.length ? c.int16() : 0;
         this.resultFormats = [];
         for (let i = 0; i < nr; i++) this.resultFormats.push(c.int16());

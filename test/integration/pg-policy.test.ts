@@ -410,6 +410,10 @@ t.test('the audit trail records what happened, without passwords', async (t) => 
   // Its password as an argument of an SQL EXECUTE (the PREPARE is denied, so the server knows no "c").
   t.match(await client.query('PREPARE c(text) AS SELECT dblink_connect($1)').then(() => undefined, (err: unknown) => err), { code: '42501' });
   t.match(await client.query("EXECUTE c('host=h password=not-in-any-log-11')").then(() => undefined, (err: unknown) => err), { code: '26000' });
+  t.match(await client.query("EXPLAIN EXECUTE c('not-in-any-log-12')").then(() => undefined, (err: unknown) => err), { code: '26000' });
+  // A Parse's name is an SQL EXECUTE's too: node-postgres sends this one as Parse "link" (refused: dblink is @dangerous).
+  t.match(await client.query({ name: 'link', text: 'SELECT dblink_connect($1)', values: ['x'] }).then(() => undefined, (err: unknown) => err), { code: '42501' });
+  t.match(await client.query("EXECUTE link('not-in-any-log-13')").then(() => undefined, (err: unknown) => err), { code: '26000' });
   gw.gateway.services.audit.flush();
   const store = gw.gateway.services.store;
   const events: AuditEvent[] = store.queryAuditEvents({ subject: 'agent-7', limit: 1000 });
@@ -427,9 +431,11 @@ t.test('the audit trail records what happened, without passwords', async (t) => 
   t.ok(events.some((e) => e.verdict === 'approval_expired'));
   t.match(events.find((e) => e.text.startsWith('CREATE USER MAPPING')), { text: /password \[redacted\]$/, sqlstate: '42704' });
   t.match(events.find((e) => e.text.startsWith('EXECUTE c')), { text: 'EXECUTE c( [redacted]', sqlstate: '26000' });
+  t.match(events.find((e) => e.text.startsWith('EXECUTE link')), { text: 'EXECUTE link( [redacted]', sqlstate: '26000' });
+  t.match(events.find((e) => e.text.startsWith('EXPLAIN EXECUTE c')), { text: 'EXPLAIN EXECUTE c( [redacted]', sqlstate: '26000' });
   for (const e of events) {
     t.notMatch(e.text, 'not-in-any-log-7', 'no password in the audit trail');
-    t.notMatch(e.text, /not-in-any-log-(8|9|10|11)/, "nor a user mapping's, a subscription's or a dblink connection string's");
+    t.notMatch(e.text, /not-in-any-log-(8|9|10|11|12|13)/, "nor a user mapping's, a subscription's or a dblink connection string's");
   }
   const fromApi = await fetch(`${api}/api/audit?subject=agent-7&verdict=denied`, { headers: { authorization: `Bearer ${approverToken}` } });
   t.equal(fromApi.status, 200);

@@ -11,7 +11,7 @@ import {
   fingerprint,
   initClassifier,
 } from '../../protocols/postgres/classify.js';
-import { namesCredential, withoutArguments, withoutPassword } from '../../protocols/postgres/credentials.js';
+import { namesCredential, PreparedCredentials, withoutArguments, withoutPassword } from '../../protocols/postgres/credentials.js';
 import { useFingerprintKey } from '../../src/policy/fingerprint-key.js';
 import { DANGEROUS_FUNCTIONS, isDangerousFunction } from '../../protocols/postgres/dangerous-functions.js';
 import { UNKNOWN_SETTING, type SqlStatementFacts } from '../../src/policy/types.js';
@@ -402,10 +402,12 @@ t.test('namesCredential: the statements whose text may hold a password', async (
     "DO $$ BEGIN PERFORM dblink_connect('host=h password=x'); END $$",
     "CREATE FUNCTION f() RETURNS text AS $$ SELECT dblink_connect('postgresql://u:x@h/db') $$ LANGUAGE sql",
     "PREPARE c(text) AS SELECT dblink_connect($1)",
+    "ALTER SYSTEM SET archive_command = 'curl -T %p https://u:x@backup/%f'",
+    "COPY t TO PROGRAM 'curl -T - https://u:x@backup/t'",
   ]) {
     t.ok(names(sql), sql);
   }
-  for (const sql of ['SELECT password FROM users', "UPDATE users SET password = 'x'", 'DROP USER MAPPING FOR app SERVER remote', 'CREATE TABLE t (password text)', 'DROP SUBSCRIPTION s', "ALTER SYSTEM SET work_mem = '64MB'", 'DO $$ BEGIN PERFORM 1; END $$', "EXECUTE c('x')"]) {
+  for (const sql of ['SELECT password FROM users', "UPDATE users SET password = 'x'", 'DROP USER MAPPING FOR app SERVER remote', 'CREATE TABLE t (password text)', 'DROP SUBSCRIPTION s', 'DO $$ BEGIN PERFORM 1; END $$', "EXECUTE c('x')"]) {
     t.notOk(names(sql), sql);
   }
 });
@@ -418,6 +420,25 @@ t.test('withoutPassword: a statement is shown up to its first password, keyword 
   t.equal(withoutPassword("ALTER USER MAPPING FOR a SERVER s OPTIONS (SET oauth_client_secret 'x')"), 'ALTER USER MAPPING FOR a SERVER s OPTIONS (SET oauth_client_secret [redacted]');
   t.equal(withoutPassword("SELECT dblink_connect('postgresql://u@h/db')"), "SELECT dblink_connect('postgresql://u@h/db')", 'no password: unchanged');
   t.equal(withoutArguments("EXECUTE c('host=h', 'secret')"), 'EXECUTE c( [redacted]');
+});
+
+t.test('PreparedCredentials: what a session prepared from a credential statement, by name', async (t) => {
+  const p = new PreparedCredentials();
+  const exec = (sql: string) => p.executes(one(sql));
+  t.notOk(exec("EXPLAIN EXECUTE c('x')"), 'nothing remembered: nothing hidden');
+  p.notePrepares([one('PREPARE c(text) AS SELECT dblink_connect($1)'), one('PREPARE d AS SELECT 1')]);
+  t.ok(exec("EXECUTE c('x')"));
+  t.ok(exec("EXPLAIN ANALYZE EXECUTE c('x')"));
+  t.ok(exec("EXPLAIN EXECUTE d"), 'a plain EXPLAIN names nothing: any EXECUTE under it');
+  t.notOk(exec('EXECUTE d'), 'another statement');
+  p.prepared('link', true);
+  t.ok(p.has('link') && exec("EXECUTE link('x')"), 'a Parse name counts for SQL EXECUTE');
+  p.prepared('link', false);
+  t.notOk(p.has('link'), 'parsed again from a harmless statement: forgotten');
+  p.prepared('', true);
+  t.notOk(p.has(''), 'the unnamed statement is no EXECUTE\'s');
+  for (let i = 0; i < 1100; i++) p.prepared(`s${i}`, true);
+  t.ok(exec("EXECUTE never_prepared('x')"), 'past the names it remembers, every EXECUTE is hidden (fail closed)');
 });
 
 t.test('fingerprints are keyed: the approvals API shows them, and nobody can recompute one', async (t) => {

@@ -139,6 +139,15 @@ t.test('PostgreSQL: a role or user mapping password is withheld, in a Query and 
     ['client', pgMessage('B', Buffer.concat([cstr(''), cstr('link'), int16(0), int16(1), int32(27), Buffer.from('host=h password=hunter-link'), int16(0)]))],
     ['client', pgMessage('Q', cstr('PREPARE c(text) AS SELECT dblink_connect($1)'))],
     ['client', pgMessage('Q', cstr("SELECT 1; EXECUTE c('hunter-execute')"))],
+    ['client', pgMessage('Q', cstr("EXPLAIN EXECUTE c('hunter-explain')"))],
+    // PostgreSQL keeps Parse's and PREPARE's names together: an SQL EXECUTE of a Parse, a Bind of a PREPARE.
+    ['client', pgMessage('P', Buffer.concat([cstr('link2'), cstr('SELECT dblink_connect($1)'), int16(0)]))],
+    ['client', pgMessage('Q', cstr("EXECUTE link2('hunter-parse-exec')"))],
+    ['client', pgMessage('Q', cstr('PREPARE sqlc(text) AS SELECT dblink_connect($1)'))],
+    ['client', pgMessage('B', Buffer.concat([cstr(''), cstr('sqlc'), int16(0), int16(1), int32(15), Buffer.from('hunter-sql-bind'), int16(0)]))],
+    // A Parse the parser cannot read (the gate refused it); the client sends its Bind all the same.
+    ['client', pgMessage('P', Buffer.concat([cstr('bad'), cstr('SELECT dblink_connect($1) oops'), int16(0)]))],
+    ['client', pgMessage('B', Buffer.concat([cstr(''), cstr('bad'), int16(0), int16(1), int32(15), Buffer.from('hunter-unparsed'), int16(0)]))],
     ['client', pgMessage('Q', cstr('SELECT password FROM users'))],
     ['client', pgMessage('P', Buffer.concat([cstr('setpw'), cstr('ALTER ROLE app PASSWORD $1'), int16(0)]))],
     ['client', pgMessage('B', Buffer.concat([cstr(''), cstr('setpw'), int16(0), int16(1), int32(param.length), param, int16(0)]))],
@@ -153,6 +162,8 @@ t.test('PostgreSQL: a role or user mapping password is withheld, in a Query and 
   t.match(text, /Query SELECT 1; EXECUTE c\( \[redacted\]/, 'an SQL EXECUTE of a prepared dblink call loses its arguments');
   t.match(text, /Query CREATE USER MAPPING FOR app SERVER remote OPTIONS \(user 'app', password \[redacted\]/, "a user mapping's password too");
   t.match(text, /Query SELECT password FROM users/, 'a query that reads a password column is shown whole');
-  t.equal(text.match(/params \[\[redacted\]\]/g)?.length, 2, "the role statement's parameter, and the dblink connection string");
+  t.equal(text.match(/params \[\[redacted\]\]/g)?.length, 4, "the role statement's parameter, the dblink connection string's, a PREPAREd one's and an unparsed one's");
+  t.match(text, /Query EXPLAIN EXECUTE c\( \[redacted\]/, 'a plain EXPLAIN of such an EXECUTE too');
+  t.match(text, /Query EXECUTE link2\( \[redacted\]/, 'an SQL EXECUTE of a statement prepared by Parse');
   t.match(text, /params \["plain"\]/, 'a statement of that name parsed again is shown again');
 });
