@@ -184,6 +184,8 @@ export class PostgresDecoder implements ProtocolDecoder {
   private readonly credentialPrepared = new PreparedCredentials();
   /** The unnamed statement, which no EXECUTE can name: its Bind parameters are withheld when this is set. */
   private unnamedCredential = false;
+  /** A statement that may carry a password was sent since the last ReadyForQuery: the server's errors and notices until then are withheld (but their code). */
+  private credentialAnswer = false;
 
   /**
    * SQL as the transcript shows it, as the audit trail shows it
@@ -317,13 +319,16 @@ export class PostgresDecoder implements ProtocolDecoder {
         return ev('startup', `StartupMessage protocol ${code >>> 16}.${code & 0xffff} ${shown.join(' ')}`, { params });
       }
       case 0x51 /* Q */: {
-        const text = this.shownSql(c.cstring()).text;
+        const sql = this.shownSql(c.cstring());
+        const text = sql.text;
+        if (sql.credential) this.credentialAnswer = true;
         return ev('query', `Query ${printable(text)}`, { query: text });
       }
       case 0x50 /* P */: {
         const name = c.cstring();
         const sql = this.shownSql(c.cstring());
         const text = sql.text;
+        if (sql.credential) this.credentialAnswer = true;
         if (name === '') this.unnamedCredential = sql.credential;
         else this.credentialPrepared.prepared(name, sql.credential);
         const n = c.pos < body.length ? c.int16() : 0;
@@ -440,6 +445,7 @@ export class PostgresDecoder implements ProtocolDecoder {
       case 0x4b /* K */:
         return ev('backend-key', `BackendKeyData pid ${c.int32()}`);
       case 0x5a /* Z */: {
+        this.credentialAnswer = false;
         const s = String.fromCharCode(body[0] ?? 0x3f);
         return ev('ready', `ReadyForQuery ${TX_STATUS[s] ?? printable(s)}`, { status: s });
       }
@@ -500,6 +506,11 @@ export class PostgresDecoder implements ProtocolDecoder {
         const f = errorFields(body);
         const severity = f.get('V') ?? f.get('S') ?? (type === 0x45 ? 'ERROR' : 'NOTICE');
         const code = f.get('C') ?? '?????';
+        // The server's own words about a statement that may carry a password can quote it (libpq's
+        // `missing "=" after "<part of it>" in connection info string`); Sluice's own never do.
+        if (this.credentialAnswer && !(f.get('M') ?? '').startsWith('sluice:')) {
+          for (const k of ['M', 'D', 'H']) if (f.has(k)) f.set(k, '[withheld: the statement it answers may carry a password]');
+        }
         const message = f.get('M') ?? '';
         const extra = [f.get('D') ? `DETAIL: ${f.get('D')}` : '', f.get('H') ? `HINT: ${f.get('H')}` : ''].filter(Boolean).join('; ');
         let kind = type === 0x45 ? 'error' : 'notice';

@@ -27,6 +27,12 @@ const HOSTILE = '\u009b31m\u001b]52;c;ZXZpbA==\u0007\u202eevil';
 
 const record = (protocol: 'redis' | 'postgres', chunks: ['client' | 'server', Buffer][]): Promise<string> => writeRecording(stateDir, protocol, chunks);
 
+/** An ErrorResponse with severity, SQLSTATE and message. */
+function pgError(severity: string, code: string, message: string): Buffer {
+  const field = (k: string, v: string): Buffer => Buffer.from(`${k}${v}\0`, 'utf8');
+  return pgMessage('E', Buffer.concat([field('S', severity), field('V', severity), field('C', code), field('M', message), Buffer.alloc(1)]));
+}
+
 function pgMessage(type: string, body: Buffer): Buffer {
   const head = Buffer.alloc(5);
   head.write(type, 0, 'latin1');
@@ -135,6 +141,9 @@ t.test('PostgreSQL: a role or user mapping password is withheld, in a Query and 
     ['client', pgMessage('Q', cstr("ALTER ROLE app PASSWORD 'hunter-query'"))],
     ['client', pgMessage('Q', cstr("CREATE USER MAPPING FOR app SERVER remote OPTIONS (user 'app', password 'hunter-mapping')"))],
     ['client', pgMessage('Q', cstr("ALTER SUBSCRIPTION s CONNECTION 'postgresql://app:hunter-uri@db.internal/app'"))],
+    // libpq's own error about a connection string can quote a part of it: withheld until ReadyForQuery.
+    ['server', pgError('ERROR', '42601', 'invalid connection string syntax: missing "=" after "hunter-echo" in connection info string')],
+    ['server', pgMessage('Z', Buffer.from('I'))],
     ['client', pgMessage('P', Buffer.concat([cstr('link'), cstr('SELECT dblink_connect($1)'), int16(0)]))],
     ['client', pgMessage('B', Buffer.concat([cstr(''), cstr('link'), int16(0), int16(1), int32(27), Buffer.from('host=h password=hunter-link'), int16(0)]))],
     ['client', pgMessage('Q', cstr('PREPARE c(text) AS SELECT dblink_connect($1)'))],
@@ -148,7 +157,10 @@ t.test('PostgreSQL: a role or user mapping password is withheld, in a Query and 
     // A Parse the parser cannot read (the gate refused it); the client sends its Bind all the same.
     ['client', pgMessage('P', Buffer.concat([cstr('bad'), cstr('SELECT dblink_connect($1) oops'), int16(0)]))],
     ['client', pgMessage('B', Buffer.concat([cstr(''), cstr('bad'), int16(0), int16(1), int32(15), Buffer.from('hunter-unparsed'), int16(0)]))],
+    ['server', pgMessage('Z', Buffer.from('I'))],
     ['client', pgMessage('Q', cstr('SELECT password FROM users'))],
+    ['server', pgError('ERROR', '42703', 'column "password" does not exist')],
+    ['server', pgMessage('Z', Buffer.from('I'))],
     ['client', pgMessage('P', Buffer.concat([cstr('setpw'), cstr('ALTER ROLE app PASSWORD $1'), int16(0)]))],
     ['client', pgMessage('B', Buffer.concat([cstr(''), cstr('setpw'), int16(0), int16(1), int32(param.length), param, int16(0)]))],
     ['client', pgMessage('P', Buffer.concat([cstr('setpw'), cstr('SELECT $1::text'), int16(0)]))],
@@ -166,4 +178,6 @@ t.test('PostgreSQL: a role or user mapping password is withheld, in a Query and 
   t.match(text, /Query EXPLAIN EXECUTE c\( \[redacted\]/, 'a plain EXPLAIN of such an EXECUTE too');
   t.match(text, /Query EXECUTE link2\( \[redacted\]/, 'an SQL EXECUTE of a statement prepared by Parse');
   t.match(text, /params \["plain"\]/, 'a statement of that name parsed again is shown again');
+  t.match(text, /ErrorResponse ERROR 42601 \[withheld: the statement it answers may carry a password\]/, "the server's words about such a statement");
+  t.match(text, /ErrorResponse ERROR 42703 column "password" does not exist/, 'after its ReadyForQuery, errors are shown again');
 });
