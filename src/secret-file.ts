@@ -20,9 +20,9 @@ import { basename, dirname, join } from 'node:path';
  */
 export async function createOnce(path: string, contents: string | Buffer): Promise<void> {
   const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+  // 'wx' with mode 0600: the file is never readable by others, not even briefly (chmod: whatever the umask).
+  const fh = await open(tmp, 'wx', 0o600);
   try {
-    // 'wx' with mode 0600: the file is never readable by others, not even briefly (chmod: whatever the umask).
-    const fh = await open(tmp, 'wx', 0o600);
     try {
       await fh.chmod(0o600);
       await fh.writeFile(contents);
@@ -34,11 +34,11 @@ export async function createOnce(path: string, contents: string | Buffer): Promi
       await link(tmp, path);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'EPERM' || code === 'ENOTSUP' || code === 'ENOSYS') await copyFile(tmp, path, constants.COPYFILE_EXCL);
-      else throw err;
+      if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'ENOSYS') throw err;
+      await copyFile(tmp, path, constants.COPYFILE_EXCL);
     }
   } catch (err) {
-    // EEXIST: another process created it first; theirs is used.
+    // EEXIST from the link or the copy: another process created the file first; theirs is used.
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
   } finally {
     await unlink(tmp).catch(() => undefined);

@@ -1092,8 +1092,8 @@ const HANDLERS: Record<string, Handler> = {
  * Nodes whose constants say what the statement does, not which row it
  * touches: SET / RESET and ALTER ROLE|DATABASE ... SET (`SET ROLE
  * reporting` is not `SET ROLE postgres`), ALTER SYSTEM (`archive_command`
- * runs a shell command), and CREATE / ALTER ROLE options (PASSWORD, VALID
- * UNTIL, CONNECTION LIMIT).
+ * runs a shell command), and CREATE / ALTER ROLE options (VALID UNTIL,
+ * CONNECTION LIMIT; a PASSWORD is a marker, see normalise).
  */
 const CONSTANTS_KEPT = new Set(['VariableSetStmt', 'AlterSystemStmt', 'AlterRoleSetStmt', 'AlterDatabaseSetStmt', 'CreateRoleStmt', 'AlterRoleStmt']);
 

@@ -109,8 +109,9 @@ const EXECUTE_WORD = /\bexecute\b/i;
  * names). An SQL EXECUTE of one (`EXECUTE c('host=h password=x')`) passes
  * the password as an argument, and a Bind as a parameter: neither is shown.
  * A name is remembered when the statement is seen, whatever the server
- * made of it, and forgotten only when a Parse of that name is harmless: a
- * name kept too long only hides more. Past MAX_REMEMBERED names (a client
+ * made of it, and forgotten only when the client closes it (a Parse of a
+ * name in use is refused by the server, so it replaces nothing): a name
+ * kept too long only hides more. Past MAX_REMEMBERED names (a client
  * preparing without end), every EXECUTE is taken for one (fail closed).
  * The statement gate and the transcript each keep one.
  */
@@ -123,12 +124,10 @@ export class PreparedCredentials {
     return this.#overflowed || this.#names.size > 0;
   }
 
-  /** A statement prepared as `name` (not the unnamed one): remembered when it may carry a password, else forgotten. */
-  prepared(name: string, credential: boolean): void {
+  /** A statement prepared as `name` (not the unnamed one, which no EXECUTE names) that may carry a password. */
+  remember(name: string): void {
     if (name === '' || this.#overflowed) return;
-    if (!credential) {
-      this.#names.delete(name);
-    } else if (this.#names.size >= MAX_REMEMBERED) {
+    if (this.#names.size >= MAX_REMEMBERED) {
       this.#overflowed = true;
       this.#names.clear();
     } else {
@@ -136,10 +135,15 @@ export class PreparedCredentials {
     }
   }
 
+  /** The client closed statement `name` (Close): a later Parse of the name is another statement. */
+  forget(name: string): void {
+    this.#names.delete(name);
+  }
+
   /** The SQL PREPAREs among a message's statements. */
   notePrepares(facts: readonly SqlStatementFacts[]): void {
     for (const f of facts) {
-      if (f.statementName !== '' && f.kinds.includes('prepare') && namesCredential(f)) this.prepared(f.statementName, true);
+      if (f.statementName !== '' && f.kinds.includes('prepare') && namesCredential(f)) this.remember(f.statementName);
     }
   }
 

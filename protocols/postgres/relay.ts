@@ -476,7 +476,8 @@ export class PgRelay {
   }
 
   #checkIdle(): void {
-    if (Date.now() - this.#lastActivity < this.options.idleTimeoutMs) return;
+    // Closing already (its timer runs until the sockets are gone): told once.
+    if (this.#closed || Date.now() - this.#lastActivity < this.options.idleTimeoutMs) return;
     this.options.logger.info({ code: ErrorCodes.IDLE_TIMEOUT, idleTimeoutMs: this.options.idleTimeoutMs }, 'idle timeout; closing session');
     this.shutdown(
       'idle timeout',

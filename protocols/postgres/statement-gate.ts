@@ -522,7 +522,7 @@ export class PgStatementGate implements RelayGate {
           return;
         }
         if (again.action === 'approve') {
-          // A credential statement's parameters may be its password: never shown (none can be bound to one anyway).
+          // A credential statement's parameters may be its password (`SELECT dblink_connect($1)`): never shown.
           const params = this.#hidesArguments(bound.facts) ? [] : bindParameters(bytes, name.end);
           const withParams = params.length > 0 ? `${shown} -- params: ${paramsJson(params)}` : shown;
           this.#hold(Frontend.Bind, bytes, again, [bound.facts], shown, { facts: [bound.facts], text: withParams });
@@ -566,7 +566,7 @@ export class PgStatementGate implements RelayGate {
     }
     if (facts.statementName !== '') this.#credentialPrepared.notePrepares([facts]);
     // Remembered before the verdict, as SQL PREPAREs are: an EXECUTE naming a refused one still shows no password.
-    if (this.#hidesArguments(facts)) this.#credentialPrepared.prepared(name.value, true);
+    if (this.#hidesArguments(facts)) this.#credentialPrepared.remember(name.value);
     const verdict = this.#judge([facts]);
     if (verdict.action === 'deny') {
       this.#deny(verdict, [facts], query.value, true);
@@ -599,10 +599,8 @@ export class PgStatementGate implements RelayGate {
       // A PREPARE sent by Parse: what it prepares is released with it.
       this.#bindPrepared(facts);
     }
-    const credential = this.#hidesArguments(f);
-    // An SQL EXECUTE of this name runs it too (PostgreSQL keeps Parse's and PREPARE's names together).
-    this.#credentialPrepared.prepared(name, credential);
-    this.#parseSent(name, prepared(this.#shown(f.text, f), kindLabel(f.kinds), credential), bytes);
+    // Remembered by #parse already: an SQL EXECUTE of this name runs it too (one set of names for both).
+    this.#parseSent(name, prepared(this.#shown(f.text, f), kindLabel(f.kinds), this.#hidesArguments(f)), bytes);
   }
 
   /** Statement text as the audit trail, logs and approvers see it: auditText, and an EXECUTE of a credential statement without its arguments. */

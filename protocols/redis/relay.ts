@@ -1085,7 +1085,8 @@ export class RedisRelay {
       this.#lastActivity = now;
       return;
     }
-    if (now - this.#lastActivity < this.options.idleTimeoutMs) return;
+    // Closing already (its timer runs until the sockets are gone): told once.
+    if (this.#closed || now - this.#lastActivity < this.options.idleTimeoutMs) return;
     this.options.logger.info({ code: ErrorCodes.IDLE_TIMEOUT, idleTimeoutMs: this.options.idleTimeoutMs }, 'idle timeout; closing session');
     this.shutdown(`terminating connection after ${this.options.idleTimeoutMs} ms without traffic (idle_timeout)`);
   }

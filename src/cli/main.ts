@@ -91,7 +91,8 @@ async function serve(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' } }, strict: true });
   const config = await loadConfig(values.config);
   // SLUICE_LOG_LEVEL, when set, overrides log.level: more detail for one run without editing the file.
-  const level = process.env.SLUICE_LOG_LEVEL ?? config.log.level;
+  // Empty counts as unset (a compose file's SLUICE_LOG_LEVEL=${X:-}).
+  const level = process.env.SLUICE_LOG_LEVEL || config.log.level;
   if (!LOG_LEVELS.includes(level)) {
     process.stderr.write(`sluice: SLUICE_LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, not "${level}"\n`);
     return 2;

@@ -184,8 +184,17 @@ export class PostgresDecoder implements ProtocolDecoder {
   private readonly credentialPrepared = new PreparedCredentials();
   /** The unnamed statement, which no EXECUTE can name: its Bind parameters are withheld when this is set. */
   private unnamedCredential = false;
-  /** A statement that may carry a password was sent since the last ReadyForQuery: the server's errors and notices until then are withheld (but their code). */
-  private credentialAnswer = false;
+  /**
+   * The server's errors and notices about a statement that may carry a
+   * password are withheld (but their code) up to the ReadyForQuery that
+   * ends its batch: sync points (Query, Sync, FunctionCall) the client sent,
+   * ReadyForQuery messages the server sent, and the sync point up to which
+   * to withhold. Counted, not a flag: a pipelining client sends later
+   * batches before the answers to earlier ones.
+   */
+  private clientSyncs = 0;
+  private serverReadies = 0;
+  private withholdThrough = 0;
 
   /**
    * SQL as the transcript shows it, as the audit trail shows it
@@ -321,16 +330,19 @@ export class PostgresDecoder implements ProtocolDecoder {
       case 0x51 /* Q */: {
         const sql = this.shownSql(c.cstring());
         const text = sql.text;
-        if (sql.credential) this.credentialAnswer = true;
+        // A Query is its own sync point: its ReadyForQuery ends what it may have made the server say.
+        this.clientSyncs++;
+        if (sql.credential) this.withholdThrough = this.clientSyncs;
         return ev('query', `Query ${printable(text)}`, { query: text });
       }
       case 0x50 /* P */: {
         const name = c.cstring();
         const sql = this.shownSql(c.cstring());
         const text = sql.text;
-        if (sql.credential) this.credentialAnswer = true;
+        // Up to the ReadyForQuery of this batch's Sync.
+        if (sql.credential) this.withholdThrough = this.clientSyncs + 1;
         if (name === '') this.unnamedCredential = sql.credential;
-        else this.credentialPrepared.prepared(name, sql.credential);
+        else if (sql.credential) this.credentialPrepared.remember(name);
         const n = c.pos < body.length ? c.int16() : 0;
         const oids: number[] = [];
         for (let i = 0; i < n; i++) oids.push(c.int32() >>> 0);
@@ -350,8 +362,11 @@ export class PostgresDecoder implements ProtocolDecoder {
           const fmt = nf === 0 ? 0 : nf === 1 ? formats[0]! : (formats[i] ?? 0);
           params.push(value(len === -1 ? null : c.bytes(len), fmt === 1, 200, true));
         }
-        // `ALTER ROLE x PASSWORD $1`: the parameter is the password.
-        if (this.credentialPrepared.has(stmt) || (stmt === '' && this.unnamedCredential)) params.fill('[redacted]');
+        // `ALTER ROLE x PASSWORD $1`: the parameter is the password, and the server's answer to it may quote it.
+        if (this.credentialPrepared.has(stmt) || (stmt === '' && this.unnamedCredential)) {
+          params.fill('[redacted]');
+          this.withholdThrough = this.clientSyncs + 1;
+        }
         const nr = c.pos < body.length ? c.int16() : 0;
         this.resultFormats = [];
         for (let i = 0; i < nr; i++) this.resultFormats.push(c.int16());
@@ -376,9 +391,13 @@ export class PostgresDecoder implements ProtocolDecoder {
         const what = String.fromCharCode(body[0] ?? 0x3f);
         c.pos = 1;
         const name = c.cstring();
+        // A closed name may be prepared again from another statement.
+        if (what === 'S' && name === '') this.unnamedCredential = false;
+        else if (what === 'S') this.credentialPrepared.forget(name);
         return ev('close', `Close ${what === 'S' ? 'statement' : 'portal'} ${name ? `"${printable(name)}"` : '(unnamed)'}`);
       }
       case 0x53 /* S */:
+        this.clientSyncs++;
         return ev('sync', 'Sync');
       case 0x48 /* H */:
         return ev('flush', 'Flush');
@@ -389,6 +408,7 @@ export class PostgresDecoder implements ProtocolDecoder {
       case 0x66 /* f */:
         return ev('copy-fail', `CopyFail ${printable(c.cstring())}`);
       case 0x46 /* F */:
+        this.clientSyncs++;
         return ev('function-call', `FunctionCall oid ${c.int32() >>> 0}`);
       case 0x70 /* p */: {
         // The taps record this redacted; whatever it holds, it is never shown.
@@ -445,7 +465,8 @@ export class PostgresDecoder implements ProtocolDecoder {
       case 0x4b /* K */:
         return ev('backend-key', `BackendKeyData pid ${c.int32()}`);
       case 0x5a /* Z */: {
-        this.credentialAnswer = false;
+        // The login's ReadyForQuery answers no Query or Sync: not counted.
+        if (this.serverReadies < this.clientSyncs) this.serverReadies++;
         const s = String.fromCharCode(body[0] ?? 0x3f);
         return ev('ready', `ReadyForQuery ${TX_STATUS[s] ?? printable(s)}`, { status: s });
       }
@@ -508,7 +529,7 @@ export class PostgresDecoder implements ProtocolDecoder {
         const code = f.get('C') ?? '?????';
         // The server's own words about a statement that may carry a password can quote it (libpq's
         // `missing "=" after "<part of it>" in connection info string`); Sluice's own never do.
-        if (this.credentialAnswer && !(f.get('M') ?? '').startsWith('sluice:')) {
+        if (this.serverReadies < this.withholdThrough && !(f.get('M') ?? '').startsWith('sluice:')) {
           for (const k of ['M', 'D', 'H']) if (f.has(k)) f.set(k, '[withheld: the statement it answers may carry a password]');
         }
         const message = f.get('M') ?? '';

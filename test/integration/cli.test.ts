@@ -27,7 +27,8 @@ function tempDir(): string {
 function sluice(args: string[], cwd: string, env: NodeJS.ProcessEnv = {}): ReturnType<typeof run> {
   return run(process.execPath, [CLI, ...args], {
     cwd,
-    env: { PGHOST: '', PGPORT: '', PGUSER: '', PGPASSWORD: '', PGDATABASE: '', APP_DB_PASSWORD: 'cli-test-secret', ...env },
+    // SLUICE_LOG_LEVEL: a developer's own would change what serve logs.
+    env: { PGHOST: '', PGPORT: '', PGUSER: '', PGPASSWORD: '', PGDATABASE: '', SLUICE_LOG_LEVEL: '', APP_DB_PASSWORD: 'cli-test-secret', ...env },
     timeoutMs: 60_000,
   });
 }
@@ -53,6 +54,34 @@ t.test('serve: SLUICE_LOG_LEVEL overrides log.level, and an unknown level is a u
   t.equal(r.code, 2);
   t.match(r.stderr, /SLUICE_LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent, not "loud"/);
   t.notOk(existsSync(join(dir, '.sluice', 'sluice.db')), 'refused before the gateway started');
+
+  // At its default level (info) serve logs its start (the quickstart test below reads those lines); silent, nothing.
+  const child = spawn(process.execPath, [CLI, 'serve', '--config', 'good.yaml'], {
+    cwd: dir,
+    env: { ...process.env, APP_DB_PASSWORD: 'cli-test-secret', SLUICE_LOG_LEVEL: 'silent' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  t.teardown(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`serve did not start within 20 s; stderr:\n${stderr}`)), 20_000);
+    child.once('exit', () => reject(new Error(`serve exited early; stderr:\n${stderr}`)));
+    child.stderr.on('data', (c: Buffer) => {
+      stderr += c.toString('utf8');
+      if (/psql "/.test(stderr)) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+  child.kill('SIGTERM');
+  t.equal(await exited, 0);
+  t.equal(stdout, '', 'SLUICE_LOG_LEVEL=silent: not one log line');
 });
 
 t.test('check-config', async (t) => {

@@ -431,13 +431,13 @@ t.test('PreparedCredentials: what a session prepared from a credential statement
   t.ok(exec("EXPLAIN ANALYZE EXECUTE c('x')"));
   t.ok(exec("EXPLAIN EXECUTE d"), 'a plain EXPLAIN names nothing: any EXECUTE under it');
   t.notOk(exec('EXECUTE d'), 'another statement');
-  p.prepared('link', true);
+  p.remember('link');
   t.ok(p.has('link') && exec("EXECUTE link('x')"), 'a Parse name counts for SQL EXECUTE');
-  p.prepared('link', false);
-  t.notOk(p.has('link'), 'parsed again from a harmless statement: forgotten');
-  p.prepared('', true);
+  p.forget('link');
+  t.notOk(p.has('link'), 'closed: forgotten');
+  p.remember('');
   t.notOk(p.has(''), 'the unnamed statement is no EXECUTE\'s');
-  for (let i = 0; i < 1100; i++) p.prepared(`s${i}`, true);
+  for (let i = 0; i < 1100; i++) p.remember(`s${i}`);
   t.ok(exec("EXECUTE never_prepared('x')"), 'past the names it remembers, every EXECUTE is hidden (fail closed)');
 });
 

@@ -141,9 +141,6 @@ t.test('PostgreSQL: a role or user mapping password is withheld, in a Query and 
     ['client', pgMessage('Q', cstr("ALTER ROLE app PASSWORD 'hunter-query'"))],
     ['client', pgMessage('Q', cstr("CREATE USER MAPPING FOR app SERVER remote OPTIONS (user 'app', password 'hunter-mapping')"))],
     ['client', pgMessage('Q', cstr("ALTER SUBSCRIPTION s CONNECTION 'postgresql://app:hunter-uri@db.internal/app'"))],
-    // libpq's own error about a connection string can quote a part of it: withheld until ReadyForQuery.
-    ['server', pgError('ERROR', '42601', 'invalid connection string syntax: missing "=" after "hunter-echo" in connection info string')],
-    ['server', pgMessage('Z', Buffer.from('I'))],
     ['client', pgMessage('P', Buffer.concat([cstr('link'), cstr('SELECT dblink_connect($1)'), int16(0)]))],
     ['client', pgMessage('B', Buffer.concat([cstr(''), cstr('link'), int16(0), int16(1), int32(27), Buffer.from('host=h password=hunter-link'), int16(0)]))],
     ['client', pgMessage('Q', cstr('PREPARE c(text) AS SELECT dblink_connect($1)'))],
@@ -157,12 +154,10 @@ t.test('PostgreSQL: a role or user mapping password is withheld, in a Query and 
     // A Parse the parser cannot read (the gate refused it); the client sends its Bind all the same.
     ['client', pgMessage('P', Buffer.concat([cstr('bad'), cstr('SELECT dblink_connect($1) oops'), int16(0)]))],
     ['client', pgMessage('B', Buffer.concat([cstr(''), cstr('bad'), int16(0), int16(1), int32(15), Buffer.from('hunter-unparsed'), int16(0)]))],
-    ['server', pgMessage('Z', Buffer.from('I'))],
     ['client', pgMessage('Q', cstr('SELECT password FROM users'))],
-    ['server', pgError('ERROR', '42703', 'column "password" does not exist')],
-    ['server', pgMessage('Z', Buffer.from('I'))],
     ['client', pgMessage('P', Buffer.concat([cstr('setpw'), cstr('ALTER ROLE app PASSWORD $1'), int16(0)]))],
     ['client', pgMessage('B', Buffer.concat([cstr(''), cstr('setpw'), int16(0), int16(1), int32(param.length), param, int16(0)]))],
+    ['client', pgMessage('C', Buffer.concat([Buffer.from('S'), cstr('setpw')]))],
     ['client', pgMessage('P', Buffer.concat([cstr('setpw'), cstr('SELECT $1::text'), int16(0)]))],
     ['client', pgMessage('B', Buffer.concat([cstr(''), cstr('setpw'), int16(0), int16(1), int32(5), Buffer.from('plain'), int16(0)]))],
   ]);
@@ -177,7 +172,53 @@ t.test('PostgreSQL: a role or user mapping password is withheld, in a Query and 
   t.equal(text.match(/params \[\[redacted\]\]/g)?.length, 4, "the role statement's parameter, the dblink connection string's, a PREPAREd one's and an unparsed one's");
   t.match(text, /Query EXPLAIN EXECUTE c\( \[redacted\]/, 'a plain EXPLAIN of such an EXECUTE too');
   t.match(text, /Query EXECUTE link2\( \[redacted\]/, 'an SQL EXECUTE of a statement prepared by Parse');
-  t.match(text, /params \["plain"\]/, 'a statement of that name parsed again is shown again');
-  t.match(text, /ErrorResponse ERROR 42601 \[withheld: the statement it answers may carry a password\]/, "the server's words about such a statement");
-  t.match(text, /ErrorResponse ERROR 42703 column "password" does not exist/, 'after its ReadyForQuery, errors are shown again');
+  t.match(text, /params \["plain"\]/, 'a statement of that name closed and parsed again is shown again');
+});
+
+t.test("PostgreSQL: the server's words about such a statement are withheld up to the ReadyForQuery of its batch", async (t) => {
+  const cstr = (s: string): Buffer => Buffer.from(`${s}\0`, 'utf8');
+  const int16 = (v: number): Buffer => Buffer.from([v >> 8, v & 255]);
+  const int32 = (v: number): Buffer => {
+    const b = Buffer.alloc(4);
+    b.writeInt32BE(v);
+    return b;
+  };
+  const query = (sql: string): Buffer => pgMessage('Q', cstr(sql));
+  const parse = (name: string, sql: string): Buffer => pgMessage('P', Buffer.concat([cstr(name), cstr(sql), int16(0)]));
+  const bind = (stmt: string, param: string): Buffer =>
+    pgMessage('B', Buffer.concat([cstr(''), cstr(stmt), int16(0), int16(1), int32(Buffer.byteLength(param)), Buffer.from(param), int16(0)]));
+  const execute = pgMessage('E', Buffer.concat([cstr(''), int32(0)]));
+  const sync = pgMessage('S', Buffer.alloc(0));
+  const ready = pgMessage('Z', Buffer.from('I'));
+  const path = await record('postgres', [
+    ['server', ready], // the login's
+    ['client', query("CREATE SUBSCRIPTION s CONNECTION 'host=h password=hunter x' PUBLICATION p")],
+    ['server', pgError('ERROR', '42601', 'invalid connection string syntax: missing "=" after "hunter-echo" in connection info string')],
+    ['server', ready],
+    ['client', query('SELECT nope')],
+    ['server', pgError('ERROR', '42703', 'column "nope" does not exist')],
+    ['server', ready],
+    // Pipelined: two batches before any answer; the second one's statement is a dblink call.
+    ['client', Buffer.concat([parse('', 'SELECT 1'), bind('', ''), execute, sync])],
+    ['client', Buffer.concat([parse('link3', 'SELECT dblink_connect($1)'), bind('link3', 'hunter-pipe-param'), execute, sync])],
+    ['server', ready],
+    ['server', pgError('ERROR', '08001', 'could not establish connection: missing "=" after "hunter-pipe"')],
+    ['server', ready],
+    // A Bind of it in a later batch: its answer is withheld too.
+    ['client', Buffer.concat([bind('link3', 'hunter-late'), execute, sync])],
+    ['server', pgError('ERROR', '08001', 'could not establish connection: missing "=" after "hunter-late"')],
+    ['server', ready],
+    // Parsed again without a Close: the server refuses that Parse, and the name still runs the dblink call.
+    ['client', Buffer.concat([parse('link3', 'SELECT $1::text'), sync])],
+    ['server', pgError('ERROR', '42P05', 'prepared statement "link3" already exists')],
+    ['server', ready],
+    ['client', query("EXECUTE link3('hunter-reparse')")],
+  ]);
+  const text = await transcriptText(path);
+  t.notMatch(text, /hunter/, 'no password, and no part of one, is shown');
+  t.equal(text.match(/\[withheld: the statement it answers may carry a password\]/g)?.length, 3, "the server's words about the subscription, the pipelined call and the later Bind");
+  t.match(text, /ErrorResponse ERROR 42601 \[withheld/, 'their SQLSTATE stays');
+  t.match(text, /ErrorResponse ERROR 42703 column "nope" does not exist/, 'after its ReadyForQuery, errors are shown again');
+  t.match(text, /ErrorResponse ERROR 42P05 prepared statement "link3" already exists/);
+  t.match(text, /Query EXECUTE link3\( \[redacted\]/, 'a name parsed again without a Close still runs the first statement');
 });
