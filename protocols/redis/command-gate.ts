@@ -292,12 +292,19 @@ export function fingerprintOf(facts: RedisCommandFacts, args: readonly Buffer[])
 }
 
 const SECRET_MARK = Buffer.from('[secret]');
-const SECRET_CONFIG = new Set(['requirepass', 'masterauth']);
+/**
+ * Configuration parameters whose value is a secret: requirepass, masterauth,
+ * and the TLS key passphrases (tls-key-file-pass, tls-client-key-file-pass,
+ * Redis 6.2+); by their names' endings, so a module's `...pass` or
+ * `...password` is taken for one too (withholding too much is harmless).
+ */
+const SECRET_CONFIG = /(?:pass|auth|password)$/;
 
 /**
  * Arguments that are credentials, for the window digest: ACL SETUSER's
  * password rules (`>pw`, `<pw`, `#hash`, `!hash`), the value of CONFIG SET
- * requirepass / masterauth, and what follows MIGRATE's AUTH / AUTH2. An
+ * requirepass / masterauth / a TLS key passphrase (SECRET_CONFIG), and
+ * what follows MIGRATE's AUTH / AUTH2. An
  * approver decided on the command with them shown as [redacted]; a window
  * covers the same command whatever they are.
  */
@@ -307,7 +314,7 @@ export function secretPositions(facts: RedisCommandFacts, args: readonly Buffer[
   if (facts.command === 'acl' && facts.subcommand === 'setuser') {
     for (let i = 3; i < args.length; i++) if ('><#!'.includes(args[i]!.toString('latin1', 0, 1) || ' ')) out.add(i);
   } else if (facts.command === 'config' && facts.subcommand === 'set') {
-    for (let i = 2; i + 1 < args.length; i += 2) if (SECRET_CONFIG.has(lower(i))) out.add(i + 1);
+    for (let i = 2; i + 1 < args.length; i += 2) if (SECRET_CONFIG.test(lower(i))) out.add(i + 1);
   } else if (facts.command === 'migrate') {
     for (let i = 1; i < args.length; i++) {
       if (lower(i) === 'auth') out.add(i + 1);

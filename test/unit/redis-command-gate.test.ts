@@ -80,6 +80,8 @@ t.test('approval windows: scripts and administration are told apart by what they
   t.not(fp('CONFIG', 'SET', 'dir', '/tmp'), fp('CONFIG', 'SET', 'dir', '/root/.ssh'), 'another value');
   t.not(fp('CONFIG', 'SET', 'maxmemory', '1gb'), fp('CONFIG', 'SET', 'dir', '1gb'), 'another parameter');
   t.equal(fp('CONFIG', 'SET', 'requirepass', 'a'), fp('CONFIG', 'SET', 'requirepass', 'b'), 'a password is not part of it');
+  t.equal(fp('CONFIG', 'SET', 'tls-key-file-pass', 'a'), fp('CONFIG', 'SET', 'tls-key-file-pass', 'b'), 'nor a TLS key passphrase');
+  t.equal(fp('CONFIG', 'SET', 'maxmemory', '1gb', 'tls-client-key-file-pass', 'a'), fp('CONFIG', 'SET', 'maxmemory', '1gb', 'tls-client-key-file-pass', 'b'));
   t.equal(fp('ACL', 'SETUSER', 'bob', 'on', '>pw1', '+@read'), fp('ACL', 'SETUSER', 'bob', 'on', '>pw2', '+@read'));
   t.not(fp('ACL', 'SETUSER', 'bob', 'on', '>pw1', '+@read'), fp('ACL', 'SETUSER', 'bob', 'on', '>pw1', '+@all'), 'other permissions');
 });

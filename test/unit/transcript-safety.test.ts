@@ -116,6 +116,7 @@ function redisCommand(...args: string[]): Buffer {
 t.test('Redis: credentials set after login are withheld; other arguments shown', async (t) => {
   const path = await record('redis', [
     ['client', redisCommand('CONFIG', 'SET', 'requirepass', 'hunter-config')],
+    ['client', redisCommand('CONFIG', 'SET', 'maxmemory', '1gb', 'tls-key-file-pass', 'hunter-tls')],
     ['client', redisCommand('ACL', 'SETUSER', 'ci', 'on', '>hunter-acl', '~*')],
     ['client', redisCommand('MIGRATE', 'h', '6379', '', '0', '5000', 'AUTH', 'hunter-migrate', 'KEYS', 'k')],
     ['client', redisCommand('SET', 'password', 'shown-value')],
@@ -123,6 +124,7 @@ t.test('Redis: credentials set after login are withheld; other arguments shown',
   const text = await transcriptText(path);
   t.notMatch(text, /hunter-/, 'no credential is shown');
   t.match(text, /CONFIG "SET" "requirepass" \[withheld\]/);
+  t.match(text, /CONFIG "SET" "maxmemory" "1gb" "tls-key-file-pass" \[withheld\]/, 'a TLS key passphrase too');
   t.match(text, /"on" \[withheld\] "~\*"/);
   t.match(text, /"AUTH" \[withheld\] "KEYS"/);
   t.match(text, /"password" "shown-value"/, 'a key named password is just a key');
