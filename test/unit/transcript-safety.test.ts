@@ -27,6 +27,15 @@ const HOSTILE = '\u009b31m\u001b]52;c;ZXZpbA==\u0007\u202eevil';
 
 const record = (protocol: 'redis' | 'postgres', chunks: ['client' | 'server', Buffer][]): Promise<string> => writeRecording(stateDir, protocol, chunks);
 
+/** Wire fields of PostgreSQL messages: a NUL-terminated string, big-endian integers. */
+const cstr = (s: string): Buffer => Buffer.from(`${s}\0`, 'utf8');
+const int16 = (v: number): Buffer => Buffer.from([v >> 8, v & 255]);
+const int32 = (v: number): Buffer => {
+  const b = Buffer.alloc(4);
+  b.writeInt32BE(v);
+  return b;
+};
+
 /** An ErrorResponse with severity, SQLSTATE and message. */
 function pgError(severity: string, code: string, message: string): Buffer {
   const field = (k: string, v: string): Buffer => Buffer.from(`${k}${v}\0`, 'utf8');
@@ -131,13 +140,6 @@ t.test('Redis: credentials set after login are withheld; other arguments shown',
 });
 
 t.test('PostgreSQL: a role or user mapping password is withheld, in a Query and as a bound parameter', async (t) => {
-  const cstr = (s: string): Buffer => Buffer.from(`${s}\0`, 'utf8');
-  const int16 = (v: number): Buffer => Buffer.from([v >> 8, v & 255]);
-  const int32 = (v: number): Buffer => {
-    const b = Buffer.alloc(4);
-    b.writeInt32BE(v);
-    return b;
-  };
   const param = Buffer.from('hunter-bound');
   const path = await record('postgres', [
     ['client', pgMessage('Q', cstr("ALTER ROLE app PASSWORD 'hunter-query'"))],
@@ -178,13 +180,6 @@ t.test('PostgreSQL: a role or user mapping password is withheld, in a Query and 
 });
 
 t.test("PostgreSQL: the server's words about such a statement are withheld up to the ReadyForQuery of its batch", async (t) => {
-  const cstr = (s: string): Buffer => Buffer.from(`${s}\0`, 'utf8');
-  const int16 = (v: number): Buffer => Buffer.from([v >> 8, v & 255]);
-  const int32 = (v: number): Buffer => {
-    const b = Buffer.alloc(4);
-    b.writeInt32BE(v);
-    return b;
-  };
   const query = (sql: string): Buffer => pgMessage('Q', cstr(sql));
   const parse = (name: string, sql: string): Buffer => pgMessage('P', Buffer.concat([cstr(name), cstr(sql), int16(0)]));
   const bind = (stmt: string, param: string): Buffer =>
