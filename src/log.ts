@@ -1,4 +1,5 @@
 import { pino, type Logger, type DestinationStream } from 'pino';
+import { LOG_LEVELS } from './config/schema.js';
 
 export type { Logger };
 
@@ -18,10 +19,13 @@ const REDACT = [
   'req.headers.authorization',
 ];
 
-export function createLogger(
-  level: string = process.env.SLUICE_LOG_LEVEL ?? 'info',
-  destination?: DestinationStream,
-): Logger {
+/** `sluice serve`'s level: SLUICE_LOG_LEVEL when set and not empty, else the config's; undefined when it is no level. */
+export function serveLogLevel(configured: string, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const level = env.SLUICE_LOG_LEVEL || configured;
+  return LOG_LEVELS.includes(level) ? level : undefined;
+}
+
+export function createLogger(level: string, destination?: DestinationStream): Logger {
   const options = {
     level,
     base: { service: 'sluice' },

@@ -91,7 +91,9 @@ export function withoutPassword(text: string): string {
  * An SQL EXECUTE of a statement prepared from a credential statement
  * (`PREPARE c(text) AS SELECT dblink_connect($1)`, then `EXECUTE c('...')`):
  * its arguments are the prepared statement's parameters, so they are cut
- * whatever they say.
+ * whatever they say: everything after the first `(` (under `EXPLAIN (...)`
+ * that is its options, which only hides more). Nothing comes before it
+ * that could hold a password: the statement's name, EXECUTE, EXPLAIN.
  */
 export function withoutArguments(text: string): string {
   const at = text.indexOf('(');

@@ -605,7 +605,7 @@ export class PgStatementGate implements RelayGate {
 
   /** Statement text as the audit trail, logs and approvers see it: auditText, and an EXECUTE of a credential statement without its arguments. */
   #shown(text: string, facts: SqlStatementFacts): string {
-    if (this.#credentialPrepared.executes(facts)) return withoutArguments(withoutPassword(text));
+    if (this.#credentialPrepared.executes(facts)) return withoutArguments(text);
     return auditText(text, facts);
   }
 

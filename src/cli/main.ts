@@ -9,7 +9,8 @@ import { ConfigError, loadConfig } from '../config/load.js';
 import type { Config } from '../config/types.js';
 import { DevIssuer, parseDuration, saveDevToken } from '../identity/dev-issuer.js';
 import { Gateway } from '../gateway/gateway.js';
-import { createLogger } from '../log.js';
+import { createLogger, serveLogLevel } from '../log.js';
+import { LOG_LEVELS } from '../config/schema.js';
 import { isSluiceError } from '../errors.js';
 import { approvalsCommand } from './approvals.js';
 import { replayCommand } from './replay.js';
@@ -37,8 +38,6 @@ Commands:
   version                        print the version
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.`;
-
-const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 /** Exit code for a bad config or bad usage, distinct from a runtime failure. */
 const EXIT_USAGE = 2;
@@ -92,9 +91,9 @@ async function serve(args: string[]): Promise<number> {
   const config = await loadConfig(values.config);
   // SLUICE_LOG_LEVEL, when set, overrides log.level: more detail for one run without editing the file.
   // Empty counts as unset (a compose file's SLUICE_LOG_LEVEL=${X:-}).
-  const level = process.env.SLUICE_LOG_LEVEL || config.log.level;
-  if (!LOG_LEVELS.includes(level)) {
-    process.stderr.write(`sluice: SLUICE_LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, not "${level}"\n`);
+  const level = serveLogLevel(config.log.level);
+  if (level === undefined) {
+    process.stderr.write(`sluice: SLUICE_LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, not "${process.env.SLUICE_LOG_LEVEL}"\n`);
     return 2;
   }
   const logger = createLogger(level);

@@ -16,6 +16,9 @@ export const RETENTION_PATTERN = '^[0-9]+(ms|s|m|h|d)$';
 /** `65536`, `512KiB`, `64MiB`, `1GiB`, `100B`. Binary units only: `MB` is ambiguous. */
 export const SIZE_PATTERN = '^[0-9]+(B|KiB|MiB|GiB)$';
 
+/** The levels `log.level` and SLUICE_LOG_LEVEL take (pino's, and `silent`). */
+export const LOG_LEVELS: readonly string[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
 /** JWS algorithms a token may be signed with. Only asymmetric ones: see load.ts for why `none` and HS* are refused. */
 export const ALLOWED_ALGORITHMS = [
   'RS256', 'RS384', 'RS512',
@@ -286,8 +289,8 @@ export const configSchema = {
       expected: 'a mapping with level',
       properties: {
         level: {
-          enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
-          expected: 'one of fatal, error, warn, info, debug, trace, silent',
+          enum: [...LOG_LEVELS],
+          expected: `one of ${LOG_LEVELS.join(', ')}`,
         },
       },
     },

@@ -221,7 +221,7 @@ export class PostgresDecoder implements ProtocolDecoder {
     const shown = facts.map((f) => {
       if (this.credentialPrepared.executes(f)) {
         hidden = true;
-        return withoutArguments(withoutPassword(f.text));
+        return withoutArguments(f.text);
       }
       if (!namesCredential(f)) return f.text;
       hidden = true;
