@@ -144,7 +144,7 @@ function sqlRuleMatches(m: RuleMatch, f: SqlStatementFacts, all: boolean): boole
   if (m.kinds === undefined && m.tables === undefined && m.functions === undefined && m.withoutWhere === undefined) return false;
   if (m.kinds && !holds(all ? specificKinds(f.kinds) : f.kinds, (k) => kindListed(m.kinds!, k, all), all)) return false;
   if (m.tables && !holds(f.tables, (table) => m.tables!.some((glob) => (all ? tableCovered(glob, table) : tableMatches(glob, table))), all)) return false;
-  if (m.functions && !holds(f.functions, (called) => m.functions!.some((name) => functionMatches(name, called, f)), all)) return false;
+  if (m.functions && !holds(f.functions, (called) => m.functions!.some((name) => functionMatches(name, called, f, all)), all)) return false;
   if (m.withoutWhere !== undefined && m.withoutWhere !== f.withoutWhere) return false;
   return true;
 }
@@ -186,7 +186,6 @@ function tableMatches(glob: string, table: string): boolean {
   return false;
 }
 
-/** Whether the listed `name` (or `@dangerous`) names the function `called`. */
 /**
  * For an allow rule: an unqualified table in the statement resolves through
  * the search_path, which the client may set (at login, or by SET), so only
@@ -200,10 +199,27 @@ function tableCovered(glob: string, table: string): boolean {
   return glob.slice(0, dot) === '*' && globMatch(glob.slice(dot + 1), table);
 }
 
-function functionMatches(name: string, called: string, f: SqlStatementFacts): boolean {
+/**
+ * Whether the listed `name` (or `@dangerous`) names the function `called`,
+ * read as tables are (tableMatches, tableCovered). For a deny or approve
+ * rule, a name and a call match when they are equal, or when one of them is
+ * unqualified and equals the other's name part: an unqualified call may
+ * resolve to the listed function through the search_path, so
+ * `pg_catalog.pg_read_file` also stops `pg_read_file(...)`, and
+ * `pg_read_file` stops the call in any schema. For an allow rule (`all`)
+ * only an equal name covers a call: `lower` does not cover `evil.lower()`,
+ * nor `pg_catalog.lower` a bare `lower()`, which resolves through a
+ * search_path the client may set.
+ */
+function functionMatches(name: string, called: string, f: SqlStatementFacts, all: boolean): boolean {
   if (name === DANGEROUS_FUNCTIONS_SET) return f.dangerousFunctions.includes(called);
-  // pg_catalog.pg_read_file and pg_read_file are the same function to a rule.
-  return called === name || (!name.includes('.') && called.slice(called.lastIndexOf('.') + 1) === name);
+  if (called === name) return true;
+  if (all) return false;
+  const nameDot = name.lastIndexOf('.');
+  const calledDot = called.lastIndexOf('.');
+  if (nameDot >= 0 && calledDot < 0) return name.slice(nameDot + 1) === called;
+  if (nameDot < 0 && calledDot >= 0) return called.slice(calledDot + 1) === name;
+  return false;
 }
 
 function commandMatches(spec: string, f: RedisCommandFacts): boolean {

@@ -94,6 +94,40 @@ t.test('tables: qualified rules also stop unqualified references', async (t) => 
   t.match(policy.evaluate(sql({ tables: ['other.secrets'] })), { action: 'allow' });
 });
 
+t.test('functions: a qualified name stops the unqualified call; allow covers only the name as written', async (t) => {
+  const p = bindPolicy(agent, 'app-db', [
+    {
+      name: 'fn',
+      subjects: { groups: ['agent'] },
+      targets: ['app-db'],
+      default: 'allow',
+      rules: [
+        { name: 'no-read-file', action: 'deny', match: { functions: ['pg_catalog.pg_read_file'] } },
+        { name: 'sleep-needs-approval', action: 'approve', match: { functions: ['pg_sleep'] } },
+      ],
+    },
+  ])!;
+  // The bare call resolves to pg_catalog.pg_read_file unless the search_path says otherwise.
+  t.match(p.evaluate(sql({ functions: ['pg_read_file'] })), { action: 'deny', rule: 'no-read-file' });
+  t.match(p.evaluate(sql({ functions: ['pg_catalog.pg_read_file'] })), { action: 'deny', rule: 'no-read-file' });
+  t.match(p.evaluate(sql({ functions: ['public.pg_read_file'] })), { action: 'allow' });
+  t.match(p.evaluate(sql({ functions: ['pg_catalog.pg_sleep'] })), { action: 'approve', rule: 'sleep-needs-approval' });
+
+  const readers = bindPolicy(agent, 'app-db', [
+    {
+      name: 'readers',
+      subjects: { groups: ['agent'] },
+      targets: ['app-db'],
+      default: 'deny',
+      rules: [{ name: 'lower-only', action: 'allow', match: { functions: ['lower', 'pg_catalog.upper'] } }],
+    },
+  ])!;
+  t.match(readers.evaluate(sql({ functions: ['lower'] })), { action: 'allow', rule: 'lower-only' });
+  t.match(readers.evaluate(sql({ functions: ['pg_catalog.upper'] })), { action: 'allow', rule: 'lower-only' });
+  t.match(readers.evaluate(sql({ functions: ['evil.lower'] })), { action: 'deny' }, 'an unqualified allow covers no other schema');
+  t.match(readers.evaluate(sql({ functions: ['upper'] })), { action: 'deny' }, 'a bare call may resolve elsewhere than the allowed schema');
+});
+
 t.test('SQL rules never match Redis commands and the reverse', async (t) => {
   t.match(policy.evaluate(redis({})), { action: 'allow' });
   t.match(policy.evaluate(redis({ command: 'flushall', categories: ['@keyspace', '@write', '@slow', '@dangerous'], keys: [] })), { action: 'deny', rule: 'no-server-admin' });
