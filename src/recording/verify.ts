@@ -108,7 +108,17 @@ async function verifyOpen(src: ByteSource, keys: PublicKeys, sessionId: string |
 
   for await (const item of scanFrames(src, h.end)) {
     if (item.kind === 'partial') {
-      if (footerFrame) return bad(item.offset, 'bytes after the footer');
+      if (footerFrame) {
+        // The footer and its trailer go out in one write: a write cut short (a full disk, a power
+        // loss before the fsync) can leave the signed footer and part of its trailer. That file is
+        // incomplete, like one cut before its footer; anything else after the footer was added.
+        const rest = await src.get(item.offset, item.have);
+        if (rest !== undefined && isTrailerPrefix(rest, footerFrame.length)) {
+          res.partialTail = { offset: item.offset, bytes: item.have };
+          break;
+        }
+        return bad(item.offset, 'bytes after the footer');
+      }
       // A crash leaves a partial record only at the end of a file that has
       // no trailer. With a trailer present, a record running past the end
       // means its length field was altered.
@@ -122,9 +132,8 @@ async function verifyOpen(src: ByteSource, keys: PublicKeys, sessionId: string |
     if (item.kind === 'garbage') return bad(item.offset, item.reason, footerFrame ? undefined : expect);
     if (item.kind === 'trailer') {
       if (!footerFrame) return bad(item.offset, 'trailer without a footer');
-      if (item.footerLength !== footerFrame.length || item.offset + TRAILER_SIZE !== src.size) {
-        return bad(item.offset, 'trailer does not match the footer');
-      }
+      if (item.footerLength !== footerFrame.length) return bad(item.offset, 'trailer does not match the footer');
+      if (item.offset + TRAILER_SIZE !== src.size) return bad(item.offset + TRAILER_SIZE, 'bytes after the trailer');
       res.complete = true;
       continue;
     }
@@ -185,7 +194,8 @@ async function verifyOpen(src: ByteSource, keys: PublicKeys, sessionId: string |
     res.records++;
     res.verifiedThroughSeq = lastSigned;
   }
-  if (footerFrame && !res.complete) return bad(footerFrame.offset + footerFrame.length, 'footer without its trailer');
+  // A footer without its trailer (or with part of it, above) is a close cut short: incomplete.
+  if (footerFrame && !res.complete && res.partialTail === undefined) res.partialTail = { offset: footerFrame.offset + footerFrame.length, bytes: 0 };
   res.verifiedThroughSeq = lastSigned;
   // Nothing signed to check, so nothing says who wrote the file: an unknown key is named (a
   // file made up whole, or one written under a key this state dir does not hold).
@@ -225,11 +235,23 @@ export function againstIndex(
   return r;
 }
 
+/** `bytes` are the first bytes of the trailer a footer frame of `footerLength` bytes would have. */
+function isTrailerPrefix(bytes: Buffer, footerLength: number): boolean {
+  if (bytes.length >= TRAILER_SIZE) return false;
+  const expected = Buffer.alloc(TRAILER_SIZE);
+  TRAILER_MAGIC.copy(expected, 0);
+  expected.writeUInt32BE(footerLength, TRAILER_MAGIC.length);
+  return bytes.equals(expected.subarray(0, bytes.length));
+}
+
 /** One line for a person: what verify found. */
 export function describeVerify(r: VerifyResult): string {
   if (!r.ok) {
     const where = r.firstBad?.seq !== undefined ? `record ${r.firstBad.seq} at offset ${r.firstBad.offset}` : `offset ${r.firstBad?.offset ?? 0}`;
     return `TAMPERED: ${where}: ${r.firstBad?.reason ?? 'unknown'}`;
+  }
+  if (!r.complete && r.footer !== undefined) {
+    return `INCOMPLETE: the signed footer verifies (${r.records} records), but its trailer is missing or cut at offset ${r.partialTail?.offset ?? '?'}: the close was cut short`;
   }
   if (!r.complete) {
     const tail = r.partialTail ? `, partial trailing record at offset ${r.partialTail.offset} (${r.partialTail.bytes} bytes)` : '';

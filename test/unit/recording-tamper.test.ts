@@ -177,6 +177,24 @@ t.test('tampering', async (t) => {
     t.same({ ok: v.ok, complete: v.complete }, { ok: true, complete: false });
   });
 
+  t.test('a close cut short after the footer (the trailer missing or cut): incomplete, not tampered', async (t) => {
+    const footer = a.spans[a.spans.length - 1]!;
+    for (let keep = 0; keep < 12; keep++) {
+      const v = await check(a.bytes.subarray(0, footer.end + keep), keys);
+      t.same({ ok: v.ok, complete: v.complete, records: v.records }, { ok: true, complete: false, records: footer.seq }, `${keep} trailer bytes`);
+      t.same(v.partialTail, { offset: footer.end, bytes: keep });
+      t.match(describeVerify(v), /^INCOMPLETE: the signed footer verifies .* the close was cut short/);
+    }
+    // Not a piece of the trailer: something was written after the footer.
+    const forged = Buffer.concat([a.bytes.subarray(0, footer.end), Buffer.from('SLUICEXX')]);
+    t.match(await check(forged, keys), { ok: false, firstBad: { offset: footer.end, reason: 'bytes after the footer' } });
+  });
+
+  t.test('bytes after the trailer are named as such', async (t) => {
+    const v = await check(Buffer.concat([a.bytes, Buffer.from('x')]), keys);
+    t.match(v, { ok: false, firstBad: { offset: a.bytes.length, reason: 'bytes after the trailer' } });
+  });
+
   t.test('two sessions spliced', async (t) => {
     // A's header and first records, then B's records from the same seq on: CRCs and seqs all valid.
     const cut = 5;
