@@ -205,6 +205,9 @@ export interface RecordEntry {
  * file's place cannot hang a reader (verify --all, the start-up recovery);
  * anything but a regular file is refused with ENOTREG.
  */
+/** The truncated marker's JSON note is parsed up to this size (the writer's: `{"reason":"size cap","maxBytes":N}`). */
+const MAX_TRUNCATED_NOTE = 4096;
+
 export async function openRecordingFile(path: string): Promise<{ fh: FileHandle; size: number }> {
   const fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
   try {
@@ -266,7 +269,9 @@ export class RecordingReader implements AsyncIterable<RecordEntry> {
         if (type === 'checkpoint' || type === 'footer') {
           const p = parseSignedPayload(h.version, f.payload);
           if (p) entry.body = p.body as CheckpointBody | FooterBody;
-        } else if (type === 'truncated') {
+        } else if (type === 'truncated' && f.payload.length <= MAX_TRUNCATED_NOTE) {
+          // The writer's note is a few dozen bytes; a longer one is not parsed (a crafted file could
+          // make the API's transcript parse hundreds of MiB of JSON in the gateway).
           try {
             entry.body = JSON.parse(f.payload.toString('utf8')) as Record<string, unknown>;
           } catch {

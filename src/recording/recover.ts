@@ -30,7 +30,7 @@ import { readFile, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../log.js';
 import type { SessionRecord, SessionStore } from '../store/types.js';
-import { listRecordingFiles } from './files.js';
+import { listRecordingFiles, recordingPathWithin } from './files.js';
 import { indexRow } from './index-row.js';
 import {
   FILE_EXTENSION,
@@ -109,10 +109,14 @@ export async function recoverSessionIndex(stateDir: string, store: SessionStore,
     const open = store.listSessions({ open: true, limit: 10_000 });
     for (const row of open) {
       let ends: RecordingEnds | undefined;
-      if (row.recordingPath) ends = await readEnds(row.recordingPath, keys).catch((err: unknown) => void unreadable(row.recordingPath!, err));
+      // Only a file inside the recordings directory, as for the API and the CLI: a row pointing
+      // elsewhere (a restored or edited database) must not have another file's size and time read into it.
+      const path = row.recordingPath ? await recordingPathWithin(stateDir, row.recordingPath) : undefined;
+      if (row.recordingPath && path === undefined) unreadable(row.recordingPath, new Error('not a recording file inside the state directory'));
+      if (path !== undefined) ends = await readEnds(path, keys).catch((err: unknown) => void unreadable(path, err));
       // A file holding another session's recording says nothing about this one's end.
       if (ends?.header !== undefined && ends.header.sessionId !== row.id) {
-        unreadable(row.recordingPath!, new Error(`the file holds session ${ends.header.sessionId}'s recording, not ${row.id}'s`));
+        unreadable(path!, new Error(`the file holds session ${ends.header.sessionId}'s recording, not ${row.id}'s`));
         ends = undefined;
       }
       store.upsertSession(closedRow(row, ends));
@@ -127,7 +131,9 @@ export async function recoverSessionIndex(stateDir: string, store: SessionStore,
   const newest = store.listSessions({ limit: 1 })[0];
   // Never later than now: a row dated in the future (a crafted recording indexed earlier, a clock
   // set wrong) must not make every later recovery skip today's directory.
-  const newestAt = newest ? Math.min(Date.parse(newest.startedAt), Date.now()) : NaN;
+  // Nor before 1970: a crafted start far in the past (year -271821) would put the day before it
+  // out of Date's range, and its toISOString would throw during start-up.
+  const newestAt = newest ? Math.max(24 * 3_600_000, Math.min(Date.parse(newest.startedAt), Date.now())) : NaN;
   const fromDay = Number.isNaN(newestAt) ? '' : datePath(new Date(newestAt - 24 * 3_600_000).toISOString()).join('/');
   for (const path of await listRecordingFiles(stateDir, fromDay)) {
     const id = path.slice(path.lastIndexOf('/') + 1, -FILE_EXTENSION.length);

@@ -408,6 +408,33 @@ t.test('after an abrupt stop, a crafted header neither stops the index nor hides
   t.equal(store.getSession('later')?.subject, 'ci-job');
 });
 
+t.test('after an abrupt stop, an index row never points recovery outside the recordings, nor does a date out of range stop it', async (t) => {
+  const stateDir = tempDir(t);
+  const key = await openRecordingKey(stateDir);
+  const store = openSqliteStore(stateDir);
+  t.teardown(() => store.close());
+  const errors: unknown[] = [];
+  const logger = { warn: () => undefined, error: (...args: unknown[]) => errors.push(args), info: () => undefined } as unknown as Logger;
+  const keys = await loadRecordingPublicKeys(stateDir);
+  // A well-formed header dated at the start of Date's range: once indexed, the newest row, from
+  // whose day (less one) the next recovery starts looking.
+  mkdirSync(join(stateDir, 'recordings', '1970', '01', '01'), { recursive: true });
+  writeFileSync(
+    join(stateDir, 'recordings', '1970', '01', '01', 'ancient.sluicerec'),
+    encodeHeader({ version: 3, sessionId: 'ancient', target: 'cache', protocol: 'redis', subject: 's', groups: [], issuer: 'i', startedAt: '-271821-04-20T00:00:00.000Z', keyId: key.keyId, monotonicStart: '0' } as RecordingHeader),
+  );
+  t.same(await recoverSessionIndex(stateDir, store, keys, logger), { indexed: 1, closed: 0, unreadable: 0 });
+  t.same(await recoverSessionIndex(stateDir, store, keys, logger), { indexed: 0, closed: 0, unreadable: 0 }, 'the next start does not throw');
+
+  // An edited or restored index: an open row whose recording is the gateway's private key.
+  store.upsertSession(session({ id: 'edited', startedAt: new Date().toISOString(), recordingPath: join(stateDir, 'recording-key', 'private.pem') }));
+  t.same(await recoverSessionIndex(stateDir, store, keys, logger), { indexed: 0, closed: 1, unreadable: 1 });
+  const row = store.getSession('edited');
+  t.match(row, { closeReason: CRASH_CLOSE_REASON, complete: false });
+  t.equal(row?.recordingSize, undefined, 'the key file was not read as its recording');
+  t.match(JSON.stringify(errors), /not a recording file inside the state directory/);
+});
+
 t.test('the index is finished only after an abrupt stop, and never under a gateway still running', async (t) => {
   const stateDir = tempDir(t);
   const store = openSqliteStore(stateDir);
