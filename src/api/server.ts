@@ -13,8 +13,8 @@
  *   catalogue, `message` for a person. Internal error text stays in the log.
  */
 import type { KeyObject } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { open, stat } from 'node:fs/promises';
 import { finished } from 'node:stream';
 import { fastify, type FastifyError, type FastifyReply, type FastifyRequest } from 'fastify';
 import { sessionJson } from '../cli/sessions.js';
@@ -433,10 +433,19 @@ export async function startApi(deps: ApiDeps): Promise<RunningApi> {
     await authorize(req, ['auditor']);
     const rec = sessionFor(req.params.id);
     const path = await recordingOf(rec);
+    // The path was resolved and checked; opening it without following a symlink, and checking what
+    // was opened, leaves no moment in which a file swapped in for it (a link to the recording key)
+    // is served instead.
+    const fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW).catch(() => undefined);
+    const regular = fh !== undefined && (await fh.stat().then((st) => st.isFile(), () => false));
+    if (!regular) {
+      await fh?.close();
+      throw new ApiError(404, ApiErrorCodes.API_NOT_FOUND, `session ${rec.id} has no recording`);
+    }
     return reply
       .type('application/octet-stream')
       .header('content-disposition', `attachment; filename="${rec.id}.sluicerec"`)
-      .send(createReadStream(path));
+      .send(fh.createReadStream());
   });
 
   app.get<{ Params: { id: string } }>('/api/sessions/:id/verify', async (req) => {
