@@ -178,8 +178,14 @@ async function raw(path: string, direction: Direction, io: ReplayIo): Promise<nu
   for await (const rec of reader) {
     if (rec.type === 'data' && rec.direction === direction) io.stdout.write(rec.bytes);
   }
-  if (!reader.complete) io.stderr.write('sluice replay: warning: the recording is incomplete (no footer); these are the bytes up to where it ends\n');
+  if (!reader.complete) io.stderr.write(`sluice replay: warning: ${incompleteNote(reader.stopped)}; these are the bytes up to there\n`);
   return 0;
+}
+
+/** Why a recording's bytes end early, for a warning: no replay or transcript checks signatures (sluice verify does). */
+function incompleteNote(stopped: { offset: number; reason: string } | undefined): string {
+  const where = stopped ? `reading stopped at offset ${stopped.offset}: ${printable(stopped.reason)}` : 'it ends without a footer';
+  return `the recording is incomplete or damaged (${where}; run sluice verify for what is proven)`;
 }
 
 async function serve(
@@ -192,6 +198,8 @@ async function serve(
 ): Promise<number> {
   const script = await buildReplayScript(path, progress ? { onProgress: progress.update, size } : {});
   progress?.clear();
+  // The client would be served a prefix of the session as if it were all of it: say so first.
+  if (!script.complete) io.stderr.write(`sluice replay: warning: ${incompleteNote(script.stopped)}; the replay serves the server's bytes up to there\n`);
   // The stand-in's own password, new each run: any local user could otherwise connect and be served
   // what the recording holds. Printed here, for the one who started the replay.
   const password = randomBytes(18).toString('base64url');

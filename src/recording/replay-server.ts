@@ -70,6 +70,10 @@ export interface ReplayScript {
   steps: ReplayStep[];
   /** Server bytes in the script (the recorded SSL answer excluded). */
   serverBytes: number;
+  /** A footer closes the recording: the script is the whole session. */
+  complete: boolean;
+  /** Where and why reading stopped early (a crash tail, a bad CRC): the script ends there. */
+  stopped?: { offset: number; reason: string };
 }
 
 /**
@@ -166,7 +170,14 @@ export async function buildReplayScript(path: string, opts: { onProgress?: (done
   if (header.protocol !== 'postgres' && header.protocol !== 'redis') {
     throw new RangeError(`protocol ${printable(String(header.protocol))} cannot be replayed`);
   }
-  return { sessionId: header.sessionId, protocol: header.protocol, steps, serverBytes };
+  return {
+    sessionId: header.sessionId,
+    protocol: header.protocol,
+    steps,
+    serverBytes,
+    complete: reader.complete,
+    ...(reader.stopped ? { stopped: reader.stopped } : {}),
+  };
 }
 
 export interface ReplayServerOptions {

@@ -9,7 +9,7 @@
  * also keeps the exact server bytes it relayed, to compare with `--raw`.
  */
 import { createServer, connect, type Socket } from 'node:net';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -340,6 +340,20 @@ t.test('Redis: transcript, --raw, and --serve to the same redis-cli', async (t) 
     t.equal(replayed.stderr, original.stderr, 'stderr identical');
     t.equal(replayed.code, original.code);
     t.notMatch(r.io.err(), /warning/);
+  });
+
+  await t.test('--serve and --raw say so when a damaged recording ends early', async (t) => {
+    const damaged = join(stateDir, 'redis-damaged.sluicerec');
+    const bytes = readFileSync(rec.path);
+    bytes[Math.floor(bytes.length * 0.7)]! ^= 0x01; // inside the 200 kB SET: its CRC fails
+    writeFileSync(damaged, bytes);
+    const r = await serveReplay(damaged);
+    t.match(r.io.err(), /warning: the recording is incomplete or damaged \(reading stopped at offset \d+: CRC mismatch in record \d+; run sluice verify/);
+    await cli(r.port, r.password);
+    await r.exit;
+    const raw = captureIo();
+    t.equal(await replayCommand(['--file', damaged, '--raw', 'server'], raw), 0);
+    t.match(raw.err(), /warning: the recording is incomplete or damaged \(reading stopped at offset \d+: CRC mismatch/);
   });
 
   await t.test('--serve: a wrong password, or none where the recording logs in, is refused', async (t) => {
