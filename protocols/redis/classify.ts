@@ -70,6 +70,8 @@ interface Compiled {
   /** Frozen; shared by every facts object of this command. */
   categories: string[];
   keyFinders: KeyFinder[];
+  /** A keyspace write that names no key: it may change any key (RedisCommandFacts.anyKey). */
+  wholeKeyspace: boolean;
   /** Containers: subcommands by name. */
   subs?: NameMap;
   /** Containers: categories when the subcommand is missing or unknown. */
@@ -351,6 +353,8 @@ function compile(name: string, spec: CommandSpec, container?: string): Compiled 
     arity: spec.arity,
     categories: freeze(spec.categories),
     keyFinders: special ? special(spec) : fromSpecs(spec),
+    // FLUSHDB, FLUSHALL, SWAPDB: they name no key and change every one.
+    wholeKeyspace: spec.keySpecs.length === 0 && spec.categories.includes('@keyspace') && spec.categories.includes('@write'),
   };
   if (spec.subcommands) {
     const subs = new NameMap();
@@ -396,7 +400,7 @@ function beforeNul(arg: Buffer): Buffer {
 function known(c: Compiled, args: Buffer[], command: string, subcommand?: string): RedisCommandFacts {
   const keys: string[] = [];
   // A script (EVAL, FCALL) may reach keys it does not declare: a standalone server lets it.
-  let anyKey = c.categories.includes('@scripting') && (command.startsWith('eval') || command.startsWith('fcall'));
+  let anyKey = (c.categories.includes('@scripting') && (command.startsWith('eval') || command.startsWith('fcall'))) || c.wholeKeyspace;
   for (const f of c.keyFinders) if (f(args, keys) === true) anyKey = true;
   const facts: RedisCommandFacts = { protocol: 'redis', command, categories: c.categories, keys };
   if (subcommand !== undefined) facts.subcommand = subcommand;
@@ -420,12 +424,14 @@ export function classifyCommand(args: Buffer[]): RedisCommandFacts {
   // A subcommand is looked up as Redis compares it: up to a NUL byte (`CONFIG set\0x` may run CONFIG SET).
   const sub = c.subs.get(beforeNul(args[1]!));
   if (!sub) {
+    // As for an unknown command: a newer server's subcommand may take keys no key-spec here names.
     return {
       protocol: 'redis',
       command: c.name,
       subcommand: asciiLower(args[1]!.toString('utf8')),
       categories: c.unknownSub!,
       keys: [],
+      anyKey: true,
     };
   }
   return known(sub, args, c.name, sub.name);

@@ -64,6 +64,10 @@ t.test('movable keys from key-specs', async (t) => {
   t.equal(classify('EVAL', "return redis.call('GET', 'secret:x')", '1', 'cache:a').anyKey, true, 'a script may reach keys it does not declare');
   t.equal(classify('FCALL_RO', 'f', '0').anyKey, true);
   t.equal(classify('SCRIPT', 'FLUSH').anyKey, undefined, 'SCRIPT itself runs nothing');
+  t.equal(classify('FLUSHDB').anyKey, true, 'FLUSHDB names no key and deletes every one');
+  t.equal(classify('flushall', 'ASYNC').anyKey, true);
+  t.equal(classify('SWAPDB', '0', '1').anyKey, true);
+  t.equal(classify('DBSIZE').anyKey, undefined, 'a count reads no key');
   t.same(classify('MIGRATE', 'h', '6379', 'k', '0', '1000').keys, ['k']);
   t.same(classify('MIGRATE', 'h', '6379', '', '0', '1000', 'COPY', 'AUTH2', 'u', 'p', 'KEYS', 'a', 'b').keys, ['a', 'b']);
   t.same(classify('OBJECT', 'ENCODING', 'k').keys, ['k'], 'subcommand key-specs count from argv[0]');
@@ -137,6 +141,7 @@ t.test('unknown commands and subcommands', async (t) => {
   t.equal(unknownSub.subcommand, 'frob');
   t.ok(unknownSub.categories.includes('@unknown'));
   t.ok(unknownSub.categories.includes('@dangerous'), 'an unknown subcommand carries the container\'s worst categories');
+  t.equal(unknownSub.anyKey, true, 'a newer server\'s subcommand may take keys: not known which');
   t.ok(classify('CONFIG').categories.includes('@unknown'), 'bare container Redis would reject');
   t.same(classify('COMMAND').categories, ['@slow', '@connection'], 'bare COMMAND is a valid command');
   const binary = classify(Buffer.from([0xff, 0x47]));
