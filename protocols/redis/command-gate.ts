@@ -271,17 +271,21 @@ function kindOf(facts: RedisCommandFacts): string {
 
 /**
  * What an approval window for a command covers: its kind and keys, so a
- * window for `UNLINK old:1` covers that again with other values. For
- * scripting and administration the other arguments are what the command
- * does (the script of EVAL, the parameter and value of CONFIG SET): those
- * are part of it too, as a digest, credentials left out.
+ * window for `UNLINK old:1` covers that again with other values. Where the
+ * other arguments are what the command does, they are part of it too, as a
+ * digest, credentials left out: for scripting and administration (the
+ * script of EVAL, the parameter and value of CONFIG SET), and for a command
+ * whose keys do not say what it touches: one that names none (PUBLISH's
+ * channel is an argument) or may touch any (a module's JSON.SET, whose
+ * keys Sluice cannot find).
  */
 export function fingerprintOf(facts: RedisCommandFacts, args: readonly Buffer[]): string {
   // Each key with its length: joined with a separator, `UNLINK a b` and `UNLINK "a\0b"` would be one fingerprint.
   let keys = '';
   for (const k of facts.keys) keys += `${k.length}:${k}`;
   const base = `redis:${kindOf(facts)}:${keys}`;
-  if (!facts.categories.some((c) => c === '@scripting' || c === '@admin' || c === '@dangerous')) return base;
+  const argumentsCount = facts.keys.length === 0 || facts.anyKey === true || facts.categories.some((c) => c === '@scripting' || c === '@admin' || c === '@dangerous');
+  if (!argumentsCount) return base;
   const digest = fingerprintHmac();
   const secret = secretPositions(facts, args);
   for (let i = 1; i < args.length; i++) {

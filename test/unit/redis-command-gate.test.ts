@@ -69,7 +69,7 @@ t.test('allows: a kind that needs approval goes to judge', async (t) => {
   g.close();
 });
 
-t.test('approval windows: scripts and administration are told apart by what they do, credentials aside', async (t) => {
+t.test('approval windows: scripts, administration and commands without known keys are told apart by what they do, credentials aside', async (t) => {
   const fp = (...a: string[]): string => {
     const args = a.map((x) => Buffer.from(x));
     return fingerprintOf(classifyCommand(args), args);
@@ -84,6 +84,11 @@ t.test('approval windows: scripts and administration are told apart by what they
   t.equal(fp('CONFIG', 'SET', 'maxmemory', '1gb', 'tls-client-key-file-pass', 'a'), fp('CONFIG', 'SET', 'maxmemory', '1gb', 'tls-client-key-file-pass', 'b'));
   t.equal(fp('ACL', 'SETUSER', 'bob', 'on', '>pw1', '+@read'), fp('ACL', 'SETUSER', 'bob', 'on', '>pw2', '+@read'));
   t.not(fp('ACL', 'SETUSER', 'bob', 'on', '>pw1', '+@read'), fp('ACL', 'SETUSER', 'bob', 'on', '>pw1', '+@all'), 'other permissions');
+  // Where the keys do not say what a command touches, its arguments do.
+  t.not(fp('PUBLISH', 'deploys', 'ok'), fp('PUBLISH', 'payments-ctl', 'halt'), 'a command that names no key: another channel');
+  t.equal(fp('PUBLISH', 'deploys', 'ok'), fp('publish', 'deploys', 'ok'));
+  t.not(fp('JSON.SET', 'cache:1', '$', '1'), fp('JSON.SET', 'prod:users', '$', '{}'), 'a module command, whose keys are not known');
+  t.equal(fp('SET', 'k', 'v1'), fp('SET', 'k', 'v2'), 'a keyed data command: other values, same window');
 });
 
 t.test('a description is cut as a whole, however many arguments the command carries', async (t) => {
