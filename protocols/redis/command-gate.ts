@@ -198,7 +198,7 @@ export class RedisCommandGate {
       this.#write(this.#event(facts, describeCommand(args, facts), 'allowed'));
       return;
     }
-    this.#countAllowed(kindOf(facts));
+    this.#countAllowed(auditKind(facts));
   }
 
   /** An allowed command, counted into its kind's row of this second. */
@@ -252,7 +252,7 @@ export class RedisCommandGate {
       subject: this.ctx.subject,
       target: this.ctx.target,
       protocol: 'redis',
-      kind: kindOf(facts),
+      kind: auditKind(facts),
       text,
       verdict,
       policy: this.ctx.policy.name,
@@ -268,6 +268,20 @@ export class RedisCommandGate {
 function kindOf(facts: RedisCommandFacts): string {
   return facts.subcommand ? `${facts.command}|${facts.subcommand}` : facts.command;
 }
+
+/**
+ * The kind as the audit trail keeps it. An unknown command's name is the
+ * client's bytes, up to a bulk string's 512 MB: one per audit row (and per
+ * key of this second's counts) would let a client fill the store. Redis
+ * cuts names in its own errors the same way. Only for what is kept or
+ * shown: rules and fingerprints compare the whole name.
+ */
+function auditKind(facts: RedisCommandFacts): string {
+  const kind = kindOf(facts);
+  return kind.length <= AUDIT_KIND_MAX ? kind : `${kind.slice(0, AUDIT_KIND_MAX)}...`;
+}
+
+const AUDIT_KIND_MAX = 64;
 
 /**
  * What an approval window for a command covers: its kind and keys, so a

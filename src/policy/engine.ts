@@ -243,7 +243,18 @@ function describe(rule: RuleConfig, facts: Facts): string {
     if (rule.match.withoutWhere) parts.push('without a WHERE clause');
     return parts.join(', ') || 'matched';
   }
-  const name = facts.subcommand ? `${facts.command}|${facts.subcommand}` : facts.command;
+  const name = shortened(facts.subcommand ? `${facts.command}|${facts.subcommand}` : facts.command);
   const categories = rule.match.commands?.filter((c) => c.startsWith('@') && facts.categories.includes(c)) ?? [];
-  return `command ${name}${categories.length ? ` (${categories.join(', ')})` : ''}${rule.match.keys ? ` on key ${facts.keys.join(', ')}` : ''}`;
+  return `command ${name}${categories.length ? ` (${categories.join(', ')})` : ''}${rule.match.keys ? ` on key ${shortened(facts.keys.join(', '))}` : ''}`;
 }
+
+/**
+ * A client's name or keys as a reason shows them: the reason goes back to
+ * the client and into the audit trail and the log, and a command name or key
+ * may be megabytes long (an unknown command's name is the client's bytes).
+ */
+function shortened(text: string): string {
+  return text.length <= REASON_PART_MAX ? text : `${text.slice(0, REASON_PART_MAX)}...(${text.length} characters)`;
+}
+
+const REASON_PART_MAX = 128;

@@ -91,6 +91,30 @@ t.test('approval windows: scripts, administration and commands without known key
   t.equal(fp('SET', 'k', 'v1'), fp('SET', 'k', 'v2'), 'a keyed data command: other values, same window');
 });
 
+t.test('a huge command name or key is cut where it is kept or shown, and compared whole', async (t) => {
+  const name = `X${'y'.repeat(1_000_000)}`;
+  const denied = gate([{ name: 'no-modules', action: 'deny', match: { commands: ['@unknown'] } }]);
+  const verdict = denied.g.judge([Buffer.from(name)]);
+  t.equal(verdict.action, 'deny');
+  const reply = verdict.action === 'deny' ? verdict.reply.toString() : '';
+  t.ok(reply.length < 1000, `the client's error is short: ${reply.length} bytes`);
+  t.match(reply, /command xy{127}\.\.\.\(1000001 characters\)/);
+  t.ok(denied.events[0]!.kind.length <= 67, 'the audit kind is cut');
+  t.ok(JSON.stringify(denied.events[0]).length < 10_000, 'so is the whole audit event');
+  denied.g.close();
+
+  const counted = gate([]);
+  for (const n of [`${name}a`, `${name}b`]) t.equal(counted.g.judge([Buffer.from(n)]).action, 'allow');
+  counted.g.close();
+  t.same(counted.events.map((e) => [e.kind.length, e.rows]), [[67, 2]], 'allowed ones are counted under the cut kind');
+
+  const key = 'secret:'.padEnd(500_000, 'k');
+  const keyRule = gate([{ name: 'no-secrets', action: 'deny', match: { keys: ['secret:*'] } }]);
+  const v = keyRule.g.judge(argv('GET', key));
+  t.ok(v.action === 'deny' && v.reply.length < 1000, 'a denied key is cut in the reply too');
+  keyRule.g.close();
+});
+
 t.test('a description is cut as a whole, however many arguments the command carries', async (t) => {
   const short = [Buffer.from('SET'), Buffer.from('k'), Buffer.from('two words')];
   t.equal(describeCommand(short, classifyCommand(short)), 'SET k "two words"', 'a short command is shown whole');
