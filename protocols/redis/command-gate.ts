@@ -2,6 +2,7 @@ import type { GateContextBase, RedisCommandFacts, Verdict } from '../../src/poli
 import type { AuditEvent, AuditVerdict } from '../../src/store/types.js';
 import type { PendingApproval } from '../../src/policy/approvals.js';
 import { fingerprintHmac } from '../../src/policy/fingerprint-key.js';
+import { redisCredentialArgs } from '../../src/recording/scrub.js';
 import { classifyCommand, type CommandKind } from './classify.js';
 import { error } from './replies.js';
 
@@ -38,6 +39,9 @@ export type Judgement =
   | { action: 'approve'; verdict: Verdict; facts: RedisCommandFacts };
 
 const ALLOW: Judgement = Object.freeze({ action: 'allow' });
+/** The rule named in the audit trail for what Sluice refuses whatever the policy says. */
+const BUILT_IN_RULE = 'sluice';
+const REDACTED_ARG = Buffer.from('[redacted]');
 /** Longest argument shown in audit text and to approvers. */
 const ARG_PREVIEW = 200;
 /** Characters of a command's description (audit text, approvals), past which the rest is counted, not shown. */
@@ -175,6 +179,23 @@ export class RedisCommandGate {
     this.#write(this.#event(facts, text, auditVerdict, { approvalId: id, ...(verdict.rule ? { rule: verdict.rule } : {}), error: message }));
     this.ctx.onVerdict?.(auditVerdict);
     return error(message, 'NOPERM');
+  }
+
+  /**
+   * A command Sluice refuses itself, above any policy (docs/redis.md: AUTH
+   * after login, MONITOR, SELECT of another db, CLIENT REPLY OFF, ...):
+   * audited as denied by the built-in rule `sluice`, with the error the
+   * client got. A credential in it (AUTH, HELLO ... AUTH, their NUL-suffixed
+   * forms) is redacted as the recording scrubs it.
+   */
+  refusedBySluice(args: Buffer[], reply: Buffer): void {
+    const facts = classifyCommand(args);
+    const secret = redisCredentialArgs(args);
+    const shown = secret.length === 0 ? args : args.map((a, i) => (secret.includes(i) ? REDACTED_ARG : a));
+    // The reply is Sluice's own `-ERR sluice: ...\r\n`: its text, without the type byte and CRLF.
+    const message = reply.toString('utf8', 1, Math.min(reply.length - 2, 1 + ARG_PREVIEW));
+    this.#write(this.#event(facts, describeCommand(shown, facts), 'denied', { rule: BUILT_IN_RULE, error: message }));
+    this.ctx.onVerdict?.('denied');
   }
 
   close(): void {

@@ -472,16 +472,18 @@ export class RedisRelay {
     }
     this.stats.commands++;
     const c = this.#classifier.classify(args);
+    const gate = this.#gate;
     if (this.#inMulti) {
       const refusal = this.#refusedInMulti(c.verdict, args);
       if (refusal) {
+        gate?.refusedBySluice(args, refusal);
         this.#refuse(refusal);
         return;
       }
     }
-    const gate = this.#gate;
     // Every command the client sends is judged and audited, those Sluice follows itself (HELLO,
-    // MULTI, EXEC, DISCARD, RESET) included; its own refusals (above the policy) are not.
+    // MULTI, EXEC, DISCARD, RESET) included; its own refusals (above the policy) are audited as
+    // refused by the built-in rule, without a policy verdict.
     if (gate && c.verdict !== Verdict.Refuse) {
       const judged = gate.judge(args);
       if (judged.action === 'deny') {
@@ -504,6 +506,7 @@ export class RedisRelay {
         this.options.logger.info({ command: redisKeyword(args[0]!).slice(0, 32) }, 'command refused');
         // A credential in it (AUTH, HELLO ... AUTH, and their NUL-suffixed forms, refused by name) never reaches the recording.
         if (redisCredentialArgs(args).length > 0) this.#recording?.scrub(buf.subarray(start, end), args);
+        gate?.refusedBySluice(args, c.reply!);
         this.#refuse(c.reply!);
         return;
       case Verdict.Hello:

@@ -309,6 +309,13 @@ t.test('audit rows: refusals one by one, allowed commands counted', async (t) =>
   t.match(events.find((e) => e.kind === 'eval'), { verdict: 'denied' });
   t.match(events.find((e) => e.verdict === 'approved'), { kind: 'unlink', rule: 'bulk-delete-needs-approval' });
   t.ok(events.some((e) => e.verdict === 'approval_expired'));
+  // What Sluice refuses above any policy is audited too, credentials redacted (the token test below covers every row).
+  t.match(events.find((e) => e.rule === 'sluice' && e.kind === 'hello'), {
+    verdict: 'denied',
+    text: 'HELLO [redacted] [redacted] [redacted] [redacted]',
+    error: /^ERR sluice: identity cannot change/,
+  });
+  t.match(events.find((e) => e.rule === 'sluice' && e.error?.includes('NUL byte')), { verdict: 'denied', text: /^"AUTH\\u0000x" agent-9 \[redacted\]$/ });
   const sets = events.filter((e) => e.kind === 'set' && e.verdict === 'allowed');
   t.ok(sets.length > 0 && sets.every((e) => (e.rows ?? 0) > 0), 'allowed SETs are counted per second');
   for (const e of events) t.notMatch(e.text, agentToken);
