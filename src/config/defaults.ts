@@ -44,6 +44,8 @@ export const MAX_MESSAGE_BYTES = 1024 * 1024 * 1024;
 export const DEFAULT_APPROVAL_TIMEOUT_MS = 5 * 60_000;
 /** Approval requests one subject may have pending at once (approvals.max_pending_per_subject). */
 export const DEFAULT_MAX_PENDING_APPROVALS = 10;
+/** Approval requests one subject may make in a minute (approvals.max_requests_per_minute). */
+export const DEFAULT_MAX_APPROVAL_REQUESTS_PER_MINUTE = 30;
 
 /** `recording:` defaults: on, 1 GiB per session, 200 ms flush, 8 MiB backlog, 30 days retention, fsync at close. */
 export const DEFAULT_RECORDING: Readonly<RecordingConfig> = Object.freeze({
@@ -101,7 +103,11 @@ export function embeddedDefaultConfig(env: NodeJS.ProcessEnv, cwd: string = proc
       },
     ],
     policies: [{ name: 'dev', subjects: { issuer: [DEV_ISSUER] }, targets: ['pg'], default: 'allow', rules: [] }],
-    approvals: { timeoutMs: DEFAULT_APPROVAL_TIMEOUT_MS, maxPendingPerSubject: DEFAULT_MAX_PENDING_APPROVALS },
+    approvals: {
+      timeoutMs: DEFAULT_APPROVAL_TIMEOUT_MS,
+      maxPendingPerSubject: DEFAULT_MAX_PENDING_APPROVALS,
+      maxRequestsPerMinute: DEFAULT_MAX_APPROVAL_REQUESTS_PER_MINUTE,
+    },
     log: { level: 'info' },
   };
 }

@@ -22,6 +22,7 @@ import {
   DEFAULT_ALGORITHMS,
   DEFAULT_APPROVAL_TIMEOUT_MS,
   DEFAULT_MAX_PENDING_APPROVALS,
+  DEFAULT_MAX_APPROVAL_REQUESTS_PER_MINUTE,
   DEFAULT_CLOCK_TOLERANCE_SECONDS,
   DEFAULT_GROUPS_CLAIM,
   DEFAULT_LIMITS,
@@ -962,6 +963,7 @@ class Normaliser {
     return {
       timeoutMs: timeoutMs ?? DEFAULT_APPROVAL_TIMEOUT_MS,
       maxPendingPerSubject: int(raw?.max_pending_per_subject) ?? DEFAULT_MAX_PENDING_APPROVALS,
+      maxRequestsPerMinute: int(raw?.max_requests_per_minute) ?? DEFAULT_MAX_APPROVAL_REQUESTS_PER_MINUTE,
       ...(url ? { webhook: { url, timeoutMs: hookTimeout ?? 5_000 } } : {}),
     };
   }

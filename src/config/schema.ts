@@ -435,10 +435,11 @@ export const configSchema = {
     approvals: {
       type: 'object',
       additionalProperties: false,
-      expected: 'a mapping with timeout, max_pending_per_subject and/or webhook',
+      expected: 'a mapping with timeout, max_pending_per_subject, max_requests_per_minute and/or webhook',
       properties: {
         timeout: duration,
         max_pending_per_subject: { type: 'integer', minimum: 1, expected: 'an integer of at least 1' },
+        max_requests_per_minute: { type: 'integer', minimum: 1, expected: 'an integer of at least 1' },
         webhook: {
           type: 'object',
           additionalProperties: false,

@@ -183,6 +183,8 @@ export interface ApprovalsConfig {
   timeoutMs: number;
   /** Requests one subject (issuer and subject) may have pending at once; another is refused. Default 10. */
   maxPendingPerSubject: number;
+  /** Requests one subject may make in a minute, whatever became of them. Default 30. */
+  maxRequestsPerMinute: number;
   webhook?: { url: string; timeoutMs: number };
 }
 

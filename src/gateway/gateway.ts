@@ -127,6 +127,7 @@ export class Gateway {
       store,
       timeoutMs: config.approvals.timeoutMs,
       maxPendingPerSubject: config.approvals.maxPendingPerSubject,
+      maxRequestsPerMinute: config.approvals.maxRequestsPerMinute,
       logger,
       ...(config.approvals.webhook ? { webhook: config.approvals.webhook } : {}),
       onUndecided: (status) => metrics.approvalEnded(status),

@@ -84,6 +84,8 @@ export interface ApprovalManagerOptions {
   maxWindowSeconds?: number;
   /** Requests one subject may have pending at once (approvals.max_pending_per_subject); default 10. */
   maxPendingPerSubject?: number;
+  /** Requests one subject may make in a minute, decided or not (approvals.max_requests_per_minute); default 30. */
+  maxRequestsPerMinute?: number;
   logger: Logger;
   webhook?: ApprovalWebhookConfig;
   now?: () => number;
@@ -95,7 +97,13 @@ interface Pending {
   record: ApprovalRecord;
   resolve: (o: ApprovalOutcome) => void;
   timer: NodeJS.Timeout;
+  /** Stops the request's webhook delivery (its retries) once the request no longer waits. */
+  webhook: AbortController | undefined;
 }
+
+/** Webhook deliveries in flight at once (each up to 4 attempts); past this, a request is not posted, only listed. */
+const MAX_WEBHOOKS_IN_FLIGHT = 64;
+const MINUTE_MS = 60_000;
 
 const LOG_TEXT_MAX = 500;
 /**
@@ -177,6 +185,9 @@ export class ApprovalManager {
 
   private readonly onUndecided: ((status: 'expired' | 'cancelled') => void) | undefined;
   private readonly maxPendingPerSubject: number;
+  private readonly maxRequestsPerMinute: number;
+  /** Per requester (issuer \0 subject): when its requests of the last minute were made, oldest first. */
+  private readonly recentRequests = new Map<string, number[]>();
 
   constructor(opts: ApprovalManagerOptions) {
     this.store = opts.store;
@@ -187,6 +198,7 @@ export class ApprovalManager {
     this.now = opts.now ?? Date.now;
     this.onUndecided = opts.onUndecided;
     this.maxPendingPerSubject = opts.maxPendingPerSubject ?? 10;
+    this.maxRequestsPerMinute = opts.maxRequestsPerMinute ?? 30;
     this.recover();
   }
 
@@ -258,6 +270,18 @@ export class ApprovalManager {
       );
     }
     const created = this.now();
+    // Pending requests are bounded above; this bounds their rate. A client that disconnects cancels
+    // its request and frees its place at once, so connect, hold, disconnect in a loop would otherwise
+    // post to the approvers' channel (and add a row) as fast as it can log in.
+    const requester = `${req.issuer ?? ''}\0${req.subject}`;
+    const recent = (this.recentRequests.get(requester) ?? []).filter((at) => created - at < MINUTE_MS);
+    if (recent.length >= this.maxRequestsPerMinute) {
+      this.recentRequests.set(requester, recent);
+      throw new SluiceError(
+        ErrorCodes.APPROVAL_LIMIT,
+        `this subject asked for ${recent.length} approvals in the last minute (approvals.max_requests_per_minute); wait before asking for another`,
+      );
+    }
     const record: ApprovalRecord = {
       id: newApprovalId(),
       status: 'pending',
@@ -277,11 +301,15 @@ export class ApprovalManager {
     // If the store cannot save the request, this throws and the caller
     // refuses the statement (fail closed): nothing is held without a record.
     this.store.saveApproval(record);
+    recent.push(created);
+    this.recentRequests.set(requester, recent);
+    this.forgetQuietRequesters(created);
 
     let resolve!: (o: ApprovalOutcome) => void;
     const outcome = new Promise<ApprovalOutcome>((r) => (resolve = r));
     const timer = setTimeout(() => this.finish(record.id, 'expired', undefined, 'no decision before the approval expired'), this.timeoutMs);
-    this.pending.set(record.id, { record, resolve, timer });
+    const entry: Pending = { record, resolve, timer, webhook: undefined };
+    this.pending.set(record.id, entry);
 
     this.logger.info(
       {
@@ -297,7 +325,7 @@ export class ApprovalManager {
       },
       'approval requested',
     );
-    this.notify(record);
+    entry.webhook = this.notify(record);
 
     return {
       record: { ...record },
@@ -441,6 +469,8 @@ export class ApprovalManager {
     }
     this.pending.delete(id);
     clearTimeout(p.timer);
+    // Nothing is left to decide: an approver need not be told (again) of a request that no longer waits.
+    p.webhook?.abort();
     const waitedMs = Date.parse(record.decidedAt!) - Date.parse(record.createdAt);
     this.logger.info(
       { approvalId: id, status, decidedBy, reason, windowUntil, waitedMs, subject: record.subject, target: record.target },
@@ -457,12 +487,30 @@ export class ApprovalManager {
     if (!cur || Date.parse(cur.windowUntil!) < Date.parse(r.windowUntil!)) this.windows.set(key, { ...r });
   }
 
-  private notify(record: ApprovalRecord): void {
-    if (!this.webhook) return;
-    const sent = postApprovalWebhook(this.webhook, record, this.logger, this.aborter.signal);
+  /** Posts the request to the webhook; the controller stops that delivery. */
+  private notify(record: ApprovalRecord): AbortController | undefined {
+    if (!this.webhook) return undefined;
+    if (this.webhooks.size >= MAX_WEBHOOKS_IN_FLIGHT) {
+      this.logger.warn({ approvalId: record.id, inFlight: this.webhooks.size }, 'approval webhook not posted: too many deliveries in flight; the request is listed by the API and the CLI');
+      return undefined;
+    }
+    const own = new AbortController();
+    const sent = postApprovalWebhook(this.webhook, record, this.logger, AbortSignal.any([this.aborter.signal, own.signal]));
     this.webhooks.add(sent);
     void sent.finally(() => this.webhooks.delete(sent));
+    return own;
   }
+
+  /** Drops requesters with no request in the last minute, at most once a minute: the map stays as large as the active requesters. */
+  private forgetQuietRequesters(now: number): void {
+    if (now - this.lastForget < MINUTE_MS) return;
+    this.lastForget = now;
+    for (const [who, times] of this.recentRequests) {
+      if (times.length === 0 || now - times[times.length - 1]! >= MINUTE_MS) this.recentRequests.delete(who);
+    }
+  }
+
+  private lastForget = 0;
 }
 
 /** A window is the requester's: its issuer and subject, the target, the fingerprint (no issuer: '', matching none of a session's). */

@@ -351,6 +351,34 @@ t.test('webhook: a failing server is retried, then given up, without throwing', 
   t.equal((await p.outcome).status, 'approved');
 });
 
+t.test('webhook: a request that no longer waits stops its delivery', async (t) => {
+  const hook = await webhookServer(t, 500);
+  const { mgr } = setup(t, { webhook: { url: hook.url, retries: 3, backoffMs: 200 } });
+  const p = mgr.request(req());
+  // The first attempt fails; the client disconnects during the backoff before the second.
+  for (let i = 0; i < 100 && hook.received.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  p.cancel();
+  await mgr.webhooksSettled();
+  t.equal(hook.received.length, 1, 'no retry for a cancelled request');
+});
+
+t.test('a subject may make max_requests_per_minute requests in any minute, whatever became of them', async (t) => {
+  let now = Date.parse('2025-01-01T00:00:00Z');
+  const { mgr, store } = setup(t, { maxRequestsPerMinute: 3, now: () => now });
+  // Connect, ask, disconnect: each request is cancelled at once and frees its place among the pending.
+  for (let i = 0; i < 3; i++) {
+    mgr.request(req()).cancel();
+    now += 1_000;
+  }
+  t.throws(() => mgr.request(req()), { code: 'SLUICE_APPROVAL_LIMIT', message: /asked for 3 approvals in the last minute \(approvals\.max_requests_per_minute\)/ });
+  t.equal(store.listApprovals({ limit: 10 }).length, 3, 'the refused one left no row');
+  t.ok(mgr.request(req({ subject: 'agent-8' })), 'another subject is not limited by it');
+  t.ok(mgr.request(req({ issuer: 'https://other.example' })), 'nor the same name from another issuer');
+  now += 57_500; // the first request is just over a minute old, the second not yet
+  t.ok(mgr.request(req()), 'a minute after the first, one more');
+  t.throws(() => mgr.request(req()), { code: 'SLUICE_APPROVAL_LIMIT' });
+});
+
 t.test('webhook: unreachable, timing out, invalid URL, aborted', async (t) => {
   const { logger, lines } = captureLogger();
   const { store } = setup(t);

@@ -134,7 +134,7 @@ t.test('the full example parses to the normalised shape', async (t) => {
       },
     ],
     policies: [{ name: 'ci-jobs', subjects: { groups: ['ci'] }, targets: ['app-db'], default: 'allow', rules: [] }],
-    approvals: { timeoutMs: 300_000, maxPendingPerSubject: 10 },
+    approvals: { timeoutMs: 300_000, maxPendingPerSubject: 10, maxRequestsPerMinute: 30 },
     log: { level: 'info' },
   };
   t.strictSame(config, expected);
@@ -536,7 +536,7 @@ t.test('the embedded default', async (t) => {
       upstream: { host: '127.0.0.1', port: 5432, database: 'postgres', user: 'postgres', tls: 'disable' },
     }],
     policies: [{ name: 'dev', subjects: { issuer: [DEV_ISSUER] }, targets: ['pg'], default: 'allow', rules: [] }],
-    approvals: { timeoutMs: 300_000, maxPendingPerSubject: 10 },
+    approvals: { timeoutMs: 300_000, maxPendingPerSubject: 10, maxRequestsPerMinute: 30 },
     log: { level: 'info' },
   });
 

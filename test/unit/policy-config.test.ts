@@ -57,7 +57,7 @@ approvals:
   t.same(p.rules[4]!.match, { kinds: ['update', 'delete'], withoutWhere: true });
   t.same(p.rules[3]!.match, { commands: ['@dangerous', '@scripting', 'flushall'] });
   t.same(config.api, { listen: { host: '127.0.0.1', port: 8080 }, roles: { approver: ['security'], auditor: ['security'] } });
-  t.same(config.approvals, { timeoutMs: 120_000, maxPendingPerSubject: 10, webhook: { url: 'https://hooks.example/sluice', timeoutMs: 5_000 } });
+  t.same(config.approvals, { timeoutMs: 120_000, maxPendingPerSubject: 10, maxRequestsPerMinute: 30, webhook: { url: 'https://hooks.example/sluice', timeoutMs: 5_000 } });
 });
 
 t.test('a policy without rules allows, and approvals default to 5 minutes', async (t) => {
