@@ -1,7 +1,7 @@
 import type { GateContextBase, SqlStatementFacts, Verdict } from '../../src/policy/types.js';
 import type { AuditEvent, AuditVerdict } from '../../src/store/types.js';
 import { isoTime } from '../../src/store/iso-time.js';
-import type { PendingApproval } from '../../src/policy/approvals.js';
+import { releases, type ApprovalOutcome, type PendingApproval } from '../../src/policy/approvals.js';
 import { ClassifiedQuery, classifyPrepared, classifyQuery, fingerprint, SqlParseError } from './classify.js';
 import { namesCredential, PreparedCredentials, withoutArguments, withoutPassword } from './credentials.js';
 import { Backend, Frontend, errorResponse, noticeResponse, readyForQuery, sqlstate, type TransactionStatus } from './messages.js';
@@ -728,7 +728,7 @@ export class PgStatementGate implements RelayGate {
     void pending.outcome.then((outcome) => {
       if (this.#closed) return;
       try {
-        this.#decided(outcome.status, id, type, held, verdict, facts, text, started, judged);
+        this.#decided(this.#released(outcome, held), id, type, held, verdict, facts, text, started, judged);
       } catch (err) {
         // Outside the relay's framing, where a throw would end the session: so it is ended here,
         // not left as an unhandled rejection that ends the process (a failing store, say).
@@ -739,6 +739,18 @@ export class PgStatementGate implements RelayGate {
         this.#io.shutdown('internal error', errorResponse({ severity: 'FATAL', code: sqlstate.INTERNAL_ERROR, message: 'sluice: internal error; the session is closed' }));
       }
     });
+  }
+
+  /**
+   * The outcome's status, checked against what is held: an approval releases
+   * only the bytes, session and subject it was asked for (`releases`). Each
+   * hold waits on its own outcome, so they always match; were that ever to
+   * break, the held message is refused as a denied one, not run.
+   */
+  #released(outcome: ApprovalOutcome, held: Buffer): ApprovalOutcome['status'] {
+    if (outcome.status !== 'approved' || releases(outcome.record, this.ctx.sessionId, this.ctx.subject, held)) return outcome.status;
+    this.ctx.logger.error({ approvalId: outcome.record.id }, 'an approval does not match the held statement; refused');
+    return 'denied';
   }
 
   /** Carries out an approval's outcome for the held message, then what the client sent behind it. */

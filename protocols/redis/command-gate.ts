@@ -1,6 +1,6 @@
 import type { GateContextBase, RedisCommandFacts, Verdict } from '../../src/policy/types.js';
 import type { AuditEvent, AuditVerdict } from '../../src/store/types.js';
-import type { PendingApproval } from '../../src/policy/approvals.js';
+import { releases, type PendingApproval } from '../../src/policy/approvals.js';
 import { fingerprintHmac } from '../../src/policy/fingerprint-key.js';
 import { redisCredentialArgs } from '../../src/recording/scrub.js';
 import { classifyCommand, type CommandKind } from './classify.js';
@@ -164,8 +164,13 @@ export class RedisCommandGate {
     this.#pending = pending;
     const id = pending.record.id;
     this.ctx.logger.info({ approvalId: id, rule: verdict.rule, command: text.slice(0, 200) }, 'command held for approval');
-    const outcome = await pending.outcome;
+    let outcome = await pending.outcome;
     this.#pending = undefined;
+    if (outcome.status === 'approved' && !releases(outcome.record, this.ctx.sessionId, this.ctx.subject, raw)) {
+      // Each hold waits on its own outcome, so this cannot happen; were it to, nothing unapproved runs.
+      this.ctx.logger.error({ approvalId: id }, 'an approval does not match the held command; refused');
+      outcome = { status: 'denied', record: { ...outcome.record, status: 'denied' } };
+    }
     if (outcome.status === 'approved') {
       approvals.markUsed(id);
       this.#write(this.#event(facts, text, 'approved', { approvalId: id, ...(verdict.rule ? { rule: verdict.rule } : {}) }));

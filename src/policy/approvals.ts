@@ -13,9 +13,9 @@ import { postApprovalWebhook, type ApprovalWebhookConfig } from './webhook.js';
  * - A pending approval is released only through the `outcome` of the
  *   PendingApproval returned for that request: an id resolves exactly one
  *   held statement in exactly one session. The record carries the session,
- *   subject and SHA-256 of the exact held bytes; `releases()` lets the
- *   gateway check, before forwarding, that what it holds is what was
- *   approved.
+ *   subject and an HMAC of the exact held bytes; before forwarding, both
+ *   gates check with `releases()` that what they hold is what was
+ *   approved, and refuse it otherwise.
  * - Decisions are single-use: a decided, expired or cancelled id cannot be
  *   decided again (APPROVAL_NOT_PENDING).
  * - An approver may not approve their own request (APPROVAL_SELF): same

@@ -11,6 +11,7 @@ import { PgRelay } from '../../protocols/postgres/relay.js';
 import { PgStatementGate, paramsJson, rowsFromTag } from '../../protocols/postgres/statement-gate.js';
 import { createLogger } from '../../src/log.js';
 import { SessionPolicy } from '../../src/policy/engine.js';
+import { statementHash } from '../../src/policy/approvals.js';
 import { isoTime } from '../../src/store/iso-time.js';
 import type { AuditEvent } from '../../src/store/types.js';
 import { PgBytes } from '../helpers/pg-bytes.js';
@@ -180,6 +181,39 @@ t.test('isoTime is toISOString', async (t) => {
   const samples = [0, 1, 999, 1000, -1, -999, -1001, Date.UTC(2026, 10, 29, 6, 59, 59, 999), Date.UTC(2026, 10, 29, 7, 0, 0, 5), 8.64e15, -8.64e15, 253402300800000];
   for (let ms = Date.now() - 3000; ms < Date.now() + 3000; ms += 37) samples.push(ms);
   for (const ms of samples) t.equal(isoTime(ms), new Date(ms).toISOString(), String(ms));
+});
+
+t.test('an approval that does not match the held statement releases nothing', async (t) => {
+  const client = new FakeSocket();
+  const upstream = new FakeSocket();
+  const policy = new SessionPolicy({
+    name: 'p',
+    subjects: { groups: ['g'] },
+    targets: ['db'],
+    default: 'allow',
+    rules: [{ name: 'deletes-need-approval', action: 'approve', match: { kinds: ['delete'] } }],
+  });
+  // Approved, but for other bytes (as if one request's decision reached another hold).
+  const other = { id: 'apr_other', status: 'approved', sessionId: 's1', subject: 'alice', statementHash: statementHash(Buffer.from('something else')) };
+  const approvals = {
+    windowAllows: () => undefined,
+    markUsed: () => undefined,
+    requestFor: () => ({ record: { id: 'apr_other', expiresAt: '2026-12-01T00:00:00.000Z' }, outcome: Promise.resolve({ status: 'approved', record: other }), cancel: () => undefined }),
+  };
+  const gate = new PgStatementGate({ sessionId: 's1', subject: 'alice', target: 'db', policy, logger, approvals: approvals as never });
+  const relay = new PgRelay(client as never, upstream as never, new PgFramer({ maxMessageBytes: 1 << 20 }), new PgFramer({ maxMessageBytes: 1 << 20 }), {
+    logger,
+    idleTimeoutMs: 0,
+    onClose: () => undefined,
+    gate,
+  });
+  relay.start([], []);
+  client.emit('data', new PgBytes().cstring('DELETE FROM t WHERE id = 1').typed('Q'));
+  await new Promise((resolve) => setImmediate(resolve));
+  t.match(Buffer.concat(client.writes).toString('latin1'), /approval apr_other was denied/, 'refused as a denied one');
+  t.same(upstream.writes, [], 'nothing reached the server');
+  client.emit('close');
+  upstream.emit('close');
 });
 
 t.test('a failure while an approval decision is carried out ends that session, not the process', async (t) => {

@@ -2,6 +2,7 @@ import t from 'tap';
 import { RedisCommandGate, describeCommand, fingerprintOf } from '../../protocols/redis/command-gate.js';
 import { classifyCommand, commandKind, type CommandKind } from '../../protocols/redis/classify.js';
 import { SessionPolicy } from '../../src/policy/engine.js';
+import { statementHash } from '../../src/policy/approvals.js';
 import { createLogger } from '../../src/log.js';
 import type { RuleConfig } from '../../src/policy/types.js';
 import type { AuditEvent } from '../../src/store/types.js';
@@ -89,6 +90,33 @@ t.test('approval windows: scripts, administration and commands without known key
   t.equal(fp('PUBLISH', 'deploys', 'ok'), fp('publish', 'deploys', 'ok'));
   t.not(fp('JSON.SET', 'cache:1', '$', '1'), fp('JSON.SET', 'prod:users', '$', '{}'), 'a module command, whose keys are not known');
   t.equal(fp('SET', 'k', 'v1'), fp('SET', 'k', 'v2'), 'a keyed data command: other values, same window');
+});
+
+t.test('an approval that does not match the held command releases nothing', async (t) => {
+  const events: AuditEvent[] = [];
+  const policy = new SessionPolicy({ name: 'p', subjects: { groups: ['g'] }, targets: ['t'], default: 'allow', rules: [{ name: 'ask', action: 'approve', match: { commands: ['unlink'] } }] });
+  const other = { id: 'apr_other', status: 'approved', sessionId: 's1', subject: 'alice', statementHash: statementHash(Buffer.from('something else')) };
+  const g = new RedisCommandGate({
+    sessionId: 's1',
+    subject: 'alice',
+    target: 't',
+    policy,
+    logger: createLogger('silent', { write: () => {} }),
+    audit: { write: (e) => void events.push(e) },
+    approvals: {
+      windowAllows: () => undefined,
+      markUsed: () => t.fail('not used'),
+      requestFor: () => ({ record: { id: 'apr_other' }, outcome: Promise.resolve({ status: 'approved', record: other }), cancel: () => undefined }),
+    } as never,
+  });
+  const args = argv('UNLINK', 'old:1');
+  const judged = g.judge(args);
+  t.equal(judged.action, 'approve');
+  if (judged.action !== 'approve') return;
+  const reply = await g.hold(Buffer.from('*2\r\n$6\r\nUNLINK\r\n$5\r\nold:1\r\n'), args, judged.verdict, judged.facts);
+  t.match(reply?.toString(), /^-NOPERM sluice: approval apr_other was denied/, 'refused, not forwarded');
+  t.match(events.at(-1), { verdict: 'approval_denied' });
+  g.close();
 });
 
 t.test('a huge command name or key is cut where it is kept or shown, and compared whole', async (t) => {
