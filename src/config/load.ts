@@ -74,6 +74,8 @@ const MIN_RECORDING_BYTES = 64 * 1024;
  * 128 KiB), so reads do not pause while the seal thread keeps up.
  */
 const MIN_RECORDING_BACKLOG = 1024 * 1024;
+/** The longest retention: 100 years (36500d). */
+const MAX_RETENTION_MS = 36_500 * 24 * 3_600_000;
 
 /** The file `loadConfig(undefined)` looks for in the working directory. */
 export const DEFAULT_CONFIG_FILE = 'sluice.yaml';
@@ -379,6 +381,7 @@ class Normaliser {
             audit: {
               enabled: obj(raw.audit)?.enabled !== false,
               redisAllowed: obj(raw.audit)?.redis_allowed === 'each' ? ('each' as const) : ('per_second' as const),
+              retentionMs: this.#retention(obj(raw.audit)?.retention, 'audit.retention') ?? 0,
             },
           }
         : {}),
@@ -941,14 +944,26 @@ class Normaliser {
       if (n !== undefined && n < MIN_RECORDING_BACKLOG) this.#problem('recording.max_backlog', `expected at least 1MiB, found ${render(raw.max_backlog)}`);
       else if (n !== undefined) out.maxBacklogBytes = n;
     }
-    if (raw.retention !== undefined) {
-      const v = raw.retention as string | number;
-      const days = typeof v === 'string' ? /^([0-9]+)d$/.exec(v) : null;
-      const ms = days ? Number(days[1]) * 24 * 3_600_000 : parseDuration(v);
-      if (ms !== undefined) out.retentionMs = ms;
-    }
+    const retentionMs = this.#retention(raw.retention, 'recording.retention');
+    if (retentionMs !== undefined) out.retentionMs = retentionMs;
     if (raw.fsync === 'close' || raw.fsync === 'off') out.fsync = raw.fsync;
     return out;
+  }
+
+  /**
+   * A retention (`30d`, `12h`, 0 = keep forever), ms; undefined when absent or
+   * not one (the schema names that). At most 100 years: a longer one puts the
+   * cutoff before the first date a time can be written for.
+   */
+  #retention(raw: unknown, at: string): number | undefined {
+    if (typeof raw !== 'string' && typeof raw !== 'number') return undefined;
+    const days = typeof raw === 'string' ? /^([0-9]+)d$/.exec(raw) : null;
+    const ms = days ? Number(days[1]) * 24 * 3_600_000 : parseDuration(raw);
+    if (ms !== undefined && ms > MAX_RETENTION_MS) {
+      this.#problem(at, `expected at most 36500d (or 0 to keep forever), found ${render(raw)}`);
+      return undefined;
+    }
+    return ms;
   }
 
   #approvals(raw: Record<string, unknown> | undefined): ApprovalsConfig {

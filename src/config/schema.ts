@@ -11,7 +11,7 @@
 
 /** `10s`, `5m`, `1h`, `250ms`; a bare number is milliseconds. */
 export const DURATION_PATTERN = '^[0-9]+(ms|s|m|h)$';
-/** `recording.retention`: a duration that may also be in days (`30d`); 0 = keep forever. */
+/** `recording.retention`, `audit.retention`: a duration that may also be in days (`30d`); 0 = keep forever. */
 export const RETENTION_PATTERN = '^[0-9]+(ms|s|m|h|d)$';
 /** `65536`, `512KiB`, `64MiB`, `1GiB`, `100B`. Binary units only: `MB` is ambiguous. */
 export const SIZE_PATTERN = '^[0-9]+(B|KiB|MiB|GiB)$';
@@ -391,10 +391,16 @@ export const configSchema = {
     audit: {
       type: 'object',
       additionalProperties: false,
-      expected: 'a mapping with enabled and/or redis_allowed',
+      expected: 'a mapping with enabled, redis_allowed and/or retention',
       properties: {
         enabled: { type: 'boolean', expected: 'true or false' },
         redis_allowed: { enum: ['each', 'per_second'], expected: 'each or per_second' },
+        retention: {
+          type: ['integer', 'string'],
+          minimum: 0,
+          pattern: RETENTION_PATTERN,
+          expected: 'a duration such as 365d, 12h or 0 (keep forever)',
+        },
       },
     },
     recording: {

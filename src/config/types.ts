@@ -215,6 +215,8 @@ export interface AuditConfig {
   enabled: boolean;
   /** Redis allowed commands: one event each, or counts per command name per second (default). */
   redisAllowed: 'each' | 'per_second';
+  /** Audit events and decided approval requests older than this are purged, ms; 0 (default) keeps them forever. */
+  retentionMs: number;
 }
 
 export interface LogConfig {

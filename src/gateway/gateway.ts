@@ -8,6 +8,7 @@ import { bindPolicy } from '../policy/engine.js';
 import { ApprovalManager } from '../policy/approvals.js';
 import { openSqliteStore } from '../store/sqlite.js';
 import { AuditWriter } from '../store/audit-writer.js';
+import { AuditRetention } from '../store/audit-retention.js';
 import type { Store } from '../store/types.js';
 import { unpinnedRoles } from '../api/auth.js';
 import { Metrics } from '../api/metrics.js';
@@ -39,6 +40,8 @@ export interface GatewayOptions {
 export interface GatewayServices {
   store: Store;
   audit: AuditWriter;
+  /** audit.retention's purges (nothing runs when it is 0). */
+  auditRetention: AuditRetention;
   approvals: ApprovalManager;
   metrics: Metrics;
 }
@@ -122,6 +125,7 @@ export class Gateway {
     useFingerprintKey(await openFingerprintKey(config.stateDir));
     const store = openSqliteStore(config.stateDir, { logger });
     const audit = new AuditWriter(store, { logger });
+    const auditRetention = new AuditRetention(store, config.audit?.retentionMs ?? 0, logger);
     const metrics = new Metrics();
     const approvals = new ApprovalManager({
       store,
@@ -148,7 +152,8 @@ export class Gateway {
     // Compiled once per policy here, not per session (the loader already refused bad rules).
     const masking = new MaskingRegistry(config);
     if (masking.size > 0) ctx.masking = masking;
-    const gateway = new Gateway(ctx, tls, devIssuer, config.identity.maxTokenBytes, { store, audit, approvals, metrics });
+    const gateway = new Gateway(ctx, tls, devIssuer, config.identity.maxTokenBytes, { store, audit, auditRetention, approvals, metrics });
+    auditRetention.start();
     try {
       const recording = config.recording ?? DEFAULT_RECORDING;
       if (recording.enabled) {
@@ -243,6 +248,7 @@ export class Gateway {
     this.services.approvals.close();
     await this.#ctx.masking?.close();
     await this.services.audit.close();
+    await this.services.auditRetention.stop();
     this.services.store.close();
     // Everything is down: the next start has nothing to finish.
     if (this.#markedStateDir !== undefined) await markCleanStop(this.#markedStateDir);

@@ -171,6 +171,15 @@ export const MIGRATIONS: readonly Migration[] = [
     // from two trusted issuers is two principals. NULL in earlier rows.
     sql: `ALTER TABLE approvals ADD COLUMN issuer TEXT;`,
   },
+  {
+    version: 7,
+    name: 'audit batch keys by batch, for retention',
+    // audit.retention deletes whole batches, and their key rows with them: by
+    // batch, which the key table's primary key (field, value, batch) cannot
+    // find without a scan. One more B-tree insert per key row, a handful per
+    // committed batch (not per event).
+    sql: `CREATE INDEX audit_batch_keys_batch ON audit_batch_keys (batch);`,
+  },
 ];
 
 /**

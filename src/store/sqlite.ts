@@ -212,6 +212,8 @@ class SqliteStore implements Store, SessionStore {
   private sessionThreadFailureLogged = false;
   private readonly deleteSessionsStmt: Database.Statement;
   private readonly selectRecordingPaths: Database.Statement;
+  private readonly purgeAudit: (beforeMs: number, maxBatches: number) => { batches: number; events: number };
+  private readonly deleteApprovalsStmt: Database.Statement;
   private closed = false;
 
   constructor(
@@ -238,6 +240,24 @@ class SqliteStore implements Store, SessionStore {
     this.selectSession = db.prepare('SELECT * FROM sessions WHERE id = ?');
     this.selectRecordingPaths = db.prepare(
       'SELECT id, recording_path FROM sessions WHERE recording_path IS NOT NULL ORDER BY started_ms DESC, id DESC',
+    );
+    const oldBatches = db.prepare('SELECT id, count FROM audit_batches WHERE max_ms < ? ORDER BY max_ms, id LIMIT ?');
+    const deleteKeys = db.prepare('DELETE FROM audit_batch_keys WHERE batch = ?');
+    const deleteBatch = db.prepare('DELETE FROM audit_batches WHERE id = ?');
+    this.purgeAudit = db.transaction((beforeMs: number, maxBatches: number) => {
+      const rows = oldBatches.all(beforeMs, maxBatches) as { id: number; count: number }[];
+      let events = 0;
+      for (const r of rows) {
+        deleteKeys.run(r.id);
+        deleteBatch.run(r.id);
+        events += r.count;
+      }
+      return { batches: rows.length, events };
+    });
+    // Text comparison: every time in the table is toISOString()'s (UTC, fixed width).
+    this.deleteApprovalsStmt = db.prepare(
+      `DELETE FROM approvals WHERE status <> 'pending' AND created_at < @before
+         AND (decided_at IS NULL OR decided_at < @before) AND (window_until IS NULL OR window_until < @before)`,
     );
     this.deleteSessionsStmt = db.prepare(
       // Rows that never ended are live sessions (start-up recovery closes the ones a crash left).
@@ -402,6 +422,14 @@ class SqliteStore implements Store, SessionStore {
     const ms = filterTime('before', iso);
     this.flushSessions();
     return this.deleteSessionsStmt.run(ms).changes;
+  }
+
+  purgeAuditBefore(beforeMs: number, maxBatches: number): { batches: number; events: number } {
+    return this.purgeAudit(beforeMs, maxBatches);
+  }
+
+  purgeApprovalsBefore(beforeIso: string): number {
+    return this.deleteApprovalsStmt.run({ before: new Date(filterTime('before', beforeIso)).toISOString() }).changes;
   }
 
   insertEncodedAuditBatch(batch: EncodedBatch): void {

@@ -162,5 +162,18 @@ export interface Store {
   saveApproval(record: ApprovalRecord): void;
   getApproval(id: string): ApprovalRecord | undefined;
   listApprovals(query: ApprovalQuery): ApprovalRecord[];
+  /**
+   * Retention (`audit.retention`): deletes up to `maxBatches` audit batches
+   * whose every event is before `beforeMs` (epoch ms), oldest first, in one
+   * transaction; returns how many batches and events went. A caller loops
+   * until fewer than `maxBatches` come back.
+   */
+  purgeAuditBefore?(beforeMs: number, maxBatches: number): { batches: number; events: number };
+  /**
+   * Retention: deletes decided, expired and cancelled approval requests
+   * made before `beforeIso` whose window (if any) also closed before it.
+   * Pending requests and open windows are never deleted.
+   */
+  purgeApprovalsBefore?(beforeIso: string): number;
   close(): void;
 }

@@ -13,6 +13,7 @@ import pg from 'pg';
 import { startPostgres } from '../helpers/postgres.js';
 import { startGateway, pgTargetYaml, type TestGateway } from '../helpers/gateway.js';
 import { FINGERPRINT_KEY_FILE, useFingerprintKey } from '../../src/policy/fingerprint-key.js';
+import { openSqliteStore } from '../../src/store/sqlite.js';
 
 const pgServer = await startPostgres();
 t.teardown(() => pgServer.stop());
@@ -98,4 +99,29 @@ t.test('a window granted before a restart still covers its statements after it',
   const keyFile = join(stateDir, FINGERPRINT_KEY_FILE);
   t.equal(statSync(keyFile).mode & 0o777, 0o600, "the fingerprint key is its owner's only");
   t.match(readFileSync(keyFile, 'utf8'), /^[0-9a-f]{64}\n$/);
+});
+
+t.test('audit.retention purges, from the first start, audit events and decided requests older than it; new ones stay', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'sluice-retention-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const longAgo = new Date(Date.now() - 90 * 24 * 3_600_000).toISOString();
+  // What an earlier gateway left in the state dir, 90 days ago.
+  const before = openSqliteStore(dir);
+  before.insertAuditEvents([{ time: longAgo, sessionId: 'old-session', subject: 'agent-7', target: 'app-db', protocol: 'postgres', kind: 'select', text: 'SELECT 1', verdict: 'allowed' }]);
+  before.saveApproval({
+    id: 'apr_aaaaaaaaaaaaaaaa', status: 'denied', sessionId: 'old-session', subject: 'agent-7', target: 'app-db', protocol: 'postgres', policy: 'agents',
+    rule: 'ledger-deletes-need-approval', text: 'DELETE FROM ledger', statementHash: 'x', fingerprint: 'y', createdAt: longAgo, expiresAt: longAgo, decidedAt: longAgo,
+  });
+  before.close();
+
+  const gw = await startGateway(`${yaml}audit: { retention: 30d }\n`, { TEST_PG_PASSWORD: pgServer.password }, { stateDir: dir });
+  t.teardown(() => gw.close());
+  const client = await connect(gw);
+  t.teardown(() => client.end());
+  await client.query('SELECT count(*) FROM ledger');
+  await gw.gateway.services.audit.flush();
+  const store = gw.gateway.services.store;
+  t.same(store.queryAuditEvents({ sessionId: 'old-session', limit: 10 }), [], 'the 90-day-old event is gone');
+  t.equal(store.getApproval('apr_aaaaaaaaaaaaaaaa'), undefined, 'and the 90-day-old decided request');
+  t.match(store.queryAuditEvents({ subject: 'agent-7', limit: 10 }), [{ text: 'SELECT count(*) FROM ledger', verdict: 'allowed' }], "this session's statement is kept");
 });

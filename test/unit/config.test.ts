@@ -259,6 +259,18 @@ t.test('recording: max_backlog as a size, the others kept at their defaults', as
   t.strictSame(config.recording, { enabled: true, maxBytes: 1024 ** 3, flushIntervalMs: 200, maxBacklogBytes: 32 * 1024 * 1024, retentionMs: 30 * 24 * 3_600_000, fsync: 'close' });
 });
 
+t.test('audit.retention and recording.retention: days, 0 to keep forever, at most 100 years', async (t) => {
+  const parse = (yaml: string) => parseConfig(`${MINIMAL}${yaml}\n`, { baseDir: '/x', env: {} });
+  t.equal(parse('audit: { retention: 365d }').audit?.retentionMs, 365 * 24 * 3_600_000);
+  t.equal(parse('audit: { retention: 12h }').audit?.retentionMs, 12 * 3_600_000);
+  t.equal(parse('audit: { enabled: true }').audit?.retentionMs, 0, 'omitted: kept forever');
+  t.equal(parse('audit: { retention: 0 }').audit?.retentionMs, 0);
+  t.equal(parse('recording: { retention: 36500d }').recording?.retentionMs, 36_500 * 24 * 3_600_000);
+  t.throws(() => parse('audit: { retention: 36501d }'), /audit\.retention: expected at most 36500d \(or 0 to keep forever\), found "36501d"/);
+  t.throws(() => parse('recording: { retention: 99999999d }'), /recording\.retention: expected at most 36500d/);
+  t.throws(() => parse('audit: { retention: forever }'), /audit\.retention: expected a duration such as 365d/);
+});
+
 t.test('recording: fsync close (the default) or off', async (t) => {
   t.equal(parseConfig(`${MINIMAL}recording: { enabled: true }\n`, { baseDir: '/x', env: {} }).recording?.fsync, 'close', 'omitted: close');
   t.equal(parseConfig(`${MINIMAL}recording: { fsync: off }\n`, { baseDir: '/x', env: {} }).recording?.fsync, 'off');
