@@ -90,12 +90,14 @@ function cardIssuer(digits: string): boolean {
  * are tried where a digit is followed by a separator or the end.
  */
 function refineCard(text: string): number {
-  if (new Set(text.replace(/\d/g, '')).size > 1) return 0; // mixed separators: not a card as printed
   const cuts = [text.length];
   for (let i = text.length - 1; i > 0; i--) if (text[i] === ' ' || text[i] === '-') cuts.push(i);
   for (const end of cuts) {
-    const digits = text.slice(0, end).replace(/\D/g, '');
+    const candidate = text.slice(0, end);
+    const digits = candidate.replace(/\D/g, '');
     if (digits.length < 13) return 0;
+    // Mixed separators: not a card as printed. Per cut: `4111-1111-1111-1111 123` is a card and a CVC.
+    if (new Set(candidate.replace(/\d/g, '')).size > 1) continue;
     if (digits.length <= 19 && cardIssuer(digits) && luhn(digits)) return end;
   }
   return 0;
@@ -179,7 +181,7 @@ export const BUILTIN_DETECTORS: Record<DetectorName, Detector> = {
   iban: {
     name: 'iban',
     gates: [IBAN_HEAD],
-    regex: /(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])/g,
+    regex: /(?<!(?<!\\)[A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])/g,
     refine: refineIban,
   },
   us_ssn: {
@@ -211,7 +213,7 @@ export const BUILTIN_DETECTORS: Record<DetectorName, Detector> = {
   aws_access_key_id: {
     name: 'aws_access_key_id',
     gates: ['AKIA', 'ASIA', 'ABIA', 'ACCA'],
-    regex: /(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Za-z0-9])/g,
+    regex: /(?<!(?<!\\)[A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Za-z0-9])/g,
   },
   aws_secret_access_key: {
     name: 'aws_secret_access_key',
@@ -224,32 +226,32 @@ export const BUILTIN_DETECTORS: Record<DetectorName, Detector> = {
   github_token: {
     name: 'github_token',
     gates: ['ghp_', 'gho_', 'ghu_', 'ghs_', 'ghr_', 'github_pat_'],
-    regex: /(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})(?![A-Za-z0-9_])/g,
+    regex: /(?<!(?<!\\)[A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})(?![A-Za-z0-9_])/g,
   },
   gitlab_token: {
     name: 'gitlab_token',
     gates: ['glpat-'],
-    regex: /(?<![A-Za-z0-9_-])glpat-[A-Za-z0-9_-]{20,}/g,
+    regex: /(?<!(?<!\\)[A-Za-z0-9_-])glpat-[A-Za-z0-9_-]{20,}/g,
   },
   slack_token: {
     name: 'slack_token',
     gates: ['xox'],
-    regex: /(?<![A-Za-z0-9])xox[abposr]-[A-Za-z0-9-]{10,}/g,
+    regex: /(?<!(?<!\\)[A-Za-z0-9])xox[abposr]-[A-Za-z0-9-]{10,}/g,
   },
   stripe_key: {
     name: 'stripe_key',
     gates: ['sk_live_', 'sk_test_', 'rk_live_', 'rk_test_'],
-    regex: /(?<![A-Za-z0-9_])[sr]k_(?:live|test)_[0-9A-Za-z]{10,}(?![0-9A-Za-z])/g,
+    regex: /(?<!(?<!\\)[A-Za-z0-9_])[sr]k_(?:live|test)_[0-9A-Za-z]{10,}(?![0-9A-Za-z])/g,
   },
   google_api_key: {
     name: 'google_api_key',
     gates: ['AIza'],
-    regex: /(?<![A-Za-z0-9_-])AIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])/g,
+    regex: /(?<!(?<!\\)[A-Za-z0-9_-])AIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])/g,
   },
   jwt: {
     name: 'jwt',
     gates: ['eyJ'],
-    regex: /(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*(?![A-Za-z0-9_-])/g,
+    regex: /(?<!(?<!\\)[A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*(?![A-Za-z0-9_-])/g,
     refine: refineJwt,
   },
   pem_private_key: {
@@ -264,7 +266,7 @@ export const BUILTIN_DETECTORS: Record<DetectorName, Detector> = {
     // A keyword, then = or :, then the value (quoted or bare); or the password of a URL's userinfo.
     gates: [/pass|pwd|secret|key|token|:\/\//i],
     regex: new RegExp(
-      `(?<![A-Za-z0-9])(?:${PASSWORD_KEYWORDS})["']?\\s{0,5}[:=]\\s{0,5}(?:"([^"\\r\\n]{1,1024})"|'([^'\\r\\n]{1,1024})'|([^\\s"',;&}]{1,1024}))` +
+      `(?<!(?<!\\\\)[A-Za-z0-9])(?:${PASSWORD_KEYWORDS})["']?\\s{0,5}[:=]\\s{0,5}(?:"((?:[^"\\\\\\r\\n]|\\\\.){1,1024})"|'((?:[^'\\\\\\r\\n]|\\\\.){1,1024})'|([^\\s"',;&}]{1,1024}))` +
         `|://[^/\\s:@]{1,256}:([^/\\s@]{1,256})@`,
       'dgi',
     ),

@@ -36,6 +36,9 @@ const cases: Record<DetectorName, { hit: Array<[string, string]>; miss: string[]
       ['{"pan":"5555555555554444"}', '{"pan":"<X>"}'],
       ['amex 378282246310005.', 'amex <X>.'],
       ['card 4111 1111 1111 1111 2', 'card <X> 2'],
+      // Another separator before the next group: a card and its expiry or CVC, not a mixed-up number.
+      ['5500-0000-0000-0004 12/27', '<X> 12/27'],
+      ['4111-1111-1111-1111 123', '<X> 123'],
     ],
     miss: ['card 4111 1111 1111 1112', 'id 1234567890123456', 'order 4111-1111 1111-1111', '0.4111111111111111', 'n 41111111111111111111111'],
   },
@@ -44,6 +47,8 @@ const cases: Record<DetectorName, { hit: Array<[string, string]>; miss: string[]
       ['pay to DE89 3704 0044 0532 0130 00 please', 'pay to <X> please'],
       ['GB82WEST12345698765432', '<X>'],
       ['{"iban":"FR1420041010050500013M02606"}', '{"iban":"<X>"}'],
+      // After an escaped newline, as jsonb and COPY text write one: the n is the escape's.
+      ['{"note": "pay\\nDE89370400440532013000"}', '{"note": "pay\\n<X>"}'],
     ],
     miss: ['DE89 3704 0044 0532 0130 01', 'GB82WEST12345698765433', 'AB12 CDEF GHIJ KLMN'],
   },
@@ -138,8 +143,14 @@ const cases: Record<DetectorName, { hit: Array<[string, string]>; miss: string[]
       ['API_KEY=abc123 next', 'API_KEY=<X> next'],
       ['PWD=x;Server=db', 'PWD=<X>;Server=db'],
       ['postgres://app:Sup3rS3cret@db.internal:5432/app', 'postgres://app:<X>@db.internal:5432/app'],
+      // As jsonb and COPY text print a newline and a tab: the keyword follows the escape's letter.
+      ['{"cfg": "host=db\\npassword=hunter2"}', '{"cfg": "host=db\\npassword=<X>"}'],
+      ['host=db\\tpwd=hunter2', 'host=db\\tpwd=<X>'],
+      // An escaped quote inside a quoted value is part of it.
+      ['{"password": "hun\\"ter2", "user": "bob"}', '{"password": "<X>", "user": "bob"}'],
+      ["secret: 'it\\'s mine'", "secret: '<X>'"],
     ],
-    miss: ['the password is strong', 'compass=north', 'passport photo', 'keyboard: us'],
+    miss: ['the password is strong', 'compass=north', 'passport photo', 'keyboard: us', 'npassword=x'],
   },
 };
 
