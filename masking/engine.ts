@@ -371,17 +371,21 @@ function maskBytesWith(matcher: Matcher, buf: Buffer, counts: Map<string, number
 /** The exact path: decode, run the detectors' regexes (those the hints leave), splice the replacements into the bytes. */
 function exactBytes(matcher: Matcher, buf: Buffer, counts: Map<string, number> | undefined, hints: number): Buffer | undefined {
   const s = buf.toString('utf8');
-  const hits = matcher.find(s, hints);
-  if (!hits) return undefined;
   // Valid UTF-8 decodes and encodes back to the same bytes: splice in the
   // string and encode once (cheaper than copying the pieces around each hit).
   // The decoder puts U+FFFD for every invalid sequence, so a string without
   // one came from valid UTF-8 (and V8 answers that at once for a string of
   // one-byte characters); a U+FFFD may also be a real one: check the bytes.
-  if (s.indexOf('\uFFFD') === -1 || isUtf8(buf)) return Buffer.from(applyText(s, hits, counts), 'utf8');
-  // Bytes that are not valid UTF-8 decode to U+FFFD and would not round-trip:
-  // match on latin1 instead (one char per byte; every detector is ASCII), so
-  // string offsets are byte offsets and untouched bytes are copied exactly.
+  if (s.indexOf('\uFFFD') === -1 || isUtf8(buf)) {
+    const hits = matcher.find(s, hints);
+    return hits ? Buffer.from(applyText(s, hits, counts), 'utf8') : undefined;
+  }
+  // Bytes that are not valid UTF-8 (a LATIN1 or WIN125x session, a SQL_ASCII
+  // database, binary Redis values) decode to U+FFFD, which hides what is
+  // next to them (josé@example.com: the local part ends in one) and would not
+  // round-trip: match on latin1 instead, one char per byte, so string offsets
+  // are byte offsets, untouched bytes are copied exactly, and a LATIN1 text
+  // reads as itself (é is a letter there).
   const bin = buf.toString('latin1');
   const binHits = matcher.find(bin, hints);
   if (!binHits) return undefined;
@@ -389,9 +393,19 @@ function exactBytes(matcher: Matcher, buf: Buffer, counts: Map<string, number> |
   const pieces: Buffer[] = [];
   let pos = 0;
   for (const h of binHits) {
-    pieces.push(buf.subarray(pos, h.start), Buffer.from(replacement(bin, h), 'utf8'));
+    pieces.push(buf.subarray(pos, h.start), encodeLike(replacement(bin, h)));
     pos = h.end;
   }
   pieces.push(buf.subarray(pos));
   return Buffer.concat(pieces);
+}
+
+/**
+ * A replacement for bytes matched as latin1: what it keeps of the value
+ * (partial's prefix and suffix, an e-mail's domain) are latin1 characters
+ * of the original, written back as the same bytes; a token with characters
+ * past U+00FF (a configured one) goes out as UTF-8.
+ */
+function encodeLike(text: string): Buffer {
+  return /[^\u0000-\u00ff]/.test(text) ? Buffer.from(text, 'utf8') : Buffer.from(text, 'latin1');
 }

@@ -144,6 +144,23 @@ t.test('UTF-8: characters around and inside hits survive, invalid bytes are copi
   t.same(e.maskBytes(mixed), Buffer.concat([Buffer.from('\uFFFD'), Buffer.from([0xff]), Buffer.from(' [redacted]')]));
 });
 
+t.test('not UTF-8 (a LATIN1 session): a hit next to a non-ASCII byte is found, and what is kept comes back as the same bytes', async (t) => {
+  const e = MaskingEngine.compile(
+    [
+      { name: 'emails', detector: 'email', strategy: { kind: 'partial' } },
+      { name: 'pw', detector: 'password_assignment', strategy: { kind: 'redact' } },
+    ],
+    { hashKey: key },
+  );
+  // é and ü are one byte each in LATIN1 (0xe9, 0xfc): invalid UTF-8 right before the @ and in the domain.
+  const latin1 = Buffer.from('contact: josé@müller.de', 'latin1');
+  const out = e.maskBytes(latin1);
+  t.ok(out, 'masked');
+  t.notOk(out!.includes(Buffer.from('josé', 'latin1')), 'the local part is gone');
+  t.equal(out!.toString('latin1'), 'contact: j***@müller.de', 'the kept domain is the original LATIN1 bytes');
+  t.equal(e.maskBytes(Buffer.from('clé password=secret', 'latin1'))?.toString('latin1'), 'clé password=[redacted]', 'a hit away from the non-ASCII byte too');
+});
+
 t.test('a value reassembled from chunks masks like the whole value', async (t) => {
   // Splitting is the adapters' job: they hand the engine whole values. This
   // checks the engine side of that contract: masking the concatenation of
