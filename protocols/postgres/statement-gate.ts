@@ -243,6 +243,14 @@ export class PgStatementGate implements RelayGate {
   readonly #approvalBound = new Map<string, ApprovalBound>();
   /** Statements this session prepared from one that may carry a password: their EXECUTEs' arguments are not shown. */
   readonly #credentialPrepared = new PreparedCredentials();
+  /**
+   * Statements prepared by Parse that EXECUTE an SQL-prepared one, by name:
+   * `Parse x "EXECUTE p(1)"` runs whatever `p` is when x is bound, which may
+   * be a statement prepared, or released by an approval, after x was
+   * parsed. A Bind of x is judged as a Bind of p would be (#bindApprovalBound),
+   * and its parameters are withheld when p may carry a password (#bind).
+   */
+  readonly #executesOf = new Map<string, string>();
   /** Portals bound to a ROLLBACK while the transaction is aborted (see #bindsRollback). */
   readonly #rollbackPortals = new Set<string>();
   /** The last Bind per named portal; the unnamed portal (almost every Bind) in its own field. */
@@ -509,11 +517,17 @@ export class PgStatementGate implements RelayGate {
   #bindApprovalBound(bytes: Buffer): void {
     const portal = cstring(bytes, 5);
     const name = cstring(bytes, portal.end);
-    const bound = this.#approvalBound.get(name.value);
+    // A statement that EXECUTEs a released one (however long before it was released) runs it: judged as it.
+    const runs = this.#executesOf.get(name.value);
+    const direct = this.#approvalBound.get(name.value);
+    const bound = direct ?? (runs === undefined ? undefined : this.#approvalBound.get(runs));
     let approvalId: string | undefined;
     if (bound !== undefined) {
-      approvalId = bound.unspent;
-      bound.unspent = undefined;
+      // Only the Bind of the released statement itself is the one its approval covers.
+      if (direct !== undefined) {
+        approvalId = bound.unspent;
+        bound.unspent = undefined;
+      }
       if (approvalId === undefined) {
         const again = this.#judge([bound.facts]);
         const shown = this.#shown(bound.facts.text, bound.facts);
@@ -594,6 +608,8 @@ export class PgStatementGate implements RelayGate {
    */
   #parsed(name: string, bytes: Buffer, facts: SqlStatementFacts[], approvalBound: boolean, approvalId?: string, judged: SqlStatementFacts[] = facts): void {
     const f = facts[0]!;
+    if (f.statementName !== '' && f.kinds.includes('execute')) this.#executesOf.set(name, f.statementName);
+    else this.#executesOf.delete(name);
     if (approvalBound) {
       this.#bindApproval(name, judged[0]!, approvalId);
       // A PREPARE sent by Parse: what it prepares is released with it.
@@ -1041,8 +1057,11 @@ export class PgStatementGate implements RelayGate {
     if (nameEnd < 0) return; // malformed: the server refuses it; nothing to audit
     const name = this.#statementName(bytes, at + 1, nameEnd);
     const statement = this.#statement(name);
-    // Parameters of a credential statement may be its password: never kept.
-    const bind = statement?.credential ? null : bytes;
+    // Parameters of a credential statement may be its password: never kept. Nor those of a name an
+    // SQL PREPARE has since made one (PREPARE replaces what a Parse made), or of an EXECUTE of one.
+    const runs = this.#executesOf.get(name);
+    const credential = statement?.credential === true || this.#credentialPrepared.has(name) || (runs !== undefined && this.#credentialPrepared.has(runs));
+    const bind = credential ? null : bytes;
     if (portal !== '') {
       this.#portals.set(portal, { statement, bind, paramsAt: nameEnd + 1, approvalId });
       return;

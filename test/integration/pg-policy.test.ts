@@ -548,4 +548,15 @@ t.test('a released statement stays bound to its approvals: a skipped Close, an E
   await decide(await heldId(), 'deny');
   t.equal(errorFields((await readUntil(raw, 'Z')).find((m) => m.type === 'E')!.body).C, '42501', 'each EXECUTE of wipe3 needs an approval');
   t.equal(await count(), '4', 'nothing ran without one');
+
+  // 4. A statement that EXECUTEs a name parsed before that name was released: each Bind of it is judged as the released one.
+  raw.send(Buffer.concat([parse('z', 'EXECUTE wipe4'), sync]));
+  t.ok((await readUntil(raw, 'Z')).some((m) => m.type === '1'), 'PostgreSQL parses an EXECUTE of a name not yet prepared');
+  raw.send(typed('Q', cstr('PREPARE wipe4 AS DELETE FROM ledger WHERE id = (SELECT min(id) FROM ledger WHERE id >= 10)')));
+  await decide(await heldId(), 'approve');
+  await readUntil(raw, 'Z');
+  raw.send(Buffer.concat([bind('z'), execute(), sync]));
+  await decide(await heldId(), 'deny');
+  t.equal(errorFields((await readUntil(raw, 'Z')).find((m) => m.type === 'E')!.body).C, '42501', 'z runs wipe4: held, and refused when denied');
+  t.equal(await count(), '4', 'the approved PREPARE ran nothing through z');
 });

@@ -146,6 +146,25 @@ t.test('role statements never have their parameters audited', async (t) => {
   t.equal(events[0]!.rows, undefined, 'no count in an ALTER ROLE tag');
 });
 
+t.test('a name an SQL PREPARE made a credential statement, or an EXECUTE of one, never has its parameters audited', async (t) => {
+  const { client, upstream, events } = audited();
+  const parse = (name: string, sql: string): Buffer => new PgBytes().cstring(name).cstring(sql).int16(0).typed('P');
+  const answer = (tag: string): void => void upstream.emit('data', Buffer.concat([new PgBytes().typed('1'), new PgBytes().typed('2'), commandComplete(tag), readyForQuery()]));
+  // x EXECUTEs c before c exists; c is first a harmless Parse, then replaced by an SQL PREPARE of a dblink call.
+  client.emit('data', Buffer.concat([parse('x', 'EXECUTE c($1)'), parse('c', 'SELECT $1::text'), sync()]));
+  upstream.emit('data', Buffer.concat([new PgBytes().typed('1'), new PgBytes().typed('1'), readyForQuery()]));
+  client.emit('data', new PgBytes().cstring('DEALLOCATE c; PREPARE c(text) AS SELECT dblink_connect($1)').typed('Q'));
+  upstream.emit('data', Buffer.concat([commandComplete('DEALLOCATE'), commandComplete('PREPARE'), readyForQuery()]));
+  client.emit('data', Buffer.concat([bind('c', 'host=h password=hunter2'), execute(), sync()]));
+  answer('SELECT 1');
+  client.emit('data', Buffer.concat([bind('x', 'host=h password=hunter3'), execute(), sync()]));
+  answer('SELECT 1');
+  const bound = events.slice(-2);
+  t.equal(bound.length, 2);
+  for (const e of bound) t.equal(e.params, undefined, `no parameters kept for ${e.text}`);
+  t.notMatch(JSON.stringify(events), /hunter[23]/, 'the password is in no event');
+});
+
 t.test('rowsFromTag reads the trailing count of a CommandComplete tag', async (t) => {
   t.equal(rowsFromTag(commandComplete('SELECT 3')), 3);
   t.equal(rowsFromTag(commandComplete('INSERT 0 5')), 5);
