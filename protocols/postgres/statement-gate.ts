@@ -192,8 +192,21 @@ export class PgStatementGate implements RelayGate {
   #discardUntilSync: Buffer | undefined;
   /** The server sent an ErrorResponse since its last ReadyForQuery. */
   #serverErrored = false;
-  /** Client messages waiting behind a held statement. */
+  /** Client messages waiting behind a held statement, or behind a refusal not yet answered (#refusalsInFlight). */
   #backlog: Held[] = [];
+  /**
+   * Sluice's own refusals (a local error and its ReadyForQuery, or an
+   * extended batch's denial at its Sync) the client has not been sent yet:
+   * they wait for the server's replies to what came before them. Only once
+   * one is sent does the gate know whether it aborted a transaction
+   * (#aborted): `BEGIN`, an UPDATE, a refused DROP and a `COMMIT`, pipelined,
+   * would otherwise see the COMMIT judged as if nothing was refused, and
+   * the server commit the UPDATE. So while one is on its way, what the
+   * client sends next waits in #backlog (its reads paused), as behind a held
+   * statement, and is judged once the refusal is out.
+   */
+  #refusalsInFlight = 0;
+  #replayScheduled = false;
   #pending: PendingApproval | undefined;
   /** Prepared statements by name (extended protocol) the server has created (ParseComplete): for audit text, and ROLLBACK in an aborted transaction. */
   readonly #statements = new Map<string, Prepared>();
@@ -306,14 +319,16 @@ export class PgStatementGate implements RelayGate {
   // --- client -> server ----------------------------------------------------
 
   fromClient(type: number, bytes: Buffer): void {
-    if (this.#pending) {
-      // Own the bytes: they wait across an await for the decision.
+    if (this.#pending || this.#refusalsInFlight > 0 || this.#backlog.length > 0) {
+      // Own the bytes: they wait across an await for the decision, or for a refusal to be answered.
+      if (!this.#pending && this.#backlog.length === 0) this.#io.holdClient();
       this.#backlog.push({ type, bytes: Buffer.from(bytes) });
       return;
     }
     if (this.#discardUntilSync) {
       if (type === Frontend.Sync) {
         this.#owed.push({ kind: 'server', denial: this.#discardUntilSync });
+        this.#refusalsInFlight++;
         this.#discardUntilSync = undefined;
         this.#up(bytes);
       }
@@ -787,18 +802,9 @@ export class PgStatementGate implements RelayGate {
       const auditVerdict: AuditVerdict = status === 'expired' ? 'approval_expired' : status === 'cancelled' ? 'approval_cancelled' : 'approval_denied';
       this.#deny(verdict, facts, text, type !== Frontend.Query, id, auditVerdict);
     }
-    const backlog = this.#backlog;
-    this.#backlog = [];
-    for (let i = 0; i < backlog.length; i++) {
-      this.fromClient(backlog[i]!.type, backlog[i]!.bytes);
-      if (this.#pending) {
-        // Held again: what is left waits for that decision.
-        this.#backlog.push(...backlog.slice(i + 1));
-        break;
-      }
-    }
-    this.#io.flush();
-    if (!this.#pending) this.#io.releaseClient();
+    // A refusal of the held statement may still wait for earlier replies: then what waited behind it waits for that too.
+    if (this.#refusalsInFlight === 0) this.#replayBacklog();
+    else this.#io.flush();
   }
 
   // --- aborted transactions --------------------------------------------------
@@ -986,6 +992,7 @@ export class PgStatementGate implements RelayGate {
     // Answered: a COPY in it is over, or never started (refused before its CopyInResponse).
     if (owed === COPY_QUERY_REPLY) this.#inCopy = false;
     let status = String.fromCharCode(bytes[5]!) as TransactionStatus;
+    if (owed?.denial) this.#refusalAnswered();
     if (owed?.denial && !this.#serverErrored) {
       this.#io.toClient(owed.denial);
       if (status === 'T') {
@@ -1018,8 +1025,38 @@ export class PgStatementGate implements RelayGate {
   }
 
   #emit(owed: Extract<Owed, { kind: 'local' }>): void {
+    if (owed.error && owed.withReadyForQuery) this.#refusalsInFlight++;
     this.#owed.push(owed);
     this.#drainLocal();
+  }
+
+  /** A refusal reached the client: once none is left on its way, what waited behind them is judged (#refusalsInFlight). */
+  #refusalAnswered(): void {
+    this.#refusalsInFlight--;
+    if (this.#refusalsInFlight > 0 || this.#pending || this.#backlog.length === 0 || this.#replayScheduled) return;
+    // Not from inside the server reply being handled: the next turn, as a client chunk would come.
+    this.#replayScheduled = true;
+    setImmediate(() => {
+      this.#replayScheduled = false;
+      // The decision of a held statement may have judged the backlog meanwhile (#decided).
+      if (!this.#closed && !this.#pending && this.#refusalsInFlight === 0 && this.#backlog.length > 0) this.#replayBacklog();
+    });
+  }
+
+  /** Judges what waited in #backlog, in order, until something holds it again; reads resume when none is left. */
+  #replayBacklog(): void {
+    const backlog = this.#backlog;
+    this.#backlog = [];
+    for (let i = 0; i < backlog.length; i++) {
+      this.fromClient(backlog[i]!.type, backlog[i]!.bytes);
+      if (this.#pending || this.#refusalsInFlight > 0) {
+        // Held again, or refused again: what is left waits for that.
+        this.#backlog.push(...backlog.slice(i + 1));
+        break;
+      }
+    }
+    this.#io.flush();
+    if (!this.#pending && this.#backlog.length === 0) this.#io.releaseClient();
   }
 
   /** Writes local replies that have reached the head of the queue, when the client stream is at a boundary. */
@@ -1034,6 +1071,7 @@ export class PgStatementGate implements RelayGate {
           this.#aborted = true;
         }
         this.#io.toClient(readyForQuery(this.#status));
+        if (owed.error) this.#refusalAnswered();
       }
     }
   }

@@ -208,6 +208,32 @@ t.test('a denial inside a transaction aborts it, as a server error would', async
   t.equal(after.rows[0].n, 2, 'nothing of either transaction remains');
 });
 
+t.test('pipelined: a COMMIT sent behind a refusal, before its answer, does not commit what came before it', async (t) => {
+  const raw = await rawLogin(port, agentToken);
+  t.teardown(() => raw.socket.destroy());
+  const query = (sql: string) => typed('Q', `${sql}\0`);
+  // One write, as libpq's pipeline mode or a driver that does not wait sends it.
+  raw.send(Buffer.concat([query('BEGIN'), query("INSERT INTO items VALUES (30, 'thirty')"), query('DROP TABLE victim'), query('COMMIT'), query('SELECT 1')]));
+  const replies: RawMessage[][] = [];
+  for (let i = 0; i < 5; i++) replies.push(await readUntil(raw));
+  t.equal(errorFields(replies[2]!.find((m) => m.type === 'E')!.body).C, '42501', 'the DROP is refused');
+  t.equal(replies[2]!.at(-1)!.body.toString('latin1'), 'E', 'and the transaction aborted');
+  t.equal(replies[3]!.find((m) => m.type === 'C')?.body.toString('latin1'), 'ROLLBACK\0', 'the COMMIT rolls back, as in PostgreSQL');
+  t.equal(replies[4]!.at(-1)!.body.toString('latin1'), 'I', 'and the session goes on outside a transaction');
+  t.equal(await rows('select count(*) from items where id = 30'), '0', 'the insert before the refusal was not committed');
+  t.equal(await rows("select count(*) from pg_tables where tablename = 'victim'"), '1');
+
+  // The same with extended-protocol batches, each with its own Sync.
+  const parse = (sql: string) => typed('P', `\0${sql}\0\0\0`);
+  const run = (sql: string) => Buffer.concat([parse(sql), typed('B', '\0\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0'), typed('S', '')]);
+  raw.send(Buffer.concat([run('BEGIN'), run("INSERT INTO items VALUES (31, 'thirty-one')"), run('DROP TABLE victim'), run('COMMIT')]));
+  const batches: RawMessage[][] = [];
+  for (let i = 0; i < 4; i++) batches.push(await readUntil(raw));
+  t.equal(errorFields(batches[2]!.find((m) => m.type === 'E')!.body).C, '42501');
+  t.equal(batches[3]!.find((m) => m.type === 'C')?.body.toString('latin1'), 'ROLLBACK\0');
+  t.equal(await rows('select count(*) from items where id = 31'), '0', 'nor through the extended protocol');
+});
+
 t.test('in an aborted transaction, a statement prepared earlier cannot commit it', async (t) => {
   const raw = await rawLogin(port, agentToken);
   const query = (sql: string) => typed('Q', `${sql}\0`);
