@@ -137,6 +137,8 @@ const HELD: unique symbol = Symbol('held');
 
 /** Most replies owed are a plain ReadyForQuery: one shared entry instead of an object per Query or Sync. */
 const SERVER_REPLY: Owed = Object.freeze({ kind: 'server' });
+/** The Sync of an extended batch that ran a ROLLBACK (TO SAVEPOINT) in an aborted transaction: see #batchRollsBack. */
+const ROLLBACK_REPLY: Owed = Object.freeze({ kind: 'server', endsAbortedTransaction: true });
 /** The same for a simple Query (the one kind of message a COPY FROM STDIN may come from here, see #copyIn). */
 const QUERY_REPLY: Owed = Object.freeze({ kind: 'server', query: true });
 /** A simple Query with a COPY FROM STDIN in it: see #inCopy. */
@@ -266,6 +268,12 @@ export class PgStatementGate implements RelayGate {
   readonly #executesOf = new Map<string, string>();
   /** Portals bound to a ROLLBACK while the transaction is aborted (see #bindsRollback). */
   readonly #rollbackPortals = new Set<string>();
+  /**
+   * This extended batch executed one of them: its Sync's ReadyForQuery ends
+   * the abort whatever status the server gives, as a ROLLBACK Query's does
+   * (a ROLLBACK TO SAVEPOINT leaves the server's transaction open: 'T').
+   */
+  #batchRollsBack = false;
   /** The last Bind per named portal; the unnamed portal (almost every Bind) in its own field. */
   readonly #portals = new Map<string, Bound>();
   #unnamedPortal: Bound | undefined;
@@ -328,6 +336,8 @@ export class PgStatementGate implements RelayGate {
     if (this.#discardUntilSync) {
       if (type === Frontend.Sync) {
         this.#owed.push({ kind: 'server', denial: this.#discardUntilSync });
+        // Refused after its rollback: the batch leaves the transaction aborted again, as an error there would.
+        this.#batchRollsBack = false;
         this.#refusalsInFlight++;
         this.#discardUntilSync = undefined;
         this.#up(bytes);
@@ -363,9 +373,12 @@ export class PgStatementGate implements RelayGate {
         this.#up(bytes);
         return;
       case Frontend.Execute:
-        if (this.#aborted && !this.#rollbackPortals.has(portalOf(bytes))) {
-          this.#discardUntilSync = abortedError();
-          return;
+        if (this.#aborted) {
+          if (!this.#rollbackPortals.has(portalOf(bytes))) {
+            this.#discardUntilSync = abortedError();
+            return;
+          }
+          this.#batchRollsBack = true;
         }
         if (this.ctx.audit) this.#execute(bytes);
         this.#up(bytes);
@@ -375,7 +388,8 @@ export class PgStatementGate implements RelayGate {
           this.#unpairable('a Sync inside COPY FROM STDIN (before its CopyDone or CopyFail)');
           return;
         }
-        this.#owed.push(SERVER_REPLY);
+        this.#owed.push(this.#batchRollsBack ? ROLLBACK_REPLY : SERVER_REPLY);
+        this.#batchRollsBack = false;
         this.#up(bytes);
         return;
       case Frontend.Close:

@@ -234,6 +234,22 @@ t.test('pipelined: a COMMIT sent behind a refusal, before its answer, does not c
   t.equal(await rows('select count(*) from items where id = 31'), '0', 'nor through the extended protocol');
 });
 
+t.test('ROLLBACK TO SAVEPOINT through the extended protocol ends the abort, as pgjdbc autosave sends it', async (t) => {
+  const client = await connect();
+  t.teardown(() => client.end());
+  await client.query('BEGIN');
+  await client.query("INSERT INTO items VALUES (27, 'twenty-seven')");
+  await client.query('SAVEPOINT s');
+  await t.rejects(client.query('DROP TABLE victim', []), { code: '42501' });
+  await t.rejects(client.query('select $1::int', [1]), { code: '25P02' }, 'aborted');
+  // Parse, Bind, Execute, Sync of the rollback to the savepoint (node-postgres sends a named query so).
+  await client.query({ name: 'back-to-s', text: 'ROLLBACK TO SAVEPOINT s' });
+  const one = await client.query('select $1::int as one', [1]);
+  t.equal(one.rows[0].one, 1, 'the transaction goes on after it');
+  await client.query('COMMIT');
+  t.equal(await rows('select count(*) from items where id = 27'), '1', 'what came before the savepoint is committed');
+});
+
 t.test('in an aborted transaction, a statement prepared earlier cannot commit it', async (t) => {
   const raw = await rawLogin(port, agentToken);
   const query = (sql: string) => typed('Q', `${sql}\0`);
