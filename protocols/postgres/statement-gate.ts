@@ -137,6 +137,17 @@ const HELD: unique symbol = Symbol('held');
 
 /** Most replies owed are a plain ReadyForQuery: one shared entry instead of an object per Query or Sync. */
 const SERVER_REPLY: Owed = Object.freeze({ kind: 'server' });
+/** Client messages by type, for an error that names one. */
+const MESSAGE_NAMES: Record<number, string> = {
+  [Frontend.Query]: 'Query',
+  [Frontend.Parse]: 'Parse',
+  [Frontend.Bind]: 'Bind',
+  [Frontend.Describe]: 'Describe',
+  [Frontend.Execute]: 'Execute',
+  [Frontend.Close]: 'Close',
+  [Frontend.Sync]: 'Sync',
+  [Frontend.FunctionCall]: 'FunctionCall',
+};
 /** The Sync of an extended batch that ran a ROLLBACK (TO SAVEPOINT) in an aborted transaction: see #batchRollsBack. */
 const ROLLBACK_REPLY: Owed = Object.freeze({ kind: 'server', endsAbortedTransaction: true });
 /** The same for a simple Query (the one kind of message a COPY FROM STDIN may come from here, see #copyIn). */
@@ -333,6 +344,12 @@ export class PgStatementGate implements RelayGate {
       this.#backlog.push({ type, bytes: Buffer.from(bytes) });
       return;
     }
+    if (this.#inCopy && type !== -1 && type !== Frontend.CopyDone && type !== Frontend.CopyFail) {
+      // The server reads nothing but CopyData, CopyDone and CopyFail (and Flush, Sync) until the COPY
+      // ends: anything else, judged or discarded here, would leave the replies paired with the wrong requests.
+      this.#unpairable(`a ${MESSAGE_NAMES[type] ?? `'${String.fromCharCode(type)}' message`} inside COPY FROM STDIN (before its CopyDone or CopyFail)`);
+      return;
+    }
     if (this.#discardUntilSync) {
       if (type === Frontend.Sync) {
         this.#owed.push({ kind: 'server', denial: this.#discardUntilSync });
@@ -346,8 +363,8 @@ export class PgStatementGate implements RelayGate {
     }
     switch (type) {
       case Frontend.Query:
-        if (this.#extendedOpen || this.#inCopy) {
-          this.#unpairable(this.#inCopy ? 'a Query inside COPY FROM STDIN (before its CopyDone or CopyFail)' : 'a Query inside an extended-protocol batch (before its Sync)');
+        if (this.#extendedOpen) {
+          this.#unpairable('a Query inside an extended-protocol batch (before its Sync)');
           return;
         }
         this.#query(bytes);
@@ -384,10 +401,6 @@ export class PgStatementGate implements RelayGate {
         this.#up(bytes);
         return;
       case Frontend.Sync:
-        if (this.#inCopy) {
-          this.#unpairable('a Sync inside COPY FROM STDIN (before its CopyDone or CopyFail)');
-          return;
-        }
         this.#owed.push(this.#batchRollsBack ? ROLLBACK_REPLY : SERVER_REPLY);
         this.#batchRollsBack = false;
         this.#up(bytes);
@@ -901,6 +914,9 @@ export class PgStatementGate implements RelayGate {
         return;
       case Backend.CopyInResponse:
         if (this.#copyIn()) return;
+        // Every COPY of a Query starts one: `COPY a FROM STDIN; COPY b FROM STDIN` has two, and the first
+        // CopyDone ended what the Query's send began.
+        this.#inCopy = true;
         break;
       case Backend.ErrorResponse:
         this.#serverErrored = true;

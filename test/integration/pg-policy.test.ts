@@ -332,6 +332,24 @@ t.test('messages whose replies could not be paired end the session: a Sync insid
   let fatal = (await readUntil(raw, 'E')).at(-1)!;
   t.match(errorFields(fatal.body), { S: 'FATAL', C: '08P01', M: /a Sync inside COPY FROM STDIN .* is not supported/ });
   await raw.waitClosed();
+  // The second COPY of a Query is a COPY too, after the first one's CopyDone.
+  raw = await rawLogin(port, agentToken);
+  raw.send(typed('Q', 'COPY items FROM STDIN; COPY items FROM STDIN\0'));
+  t.equal((await raw.read())?.type, 'G');
+  raw.send(typed('c', ''));
+  t.same([(await raw.read())?.type, (await raw.read())?.type], ['C', 'G'], 'the first COPY done, the second started');
+  raw.send(typed('S', ''));
+  fatal = (await readUntil(raw, 'E')).at(-1)!;
+  t.match(errorFields(fatal.body), { S: 'FATAL', C: '08P01', M: /a Sync inside COPY FROM STDIN/ });
+  await raw.waitClosed();
+  // A Parse the policy refuses is not discarded until a Sync there: the server would take the Sync.
+  raw = await rawLogin(port, agentToken);
+  raw.send(typed('Q', 'COPY items FROM STDIN\0'));
+  t.equal((await raw.read())?.type, 'G');
+  raw.send(Buffer.concat([typed('P', '\0DROP TABLE victim\0\0\0'), typed('S', '')]));
+  fatal = (await readUntil(raw, 'E')).at(-1)!;
+  t.match(errorFields(fatal.body), { S: 'FATAL', C: '08P01', M: /a Parse inside COPY FROM STDIN/ });
+  await raw.waitClosed();
   // After an error in an extended batch the server skips a Query until Sync.
   raw = await rawLogin(port, agentToken);
   raw.send(Buffer.concat([typed('P', '\0SELECT 1\0\0\0'), typed('B', '\0\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0'), typed('Q', 'SELECT 2\0')]));
