@@ -4,6 +4,10 @@
  * see it. A statement is shown as far as its first password and no
  * further: showing too little is safe, showing a credential is not.
  *
+ * The cut is also made where a password could be spelled so that no
+ * pattern sees it: at a literal written with escapes or assembled by
+ * concatenation, and at the arguments of a dblink call.
+ *
  * Where PostgreSQL SQL carries a password:
  * - CREATE / ALTER ROLE | USER ... PASSWORD 'x' (psql's \password sends one);
  * - CREATE / ALTER USER MAPPING ... OPTIONS (user 'u', password 'x'), the
@@ -71,10 +75,24 @@ const URI_USER = /:\/\/[^\s/@:']*:(?=[^/@]*@)/;
 /** A URI's query with a percent-encoded character (`?p%61ssword=x`): libpq decodes keywords, so none can be read as safe. */
 const URI_ENCODED_QUERY = /:\/\/[^\s'?]*\?(?=[^\s']*%)/;
 
-/** Where a statement's text is cut: just after its first password keyword or URI user, or -1. */
+/**
+ * A literal written with escapes (`U&"p\0061ssword"`, `E'p\x61ssword=x'`)
+ * or built by concatenation (`'pass' || 'word=x'`): the keywords above may
+ * be spelled in it without appearing in the text, so nothing after it can
+ * be read as safe.
+ */
+const SPELLED_OTHERWISE = /\bU&['"]|(?<![\w$])E'|\|\|/i;
+/**
+ * A dblink call: its arguments are expressions (format(), concat(),
+ * chr(), a subquery) that can assemble a connection string's password
+ * from pieces no pattern recognises. Cut at its `(`.
+ */
+const DBLINK_CALL = /\bdblink\w*\s*\(/i;
+
+/** Where a statement's text is cut: just after its first password keyword, URI user, escaped literal, concatenation or dblink call, or -1. */
 function secretAt(text: string): number {
   let at = Infinity;
-  for (const re of [SECRET_WORD, URI_USER, URI_ENCODED_QUERY]) {
+  for (const re of [SECRET_WORD, URI_USER, URI_ENCODED_QUERY, SPELLED_OTHERWISE, DBLINK_CALL]) {
     const m = re.exec(text);
     if (m !== null) at = Math.min(at, m.index + m[0].length);
   }

@@ -414,11 +414,19 @@ t.test('namesCredential: the statements whose text may hold a password', async (
 
 t.test('withoutPassword: a statement is shown up to its first password, keyword or URI form', async (t) => {
   t.equal(withoutPassword("ALTER ROLE r PASSWORD 'x'"), 'ALTER ROLE r PASSWORD [redacted]');
-  t.equal(withoutPassword("SELECT dblink_connect('host=h sslpassword=x password=y')"), "SELECT dblink_connect('host=h sslpassword [redacted]");
+  t.equal(withoutPassword("ALTER SUBSCRIPTION s CONNECTION 'host=h sslpassword=x password=y'"), "ALTER SUBSCRIPTION s CONNECTION 'host=h sslpassword [redacted]");
   t.equal(withoutPassword("ALTER SUBSCRIPTION s CONNECTION 'postgresql://u:p#ss?w rd@h/db'"), "ALTER SUBSCRIPTION s CONNECTION 'postgresql://u: [redacted]", 'a URI password may hold # ? and spaces');
-  t.equal(withoutPassword("SELECT dblink('postgres://h/db?p%61ssword=x', 'select 1')"), "SELECT dblink('postgres://h/db? [redacted]", 'a percent-encoded query is withheld');
+  t.equal(withoutPassword("CREATE SUBSCRIPTION s CONNECTION 'postgres://h/db?p%61ssword=x' PUBLICATION p"), "CREATE SUBSCRIPTION s CONNECTION 'postgres://h/db? [redacted]", 'a percent-encoded query is withheld');
   t.equal(withoutPassword("ALTER USER MAPPING FOR a SERVER s OPTIONS (SET oauth_client_secret 'x')"), 'ALTER USER MAPPING FOR a SERVER s OPTIONS (SET oauth_client_secret [redacted]');
-  t.equal(withoutPassword("SELECT dblink_connect('postgresql://u@h/db')"), "SELECT dblink_connect('postgresql://u@h/db')", 'no password: unchanged');
+  t.equal(withoutPassword("CREATE SUBSCRIPTION s CONNECTION 'postgresql://u@h/db' PUBLICATION p"), "CREATE SUBSCRIPTION s CONNECTION 'postgresql://u@h/db' PUBLICATION p", 'no password: unchanged');
+  // A keyword spelled with escapes, or assembled: nothing after the escaped or concatenated literal is shown.
+  t.equal(withoutPassword(`CREATE USER MAPPING FOR CURRENT_USER SERVER s OPTIONS (user 'u', U&"p\\0061ssword" 'hunter2')`), `CREATE USER MAPPING FOR CURRENT_USER SERVER s OPTIONS (user 'u', U&" [redacted]`);
+  t.equal(withoutPassword("CREATE SUBSCRIPTION s CONNECTION E'host=h p\\x61ssword=hunter2' PUBLICATION p"), "CREATE SUBSCRIPTION s CONNECTION E' [redacted]");
+  t.equal(withoutPassword("DO $$ BEGIN PERFORM f('pass' || 'word=hunter2'); END $$"), "DO $$ BEGIN PERFORM f('pass' || [redacted]");
+  // A dblink call's arguments are expressions that can assemble anything: never shown.
+  t.equal(withoutPassword("SELECT dblink_connect(format('host=h %sword=%s', 'pass', 'hunter2'))"), 'SELECT dblink_connect( [redacted]');
+  t.equal(withoutPassword("SELECT dblink('postgresql://u@h/db', 'select 1')"), 'SELECT dblink( [redacted]');
+  t.equal(withoutPassword("SELECT 'it''s' AS e"), "SELECT 'it''s' AS e", "a quote doubled inside a literal is not an E'' literal");
   t.equal(withoutArguments("EXECUTE c('host=h', 'secret')"), 'EXECUTE c( [redacted]');
 });
 
