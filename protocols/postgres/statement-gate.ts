@@ -391,7 +391,7 @@ export class PgStatementGate implements RelayGate {
         return;
       case Frontend.Execute:
         if (this.#aborted) {
-          if (!this.#rollbackPortals.has(portalOf(bytes))) {
+          if (!this.#rollbackPortals.has(this.#portalOf(bytes))) {
             this.#discardUntilSync = abortedError();
             return;
           }
@@ -557,8 +557,8 @@ export class PgStatementGate implements RelayGate {
    * covers it.
    */
   #bindApprovalBound(bytes: Buffer): void {
-    const portal = cstring(bytes, 5);
-    const name = cstring(bytes, portal.end);
+    const portal = this.#sql(bytes, 5);
+    const name = this.#sql(bytes, portal.end);
     // A statement that EXECUTEs a released one (however long before it was released) runs it: judged as it.
     const runs = this.#executesOf.get(name.value);
     const direct = this.#approvalBound.get(name.value);
@@ -607,7 +607,7 @@ export class PgStatementGate implements RelayGate {
   }
 
   #parse(bytes: Buffer): void {
-    const name = cstring(bytes, 5);
+    const name = this.#sql(bytes, 5);
     const query = this.#sql(bytes, name.end);
     if (this.#aborted) {
       this.#parseInAbortedTransaction(bytes, name.value, query.value);
@@ -728,7 +728,12 @@ export class PgStatementGate implements RelayGate {
     else this.#answerLocally(error);
   }
 
-  /** A NUL-terminated SQL string, decoded in the session's encoding. */
+  /** The portal an Execute names. */
+  #portalOf(execute: Buffer): string {
+    return execute[5] === 0 ? '' : this.#sql(execute, 5).value;
+  }
+
+  /** A NUL-terminated SQL string or name (of a statement or portal), decoded in the session's encoding. */
   #sql(bytes: Buffer, offset: number): { value: string; end: number } {
     if (!this.ctx.decode) return cstring(bytes, offset);
     const nul = bytes.indexOf(0, offset);
@@ -820,7 +825,7 @@ export class PgStatementGate implements RelayGate {
         this.#forwardQuery(held, new ClassifiedQuery(text, facts, undefined), started, { approvalId: id, ...(verdict.rule ? { rule: verdict.rule } : {}) });
         this.#bindPrepared(facts);
       } else if (type === Frontend.Parse) {
-        this.#parsed(cstring(held, 5).value, held, facts, true, id, judged);
+        this.#parsed(this.#sql(held, 5).value, held, facts, true, id, judged);
       } else {
         if (this.ctx.audit) this.#bind(held, id);
         this.#up(held);
@@ -875,8 +880,8 @@ export class PgStatementGate implements RelayGate {
    * the healthy transaction and commit what came before the refusal.
    */
   #bindsRollback(bytes: Buffer): boolean {
-    const portal = cstring(bytes, 5);
-    const name = cstring(bytes, portal.end);
+    const portal = this.#sql(bytes, 5);
+    const name = this.#sql(bytes, portal.end);
     const text = this.#statement(name.value)?.text;
     if (text === undefined || !TRANSACTION_ROLLBACK.test(text)) return false;
     this.#rollbackPortals.add(portal.value);
@@ -1117,7 +1122,7 @@ export class PgStatementGate implements RelayGate {
     let at = 5;
     let portal = '';
     if (bytes[5] !== 0) {
-      const p = cstring(bytes, 5);
+      const p = this.#sql(bytes, 5);
       portal = p.value;
       at = p.end - 1;
     }
@@ -1150,7 +1155,7 @@ export class PgStatementGate implements RelayGate {
    * session lived.
    */
   #closeNamed(bytes: Buffer): void {
-    const name = cstring(bytes, 6).value;
+    const name = this.#sql(bytes, 6).value;
     const kind = bytes[5] === 0x53 /* S */ ? 'S' : 'P';
     // A portal's last Bind is only audit bookkeeping: forgotten now.
     if (kind === 'P' && name !== '') this.#portals.delete(name);
@@ -1181,13 +1186,15 @@ export class PgStatementGate implements RelayGate {
       }
       if (same) return this.#lastName;
     }
-    this.#lastName = bytes.toString('utf8', start, end);
+    // In the session's encoding, as SQL's names are: under LATIN1, two names that differ in a byte
+    // that is not UTF-8 (0xe8, 0xe9) would both decode to U+FFFD and be one name to the gate.
+    this.#lastName = this.ctx.decode ? this.ctx.decode(bytes, start, end) : bytes.toString('utf8', start, end);
     this.#lastNameBytes = Buffer.from(bytes.subarray(start, end));
     return this.#lastName;
   }
 
   #execute(bytes: Buffer): void {
-    const portal = portalOf(bytes);
+    const portal = this.#portalOf(bytes);
     const bound = portal === '' ? this.#unnamedPortal : this.#portals.get(portal);
     const statement = bound?.statement;
     const now = Date.now();
@@ -1456,7 +1463,4 @@ function copiesFromClient(statements: readonly SqlStatementFacts[]): boolean {
   return false;
 }
 
-function portalOf(execute: Buffer): string {
-  return execute[5] === 0 ? '' : cstring(execute, 5).value;
-}
 

@@ -250,6 +250,29 @@ t.test('ROLLBACK TO SAVEPOINT through the extended protocol ends the abort, as p
   t.equal(await rows('select count(*) from items where id = 27'), '1', 'what came before the savepoint is committed');
 });
 
+t.test('LATIN1: portal names that differ in a byte UTF-8 cannot read are two names, not one', async (t) => {
+  const raw = await rawLogin(port, agentToken, { user: 'raw', database: 'app', client_encoding: 'LATIN1' });
+  t.teardown(() => raw.socket.destroy());
+  const latin1 = (s: string) => Buffer.from(s, 'latin1');
+  const query = (sql: string) => typed('Q', `${sql}\0`);
+  raw.send(query('BEGIN'));
+  await readUntil(raw);
+  raw.send(query("INSERT INTO items VALUES (28, 'twenty-eight')"));
+  await readUntil(raw);
+  // Portal "\xe8" holds a COMMIT, bound while the transaction is healthy.
+  raw.send(Buffer.concat([typed('P', latin1('fin3\0COMMIT\0\0\0')), typed('B', latin1('\xe8\0fin3\0\0\0\0\0\0\0')), typed('S', '')]));
+  t.same((await readUntil(raw)).map((m) => m.type), ['1', '2', 'Z']);
+  raw.send(query('DROP TABLE victim'));
+  t.equal((await readUntil(raw)).at(-1)!.body.toString('latin1'), 'E', 'the refusal aborts the transaction');
+  // A ROLLBACK bound to portal "\xe9", then an Execute of portal "\xe8": the COMMIT, which must stay refused.
+  raw.send(Buffer.concat([typed('P', latin1('\0ROLLBACK\0\0\0')), typed('B', latin1('\xe9\0\0\0\0\0\0\0\0')), typed('E', latin1('\xe8\0\0\0\0\0')), typed('S', '')]));
+  const replies = await readUntil(raw);
+  t.equal(errorFields(replies.find((m) => m.type === 'E')!.body).C, '25P02', 'the COMMIT portal is not the ROLLBACK one');
+  raw.send(query('ROLLBACK'));
+  await readUntil(raw);
+  t.equal(await rows('select count(*) from items where id = 28'), '0', 'nothing was committed');
+});
+
 t.test('in an aborted transaction, a statement prepared earlier cannot commit it', async (t) => {
   const raw = await rawLogin(port, agentToken);
   const query = (sql: string) => typed('Q', `${sql}\0`);
