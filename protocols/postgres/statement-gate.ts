@@ -410,6 +410,12 @@ export class PgStatementGate implements RelayGate {
         this.#up(bytes);
         return;
       case Frontend.FunctionCall:
+        // Inside a batch, the refusal would go out before the replies of the batch's messages (which are
+        // owed at its Sync), out of order: as a Query there, it ends the session.
+        if (this.#extendedOpen) {
+          this.#unpairable('a FunctionCall inside an extended-protocol batch (before its Sync)');
+          return;
+        }
         // A fast-path function call bypasses SQL entirely: nothing to classify.
         this.#answerLocally(
           errorResponse({

@@ -381,7 +381,7 @@ t.test('messages whose replies could not be paired end the session: a Sync insid
   await raw.waitClosed();
 });
 
-t.test('FunctionCall is refused', async (t) => {
+t.test('FunctionCall is refused, and inside an extended batch ends the session', async (t) => {
   const raw = await rawLogin(port, agentToken);
   // FunctionCall: oid, 0 arg formats, 0 args, result format 0.
   const body = Buffer.alloc(4 + 2 + 2 + 2);
@@ -394,6 +394,12 @@ t.test('FunctionCall is refused', async (t) => {
   t.equal(z?.type, 'Z');
   raw.send(typed('X', Buffer.alloc(0)));
   await raw.waitClosed();
+  // Inside an extended batch its refusal would come before the batch's own replies: the session ends.
+  const inBatch = await rawLogin(port, agentToken);
+  inBatch.send(Buffer.concat([typed('P', '\0SELECT 1\0\0\0'), typed('F', body)]));
+  const fatal = (await readUntil(inBatch, 'E')).at(-1)!;
+  t.match(errorFields(fatal.body), { S: 'FATAL', C: '08P01', M: /a FunctionCall inside an extended-protocol batch/ });
+  await inBatch.waitClosed();
 });
 
 async function approve(id: string, token = approverToken, body: unknown = {}): Promise<Response> {
