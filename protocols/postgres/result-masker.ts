@@ -997,7 +997,10 @@ export class PgResultMasker {
         // No RowDescription (content rules only): text format, unless the Bind asked for this
         // column in binary, which may be an array or a record: scanned raw, and a hit ends the
         // session rather than break the value's inner lengths (as a described one does).
-        if (content && len > 0) plan.candidate(item, i, at - 4, buf, at, pos, len, binaryField(this.#rowFormats, i) ? PLAIN | OPAQUE_BINARY : PLAIN);
+        if (content && len > 0) {
+          if (binaryField(this.#rowFormats, i)) plan.candidate(item, i, at - 4, separatedOpaque(buf, at, pos), 0, len, len, PLAIN | OPAQUE_BINARY);
+          else plan.candidate(item, i, at - 4, buf, at, pos, len, PLAIN);
+        }
         continue;
       }
       const { format, typeOid } = col;
@@ -1019,7 +1022,7 @@ export class PgResultMasker {
         }
         // Numbers, timestamps, uuids...: no text inside to find. Anything else is scanned raw.
         if (size < 0 && content && len > 0) {
-          plan.candidate(item, i, at - 4, buf, at, pos, len, PLAIN | OPAQUE_BINARY);
+          plan.candidate(item, i, at - 4, separatedOpaque(buf, at, pos), 0, len, len, PLAIN | OPAQUE_BINARY);
         }
         continue;
       }
@@ -1204,6 +1207,83 @@ function withLength(type: number, parts: Buffer[]): Buffer {
 }
 
 /** The text the engine sees for the field at buf[start, end). */
+/**
+ * A binary field of a type whose layout sluice does not rewrite (an array,
+ * a record), as its content is scanned: a copy with every byte that is not
+ * element data (the header, each element's length, a record field's type
+ * OID) made a newline. An element's 4-byte length sits right before its
+ * text, and its last byte may be a letter or digit (97 is `a`): joined to
+ * the text, it hid a hit from every detector that wants a word start
+ * (`apassword=x`), or lengthened a card's digits past its check. Arrays and
+ * records nest (an array of records), and are separated all the way down;
+ * a field of neither layout gets its control bytes made newlines. Hits are
+ * refused, never rewritten (OPAQUE_BINARY), so the copy is only read.
+ */
+function separatedOpaque(buf: Buffer, start: number, end: number): Buffer {
+  const out = Buffer.from(buf.subarray(start, end));
+  if (!separateLayout(out, 0, out.length)) {
+    for (let i = 0; i < out.length; i++) if (out[i]! < 0x20) out[i] = 0x0a;
+  }
+  return out;
+}
+
+/** Separates b[start, end) in place when it is a binary array or record (see separatedOpaque); false when it is neither. */
+function separateLayout(b: Buffer, start: number, end: number): boolean {
+  const elements = arrayElements(b, start, end) ?? recordFields(b, start, end);
+  if (elements === undefined) return false;
+  let from = start;
+  for (let k = 0; k < elements.length; k += 2) {
+    b.fill(0x0a, from, elements[k]!);
+    // An element that is itself an array or record: the same, inside it.
+    separateLayout(b, elements[k]!, elements[k + 1]!);
+    from = elements[k + 1]!;
+  }
+  b.fill(0x0a, from, end);
+  return true;
+}
+
+/** [start, end) of each non-NULL element of a binary array (array_send), or undefined when b[start, end) is not one. */
+function arrayElements(b: Buffer, start: number, end: number): number[] | undefined {
+  if (end - start < 12) return undefined;
+  const ndim = b.readInt32BE(start);
+  const flags = b.readInt32BE(start + 4);
+  if (ndim < 0 || ndim > 6 || (flags !== 0 && flags !== 1)) return undefined;
+  let p = start + 12;
+  if (p + 8 * ndim > end) return undefined;
+  let count = ndim === 0 ? 0 : 1;
+  for (let d = 0; d < ndim; d++) {
+    const size = b.readInt32BE(p);
+    if (size < 0) return undefined;
+    count *= size;
+    p += 8;
+  }
+  return lengthPrefixed(b, p, end, count, 0);
+}
+
+/** The same for a record (record_send): a field count, then each field's type OID, length and bytes. */
+function recordFields(b: Buffer, start: number, end: number): number[] | undefined {
+  if (end - start < 4) return undefined;
+  const n = b.readInt32BE(start);
+  if (n < 0 || n > 1664) return undefined;
+  return lengthPrefixed(b, start + 4, end, n, 4);
+}
+
+/** `count` values from p, each `skip` bytes (an OID) then an Int32 length (-1: NULL) and its bytes, ending exactly at `end`. */
+function lengthPrefixed(b: Buffer, p: number, end: number, count: number, skip: number): number[] | undefined {
+  if (count > (end - p) / (4 + skip)) return undefined;
+  const out: number[] = [];
+  for (let k = 0; k < count; k++) {
+    if (p + skip + 4 > end) return undefined;
+    const len = b.readInt32BE(p + skip);
+    p += skip + 4;
+    if (len === -1) continue;
+    if (len < 0 || p + len > end) return undefined;
+    out.push(p, p + len);
+    p += len;
+  }
+  return p === end ? out : undefined;
+}
+
 function fieldText(buf: Buffer, start: number, end: number, encoding: number): Buffer {
   const base = encoding & 3;
   if (base === JSONB_BINARY) return buf.subarray(start + 1, end);

@@ -196,6 +196,7 @@ const BIND_COMPLETE = new PgBytes().typed('2');
 const NUMERIC = 1700;
 const INT4 = 23;
 const TEXT_ARRAY = 1009;
+const RECORD = 2249;
 
 t.test('binary fields: fixed sizes are checked, and text inside other types is found or refused', async (t) => {
   // A binary int4 column whose field is not 4 bytes: these are other rows than described.
@@ -215,6 +216,21 @@ t.test('binary fields: fixed sizes are checked, and text inside other types is f
   r = await through(Buffer.concat([typedDescription(TEXT_ARRAY, 1), dataRow([array('no secrets here')])]));
   t.equal(r.refused, undefined, 'an array without a hit passes');
   t.ok(r.out.includes(array('no secrets here')));
+  // An element of 97 bytes: the last byte of its length word is 'a', right before 'password='.
+  const long = `password=hunter2;${'x'.repeat(80)}`;
+  t.equal(Buffer.byteLength(long), 97);
+  r = await through(Buffer.concat([typedDescription(TEXT_ARRAY, 1), dataRow([array(long)])]));
+  t.match(r.refused, /binary form sluice cannot rewrite/, 'the length word does not join the text');
+  t.notOk(r.out.includes(Buffer.from('hunter2')));
+  // A card number after a length word whose last byte is a digit (52 is '4'): its digits are not lengthened.
+  const card = `4111111111111111 ${'y'.repeat(35)}`;
+  t.equal(Buffer.byteLength(card), 52);
+  r = await through(Buffer.concat([typedDescription(TEXT_ARRAY, 1), dataRow([array(card)])]));
+  t.match(r.refused, /binary form sluice cannot rewrite/);
+  // A record (ROW(...)) in binary: field count, then each field's type OID, length and bytes.
+  const record = new PgBytes().int32(1).int32(25).int32(Buffer.byteLength(long)).string(long).raw();
+  r = await through(Buffer.concat([typedDescription(RECORD, 1), dataRow([record])]));
+  t.match(r.refused, /binary form sluice cannot rewrite/, 'inside a record too');
 });
 
 t.test('tracking what was sent: rows get the description of the portal their Execute names', async (t) => {
