@@ -109,7 +109,7 @@ t.test('table globs read as SQL reads the names: unquoted folded to lower case, 
 t.test('audit settings', async (t) => {
   const policies = `policies: [{ name: ci, subjects: { groups: [ci] }, targets: [app-db] }]\n`;
   t.equal(parse(policies).audit, undefined, 'absent: enabled with the defaults');
-  t.same(parse(`${policies}audit: { enabled: false, redis_allowed: each }\n`).audit, { enabled: false, redisAllowed: 'each' });
-  t.same(parse(`${policies}audit: {}\n`).audit, { enabled: true, redisAllowed: 'per_second' });
+  t.same(parse(`${policies}audit: { enabled: false, redis_allowed: each }\n`).audit, { enabled: false, redisAllowed: 'each', retentionMs: 0 });
+  t.same(parse(`${policies}audit: {}\n`).audit, { enabled: true, redisAllowed: 'per_second', retentionMs: 0 });
   t.match(problems(`${policies}audit: { redis_allowed: sometimes }\n`)[0], /audit\.redis_allowed: expected each or per_second/);
 });
