@@ -161,10 +161,18 @@ interface Prepared {
   kind: string;
   /** A statement that may carry a password (namesCredential): its parameters are never audited. */
   credential: boolean;
+  /**
+   * The SQL-prepared statement it EXECUTEs, by name (`Parse x "EXECUTE
+   * p(1)"`): x runs whatever p is when x is bound, which may be a statement
+   * prepared, or released by an approval, after x was parsed. A Bind of x is
+   * judged as a Bind of p would be (#bindApprovalBound), and its parameters
+   * are withheld when p may carry a password (#bind).
+   */
+  executes?: string;
 }
 
-function prepared(text: string, kind: string, credential = false): Prepared {
-  return { text, kind, credential };
+function prepared(text: string, kind: string, credential = false, executes?: string): Prepared {
+  return executes === undefined ? { text, kind, credential } : { text, kind, credential, executes };
 }
 
 const TRANSACTION_END = /^\s*(commit|end|prepare\s+transaction)\b/i;
@@ -219,7 +227,11 @@ export class PgStatementGate implements RelayGate {
    * statement, and is judged once the refusal is out.
    */
   #refusalsInFlight = 0;
+  /** CopyInResponses since the last ReadyForQuery: the COPYs of the Query being answered (see CopyInResponse). */
+  #copyInsOfQuery = 0;
   #replayScheduled = false;
+  /** The client's reads are paused by the gate (a held statement, a refusal on its way): see #resumeClient. */
+  #clientHeld = false;
   #pending: PendingApproval | undefined;
   /** Prepared statements by name (extended protocol) the server has created (ParseComplete): for audit text, and ROLLBACK in an aborted transaction. */
   readonly #statements = new Map<string, Prepared>();
@@ -245,10 +257,12 @@ export class PgStatementGate implements RelayGate {
    */
   #extendedOpen = false;
   /**
-   * A Query with a COPY FROM STDIN in it went upstream, and the client has
-   * sent neither CopyDone nor CopyFail since, nor has the server answered
-   * it: inside a COPY the server ignores a Sync and takes a Query for an
-   * error, answering neither with a ReadyForQuery (see #query, Sync).
+   * A Query with a COPY FROM STDIN in it went upstream (or the server began
+   * a later COPY of the same Query), and the client has sent neither
+   * CopyDone nor CopyFail since, nor has the server answered it: inside a
+   * COPY the server ignores a Sync and takes a Query for an error,
+   * answering neither with a ReadyForQuery, and any other message there
+   * ends the session (fromClient).
    */
   #inCopy = false;
   /** ReadyForQuery messages received: the batch the server is answering now. */
@@ -269,14 +283,6 @@ export class PgStatementGate implements RelayGate {
   readonly #approvalBound = new Map<string, ApprovalBound>();
   /** Statements this session prepared from one that may carry a password: their EXECUTEs' arguments are not shown. */
   readonly #credentialPrepared = new PreparedCredentials();
-  /**
-   * Statements prepared by Parse that EXECUTE an SQL-prepared one, by name:
-   * `Parse x "EXECUTE p(1)"` runs whatever `p` is when x is bound, which may
-   * be a statement prepared, or released by an approval, after x was
-   * parsed. A Bind of x is judged as a Bind of p would be (#bindApprovalBound),
-   * and its parameters are withheld when p may carry a password (#bind).
-   */
-  readonly #executesOf = new Map<string, string>();
   /** Portals bound to a ROLLBACK while the transaction is aborted (see #bindsRollback). */
   readonly #rollbackPortals = new Set<string>();
   /**
@@ -340,7 +346,7 @@ export class PgStatementGate implements RelayGate {
   fromClient(type: number, bytes: Buffer): void {
     if (this.#pending || this.#refusalsInFlight > 0 || this.#backlog.length > 0) {
       // Own the bytes: they wait across an await for the decision, or for a refusal to be answered.
-      if (!this.#pending && this.#backlog.length === 0) this.#io.holdClient();
+      this.#holdClient();
       this.#backlog.push({ type, bytes: Buffer.from(bytes) });
       return;
     }
@@ -566,16 +572,20 @@ export class PgStatementGate implements RelayGate {
     const portal = this.#sql(bytes, 5);
     const name = this.#sql(bytes, portal.end);
     // A statement that EXECUTEs a released one (however long before it was released) runs it: judged as it.
-    const runs = this.#executesOf.get(name.value);
+    // Of the statement the server holds under that name (or the Parse of it on its way, which a Bind behind it follows).
+    const runs = this.#statement(name.value)?.executes;
     const direct = this.#approvalBound.get(name.value);
-    const bound = direct ?? (runs === undefined ? undefined : this.#approvalBound.get(runs));
+    let bound = direct;
     let approvalId: string | undefined;
+    if (direct?.unspent !== undefined) {
+      // The Bind right behind the approval of this statement itself: the one that approval covers.
+      approvalId = direct.unspent;
+      direct.unspent = undefined;
+    } else if (runs !== undefined) {
+      // What it EXECUTEs as that is now: a name may have been prepared again since it was bound.
+      bound = this.#approvalBound.get(runs) ?? direct;
+    }
     if (bound !== undefined) {
-      // Only the Bind of the released statement itself is the one its approval covers.
-      if (direct !== undefined) {
-        approvalId = bound.unspent;
-        bound.unspent = undefined;
-      }
       if (approvalId === undefined) {
         const again = this.#judge([bound.facts]);
         const shown = this.#shown(bound.facts.text, bound.facts);
@@ -656,15 +666,14 @@ export class PgStatementGate implements RelayGate {
    */
   #parsed(name: string, bytes: Buffer, facts: SqlStatementFacts[], approvalBound: boolean, approvalId?: string, judged: SqlStatementFacts[] = facts): void {
     const f = facts[0]!;
-    if (f.statementName !== '' && f.kinds.includes('execute')) this.#executesOf.set(name, f.statementName);
-    else this.#executesOf.delete(name);
     if (approvalBound) {
       this.#bindApproval(name, judged[0]!, approvalId);
       // A PREPARE sent by Parse: what it prepares is released with it.
       this.#bindPrepared(facts);
     }
     // Remembered by #parse already: an SQL EXECUTE of this name runs it too (one set of names for both).
-    this.#parseSent(name, prepared(this.#shown(f.text, f), kindLabel(f.kinds), this.#hidesArguments(f)), bytes);
+    const executes = f.statementName !== '' && f.kinds.includes('execute') ? f.statementName : undefined;
+    this.#parseSent(name, prepared(this.#shown(f.text, f), kindLabel(f.kinds), this.#hidesArguments(f), executes), bytes);
   }
 
   /** Statement text as the audit trail, logs and approvers see it: auditText, and an EXECUTE of a credential statement without its arguments. */
@@ -780,7 +789,7 @@ export class PgStatementGate implements RelayGate {
     }
     this.#pending = pending;
     const id = pending.record.id;
-    this.#io.holdClient();
+    this.#holdClient();
     this.#emit({
       kind: 'local',
       withReadyForQuery: false,
@@ -896,7 +905,8 @@ export class PgStatementGate implements RelayGate {
 
   #parseInAbortedTransaction(bytes: Buffer, name: string, query: string): void {
     if (TRANSACTION_END.test(query)) {
-      this.#parseSent(name, prepared('ROLLBACK', 'transaction'), parseMessage(name, 'ROLLBACK'));
+      // The name as the client's bytes have it: read in the session's encoding, it may not be UTF-8.
+      this.#parseSent(name, prepared('ROLLBACK', 'transaction'), parseMessage(bytes.subarray(5, this.#sql(bytes, 5).end - 1), 'ROLLBACK'));
     } else if (TRANSACTION_ROLLBACK.test(query)) {
       this.#parseSent(name, prepared(query, 'transaction'), bytes);
     } else {
@@ -919,15 +929,17 @@ export class PgStatementGate implements RelayGate {
         break;
       case Backend.ReadyForQuery:
         this.#batchesAnswered++;
+        this.#copyInsOfQuery = 0;
         // Parses and Closes of the batch just answered that got no reply were refused, or skipped after an error.
         while (this.#opsInFlight.length > 0 && this.#opsInFlight[0]!.batch < this.#batchesAnswered) this.#opsInFlight.shift();
         this.#readyForQuery(bytes);
         return;
       case Backend.CopyInResponse:
         if (this.#copyIn()) return;
-        // Every COPY of a Query starts one: `COPY a FROM STDIN; COPY b FROM STDIN` has two, and the first
-        // CopyDone ended what the Query's send began.
-        this.#inCopy = true;
+        // The Query's first COPY began when it was sent (a client may send its data and CopyDone
+        // without waiting for this). A later one of the same Query (`COPY a FROM STDIN; COPY b FROM
+        // STDIN`) begins here: the first one's CopyDone ended what the send began.
+        if (++this.#copyInsOfQuery > 1) this.#inCopy = true;
         break;
       case Backend.ErrorResponse:
         this.#serverErrored = true;
@@ -1071,10 +1083,28 @@ export class PgStatementGate implements RelayGate {
     this.#drainLocal();
   }
 
+  #holdClient(): void {
+    if (this.#clientHeld) return;
+    this.#clientHeld = true;
+    this.#io.holdClient();
+  }
+
+  /** Reads resume once nothing holds them: no decision awaited, no refusal on its way, nothing waiting to be judged. */
+  #resumeClient(): void {
+    if (!this.#clientHeld || this.#pending || this.#refusalsInFlight > 0 || this.#backlog.length > 0) return;
+    this.#clientHeld = false;
+    this.#io.releaseClient();
+  }
+
   /** A refusal reached the client: once none is left on its way, what waited behind them is judged (#refusalsInFlight). */
   #refusalAnswered(): void {
     this.#refusalsInFlight--;
-    if (this.#refusalsInFlight > 0 || this.#pending || this.#backlog.length === 0 || this.#replayScheduled) return;
+    if (this.#refusalsInFlight > 0 || this.#pending || this.#replayScheduled) return;
+    // Nothing waited behind it (a held statement's own refusal, say): the reads paused for it resume.
+    if (this.#backlog.length === 0) {
+      this.#resumeClient();
+      return;
+    }
     // Not from inside the server reply being handled: the next turn, as a client chunk would come.
     this.#replayScheduled = true;
     setImmediate(() => {
@@ -1097,7 +1127,7 @@ export class PgStatementGate implements RelayGate {
       }
     }
     this.#io.flush();
-    if (!this.#pending && this.#backlog.length === 0) this.#io.releaseClient();
+    this.#resumeClient();
   }
 
   /** Writes local replies that have reached the head of the queue, when the client stream is at a boundary. */
@@ -1138,7 +1168,7 @@ export class PgStatementGate implements RelayGate {
     const statement = this.#statement(name);
     // Parameters of a credential statement may be its password: never kept. Nor those of a name an
     // SQL PREPARE has since made one (PREPARE replaces what a Parse made), or of an EXECUTE of one.
-    const runs = this.#executesOf.get(name);
+    const runs = statement?.executes;
     const credential = statement?.credential === true || this.#credentialPrepared.has(name) || (runs !== undefined && this.#credentialPrepared.has(runs));
     const bind = credential ? null : bytes;
     if (portal !== '') {
@@ -1400,8 +1430,8 @@ function queryMessage(text: string): Buffer {
 }
 
 /** A Parse message with no parameter types. */
-function parseMessage(name: string, text: string): Buffer {
-  const body = Buffer.from(`${name}\0${text}\0\0\0`, 'utf8');
+function parseMessage(name: Buffer, text: string): Buffer {
+  const body = Buffer.concat([name, Buffer.from(`\0${text}\0\0\0`, 'utf8')]);
   const out = Buffer.allocUnsafe(5 + body.length);
   out[0] = Frontend.Parse;
   out.writeInt32BE(4 + body.length, 1);

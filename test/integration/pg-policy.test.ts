@@ -250,6 +250,49 @@ t.test('ROLLBACK TO SAVEPOINT through the extended protocol ends the abort, as p
   t.equal(await rows('select count(*) from items where id = 27'), '1', 'what came before the savepoint is committed');
 });
 
+t.test('LATIN1: a COMMIT parsed again in an aborted transaction is rewritten to ROLLBACK under its own name', async (t) => {
+  const raw = await rawLogin(port, agentToken, { user: 'raw', database: 'app', client_encoding: 'LATIN1' });
+  t.teardown(() => raw.socket.destroy());
+  const latin1 = (s: string) => Buffer.from(s, 'latin1');
+  const query = (sql: string) => typed('Q', `${sql}\0`);
+  raw.send(query('BEGIN'));
+  await readUntil(raw);
+  raw.send(query("INSERT INTO items VALUES (29, 'twenty-nine')"));
+  await readUntil(raw);
+  raw.send(Buffer.concat([typed('P', latin1('\xe9\0COMMIT\0\0\0')), typed('S', '')]));
+  t.same((await readUntil(raw)).map((m) => m.type), ['1', 'Z']);
+  raw.send(query('DROP TABLE victim'));
+  t.equal((await readUntil(raw)).at(-1)!.body.toString('latin1'), 'E');
+  // Parsed again: the gate sends it as ROLLBACK, which the server refuses (the name exists): it stays the COMMIT.
+  raw.send(Buffer.concat([typed('P', latin1('\xe9\0COMMIT\0\0\0')), typed('B', latin1('\0\xe9\0\0\0\0\0\0\0')), typed('E', '\0\0\0\0\0'), typed('S', '')]));
+  const replies = await readUntil(raw);
+  t.ok(replies.some((m) => m.type === 'E'), 'refused');
+  t.notOk(replies.some((m) => m.type === 'C'), 'nothing ran');
+  raw.send(query('ROLLBACK'));
+  await readUntil(raw);
+  t.equal(await rows('select count(*) from items where id = 29'), '0', 'nothing was committed');
+});
+
+t.test('a held statement denied while an earlier one still runs: its refusal comes after, and the session reads again', async (t) => {
+  const raw = await rawLogin(port, agentToken);
+  t.teardown(() => raw.socket.destroy());
+  const query = (sql: string) => typed('Q', `${sql}\0`);
+  raw.send(Buffer.concat([query('SELECT pg_sleep(1.5)'), query('DELETE FROM ledger WHERE id = 901')]));
+  let id: string | undefined;
+  for (let i = 0; i < 100 && id === undefined; i++) {
+    const list = (await (await fetch(`${api}/api/approvals?status=pending`, { headers: { authorization: `Bearer ${approverToken}` } })).json()) as { approvals: Array<{ id: string; text: string }> };
+    id = list.approvals.find((a) => a.text.includes('id = 901'))?.id;
+    if (id === undefined) await new Promise((r) => setTimeout(r, 20));
+  }
+  t.ok(id, 'held while the sleep runs');
+  await decide(id!, 'deny');
+  t.equal((await readUntil(raw)).at(-1)?.type, 'Z', 'the sleep answered');
+  const denied = await readUntil(raw);
+  t.equal(errorFields(denied.find((m) => m.type === 'E')!.body).C, '42501', 'then the denial');
+  raw.send(query('SELECT 1'));
+  t.ok((await readUntil(raw)).some((m) => m.type === 'D'), 'and the next statement is read and answered');
+});
+
 t.test('LATIN1: portal names that differ in a byte UTF-8 cannot read are two names, not one', async (t) => {
   const raw = await rawLogin(port, agentToken, { user: 'raw', database: 'app', client_encoding: 'LATIN1' });
   t.teardown(() => raw.socket.destroy());
@@ -648,4 +691,17 @@ t.test('a released statement stays bound to its approvals: a skipped Close, an E
   await decide(await heldId(), 'deny');
   t.equal(errorFields((await readUntil(raw, 'Z')).find((m) => m.type === 'E')!.body).C, '42501', 'z runs wipe4: held, and refused when denied');
   t.equal(await count(), '4', 'the approved PREPARE ran nothing through z');
+
+  // 5. A Parse of that name the server refuses (it exists) leaves it what it was: still an EXECUTE of wipe5.
+  raw.send(Buffer.concat([parse('w', 'EXECUTE wipe5'), sync]));
+  await readUntil(raw, 'Z');
+  raw.send(Buffer.concat([parse('w', 'SELECT 1'), sync]));
+  t.equal(errorFields((await readUntil(raw, 'Z')).find((m) => m.type === 'E')!.body).C, '42P05', 'the server keeps the first w');
+  raw.send(typed('Q', cstr('PREPARE wipe5 AS DELETE FROM ledger WHERE id = (SELECT min(id) FROM ledger WHERE id >= 10)')));
+  await decide(await heldId(), 'approve');
+  await readUntil(raw, 'Z');
+  raw.send(Buffer.concat([bind('w'), execute(), sync]));
+  await decide(await heldId(), 'deny');
+  t.equal(errorFields((await readUntil(raw, 'Z')).find((m) => m.type === 'E')!.body).C, '42501', 'w still runs wipe5: held');
+  t.equal(await count(), '4');
 });
