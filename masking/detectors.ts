@@ -266,11 +266,12 @@ export const BUILTIN_DETECTORS: Record<DetectorName, Detector> = {
     // A keyword, then = or :, then the value (quoted or bare); or the password of a URL's userinfo.
     gates: [/pass|pwd|secret|key|token|:\/\//i],
     regex: new RegExp(
-      `(?<!(?<!\\\\)[A-Za-z0-9])(?:${PASSWORD_KEYWORDS})["']?\\s{0,5}[:=]\\s{0,5}(?:"((?:[^"\\\\\\r\\n]|\\\\.){1,1024})"|'((?:[^'\\\\\\r\\n]|\\\\.){1,1024})'|([^\\s"',;&}]{1,1024}))` +
+      `(?<!(?<!\\\\)[A-Za-z0-9])(?:${PASSWORD_KEYWORDS})["']?\\s{0,5}[:=]\\s{0,5}(?:"((?:[^"\\\\\\r\\n]|\\\\.){1,1024})"|"([^"\\r\\n]{1,1024})"|'((?:[^'\\\\\\r\\n]|\\\\.){1,1024})'|'([^'\\r\\n]{1,1024})'|([^\\s"',;&}]{1,1024}))` +
         `|://[^/\\s:@]{1,256}:([^/\\s@]{1,256})@`,
       'dgi',
     ),
-    valueGroups: [1, 2, 3, 4],
+    // Quoted values: escape-aware first (`"hun\\"ter2"`), then to the next quote (a value ending in a backslash).
+    valueGroups: [1, 2, 3, 4, 5, 6],
   },
 };
 

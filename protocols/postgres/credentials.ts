@@ -77,17 +77,19 @@ const URI_ENCODED_QUERY = /:\/\/[^\s'?]*\?(?=[^\s']*%)/;
 
 /**
  * A literal written with escapes (`U&"p\0061ssword"`, `E'p\x61ssword=x'`)
- * or built by concatenation (`'pass' || 'word=x'`): the keywords above may
- * be spelled in it without appearing in the text, so nothing after it can
- * be read as safe.
+ * or built by concatenation (`'pass' || 'word=x'`, or two literals with a
+ * line break between them, which SQL joins): the keywords above may be
+ * spelled in it without appearing in the text, so nothing after it can be
+ * read as safe.
  */
-const SPELLED_OTHERWISE = /\bU&['"]|(?<![\w$])E'|\|\|/i;
+const SPELLED_OTHERWISE = /\bU&['"]|(?<![\w$])E'|\|\||'\s*\n\s*'/i;
 /**
  * A dblink call: its arguments are expressions (format(), concat(),
  * chr(), a subquery) that can assemble a connection string's password
- * from pieces no pattern recognises. Cut at its `(`.
+ * from pieces no pattern recognises. Cut at the first `(` after the name,
+ * however it is written (quoted, a comment before its `(`).
  */
-const DBLINK_CALL = /\bdblink\w*\s*\(/i;
+const DBLINK_CALL = /dblink[^(]*\(/i;
 
 /** Where a statement's text is cut: just after its first password keyword, URI user, escaped literal, concatenation or dblink call, or -1. */
 function secretAt(text: string): number {

@@ -149,6 +149,8 @@ const cases: Record<DetectorName, { hit: Array<[string, string]>; miss: string[]
       // An escaped quote inside a quoted value is part of it.
       ['{"password": "hun\\"ter2", "user": "bob"}', '{"password": "<X>", "user": "bob"}'],
       ["secret: 'it\\'s mine'", "secret: '<X>'"],
+      // A value that ends in a backslash: to the next quote, as before escapes were read.
+      ['password="s3cr\\" next', 'password="<X>" next'],
     ],
     miss: ['the password is strong', 'compass=north', 'passport photo', 'keyboard: us', 'npassword=x'],
   },

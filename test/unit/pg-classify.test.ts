@@ -427,6 +427,9 @@ t.test('withoutPassword: a statement is shown up to its first password, keyword 
   t.equal(withoutPassword("SELECT dblink_connect(format('host=h %sword=%s', 'pass', 'hunter2'))"), 'SELECT dblink_connect( [redacted]');
   t.equal(withoutPassword("SELECT dblink('postgresql://u@h/db', 'select 1')"), 'SELECT dblink( [redacted]');
   t.equal(withoutPassword("SELECT 'it''s' AS e"), "SELECT 'it''s' AS e", "a quote doubled inside a literal is not an E'' literal");
+  t.equal(withoutPassword("CREATE SUBSCRIPTION s CONNECTION 'host=h pass'\n  'word=hunter2' PUBLICATION p"), "CREATE SUBSCRIPTION s CONNECTION 'host=h pass'\n  ' [redacted]", 'two literals SQL joins across a line break');
+  t.equal(withoutPassword(`SELECT "dblink_connect"(format('%sword=%s', 'pass', 'x'))`), 'SELECT "dblink_connect"( [redacted]', 'a quoted dblink name');
+  t.equal(withoutPassword("SELECT dblink_connect/**/(concat('pass', 'word=x'))"), 'SELECT dblink_connect/**/( [redacted]', 'a comment before its (');
   t.equal(withoutArguments("EXECUTE c('host=h', 'secret')"), 'EXECUTE c( [redacted]');
 });
 
