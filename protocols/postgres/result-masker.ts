@@ -1206,7 +1206,6 @@ function withLength(type: number, parts: Buffer[]): Buffer {
   return Buffer.concat([head, ...parts], 5 + body);
 }
 
-/** The text the engine sees for the field at buf[start, end). */
 /**
  * A binary field of a type whose layout sluice does not rewrite (an array,
  * a record), as its content is scanned: a copy with every byte that is not
@@ -1284,6 +1283,7 @@ function lengthPrefixed(b: Buffer, p: number, end: number, count: number, skip: 
   return p === end ? out : undefined;
 }
 
+/** The text the engine sees for the field at buf[start, end). */
 function fieldText(buf: Buffer, start: number, end: number, encoding: number): Buffer {
   const base = encoding & 3;
   if (base === JSONB_BINARY) return buf.subarray(start + 1, end);

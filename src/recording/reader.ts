@@ -195,19 +195,14 @@ export interface RecordEntry {
   body?: CheckpointBody | FooterBody | Record<string, unknown>;
 }
 
-/**
- * A recording as an async iterable of its records. After iteration:
- * `complete` is true when a footer was read; `stopped` says where and why
- * reading stopped early (partial trailing record, bad CRC, sequence gap).
- */
+/** The truncated marker's JSON note is parsed up to this size (the writer's: `{"reason":"size cap","maxBytes":N}`). */
+const MAX_TRUNCATED_NOTE = 4096;
+
 /**
  * Opens a recording to read, and its size. Non-blocking, so a FIFO put in a
  * file's place cannot hang a reader (verify --all, the start-up recovery);
  * anything but a regular file is refused with ENOTREG.
  */
-/** The truncated marker's JSON note is parsed up to this size (the writer's: `{"reason":"size cap","maxBytes":N}`). */
-const MAX_TRUNCATED_NOTE = 4096;
-
 export async function openRecordingFile(path: string): Promise<{ fh: FileHandle; size: number }> {
   const fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
   try {
@@ -220,6 +215,11 @@ export async function openRecordingFile(path: string): Promise<{ fh: FileHandle;
   }
 }
 
+/**
+ * A recording as an async iterable of its records. After iteration:
+ * `complete` is true when a footer was read; `stopped` says where and why
+ * reading stopped early (partial trailing record, bad CRC, sequence gap).
+ */
 export class RecordingReader implements AsyncIterable<RecordEntry> {
   header: RecordingHeader | undefined;
   complete = false;

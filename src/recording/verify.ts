@@ -225,7 +225,7 @@ export function againstIndex(
       ok: false,
       firstBad: {
         offset: r.partialTail?.offset ?? 0,
-        reason: `the sessions index records this recording closed with its footer (${row.recordingSize ?? '?'} bytes), but the file has none: cut after it was closed`,
+        reason: `the sessions index records this recording closed with its footer and trailer (${row.recordingSize ?? '?'} bytes), but the file ends before them: cut after it was closed`,
       },
     };
   }

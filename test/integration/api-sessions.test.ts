@@ -207,7 +207,7 @@ t.test('transcript as text and JSON, recording download, verify', async (t) => {
   writeFileSync(ciPath, readFileSync(ciPath).subarray(0, footerAt));
   const cut = JSON.parse((await s.call('/api/sessions/s-ci/verify', s.tokens.auditor)).text) as { ok: boolean; complete: boolean; result: string };
   t.match(cut, { ok: false, complete: false });
-  t.match(cut.result, /^TAMPERED: .*the sessions index records this recording closed with its footer \(\d+ bytes\), but the file has none: cut after it was closed/);
+  t.match(cut.result, /^TAMPERED: .*the sessions index records this recording closed with its footer and trailer \(\d+ bytes\), but the file ends before them: cut after it was closed/);
 
   // With recording.fsync: off a power cut may take a footer and leave its row: that reads as a crash.
   const unsynced = await setup(t, undefined, 'off');

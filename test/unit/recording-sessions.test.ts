@@ -301,7 +301,7 @@ policies:
     writeFileSync(paths.good2!, bytes.subarray(0, bytes.length - 150));
     c = capture();
     t.equal(await verifyCommand(['good2', '--config', config], c.io), 1, 'incomplete is not "all good"');
-    t.match(c.out(), /good2: TAMPERED: offset \d+: the sessions index records this recording closed with its footer \(\d+ bytes\), but the file has none: cut after it was closed/);
+    t.match(c.out(), /good2: TAMPERED: offset \d+: the sessions index records this recording closed with its footer and trailer \(\d+ bytes\), but the file ends before them: cut after it was closed/);
 
     // good1's whole, signed recording copied over good2's: each file is sound, but not good2's.
     writeFileSync(paths.good2!, readFileSync(paths.good1!));
