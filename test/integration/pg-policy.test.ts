@@ -250,15 +250,21 @@ t.test('ROLLBACK TO SAVEPOINT through the extended protocol ends the abort, as p
   t.equal(await rows('select count(*) from items where id = 27'), '1', 'what came before the savepoint is committed');
 });
 
-t.test('LATIN1: a COMMIT parsed again in an aborted transaction is rewritten to ROLLBACK under its own name', async (t) => {
+/** A raw session with client_encoding LATIN1, in a transaction that has inserted item `id`. */
+async function latin1Transaction(t: Test, id: number): Promise<{ raw: RawPg; latin1: (s: string) => Buffer; query: (sql: string) => Buffer }> {
   const raw = await rawLogin(port, agentToken, { user: 'raw', database: 'app', client_encoding: 'LATIN1' });
   t.teardown(() => raw.socket.destroy());
   const latin1 = (s: string) => Buffer.from(s, 'latin1');
   const query = (sql: string) => typed('Q', `${sql}\0`);
   raw.send(query('BEGIN'));
   await readUntil(raw);
-  raw.send(query("INSERT INTO items VALUES (29, 'twenty-nine')"));
+  raw.send(query(`INSERT INTO items VALUES (${id}, 'item ${id}')`));
   await readUntil(raw);
+  return { raw, latin1, query };
+}
+
+t.test('LATIN1: a COMMIT parsed again in an aborted transaction is rewritten to ROLLBACK under its own name', async (t) => {
+  const { raw, latin1, query } = await latin1Transaction(t, 29);
   raw.send(Buffer.concat([typed('P', latin1('\xe9\0COMMIT\0\0\0')), typed('S', '')]));
   t.same((await readUntil(raw)).map((m) => m.type), ['1', 'Z']);
   raw.send(query('DROP TABLE victim'));
@@ -294,14 +300,7 @@ t.test('a held statement denied while an earlier one still runs: its refusal com
 });
 
 t.test('LATIN1: portal names that differ in a byte UTF-8 cannot read are two names, not one', async (t) => {
-  const raw = await rawLogin(port, agentToken, { user: 'raw', database: 'app', client_encoding: 'LATIN1' });
-  t.teardown(() => raw.socket.destroy());
-  const latin1 = (s: string) => Buffer.from(s, 'latin1');
-  const query = (sql: string) => typed('Q', `${sql}\0`);
-  raw.send(query('BEGIN'));
-  await readUntil(raw);
-  raw.send(query("INSERT INTO items VALUES (28, 'twenty-eight')"));
-  await readUntil(raw);
+  const { raw, latin1, query } = await latin1Transaction(t, 28);
   // Portal "\xe8" holds a COMMIT, bound while the transaction is healthy.
   raw.send(Buffer.concat([typed('P', latin1('fin3\0COMMIT\0\0\0')), typed('B', latin1('\xe8\0fin3\0\0\0\0\0\0\0')), typed('S', '')]));
   t.same((await readUntil(raw)).map((m) => m.type), ['1', '2', 'Z']);

@@ -202,7 +202,8 @@ t.test('isoTime is toISOString', async (t) => {
   for (const ms of samples) t.equal(isoTime(ms), new Date(ms).toISOString(), String(ms));
 });
 
-t.test('an approval that does not match the held statement releases nothing', async (t) => {
+/** A relay whose gate holds DELETEs for approval, with a stand-in for the approvals (a fault it injects), on fake sockets. */
+function approvalRelay(approvals: object, onClose: (reason: string) => void = () => undefined): { client: FakeSocket; upstream: FakeSocket } {
   const client = new FakeSocket();
   const upstream = new FakeSocket();
   const policy = new SessionPolicy({
@@ -212,21 +213,24 @@ t.test('an approval that does not match the held statement releases nothing', as
     default: 'allow',
     rules: [{ name: 'deletes-need-approval', action: 'approve', match: { kinds: ['delete'] } }],
   });
+  const gate = new PgStatementGate({ sessionId: 's1', subject: 'alice', target: 'db', policy, logger, approvals: approvals as never });
+  new PgRelay(client as never, upstream as never, new PgFramer({ maxMessageBytes: 1 << 20 }), new PgFramer({ maxMessageBytes: 1 << 20 }), {
+    logger,
+    idleTimeoutMs: 0,
+    onClose,
+    gate,
+  }).start([], []);
+  return { client, upstream };
+}
+
+t.test('an approval that does not match the held statement releases nothing', async (t) => {
   // Approved, but for other bytes (as if one request's decision reached another hold).
   const other = { id: 'apr_other', status: 'approved', sessionId: 's1', subject: 'alice', statementHash: statementHash(Buffer.from('something else')) };
-  const approvals = {
+  const { client, upstream } = approvalRelay({
     windowAllows: () => undefined,
     markUsed: () => undefined,
     requestFor: () => ({ record: { id: 'apr_other', expiresAt: '2026-12-01T00:00:00.000Z' }, outcome: Promise.resolve({ status: 'approved', record: other }), cancel: () => undefined }),
-  };
-  const gate = new PgStatementGate({ sessionId: 's1', subject: 'alice', target: 'db', policy, logger, approvals: approvals as never });
-  const relay = new PgRelay(client as never, upstream as never, new PgFramer({ maxMessageBytes: 1 << 20 }), new PgFramer({ maxMessageBytes: 1 << 20 }), {
-    logger,
-    idleTimeoutMs: 0,
-    onClose: () => undefined,
-    gate,
   });
-  relay.start([], []);
   client.emit('data', new PgBytes().cstring('DELETE FROM t WHERE id = 1').typed('Q'));
   await new Promise((resolve) => setImmediate(resolve));
   t.match(Buffer.concat(client.writes).toString('latin1'), /approval apr_other was denied/, 'refused as a denied one');
@@ -236,35 +240,21 @@ t.test('an approval that does not match the held statement releases nothing', as
 });
 
 t.test('a failure while an approval decision is carried out ends that session, not the process', async (t) => {
-  const client = new FakeSocket();
-  const upstream = new FakeSocket();
-  const policy = new SessionPolicy({
-    name: 'p',
-    subjects: { groups: ['g'] },
-    targets: ['db'],
-    default: 'allow',
-    rules: [{ name: 'deletes-need-approval', action: 'approve', match: { kinds: ['delete'] } }],
-  });
   let requests = 0;
-  // The second request fails as ApprovalManager.request does when the store cannot save it (a full disk).
-  const approvals = {
-    windowAllows: () => undefined,
-    markUsed: () => undefined,
-    // As ApprovalManager.requestFor passes on a failure that is not one of its limits.
-    requestFor: () => {
-      if (++requests > 1) throw new Error('SQLITE_FULL: database or disk is full');
-      return { record: { id: 'apr_first', expiresAt: '2026-12-01T00:00:00.000Z' }, outcome: Promise.resolve({ status: 'denied' }), cancel: () => undefined };
-    },
-  };
-  const gate = new PgStatementGate({ sessionId: 's1', subject: 'alice', target: 'db', policy, logger, approvals: approvals as never });
   let closed: string | undefined;
-  const relay = new PgRelay(client as never, upstream as never, new PgFramer({ maxMessageBytes: 1 << 20 }), new PgFramer({ maxMessageBytes: 1 << 20 }), {
-    logger,
-    idleTimeoutMs: 0,
-    onClose: (reason) => (closed = reason),
-    gate,
-  });
-  relay.start([], []);
+  // The second request fails as ApprovalManager.request does when the store cannot save it (a full disk).
+  const { client, upstream } = approvalRelay(
+    {
+      windowAllows: () => undefined,
+      markUsed: () => undefined,
+      // As ApprovalManager.requestFor passes on a failure that is not one of its limits.
+      requestFor: () => {
+        if (++requests > 1) throw new Error('SQLITE_FULL: database or disk is full');
+        return { record: { id: 'apr_first', expiresAt: '2026-12-01T00:00:00.000Z' }, outcome: Promise.resolve({ status: 'denied' }), cancel: () => undefined };
+      },
+    },
+    (reason) => (closed = reason),
+  );
   const query = (sql: string): Buffer => new PgBytes().cstring(sql).typed('Q');
   // The second waits behind the first; once the first is denied, the second is held in turn, and that request fails.
   client.emit('data', Buffer.concat([query('DELETE FROM t WHERE id = 1'), query('DELETE FROM t WHERE id = 2')]));

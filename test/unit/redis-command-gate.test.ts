@@ -15,7 +15,7 @@ const kind = (name: string, sub?: string): CommandKind => {
 };
 const argv = (...a: string[]): Buffer[] => a.map((x) => Buffer.from(x));
 
-function gate(rules: RuleConfig[], options: { auditEachAllowed?: boolean } = {}) {
+function gate(rules: RuleConfig[], options: { auditEachAllowed?: boolean; approvals?: object } = {}) {
   const events: AuditEvent[] = [];
   const verdicts: string[] = [];
   const policy = new SessionPolicy({ name: 'p', subjects: { groups: ['g'] }, targets: ['t'], default: 'allow', rules });
@@ -28,6 +28,7 @@ function gate(rules: RuleConfig[], options: { auditEachAllowed?: boolean } = {})
     audit: { write: (e) => void events.push(e) },
     onVerdict: (v) => void verdicts.push(v),
     ...(options.auditEachAllowed ? { auditEachAllowed: true } : {}),
+    ...(options.approvals ? { approvals: options.approvals as never } : {}),
   });
   return { g, events, verdicts };
 }
@@ -93,21 +94,13 @@ t.test('approval windows: scripts, administration and commands without known key
 });
 
 t.test('an approval that does not match the held command releases nothing', async (t) => {
-  const events: AuditEvent[] = [];
-  const policy = new SessionPolicy({ name: 'p', subjects: { groups: ['g'] }, targets: ['t'], default: 'allow', rules: [{ name: 'ask', action: 'approve', match: { commands: ['unlink'] } }] });
   const other = { id: 'apr_other', status: 'approved', sessionId: 's1', subject: 'alice', statementHash: statementHash(Buffer.from('something else')) };
-  const g = new RedisCommandGate({
-    sessionId: 's1',
-    subject: 'alice',
-    target: 't',
-    policy,
-    logger: createLogger('silent', { write: () => {} }),
-    audit: { write: (e) => void events.push(e) },
+  const { g, events } = gate([{ name: 'ask', action: 'approve', match: { commands: ['unlink'] } }], {
     approvals: {
       windowAllows: () => undefined,
       markUsed: () => t.fail('not used'),
       requestFor: () => ({ record: { id: 'apr_other' }, outcome: Promise.resolve({ status: 'approved', record: other }), cancel: () => undefined }),
-    } as never,
+    },
   });
   const args = argv('UNLINK', 'old:1');
   const judged = g.judge(args);
