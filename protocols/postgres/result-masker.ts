@@ -998,7 +998,7 @@ export class PgResultMasker {
         // column in binary, which may be an array or a record: scanned raw, and a hit ends the
         // session rather than break the value's inner lengths (as a described one does).
         if (content && len > 0) {
-          if (binaryField(this.#rowFormats, i)) plan.candidate(item, i, at - 4, separatedOpaque(buf, at, pos), 0, len, len, PLAIN | OPAQUE_BINARY);
+          if (binaryField(this.#rowFormats, i)) opaqueCandidate(plan, item, i, buf, at, pos);
           else plan.candidate(item, i, at - 4, buf, at, pos, len, PLAIN);
         }
         continue;
@@ -1021,9 +1021,7 @@ export class PgResultMasker {
           );
         }
         // Numbers, timestamps, uuids...: no text inside to find. Anything else is scanned raw.
-        if (size < 0 && content && len > 0) {
-          plan.candidate(item, i, at - 4, separatedOpaque(buf, at, pos), 0, len, len, PLAIN | OPAQUE_BINARY);
-        }
+        if (size < 0 && content && len > 0) opaqueCandidate(plan, item, i, buf, at, pos);
         continue;
       }
       const encoding =
@@ -1208,25 +1206,51 @@ function withLength(type: number, parts: Buffer[]): Buffer {
 
 /**
  * A binary field of a type whose layout sluice does not rewrite (an array,
- * a record), as its content is scanned: a copy with every byte that is not
- * element data (the header, each element's length, a record field's type
- * OID) made a newline. An element's 4-byte length sits right before its
- * text, and its last byte may be a letter or digit (97 is `a`): joined to
- * the text, it hid a hit from every detector that wants a word start
- * (`apassword=x`), or lengthened a card's digits past its check. Arrays and
- * records nest (an array of records), and are separated all the way down;
- * a field of neither layout gets its control bytes made newlines. Hits are
- * refused, never rewritten (OPAQUE_BINARY), so the copy is only read.
+ * a record) as a candidate for content rules: a hit in it is refused, never
+ * rewritten (OPAQUE_BINARY). An element's 4-byte length sits right before
+ * its text, and its last byte may be a letter or digit (97 is `a`): joined
+ * to the text, it hid a hit from every detector that wants a word start
+ * (`apassword=x`), or lengthened a card's digits past its check. Where one
+ * does (needsSeparation), the field is scanned as a copy with every byte
+ * that is not element data (the header, each length, a record field's type
+ * OID) made a newline, nested arrays and records too; a field of neither
+ * layout, with its control bytes made newlines. Otherwise, as most are
+ * (elements under 32 bytes, say), it is scanned where it lies: the copy
+ * costs several times the scan of a value with nothing to find.
  */
-function separatedOpaque(buf: Buffer, start: number, end: number): Buffer {
-  const out = Buffer.from(buf.subarray(start, end));
-  if (!separateLayout(out, 0, out.length)) {
-    for (let i = 0; i < out.length; i++) if (out[i]! < 0x20) out[i] = 0x0a;
+function opaqueCandidate(plan: ChunkPlan, item: number, field: number, buf: Buffer, start: number, end: number): void {
+  const len = end - start;
+  if (!needsSeparation(buf, start, end)) {
+    plan.candidate(item, field, start - 4, buf, start, end, len, PLAIN | OPAQUE_BINARY);
+    return;
   }
-  return out;
+  const copy = Buffer.from(buf.subarray(start, end));
+  if (!separateLayout(copy, 0, len)) {
+    for (let i = 0; i < len; i++) if (copy[i]! < 0x20) copy[i] = 0x0a;
+  }
+  plan.candidate(item, field, start - 4, copy, 0, len, len, PLAIN | OPAQUE_BINARY);
 }
 
-/** Separates b[start, end) in place when it is a binary array or record (see separatedOpaque); false when it is neither. */
+/**
+ * Whether a byte of b[start, end)'s framing that is not a control byte
+ * stands right before element data, here or in a nested array or record;
+ * for a field of neither layout, whether it has a control byte (made a
+ * newline for the scan). An element of neither layout is text as it lies.
+ */
+function needsSeparation(b: Buffer, start: number, end: number, nested = false): boolean {
+  const elements = arrayElements(b, start, end) ?? recordFields(b, start, end);
+  if (elements === undefined) {
+    if (nested) return false;
+    for (let i = start; i < end; i++) if (b[i]! < 0x20) return true;
+    return false;
+  }
+  for (let k = 0; k < elements.length; k += 2) {
+    if (b[elements[k]! - 1]! >= 0x20 || needsSeparation(b, elements[k]!, elements[k + 1]!, true)) return true;
+  }
+  return false;
+}
+
+/** Separates b[start, end) in place when it is a binary array or record (see opaqueCandidate); false when it is neither. */
 function separateLayout(b: Buffer, start: number, end: number): boolean {
   const elements = arrayElements(b, start, end) ?? recordFields(b, start, end);
   if (elements === undefined) return false;
