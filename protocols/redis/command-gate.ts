@@ -2,7 +2,7 @@ import type { GateContextBase, RedisCommandFacts, Verdict } from '../../src/poli
 import type { AuditEvent, AuditVerdict } from '../../src/store/types.js';
 import { releases, type PendingApproval } from '../../src/policy/approvals.js';
 import { fingerprintHmac } from '../../src/policy/fingerprint-key.js';
-import { redisCredentialArgs } from '../../src/recording/scrub.js';
+import { withoutRedisCredentials } from '../../src/recording/scrub.js';
 import { classifyCommand, type CommandKind } from './classify.js';
 import { error } from './replies.js';
 
@@ -41,7 +41,6 @@ export type Judgement =
 const ALLOW: Judgement = Object.freeze({ action: 'allow' });
 /** The rule named in the audit trail for what Sluice refuses whatever the policy says. */
 const BUILT_IN_RULE = 'sluice';
-const REDACTED_ARG = Buffer.from('[redacted]');
 /** Longest argument shown in audit text and to approvers. */
 const ARG_PREVIEW = 200;
 /** Characters of a command's description (audit text, approvals), past which the rest is counted, not shown. */
@@ -195,8 +194,7 @@ export class RedisCommandGate {
    */
   refusedBySluice(args: Buffer[], reply: Buffer): void {
     const facts = classifyCommand(args);
-    const secret = redisCredentialArgs(args);
-    const shown = secret.length === 0 ? args : args.map((a, i) => (secret.includes(i) ? REDACTED_ARG : a));
+    const shown = withoutRedisCredentials(args);
     // The reply is Sluice's own `-ERR sluice: ...\r\n`: its text, without the type byte and CRLF.
     const message = reply.toString('utf8', 1, Math.min(reply.length - 2, 1 + ARG_PREVIEW));
     this.#write(this.#event(facts, describeCommand(shown, facts), 'denied', { rule: BUILT_IN_RULE, error: message }));
@@ -324,8 +322,8 @@ export function fingerprintOf(facts: RedisCommandFacts, args: readonly Buffer[])
   let keys = '';
   for (const k of facts.keys) keys += `${k.length}:${k}`;
   const base = `redis:${kindOf(facts)}:${keys}`;
-  const argumentsCount = facts.keys.length === 0 || facts.anyKey === true || facts.categories.some((c) => c === '@scripting' || c === '@admin' || c === '@dangerous');
-  if (!argumentsCount) return base;
+  const argumentsMatter = facts.keys.length === 0 || facts.anyKey === true || facts.categories.some((c) => c === '@scripting' || c === '@admin' || c === '@dangerous');
+  if (!argumentsMatter) return base;
   const digest = fingerprintHmac();
   const secret = secretPositions(facts, args);
   for (let i = 1; i < args.length; i++) {
@@ -376,7 +374,7 @@ export function secretPositions(facts: RedisCommandFacts, args: readonly Buffer[
  * characters: uncut, one refused command became a string of hundreds of
  * millions of characters in the audit queue.
  */
-export function describeCommand(args: Buffer[], facts: RedisCommandFacts): string {
+export function describeCommand(args: readonly Buffer[], facts: RedisCommandFacts): string {
   const secretFrom = secretArgumentsFrom(facts);
   let out = '';
   for (let i = 0; i < args.length; i++) {

@@ -106,13 +106,20 @@ export function redisKeyword(arg: Buffer): string {
   return arg.toString('latin1', 0, nul < 0 ? arg.length : nul).toUpperCase();
 }
 
+/** A Redis command's arguments with its credentials (redisCredentialArgs) replaced by `[redacted]`; the same array when it has none. */
+export function withoutRedisCredentials(args: readonly Buffer[]): readonly Buffer[] {
+  const secret = redisCredentialArgs(args);
+  if (secret.length === 0) return args;
+  const out = args.slice();
+  for (const i of secret) out[i] = REDACTED_BYTES;
+  return out;
+}
+
 /**
  * A Redis command re-encoded as a RESP array with its credentials
  * (redisCredentialArgs) replaced by `[redacted]`. Other commands are
  * re-encoded unchanged.
  */
 export function scrubRedisAuth(args: readonly Buffer[]): Buffer {
-  const out = args.slice();
-  for (const i of redisCredentialArgs(args)) out[i] = REDACTED_BYTES;
-  return encodeRespCommand(out);
+  return encodeRespCommand(withoutRedisCredentials(args));
 }
