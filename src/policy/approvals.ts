@@ -180,7 +180,6 @@ export class ApprovalManager {
   /** subject \0 target \0 fingerprint -> the approved record with the latest open window. */
   private readonly windows = new Map<string, ApprovalRecord>();
   private readonly webhooks = new Set<Promise<boolean>>();
-  private readonly aborter = new AbortController();
   private closed = false;
 
   private readonly onUndecided: ((status: 'expired' | 'cancelled') => void) | undefined;
@@ -188,6 +187,8 @@ export class ApprovalManager {
   private readonly maxRequestsPerMinute: number;
   /** Per requester (issuer \0 subject): when its requests of the last minute were made, oldest first. */
   private readonly recentRequests = new Map<string, number[]>();
+  /** When forgetQuietRequesters last swept recentRequests. */
+  private lastForget = 0;
 
   constructor(opts: ApprovalManagerOptions) {
     this.store = opts.store;
@@ -418,7 +419,6 @@ export class ApprovalManager {
     if (this.closed) return;
     this.closed = true;
     for (const id of [...this.pending.keys()]) this.finish(id, 'cancelled', undefined, 'the gateway shut down');
-    this.aborter.abort();
   }
 
   /** The pending entry for a decision, or the typed reason there is none. */
@@ -494,8 +494,9 @@ export class ApprovalManager {
       this.logger.warn({ approvalId: record.id, inFlight: this.webhooks.size }, 'approval webhook not posted: too many deliveries in flight; the request is listed by the API and the CLI');
       return undefined;
     }
+    // Aborted when the request ends (finish), which close() brings about for every one still pending.
     const own = new AbortController();
-    const sent = postApprovalWebhook(this.webhook, record, this.logger, AbortSignal.any([this.aborter.signal, own.signal]));
+    const sent = postApprovalWebhook(this.webhook, record, this.logger, own.signal);
     this.webhooks.add(sent);
     void sent.finally(() => this.webhooks.delete(sent));
     return own;
@@ -509,8 +510,6 @@ export class ApprovalManager {
       if (times.length === 0 || now - times[times.length - 1]! >= MINUTE_MS) this.recentRequests.delete(who);
     }
   }
-
-  private lastForget = 0;
 }
 
 /** A window is the requester's: its issuer and subject, the target, the fingerprint (no issuer: '', matching none of a session's). */
