@@ -44,6 +44,8 @@ export const MAX_MESSAGE_BYTES = 1024 * 1024 * 1024;
 export const DEFAULT_APPROVAL_TIMEOUT_MS = 5 * 60_000;
 /** Approval requests one subject may have pending at once (approvals.max_pending_per_subject). */
 export const DEFAULT_MAX_PENDING_APPROVALS = 10;
+/** How often a retention (recording.retention, audit.retention) purges, after its run at start. */
+export const RETENTION_INTERVAL_MS = 60 * 60_000;
 /** Approval requests one subject may make in a minute (approvals.max_requests_per_minute). */
 export const DEFAULT_MAX_APPROVAL_REQUESTS_PER_MINUTE = 30;
 

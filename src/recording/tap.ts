@@ -59,6 +59,7 @@ import type { AuditVerdict, SessionRecord, SessionStore } from '../store/types.j
 import type { Direction, RecordingMeta } from './format.js';
 import { indexRow } from './index-row.js';
 import type { RecordingKey } from './keys.js';
+import { RETENTION_INTERVAL_MS } from '../config/defaults.js';
 import { purgeRecordings } from './retention.js';
 import { sealThread } from './seal-thread.js';
 import { RecordingWriter, createsFailing, recorderHealth, type RecordingResult, type RecordingWriterOptions } from './writer.js';
@@ -553,7 +554,6 @@ function sessionEnded(): SluiceError {
 
 /** While unhealthy, a probe write is tried at most this often. */
 const PROBE_INTERVAL_MS = 3_000;
-const RETENTION_INTERVAL_MS = 60 * 60_000;
 
 /** What the recorder counts in the gateway's metrics. */
 export interface RecordingMetrics {

@@ -17,10 +17,10 @@
  * with a turn of the loop between them: the first purge of a large trail
  * does not stall the sessions the gateway relays.
  */
+import { RETENTION_INTERVAL_MS } from '../config/defaults.js';
 import type { Logger } from '../log.js';
 import type { Store } from './types.js';
 
-const RETENTION_INTERVAL_MS = 3_600_000;
 /** Batches deleted per transaction: 200 batches are up to 100,000 events. */
 const CHUNK_BATCHES = 200;
 
