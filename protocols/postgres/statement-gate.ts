@@ -168,11 +168,12 @@ interface Prepared {
    * judged as a Bind of p would be (#bindApprovalBound), and its parameters
    * are withheld when p may carry a password (#bind).
    */
-  executes?: string;
+  executes: string | undefined;
 }
 
+/** Every Prepared has the same fields, so the maps and lookups that hold them see one shape. */
 function prepared(text: string, kind: string, credential = false, executes?: string): Prepared {
-  return executes === undefined ? { text, kind, credential } : { text, kind, credential, executes };
+  return { text, kind, credential, executes };
 }
 
 const TRANSACTION_END = /^\s*(commit|end|prepare\s+transaction)\b/i;
@@ -626,7 +627,7 @@ export class PgStatementGate implements RelayGate {
     const name = this.#sql(bytes, 5);
     const query = this.#sql(bytes, name.end);
     if (this.#aborted) {
-      this.#parseInAbortedTransaction(bytes, name.value, query.value);
+      this.#parseInAbortedTransaction(bytes, name, query.value);
       return;
     }
     let facts: SqlStatementFacts;
@@ -903,12 +904,12 @@ export class PgStatementGate implements RelayGate {
     return true;
   }
 
-  #parseInAbortedTransaction(bytes: Buffer, name: string, query: string): void {
+  #parseInAbortedTransaction(bytes: Buffer, name: { value: string; end: number }, query: string): void {
     if (TRANSACTION_END.test(query)) {
       // The name as the client's bytes have it: read in the session's encoding, it may not be UTF-8.
-      this.#parseSent(name, prepared('ROLLBACK', 'transaction'), parseMessage(bytes.subarray(5, this.#sql(bytes, 5).end - 1), 'ROLLBACK'));
+      this.#parseSent(name.value, prepared('ROLLBACK', 'transaction'), parseMessage(bytes.subarray(5, name.end - 1), 'ROLLBACK'));
     } else if (TRANSACTION_ROLLBACK.test(query)) {
-      this.#parseSent(name, prepared(query, 'transaction'), bytes);
+      this.#parseSent(name.value, prepared(query, 'transaction'), bytes);
     } else {
       this.#discardUntilSync = abortedError();
     }
@@ -1045,7 +1046,6 @@ export class PgStatementGate implements RelayGate {
     // Answered: a COPY in it is over, or never started (refused before its CopyInResponse).
     if (owed === COPY_QUERY_REPLY) this.#inCopy = false;
     let status = String.fromCharCode(bytes[5]!) as TransactionStatus;
-    if (owed?.denial) this.#refusalAnswered();
     if (owed?.denial && !this.#serverErrored) {
       this.#io.toClient(owed.denial);
       if (status === 'T') {
@@ -1067,6 +1067,8 @@ export class PgStatementGate implements RelayGate {
     // let go of their Bind messages, which would otherwise keep a client chunk alive while the session idles.
     if (status === 'I') this.#forgetPortals();
     this.#io.toClient(status === String.fromCharCode(bytes[5]!) ? bytes : readyForQuery(status));
+    // Sent, and #aborted says what it did: what waited behind it may be judged (#refusalsInFlight).
+    if (owed?.denial) this.#refusalAnswered();
     this.#drainLocal();
   }
 
@@ -1498,5 +1500,3 @@ function copiesFromClient(statements: readonly SqlStatementFacts[]): boolean {
   }
   return false;
 }
-
-

@@ -17,6 +17,7 @@ import {
   RecordType,
   TRAILER_MAGIC,
   TRAILER_SIZE,
+  encodeTrailer,
   recordDigest,
   type CheckpointBody,
   type FooterBody,
@@ -237,11 +238,7 @@ export function againstIndex(
 
 /** `bytes` are the first bytes of the trailer a footer frame of `footerLength` bytes would have. */
 function isTrailerPrefix(bytes: Buffer, footerLength: number): boolean {
-  if (bytes.length >= TRAILER_SIZE) return false;
-  const expected = Buffer.alloc(TRAILER_SIZE);
-  TRAILER_MAGIC.copy(expected, 0);
-  expected.writeUInt32BE(footerLength, TRAILER_MAGIC.length);
-  return bytes.equals(expected.subarray(0, bytes.length));
+  return bytes.length < TRAILER_SIZE && bytes.equals(encodeTrailer(footerLength).subarray(0, bytes.length));
 }
 
 /** One line for a person: what verify found. */
