@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import type { GateContextBase, SqlStatementFacts, Verdict } from '../../src/policy/types.js';
 import type { AuditEvent, AuditVerdict } from '../../src/store/types.js';
 import { isoTime } from '../../src/store/iso-time.js';
@@ -17,11 +18,17 @@ import { parameterStatusValue, type SqlDecoder } from './encoding.js';
  * any is denied, nothing of the message is forwarded and the client gets an
  * ErrorResponse (42501) and ReadyForQuery, as if the server had refused it.
  *
- * Extended protocol: the verdict is taken at Parse. On a denial Sluice does
- * what PostgreSQL does after a failed Parse: it discards every message up to
- * Sync, forwards the Sync (earlier messages of the batch must complete) and
- * puts its ErrorResponse right before the ReadyForQuery that answers it,
- * unless the server already reported an error in that batch.
+ * Extended protocol: the verdict is taken at Parse. On a denial Sluice has
+ * the server fail the batch where the refused message stood: a Describe of
+ * a portal that cannot exist (REFUSAL_PROBE) goes upstream in its place, so
+ * the server rolls back what the batch ran before it (its implicit
+ * transaction) or aborts the transaction block, exactly as after an error of
+ * its own, and skips to Sync. Sluice discards what the client sends up to
+ * that Sync too (but Flush, which asks for the replies so far) and hands the
+ * client its ErrorResponse in the place of the server's answer to the probe,
+ * where the server's own error would be: right away after a Flush, not only
+ * at Sync. When an earlier message of the batch failed on the server, the
+ * server skipped the probe, and the client sees that error, as it would.
  *
  * A refusal inside a transaction block aborts the transaction, as any
  * error would on the server: the client sees status 'E', every statement
@@ -51,7 +58,7 @@ export interface GateContext extends GateContextBase {
 /** A reply owed to the client, in order. */
 type Owed =
   /** A Query or Sync was forwarded: the server will answer it with ReadyForQuery. */
-  | { kind: 'server'; denial?: Buffer; endsAbortedTransaction?: boolean; query?: true; copyIn?: true }
+  | { kind: 'server'; endsAbortedTransaction?: boolean; query?: true; copyIn?: true }
   /** Sluice answers itself: written once everything before it has been. */
   | { kind: 'local'; error?: Buffer; notice?: Buffer; withReadyForQuery: boolean };
 
@@ -176,6 +183,22 @@ function prepared(text: string, kind: string, credential = false, executes?: str
   return { text, kind, credential, executes };
 }
 
+/**
+ * What Sluice sends upstream in the place of a message it refuses inside an
+ * extended batch (see #refuseInBatch): a Describe of a portal that does not
+ * exist, so the server fails there, rolls back or aborts what the batch
+ * began, and skips to Sync. It runs nothing and reads no catalog. The name
+ * says why in the server's log (`portal "sluice: statement refused by
+ * policy ..." does not exist`); its random part, drawn once per process and
+ * never shown to a client (the client gets its refusal in the place of
+ * this error), is what keeps a client from making the portal exist with a
+ * DECLARE of that name, which would let the batch go on.
+ */
+const REFUSAL_PORTAL = `sluice: statement refused by policy ${randomBytes(12).toString('hex')}`;
+const REFUSAL_PROBE = describePortalMessage(REFUSAL_PORTAL);
+/** The server's answer to REFUSAL_PROBE: undefined_cursor. */
+const UNDEFINED_CURSOR = '34000';
+
 const TRANSACTION_END = /^\s*(commit|end|prepare\s+transaction)\b/i;
 const TRANSACTION_ROLLBACK = /^\s*(rollback|abort)\b/i;
 
@@ -188,6 +211,8 @@ export class PgStatementGate implements RelayGate {
     Frontend.Execute,
     Frontend.Close,
     Frontend.Sync,
+    // Whole, for the one place the gate acts on it: behind a refusal in a batch (see #refuseInBatch).
+    Frontend.Flush,
     Frontend.FunctionCall,
     Frontend.CopyDone,
     Frontend.CopyFail,
@@ -210,15 +235,15 @@ export class PgStatementGate implements RelayGate {
   #status: TransactionStatus = 'I';
   /** The client was told its transaction failed, but the server's is still open: see the class comment. */
   #aborted = false;
-  /** Extended protocol: a refusal is pending; drop client messages until Sync. */
-  #discardUntilSync: Buffer | undefined;
-  /** The server sent an ErrorResponse since its last ReadyForQuery. */
-  #serverErrored = false;
+  /** Extended protocol: a message of the batch was refused; drop client messages until Sync (see #refuseInBatch). */
+  #discardUntilSync = false;
+  /** Refusals whose probe went upstream, oldest first, by the batch they stand in (#batchesSent when sent). */
+  readonly #probes: Array<{ batch: number; error: Buffer }> = [];
   /** Client messages waiting behind a held statement, or behind a refusal not yet answered (#refusalsInFlight). */
   #backlog: Held[] = [];
   /**
-   * Sluice's own refusals (a local error and its ReadyForQuery, or an
-   * extended batch's denial at its Sync) the client has not been sent yet:
+   * Sluice's own refusals of a Query (a local error and its ReadyForQuery)
+   * the client has not been sent yet:
    * they wait for the server's replies to what came before them. Only once
    * one is sent does the gate know whether it aborted a transaction
    * (#aborted): `BEGIN`, an UPDATE, a refused DROP and a `COMMIT`, pipelined,
@@ -351,7 +376,7 @@ export class PgStatementGate implements RelayGate {
       this.#backlog.push({ type, bytes: Buffer.from(bytes) });
       return;
     }
-    if (this.#inCopy && type !== -1 && type !== Frontend.CopyDone && type !== Frontend.CopyFail) {
+    if (this.#inCopy && type !== -1 && type !== Frontend.CopyDone && type !== Frontend.CopyFail && type !== Frontend.Flush) {
       // The server reads nothing but CopyData, CopyDone and CopyFail (and Flush, Sync) until the COPY
       // ends: anything else, judged or discarded here, would leave the replies paired with the wrong requests.
       this.#unpairable(`a ${MESSAGE_NAMES[type] ?? `'${String.fromCharCode(type)}' message`} inside COPY FROM STDIN (before its CopyDone or CopyFail)`);
@@ -359,11 +384,13 @@ export class PgStatementGate implements RelayGate {
     }
     if (this.#discardUntilSync) {
       if (type === Frontend.Sync) {
-        this.#owed.push({ kind: 'server', denial: this.#discardUntilSync });
+        this.#owed.push(SERVER_REPLY);
         // Refused after its rollback: the batch leaves the transaction aborted again, as an error there would.
         this.#batchRollsBack = false;
-        this.#refusalsInFlight++;
-        this.#discardUntilSync = undefined;
+        this.#discardUntilSync = false;
+        this.#up(bytes);
+      } else if (type === Frontend.Flush) {
+        // The client waits for the replies so far, the refusal's among them (the server's to the probe).
         this.#up(bytes);
       }
       return;
@@ -386,7 +413,7 @@ export class PgStatementGate implements RelayGate {
         return;
       case Frontend.Bind:
         if (this.#aborted && !this.#bindsRollback(bytes)) {
-          this.#discardUntilSync = abortedError();
+          this.#refuseInBatch(abortedError());
           return;
         }
         if (this.#approvalBound.size > 0) {
@@ -399,7 +426,7 @@ export class PgStatementGate implements RelayGate {
       case Frontend.Execute:
         if (this.#aborted) {
           if (!this.#rollbackPortals.has(this.#portalOf(bytes))) {
-            this.#discardUntilSync = abortedError();
+            this.#refuseInBatch(abortedError());
             return;
           }
           this.#batchRollsBack = true;
@@ -723,7 +750,7 @@ export class PgStatementGate implements RelayGate {
     );
     this.#record(auditVerdict, facts.length);
     const error = errorResponse({ severity: 'ERROR', code: sqlstate.INSUFFICIENT_PRIVILEGE, message });
-    if (extended) this.#discardUntilSync = error;
+    if (extended) this.#refuseInBatch(error);
     else this.#answerLocally(error);
   }
 
@@ -740,7 +767,7 @@ export class PgStatementGate implements RelayGate {
     this.ctx.audit?.write(this.#event(text, 'unparseable', 'denied', { sqlstate: err.sqlState, error: message }));
     this.#record('denied', 1);
     const error = errorResponse({ severity: 'ERROR', code: err.sqlState, message });
-    if (extended) this.#discardUntilSync = error;
+    if (extended) this.#refuseInBatch(error);
     else this.#answerLocally(error);
   }
 
@@ -911,8 +938,25 @@ export class PgStatementGate implements RelayGate {
     } else if (TRANSACTION_ROLLBACK.test(query)) {
       this.#parseSent(name.value, prepared(query, 'transaction'), bytes);
     } else {
-      this.#discardUntilSync = abortedError();
+      this.#refuseInBatch(abortedError());
     }
+  }
+
+  /**
+   * A message of an extended batch is refused with `error`. The server is
+   * made to fail the batch there, as it would have had the message failed
+   * on it: REFUSAL_PROBE goes upstream in the refused message's place, and
+   * its error (undefined portal) rolls back the implicit transaction of the
+   * batch, so statements the batch ran before it are not committed by its
+   * Sync (JDBC's executeBatch counts on that), or aborts the open
+   * transaction block. The client gets `error` in the place of that reply
+   * (fromServer). What the client sends up to the Sync is discarded, as the
+   * server would skip it.
+   */
+  #refuseInBatch(error: Buffer): void {
+    this.#discardUntilSync = true;
+    this.#probes.push({ batch: this.#batchesSent, error });
+    this.#up(REFUSAL_PROBE, Frontend.Describe);
   }
 
   // --- server -> client ----------------------------------------------------
@@ -929,6 +973,17 @@ export class PgStatementGate implements RelayGate {
         this.#opDone('close');
         break;
       case Backend.ReadyForQuery:
+        if (this.#probes[0]?.batch === this.#batchesAnswered) {
+          // The batch ended without the error its probe must have caused: the server took the probe
+          // for a portal that exists, and did not fail the batch. Whatever it ran stands; fail closed.
+          this.#probes.length = 0;
+          this.ctx.logger.error('the server answered a refusal probe without an error; session closed');
+          this.#io.shutdown(
+            'refusal probe answered',
+            errorResponse({ severity: 'FATAL', code: sqlstate.INTERNAL_ERROR, message: 'sluice: internal error; the session is closed' }),
+          );
+          return;
+        }
         this.#batchesAnswered++;
         this.#copyInsOfQuery = 0;
         // Parses and Closes of the batch just answered that got no reply were refused, or skipped after an error.
@@ -942,12 +997,24 @@ export class PgStatementGate implements RelayGate {
         // STDIN`) begins here: the first one's CopyDone ended what the send began.
         if (++this.#copyInsOfQuery > 1) this.#inCopy = true;
         break;
-      case Backend.ErrorResponse:
-        this.#serverErrored = true;
+      case Backend.ErrorResponse: {
         // The server skips the rest of the batch: no Parse or Close of it still on its way will be done.
         while (this.#opsInFlight.length > 0 && this.#opsInFlight[0]!.batch === this.#batchesAnswered) this.#opsInFlight.shift();
-        if (this.#open.length > 0) this.#closeOpen(errorCode(bytes));
+        const code = errorCode(bytes);
+        const probe = this.#probes[0];
+        if (probe !== undefined && probe.batch === this.#batchesAnswered) {
+          // The batch's first error: the probe's own (the client is told its refusal instead), or an
+          // earlier message's, after which the server skipped the probe (that error is the answer).
+          this.#probes.shift();
+          if (code === UNDEFINED_CURSOR) {
+            this.#masked = undefined;
+            this.#io.toClient(probe.error);
+            return;
+          }
+        }
+        if (this.#open.length > 0) this.#closeOpen(code);
         break;
+      }
       case Backend.CommandComplete:
       case Backend.EmptyQueryResponse:
       case Backend.PortalSuspended:
@@ -1046,13 +1113,6 @@ export class PgStatementGate implements RelayGate {
     // Answered: a COPY in it is over, or never started (refused before its CopyInResponse).
     if (owed === COPY_QUERY_REPLY) this.#inCopy = false;
     let status = String.fromCharCode(bytes[5]!) as TransactionStatus;
-    if (owed?.denial && !this.#serverErrored) {
-      this.#io.toClient(owed.denial);
-      if (status === 'T') {
-        status = 'E';
-        this.#aborted = true;
-      }
-    }
     // Idle: no transaction block is open, so none is aborted, however it ended (a ROLLBACK
     // through the extended protocol ends it as well as a Query does).
     if (owed?.endsAbortedTransaction || status === 'I') {
@@ -1060,15 +1120,12 @@ export class PgStatementGate implements RelayGate {
       this.#rollbackPortals.clear();
     }
     if (this.#aborted && status === 'T') status = 'E';
-    this.#serverErrored = false;
     this.#finishOpen('not run: an earlier statement of the same message failed');
     this.#status = status;
     // Outside a transaction block no portal survives (PostgreSQL drops them at transaction end):
     // let go of their Bind messages, which would otherwise keep a client chunk alive while the session idles.
     if (status === 'I') this.#forgetPortals();
     this.#io.toClient(status === String.fromCharCode(bytes[5]!) ? bytes : readyForQuery(status));
-    // Sent, and #aborted says what it did: what waited behind it may be judged (#refusalsInFlight).
-    if (owed?.denial) this.#refusalAnswered();
     this.#drainLocal();
   }
 
@@ -1426,6 +1483,16 @@ function queryMessage(text: string): Buffer {
   const body = Buffer.from(`${text}\0`, 'utf8');
   const out = Buffer.allocUnsafe(5 + body.length);
   out[0] = Frontend.Query;
+  out.writeInt32BE(4 + body.length, 1);
+  body.copy(out, 5);
+  return out;
+}
+
+/** A Describe of portal `name`. */
+function describePortalMessage(name: string): Buffer {
+  const body = Buffer.from(`P${name}\0`, 'utf8');
+  const out = Buffer.allocUnsafe(5 + body.length);
+  out[0] = Frontend.Describe;
   out.writeInt32BE(4 + body.length, 1);
   body.copy(out, 5);
   return out;

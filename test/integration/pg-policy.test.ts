@@ -704,3 +704,49 @@ t.test('a released statement stays bound to its approvals: a skipped Close, an E
   t.equal(errorFields((await readUntil(raw, 'Z')).find((m) => m.type === 'E')!.body).C, '42501', 'w still runs wipe5: held');
   t.equal(await count(), '4');
 });
+
+t.test('a refusal inside an extended batch fails the whole batch, as a server error does', async (t) => {
+  const raw = await rawLogin(port, agentToken);
+  t.teardown(() => raw.socket.destroy());
+  const parse = (sql: string) => typed('P', `\0${sql}\0\0\0`);
+  const bindExecute = Buffer.concat([typed('B', '\0\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0')]);
+  const sync = typed('S', '');
+  // No BEGIN: the batch up to Sync is one implicit transaction, which an error in it rolls back (JDBC's
+  // executeBatch relies on it). The INSERT ran on the server before the refused DROP: it must not commit.
+  raw.send(Buffer.concat([parse("INSERT INTO items VALUES (40, 'forty')"), bindExecute, parse('DROP TABLE victim'), bindExecute, sync]));
+  const replies = await readUntil(raw);
+  t.same(replies.map((m) => m.type), ['1', '2', 'C', 'E', 'Z'], 'the INSERT answered, then the refusal');
+  t.equal(errorFields(replies[3]!.body).C, '42501');
+  t.equal(replies[4]!.body.toString('latin1'), 'I');
+  t.equal(await rows('select count(*) from items where id = 40'), '0', 'the INSERT was rolled back with the batch');
+
+  // Inside a transaction block, the server's own transaction is aborted by the refusal.
+  raw.send(typed('Q', 'BEGIN\0'));
+  await readUntil(raw);
+  raw.send(Buffer.concat([parse("INSERT INTO items VALUES (41, 'forty-one')"), bindExecute, parse('DROP TABLE victim'), sync]));
+  const inBlock = await readUntil(raw);
+  t.equal(errorFields(inBlock.find((m) => m.type === 'E')!.body).C, '42501');
+  t.equal(inBlock.at(-1)!.body.toString('latin1'), 'E', 'the transaction is aborted');
+  raw.send(Buffer.concat([parse('SELECT 1'), bindExecute, sync]));
+  t.equal(errorFields((await readUntil(raw)).find((m) => m.type === 'E')!.body).C, '25P02', 'and stays so');
+  raw.send(typed('Q', 'COMMIT\0'));
+  const commit = await readUntil(raw);
+  t.equal(commit.at(-1)!.body.toString('latin1'), 'I');
+  t.equal(await rows('select count(*) from items where id = 41'), '0', 'a COMMIT commits nothing');
+});
+
+t.test('a client that sends Flush behind a refused statement gets the refusal without a Sync', async (t) => {
+  const raw = await rawLogin(port, agentToken);
+  t.teardown(() => raw.socket.destroy());
+  const flush = typed('H', '');
+  // psycopg's pipeline mode, and libpq's PQsendFlushRequest: results are read before the Sync is sent.
+  raw.send(Buffer.concat([typed('P', '\0SELECT 1\0\0\0'), typed('B', '\0\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0'), typed('P', '\0DROP TABLE victim\0\0\0'), flush]));
+  const replies = await readUntil(raw, 'E');
+  t.same(replies.map((m) => m.type), ['1', '2', 'D', 'C', 'E'], 'the SELECT answered, then the refusal, before any Sync');
+  t.equal(errorFields(replies.at(-1)!.body).C, '42501');
+  t.match(errorFields(replies.at(-1)!.body).M, /denied by rule "no-destruction"/);
+  raw.send(typed('S', ''));
+  t.same((await readUntil(raw)).map((m) => m.type), ['Z'], 'the Sync gets its ReadyForQuery alone');
+  raw.send(typed('Q', 'SELECT 2\0'));
+  t.ok((await readUntil(raw)).some((m) => m.type === 'D'), 'the session goes on');
+});
