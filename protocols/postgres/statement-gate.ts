@@ -5,7 +5,7 @@ import { isoTime } from '../../src/store/iso-time.js';
 import { releases, type ApprovalOutcome, type PendingApproval } from '../../src/policy/approvals.js';
 import { ClassifiedQuery, classifyPrepared, classifyQuery, fingerprint, SqlParseError } from './classify.js';
 import { namesCredential, PreparedCredentials, withoutArguments, withoutPassword } from './credentials.js';
-import { Backend, Frontend, errorResponse, noticeResponse, readyForQuery, sqlstate, type TransactionStatus } from './messages.js';
+import { Backend, Frontend, errorResponse, noticeResponse, sqlstate } from './messages.js';
 import type { RelayGate, RelayIO } from './relay.js';
 import { parameterStatusValue, type SqlDecoder } from './encoding.js';
 
@@ -15,8 +15,10 @@ import { parameterStatusValue, type SqlDecoder } from './encoding.js';
  * reaches the server.
  *
  * Simple Query ('Q'): all statements of the message are judged together; if
- * any is denied, nothing of the message is forwarded and the client gets an
- * ErrorResponse (42501) and ReadyForQuery, as if the server had refused it.
+ * any is denied, nothing of the message is forwarded: REFUSAL_QUERY goes
+ * upstream in its place, a FETCH from a cursor that cannot exist, and the
+ * client gets its ErrorResponse (42501) in the place of the server's error,
+ * then the server's ReadyForQuery.
  *
  * Extended protocol: the verdict is taken at Parse. On a denial Sluice has
  * the server fail the batch where the refused message stood: a Describe of
@@ -30,15 +32,19 @@ import { parameterStatusValue, type SqlDecoder } from './encoding.js';
  * at Sync. When an earlier message of the batch failed on the server, the
  * server skipped the probe, and the client sees that error, as it would.
  *
- * A refusal inside a transaction block aborts the transaction, as any
- * error would on the server: the client sees status 'E', every statement
- * but ROLLBACK gets 25P02, and COMMIT is sent upstream as ROLLBACK (what
- * PostgreSQL does with a COMMIT of a failed transaction). So a script that
- * carries on after a refusal never commits half its work.
+ * Either way the server fails where the refused message stood, so a
+ * refusal does to the transaction exactly what an error of the server's own
+ * does: an implicit transaction (a batch up to Sync, a multi-statement
+ * Query) is rolled back, a transaction block is aborted (status 'E', 25P02
+ * for every statement but ROLLBACK, COMMIT rolls back), by the server
+ * itself. A script that carries on after a refusal, pipelined or not, never
+ * commits half its work, and Sluice keeps no transaction state of its own to
+ * get wrong. The refusal reaches the client where the server's error would
+ * be, in the order of the replies.
  *
- * Replies Sluice makes itself are slotted into the server's reply stream in
- * order: each forwarded Query or Sync owes one ReadyForQuery, and a local
- * answer is written only once every reply owed before it has passed.
+ * Each forwarded Query or Sync owes one ReadyForQuery; the approval notice,
+ * the one reply Sluice makes itself, is written once every reply owed
+ * before it has passed.
  *
  * An `approve` verdict holds the message (and everything the client sends
  * after it) while a human decides; the client is told at once with a
@@ -58,9 +64,9 @@ export interface GateContext extends GateContextBase {
 /** A reply owed to the client, in order. */
 type Owed =
   /** A Query or Sync was forwarded: the server will answer it with ReadyForQuery. */
-  | { kind: 'server'; endsAbortedTransaction?: boolean; query?: true; copyIn?: true }
-  /** Sluice answers itself: written once everything before it has been. */
-  | { kind: 'local'; error?: Buffer; notice?: Buffer; withReadyForQuery: boolean };
+  | { kind: 'server'; query?: true; copyIn?: true; refusal?: Buffer }
+  /** A notice Sluice sends itself (an approval hold): written once everything before it has been. */
+  | { kind: 'local'; notice: Buffer };
 
 interface Held {
   type: number;
@@ -155,8 +161,6 @@ const MESSAGE_NAMES: Record<number, string> = {
   [Frontend.Sync]: 'Sync',
   [Frontend.FunctionCall]: 'FunctionCall',
 };
-/** The Sync of an extended batch that ran a ROLLBACK (TO SAVEPOINT) in an aborted transaction: see #batchRollsBack. */
-const ROLLBACK_REPLY: Owed = Object.freeze({ kind: 'server', endsAbortedTransaction: true });
 /** The same for a simple Query (the one kind of message a COPY FROM STDIN may come from here, see #copyIn). */
 const QUERY_REPLY: Owed = Object.freeze({ kind: 'server', query: true });
 /** A simple Query with a COPY FROM STDIN in it: see #inCopy. */
@@ -184,23 +188,24 @@ function prepared(text: string, kind: string, credential = false, executes?: str
 }
 
 /**
- * What Sluice sends upstream in the place of a message it refuses inside an
- * extended batch (see #refuseInBatch): a Describe of a portal that does not
- * exist, so the server fails there, rolls back or aborts what the batch
- * began, and skips to Sync. It runs nothing and reads no catalog. The name
- * says why in the server's log (`portal "sluice: statement refused by
- * policy ..." does not exist`); its random part, drawn once per process and
- * never shown to a client (the client gets its refusal in the place of
- * this error), is what keeps a client from making the portal exist with a
- * DECLARE of that name, which would let the batch go on.
+ * What Sluice sends upstream in the place of a message it refuses, so that
+ * the server fails there as it would had the message failed on it (see
+ * #refuseInBatch, #refuseQuery): a Describe (in an extended batch) of, or a
+ * FETCH (as a Query) from, a cursor that does not exist. Neither runs
+ * anything or reads a catalog. The name says why in the server's log
+ * (`cursor "sluice: statement refused by policy ..." does not exist`), and
+ * fits an identifier (63 bytes), so the server does not shorten it with a
+ * notice. Its random part, drawn once per process and never shown to a
+ * client (the client gets its refusal in the place of the server's error),
+ * keeps a client from making the cursor exist with a DECLARE of that name,
+ * which would let the batch go on.
  */
-const REFUSAL_PORTAL = `sluice: statement refused by policy ${randomBytes(12).toString('hex')}`;
-const REFUSAL_PROBE = describePortalMessage(REFUSAL_PORTAL);
+const REFUSAL_CURSOR = `sluice: statement refused by policy ${randomBytes(12).toString('hex')}`;
+const REFUSAL_PROBE = describePortalMessage(REFUSAL_CURSOR);
+const REFUSAL_QUERY = queryMessage(`FETCH NEXT FROM "${REFUSAL_CURSOR}"`);
 /** The server's answer to REFUSAL_PROBE: undefined_cursor. */
 const UNDEFINED_CURSOR = '34000';
 
-const TRANSACTION_END = /^\s*(commit|end|prepare\s+transaction)\b/i;
-const TRANSACTION_ROLLBACK = /^\s*(rollback|abort)\b/i;
 
 export class PgStatementGate implements RelayGate {
   readonly clientTypes = [
@@ -231,35 +236,18 @@ export class PgStatementGate implements RelayGate {
 
   #io!: RelayIO;
   readonly #owed: Owed[] = [];
-  /** Status the client was last told (after our adjustments). */
-  #status: TransactionStatus = 'I';
-  /** The client was told its transaction failed, but the server's is still open: see the class comment. */
-  #aborted = false;
   /** Extended protocol: a message of the batch was refused; drop client messages until Sync (see #refuseInBatch). */
   #discardUntilSync = false;
   /** Refusals whose probe went upstream, oldest first, by the batch they stand in (#batchesSent when sent). */
   readonly #probes: Array<{ batch: number; error: Buffer }> = [];
-  /** Client messages waiting behind a held statement, or behind a refusal not yet answered (#refusalsInFlight). */
+  /** Client messages waiting behind a held statement. */
   #backlog: Held[] = [];
-  /**
-   * Sluice's own refusals of a Query (a local error and its ReadyForQuery)
-   * the client has not been sent yet:
-   * they wait for the server's replies to what came before them. Only once
-   * one is sent does the gate know whether it aborted a transaction
-   * (#aborted): `BEGIN`, an UPDATE, a refused DROP and a `COMMIT`, pipelined,
-   * would otherwise see the COMMIT judged as if nothing was refused, and
-   * the server commit the UPDATE. So while one is on its way, what the
-   * client sends next waits in #backlog (its reads paused), as behind a held
-   * statement, and is judged once the refusal is out.
-   */
-  #refusalsInFlight = 0;
   /** CopyInResponses since the last ReadyForQuery: the COPYs of the Query being answered (see CopyInResponse). */
   #copyInsOfQuery = 0;
-  #replayScheduled = false;
-  /** The client's reads are paused by the gate (a held statement, a refusal on its way): see #resumeClient. */
+  /** The client's reads are paused by the gate (a held statement): see #resumeClient. */
   #clientHeld = false;
   #pending: PendingApproval | undefined;
-  /** Prepared statements by name (extended protocol) the server has created (ParseComplete): for audit text, and ROLLBACK in an aborted transaction. */
+  /** Prepared statements by name (extended protocol) the server has created (ParseComplete): for audit text, and what a Bind runs (#bindApprovalBound). */
   readonly #statements = new Map<string, Prepared>();
   /**
    * Parses and Closes sent and not yet answered, in order. A statement
@@ -267,9 +255,9 @@ export class PgStatementGate implements RelayGate {
    * only once its CloseComplete says so: one the server refuses (a named
    * statement that exists already, a syntax error) or skips after an
    * earlier error of its batch changes nothing there, so it must change
-   * nothing here. Taken for a COMMIT's name, a refused `Parse x 'ROLLBACK'`
-   * let a prepared COMMIT run in a transaction the gate had aborted; a
-   * skipped Close of an approval's statement would have let it run again.
+   * nothing here. A refused `Parse x "EXECUTE p"` would have taken x for
+   * an EXECUTE of p; a skipped Close of an approval's statement would have
+   * let it run again.
    */
   #opsInFlight: StatementOp[] = [];
   #opsSent = 0;
@@ -309,14 +297,6 @@ export class PgStatementGate implements RelayGate {
   readonly #approvalBound = new Map<string, ApprovalBound>();
   /** Statements this session prepared from one that may carry a password: their EXECUTEs' arguments are not shown. */
   readonly #credentialPrepared = new PreparedCredentials();
-  /** Portals bound to a ROLLBACK while the transaction is aborted (see #bindsRollback). */
-  readonly #rollbackPortals = new Set<string>();
-  /**
-   * This extended batch executed one of them: its Sync's ReadyForQuery ends
-   * the abort whatever status the server gives, as a ROLLBACK Query's does
-   * (a ROLLBACK TO SAVEPOINT leaves the server's transaction open: 'T').
-   */
-  #batchRollsBack = false;
   /** The last Bind per named portal; the unnamed portal (almost every Bind) in its own field. */
   readonly #portals = new Map<string, Bound>();
   #unnamedPortal: Bound | undefined;
@@ -370,8 +350,8 @@ export class PgStatementGate implements RelayGate {
   // --- client -> server ----------------------------------------------------
 
   fromClient(type: number, bytes: Buffer): void {
-    if (this.#pending || this.#refusalsInFlight > 0 || this.#backlog.length > 0) {
-      // Own the bytes: they wait across an await for the decision, or for a refusal to be answered.
+    if (this.#pending || this.#backlog.length > 0) {
+      // Own the bytes: they wait across an await for the decision.
       this.#holdClient();
       this.#backlog.push({ type, bytes: Buffer.from(bytes) });
       return;
@@ -385,8 +365,6 @@ export class PgStatementGate implements RelayGate {
     if (this.#discardUntilSync) {
       if (type === Frontend.Sync) {
         this.#owed.push(SERVER_REPLY);
-        // Refused after its rollback: the batch leaves the transaction aborted again, as an error there would.
-        this.#batchRollsBack = false;
         this.#discardUntilSync = false;
         this.#up(bytes);
       } else if (type === Frontend.Flush) {
@@ -412,10 +390,6 @@ export class PgStatementGate implements RelayGate {
         this.#parse(bytes);
         return;
       case Frontend.Bind:
-        if (this.#aborted && !this.#bindsRollback(bytes)) {
-          this.#refuseInBatch(abortedError());
-          return;
-        }
         if (this.#approvalBound.size > 0) {
           this.#bindApprovalBound(bytes);
           return;
@@ -424,19 +398,11 @@ export class PgStatementGate implements RelayGate {
         this.#up(bytes);
         return;
       case Frontend.Execute:
-        if (this.#aborted) {
-          if (!this.#rollbackPortals.has(this.#portalOf(bytes))) {
-            this.#refuseInBatch(abortedError());
-            return;
-          }
-          this.#batchRollsBack = true;
-        }
         if (this.ctx.audit) this.#execute(bytes);
         this.#up(bytes);
         return;
       case Frontend.Sync:
-        this.#owed.push(this.#batchRollsBack ? ROLLBACK_REPLY : SERVER_REPLY);
-        this.#batchRollsBack = false;
+        this.#owed.push(SERVER_REPLY);
         this.#up(bytes);
         return;
       case Frontend.Close:
@@ -444,14 +410,14 @@ export class PgStatementGate implements RelayGate {
         this.#up(bytes);
         return;
       case Frontend.FunctionCall:
-        // Inside a batch, the refusal would go out before the replies of the batch's messages (which are
-        // owed at its Sync), out of order: as a Query there, it ends the session.
+        // Its refusal is a Query's (#refuseQuery), which inside a batch could not be paired with its
+        // reply: as a Query there, it ends the session.
         if (this.#extendedOpen) {
           this.#unpairable('a FunctionCall inside an extended-protocol batch (before its Sync)');
           return;
         }
         // A fast-path function call bypasses SQL entirely: nothing to classify.
-        this.#answerLocally(
+        this.#refuseQuery(
           errorResponse({
             severity: 'ERROR',
             code: sqlstate.FEATURE_NOT_SUPPORTED,
@@ -514,10 +480,6 @@ export class PgStatementGate implements RelayGate {
   #query(bytes: Buffer): void {
     const text = this.#sql(bytes, 5).value;
     const started = Date.now();
-    if (this.#aborted) {
-      this.#queryInAbortedTransaction(bytes, text);
-      return;
-    }
     let query: ClassifiedQuery;
     try {
       query = classifyQuery(text);
@@ -653,10 +615,6 @@ export class PgStatementGate implements RelayGate {
   #parse(bytes: Buffer): void {
     const name = this.#sql(bytes, 5);
     const query = this.#sql(bytes, name.end);
-    if (this.#aborted) {
-      this.#parseInAbortedTransaction(bytes, name, query.value);
-      return;
-    }
     let facts: SqlStatementFacts;
     try {
       facts = classifyPrepared(query.value);
@@ -751,7 +709,7 @@ export class PgStatementGate implements RelayGate {
     this.#record(auditVerdict, facts.length);
     const error = errorResponse({ severity: 'ERROR', code: sqlstate.INSUFFICIENT_PRIVILEGE, message });
     if (extended) this.#refuseInBatch(error);
-    else this.#answerLocally(error);
+    else this.#refuseQuery(error);
   }
 
   #refuseUnparseable(err: unknown, sent: string, extended: boolean): void {
@@ -768,7 +726,7 @@ export class PgStatementGate implements RelayGate {
     this.#record('denied', 1);
     const error = errorResponse({ severity: 'ERROR', code: err.sqlState, message });
     if (extended) this.#refuseInBatch(error);
-    else this.#answerLocally(error);
+    else this.#refuseQuery(error);
   }
 
   /** The portal an Execute names. */
@@ -820,7 +778,6 @@ export class PgStatementGate implements RelayGate {
     this.#holdClient();
     this.#emit({
       kind: 'local',
-      withReadyForQuery: false,
       notice: noticeResponse({
         severity: 'NOTICE',
         code: '01000',
@@ -877,70 +834,11 @@ export class PgStatementGate implements RelayGate {
       const auditVerdict: AuditVerdict = status === 'expired' ? 'approval_expired' : status === 'cancelled' ? 'approval_cancelled' : 'approval_denied';
       this.#deny(verdict, facts, text, type !== Frontend.Query, id, auditVerdict);
     }
-    // A refusal of the held statement may still wait for earlier replies: then what waited behind it waits for that too.
-    if (this.#refusalsInFlight === 0) this.#replayBacklog();
-    else this.#io.flush();
+    // What the client sent behind it is judged now, in order (behind a refusal too: the server has the probe first).
+    this.#replayBacklog();
   }
 
-  // --- aborted transactions --------------------------------------------------
-
-  /**
-   * A Query while the transaction is aborted by a refusal the server never
-   * saw (its transaction is still open and well). Only a Query that is one
-   * COMMIT / END / ROLLBACK / ABORT ends it; anything else gets the error
-   * PostgreSQL gives in a failed transaction. A multi-statement Query is
-   * refused whole even when it starts with ROLLBACK: forwarded, the server
-   * would roll back and then run the rest, unjudged, outside any transaction.
-   */
-  #queryInAbortedTransaction(bytes: Buffer, text: string): void {
-    if (!this.#singleStatement(text)) {
-      this.#answerLocally(abortedError('sluice: send ROLLBACK as a query of its own to end the transaction'));
-    } else if (TRANSACTION_END.test(text)) {
-      // PostgreSQL turns COMMIT of a failed transaction into ROLLBACK.
-      this.#owed.push({ kind: 'server', endsAbortedTransaction: true });
-      this.#up(queryMessage('ROLLBACK'));
-    } else if (TRANSACTION_ROLLBACK.test(text)) {
-      this.#owed.push({ kind: 'server', endsAbortedTransaction: true });
-      this.#up(bytes);
-    } else {
-      this.#answerLocally(abortedError());
-    }
-  }
-
-  #singleStatement(text: string): boolean {
-    try {
-      return classifyQuery(text).length === 1;
-    } catch {
-      return false;
-    }
-  }
-
-  /**
-   * In an aborted transaction (the server's is still open and well): a Bind
-   * passes only for a statement that rolls back, and its portal is the only
-   * one an Execute may run then. A statement prepared earlier (a named
-   * COMMIT, say) or a portal bound before the refusal would otherwise run on
-   * the healthy transaction and commit what came before the refusal.
-   */
-  #bindsRollback(bytes: Buffer): boolean {
-    const portal = this.#sql(bytes, 5);
-    const name = this.#sql(bytes, portal.end);
-    const text = this.#statement(name.value)?.text;
-    if (text === undefined || !TRANSACTION_ROLLBACK.test(text)) return false;
-    this.#rollbackPortals.add(portal.value);
-    return true;
-  }
-
-  #parseInAbortedTransaction(bytes: Buffer, name: { value: string; end: number }, query: string): void {
-    if (TRANSACTION_END.test(query)) {
-      // The name as the client's bytes have it: read in the session's encoding, it may not be UTF-8.
-      this.#parseSent(name.value, prepared('ROLLBACK', 'transaction'), parseMessage(bytes.subarray(5, name.end - 1), 'ROLLBACK'));
-    } else if (TRANSACTION_ROLLBACK.test(query)) {
-      this.#parseSent(name.value, prepared(query, 'transaction'), bytes);
-    } else {
-      this.#refuseInBatch(abortedError());
-    }
-  }
+  // --- refusals -------------------------------------------------------------
 
   /**
    * A message of an extended batch is refused with `error`. The server is
@@ -974,14 +872,8 @@ export class PgStatementGate implements RelayGate {
         break;
       case Backend.ReadyForQuery:
         if (this.#probes[0]?.batch === this.#batchesAnswered) {
-          // The batch ended without the error its probe must have caused: the server took the probe
-          // for a portal that exists, and did not fail the batch. Whatever it ran stands; fail closed.
-          this.#probes.length = 0;
-          this.ctx.logger.error('the server answered a refusal probe without an error; session closed');
-          this.#io.shutdown(
-            'refusal probe answered',
-            errorResponse({ severity: 'FATAL', code: sqlstate.INTERNAL_ERROR, message: 'sluice: internal error; the session is closed' }),
-          );
+          // The batch ended without the error its probe must have caused (see #readyForQuery).
+          this.#probeNotRefused();
           return;
         }
         this.#batchesAnswered++;
@@ -1001,6 +893,14 @@ export class PgStatementGate implements RelayGate {
         // The server skips the rest of the batch: no Parse or Close of it still on its way will be done.
         while (this.#opsInFlight.length > 0 && this.#opsInFlight[0]!.batch === this.#batchesAnswered) this.#opsInFlight.shift();
         const code = errorCode(bytes);
+        const answering = this.#answering();
+        if (answering?.refusal !== undefined) {
+          // A refused Query's probe: its one error is the refusal's place.
+          this.#io.toClient(answering.refusal);
+          answering.refusal = undefined;
+          this.#masked = undefined;
+          return;
+        }
         const probe = this.#probes[0];
         if (probe !== undefined && probe.batch === this.#batchesAnswered) {
           // The batch's first error: the probe's own (the client is told its refusal instead), or an
@@ -1087,9 +987,8 @@ export class PgStatementGate implements RelayGate {
    * that says what to do instead (fail closed).
    */
   #copyIn(): boolean {
-    // The first reply the server still owes (Sluice's own answers may wait ahead of it).
-    const next = this.#owed.find((o) => o.kind === 'server');
-    if (next !== undefined && next.kind === 'server' && next.query === true) return false;
+    // The first reply the server still owes (Sluice's own notice may wait ahead of it).
+    if (this.#answering()?.query === true) return false;
     this.ctx.logger.warn('COPY FROM STDIN through the extended protocol; session closed');
     this.#io.shutdown(
       'COPY FROM STDIN through the extended protocol',
@@ -1112,32 +1011,54 @@ export class PgStatementGate implements RelayGate {
     const owed = this.#owed[0]?.kind === 'server' ? (this.#owed.shift() as Extract<Owed, { kind: 'server' }>) : undefined;
     // Answered: a COPY in it is over, or never started (refused before its CopyInResponse).
     if (owed === COPY_QUERY_REPLY) this.#inCopy = false;
-    let status = String.fromCharCode(bytes[5]!) as TransactionStatus;
-    // Idle: no transaction block is open, so none is aborted, however it ended (a ROLLBACK
-    // through the extended protocol ends it as well as a Query does).
-    if (owed?.endsAbortedTransaction || status === 'I') {
-      this.#aborted = false;
-      this.#rollbackPortals.clear();
+    if (owed?.refusal !== undefined) {
+      // The probe's answer had no error: the server took it for a cursor that exists, and ran what
+      // the refused message's batch or transaction held. Whatever it ran stands; fail closed.
+      this.#probeNotRefused();
+      return;
     }
-    if (this.#aborted && status === 'T') status = 'E';
     this.#finishOpen('not run: an earlier statement of the same message failed');
-    this.#status = status;
     // Outside a transaction block no portal survives (PostgreSQL drops them at transaction end):
     // let go of their Bind messages, which would otherwise keep a client chunk alive while the session idles.
-    if (status === 'I') this.#forgetPortals();
-    this.#io.toClient(status === String.fromCharCode(bytes[5]!) ? bytes : readyForQuery(status));
+    if (bytes[5] === 0x49 /* 'I' */) this.#forgetPortals();
+    this.#io.toClient(bytes);
     this.#drainLocal();
   }
 
   // --- replies Sluice makes itself --------------------------------------------
 
-  /** An error answered by Sluice in place of the server, followed by ReadyForQuery. */
-  #answerLocally(error: Buffer): void {
-    this.#emit({ kind: 'local', error, withReadyForQuery: true });
+  /** The Query or Sync whose replies the server is sending now: the first reply owed by the server. */
+  #answering(): Extract<Owed, { kind: 'server' }> | undefined {
+    for (let i = 0; i < this.#owed.length; i++) {
+      const owed = this.#owed[i]!;
+      if (owed.kind === 'server') return owed;
+    }
+    return undefined;
+  }
+
+  /**
+   * A Query (or a FunctionCall outside a batch) is refused with `error`:
+   * REFUSAL_QUERY goes upstream in its place, and the client gets `error`
+   * in the place of the server's (fromServer), then the server's
+   * ReadyForQuery, whose status is what the failure made of the
+   * transaction.
+   */
+  #refuseQuery(error: Buffer): void {
+    this.#owed.push({ kind: 'server', query: true, refusal: error });
+    this.#up(REFUSAL_QUERY, Frontend.Query);
+  }
+
+  /** The server answered a refusal's probe without the error it must cause: see #readyForQuery. */
+  #probeNotRefused(): void {
+    this.#probes.length = 0;
+    this.ctx.logger.error('the server answered a refusal probe without an error; session closed');
+    this.#io.shutdown(
+      'refusal probe answered',
+      errorResponse({ severity: 'FATAL', code: sqlstate.INTERNAL_ERROR, message: 'sluice: internal error; the session is closed' }),
+    );
   }
 
   #emit(owed: Extract<Owed, { kind: 'local' }>): void {
-    if (owed.error && owed.withReadyForQuery) this.#refusalsInFlight++;
     this.#owed.push(owed);
     this.#drainLocal();
   }
@@ -1148,29 +1069,11 @@ export class PgStatementGate implements RelayGate {
     this.#io.holdClient();
   }
 
-  /** Reads resume once nothing holds them: no decision awaited, no refusal on its way, nothing waiting to be judged. */
+  /** Reads resume once nothing holds them: no decision awaited, nothing waiting to be judged. */
   #resumeClient(): void {
-    if (!this.#clientHeld || this.#pending || this.#refusalsInFlight > 0 || this.#backlog.length > 0) return;
+    if (!this.#clientHeld || this.#pending || this.#backlog.length > 0) return;
     this.#clientHeld = false;
     this.#io.releaseClient();
-  }
-
-  /** A refusal reached the client: once none is left on its way, what waited behind them is judged (#refusalsInFlight). */
-  #refusalAnswered(): void {
-    this.#refusalsInFlight--;
-    if (this.#refusalsInFlight > 0 || this.#pending || this.#replayScheduled) return;
-    // Nothing waited behind it (a held statement's own refusal, say): the reads paused for it resume.
-    if (this.#backlog.length === 0) {
-      this.#resumeClient();
-      return;
-    }
-    // Not from inside the server reply being handled: the next turn, as a client chunk would come.
-    this.#replayScheduled = true;
-    setImmediate(() => {
-      this.#replayScheduled = false;
-      // The decision of a held statement may have judged the backlog meanwhile (#decided).
-      if (!this.#closed && !this.#pending && this.#refusalsInFlight === 0 && this.#backlog.length > 0) this.#replayBacklog();
-    });
   }
 
   /** Judges what waited in #backlog, in order, until something holds it again; reads resume when none is left. */
@@ -1179,8 +1082,8 @@ export class PgStatementGate implements RelayGate {
     this.#backlog = [];
     for (let i = 0; i < backlog.length; i++) {
       this.fromClient(backlog[i]!.type, backlog[i]!.bytes);
-      if (this.#pending || this.#refusalsInFlight > 0) {
-        // Held again, or refused again: what is left waits for that.
+      if (this.#pending) {
+        // Held again: what is left waits for that.
         this.#backlog.push(...backlog.slice(i + 1));
         break;
       }
@@ -1193,16 +1096,7 @@ export class PgStatementGate implements RelayGate {
   #drainLocal(): void {
     while (this.#owed[0]?.kind === 'local' && this.#io.clientAtBoundary()) {
       const owed = this.#owed.shift() as Extract<Owed, { kind: 'local' }>;
-      if (owed.notice) this.#io.toClient(owed.notice);
-      if (owed.error) this.#io.toClient(owed.error);
-      if (owed.withReadyForQuery) {
-        if (owed.error && this.#status === 'T') {
-          this.#status = 'E';
-          this.#aborted = true;
-        }
-        this.#io.toClient(readyForQuery(this.#status));
-        if (owed.error) this.#refusalAnswered();
-      }
+      this.#io.toClient(owed.notice);
     }
   }
 
@@ -1496,25 +1390,6 @@ function describePortalMessage(name: string): Buffer {
   out.writeInt32BE(4 + body.length, 1);
   body.copy(out, 5);
   return out;
-}
-
-/** A Parse message with no parameter types. */
-function parseMessage(name: Buffer, text: string): Buffer {
-  const body = Buffer.concat([name, Buffer.from(`\0${text}\0\0\0`, 'utf8')]);
-  const out = Buffer.allocUnsafe(5 + body.length);
-  out[0] = Frontend.Parse;
-  out.writeInt32BE(4 + body.length, 1);
-  body.copy(out, 5);
-  return out;
-}
-
-function abortedError(hint?: string): Buffer {
-  return errorResponse({
-    severity: 'ERROR',
-    code: sqlstate.IN_FAILED_SQL_TRANSACTION,
-    message: 'current transaction is aborted, commands ignored until end of transaction block',
-    ...(hint !== undefined ? { hint } : {}),
-  });
 }
 
 /**

@@ -58,6 +58,17 @@ const execute = (): Buffer => new PgBytes().cstring('').int32(0).typed('E');
 const sync = (): Buffer => new PgBytes().typed('S');
 const commandComplete = (tag: string): Buffer => new PgBytes().cstring(tag).typed('C');
 const readyForQuery = (): Buffer => new PgBytes().char('I').typed('Z');
+/** Sluice's stand-in for a refused Query (statement-gate.ts REFUSAL_QUERY): a FETCH from a cursor that cannot exist. */
+const refusalProbe = (b: Buffer): boolean => b[0] === 0x51 && /^FETCH NEXT FROM "sluice: statement refused by policy [0-9a-f]{24}"\0$/.test(b.toString('utf8', 5));
+/** The messages of a stream of typed messages. */
+const messages = (b: Buffer): Buffer[] => {
+  const out: Buffer[] = [];
+  for (let i = 0; i < b.length; i += 1 + b.readInt32BE(i + 1)) out.push(b.subarray(i, i + 1 + b.readInt32BE(i + 1)));
+  return out;
+};
+/** The server's answer to it. */
+const probeFailed = (status = 'I'): Buffer =>
+  Buffer.concat([new PgBytes().char('S').cstring('ERROR').char('C').cstring('34000').char('M').cstring('cursor does not exist').byte(0).typed('E'), new PgBytes().char(status).typed('Z')]);
 const dataRow = (): Buffer => new PgBytes().int16(1).int32(1).string('0').typed('D');
 
 t.before(() => initClassifier());
@@ -233,8 +244,9 @@ t.test('an approval that does not match the held statement releases nothing', as
   });
   client.emit('data', new PgBytes().cstring('DELETE FROM t WHERE id = 1').typed('Q'));
   await new Promise((resolve) => setImmediate(resolve));
+  t.same(upstream.writes.map(refusalProbe), [true], 'nothing reached the server but the refusal\'s probe');
+  upstream.emit('data', probeFailed());
   t.match(Buffer.concat(client.writes).toString('latin1'), /approval apr_other was denied/, 'refused as a denied one');
-  t.same(upstream.writes, [], 'nothing reached the server');
   client.emit('close');
   upstream.emit('close');
 });
@@ -260,9 +272,57 @@ t.test('a failure while an approval decision is carried out ends that session, n
   client.emit('data', Buffer.concat([query('DELETE FROM t WHERE id = 1'), query('DELETE FROM t WHERE id = 2')]));
   await new Promise((resolve) => setImmediate(resolve));
   const sent = Buffer.concat(client.writes).toString('latin1');
-  t.match(sent, /approval apr_first was denied/, 'the first statement got its denial');
   t.match(sent, /sluice: internal error; the session is closed/, 'the client is told the session ends');
-  t.same(upstream.writes.map((b) => String.fromCharCode(b[0]!)), ['X'], 'no statement reached the server, only a Terminate');
+  // The first one's refusal went upstream as its probe; the server's answer, where its denial would go, never came.
+  t.same(upstream.writes.map((b) => (refusalProbe(b) ? 'probe' : String.fromCharCode(b[0]!))), ['probe', 'X'], 'no statement reached the server, only a probe and a Terminate');
+  client.emit('close');
+  upstream.emit('close');
+  t.ok(closed !== undefined, 'the session ended');
+});
+
+t.test('a refusal fails on the server where the refused message stood, and a probe answered without an error ends the session', async (t) => {
+  const client = new FakeSocket();
+  const upstream = new FakeSocket();
+  const policy = new SessionPolicy({ name: 'p', subjects: { groups: ['g'] }, targets: ['db'], default: 'allow', rules: [{ name: 'no-drop', action: 'deny', match: { kinds: ['drop'] } }] });
+  const gate = new PgStatementGate({ sessionId: 's1', subject: 'alice', target: 'db', policy, logger });
+  let closed: string | undefined;
+  const relay = new PgRelay(client as never, upstream as never, new PgFramer({ maxMessageBytes: 1 << 20 }), new PgFramer({ maxMessageBytes: 1 << 20 }), {
+    logger,
+    idleTimeoutMs: 0,
+    onClose: (reason: string) => (closed = reason),
+    gate,
+  });
+  relay.start([], []);
+  const text = (bufs: Buffer[]): string => Buffer.concat(bufs).toString('latin1');
+
+  // A Query: its probe goes upstream, and the server's error is replaced by the refusal.
+  client.emit('data', new PgBytes().cstring('DROP TABLE t').typed('Q'));
+  t.same(upstream.writes.map(refusalProbe), [true], 'the probe, not the DROP');
+  upstream.emit('data', probeFailed('E'));
+  t.match(text(client.writes), /42501.*denied by rule "no-drop"/, 'the refusal in the place of the server\'s error');
+  t.notMatch(text(client.writes), /cursor does not exist/, 'the probe\'s error is not shown');
+  t.equal(text(client.writes).slice(-6), 'Z\0\0\0\x05E', 'the server\'s ReadyForQuery, its status as the failure left it');
+
+  // Inside an extended batch: a Describe of the same cursor in the refused Parse's place, and a Flush passes.
+  upstream.writes.length = 0;
+  client.writes.length = 0;
+  client.emit('data', Buffer.concat([new PgBytes().cstring('').cstring('DROP TABLE t').int16(0).typed('P'), bind('', 'x'), execute(), new PgBytes().typed('H')]));
+  const sent = messages(Buffer.concat(upstream.writes));
+  t.same(sent.map((m) => m.toString('latin1', 0, 1)), ['D', 'H'], 'a Describe, then the Flush; the rest of the batch is discarded');
+  t.match(sent[0]!.toString('utf8', 5), /^Psluice: statement refused by policy [0-9a-f]{24}\0$/, 'of a portal that cannot exist');
+  upstream.emit('data', probeFailed().subarray(0, -6)); // the error alone, as a Flush has it sent
+  t.match(text(client.writes), /denied by rule "no-drop"/, 'the refusal, before any Sync');
+  client.emit('data', sync());
+  upstream.emit('data', readyForQuery());
+  t.equal(closed, undefined, 'the session goes on');
+
+  // Answered without an error (the cursor existed after all): whatever the server ran stands; the session ends.
+  client.writes.length = 0;
+  client.emit('data', new PgBytes().cstring('DROP TABLE t').typed('Q'));
+  upstream.emit('data', Buffer.concat([commandComplete('FETCH 0'), readyForQuery()]));
+  t.match(text(client.writes), /FATAL.*XX000.*sluice: internal error; the session is closed/, 'FATAL');
+  t.notMatch(text(client.writes), /no-drop/, 'no refusal is claimed for it');
+  t.same(messages(Buffer.concat(upstream.writes)).at(-1)?.toString('latin1', 0, 1), 'X', 'the upstream session is ended (Terminate)');
   client.emit('close');
   upstream.emit('close');
   t.ok(closed !== undefined, 'the session ended');
