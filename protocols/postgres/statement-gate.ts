@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import type { GateContextBase, SqlStatementFacts, Verdict } from '../../src/policy/types.js';
 import type { AuditEvent, AuditVerdict } from '../../src/store/types.js';
 import { isoTime } from '../../src/store/iso-time.js';
@@ -15,22 +14,22 @@ import { parameterStatusValue, type SqlDecoder } from './encoding.js';
  * reaches the server.
  *
  * Simple Query ('Q'): all statements of the message are judged together; if
- * any is denied, nothing of the message is forwarded: REFUSAL_QUERY goes
- * upstream in its place, a FETCH from a cursor that cannot exist, and the
- * client gets its ErrorResponse (42501) in the place of the server's error,
- * then the server's ReadyForQuery.
+ * any is denied, nothing of the message is forwarded: REFUSAL_QUERY, text
+ * the server cannot parse, goes upstream in its place, and the client gets
+ * its ErrorResponse (42501) in the place of the server's error, then the
+ * server's ReadyForQuery.
  *
  * Extended protocol: the verdict is taken at Parse. On a denial Sluice has
- * the server fail the batch where the refused message stood: a Describe of
- * a portal that cannot exist (REFUSAL_PROBE) goes upstream in its place, so
- * the server rolls back what the batch ran before it (its implicit
- * transaction) or aborts the transaction block, exactly as after an error of
- * its own, and skips to Sync. Sluice discards what the client sends up to
- * that Sync too (but Flush, which asks for the replies so far) and hands the
- * client its ErrorResponse in the place of the server's answer to the probe,
- * where the server's own error would be: right away after a Flush, not only
- * at Sync. When an earlier message of the batch failed on the server, the
- * server skipped the probe, and the client sees that error, as it would.
+ * the server fail the batch where the refused message stood: a Parse of
+ * that text (REFUSAL_PARSE) goes upstream in its place, so the server rolls
+ * back what the batch ran before it (its implicit transaction) or aborts
+ * the transaction block, exactly as after an error of its own, and skips to
+ * Sync. Sluice discards what the client sends up to that Sync too (but
+ * Flush, which asks for the replies so far) and hands the client its
+ * ErrorResponse in the place of the server's answer to the probe, where the
+ * server's own error would be: right away after a Flush, not only at Sync.
+ * When an earlier message of the batch failed on the server, the server
+ * skips the probe, and the client sees that error, as it would.
  *
  * Either way the server fails where the refused message stood, so a
  * refusal does to the transaction exactly what an error of the server's own
@@ -161,7 +160,7 @@ const MESSAGE_NAMES: Record<number, string> = {
   [Frontend.Sync]: 'Sync',
   [Frontend.FunctionCall]: 'FunctionCall',
 };
-/** The same for a simple Query (the one kind of message a COPY FROM STDIN may come from here, see #copyIn). */
+/** The ReadyForQuery owed for a simple Query (the one kind of message a COPY FROM STDIN may come from here, see #copyIn). */
 const QUERY_REPLY: Owed = Object.freeze({ kind: 'server', query: true });
 /** A simple Query with a COPY FROM STDIN in it: see #inCopy. */
 const COPY_QUERY_REPLY: Owed = Object.freeze({ kind: 'server', query: true, copyIn: true });
@@ -190,21 +189,29 @@ function prepared(text: string, kind: string, credential = false, executes?: str
 /**
  * What Sluice sends upstream in the place of a message it refuses, so that
  * the server fails there as it would had the message failed on it (see
- * #refuseInBatch, #refuseQuery): a Describe (in an extended batch) of, or a
- * FETCH (as a Query) from, a cursor that does not exist. Neither runs
- * anything or reads a catalog. The name says why in the server's log
- * (`cursor "sluice: statement refused by policy ..." does not exist`), and
- * fits an identifier (63 bytes), so the server does not shorten it with a
- * notice. Its random part, drawn once per process and never shown to a
- * client (the client gets its refusal in the place of the server's error),
- * keeps a client from making the cursor exist with a DECLARE of that name,
- * which would let the batch go on.
+ * #refuseInBatch, #refuseQuery): text that is not SQL. The server's parser
+ * fails on it (42601) before anything is planned or run, in any session
+ * state (in an aborted transaction too: parsing comes before the 25P02
+ * check), and nothing a client does can make it parse, so it needs no
+ * secret. The server's log says why: `ERROR: syntax error at or near
+ * "sluice"` with `STATEMENT: sluice: statement refused by policy`.
  */
-const REFUSAL_CURSOR = `sluice: statement refused by policy ${randomBytes(12).toString('hex')}`;
-const REFUSAL_PROBE = describePortalMessage(REFUSAL_CURSOR);
-const REFUSAL_QUERY = queryMessage(`FETCH NEXT FROM "${REFUSAL_CURSOR}"`);
-/** The server's answer to REFUSAL_PROBE: undefined_cursor. */
-const UNDEFINED_CURSOR = '34000';
+const REFUSAL_TEXT = 'sluice: statement refused by policy';
+const REFUSAL_QUERY = queryMessage(REFUSAL_TEXT);
+/** Inside an extended batch, as a Parse of a named statement: a failed one leaves that name as it was (a Parse of the unnamed statement drops it before it parses). */
+const REFUSAL_PARSE = parseMessage('sluice: refused', REFUSAL_TEXT);
+/** The server's answer to REFUSAL_PARSE: syntax_error. */
+const SYNTAX_ERROR = '42601';
+/**
+ * The probe of a refused Query whose statements before the refused one open
+ * a transaction block (`BEGIN; INSERT ...; DROP ...`): run on the server,
+ * they would leave the block open and aborted, so that what the client
+ * sends next fails until it rolls back, and must not commit on its own.
+ * BEGIN, then a statement that fails when it runs (a division by zero,
+ * fully qualified so that no operator or function of the session's
+ * search_path stands in for it); Sluice drops the BEGIN's CommandComplete.
+ */
+const REFUSAL_IN_BLOCK_QUERY = queryMessage(`BEGIN; SELECT pg_catalog.int4div(1, 0) -- ${REFUSAL_TEXT}`);
 
 
 export class PgStatementGate implements RelayGate {
@@ -240,6 +247,16 @@ export class PgStatementGate implements RelayGate {
   #discardUntilSync = false;
   /** Refusals whose probe went upstream, oldest first, by the batch they stand in (#batchesSent when sent). */
   readonly #probes: Array<{ batch: number; error: Buffer }> = [];
+  /**
+   * The batch (by #batchesAnswered) the server last reported an error of its
+   * own in: the server sends an error as it happens, so a batch may have
+   * failed before the client has sent all of it. A refusal later in that
+   * batch sends no probe: the server skips to Sync already, and the client
+   * has its error.
+   */
+  #erroredBatch = -1;
+  /** Refused Queries whose probe the server has not answered yet: while none is, a CommandComplete needs no look at #owed. */
+  #queryRefusals = 0;
   /** Client messages waiting behind a held statement. */
   #backlog: Held[] = [];
   /** CopyInResponses since the last ReadyForQuery: the COPYs of the Query being answered (see CopyInResponse). */
@@ -709,7 +726,7 @@ export class PgStatementGate implements RelayGate {
     this.#record(auditVerdict, facts.length);
     const error = errorResponse({ severity: 'ERROR', code: sqlstate.INSUFFICIENT_PRIVILEGE, message });
     if (extended) this.#refuseInBatch(error);
-    else this.#refuseQuery(error);
+    else this.#refuseQuery(error, facts);
   }
 
   #refuseUnparseable(err: unknown, sent: string, extended: boolean): void {
@@ -843,18 +860,39 @@ export class PgStatementGate implements RelayGate {
   /**
    * A message of an extended batch is refused with `error`. The server is
    * made to fail the batch there, as it would have had the message failed
-   * on it: REFUSAL_PROBE goes upstream in the refused message's place, and
-   * its error (undefined portal) rolls back the implicit transaction of the
-   * batch, so statements the batch ran before it are not committed by its
-   * Sync (JDBC's executeBatch counts on that), or aborts the open
-   * transaction block. The client gets `error` in the place of that reply
-   * (fromServer). What the client sends up to the Sync is discarded, as the
-   * server would skip it.
+   * on it: REFUSAL_PARSE goes upstream in the refused message's place, and
+   * its error rolls back the implicit transaction of the batch, so
+   * statements the batch ran before it are not committed by its Sync
+   * (JDBC's executeBatch counts on that), or aborts the open transaction
+   * block. The client gets `error` in the place of that reply (fromServer).
+   * What the client sends up to the Sync is discarded, as the server would
+   * skip it. A batch the server has failed already (#erroredBatch) needs no
+   * probe.
    */
   #refuseInBatch(error: Buffer): void {
     this.#discardUntilSync = true;
+    if (this.#erroredBatch === this.#batchesSent) return;
     this.#probes.push({ batch: this.#batchesSent, error });
-    this.#up(REFUSAL_PROBE, Frontend.Describe);
+    this.#up(REFUSAL_PARSE, Frontend.Parse);
+  }
+
+  /**
+   * The probe for a refused Query: REFUSAL_IN_BLOCK_QUERY when its
+   * statements before the first one not allowed outright would leave a
+   * transaction block open (BEGIN, and no COMMIT or ROLLBACK after it), so
+   * that the server's transaction ends up as those statements and the
+   * failure would have left it; else REFUSAL_QUERY.
+   */
+  #queryProbe(facts: readonly SqlStatementFacts[]): Buffer {
+    let open = false;
+    for (const f of facts) {
+      if (this.ctx.policy.evaluate(f).action !== 'allow') break;
+      if (f.kinds.includes('transaction')) {
+        const effect = blockEffect(f.text);
+        if (effect !== undefined) open = effect === 'open';
+      }
+    }
+    return open ? REFUSAL_IN_BLOCK_QUERY : REFUSAL_QUERY;
   }
 
   // --- server -> client ----------------------------------------------------
@@ -892,33 +930,46 @@ export class PgStatementGate implements RelayGate {
       case Backend.ErrorResponse: {
         // The server skips the rest of the batch: no Parse or Close of it still on its way will be done.
         while (this.#opsInFlight.length > 0 && this.#opsInFlight[0]!.batch === this.#batchesAnswered) this.#opsInFlight.shift();
-        const code = errorCode(bytes);
+        const code = errorField(bytes, CODE_FIELD);
+        // An error that ends the session (FATAL: a terminated backend, a shutdown) is shown as it is.
+        const anError = errorSeverity(bytes) === 'ERROR';
         const answering = this.#answering();
         if (answering?.refusal !== undefined) {
           // A refused Query's probe: its one error is the refusal's place.
-          this.#io.toClient(answering.refusal);
+          const refusal = answering.refusal;
           answering.refusal = undefined;
-          this.#masked = undefined;
-          return;
+          this.#queryRefusals--;
+          if (anError) {
+            this.#masked = undefined;
+            this.#io.toClient(refusal);
+            return;
+          }
         }
         const probe = this.#probes[0];
         if (probe !== undefined && probe.batch === this.#batchesAnswered) {
           // The batch's first error: the probe's own (the client is told its refusal instead), or an
           // earlier message's, after which the server skipped the probe (that error is the answer).
+          // An earlier statement's own syntax error (SQL the server's version does not know, which
+          // Sluice's newer parser took) would be read as the probe's: the client sees the refusal.
           this.#probes.shift();
-          if (code === UNDEFINED_CURSOR) {
+          if (code === SYNTAX_ERROR && anError) {
             this.#masked = undefined;
             this.#io.toClient(probe.error);
             return;
           }
         }
+        this.#erroredBatch = this.#batchesAnswered;
         if (this.#open.length > 0) this.#closeOpen(code);
         break;
       }
       case Backend.CommandComplete:
+        // The BEGIN of REFUSAL_IN_BLOCK_QUERY: the client sent none.
+        if (this.#queryRefusals > 0 && this.#answering()?.refusal !== undefined) return;
+        if (this.#open.length > 0) this.#closeOpen(undefined, rowsFromTag(bytes));
+        break;
       case Backend.EmptyQueryResponse:
       case Backend.PortalSuspended:
-        if (this.#open.length > 0) this.#closeOpen(undefined, type === Backend.CommandComplete ? rowsFromTag(bytes) : undefined);
+        if (this.#open.length > 0) this.#closeOpen(undefined, undefined);
         break;
     }
     // The statement is answered: counts without an open audit row (audit off) must not leak into the next one.
@@ -1038,14 +1089,16 @@ export class PgStatementGate implements RelayGate {
 
   /**
    * A Query (or a FunctionCall outside a batch) is refused with `error`:
-   * REFUSAL_QUERY goes upstream in its place, and the client gets `error`
+   * its probe (#queryProbe: `facts`, the Query's statements) goes upstream
+   * in its place, and the client gets `error`
    * in the place of the server's (fromServer), then the server's
    * ReadyForQuery, whose status is what the failure made of the
    * transaction.
    */
-  #refuseQuery(error: Buffer): void {
+  #refuseQuery(error: Buffer, facts: readonly SqlStatementFacts[] = []): void {
     this.#owed.push({ kind: 'server', query: true, refusal: error });
-    this.#up(REFUSAL_QUERY, Frontend.Query);
+    this.#queryRefusals++;
+    this.#up(facts.length > 1 ? this.#queryProbe(facts) : REFUSAL_QUERY, Frontend.Query);
   }
 
   /** The server answered a refusal's probe without the error it must cause: see #readyForQuery. */
@@ -1363,14 +1416,64 @@ export function rowsFromTag(bytes: Buffer): number | undefined {
   return n;
 }
 
-function errorCode(bytes: Buffer): string | undefined {
+const CODE_FIELD = 0x43; // 'C'
+const SEVERITY_FIELD = 0x56; // 'V': never localized (PostgreSQL 9.6 on)
+const LOCALIZED_SEVERITY_FIELD = 0x53; // 'S'
+
+/** A field of an ErrorResponse, by its one-byte code. */
+function errorField(bytes: Buffer, field: number): string | undefined {
   for (let i = 5; i < bytes.length && bytes[i] !== 0; ) {
     const end = bytes.indexOf(0, i + 1);
     if (end < 0) return undefined;
-    if (bytes[i] === 0x43 /* 'C' */) return bytes.toString('latin1', i + 1, end);
+    if (bytes[i] === field) return bytes.toString('latin1', i + 1, end);
     i = end + 1;
   }
   return undefined;
+}
+
+function errorSeverity(bytes: Buffer): string | undefined {
+  return errorField(bytes, SEVERITY_FIELD) ?? errorField(bytes, LOCALIZED_SEVERITY_FIELD);
+}
+
+/**
+ * What a transaction statement does to a block: BEGIN / START TRANSACTION
+ * opens one; COMMIT, END, ROLLBACK, ABORT and PREPARE TRANSACTION end it
+ * (not ROLLBACK TO, nor a SAVEPOINT or RELEASE). Leading whitespace and
+ * comments are skipped.
+ */
+function blockEffect(text: string): 'open' | 'close' | undefined {
+  const words = withoutLeadingComments(text).slice(0, 40).toLowerCase().split(/[\s;(]+/);
+  const [first, second] = words;
+  if (first === 'begin' || (first === 'start' && second === 'transaction')) return 'open';
+  if (first === 'prepare' && second === 'transaction') return 'close';
+  if (first === 'commit' || first === 'end' || first === 'abort') return second === 'prepared' ? undefined : 'close';
+  if (first === 'rollback') return second === 'to' || second === 'prepared' ? undefined : 'close';
+  return undefined;
+}
+
+/** `text` from its first token on: whitespace, `-- ...` lines and (nested) block comments skipped. */
+function withoutLeadingComments(text: string): string {
+  let i = 0;
+  for (;;) {
+    while (i < text.length && /\s/.test(text[i]!)) i++;
+    if (text.startsWith('--', i)) {
+      const nl = text.indexOf('\n', i);
+      if (nl < 0) return '';
+      i = nl + 1;
+    } else if (text.startsWith('/*', i)) {
+      let depth = 0;
+      while (i < text.length) {
+        if (text.startsWith('/*', i)) {
+          depth++;
+          i += 2;
+        } else if (text.startsWith('*/', i)) {
+          depth--;
+          i += 2;
+          if (depth === 0) break;
+        } else i++;
+      }
+    } else return text.slice(i);
+  }
 }
 
 function queryMessage(text: string): Buffer {
@@ -1382,11 +1485,11 @@ function queryMessage(text: string): Buffer {
   return out;
 }
 
-/** A Describe of portal `name`. */
-function describePortalMessage(name: string): Buffer {
-  const body = Buffer.from(`P${name}\0`, 'utf8');
+/** A Parse of statement `name` with no parameter types. */
+function parseMessage(name: string, text: string): Buffer {
+  const body = Buffer.from(`${name}\0${text}\0\0\0`, 'utf8');
   const out = Buffer.allocUnsafe(5 + body.length);
-  out[0] = Frontend.Describe;
+  out[0] = Frontend.Parse;
   out.writeInt32BE(4 + body.length, 1);
   body.copy(out, 5);
   return out;

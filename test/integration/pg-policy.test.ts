@@ -263,13 +263,13 @@ async function latin1Transaction(t: Test, id: number): Promise<{ raw: RawPg; lat
   return { raw, latin1, query };
 }
 
-t.test('LATIN1: a COMMIT parsed again in an aborted transaction is rewritten to ROLLBACK under its own name', async (t) => {
+t.test('LATIN1: after a refusal, a COMMIT parsed again under a name UTF-8 cannot read commits nothing', async (t) => {
   const { raw, latin1, query } = await latin1Transaction(t, 29);
   raw.send(Buffer.concat([typed('P', latin1('\xe9\0COMMIT\0\0\0')), typed('S', '')]));
   t.same((await readUntil(raw)).map((m) => m.type), ['1', 'Z']);
   raw.send(query('DROP TABLE victim'));
   t.equal((await readUntil(raw)).at(-1)!.body.toString('latin1'), 'E');
-  // Parsed again: the gate sends it as ROLLBACK, which the server refuses (the name exists): it stays the COMMIT.
+  // Parsed again: the server refuses it (the name exists), and the rest of the batch with it.
   raw.send(Buffer.concat([typed('P', latin1('\xe9\0COMMIT\0\0\0')), typed('B', latin1('\0\xe9\0\0\0\0\0\0\0')), typed('E', '\0\0\0\0\0'), typed('S', '')]));
   const replies = await readUntil(raw);
   t.ok(replies.some((m) => m.type === 'E'), 'refused');
@@ -299,14 +299,14 @@ t.test('a held statement denied while an earlier one still runs: its refusal com
   t.ok((await readUntil(raw)).some((m) => m.type === 'D'), 'and the next statement is read and answered');
 });
 
-t.test('LATIN1: portal names that differ in a byte UTF-8 cannot read are two names, not one', async (t) => {
+t.test('LATIN1: after a refusal, a COMMIT portal bound before it, named in bytes UTF-8 cannot read, commits nothing', async (t) => {
   const { raw, latin1, query } = await latin1Transaction(t, 28);
   // Portal "\xe8" holds a COMMIT, bound while the transaction is healthy.
   raw.send(Buffer.concat([typed('P', latin1('fin3\0COMMIT\0\0\0')), typed('B', latin1('\xe8\0fin3\0\0\0\0\0\0\0')), typed('S', '')]));
   t.same((await readUntil(raw)).map((m) => m.type), ['1', '2', 'Z']);
   raw.send(query('DROP TABLE victim'));
   t.equal((await readUntil(raw)).at(-1)!.body.toString('latin1'), 'E', 'the refusal aborts the transaction');
-  // A ROLLBACK bound to portal "\xe9", then an Execute of portal "\xe8": the COMMIT, which must stay refused.
+  // A ROLLBACK bound to portal "\xe9", then an Execute of portal "\xe8": the COMMIT, in the transaction the server aborted.
   raw.send(Buffer.concat([typed('P', latin1('\0ROLLBACK\0\0\0')), typed('B', latin1('\xe9\0\0\0\0\0\0\0\0')), typed('E', latin1('\xe8\0\0\0\0\0')), typed('S', '')]));
   const replies = await readUntil(raw);
   t.equal(errorFields(replies.find((m) => m.type === 'E')!.body).C, '25P02', 'the COMMIT portal is not the ROLLBACK one');
@@ -435,7 +435,7 @@ t.test('FunctionCall is refused, and inside an extended batch ends the session',
   t.equal(z?.type, 'Z');
   raw.send(typed('X', Buffer.alloc(0)));
   await raw.waitClosed();
-  // Inside an extended batch its refusal would come before the batch's own replies: the session ends.
+  // Inside an extended batch its refusal, a Query's, could not be paired with its reply: the session ends.
   const inBatch = await rawLogin(port, agentToken);
   inBatch.send(Buffer.concat([typed('P', '\0SELECT 1\0\0\0'), typed('F', body)]));
   const fatal = (await readUntil(inBatch, 'E')).at(-1)!;
@@ -748,4 +748,74 @@ t.test('a client that sends Flush behind a refused statement gets the refusal wi
   t.same((await readUntil(raw)).map((m) => m.type), ['Z'], 'the Sync gets its ReadyForQuery alone');
   raw.send(typed('Q', 'SELECT 2\0'));
   t.ok((await readUntil(raw)).some((m) => m.type === 'D'), 'the session goes on');
+});
+
+t.test('a refusal in a batch the server has already failed: the server\'s error is the answer, and the session goes on', async (t) => {
+  const raw = await rawLogin(port, agentToken);
+  t.teardown(() => raw.socket.destroy());
+  const parse = (sql: string) => typed('P', `\0${sql}\0\0\0`);
+  const bindExecute = Buffer.concat([typed('B', '\0\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0')]);
+  // The server sends its error as it happens: read it before the rest of the batch is sent.
+  raw.send(Buffer.concat([parse('SELECT 1/0'), bindExecute, typed('H', '')]));
+  const failed = await readUntil(raw, 'E');
+  t.equal(errorFields(failed.at(-1)!.body).C, '22012');
+  raw.send(Buffer.concat([parse('DROP TABLE victim'), typed('S', '')]));
+  t.same((await readUntil(raw)).map((m) => m.type), ['Z'], 'the batch ends; nothing more is said of it');
+  raw.send(typed('Q', 'SELECT 2\0'));
+  t.ok((await readUntil(raw)).some((m) => m.type === 'D'), 'the session goes on');
+
+  // The same where the refusal is a held statement's, denied after the server failed its batch.
+  raw.send(Buffer.concat([parse("INSERT INTO items VALUES (1, 'taken')"), bindExecute, parse('CREATE ROLE never_made'), typed('S', '')]));
+  const notice = await readUntil(raw, 'N');
+  const id = /(apr_[a-z2-7]+)/.exec(errorFields(notice.at(-1)!.body).M!)![1]!;
+  await decide(id, 'deny');
+  const rest = [...notice, ...(await readUntil(raw))];
+  t.equal(errorFields(rest.find((m) => m.type === 'E')!.body).C, '23505', 'the server\'s own error');
+  t.equal(rest.at(-1)!.type, 'Z');
+  raw.send(typed('Q', 'SELECT 3\0'));
+  t.ok((await readUntil(raw)).some((m) => m.type === 'D'), 'and the session goes on');
+  t.equal(await rows("select count(*) from pg_roles where rolname = 'never_made'"), '0');
+});
+
+t.test('pipelined batches that each hold a refusal are each answered with it', async (t) => {
+  const raw = await rawLogin(port, agentToken);
+  t.teardown(() => raw.socket.destroy());
+  const parse = (sql: string) => typed('P', `\0${sql}\0\0\0`);
+  const bindExecute = Buffer.concat([typed('B', '\0\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0')]);
+  const sync = typed('S', '');
+  raw.send(
+    Buffer.concat([
+      parse("INSERT INTO items VALUES (43, 'a')"), bindExecute, parse('DROP TABLE victim'), sync,
+      parse('TRUNCATE victim'), sync,
+      parse("INSERT INTO items VALUES (44, 'b')"), bindExecute, sync,
+      typed('Q', 'DROP TABLE victim\0'),
+      typed('Q', 'SELECT 4\0'),
+    ]),
+  );
+  const answers: RawMessage[][] = [];
+  for (let i = 0; i < 5; i++) answers.push(await readUntil(raw));
+  t.same(answers.map((a) => a.map((m) => m.type)), [['1', '2', 'C', 'E', 'Z'], ['E', 'Z'], ['1', '2', 'C', 'Z'], ['E', 'Z'], ['T', 'D', 'C', 'Z']]);
+  for (const i of [0, 1, 3]) t.equal(errorFields(answers[i]!.find((m) => m.type === 'E')!.body).C, '42501', `answer ${i} is its refusal`);
+  t.equal(await rows('select string_agg(id::text, \',\') from items where id in (43, 44)'), '44', 'only the batch with nothing refused committed');
+});
+
+t.test('a refused Query that opens a transaction block leaves it open and aborted, as its failure would', async (t) => {
+  const raw = await rawLogin(port, agentToken);
+  t.teardown(() => raw.socket.destroy());
+  const query = (sql: string) => typed('Q', `${sql}\0`);
+  raw.send(query("/* a script */ begin; INSERT INTO items VALUES (45, 'x'); DROP TABLE victim"));
+  const refused = await readUntil(raw);
+  t.same(refused.map((m) => m.type), ['E', 'Z'], 'the refusal alone: no reply to a BEGIN the client did not see run');
+  t.equal(errorFields(refused[0]!.body).C, '42501');
+  t.equal(refused[1]!.body.toString('latin1'), 'E', 'in a failed transaction block');
+  raw.send(query("INSERT INTO items VALUES (46, 'y')"));
+  t.equal(errorFields((await readUntil(raw)).find((m) => m.type === 'E')!.body).C, '25P02', 'what follows does not run on its own');
+  raw.send(query('COMMIT'));
+  const commit = await readUntil(raw);
+  t.equal(commit.find((m) => m.type === 'C')?.body.toString('latin1'), 'ROLLBACK\0');
+  t.equal(await rows('select count(*) from items where id in (45, 46)'), '0');
+
+  // One that opens and ends a block before the refused statement leaves none open.
+  raw.send(query('BEGIN; SELECT 1; COMMIT; DROP TABLE victim'));
+  t.equal((await readUntil(raw)).at(-1)!.body.toString('latin1'), 'I');
 });

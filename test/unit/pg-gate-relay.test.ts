@@ -58,8 +58,8 @@ const execute = (): Buffer => new PgBytes().cstring('').int32(0).typed('E');
 const sync = (): Buffer => new PgBytes().typed('S');
 const commandComplete = (tag: string): Buffer => new PgBytes().cstring(tag).typed('C');
 const readyForQuery = (): Buffer => new PgBytes().char('I').typed('Z');
-/** Sluice's stand-in for a refused Query (statement-gate.ts REFUSAL_QUERY): a FETCH from a cursor that cannot exist. */
-const refusalProbe = (b: Buffer): boolean => b[0] === 0x51 && /^FETCH NEXT FROM "sluice: statement refused by policy [0-9a-f]{24}"\0$/.test(b.toString('utf8', 5));
+/** Sluice's stand-in for a refused Query (statement-gate.ts REFUSAL_QUERY): text the server cannot parse. */
+const refusalProbe = (b: Buffer): boolean => b[0] === 0x51 && b.toString('utf8', 5) === 'sluice: statement refused by policy\0';
 /** The messages of a stream of typed messages. */
 const messages = (b: Buffer): Buffer[] => {
   const out: Buffer[] = [];
@@ -68,7 +68,10 @@ const messages = (b: Buffer): Buffer[] => {
 };
 /** The server's answer to it. */
 const probeFailed = (status = 'I'): Buffer =>
-  Buffer.concat([new PgBytes().char('S').cstring('ERROR').char('C').cstring('34000').char('M').cstring('cursor does not exist').byte(0).typed('E'), new PgBytes().char(status).typed('Z')]);
+  Buffer.concat([
+    new PgBytes().char('S').cstring('ERROR').char('V').cstring('ERROR').char('C').cstring('42601').char('M').cstring('syntax error at or near "sluice"').byte(0).typed('E'),
+    new PgBytes().char(status).typed('Z'),
+  ]);
 const dataRow = (): Buffer => new PgBytes().int16(1).int32(1).string('0').typed('D');
 
 t.before(() => initClassifier());
@@ -300,23 +303,23 @@ t.test('a refusal fails on the server where the refused message stood, and a pro
   t.same(upstream.writes.map(refusalProbe), [true], 'the probe, not the DROP');
   upstream.emit('data', probeFailed('E'));
   t.match(text(client.writes), /42501.*denied by rule "no-drop"/, 'the refusal in the place of the server\'s error');
-  t.notMatch(text(client.writes), /cursor does not exist/, 'the probe\'s error is not shown');
+  t.notMatch(text(client.writes), /syntax error/, 'the probe\'s error is not shown');
   t.equal(text(client.writes).slice(-6), 'Z\0\0\0\x05E', 'the server\'s ReadyForQuery, its status as the failure left it');
 
-  // Inside an extended batch: a Describe of the same cursor in the refused Parse's place, and a Flush passes.
+  // Inside an extended batch: a Parse of the same text in the refused Parse's place, and a Flush passes.
   upstream.writes.length = 0;
   client.writes.length = 0;
   client.emit('data', Buffer.concat([new PgBytes().cstring('').cstring('DROP TABLE t').int16(0).typed('P'), bind('', 'x'), execute(), new PgBytes().typed('H')]));
   const sent = messages(Buffer.concat(upstream.writes));
-  t.same(sent.map((m) => m.toString('latin1', 0, 1)), ['D', 'H'], 'a Describe, then the Flush; the rest of the batch is discarded');
-  t.match(sent[0]!.toString('utf8', 5), /^Psluice: statement refused by policy [0-9a-f]{24}\0$/, 'of a portal that cannot exist');
+  t.same(sent.map((m) => m.toString('latin1', 0, 1)), ['P', 'H'], 'a Parse, then the Flush; the rest of the batch is discarded');
+  t.equal(sent[0]!.toString('utf8', 5), 'sluice: refused\0sluice: statement refused by policy\0\0\0', 'of a named statement, of text that does not parse');
   upstream.emit('data', probeFailed().subarray(0, -6)); // the error alone, as a Flush has it sent
   t.match(text(client.writes), /denied by rule "no-drop"/, 'the refusal, before any Sync');
   client.emit('data', sync());
   upstream.emit('data', readyForQuery());
   t.equal(closed, undefined, 'the session goes on');
 
-  // Answered without an error (the cursor existed after all): whatever the server ran stands; the session ends.
+  // Answered without an error (a server that parses anything?): whatever it ran stands; the session ends.
   client.writes.length = 0;
   client.emit('data', new PgBytes().cstring('DROP TABLE t').typed('Q'));
   upstream.emit('data', Buffer.concat([commandComplete('FETCH 0'), readyForQuery()]));
@@ -326,4 +329,26 @@ t.test('a refusal fails on the server where the refused message stood, and a pro
   client.emit('close');
   upstream.emit('close');
   t.ok(closed !== undefined, 'the session ended');
+});
+
+t.test('a FATAL in answer to a refusal\'s probe is shown as it is', async (t) => {
+  const client = new FakeSocket();
+  const upstream = new FakeSocket();
+  const policy = new SessionPolicy({ name: 'p', subjects: { groups: ['g'] }, targets: ['db'], default: 'allow', rules: [{ name: 'no-drop', action: 'deny', match: { kinds: ['drop'] } }] });
+  const gate = new PgStatementGate({ sessionId: 's1', subject: 'alice', target: 'db', policy, logger });
+  const relay = new PgRelay(client as never, upstream as never, new PgFramer({ maxMessageBytes: 1 << 20 }), new PgFramer({ maxMessageBytes: 1 << 20 }), {
+    logger,
+    idleTimeoutMs: 0,
+    onClose: () => undefined,
+    gate,
+  });
+  relay.start([], []);
+  client.emit('data', new PgBytes().cstring('DROP TABLE t').typed('Q'));
+  const fatal = new PgBytes().char('S').cstring('FATAL').char('V').cstring('FATAL').char('C').cstring('57P01').char('M').cstring('terminating connection due to administrator command').byte(0).typed('E');
+  upstream.emit('data', fatal);
+  const sent = Buffer.concat(client.writes).toString('latin1');
+  t.match(sent, /57P01.*administrator command/, 'the reason the session ends');
+  t.notMatch(sent, /no-drop/, 'not the refusal in its place');
+  client.emit('close');
+  upstream.emit('close');
 });
