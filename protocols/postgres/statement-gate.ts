@@ -15,9 +15,10 @@ import { parameterStatusValue, type SqlDecoder } from './encoding.js';
  *
  * Simple Query ('Q'): all statements of the message are judged together; if
  * any is denied, nothing of the message is forwarded: REFUSAL_QUERY, text
- * the server cannot parse, goes upstream in its place, and the client gets
- * its ErrorResponse (42501) in the place of the server's error, then the
- * server's ReadyForQuery.
+ * the server cannot parse, goes upstream in its place (or, when the
+ * Query's statements before the refused one open a transaction block,
+ * REFUSAL_IN_BLOCK_QUERY), and the client gets its ErrorResponse (42501)
+ * in the place of the server's error, then the server's ReadyForQuery.
  *
  * Extended protocol: the verdict is taken at Parse. On a denial Sluice has
  * the server fail the batch where the refused message stood: a Parse of
@@ -142,6 +143,12 @@ interface StatementOp {
   batch: number;
   /** Its place among the Parses and Closes sent (#opsSent then). */
   seq: number;
+  /**
+   * A Parse released by an approval: the release it made of its name
+   * (#approvalBound), and what that replaced, put back should the server
+   * refuse or skip the Parse (#opFailed).
+   */
+  released?: { bound: ApprovalBound; replaced: ApprovalBound | undefined };
 }
 
 /** #executesApprovalBound: the message was held for an approval, or refused. */
@@ -200,8 +207,6 @@ const REFUSAL_TEXT = 'sluice: statement refused by policy';
 const REFUSAL_QUERY = queryMessage(REFUSAL_TEXT);
 /** Inside an extended batch, as a Parse of a named statement: a failed one leaves that name as it was (a Parse of the unnamed statement drops it before it parses). */
 const REFUSAL_PARSE = parseMessage('sluice: refused', REFUSAL_TEXT);
-/** The server's answer to REFUSAL_PARSE: syntax_error. */
-const SYNTAX_ERROR = '42601';
 /**
  * The probe of a refused Query whose statements before the refused one open
  * a transaction block (`BEGIN; INSERT ...; DROP ...`): run on the server,
@@ -465,9 +470,27 @@ export class PgStatementGate implements RelayGate {
   }
 
   /** A Parse of `name` is sent: the statement exists once the server answers ParseComplete. */
-  #parseSent(name: string, statement: Prepared, bytes: Buffer): void {
-    this.#opsInFlight.push({ kind: 'parse', name, statement, batch: this.#batchesSent, seq: this.#opsSent++ });
+  #parseSent(name: string, statement: Prepared, bytes: Buffer, released?: StatementOp['released']): void {
+    const op: StatementOp = { kind: 'parse', name, statement, batch: this.#batchesSent, seq: this.#opsSent++ };
+    if (released !== undefined) op.released = released;
+    this.#opsInFlight.push(op);
     this.#up(bytes);
+  }
+
+  /**
+   * A Parse or Close the server refused (a name that exists already, a
+   * syntax error) or skipped after an earlier error of its batch. A Parse
+   * released by an approval gives the release back: the name is still the
+   * statement it was, and the approval's unspent Bind must not run that one
+   * (`Parse s1 <approved UPDATE>` refused because s1 is a DELETE approved
+   * and run before would otherwise have let the next Bind of s1 run the
+   * DELETE again, unheld).
+   */
+  #opFailed(op: StatementOp): void {
+    const released = op.released;
+    if (released === undefined || this.#approvalBound.get(op.name) !== released.bound) return;
+    if (released.replaced !== undefined) this.#approvalBound.set(op.name, released.replaced);
+    else this.#approvalBound.delete(op.name);
   }
 
   /** The statement a Bind names: by the last Parse or Close of it still on its way (a Bind behind a failed one fails too), else the one the server has. */
@@ -669,14 +692,17 @@ export class PgStatementGate implements RelayGate {
    */
   #parsed(name: string, bytes: Buffer, facts: SqlStatementFacts[], approvalBound: boolean, approvalId?: string, judged: SqlStatementFacts[] = facts): void {
     const f = facts[0]!;
+    let released: StatementOp['released'];
     if (approvalBound) {
+      const replaced = this.#approvalBound.get(name);
       this.#bindApproval(name, judged[0]!, approvalId);
+      released = { bound: this.#approvalBound.get(name)!, replaced };
       // A PREPARE sent by Parse: what it prepares is released with it.
       this.#bindPrepared(facts);
     }
     // Remembered by #parse already: an SQL EXECUTE of this name runs it too (one set of names for both).
     const executes = f.statementName !== '' && f.kinds.includes('execute') ? f.statementName : undefined;
-    this.#parseSent(name, prepared(this.#shown(f.text, f), kindLabel(f.kinds), this.#hidesArguments(f), executes), bytes);
+    this.#parseSent(name, prepared(this.#shown(f.text, f), kindLabel(f.kinds), this.#hidesArguments(f), executes), bytes, released);
   }
 
   /** Statement text as the audit trail, logs and approvers see it: auditText, and an EXECUTE of a credential statement without its arguments. */
@@ -878,21 +904,29 @@ export class PgStatementGate implements RelayGate {
 
   /**
    * The probe for a refused Query: REFUSAL_IN_BLOCK_QUERY when its
-   * statements before the first one not allowed outright would leave a
-   * transaction block open (BEGIN, and no COMMIT or ROLLBACK after it), so
-   * that the server's transaction ends up as those statements and the
-   * failure would have left it; else REFUSAL_QUERY.
+   * statements before the first one that would not have run (#wouldRun)
+   * leave a transaction block open (BEGIN, and no COMMIT or ROLLBACK after
+   * it), so that the server's transaction ends up as those statements and
+   * the failure would have left it; else REFUSAL_QUERY.
    */
   #queryProbe(facts: readonly SqlStatementFacts[]): Buffer {
     let open = false;
     for (const f of facts) {
-      if (this.ctx.policy.evaluate(f).action !== 'allow') break;
+      if (!this.#wouldRun(f)) break;
       if (f.kinds.includes('transaction')) {
         const effect = blockEffect(f.text);
         if (effect !== undefined) open = effect === 'open';
       }
     }
     return open ? REFUSAL_IN_BLOCK_QUERY : REFUSAL_QUERY;
+  }
+
+  /** The policy lets the statement run without a new approval: allowed, or covered by a window, and no EXECUTE of a statement an approval released (each is judged again). */
+  #wouldRun(f: SqlStatementFacts): boolean {
+    if (f.statementName !== '' && f.kinds.includes('execute') && this.#approvalBound.has(f.statementName)) return false;
+    const action = this.ctx.policy.evaluate(f).action;
+    if (action !== 'approve') return action === 'allow';
+    return this.ctx.approvals?.windowAllows(this.ctx.subject, this.ctx.target, fingerprint(f), this.ctx.issuer) !== undefined;
   }
 
   // --- server -> client ----------------------------------------------------
@@ -917,7 +951,7 @@ export class PgStatementGate implements RelayGate {
         this.#batchesAnswered++;
         this.#copyInsOfQuery = 0;
         // Parses and Closes of the batch just answered that got no reply were refused, or skipped after an error.
-        while (this.#opsInFlight.length > 0 && this.#opsInFlight[0]!.batch < this.#batchesAnswered) this.#opsInFlight.shift();
+        while (this.#opsInFlight.length > 0 && this.#opsInFlight[0]!.batch < this.#batchesAnswered) this.#opFailed(this.#opsInFlight.shift()!);
         this.#readyForQuery(bytes);
         return;
       case Backend.CopyInResponse:
@@ -929,10 +963,11 @@ export class PgStatementGate implements RelayGate {
         break;
       case Backend.ErrorResponse: {
         // The server skips the rest of the batch: no Parse or Close of it still on its way will be done.
-        while (this.#opsInFlight.length > 0 && this.#opsInFlight[0]!.batch === this.#batchesAnswered) this.#opsInFlight.shift();
+        while (this.#opsInFlight.length > 0 && this.#opsInFlight[0]!.batch === this.#batchesAnswered) this.#opFailed(this.#opsInFlight.shift()!);
         const code = errorField(bytes, CODE_FIELD);
-        // An error that ends the session (FATAL: a terminated backend, a shutdown) is shown as it is.
-        const anError = errorSeverity(bytes) === 'ERROR';
+        // An error that ends the session (a terminated backend, a shutdown) is shown as it is.
+        const severity = errorSeverity(bytes);
+        const anError = severity !== 'FATAL' && severity !== 'PANIC';
         const answering = this.#answering();
         if (answering?.refusal !== undefined) {
           // A refused Query's probe: its one error is the refusal's place.
@@ -952,7 +987,8 @@ export class PgStatementGate implements RelayGate {
           // An earlier statement's own syntax error (SQL the server's version does not know, which
           // Sluice's newer parser took) would be read as the probe's: the client sees the refusal.
           this.#probes.shift();
-          if (code === SYNTAX_ERROR && anError) {
+          // The server's answer to REFUSAL_PARSE: a syntax error.
+          if (code === sqlstate.SYNTAX_ERROR && anError) {
             this.#masked = undefined;
             this.#io.toClient(probe.error);
             return;
@@ -1063,7 +1099,7 @@ export class PgStatementGate implements RelayGate {
     // Answered: a COPY in it is over, or never started (refused before its CopyInResponse).
     if (owed === COPY_QUERY_REPLY) this.#inCopy = false;
     if (owed?.refusal !== undefined) {
-      // The probe's answer had no error: the server took it for a cursor that exists, and ran what
+      // The probe's answer had no error: the server took it for SQL (a server that is not PostgreSQL?), and ran what
       // the refused message's batch or transaction held. Whatever it ran stands; fail closed.
       this.#probeNotRefused();
       return;
@@ -1437,29 +1473,32 @@ function errorSeverity(bytes: Buffer): string | undefined {
 
 /**
  * What a transaction statement does to a block: BEGIN / START TRANSACTION
- * opens one; COMMIT, END, ROLLBACK, ABORT and PREPARE TRANSACTION end it
- * (not ROLLBACK TO, nor a SAVEPOINT or RELEASE). Leading whitespace and
- * comments are skipped.
+ * opens one; COMMIT, END, ROLLBACK, ABORT and PREPARE TRANSACTION end it,
+ * unless `AND CHAIN` opens the next one at once; ROLLBACK TO, COMMIT /
+ * ROLLBACK PREPARED, SAVEPOINT and RELEASE do neither.
  */
 function blockEffect(text: string): 'open' | 'close' | undefined {
-  const words = withoutLeadingComments(text).slice(0, 40).toLowerCase().split(/[\s;(]+/);
+  const words = leadingWords(text, 8);
   const [first, second] = words;
   if (first === 'begin' || (first === 'start' && second === 'transaction')) return 'open';
-  if (first === 'prepare' && second === 'transaction') return 'close';
-  if (first === 'commit' || first === 'end' || first === 'abort') return second === 'prepared' ? undefined : 'close';
-  if (first === 'rollback') return second === 'to' || second === 'prepared' ? undefined : 'close';
-  return undefined;
+  if (first === 'prepare') return second === 'transaction' ? 'close' : undefined;
+  if (first !== 'commit' && first !== 'end' && first !== 'abort' && first !== 'rollback') return undefined;
+  if (second === 'prepared' || words.includes('to')) return undefined;
+  const chain = words.indexOf('chain');
+  return chain > 1 && words[chain - 1] === 'and' ? 'open' : 'close';
 }
 
-/** `text` from its first token on: whitespace, `-- ...` lines and (nested) block comments skipped. */
-function withoutLeadingComments(text: string): string {
+/** Up to `n` leading words of a statement, lowercased, read past whitespace and comments (`--` lines, nested block comments) wherever they stand. */
+function leadingWords(text: string, n: number): string[] {
+  const words: string[] = [];
   let i = 0;
-  for (;;) {
-    while (i < text.length && /\s/.test(text[i]!)) i++;
-    if (text.startsWith('--', i)) {
+  while (i < text.length && words.length < n) {
+    const c = text[i]!;
+    if (/\s/.test(c)) {
+      i++;
+    } else if (text.startsWith('--', i)) {
       const nl = text.indexOf('\n', i);
-      if (nl < 0) return '';
-      i = nl + 1;
+      i = nl < 0 ? text.length : nl + 1;
     } else if (text.startsWith('/*', i)) {
       let depth = 0;
       while (i < text.length) {
@@ -1467,13 +1506,18 @@ function withoutLeadingComments(text: string): string {
           depth++;
           i += 2;
         } else if (text.startsWith('*/', i)) {
-          depth--;
           i += 2;
-          if (depth === 0) break;
+          if (--depth === 0) break;
         } else i++;
       }
-    } else return text.slice(i);
+    } else {
+      const word = /^[A-Za-z_]+/.exec(text.slice(i, i + 64));
+      if (word === null) break;
+      words.push(word[0].toLowerCase());
+      i += word[0].length;
+    }
   }
+  return words;
 }
 
 function queryMessage(text: string): Buffer {

@@ -702,6 +702,27 @@ t.test('a released statement stays bound to its approvals: a skipped Close, an E
   await decide(await heldId(), 'deny');
   t.equal(errorFields((await readUntil(raw, 'Z')).find((m) => m.type === 'E')!.body).C, '42501', 'w still runs wipe5: held');
   t.equal(await count(), '4');
+
+  // 6. An approved Parse the server refuses (the name exists) releases nothing: x is still the DELETE
+  //    approved and run in 1, and a Bind of it needs an approval of its own, not the refused Parse's.
+  raw.send(Buffer.concat([parse('x', 'DELETE FROM ledger WHERE id = -1'), sync]));
+  await decide(await heldId(), 'approve');
+  t.equal(errorFields((await readUntil(raw, 'Z')).find((m) => m.type === 'E')!.body).C, '42P05', 'the server keeps the first x');
+  raw.send(Buffer.concat([bind('x'), execute(), sync]));
+  await decide(await heldId(), 'deny');
+  t.equal(errorFields((await readUntil(raw, 'Z')).find((m) => m.type === 'E')!.body).C, '42501', 'the DELETE is held again');
+  t.equal(await count(), '4', 'and did not run');
+
+  // 7. A Query that opens a block and then EXECUTEs a released statement, denied: the block is left open
+  //    and aborted, as the EXECUTE's failure would have left it (its COMMIT never ran).
+  raw.send(typed('Q', cstr('BEGIN; EXECUTE wipe3; COMMIT')));
+  await decide(await heldId(), 'deny');
+  const refusedInBlock = await readUntil(raw, 'Z');
+  t.equal(errorFields(refusedInBlock.find((m) => m.type === 'E')!.body).C, '42501');
+  t.equal(refusedInBlock.at(-1)!.body.toString('latin1'), 'E', 'in an aborted transaction block');
+  raw.send(typed('Q', cstr('ROLLBACK')));
+  await readUntil(raw, 'Z');
+  t.equal(await count(), '4');
 });
 
 t.test('a refusal inside an extended batch fails the whole batch, as a server error does', async (t) => {
@@ -766,12 +787,13 @@ t.test('a refusal in a batch the server has already failed: the server\'s error 
 
   // The same where the refusal is a held statement's, denied after the server failed its batch.
   raw.send(Buffer.concat([parse("INSERT INTO items VALUES (1, 'taken')"), bindExecute, parse('CREATE ROLE never_made'), typed('S', '')]));
-  const notice = await readUntil(raw, 'N');
-  const id = /(apr_[a-z2-7]+)/.exec(errorFields(notice.at(-1)!.body).M!)![1]!;
+  // The hold's notice, and the server's error, which it sends as it happens: both before the decision.
+  const before: RawMessage[] = [];
+  while (!before.some((m) => m.type === 'N') || !before.some((m) => m.type === 'E')) before.push((await raw.read())!);
+  const id = /(apr_[a-z2-7]+)/.exec(errorFields(before.find((m) => m.type === 'N')!.body).M!)![1]!;
+  t.equal(errorFields(before.find((m) => m.type === 'E')!.body).C, '23505', 'the server\'s own error');
   await decide(id, 'deny');
-  const rest = [...notice, ...(await readUntil(raw))];
-  t.equal(errorFields(rest.find((m) => m.type === 'E')!.body).C, '23505', 'the server\'s own error');
-  t.equal(rest.at(-1)!.type, 'Z');
+  t.same((await readUntil(raw)).map((m) => m.type), ['Z'], 'then the batch\'s ReadyForQuery, and no second error');
   raw.send(typed('Q', 'SELECT 3\0'));
   t.ok((await readUntil(raw)).some((m) => m.type === 'D'), 'and the session goes on');
   t.equal(await rows("select count(*) from pg_roles where rolname = 'never_made'"), '0');
@@ -818,4 +840,20 @@ t.test('a refused Query that opens a transaction block leaves it open and aborte
   // One that opens and ends a block before the refused statement leaves none open.
   raw.send(query('BEGIN; SELECT 1; COMMIT; DROP TABLE victim'));
   t.equal((await readUntil(raw)).at(-1)!.body.toString('latin1'), 'I');
+  // Read as the server reads them: comments between the words, a chained COMMIT, a ROLLBACK to a savepoint.
+  for (const [sql, status] of [
+    ['START/* a */TRANSACTION --b\n READ ONLY; SELECT 1; DROP TABLE victim', 'E'],
+    ['BEGIN; COMMIT AND CHAIN; DROP TABLE victim', 'E'],
+    ['BEGIN; COMMIT AND NO CHAIN; DROP TABLE victim', 'I'],
+    ['BEGIN; SAVEPOINT s; ROLLBACK WORK TO s; DROP TABLE victim', 'E'],
+  ] as const) {
+    raw.send(query(sql));
+    const replies = await readUntil(raw);
+    t.equal(errorFields(replies.find((m) => m.type === 'E')!.body).C, '42501', sql);
+    t.equal(replies.at(-1)!.body.toString('latin1'), status, `${sql}: ${status}`);
+    if (status === 'E') {
+      raw.send(query('ROLLBACK'));
+      await readUntil(raw);
+    }
+  }
 });
