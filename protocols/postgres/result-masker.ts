@@ -463,6 +463,13 @@ export class PgResultMasker {
   #rowFormats: readonly number[] | undefined;
   /** A reply did not fit what was sent; no description is trusted from then on. */
   #lost = false;
+  /**
+   * The server failed an extended batch whose Sync has not gone upstream
+   * yet (it sends an error as it happens, and a pipelining client may read
+   * it before it sends the rest): it skips what comes before that Sync, so
+   * nothing of it is owed (see forwarded).
+   */
+  #skippingToSync = false;
   #copyOut = false;
   #dead = false;
   readonly #sequence = new ChunkSequencer();
@@ -483,6 +490,10 @@ export class PgResultMasker {
    * the server answers is kept (see Sent).
    */
   forwarded(type: number, bytes: Buffer): void {
+    if (this.#skippingToSync) {
+      if (type !== Frontend.Sync) return;
+      this.#skippingToSync = false;
+    }
     let sent: Sent;
     switch (type) {
       case Frontend.Query:
@@ -945,6 +956,7 @@ export class PgResultMasker {
     const head = this.#head();
     if (head === undefined || head.k === Frontend.Query || head.k === Frontend.Sync) return;
     while (this.#sentHead < this.#sent.length && this.#sent[this.#sentHead]!.k !== Frontend.Sync) this.#sentHead++;
+    if (this.#sentHead === this.#sent.length) this.#skippingToSync = true;
   }
 
   /** Forgets every named portal's description but `keep`'s (the unnamed portal cannot be made by SQL). */

@@ -237,6 +237,29 @@ for (const [label, gateway] of [['with the statement gate', gw], ['without a gat
   });
 }
 
+for (const [label, gateway] of [['with the statement gate', gw], ['without a gate', ungated]] as const) {
+  t.test(`a batch that fails before the client has sent all of it keeps the session's descriptions (${label})`, async (t) => {
+    const raw = await rawLogin(gateway.port('db'), await gateway.token('ci-job', ['ci']));
+    t.teardown(() => raw.socket.destroy());
+    const bindExecute = Buffer.concat([typed('B', '\0\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0')]);
+    // A pipelining client (libpq's pipeline mode, psycopg): the error comes back on a Flush, and the
+    // rest of the batch, which the server skips, is sent after it.
+    raw.send(Buffer.concat([typed('P', '\0SELECT 1/0\0\0\0'), bindExecute, typed('H', '')]));
+    let m = await raw.read();
+    while (m && m.type !== 'E') m = await raw.read();
+    t.equal(errorFields(m!.body).C, '22012');
+    raw.send(Buffer.concat([typed('P', '\0SELECT 2\0\0\0'), bindExecute, typed('S', '')]));
+    for (m = await raw.read(); m && m.type !== 'Z'; m = await raw.read()) t.not(m.type, 'E', 'the rest is skipped, not refused');
+    raw.send(typed('Q', 'select password_hash from users where id = 1\0'));
+    const rows: string[] = [];
+    for (m = await raw.read(); m && m.type !== 'Z'; m = await raw.read()) {
+      if (m.type === 'E') t.fail(`error: ${JSON.stringify(errorFields(m.body))}`);
+      if (m.type === 'D') rows.push(m.body.subarray(6).toString('utf8'));
+    }
+    t.same(rows, ['[redacted]'], 'the next query is read by its own description, and masked');
+  });
+}
+
 t.test('without a gate, a FunctionCall does not cost the session its descriptions', async (t) => {
   const raw = await rawLogin(ungated.port('db'), await ungated.token('ci-job', ['ci']));
   // FunctionCall of pg_backend_pid() (OID 2026): no argument formats, no arguments, text result.
