@@ -30,7 +30,8 @@ import { parameterStatusValue, type SqlDecoder } from './encoding.js';
  * ErrorResponse in the place of the server's answer to the probe, where the
  * server's own error would be: right away after a Flush, not only at Sync.
  * When an earlier message of the batch failed on the server, the server
- * skips the probe, and the client sees that error, as it would.
+ * skips the probe, and the client sees that error, as it would (but for a
+ * syntax error, which reads as the probe's: the client sees the refusal).
  *
  * Either way the server fails where the refused message stood, so a
  * refusal does to the transaction exactly what an error of the server's own
@@ -130,6 +131,14 @@ interface ApprovalBound {
   unspent: string | undefined;
   /** #opsSent when it was bound: only a Close or Parse of the name sent after it ends it. */
   since: number;
+  /**
+   * The batch (#batchesSent) of the Parse that released it, until the
+   * server's ParseComplete confirms that Parse: while unconfirmed, only a
+   * Bind in that same batch may spend `unspent` (the server skips such a
+   * Bind when the Parse fails); a Bind in a later batch could run the
+   * statement the name still is.
+   */
+  unconfirmedIn?: number;
 }
 
 /** A Parse or Close on its way: see PgStatementGate.#opsInFlight. */
@@ -488,9 +497,16 @@ export class PgStatementGate implements RelayGate {
    */
   #opFailed(op: StatementOp): void {
     const released = op.released;
-    if (released === undefined || this.#approvalBound.get(op.name) !== released.bound) return;
-    if (released.replaced !== undefined) this.#approvalBound.set(op.name, released.replaced);
-    else this.#approvalBound.delete(op.name);
+    if (released === undefined) return;
+    if (this.#approvalBound.get(op.name) === released.bound) {
+      if (released.replaced !== undefined) this.#approvalBound.set(op.name, released.replaced);
+      else this.#approvalBound.delete(op.name);
+      return;
+    }
+    // A later Parse of the name replaced this release already: it replaces what this one did.
+    for (const later of this.#opsInFlight) {
+      if (later.name === op.name && later.released?.replaced === released.bound) later.released.replaced = released.replaced;
+    }
   }
 
   /** The statement a Bind names: by the last Parse or Close of it still on its way (a Bind behind a failed one fails too), else the one the server has. */
@@ -509,6 +525,11 @@ export class PgStatementGate implements RelayGate {
     if (op === undefined || (op.kind === 'parse') !== (kind === 'parse')) return;
     if (op.kind === 'parse') this.#statements.set(op.name, op.statement!);
     else if (op.kind === 'S') this.#statements.delete(op.name);
+    if (op.released !== undefined) op.released.bound.unconfirmedIn = undefined;
+    if (op.kind === 'S') {
+      // The statement is gone: a Parse of the name behind this Close that fails leaves no statement to give a release back to.
+      for (const later of this.#opsInFlight) if (later.name === op.name && later.released !== undefined) later.released.replaced = undefined;
+    }
     // A Parse of the unnamed statement replaces it; a Close of a name ends it: an approval's
     // statement bound before this was sent is no longer there.
     if (op.kind !== 'P' && (op.kind === 'S' || op.name === '') && this.#approvalBound.size > 0) {
@@ -607,7 +628,7 @@ export class PgStatementGate implements RelayGate {
     const direct = this.#approvalBound.get(name.value);
     let bound = direct;
     let approvalId: string | undefined;
-    if (direct?.unspent !== undefined) {
+    if (direct?.unspent !== undefined && (direct.unconfirmedIn === undefined || direct.unconfirmedIn === this.#batchesSent)) {
       // The Bind right behind the approval of this statement itself: the one that approval covers.
       approvalId = direct.unspent;
       direct.unspent = undefined;
@@ -696,7 +717,9 @@ export class PgStatementGate implements RelayGate {
     if (approvalBound) {
       const replaced = this.#approvalBound.get(name);
       this.#bindApproval(name, judged[0]!, approvalId);
-      released = { bound: this.#approvalBound.get(name)!, replaced };
+      const bound = this.#approvalBound.get(name)!;
+      bound.unconfirmedIn = this.#batchesSent;
+      released = { bound, replaced };
       // A PREPARE sent by Parse: what it prepares is released with it.
       this.#bindPrepared(facts);
     }
@@ -921,12 +944,11 @@ export class PgStatementGate implements RelayGate {
     return open ? REFUSAL_IN_BLOCK_QUERY : REFUSAL_QUERY;
   }
 
-  /** The policy lets the statement run without a new approval: allowed, or covered by a window, and no EXECUTE of a statement an approval released (each is judged again). */
+  /** The policy lets the statement run without a new approval: allowed, or covered by a window; an EXECUTE of a statement an approval released, judged as that statement (#executesApprovalBound). */
   #wouldRun(f: SqlStatementFacts): boolean {
-    if (f.statementName !== '' && f.kinds.includes('execute') && this.#approvalBound.has(f.statementName)) return false;
-    const action = this.ctx.policy.evaluate(f).action;
-    if (action !== 'approve') return action === 'allow';
-    return this.ctx.approvals?.windowAllows(this.ctx.subject, this.ctx.target, fingerprint(f), this.ctx.issuer) !== undefined;
+    const bound = f.statementName !== '' && f.kinds.includes('execute') ? this.#approvalBound.get(f.statementName) : undefined;
+    if (bound !== undefined && this.#judge([bound.facts]).action !== 'allow') return false;
+    return this.#judge([f]).action === 'allow';
   }
 
   // --- server -> client ----------------------------------------------------
@@ -989,6 +1011,8 @@ export class PgStatementGate implements RelayGate {
           this.#probes.shift();
           // The server's answer to REFUSAL_PARSE: a syntax error.
           if (code === sqlstate.SYNTAX_ERROR && anError) {
+            // Nothing of the batch is open but a statement of its own that failed with a syntax error.
+            if (this.#open.length > 0) this.#closeOpen(code);
             this.#masked = undefined;
             this.#io.toClient(probe.error);
             return;
@@ -1497,8 +1521,8 @@ function leadingWords(text: string, n: number): string[] {
     if (/\s/.test(c)) {
       i++;
     } else if (text.startsWith('--', i)) {
-      const nl = text.indexOf('\n', i);
-      i = nl < 0 ? text.length : nl + 1;
+      // To the end of the line, as the server's lexer reads it: a CR ends it too.
+      while (i < text.length && text[i] !== '\n' && text[i] !== '\r') i++;
     } else if (text.startsWith('/*', i)) {
       let depth = 0;
       while (i < text.length) {

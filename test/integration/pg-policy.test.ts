@@ -713,6 +713,15 @@ t.test('a released statement stays bound to its approvals: a skipped Close, an E
   t.equal(errorFields((await readUntil(raw, 'Z')).find((m) => m.type === 'E')!.body).C, '42501', 'the DELETE is held again');
   t.equal(await count(), '4', 'and did not run');
 
+  // 6b. The same, pipelined: a Bind of x in the batch after the approved Parse, sent before the server
+  //     answered it, is not the Bind the approval covers (the server may refuse the Parse, as here).
+  raw.send(Buffer.concat([parse('x', 'DELETE FROM ledger WHERE id = -2'), sync, bind('x'), execute(), sync]));
+  await decide(await heldId(), 'approve');
+  t.equal(errorFields((await readUntil(raw, 'Z')).find((m) => m.type === 'E')!.body).C, '42P05');
+  await decide(await heldId(), 'deny');
+  t.equal(errorFields((await readUntil(raw, 'Z')).find((m) => m.type === 'E')!.body).C, '42501', 'the Bind is held on its own');
+  t.equal(await count(), '4', 'and x, the DELETE, did not run');
+
   // 7. A Query that opens a block and then EXECUTEs a released statement, denied: the block is left open
   //    and aborted, as the EXECUTE's failure would have left it (its COMMIT never ran).
   raw.send(typed('Q', cstr('BEGIN; EXECUTE wipe3; COMMIT')));
