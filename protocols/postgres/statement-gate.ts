@@ -127,6 +127,12 @@ interface Bound {
 interface ApprovalBound {
   /** The statement as judged: its verdict and fingerprint, and the text an approver is shown. */
   facts: SqlStatementFacts;
+  /**
+   * Statements the name may still be (#bindPrepared): bound to it before a
+   * SQL PREPARE of it that the gate cannot see run. Each run of the name is
+   * judged as all of them (boundFacts).
+   */
+  earlier?: readonly SqlStatementFacts[];
   /** The approval that released it, until the one Bind it covers takes it. */
   unspent: string | undefined;
   /** #opsSent when it was bound: only a Close or Parse of the name sent after it ends it. */
@@ -158,6 +164,11 @@ interface StatementOp {
    * refuse or skip the Parse (#opFailed).
    */
   released?: { bound: ApprovalBound; replaced: ApprovalBound | undefined };
+}
+
+/** Every statement a released name may be now: the one bound last, and those it may not have replaced (ApprovalBound.earlier). */
+function boundFacts(bound: ApprovalBound): SqlStatementFacts[] {
+  return bound.earlier === undefined ? [bound.facts] : [...bound.earlier, bound.facts];
 }
 
 /** #executesApprovalBound: the message was held for an approval, or refused. */
@@ -573,28 +584,36 @@ export class PgStatementGate implements RelayGate {
    * else the facts of the released statement it runs (a window covers it),
    * or undefined when it runs none.
    */
-  #executesApprovalBound(type: number, bytes: Buffer, shared: readonly SqlStatementFacts[], facts: () => SqlStatementFacts[], text: string): SqlStatementFacts | typeof HELD | undefined {
-    let runs: SqlStatementFacts | undefined;
+  #executesApprovalBound(type: number, bytes: Buffer, shared: readonly SqlStatementFacts[], facts: () => SqlStatementFacts[], text: string): SqlStatementFacts[] | typeof HELD | undefined {
+    let runs: SqlStatementFacts[] | undefined;
     for (let i = 0; i < shared.length; i++) {
       const f = shared[i]!;
       if (f.statementName === '' || !f.kinds.includes('execute')) continue;
       const bound = this.#approvalBound.get(f.statementName);
       if (bound === undefined) continue;
-      const again = this.#judge([bound.facts]);
+      const may = boundFacts(bound);
+      const again = this.#judge(may);
       if (again.action === 'allow') {
-        runs = bound.facts;
+        runs = may;
         continue;
       }
       // What the client sent is shown as each of its statements is (the Query may set a password too).
       const sent = facts()
         .map((g) => this.#shown(g.text, g))
         .join('; ');
-      const shown = `${sent} -- ${f.statementName}: ${this.#shown(bound.facts.text, bound.facts)}`;
+      const shown = `${sent} -- ${f.statementName}: ${this.#boundText(bound)}`;
       if (again.action === 'deny') this.#deny(again, facts(), shown, type === Frontend.Parse);
-      else this.#hold(type, bytes, again, facts(), text, { facts: [bound.facts], text: shown });
+      else this.#hold(type, bytes, again, facts(), text, { facts: may, text: shown });
       return HELD;
     }
     return runs;
+  }
+
+  /** What an approver is shown of a released name: the statement bound last, and what else it may still be. */
+  #boundText(bound: ApprovalBound): string {
+    const last = this.#shown(bound.facts.text, bound.facts);
+    if (bound.earlier === undefined) return last;
+    return `${last} (or, should the server have refused that PREPARE: ${bound.earlier.map((f) => this.#shown(f.text, f)).join(' | ')})`;
   }
 
   /**
@@ -602,13 +621,29 @@ export class PgStatementGate implements RelayGate {
    * from now on each execution of it is judged again. `approvalId`: the
    * approval that released it covers the Bind right behind it.
    */
-  #bindApproval(name: string, facts: SqlStatementFacts, approvalId?: string): void {
-    this.#approvalBound.set(name, { facts, unspent: approvalId, since: this.#opsSent });
+  #bindApproval(name: string, facts: SqlStatementFacts, approvalId?: string, earlier?: readonly SqlStatementFacts[]): void {
+    const bound: ApprovalBound = { facts, unspent: approvalId, since: this.#opsSent };
+    if (earlier !== undefined && earlier.length > 0) bound.earlier = earlier;
+    this.#approvalBound.set(name, bound);
   }
 
-  /** SQL PREPAREs among statements released by an approval or a window: each EXECUTE of what they prepare is judged again. */
+  /**
+   * SQL PREPAREs among statements released by an approval or a window: each
+   * EXECUTE of what they prepare is judged again. The gate does not see
+   * whether a PREPARE ran: the server refuses one whose name is taken, and
+   * a PREPARE sent by Parse runs only if that statement is executed. So a
+   * name already bound stays bound to what it was as well (earlier), and
+   * its runs are judged as every statement it may be: a window for
+   * `PREPARE x AS UPDATE ...` refused because x is a DELETE released
+   * before must not let `EXECUTE x` run the DELETE.
+   */
   #bindPrepared(facts: readonly SqlStatementFacts[]): void {
-    for (const f of facts) if (f.statementName !== '' && f.kinds.includes('prepare')) this.#bindApproval(f.statementName, f);
+    for (const f of facts) {
+      if (f.statementName === '' || !f.kinds.includes('prepare')) continue;
+      const previous = this.#approvalBound.get(f.statementName);
+      const earlier = previous === undefined ? undefined : boundFacts(previous).filter((p) => p.text !== f.text);
+      this.#bindApproval(f.statementName, f, undefined, earlier);
+    }
   }
 
 
@@ -638,17 +673,18 @@ export class PgStatementGate implements RelayGate {
     }
     if (bound !== undefined) {
       if (approvalId === undefined) {
-        const again = this.#judge([bound.facts]);
-        const shown = this.#shown(bound.facts.text, bound.facts);
+        const may = boundFacts(bound);
+        const again = this.#judge(may);
+        const shown = this.#boundText(bound);
         if (again.action === 'deny') {
-          this.#deny(again, [bound.facts], shown, true);
+          this.#deny(again, may, shown, true);
           return;
         }
         if (again.action === 'approve') {
           // A credential statement's parameters may be its password (`SELECT dblink_connect($1)`): never shown.
-          const params = this.#hidesArguments(bound.facts) ? [] : bindParameters(bytes, name.end);
+          const params = may.some((f) => this.#hidesArguments(f)) ? [] : bindParameters(bytes, name.end);
           const withParams = params.length > 0 ? `${shown} -- params: ${paramsJson(params)}` : shown;
-          this.#hold(Frontend.Bind, bytes, again, [bound.facts], shown, { facts: [bound.facts], text: withParams });
+          this.#hold(Frontend.Bind, bytes, again, may, shown, { facts: may, text: withParams });
           return;
         }
       }
@@ -699,7 +735,7 @@ export class PgStatementGate implements RelayGate {
     if (runs === HELD) return;
     // A statement that EXECUTEs a released one (a window allows it now) is bound to that one: each
     // Bind of it runs it again, so each is judged again, as a Bind of the released one is.
-    if (runs !== undefined) this.#parsed(name.value, bytes, [facts], true, undefined, [runs]);
+    if (runs !== undefined) this.#parsed(name.value, bytes, [facts], true, undefined, runs);
     else this.#parsed(name.value, bytes, [facts], verdict.windowApproval !== undefined);
   }
 
@@ -716,7 +752,7 @@ export class PgStatementGate implements RelayGate {
     let released: StatementOp['released'];
     if (approvalBound) {
       const replaced = this.#approvalBound.get(name);
-      this.#bindApproval(name, judged[0]!, approvalId);
+      this.#bindApproval(name, judged.at(-1)!, approvalId, judged.slice(0, -1));
       const bound = this.#approvalBound.get(name)!;
       bound.unconfirmedIn = this.#batchesSent;
       released = { bound, replaced };
@@ -947,7 +983,7 @@ export class PgStatementGate implements RelayGate {
   /** The policy lets the statement run without a new approval: allowed, or covered by a window; an EXECUTE of a statement an approval released, judged as that statement (#executesApprovalBound). */
   #wouldRun(f: SqlStatementFacts): boolean {
     const bound = f.statementName !== '' && f.kinds.includes('execute') ? this.#approvalBound.get(f.statementName) : undefined;
-    if (bound !== undefined && this.#judge([bound.facts]).action !== 'allow') return false;
+    if (bound !== undefined && this.#judge(boundFacts(bound)).action !== 'allow') return false;
     return this.#judge([f]).action === 'allow';
   }
 

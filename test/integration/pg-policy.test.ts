@@ -40,6 +40,8 @@ api:
 approvals:
   timeout: 3s
   max_pending_per_subject: 2
+  # This file asks for more approvals a minute than the default allows one subject.
+  max_requests_per_minute: 200
 `,
   { TEST_PG_PASSWORD: pgServer.password },
 );
@@ -732,6 +734,26 @@ t.test('a released statement stays bound to its approvals: a skipped Close, an E
   raw.send(typed('Q', cstr('ROLLBACK')));
   await readUntil(raw, 'Z');
   t.equal(await count(), '4');
+
+  // 8. A SQL PREPARE of a released name, under a window, that the server refuses (the name is taken):
+  //    EXECUTE runs what the name still is, so it is judged as that too, not as the refused PREPARE.
+  raw.send(typed('Q', cstr('PREPARE wipe8 AS DELETE FROM ledger WHERE id = (SELECT min(id) FROM ledger WHERE id >= 10)')));
+  await decide(await heldId(), 'approve');
+  await readUntil(raw, 'Z');
+  raw.send(typed('Q', cstr('PREPARE wipe8 AS DELETE FROM ledger WHERE id = -8')));
+  const windowed = await fetch(`${api}/api/approvals/${await heldId()}/approve`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${approverToken}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ for: '10m' }),
+  });
+  t.equal(windowed.status, 200, 'approved with a window');
+  t.equal(errorFields((await readUntil(raw, 'Z')).find((m) => m.type === 'E')!.body).C, '42P05', 'the server keeps the first wipe8');
+  raw.send(typed('Q', cstr('EXECUTE wipe8')));
+  const held = await heldId();
+  t.match(await approvalText(held), /id = -8.*or, should the server have refused that PREPARE: .*SELECT min\(id\)/, 'the approver is shown what wipe8 may be');
+  await decide(held, 'deny');
+  t.equal(errorFields((await readUntil(raw, 'Z')).find((m) => m.type === 'E')!.body).C, '42501', 'held, not run under the window');
+  t.equal(await count(), '4', 'the first wipe8 did not run');
 });
 
 t.test('a refusal inside an extended batch fails the whole batch, as a server error does', async (t) => {
