@@ -431,6 +431,22 @@ export function passwordMessage(password: string): Buffer {
   return build(Frontend.PasswordMessage, [text(password)]);
 }
 
+/** https://www.postgresql.org/docs/current/protocol-message-formats.html#PROTOCOL-MESSAGE-FORMATS-QUERY */
+export function queryMessage(sql: string): Buffer {
+  return build(Frontend.Query, [text(sql)]);
+}
+
+/**
+ * https://www.postgresql.org/docs/current/protocol-message-formats.html#PROTOCOL-MESSAGE-FORMATS-PARSE
+ * Of statement `name`, with no parameter types (an Int16 count of 0).
+ */
+export function parseMessage(name: string, sql: string): Buffer {
+  const parts = [text(name), text(sql)];
+  const out = typed(Frontend.Parse, parts, bodySize(parts) + 2);
+  out.writeInt16BE(0, out.length - 2);
+  return out;
+}
+
 /** https://www.postgresql.org/docs/current/protocol-message-formats.html#PROTOCOL-MESSAGE-FORMATS-TERMINATE */
 export function terminate(): Buffer {
   return build(Frontend.Terminate, []);

@@ -4,7 +4,7 @@ import { isoTime } from '../../src/store/iso-time.js';
 import { releases, type ApprovalOutcome, type PendingApproval } from '../../src/policy/approvals.js';
 import { ClassifiedQuery, classifyPrepared, classifyQuery, fingerprint, SqlParseError } from './classify.js';
 import { namesCredential, PreparedCredentials, withoutArguments, withoutPassword } from './credentials.js';
-import { Backend, Frontend, errorResponse, noticeResponse, sqlstate } from './messages.js';
+import { Backend, Frontend, errorResponse, noticeResponse, parseMessage, queryMessage, sqlstate } from './messages.js';
 import type { RelayGate, RelayIO } from './relay.js';
 import { parameterStatusValue, type SqlDecoder } from './encoding.js';
 
@@ -621,10 +621,11 @@ export class PgStatementGate implements RelayGate {
    * from now on each execution of it is judged again. `approvalId`: the
    * approval that released it covers the Bind right behind it.
    */
-  #bindApproval(name: string, facts: SqlStatementFacts, approvalId?: string, earlier?: readonly SqlStatementFacts[]): void {
+  #bindApproval(name: string, facts: SqlStatementFacts, approvalId?: string, earlier?: readonly SqlStatementFacts[]): ApprovalBound {
     const bound: ApprovalBound = { facts, unspent: approvalId, since: this.#opsSent };
     if (earlier !== undefined && earlier.length > 0) bound.earlier = earlier;
     this.#approvalBound.set(name, bound);
+    return bound;
   }
 
   /**
@@ -752,8 +753,7 @@ export class PgStatementGate implements RelayGate {
     let released: StatementOp['released'];
     if (approvalBound) {
       const replaced = this.#approvalBound.get(name);
-      this.#bindApproval(name, judged.at(-1)!, approvalId, judged.slice(0, -1));
-      const bound = this.#approvalBound.get(name)!;
+      const bound = this.#bindApproval(name, judged.at(-1)!, approvalId, judged.slice(0, -1));
       bound.unconfirmedIn = this.#batchesSent;
       released = { bound, replaced };
       // A PREPARE sent by Parse: what it prepares is released with it.
@@ -1578,25 +1578,6 @@ function leadingWords(text: string, n: number): string[] {
     }
   }
   return words;
-}
-
-function queryMessage(text: string): Buffer {
-  const body = Buffer.from(`${text}\0`, 'utf8');
-  const out = Buffer.allocUnsafe(5 + body.length);
-  out[0] = Frontend.Query;
-  out.writeInt32BE(4 + body.length, 1);
-  body.copy(out, 5);
-  return out;
-}
-
-/** A Parse of statement `name` with no parameter types. */
-function parseMessage(name: string, text: string): Buffer {
-  const body = Buffer.from(`${name}\0${text}\0\0\0`, 'utf8');
-  const out = Buffer.allocUnsafe(5 + body.length);
-  out[0] = Frontend.Parse;
-  out.writeInt32BE(4 + body.length, 1);
-  body.copy(out, 5);
-  return out;
 }
 
 /**

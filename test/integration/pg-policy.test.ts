@@ -83,6 +83,12 @@ async function readUntil(raw: RawPg, type = 'Z'): Promise<RawMessage[]> {
   return got;
 }
 
+/** Extended-protocol pieces on the unnamed statement and portal, for raw batches. */
+const parseUnnamed = (sql: string): Buffer => typed('P', `\0${sql}\0\0\0`);
+const bindExecute = Buffer.concat([typed('B', '\0\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0')]);
+const syncMessage = typed('S', '');
+const flushMessage = typed('H', '');
+
 async function rows(sql: string): Promise<string> {
   return (await pgServer.psqlDirect(sql, 'app')).trim();
 }
@@ -226,8 +232,7 @@ t.test('pipelined: a COMMIT sent behind a refusal, before its answer, does not c
   t.equal(await rows("select count(*) from pg_tables where tablename = 'victim'"), '1');
 
   // The same with extended-protocol batches, each with its own Sync.
-  const parse = (sql: string) => typed('P', `\0${sql}\0\0\0`);
-  const run = (sql: string) => Buffer.concat([parse(sql), typed('B', '\0\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0'), typed('S', '')]);
+  const run = (sql: string) => Buffer.concat([parseUnnamed(sql), bindExecute, syncMessage]);
   raw.send(Buffer.concat([run('BEGIN'), run("INSERT INTO items VALUES (31, 'thirty-one')"), run('DROP TABLE victim'), run('COMMIT')]));
   const batches: RawMessage[][] = [];
   for (let i = 0; i < 4; i++) batches.push(await readUntil(raw));
@@ -759,12 +764,9 @@ t.test('a released statement stays bound to its approvals: a skipped Close, an E
 t.test('a refusal inside an extended batch fails the whole batch, as a server error does', async (t) => {
   const raw = await rawLogin(port, agentToken);
   t.teardown(() => raw.socket.destroy());
-  const parse = (sql: string) => typed('P', `\0${sql}\0\0\0`);
-  const bindExecute = Buffer.concat([typed('B', '\0\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0')]);
-  const sync = typed('S', '');
   // No BEGIN: the batch up to Sync is one implicit transaction, which an error in it rolls back (JDBC's
   // executeBatch relies on it). The INSERT ran on the server before the refused DROP: it must not commit.
-  raw.send(Buffer.concat([parse("INSERT INTO items VALUES (40, 'forty')"), bindExecute, parse('DROP TABLE victim'), bindExecute, sync]));
+  raw.send(Buffer.concat([parseUnnamed("INSERT INTO items VALUES (40, 'forty')"), bindExecute, parseUnnamed('DROP TABLE victim'), bindExecute, syncMessage]));
   const replies = await readUntil(raw);
   t.same(replies.map((m) => m.type), ['1', '2', 'C', 'E', 'Z'], 'the INSERT answered, then the refusal');
   t.equal(errorFields(replies[3]!.body).C, '42501');
@@ -774,11 +776,11 @@ t.test('a refusal inside an extended batch fails the whole batch, as a server er
   // Inside a transaction block, the server's own transaction is aborted by the refusal.
   raw.send(typed('Q', 'BEGIN\0'));
   await readUntil(raw);
-  raw.send(Buffer.concat([parse("INSERT INTO items VALUES (41, 'forty-one')"), bindExecute, parse('DROP TABLE victim'), sync]));
+  raw.send(Buffer.concat([parseUnnamed("INSERT INTO items VALUES (41, 'forty-one')"), bindExecute, parseUnnamed('DROP TABLE victim'), syncMessage]));
   const inBlock = await readUntil(raw);
   t.equal(errorFields(inBlock.find((m) => m.type === 'E')!.body).C, '42501');
   t.equal(inBlock.at(-1)!.body.toString('latin1'), 'E', 'the transaction is aborted');
-  raw.send(Buffer.concat([parse('SELECT 1'), bindExecute, sync]));
+  raw.send(Buffer.concat([parseUnnamed('SELECT 1'), bindExecute, syncMessage]));
   t.equal(errorFields((await readUntil(raw)).find((m) => m.type === 'E')!.body).C, '25P02', 'and stays so');
   raw.send(typed('Q', 'COMMIT\0'));
   const commit = await readUntil(raw);
@@ -789,14 +791,13 @@ t.test('a refusal inside an extended batch fails the whole batch, as a server er
 t.test('a client that sends Flush behind a refused statement gets the refusal without a Sync', async (t) => {
   const raw = await rawLogin(port, agentToken);
   t.teardown(() => raw.socket.destroy());
-  const flush = typed('H', '');
   // psycopg's pipeline mode, and libpq's PQsendFlushRequest: results are read before the Sync is sent.
-  raw.send(Buffer.concat([typed('P', '\0SELECT 1\0\0\0'), typed('B', '\0\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0'), typed('P', '\0DROP TABLE victim\0\0\0'), flush]));
+  raw.send(Buffer.concat([parseUnnamed('SELECT 1'), bindExecute, parseUnnamed('DROP TABLE victim'), flushMessage]));
   const replies = await readUntil(raw, 'E');
   t.same(replies.map((m) => m.type), ['1', '2', 'D', 'C', 'E'], 'the SELECT answered, then the refusal, before any Sync');
   t.equal(errorFields(replies.at(-1)!.body).C, '42501');
   t.match(errorFields(replies.at(-1)!.body).M, /denied by rule "no-destruction"/);
-  raw.send(typed('S', ''));
+  raw.send(syncMessage);
   t.same((await readUntil(raw)).map((m) => m.type), ['Z'], 'the Sync gets its ReadyForQuery alone');
   raw.send(typed('Q', 'SELECT 2\0'));
   t.ok((await readUntil(raw)).some((m) => m.type === 'D'), 'the session goes on');
@@ -805,19 +806,17 @@ t.test('a client that sends Flush behind a refused statement gets the refusal wi
 t.test('a refusal in a batch the server has already failed: the server\'s error is the answer, and the session goes on', async (t) => {
   const raw = await rawLogin(port, agentToken);
   t.teardown(() => raw.socket.destroy());
-  const parse = (sql: string) => typed('P', `\0${sql}\0\0\0`);
-  const bindExecute = Buffer.concat([typed('B', '\0\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0')]);
   // The server sends its error as it happens: read it before the rest of the batch is sent.
-  raw.send(Buffer.concat([parse('SELECT 1/0'), bindExecute, typed('H', '')]));
+  raw.send(Buffer.concat([parseUnnamed('SELECT 1/0'), bindExecute, flushMessage]));
   const failed = await readUntil(raw, 'E');
   t.equal(errorFields(failed.at(-1)!.body).C, '22012');
-  raw.send(Buffer.concat([parse('DROP TABLE victim'), typed('S', '')]));
+  raw.send(Buffer.concat([parseUnnamed('DROP TABLE victim'), syncMessage]));
   t.same((await readUntil(raw)).map((m) => m.type), ['Z'], 'the batch ends; nothing more is said of it');
   raw.send(typed('Q', 'SELECT 2\0'));
   t.ok((await readUntil(raw)).some((m) => m.type === 'D'), 'the session goes on');
 
   // The same where the refusal is a held statement's, denied after the server failed its batch.
-  raw.send(Buffer.concat([parse("INSERT INTO items VALUES (1, 'taken')"), bindExecute, parse('CREATE ROLE never_made'), typed('S', '')]));
+  raw.send(Buffer.concat([parseUnnamed("INSERT INTO items VALUES (1, 'taken')"), bindExecute, parseUnnamed('CREATE ROLE never_made'), syncMessage]));
   // The hold's notice, and the server's error, which it sends as it happens: both before the decision.
   const before: RawMessage[] = [];
   while (!before.some((m) => m.type === 'N') || !before.some((m) => m.type === 'E')) before.push((await raw.read())!);
@@ -833,14 +832,11 @@ t.test('a refusal in a batch the server has already failed: the server\'s error 
 t.test('pipelined batches that each hold a refusal are each answered with it', async (t) => {
   const raw = await rawLogin(port, agentToken);
   t.teardown(() => raw.socket.destroy());
-  const parse = (sql: string) => typed('P', `\0${sql}\0\0\0`);
-  const bindExecute = Buffer.concat([typed('B', '\0\0\0\0\0\0\0\0'), typed('E', '\0\0\0\0\0')]);
-  const sync = typed('S', '');
   raw.send(
     Buffer.concat([
-      parse("INSERT INTO items VALUES (43, 'a')"), bindExecute, parse('DROP TABLE victim'), sync,
-      parse('TRUNCATE victim'), sync,
-      parse("INSERT INTO items VALUES (44, 'b')"), bindExecute, sync,
+      parseUnnamed("INSERT INTO items VALUES (43, 'a')"), bindExecute, parseUnnamed('DROP TABLE victim'), syncMessage,
+      parseUnnamed('TRUNCATE victim'), syncMessage,
+      parseUnnamed("INSERT INTO items VALUES (44, 'b')"), bindExecute, syncMessage,
       typed('Q', 'DROP TABLE victim\0'),
       typed('Q', 'SELECT 4\0'),
     ]),
